@@ -1,0 +1,1 @@
+//! qat-autograd (content arrives with its issue).

@@ -1,0 +1,1 @@
+//! qat-export (content arrives with its issue).

@@ -1,0 +1,1 @@
+//! qat-int8-runtime (content arrives with its issue).

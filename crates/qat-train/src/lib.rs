@@ -1,0 +1,1 @@
+//! qat-train (content arrives with its issue).
