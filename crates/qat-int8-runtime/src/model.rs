@@ -1,0 +1,212 @@
+//! The `Int8Model` graph: what qat-export writes and the executor runs.
+//!
+//! Tensors are activations only (weights live inside their op). Every activation tensor has a
+//! per-sample shape — `[H, W, C]` (NHWC without the batch dimension) or `[C]` for flat features —
+//! and, when it is `U8`, per-tensor affine parameters `r = S·(q − Z)` on `[0, 255]`.
+//! The batch dimension is dynamic and supplied at run time.
+//!
+//! Weight layouts: conv `OHWI` = `[out_ch, kh, kw, in_ch / groups]`; fully connected `[out, in]`.
+//! Depthwise conv is a `Conv2d` with `groups == in_ch == out_ch / multiplier`.
+
+use qat_core::{fixed_point::QuantizedMultiplier, QuantParams};
+use serde::{Deserialize, Serialize};
+
+/// Index of a tensor in [`Int8Model::tensors`].
+pub type TensorId = usize;
+
+/// Element type of an activation tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DType {
+    /// Real-valued (graph input before `Quantize`, output after `Dequantize`).
+    F32,
+    /// Quantized uint8 with per-tensor [`QuantParams`] on `[0, 255]`.
+    U8,
+}
+
+/// One activation tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    /// Human-readable name (the float graph's node name), used in errors and reports.
+    pub name: String,
+    /// Per-sample shape: `[H, W, C]` or `[C]`.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: DType,
+    /// Quantization parameters; `Some` exactly when `dtype == U8`.
+    pub quant: Option<QuantParams>,
+}
+
+/// Quantized weights of a conv or fully-connected op.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Weights {
+    /// Symmetric int8 (zero point 0), narrow range `[−127, 127]` by default. `scales` has one entry
+    /// (per tensor) or one per output channel.
+    Int8 {
+        /// Weight codes in the op's layout.
+        data: Vec<i8>,
+        /// `S_w`, length 1 or `out_ch`.
+        scales: Vec<f32>,
+    },
+    /// The paper's asymmetric uint8 weights `r = S_w·(q − Z_w)` (§2.3 zero-point trick handles
+    /// `Z_w ≠ 0`). `scales` and `zero_points` have one entry or one per output channel.
+    Uint8 {
+        /// Weight codes in the op's layout.
+        data: Vec<u8>,
+        /// `S_w`, length 1 or `out_ch`.
+        scales: Vec<f32>,
+        /// `Z_w`, same length as `scales`.
+        zero_points: Vec<i32>,
+    },
+}
+
+/// Fused activation, applied as the requantization clamp `[lo, hi] ⊆ [0, 255]` (paper §2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clamp {
+    /// Lowest code (ReLU/ReLU6: `Z_out`; none: 0).
+    pub lo: u8,
+    /// Highest code (ReLU6: `min(255, Z_out + round(6/S_out))`; otherwise 255).
+    pub hi: u8,
+}
+
+/// 2-D convolution over NHWC uint8 input, with int32 bias and per-channel requantization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conv2d {
+    /// Input tensor `[H, W, C_in]`.
+    pub input: TensorId,
+    /// Output tensor `[H_out, W_out, C_out]`.
+    pub output: TensorId,
+    /// Weights in OHWI layout `[C_out, kh, kw, C_in / groups]`.
+    pub weights: Weights,
+    /// `[C_out, kh, kw, C_in / groups]`.
+    pub weight_shape: [usize; 4],
+    /// int32 bias, one per output channel, scale `S_in·S_w[c]`, zero point 0.
+    pub bias: Vec<i32>,
+    /// `[stride_h, stride_w]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`; padded positions hold the input zero point (real 0.0).
+    pub padding: [usize; 4],
+    /// `[dilation_h, dilation_w]`.
+    pub dilation: [usize; 2],
+    /// Groups; `groups == C_in` is depthwise.
+    pub groups: usize,
+    /// `M[c] = S_in·S_w[c]/S_out`, one per output channel (or one shared).
+    pub multipliers: Vec<QuantizedMultiplier>,
+    /// Fused activation clamp.
+    pub clamp: Clamp,
+}
+
+/// Fully connected layer `[C_in] → [C_out]` (paper eq. 7–10), weights `[C_out, C_in]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FullyConnected {
+    /// Input tensor `[C_in]` (flatten first).
+    pub input: TensorId,
+    /// Output tensor `[C_out]`.
+    pub output: TensorId,
+    /// Weights `[C_out, C_in]`.
+    pub weights: Weights,
+    /// `[C_out, C_in]`.
+    pub weight_shape: [usize; 2],
+    /// int32 bias, scale `S_in·S_w[c]`.
+    pub bias: Vec<i32>,
+    /// Per output channel (or one shared).
+    pub multipliers: Vec<QuantizedMultiplier>,
+    /// Fused activation clamp.
+    pub clamp: Clamp,
+}
+
+/// One op of the graph. Ops are stored in topological order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// f32 → u8 with the output tensor's params.
+    Quantize {
+        /// F32 input.
+        input: TensorId,
+        /// U8 output.
+        output: TensorId,
+    },
+    /// u8 → f32 with the input tensor's params.
+    Dequantize {
+        /// U8 input.
+        input: TensorId,
+        /// F32 output.
+        output: TensorId,
+    },
+    /// Convolution (incl. depthwise).
+    Conv2d(Conv2d),
+    /// Fully connected.
+    FullyConnected(FullyConnected),
+    /// Elementwise add of two tensors with different scales, rescaled in fixed point as TFLite's
+    /// integer add (the runtime derives the multipliers from the three tensors' params).
+    Add {
+        /// First input.
+        a: TensorId,
+        /// Second input.
+        b: TensorId,
+        /// Output.
+        output: TensorId,
+        /// Fused activation clamp.
+        clamp: Clamp,
+    },
+    /// Concatenation along channels (last axis); each input is requantized to the output's params.
+    Concat {
+        /// Inputs, same spatial shape.
+        inputs: Vec<TensorId>,
+        /// Output.
+        output: TensorId,
+    },
+    /// Average pooling; the output may have different params (requantized).
+    AvgPool2d {
+        /// Input `[H, W, C]`.
+        input: TensorId,
+        /// Output.
+        output: TensorId,
+        /// `[kh, kw]`.
+        kernel: [usize; 2],
+        /// `[sh, sw]`.
+        stride: [usize; 2],
+        /// `[top, left, bottom, right]`; padded cells are excluded from the average (TFLite).
+        padding: [usize; 4],
+    },
+    /// Global average pool `[H, W, C] → [C]`; the output may have different params (requantized).
+    GlobalAvgPool {
+        /// Input `[H, W, C]`.
+        input: TensorId,
+        /// Output `[C]`.
+        output: TensorId,
+    },
+    /// Max pooling; input and output share params.
+    MaxPool2d {
+        /// Input `[H, W, C]`.
+        input: TensorId,
+        /// Output.
+        output: TensorId,
+        /// `[kh, kw]`.
+        kernel: [usize; 2],
+        /// `[sh, sw]`.
+        stride: [usize; 2],
+        /// `[top, left, bottom, right]`; padded cells are ignored.
+        padding: [usize; 4],
+    },
+    /// Reshape/flatten; same element count and params, data unchanged (NHWC order).
+    Reshape {
+        /// Input.
+        input: TensorId,
+        /// Output.
+        output: TensorId,
+    },
+}
+
+/// An integer-only model: tensors, ops in topological order, one input and one or more outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Int8Model {
+    /// Model name.
+    pub name: String,
+    /// All activation tensors.
+    pub tensors: Vec<TensorInfo>,
+    /// Ops in execution order.
+    pub ops: Vec<Op>,
+    /// The graph input (normally F32, followed by a `Quantize` op).
+    pub input: TensorId,
+    /// Graph outputs.
+    pub outputs: Vec<TensorId>,
+}
