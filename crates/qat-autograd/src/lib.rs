@@ -1,1 +1,1 @@
-//! qat-autograd (content arrives with its issue).
+//! # qat-autograd — differentiable fake quantization for tch tensors

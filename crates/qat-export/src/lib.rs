@@ -1,1 +1,1 @@
-//! qat-export (content arrives with its issue).
+//! # qat-export — fold a trained float/QAT graph into an integer-only `Int8Model`

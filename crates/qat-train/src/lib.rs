@@ -1,1 +1,18 @@
-//! qat-train (content arrives with its issue).
+//! # qat-train — quantization-aware training (paper §3)
+//!
+//! | paper | module | what |
+//! |---|---|---|
+//! | §3 "activation ranges by EMA" | [`observer`] | min/max, EMA and histogram observers |
+//! | §3, §3.2 (whitepaper §3.2.2 eq. 22–31) | [`layers`] | QAT modules: conv+BN folding with the σ_B/σ correction, depthwise, linear, add, concat, pooling |
+//! | §3 schedule (quant delay, BN freeze) | [`schedule`] | the typed training state machine |
+//! | §4 experiments | [`models`], [`data`], [`trainer`], [`checkpoint`] | model zoo, datasets, trainer |
+//! | §2 ⇐ §3 | [`convert`] | a trained model → qat-export's `FloatGraph` |
+
+pub mod checkpoint;
+pub mod convert;
+pub mod data;
+pub mod layers;
+pub mod models;
+pub mod observer;
+pub mod schedule;
+pub mod trainer;

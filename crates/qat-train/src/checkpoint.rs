@@ -1,0 +1,1 @@
+//! Checkpoints: VarStore safetensors plus observer and schedule state.

@@ -1,0 +1,1 @@
+//! Conversion of a trained model into qat-export's FloatGraph.

@@ -1,0 +1,1 @@
+//! QAT layers (paper §3, whitepaper §3.2.2).

@@ -1,0 +1,1 @@
+//! Model zoo built from the QAT layers.

@@ -1,0 +1,1 @@
+//! The training schedule as a typed state machine.

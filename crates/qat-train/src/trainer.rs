@@ -1,0 +1,1 @@
+//! The trainer: steps, evaluation, progress, NaN guard.
