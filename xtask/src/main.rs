@@ -1,1 +1,105 @@
-fn main() {}
+//! `cargo xtask` — the project's task runner (STYLE.md 9: small, one module per subcommand).
+//!
+//! | command | what |
+//! |---|---|
+//! | `cargo xtask setup` | install libtorch 2.13 once per machine (or use `LIBTORCH`) |
+//! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
+//! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
+//! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
+//! | `cargo xtask bench train` | training images/s, float vs QAT |
+//!
+//! The default build of xtask has no libtorch dependency; pipeline code is in the `qat-pipeline`
+//! binary (feature `torch`), which xtask builds and runs after setup.
+
+mod bench;
+mod cargo;
+mod setup;
+mod smoke;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "qat project tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install libtorch 2.13 into the per-user cache (or validate $LIBTORCH).
+    Setup {
+        /// Print only the libtorch directory (for `export LIBTORCH=$(cargo xtask setup --print-libtorch)`).
+        #[arg(long)]
+        print_libtorch: bool,
+    },
+    /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline smoke run.
+    Test {
+        /// Skip the quick pipeline smoke run.
+        #[arg(long)]
+        no_smoke: bool,
+    },
+    /// The paper's experiment end to end (arguments go to the pipeline; see `--help` there).
+    Pipeline {
+        /// Build the pipeline in the dev profile instead of release.
+        #[arg(long)]
+        debug_build: bool,
+        /// Arguments for the pipeline, e.g. `--quick`, `--config configs/default.toml`, `--ablations`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.cmd {
+        Cmd::Setup { print_libtorch } => setup::ensure_libtorch(print_libtorch).map(|dir| {
+            if print_libtorch {
+                println!("{}", dir.display());
+            } else {
+                eprintln!(
+                    "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}",
+                    dir.display()
+                );
+            }
+        }),
+        Cmd::Test { no_smoke } => test::run(no_smoke),
+        Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
+        Cmd::Bench { what } => bench::run(what),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pipeline(debug_build: bool, args: &[String]) -> Result<()> {
+    let libtorch = setup::ensure_libtorch(false)?;
+    let mut cmd = vec!["run"];
+    if !debug_build {
+        cmd.push("--release");
+    }
+    cmd.extend([
+        "-p",
+        "xtask",
+        "--features",
+        "torch",
+        "--bin",
+        "qat-pipeline",
+        "--",
+    ]);
+    cmd.extend(args.iter().map(String::as_str));
+    cargo::run(Some(&libtorch), &cmd)
+}

@@ -1,0 +1,40 @@
+//! Running child `cargo` commands with libtorch configured.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+/// A `cargo` command with `LIBTORCH` set to `libtorch` (and nothing that would make torch-sys
+/// look elsewhere), so every child build links the same libtorch and torch-sys is not rebuilt.
+/// `None` leaves the environment as it is (for crates without libtorch).
+pub fn command(libtorch: Option<&Path>, args: &[&str]) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args);
+    if let Some(dir) = libtorch {
+        cmd.env("LIBTORCH", dir).env_remove("LIBTORCH_USE_PYTORCH");
+    }
+    if let Some(root) = workspace_root() {
+        cmd.current_dir(root);
+    }
+    cmd
+}
+
+/// Runs `cargo args…` and fails with the command line if it fails.
+pub fn run(libtorch: Option<&Path>, args: &[&str]) -> Result<()> {
+    eprintln!("[xtask] cargo {}", args.join(" "));
+    let status = command(libtorch, args)
+        .status()
+        .with_context(|| format!("cannot start cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> Option<std::path::PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+}

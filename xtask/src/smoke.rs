@@ -1,0 +1,100 @@
+//! The pipeline smoke run of `cargo xtask test`: `qat-pipeline --quick` in the dev profile, then
+//! checks of the report's structure and of the int8-vs-simulation agreement. It checks no accuracy
+//! threshold (a few training steps on a tiny subset would make such a check flaky).
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::cargo;
+
+/// Rows the report's main table must have.
+pub const REQUIRED_ROWS: [&str; 5] = [
+    "float",
+    "ptq_per_tensor",
+    "ptq_per_channel",
+    "qat_fake_quant",
+    "qat_int8",
+];
+
+/// Smallest int8-vs-fake-quant argmax agreement accepted from the smoke run.
+const MIN_AGREEMENT: f64 = 0.97;
+
+pub fn run(libtorch: &Path) -> Result<()> {
+    let root = cargo::workspace_root().context("no workspace root")?;
+    let out = root.join("target").join("qat-report").join("smoke");
+    if out.exists() {
+        fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    let out_s = out.to_string_lossy().to_string();
+    cargo::run(
+        Some(libtorch),
+        &[
+            "run",
+            "-p",
+            "xtask",
+            "--features",
+            "torch",
+            "--bin",
+            "qat-pipeline",
+            "--",
+            "--quick",
+            "--no-progress",
+            "--out",
+            &out_s,
+        ],
+    )?;
+    check_report(&out)
+}
+
+/// Validates a report directory written by the pipeline.
+pub fn check_report(dir: &Path) -> Result<()> {
+    let path = dir.join("report.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("missing {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let rows = v["results"]
+        .as_array()
+        .with_context(|| format!("{}: no `results` array", path.display()))?;
+    for name in REQUIRED_ROWS {
+        let row = rows
+            .iter()
+            .find(|r| r["name"] == name)
+            .with_context(|| format!("report has no `{name}` row"))?;
+        let acc = row["accuracy"]
+            .as_f64()
+            .with_context(|| format!("row `{name}` has no accuracy"))?;
+        ensure!(
+            (0.0..=1.0).contains(&acc),
+            "row `{name}`: accuracy {acc} outside [0, 1]"
+        );
+    }
+    let agree = v["agreement"]["int8_vs_fake_quant"]
+        .as_f64()
+        .context("report has no agreement.int8_vs_fake_quant")?;
+    if agree < MIN_AGREEMENT {
+        bail!("int8 vs fake-quant argmax agreement {agree:.4} < {MIN_AGREEMENT}");
+    }
+    ensure!(
+        v["fidelity"]["layers"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty()),
+        "report has no per-layer fidelity table"
+    );
+    for f in [
+        "report.md",
+        "accuracy_vs_bits.png",
+        "accuracy_vs_bits.svg",
+        "training.png",
+        "latency_vs_accuracy.png",
+    ] {
+        ensure!(dir.join(f).exists(), "report is missing {f}");
+    }
+    eprintln!(
+        "[smoke] report OK: {} rows, int8 vs fake-quant agreement {:.4}",
+        rows.len(),
+        agree
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `cargo xtask test`: the one command CI runs.
+//!
+//! setup → `cargo fmt --all --check` → `cargo clippy --workspace --all-targets -D warnings` (and the
+//! `torch` feature of xtask) → `cargo test` over the whole workspace → the quick pipeline smoke run.
+//! Crates that use libtorch run their tests on one thread: `tch::manual_seed` and the thread count
+//! are process-global, so seeded tests would otherwise interfere.
+
+use anyhow::Result;
+
+use crate::{cargo, setup, smoke};
+
+/// Packages whose tests touch libtorch's global state.
+const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration-tests"];
+
+pub fn run(no_smoke: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let libtorch = setup::ensure_libtorch(false)?;
+    cargo::run(Some(&libtorch), &["fmt", "--all", "--check"])?;
+    cargo::run(
+        Some(&libtorch),
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo::run(
+        Some(&libtorch),
+        &[
+            "clippy",
+            "-p",
+            "xtask",
+            "--features",
+            "torch",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+
+    let mut rest = vec!["test", "--workspace"];
+    for p in TORCH_PACKAGES {
+        rest.extend(["--exclude", p]);
+    }
+    cargo::run(Some(&libtorch), &rest)?;
+    let mut torch = vec!["test"];
+    for p in TORCH_PACKAGES {
+        torch.extend(["-p", p]);
+    }
+    torch.extend(["--", "--test-threads=1"]);
+    cargo::run(Some(&libtorch), &torch)?;
+
+    if !no_smoke {
+        smoke::run(&libtorch)?;
+    }
+    eprintln!("[xtask] all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
