@@ -8,7 +8,7 @@
 //! Weight layouts: conv `OHWI` = `[out_ch, kh, kw, in_ch / groups]`; fully connected `[out, in]`.
 //! Depthwise conv is a `Conv2d` with `groups == in_ch == out_ch / multiplier`.
 
-use qat_core::{fixed_point::QuantizedMultiplier, QuantParams};
+use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use serde::{Deserialize, Serialize};
 
 /// Index of a tensor in [`Int8Model::tensors`].

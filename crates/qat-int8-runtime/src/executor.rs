@@ -1,0 +1,523 @@
+//! The executor: runs a validated [`Int8Model`] on a batch.
+//!
+//! Buffers for every tensor are planned once per batch size and reused; per-op constants (add and
+//! rescale multipliers, packed weights, zero-point-corrected biases) are prepared once in
+//! [`Executor::with_path`]. Ops run in the model's (topological) order; each op parallelizes with
+//! rayon over samples or GEMM row tiles. Every output element is computed by the same integer
+//! code whatever the split, so results are identical for any thread count.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use qat_core::QuantParams;
+use rayon::prelude::*;
+use thiserror::Error;
+
+use crate::kernels::conv::{ConvPlan, FcPlan};
+use crate::kernels::{AddParams, KernelPath, Rescale, reference};
+use crate::model::{DType, Int8Model, Op, TensorId};
+use crate::validate::{ValidationError, elements};
+
+/// Why a run failed.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The model is invalid (see [`Int8Model::validate`]).
+    #[error("invalid model: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The input array does not have shape `[N, ...per-sample shape]`.
+    #[error("input must have shape [N, {expected:?}...], got {got:?}")]
+    InputShape {
+        /// Per-sample shape of the model input.
+        expected: Vec<usize>,
+        /// Shape given.
+        got: Vec<usize>,
+    },
+    /// `run_u8` was asked for an output that has no uint8 codes.
+    #[error(
+        "graph output #{index} (tensor {tensor} '{name}') is F32 and not produced by a Dequantize"
+    )]
+    OutputNotQuantized {
+        /// Position in the model's outputs.
+        index: usize,
+        /// Tensor index.
+        tensor: TensorId,
+        /// Tensor name.
+        name: String,
+    },
+    /// An op's constants could not be prepared.
+    #[error("op {op} ({kind}): {message}")]
+    Plan {
+        /// Op index.
+        op: usize,
+        /// Op kind.
+        kind: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// The batch is too large to address.
+    #[error("batch of {batch} samples overflows the buffer size for tensor {tensor}")]
+    BatchTooLarge {
+        /// Batch size.
+        batch: usize,
+        /// Tensor index.
+        tensor: TensorId,
+    },
+}
+
+/// The value of one tensor over the batch, shape `[N, ...per-sample shape]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorValue {
+    /// uint8 codes of a `U8` tensor.
+    U8(ArrayD<u8>),
+    /// Values of an `F32` tensor.
+    F32(ArrayD<f32>),
+}
+
+#[derive(Debug, Clone)]
+enum Buf {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Buf::U8(Vec::new())
+    }
+}
+
+/// Per-op constants prepared once.
+enum OpPlan {
+    Plain,
+    Conv(Box<ConvPlan>),
+    Fc(Box<FcPlan>),
+    Add(AddParams),
+    Concat(Vec<Rescale>),
+    Pool(Rescale),
+}
+
+/// Runs an [`Int8Model`] on batches of NHWC f32 input.
+///
+/// ```
+/// use ndarray::ArrayD;
+/// use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
+/// use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, FullyConnected, Weights, Clamp};
+/// let q = QuantParams::asymmetric(0.0, 2.55, 8)?; // S = 0.01, Z = 0
+/// let t = |name: &str, dtype, quant| TensorInfo { name: name.into(), shape: vec![2], dtype, quant };
+/// let model = Int8Model {
+///     name: "swap".into(),
+///     tensors: vec![t("x", DType::F32, None), t("xq", DType::U8, Some(q)), t("yq", DType::U8, Some(q)), t("y", DType::F32, None)],
+///     ops: vec![
+///         Op::Quantize { input: 0, output: 1 },
+///         Op::FullyConnected(FullyConnected {
+///             input: 1, output: 2,
+///             weights: Weights::Int8 { data: vec![0, 100, 100, 0], scales: vec![0.01] },
+///             weight_shape: [2, 2], bias: vec![0, 0],
+///             multipliers: vec![QuantizedMultiplier::from_f64(0.01)?], // S_in·S_w/S_out
+///             clamp: Clamp { lo: 0, hi: 255 },
+///         }),
+///         Op::Dequantize { input: 2, output: 3 },
+///     ],
+///     input: 0,
+///     outputs: vec![3],
+/// };
+/// let mut exec = Executor::new(&model)?;
+/// let x = ArrayD::from_shape_vec(vec![1, 2], vec![0.5f32, 1.25])?;
+/// let y = exec.run(x.view())?;
+/// assert_eq!(y[0].as_slice().unwrap(), &[1.25, 0.5]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Executor {
+    model: Arc<Int8Model>,
+    path: KernelPath,
+    plans: Vec<OpPlan>,
+    bufs: Vec<Buf>,
+    batch: Option<usize>,
+    /// Per-sample element count of every tensor.
+    sizes: Vec<usize>,
+}
+
+fn quant(model: &Int8Model, t: TensorId) -> QuantParams {
+    // Validated: every U8 tensor carries params; F32 tensors never reach this.
+    model.tensors[t]
+        .quant
+        .unwrap_or_else(|| unreachable!("validated model: tensor {t} is U8"))
+}
+
+fn hwc(model: &Int8Model, t: TensorId) -> [usize; 3] {
+    match model.tensors[t].shape.as_slice() {
+        &[h, w, c] => [h, w, c],
+        _ => unreachable!("validated model: tensor {t} is [H, W, C]"),
+    }
+}
+
+impl Executor {
+    /// An executor on the process-wide best kernel path ([`KernelPath::best`]).
+    pub fn new(model: &Int8Model) -> Result<Self, RunError> {
+        Self::with_path(model, KernelPath::best())
+    }
+
+    /// An executor on a given kernel path (a path not supported by this CPU falls back to
+    /// [`KernelPath::Portable`]). Validates the model and prepares every op's constants.
+    pub fn with_path(model: &Int8Model, path: KernelPath) -> Result<Self, RunError> {
+        Self::from_arc(Arc::new(model.clone()), path)
+    }
+
+    /// Like [`Executor::with_path`], sharing the model.
+    pub fn from_arc(model: Arc<Int8Model>, path: KernelPath) -> Result<Self, RunError> {
+        model.validate()?;
+        let path = if path.is_supported_here() {
+            path
+        } else {
+            KernelPath::Portable
+        };
+        let mut plans = Vec::with_capacity(model.ops.len());
+        for (i, op) in model.ops.iter().enumerate() {
+            let err = |message: String| RunError::Plan {
+                op: i,
+                kind: op.kind(),
+                message,
+            };
+            let plan = match op {
+                Op::Conv2d(c) => OpPlan::Conv(Box::new(
+                    ConvPlan::new(
+                        c,
+                        hwc(&model, c.input),
+                        quant(&model, c.input),
+                        hwc(&model, c.output),
+                        quant(&model, c.output),
+                        path,
+                    )
+                    .map_err(|e| err(e.to_string()))?,
+                )),
+                Op::FullyConnected(f) => OpPlan::Fc(Box::new(
+                    FcPlan::new(f, quant(&model, f.input), quant(&model, f.output), path)
+                        .map_err(|e| err(e.to_string()))?,
+                )),
+                Op::Add {
+                    a,
+                    b,
+                    output,
+                    clamp,
+                } => OpPlan::Add(
+                    AddParams::new(
+                        &quant(&model, *a),
+                        &quant(&model, *b),
+                        &quant(&model, *output),
+                        *clamp,
+                    )
+                    .map_err(|e| err(e.to_string()))?,
+                ),
+                Op::Concat { inputs, output } => OpPlan::Concat(
+                    inputs
+                        .iter()
+                        .map(|&t| Rescale::new(&quant(&model, t), &quant(&model, *output)))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| err(e.to_string()))?,
+                ),
+                Op::AvgPool2d { input, output, .. } | Op::GlobalAvgPool { input, output } => {
+                    OpPlan::Pool(
+                        Rescale::new(&quant(&model, *input), &quant(&model, *output))
+                            .map_err(|e| err(e.to_string()))?,
+                    )
+                }
+                _ => OpPlan::Plain,
+            };
+            plans.push(plan);
+        }
+        let sizes = model
+            .tensors
+            .iter()
+            .map(|t| elements(&t.shape).unwrap_or(0))
+            .collect();
+        tracing::debug!(model = %model.name, kernel = path.name(), ops = model.ops.len(), "executor planned");
+        Ok(Self {
+            plans,
+            bufs: vec![Buf::default(); model.tensors.len()],
+            model,
+            path,
+            batch: None,
+            sizes,
+        })
+    }
+
+    /// The kernel path in use.
+    pub fn kernel_path(&self) -> KernelPath {
+        self.path
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Int8Model {
+        &self.model
+    }
+
+    /// Runs the model and returns every graph output dequantized to f32 (`r = S·(q − Z)` for U8
+    /// outputs), each of shape `[N, ...per-sample shape]`.
+    ///
+    /// `input` has shape `[N, ...]` with the model input's per-sample shape (NHWC). A U8 model
+    /// input is quantized with its params first (qat-core's rounding).
+    pub fn run(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>, RunError> {
+        self.execute(input)?;
+        let model = Arc::clone(&self.model);
+        let n = self.batch.unwrap_or(0);
+        Ok(model
+            .outputs
+            .iter()
+            .map(|&t| {
+                let shape = batch_shape(n, &model.tensors[t].shape);
+                let data = match &self.bufs[t] {
+                    Buf::F32(v) => v.clone(),
+                    Buf::U8(v) => {
+                        let q = quant(&model, t);
+                        v.iter().map(|&c| q.dequantize(c as i32)).collect()
+                    }
+                };
+                array(shape, data)
+            })
+            .collect())
+    }
+
+    /// Runs the model and returns the uint8 codes of every graph output: a U8 output's own codes,
+    /// or, for an F32 output written by `Dequantize`, the codes it dequantized.
+    pub fn run_u8(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<u8>>, RunError> {
+        let model = Arc::clone(&self.model);
+        let mut sources = Vec::with_capacity(model.outputs.len());
+        for (index, &t) in model.outputs.iter().enumerate() {
+            let src = if model.tensors[t].dtype == DType::U8 {
+                Some(t)
+            } else {
+                model.ops.iter().find_map(|op| match op {
+                    Op::Dequantize { input, output } if *output == t => Some(*input),
+                    _ => None,
+                })
+            };
+            sources.push(src.ok_or_else(|| RunError::OutputNotQuantized {
+                index,
+                tensor: t,
+                name: model.tensors[t].name.clone(),
+            })?);
+        }
+        self.execute(input)?;
+        let n = self.batch.unwrap_or(0);
+        Ok(sources
+            .into_iter()
+            .map(|t| {
+                let data = match &self.bufs[t] {
+                    Buf::U8(v) => v.clone(),
+                    Buf::F32(_) => unreachable!("validated model: tensor {t} is U8"),
+                };
+                array(batch_shape(n, &model.tensors[t].shape), data)
+            })
+            .collect())
+    }
+
+    /// Runs the model and returns the value of every tensor, in [`Int8Model::tensors`] order
+    /// (uint8 codes for U8 tensors, f32 for F32), for per-layer fidelity reports.
+    pub fn run_all(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<TensorValue>, RunError> {
+        self.execute(input)?;
+        let n = self.batch.unwrap_or(0);
+        Ok(self
+            .model
+            .tensors
+            .iter()
+            .zip(&self.bufs)
+            .map(|(t, b)| {
+                let shape = batch_shape(n, &t.shape);
+                match b {
+                    Buf::U8(v) => TensorValue::U8(array(shape, v.clone())),
+                    Buf::F32(v) => TensorValue::F32(array(shape, v.clone())),
+                }
+            })
+            .collect())
+    }
+
+    fn plan_buffers(&mut self, n: usize) -> Result<(), RunError> {
+        if self.batch == Some(n) {
+            return Ok(());
+        }
+        for (t, info) in self.model.tensors.iter().enumerate() {
+            let len = self.sizes[t]
+                .checked_mul(n)
+                .ok_or(RunError::BatchTooLarge {
+                    batch: n,
+                    tensor: t,
+                })?;
+            self.bufs[t] = match info.dtype {
+                DType::U8 => Buf::U8(vec![0; len]),
+                DType::F32 => Buf::F32(vec![0.0; len]),
+            };
+        }
+        self.batch = Some(n);
+        Ok(())
+    }
+
+    fn execute(&mut self, input: ArrayViewD<'_, f32>) -> Result<(), RunError> {
+        let model = Arc::clone(&self.model);
+        let tin = &model.tensors[model.input];
+        let shape = input.shape();
+        if shape.len() != tin.shape.len() + 1 || shape[1..] != tin.shape[..] {
+            return Err(RunError::InputShape {
+                expected: tin.shape.clone(),
+                got: shape.to_vec(),
+            });
+        }
+        let n = shape[0];
+        self.plan_buffers(n)?;
+        let x = input.as_standard_layout();
+        let xs = x.as_slice().unwrap_or_default();
+        match &mut self.bufs[model.input] {
+            Buf::F32(v) => v.copy_from_slice(xs),
+            Buf::U8(v) => reference::quantize(xs, &quant(&model, model.input), v),
+        }
+        for (i, op) in model.ops.iter().enumerate() {
+            let out_id = op.output();
+            let mut out = std::mem::take(&mut self.bufs[out_id]);
+            self.run_op(i, op, n, &mut out);
+            self.bufs[out_id] = out;
+        }
+        Ok(())
+    }
+
+    fn u8_buf(&self, t: TensorId) -> &[u8] {
+        match &self.bufs[t] {
+            Buf::U8(v) => v,
+            Buf::F32(_) => unreachable!("validated model: tensor {t} is U8"),
+        }
+    }
+
+    fn run_op(&self, i: usize, op: &Op, n: usize, out: &mut Buf) {
+        let model = &*self.model;
+        let so = self.sizes[op.output()];
+        match (op, &self.plans[i], out) {
+            (Op::Quantize { input, output }, _, Buf::U8(o)) => {
+                let Buf::F32(x) = &self.bufs[*input] else {
+                    unreachable!("validated: F32 input")
+                };
+                let q = quant(model, *output);
+                per_sample(o, so, |s, o| {
+                    reference::quantize(&x[s * so..(s + 1) * so], &q, o)
+                });
+            }
+            (Op::Dequantize { input, .. }, _, Buf::F32(o)) => {
+                let x = self.u8_buf(*input);
+                let q = quant(model, *input);
+                per_sample(o, so, |s, o| {
+                    reference::dequantize(&x[s * so..(s + 1) * so], &q, o)
+                });
+            }
+            (Op::Conv2d(c), OpPlan::Conv(plan), Buf::U8(o)) => {
+                plan.run(c, self.u8_buf(c.input), n, o);
+            }
+            (Op::FullyConnected(f), OpPlan::Fc(plan), Buf::U8(o)) => {
+                plan.run(f, self.u8_buf(f.input), n, o);
+            }
+            (Op::Add { a, b, .. }, OpPlan::Add(p), Buf::U8(o)) => {
+                let (xa, xb) = (self.u8_buf(*a), self.u8_buf(*b));
+                per_sample(o, so, |s, o| {
+                    reference::add(&xa[s * so..(s + 1) * so], &xb[s * so..(s + 1) * so], p, o)
+                });
+            }
+            (Op::Concat { inputs, .. }, OpPlan::Concat(rescales), Buf::U8(o)) => {
+                per_sample(o, so, |s, o| {
+                    let parts: Vec<(&[u8], usize, Rescale)> = inputs
+                        .iter()
+                        .zip(rescales)
+                        .map(|(&t, r)| {
+                            let len = self.sizes[t];
+                            let c = *model.tensors[t].shape.last().unwrap_or(&1);
+                            (&self.u8_buf(t)[s * len..(s + 1) * len], c, *r)
+                        })
+                        .collect();
+                    reference::concat(&parts, o);
+                });
+            }
+            (
+                Op::AvgPool2d {
+                    input,
+                    output,
+                    kernel,
+                    stride,
+                    padding,
+                },
+                OpPlan::Pool(r),
+                Buf::U8(o),
+            ) => {
+                let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
+                let (ih, oh) = (hwc(model, *input), hwc(model, *output));
+                per_sample(o, so, |s, o| {
+                    reference::avg_pool2d(
+                        &x[s * si..(s + 1) * si],
+                        ih,
+                        r,
+                        *kernel,
+                        *stride,
+                        *padding,
+                        oh,
+                        o,
+                    )
+                });
+            }
+            (Op::GlobalAvgPool { input, .. }, OpPlan::Pool(r), Buf::U8(o)) => {
+                let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
+                let ih = hwc(model, *input);
+                per_sample(o, so, |s, o| {
+                    reference::global_avg_pool(&x[s * si..(s + 1) * si], ih, r, o)
+                });
+            }
+            (
+                Op::MaxPool2d {
+                    input,
+                    output,
+                    kernel,
+                    stride,
+                    padding,
+                },
+                _,
+                Buf::U8(o),
+            ) => {
+                let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
+                let (ih, oh) = (hwc(model, *input), hwc(model, *output));
+                per_sample(o, so, |s, o| {
+                    reference::max_pool2d(
+                        &x[s * si..(s + 1) * si],
+                        ih,
+                        *kernel,
+                        *stride,
+                        *padding,
+                        oh,
+                        o,
+                    )
+                });
+            }
+            (Op::Reshape { input, .. }, _, Buf::U8(o)) => o.copy_from_slice(self.u8_buf(*input)),
+            (Op::Reshape { input, .. }, _, Buf::F32(o)) => {
+                let Buf::F32(x) = &self.bufs[*input] else {
+                    unreachable!("validated: same dtype")
+                };
+                o.copy_from_slice(x);
+            }
+            _ => unreachable!(
+                "validated model: op {i} ({}) has consistent dtypes and plan",
+                op.kind()
+            ),
+        }
+    }
+}
+
+/// Runs `f(sample, out_sample)` over the batch in parallel (rayon).
+fn per_sample<T: Send>(out: &mut [T], per: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if per == 0 {
+        return;
+    }
+    out.par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(s, o)| f(s, o));
+}
+
+fn batch_shape(n: usize, shape: &[usize]) -> Vec<usize> {
+    std::iter::once(n).chain(shape.iter().copied()).collect()
+}
+
+fn array<T>(shape: Vec<usize>, data: Vec<T>) -> ArrayD<T> {
+    ArrayD::from_shape_vec(IxDyn(&shape), data)
+        .unwrap_or_else(|_| unreachable!("buffer sized from the shape"))
+}

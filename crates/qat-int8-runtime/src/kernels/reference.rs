@@ -1,0 +1,349 @@
+//! Reference kernels: obvious loops, one output element at a time, never optimized (STYLE.md 1).
+//!
+//! They follow the paper's §2.3–2.4 literally and are the ground truth every optimized kernel is
+//! tested against. All functions work on one sample (no batch dimension), NHWC activations, OHWI
+//! weights. Accumulation is int32 with wrapping adds; [`crate::validate::MAX_REDUCTION`] keeps
+//! `Σ q1·q2` of int8 weights in range, and wrapping makes every algebraically equal evaluation order
+//! (row/column-sum expansion, packed GEMM, SIMD) give the same bits.
+
+use qat_core::QuantParams;
+use qat_core::fixed_point::{QuantizedMultiplier, requantize};
+
+use super::{AddParams, Rescale};
+use crate::model::{Clamp, Conv2d, FullyConnected, Weights};
+use crate::validate::ADD_LEFT_SHIFT;
+
+/// Weight code `q2` and its zero point `Z2` for output channel `co`, element `i` of the op's
+/// weight array.
+#[inline]
+fn weight(w: &Weights, co: usize, i: usize) -> (i32, i32) {
+    match w {
+        Weights::Int8 { data, .. } => (data[i] as i32, 0),
+        Weights::Uint8 {
+            data, zero_points, ..
+        } => {
+            let z = if zero_points.len() == 1 {
+                zero_points[0]
+            } else {
+                zero_points[co]
+            };
+            (data[i] as i32, z)
+        }
+    }
+}
+
+/// The multiplier of output channel `c` (one shared or one per channel).
+#[inline]
+pub fn channel_multiplier(ms: &[QuantizedMultiplier], c: usize) -> QuantizedMultiplier {
+    if ms.len() == 1 { ms[0] } else { ms[c] }
+}
+
+/// Paper eq. 7–8 for one output: with `N` the reduction length,
+/// `Σ (q1 − Z1)(q2 − Z2) = N·Z1·Z2 − Z1·a2 − Z2·ā1 + Σ q1·q2`, `a2 = Σ q2` (column sum of the
+/// weights), `ā1 = Σ q1` (row sum of the activations). Wrapping int32.
+#[inline]
+fn zero_point_expansion(n: usize, z1: i32, z2: i32, a2: i32, a1: i32, dot: i32) -> i32 {
+    (n as i32)
+        .wrapping_mul(z1)
+        .wrapping_mul(z2)
+        .wrapping_sub(z1.wrapping_mul(a2))
+        .wrapping_sub(z2.wrapping_mul(a1))
+        .wrapping_add(dot)
+}
+
+/// Conv2d int32 accumulators (bias included) for one sample:
+/// `acc[oh, ow, co] = bias[co] + Σ_{i,j,ci} (x[ih, iw, ci] − Z_in)·(w[co, i, j, ci] − Z_w[co])`,
+/// `ih = oh·s_h − pad_top + i·d_h`, `iw = ow·s_w − pad_left + j·d_w`; out-of-bounds positions hold
+/// `Z_in` (real 0.0), computed through the eq. 7–8 expansion with row and column sums.
+///
+/// `acc` has `Ho·Wo·C_out` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_acc(
+    input: &[u8],
+    in_hwc: [usize; 3],
+    zp_in: i32,
+    conv: &Conv2d,
+    out_hwc: [usize; 3],
+    acc: &mut [i32],
+) {
+    let [h, w, cin] = in_hwc;
+    let [ho, wo, cout] = out_hwc;
+    let [_, kh, kw, cig] = conv.weight_shape;
+    let cog = cout / conv.groups;
+    let n = kh * kw * cig;
+    for oh in 0..ho {
+        for ow in 0..wo {
+            for co in 0..cout {
+                let g = co / cog;
+                let (mut dot, mut a1, mut a2, mut z2) = (0i32, 0i32, 0i32, 0i32);
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let ih = (oh * conv.stride[0] + i * conv.dilation[0]) as isize
+                            - conv.padding[0] as isize;
+                        let iw = (ow * conv.stride[1] + j * conv.dilation[1]) as isize
+                            - conv.padding[1] as isize;
+                        let inside = ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w;
+                        for ci in 0..cig {
+                            let q1 = if inside {
+                                input[(ih as usize * w + iw as usize) * cin + g * cig + ci] as i32
+                            } else {
+                                zp_in
+                            };
+                            let (q2, z) =
+                                weight(&conv.weights, co, ((co * kh + i) * kw + j) * cig + ci);
+                            z2 = z;
+                            dot = dot.wrapping_add(q1 * q2);
+                            a1 = a1.wrapping_add(q1);
+                            a2 = a2.wrapping_add(q2);
+                        }
+                    }
+                }
+                acc[(oh * wo + ow) * cout + co] =
+                    zero_point_expansion(n, zp_in, z2, a2, a1, dot).wrapping_add(conv.bias[co]);
+            }
+        }
+    }
+}
+
+/// Paper §2.4 output stage over a buffer of accumulators whose last axis is the channel:
+/// `q = clamp(M[c]·acc + Z_out, lo, hi)` with qat-core's [`requantize`].
+pub fn requantize_channels(
+    acc: &[i32],
+    ms: &[QuantizedMultiplier],
+    zp_out: i32,
+    clamp: Clamp,
+    channels: usize,
+    out: &mut [u8],
+) {
+    for (i, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+        let m = channel_multiplier(ms, i % channels);
+        *o = requantize(a, m, zp_out, clamp.lo as i32, clamp.hi as i32) as u8;
+    }
+}
+
+/// Conv2d for one sample: [`conv2d_acc`] then [`requantize_channels`].
+pub fn conv2d(
+    input: &[u8],
+    in_hwc: [usize; 3],
+    zp_in: i32,
+    conv: &Conv2d,
+    out_hwc: [usize; 3],
+    zp_out: i32,
+    out: &mut [u8],
+) {
+    let mut acc = vec![0i32; out.len()];
+    conv2d_acc(input, in_hwc, zp_in, conv, out_hwc, &mut acc);
+    requantize_channels(&acc, &conv.multipliers, zp_out, conv.clamp, out_hwc[2], out);
+}
+
+/// Fully connected int32 accumulators (paper eq. 7–8, bias included):
+/// `acc[co] = bias[co] + Σ_k (x[k] − Z_in)(w[co, k] − Z_w[co])`.
+pub fn fully_connected_acc(input: &[u8], zp_in: i32, fc: &FullyConnected, acc: &mut [i32]) {
+    let [cout, cin] = fc.weight_shape;
+    for (co, a) in acc.iter_mut().enumerate().take(cout) {
+        let (mut dot, mut a1, mut a2, mut z2) = (0i32, 0i32, 0i32, 0i32);
+        for (k, &x) in input.iter().enumerate().take(cin) {
+            let (q2, z) = weight(&fc.weights, co, co * cin + k);
+            z2 = z;
+            dot = dot.wrapping_add(x as i32 * q2);
+            a1 = a1.wrapping_add(x as i32);
+            a2 = a2.wrapping_add(q2);
+        }
+        *a = zero_point_expansion(cin, zp_in, z2, a2, a1, dot).wrapping_add(fc.bias[co]);
+    }
+}
+
+/// Fully connected for one sample: [`fully_connected_acc`] then [`requantize_channels`].
+pub fn fully_connected(input: &[u8], zp_in: i32, fc: &FullyConnected, zp_out: i32, out: &mut [u8]) {
+    let mut acc = vec![0i32; out.len()];
+    fully_connected_acc(input, zp_in, fc, &mut acc);
+    requantize_channels(
+        &acc,
+        &fc.multipliers,
+        zp_out,
+        fc.clamp,
+        fc.weight_shape[0],
+        out,
+    );
+}
+
+/// TFLite's uint8 integer add (`left_shift = 20`), elementwise:
+/// `a' = M_a·((q_a − Z_a)·2^20)`, `b' = M_b·((q_b − Z_b)·2^20)`,
+/// `q = clamp(M_out·(a' + b') + Z_out, lo, hi)`, multipliers from
+/// [`crate::validate::add_multipliers`], applied with qat-core's [`QuantizedMultiplier::apply`].
+pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
+    for ((&x, &y), o) in a.iter().zip(b).zip(out.iter_mut()) {
+        let sa = p.ma.apply((x as i32 - p.za) << ADD_LEFT_SHIFT);
+        let sb = p.mb.apply((y as i32 - p.zb) << ADD_LEFT_SHIFT);
+        *o = requantize(
+            sa.wrapping_add(sb),
+            p.mo,
+            p.zo,
+            p.clamp.lo as i32,
+            p.clamp.hi as i32,
+        ) as u8;
+    }
+}
+
+/// Requantizes codes from one tensor's params to another's (concat inputs): identity when the
+/// params are equal, otherwise `q = clamp(M·(q_in − Z_in) + Z_out, 0, 255)`, `M = S_in/S_out`.
+pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
+    match r.m {
+        None => out.copy_from_slice(input),
+        Some(m) => {
+            for (&x, o) in input.iter().zip(out.iter_mut()) {
+                *o = requantize(x as i32 - r.zi, m, r.zo, 0, 255) as u8;
+            }
+        }
+    }
+}
+
+/// Concatenation along the last axis of one sample: each input's rows of `c_i` channels are
+/// [`rescale`]d into the output's rows of `Σ c_i` channels.
+pub fn concat(inputs: &[(&[u8], usize, Rescale)], out: &mut [u8]) {
+    let total: usize = inputs.iter().map(|i| i.1).sum();
+    if total == 0 {
+        return;
+    }
+    let rows = out.len() / total;
+    let mut off = 0;
+    for (data, c, r) in inputs {
+        let c = *c;
+        for row in 0..rows {
+            rescale(
+                &data[row * c..(row + 1) * c],
+                r,
+                &mut out[row * total + off..row * total + off + c],
+            );
+        }
+        off += c;
+    }
+}
+
+/// The average-pool output stage shared by [`avg_pool2d`] and [`global_avg_pool`].
+///
+/// Same params in and out (TFLite): `q = (Σ q_in + count/2) / count` (round half up; the sum is
+/// non-negative). Different params: the centered mean `m = round_half_away(Σ(q_in − Z_in)/count)`
+/// is requantized, `q = clamp(M·m + Z_out, 0, 255)` with `M = S_in/S_out` (two roundings; TFLite
+/// itself requires equal params for uint8 pools).
+#[inline]
+pub fn average(sum_codes: i32, count: usize, r: &Rescale) -> u8 {
+    let n = count as i32;
+    match r.m {
+        None => ((sum_codes + n / 2) / n).clamp(0, 255) as u8,
+        Some(m) => {
+            let centered = sum_codes - n * r.zi;
+            let half = if centered >= 0 { n / 2 } else { -(n / 2) };
+            let mean = (centered + half) / n;
+            requantize(mean, m, r.zo, 0, 255) as u8
+        }
+    }
+}
+
+/// Average pooling of one sample; padded cells are excluded from the count (TFLite). The
+/// output stage is [`average`].
+#[allow(clippy::too_many_arguments)]
+pub fn avg_pool2d(
+    input: &[u8],
+    in_hwc: [usize; 3],
+    rescale: &Rescale,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    out_hwc: [usize; 3],
+    out: &mut [u8],
+) {
+    pool(
+        input,
+        in_hwc,
+        kernel,
+        stride,
+        padding,
+        out_hwc,
+        out,
+        |cells| {
+            let sum: i32 = cells.iter().map(|&v| v as i32).sum();
+            average(sum, cells.len(), rescale)
+        },
+    );
+}
+
+/// Max pooling of one sample; padded cells are ignored; params are shared.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d(
+    input: &[u8],
+    in_hwc: [usize; 3],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    out_hwc: [usize; 3],
+    out: &mut [u8],
+) {
+    pool(
+        input,
+        in_hwc,
+        kernel,
+        stride,
+        padding,
+        out_hwc,
+        out,
+        |cells| cells.iter().copied().max().unwrap_or(0),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool(
+    input: &[u8],
+    in_hwc: [usize; 3],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    out_hwc: [usize; 3],
+    out: &mut [u8],
+    reduce: impl Fn(&[u8]) -> u8,
+) {
+    let [h, w, c] = in_hwc;
+    let [ho, wo, _] = out_hwc;
+    let mut cells = Vec::with_capacity(kernel[0] * kernel[1]);
+    for oh in 0..ho {
+        for ow in 0..wo {
+            for ch in 0..c {
+                cells.clear();
+                for i in 0..kernel[0] {
+                    for j in 0..kernel[1] {
+                        let ih = (oh * stride[0] + i) as isize - padding[0] as isize;
+                        let iw = (ow * stride[1] + j) as isize - padding[1] as isize;
+                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                            cells.push(input[(ih as usize * w + iw as usize) * c + ch]);
+                        }
+                    }
+                }
+                out[(oh * wo + ow) * c + ch] = reduce(&cells);
+            }
+        }
+    }
+}
+
+/// Global average pool of one sample `[H, W, C] → [C]`, output stage [`average`] with
+/// `count = H·W`.
+pub fn global_avg_pool(input: &[u8], in_hwc: [usize; 3], rescale: &Rescale, out: &mut [u8]) {
+    let [h, w, c] = in_hwc;
+    for (ch, o) in out.iter_mut().enumerate().take(c) {
+        let sum: i32 = (0..h * w).map(|p| input[p * c + ch] as i32).sum();
+        *o = average(sum, h * w, rescale);
+    }
+}
+
+/// `q = clamp(round_half_even(r·(1/S)) + Z, 0, 255)` via qat-core's [`QuantParams::quantize`].
+pub fn quantize(input: &[f32], q: &QuantParams, out: &mut [u8]) {
+    for (&r, o) in input.iter().zip(out.iter_mut()) {
+        *o = q.quantize(r).clamp(0, 255) as u8;
+    }
+}
+
+/// `r = S·(q − Z)` via qat-core's [`QuantParams::dequantize`].
+pub fn dequantize(input: &[u8], q: &QuantParams, out: &mut [f32]) {
+    for (&c, o) in input.iter().zip(out.iter_mut()) {
+        *o = q.dequantize(c as i32);
+    }
+}

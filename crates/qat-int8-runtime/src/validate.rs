@@ -1,0 +1,805 @@
+//! Whole-model validation: everything the executor relies on is checked here, once, before any
+//! inference (shapes consistent, tensor references in range, topological order, zero points and
+//! multipliers valid, sizes bounded).
+//!
+//! After [`Int8Model::validate`] succeeds, every kernel may index its buffers without further
+//! checks; no op can divide by zero (pool windows are never empty) and every derived fixed-point
+//! multiplier (Add, Concat, AvgPool) is representable.
+
+use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
+use thiserror::Error;
+
+use crate::model::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights};
+
+/// Largest number of elements one tensor may hold per sample (2^26 ≈ 67 M).
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 26;
+/// Largest reduction length `K = kh·kw·C_in/groups` of a conv / FC. With u8 × i8 products
+/// (|q1·q2| ≤ 255·128) and `K ≤ 2^16` the int32 accumulator `Σ q1·q2` cannot overflow.
+pub const MAX_REDUCTION: usize = 1 << 16;
+/// Largest pooling window (cells): `255·2^23` still fits the int32 window sum.
+pub const MAX_POOL_WINDOW: usize = 1 << 23;
+/// Largest kernel extent, stride, dilation or padding accepted in any spatial field.
+pub const MAX_SPATIAL: usize = 1 << 16;
+
+/// Why a model is invalid: names the tensor / op (index and kind) and the field.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValidationError {
+    /// A problem with the model as a whole (no tensors, no outputs, …).
+    #[error("model: {problem}")]
+    Model {
+        /// What is wrong.
+        problem: String,
+    },
+    /// A problem with one tensor's description.
+    #[error("tensor {tensor} ('{name}'), field `{field}`: {problem}")]
+    Tensor {
+        /// Tensor index.
+        tensor: usize,
+        /// Tensor name.
+        name: String,
+        /// The field at fault (`shape`, `dtype`, `quant`).
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A problem with one op.
+    #[error("op {op} ({kind}), field `{field}`: {problem}")]
+    Op {
+        /// Op index in [`Int8Model::ops`].
+        op: usize,
+        /// Op kind (`Conv2d`, `Add`, …).
+        kind: &'static str,
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The graph input is invalid.
+    #[error("graph input (tensor {tensor}): {problem}")]
+    Input {
+        /// Tensor index given as input.
+        tensor: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A graph output is invalid.
+    #[error("graph output #{index} (tensor {tensor}): {problem}")]
+    Output {
+        /// Position in [`Int8Model::outputs`].
+        index: usize,
+        /// Tensor index given.
+        tensor: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl Op {
+    /// The op's kind as a static name (`"Conv2d"`, `"Add"`, …), used in errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Quantize { .. } => "Quantize",
+            Op::Dequantize { .. } => "Dequantize",
+            Op::Conv2d(_) => "Conv2d",
+            Op::FullyConnected(_) => "FullyConnected",
+            Op::Add { .. } => "Add",
+            Op::Concat { .. } => "Concat",
+            Op::AvgPool2d { .. } => "AvgPool2d",
+            Op::GlobalAvgPool { .. } => "GlobalAvgPool",
+            Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::Reshape { .. } => "Reshape",
+        }
+    }
+
+    /// The tensors this op reads, in order.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match self {
+            Op::Quantize { input, .. }
+            | Op::Dequantize { input, .. }
+            | Op::AvgPool2d { input, .. }
+            | Op::GlobalAvgPool { input, .. }
+            | Op::MaxPool2d { input, .. }
+            | Op::Reshape { input, .. } => vec![*input],
+            Op::Conv2d(c) => vec![c.input],
+            Op::FullyConnected(f) => vec![f.input],
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Concat { inputs, .. } => inputs.clone(),
+        }
+    }
+
+    /// The tensor this op writes.
+    pub fn output(&self) -> TensorId {
+        match self {
+            Op::Quantize { output, .. }
+            | Op::Dequantize { output, .. }
+            | Op::Add { output, .. }
+            | Op::Concat { output, .. }
+            | Op::AvgPool2d { output, .. }
+            | Op::GlobalAvgPool { output, .. }
+            | Op::MaxPool2d { output, .. }
+            | Op::Reshape { output, .. } => *output,
+            Op::Conv2d(c) => c.output,
+            Op::FullyConnected(f) => f.output,
+        }
+    }
+}
+
+/// Output extent of a strided, dilated, padded window:
+/// `⌊(n + pad_lo + pad_hi − dilation·(k − 1) − 1) / stride⌋ + 1`, or `None` when the window does
+/// not fit even once (or a field is zero).
+pub fn conv_out_extent(
+    n: usize,
+    k: usize,
+    stride: usize,
+    dilation: usize,
+    pad_lo: usize,
+    pad_hi: usize,
+) -> Option<usize> {
+    if k == 0 || stride == 0 || dilation == 0 {
+        return None;
+    }
+    let padded = n.checked_add(pad_lo)?.checked_add(pad_hi)?;
+    let span = dilation.checked_mul(k - 1)?.checked_add(1)?;
+    if padded < span {
+        return None;
+    }
+    Some((padded - span) / stride + 1)
+}
+
+/// The fixed-point multipliers of TFLite's integer add (`left_shift = 20`): with
+/// `twice_max = 2·max(S_a, S_b)`, `M_a = S_a/twice_max`, `M_b = S_b/twice_max`,
+/// `M_out = twice_max/(2^20·S_out)`. Returns `(M_a, M_b, M_out)`.
+pub fn add_multipliers(
+    a: &QuantParams,
+    b: &QuantParams,
+    out: &QuantParams,
+) -> Result<
+    (
+        QuantizedMultiplier,
+        QuantizedMultiplier,
+        QuantizedMultiplier,
+    ),
+    qat_core::QuantError,
+> {
+    let twice_max = 2.0 * (a.scale() as f64).max(b.scale() as f64);
+    let ma = QuantizedMultiplier::from_f64(a.scale() as f64 / twice_max)?;
+    let mb = QuantizedMultiplier::from_f64(b.scale() as f64 / twice_max)?;
+    let mo = QuantizedMultiplier::from_f64(
+        twice_max / ((1u64 << ADD_LEFT_SHIFT) as f64 * out.scale() as f64),
+    )?;
+    Ok((ma, mb, mo))
+}
+
+/// TFLite's `left_shift` for uint8 add: inputs are scaled by `2^20` before rescaling.
+pub const ADD_LEFT_SHIFT: u32 = 20;
+
+struct Ctx<'m> {
+    model: &'m Int8Model,
+    op: usize,
+    kind: &'static str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &'static str, problem: impl Into<String>) -> ValidationError {
+        ValidationError::Op {
+            op: self.op,
+            kind: self.kind,
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    fn tensor(&self, field: &'static str, id: TensorId) -> Result<&TensorInfo, ValidationError> {
+        self.model.tensors.get(id).ok_or_else(|| {
+            self.err(
+                field,
+                format!(
+                    "tensor index {id} out of range ({} tensors)",
+                    self.model.tensors.len()
+                ),
+            )
+        })
+    }
+
+    fn u8_tensor(
+        &self,
+        field: &'static str,
+        id: TensorId,
+    ) -> Result<(&TensorInfo, QuantParams), ValidationError> {
+        let t = self.tensor(field, id)?;
+        match (t.dtype, t.quant) {
+            (DType::U8, Some(q)) => Ok((t, q)),
+            _ => Err(self.err(field, format!("tensor {id} ('{}') must be U8", t.name))),
+        }
+    }
+
+    fn hwc(&self, field: &'static str, t: &TensorInfo) -> Result<[usize; 3], ValidationError> {
+        match t.shape.as_slice() {
+            &[h, w, c] => Ok([h, w, c]),
+            s => Err(self.err(
+                field,
+                format!("tensor '{}' must be [H, W, C], got {s:?}", t.name),
+            )),
+        }
+    }
+
+    fn multipliers(
+        &self,
+        field: &'static str,
+        ms: &[QuantizedMultiplier],
+        out_ch: usize,
+    ) -> Result<(), ValidationError> {
+        if ms.len() != 1 && ms.len() != out_ch {
+            return Err(self.err(
+                field,
+                format!(
+                    "{} multipliers for {out_ch} output channels (need 1 or {out_ch})",
+                    ms.len()
+                ),
+            ));
+        }
+        for (c, m) in ms.iter().enumerate() {
+            QuantizedMultiplier::from_parts(m.multiplier(), m.shift())
+                .map_err(|e| self.err(field, format!("channel {c}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn weights(
+        &self,
+        w: &Weights,
+        expected_len: usize,
+        out_ch: usize,
+    ) -> Result<(), ValidationError> {
+        let (len, scales) = match w {
+            Weights::Int8 { data, scales } => (data.len(), scales),
+            Weights::Uint8 {
+                data,
+                scales,
+                zero_points,
+            } => {
+                if zero_points.len() != scales.len() {
+                    return Err(self.err(
+                        "weights.zero_points",
+                        format!(
+                            "{} zero points for {} scales",
+                            zero_points.len(),
+                            scales.len()
+                        ),
+                    ));
+                }
+                if let Some((c, z)) = zero_points
+                    .iter()
+                    .enumerate()
+                    .find(|(_, z)| !(0..=255).contains(*z))
+                {
+                    return Err(self.err(
+                        "weights.zero_points",
+                        format!("channel {c}: zero point {z} outside [0, 255]"),
+                    ));
+                }
+                (data.len(), scales)
+            }
+        };
+        if len != expected_len {
+            return Err(self.err(
+                "weights.data",
+                format!("{len} weight codes, weight_shape needs {expected_len}"),
+            ));
+        }
+        if scales.len() != 1 && scales.len() != out_ch {
+            return Err(self.err(
+                "weights.scales",
+                format!(
+                    "{} scales for {out_ch} output channels (need 1 or {out_ch})",
+                    scales.len()
+                ),
+            ));
+        }
+        if let Some((c, s)) = scales
+            .iter()
+            .enumerate()
+            .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+        {
+            return Err(self.err(
+                "weights.scales",
+                format!("channel {c}: scale {s} must be finite and > 0"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn clamp(&self, lo: u8, hi: u8) -> Result<(), ValidationError> {
+        if lo > hi {
+            return Err(self.err("clamp", format!("lo {lo} > hi {hi}")));
+        }
+        Ok(())
+    }
+
+    fn conv(&self, c: &Conv2d) -> Result<(), ValidationError> {
+        let (tin, _) = self.u8_tensor("input", c.input)?;
+        let (tout, _) = self.u8_tensor("output", c.output)?;
+        let [h, w, cin] = self.hwc("input", tin)?;
+        let [ho, wo, cout] = self.hwc("output", tout)?;
+        let [wo_ch, kh, kw, wi] = c.weight_shape;
+        if c.groups == 0 || cin % c.groups != 0 || cout % c.groups != 0 {
+            return Err(self.err(
+                "groups",
+                format!(
+                    "groups {} must divide C_in {cin} and C_out {cout}",
+                    c.groups
+                ),
+            ));
+        }
+        if wo_ch != cout || wi * c.groups != cin || kh == 0 || kw == 0 {
+            return Err(self.err(
+                "weight_shape",
+                format!(
+                    "{:?} inconsistent with C_in {cin}, C_out {cout}, groups {}",
+                    c.weight_shape, c.groups
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("stride", c.stride[0]),
+            ("stride", c.stride[1]),
+            ("dilation", c.dilation[0]),
+            ("dilation", c.dilation[1]),
+        ] {
+            if v == 0 || v > MAX_SPATIAL {
+                return Err(self.err(field, format!("{v} must be in 1..={MAX_SPATIAL}")));
+            }
+        }
+        if kh > MAX_SPATIAL || kw > MAX_SPATIAL || c.padding.iter().any(|&p| p > MAX_SPATIAL) {
+            return Err(self.err(
+                "padding",
+                format!("kernel/padding larger than {MAX_SPATIAL}"),
+            ));
+        }
+        let k = kh
+            .checked_mul(kw)
+            .and_then(|v| v.checked_mul(wi))
+            .filter(|&k| k <= MAX_REDUCTION)
+            .ok_or_else(|| {
+                self.err(
+                    "weight_shape",
+                    format!("reduction kh·kw·C_in/groups exceeds {MAX_REDUCTION}"),
+                )
+            })?;
+        let want_h = conv_out_extent(
+            h,
+            kh,
+            c.stride[0],
+            c.dilation[0],
+            c.padding[0],
+            c.padding[2],
+        );
+        let want_w = conv_out_extent(
+            w,
+            kw,
+            c.stride[1],
+            c.dilation[1],
+            c.padding[1],
+            c.padding[3],
+        );
+        if want_h != Some(ho) || want_w != Some(wo) {
+            return Err(self.err(
+                "output",
+                format!(
+                    "output is {ho}×{wo} but input {h}×{w}, kernel {kh}×{kw}, stride {:?}, dilation {:?}, padding {:?} give {want_h:?}×{want_w:?}",
+                    c.stride, c.dilation, c.padding
+                ),
+            ));
+        }
+        self.weights(&c.weights, cout * k, cout)?;
+        if c.bias.len() != cout {
+            return Err(self.err(
+                "bias",
+                format!("{} biases for {cout} output channels", c.bias.len()),
+            ));
+        }
+        self.multipliers("multipliers", &c.multipliers, cout)?;
+        self.clamp(c.clamp.lo, c.clamp.hi)
+    }
+
+    fn fc(&self, f: &FullyConnected) -> Result<(), ValidationError> {
+        let (tin, _) = self.u8_tensor("input", f.input)?;
+        let (tout, _) = self.u8_tensor("output", f.output)?;
+        let [cout, cin] = f.weight_shape;
+        if cin == 0 || cout == 0 || cin > MAX_REDUCTION {
+            return Err(self.err(
+                "weight_shape",
+                format!(
+                    "{:?}: C_in must be in 1..={MAX_REDUCTION}, C_out ≥ 1",
+                    f.weight_shape
+                ),
+            ));
+        }
+        if elements(&tin.shape) != Some(cin) {
+            return Err(self.err(
+                "input",
+                format!(
+                    "input shape {:?} does not hold C_in = {cin} elements",
+                    tin.shape
+                ),
+            ));
+        }
+        if elements(&tout.shape) != Some(cout) {
+            return Err(self.err(
+                "output",
+                format!(
+                    "output shape {:?} does not hold C_out = {cout} elements",
+                    tout.shape
+                ),
+            ));
+        }
+        self.weights(&f.weights, cout * cin, cout)?;
+        if f.bias.len() != cout {
+            return Err(self.err(
+                "bias",
+                format!("{} biases for {cout} output channels", f.bias.len()),
+            ));
+        }
+        self.multipliers("multipliers", &f.multipliers, cout)?;
+        self.clamp(f.clamp.lo, f.clamp.hi)
+    }
+
+    fn pool(
+        &self,
+        input: TensorId,
+        output: TensorId,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 4],
+    ) -> Result<(QuantParams, QuantParams), ValidationError> {
+        let (tin, qin) = self.u8_tensor("input", input)?;
+        let (tout, qout) = self.u8_tensor("output", output)?;
+        let [h, w, c] = self.hwc("input", tin)?;
+        let [ho, wo, co] = self.hwc("output", tout)?;
+        if kernel
+            .iter()
+            .chain(stride.iter())
+            .any(|&v| v == 0 || v > MAX_SPATIAL)
+        {
+            return Err(self.err(
+                "kernel",
+                format!("kernel {kernel:?} and stride {stride:?} must be in 1..={MAX_SPATIAL}"),
+            ));
+        }
+        if kernel[0].saturating_mul(kernel[1]) > MAX_POOL_WINDOW {
+            return Err(self.err(
+                "kernel",
+                format!("window {kernel:?} larger than {MAX_POOL_WINDOW} cells"),
+            ));
+        }
+        // Padding smaller than the window guarantees no window is entirely padding.
+        if padding[0] >= kernel[0]
+            || padding[2] >= kernel[0]
+            || padding[1] >= kernel[1]
+            || padding[3] >= kernel[1]
+        {
+            return Err(self.err(
+                "padding",
+                format!("padding {padding:?} must be smaller than kernel {kernel:?}"),
+            ));
+        }
+        let want_h = conv_out_extent(h, kernel[0], stride[0], 1, padding[0], padding[2]);
+        let want_w = conv_out_extent(w, kernel[1], stride[1], 1, padding[1], padding[3]);
+        if want_h != Some(ho) || want_w != Some(wo) || c != co {
+            return Err(self.err(
+                "output",
+                format!("output {:?} but input {:?}, kernel {kernel:?}, stride {stride:?}, padding {padding:?} give [{want_h:?}, {want_w:?}, {c}]", tout.shape, tin.shape),
+            ));
+        }
+        Ok((qin, qout))
+    }
+
+    fn check(&self, op: &Op) -> Result<(), ValidationError> {
+        match op {
+            Op::Quantize { input, output } | Op::Dequantize { input, output } => {
+                let quantize = matches!(op, Op::Quantize { .. });
+                let ti = self.tensor("input", *input)?;
+                let to = self.tensor("output", *output)?;
+                let (want_in, want_out) = if quantize {
+                    (DType::F32, DType::U8)
+                } else {
+                    (DType::U8, DType::F32)
+                };
+                if ti.dtype != want_in {
+                    return Err(
+                        self.err("input", format!("must be {want_in:?}, is {:?}", ti.dtype))
+                    );
+                }
+                if to.dtype != want_out {
+                    return Err(
+                        self.err("output", format!("must be {want_out:?}, is {:?}", to.dtype))
+                    );
+                }
+                if ti.shape != to.shape {
+                    return Err(self.err(
+                        "output",
+                        format!("shape {:?} differs from input {:?}", to.shape, ti.shape),
+                    ));
+                }
+                Ok(())
+            }
+            Op::Conv2d(c) => self.conv(c),
+            Op::FullyConnected(f) => self.fc(f),
+            Op::Add {
+                a,
+                b,
+                output,
+                clamp,
+            } => {
+                let (ta, qa) = self.u8_tensor("a", *a)?;
+                let (tb, qb) = self.u8_tensor("b", *b)?;
+                let (to, qo) = self.u8_tensor("output", *output)?;
+                if ta.shape != tb.shape || ta.shape != to.shape {
+                    return Err(self.err(
+                        "b",
+                        format!(
+                            "shapes differ: a {:?}, b {:?}, output {:?}",
+                            ta.shape, tb.shape, to.shape
+                        ),
+                    ));
+                }
+                add_multipliers(&qa, &qb, &qo).map_err(|e| {
+                    self.err(
+                        "output",
+                        format!("scales give no valid add multiplier: {e}"),
+                    )
+                })?;
+                self.clamp(clamp.lo, clamp.hi)
+            }
+            Op::Concat { inputs, output } => {
+                let (to, qo) = self.u8_tensor("output", *output)?;
+                if inputs.is_empty() {
+                    return Err(self.err("inputs", "concat needs at least one input"));
+                }
+                let rank = to.shape.len();
+                let mut channels = 0usize;
+                for &i in inputs {
+                    let (ti, qi) = self.u8_tensor("inputs", i)?;
+                    if ti.shape.len() != rank || ti.shape[..rank - 1] != to.shape[..rank - 1] {
+                        return Err(self.err(
+                            "inputs",
+                            format!(
+                                "input {i} shape {:?} incompatible with output {:?}",
+                                ti.shape, to.shape
+                            ),
+                        ));
+                    }
+                    channels = channels.saturating_add(ti.shape[rank - 1]);
+                    if qi != qo {
+                        QuantizedMultiplier::from_f64(qi.scale() as f64 / qo.scale() as f64)
+                            .map_err(|e| {
+                                self.err(
+                                    "inputs",
+                                    format!("input {i}: no valid rescale multiplier: {e}"),
+                                )
+                            })?;
+                    }
+                }
+                if channels != to.shape[rank - 1] {
+                    return Err(self.err(
+                        "output",
+                        format!(
+                            "inputs have {channels} channels in total, output has {}",
+                            to.shape[rank - 1]
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Op::AvgPool2d {
+                input,
+                output,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
+                if qi != qo {
+                    QuantizedMultiplier::from_f64(qi.scale() as f64 / qo.scale() as f64).map_err(
+                        |e| self.err("output", format!("no valid rescale multiplier: {e}")),
+                    )?;
+                }
+                Ok(())
+            }
+            Op::MaxPool2d {
+                input,
+                output,
+                kernel,
+                stride,
+                padding,
+            } => {
+                let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
+                if qi != qo {
+                    return Err(self.err(
+                        "output",
+                        "max pool input and output must share quantization params",
+                    ));
+                }
+                Ok(())
+            }
+            Op::GlobalAvgPool { input, output } => {
+                let (ti, qi) = self.u8_tensor("input", *input)?;
+                let (to, qo) = self.u8_tensor("output", *output)?;
+                let [h, w, c] = self.hwc("input", ti)?;
+                if h * w > MAX_POOL_WINDOW {
+                    return Err(self.err(
+                        "input",
+                        format!("{h}×{w} window larger than {MAX_POOL_WINDOW} cells"),
+                    ));
+                }
+                if elements(&to.shape) != Some(c) || to.shape.last() != Some(&c) {
+                    return Err(self.err(
+                        "output",
+                        format!("output {:?} must hold the {c} channels", to.shape),
+                    ));
+                }
+                if qi != qo {
+                    QuantizedMultiplier::from_f64(qi.scale() as f64 / qo.scale() as f64).map_err(
+                        |e| self.err("output", format!("no valid rescale multiplier: {e}")),
+                    )?;
+                }
+                Ok(())
+            }
+            Op::Reshape { input, output } => {
+                let ti = self.tensor("input", *input)?;
+                let to = self.tensor("output", *output)?;
+                if elements(&ti.shape) != elements(&to.shape) {
+                    return Err(self.err(
+                        "output",
+                        format!(
+                            "shape {:?} has a different element count from input {:?}",
+                            to.shape, ti.shape
+                        ),
+                    ));
+                }
+                if ti.dtype != to.dtype || ti.quant != to.quant {
+                    return Err(
+                        self.err("output", "reshape must keep dtype and quantization params")
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Product of the dims, `None` on overflow.
+pub(crate) fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+fn check_tensor(i: usize, t: &TensorInfo) -> Result<(), ValidationError> {
+    let err = |field, problem: String| ValidationError::Tensor {
+        tensor: i,
+        name: t.name.clone(),
+        field,
+        problem,
+    };
+    if !matches!(t.shape.len(), 1 | 3) {
+        return Err(err(
+            "shape",
+            format!("rank {} (need [C] or [H, W, C])", t.shape.len()),
+        ));
+    }
+    if t.shape.contains(&0) {
+        return Err(err("shape", format!("{:?} has a zero dimension", t.shape)));
+    }
+    match elements(&t.shape) {
+        Some(n) if n <= MAX_TENSOR_ELEMENTS => {}
+        _ => {
+            return Err(err(
+                "shape",
+                format!(
+                    "{:?} exceeds {MAX_TENSOR_ELEMENTS} elements per sample",
+                    t.shape
+                ),
+            ));
+        }
+    }
+    match (t.dtype, &t.quant) {
+        (DType::F32, None) => Ok(()),
+        (DType::F32, Some(_)) => Err(err(
+            "quant",
+            "F32 tensor must not carry quantization params".into(),
+        )),
+        (DType::U8, None) => Err(err("quant", "U8 tensor needs quantization params".into())),
+        (DType::U8, Some(q)) => {
+            if q.qmin() < 0 || q.qmax() > 255 {
+                Err(err(
+                    "quant",
+                    format!("grid [{}, {}] is not within [0, 255]", q.qmin(), q.qmax()),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Int8Model {
+    /// Checks every invariant the executor relies on (see the [module docs](crate::validate)).
+    ///
+    /// Run by [`Int8Model::from_bytes`] / [`Int8Model::load`] and by [`Int8Model::to_bytes`], and
+    /// usable by an exporter before saving. Errors name the op (index and kind) or tensor and the
+    /// field at fault.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.tensors.is_empty() {
+            return Err(ValidationError::Model {
+                problem: "no tensors".into(),
+            });
+        }
+        for (i, t) in self.tensors.iter().enumerate() {
+            check_tensor(i, t)?;
+        }
+        if self.input >= self.tensors.len() {
+            return Err(ValidationError::Input {
+                tensor: self.input,
+                problem: format!("out of range ({} tensors)", self.tensors.len()),
+            });
+        }
+        let mut defined = vec![false; self.tensors.len()];
+        defined[self.input] = true;
+        for (i, op) in self.ops.iter().enumerate() {
+            let ctx = Ctx {
+                model: self,
+                op: i,
+                kind: op.kind(),
+            };
+            ctx.check(op)?;
+            for t in op.inputs() {
+                if !defined[t] {
+                    return Err(ctx.err(
+                        "input",
+                        format!("tensor {t} ('{}') is read before any op writes it (ops must be in topological order)", self.tensors[t].name),
+                    ));
+                }
+            }
+            let out = op.output();
+            if defined[out] {
+                return Err(ctx.err(
+                    "output",
+                    format!(
+                        "tensor {out} ('{}') is written twice (or is the graph input)",
+                        self.tensors[out].name
+                    ),
+                ));
+            }
+            defined[out] = true;
+        }
+        if let Some(t) = defined.iter().position(|d| !d) {
+            return Err(ValidationError::Tensor {
+                tensor: t,
+                name: self.tensors[t].name.clone(),
+                field: "producer",
+                problem: "neither the graph input nor written by any op".into(),
+            });
+        }
+        if self.outputs.is_empty() {
+            return Err(ValidationError::Model {
+                problem: "no graph outputs".into(),
+            });
+        }
+        for (index, &tensor) in self.outputs.iter().enumerate() {
+            if tensor >= self.tensors.len() {
+                return Err(ValidationError::Output {
+                    index,
+                    tensor,
+                    problem: format!("out of range ({} tensors)", self.tensors.len()),
+                });
+            }
+            if !defined[tensor] {
+                return Err(ValidationError::Output {
+                    index,
+                    tensor,
+                    problem: "no op writes it".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! Shared test helpers: a deterministic generator and a small model that uses every op.
+#![allow(dead_code)]
+
+use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
+use qat_int8_runtime::{Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, TensorInfo, Weights};
+
+/// SplitMix64: deterministic, dependency-free.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    pub fn i8s(&mut self, n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|_| (self.below(255) as i32 - 127) as i8)
+            .collect()
+    }
+    pub fn u8s(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.below(256) as u8).collect()
+    }
+    pub fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| lo + (hi - lo) * (self.below(1 << 24) as f32 / (1 << 24) as f32))
+            .collect()
+    }
+}
+
+pub fn act(min: f32, max: f32) -> QuantParams {
+    QuantParams::asymmetric(min, max, 8).unwrap()
+}
+
+pub struct Builder {
+    pub tensors: Vec<TensorInfo>,
+    pub ops: Vec<Op>,
+    pub rng: Rng,
+}
+
+impl Builder {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            tensors: vec![],
+            ops: vec![],
+            rng: Rng(seed),
+        }
+    }
+    pub fn tensor(&mut self, name: &str, shape: &[usize], q: Option<QuantParams>) -> usize {
+        self.tensors.push(TensorInfo {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype: if q.is_some() { DType::U8 } else { DType::F32 },
+            quant: q,
+        });
+        self.tensors.len() - 1
+    }
+    pub fn q(&self, t: usize) -> QuantParams {
+        self.tensors[t].quant.unwrap()
+    }
+    /// Per-channel int8 weights with scales ~ 1/127 and multipliers S_in·S_w/S_out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        name: &str,
+        input: usize,
+        cout: usize,
+        k: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 4],
+        dilation: [usize; 2],
+        groups: usize,
+        qo: QuantParams,
+        relu: bool,
+        uint8_weights: bool,
+    ) -> usize {
+        let [h, w, cin] = <[usize; 3]>::try_from(self.tensors[input].shape.as_slice()).unwrap();
+        let ho = (h + padding[0] + padding[2] - dilation[0] * (k[0] - 1) - 1) / stride[0] + 1;
+        let wo = (w + padding[1] + padding[3] - dilation[1] * (k[1] - 1) - 1) / stride[1] + 1;
+        let out = self.tensor(name, &[ho, wo, cout], Some(qo));
+        let n = cout * k[0] * k[1] * (cin / groups);
+        let scales: Vec<f32> = (0..cout)
+            .map(|c| 0.5 / 127.0 * (1.0 + c as f32 * 0.05))
+            .collect();
+        let si = self.q(input).scale();
+        let weights = if uint8_weights {
+            Weights::Uint8 {
+                data: self.rng.u8s(n),
+                scales: scales.clone(),
+                zero_points: (0..cout).map(|c| 100 + c as i32).collect(),
+            }
+        } else {
+            Weights::Int8 {
+                data: self.rng.i8s(n),
+                scales: scales.clone(),
+            }
+        };
+        let bias = (0..cout)
+            .map(|_| self.rng.below(2001) as i32 - 1000)
+            .collect();
+        let multipliers = scales
+            .iter()
+            .map(|s| QuantizedMultiplier::from_f64((si * s / qo.scale()) as f64).unwrap())
+            .collect();
+        let clamp = Clamp {
+            lo: if relu { qo.zero_point() as u8 } else { 0 },
+            hi: 255,
+        };
+        self.ops.push(Op::Conv2d(Conv2d {
+            input,
+            output: out,
+            weights,
+            weight_shape: [cout, k[0], k[1], cin / groups],
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            multipliers,
+            clamp,
+        }));
+        out
+    }
+    pub fn fc(&mut self, name: &str, input: usize, cout: usize, qo: QuantParams) -> usize {
+        let cin: usize = self.tensors[input].shape.iter().product();
+        let out = self.tensor(name, &[cout], Some(qo));
+        let si = self.q(input).scale();
+        let sw = 1.0 / 127.0;
+        self.ops.push(Op::FullyConnected(FullyConnected {
+            input,
+            output: out,
+            weights: Weights::Int8 {
+                data: self.rng.i8s(cout * cin),
+                scales: vec![sw],
+            },
+            weight_shape: [cout, cin],
+            bias: (0..cout)
+                .map(|_| self.rng.below(201) as i32 - 100)
+                .collect(),
+            multipliers: vec![
+                QuantizedMultiplier::from_f64((si * sw / qo.scale()) as f64).unwrap(),
+            ],
+            clamp: Clamp { lo: 0, hi: 255 },
+        }));
+        out
+    }
+    pub fn finish(self, name: &str, input: usize, outputs: Vec<usize>) -> Int8Model {
+        Int8Model {
+            name: name.into(),
+            tensors: self.tensors,
+            ops: self.ops,
+            input,
+            outputs,
+        }
+    }
+}
+
+/// A small network that uses every op kind and conv variant (padding, stride 2, dilation,
+/// groups, depthwise, uint8 weights), input `[8, 8, 3]`.
+pub fn zoo_model() -> Int8Model {
+    let mut b = Builder::new(7);
+    let x = b.tensor("x", &[8, 8, 3], None);
+    let xq = b.tensor("xq", &[8, 8, 3], Some(act(-1.0, 1.0)));
+    b.ops.push(Op::Quantize {
+        input: x,
+        output: xq,
+    });
+    let c1 = b.conv(
+        "conv1",
+        xq,
+        8,
+        [3, 3],
+        [1, 1],
+        [1, 1, 1, 1],
+        [1, 1],
+        1,
+        act(0.0, 4.0),
+        true,
+        false,
+    );
+    let dw = b.conv(
+        "dw",
+        c1,
+        8,
+        [3, 3],
+        [2, 2],
+        [1, 1, 1, 1],
+        [1, 1],
+        8,
+        act(0.0, 3.0),
+        true,
+        false,
+    );
+    let pw = b.conv(
+        "pw",
+        dw,
+        8,
+        [1, 1],
+        [1, 1],
+        [0, 0, 0, 0],
+        [1, 1],
+        1,
+        act(-2.0, 2.0),
+        false,
+        false,
+    );
+    let gc = b.conv(
+        "grouped",
+        dw,
+        8,
+        [3, 3],
+        [1, 1],
+        [2, 2, 2, 2],
+        [2, 2],
+        2,
+        act(-1.5, 2.5),
+        false,
+        true,
+    );
+    let qa = act(-3.0, 4.0);
+    let add = b.tensor("add", &[4, 4, 8], Some(qa));
+    b.ops.push(Op::Add {
+        a: pw,
+        b: gc,
+        output: add,
+        clamp: Clamp {
+            lo: qa.zero_point() as u8,
+            hi: 255,
+        },
+    });
+    let mp = b.tensor("maxpool", &[2, 2, 8], Some(qa));
+    b.ops.push(Op::MaxPool2d {
+        input: add,
+        output: mp,
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0, 0, 0, 0],
+    });
+    let ap = b.tensor("avgpool", &[2, 2, 8], Some(act(0.0, 3.0)));
+    b.ops.push(Op::AvgPool2d {
+        input: add,
+        output: ap,
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1, 0, 0],
+    });
+    let cat = b.tensor("concat", &[2, 2, 16], Some(act(-1.0, 4.0)));
+    b.ops.push(Op::Concat {
+        inputs: vec![mp, ap],
+        output: cat,
+    });
+    let gap = b.tensor("gap", &[16], Some(act(0.0, 4.0)));
+    b.ops.push(Op::GlobalAvgPool {
+        input: cat,
+        output: gap,
+    });
+    let flat = b.tensor("flat", &[2 * 2 * 16], Some(act(-1.0, 4.0)));
+    b.ops.push(Op::Reshape {
+        input: cat,
+        output: flat,
+    });
+    let fc = b.fc("fc", flat, 5, act(-6.0, 6.0));
+    let y = b.tensor("y", &[5], None);
+    b.ops.push(Op::Dequantize {
+        input: fc,
+        output: y,
+    });
+    b.finish("zoo", x, vec![y, gap])
+}

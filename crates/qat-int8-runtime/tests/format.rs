@@ -1,0 +1,296 @@
+//! The `.qat8` file: round trip, golden file, typed errors, and random corruption never panics.
+
+mod common;
+
+use common::{Rng, zoo_model};
+use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
+use qat_int8_runtime::{
+    Executor, Int8Model, KernelPath, LoadError, Op, SaveError, ValidationError, Weights,
+};
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoo_v1.qat8");
+
+/// Rewrites the golden file from the current builder. Run once, on purpose, when the format
+/// version changes: `cargo test -p qat-int8-runtime --test format -- --ignored write_golden`.
+#[test]
+#[ignore = "writes tests/data/zoo_v1.qat8"]
+fn write_golden() {
+    zoo_model().save(GOLDEN).unwrap();
+}
+
+#[test]
+fn golden_file_still_loads_and_runs() {
+    let model = Int8Model::load(GOLDEN).expect("golden v1 file must keep loading");
+    assert_eq!(
+        model,
+        zoo_model(),
+        "golden file decodes to the model it was written from"
+    );
+    let mut exec = Executor::with_path(&model, KernelPath::Reference).unwrap();
+    let x = ndarray::ArrayD::from_shape_vec(vec![1, 8, 8, 3], Rng(3).f32s(192, -1.0, 1.0)).unwrap();
+    let y = exec.run(x.view()).unwrap();
+    assert_eq!(y[0].shape(), &[1, 5]);
+    assert_eq!(y[1].shape(), &[1, 16]);
+}
+
+#[test]
+fn round_trip_bytes_and_file() {
+    let model = zoo_model();
+    let bytes = model.to_bytes().unwrap();
+    assert_eq!(&bytes[..8], &MAGIC);
+    assert_eq!(
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+        FORMAT_VERSION
+    );
+    assert_eq!(Int8Model::from_bytes(&bytes).unwrap(), model);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.qat8");
+    model.save(&path).unwrap();
+    assert_eq!(Int8Model::load(&path).unwrap(), model);
+}
+
+#[test]
+fn crc32_check_value() {
+    assert_eq!(crc32(b""), 0);
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+fn rewrap(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn header_errors_are_typed() {
+    let bytes = zoo_model().to_bytes().unwrap();
+    assert!(matches!(
+        Int8Model::from_bytes(&bytes[..10]),
+        Err(LoadError::TooShort { len: 10 })
+    ));
+    let mut b = bytes.clone();
+    b[0] = b'P';
+    assert!(matches!(
+        Int8Model::from_bytes(&b),
+        Err(LoadError::BadMagic { .. })
+    ));
+    let mut b = bytes.clone();
+    b[8] = 2;
+    assert!(matches!(
+        Int8Model::from_bytes(&b),
+        Err(LoadError::UnsupportedVersion { found: 2 })
+    ));
+    let mut b = bytes.clone();
+    b[12] = 1;
+    assert!(matches!(
+        Int8Model::from_bytes(&b),
+        Err(LoadError::UnsupportedFlags { flags: 1 })
+    ));
+    assert!(matches!(
+        Int8Model::from_bytes(&bytes[..bytes.len() - 1]),
+        Err(LoadError::LengthMismatch { .. })
+    ));
+    let mut b = bytes.clone();
+    let last = b.len() - 1;
+    b[last] ^= 0x40;
+    assert!(matches!(
+        Int8Model::from_bytes(&b),
+        Err(LoadError::ChecksumMismatch { .. })
+    ));
+    let mut payload = bytes[HEADER_LEN..].to_vec();
+    payload.push(0);
+    assert!(matches!(
+        Int8Model::from_bytes(&rewrap(&payload)),
+        Err(LoadError::TrailingBytes { trailing: 1 })
+    ));
+    let garbage = rewrap(&[0xff; 40]);
+    assert!(matches!(
+        Int8Model::from_bytes(&garbage),
+        Err(LoadError::Decode { .. })
+    ));
+    let missing = Int8Model::load("/nonexistent/dir/m.qat8");
+    assert!(matches!(missing, Err(LoadError::Io { .. })));
+}
+
+#[test]
+fn validation_names_op_and_field() {
+    let mut m = zoo_model();
+    let Op::Conv2d(c) = &mut m.ops[2] else {
+        panic!("op 2 is the depthwise conv")
+    };
+    c.bias.pop();
+    let err = m.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ValidationError::Op {
+                op: 2,
+                kind: "Conv2d",
+                field: "bias",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // to_bytes refuses, and a file carrying it (re-encoded by hand) is refused on load.
+    assert!(matches!(m.to_bytes(), Err(SaveError::Invalid(_))));
+    let payload = bincode::serde::encode_to_vec(&m, bincode::config::standard()).unwrap();
+    let err = Int8Model::from_bytes(&rewrap(&payload)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Invalid(ValidationError::Op {
+                op: 2,
+                field: "bias",
+                ..
+            })
+        ),
+        "{err}"
+    );
+
+    let mut m = zoo_model();
+    m.ops.swap(1, 2);
+    let err = m.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ValidationError::Op {
+                op: 1,
+                field: "input",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut m = zoo_model();
+    let Op::Conv2d(c) = &mut m.ops[1] else {
+        panic!()
+    };
+    c.stride = [2, 2];
+    assert!(matches!(
+        m.validate().unwrap_err(),
+        ValidationError::Op {
+            op: 1,
+            field: "output",
+            ..
+        }
+    ));
+
+    let mut m = zoo_model();
+    let Op::Conv2d(c) = &mut m.ops[4] else {
+        panic!()
+    };
+    let Weights::Uint8 { zero_points, .. } = &mut c.weights else {
+        panic!()
+    };
+    zero_points[0] = 300;
+    assert!(matches!(
+        m.validate().unwrap_err(),
+        ValidationError::Op {
+            op: 4,
+            field: "weights.zero_points",
+            ..
+        }
+    ));
+
+    let mut m = zoo_model();
+    m.outputs.push(999);
+    assert!(matches!(
+        m.validate().unwrap_err(),
+        ValidationError::Output {
+            index: 2,
+            tensor: 999,
+            ..
+        }
+    ));
+
+    let mut m = zoo_model();
+    m.tensors[3].quant = None;
+    assert!(matches!(
+        m.validate().unwrap_err(),
+        ValidationError::Tensor {
+            tensor: 3,
+            field: "quant",
+            ..
+        }
+    ));
+
+    let mut m = zoo_model();
+    let Op::MaxPool2d { padding, .. } = &mut m.ops[6] else {
+        panic!()
+    };
+    *padding = [2, 0, 0, 0];
+    assert!(matches!(
+        m.validate().unwrap_err(),
+        ValidationError::Op {
+            op: 6,
+            kind: "MaxPool2d",
+            field: "padding",
+            ..
+        }
+    ));
+}
+
+/// Random corruptions of a valid file: always `Err` or a valid model, never a panic. With the
+/// checksum refreshed, corruptions reach the decoder and the validator.
+#[test]
+fn random_corruptions_never_panic() {
+    let bytes = zoo_model().to_bytes().unwrap();
+    let payload = &bytes[HEADER_LEN..];
+    let mut rng = Rng(42);
+    let (mut errors, mut ok) = (0, 0);
+    for i in 0..3000 {
+        let mut p = payload.to_vec();
+        match rng.below(4) {
+            0 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(p.len() as u64) as usize;
+                    p[at] = rng.below(256) as u8;
+                }
+            }
+            1 => {
+                let at = rng.below(p.len() as u64) as usize;
+                p.truncate(at);
+            }
+            2 => {
+                let at = rng.below(p.len() as u64) as usize;
+                p[at] ^= 1 << rng.below(8);
+            }
+            _ => {
+                let at = rng.below(p.len() as u64) as usize;
+                let len = (1 + rng.below(16) as usize).min(p.len() - at);
+                let fill = rng.below(256) as u8;
+                p[at..at + len].fill(fill);
+            }
+        }
+        // Half with a fresh checksum (exercises decode + validate), half with the stale one.
+        let file = if i % 2 == 0 {
+            rewrap(&p)
+        } else {
+            let mut f = bytes[..HEADER_LEN].to_vec();
+            f[16..24].copy_from_slice(&(p.len() as u64).to_le_bytes());
+            f.extend_from_slice(&p);
+            f
+        };
+        match Int8Model::from_bytes(&file) {
+            Ok(m) => {
+                // A corruption can land on a value that is still valid (a weight code): the
+                // result must then be a fully valid, runnable model.
+                m.validate().unwrap();
+                Executor::with_path(&m, KernelPath::Reference).unwrap();
+                ok += 1;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    assert!(
+        errors > 2000,
+        "most corruptions must be refused ({errors} errors, {ok} accepted)"
+    );
+}
