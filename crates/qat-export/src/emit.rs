@@ -1,0 +1,190 @@
+//! Emission of the `Int8Model` from a [`QuantPlan`] (paper §2: the integer-only graph).
+//!
+//! Node → runtime mapping:
+//!
+//! | float node | runtime tensors | runtime op |
+//! |---|---|---|
+//! | Input `x` | `x` (F32) and `x:u8` (U8) | `Quantize` |
+//! | Conv2d | U8 | `Conv2d` (OHWI weights, int32 bias, per-channel multipliers, clamp) |
+//! | Linear | U8 | `FullyConnected` |
+//! | Add | U8 | `Add` with the fused clamp |
+//! | Concat / AvgPool / GlobalAvgPool / MaxPool | U8 | same-named op |
+//! | Flatten | U8 (input's params) | `Reshape` |
+//! | Output `y` | `y` (F32) | `Dequantize`, listed in `Int8Model::outputs` |
+//!
+//! Every U8 tensor is named after its float node, so reports can join the two.
+
+use qat_int8_runtime::{self as rt, Clamp, DType, Int8Model, Op, TensorId, TensorInfo};
+
+use crate::error::ExportError;
+use crate::ir::{Activation, FloatGraph, FloatOp};
+use crate::passes::fuse;
+use crate::plan::{ExportOptions, QuantPlan};
+
+/// Name of the U8 tensor that holds the quantized graph input `input_name`.
+pub fn quantized_input_name(input_name: &str) -> String {
+    format!("{input_name}:u8")
+}
+
+impl QuantPlan {
+    /// The runtime tensor of each float node: its U8 output, or the F32 tensor for `Output`
+    /// nodes. (The Input node maps to its U8 tensor; the F32 graph input is `model.input`.)
+    pub fn node_tensors(&self) -> Vec<TensorId> {
+        let mut next = 0;
+        self.graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let t = match n.op {
+                    FloatOp::Input { .. } => next + 1,
+                    _ => next,
+                };
+                next = t + 1;
+                t
+            })
+            .collect()
+    }
+
+    /// Emits the integer-only model (see the module docs for the mapping).
+    pub fn to_int8_model(&self) -> Int8Model {
+        let mut tensors = Vec::new();
+        let mut ops = Vec::new();
+        let mut outputs = Vec::new();
+        let mut input = 0;
+        let node_t = self.node_tensors();
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let shape = self.shapes[i].clone();
+            let params = self.act_params[i];
+            let u8_tensor = |name: String| TensorInfo {
+                name,
+                shape: shape.clone(),
+                dtype: DType::U8,
+                quant: Some(params),
+            };
+            let src = |k: usize| node_t[node.inputs[k].0];
+            let out = node_t[i];
+            match &node.op {
+                FloatOp::Input { .. } => {
+                    input = tensors.len();
+                    tensors.push(TensorInfo {
+                        name: node.name.clone(),
+                        shape: shape.clone(),
+                        dtype: DType::F32,
+                        quant: None,
+                    });
+                    tensors.push(u8_tensor(quantized_input_name(&node.name)));
+                    ops.push(Op::Quantize { input, output: out });
+                    continue;
+                }
+                FloatOp::Output => {
+                    tensors.push(TensorInfo {
+                        name: node.name.clone(),
+                        shape,
+                        dtype: DType::F32,
+                        quant: None,
+                    });
+                    ops.push(Op::Dequantize {
+                        input: src(0),
+                        output: out,
+                    });
+                    outputs.push(out);
+                    continue;
+                }
+                _ => tensors.push(u8_tensor(node.name.clone())),
+            }
+            let lq = self.layers[i].as_ref();
+            let op = match (&node.op, lq) {
+                (FloatOp::Conv2d(c), Some(lq)) => Op::Conv2d(rt::Conv2d {
+                    input: src(0),
+                    output: out,
+                    weights: lq.weights.to_runtime(),
+                    weight_shape: c.weight_shape,
+                    bias: lq.bias.clone(),
+                    stride: c.stride,
+                    padding: c.padding,
+                    dilation: c.dilation,
+                    groups: c.groups,
+                    multipliers: lq.multipliers.clone(),
+                    clamp: lq.clamp,
+                }),
+                (FloatOp::Linear(l), Some(lq)) => Op::FullyConnected(rt::FullyConnected {
+                    input: src(0),
+                    output: out,
+                    weights: lq.weights.to_runtime(),
+                    weight_shape: l.weight_shape,
+                    bias: lq.bias.clone(),
+                    multipliers: lq.multipliers.clone(),
+                    clamp: lq.clamp,
+                }),
+                (FloatOp::Add { activation }, _) => Op::Add {
+                    a: src(0),
+                    b: src(1),
+                    output: out,
+                    clamp: fuse::activation_clamp(*activation, &params),
+                },
+                (FloatOp::Concat, _) => Op::Concat {
+                    inputs: (0..node.inputs.len()).map(src).collect(),
+                    output: out,
+                },
+                (FloatOp::AvgPool(p), _) => Op::AvgPool2d {
+                    input: src(0),
+                    output: out,
+                    kernel: p.kernel,
+                    stride: p.stride,
+                    padding: p.padding,
+                },
+                (FloatOp::GlobalAvgPool, _) => Op::GlobalAvgPool {
+                    input: src(0),
+                    output: out,
+                },
+                (FloatOp::MaxPool(p), _) => Op::MaxPool2d {
+                    input: src(0),
+                    output: out,
+                    kernel: p.kernel,
+                    stride: p.stride,
+                    padding: p.padding,
+                },
+                // Flatten, and (unreachable by construction) a conv/linear without its plan
+                // entry or an Input/Output handled above: a data-preserving reshape.
+                _ => Op::Reshape {
+                    input: src(0),
+                    output: out,
+                },
+            };
+            ops.push(op);
+        }
+        Int8Model {
+            name: self.graph.name.clone(),
+            tensors,
+            ops,
+            input,
+            outputs,
+        }
+    }
+
+    /// The clamp of node `i` (conv/linear/add), `None` for other nodes.
+    pub fn clamp_of(&self, i: usize) -> Option<Clamp> {
+        match (&self.graph.nodes.get(i)?.op, self.layers.get(i)?) {
+            (_, Some(lq)) => Some(lq.clamp),
+            (FloatOp::Add { activation }, None) => {
+                Some(fuse::activation_clamp(*activation, &self.act_params[i]))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Exports a float graph (ranges set) to an integer-only model: [`QuantPlan::new`] then
+/// [`QuantPlan::to_int8_model`].
+pub fn export(graph: &FloatGraph, opts: &ExportOptions) -> Result<Int8Model, ExportError> {
+    Ok(QuantPlan::new(graph, opts)?.to_int8_model())
+}
+
+/// Short label of an activation for reports (`none`, `relu`, `relu6`).
+pub fn activation_label(act: Activation) -> &'static str {
+    match act {
+        Activation::None => "none",
+        Activation::Relu => "relu",
+        Activation::Relu6 => "relu6",
+    }
+}

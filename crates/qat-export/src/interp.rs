@@ -1,0 +1,240 @@
+//! The float interpreter of a [`FloatGraph`]: plain loops over NHWC `ndarray` tensors, f64
+//! accumulation. It is the float reference (BN-folding tests, PTQ calibration) and, with
+//! fake-quantized weights and per-node activation fake quant, the simulation twin
+//! ([`crate::simulate`]).
+//!
+//! Op semantics (batch `N` first, then the per-sample shape):
+//! * conv: `y[n,y,x,o] = Σ_{ky,kx,i} x[n, y·s_h − p_t + ky·d_h, x·s_w − p_l + kx·d_w, g·I_g + i] ·
+//!   W[o,ky,kx,i] + b[o]` with `g = o / (O/groups)`, zero outside the input; then batch norm
+//!   `γ(y − mean)/√(var + eps) + β` if present, then the activation;
+//! * linear: `y[n,o] = Σ_i W[o,i]·x[n,i] + b[o]` (a `[H, W, C]` input is read in NHWC order);
+//! * add: `act(a + b)`; concat along the last axis;
+//! * average pool: mean over the window cells inside the input (padding excluded, as TFLite);
+//!   max pool: max over the cells inside the input; global average pool: mean over H, W;
+//! * flatten: NHWC row-major reshape; output: identity.
+//!
+//! ```
+//! use ndarray::ArrayD;
+//! use qat_export::{FloatGraph, interp::run};
+//! use qat_export::ir::Linear;
+//! let mut g = FloatGraph::new("fc");
+//! let x = g.input("x", &[2]);
+//! let y = g.linear("fc", x, Linear::new(vec![1.0, 2.0], [1, 2]).with_bias(vec![0.5]));
+//! g.output("y", y);
+//! let input = ArrayD::from_shape_vec(vec![1, 2], vec![3.0, 4.0]).unwrap();
+//! let vals = run(&g, input.view(), None)?;
+//! assert_eq!(vals[y.0].as_slice().unwrap(), &[11.5]);
+//! # Ok::<(), qat_export::GraphError>(())
+//! ```
+
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use qat_core::QuantParams;
+use rayon::prelude::*;
+
+use crate::error::GraphError;
+use crate::ir::{Activation, BatchNorm, Conv2d, FloatGraph, FloatOp, Linear, Pool2d};
+
+/// Runs `g` on a batch `input` of shape `[N, …per-sample shape]` and returns every node's output
+/// (index = node id), each `[N, …]`.
+///
+/// With `fake_quant = Some(params)`, node `i`'s output is replaced by
+/// `params[i].fake_quant(·)` element-wise when `params[i]` is `Some` (paper §3: activations are
+/// fake-quantized after the activation function and after add/concat/pool). Weights are used as
+/// stored: the simulation twin passes a graph whose weights are already fake-quantized.
+pub fn run(
+    g: &FloatGraph,
+    input: ArrayViewD<'_, f32>,
+    fake_quant: Option<&[Option<QuantParams>]>,
+) -> Result<Vec<ArrayD<f32>>, GraphError> {
+    let shapes = g.validate()?;
+    let in_id = g.input_id()?;
+    let expected = &shapes[in_id.0];
+    if input.ndim() != expected.len() + 1 || &input.shape()[1..] != expected.as_slice() {
+        return Err(GraphError::InputShape {
+            node: g.nodes[in_id.0].name.clone(),
+            expected: expected.clone(),
+            got: input.shape().to_vec(),
+        });
+    }
+    let n = input.shape()[0];
+    let mut vals: Vec<ArrayD<f32>> = Vec::with_capacity(g.nodes.len());
+    for (i, node) in g.nodes.iter().enumerate() {
+        let ins: Vec<&ArrayD<f32>> = node.inputs.iter().map(|j| &vals[j.0]).collect();
+        let mut out_shape = vec![n];
+        out_shape.extend_from_slice(&shapes[i]);
+        let mut y = match &node.op {
+            FloatOp::Input { .. } => input.to_owned(),
+            FloatOp::Conv2d(c) => conv2d(ins[0], c, &out_shape),
+            FloatOp::Linear(l) => linear(ins[0], l, n),
+            FloatOp::Add { activation } => {
+                let mut y = ins[0] + ins[1];
+                y.mapv_inplace(|v| activation.apply(v));
+                y
+            }
+            FloatOp::Concat => {
+                let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+                let last = Axis(out_shape.len() - 1);
+                ndarray::concatenate(last, &views).map_err(|e| GraphError::Shape {
+                    node: node.name.clone(),
+                    op: "Concat",
+                    reason: e.to_string(),
+                })?
+            }
+            FloatOp::AvgPool(p) => pool(ins[0], p, &out_shape, false),
+            FloatOp::MaxPool(p) => pool(ins[0], p, &out_shape, true),
+            FloatOp::GlobalAvgPool => global_avg_pool(ins[0], &out_shape),
+            FloatOp::Flatten | FloatOp::Output => {
+                let data: Vec<f32> = ins[0].iter().copied().collect();
+                ArrayD::from_shape_vec(IxDyn(&out_shape), data).map_err(|e| GraphError::Shape {
+                    node: node.name.clone(),
+                    op: node.op.kind(),
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        if let Some(Some(p)) = fake_quant.and_then(|f| f.get(i)) {
+            y.mapv_inplace(|v| p.fake_quant(v));
+        }
+        vals.push(y);
+    }
+    Ok(vals)
+}
+
+fn contiguous(x: &ArrayD<f32>) -> Vec<f32> {
+    x.iter().copied().collect()
+}
+
+fn apply_bn_act(acc: f64, c: usize, bn: Option<&BatchNorm>, act: Activation) -> f32 {
+    let v = match bn {
+        Some(bn) => {
+            let inv = 1.0 / (bn.var[c] as f64 + bn.eps as f64).sqrt();
+            bn.gamma[c] as f64 * (acc - bn.mean[c] as f64) * inv + bn.beta[c] as f64
+        }
+        None => acc,
+    };
+    act.apply(v as f32)
+}
+
+/// NHWC conv with OHWI weights (see the module docs for the formula).
+fn conv2d(x: &ArrayD<f32>, c: &Conv2d, out_shape: &[usize]) -> ArrayD<f32> {
+    let xs = contiguous(x);
+    let (h, w, cin) = (x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (ho, wo, o) = (out_shape[1], out_shape[2], out_shape[3]);
+    let [_, kh, kw, ig] = c.weight_shape;
+    let og = o / c.groups;
+    let mut out = vec![0f32; out_shape.iter().product()];
+    let per_sample = ho * wo * o;
+    if per_sample > 0 {
+        out.par_chunks_mut(per_sample)
+            .enumerate()
+            .for_each(|(b, ys)| {
+                let xb = &xs[b * h * w * cin..(b + 1) * h * w * cin];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for oc in 0..o {
+                            let grp = oc / og;
+                            let mut acc = c.bias.as_ref().map_or(0.0, |b| b[oc] as f64);
+                            for ky in 0..kh {
+                                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
+                                    - c.padding[0] as isize;
+                                if iy < 0 || iy >= h as isize {
+                                    continue;
+                                }
+                                for kx in 0..kw {
+                                    let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize
+                                        - c.padding[1] as isize;
+                                    if ix < 0 || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xo = (iy as usize * w + ix as usize) * cin + grp * ig;
+                                    let wo_ = ((oc * kh + ky) * kw + kx) * ig;
+                                    for i in 0..ig {
+                                        acc += xb[xo + i] as f64 * c.weight[wo_ + i] as f64;
+                                    }
+                                }
+                            }
+                            ys[(oy * wo + ox) * o + oc] =
+                                apply_bn_act(acc, oc, c.batch_norm.as_ref(), c.activation);
+                        }
+                    }
+                }
+            });
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("conv output size matches its shape")
+}
+
+fn linear(x: &ArrayD<f32>, l: &Linear, n: usize) -> ArrayD<f32> {
+    let xs = contiguous(x);
+    let [o, k] = l.weight_shape;
+    let mut out = vec![0f32; n * o];
+    for b in 0..n {
+        let xb = &xs[b * k..(b + 1) * k];
+        for oc in 0..o {
+            let wr = &l.weight[oc * k..(oc + 1) * k];
+            let mut acc = l.bias.as_ref().map_or(0.0, |b| b[oc] as f64);
+            for (xv, wv) in xb.iter().zip(wr) {
+                acc += *xv as f64 * *wv as f64;
+            }
+            out[b * o + oc] = l.activation.apply(acc as f32);
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&[n, o]), out).expect("linear output size matches its shape")
+}
+
+fn pool(x: &ArrayD<f32>, p: &Pool2d, out_shape: &[usize], max: bool) -> ArrayD<f32> {
+    let xs = contiguous(x);
+    let (n, h, w, c) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (ho, wo) = (out_shape[1], out_shape[2]);
+    let mut out = vec![0f32; out_shape.iter().product()];
+    for b in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let y0 = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+                let x0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
+                for ch in 0..c {
+                    let mut acc = 0f64;
+                    let mut best = f32::NEG_INFINITY;
+                    let mut count = 0usize;
+                    for ky in 0..p.kernel[0] as isize {
+                        let iy = y0 + ky;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..p.kernel[1] as isize {
+                            let ix = x0 + kx;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let v = xs[((b * h + iy as usize) * w + ix as usize) * c + ch];
+                            acc += v as f64;
+                            best = best.max(v);
+                            count += 1;
+                        }
+                    }
+                    out[((b * ho + oy) * wo + ox) * c + ch] = if max {
+                        best
+                    } else {
+                        (acc / count.max(1) as f64) as f32
+                    };
+                }
+            }
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("pool output size matches its shape")
+}
+
+fn global_avg_pool(x: &ArrayD<f32>, out_shape: &[usize]) -> ArrayD<f32> {
+    let xs = contiguous(x);
+    let (n, h, w, c) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let mut out = vec![0f32; n * c];
+    for b in 0..n {
+        for ch in 0..c {
+            let mut acc = 0f64;
+            for i in 0..h * w {
+                acc += xs[(b * h * w + i) * c + ch] as f64;
+            }
+            out[b * c + ch] = (acc / (h * w) as f64) as f32;
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("pool output size matches its shape")
+}

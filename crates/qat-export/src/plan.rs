@@ -1,0 +1,272 @@
+//! The quantization plan: every number export decides, computed once and shared by the
+//! `Int8Model` emitter ([`crate::emit`]) and the simulation twin ([`crate::simulate`]), so the two
+//! cannot disagree about parameters.
+//!
+//! [`QuantPlan::new`] runs, in order:
+//! 1. structural validation ([`crate::validate`]);
+//! 2. the refusal checks, collecting **every** offending node into one [`ExportError::Refused`]:
+//!    uncalibrated ranges ([`Refusal::Uncalibrated`]), batch norm left unfolded with folding off
+//!    ([`Refusal::UnfoldedBatchNorm`]), ops the runtime cannot run ([`Refusal::Unsupported`]),
+//!    NaN/inf weights, biases or batch-norm parameters ([`Refusal::NonFinite`]);
+//! 3. BN folding ([`crate::passes::bn_fold`]);
+//! 4. activation parameters per node ([`crate::passes::ranges`]; max pool, flatten and output
+//!    inherit their input's);
+//! 5. per conv/linear: weight quantization, int32 bias, multipliers and the fused clamp
+//!    ([`crate::passes::weights`], [`crate::passes::fuse`]).
+
+use qat_core::QuantParams;
+use qat_core::fixed_point::QuantizedMultiplier;
+use qat_int8_runtime::Clamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ExportError, Refusal};
+use crate::ir::{Activation, FloatGraph, FloatOp, Node};
+use crate::passes::{bn_fold, fuse, ranges, weights};
+
+/// Export options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportOptions {
+    /// Fold batch norm into the preceding conv (default `true`). With `false`, a conv that still
+    /// carries batch norm is refused ([`Refusal::UnfoldedBatchNorm`]).
+    pub fold_batch_norm: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            fold_batch_norm: true,
+        }
+    }
+}
+
+/// Everything export decided for one conv or linear layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerQuant {
+    /// Quantized folded weights.
+    pub weights: weights::QuantizedWeights,
+    /// The folded float bias (zeros without bias); the simulation adds it unquantized.
+    pub float_bias: Vec<f32>,
+    /// int32 bias, scale `S_in·S_w[c]`.
+    pub bias: Vec<i32>,
+    /// How many bias entries saturated the int32 range.
+    pub bias_saturated: usize,
+    /// `M[c] = S_in·S_w[c]/S_out` (one per channel, or one when weights are per tensor).
+    pub multipliers: Vec<QuantizedMultiplier>,
+    /// Fused activation clamp.
+    pub clamp: Clamp,
+}
+
+/// The export plan (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantPlan {
+    /// The graph after BN folding.
+    pub graph: FloatGraph,
+    /// Per-sample output shape of every node.
+    pub shapes: Vec<Vec<usize>>,
+    /// Output quantization parameters of every node (inherited ones resolved).
+    pub act_params: Vec<QuantParams>,
+    /// Conv/linear decisions, `None` for other nodes.
+    pub layers: Vec<Option<LayerQuant>>,
+}
+
+fn non_finite(xs: &[f32]) -> bool {
+    xs.iter().any(|v| !v.is_finite())
+}
+
+/// Every refusal for `node` (see [`Refusal`]).
+fn refusals_for(
+    node: &Node,
+    input_shapes: &[&[usize]],
+    opts: &ExportOptions,
+    out: &mut Vec<Refusal>,
+) {
+    let nf = |what| Refusal::NonFinite {
+        node: node.name.clone(),
+        what,
+    };
+    match &node.op {
+        FloatOp::Conv2d(c) => {
+            if non_finite(&c.weight) {
+                out.push(nf("weight"));
+            }
+            if c.bias.as_deref().is_some_and(non_finite) {
+                out.push(nf("bias"));
+            }
+            if let Some(bn) = &c.batch_norm {
+                if !opts.fold_batch_norm {
+                    out.push(Refusal::UnfoldedBatchNorm {
+                        node: node.name.clone(),
+                    });
+                }
+                if non_finite(&bn.gamma)
+                    || non_finite(&bn.beta)
+                    || non_finite(&bn.mean)
+                    || non_finite(&bn.var)
+                    || !bn.eps.is_finite()
+                {
+                    out.push(nf("batch_norm"));
+                }
+            }
+        }
+        FloatOp::Linear(l) => {
+            if non_finite(&l.weight) {
+                out.push(nf("weight"));
+            }
+            if l.bias.as_deref().is_some_and(non_finite) {
+                out.push(nf("bias"));
+            }
+            if let Some(s) = input_shapes.first()
+                && s.len() != 1
+            {
+                out.push(Refusal::Unsupported {
+                    node: node.name.clone(),
+                    op: "Linear",
+                    reason: format!(
+                        "input has shape {s:?}; the runtime's FullyConnected takes [C] (insert a Flatten)"
+                    ),
+                });
+            }
+        }
+        _ => {}
+    }
+    if !node.op.inherits_params() && node.act.range.is_none() {
+        out.push(Refusal::Uncalibrated {
+            node: node.name.clone(),
+        });
+    }
+}
+
+fn quant_err(node: &Node, what: &'static str) -> impl FnOnce(qat_core::QuantError) -> ExportError {
+    let name = node.name.clone();
+    move |source| ExportError::Quant {
+        node: name,
+        what,
+        source,
+    }
+}
+
+fn layer_quant(
+    node: &Node,
+    w: &[f32],
+    out_channels: usize,
+    bias: Option<&Vec<f32>>,
+    wq: crate::ir::WeightQuant,
+    act: Activation,
+    (p_in, p_out): (&QuantParams, &QuantParams),
+) -> Result<LayerQuant, ExportError> {
+    let qw = weights::quantize_weights(w, out_channels, wq).map_err(quant_err(node, "weights"))?;
+    let float_bias = bias.cloned().unwrap_or_else(|| vec![0.0; out_channels]);
+    let (bias, bias_saturated) =
+        weights::quantize_bias(&float_bias, p_in.scale(), &qw.scales_per_channel());
+    if bias_saturated > 0 {
+        tracing::warn!(
+            node = %node.name,
+            bias_saturated,
+            "int32 bias saturated; the layer's output will deviate from the float simulation"
+        );
+    }
+    let scales: Vec<f32> = qw.params.iter().map(|p| p.scale()).collect();
+    let multipliers = weights::requant_multipliers(p_in.scale(), &scales, p_out.scale())
+        .map_err(quant_err(node, "requantization multiplier"))?;
+    Ok(LayerQuant {
+        weights: qw,
+        float_bias,
+        bias,
+        bias_saturated,
+        multipliers,
+        clamp: fuse::activation_clamp(act, p_out),
+    })
+}
+
+impl QuantPlan {
+    /// Builds the plan for `graph` (see the module docs), or says why not.
+    pub fn new(graph: &FloatGraph, opts: &ExportOptions) -> Result<Self, ExportError> {
+        let shapes = graph.validate()?;
+        let mut refusals = Vec::new();
+        for node in &graph.nodes {
+            let ins: Vec<&[usize]> = node.inputs.iter().map(|j| shapes[j.0].as_slice()).collect();
+            refusals_for(node, &ins, opts, &mut refusals);
+        }
+        if !refusals.is_empty() {
+            return Err(ExportError::Refused { refusals });
+        }
+        let graph = if opts.fold_batch_norm {
+            bn_fold::fold_graph_batch_norms(graph)
+        } else {
+            graph.clone()
+        };
+        let mut act_params: Vec<QuantParams> = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let p = if node.op.inherits_params() {
+                act_params[node.inputs[0].0]
+            } else {
+                let range = node.act.range.ok_or_else(|| ExportError::Refused {
+                    refusals: vec![Refusal::Uncalibrated {
+                        node: node.name.clone(),
+                    }],
+                })?;
+                ranges::activation_params(range, node.act.bits)
+                    .map_err(quant_err(node, "activation range"))?
+            };
+            act_params.push(p);
+        }
+        let mut layers = Vec::with_capacity(graph.nodes.len());
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let lq = match &node.op {
+                FloatOp::Conv2d(c) => Some(layer_quant(
+                    node,
+                    &c.weight,
+                    c.out_channels(),
+                    c.bias.as_ref(),
+                    c.weight_quant,
+                    c.activation,
+                    (&act_params[node.inputs[0].0], &act_params[i]),
+                )?),
+                FloatOp::Linear(l) => Some(layer_quant(
+                    node,
+                    &l.weight,
+                    l.weight_shape[0],
+                    l.bias.as_ref(),
+                    l.weight_quant,
+                    l.activation,
+                    (&act_params[node.inputs[0].0], &act_params[i]),
+                )?),
+                _ => None,
+            };
+            layers.push(lq);
+        }
+        Ok(Self {
+            graph,
+            shapes,
+            act_params,
+            layers,
+        })
+    }
+
+    /// The folded graph with every conv/linear weight replaced by its fake-quantized value
+    /// `S_w[c]·(q − Z_w[c])` (biases stay float, as in training).
+    pub fn simulation_graph(&self) -> FloatGraph {
+        let mut g = self.graph.clone();
+        for (node, lq) in g.nodes.iter_mut().zip(&self.layers) {
+            let Some(lq) = lq else { continue };
+            match &mut node.op {
+                FloatOp::Conv2d(c) => c.weight = lq.weights.dequantized(),
+                FloatOp::Linear(l) => l.weight = lq.weights.dequantized(),
+                _ => {}
+            }
+        }
+        g
+    }
+
+    /// Where the simulation fake-quantizes activations: `Some(params)` for every node that defines
+    /// its own grid (input, conv, linear, add, concat, pools), `None` where the output inherits
+    /// its input's grid (max pool, flatten, output — their values are already on it).
+    pub fn fake_quant_points(&self) -> Vec<Option<QuantParams>> {
+        self.graph
+            .nodes
+            .iter()
+            .zip(&self.act_params)
+            .map(|(n, p)| (!n.op.inherits_params()).then_some(*p))
+            .collect()
+    }
+}
