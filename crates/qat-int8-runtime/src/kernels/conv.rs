@@ -1,11 +1,29 @@
 //! Conv2d and fully connected ops, prepared once per model ([`ConvPlan`], [`FcPlan`]) and run
 //! on a batch with the kernel path chosen at plan time.
+//!
+//! Dispatch (all bit-exact with [`reference`]):
+//! - `KernelPath::Reference`, or uint8 weights (`Weights::Uint8`, the paper's asymmetric
+//!   option, whose `Z2·ā1` row-sum term the packed kernels do not carry): reference loops.
+//! - depthwise (`groups == C_in == C_out`): [`super::depthwise`].
+//! - everything else: the packed GEMM ([`super::gemm`]) per group, with `A` read directly for
+//!   1×1/stride-1/unpadded convs whose `C_in` fills the k-groups, else filled by a tiled
+//!   im2col (one [`super::gemm::MC`]-row block at a time, so it stays in cache).
+//!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
 use qat_core::{QuantError, QuantParams};
 use rayon::prelude::*;
 
+use super::depthwise::{DepthwisePlan, DepthwiseShape};
+use super::gemm::{ASource, OutPtr, PackedB, gemm};
 use super::{KernelPath, reference};
-use crate::model::{Conv2d, FullyConnected};
+use crate::model::{Conv2d, FullyConnected, Weights};
+
+#[derive(Debug, Clone)]
+enum ConvImpl {
+    Reference,
+    Gemm(Vec<PackedB>),
+    Depthwise(Box<DepthwisePlan>),
+}
 
 /// A conv op prepared for one kernel path.
 #[derive(Debug, Clone)]
@@ -15,24 +33,80 @@ pub struct ConvPlan {
     zp_in: i32,
     zp_out: i32,
     path: KernelPath,
+    imp: ConvImpl,
 }
 
 impl ConvPlan {
-    /// Prepares `conv` (input `[H, W, C_in]` with params `qi`, output `[Ho, Wo, C_out]` with `qo`).
+    /// Prepares `conv` (input `[H, W, C_in]` with params `qi`, output `[Ho, Wo, C_out]` with `qo`)
+    /// for `path`: packs weights and folds the zero-point correction into the bias.
     pub fn new(
-        _conv: &Conv2d,
+        conv: &Conv2d,
         in_hwc: [usize; 3],
         qi: QuantParams,
         out_hwc: [usize; 3],
         qo: QuantParams,
         path: KernelPath,
     ) -> Result<Self, QuantError> {
+        let (z1, z3) = (qi.zero_point(), qo.zero_point());
+        let (lo, hi) = (conv.clamp.lo as i32, conv.clamp.hi as i32);
+        let imp = match (&conv.weights, path) {
+            (_, KernelPath::Reference) | (Weights::Uint8 { .. }, _) => ConvImpl::Reference,
+            (Weights::Int8 { data, .. }, _) => {
+                let [cout, kh, kw, cig] = conv.weight_shape;
+                if conv.groups == in_hwc[2] && conv.groups == cout {
+                    ConvImpl::Depthwise(Box::new(DepthwisePlan::new(
+                        path,
+                        DepthwiseShape {
+                            kernel: [kh, kw],
+                            stride: conv.stride,
+                            dilation: conv.dilation,
+                            padding: conv.padding,
+                            in_hwc,
+                            out_hwc,
+                        },
+                        data,
+                        &conv.bias,
+                        &conv.multipliers,
+                        z1,
+                        z3,
+                        lo,
+                        hi,
+                    )))
+                } else {
+                    let k = kh * kw * cig;
+                    let cog = cout / conv.groups;
+                    let packed = (0..conv.groups)
+                        .map(|g| {
+                            let ms = if conv.multipliers.len() == 1 {
+                                &conv.multipliers[..]
+                            } else {
+                                &conv.multipliers[g * cog..(g + 1) * cog]
+                            };
+                            PackedB::new(
+                                path,
+                                &data[g * cog * k..(g + 1) * cog * k],
+                                cog,
+                                k,
+                                &conv.bias[g * cog..(g + 1) * cog],
+                                ms,
+                                z1,
+                                z3,
+                                lo,
+                                hi,
+                            )
+                        })
+                        .collect();
+                    ConvImpl::Gemm(packed)
+                }
+            }
+        };
         Ok(Self {
             in_hwc,
             out_hwc,
-            zp_in: qi.zero_point(),
-            zp_out: qo.zero_point(),
+            zp_in: z1,
+            zp_out: z3,
             path,
+            imp,
         })
     }
 
@@ -44,22 +118,143 @@ impl ConvPlan {
     /// Runs the conv on a batch of `n` samples: `input` is `[n, H, W, C_in]`, `out` is
     /// `[n, Ho, Wo, C_out]`.
     pub fn run(&self, conv: &Conv2d, input: &[u8], n: usize, out: &mut [u8]) {
-        let si: usize = self.in_hwc.iter().product();
-        let so: usize = self.out_hwc.iter().product();
+        self.run_any(conv, input, n, Some(out), None);
+    }
+
+    /// Like [`ConvPlan::run`] but writes the int32 accumulators `bias + Σ(q1 − Z1)(q2 − Z2)`
+    /// (tests compare them exactly).
+    pub fn run_i32(&self, conv: &Conv2d, input: &[u8], n: usize, out: &mut [i32]) {
+        self.run_any(conv, input, n, None, Some(out));
+    }
+
+    fn run_any(
+        &self,
+        conv: &Conv2d,
+        input: &[u8],
+        n: usize,
+        out: Option<&mut [u8]>,
+        out_i32: Option<&mut [i32]>,
+    ) {
+        let [h, w, cin] = self.in_hwc;
+        let [ho, wo, cout] = self.out_hwc;
+        let (si, so) = (h * w * cin, ho * wo * cout);
         if so == 0 || n == 0 {
             return;
         }
-        out.par_chunks_mut(so).enumerate().for_each(|(s, o)| {
-            reference::conv2d(
-                &input[s * si..(s + 1) * si],
-                self.in_hwc,
-                self.zp_in,
-                conv,
-                self.out_hwc,
-                self.zp_out,
-                o,
-            )
-        });
+        match &self.imp {
+            ConvImpl::Reference => match (out, out_i32) {
+                (Some(out), _) => out.par_chunks_mut(so).enumerate().for_each(|(s, o)| {
+                    reference::conv2d(
+                        &input[s * si..(s + 1) * si],
+                        self.in_hwc,
+                        self.zp_in,
+                        conv,
+                        self.out_hwc,
+                        self.zp_out,
+                        o,
+                    )
+                }),
+                (None, Some(out)) => out.par_chunks_mut(so).enumerate().for_each(|(s, o)| {
+                    reference::conv2d_acc(
+                        &input[s * si..(s + 1) * si],
+                        self.in_hwc,
+                        self.zp_in,
+                        conv,
+                        self.out_hwc,
+                        o,
+                    )
+                }),
+                (None, None) => {}
+            },
+            ConvImpl::Depthwise(dw) => match (out, out_i32) {
+                (Some(out), _) => dw.run(input, n, out),
+                (None, Some(out)) => dw.run_i32(input, n, out),
+                (None, None) => {}
+            },
+            ConvImpl::Gemm(groups) => {
+                let m = n * ho * wo;
+                let [_, kh, kw, cig] = conv.weight_shape;
+                let cog = cout / conv.groups;
+                let ptr = match (out, out_i32) {
+                    (Some(o), _) => OutPtr::U8(o.as_mut_ptr(), cout),
+                    (None, Some(o)) => OutPtr::I32(o.as_mut_ptr(), cout),
+                    (None, None) => return,
+                };
+                let pointwise = kh == 1
+                    && kw == 1
+                    && conv.stride == [1, 1]
+                    && conv.padding == [0; 4]
+                    && conv.groups == 1;
+                for (g, b) in groups.iter().enumerate() {
+                    // SAFETY: `out` holds m × cout elements; group g writes columns g·cog..(g+1)·cog.
+                    let gptr = unsafe { ptr.offset(0, g * cog) };
+                    if pointwise && b.kp == cin {
+                        // SAFETY: input holds m rows of cin = kp bytes.
+                        unsafe {
+                            gemm(
+                                m,
+                                &ASource::Direct {
+                                    data: input,
+                                    lda: cin,
+                                },
+                                b,
+                                gptr,
+                            )
+                        };
+                        continue;
+                    }
+                    let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
+                        self.im2col(conv, input, g * cig, cig, b.kp, row0, rows, dst);
+                    };
+                    // SAFETY: as above.
+                    unsafe { gemm(m, &ASource::Fill(&fill), b, gptr) };
+                }
+            }
+        }
+    }
+
+    /// Tiled im2col: rows `row0..row0 + rows` of `A` (row = (sample, oh, ow), column
+    /// `(i·kw + j)·cig + ci` matching OHWI), padded cells = `Z1`, columns `k..kp` = 0.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col(
+        &self,
+        conv: &Conv2d,
+        input: &[u8],
+        ch0: usize,
+        cig: usize,
+        kp: usize,
+        row0: usize,
+        rows: usize,
+        dst: &mut [u8],
+    ) {
+        let [h, w, cin] = self.in_hwc;
+        let [ho, wo, _] = self.out_hwc;
+        let [_, kh, kw, _] = conv.weight_shape;
+        let k = kh * kw * cig;
+        let zp = self.zp_in.clamp(0, 255) as u8;
+        for r in 0..rows {
+            let global = row0 + r;
+            let (s, pix) = (global / (ho * wo), global % (ho * wo));
+            let (oh, ow) = (pix / wo, pix % wo);
+            let row = &mut dst[r * kp..(r + 1) * kp];
+            let sample = &input[s * h * w * cin..(s + 1) * h * w * cin];
+            for i in 0..kh {
+                let ih = (oh * conv.stride[0] + i * conv.dilation[0]) as isize
+                    - conv.padding[0] as isize;
+                for j in 0..kw {
+                    let iw = (ow * conv.stride[1] + j * conv.dilation[1]) as isize
+                        - conv.padding[1] as isize;
+                    let seg = &mut row[(i * kw + j) * cig..(i * kw + j + 1) * cig];
+                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                        let at = (ih as usize * w + iw as usize) * cin + ch0;
+                        seg.copy_from_slice(&sample[at..at + cig]);
+                    } else {
+                        seg.fill(zp);
+                    }
+                }
+            }
+            row[k..].fill(0);
+        }
     }
 }
 
@@ -69,20 +264,39 @@ pub struct FcPlan {
     zp_in: i32,
     zp_out: i32,
     path: KernelPath,
+    packed: Option<PackedB>,
 }
 
 impl FcPlan {
     /// Prepares `fc` (input params `qi`, output params `qo`).
     pub fn new(
-        _fc: &FullyConnected,
+        fc: &FullyConnected,
         qi: QuantParams,
         qo: QuantParams,
         path: KernelPath,
     ) -> Result<Self, QuantError> {
+        let [cout, cin] = fc.weight_shape;
+        let (z1, z3) = (qi.zero_point(), qo.zero_point());
+        let packed = match (&fc.weights, path) {
+            (_, KernelPath::Reference) | (Weights::Uint8 { .. }, _) => None,
+            (Weights::Int8 { data, .. }, _) => Some(PackedB::new(
+                path,
+                data,
+                cout,
+                cin,
+                &fc.bias,
+                &fc.multipliers,
+                z1,
+                z3,
+                fc.clamp.lo as i32,
+                fc.clamp.hi as i32,
+            )),
+        };
         Ok(Self {
-            zp_in: qi.zero_point(),
-            zp_out: qo.zero_point(),
+            zp_in: z1,
+            zp_out: z3,
             path,
+            packed,
         })
     }
 
@@ -97,14 +311,44 @@ impl FcPlan {
         if n == 0 {
             return;
         }
-        out.par_chunks_mut(cout).enumerate().for_each(|(s, o)| {
-            reference::fully_connected(
-                &input[s * cin..(s + 1) * cin],
-                self.zp_in,
-                fc,
-                self.zp_out,
-                o,
-            )
-        });
+        match &self.packed {
+            None => out.par_chunks_mut(cout).enumerate().for_each(|(s, o)| {
+                reference::fully_connected(
+                    &input[s * cin..(s + 1) * cin],
+                    self.zp_in,
+                    fc,
+                    self.zp_out,
+                    o,
+                )
+            }),
+            Some(b) => {
+                let ptr = OutPtr::U8(out.as_mut_ptr(), cout);
+                if b.kp == cin {
+                    // SAFETY: input holds n rows of cin bytes; out holds n × cout.
+                    unsafe {
+                        gemm(
+                            n,
+                            &ASource::Direct {
+                                data: input,
+                                lda: cin,
+                            },
+                            b,
+                            ptr,
+                        )
+                    };
+                } else {
+                    let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
+                        for r in 0..rows {
+                            let row = &mut dst[r * b.kp..(r + 1) * b.kp];
+                            row[..cin]
+                                .copy_from_slice(&input[(row0 + r) * cin..(row0 + r + 1) * cin]);
+                            row[cin..].fill(0);
+                        }
+                    };
+                    // SAFETY: as above.
+                    unsafe { gemm(n, &ASource::Fill(&fill), b, ptr) };
+                }
+            }
+        }
     }
 }

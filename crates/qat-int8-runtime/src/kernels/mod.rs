@@ -20,7 +20,11 @@ use crate::model::Clamp;
 use crate::validate::add_multipliers;
 
 pub mod conv;
+pub mod depthwise;
+pub mod gemm;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 /// A family of kernels. `Reference` uses [`reference`] for everything; the others use the packed
 /// GEMM / depthwise kernels with the named micro-kernels.

@@ -1,0 +1,239 @@
+//! AVX2 kernels: `avx2_gemm_u8i8_6x16` on int16-widened operands (`vpmaddwd`: two int16
+//! products summed into each int32 lane — no `vpmaddubsw` int16 saturation), requantization
+//! fused in the epilogue.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::gemm::{Epilogue, MR, NR_AVX2, OutPtr, PackedB};
+
+/// [`super::avx512vnni::requantize16`] on 8 lanes with AVX2 (no 64-bit arithmetic shift needed:
+/// the low 32 bits of `(p + 2^30) >> 31` are the same for logical and arithmetic shifts).
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub fn requantize8(
+    x: __m256i,
+    m0: __m256i,
+    left: __m256i,
+    right: __m256i,
+    zp: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+) -> __m256i {
+    let one = _mm256_set1_epi32(1);
+    let shifted = _mm256_sllv_epi32(x, left);
+    let fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(shifted, left), x);
+    let negative = _mm256_cmpgt_epi32(_mm256_setzero_si256(), x);
+    let sat = _mm256_blendv_epi8(
+        _mm256_set1_epi32(i32::MAX),
+        _mm256_set1_epi32(i32::MIN),
+        negative,
+    );
+    let x = _mm256_blendv_epi8(sat, shifted, fits);
+    let nudge = _mm256_set1_epi64x(1 << 30);
+    let even = _mm256_srli_epi64::<31>(_mm256_add_epi64(_mm256_mul_epi32(x, m0), nudge));
+    let odd = _mm256_slli_epi64::<1>(_mm256_add_epi64(
+        _mm256_mul_epi32(_mm256_srli_epi64::<32>(x), _mm256_srli_epi64::<32>(m0)),
+        nudge,
+    ));
+    let high = _mm256_blend_epi32::<0b1010_1010>(even, odd);
+    let mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);
+    let rem = _mm256_and_si256(high, mask);
+    let threshold = _mm256_add_epi32(_mm256_srli_epi32::<1>(mask), _mm256_srli_epi32::<31>(high));
+    let q = _mm256_add_epi32(
+        _mm256_srav_epi32(high, right),
+        _mm256_and_si256(_mm256_cmpgt_epi32(rem, threshold), one),
+    );
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, zp), lo), hi)
+}
+
+/// Narrows 8 int32 lanes in `[0, 255]` to 8 bytes (in the low 64 bits).
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub fn narrow8(q: __m256i) -> __m128i {
+    let bytes = _mm256_shuffle_epi8(
+        q,
+        _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1,
+            -1, -1, -1, -1, -1, -1, -1, -1, -1,
+        ),
+    );
+    _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+        bytes,
+        _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1),
+    ))
+}
+
+/// # Safety
+/// `e`'s arrays hold ≥ `col + 8` entries; the destination row has ≥ `valid` writable elements.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store8(acc: __m256i, e: &Epilogue, col: usize, valid: usize, out: OutPtr, row: usize) {
+    // SAFETY: the epilogue arrays are padded to whole panels; writes limited to `valid`.
+    unsafe {
+        let v = _mm256_add_epi32(acc, _mm256_loadu_si256(e.bias.as_ptr().add(col).cast()));
+        match out {
+            OutPtr::I32(p, ld) => {
+                let mut tmp = [0i32; 8];
+                _mm256_storeu_si256(tmp.as_mut_ptr().cast(), v);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), p.add(row * ld + col), valid);
+            }
+            OutPtr::U8(p, ld) => {
+                let q = requantize8(
+                    v,
+                    _mm256_loadu_si256(e.m0.as_ptr().add(col).cast()),
+                    _mm256_loadu_si256(e.left.as_ptr().add(col).cast()),
+                    _mm256_loadu_si256(e.right.as_ptr().add(col).cast()),
+                    _mm256_set1_epi32(e.zp),
+                    _mm256_set1_epi32(e.lo),
+                    _mm256_set1_epi32(e.hi),
+                );
+                let bytes = narrow8(q);
+                if valid == 8 {
+                    _mm_storel_epi64(p.add(row * ld + col).cast(), bytes);
+                } else {
+                    let mut tmp = [0u8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr().cast(), bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), p.add(row * ld + col), valid);
+                }
+            }
+        }
+    }
+}
+
+/// `avx2_gemm_u8i8_6x16` on int16 operands: an `M × 16` tile (`M ≤ 6`).
+///
+/// # Safety
+/// `a`: `M` rows of `kp` int16 at stride `lda`; `b`: one packed i16 panel; `out` valid for `M`
+/// rows × `cols` columns from `col0`.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize>(
+    kp: usize,
+    a: *const i16,
+    lda: usize,
+    b: *const i16,
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; M];
+    // SAFETY: reads stay within the A rows and the panel (caller).
+    unsafe {
+        for p in 0..kp / 2 {
+            let bp = b.add(p * NR_AVX2 * 2);
+            let b0 = _mm256_loadu_si256(bp.cast());
+            let b1 = _mm256_loadu_si256(bp.add(16).cast());
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32(a.add(r * lda + 2 * p).cast::<i32>().read_unaligned());
+                accr[0] = _mm256_add_epi32(accr[0], _mm256_madd_epi16(av, b0));
+                accr[1] = _mm256_add_epi32(accr[1], _mm256_madd_epi16(av, b1));
+            }
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            for (j, &v) in accr.iter().enumerate() {
+                if 8 * j >= cols {
+                    break;
+                }
+                store8(v, e, col0 + 8 * j, (cols - 8 * j).min(8), out, r);
+            }
+        }
+    }
+}
+
+/// Rows `0..rows` of an int16 A block against panels `p0..p1`.
+///
+/// # Safety
+/// CPU supports AVX2; `a` holds `rows` rows of `b.kp` int16 at stride `lda`; `out` valid for
+/// `rows` rows × `b.n` columns.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_block(
+    b: &PackedB,
+    panels: &[i16],
+    a: *const i16,
+    lda: usize,
+    rows: usize,
+    p0: usize,
+    p1: usize,
+    out: OutPtr,
+) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let mr = MR.min(rows - r0);
+        // SAFETY: offsets stay inside the block (caller).
+        unsafe {
+            let ar = a.add(r0 * lda);
+            let o = out.offset(r0, 0);
+            for p in p0..p1 {
+                let bp = panels.as_ptr().add(p * b.kp * NR_AVX2);
+                let (col0, cols) = (p * NR_AVX2, NR_AVX2.min(b.n - p * NR_AVX2));
+                match mr {
+                    6 => tile::<6>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
+                    5 => tile::<5>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
+                    4 => tile::<4>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
+                    3 => tile::<3>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
+                    2 => tile::<2>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
+                    _ => tile::<1>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
+                }
+            }
+        }
+        r0 += MR;
+    }
+}
+
+/// `avx2_depthwise_u8i8_8c`: one output pixel; 8 channels at a time with `vpmaddwd` on
+/// zero-extended activations (exact `x·w` per lane), remaining `c mod 8` channels scalar.
+///
+/// # Safety
+/// CPU supports AVX2; every tap row has `c` readable bytes; `w` is `[taps][cp]`; `e` has `cp`
+/// entries.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise_pixel(
+    taps: &[*const u8],
+    w: &[i32],
+    cp: usize,
+    c: usize,
+    e: &Epilogue,
+    mut o8: Option<&mut [u8]>,
+    mut o32: Option<&mut [i32]>,
+) {
+    let full = c / 8 * 8;
+    // SAFETY: loads read 8 channels < full ≤ c of each tap row; w covers cp per tap.
+    unsafe {
+        let mut c0 = 0;
+        while c0 < full {
+            let mut acc = _mm256_setzero_si256();
+            for (t, &p) in taps.iter().enumerate() {
+                let x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c0).cast()));
+                let wv = _mm256_loadu_si256(w.as_ptr().add(t * cp + c0).cast());
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, wv));
+            }
+            if let Some(o) = o8.as_deref_mut() {
+                store8(acc, e, c0, 8, OutPtr::U8(o.as_mut_ptr(), 0), 0);
+            }
+            if let Some(o) = o32.as_deref_mut() {
+                store8(acc, e, c0, 8, OutPtr::I32(o.as_mut_ptr(), 0), 0);
+            }
+            c0 += 8;
+        }
+        for ch in full..c {
+            let acc = taps.iter().enumerate().fold(0i32, |s, (t, &p)| {
+                s.wrapping_add(*p.add(ch) as i32 * w[t * cp + ch])
+            });
+            if let Some(o) = o8.as_deref_mut() {
+                o[ch] = crate::kernels::gemm::epilogue_scalar(acc, e, ch);
+            }
+            if let Some(o) = o32.as_deref_mut() {
+                o[ch] = acc.wrapping_add(e.bias[ch]);
+            }
+        }
+    }
+}
