@@ -1,0 +1,396 @@
+//! One proptest suite per kernel family, generated for every kernel path (STYLE.md 3): each
+//! optimized variant that `is_supported_here()` is compared with the reference. Tolerance
+//! (STYLE.md 4): int32 accumulators and requantized uint8 outputs exactly equal, every path.
+
+mod common;
+
+use common::Rng;
+use proptest::prelude::*;
+use qat_core::fixed_point::{QuantizedMultiplier, requantize};
+use qat_core::{QuantParams, QuantRange};
+use qat_int8_runtime::kernels::conv::ConvPlan;
+use qat_int8_runtime::kernels::gemm::{ASource, OutPtr, PackedB, gemm};
+use qat_int8_runtime::validate::conv_out_extent;
+use qat_int8_runtime::{Clamp, Conv2d, KernelPath, Weights};
+
+/// Value distributions: uniform codes, or only the extremes 0/255 × −127/127 (worst case for
+/// int16 saturation and accumulator range).
+#[derive(Debug, Clone, Copy)]
+enum Values {
+    Uniform,
+    Extremes,
+}
+
+fn values() -> impl Strategy<Value = Values> {
+    prop_oneof![Just(Values::Uniform), Just(Values::Extremes)]
+}
+
+fn gen_a(rng: &mut Rng, n: usize, v: Values) -> Vec<u8> {
+    match v {
+        Values::Uniform => rng.u8s(n),
+        Values::Extremes => (0..n)
+            .map(|_| if rng.below(2) == 0 { 0 } else { 255 })
+            .collect(),
+    }
+}
+
+fn gen_w(rng: &mut Rng, n: usize, v: Values) -> Vec<i8> {
+    match v {
+        Values::Uniform => rng.i8s(n),
+        Values::Extremes => (0..n)
+            .map(|_| if rng.below(2) == 0 { -127 } else { 127 })
+            .collect(),
+    }
+}
+
+/// Multipliers spanning right shifts, no shift and left shifts (reals up to 8).
+fn gen_multipliers(rng: &mut Rng, n: usize) -> Vec<QuantizedMultiplier> {
+    (0..n)
+        .map(|_| {
+            let real = 10f64.powf(-6.0 + 7.0 * rng.below(1 << 20) as f64 / (1 << 20) as f64);
+            QuantizedMultiplier::from_f64(real).unwrap()
+        })
+        .collect()
+}
+
+struct GemmCase {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Vec<u8>,
+    w: Vec<i8>,
+    bias: Vec<i32>,
+    ms: Vec<QuantizedMultiplier>,
+    z1: i32,
+    z3: i32,
+    lo: i32,
+    hi: i32,
+}
+
+impl GemmCase {
+    fn new(m: usize, k: usize, n: usize, v: Values, seed: u64, per_channel: bool) -> Self {
+        let mut rng = Rng(seed);
+        let lo = rng.below(64) as i32;
+        Self {
+            m,
+            k,
+            n,
+            a: gen_a(&mut rng, m * k, v),
+            w: gen_w(&mut rng, n * k, v),
+            bias: (0..n)
+                .map(|_| rng.below(200_001) as i32 - 100_000)
+                .collect(),
+            ms: gen_multipliers(&mut rng, if per_channel { n } else { 1 }),
+            z1: rng.below(256) as i32,
+            z3: rng.below(256) as i32,
+            lo,
+            hi: lo + 128 + rng.below(64) as i32,
+        }
+    }
+
+    /// Paper eq. 7 literally: `bias + Σ_k (a − Z1)·w`, wrapping int32; then qat-core requantize.
+    fn reference(&self) -> (Vec<i32>, Vec<u8>) {
+        let mut acc = vec![0i32; self.m * self.n];
+        let mut q = vec![0u8; self.m * self.n];
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let mut s = self.bias[j];
+                for kk in 0..self.k {
+                    s = s.wrapping_add(
+                        (self.a[i * self.k + kk] as i32 - self.z1) * self.w[j * self.k + kk] as i32,
+                    );
+                }
+                acc[i * self.n + j] = s;
+                let m = if self.ms.len() == 1 {
+                    self.ms[0]
+                } else {
+                    self.ms[j]
+                };
+                q[i * self.n + j] = requantize(s, m, self.z3, self.lo, self.hi) as u8;
+            }
+        }
+        (acc, q)
+    }
+
+    fn run(&self, path: KernelPath, direct: bool) -> (Vec<i32>, Vec<u8>) {
+        let b = PackedB::new(
+            path, &self.w, self.n, self.k, &self.bias, &self.ms, self.z1, self.z3, self.lo, self.hi,
+        );
+        let kp = b.kp;
+        let mut padded = vec![0u8; self.m * kp];
+        for i in 0..self.m {
+            padded[i * kp..i * kp + self.k].copy_from_slice(&self.a[i * self.k..(i + 1) * self.k]);
+        }
+        let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
+            dst[..rows * kp].copy_from_slice(&padded[row0 * kp..(row0 + rows) * kp])
+        };
+        let src = if direct {
+            ASource::Direct {
+                data: &padded,
+                lda: kp,
+            }
+        } else {
+            ASource::Fill(&fill)
+        };
+        let mut acc = vec![0i32; self.m * self.n];
+        let mut q = vec![0u8; self.m * self.n];
+        // SAFETY: both outputs hold m × n elements.
+        unsafe {
+            gemm(self.m, &src, &b, OutPtr::I32(acc.as_mut_ptr(), self.n));
+            gemm(self.m, &src, &b, OutPtr::U8(q.as_mut_ptr(), self.n));
+        }
+        (acc, q)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    h: usize,
+    w: usize,
+    cin: usize,
+    cout: usize,
+    groups: usize,
+    k: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    padding: [usize; 4],
+    batch: usize,
+    values: Values,
+    seed: u64,
+}
+
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..9, 1usize..9, 1usize..20, 1usize..4),
+        (0usize..3, 1usize..4, 1usize..4, 1usize..3, 1usize..3),
+        (
+            1usize..3,
+            1usize..3,
+            [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        ),
+        (1usize..3, values(), any::<u64>()),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |(
+                (h, w, cin, mult),
+                (gmode, kh, kw, sh, sw),
+                (dh, dw, padding),
+                (batch, values, seed),
+            )| {
+                // gmode 0: dense; 1: depthwise (multiplier `mult`); 2: grouped with 2 groups.
+                let (groups, cin, cout) = match gmode {
+                    0 => (1, cin, 1 + (seed as usize % 70)),
+                    1 => (cin, cin, cin * if seed % 3 == 0 { mult } else { 1 }),
+                    _ => (2, 2 * cin, 2 * (1 + seed as usize % 9)),
+                };
+                conv_out_extent(h, kh, sh, dh, padding[0], padding[2])?;
+                conv_out_extent(w, kw, sw, dw, padding[1], padding[3])?;
+                Some(ConvCase {
+                    h,
+                    w,
+                    cin,
+                    cout,
+                    groups,
+                    k: [kh, kw],
+                    stride: [sh, sw],
+                    dilation: [dh, dw],
+                    padding,
+                    batch,
+                    values,
+                    seed,
+                })
+            },
+        )
+}
+
+impl ConvCase {
+    fn build(
+        &self,
+    ) -> (
+        Conv2d,
+        [usize; 3],
+        [usize; 3],
+        QuantParams,
+        QuantParams,
+        Vec<u8>,
+    ) {
+        let mut rng = Rng(self.seed);
+        let ho = conv_out_extent(
+            self.h,
+            self.k[0],
+            self.stride[0],
+            self.dilation[0],
+            self.padding[0],
+            self.padding[2],
+        )
+        .unwrap();
+        let wo = conv_out_extent(
+            self.w,
+            self.k[1],
+            self.stride[1],
+            self.dilation[1],
+            self.padding[1],
+            self.padding[3],
+        )
+        .unwrap();
+        let cig = self.cin / self.groups;
+        let nw = self.cout * self.k[0] * self.k[1] * cig;
+        let per_channel = rng.below(2) == 0;
+        let lo = rng.below(100) as u8;
+        let conv = Conv2d {
+            input: 0,
+            output: 1,
+            weights: Weights::Int8 {
+                data: gen_w(&mut rng, nw, self.values),
+                scales: vec![0.01],
+            },
+            weight_shape: [self.cout, self.k[0], self.k[1], cig],
+            bias: (0..self.cout)
+                .map(|_| rng.below(20_001) as i32 - 10_000)
+                .collect(),
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+            multipliers: gen_multipliers(&mut rng, if per_channel { self.cout } else { 1 }),
+            clamp: Clamp {
+                lo,
+                hi: lo.saturating_add(150),
+            },
+        };
+        let r8 = QuantRange::unsigned(8).unwrap();
+        let qi = QuantParams::new(0.02, rng.below(256) as i32, r8).unwrap();
+        let qo = QuantParams::new(0.05, rng.below(256) as i32, r8).unwrap();
+        let input = gen_a(
+            &mut rng,
+            self.batch * self.h * self.w * self.cin,
+            self.values,
+        );
+        (
+            conv,
+            [self.h, self.w, self.cin],
+            [ho, wo, self.cout],
+            qi,
+            qo,
+            input,
+        )
+    }
+
+    fn check(&self, path: KernelPath) -> Result<(), TestCaseError> {
+        let (conv, ih, oh, qi, qo, input) = self.build();
+        let n_out = self.batch * oh.iter().product::<usize>();
+        let reference = ConvPlan::new(&conv, ih, qi, oh, qo, KernelPath::Reference).unwrap();
+        let plan = ConvPlan::new(&conv, ih, qi, oh, qo, path).unwrap();
+        let (mut want32, mut got32) = (vec![0i32; n_out], vec![0i32; n_out]);
+        let (mut want8, mut got8) = (vec![0u8; n_out], vec![0u8; n_out]);
+        reference.run_i32(&conv, &input, self.batch, &mut want32);
+        plan.run_i32(&conv, &input, self.batch, &mut got32);
+        reference.run(&conv, &input, self.batch, &mut want8);
+        plan.run(&conv, &input, self.batch, &mut got8);
+        prop_assert_eq!(got32, want32, "int32 accumulators differ");
+        prop_assert_eq!(got8, want8, "uint8 outputs differ");
+        Ok(())
+    }
+}
+
+macro_rules! kernel_suites {
+    ($($name:ident => $path:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            fn supported() -> bool {
+                let ok = $path.is_supported_here();
+                if !ok {
+                    eprintln!("skipping {}: not supported on this CPU", $path);
+                }
+                ok
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+                #[test]
+                fn gemm_matches_reference(m in 1usize..20, k in 1usize..150, n in 1usize..140, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    let case = GemmCase::new(m, k, n, v, seed, per_channel);
+                    let (want32, want8) = case.reference();
+                    let (got32, got8) = case.run($path, direct);
+                    prop_assert_eq!(got32, want32);
+                    prop_assert_eq!(got8, want8);
+                }
+
+                #[test]
+                fn conv_matches_reference(case in conv_case()) {
+                    if !supported() { return Ok(()); }
+                    case.check($path)?;
+                }
+            }
+
+            /// M or N = 1, K not a multiple of 4/16/64, and a large K with extreme values.
+            #[test]
+            fn gemm_edge_shapes() {
+                if !supported() { return; }
+                for (i, &(m, k, n, v)) in [
+                    (1, 1, 1, Values::Uniform),
+                    (1, 1023, 1000, Values::Uniform),
+                    (7, 3, 1, Values::Extremes),
+                    (13, 65, 65, Values::Uniform),
+                    (97, 17, 129, Values::Extremes),
+                    (3, 16_000, 5, Values::Extremes),
+                    (2, 65_536, 3, Values::Extremes),
+                ]
+                .iter()
+                .enumerate()
+                {
+                    let case = GemmCase::new(m, k, n, v, 1000 + i as u64, i % 2 == 0);
+                    assert_eq!(case.run($path, i % 2 == 1), case.reference(), "case {i}: m {m} k {k} n {n}");
+                }
+            }
+
+            /// Bigger conv shapes than the proptest draws: 3×3 with 64 channels (K = 576), a
+            /// strided depthwise with 144 channels, a 1×1 with C_in % 4 ≠ 0.
+            #[test]
+            fn conv_fixed_shapes() {
+                if !supported() { return; }
+                let cases = [
+                    ConvCase { h: 9, w: 7, cin: 64, cout: 64, groups: 1, k: [3, 3], stride: [1, 1], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 2, values: Values::Uniform, seed: 1 },
+                    ConvCase { h: 11, w: 10, cin: 144, cout: 144, groups: 144, k: [3, 3], stride: [2, 2], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Extremes, seed: 2 },
+                    ConvCase { h: 5, w: 6, cin: 37, cout: 70, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 3, values: Values::Uniform, seed: 3 },
+                    ConvCase { h: 6, w: 6, cin: 32, cout: 16, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 2, values: Values::Extremes, seed: 4 },
+                ];
+                for c in &cases {
+                    c.check($path).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+                }
+            }
+        }
+    )*};
+}
+
+kernel_suites! {
+    reference => KernelPath::Reference,
+    portable => KernelPath::Portable,
+    avx2 => KernelPath::Avx2,
+    avx512vnni => KernelPath::Avx512Vnni,
+}
+
+/// The executor gives identical results whatever the rayon thread count.
+#[test]
+fn thread_count_does_not_change_results() {
+    let model = common::zoo_model();
+    let x =
+        ndarray::ArrayD::from_shape_vec(vec![4, 8, 8, 3], Rng(9).f32s(4 * 192, -1.0, 1.0)).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            qat_int8_runtime::Executor::new(&model)
+                .unwrap()
+                .run_all(x.view())
+                .unwrap()
+        })
+    };
+    assert_eq!(run(1), run(3));
+}
