@@ -33,6 +33,11 @@ pub struct DepthwisePlan {
     out_hwc: [usize; 3],
     /// `[tap][cp]` int32 weights.
     w: Vec<i32>,
+    /// Byte offset of tap `(i, j)` from tap `(0, 0)`: `(i·d_h·W + j·d_w)·C`.
+    offsets: Vec<usize>,
+    /// The AVX-512 VNNI layout (VNNI path only).
+    #[cfg(target_arch = "x86_64")]
+    vnni: Option<super::x86_64::avx512vnni::DepthwiseVnniLayout>,
     /// `Z1` repeated `cp` times: the padding row.
     zero_row: Vec<u8>,
     /// Epilogue constants, `cp` entries.
@@ -100,6 +105,7 @@ impl DepthwisePlan {
             zp: z3,
             lo,
             hi,
+            any_left: false,
         };
         for ch in 0..c {
             let sum = (0..taps).fold(0i32, |s, t| s.wrapping_add(w[t * cp + ch]));
@@ -110,7 +116,13 @@ impl DepthwisePlan {
             epi.right[ch] = (-mc.shift()).max(0);
             epi.multipliers[ch] = mc;
         }
+        epi.any_left = epi.left.iter().any(|&l| l > 0);
+        #[cfg(target_arch = "x86_64")]
+        let vnni = (path == KernelPath::Avx512Vnni)
+            .then(|| super::x86_64::avx512vnni::DepthwiseVnniLayout::new(&w, taps, cp, &epi));
         Self {
+            #[cfg(target_arch = "x86_64")]
+            vnni,
             path,
             c,
             cp,
@@ -121,6 +133,13 @@ impl DepthwisePlan {
             in_hwc: shape.in_hwc,
             out_hwc: shape.out_hwc,
             w,
+            offsets: (0..shape.kernel[0])
+                .flat_map(|i| {
+                    (0..shape.kernel[1]).map(move |j| {
+                        (i * shape.dilation[0] * shape.in_hwc[1] + j * shape.dilation[1]) * c
+                    })
+                })
+                .collect(),
             zero_row: vec![z1.clamp(0, 255) as u8; cp],
             epi,
         }
@@ -179,7 +198,51 @@ impl DepthwisePlan {
         let [h, w, c] = self.in_hwc;
         let [_, wo, _] = self.out_hwc;
         let [kh, kw] = self.kernel;
-        for ow in 0..wo {
+        let [sh, sw] = self.stride;
+        let [dh, dw] = self.dilation;
+        let (pt, pl) = (self.padding[0], self.padding[1]);
+        // Output columns whose taps are all inside the input (and the row is inside vertically):
+        // they take the no-bounds-check interior kernel.
+        let rows_inside = oh * sh >= pt && oh * sh + (kh - 1) * dh - pt < h;
+        let ow_lo = pl.div_ceil(sw);
+        let ow_hi = match (w - 1 + pl).checked_sub((kw - 1) * dw) {
+            Some(v) if rows_inside => (v / sw + 1).min(wo),
+            _ => 0,
+        };
+        let interior = self.path == KernelPath::Avx512Vnni && ow_lo < ow_hi;
+        let mut ow = 0;
+        while ow < wo {
+            #[cfg(target_arch = "x86_64")]
+            if interior && ow == ow_lo {
+                let base = sample[((oh * sh - pt) * w + (ow_lo * sw - pl)) * c..].as_ptr();
+                let npix = ow_hi - ow_lo;
+                let o8 = out
+                    .as_deref_mut()
+                    .map(|o| o[ow_lo * c..ow_hi * c].as_mut_ptr());
+                let o32 = out_i32
+                    .as_deref_mut()
+                    .map(|o| o[ow_lo * c..ow_hi * c].as_mut_ptr());
+                // SAFETY: VNNI supported (path); every tap of pixels ow_lo..ow_hi is inside the
+                // sample (checked above), so base + p·sw·c + offs[t] has c readable bytes.
+                unsafe {
+                    super::x86_64::avx512vnni::depthwise_run(
+                        base,
+                        sw * c,
+                        npix,
+                        &self.offsets,
+                        None,
+                        self.vnni
+                            .as_ref()
+                            .unwrap_or_else(|| unreachable!("VNNI layout built for the VNNI path")),
+                        c,
+                        &self.epi,
+                        o8,
+                        o32,
+                    )
+                };
+                ow = ow_hi;
+                continue;
+            }
             taps.clear();
             for i in 0..kh {
                 let ih = (oh * self.stride[0] + i * self.dilation[0]) as isize
@@ -202,8 +265,19 @@ impl DepthwisePlan {
                 KernelPath::Avx512Vnni => {
                     // SAFETY: path selected only when supported; every tap row has ≥ c bytes.
                     unsafe {
-                        super::x86_64::avx512vnni::depthwise_pixel(
-                            taps, &self.w, self.cp, c, &self.epi, o8, o32,
+                        super::x86_64::avx512vnni::depthwise_run(
+                            std::ptr::null(),
+                            0,
+                            1,
+                            &[],
+                            Some(taps),
+                            self.vnni.as_ref().unwrap_or_else(|| {
+                                unreachable!("VNNI layout built for the VNNI path")
+                            }),
+                            c,
+                            &self.epi,
+                            o8.map(|o| o.as_mut_ptr()),
+                            o32.map(|o| o.as_mut_ptr()),
                         )
                     }
                 }
@@ -239,6 +313,7 @@ impl DepthwisePlan {
                     }
                 }
             }
+            ow += 1;
         }
     }
 }

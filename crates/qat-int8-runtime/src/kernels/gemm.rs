@@ -74,6 +74,9 @@ pub struct Epilogue {
     pub lo: i32,
     /// Clamp high.
     pub hi: i32,
+    /// Whether any column has `left > 0` (a multiplier ≥ 1); when not, SIMD epilogues skip the
+    /// saturating pre-shift.
+    pub any_left: bool,
 }
 
 impl PackedB {
@@ -135,6 +138,7 @@ impl PackedB {
             zp: z3,
             lo,
             hi,
+            any_left: false,
         };
         for c in 0..n {
             let col_sum = w[c * k..(c + 1) * k]
@@ -147,6 +151,7 @@ impl PackedB {
             epi.right[c] = (-mc.shift()).max(0);
             epi.multipliers[c] = mc;
         }
+        epi.any_left = epi.left.iter().any(|&l| l > 0);
         Self {
             path,
             n,

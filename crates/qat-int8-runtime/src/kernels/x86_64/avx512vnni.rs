@@ -14,11 +14,13 @@ use crate::kernels::gemm::{Epilogue, MR, NR, OutPtr, PackedB};
 /// 3. rounding divide by `2^right`: `(x >> e) + ((x & mask) > (mask >> 1) + (x < 0))`;
 /// 4. `+ Z3`, clamp to `[lo, hi]`.
 ///
+/// `LEFT = false` skips step 1 (valid when every lane's `left` is 0, the usual case `M < 1`).
+///
 /// # Safety
 /// The CPU must support the enabled target features.
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub fn requantize16(
+pub fn requantize16<const LEFT: bool>(
     x: __m512i,
     m0: __m512i,
     left: __m512i,
@@ -28,15 +30,19 @@ pub fn requantize16(
     hi: __m512i,
 ) -> __m512i {
     let one = _mm512_set1_epi32(1);
-    let shifted = _mm512_sllv_epi32(x, left);
-    let overflow = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(shifted, left), x);
-    let negative = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
-    let sat = _mm512_mask_blend_epi32(
-        negative,
-        _mm512_set1_epi32(i32::MAX),
-        _mm512_set1_epi32(i32::MIN),
-    );
-    let x = _mm512_mask_blend_epi32(overflow, shifted, sat);
+    let x = if LEFT {
+        let shifted = _mm512_sllv_epi32(x, left);
+        let overflow = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(shifted, left), x);
+        let negative = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
+        let sat = _mm512_mask_blend_epi32(
+            negative,
+            _mm512_set1_epi32(i32::MAX),
+            _mm512_set1_epi32(i32::MIN),
+        );
+        _mm512_mask_blend_epi32(overflow, shifted, sat)
+    } else {
+        x
+    };
     let nudge = _mm512_set1_epi64(1 << 30);
     let even = _mm512_srli_epi64::<31>(_mm512_add_epi64(_mm512_mul_epi32(x, m0), nudge));
     let odd = _mm512_slli_epi64::<1>(_mm512_add_epi64(
@@ -77,15 +83,27 @@ unsafe fn store16(
                 _mm512_mask_storeu_epi32(p.add(row * ld + out_col).cast(), mask, v)
             }
             OutPtr::U8(p, ld) => {
-                let q = requantize16(
-                    v,
-                    _mm512_loadu_si512(e.m0.as_ptr().add(col).cast()),
-                    _mm512_loadu_si512(e.left.as_ptr().add(col).cast()),
-                    _mm512_loadu_si512(e.right.as_ptr().add(col).cast()),
-                    _mm512_set1_epi32(e.zp),
-                    _mm512_set1_epi32(e.lo),
-                    _mm512_set1_epi32(e.hi),
-                );
+                let q = if e.any_left {
+                    requantize16::<true>(
+                        v,
+                        _mm512_loadu_si512(e.m0.as_ptr().add(col).cast()),
+                        _mm512_loadu_si512(e.left.as_ptr().add(col).cast()),
+                        _mm512_loadu_si512(e.right.as_ptr().add(col).cast()),
+                        _mm512_set1_epi32(e.zp),
+                        _mm512_set1_epi32(e.lo),
+                        _mm512_set1_epi32(e.hi),
+                    )
+                } else {
+                    requantize16::<false>(
+                        v,
+                        _mm512_loadu_si512(e.m0.as_ptr().add(col).cast()),
+                        _mm512_loadu_si512(e.left.as_ptr().add(col).cast()),
+                        _mm512_loadu_si512(e.right.as_ptr().add(col).cast()),
+                        _mm512_set1_epi32(e.zp),
+                        _mm512_set1_epi32(e.lo),
+                        _mm512_set1_epi32(e.hi),
+                    )
+                };
                 _mm_mask_storeu_epi8(
                     p.add(row * ld + out_col).cast(),
                     mask,
@@ -191,85 +209,202 @@ pub unsafe fn gemm_block(
     }
 }
 
-/// `avx512vnni_depthwise_u8i8_64c`: one output pixel, channels `c0..c0 + 16·V` (masked past
-/// `c`): `acc += zext(x_t) · w_t` with `vpdpwssd` (the high int16 of each zero-extended
-/// activation lane is 0, so the pair sum is exactly `x·w`).
+/// Depthwise weights and epilogue constants laid out for [`depthwise_pixel64`], per block of 64
+/// channels. Lane `L` of vector `b` (`b ∈ 0..4`) is channel `64·blk + 4L + b`: one plain 64-byte
+/// load of activations (channels in memory order) feeds four `vpdpbusd` whose weight vectors
+/// hold `w[4L + b]` in byte `b` of lane `L` and zero in the other three bytes, so each lane of
+/// accumulator `b` collects exactly `x[4L + b]·w[4L + b]` — no widening shuffles. The four
+/// requantized results recombine into memory order with shifts and ors.
+#[derive(Debug, Clone)]
+pub struct DepthwiseVnniLayout {
+    /// `[blk][tap][b][64]` bytes.
+    pub w: Vec<i8>,
+    /// `[blk][b][16]` permuted `bias'`.
+    pub bias: Vec<i32>,
+    /// Permuted `M0`.
+    pub m0: Vec<i32>,
+    /// Permuted left shifts.
+    pub left: Vec<i32>,
+    /// Permuted right shifts.
+    pub right: Vec<i32>,
+    /// Taps per channel.
+    pub taps: usize,
+}
+
+impl DepthwiseVnniLayout {
+    /// From `[tap][cp]` weights (`cp` a multiple of 64) and an epilogue with `cp` entries.
+    pub fn new(w: &[i32], taps: usize, cp: usize, e: &Epilogue) -> Self {
+        let blocks = cp / 64;
+        let mut wl = vec![0i8; blocks * taps * 4 * 64];
+        let perm = |v: &[i32]| {
+            let mut out = vec![0i32; cp];
+            for blk in 0..blocks {
+                for b in 0..4 {
+                    for l in 0..16 {
+                        out[blk * 64 + b * 16 + l] = v[blk * 64 + 4 * l + b];
+                    }
+                }
+            }
+            out
+        };
+        for blk in 0..blocks {
+            for t in 0..taps {
+                for b in 0..4 {
+                    for l in 0..16 {
+                        let ch = blk * 64 + 4 * l + b;
+                        wl[((blk * taps + t) * 4 + b) * 64 + 4 * l + b] = w[t * cp + ch] as i8;
+                    }
+                }
+            }
+        }
+        Self {
+            w: wl,
+            bias: perm(&e.bias),
+            m0: perm(&e.m0),
+            left: perm(&e.left),
+            right: perm(&e.right),
+            taps,
+        }
+    }
+}
+
+/// `avx512vnni_depthwise_u8i8_64c`: one output pixel, channels `c0..c0 + valid` (`c0` a multiple
+/// of 64, `valid ≤ 64`); tap `t` reads `tap(t) + c0`. See [`DepthwiseVnniLayout`].
 ///
 /// # Safety
-/// Every tap row and `w` cover the channels read; `o8` / `o32` hold `c` elements.
+/// CPU supports avx512f/bw/vl/vnni; `tap(t) + c0` has `valid` readable bytes; `o8`/`o32`, when
+/// given, point at the pixel's channel `c0` with `valid` writable elements; `e` has `zp/lo/hi`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_block<const V: usize>(
-    taps: &[*const u8],
-    w: &[i32],
-    cp: usize,
+pub unsafe fn depthwise_pixel64<const LEFT: bool>(
+    tap: impl Fn(usize) -> *const u8,
+    l: &DepthwiseVnniLayout,
     c0: usize,
-    c: usize,
+    valid: usize,
     e: &Epilogue,
     o8: Option<*mut u8>,
     o32: Option<*mut i32>,
 ) {
-    let mut masks = [0u16; V];
-    let mut valid = [0usize; V];
-    for v in 0..V {
-        valid[v] = c.saturating_sub(c0 + 16 * v).min(16);
-        masks[v] = ((1u32 << valid[v]) - 1) as u16;
-    }
-    let mut acc = [_mm512_setzero_si512(); V];
-    // SAFETY: masked loads touch only channels < c of each tap row; w has cp ≥ c0 + 64 per tap.
+    let mask = if valid >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << valid) - 1
+    };
+    let blk = c0 / 64;
+    // SAFETY: as documented; the layout arrays cover every block.
     unsafe {
-        for (t, &p) in taps.iter().enumerate() {
-            let wt = w.as_ptr().add(t * cp + c0);
-            for v in 0..V {
-                let x =
-                    _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(masks[v], p.add(c0 + 16 * v).cast()));
-                acc[v] = _mm512_dpwssd_epi32(acc[v], x, _mm512_loadu_si512(wt.add(16 * v).cast()));
+        let at =
+            |v: &Vec<i32>, b: usize| _mm512_loadu_si512(v.as_ptr().add(blk * 64 + b * 16).cast());
+        let mut acc = [
+            at(&l.bias, 0),
+            at(&l.bias, 1),
+            at(&l.bias, 2),
+            at(&l.bias, 3),
+        ];
+        let wb = l.w.as_ptr().add(blk * l.taps * 256);
+        for t in 0..l.taps {
+            let x = if mask == u64::MAX {
+                _mm512_loadu_si512(tap(t).add(c0).cast())
+            } else {
+                _mm512_maskz_loadu_epi8(mask, tap(t).add(c0).cast())
+            };
+            let wt = wb.add(t * 256);
+            for (b, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
             }
         }
-        for v in 0..V {
-            if valid[v] == 0 {
-                break;
+        if let Some(o) = o8 {
+            let (zp, lo, hi) = (
+                _mm512_set1_epi32(e.zp),
+                _mm512_set1_epi32(e.lo),
+                _mm512_set1_epi32(e.hi),
+            );
+            let q = |b: usize| {
+                requantize16::<LEFT>(
+                    acc[b],
+                    at(&l.m0, b),
+                    at(&l.left, b),
+                    at(&l.right, b),
+                    zp,
+                    lo,
+                    hi,
+                )
+            };
+            let r = _mm512_or_si512(
+                _mm512_or_si512(q(0), _mm512_slli_epi32::<8>(q(1))),
+                _mm512_or_si512(_mm512_slli_epi32::<16>(q(2)), _mm512_slli_epi32::<24>(q(3))),
+            );
+            _mm512_mask_storeu_epi8(o.cast(), mask, r);
+        }
+        if let Some(o) = o32 {
+            let mut tmp = [[0i32; 16]; 4];
+            for (b, a) in acc.iter().enumerate() {
+                _mm512_storeu_si512(tmp[b].as_mut_ptr().cast(), *a);
             }
-            let col = c0 + 16 * v;
-            if let Some(p) = o8 {
-                store16(acc[v], e, col, valid[v], OutPtr::U8(p, 0), 0, col);
-            }
-            if let Some(p) = o32 {
-                store16(acc[v], e, col, valid[v], OutPtr::I32(p, 0), 0, col);
+            for ch in 0..valid {
+                *o.add(ch) = tmp[ch % 4][ch / 4];
             }
         }
     }
 }
 
-/// One depthwise output pixel over all `c` channels (see `depthwise_block`).
+/// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
+/// `taps` is given, a single pixel whose tap rows are listed), all channels.
 ///
 /// # Safety
-/// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `w` is `[taps][cp]`,
-/// `cp` a multiple of 64; `e` has `cp` entries.
+/// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
+/// `npix·c` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn depthwise_pixel(
-    taps: &[*const u8],
-    w: &[i32],
-    cp: usize,
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn depthwise_run(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    taps: Option<&[*const u8]>,
+    l: &DepthwiseVnniLayout,
     c: usize,
     e: &Epilogue,
-    o8: Option<&mut [u8]>,
-    o32: Option<&mut [i32]>,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
 ) {
-    let o8 = o8.map(|o| o.as_mut_ptr());
-    let o32 = o32.map(|o| o.as_mut_ptr());
-    let mut c0 = 0;
-    while c0 < c {
-        // SAFETY: as documented for this function.
-        unsafe {
-            match (c - c0).div_ceil(16) {
-                1 => depthwise_block::<1>(taps, w, cp, c0, c, e, o8, o32),
-                2 => depthwise_block::<2>(taps, w, cp, c0, c, e, o8, o32),
-                3 => depthwise_block::<3>(taps, w, cp, c0, c, e, o8, o32),
-                _ => depthwise_block::<4>(taps, w, cp, c0, c, e, o8, o32),
+    // SAFETY: as documented.
+    unsafe {
+        for p in 0..npix {
+            let mut c0 = 0;
+            while c0 < c {
+                let valid = (c - c0).min(64);
+                let d8 = o8.map(|o| o.add(p * c + c0));
+                let d32 = o32.map(|o| o.add(p * c + c0));
+                match (taps, e.any_left) {
+                    (Some(tp), false) => {
+                        depthwise_pixel64::<false>(|t| tp[t], l, c0, valid, e, d8, d32)
+                    }
+                    (Some(tp), true) => {
+                        depthwise_pixel64::<true>(|t| tp[t], l, c0, valid, e, d8, d32)
+                    }
+                    (None, false) => depthwise_pixel64::<false>(
+                        |t| base.add(p * step + offs[t]),
+                        l,
+                        c0,
+                        valid,
+                        e,
+                        d8,
+                        d32,
+                    ),
+                    (None, true) => depthwise_pixel64::<true>(
+                        |t| base.add(p * step + offs[t]),
+                        l,
+                        c0,
+                        valid,
+                        e,
+                        d8,
+                        d32,
+                    ),
+                }
+                c0 += 64;
             }
         }
-        c0 += 64;
     }
 }
