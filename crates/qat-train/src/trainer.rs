@@ -1,1 +1,545 @@
-//! The trainer: steps, evaluation, progress, NaN guard.
+//! The trainer: epochs of optimizer steps driven by the [`Schedule`], evaluation, progress bars, `tracing`
+//! logs, NaN/Inf guard, checkpoints with exact resume, and a serde [`History`].
+//!
+//! Library first: [`train`] takes a model, the datasets, a serde [`TrainConfig`] and an event callback, and
+//! returns the [`History`]. Progress bars (indicatif) are drawn on stderr only when it is a terminal and
+//! [`TrainConfig::progress`] is on; logs go through `tracing` (install a subscriber to see them).
+//!
+//! Reproducibility: the batch order and augmentation come from [`crate::data::SplitMix64`] seeded by
+//! `(seed, epoch, batch)`; the model's initial weights come from `tch::manual_seed` (see [`seed_everything`]);
+//! nothing else in a step is random. On the CPU with one thread (`tch::set_num_threads(1)`), a run resumed
+//! from a checkpoint reproduces the uninterrupted run bit for bit (the tests check ≤ 1e-6).
+//!
+//! Per step: `schedule.sync` (apply a phase change to the layers) → forward (train mode) → cross-entropy →
+//! finite check → backward → optimizer step with the scheduled LR. A non-finite loss stops training with
+//! [`TrainError::NonFinite`] *before* the update, leaving the last checkpoint (written only at epoch ends,
+//! after a finite epoch) untouched.
+//!
+//! ```no_run
+//! use qat_train::data::Dataset;
+//! use qat_train::models::{self, ModelSpec};
+//! use qat_train::trainer::{self, TrainConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let data = Dataset::load_mnist_dir("data/mnist-10k")?;
+//! trainer::seed_everything(0);
+//! let mut net = models::build(&ModelSpec::lenet(), tch::Device::cuda_if_available())?;
+//! let cfg = TrainConfig { epochs: 2, ..TrainConfig::default() };
+//! let history = trainer::train(&mut net, &data.train, &data.test, &cfg, &mut |_| {})?;
+//! println!("test accuracy {:.2}%", 100.0 * history.epochs.last().unwrap().test_acc);
+//! # Ok(()) }
+//! ```
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::data::{Augment, DataError, Dataset, Loader, LoaderConfig, Normalize};
+use crate::models::{ModelError, Net};
+use crate::schedule::{
+    Optimizer, OptimizerConfig, Phase, Schedule, ScheduleConfig, ScheduleError, ScheduleState, Transition,
+};
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Data loading or batching failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model failed (a layer error names the layer).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Schedule or optimizer misconfiguration.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// Saving or loading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A torch op of the trainer itself failed.
+    #[error("trainer: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The loss became NaN or infinite; training stopped before applying the update.
+    #[error(
+        "non-finite loss {loss} at step {step} (epoch {epoch}, batch {batch}, phase {phase}); \
+         last good checkpoint: {}", last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())
+    )]
+    NonFinite {
+        /// The loss value.
+        loss: f64,
+        /// Optimizer step.
+        step: u64,
+        /// Epoch.
+        epoch: usize,
+        /// Batch within the epoch.
+        batch: usize,
+        /// Phase.
+        phase: Phase,
+        /// The checkpoint left untouched, if any.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// The configuration does not fit the data or the model.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+}
+
+/// Where to train.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceChoice {
+    /// `Device::cuda_if_available()` (needs the opt-in CUDA link, TCH.md §1, to see a GPU).
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device `n`.
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// The tch device.
+    pub fn device(self) -> Device {
+        match self {
+            DeviceChoice::Auto => Device::cuda_if_available(),
+            DeviceChoice::Cpu => Device::Cpu,
+            DeviceChoice::Cuda(n) => Device::Cuda(n),
+        }
+    }
+}
+
+/// Everything a training run needs besides the model and the data (serde, so runs are described by files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Epochs to run (in total, counting those already done when resuming).
+    pub epochs: usize,
+    /// Cap on optimizer steps per epoch (`None`: the whole training set).
+    pub steps_per_epoch: Option<usize>,
+    /// Batch size (training and evaluation).
+    pub batch_size: usize,
+    /// Seed of shuffling and augmentation.
+    pub seed: u64,
+    /// Normalization (default MNIST statistics; must match the channel count).
+    pub normalize: Normalize,
+    /// Training augmentation.
+    pub augment: Augment,
+    /// Batches prefetched by the background thread (0: none).
+    pub prefetch: usize,
+    /// Optimizer, LR schedule, weight decay.
+    pub optimizer: OptimizerConfig,
+    /// Phase schedule (step counts).
+    pub schedule: ScheduleConfig,
+    /// Cap on evaluation samples per epoch (`None`: the whole test set).
+    pub eval_samples: Option<usize>,
+    /// Checkpoint directory, written after every epoch (`None`: no checkpoints).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Resume from `checkpoint_dir` when it holds a checkpoint.
+    pub resume: bool,
+    /// Draw progress bars (only when stderr is a terminal).
+    pub progress: bool,
+    /// Record every step's loss in [`History::steps`].
+    pub record_steps: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            steps_per_epoch: None,
+            batch_size: 64,
+            seed: 0,
+            normalize: Normalize::mnist(),
+            augment: Augment::none(),
+            prefetch: 2,
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig::default(),
+            eval_samples: None,
+            checkpoint_dir: None,
+            resume: false,
+            progress: true,
+            record_steps: true,
+        }
+    }
+}
+
+/// One epoch's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// Epoch index (0-based).
+    pub epoch: usize,
+    /// Phase at the end of the epoch.
+    pub phase: Phase,
+    /// Optimizer steps done at the end of the epoch.
+    pub step: u64,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy (train-mode forward, as seen during the epoch).
+    pub train_acc: f64,
+    /// Evaluation loss (eval mode).
+    pub test_loss: f64,
+    /// Evaluation accuracy (eval mode).
+    pub test_acc: f64,
+    /// Training throughput, images per second (forward + backward + update).
+    pub images_per_sec: f64,
+    /// Wall time of the epoch's training part.
+    pub seconds: f64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Whether activation observers were frozen.
+    pub observers_frozen: bool,
+    /// Whether BN statistics were frozen.
+    pub bn_frozen: bool,
+}
+
+/// One optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step index (0-based).
+    pub step: u64,
+    /// Epoch.
+    pub epoch: usize,
+    /// Loss of the batch.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Phase.
+    pub phase: Phase,
+}
+
+/// What a run produced, for reports and plots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Per-epoch statistics.
+    pub epochs: Vec<EpochStats>,
+    /// Per-step losses (if [`TrainConfig::record_steps`]).
+    pub steps: Vec<StepRecord>,
+    /// Phase transitions.
+    pub transitions: Vec<Transition>,
+}
+
+/// Progress events delivered to the caller's callback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The run starts (or resumes) at `epoch`/`batch`.
+    Start {
+        /// Epoch.
+        epoch: usize,
+        /// Batch in that epoch.
+        batch: usize,
+        /// Steps already done.
+        step: u64,
+    },
+    /// A phase change was applied to the model.
+    Transition(Transition),
+    /// A calibration pass ran `batches` forward-only batches.
+    Calibrated {
+        /// Batches.
+        batches: u64,
+    },
+    /// An optimizer step finished.
+    Step(StepRecord),
+    /// An epoch finished (after evaluation).
+    Epoch(EpochStats),
+    /// A checkpoint was written.
+    Checkpoint(PathBuf),
+}
+
+/// What a checkpoint's JSON holds besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    model: String,
+    schedule: ScheduleState,
+    /// Next epoch to run.
+    epoch: usize,
+    history: History,
+    /// Informational snapshot of observer ranges `(name, min, max, frozen)`.
+    observers: Vec<crate::models::ObserverSnapshot>,
+}
+
+/// Seeds libtorch's generator (weight initialisation) — call before building the model.
+pub fn seed_everything(seed: u64) {
+    tch::manual_seed(seed as i64);
+}
+
+/// Mean cross-entropy loss and accuracy of `model` on `data` in eval mode (no observer updates, moving BN
+/// statistics), at most `limit` samples.
+pub fn evaluate(model: &mut Net, data: &Dataset, cfg: &TrainConfig, limit: Option<usize>) -> Result<(f64, f64), TrainError> {
+    let data = match limit {
+        Some(n) if n < data.len() => data.take(n),
+        _ => data.clone(),
+    };
+    let loader = Loader::new(
+        Arc::new(data),
+        LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: false,
+            seed: cfg.seed,
+            drop_last: false,
+            normalize: cfg.normalize.clone(),
+            augment: Augment::none(),
+            prefetch: cfg.prefetch,
+        },
+    )?;
+    let device = model.device();
+    let _g = tch::no_grad_guard();
+    let (mut loss_sum, mut correct, mut n) = (0f64, 0i64, 0i64);
+    for b in loader.epoch(0, 0) {
+        let b = b?;
+        let x = b.images.f_to_device(device)?;
+        let y = b.labels.f_to_device(device)?;
+        let logits = model.forward_t(&x, false)?;
+        let bs = y.size()[0];
+        loss_sum += cross_entropy(&logits, &y)?.f_double_value(&[])? * bs as f64;
+        correct += logits.f_argmax(-1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        n += bs;
+    }
+    let n = n.max(1) as f64;
+    Ok((loss_sum / n, correct as f64 / n))
+}
+
+fn progress_bar(enabled: bool, len: u64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        Some(len),
+        if enabled && std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+/// Trains `model` on `train_set`, evaluating on `test_set` after every epoch; see the [module docs](self).
+///
+/// With `cfg.resume` and a checkpoint in `cfg.checkpoint_dir`, the model, optimizer, schedule counters and
+/// history are restored and training continues at the next epoch.
+pub fn train(
+    model: &mut Net,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<History, TrainError> {
+    let device = model.device();
+    if train_set.image_shape() != model.input_chw() {
+        return Err(TrainError::Config(format!(
+            "model {} expects images {:?}, dataset {} has {:?}",
+            model.name(),
+            model.input_chw(),
+            train_set.name,
+            train_set.image_shape()
+        )));
+    }
+    let loader = Loader::new(
+        Arc::new(train_set.clone()),
+        LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: true,
+            seed: cfg.seed,
+            drop_last: true,
+            normalize: cfg.normalize.clone(),
+            augment: cfg.augment,
+            prefetch: cfg.prefetch,
+        },
+    )?;
+    let steps_per_epoch = cfg.steps_per_epoch.map_or(loader.num_batches(), |s| s.min(loader.num_batches()));
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config(format!(
+            "{} has {} samples, fewer than one batch of {}",
+            train_set.name,
+            train_set.len(),
+            cfg.batch_size
+        )));
+    }
+    let mut schedule = Schedule::new(cfg.schedule)?;
+    let mut opt = Optimizer::new(model.var_store(), cfg.optimizer)?;
+    let mut history = History::default();
+    let mut start_epoch = 0;
+    if cfg.resume
+        && let Some(dir) = &cfg.checkpoint_dir
+        && checkpoint::exists(dir)
+    {
+        let st: TrainerState = checkpoint::load(dir, model.var_store(), &mut opt)?;
+        if st.model != model.name() {
+            return Err(TrainError::Config(format!(
+                "checkpoint {} holds model {}, not {}",
+                dir.display(),
+                st.model,
+                model.name()
+            )));
+        }
+        // Re-apply the phase to the fresh model on the first sync.
+        schedule = Schedule::with_state(cfg.schedule, ScheduleState { applied: None, ..st.schedule })?;
+        history = st.history;
+        start_epoch = st.epoch;
+        tracing::info!(dir = %dir.display(), epoch = start_epoch, step = schedule.state().step, "resumed");
+    }
+    on_event(&Event::Start { epoch: start_epoch, batch: 0, step: schedule.state().step });
+    let mut last_checkpoint = cfg.checkpoint_dir.clone().filter(|d| checkpoint::exists(d));
+
+    for epoch in start_epoch..cfg.epochs {
+        let pb = progress_bar(cfg.progress, steps_per_epoch as u64);
+        pb.set_prefix(format!("epoch {epoch}"));
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
+        let mut lr = opt.current_lr();
+        for batch in loader.epoch(epoch as u64, 0).take(steps_per_epoch) {
+            let batch = batch?;
+            if let Some(t) = schedule.sync(model) {
+                history.transitions.push(t);
+                on_event(&Event::Transition(t));
+            }
+            if schedule.phase() == Phase::Calibrate {
+                let n = calibrate(model, &loader, &mut schedule, device)?;
+                on_event(&Event::Calibrated { batches: n });
+                if let Some(t) = schedule.sync(model) {
+                    history.transitions.push(t);
+                    on_event(&Event::Transition(t));
+                }
+            }
+            let phase = schedule.phase();
+            let x = batch.images.f_to_device(device)?;
+            let y = batch.labels.f_to_device(device)?;
+            let logits = model.forward_t(&x, true)?;
+            let loss = cross_entropy(&logits, &y)?;
+            let loss_v = loss.f_double_value(&[])?;
+            let step = schedule.state().step;
+            if !loss_v.is_finite() {
+                pb.abandon_with_message(format!("non-finite loss {loss_v}"));
+                tracing::error!(step, epoch, loss = loss_v, "non-finite loss; stopping");
+                return Err(TrainError::NonFinite {
+                    loss: loss_v,
+                    step,
+                    epoch,
+                    batch: batch.index,
+                    phase,
+                    last_checkpoint,
+                });
+            }
+            opt.zero_grad();
+            loss.f_backward()?;
+            lr = opt.step();
+            schedule.record_step();
+            let bs = y.size()[0];
+            loss_sum += loss_v * bs as f64;
+            correct += logits.f_argmax(-1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            seen += bs;
+            let rec = StepRecord { step, epoch, loss: loss_v, lr, phase };
+            if cfg.record_steps {
+                history.steps.push(rec);
+            }
+            on_event(&Event::Step(rec));
+            let flags = phase.flags();
+            pb.inc(1);
+            pb.set_message(format!(
+                "{phase} loss {loss_v:.4} acc {:.2}% {:.0} img/s{}{}",
+                100.0 * correct as f64 / seen as f64,
+                seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                if flags.observe || !flags.fake_quant_activations { "" } else { " [obs frozen]" },
+                if flags.bn_frozen { " [bn frozen]" } else { "" },
+            ));
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let (test_loss, test_acc) = evaluate(model, test_set, cfg, cfg.eval_samples)?;
+        if !test_loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                loss: test_loss,
+                step: schedule.state().step,
+                epoch,
+                batch: steps_per_epoch,
+                phase: schedule.phase(),
+                last_checkpoint,
+            });
+        }
+        let phase = schedule.phase();
+        let seen_f = seen.max(1) as f64;
+        let stats = EpochStats {
+            epoch,
+            phase,
+            step: schedule.state().step,
+            train_loss: loss_sum / seen_f,
+            train_acc: correct as f64 / seen_f,
+            test_loss,
+            test_acc,
+            images_per_sec: seen as f64 / seconds.max(1e-9),
+            seconds,
+            lr,
+            observers_frozen: !phase.flags().observe && phase.flags().fake_quant_weights,
+            bn_frozen: phase.flags().bn_frozen,
+        };
+        pb.finish_with_message(format!(
+            "{phase} train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s",
+            stats.train_loss,
+            100.0 * stats.train_acc,
+            test_loss,
+            100.0 * test_acc,
+            stats.images_per_sec
+        ));
+        tracing::info!(
+            epoch,
+            phase = %phase,
+            train_loss = stats.train_loss,
+            train_acc = stats.train_acc,
+            test_loss,
+            test_acc,
+            images_per_sec = stats.images_per_sec,
+            "epoch done"
+        );
+        history.epochs.push(stats.clone());
+        on_event(&Event::Epoch(stats));
+        if let Some(dir) = &cfg.checkpoint_dir {
+            let state = TrainerState {
+                model: model.name().to_string(),
+                schedule: *schedule.state(),
+                epoch: epoch + 1,
+                history: history.clone(),
+                observers: model.observer_snapshot(),
+            };
+            checkpoint::save(dir, model.var_store(), &opt, &state)?;
+            last_checkpoint = Some(dir.clone());
+            on_event(&Event::Checkpoint(dir.clone()));
+        }
+    }
+    // Leave the model in the schedule's current phase (e.g. for export right after training).
+    if let Some(t) = schedule.sync(model) {
+        history.transitions.push(t);
+        on_event(&Event::Transition(t));
+    }
+    Ok(history)
+}
+
+/// Runs the calibration batches (forward only, eval mode, observers collecting) from a dedicated,
+/// deterministic pass over the training data.
+fn calibrate(model: &mut Net, loader: &Loader, schedule: &mut Schedule, device: Device) -> Result<u64, TrainError> {
+    const CALIBRATION_EPOCH: u64 = u64::MAX;
+    let _g = tch::no_grad_guard();
+    let mut n = 0;
+    let mut it = loader.epoch(CALIBRATION_EPOCH, 0);
+    while schedule.phase() == Phase::Calibrate {
+        let batch = match it.next() {
+            Some(b) => b?,
+            None => {
+                it = loader.epoch(CALIBRATION_EPOCH - 1 - n, 0);
+                continue;
+            }
+        };
+        let x = batch.images.f_to_device(device)?;
+        let _ = model.forward_t(&x, false)?;
+        schedule.record_calibration_batch();
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Mean cross-entropy of `logits` `[B, K]` against class indices `y` `[B]`.
+fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor, tch::TchError> {
+    logits.f_cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, 0.0)
+}
+
+/// Runs `model` on `x` in eval mode without gradients (convenience for inference and tests).
+pub fn predict(model: &mut Net, x: &Tensor) -> Result<Tensor, TrainError> {
+    let _g = tch::no_grad_guard();
+    Ok(model.forward_t(&x.f_to_device(model.device())?, false)?)
+}

@@ -27,7 +27,7 @@ impl SplitMix64 {
     /// A generator for a derived stream, e.g. `(seed, epoch, batch)`: the parts are folded through the mixer so
     /// that nearby tuples give unrelated streams.
     pub fn derived(parts: &[u64]) -> Self {
-        let mut s = Self::new(0x5eed_0f_9a7);
+        let mut s = Self::new(0x0005_eed0_f9a7);
         for &p in parts {
             s.state ^= p;
             s.state = s.next_u64();
