@@ -232,6 +232,7 @@ impl ConvPlan {
         let [_, kh, kw, _] = conv.weight_shape;
         let k = kh * kw * cig;
         let zp = self.zp_in.clamp(0, 255) as u8;
+        let contiguous = cig == cin && conv.dilation[1] == 1;
         for r in 0..rows {
             let global = row0 + r;
             let (s, pix) = (global / (ho * wo), global % (ho * wo));
@@ -241,6 +242,15 @@ impl ConvPlan {
             for i in 0..kh {
                 let ih = (oh * conv.stride[0] + i * conv.dilation[0]) as isize
                     - conv.padding[0] as isize;
+                // Dense, undilated rows: the kw taps of a kernel row are one contiguous span.
+                let iw0 = (ow * conv.stride[1]) as isize - conv.padding[1] as isize;
+                if contiguous && ih >= 0 && (ih as usize) < h && iw0 >= 0 && iw0 as usize + kw <= w
+                {
+                    let at = (ih as usize * w + iw0 as usize) * cin;
+                    row[i * kw * cin..(i + 1) * kw * cin]
+                        .copy_from_slice(&sample[at..at + kw * cin]);
+                    continue;
+                }
                 for j in 0..kw {
                     let iw = (ow * conv.stride[1] + j * conv.dilation[1]) as isize
                         - conv.padding[1] as isize;

@@ -9,8 +9,10 @@
 //! accumulator tile while it is still in registers.
 //!
 //! Packed layouts (padding columns and the K tail are zero, so they add nothing):
-//! - portable and AVX-512 VNNI: panels of [`NR`] = 64 columns; inside a panel, for each group of
-//!   four `k`, 64 × 4 bytes `[n][k mod 4]` (the operand layout of `vpdpbusd`).
+//! - AVX-512 VNNI: panels of [`NR`] = 64 columns; inside a panel, for each group of four `k`,
+//!   64 × 4 bytes `[n][k mod 4]` (the operand layout of `vpdpbusd`).
+//! - portable: panels of 64 columns, k-major `[k][n]` (contiguous inner loop the compiler
+//!   vectorizes).
 //! - AVX2: panels of [`NR_AVX2`] = 16 columns; for each pair of `k`, 16 × 2 int16 (`vpmaddwd`
 //!   operands). Widening to int16 avoids `vpmaddubsw`'s int16 saturation (255·127·2 > 2^15).
 //!
@@ -113,12 +115,22 @@ impl PackedB {
                         w[col * k + kk] as i16;
                 }
             }
-        } else {
+        } else if path == KernelPath::Avx512Vnni {
             i8_panels = vec![0i8; np * kp];
             for col in 0..n {
                 let (p, c) = (col / nr, col % nr);
                 for kk in 0..k {
                     i8_panels[p * kp * nr + (kk / 4) * nr * 4 + c * 4 + kk % 4] = w[col * k + kk];
+                }
+            }
+        } else {
+            // Portable: k-major `[k][64]`, so the inner loop over 64 columns is contiguous and
+            // the compiler vectorizes it for whatever SIMD the target has.
+            i8_panels = vec![0i8; np * kp];
+            for col in 0..n {
+                let (p, c) = (col / nr, col % nr);
+                for kk in 0..k {
+                    i8_panels[p * kp * nr + kk * nr + c] = w[col * k + kk];
                 }
             }
         }
@@ -345,7 +357,7 @@ pub fn epilogue_scalar(acc: i32, e: &Epilogue, col: usize) -> u8 {
     ) as u8
 }
 
-/// Portable micro-tile: `MR_ × 64` int32 accumulators over the i8 panel layout, then the scalar
+/// Portable micro-tile: `MR × 64` int32 accumulators over the k-major panel, then the scalar
 /// epilogue.
 unsafe fn portable_block(
     b: &PackedB,
@@ -356,27 +368,20 @@ unsafe fn portable_block(
     p1: usize,
     out: OutPtr,
 ) {
-    let kg = b.kp / 4;
     for r0 in (0..rows).step_by(MR) {
         let mr = MR.min(rows - r0);
         for p in p0..p1 {
             let panel = &b.i8_panels[p * b.kp * NR..(p + 1) * b.kp * NR];
             let mut acc = [[0i32; NR]; MR];
-            for g in 0..kg {
-                let bg = &panel[g * NR * 4..(g + 1) * NR * 4];
+            for kk in 0..b.kp {
+                let bk: &[i8; NR] = panel[kk * NR..(kk + 1) * NR]
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("panel rows hold NR bytes"));
                 for (r, accr) in acc.iter_mut().enumerate().take(mr) {
-                    let mut a4 = [0i32; 4];
-                    for (t, v) in a4.iter_mut().enumerate() {
-                        // SAFETY: rows × lda bytes readable, lda ≥ kp.
-                        *v = unsafe { *a.add((r0 + r) * lda + g * 4 + t) } as i32;
-                    }
-                    for (c, acc_c) in accr.iter_mut().enumerate() {
-                        let w = &bg[c * 4..c * 4 + 4];
-                        let dot = a4[0] * w[0] as i32
-                            + a4[1] * w[1] as i32
-                            + a4[2] * w[2] as i32
-                            + a4[3] * w[3] as i32;
-                        *acc_c = acc_c.wrapping_add(dot);
+                    // SAFETY: rows × lda bytes readable, lda ≥ kp.
+                    let av = unsafe { *a.add((r0 + r) * lda + kk) } as i32;
+                    for (acc_c, &w) in accr.iter_mut().zip(bk) {
+                        *acc_c = acc_c.wrapping_add(av * w as i32);
                     }
                 }
             }

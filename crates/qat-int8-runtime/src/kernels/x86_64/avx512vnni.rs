@@ -6,6 +6,50 @@ use std::arch::x86_64::*;
 
 use crate::kernels::gemm::{Epilogue, MR, NR, OutPtr, PackedB};
 
+/// Per-lane multiplier constants for [`requantize16`], derived once per 16 columns/channels and
+/// kept in registers across rows/pixels.
+#[derive(Clone, Copy)]
+pub struct Rq16 {
+    m0: __m512i,
+    /// `M0` of the odd lanes moved to the low half of each 64-bit lane.
+    m0_hi: __m512i,
+    left: __m512i,
+    right: __m512i,
+    /// `2^right − 1`.
+    rmask: __m512i,
+    /// `(2^right − 1) >> 1`.
+    rhalf: __m512i,
+}
+
+impl Rq16 {
+    /// Loads `M0`, `left`, `right` for 16 lanes and derives the rest.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; each pointer has 16 readable `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(m0: *const i32, left: *const i32, right: *const i32) -> Self {
+        // SAFETY: caller guarantees 16 readable lanes each.
+        let (m0, left, right) = unsafe {
+            (
+                _mm512_loadu_si512(m0.cast()),
+                _mm512_loadu_si512(left.cast()),
+                _mm512_loadu_si512(right.cast()),
+            )
+        };
+        let one = _mm512_set1_epi32(1);
+        let rmask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+        Self {
+            m0,
+            m0_hi: _mm512_srli_epi64::<32>(m0),
+            left,
+            right,
+            rmask,
+            rhalf: _mm512_srli_epi32::<1>(rmask),
+        }
+    }
+}
+
 /// gemmlowp's `MultiplyByQuantizedMultiplier` + `Z3` + clamp on 16 int32 lanes, bit-exact with
 /// [`qat_core::fixed_point::requantize`]:
 /// 1. `x·2^left` saturating (overflow detected by shifting back);
@@ -22,17 +66,14 @@ use crate::kernels::gemm::{Epilogue, MR, NR, OutPtr, PackedB};
 #[target_feature(enable = "avx512f")]
 pub fn requantize16<const LEFT: bool>(
     x: __m512i,
-    m0: __m512i,
-    left: __m512i,
-    right: __m512i,
+    c: &Rq16,
     zp: __m512i,
     lo: __m512i,
     hi: __m512i,
 ) -> __m512i {
-    let one = _mm512_set1_epi32(1);
     let x = if LEFT {
-        let shifted = _mm512_sllv_epi32(x, left);
-        let overflow = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(shifted, left), x);
+        let shifted = _mm512_sllv_epi32(x, c.left);
+        let overflow = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(shifted, c.left), x);
         let negative = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
         let sat = _mm512_mask_blend_epi32(
             negative,
@@ -44,66 +85,56 @@ pub fn requantize16<const LEFT: bool>(
         x
     };
     let nudge = _mm512_set1_epi64(1 << 30);
-    let even = _mm512_srli_epi64::<31>(_mm512_add_epi64(_mm512_mul_epi32(x, m0), nudge));
+    let even = _mm512_srli_epi64::<31>(_mm512_add_epi64(_mm512_mul_epi32(x, c.m0), nudge));
     let odd = _mm512_slli_epi64::<1>(_mm512_add_epi64(
-        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(m0)),
+        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi),
         nudge,
     ));
     let high = _mm512_mask_blend_epi32(0xAAAA, even, odd);
-    let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
-    let rem = _mm512_and_si512(high, mask);
-    let threshold = _mm512_add_epi32(_mm512_srli_epi32::<1>(mask), _mm512_srli_epi32::<31>(high));
-    let q = _mm512_srav_epi32(high, right);
-    let q = _mm512_mask_add_epi32(q, _mm512_cmpgt_epi32_mask(rem, threshold), q, one);
+    let rem = _mm512_and_si512(high, c.rmask);
+    let threshold = _mm512_add_epi32(c.rhalf, _mm512_srli_epi32::<31>(high));
+    let q = _mm512_srav_epi32(high, c.right);
+    let q = _mm512_mask_add_epi32(
+        q,
+        _mm512_cmpgt_epi32_mask(rem, threshold),
+        q,
+        _mm512_set1_epi32(1),
+    );
     _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi)
 }
 
-/// Epilogue for 16 accumulators of columns `col..col + 16`: adds the corrected bias, then
-/// writes the `valid` first lanes as u8 (requantized) or int32.
+/// Epilogue for 16 accumulators of columns `col..col + 16` (bias already added): writes the
+/// `valid` first lanes as u8 (requantized with `rq`) or int32.
 ///
 /// # Safety
-/// `e`'s arrays hold ≥ `col + 16` entries; `dst` row has ≥ `valid` writable elements.
+/// The destination row has ≥ `valid` writable elements at `out_col`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn store16(
-    acc: __m512i,
+#[allow(clippy::too_many_arguments)]
+unsafe fn store16<const LEFT: bool>(
+    v: __m512i,
+    rq: &Rq16,
     e: &Epilogue,
-    col: usize,
     valid: usize,
     out: OutPtr,
     row: usize,
     out_col: usize,
 ) {
     let mask = ((1u32 << valid) - 1) as u16;
-    // SAFETY: the epilogue arrays are padded to whole panels (≥ col + 16).
+    // SAFETY: writes limited to `valid` elements (caller).
     unsafe {
-        let v = _mm512_add_epi32(acc, _mm512_loadu_si512(e.bias.as_ptr().add(col).cast()));
         match out {
             OutPtr::I32(p, ld) => {
                 _mm512_mask_storeu_epi32(p.add(row * ld + out_col).cast(), mask, v)
             }
             OutPtr::U8(p, ld) => {
-                let q = if e.any_left {
-                    requantize16::<true>(
-                        v,
-                        _mm512_loadu_si512(e.m0.as_ptr().add(col).cast()),
-                        _mm512_loadu_si512(e.left.as_ptr().add(col).cast()),
-                        _mm512_loadu_si512(e.right.as_ptr().add(col).cast()),
-                        _mm512_set1_epi32(e.zp),
-                        _mm512_set1_epi32(e.lo),
-                        _mm512_set1_epi32(e.hi),
-                    )
-                } else {
-                    requantize16::<false>(
-                        v,
-                        _mm512_loadu_si512(e.m0.as_ptr().add(col).cast()),
-                        _mm512_loadu_si512(e.left.as_ptr().add(col).cast()),
-                        _mm512_loadu_si512(e.right.as_ptr().add(col).cast()),
-                        _mm512_set1_epi32(e.zp),
-                        _mm512_set1_epi32(e.lo),
-                        _mm512_set1_epi32(e.hi),
-                    )
-                };
+                let q = requantize16::<LEFT>(
+                    v,
+                    rq,
+                    _mm512_set1_epi32(e.zp),
+                    _mm512_set1_epi32(e.lo),
+                    _mm512_set1_epi32(e.hi),
+                );
                 _mm_mask_storeu_epi8(
                     p.add(row * ld + out_col).cast(),
                     mask,
@@ -149,20 +180,25 @@ unsafe fn tile<const M: usize>(
                 accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
             }
         }
-        for (r, accr) in acc.iter().enumerate() {
-            for (j, &v) in accr.iter().enumerate() {
-                if 16 * j >= cols {
-                    break;
+        for j in 0..4 {
+            if 16 * j >= cols {
+                break;
+            }
+            let col = col0 + 16 * j;
+            let valid = (cols - 16 * j).min(16);
+            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
+            let rq = Rq16::load(
+                e.m0.as_ptr().add(col),
+                e.left.as_ptr().add(col),
+                e.right.as_ptr().add(col),
+            );
+            for (r, accr) in acc.iter().enumerate() {
+                let v = _mm512_add_epi32(accr[j], bias);
+                if e.any_left {
+                    store16::<true>(v, &rq, e, valid, out, r, col);
+                } else {
+                    store16::<false>(v, &rq, e, valid, out, r, col);
                 }
-                store16(
-                    v,
-                    e,
-                    col0 + 16 * j,
-                    (cols - 16 * j).min(16),
-                    out,
-                    r,
-                    col0 + 16 * j,
-                );
             }
         }
     }
@@ -280,6 +316,7 @@ impl DepthwiseVnniLayout {
 pub unsafe fn depthwise_pixel64<const LEFT: bool>(
     tap: impl Fn(usize) -> *const u8,
     l: &DepthwiseVnniLayout,
+    rq: &[Rq16; 4],
     c0: usize,
     valid: usize,
     e: &Epilogue,
@@ -320,17 +357,7 @@ pub unsafe fn depthwise_pixel64<const LEFT: bool>(
                 _mm512_set1_epi32(e.lo),
                 _mm512_set1_epi32(e.hi),
             );
-            let q = |b: usize| {
-                requantize16::<LEFT>(
-                    acc[b],
-                    at(&l.m0, b),
-                    at(&l.left, b),
-                    at(&l.right, b),
-                    zp,
-                    lo,
-                    hi,
-                )
-            };
+            let q = |b: usize| requantize16::<LEFT>(acc[b], &rq[b], zp, lo, hi);
             let r = _mm512_or_si512(
                 _mm512_or_si512(q(0), _mm512_slli_epi32::<8>(q(1))),
                 _mm512_or_si512(_mm512_slli_epi32::<16>(q(2)), _mm512_slli_epi32::<24>(q(3))),
@@ -369,24 +396,35 @@ pub unsafe fn depthwise_run(
     o8: Option<*mut u8>,
     o32: Option<*mut i32>,
 ) {
-    // SAFETY: as documented.
+    // SAFETY: as documented. Blocks of 64 channels outer, pixels inner: the block's
+    // multiplier constants stay in registers across the run.
     unsafe {
-        for p in 0..npix {
-            let mut c0 = 0;
-            while c0 < c {
-                let valid = (c - c0).min(64);
+        let mut c0 = 0;
+        while c0 < c {
+            let valid = (c - c0).min(64);
+            let blk = c0 / 64;
+            let rq: [Rq16; 4] = std::array::from_fn(|b| {
+                let at = blk * 64 + b * 16;
+                Rq16::load(
+                    l.m0.as_ptr().add(at),
+                    l.left.as_ptr().add(at),
+                    l.right.as_ptr().add(at),
+                )
+            });
+            for p in 0..npix {
                 let d8 = o8.map(|o| o.add(p * c + c0));
                 let d32 = o32.map(|o| o.add(p * c + c0));
                 match (taps, e.any_left) {
                     (Some(tp), false) => {
-                        depthwise_pixel64::<false>(|t| tp[t], l, c0, valid, e, d8, d32)
+                        depthwise_pixel64::<false>(|t| tp[t], l, &rq, c0, valid, e, d8, d32)
                     }
                     (Some(tp), true) => {
-                        depthwise_pixel64::<true>(|t| tp[t], l, c0, valid, e, d8, d32)
+                        depthwise_pixel64::<true>(|t| tp[t], l, &rq, c0, valid, e, d8, d32)
                     }
                     (None, false) => depthwise_pixel64::<false>(
                         |t| base.add(p * step + offs[t]),
                         l,
+                        &rq,
                         c0,
                         valid,
                         e,
@@ -396,6 +434,7 @@ pub unsafe fn depthwise_run(
                     (None, true) => depthwise_pixel64::<true>(
                         |t| base.add(p * step + offs[t]),
                         l,
+                        &rq,
                         c0,
                         valid,
                         e,
@@ -403,8 +442,8 @@ pub unsafe fn depthwise_run(
                         d32,
                     ),
                 }
-                c0 += 64;
             }
+            c0 += 64;
         }
     }
 }
