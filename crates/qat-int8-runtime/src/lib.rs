@@ -7,7 +7,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`model`] | the [`Int8Model`] graph: tensors, ops, quantized weights, multipliers, clamps |
-//! | [`format`] | the `.qat8` file: magic, version, CRC-32, bincode payload; [`LoadError`] |
+//! | [`format`](mod@format) | the `.qat8` file: magic, version, CRC-32, bincode payload; [`LoadError`] |
 //! | [`validate`] | [`Int8Model::validate`]: every invariant the executor relies on; [`ValidationError`] |
 //! | [`kernels`] | kernel tiers: [`kernels::reference`] loops, packed GEMM with portable / AVX2 / AVX-512 VNNI micro-kernels, depthwise; [`KernelPath`] |
 //! | [`executor`] | [`Executor`]: planned buffers, rayon parallelism, `run` / `run_u8` / `run_all` |

@@ -1,7 +1,7 @@
 //! Conv2d and fully connected ops, prepared once per model ([`ConvPlan`], [`FcPlan`]) and run
 //! on a batch with the kernel path chosen at plan time.
 //!
-//! Dispatch (all bit-exact with [`reference`]):
+//! Dispatch (all bit-exact with [`reference`](mod@reference)):
 //! - `KernelPath::Reference`, or uint8 weights (`Weights::Uint8`, the paper's asymmetric
 //!   option, whose `Z2·ā1` row-sum term the packed kernels do not carry): reference loops.
 //! - depthwise (`groups == C_in == C_out`): [`super::depthwise`].

@@ -17,7 +17,7 @@
 //!   operands). Widening to int16 avoids `vpmaddubsw`'s int16 saturation (255·127·2 > 2^15).
 //!
 //! Tolerance policy (STYLE.md 4): int32 accumulators and uint8 outputs are bit-exact against
-//! [`super::reference`] for every path (wrapping int32 makes every summation order equal).
+//! [`super::reference`](mod@super::reference) for every path (wrapping int32 makes every summation order equal).
 
 use qat_core::fixed_point::{QuantizedMultiplier, requantize};
 use rayon::prelude::*;

@@ -1,6 +1,6 @@
 //! Kernel tiers (STYLE.md 1–4).
 //!
-//! - [`reference`]: obvious loops, the ground truth (always compiled, never optimized).
+//! - [`reference`](mod@reference): obvious loops, the ground truth (always compiled, never optimized).
 //! - [`gemm`]: the packed u8×i8 GEMM frame (packing, zero-point correction folded into the bias,
 //!   requantization fused in the epilogue) with micro-kernels for every [`KernelPath`]:
 //!   portable Rust, AVX2 (widened to int16 pairs, no `maddubs` saturation) and AVX-512 VNNI
@@ -26,11 +26,11 @@ pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
-/// A family of kernels. `Reference` uses [`reference`] for everything; the others use the packed
+/// A family of kernels. `Reference` uses [`reference`](mod@reference) for everything; the others use the packed
 /// GEMM / depthwise kernels with the named micro-kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
-    /// Obvious loops ([`reference`]).
+    /// Obvious loops ([`reference`](mod@reference)).
     Reference,
     /// Packed GEMM with plain-Rust micro-kernels (any CPU).
     Portable,
