@@ -313,15 +313,15 @@ impl DepthwiseVnniLayout {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn depthwise_pixel64<const LEFT: bool>(
-    tap: impl Fn(usize) -> *const u8,
+pub unsafe fn depthwise_pixel64<const LEFT: bool, const P: usize>(
+    tap: impl Fn(usize, usize) -> *const u8,
     l: &DepthwiseVnniLayout,
     rq: &[Rq16; 4],
     c0: usize,
     valid: usize,
     e: &Epilogue,
-    o8: Option<*mut u8>,
-    o32: Option<*mut i32>,
+    o8: Option<[*mut u8; P]>,
+    o32: Option<[*mut i32; P]>,
 ) {
     let mask = if valid >= 64 {
         u64::MAX
@@ -333,22 +333,27 @@ pub unsafe fn depthwise_pixel64<const LEFT: bool>(
     unsafe {
         let at =
             |v: &Vec<i32>, b: usize| _mm512_loadu_si512(v.as_ptr().add(blk * 64 + b * 16).cast());
-        let mut acc = [
+        let bias = [
             at(&l.bias, 0),
             at(&l.bias, 1),
             at(&l.bias, 2),
             at(&l.bias, 3),
         ];
+        let mut acc = [bias; P];
         let wb = l.w.as_ptr().add(blk * l.taps * 256);
         for t in 0..l.taps {
-            let x = if mask == u64::MAX {
-                _mm512_loadu_si512(tap(t).add(c0).cast())
-            } else {
-                _mm512_maskz_loadu_epi8(mask, tap(t).add(c0).cast())
-            };
             let wt = wb.add(t * 256);
-            for (b, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+            let w: [__m512i; 4] =
+                std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
+            for (p, accp) in acc.iter_mut().enumerate() {
+                let x = if mask == u64::MAX {
+                    _mm512_loadu_si512(tap(p, t).add(c0).cast())
+                } else {
+                    _mm512_maskz_loadu_epi8(mask, tap(p, t).add(c0).cast())
+                };
+                for (a, &wv) in accp.iter_mut().zip(&w) {
+                    *a = _mm512_dpbusd_epi32(*a, x, wv);
+                }
             }
         }
         if let Some(o) = o8 {
@@ -357,20 +362,24 @@ pub unsafe fn depthwise_pixel64<const LEFT: bool>(
                 _mm512_set1_epi32(e.lo),
                 _mm512_set1_epi32(e.hi),
             );
-            let q = |b: usize| requantize16::<LEFT>(acc[b], &rq[b], zp, lo, hi);
-            let r = _mm512_or_si512(
-                _mm512_or_si512(q(0), _mm512_slli_epi32::<8>(q(1))),
-                _mm512_or_si512(_mm512_slli_epi32::<16>(q(2)), _mm512_slli_epi32::<24>(q(3))),
-            );
-            _mm512_mask_storeu_epi8(o.cast(), mask, r);
+            for (p, accp) in acc.iter().enumerate() {
+                let q = |b: usize| requantize16::<LEFT>(accp[b], &rq[b], zp, lo, hi);
+                let r = _mm512_or_si512(
+                    _mm512_or_si512(q(0), _mm512_slli_epi32::<8>(q(1))),
+                    _mm512_or_si512(_mm512_slli_epi32::<16>(q(2)), _mm512_slli_epi32::<24>(q(3))),
+                );
+                _mm512_mask_storeu_epi8(o[p].cast(), mask, r);
+            }
         }
         if let Some(o) = o32 {
-            let mut tmp = [[0i32; 16]; 4];
-            for (b, a) in acc.iter().enumerate() {
-                _mm512_storeu_si512(tmp[b].as_mut_ptr().cast(), *a);
-            }
-            for ch in 0..valid {
-                *o.add(ch) = tmp[ch % 4][ch / 4];
+            for (p, accp) in acc.iter().enumerate() {
+                let mut tmp = [[0i32; 16]; 4];
+                for (b, a) in accp.iter().enumerate() {
+                    _mm512_storeu_si512(tmp[b].as_mut_ptr().cast(), *a);
+                }
+                for ch in 0..valid {
+                    *o[p].add(ch) = tmp[ch % 4][ch / 4];
+                }
             }
         }
     }
@@ -411,36 +420,38 @@ pub unsafe fn depthwise_run(
                     l.right.as_ptr().add(at),
                 )
             });
-            for p in 0..npix {
-                let d8 = o8.map(|o| o.add(p * c + c0));
-                let d32 = o32.map(|o| o.add(p * c + c0));
-                match (taps, e.any_left) {
-                    (Some(tp), false) => {
-                        depthwise_pixel64::<false>(|t| tp[t], l, &rq, c0, valid, e, d8, d32)
-                    }
-                    (Some(tp), true) => {
-                        depthwise_pixel64::<true>(|t| tp[t], l, &rq, c0, valid, e, d8, d32)
-                    }
-                    (None, false) => depthwise_pixel64::<false>(
-                        |t| base.add(p * step + offs[t]),
-                        l,
-                        &rq,
-                        c0,
-                        valid,
-                        e,
-                        d8,
-                        d32,
-                    ),
-                    (None, true) => depthwise_pixel64::<true>(
-                        |t| base.add(p * step + offs[t]),
-                        l,
-                        &rq,
-                        c0,
-                        valid,
-                        e,
-                        d8,
-                        d32,
-                    ),
+            let mut p = 0;
+            if let Some(tp) = taps {
+                // A single pixel whose tap rows are listed.
+                let d8 = o8.map(|o| [o.add(c0)]);
+                let d32 = o32.map(|o| [o.add(c0)]);
+                if e.any_left {
+                    depthwise_pixel64::<true, 1>(|_, t| tp[t], l, &rq, c0, valid, e, d8, d32);
+                } else {
+                    depthwise_pixel64::<false, 1>(|_, t| tp[t], l, &rq, c0, valid, e, d8, d32);
+                }
+                p = npix;
+            }
+            // Two pixels per step: eight independent accumulation chains, weights loaded once.
+            while p + 2 <= npix {
+                let d8 = o8.map(|o| [o.add(p * c + c0), o.add((p + 1) * c + c0)]);
+                let d32 = o32.map(|o| [o.add(p * c + c0), o.add((p + 1) * c + c0)]);
+                let tap = |q: usize, t: usize| base.add((p + q) * step + offs[t]);
+                if e.any_left {
+                    depthwise_pixel64::<true, 2>(tap, l, &rq, c0, valid, e, d8, d32);
+                } else {
+                    depthwise_pixel64::<false, 2>(tap, l, &rq, c0, valid, e, d8, d32);
+                }
+                p += 2;
+            }
+            if p < npix {
+                let d8 = o8.map(|o| [o.add(p * c + c0)]);
+                let d32 = o32.map(|o| [o.add(p * c + c0)]);
+                let tap = |_: usize, t: usize| base.add(p * step + offs[t]);
+                if e.any_left {
+                    depthwise_pixel64::<true, 1>(tap, l, &rq, c0, valid, e, d8, d32);
+                } else {
+                    depthwise_pixel64::<false, 1>(tap, l, &rq, c0, valid, e, d8, d32);
                 }
             }
             c0 += 64;
