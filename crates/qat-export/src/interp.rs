@@ -32,7 +32,7 @@ use qat_core::QuantParams;
 use rayon::prelude::*;
 
 use crate::error::GraphError;
-use crate::ir::{Activation, BatchNorm, Conv2d, FloatGraph, FloatOp, Linear, Pool2d};
+use crate::ir::{Activation, BatchNorm, Conv2d, FloatGraph, FloatOp, Linear, Node, Pool2d};
 
 /// Runs `g` on a batch `input` of shape `[N, …per-sample shape]` and returns every node's output
 /// (index = node id), each `[N, …]`.
@@ -57,47 +57,76 @@ pub fn run(
         });
     }
     let n = input.shape()[0];
+    let input = input.to_owned();
     let mut vals: Vec<ArrayD<f32>> = Vec::with_capacity(g.nodes.len());
     for (i, node) in g.nodes.iter().enumerate() {
-        let ins: Vec<&ArrayD<f32>> = node.inputs.iter().map(|j| &vals[j.0]).collect();
+        let ins: Vec<&ArrayD<f32>> = match node.op {
+            FloatOp::Input { .. } => vec![&input],
+            _ => node.inputs.iter().map(|j| &vals[j.0]).collect(),
+        };
         let mut out_shape = vec![n];
         out_shape.extend_from_slice(&shapes[i]);
-        let mut y = match &node.op {
-            FloatOp::Input { .. } => input.to_owned(),
-            FloatOp::Conv2d(c) => conv2d(ins[0], c, &out_shape),
-            FloatOp::Linear(l) => linear(ins[0], l, n),
-            FloatOp::Add { activation } => {
-                let mut y = ins[0] + ins[1];
-                y.mapv_inplace(|v| activation.apply(v));
-                y
-            }
-            FloatOp::Concat => {
-                let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
-                let last = Axis(out_shape.len() - 1);
-                ndarray::concatenate(last, &views).map_err(|e| GraphError::Shape {
-                    node: node.name.clone(),
-                    op: "Concat",
-                    reason: e.to_string(),
-                })?
-            }
-            FloatOp::AvgPool(p) => pool(ins[0], p, &out_shape, false),
-            FloatOp::MaxPool(p) => pool(ins[0], p, &out_shape, true),
-            FloatOp::GlobalAvgPool => global_avg_pool(ins[0], &out_shape),
-            FloatOp::Flatten | FloatOp::Output => {
-                let data: Vec<f32> = ins[0].iter().copied().collect();
-                ArrayD::from_shape_vec(IxDyn(&out_shape), data).map_err(|e| GraphError::Shape {
-                    node: node.name.clone(),
-                    op: node.op.kind(),
-                    reason: e.to_string(),
-                })?
-            }
-        };
+        let mut y = eval_node(node, &ins, &out_shape)?;
         if let Some(Some(p)) = fake_quant.and_then(|f| f.get(i)) {
             y.mapv_inplace(|v| p.fake_quant(v));
         }
         vals.push(y);
     }
     Ok(vals)
+}
+
+/// Evaluates one node on batched inputs (for `Input`, `ins[0]` is the graph input) and returns
+/// its output of batched shape `out_shape`. The caller guarantees shapes that
+/// [`FloatGraph::validate`] accepted (as [`run`] does).
+pub(crate) fn eval_node(
+    node: &Node,
+    ins: &[&ArrayD<f32>],
+    out_shape: &[usize],
+) -> Result<ArrayD<f32>, GraphError> {
+    let arity = |k: usize| {
+        if ins.len() < k {
+            Err(GraphError::Arity {
+                node: node.name.clone(),
+                op: node.op.kind(),
+                expected: "as validated",
+                got: ins.len(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let shape_err = |e: ndarray::ShapeError| GraphError::Shape {
+        node: node.name.clone(),
+        op: node.op.kind(),
+        reason: e.to_string(),
+    };
+    arity(match node.op {
+        FloatOp::Add { .. } => 2,
+        _ => 1,
+    })?;
+    let n = out_shape.first().copied().unwrap_or(0);
+    Ok(match &node.op {
+        FloatOp::Input { .. } => ins[0].clone(),
+        FloatOp::Conv2d(c) => conv2d(ins[0], c, out_shape),
+        FloatOp::Linear(l) => linear(ins[0], l, n),
+        FloatOp::Add { activation } => {
+            let mut y = ins[0] + ins[1];
+            y.mapv_inplace(|v| activation.apply(v));
+            y
+        }
+        FloatOp::Concat => {
+            let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+            let last = Axis(out_shape.len() - 1);
+            ndarray::concatenate(last, &views).map_err(shape_err)?
+        }
+        FloatOp::AvgPool(p) => pool(ins[0], p, out_shape, false),
+        FloatOp::MaxPool(p) => pool(ins[0], p, out_shape, true),
+        FloatOp::GlobalAvgPool => global_avg_pool(ins[0], out_shape),
+        FloatOp::Flatten | FloatOp::Output => {
+            let data: Vec<f32> = ins[0].iter().copied().collect();
+            ArrayD::from_shape_vec(IxDyn(out_shape), data).map_err(shape_err)?
+        }
+    })
 }
 
 fn contiguous(x: &ArrayD<f32>) -> Vec<f32> {

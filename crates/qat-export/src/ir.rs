@@ -13,8 +13,10 @@
 //!   [`linear_from_nchw_flatten`].
 //! * **Ranges**: every node carries an [`ActQuant`]: the observed `(min, max)` of its output
 //!   (`None` = uncalibrated, which export refuses) and the activation bit width (2..=8, default 8).
-//!   Nodes that do not change the quantization grid — [`FloatOp::MaxPool`], [`FloatOp::Flatten`],
-//!   [`FloatOp::Output`] — share their input's parameters; their own range is informational.
+//!   Nodes that do not change the quantization grid — [`FloatOp::MaxPool`], [`FloatOp::AvgPool`],
+//!   [`FloatOp::GlobalAvgPool`], [`FloatOp::Flatten`], [`FloatOp::Output`] — share their input's
+//!   parameters (see [`FloatOp::inherits_params`]); their own range is informational. A
+//!   training framework should not fake-quantize these outputs with separate observers.
 //! * **Weights** carry a [`WeightQuant`]: the scheme (per-channel symmetric narrow by default) and
 //!   the bit width.
 //!
@@ -377,12 +379,19 @@ impl FloatOp {
         }
     }
 
-    /// Whether the node's output reuses its input's quantization parameters (max pool, flatten,
-    /// output) instead of its own observed range.
+    /// Whether the node's output reuses its input's quantization parameters instead of its own
+    /// observed range: max pool, flatten and output (values stay on the input grid), and average
+    /// pools (TFLite's uint8 pools require equal params; the runtime then averages codes with one
+    /// rounding, `(Σq + n/2)/n`, whereas a rescale to other params rounds twice and drifts by up
+    /// to `S_in/S_out` LSBs).
     pub fn inherits_params(&self) -> bool {
         matches!(
             self,
-            FloatOp::MaxPool(_) | FloatOp::Flatten | FloatOp::Output
+            FloatOp::MaxPool(_)
+                | FloatOp::AvgPool(_)
+                | FloatOp::GlobalAvgPool
+                | FloatOp::Flatten
+                | FloatOp::Output
         )
     }
 }

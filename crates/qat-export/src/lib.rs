@@ -5,6 +5,7 @@
 pub mod calibrate;
 pub mod emit;
 mod error;
+pub mod fidelity;
 pub mod interp;
 pub mod ir;
 pub mod passes;
@@ -15,5 +16,6 @@ pub mod validate;
 pub use calibrate::{CalibrationMethod, PtqConfig, calibrate, ptq, ptq_export};
 pub use emit::export;
 pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal};
+pub use fidelity::{FidelityError, FidelityReport, fidelity_report};
 pub use ir::{FloatGraph, NodeId};
 pub use plan::{ExportOptions, LayerQuant, QuantPlan};

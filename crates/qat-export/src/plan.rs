@@ -10,7 +10,7 @@
 //!    NaN/inf weights, biases or batch-norm parameters ([`Refusal::NonFinite`]);
 //! 3. BN folding ([`crate::passes::bn_fold`]);
 //! 4. activation parameters per node ([`crate::passes::ranges`]; max pool, flatten and output
-//!    inherit their input's);
+//!    inherit their input's, and so do average pools: see `FloatOp::inherits_params`);
 //! 5. per conv/linear: weight quantization, int32 bias, multipliers and the fused clamp
 //!    ([`crate::passes::weights`], [`crate::passes::fuse`]).
 
@@ -136,6 +136,42 @@ fn refusals_for(
     }
 }
 
+/// Concat's runtime kernel rescales each input into the output grid with a `[0, 255]` clamp, so
+/// it cannot honour a narrower b-bit grid `[0, 2^b − 1]` unless no rescale happens (every input
+/// has the output's params).
+fn grid_refusals(
+    node: &Node,
+    own: Option<QuantParams>,
+    params: &[Option<QuantParams>],
+    out: &mut Vec<Refusal>,
+) {
+    if !matches!(node.op, FloatOp::Concat) {
+        return;
+    }
+    let Some(p) = own else {
+        return;
+    };
+    if p.qmin() == 0 && p.qmax() == 255 {
+        return;
+    }
+    let rescaled = node
+        .inputs
+        .iter()
+        .any(|j| params[j.0].is_some_and(|q| q != p));
+    if rescaled {
+        out.push(Refusal::Unsupported {
+            node: node.name.clone(),
+            op: node.op.kind(),
+            reason: format!(
+                "{}-bit output grid [{}, {}] with inputs on other grids: the runtime's rescale clamps to [0, 255]; give the inputs the output's range and bits",
+                node.act.bits,
+                p.qmin(),
+                p.qmax()
+            ),
+        });
+    }
+}
+
 fn quant_err(node: &Node, what: &'static str) -> impl FnOnce(qat_core::QuantError) -> ExportError {
     let name = node.name.clone();
     move |source| ExportError::Quant {
@@ -187,29 +223,35 @@ impl QuantPlan {
             let ins: Vec<&[usize]> = node.inputs.iter().map(|j| shapes[j.0].as_slice()).collect();
             refusals_for(node, &ins, opts, &mut refusals);
         }
+        // Activation params where they can be computed (uncalibrated nodes are already refused).
+        let mut params: Vec<Option<QuantParams>> = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let p = if node.op.inherits_params() {
+                params[node.inputs[0].0]
+            } else {
+                match node.act.range {
+                    Some(r) => Some(
+                        ranges::activation_params(r, node.act.bits)
+                            .map_err(quant_err(node, "activation range"))?,
+                    ),
+                    None => None,
+                }
+            };
+            params.push(p);
+        }
+        for (i, node) in graph.nodes.iter().enumerate() {
+            grid_refusals(node, params[i], &params, &mut refusals);
+        }
         if !refusals.is_empty() {
+            refusals.sort_by_key(|r| graph.find(r.node()).map_or(usize::MAX, |id| id.0));
             return Err(ExportError::Refused { refusals });
         }
+        let act_params: Vec<QuantParams> = params.into_iter().flatten().collect();
         let graph = if opts.fold_batch_norm {
             bn_fold::fold_graph_batch_norms(graph)
         } else {
             graph.clone()
         };
-        let mut act_params: Vec<QuantParams> = Vec::with_capacity(graph.nodes.len());
-        for node in &graph.nodes {
-            let p = if node.op.inherits_params() {
-                act_params[node.inputs[0].0]
-            } else {
-                let range = node.act.range.ok_or_else(|| ExportError::Refused {
-                    refusals: vec![Refusal::Uncalibrated {
-                        node: node.name.clone(),
-                    }],
-                })?;
-                ranges::activation_params(range, node.act.bits)
-                    .map_err(quant_err(node, "activation range"))?
-            };
-            act_params.push(p);
-        }
         let mut layers = Vec::with_capacity(graph.nodes.len());
         for (i, node) in graph.nodes.iter().enumerate() {
             let lq = match &node.op {

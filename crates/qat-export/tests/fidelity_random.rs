@@ -1,0 +1,145 @@
+//! Random small graphs (conv, depthwise, linear, add, concat, pools; ReLU/ReLU6): the exported
+//! `Int8Model`, run by the runtime, agrees with the simulation twin — at every layer at least 99%
+//! of the outputs are within 1 LSB.
+
+mod common;
+
+use common::{GenOptions, batch, random_cnn, rng};
+use qat_export::ir::{WeightQuant, WeightScheme};
+use qat_export::{
+    CalibrationMethod, ExportOptions, FidelityReport, PtqConfig, fidelity_report, ptq,
+};
+
+fn check(seed: u64, opts: &GenOptions, cfg: &PtqConfig) -> FidelityReport {
+    let g = random_cnn(seed, opts);
+    let shape = g.validate().expect("valid")[0].clone();
+    let r = &mut rng(seed ^ 0xfeed);
+    let cal = [batch(r, 8, &shape), batch(r, 8, &shape)];
+    let plan = ptq(&g, cal.iter().map(|b| b.view()), cfg).expect("ptq");
+    let test = batch(r, 8, &shape);
+    let rep = fidelity_report(&plan, [test.view()]).expect("report");
+    for l in &rep.layers {
+        assert!(
+            l.isolated.within_1_lsb >= 0.99,
+            "seed {seed}: layer {} ({}) only {:.4} within 1 LSB\n{}",
+            l.node,
+            l.op,
+            l.isolated.within_1_lsb,
+            rep.to_table()
+        );
+    }
+    rep
+}
+
+#[test]
+fn random_cnns_8bit_per_channel() {
+    for seed in 0..24 {
+        check(seed, &GenOptions::default(), &PtqConfig::default());
+    }
+}
+
+#[test]
+fn random_cnns_other_weight_schemes() {
+    for (i, scheme) in [
+        WeightScheme::SymmetricPerTensor,
+        WeightScheme::AsymmetricPerTensor,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for seed in 100..110 {
+            let cfg = PtqConfig {
+                weight_quant: Some(WeightQuant { scheme, bits: 8 }),
+                method: if i == 0 {
+                    CalibrationMethod::Ema { decay: 0.5 }
+                } else {
+                    CalibrationMethod::Percentile { percentile: 99.9 }
+                },
+                ..PtqConfig::default()
+            };
+            check(seed, &GenOptions::default(), &cfg);
+        }
+    }
+}
+
+#[test]
+fn random_cnns_low_bits() {
+    let opts = GenOptions {
+        pools_and_concat: false,
+        batch_norm: true,
+    };
+    for seed in 200..216 {
+        let bits = 4 + (seed % 4) as u32;
+        let cfg = PtqConfig {
+            weight_quant: Some(WeightQuant {
+                scheme: WeightScheme::SymmetricPerChannel,
+                bits,
+            }),
+            activation_bits: Some(bits),
+            export: ExportOptions::default(),
+            ..PtqConfig::default()
+        };
+        let rep = check(seed, &opts, &cfg);
+        assert!(rep.layers.iter().all(|l| l.bits == bits));
+    }
+}
+
+/// Fidelity figures over many random graphs (for the docs / closing note):
+/// `cargo test -p qat-export --release --test fidelity_random -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fidelity_figures() {
+    use std::collections::BTreeMap;
+    type Stats = (usize, usize, usize, u32, f64);
+    let mut by_op: BTreeMap<String, (Stats, Stats)> = BTreeMap::new();
+    let mut worst: Vec<(f64, u64, String)> = Vec::new();
+    let (mut agree, mut samples) = (0.0, 0usize);
+    for seed in 0..200u64 {
+        let g = random_cnn(seed, &GenOptions::default());
+        let shape = g.validate().expect("valid")[0].clone();
+        let r = &mut rng(seed ^ 0xfeed);
+        let cal = [batch(r, 8, &shape), batch(r, 8, &shape)];
+        let plan = ptq(&g, cal.iter().map(|b| b.view()), &PtqConfig::default()).expect("ptq");
+        let test = batch(r, 16, &shape);
+        let rep = fidelity_report(&plan, [test.view()]).expect("report");
+        for l in &rep.layers {
+            let e = by_op
+                .entry(l.op.clone())
+                .or_insert(((0, 0, 0, 0, 1.0), (0, 0, 0, 0, 1.0)));
+            for (s, a) in [(&mut e.0, &l.isolated), (&mut e.1, &l.end_to_end)] {
+                s.0 += l.elements;
+                s.1 += (a.within_1_lsb * l.elements as f64).round() as usize;
+                s.2 += (a.exact * l.elements as f64).round() as usize;
+                s.3 = s.3.max(a.max_abs_lsb);
+                s.4 = s.4.min(a.within_1_lsb);
+            }
+            worst.push((l.isolated.within_1_lsb, seed, l.node.clone()));
+        }
+        for o in &rep.outputs {
+            agree += o.argmax_vs_simulation * o.samples as f64;
+            samples += o.samples;
+        }
+    }
+    println!(
+        "| op | values | isolated: ≤1 LSB % | exact % | max |Δ| | worst layer ≤1 LSB % | end to end: ≤1 LSB % | exact % | max |Δ| | worst layer ≤1 LSB % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (op, (iso, e2e)) in &by_op {
+        let mut line = format!("| {op} | {} |", iso.0);
+        for (n, w, e, m, mn) in [iso, e2e] {
+            line += &format!(
+                " {:.3} | {:.3} | {m} | {:.2} |",
+                100.0 * *w as f64 / *n as f64,
+                100.0 * *e as f64 / *n as f64,
+                100.0 * mn
+            );
+        }
+        println!("{line}");
+    }
+    worst.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!("worst layers: {:?}", &worst[..5.min(worst.len())]);
+    println!(
+        "argmax int8 vs simulation: {:.2}% of {samples}",
+        100.0 * agree / samples as f64
+    );
+}
