@@ -33,9 +33,30 @@ fn check(seed: u64, opts: &GenOptions, cfg: &PtqConfig) -> FidelityReport {
 
 #[test]
 fn random_cnns_8bit_per_channel() {
+    // End to end (simulation run on its own from the input), 1-LSB differences propagate, so the
+    // contract is per layer (isolated); the end-to-end share is still checked in aggregate.
+    let (mut within, mut total, mut agree, mut samples) = (0.0, 0usize, 0.0, 0usize);
     for seed in 0..24 {
-        check(seed, &GenOptions::default(), &PtqConfig::default());
+        let rep = check(seed, &GenOptions::default(), &PtqConfig::default());
+        for l in &rep.layers {
+            within += l.end_to_end.within_1_lsb * l.elements as f64;
+            total += l.elements;
+        }
+        for o in &rep.outputs {
+            agree += o.argmax_vs_simulation * o.samples as f64;
+            samples += o.samples;
+        }
     }
+    assert!(
+        within / total as f64 >= 0.98,
+        "end to end {}",
+        within / total as f64
+    );
+    assert!(
+        agree / samples as f64 >= 0.95,
+        "argmax {}",
+        agree / samples as f64
+    );
 }
 
 #[test]
