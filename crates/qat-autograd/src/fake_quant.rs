@@ -1,0 +1,204 @@
+//! Paper §3, simulated quantization with a straight-through estimator (STE).
+//!
+//! Forward (both estimators), per element with the parameters `(S, Z, [qmin, qmax])` that qat-core
+//! computed:
+//!
+//! `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
+//!
+//! which is exactly [`qat_core::QuantParams::fake_quant`] (libtorch's kernel computes `1/S` and the
+//! product in f32 and rounds half to even, as qat-core does; TCH.md §2).
+//!
+//! Backward:
+//! * [`Ste::Clipped`] (default; PyTorch's and TF's choice): `∂y/∂x = 1` where the *rounded* code
+//!   `round_half_even(x/S) + Z` lies in `[qmin, qmax]`, else 0 — libtorch's fused
+//!   `fake_quantize_*_affine` kernels, which cache this mask in the forward pass.
+//! * [`Ste::Plain`] (Bengio et al. 2013): `∂y/∂x = 1` everywhere. libtorch has no kernel for it; it is
+//!   composed as `y = FQ(x)⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾ + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)`, whose value is bit-for-bit `FQ(x)`
+//!   (`x − x = 0` exactly for finite `x`) and whose gradient is the identity.
+
+use qat_core::{PerChannelParams, QuantParams};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::FakeQuantError;
+
+/// Which straight-through estimator carries the gradient through rounding and clamping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Ste {
+    /// Gradient 1 where the rounded code is representable (`qmin ≤ round(x/S) + Z ≤ qmax`), 0
+    /// outside. Values clamped by the range get no gradient.
+    #[default]
+    Clipped,
+    /// Gradient 1 everywhere (the estimator of Bengio et al. 2013, "identity" STE).
+    Plain,
+}
+
+/// Quantization parameters of one tensor: one `(S, Z)` for all of it, or one per slice along an
+/// axis. Always produced by qat-core (observers call its constructors), never by this crate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TensorQParams {
+    /// One scale and zero point for the whole tensor.
+    PerTensor(QuantParams),
+    /// One scale and zero point per slice along `axis`.
+    PerChannel(PerChannelParams),
+}
+
+impl TensorQParams {
+    /// The per-tensor parameters, if this is per tensor.
+    pub fn per_tensor(&self) -> Option<&QuantParams> {
+        match self {
+            Self::PerTensor(p) => Some(p),
+            Self::PerChannel(_) => None,
+        }
+    }
+
+    /// The per-channel parameters, if this is per channel.
+    pub fn per_channel(&self) -> Option<&PerChannelParams> {
+        match self {
+            Self::PerTensor(_) => None,
+            Self::PerChannel(p) => Some(p),
+        }
+    }
+}
+
+pub(crate) fn check_f32(op: &'static str, x: &Tensor) -> Result<(), FakeQuantError> {
+    let kind = x.f_kind().map_err(FakeQuantError::torch(op))?;
+    if kind == Kind::Float {
+        Ok(())
+    } else {
+        Err(FakeQuantError::NotF32 { op, kind })
+    }
+}
+
+pub(crate) fn check_channels(
+    op: &'static str,
+    x: &Tensor,
+    axis: usize,
+    channels: usize,
+) -> Result<(), FakeQuantError> {
+    let shape = x.size();
+    let rank = shape.len();
+    let extent = *shape
+        .get(axis)
+        .ok_or(FakeQuantError::AxisOutOfRange { op, axis, rank })?;
+    if extent as usize != channels {
+        return Err(FakeQuantError::ChannelMismatch {
+            op,
+            params: channels,
+            axis,
+            tensor: extent as usize,
+        });
+    }
+    Ok(())
+}
+
+/// Turns a clipped-STE result into a plain-STE one: value of `fq` (detached), gradient 1 w.r.t. `x`.
+fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
+    if x.requires_grad() {
+        fq.detach() + (x - x.detach())
+    } else {
+        fq.shallow_clone()
+    }
+}
+
+/// Per-tensor fake quantization `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
+/// (paper §3) with the chosen straight-through estimator.
+///
+/// The forward value equals [`QuantParams::fake_quant`] applied to every element (bit for bit;
+/// libtorch's `fake_quantize_per_tensor_affine` kernel). `x` must be `f32`.
+///
+/// ```
+/// use qat_autograd::{Ste, fake_quant_per_tensor};
+/// use qat_core::QuantParams;
+/// use tch::Tensor;
+/// let p = QuantParams::asymmetric(0.0, 2.55, 8)?; // S = 0.01, Z = 0
+/// let x = Tensor::from_slice(&[0.004f32, 0.016, 3.0]).set_requires_grad(true);
+/// let y = fake_quant_per_tensor(&x, &p, Ste::Clipped)?;
+/// assert_eq!(Vec::<f32>::try_from(&y)?, vec![0.0, 0.02, 2.55]);
+/// y.sum(None).backward();
+/// assert_eq!(Vec::<f32>::try_from(x.grad())?, vec![1.0, 1.0, 0.0]); // 3.0 is clamped
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn fake_quant_per_tensor(
+    x: &Tensor,
+    p: &QuantParams,
+    ste: Ste,
+) -> Result<Tensor, FakeQuantError> {
+    const OP: &str = "fake_quant_per_tensor";
+    check_f32(OP, x)?;
+    let run = || {
+        x.f_fake_quantize_per_tensor_affine(
+            f64::from(p.scale()),
+            i64::from(p.zero_point()),
+            i64::from(p.qmin()),
+            i64::from(p.qmax()),
+        )
+    };
+    match ste {
+        Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
+        Ste::Plain => {
+            let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
+            Ok(plain_ste(x, &fq))
+        }
+    }
+}
+
+/// Per-channel fake quantization along `p.axis()` (any axis: 0 for conv `OIHW` and linear `[out, in]`
+/// weights, also 0 for depthwise `[C, 1, kh, kw]`): slice `c` uses `(S[c], Z[c])` in the formula of
+/// [`fake_quant_per_tensor`].
+///
+/// The forward equals [`qat_core::array::fake_quant_per_channel`] (libtorch's
+/// `fake_quantize_per_channel_affine` kernel). Errors if the axis is out of range or its extent is not
+/// `p.len()`.
+///
+/// ```
+/// use qat_autograd::{Ste, fake_quant_per_channel};
+/// use qat_core::{PerChannelParams, QuantRange};
+/// use tch::Tensor;
+/// let w = Tensor::from_slice(&[1.0f32, -1.0, 0.1, 0.05]).view([2, 2]);
+/// let p = PerChannelParams::symmetric(&[1.27, 0.127], QuantRange::signed_narrow(8)?, 0)?;
+/// let y = fake_quant_per_channel(&w, &p, Ste::Clipped)?;
+/// assert_eq!(Vec::<f32>::try_from(y.flatten(0, -1))?, vec![1.0, -1.0, 0.1, 0.05]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn fake_quant_per_channel(
+    x: &Tensor,
+    p: &PerChannelParams,
+    ste: Ste,
+) -> Result<Tensor, FakeQuantError> {
+    const OP: &str = "fake_quant_per_channel";
+    check_f32(OP, x)?;
+    check_channels(OP, x, p.axis(), p.len())?;
+    let device = x.device();
+    let scale = Tensor::f_from_slice(p.scales())
+        .and_then(|t| t.f_to_device(device))
+        .map_err(FakeQuantError::torch(OP))?;
+    let zero_point = Tensor::f_from_slice(p.zero_points())
+        .and_then(|t| t.f_to_device(device))
+        .map_err(FakeQuantError::torch(OP))?;
+    let run = || {
+        x.f_fake_quantize_per_channel_affine(
+            &scale,
+            &zero_point,
+            p.axis() as i64,
+            i64::from(p.range().qmin),
+            i64::from(p.range().qmax),
+        )
+    };
+    match ste {
+        Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
+        Ste::Plain => {
+            let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
+            Ok(plain_ste(x, &fq))
+        }
+    }
+}
+
+/// Fake quantization with per-tensor or per-channel parameters (dispatches to
+/// [`fake_quant_per_tensor`] or [`fake_quant_per_channel`]).
+pub fn fake_quant(x: &Tensor, p: &TensorQParams, ste: Ste) -> Result<Tensor, FakeQuantError> {
+    match p {
+        TensorQParams::PerTensor(p) => fake_quant_per_tensor(x, p, ste),
+        TensorQParams::PerChannel(p) => fake_quant_per_channel(x, p, ste),
+    }
+}

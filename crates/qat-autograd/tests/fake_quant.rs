@@ -1,0 +1,316 @@
+//! qat-autograd against qat-core's reference: forward bit for bit, gradients against the analytic
+//! STE masks, learnable-range gradients against their formulas and finite differences.
+
+use ndarray::{ArrayD, IxDyn};
+use qat_autograd::{
+    FakeQuantError, Ste, TensorQParams, fake_quant, fake_quant_per_channel, fake_quant_per_tensor,
+    lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, pact_fake_quant,
+    pact_qparams,
+};
+use qat_core::{PerChannelParams, QuantParams, QuantRange, array};
+use tch::{Kind, Tensor};
+
+/// Deterministic data without touching libtorch's global RNG (tests may run in parallel).
+fn lcg(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((s >> 40) as f32) / ((1u64 << 24) as f32);
+            lo + u * (hi - lo)
+        })
+        .collect()
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+}
+
+fn clipped_mask(p: &QuantParams, x: f32) -> f32 {
+    // The representability test uses the rounded code (TCH.md §2): round_half_even(x·(1/S)) + Z.
+    let code = (x * (1.0f32 / p.scale())).round_ties_even() + p.zero_point() as f32;
+    if code >= p.qmin() as f32 && code <= p.qmax() as f32 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+#[test]
+fn per_tensor_forward_equals_qat_core_and_clipped_grad_is_the_mask() {
+    let cases = [
+        QuantParams::asymmetric(-1.0, 3.0, 8).unwrap(),
+        QuantParams::asymmetric(0.0, 6.0, 8).unwrap(),
+        QuantParams::asymmetric(-0.37, 0.91, 4).unwrap(),
+        QuantParams::asymmetric(-2.0, -0.5, 8).unwrap(),
+        QuantParams::symmetric(0.8, QuantRange::signed_narrow(8).unwrap()).unwrap(),
+        QuantParams::symmetric(1.3, QuantRange::signed_narrow(3).unwrap()).unwrap(),
+    ];
+    for (i, p) in cases.iter().enumerate() {
+        let xs = lcg(i as u64, 4000, -5.0, 5.0);
+        let x = Tensor::from_slice(&xs)
+            .view([40, 100])
+            .set_requires_grad(true);
+        let y = fake_quant_per_tensor(&x, p, Ste::Clipped).unwrap();
+        let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
+        assert_eq!(to_vec(&y), want, "case {i}: {p:?}");
+        y.sum(Kind::Float).backward();
+        let mask: Vec<f32> = xs.iter().map(|&v| clipped_mask(p, v)).collect();
+        assert_eq!(to_vec(&x.grad()), mask, "case {i}");
+        assert!(
+            mask.contains(&0.0) && mask.contains(&1.0),
+            "case {i} exercises both sides"
+        );
+    }
+}
+
+#[test]
+fn plain_ste_has_identity_gradient_and_the_same_value() {
+    let p = QuantParams::asymmetric(-1.0, 1.0, 8).unwrap();
+    let xs = lcg(7, 500, -3.0, 3.0);
+    let x = Tensor::from_slice(&xs).set_requires_grad(true);
+    let w = Tensor::from_slice(&lcg(8, 500, -1.0, 1.0));
+    let y = fake_quant_per_tensor(&x, &p, Ste::Plain).unwrap();
+    let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
+    assert_eq!(to_vec(&y), want);
+    (&y * &w).sum(Kind::Float).backward();
+    assert_eq!(to_vec(&x.grad()), to_vec(&w));
+}
+
+#[test]
+fn tchmd_backward_example() {
+    // TCH.md §2: s = 0.1 on [−128, 127]; 12.76 rounds to 128 and gets no gradient.
+    let xs = [-20f32, -12.8, -12.86, 0.04, 0.05, 0.15, 12.74, 12.76, 20.0];
+    let p = QuantParams::new(0.1, 0, QuantRange::signed(8).unwrap()).unwrap();
+    let x = Tensor::from_slice(&xs).set_requires_grad(true);
+    fake_quant_per_tensor(&x, &p, Ste::Clipped)
+        .unwrap()
+        .sum(Kind::Float)
+        .backward();
+    assert_eq!(to_vec(&x.grad()), vec![0., 1., 0., 1., 1., 1., 1., 0., 0.]);
+}
+
+#[test]
+fn per_channel_any_axis_equals_qat_core() {
+    let shape = [3usize, 4, 2, 5];
+    let xs = lcg(11, shape.iter().product(), -2.0, 2.0);
+    let nd = ArrayD::from_shape_vec(IxDyn(&shape), xs.clone()).unwrap();
+    for axis in 0..4 {
+        let (mins, maxs) = array::min_max_per_channel(nd.view(), axis).unwrap();
+        // Shrink the ranges so that some values clamp.
+        let mins: Vec<f32> = mins.iter().map(|m| m * 0.7).collect();
+        let maxs: Vec<f32> = maxs.iter().map(|m| m * 0.7).collect();
+        for (name, p) in [
+            (
+                "asym",
+                PerChannelParams::from_min_max(
+                    &mins,
+                    &maxs,
+                    QuantRange::unsigned(8).unwrap(),
+                    axis,
+                )
+                .unwrap(),
+            ),
+            (
+                "sym",
+                PerChannelParams::symmetric(&maxs, QuantRange::signed_narrow(8).unwrap(), axis)
+                    .unwrap(),
+            ),
+        ] {
+            let want = array::fake_quant_per_channel(nd.view(), &p).unwrap();
+            let x = Tensor::from_slice(&xs)
+                .view([3, 4, 2, 5])
+                .set_requires_grad(true);
+            let y = fake_quant_per_channel(&x, &p, Ste::Clipped).unwrap();
+            let got: ArrayD<f32> = (&y.detach()).try_into().unwrap();
+            assert_eq!(got, want, "axis {axis} {name}");
+            y.sum(Kind::Float).backward();
+            let g: ArrayD<f32> = (&x.grad()).try_into().unwrap();
+            for (idx, &v) in nd.indexed_iter() {
+                let pc = p.channel(idx[axis]).unwrap();
+                assert_eq!(
+                    g[&idx],
+                    clipped_mask(&pc, v),
+                    "axis {axis} {name} at {idx:?}"
+                );
+            }
+            // The enum dispatch gives the same.
+            let y2 = fake_quant(&x, &TensorQParams::PerChannel(p.clone()), Ste::Plain).unwrap();
+            assert_eq!(to_vec(&y2), to_vec(&y));
+        }
+    }
+}
+
+#[test]
+fn depthwise_weights_per_channel() {
+    // Depthwise conv weights [C, 1, kh, kw], channel axis 0.
+    let xs = lcg(3, 8 * 9, -1.0, 1.0);
+    let nd = ArrayD::from_shape_vec(IxDyn(&[8, 1, 3, 3]), xs.clone()).unwrap();
+    let (mins, maxs) = array::min_max_per_channel(nd.view(), 0).unwrap();
+    let max_abs: Vec<f32> = mins
+        .iter()
+        .zip(&maxs)
+        .map(|(a, b)| a.abs().max(b.abs()))
+        .collect();
+    let p =
+        PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0).unwrap();
+    let x = Tensor::from_slice(&xs).view([8, 1, 3, 3]);
+    let y = fake_quant_per_channel(&x, &p, Ste::Clipped).unwrap();
+    let got: ArrayD<f32> = (&y).try_into().unwrap();
+    assert_eq!(got, array::fake_quant_per_channel(nd.view(), &p).unwrap());
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let p = QuantParams::asymmetric(0.0, 1.0, 8).unwrap();
+    let x64 = Tensor::from_slice(&[1.0f64, 2.0]);
+    assert!(matches!(
+        fake_quant_per_tensor(&x64, &p, Ste::Clipped),
+        Err(FakeQuantError::NotF32 {
+            kind: Kind::Double,
+            ..
+        })
+    ));
+    let pc =
+        PerChannelParams::symmetric(&[1.0, 1.0], QuantRange::signed_narrow(8).unwrap(), 1).unwrap();
+    let x = Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu));
+    let e = fake_quant_per_channel(&x, &pc, Ste::Clipped).unwrap_err();
+    assert!(matches!(
+        e,
+        FakeQuantError::ChannelMismatch {
+            params: 2,
+            axis: 1,
+            tensor: 3,
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("fake_quant_per_channel"));
+    let pc =
+        PerChannelParams::symmetric(&[1.0, 1.0], QuantRange::signed_narrow(8).unwrap(), 2).unwrap();
+    assert!(matches!(
+        fake_quant_per_channel(&x, &pc, Ste::Clipped),
+        Err(FakeQuantError::AxisOutOfRange {
+            axis: 2,
+            rank: 2,
+            ..
+        })
+    ));
+    let alpha = Tensor::from_slice(&[-1.0f32]);
+    assert!(matches!(
+        pact_fake_quant(&x, &alpha, 8),
+        Err(FakeQuantError::NonPositive { .. })
+    ));
+    let s = Tensor::from_slice(&[0.1f32, 0.2]);
+    let z = Tensor::from_slice(&[0f32]);
+    assert!(matches!(
+        lsq_fake_quant_per_tensor(&x, &s, &z, QuantRange::unsigned(8).unwrap()),
+        Err(FakeQuantError::ParamShape { what: "scale", .. })
+    ));
+}
+
+#[test]
+fn lsq_forward_matches_qat_core_and_gradient_matches_lsq_formula() {
+    let xs = [-20f32, -12.8, -12.86, 0.04, 0.05, 0.15, 12.74, 12.76, 20.0];
+    let range = QuantRange::signed(8).unwrap();
+    let x = Tensor::from_slice(&xs).set_requires_grad(true);
+    let s = Tensor::from_slice(&[0.1f32]).set_requires_grad(true);
+    let z = Tensor::from_slice(&[0f32]).set_requires_grad(true);
+    let y = lsq_fake_quant_per_tensor(&x, &s, &z, range).unwrap();
+    let p = QuantParams::new(0.1, 0, range).unwrap();
+    let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
+    assert_eq!(to_vec(&y), want);
+    y.sum(Kind::Float).backward();
+    // TCH.md §2: with grad_factor 1, ds = −2.8 and dz = −0.4; ours carries g = 1/√(9·127).
+    let g = lsq_grad_factor(9, range);
+    assert!((s.grad().double_value(&[0]) - (-2.8 * g)).abs() < 1e-5);
+    assert!((z.grad().double_value(&[0]) - (-0.4 * g)).abs() < 1e-5);
+    assert_eq!(to_vec(&x.grad()), vec![0., 1., 0., 1., 1., 1., 1., 0., 0.]);
+}
+
+#[test]
+fn lsq_scale_gradient_of_clamped_values_matches_finite_differences() {
+    // Clamped elements give y = (qmax − Z)·S (or (qmin − Z)·S): differentiable in S, slope qmax − Z.
+    let range = QuantRange::unsigned(8).unwrap();
+    let xs = [50.0f32, 60.0, -30.0];
+    let (s0, z0) = (0.1f32, 10f32);
+    let f = |s: f32| -> f64 {
+        let p = QuantParams::new(s, z0 as i32, range).unwrap();
+        xs.iter().map(|&v| f64::from(p.fake_quant(v))).sum()
+    };
+    let h = 1e-3f32;
+    let fd = (f(s0 + h) - f(s0 - h)) / f64::from(2.0 * h);
+    let x = Tensor::from_slice(&xs);
+    let s = Tensor::from_slice(&[s0]).set_requires_grad(true);
+    let z = Tensor::from_slice(&[z0]);
+    lsq_fake_quant_per_tensor(&x, &s, &z, range)
+        .unwrap()
+        .sum(Kind::Float)
+        .backward();
+    let g = lsq_grad_factor(3, range);
+    let ds = s.grad().double_value(&[0]) / g;
+    assert!((ds - fd).abs() < 1e-2 * fd.abs(), "lsq {ds} vs fd {fd}");
+    assert!((fd - ((255.0 - 10.0) * 2.0 + (0.0 - 10.0))).abs() < 0.1);
+}
+
+#[test]
+fn lsq_per_channel_forward_matches_qat_core() {
+    let xs = lcg(5, 4 * 6, -1.0, 1.0);
+    let range = QuantRange::signed_narrow(8).unwrap();
+    let scales = [0.01f32, 0.004, 0.02, 0.007];
+    let p = PerChannelParams::from_params(
+        &scales
+            .iter()
+            .map(|&s| QuantParams::new(s, 0, range).unwrap())
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    let x = Tensor::from_slice(&xs).view([4, 6]).set_requires_grad(true);
+    let s = Tensor::from_slice(&scales).set_requires_grad(true);
+    let z = Tensor::zeros([4], (Kind::Float, tch::Device::Cpu));
+    let y = lsq_fake_quant_per_channel(&x, &s, &z, 0, range).unwrap();
+    let nd = ArrayD::from_shape_vec(IxDyn(&[4, 6]), xs).unwrap();
+    let got: ArrayD<f32> = (&y.detach()).try_into().unwrap();
+    assert_eq!(got, array::fake_quant_per_channel(nd.view(), &p).unwrap());
+    y.sum(Kind::Float).backward();
+    assert_eq!(s.grad().size(), vec![4]);
+}
+
+#[test]
+fn pact_alpha_gradient_matches_finite_differences_on_clipped_values() {
+    let xs = lcg(9, 300, -1.0, 4.0);
+    let a0 = 2.0f32;
+    let bits = 8;
+    let x = Tensor::from_slice(&xs).set_requires_grad(true);
+    let alpha = Tensor::from_slice(&[a0]).set_requires_grad(true);
+    let y = pact_fake_quant(&x, &alpha, bits).unwrap();
+    let p = pact_qparams(&alpha, bits).unwrap();
+    let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
+    assert_eq!(to_vec(&y), want);
+    y.sum(Kind::Float).backward();
+    // Above α the output is (2^b − 1)·S(α) = α: d/dα = 1 each; finite differences on those elements.
+    let above: Vec<f32> = xs.iter().copied().filter(|&v| v > a0 + 0.1).collect();
+    let f = |a: f32| -> f64 {
+        let p = QuantParams::asymmetric(0.0, a, bits).unwrap();
+        above.iter().map(|&v| f64::from(p.fake_quant(v))).sum()
+    };
+    let h = 1e-2f32;
+    let fd = (f(a0 + h) - f(a0 - h)) / f64::from(2.0 * h);
+    let da = alpha.grad().double_value(&[0]);
+    assert_eq!(da, xs.iter().filter(|&&v| v > a0).count() as f64);
+    // Finite differences over the clipped elements away from α give one per element.
+    let n_above = above.len() as f64;
+    assert!(
+        (fd - n_above).abs() < 1e-2 * n_above,
+        "fd {fd} vs {n_above}"
+    );
+    let gx = to_vec(&x.grad());
+    for (&v, &g) in xs.iter().zip(&gx) {
+        let want = if (0.0..=a0).contains(&v) { 1.0 } else { 0.0 };
+        assert_eq!(g, want, "x = {v}");
+    }
+}
