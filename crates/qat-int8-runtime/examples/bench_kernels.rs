@@ -498,6 +498,13 @@ fn main() {
             ));
         }
         s.push_str("  ]\n}\n");
+        let parent = std::path::Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty());
+        if let Some(Err(e)) = parent.map(std::fs::create_dir_all) {
+            eprintln!("error: creating the directory of {path}: {e}");
+            std::process::exit(1);
+        }
         if let Err(e) = std::fs::write(path, s) {
             eprintln!("error: writing {path}: {e}");
             std::process::exit(1);

@@ -358,6 +358,8 @@ macro_rules! kernel_suites {
                     ConvCase { h: 11, w: 10, cin: 144, cout: 144, groups: 144, k: [3, 3], stride: [2, 2], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Extremes, seed: 2 },
                     ConvCase { h: 5, w: 6, cin: 37, cout: 70, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 3, values: Values::Uniform, seed: 3 },
                     ConvCase { h: 6, w: 6, cin: 32, cout: 16, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 2, values: Values::Extremes, seed: 4 },
+                    ConvCase { h: 7, w: 9, cin: 100, cout: 100, groups: 100, k: [3, 3], stride: [1, 1], dilation: [2, 1], padding: [2, 1, 2, 1], batch: 2, values: Values::Uniform, seed: 5 },
+                    ConvCase { h: 5, w: 5, cin: 40, cout: 40, groups: 40, k: [5, 5], stride: [1, 2], dilation: [1, 1], padding: [2, 2, 2, 2], batch: 1, values: Values::Extremes, seed: 6 },
                 ];
                 for c in &cases {
                     c.check($path).unwrap_or_else(|e| panic!("{c:?}: {e}"));

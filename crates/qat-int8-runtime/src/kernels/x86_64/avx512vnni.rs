@@ -265,6 +265,10 @@ pub struct DepthwiseVnniLayout {
     pub right: Vec<i32>,
     /// Taps per channel.
     pub taps: usize,
+    /// `[tap][cp]` weights widened to int32 (natural channel order), for partial blocks.
+    pub wide: Vec<i32>,
+    /// Channel stride of `wide`.
+    pub cp: usize,
 }
 
 impl DepthwiseVnniLayout {
@@ -300,6 +304,8 @@ impl DepthwiseVnniLayout {
             left: perm(&e.left),
             right: perm(&e.right),
             taps,
+            wide: w.to_vec(),
+            cp,
         }
     }
 }
@@ -385,6 +391,67 @@ pub unsafe fn depthwise_pixel64<const LEFT: bool, const P: usize>(
     }
 }
 
+/// `avx512vnni_depthwise_u8i8_16c`, for a partial block (`valid ≤ 48` channels): one output
+/// pixel, `V` vectors of 16 channels in natural order; activations zero-extended to int32 and
+/// multiplied by the int32-widened weights with `vpdpwssd` (the high int16 of each activation lane
+/// is 0, so each pair sum is exactly `x·w`). Cheaper than the 64-channel byte-lane kernel when
+/// fewer than 48 channels remain.
+///
+/// # Safety
+/// As [`depthwise_pixel64`]; `e` arrays have `cp` entries.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_narrow<const LEFT: bool, const V: usize>(
+    tap: impl Fn(usize) -> *const u8,
+    l: &DepthwiseVnniLayout,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
+) {
+    // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
+    unsafe {
+        let masks: [u16; V] = std::array::from_fn(|v| {
+            let n = valid.saturating_sub(16 * v).min(16);
+            ((1u32 << n) - 1) as u16
+        });
+        let mut acc: [__m512i; V] =
+            std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));
+        for t in 0..l.taps {
+            let row = tap(t).add(c0);
+            let wt = l.wide.as_ptr().add(t * l.cp + c0);
+            for v in 0..V {
+                let x =
+                    _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(masks[v], row.add(16 * v).cast()));
+                acc[v] = _mm512_dpwssd_epi32(acc[v], x, _mm512_loadu_si512(wt.add(16 * v).cast()));
+            }
+        }
+        for v in 0..V {
+            let col = c0 + 16 * v;
+            if let Some(o) = o8 {
+                let rq = Rq16::load(
+                    e.m0.as_ptr().add(col),
+                    e.left.as_ptr().add(col),
+                    e.right.as_ptr().add(col),
+                );
+                let q = requantize16::<LEFT>(
+                    acc[v],
+                    &rq,
+                    _mm512_set1_epi32(e.zp),
+                    _mm512_set1_epi32(e.lo),
+                    _mm512_set1_epi32(e.hi),
+                );
+                _mm_mask_storeu_epi8(o.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
+            }
+            if let Some(o) = o32 {
+                _mm512_mask_storeu_epi32(o.add(16 * v).cast(), masks[v], acc[v]);
+            }
+        }
+    }
+}
+
 /// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
 /// `taps` is given, a single pixel whose tap rows are listed), all channels.
 ///
@@ -411,6 +478,26 @@ pub unsafe fn depthwise_run(
         let mut c0 = 0;
         while c0 < c {
             let valid = (c - c0).min(64);
+            if valid <= 48 {
+                for p in 0..npix {
+                    let d8 = o8.map(|o| o.add(p * c + c0));
+                    let d32 = o32.map(|o| o.add(p * c + c0));
+                    let tap = |t: usize| match taps {
+                        Some(tp) => tp[t],
+                        None => base.add(p * step + offs[t]),
+                    };
+                    match (valid.div_ceil(16), e.any_left) {
+                        (1, false) => depthwise_narrow::<false, 1>(tap, l, c0, valid, e, d8, d32),
+                        (1, true) => depthwise_narrow::<true, 1>(tap, l, c0, valid, e, d8, d32),
+                        (2, false) => depthwise_narrow::<false, 2>(tap, l, c0, valid, e, d8, d32),
+                        (2, true) => depthwise_narrow::<true, 2>(tap, l, c0, valid, e, d8, d32),
+                        (_, false) => depthwise_narrow::<false, 3>(tap, l, c0, valid, e, d8, d32),
+                        (_, true) => depthwise_narrow::<true, 3>(tap, l, c0, valid, e, d8, d32),
+                    }
+                }
+                c0 += 64;
+                continue;
+            }
             let blk = c0 / 64;
             let rq: [Rq16; 4] = std::array::from_fn(|b| {
                 let at = blk * 64 + b * 16;
