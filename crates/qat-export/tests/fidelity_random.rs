@@ -105,62 +105,116 @@ fn random_cnns_low_bits() {
     }
 }
 
-/// Fidelity figures over many random graphs (for the docs / closing note):
+/// Fidelity figures over many random graphs (for docs/export.md and the closing note):
 /// `cargo test -p qat-export --release --test fidelity_random -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn fidelity_figures() {
     use std::collections::BTreeMap;
     type Stats = (usize, usize, usize, u32, f64);
-    let mut by_op: BTreeMap<String, (Stats, Stats)> = BTreeMap::new();
-    let mut worst: Vec<(f64, u64, String)> = Vec::new();
-    let (mut agree, mut samples) = (0.0, 0usize);
-    for seed in 0..200u64 {
-        let g = random_cnn(seed, &GenOptions::default());
-        let shape = g.validate().expect("valid")[0].clone();
-        let r = &mut rng(seed ^ 0xfeed);
-        let cal = [batch(r, 8, &shape), batch(r, 8, &shape)];
-        let plan = ptq(&g, cal.iter().map(|b| b.view()), &PtqConfig::default()).expect("ptq");
-        let test = batch(r, 16, &shape);
-        let rep = fidelity_report(&plan, [test.view()]).expect("report");
-        for l in &rep.layers {
-            let e = by_op
-                .entry(l.op.clone())
-                .or_insert(((0, 0, 0, 0, 1.0), (0, 0, 0, 0, 1.0)));
-            for (s, a) in [(&mut e.0, &l.isolated), (&mut e.1, &l.end_to_end)] {
-                s.0 += l.elements;
-                s.1 += (a.within_1_lsb * l.elements as f64).round() as usize;
-                s.2 += (a.exact * l.elements as f64).round() as usize;
-                s.3 = s.3.max(a.max_abs_lsb);
-                s.4 = s.4.min(a.within_1_lsb);
-            }
-            worst.push((l.isolated.within_1_lsb, seed, l.node.clone()));
-        }
-        for o in &rep.outputs {
-            agree += o.argmax_vs_simulation * o.samples as f64;
-            samples += o.samples;
-        }
+    fn add(s: &mut Stats, n: usize, a: &qat_export::fidelity::Agreement) {
+        s.0 += n;
+        s.1 += (a.within_1_lsb * n as f64).round() as usize;
+        s.2 += (a.exact * n as f64).round() as usize;
+        s.3 = s.3.max(a.max_abs_lsb);
+        s.4 = s.4.min(a.within_1_lsb);
     }
+    fn cells(s: &Stats) -> String {
+        format!(
+            "{:.3} | {:.3} | {} | {:.2}",
+            100.0 * s.1 as f64 / s.0 as f64,
+            100.0 * s.2 as f64 / s.0 as f64,
+            s.3,
+            100.0 * s.4
+        )
+    }
+    let wq = |scheme, bits| Some(WeightQuant { scheme, bits });
+    let configs: Vec<(&str, GenOptions, PtqConfig)> = vec![
+        (
+            "8-bit, per-channel weights, min/max",
+            GenOptions::default(),
+            PtqConfig::default(),
+        ),
+        (
+            "8-bit, per-tensor weights, EMA 0.5",
+            GenOptions::default(),
+            PtqConfig {
+                weight_quant: wq(WeightScheme::SymmetricPerTensor, 8),
+                method: CalibrationMethod::Ema { decay: 0.5 },
+                ..PtqConfig::default()
+            },
+        ),
+        (
+            "8-bit, asymmetric uint8 weights, percentile 99.9",
+            GenOptions::default(),
+            PtqConfig {
+                weight_quant: wq(WeightScheme::AsymmetricPerTensor, 8),
+                method: CalibrationMethod::Percentile { percentile: 99.9 },
+                ..PtqConfig::default()
+            },
+        ),
+        (
+            "4-bit weights and activations, per-channel (no concat)",
+            GenOptions {
+                pools_and_concat: false,
+                batch_norm: true,
+            },
+            PtqConfig {
+                weight_quant: wq(WeightScheme::SymmetricPerChannel, 4),
+                activation_bits: Some(4),
+                ..PtqConfig::default()
+            },
+        ),
+    ];
     println!(
-        "| op | values | isolated: ≤1 LSB % | exact % | max |Δ| | worst layer ≤1 LSB % | end to end: ≤1 LSB % | exact % | max |Δ| | worst layer ≤1 LSB % |"
+        "| config | graphs | values | isolated ≤1 LSB % | exact % | max |Δ| | worst layer % | end-to-end ≤1 LSB % | exact % | max |Δ| | worst layer % | argmax int8=sim % |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut by_op: BTreeMap<String, (Stats, Stats)> = BTreeMap::new();
+    for (ci, (name, opts, cfg)) in configs.iter().enumerate() {
+        let mut iso: Stats = (0, 0, 0, 0, 1.0);
+        let mut e2e: Stats = (0, 0, 0, 0, 1.0);
+        let (mut agree, mut samples) = (0.0, 0usize);
+        let graphs = 200u64;
+        for seed in 0..graphs {
+            let g = random_cnn(seed, opts);
+            let shape = g.validate().expect("valid")[0].clone();
+            let r = &mut rng(seed ^ 0xfeed);
+            let cal = [batch(r, 8, &shape), batch(r, 8, &shape)];
+            let plan = ptq(&g, cal.iter().map(|b| b.view()), cfg).expect("ptq");
+            let test = batch(r, 16, &shape);
+            let rep = fidelity_report(&plan, [test.view()]).expect("report");
+            for l in &rep.layers {
+                add(&mut iso, l.elements, &l.isolated);
+                add(&mut e2e, l.elements, &l.end_to_end);
+                if ci == 0 {
+                    let e = by_op
+                        .entry(l.op.clone())
+                        .or_insert(((0, 0, 0, 0, 1.0), (0, 0, 0, 0, 1.0)));
+                    add(&mut e.0, l.elements, &l.isolated);
+                    add(&mut e.1, l.elements, &l.end_to_end);
+                }
+            }
+            for o in &rep.outputs {
+                agree += o.argmax_vs_simulation * o.samples as f64;
+                samples += o.samples;
+            }
+        }
+        println!(
+            "| {name} | {graphs} | {} | {} | {} | {:.2} |",
+            iso.0,
+            cells(&iso),
+            cells(&e2e),
+            100.0 * agree / samples as f64
+        );
+    }
+    println!();
+    println!("per op, first config:");
+    println!(
+        "| op | values | isolated ≤1 LSB % | exact % | max |Δ| | worst layer % | end-to-end ≤1 LSB % | exact % | max |Δ| | worst layer % |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (op, (iso, e2e)) in &by_op {
-        let mut line = format!("| {op} | {} |", iso.0);
-        for (n, w, e, m, mn) in [iso, e2e] {
-            line += &format!(
-                " {:.3} | {:.3} | {m} | {:.2} |",
-                100.0 * *w as f64 / *n as f64,
-                100.0 * *e as f64 / *n as f64,
-                100.0 * mn
-            );
-        }
-        println!("{line}");
+    for (op, (i, e)) in &by_op {
+        println!("| {op} | {} | {} | {} |", i.0, cells(i), cells(e));
     }
-    worst.sort_by(|a, b| a.0.total_cmp(&b.0));
-    println!("worst layers: {:?}", &worst[..5.min(worst.len())]);
-    println!(
-        "argmax int8 vs simulation: {:.2}% of {samples}",
-        100.0 * agree / samples as f64
-    );
 }

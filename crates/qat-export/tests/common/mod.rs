@@ -152,7 +152,7 @@ pub fn random_cnn(seed: u64, opts: &GenOptions) -> FloatGraph {
                     cur = g.conv2d(format!("b{b}_conv"), cur, conv);
                 }
             }
-            3 if hw[0] >= 3 => {
+            3 if hw[0] >= 2 && hw[1] >= 2 => {
                 let k = 2;
                 let stride = r.gen_range(1..=2);
                 let p = Pool2d {
