@@ -226,11 +226,13 @@ pub fn ptq<'a>(
     Ok(QuantPlan::new(&g, &cfg.export)?)
 }
 
-/// Convenience: [`ptq`] then emit the `Int8Model`.
+/// Convenience: [`ptq`] then emit the `Int8Model` (validated by the runtime).
 pub fn ptq_export<'a>(
     graph: &FloatGraph,
     batches: impl IntoIterator<Item = ArrayViewD<'a, f32>>,
     cfg: &PtqConfig,
 ) -> Result<Int8Model, PtqError> {
-    Ok(ptq(graph, batches, cfg)?.to_int8_model())
+    let model = ptq(graph, batches, cfg)?.to_int8_model();
+    model.validate().map_err(crate::error::ExportError::from)?;
+    Ok(model)
 }

@@ -174,10 +174,12 @@ impl QuantPlan {
     }
 }
 
-/// Exports a float graph (ranges set) to an integer-only model: [`QuantPlan::new`] then
-/// [`QuantPlan::to_int8_model`].
+/// Exports a float graph (ranges set) to an integer-only model: [`QuantPlan::new`], then
+/// [`QuantPlan::to_int8_model`], then the runtime's `Int8Model::validate` on the result.
 pub fn export(graph: &FloatGraph, opts: &ExportOptions) -> Result<Int8Model, ExportError> {
-    Ok(QuantPlan::new(graph, opts)?.to_int8_model())
+    let model = QuantPlan::new(graph, opts)?.to_int8_model();
+    model.validate()?;
+    Ok(model)
 }
 
 /// Short label of an activation for reports (`none`, `relu`, `relu6`).

@@ -175,6 +175,9 @@ fn list(refusals: &[Refusal]) -> String {
 }
 
 /// Why export (or the simulation twin built on it) failed.
+///
+/// (`ExportError::InvalidModel` wraps the runtime's own validation of the emitted model: it would
+/// mean an export bug, and is checked by [`crate::export`].)
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ExportError {
     /// The graph is structurally invalid.
@@ -186,6 +189,9 @@ pub enum ExportError {
         /// Every problem found, in node order.
         refusals: Vec<Refusal>,
     },
+    /// The emitted model failed the runtime's validation (an export bug; reported, never hidden).
+    #[error("emitted Int8Model is invalid: {0}")]
+    InvalidModel(#[from] qat_int8_runtime::ValidationError),
     /// The quantization math rejected a value (e.g. a multiplier out of range).
     #[error("node {node:?}: {what}: {source}")]
     Quant {

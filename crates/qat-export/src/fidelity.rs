@@ -379,7 +379,7 @@ impl FidelityReport {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    fn rows(&self) -> Vec<[String; 12]> {
+    fn rows(&self) -> Vec<[String; 13]> {
         let db = |v: Option<f64>| v.map_or("inf".to_string(), |v| format!("{v:.1}"));
         self.layers
             .iter()
@@ -395,11 +395,18 @@ impl FidelityReport {
                     ),
                     _ => "-".into(),
                 };
+                let bn = match l.bn_training {
+                    Some(BnTraining::FoldedWithCorrection) => "fold+corr",
+                    Some(BnTraining::FoldedWithoutCorrection) => "fold",
+                    Some(BnTraining::Unfolded) => "unfolded",
+                    _ => "-",
+                };
                 [
                     l.node.clone(),
                     l.op.clone(),
                     l.bits.to_string(),
                     w,
+                    bn.to_string(),
                     db(l.isolated.sqnr_db),
                     l.isolated.max_abs_lsb.to_string(),
                     format!("{:.2}", 100.0 * l.isolated.within_1_lsb),
@@ -413,11 +420,12 @@ impl FidelityReport {
             .collect()
     }
 
-    const HEADER: [&'static str; 12] = [
+    const HEADER: [&'static str; 13] = [
         "layer",
         "op",
         "bits",
         "weights",
+        "BN train",
         "iso SQNR dB",
         "iso max|Δ|",
         "iso ≤1LSB %",
@@ -456,7 +464,7 @@ impl FidelityReport {
             let mut s = String::new();
             for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
                 let pad = w - c.chars().count();
-                if i < 2 {
+                if matches!(i, 0 | 1 | 3 | 4) {
                     let _ = write!(s, "{c}{}  ", " ".repeat(pad));
                 } else {
                     let _ = write!(s, "{}{c}  ", " ".repeat(pad));

@@ -194,3 +194,39 @@ fn random_mlps_agree_with_the_simulation() {
         }
     }
 }
+
+#[test]
+fn two_outputs_are_emitted_and_reported() {
+    use qat_export::ir::{Conv2d, Pool2d};
+    let r = &mut rng(3);
+    let mut g = FloatGraph::new("two-heads");
+    let x = g.input("x", &[4, 4, 2]);
+    let c = g.conv2d(
+        "conv",
+        x,
+        Conv2d::new(uniform(r, 3 * 9 * 2, -0.5, 0.5), [3, 3, 3, 2])
+            .with_padding([1, 1, 1, 1])
+            .with_activation(Activation::Relu),
+    );
+    let p = g.max_pool("pool", c, Pool2d::square(2, 2));
+    g.output("features", p);
+    let gp = g.global_avg_pool("gap", c);
+    let y = g.linear("fc", gp, Linear::new(uniform(r, 4 * 3, -1.0, 1.0), [4, 3]));
+    g.output("logits", y);
+    let cal = batch(r, 16, &[4, 4, 2]);
+    let model = qat_export::ptq_export(&g, [cal.view()], &PtqConfig::default()).unwrap();
+    assert_eq!(model.outputs.len(), 2);
+    let names: Vec<&str> = model
+        .outputs
+        .iter()
+        .map(|&t| model.tensors[t].name.as_str())
+        .collect();
+    assert_eq!(names, vec!["features", "logits"]);
+    let plan = ptq(&g, [cal.view()], &PtqConfig::default()).unwrap();
+    let rep = fidelity_report(&plan, [batch(r, 8, &[4, 4, 2]).view()]).unwrap();
+    assert_eq!(rep.outputs.len(), 2);
+    assert!(rep.min_within_1_lsb() >= 0.99, "{}", rep.to_table());
+    // max pool and global average pool share the conv's params
+    assert_eq!(plan.act_params[p.0], plan.act_params[c.0]);
+    assert_eq!(plan.act_params[gp.0], plan.act_params[c.0]);
+}
