@@ -1,0 +1,310 @@
+//! Plain conv (with bias) and depthwise conv, QAT (paper §3: weights fake-quantized, bias not).
+
+use tch::{Tensor, nn};
+
+use super::export::{ExportTensor, vec_of};
+use super::quantizer::apply_state;
+use super::{
+    Activation, ConvExport, LayerError, LayerExport, OutputQuantizer, QatControl, QatLayer,
+    QatModule, QuantConfig, QuantState, WeightQuantizer, config::NO_DECAY_GROUP,
+};
+
+/// Geometry and options of a 2-D convolution (NCHW input, `OIHW` weights).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub in_channels: i64,
+    /// Output channels.
+    pub out_channels: i64,
+    /// Kernel `[h, w]`.
+    pub kernel: [i64; 2],
+    /// Stride `[h, w]`.
+    pub stride: [i64; 2],
+    /// Symmetric zero padding `[h, w]`.
+    pub padding: [i64; 2],
+    /// Dilation `[h, w]`.
+    pub dilation: [i64; 2],
+    /// Groups (`in = out = groups` for depthwise).
+    pub groups: i64,
+    /// Whether the conv has a bias (ignored by [`super::QatConvBn2d`], which has β instead).
+    pub bias: bool,
+    /// Fused activation.
+    pub activation: Activation,
+    /// Quantization config.
+    pub quant: QuantConfig,
+}
+
+impl Conv2dConfig {
+    /// A `k×k` conv, stride 1, no padding, with bias, no activation, default quant config.
+    pub fn new(in_channels: i64, out_channels: i64, k: i64) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            bias: true,
+            activation: Activation::None,
+            quant: QuantConfig::default(),
+        }
+    }
+
+    /// A `k×k` depthwise conv over `channels` channels (`groups = channels`, weights `[C, 1, k, k]`,
+    /// per-channel weight quantization along axis 0) with "same" padding `k/2`.
+    pub fn depthwise(channels: i64, k: i64) -> Self {
+        Self {
+            groups: channels,
+            padding: [k / 2, k / 2],
+            ..Self::new(channels, channels, k)
+        }
+    }
+
+    /// Sets the stride.
+    pub fn stride(mut self, s: i64) -> Self {
+        self.stride = [s, s];
+        self
+    }
+
+    /// Sets the padding.
+    pub fn padding(mut self, p: i64) -> Self {
+        self.padding = [p, p];
+        self
+    }
+
+    /// Sets the fused activation.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+
+    /// Sets whether there is a bias.
+    pub fn bias(mut self, b: bool) -> Self {
+        self.bias = b;
+        self
+    }
+
+    /// Sets the quant config.
+    pub fn quant(mut self, q: QuantConfig) -> Self {
+        self.quant = q;
+        self
+    }
+
+    pub(crate) fn validate(&self, layer: &str) -> Result<(), LayerError> {
+        let ok = self.in_channels > 0
+            && self.out_channels > 0
+            && self.groups > 0
+            && self.in_channels % self.groups == 0
+            && self.out_channels % self.groups == 0
+            && self.kernel.iter().all(|&k| k > 0)
+            && self.stride.iter().all(|&s| s > 0)
+            && self.dilation.iter().all(|&d| d > 0)
+            && self.padding.iter().all(|&p| p >= 0);
+        if ok {
+            Ok(())
+        } else {
+            Err(LayerError::Config {
+                layer: layer.to_string(),
+                what: format!("invalid conv geometry {self:?}"),
+            })
+        }
+    }
+
+    pub(crate) fn weight_shape(&self) -> [i64; 4] {
+        [
+            self.out_channels,
+            self.in_channels / self.groups,
+            self.kernel[0],
+            self.kernel[1],
+        ]
+    }
+
+    pub(crate) fn check_input(&self, x: &Tensor, layer: &str) -> Result<(), LayerError> {
+        let s = x.size();
+        if s.len() != 4 || s[1] != self.in_channels {
+            return Err(LayerError::Shape {
+                layer: layer.to_string(),
+                expected: format!("[N, {}, H, W]", self.in_channels),
+                got: s,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn conv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        layer: &str,
+    ) -> Result<Tensor, LayerError> {
+        x.f_conv2d(w, b, self.stride, self.padding, self.dilation, self.groups)
+            .map_err(LayerError::torch(layer, "conv2d"))
+    }
+
+    pub(crate) fn geometry_usize(&self) -> ([usize; 2], [usize; 2], [usize; 2], usize) {
+        let u = |a: [i64; 2]| [a[0] as usize, a[1] as usize];
+        (
+            u(self.stride),
+            u(self.padding),
+            u(self.dilation),
+            self.groups as usize,
+        )
+    }
+}
+
+/// Conv2d (optionally depthwise) with bias for QAT: `y = FQ_a(act(conv(x, FQ_w(W)) + b))`.
+///
+/// Weights are initialised Kaiming-uniform (tch's default), the bias `U(−1/√fan_in, 1/√fan_in)`
+/// (PyTorch's default) in group [`NO_DECAY_GROUP`].
+///
+/// ```
+/// use qat_train::layers::{Activation, Conv2dConfig, QatConv2d, QatModule};
+/// use tch::{Device, Kind, Tensor, nn::VarStore};
+/// let vs = VarStore::new(Device::Cpu);
+/// let mut dw = QatConv2d::new(&(vs.root() / "dw"),
+///     Conv2dConfig::depthwise(8, 3).activation(Activation::Relu6))?;
+/// let y = dw.forward_t(&Tensor::ones([2, 8, 5, 5], (Kind::Float, Device::Cpu)), true)?;
+/// assert_eq!(y.size(), vec![2, 8, 5, 5]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct QatConv2d {
+    name: String,
+    cfg: Conv2dConfig,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    wq: WeightQuantizer,
+    oq: OutputQuantizer,
+    state: QuantState,
+}
+
+impl QatConv2d {
+    /// Creates the layer's parameters and quantizers under `path`.
+    pub fn new(path: &nn::Path<'_>, cfg: Conv2dConfig) -> Result<Self, LayerError> {
+        let name = path.components().collect::<Vec<_>>().join(".");
+        cfg.validate(&name)?;
+        let ws = cfg.weight_shape();
+        let weight = path
+            .f_kaiming_uniform("weight", &ws)
+            .map_err(LayerError::torch(&name, "init weight"))?;
+        let bias = if cfg.bias {
+            let bound = 1.0 / ((ws[1] * ws[2] * ws[3]) as f64).sqrt();
+            Some(
+                path.set_group(NO_DECAY_GROUP)
+                    .f_var(
+                        "bias",
+                        &[cfg.out_channels],
+                        nn::Init::Uniform {
+                            lo: -bound,
+                            up: bound,
+                        },
+                    )
+                    .map_err(LayerError::torch(&name, "init bias"))?,
+            )
+        } else {
+            None
+        };
+        let wq = WeightQuantizer::new(&(path / "weight_q"), &cfg.quant, cfg.out_channels, &name)?;
+        let oq = OutputQuantizer::new(&(path / "act_q"), &cfg.quant)?;
+        Ok(Self {
+            name,
+            cfg,
+            weight,
+            bias,
+            wq,
+            oq,
+            state: QuantState::default(),
+        })
+    }
+
+    /// The float weights (trainable variable, `OIHW`).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.cfg
+    }
+
+    /// The run-time state.
+    pub fn state(&self) -> QuantState {
+        self.state
+    }
+
+    /// The output quantizer.
+    pub fn output_quantizer(&self) -> &OutputQuantizer {
+        &self.oq
+    }
+
+    /// The weight quantizer.
+    pub fn weight_quantizer(&self) -> &WeightQuantizer {
+        &self.wq
+    }
+}
+
+impl QatLayer for QatConv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn control(&mut self, c: QatControl) {
+        apply_state(&mut self.state, c);
+        self.wq.control(c);
+        self.oq.control_observer(c);
+    }
+
+    fn export(&self) -> Result<LayerExport, LayerError> {
+        let n = &self.name;
+        let weight =
+            ExportTensor::from_tensor(&self.weight).map_err(LayerError::torch(n, "export"))?;
+        let bias = match &self.bias {
+            Some(b) => Some(vec_of(b).map_err(LayerError::torch(n, "export"))?),
+            None => None,
+        };
+        let (stride, padding, dilation, groups) = self.cfg.geometry_usize();
+        Ok(LayerExport::Conv(Box::new(ConvExport {
+            name: self.name.clone(),
+            folded_weight: weight.clone(),
+            folded_bias: bias
+                .clone()
+                .unwrap_or_else(|| vec![0.0; self.cfg.out_channels as usize]),
+            weight_qparams: self.wq.qparams_for(&self.weight.detach(), n)?,
+            weight,
+            bias,
+            bn: None,
+            weight_bits: self.cfg.quant.weight_bits,
+            weight_scheme: self.cfg.quant.weight_scheme,
+            weight_granularity: self.cfg.quant.weight_granularity,
+            quantize_weights: self.wq.enabled(),
+            stride,
+            padding,
+            dilation,
+            groups,
+            activation: self.cfg.activation,
+            output: self.oq.export()?,
+        })))
+    }
+}
+
+impl QatModule for QatConv2d {
+    fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let n = &self.name;
+        self.cfg.check_input(x, n)?;
+        let w = self.wq.forward(&self.weight, &self.state, n)?;
+        let y = self.cfg.conv(x, &w, self.bias.as_ref(), n)?;
+        let y = self
+            .cfg
+            .activation
+            .apply(y)
+            .map_err(LayerError::torch(n, "activation"))?;
+        self.oq.apply(&y, train, &self.state)
+    }
+}

@@ -1,0 +1,387 @@
+//! Conv + batch norm folded for QAT (paper §3.2; whitepaper arXiv 1806.08342 §3.2.2, eq. 22–31; TF
+//! `contrib/quantize/python/fold_batch_norms.py`), and PyTorch's variant (`conv_fused.py`).
+
+use serde::{Deserialize, Serialize};
+use tch::{Tensor, nn};
+
+use super::export::{ExportTensor, vec_of};
+use super::quantizer::apply_state;
+use super::{
+    BnExport, Conv2dConfig, ConvExport, LayerError, LayerExport, OutputQuantizer, QatControl,
+    QatLayer, QatModule, QuantState, WeightQuantizer, config::NO_DECAY_GROUP,
+};
+
+/// Which conv+BN folding QAT simulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum BnFoldMode {
+    /// Whitepaper §3.2.2 (TF `fold_batch_norms.py`), the paper's method. With `σ = √(var + ε)` the
+    /// moving std, `σ_B` the batch std (biased variance), `μ_B` the batch mean:
+    /// * before the freeze, in training: batch statistics come from the float conv `conv(x, W)`;
+    ///   `y = conv(x, FQ(γ·W/σ)) · (σ/σ_B) + (β − γ·μ_B/σ_B)` — the division by `c = σ_B/σ` undoes
+    ///   the moving-σ scaling so the float value is exactly batch-stat BN, while the quantized
+    ///   weights are those inference will use; moving averages are updated;
+    /// * after the freeze (and in eval): `y = conv(x, FQ(γ·W/σ)) + (β − γ·μ/σ)` with moving
+    ///   statistics, which are no longer updated — exactly the folded inference layer.
+    #[default]
+    Whitepaper,
+    /// PyTorch `conv_fused.py` (`_forward_approximate`): `s = γ/σ` (moving σ),
+    /// `y = BN(conv(x, FQ(W·s)) / s)` with the real BN (batch statistics and moving-average updates
+    /// in training; after `freeze_bn` moving statistics, no updates). One conv per step instead of two.
+    PyTorch,
+}
+
+/// Configuration of a conv+BN layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConvBnConfig {
+    /// Conv geometry, activation and quant config (`bias` is ignored: β plays its role).
+    pub conv: Conv2dConfig,
+    /// BN ε (default 1e-5, PyTorch/tch; TF uses 1e-3).
+    pub eps: f64,
+    /// BN momentum `m`: `running = (1 − m)·running + m·batch` (default 0.1, PyTorch); the running
+    /// variance averages the unbiased batch variance.
+    pub momentum: f64,
+    /// Folding variant.
+    pub fold: BnFoldMode,
+}
+
+impl ConvBnConfig {
+    /// Conv+BN with the conv geometry `conv`, ε 1e-5, momentum 0.1, whitepaper folding.
+    pub fn new(conv: Conv2dConfig) -> Self {
+        Self {
+            conv: Conv2dConfig {
+                bias: false,
+                ..conv
+            },
+            eps: 1e-5,
+            momentum: 0.1,
+            fold: BnFoldMode::Whitepaper,
+        }
+    }
+
+    /// Sets the folding variant.
+    pub fn fold(mut self, f: BnFoldMode) -> Self {
+        self.fold = f;
+        self
+    }
+}
+
+/// Conv + BN (+ fused activation) for QAT, folded per [`BnFoldMode`].
+///
+/// Parameters: `weight` (`OIHW`, Kaiming-uniform), `bn.gamma` = 1 and `bn.beta` = 0 (group
+/// [`NO_DECAY_GROUP`]; note tch's own BN initialises γ ~ U(0, 1)), buffers `bn.running_mean` = 0,
+/// `bn.running_var` = 1, `bn.frozen` (0/1, saved with the VarStore so a checkpoint restores it).
+///
+/// ```
+/// use qat_train::layers::{Activation, Conv2dConfig, ConvBnConfig, QatConvBn2d, QatControl, QatLayer, QatModule};
+/// use tch::{Device, Kind, Tensor, nn::VarStore};
+/// let vs = VarStore::new(Device::Cpu);
+/// let cfg = ConvBnConfig::new(Conv2dConfig::new(3, 4, 3).padding(1).activation(Activation::Relu6));
+/// let mut l = QatConvBn2d::new(&(vs.root() / "block"), cfg)?;
+/// let x = Tensor::randn([2, 3, 6, 6], (Kind::Float, Device::Cpu));
+/// let y = l.forward_t(&x, true)?;          // batch statistics, σ_B/σ correction
+/// l.control(QatControl::FreezeBn(true));   // moving statistics from now on
+/// let y2 = l.forward_t(&x, true)?;
+/// assert_eq!(y.size(), y2.size());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct QatConvBn2d {
+    name: String,
+    cfg: ConvBnConfig,
+    weight: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    frozen: Tensor,
+    wq: WeightQuantizer,
+    oq: OutputQuantizer,
+    state: QuantState,
+}
+
+fn per_channel(t: &Tensor) -> Tensor {
+    t.view([1, -1, 1, 1])
+}
+
+fn per_out_channel(t: &Tensor) -> Tensor {
+    t.view([-1, 1, 1, 1])
+}
+
+impl QatConvBn2d {
+    /// Creates the layer's parameters, BN buffers and quantizers under `path`.
+    pub fn new(path: &nn::Path<'_>, cfg: ConvBnConfig) -> Result<Self, LayerError> {
+        let name = path.components().collect::<Vec<_>>().join(".");
+        cfg.conv.validate(&name)?;
+        if !(cfg.eps > 0.0 && (0.0..=1.0).contains(&cfg.momentum)) {
+            return Err(LayerError::Config {
+                layer: name,
+                what: format!(
+                    "BN eps {} must be > 0, momentum {} in [0, 1]",
+                    cfg.eps, cfg.momentum
+                ),
+            });
+        }
+        let c = cfg.conv.out_channels;
+        let torch = |op| LayerError::torch(&name, op);
+        let weight = path
+            .f_kaiming_uniform("weight", &cfg.conv.weight_shape())
+            .map_err(torch("init weight"))?;
+        let bn = path / "bn";
+        let nd = bn.set_group(NO_DECAY_GROUP);
+        let gamma = nd
+            .f_var("gamma", &[c], nn::Init::Const(1.0))
+            .map_err(torch("init gamma"))?;
+        let beta = nd
+            .f_var("beta", &[c], nn::Init::Const(0.0))
+            .map_err(torch("init beta"))?;
+        let running_mean = bn
+            .f_zeros_no_train("running_mean", &[c])
+            .map_err(torch("init mean"))?;
+        let running_var = bn
+            .f_ones_no_train("running_var", &[c])
+            .map_err(torch("init var"))?;
+        let frozen = bn
+            .f_zeros_no_train("frozen", &[1])
+            .map_err(torch("init frozen"))?;
+        let wq = WeightQuantizer::new(&(path / "weight_q"), &cfg.conv.quant, c, &name)?;
+        let oq = OutputQuantizer::new(&(path / "act_q"), &cfg.conv.quant)?;
+        Ok(Self {
+            name,
+            cfg,
+            weight,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            frozen,
+            wq,
+            oq,
+            state: QuantState::default(),
+        })
+    }
+
+    /// Whether BN statistics are frozen (moving statistics used, not updated).
+    pub fn bn_frozen(&self) -> bool {
+        self.frozen.double_value(&[0]) != 0.0
+    }
+
+    /// Freezes (`true`) or unfreezes the BN statistics; same as `control(QatControl::FreezeBn(f))`.
+    pub fn freeze_bn(&mut self, f: bool) {
+        tch::no_grad(|| {
+            let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
+        });
+    }
+
+    /// The float conv weights (`OIHW`).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// BN γ.
+    pub fn gamma(&self) -> &Tensor {
+        &self.gamma
+    }
+
+    /// BN β.
+    pub fn beta(&self) -> &Tensor {
+        &self.beta
+    }
+
+    /// Moving mean μ.
+    pub fn running_mean(&self) -> &Tensor {
+        &self.running_mean
+    }
+
+    /// Moving variance.
+    pub fn running_var(&self) -> &Tensor {
+        &self.running_var
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConvBnConfig {
+        &self.cfg
+    }
+
+    /// The run-time state.
+    pub fn state(&self) -> QuantState {
+        self.state
+    }
+
+    /// The output quantizer.
+    pub fn output_quantizer(&self) -> &OutputQuantizer {
+        &self.oq
+    }
+
+    /// The weight quantizer.
+    pub fn weight_quantizer(&self) -> &WeightQuantizer {
+        &self.wq
+    }
+
+    /// Moving std `σ = √(running_var + ε)` (no gradient).
+    fn moving_std(&self) -> Result<Tensor, LayerError> {
+        (&self.running_var + self.cfg.eps)
+            .f_sqrt()
+            .map_err(LayerError::torch(&self.name, "moving std"))
+    }
+
+    /// `(γ·W/σ, β − γ·μ/σ)` with moving statistics: the inference fold.
+    fn folded_moving(&self) -> Result<(Tensor, Tensor), LayerError> {
+        let sigma = self.moving_std()?;
+        let scale = &self.gamma / &sigma;
+        let w = &self.weight * per_out_channel(&scale);
+        let b = &self.beta - &scale * &self.running_mean;
+        Ok((w, b))
+    }
+
+    fn update_running(&mut self, mean_b: &Tensor, var_b: &Tensor, n: i64) {
+        let m = self.cfg.momentum;
+        let unbiased = var_b.detach() * (n as f64 / (n - 1) as f64);
+        tch::no_grad(|| {
+            let new_mean = &self.running_mean * (1.0 - m) + mean_b.detach() * m;
+            let new_var = &self.running_var * (1.0 - m) + unbiased * m;
+            self.running_mean.copy_(&new_mean);
+            self.running_var.copy_(&new_var);
+        });
+    }
+
+    fn forward_whitepaper(&mut self, x: &Tensor, use_batch: bool) -> Result<Tensor, LayerError> {
+        let n = self.name.clone();
+        let torch = |op| LayerError::torch(&n, op);
+        if !use_batch {
+            let (w_fold, b_fold) = self.folded_moving()?;
+            let w = self.wq.forward(&w_fold, &self.state, &n)?;
+            return self.cfg.conv.conv(x, &w, Some(&b_fold), &n);
+        }
+        let sigma = self.moving_std()?;
+        let y_float = self.cfg.conv.conv(x, &self.weight, None::<&Tensor>, &n)?;
+        let count = batch_count(&y_float);
+        if count < 2 {
+            return Err(LayerError::Shape {
+                layer: n.clone(),
+                expected: "more than one value per channel for batch statistics".to_string(),
+                got: y_float.size(),
+            });
+        }
+        let (var_b, mean_b) = y_float
+            .f_var_mean_correction(Some([0i64, 2, 3].as_slice()), 0, false)
+            .map_err(torch("batch statistics"))?;
+        let sigma_b = (&var_b + self.cfg.eps)
+            .f_sqrt()
+            .map_err(torch("batch std"))?;
+        let w_fold = &self.weight * per_out_channel(&(&self.gamma / &sigma));
+        let w = self.wq.forward(&w_fold, &self.state, &n)?;
+        let quantized = self.state.fake_quant && self.wq.enabled();
+        let y = if quantized {
+            // conv(x, FQ(γW/σ)) / c with c = σ_B/σ.
+            self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)? * per_channel(&(&sigma / &sigma_b))
+        } else {
+            // Without weight quantization conv(x, γW/σ)·σ/σ_B = conv(x, W)·γ/σ_B: reuse the float conv.
+            &y_float * per_channel(&(&self.gamma / &sigma_b))
+        };
+        let bias = &self.beta - &self.gamma * &mean_b / &sigma_b;
+        let y = y + per_channel(&bias);
+        self.update_running(&mean_b, &var_b, count);
+        Ok(y)
+    }
+
+    fn forward_pytorch(&mut self, x: &Tensor, use_batch: bool) -> Result<Tensor, LayerError> {
+        let n = self.name.clone();
+        let sigma = self.moving_std()?;
+        let scale = &self.gamma / &sigma;
+        let w_scaled = &self.weight * per_out_channel(&scale);
+        let w = self.wq.forward(&w_scaled, &self.state, &n)?;
+        let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)? / per_channel(&scale);
+        if use_batch && batch_count(&y) < 2 {
+            return Err(LayerError::Shape {
+                layer: n.clone(),
+                expected: "more than one value per channel for batch statistics".to_string(),
+                got: y.size(),
+            });
+        }
+        y.f_batch_norm(
+            Some(&self.gamma),
+            Some(&self.beta),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            use_batch,
+            self.cfg.momentum,
+            self.cfg.eps,
+            false,
+        )
+        .map_err(LayerError::torch(&n, "batch_norm"))
+    }
+}
+
+fn batch_count(y: &Tensor) -> i64 {
+    let s = y.size();
+    s[0] * s[2] * s[3]
+}
+
+impl QatLayer for QatConvBn2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn control(&mut self, c: QatControl) {
+        apply_state(&mut self.state, c);
+        self.wq.control(c);
+        self.oq.control_observer(c);
+        if let QatControl::FreezeBn(f) = c {
+            self.freeze_bn(f);
+        }
+    }
+
+    fn export(&self) -> Result<LayerExport, LayerError> {
+        let n = &self.name;
+        let ex = |op| LayerError::torch(n, op);
+        let (w_fold, b_fold) = tch::no_grad(|| self.folded_moving())?;
+        let (stride, padding, dilation, groups) = self.cfg.conv.geometry_usize();
+        Ok(LayerExport::Conv(Box::new(ConvExport {
+            name: self.name.clone(),
+            weight: ExportTensor::from_tensor(&self.weight).map_err(ex("export weight"))?,
+            bias: None,
+            bn: Some(BnExport {
+                gamma: vec_of(&self.gamma).map_err(ex("export gamma"))?,
+                beta: vec_of(&self.beta).map_err(ex("export beta"))?,
+                mean: vec_of(&self.running_mean).map_err(ex("export mean"))?,
+                var: vec_of(&self.running_var).map_err(ex("export var"))?,
+                eps: self.cfg.eps,
+                frozen: self.bn_frozen(),
+                fold_mode: self.cfg.fold,
+            }),
+            folded_weight: ExportTensor::from_tensor(&w_fold)
+                .map_err(ex("export folded weight"))?,
+            folded_bias: vec_of(&b_fold).map_err(ex("export folded bias"))?,
+            weight_qparams: self.wq.qparams_for(&w_fold, n)?,
+            weight_bits: self.cfg.conv.quant.weight_bits,
+            weight_scheme: self.cfg.conv.quant.weight_scheme,
+            weight_granularity: self.cfg.conv.quant.weight_granularity,
+            quantize_weights: self.wq.enabled(),
+            stride,
+            padding,
+            dilation,
+            groups,
+            activation: self.cfg.conv.activation,
+            output: self.oq.export()?,
+        })))
+    }
+}
+
+impl QatModule for QatConvBn2d {
+    /// Forward per [`BnFoldMode`]; batch statistics are used when `train` and BN is not frozen.
+    fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
+        self.cfg.conv.check_input(x, &self.name)?;
+        let use_batch = train && !self.bn_frozen();
+        let y = match self.cfg.fold {
+            BnFoldMode::Whitepaper => self.forward_whitepaper(x, use_batch)?,
+            BnFoldMode::PyTorch => self.forward_pytorch(x, use_batch)?,
+        };
+        let y = self
+            .cfg
+            .conv
+            .activation
+            .apply(y)
+            .map_err(LayerError::torch(&self.name, "activation"))?;
+        self.oq.apply(&y, train, &self.state)
+    }
+}

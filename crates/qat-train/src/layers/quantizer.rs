@@ -1,0 +1,276 @@
+//! The two quantizers every layer is built from: weights (min/max, per channel by default) and
+//! outputs (EMA-observed or PACT, per tensor).
+
+use qat_autograd::{
+    Ste, TensorQParams, fake_quant, fake_quant_per_tensor, pact_fake_quant, pact_qparams,
+};
+use tch::{Tensor, nn};
+
+use super::config::NO_DECAY_GROUP;
+use super::{ActRange, LayerError, OutputExport, QatControl, QuantConfig, QuantState};
+use crate::observer::{ActObserver, MinMaxObserver, Observer};
+
+/// Weight fake quantization (paper §3: "a = min w, b = max w", recomputed every step):
+/// `W_q = FQ(W; params(min/max of W))`, with the observer's frozen range once observers are frozen.
+///
+/// The observer watches the weights on every forward (train and eval; the weights' range is a
+/// deterministic function of the weights), so eval uses the range of exactly the weights it
+/// quantizes.
+#[derive(Debug)]
+pub struct WeightQuantizer {
+    observer: MinMaxObserver,
+    ste: Ste,
+    enabled: bool,
+}
+
+impl WeightQuantizer {
+    /// Builds the quantizer for a weight with `out_channels` output channels (axis 0) under `path`.
+    pub fn new(
+        path: &nn::Path<'_>,
+        cfg: &QuantConfig,
+        out_channels: i64,
+        layer: &str,
+    ) -> Result<Self, LayerError> {
+        let observer = MinMaxObserver::new(
+            path,
+            cfg.weight_scheme,
+            cfg.weight_bits,
+            cfg.weight_granularity.observer(),
+            out_channels,
+            false,
+        )
+        .map_err(LayerError::observer(layer))?;
+        Ok(Self {
+            observer,
+            ste: cfg.ste,
+            enabled: cfg.quantize_weights,
+        })
+    }
+
+    /// Observes `w` and returns `FQ(w)` when fake quant is on (and enabled in the config), else `w`.
+    pub fn forward(
+        &mut self,
+        w: &Tensor,
+        state: &QuantState,
+        layer: &str,
+    ) -> Result<Tensor, LayerError> {
+        self.observer
+            .observe(w)
+            .map_err(LayerError::observer(layer))?;
+        if state.fake_quant && self.enabled {
+            let p = self
+                .observer
+                .qparams()
+                .map_err(LayerError::observer(layer))?;
+            fake_quant(w, &p, self.ste).map_err(LayerError::fq(layer))
+        } else {
+            Ok(w.shallow_clone())
+        }
+    }
+
+    /// The parameters for the final weights `w`: the frozen range if frozen, else `w`'s own.
+    pub fn qparams_for(&self, w: &Tensor, layer: &str) -> Result<TensorQParams, LayerError> {
+        if self.observer.is_frozen() && self.observer.is_calibrated() {
+            self.observer.qparams()
+        } else {
+            self.observer.qparams_of(w)
+        }
+        .map_err(LayerError::observer(layer))
+    }
+
+    /// Whether weight fake quant is enabled in the config.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &MinMaxObserver {
+        &self.observer
+    }
+
+    /// Applies the observer-related switches.
+    pub fn control(&mut self, c: QatControl) {
+        if let QatControl::FreezeObservers(f) = c {
+            if f {
+                self.observer.freeze()
+            } else {
+                self.observer.unfreeze()
+            }
+        }
+    }
+}
+
+/// Output (activation) fake quantization, also usable alone (e.g. for the model input): observer
+/// (EMA by default) then `FQ` with `QuantParams::asymmetric(min, max, bits)`, or PACT.
+///
+/// Observes in training (unless frozen) and, when calibrating, in eval. Fake-quantizes when fake
+/// quant is on and the config enables it; in eval with fake quant on and no data ever observed it
+/// is an error ([`crate::observer::ObserverError::Uncalibrated`]), not a silent default.
+///
+/// ```
+/// use qat_train::layers::{OutputQuantizer, QatLayer, QatModule, QuantConfig};
+/// use tch::{Device, Tensor, nn::VarStore};
+/// let vs = VarStore::new(Device::Cpu);
+/// let mut q = OutputQuantizer::new(&(vs.root() / "input_q"), &QuantConfig::default())?;
+/// let x = Tensor::from_slice(&[0.0f32, 0.5, 2.55]);
+/// let y = q.forward_t(&x, true)?; // first batch sets the range [0, 2.55]: S = 0.01
+/// assert_eq!(Vec::<f32>::try_from(&y)?, vec![0.0, 0.5, 2.55]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct OutputQuantizer {
+    name: String,
+    observer: ActObserver,
+    ste: Ste,
+    bits: u32,
+    enabled: bool,
+    alpha: Option<Tensor>,
+    state: QuantState,
+}
+
+impl OutputQuantizer {
+    /// Builds the quantizer with its observer (and PACT's `alpha`, group [`NO_DECAY_GROUP`]) under
+    /// `path`.
+    pub fn new(path: &nn::Path<'_>, cfg: &QuantConfig) -> Result<Self, LayerError> {
+        let name = path.components().collect::<Vec<_>>().join(".");
+        let observer = ActObserver::new(path, cfg.act_observer, cfg.act_bits)
+            .map_err(LayerError::observer(&name))?;
+        let alpha = match cfg.act_range {
+            ActRange::Observed => None,
+            ActRange::Pact { init_alpha } => {
+                if !(init_alpha.is_finite() && init_alpha > 0.0) {
+                    return Err(LayerError::Config {
+                        layer: name,
+                        what: format!("PACT init_alpha {init_alpha} must be > 0"),
+                    });
+                }
+                Some(
+                    path.set_group(NO_DECAY_GROUP)
+                        .f_var("pact_alpha", &[1], nn::Init::Const(f64::from(init_alpha)))
+                        .map_err(LayerError::torch(&name, "pact_alpha"))?,
+                )
+            }
+        };
+        Ok(Self {
+            name,
+            observer,
+            ste: cfg.ste,
+            bits: cfg.act_bits,
+            enabled: cfg.quantize_output,
+            alpha,
+            state: QuantState::default(),
+        })
+    }
+
+    /// Observes and fake-quantizes `x` under the run-time state `state`.
+    pub fn apply(
+        &mut self,
+        x: &Tensor,
+        train: bool,
+        state: &QuantState,
+    ) -> Result<Tensor, LayerError> {
+        if train || state.calibrate {
+            self.observer
+                .observe(x)
+                .map_err(LayerError::observer(&self.name))?;
+        }
+        if !(state.fake_quant && self.enabled) {
+            return Ok(x.shallow_clone());
+        }
+        match &self.alpha {
+            Some(alpha) => pact_fake_quant(x, alpha, self.bits).map_err(LayerError::fq(&self.name)),
+            None => {
+                let p = self
+                    .observer
+                    .per_tensor_qparams()
+                    .map_err(LayerError::observer(&self.name))?;
+                fake_quant_per_tensor(x, &p, self.ste).map_err(LayerError::fq(&self.name))
+            }
+        }
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &ActObserver {
+        &self.observer
+    }
+
+    /// The PACT clip `α`, if PACT is configured.
+    pub fn pact_alpha(&self) -> Option<&Tensor> {
+        self.alpha.as_ref()
+    }
+
+    /// Applies the observer-related switches (the fake-quant switch lives in the owning layer's
+    /// state; a stand-alone quantizer keeps its own).
+    pub fn control_observer(&mut self, c: QatControl) {
+        if let QatControl::FreezeObservers(f) = c {
+            if f {
+                self.observer.freeze()
+            } else {
+                self.observer.unfreeze()
+            }
+        }
+    }
+
+    /// The export view.
+    pub fn export(&self) -> Result<OutputExport, LayerError> {
+        let calibrated = self.observer.is_calibrated();
+        let (range, qparams) = match &self.alpha {
+            Some(alpha) => {
+                let p = pact_qparams(alpha, self.bits).map_err(LayerError::fq(&self.name))?;
+                (Some((0.0, p.real_range().1)), Some(p))
+            }
+            None if calibrated => {
+                let r = self
+                    .observer
+                    .range()
+                    .map_err(LayerError::observer(&self.name))?;
+                let p = self
+                    .observer
+                    .per_tensor_qparams()
+                    .map_err(LayerError::observer(&self.name))?;
+                (Some(r), Some(p))
+            }
+            None => (None, None),
+        };
+        Ok(OutputExport {
+            name: self.name.clone(),
+            enabled: self.enabled,
+            bits: self.bits,
+            range,
+            qparams,
+            observer_frozen: self.observer.is_frozen(),
+            learned: self.alpha.is_some(),
+        })
+    }
+}
+
+impl super::QatLayer for OutputQuantizer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn control(&mut self, c: QatControl) {
+        apply_state(&mut self.state, c);
+        self.control_observer(c);
+    }
+
+    fn export(&self) -> Result<super::LayerExport, LayerError> {
+        Ok(super::LayerExport::Quantize(OutputQuantizer::export(self)?))
+    }
+}
+
+impl super::QatModule for OutputQuantizer {
+    fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let state = self.state;
+        self.apply(x, train, &state)
+    }
+}
+
+/// Updates a layer's run-time state from a switch.
+pub(crate) fn apply_state(state: &mut QuantState, c: QatControl) {
+    match c {
+        QatControl::FakeQuant(on) => state.fake_quant = on,
+        QatControl::Calibrate(on) => state.calibrate = on,
+        QatControl::FreezeObservers(_) | QatControl::FreezeBn(_) => {}
+    }
+}
