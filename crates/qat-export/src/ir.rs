@@ -383,7 +383,8 @@ impl FloatOp {
     /// observed range: max pool, flatten and output (values stay on the input grid), and average
     /// pools (TFLite's uint8 pools require equal params; the runtime then averages codes with one
     /// rounding, `(Σq + n/2)/n`, whereas a rescale to other params rounds twice and drifts by up
-    /// to `S_in/S_out` LSBs).
+    /// to `S_in/S_out` LSBs). `ExportOptions::avg_pool_own_params` overrides this for average
+    /// pools.
     pub fn inherits_params(&self) -> bool {
         matches!(
             self,

@@ -10,7 +10,8 @@
 //!    NaN/inf weights, biases or batch-norm parameters ([`Refusal::NonFinite`]);
 //! 3. BN folding ([`crate::passes::bn_fold`]);
 //! 4. activation parameters per node ([`crate::passes::ranges`]; max pool, flatten and output
-//!    inherit their input's, and so do average pools: see `FloatOp::inherits_params`);
+//!    inherit their input's, and so do average pools unless
+//!    [`ExportOptions::avg_pool_own_params`]: see `FloatOp::inherits_params`);
 //! 5. per conv/linear: weight quantization, int32 bias, multipliers and the fused clamp
 //!    ([`crate::passes::weights`], [`crate::passes::fuse`]).
 
@@ -29,12 +30,29 @@ pub struct ExportOptions {
     /// Fold batch norm into the preceding conv (default `true`). With `false`, a conv that still
     /// carries batch norm is refused ([`Refusal::UnfoldedBatchNorm`]).
     pub fold_batch_norm: bool,
+    /// Give `AvgPool`/`GlobalAvgPool` outputs their own observed range instead of their input's
+    /// params (default `false`, see [`FloatOp::inherits_params`]). Use it for a graph whose
+    /// training fake-quantized pool outputs with their own observers; the runtime then rescales
+    /// the average with two roundings, so expect up to `S_in/S_out` LSBs of difference there
+    /// (the fidelity report shows it).
+    pub avg_pool_own_params: bool,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
         Self {
             fold_batch_norm: true,
+            avg_pool_own_params: false,
+        }
+    }
+}
+
+impl ExportOptions {
+    /// Whether `op`'s output takes its input's params under these options.
+    pub fn inherits_params(&self, op: &FloatOp) -> bool {
+        match op {
+            FloatOp::AvgPool(_) | FloatOp::GlobalAvgPool => !self.avg_pool_own_params,
+            _ => op.inherits_params(),
         }
     }
 }
@@ -67,6 +85,8 @@ pub struct QuantPlan {
     pub act_params: Vec<QuantParams>,
     /// Conv/linear decisions, `None` for other nodes.
     pub layers: Vec<Option<LayerQuant>>,
+    /// The options the plan was made with.
+    pub options: ExportOptions,
 }
 
 fn non_finite(xs: &[f32]) -> bool {
@@ -129,23 +149,26 @@ fn refusals_for(
         }
         _ => {}
     }
-    if !node.op.inherits_params() && node.act.range.is_none() {
+    if !opts.inherits_params(&node.op) && node.act.range.is_none() {
         out.push(Refusal::Uncalibrated {
             node: node.name.clone(),
         });
     }
 }
 
-/// Concat's runtime kernel rescales each input into the output grid with a `[0, 255]` clamp, so
-/// it cannot honour a narrower b-bit grid `[0, 2^b − 1]` unless no rescale happens (every input
-/// has the output's params).
+/// The runtime's concat and average-pool kernels rescale into the output grid with a `[0, 255]`
+/// clamp, so they cannot honour a narrower b-bit grid `[0, 2^b − 1]` unless no rescale happens
+/// (every input has the output's params — always true for pools that inherit them).
 fn grid_refusals(
     node: &Node,
     own: Option<QuantParams>,
     params: &[Option<QuantParams>],
     out: &mut Vec<Refusal>,
 ) {
-    if !matches!(node.op, FloatOp::Concat) {
+    if !matches!(
+        node.op,
+        FloatOp::Concat | FloatOp::AvgPool(_) | FloatOp::GlobalAvgPool
+    ) {
         return;
     }
     let Some(p) = own else {
@@ -226,7 +249,7 @@ impl QuantPlan {
         // Activation params where they can be computed (uncalibrated nodes are already refused).
         let mut params: Vec<Option<QuantParams>> = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
-            let p = if node.op.inherits_params() {
+            let p = if opts.inherits_params(&node.op) {
                 params[node.inputs[0].0]
             } else {
                 match node.act.range {
@@ -282,6 +305,7 @@ impl QuantPlan {
             shapes,
             act_params,
             layers,
+            options: *opts,
         })
     }
 
@@ -308,7 +332,7 @@ impl QuantPlan {
             .nodes
             .iter()
             .zip(&self.act_params)
-            .map(|(n, p)| (!n.op.inherits_params()).then_some(*p))
+            .map(|(n, p)| (!self.options.inherits_params(&n.op)).then_some(*p))
             .collect()
     }
 }

@@ -82,6 +82,7 @@ fn unfolded_batch_norm_is_refused_when_folding_is_off() {
         &g,
         ExportOptions {
             fold_batch_norm: false,
+            ..ExportOptions::default()
         },
     );
     assert_eq!(
@@ -169,6 +170,7 @@ fn mixed_problems_are_listed_together_in_node_order() {
         &g,
         ExportOptions {
             fold_batch_norm: false,
+            ..ExportOptions::default()
         },
     );
     let nodes: Vec<&str> = r.iter().map(|r| r.node()).collect();
@@ -228,5 +230,39 @@ fn structural_errors_are_typed_and_name_the_node() {
     g.output("y", a);
     assert!(
         matches!(g.validate(), Err(GraphError::Shape { node, op: "Add", .. }) if node == "add")
+    );
+}
+
+#[test]
+fn low_bit_average_pool_with_its_own_params_is_unsupported() {
+    let mut g = FloatGraph::new("gap4");
+    let x = g.input("x", &[2, 2, 1]);
+    let p = g.global_avg_pool("gap", x);
+    g.output("y", p);
+    g.set_all_activation_bits(4);
+    g.set_range(x, -1.0, 1.0).unwrap();
+    g.set_range(p, -0.5, 0.5).unwrap();
+    let own = ExportOptions {
+        avg_pool_own_params: true,
+        ..ExportOptions::default()
+    };
+    let r = refusals(&g, own);
+    assert!(
+        matches!(&r[..], [Refusal::Unsupported { node, op: "GlobalAvgPool", .. }] if node == "gap"),
+        "{r:?}"
+    );
+    // default: the pool inherits the input's params, nothing to rescale
+    let plan = QuantPlan::new(&g, &ExportOptions::default()).unwrap();
+    assert_eq!(plan.act_params[p.0], plan.act_params[x.0]);
+    // 8 bits with its own params: accepted, and the pool gets its own grid
+    g.set_all_activation_bits(8);
+    let plan = QuantPlan::new(&g, &own).unwrap();
+    assert_ne!(plan.act_params[p.0], plan.act_params[x.0]);
+    assert!(plan.fake_quant_points()[p.0].is_some());
+    // without a range it is then uncalibrated
+    g.nodes[p.0].act.range = None;
+    assert_eq!(
+        refusals(&g, own),
+        vec![Refusal::Uncalibrated { node: "gap".into() }]
     );
 }
