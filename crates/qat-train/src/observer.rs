@@ -685,6 +685,20 @@ impl Observer for EmaMinMaxObserver {
 /// `max = upper edge of the first bin where the CDF ≥ p/100`, `min = lower edge of the first bin
 /// where the CDF ≥ 1 − p/100`. The clipped range then goes through [`QuantParams::asymmetric`]
 /// (extended to include 0, nudged). `percentile = 100` gives plain min/max.
+///
+/// ```
+/// use qat_train::observer::{HistogramObserver, Observer};
+/// use tch::{Device, Tensor, nn::VarStore};
+/// let vs = VarStore::new(Device::Cpu);
+/// let mut obs = HistogramObserver::new(&(vs.root() / "calib"), 8, 100, 99.0)?;
+/// let mut data: Vec<f32> = (0..999).map(|i| i as f32 / 1000.0).collect();
+/// data.push(50.0); // one outlier
+/// obs.observe(&Tensor::from_slice(&data))?;
+/// let (lo, hi) = obs.range()?;
+/// assert_eq!(lo, 0.0);
+/// assert!(hi <= 1.0); // the outlier is clipped away
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct HistogramObserver {
     buf: RangeBuffers,

@@ -31,6 +31,17 @@ impl WeightGranularity {
     }
 }
 
+/// How the weight range is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum WeightRange {
+    /// Min/max of the current (folded) weights every step — the paper's method.
+    #[default]
+    MinMax,
+    /// LSQ (Esser et al. 2020): a learned scale per channel (or per tensor), initialised on the
+    /// first forward to `2·mean(|W|)/√qmax` (LSQ §2.1); symmetric weights only (`Z = 0`).
+    Lsq,
+}
+
 /// How the activation range is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub enum ActRange {
@@ -61,6 +72,8 @@ pub struct QuantConfig {
     pub weight_scheme: QuantScheme,
     /// Straight-through estimator of both fake quants.
     pub ste: Ste,
+    /// Weight range: min/max (paper) or LSQ.
+    pub weight_range: WeightRange,
     /// Activation observer.
     pub act_observer: ActObserverConfig,
     /// Activation range: observed (paper) or PACT.
@@ -79,6 +92,7 @@ impl Default for QuantConfig {
             weight_granularity: WeightGranularity::PerChannel,
             weight_scheme: QuantScheme::SymmetricNarrow,
             ste: Ste::Clipped,
+            weight_range: WeightRange::MinMax,
             act_observer: ActObserverConfig::default(),
             act_range: ActRange::Observed,
             quantize_weights: true,
@@ -110,6 +124,9 @@ impl Activation {
 }
 
 /// Run-time switches of a layer, flipped by the schedule through [`QatControl`].
+///
+/// Default: fake quant on, not calibrating (a freshly built layer is in QAT mode; a schedule that
+/// starts with float training or a quantization delay sends `QatControl::FakeQuant(false)` first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuantState {
     /// Fake quantization on (weights and output, each further gated by its config flag).

@@ -1,7 +1,8 @@
 //! QAT layers (paper §3, whitepaper arXiv 1806.08342 §3.2.2).
 //!
-//! Every layer runs in float mode (fake quant off) and QAT mode (fake quant on); the schedule flips
-//! the modes of a whole model through [`QatLayer::control`] with a [`QatControl`]. Each layer
+//! Every layer runs in float mode (fake quant off) and QAT mode (fake quant on, the default); the
+//! schedule flips the modes of a whole model through [`QatModel`] (or [`QatLayer::control`] with a
+//! [`QatControl`] per layer). [`QatSequential`] chains single-input layers. Each layer
 //! carries its own [`QuantConfig`] (bits, granularity, scheme, STE, observer, enable flags) and
 //! exposes what export needs through [`QatLayer::export`] ([`LayerExport`]) — float weights, BN
 //! statistics and ε, the folded weights/bias exactly as the eval forward uses them, activation,
@@ -31,9 +32,11 @@ mod linear;
 mod merge;
 mod pool;
 mod quantizer;
+mod sequential;
 
 pub use config::{
     ActRange, Activation, NO_DECAY_GROUP, QatControl, QuantConfig, QuantState, WeightGranularity,
+    WeightRange,
 };
 pub use conv::{Conv2dConfig, QatConv2d};
 pub use conv_bn::{BnFoldMode, ConvBnConfig, QatConvBn2d};
@@ -46,6 +49,7 @@ pub use linear::QatLinear;
 pub use merge::{QatAdd, QatConcat};
 pub use pool::{QatAvgPool2d, QatGlobalAvgPool, QatMaxPool2d};
 pub use quantizer::{OutputQuantizer, WeightQuantizer};
+pub use sequential::{QatModel, QatSequential};
 
 use tch::Tensor;
 

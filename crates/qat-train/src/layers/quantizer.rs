@@ -2,13 +2,18 @@
 //! outputs (EMA-observed or PACT, per tensor).
 
 use qat_autograd::{
-    Ste, TensorQParams, fake_quant, fake_quant_per_tensor, pact_fake_quant, pact_qparams,
+    Ste, TensorQParams, fake_quant, fake_quant_per_tensor, lsq_fake_quant_per_channel,
+    lsq_fake_quant_per_tensor, pact_fake_quant, pact_qparams,
 };
-use tch::{Tensor, nn};
+use qat_core::{MIN_SCALE, PerChannelParams, QuantParams, QuantRange};
+use tch::{Kind, Tensor, nn};
 
 use super::config::NO_DECAY_GROUP;
-use super::{ActRange, LayerError, OutputExport, QatControl, QuantConfig, QuantState};
-use crate::observer::{ActObserver, MinMaxObserver, Observer};
+use super::{
+    ActRange, LayerError, OutputExport, QatControl, QuantConfig, QuantState, WeightGranularity,
+    WeightRange,
+};
+use crate::observer::{ActObserver, MinMaxObserver, Observer, QuantScheme};
 
 /// Weight fake quantization (paper §3: "a = min w, b = max w", recomputed every step):
 /// `W_q = FQ(W; params(min/max of W))`, with the observer's frozen range once observers are frozen.
@@ -16,11 +21,88 @@ use crate::observer::{ActObserver, MinMaxObserver, Observer};
 /// The observer watches the weights on every forward (train and eval; the weights' range is a
 /// deterministic function of the weights), so eval uses the range of exactly the weights it
 /// quantizes.
+///
+/// With [`WeightRange::Lsq`] the scale is a trained parameter (`weight_q.lsq_scale`, group
+/// [`NO_DECAY_GROUP`]) and the op is qat-autograd's LSQ fake quant; the observer still records the
+/// weights' range for reference.
 #[derive(Debug)]
 pub struct WeightQuantizer {
     observer: MinMaxObserver,
     ste: Ste,
     enabled: bool,
+    lsq: Option<Lsq>,
+}
+
+/// LSQ state: learned scale (`f32[C]` or `f32[1]`), fixed zero point 0, initialised flag buffer.
+#[derive(Debug)]
+struct Lsq {
+    scale: Tensor,
+    zero_point: Tensor,
+    initialized: Tensor,
+    range: QuantRange,
+    per_channel: bool,
+}
+
+impl Lsq {
+    fn init_from(&mut self, w: &Tensor) -> Result<(), tch::TchError> {
+        if self.initialized.f_double_value(&[0])? != 0.0 {
+            return Ok(());
+        }
+        let k = 2.0 / f64::from(self.range.qmax).sqrt();
+        let s = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
+            let a = w.f_detach()?.f_abs()?;
+            let m = if self.per_channel {
+                a.f_flatten(1, -1)?
+                    .f_mean_dim(Some([1i64].as_slice()), false, None)?
+            } else {
+                a.f_mean(None)?.f_view([1])?
+            };
+            (m * k).f_clamp_min(f64::from(MIN_SCALE))
+        })?;
+        tch::no_grad(|| -> Result<(), tch::TchError> {
+            self.scale.f_copy_(&s)?;
+            let _ = self.initialized.f_fill_(1.0)?;
+            Ok(())
+        })
+    }
+
+    fn qparams(&self) -> Result<Vec<QuantParams>, LayerErrorInner> {
+        let scales = Vec::<f32>::try_from(&self.scale.f_detach()?.f_to_kind(Kind::Float)?)?;
+        scales
+            .iter()
+            .map(|&s| QuantParams::new(s.max(MIN_SCALE), 0, self.range))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LayerErrorInner::Quant)
+    }
+}
+
+/// Internal error funnel for the LSQ helpers.
+#[derive(Debug)]
+enum LayerErrorInner {
+    Torch(tch::TchError),
+    Quant(qat_core::QuantError),
+}
+
+impl From<tch::TchError> for LayerErrorInner {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e)
+    }
+}
+
+impl LayerErrorInner {
+    fn into_layer(self, layer: &str) -> LayerError {
+        match self {
+            Self::Torch(source) => LayerError::Torch {
+                layer: layer.to_string(),
+                op: "lsq",
+                source,
+            },
+            Self::Quant(e) => LayerError::Config {
+                layer: layer.to_string(),
+                what: format!("learned LSQ scale is invalid: {e}"),
+            },
+        }
+    }
 }
 
 impl WeightQuantizer {
@@ -40,10 +122,44 @@ impl WeightQuantizer {
             false,
         )
         .map_err(LayerError::observer(layer))?;
+        let lsq = match cfg.weight_range {
+            WeightRange::MinMax => None,
+            WeightRange::Lsq => {
+                if cfg.weight_scheme != QuantScheme::SymmetricNarrow {
+                    return Err(LayerError::Config {
+                        layer: layer.to_string(),
+                        what: "LSQ weights need the symmetric narrow scheme".to_string(),
+                    });
+                }
+                let per_channel = cfg.weight_granularity == WeightGranularity::PerChannel;
+                let n = if per_channel { out_channels } else { 1 };
+                let torch = |op| LayerError::torch(layer, op);
+                let range =
+                    QuantRange::signed_narrow(cfg.weight_bits).map_err(|e| LayerError::Config {
+                        layer: layer.to_string(),
+                        what: e.to_string(),
+                    })?;
+                Some(Lsq {
+                    scale: path
+                        .set_group(NO_DECAY_GROUP)
+                        .f_var("lsq_scale", &[n], nn::Init::Const(1.0))
+                        .map_err(torch("lsq scale"))?,
+                    zero_point: path
+                        .f_zeros_no_train("lsq_zero_point", &[n])
+                        .map_err(torch("lsq zero point"))?,
+                    initialized: path
+                        .f_zeros_no_train("lsq_initialized", &[1])
+                        .map_err(torch("lsq flag"))?,
+                    range,
+                    per_channel,
+                })
+            }
+        };
         Ok(Self {
             observer,
             ste: cfg.ste,
             enabled: cfg.quantize_weights,
+            lsq,
         })
     }
 
@@ -57,6 +173,19 @@ impl WeightQuantizer {
         self.observer
             .observe(w)
             .map_err(LayerError::observer(layer))?;
+        if let Some(lsq) = &mut self.lsq {
+            lsq.init_from(w)
+                .map_err(LayerError::torch(layer, "lsq init"))?;
+            if !(state.fake_quant && self.enabled) {
+                return Ok(w.shallow_clone());
+            }
+            return if lsq.per_channel {
+                lsq_fake_quant_per_channel(w, &lsq.scale, &lsq.zero_point, 0, lsq.range)
+            } else {
+                lsq_fake_quant_per_tensor(w, &lsq.scale, &lsq.zero_point, lsq.range)
+            }
+            .map_err(LayerError::fq(layer));
+        }
         if state.fake_quant && self.enabled {
             let p = self
                 .observer
@@ -69,13 +198,39 @@ impl WeightQuantizer {
     }
 
     /// The parameters for the final weights `w`: the frozen range if frozen, else `w`'s own.
+    /// With LSQ: the learned scales (once initialised by a forward pass).
     pub fn qparams_for(&self, w: &Tensor, layer: &str) -> Result<TensorQParams, LayerError> {
+        if let Some(lsq) = &self.lsq {
+            let initialized = lsq
+                .initialized
+                .f_double_value(&[0])
+                .map_err(LayerError::torch(layer, "lsq flag"))?
+                != 0.0;
+            if initialized {
+                let ps = lsq.qparams().map_err(|e| e.into_layer(layer))?;
+                return Ok(if lsq.per_channel {
+                    TensorQParams::PerChannel(PerChannelParams::from_params(&ps, 0).map_err(
+                        |e| LayerError::Config {
+                            layer: layer.to_string(),
+                            what: e.to_string(),
+                        },
+                    )?)
+                } else {
+                    TensorQParams::PerTensor(ps[0])
+                });
+            }
+        }
         if self.observer.is_frozen() && self.observer.is_calibrated() {
             self.observer.qparams()
         } else {
             self.observer.qparams_of(w)
         }
         .map_err(LayerError::observer(layer))
+    }
+
+    /// The learned LSQ scale, if LSQ is configured.
+    pub fn lsq_scale(&self) -> Option<&Tensor> {
+        self.lsq.as_ref().map(|l| &l.scale)
     }
 
     /// Whether weight fake quant is enabled in the config.

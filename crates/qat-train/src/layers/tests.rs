@@ -583,3 +583,53 @@ fn bad_inputs_are_errors_naming_the_layer() {
         .is_err()
     );
 }
+
+#[test]
+fn lsq_weights_learn_their_scale_and_export_it() {
+    let vs = VarStore::new(Device::Cpu);
+    let q = QuantConfig {
+        weight_range: WeightRange::Lsq,
+        ..QuantConfig::default()
+    };
+    let mut conv = QatConv2d::new(&(vs.root() / "c"), Conv2dConfig::new(2, 3, 3).quant(q)).unwrap();
+    set(conv.weight(), &rand(19, &[3, 2, 3, 3], -0.5, 0.5));
+    let x = rand(20, &[2, 2, 5, 5], -1.0, 1.0);
+    let y = conv.forward_t(&x, true).unwrap();
+    let scale = conv.weight_quantizer().lsq_scale().unwrap();
+    // Initialised to 2·mean|W_c|/√127 per channel.
+    let w = conv.weight().detach();
+    let want = w
+        .abs()
+        .flatten(1, -1)
+        .mean_dim(Some([1i64].as_slice()), false, None)
+        * (2.0 / 127f64.sqrt());
+    assert!(max_diff(&scale.detach(), &want) < 1e-7);
+    y.sum(Kind::Float).backward();
+    assert!(
+        scale.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0,
+        "LSQ scale gets a gradient"
+    );
+    let LayerExport::Conv(e) = conv.export().unwrap() else {
+        panic!("conv")
+    };
+    let p = e.weight_qparams.per_channel().unwrap().clone();
+    assert_eq!(p.scales(), vecf(scale).as_slice());
+    // Forward weights are qat-core's fake quant with the learned scales.
+    let nd: ArrayD<f32> = (&w).try_into().unwrap();
+    let wq = Tensor::try_from(array::fake_quant_per_channel(nd.view(), &p).unwrap()).unwrap();
+    let float = x.conv2d(&wq, conv.bias(), [1, 1], [0, 0], [1, 1], 1);
+    let op = conv
+        .output_quantizer()
+        .observer()
+        .per_tensor_qparams()
+        .unwrap();
+    let got = conv.forward_t(&x, false).unwrap();
+    let want: Vec<f32> = vecf(&float).iter().map(|&v| op.fake_quant(v)).collect();
+    assert_eq!(vecf(&got), want);
+    let bad = QuantConfig {
+        weight_range: WeightRange::Lsq,
+        weight_scheme: crate::observer::QuantScheme::AsymmetricUnsigned,
+        ..QuantConfig::default()
+    };
+    assert!(QatConv2d::new(&(vs.root() / "bad"), Conv2dConfig::new(2, 3, 3).quant(bad)).is_err());
+}
