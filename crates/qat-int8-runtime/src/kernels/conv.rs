@@ -34,6 +34,8 @@ pub struct ConvPlan {
     zp_out: i32,
     path: KernelPath,
     imp: ConvImpl,
+    /// `C_in` bytes of `Z1`: what padded taps point at in the implicit im2col.
+    zero_row: Vec<u8>,
 }
 
 impl ConvPlan {
@@ -107,6 +109,7 @@ impl ConvPlan {
             zp_out: z3,
             path,
             imp,
+            zero_row: vec![z1.clamp(0, 255) as u8; in_hwc[2]],
         })
     }
 
@@ -203,11 +206,62 @@ impl ConvPlan {
                         };
                         continue;
                     }
+                    if conv.groups == 1 && cin % 4 == 0 && b.kp == kh * kw * cin {
+                        // Implicit im2col: segment pointers into the input (or the Z1 row).
+                        let fill_ptrs = |row0: usize, rows: usize, ptrs: &mut [*const u8]| {
+                            self.tap_pointers(conv, input, row0, rows, ptrs);
+                        };
+                        let src = ASource::Indirect {
+                            taps: kh * kw,
+                            seg: cin,
+                            fill_ptrs: &fill_ptrs,
+                        };
+                        // SAFETY: as above; every pointer addresses cin bytes of `input` or of
+                        // `zero_row`, both alive for the call.
+                        unsafe { gemm(m, &src, b, gptr) };
+                        continue;
+                    }
                     let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
                         self.im2col(conv, input, g * cig, cig, b.kp, row0, rows, dst);
                     };
                     // SAFETY: as above.
                     unsafe { gemm(m, &ASource::Fill(&fill), b, gptr) };
+                }
+            }
+        }
+    }
+
+    /// Indirection table for rows `row0..row0 + rows`: `ptrs[r·taps + (i·kw + j)]` points at the
+    /// `C_in` input bytes of tap `(i, j)`, or at the `Z1` row for padding (groups == 1).
+    fn tap_pointers(
+        &self,
+        conv: &Conv2d,
+        input: &[u8],
+        row0: usize,
+        rows: usize,
+        ptrs: &mut [*const u8],
+    ) {
+        let [h, w, cin] = self.in_hwc;
+        let [ho, wo, _] = self.out_hwc;
+        let [_, kh, kw, _] = conv.weight_shape;
+        let taps = kh * kw;
+        for r in 0..rows {
+            let global = row0 + r;
+            let (s, pix) = (global / (ho * wo), global % (ho * wo));
+            let (oh, ow) = (pix / wo, pix % wo);
+            let sample = &input[s * h * w * cin..(s + 1) * h * w * cin];
+            for i in 0..kh {
+                let ih = (oh * conv.stride[0] + i * conv.dilation[0]) as isize
+                    - conv.padding[0] as isize;
+                for j in 0..kw {
+                    let iw = (ow * conv.stride[1] + j * conv.dilation[1]) as isize
+                        - conv.padding[1] as isize;
+                    ptrs[r * taps + i * kw + j] =
+                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                            sample[(ih as usize * w + iw as usize) * cin..].as_ptr()
+                        } else {
+                            self.zero_row.as_ptr()
+                        };
                 }
             }
         }

@@ -232,10 +232,24 @@ pub enum ASource<'a> {
     },
     /// `fill(row0, rows, dst)` writes `rows` rows of `kp` bytes (zero past `k`) into `dst`.
     Fill(&'a (dyn Fn(usize, usize, &mut [u8]) + Sync)),
+    /// Implicit im2col (indirection): row `r` of `A` is `taps` segments of `seg` bytes, segment
+    /// `t` starting at `ptrs[r·taps + t]` as written by `fill_ptrs(row0, rows, ptrs)`. Requires
+    /// `seg % 4 == 0` and `taps·seg == kp`. The VNNI kernel reads the segments in place; other
+    /// paths copy them into a row block first.
+    Indirect {
+        /// Segments per row (kernel taps).
+        taps: usize,
+        /// Bytes per segment (input channels).
+        seg: usize,
+        /// Writes the segment pointers of rows `row0..row0 + rows`; every pointer must have `seg`
+        /// readable bytes for the duration of the GEMM.
+        fill_ptrs: &'a (dyn Fn(usize, usize, &mut [*const u8]) + Sync),
+    },
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<i16>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static POINTERS: std::cell::RefCell<Vec<*const u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `C[m × n] = epilogue(A[m × k] · B[k × n])` on `b.path()`, parallel over row blocks of [`MC`]
@@ -276,6 +290,52 @@ pub unsafe fn gemm(m: usize, a: &ASource<'_>, b: &PackedB, out: OutPtr) {
                 ASource::Fill(fill) => {
                     bytes.resize(MC * b.kp, 0);
                     fill(row0, rows, &mut bytes[..rows * b.kp]);
+                    (bytes.as_ptr(), b.kp)
+                }
+                ASource::Indirect {
+                    taps,
+                    seg,
+                    fill_ptrs,
+                } => {
+                    let done = POINTERS.with(|pt| {
+                        let mut pt = pt.borrow_mut();
+                        pt.resize(MC * taps, std::ptr::null());
+                        fill_ptrs(row0, rows, &mut pt[..rows * taps]);
+                        #[cfg(target_arch = "x86_64")]
+                        if b.path == KernelPath::Avx512Vnni {
+                            // SAFETY: VNNI supported (path chosen at pack time); every pointer has
+                            // `seg` readable bytes (caller); out covers m × n.
+                            unsafe {
+                                super::x86_64::avx512vnni::gemm_block_indirect(
+                                    b,
+                                    &b.i8_panels,
+                                    &pt[..rows * taps],
+                                    *taps,
+                                    *seg,
+                                    rows,
+                                    p0,
+                                    p1,
+                                    out.offset(row0, 0),
+                                )
+                            };
+                            return true;
+                        }
+                        // Other paths: gather the segments into a row block.
+                        bytes.resize(MC * b.kp, 0);
+                        for r in 0..rows {
+                            for t in 0..*taps {
+                                // SAFETY: every pointer has `seg` readable bytes (caller).
+                                let src =
+                                    unsafe { std::slice::from_raw_parts(pt[r * taps + t], *seg) };
+                                bytes[r * b.kp + t * seg..r * b.kp + (t + 1) * seg]
+                                    .copy_from_slice(src);
+                            }
+                        }
+                        false
+                    });
+                    if done {
+                        return;
+                    }
                     (bytes.as_ptr(), b.kp)
                 }
             };

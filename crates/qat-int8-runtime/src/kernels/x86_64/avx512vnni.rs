@@ -145,6 +145,46 @@ unsafe fn store16<const LEFT: bool>(
     }
 }
 
+/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize, store (masked past
+/// `cols`).
+///
+/// # Safety
+/// `out` valid for `M` rows × `cols` columns from `col0`; `e` padded to whole panels.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_epilogue<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        for j in 0..4 {
+            if 16 * j >= cols {
+                break;
+            }
+            let col = col0 + 16 * j;
+            let valid = (cols - 16 * j).min(16);
+            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
+            let rq = Rq16::load(
+                e.m0.as_ptr().add(col),
+                e.left.as_ptr().add(col),
+                e.right.as_ptr().add(col),
+            );
+            for (r, accr) in acc.iter().enumerate() {
+                let v = _mm512_add_epi32(accr[j], bias);
+                if e.any_left {
+                    store16::<true>(v, &rq, e, valid, out, r, col);
+                } else {
+                    store16::<false>(v, &rq, e, valid, out, r, col);
+                }
+            }
+        }
+    }
+}
+
 /// `avx512vnni_gemm_u8i8_6x64`: an `M × 64` tile (`M ≤ 6`) over the whole reduction.
 ///
 /// # Safety
@@ -180,27 +220,7 @@ unsafe fn tile<const M: usize>(
                 accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
             }
         }
-        for j in 0..4 {
-            if 16 * j >= cols {
-                break;
-            }
-            let col = col0 + 16 * j;
-            let valid = (cols - 16 * j).min(16);
-            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let rq = Rq16::load(
-                e.m0.as_ptr().add(col),
-                e.left.as_ptr().add(col),
-                e.right.as_ptr().add(col),
-            );
-            for (r, accr) in acc.iter().enumerate() {
-                let v = _mm512_add_epi32(accr[j], bias);
-                if e.any_left {
-                    store16::<true>(v, &rq, e, valid, out, r, col);
-                } else {
-                    store16::<false>(v, &rq, e, valid, out, r, col);
-                }
-            }
-        }
+        tile_epilogue(acc, e, col0, cols, out);
     }
 }
 
@@ -543,5 +563,92 @@ pub unsafe fn depthwise_run(
             }
             c0 += 64;
         }
+    }
+}
+
+/// `avx512vnni_igemm_u8i8_6x64`: the indirect (implicit im2col) tile. Row `r`'s reduction runs
+/// over `taps` segments of `seg` bytes read in place at `ptrs[r·taps + t]` (padding segments
+/// point at a row of `Z1`), so no im2col copy is made.
+///
+/// # Safety
+/// Every pointer has `seg` readable bytes, `seg % 4 == 0`, `taps·seg == kp`; `b` one packed panel;
+/// `out` valid for `M` rows × `cols` columns from `col0`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_indirect<const M: usize>(
+    ptrs: &[*const u8],
+    taps: usize,
+    seg: usize,
+    b: *const i8,
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    let mut acc = [[_mm512_setzero_si512(); 4]; M];
+    // SAFETY: as documented.
+    unsafe {
+        let mut bg = b;
+        for t in 0..taps {
+            let rows: [*const u8; M] = std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + t));
+            for gi in 0..seg / 4 {
+                let b0 = _mm512_loadu_si512(bg.cast());
+                let b1 = _mm512_loadu_si512(bg.add(64).cast());
+                let b2 = _mm512_loadu_si512(bg.add(128).cast());
+                let b3 = _mm512_loadu_si512(bg.add(192).cast());
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(rows[r].add(4 * gi).cast::<i32>().read_unaligned());
+                    accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
+                    accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
+                    accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
+                    accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
+                }
+                bg = bg.add(NR * 4);
+            }
+        }
+        tile_epilogue(acc, e, col0, cols, out);
+    }
+}
+
+/// Rows `0..rows` of an indirect A block against panels `p0..p1` (see `tile_indirect`).
+///
+/// # Safety
+/// CPU supports avx512f/bw/vl/vnni; `ptrs` holds `rows·taps` pointers with `seg` readable bytes
+/// each; `taps·seg == b.kp`; `out` valid for `rows` rows × `b.n` columns.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_block_indirect(
+    b: &PackedB,
+    panels: &[i8],
+    ptrs: &[*const u8],
+    taps: usize,
+    seg: usize,
+    rows: usize,
+    p0: usize,
+    p1: usize,
+    out: OutPtr,
+) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let mr = MR.min(rows - r0);
+        // SAFETY: offsets stay inside the block (caller).
+        unsafe {
+            let pr = &ptrs[r0 * taps..];
+            let o = out.offset(r0, 0);
+            for p in p0..p1 {
+                let bp = panels.as_ptr().add(p * b.kp * NR);
+                let (col0, cols) = (p * NR, NR.min(b.n - p * NR));
+                match mr {
+                    6 => tile_indirect::<6>(pr, taps, seg, bp, &b.epi, col0, cols, o),
+                    5 => tile_indirect::<5>(pr, taps, seg, bp, &b.epi, col0, cols, o),
+                    4 => tile_indirect::<4>(pr, taps, seg, bp, &b.epi, col0, cols, o),
+                    3 => tile_indirect::<3>(pr, taps, seg, bp, &b.epi, col0, cols, o),
+                    2 => tile_indirect::<2>(pr, taps, seg, bp, &b.epi, col0, cols, o),
+                    _ => tile_indirect::<1>(pr, taps, seg, bp, &b.epi, col0, cols, o),
+                }
+            }
+        }
+        r0 += MR;
     }
 }
