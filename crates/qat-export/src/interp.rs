@@ -144,13 +144,32 @@ fn apply_bn_act(acc: f64, c: usize, bn: Option<&BatchNorm>, act: Activation) -> 
     act.apply(v as f32)
 }
 
-/// NHWC conv with OHWI weights (see the module docs for the formula).
+/// `Σ a[i]·b[i]` in f64 with four independent partial sums (vectorizes; the summation order is
+/// fixed, so results are deterministic).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut s = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            s[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
+}
+
+/// NHWC conv with OHWI weights (see the module docs for the formula). Per output pixel the
+/// input patch of each group is gathered once (zeros where the window leaves the input, which
+/// add exactly 0), then every output channel is one dot product with its weight row.
 fn conv2d(x: &ArrayD<f32>, c: &Conv2d, out_shape: &[usize]) -> ArrayD<f32> {
     let xs = contiguous(x);
     let (h, w, cin) = (x.shape()[1], x.shape()[2], x.shape()[3]);
     let (ho, wo, o) = (out_shape[1], out_shape[2], out_shape[3]);
     let [_, kh, kw, ig] = c.weight_shape;
     let og = o / c.groups;
+    let k = kh * kw * ig;
+    let wf: Vec<f64> = c.weight.iter().map(|&v| v as f64).collect();
     let mut out = vec![0f32; out_shape.iter().product()];
     let per_sample = ho * wo * o;
     if per_sample > 0 {
@@ -158,32 +177,42 @@ fn conv2d(x: &ArrayD<f32>, c: &Conv2d, out_shape: &[usize]) -> ArrayD<f32> {
             .enumerate()
             .for_each(|(b, ys)| {
                 let xb = &xs[b * h * w * cin..(b + 1) * h * w * cin];
+                // patch[g][ky][kx][i]
+                let mut patch = vec![0f64; c.groups * k];
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        for oc in 0..o {
-                            let grp = oc / og;
-                            let mut acc = c.bias.as_ref().map_or(0.0, |b| b[oc] as f64);
-                            for ky in 0..kh {
-                                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
-                                    - c.padding[0] as isize;
-                                if iy < 0 || iy >= h as isize {
-                                    continue;
-                                }
-                                for kx in 0..kw {
-                                    let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize
-                                        - c.padding[1] as isize;
-                                    if ix < 0 || ix >= w as isize {
-                                        continue;
-                                    }
-                                    let xo = (iy as usize * w + ix as usize) * cin + grp * ig;
-                                    let wo_ = ((oc * kh + ky) * kw + kx) * ig;
-                                    for i in 0..ig {
-                                        acc += xb[xo + i] as f64 * c.weight[wo_ + i] as f64;
+                        for ky in 0..kh {
+                            let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
+                                - c.padding[0] as isize;
+                            for kx in 0..kw {
+                                let ix = (ox * c.stride[1] + kx * c.dilation[1]) as isize
+                                    - c.padding[1] as isize;
+                                let inside =
+                                    iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                                let base = if inside {
+                                    (iy as usize * w + ix as usize) * cin
+                                } else {
+                                    0
+                                };
+                                for g in 0..c.groups {
+                                    let dst = &mut patch[g * k + (ky * kw + kx) * ig..][..ig];
+                                    if inside {
+                                        let src = &xb[base + g * ig..][..ig];
+                                        for (d, s) in dst.iter_mut().zip(src) {
+                                            *d = *s as f64;
+                                        }
+                                    } else {
+                                        dst.fill(0.0);
                                     }
                                 }
                             }
-                            ys[(oy * wo + ox) * o + oc] =
-                                apply_bn_act(acc, oc, c.batch_norm.as_ref(), c.activation);
+                        }
+                        let yo = &mut ys[(oy * wo + ox) * o..][..o];
+                        for (oc, y) in yo.iter_mut().enumerate() {
+                            let g = oc / og;
+                            let acc = c.bias.as_ref().map_or(0.0, |b| b[oc] as f64)
+                                + dot(&patch[g * k..][..k], &wf[oc * k..][..k]);
+                            *y = apply_bn_act(acc, oc, c.batch_norm.as_ref(), c.activation);
                         }
                     }
                 }

@@ -218,3 +218,37 @@ fn fidelity_figures() {
         println!("| {op} | {} | {} | {} |", i.0, cells(i), cells(e));
     }
 }
+
+/// Cross-check of the runtime on export's random graphs: every kernel path this CPU supports
+/// produces the same codes as the reference path for every tensor (STYLE.md 4: requantized uint8
+/// is exact versus the reference).
+#[test]
+fn every_kernel_path_matches_the_reference_on_exported_graphs() {
+    use qat_int8_runtime::{Executor, KernelPath};
+    for seed in 300..312 {
+        let g = random_cnn(seed, &GenOptions::default());
+        let shape = g.validate().expect("valid")[0].clone();
+        let r = &mut rng(seed);
+        let cal = batch(r, 8, &shape);
+        let model = qat_export::ptq_export(&g, [cal.view()], &PtqConfig::default()).expect("ptq");
+        let x = batch(r, 4, &shape);
+        let reference = Executor::with_path(&model, KernelPath::Reference)
+            .and_then(|mut e| e.run_all(x.view()))
+            .expect("reference run");
+        for path in KernelPath::ALL
+            .into_iter()
+            .filter(|p| p.is_supported_here())
+        {
+            let got = Executor::with_path(&model, path)
+                .and_then(|mut e| e.run_all(x.view()))
+                .expect("run");
+            for (t, (a, b)) in got.iter().zip(&reference).enumerate() {
+                assert_eq!(
+                    a, b,
+                    "seed {seed}, {path:?}, tensor {}",
+                    model.tensors[t].name
+                );
+            }
+        }
+    }
+}
