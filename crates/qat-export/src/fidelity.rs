@@ -78,6 +78,8 @@ pub struct LayerFidelity {
     pub zero_point: i32,
     /// Number of compared values.
     pub elements: usize,
+    /// int32 bias entries that saturated at export (conv/linear; should be 0).
+    pub bias_saturated: usize,
     /// Agreement with the simulated layer fed the integer model's inputs.
     pub isolated: Agreement,
     /// Agreement with the end-to-end simulation.
@@ -325,6 +327,7 @@ impl FidelityReport {
                     scale: p.scale(),
                     zero_point: p.zero_point(),
                     elements: e2e[i].n,
+                    bias_saturated: plan.layers[i].as_ref().map_or(0, |l| l.bias_saturated),
                     isolated: iso[i].finish(),
                     end_to_end: e2e[i].finish(),
                     sqnr_vs_float_db: sqnr(fl[i].0, fl[i].1),

@@ -19,6 +19,7 @@ fn check(seed: u64, opts: &GenOptions, cfg: &PtqConfig) -> FidelityReport {
     let test = batch(r, 8, &shape);
     let rep = fidelity_report(&plan, [test.view()]).expect("report");
     for l in &rep.layers {
+        assert_eq!(l.bias_saturated, 0, "seed {seed}: layer {}", l.node);
         assert!(
             l.isolated.within_1_lsb >= 0.99,
             "seed {seed}: layer {} ({}) only {:.4} within 1 LSB\n{}",
