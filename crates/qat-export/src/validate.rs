@@ -1,7 +1,8 @@
 //! Structural validation and shape inference of a [`FloatGraph`].
 //!
 //! Checks, in node order (the first problem is returned, naming its node):
-//! unique non-empty names; inputs are earlier nodes (topological order); arity per op; one `Input`
+//! unique non-empty names; inputs are earlier nodes (topological order) and not `Output` nodes;
+//! arity per op; one `Input`
 //! and at least one `Output`; bit widths in 2..=8; observed ranges finite with `min ≤ max`;
 //! parameter lengths (weights = ∏ shape, bias and batch norm = `C_out`); strides, dilations,
 //! kernels ≥ 1; `groups` divides `C_in` and `C_out`; padding smaller than the pool window; and the
@@ -160,6 +161,15 @@ pub fn infer_shapes(g: &FloatGraph) -> Result<Vec<Vec<usize>>, GraphError> {
                     node: node.name.clone(),
                     input: inp.0,
                 });
+            }
+            if matches!(g.nodes[inp.0].op, FloatOp::Output) {
+                return Err(shape_err(
+                    node,
+                    format!(
+                        "reads the graph output {:?} (an f32 tensor); read its source instead",
+                        g.nodes[inp.0].name
+                    ),
+                ));
             }
         }
         check_bits(node, "activation", node.act.bits)?;

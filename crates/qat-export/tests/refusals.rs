@@ -207,6 +207,14 @@ fn structural_errors_are_typed_and_name_the_node() {
     g.nodes[2].name = "conv".into();
     assert!(matches!(g.validate(), Err(GraphError::DuplicateName { node }) if node == "conv"));
 
+    let (mut g, _) = base();
+    let y = g.find("y").unwrap();
+    let z = g.output("z", y);
+    assert!(
+        matches!(g.validate(), Err(GraphError::Shape { node, op: "Output", .. }) if node == "z")
+    );
+    assert!(z.0 > y.0);
+
     let mut g = FloatGraph::new("no-output");
     g.input("x", &[3]);
     assert_eq!(g.validate(), Err(GraphError::NoOutput));
