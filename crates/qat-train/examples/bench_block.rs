@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use qat_autograd::Ste;
 use qat_train::layers::{
     Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, QatControl, QatConvBn2d, QatLayer,
     QatModule,
@@ -172,5 +173,31 @@ fn main() -> Res<()> {
         })?;
         println!("{label:<44} median {med:8.2} ms/step  mean {mean:8.2}");
     }
+
+    // The fake-quant op alone on one activation tensor of the block, forward + backward.
+    let p = qat_core::QuantParams::asymmetric(0.0, 6.0, 8)?;
+    let xa = x.clamp(0.0, 6.0).set_requires_grad(true);
+    for (label, ste) in [
+        ("fake_quant_per_tensor alone, clipped (fused)", Ste::Clipped),
+        ("fake_quant_per_tensor alone, plain (STE comp.)", Ste::Plain),
+    ] {
+        let (med, mean) = time(steps, || {
+            let _ = xa.grad().f_zero_();
+            qat_autograd::fake_quant_per_tensor(&xa, &p, ste)?
+                .sum(Kind::Float)
+                .backward();
+            Ok(())
+        })?;
+        println!("{label:<44} median {med:8.2} ms/step  mean {mean:8.2}");
+    }
+    let (med, mean) = time(steps, || {
+        let _ = xa.grad().f_zero_();
+        xa.clamp(0.0, 6.0).sum(Kind::Float).backward();
+        Ok(())
+    })?;
+    println!(
+        "{:<44} median {med:8.2} ms/step  mean {mean:8.2}",
+        "reference: clamp alone (same tensor)"
+    );
     Ok(())
 }

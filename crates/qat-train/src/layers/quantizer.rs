@@ -66,42 +66,22 @@ impl Lsq {
         })
     }
 
-    fn qparams(&self) -> Result<Vec<QuantParams>, LayerErrorInner> {
-        let scales = Vec::<f32>::try_from(&self.scale.f_detach()?.f_to_kind(Kind::Float)?)?;
+    /// The learned scales as qat-core parameters (validated by `QuantParams::new`).
+    fn qparams(&self, layer: &str) -> Result<Vec<QuantParams>, LayerError> {
+        let scales = self
+            .scale
+            .f_detach()
+            .and_then(|t| t.f_to_kind(Kind::Float))
+            .and_then(|t| Vec::<f32>::try_from(&t))
+            .map_err(LayerError::torch(layer, "lsq scale"))?;
         scales
             .iter()
             .map(|&s| QuantParams::new(s.max(MIN_SCALE), 0, self.range))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(LayerErrorInner::Quant)
-    }
-}
-
-/// Internal error funnel for the LSQ helpers.
-#[derive(Debug)]
-enum LayerErrorInner {
-    Torch(tch::TchError),
-    Quant(qat_core::QuantError),
-}
-
-impl From<tch::TchError> for LayerErrorInner {
-    fn from(e: tch::TchError) -> Self {
-        Self::Torch(e)
-    }
-}
-
-impl LayerErrorInner {
-    fn into_layer(self, layer: &str) -> LayerError {
-        match self {
-            Self::Torch(source) => LayerError::Torch {
-                layer: layer.to_string(),
-                op: "lsq",
-                source,
-            },
-            Self::Quant(e) => LayerError::Config {
+            .map_err(|e| LayerError::Config {
                 layer: layer.to_string(),
                 what: format!("learned LSQ scale is invalid: {e}"),
-            },
-        }
+            })
     }
 }
 
@@ -207,7 +187,7 @@ impl WeightQuantizer {
                 .map_err(LayerError::torch(layer, "lsq flag"))?
                 != 0.0;
             if initialized {
-                let ps = lsq.qparams().map_err(|e| e.into_layer(layer))?;
+                let ps = lsq.qparams(layer)?;
                 return Ok(if lsq.per_channel {
                     TensorQParams::PerChannel(PerChannelParams::from_params(&ps, 0).map_err(
                         |e| LayerError::Config {

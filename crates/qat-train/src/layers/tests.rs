@@ -633,3 +633,55 @@ fn lsq_weights_learn_their_scale_and_export_it() {
     };
     assert!(QatConv2d::new(&(vs.root() / "bad"), Conv2dConfig::new(2, 3, 3).quant(bad)).is_err());
 }
+
+#[test]
+fn whole_model_switches_reach_every_layer() {
+    let vs = VarStore::new(Device::Cpu);
+    let p = vs.root();
+    let cfg = ConvBnConfig::new(
+        Conv2dConfig::new(1, 2, 3)
+            .padding(1)
+            .activation(Activation::Relu),
+    );
+    let mut net = QatSequential::new()
+        .push(OutputQuantizer::new(&(&p / "input_q"), &QuantConfig::default()).unwrap())
+        .push(QatConvBn2d::new(&(&p / "c1"), cfg).unwrap())
+        .push(QatMaxPool2d::new(&(&p / "mp"), 2, 2, 0).unwrap())
+        .push(QatGlobalAvgPool::new(&(&p / "gap"), QuantConfig::default()).unwrap())
+        .push(
+            QatLinear::new(&(&p / "fc"), 2, 3, Activation::None, QuantConfig::default()).unwrap(),
+        );
+    let x = rand(21, &[4, 1, 6, 6], -1.0, 1.0);
+    net.set_fake_quant(false);
+    let y_float = net.forward_t(&x, true).unwrap();
+    assert_eq!(y_float.size(), vec![4, 3]);
+    net.set_fake_quant(true);
+    net.freeze_bn(true);
+    net.freeze_observers(true);
+    let outputs = |e: &LayerExport| match e {
+        LayerExport::Conv(c) => Some(c.output.clone()),
+        LayerExport::Linear(l) => Some(l.output.clone()),
+        LayerExport::Pool(p) => p.output.clone(),
+        LayerExport::Quantize(o) => Some(o.clone()),
+        LayerExport::Add(m) | LayerExport::Concat(m) => Some(m.output.clone()),
+    };
+    let ex = net.exports().unwrap();
+    assert_eq!(ex.len(), 5);
+    for e in &ex {
+        if let Some(o) = outputs(e) {
+            assert!(o.observer_frozen && o.range.is_some(), "{}", o.name);
+        }
+        if let LayerExport::Conv(c) = e {
+            assert!(c.bn.as_ref().unwrap().frozen);
+        }
+    }
+    // Eval in QAT mode is deterministic and every quantized output is on its grid.
+    let a = net.forward_t(&x, false).unwrap();
+    let b = net.forward_t(&x, false).unwrap();
+    assert_eq!(vecf(&a), vecf(&b));
+    let LayerExport::Linear(fc) = &ex[4] else {
+        panic!("linear")
+    };
+    let q = fc.output.qparams.unwrap();
+    assert!(vecf(&a).iter().all(|&v| q.fake_quant(v) == v));
+}
