@@ -69,7 +69,9 @@ pub enum CheckpointError {
         message: String,
     },
     /// The checkpoint was written by an incompatible version.
-    #[error("checkpoint {path}: format {format} version {version}, expected {FORMAT} version {CHECKPOINT_VERSION}")]
+    #[error(
+        "checkpoint {path}: format {format} version {version}, expected {FORMAT} version {CHECKPOINT_VERSION}"
+    )]
     Version {
         /// The path.
         path: PathBuf,
@@ -104,20 +106,33 @@ struct Header {
 /// Whether `dir` holds a complete checkpoint.
 pub fn exists(dir: impl AsRef<Path>) -> bool {
     let d = dir.as_ref();
-    [MODEL, OPTIMIZER, STATE].iter().all(|f| d.join(f).is_file())
+    [MODEL, OPTIMIZER, STATE]
+        .iter()
+        .all(|f| d.join(f).is_file())
 }
 
 /// Saves `vs`, the optimizer state and `state` (any serde value) into directory `dir`, atomically replacing
 /// what was there.
-pub fn save<T: Serialize>(dir: impl AsRef<Path>, vs: &nn::VarStore, opt: &Optimizer, state: &T) -> Result<(), CheckpointError> {
+pub fn save<T: Serialize>(
+    dir: impl AsRef<Path>,
+    vs: &nn::VarStore,
+    opt: &Optimizer,
+    state: &T,
+) -> Result<(), CheckpointError> {
     let dir = dir.as_ref();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
     };
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -125,14 +140,26 @@ pub fn save<T: Serialize>(dir: impl AsRef<Path>, vs: &nn::VarStore, opt: &Optimi
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
 
     let model = tmp.join(MODEL);
-    vs.save(&model).map_err(|source| CheckpointError::Tensor { path: model.clone(), source })?;
+    vs.save(&model).map_err(|source| CheckpointError::Tensor {
+        path: model.clone(),
+        source,
+    })?;
     let optf = tmp.join(OPTIMIZER);
     let opt_state = opt.state_tensors();
-    Tensor::write_safetensors(&opt_state, &optf).map_err(|source| CheckpointError::Tensor { path: optf.clone(), source })?;
+    Tensor::write_safetensors(&opt_state, &optf).map_err(|source| CheckpointError::Tensor {
+        path: optf.clone(),
+        source,
+    })?;
     let statef = tmp.join(STATE);
-    let env = Envelope { format: FORMAT.to_string(), version: CHECKPOINT_VERSION, state };
-    let json = serde_json::to_vec_pretty(&env)
-        .map_err(|e| CheckpointError::Json { path: statef.clone(), message: e.to_string() })?;
+    let env = Envelope {
+        format: FORMAT.to_string(),
+        version: CHECKPOINT_VERSION,
+        state,
+    };
+    let json = serde_json::to_vec_pretty(&env).map_err(|e| CheckpointError::Json {
+        path: statef.clone(),
+        message: e.to_string(),
+    })?;
     std::fs::write(&statef, json).map_err(io(&statef))?;
 
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
@@ -148,13 +175,21 @@ pub fn save<T: Serialize>(dir: impl AsRef<Path>, vs: &nn::VarStore, opt: &Optimi
 
 /// Loads a checkpoint written by [`save`] into `vs` (every variable must be present with its shape) and
 /// `opt`, and returns the JSON state.
-pub fn load<T: DeserializeOwned>(dir: impl AsRef<Path>, vs: &nn::VarStore, opt: &mut Optimizer) -> Result<T, CheckpointError> {
+pub fn load<T: DeserializeOwned>(
+    dir: impl AsRef<Path>,
+    vs: &nn::VarStore,
+    opt: &mut Optimizer,
+) -> Result<T, CheckpointError> {
     let dir = dir.as_ref();
     let state = load_state(dir)?;
     load_model(dir, vs)?;
     let optf = dir.join(OPTIMIZER);
-    let tensors = Tensor::read_safetensors(&optf).map_err(|source| CheckpointError::Tensor { path: optf.clone(), source })?;
-    opt.load_state(tensors).map_err(|source| CheckpointError::Optimizer { path: optf, source })?;
+    let tensors = Tensor::read_safetensors(&optf).map_err(|source| CheckpointError::Tensor {
+        path: optf.clone(),
+        source,
+    })?;
+    opt.load_state(tensors)
+        .map_err(|source| CheckpointError::Optimizer { path: optf, source })?;
     Ok(state)
 }
 
@@ -162,7 +197,10 @@ pub fn load<T: DeserializeOwned>(dir: impl AsRef<Path>, vs: &nn::VarStore, opt: 
 pub fn load_model(dir: impl AsRef<Path>, vs: &nn::VarStore) -> Result<(), CheckpointError> {
     let model = dir.as_ref().join(MODEL);
     if !model.is_file() {
-        return Err(CheckpointError::Io { path: model, source: std::io::ErrorKind::NotFound.into() });
+        return Err(CheckpointError::Io {
+            path: model,
+            source: std::io::ErrorKind::NotFound.into(),
+        });
     }
     let mut vs_mut = VarStoreLoader(vs);
     vs_mut.load(&model)
@@ -173,13 +211,22 @@ struct VarStoreLoader<'a>(&'a nn::VarStore);
 impl VarStoreLoader<'_> {
     /// `VarStore::load` needs `&mut`; copying through `named_variables` only needs `&`.
     fn load(&mut self, path: &Path) -> Result<(), CheckpointError> {
-        let err = |source| CheckpointError::Tensor { path: path.to_path_buf(), source };
-        let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(err)?.into_iter().collect();
+        let err = |source| CheckpointError::Tensor {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(err)?
+            .into_iter()
+            .collect();
         let vars = self.0.variables();
         for (name, var) in vars {
-            let src = file
-                .get(&name)
-                .ok_or_else(|| err(tch::TchError::TensorNameNotFound(name.clone(), path.display().to_string())))?;
+            let src = file.get(&name).ok_or_else(|| {
+                err(tch::TchError::TensorNameNotFound(
+                    name.clone(),
+                    path.display().to_string(),
+                ))
+            })?;
             if src.size() != var.size() {
                 return Err(err(tch::TchError::Shape(format!(
                     "{name}: file has {:?}, model has {:?}",
@@ -197,11 +244,21 @@ impl VarStoreLoader<'_> {
 /// Reads only the JSON state of a checkpoint.
 pub fn load_state<T: DeserializeOwned>(dir: impl AsRef<Path>) -> Result<T, CheckpointError> {
     let statef = dir.as_ref().join(STATE);
-    let bytes = std::fs::read(&statef).map_err(|source| CheckpointError::Io { path: statef.clone(), source })?;
-    let json = |e: serde_json::Error| CheckpointError::Json { path: statef.clone(), message: e.to_string() };
+    let bytes = std::fs::read(&statef).map_err(|source| CheckpointError::Io {
+        path: statef.clone(),
+        source,
+    })?;
+    let json = |e: serde_json::Error| CheckpointError::Json {
+        path: statef.clone(),
+        message: e.to_string(),
+    };
     let h: Header = serde_json::from_slice(&bytes).map_err(json)?;
     if h.format != FORMAT || h.version != CHECKPOINT_VERSION {
-        return Err(CheckpointError::Version { path: statef.clone(), format: h.format, version: h.version });
+        return Err(CheckpointError::Version {
+            path: statef.clone(),
+            format: h.format,
+            version: h.version,
+        });
     }
     let env: Envelope<T> = serde_json::from_slice(&bytes).map_err(json)?;
     Ok(env.state)

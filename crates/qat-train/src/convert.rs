@@ -20,8 +20,8 @@
 //! frozen, every range calibrated), so a half-calibrated model cannot be exported by mistake.
 
 use qat_export::ir::{
-    self, ActQuant, BatchNorm, BnTraining, Conv2d, FloatGraph, Linear, NodeId, Pool2d, Range, WeightQuant,
-    WeightScheme,
+    self, ActQuant, BatchNorm, BnTraining, Conv2d, FloatGraph, Linear, NodeId, Pool2d, Range,
+    WeightQuant, WeightScheme,
 };
 
 use crate::layers::{
@@ -58,15 +58,27 @@ fn act(a: layers::Activation) -> ir::Activation {
     }
 }
 
-fn weight_quant(node: &str, scheme: QuantScheme, g: WeightGranularity, bits: u32) -> Result<WeightQuant, ConvertError> {
+fn weight_quant(
+    node: &str,
+    scheme: QuantScheme,
+    g: WeightGranularity,
+    bits: u32,
+) -> Result<WeightQuant, ConvertError> {
     let scheme = match (scheme, g) {
-        (QuantScheme::SymmetricNarrow, WeightGranularity::PerChannel) => WeightScheme::SymmetricPerChannel,
-        (QuantScheme::SymmetricNarrow, WeightGranularity::PerTensor) => WeightScheme::SymmetricPerTensor,
-        (QuantScheme::AsymmetricUnsigned, WeightGranularity::PerTensor) => WeightScheme::AsymmetricPerTensor,
+        (QuantScheme::SymmetricNarrow, WeightGranularity::PerChannel) => {
+            WeightScheme::SymmetricPerChannel
+        }
+        (QuantScheme::SymmetricNarrow, WeightGranularity::PerTensor) => {
+            WeightScheme::SymmetricPerTensor
+        }
+        (QuantScheme::AsymmetricUnsigned, WeightGranularity::PerTensor) => {
+            WeightScheme::AsymmetricPerTensor
+        }
         (QuantScheme::AsymmetricUnsigned, WeightGranularity::PerChannel) => {
             return Err(ConvertError::Unsupported {
                 node: node.to_string(),
-                what: "asymmetric per-channel weights have no integer kernel; use per-tensor".into(),
+                what: "asymmetric per-channel weights have no integer kernel; use per-tensor"
+                    .into(),
             });
         }
     };
@@ -74,11 +86,17 @@ fn weight_quant(node: &str, scheme: QuantScheme, g: WeightGranularity, bits: u32
 }
 
 fn act_quant(o: &OutputExport) -> ActQuant {
-    ActQuant { range: o.range.map(|(min, max)| Range { min, max }), bits: o.bits }
+    ActQuant {
+        range: o.range.map(|(min, max)| Range { min, max }),
+        bits: o.bits,
+    }
 }
 
 fn shape4(node: &str, s: &[usize]) -> Result<[usize; 4], ConvertError> {
-    s.try_into().map_err(|_| ConvertError::Unsupported { node: node.into(), what: format!("weight shape {s:?} is not 4-D") })
+    s.try_into().map_err(|_| ConvertError::Unsupported {
+        node: node.into(),
+        what: format!("weight shape {s:?} is not 4-D"),
+    })
 }
 
 fn conv_node(c: &ConvExport) -> Result<Conv2d, ConvertError> {
@@ -90,7 +108,12 @@ fn conv_node(c: &ConvExport) -> Result<Conv2d, ConvertError> {
         .with_dilation(c.dilation)
         .with_groups(c.groups)
         .with_activation(act(c.activation))
-        .with_weight_quant(weight_quant(&c.name, c.weight_scheme, c.weight_granularity, c.weight_bits)?);
+        .with_weight_quant(weight_quant(
+            &c.name,
+            c.weight_scheme,
+            c.weight_granularity,
+            c.weight_bits,
+        )?);
     if let Some(b) = &c.bias {
         conv = conv.with_bias(b.clone());
     }
@@ -111,7 +134,18 @@ fn conv_node(c: &ConvExport) -> Result<Conv2d, ConvertError> {
     Ok(conv)
 }
 
-/// Converts `net` into a [`FloatGraph`] (validated), given the schedule's export token.
+/// The qat-export options that match how these models train: average pools (incl. global) have their own
+/// observed output range and fake quant, so export must give them their own parameters
+/// (`avg_pool_own_params`) instead of inheriting the input's.
+pub fn export_options() -> qat_export::ExportOptions {
+    qat_export::ExportOptions {
+        avg_pool_own_params: true,
+        ..Default::default()
+    }
+}
+
+/// Converts `net` into a [`FloatGraph`] (validated), given the schedule's export token. Export it with
+/// [`export_options`].
 ///
 /// ```
 /// use qat_train::{convert, models::{self, ModelSpec}, schedule::{Schedule, ScheduleConfig}};
@@ -134,12 +168,19 @@ pub fn convert_unchecked(net: &Net) -> Result<FloatGraph, ConvertError> {
     for (i, (node, exp)) in net.nodes().iter().zip(exports).enumerate() {
         let name = node.name.as_str();
         let input = |k: usize| -> Result<NodeId, ConvertError> {
-            node.inputs.get(k).and_then(|r| ids.get(r.0)).copied().ok_or_else(|| ConvertError::Unsupported {
-                node: name.into(),
-                what: format!("missing input {k}"),
-            })
+            node.inputs
+                .get(k)
+                .and_then(|r| ids.get(r.0))
+                .copied()
+                .ok_or_else(|| ConvertError::Unsupported {
+                    node: name.into(),
+                    what: format!("missing input {k}"),
+                })
         };
-        let unsupported = |what: &str| ConvertError::Unsupported { node: name.into(), what: what.into() };
+        let unsupported = |what: &str| ConvertError::Unsupported {
+            node: name.into(),
+            what: what.into(),
+        };
         let (id, aq) = match (&node.op, exp) {
             (NodeOp::Input(_), Some(LayerExport::Quantize(o))) => {
                 let [c, h, w] = net.input_chw();
@@ -147,38 +188,70 @@ pub fn convert_unchecked(net: &Net) -> Result<FloatGraph, ConvertError> {
             }
             (NodeOp::ConvBn(_) | NodeOp::Conv(_), Some(LayerExport::Conv(c))) => {
                 let x = input(0)?;
-                (g.conv2d(name, x, conv_node(&c)?), Some(act_quant(&c.output)))
+                (
+                    g.conv2d(name, x, conv_node(&c)?),
+                    Some(act_quant(&c.output)),
+                )
             }
             (NodeOp::Linear(_), Some(LayerExport::Linear(l))) => {
                 let x = input(0)?;
-                let [out, inp]: [usize; 2] =
-                    l.weight.shape.as_slice().try_into().map_err(|_| unsupported("linear weight is not 2-D"))?;
+                let [out, inp]: [usize; 2] = l
+                    .weight
+                    .shape
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| unsupported("linear weight is not 2-D"))?;
                 // After a flatten of [C, H, W], the IR flattens in NHWC order: permute the columns.
                 let src = &net.nodes()[node.inputs[0].0];
-                let weight = match (&src.op, net.nodes().get(src.inputs.first().map_or(usize::MAX, |r| r.0))) {
+                let weight = match (
+                    &src.op,
+                    net.nodes()
+                        .get(src.inputs.first().map_or(usize::MAX, |r| r.0)),
+                ) {
                     (NodeOp::Flatten, Some(pre)) if pre.shape.len() == 3 => {
-                        ir::linear_from_nchw_flatten(&l.weight.data, out, [pre.shape[0], pre.shape[1], pre.shape[2]])
+                        ir::linear_from_nchw_flatten(
+                            &l.weight.data,
+                            out,
+                            [pre.shape[0], pre.shape[1], pre.shape[2]],
+                        )
                     }
                     _ => l.weight.data.clone(),
                 };
                 let lin = Linear::new(weight, [out, inp])
                     .with_bias(l.bias.clone())
                     .with_activation(act(l.activation))
-                    .with_weight_quant(weight_quant(name, l.weight_scheme, l.weight_granularity, l.weight_bits)?);
+                    .with_weight_quant(weight_quant(
+                        name,
+                        l.weight_scheme,
+                        l.weight_granularity,
+                        l.weight_bits,
+                    )?);
                 (g.linear(name, x, lin), Some(act_quant(&l.output)))
             }
             (NodeOp::Add(_), Some(LayerExport::Add(m))) => {
                 let (a, b) = (input(0)?, input(1)?);
-                (g.add(name, a, b, act(m.activation)), Some(act_quant(&m.output)))
+                (
+                    g.add(name, a, b, act(m.activation)),
+                    Some(act_quant(&m.output)),
+                )
             }
             (NodeOp::Concat(_), Some(LayerExport::Concat(m))) => {
-                let xs: Vec<NodeId> = (0..node.inputs.len()).map(input).collect::<Result<_, _>>()?;
+                let xs: Vec<NodeId> = (0..node.inputs.len())
+                    .map(input)
+                    .collect::<Result<_, _>>()?;
                 (g.concat(name, &xs), Some(act_quant(&m.output)))
             }
-            (NodeOp::AvgPool(_) | NodeOp::MaxPool(_) | NodeOp::GlobalAvgPool(_), Some(LayerExport::Pool(p))) => {
+            (
+                NodeOp::AvgPool(_) | NodeOp::MaxPool(_) | NodeOp::GlobalAvgPool(_),
+                Some(LayerExport::Pool(p)),
+            ) => {
                 let x = input(0)?;
                 let [ph, pw] = p.padding;
-                let window = Pool2d { kernel: p.kernel, stride: p.stride, padding: [ph, pw, ph, pw] };
+                let window = Pool2d {
+                    kernel: p.kernel,
+                    stride: p.stride,
+                    padding: [ph, pw, ph, pw],
+                };
                 let id = match p.kind {
                     PoolKind::Avg => g.avg_pool(name, x, window),
                     PoolKind::Max => g.max_pool(name, x, window),
@@ -190,7 +263,12 @@ pub fn convert_unchecked(net: &Net) -> Result<FloatGraph, ConvertError> {
                 let x = input(0)?;
                 (g.flatten(name, x), None)
             }
-            (_, e) => return Err(unsupported(&format!("node {i} has an unexpected export view {:?}", e.map(|_| ())))),
+            (_, e) => {
+                return Err(unsupported(&format!(
+                    "node {i} has an unexpected export view {:?}",
+                    e.map(|_| ())
+                )));
+            }
         };
         if let Some(aq) = aq {
             g.node_mut(id)?.act = aq;
@@ -206,10 +284,13 @@ pub fn convert_unchecked(net: &Net) -> Result<FloatGraph, ConvertError> {
             g.nodes[k].act = g.nodes[src.0].act;
         }
     }
-    let out = ids.get(net.output().0).copied().ok_or_else(|| ConvertError::Unsupported {
-        node: net.name().into(),
-        what: "output node missing".into(),
-    })?;
+    let out = ids
+        .get(net.output().0)
+        .copied()
+        .ok_or_else(|| ConvertError::Unsupported {
+            node: net.name().into(),
+            what: "output node missing".into(),
+        })?;
     let o = g.output("logits", out);
     g.nodes[o.0].act = g.nodes[out.0].act;
     g.validate()?;

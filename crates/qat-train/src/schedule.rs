@@ -177,7 +177,11 @@ impl Default for ScheduleConfig {
         Self {
             float_steps: 0,
             calibration_batches: 0,
-            qat: Some(QatDelays { quant_delay: 0, freeze_bn_delay: u64::MAX, freeze_observers_delay: u64::MAX }),
+            qat: Some(QatDelays {
+                quant_delay: 0,
+                freeze_bn_delay: u64::MAX,
+                freeze_observers_delay: u64::MAX,
+            }),
         }
     }
 }
@@ -221,14 +225,18 @@ impl Schedule {
     /// Validates `config` (delays in order) and starts at step 0.
     pub fn new(config: ScheduleConfig) -> Result<Self, ScheduleError> {
         if let Some(d) = config.qat
-            && !(d.quant_delay <= d.freeze_bn_delay && d.freeze_bn_delay <= d.freeze_observers_delay)
+            && !(d.quant_delay <= d.freeze_bn_delay
+                && d.freeze_bn_delay <= d.freeze_observers_delay)
         {
             return Err(ScheduleError::Config(format!(
                 "need quant_delay ≤ freeze_bn_delay ≤ freeze_observers_delay, got {} / {} / {}",
                 d.quant_delay, d.freeze_bn_delay, d.freeze_observers_delay
             )));
         }
-        Ok(Self { config, state: ScheduleState::default() })
+        Ok(Self {
+            config,
+            state: ScheduleState::default(),
+        })
     }
 
     /// Restores a schedule from a checkpoint's state.
@@ -288,7 +296,11 @@ impl Schedule {
             return None;
         }
         model.apply_flags(to.flags());
-        let t = Transition { from: self.state.applied, to, step: self.state.step };
+        let t = Transition {
+            from: self.state.applied,
+            to,
+            step: self.state.step,
+        };
         self.state.applied = Some(to);
         tracing::info!(from = ?t.from, to = %to, step = t.step, "schedule transition");
         Some(t)
@@ -315,7 +327,10 @@ impl Schedule {
         }
         let missing = model.uncalibrated();
         if !missing.is_empty() {
-            return Err(ScheduleError::NotExportReady(format!("uncalibrated ranges: {}", missing.join(", "))));
+            return Err(ScheduleError::NotExportReady(format!(
+                "uncalibrated ranges: {}",
+                missing.join(", ")
+            )));
         }
         Ok(ExportReady { _private: () })
     }

@@ -42,7 +42,8 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::data::{Augment, DataError, Dataset, Loader, LoaderConfig, Normalize};
 use crate::models::{ModelError, Net};
 use crate::schedule::{
-    Optimizer, OptimizerConfig, Phase, Schedule, ScheduleConfig, ScheduleError, ScheduleState, Transition,
+    Optimizer, OptimizerConfig, Phase, Schedule, ScheduleConfig, ScheduleError, ScheduleState,
+    Transition,
 };
 
 /// Errors of a training run.
@@ -82,6 +83,9 @@ pub enum TrainError {
         /// The checkpoint left untouched, if any.
         last_checkpoint: Option<PathBuf>,
     },
+    /// Conversion to the export graph failed.
+    #[error(transparent)]
+    Convert(Box<crate::convert::ConvertError>),
     /// The configuration does not fit the data or the model.
     #[error("invalid training configuration: {0}")]
     Config(String),
@@ -142,6 +146,9 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Record every step's loss in [`History::steps`].
     pub record_steps: bool,
+    /// Where the caller should build the model (`models::build(&spec, cfg.device.device())`); [`train`] runs
+    /// on the device of the model's variables and moves each batch there.
+    pub device: DeviceChoice,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +168,7 @@ impl Default for TrainConfig {
             resume: false,
             progress: true,
             record_steps: true,
+            device: DeviceChoice::Auto,
         }
     }
 }
@@ -218,17 +226,17 @@ pub struct History {
     pub steps: Vec<StepRecord>,
     /// Phase transitions.
     pub transitions: Vec<Transition>,
+    /// The schedule's counters at the end of the run (for [`export_graph`] and reports).
+    pub schedule: ScheduleState,
 }
 
 /// Progress events delivered to the caller's callback.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// The run starts (or resumes) at `epoch`/`batch`.
+    /// The run starts (or resumes) at `epoch`.
     Start {
-        /// Epoch.
+        /// Epoch (runs and checkpoints resume at epoch boundaries).
         epoch: usize,
-        /// Batch in that epoch.
-        batch: usize,
         /// Steps already done.
         step: u64,
     },
@@ -266,12 +274,25 @@ pub fn seed_everything(seed: u64) {
 
 /// Mean cross-entropy loss and accuracy of `model` on `data` in eval mode (no observer updates, moving BN
 /// statistics), at most `limit` samples.
-pub fn evaluate(model: &mut Net, data: &Dataset, cfg: &TrainConfig, limit: Option<usize>) -> Result<(f64, f64), TrainError> {
+pub fn evaluate(
+    model: &mut Net,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    limit: Option<usize>,
+) -> Result<(f64, f64), TrainError> {
+    evaluate_loader(model, &eval_loader(data, cfg, limit)?)
+}
+
+fn eval_loader(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    limit: Option<usize>,
+) -> Result<Loader, TrainError> {
     let data = match limit {
         Some(n) if n < data.len() => data.take(n),
         _ => data.clone(),
     };
-    let loader = Loader::new(
+    Ok(Loader::new(
         Arc::new(data),
         LoaderConfig {
             batch_size: cfg.batch_size,
@@ -282,7 +303,10 @@ pub fn evaluate(model: &mut Net, data: &Dataset, cfg: &TrainConfig, limit: Optio
             augment: Augment::none(),
             prefetch: cfg.prefetch,
         },
-    )?;
+    )?)
+}
+
+fn evaluate_loader(model: &mut Net, loader: &Loader) -> Result<(f64, f64), TrainError> {
     let device = model.device();
     let _g = tch::no_grad_guard();
     let (mut loss_sum, mut correct, mut n) = (0f64, 0i64, 0i64);
@@ -293,7 +317,11 @@ pub fn evaluate(model: &mut Net, data: &Dataset, cfg: &TrainConfig, limit: Optio
         let logits = model.forward_t(&x, false)?;
         let bs = y.size()[0];
         loss_sum += cross_entropy(&logits, &y)?.f_double_value(&[])? * bs as f64;
-        correct += logits.f_argmax(-1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        correct += logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&y)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
         n += bs;
     }
     let n = n.max(1) as f64;
@@ -303,7 +331,11 @@ pub fn evaluate(model: &mut Net, data: &Dataset, cfg: &TrainConfig, limit: Optio
 fn progress_bar(enabled: bool, len: u64) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(
         Some(len),
-        if enabled && std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+        if enabled && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
     );
     if let Ok(style) = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}") {
         pb.set_style(style.progress_chars("=> "));
@@ -344,7 +376,9 @@ pub fn train(
             prefetch: cfg.prefetch,
         },
     )?;
-    let steps_per_epoch = cfg.steps_per_epoch.map_or(loader.num_batches(), |s| s.min(loader.num_batches()));
+    let steps_per_epoch = cfg
+        .steps_per_epoch
+        .map_or(loader.num_batches(), |s| s.min(loader.num_batches()));
     if steps_per_epoch == 0 {
         return Err(TrainError::Config(format!(
             "{} has {} samples, fewer than one batch of {}",
@@ -353,6 +387,7 @@ pub fn train(
             cfg.batch_size
         )));
     }
+    let eval = eval_loader(test_set, cfg, cfg.eval_samples)?;
     let mut schedule = Schedule::new(cfg.schedule)?;
     let mut opt = Optimizer::new(model.var_store(), cfg.optimizer)?;
     let mut history = History::default();
@@ -371,12 +406,21 @@ pub fn train(
             )));
         }
         // Re-apply the phase to the fresh model on the first sync.
-        schedule = Schedule::with_state(cfg.schedule, ScheduleState { applied: None, ..st.schedule })?;
+        schedule = Schedule::with_state(
+            cfg.schedule,
+            ScheduleState {
+                applied: None,
+                ..st.schedule
+            },
+        )?;
         history = st.history;
         start_epoch = st.epoch;
         tracing::info!(dir = %dir.display(), epoch = start_epoch, step = schedule.state().step, "resumed");
     }
-    on_event(&Event::Start { epoch: start_epoch, batch: 0, step: schedule.state().step });
+    on_event(&Event::Start {
+        epoch: start_epoch,
+        step: schedule.state().step,
+    });
     let mut last_checkpoint = cfg.checkpoint_dir.clone().filter(|d| checkpoint::exists(d));
 
     for epoch in start_epoch..cfg.epochs {
@@ -424,9 +468,19 @@ pub fn train(
             schedule.record_step();
             let bs = y.size()[0];
             loss_sum += loss_v * bs as f64;
-            correct += logits.f_argmax(-1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            correct += logits
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&y)?
+                .f_sum(Kind::Int64)?
+                .f_int64_value(&[])?;
             seen += bs;
-            let rec = StepRecord { step, epoch, loss: loss_v, lr, phase };
+            let rec = StepRecord {
+                step,
+                epoch,
+                loss: loss_v,
+                lr,
+                phase,
+            };
             if cfg.record_steps {
                 history.steps.push(rec);
             }
@@ -437,12 +491,16 @@ pub fn train(
                 "{phase} loss {loss_v:.4} acc {:.2}% {:.0} img/s{}{}",
                 100.0 * correct as f64 / seen as f64,
                 seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-                if flags.observe || !flags.fake_quant_activations { "" } else { " [obs frozen]" },
+                if phase == Phase::ObserversFrozen {
+                    " [obs frozen]"
+                } else {
+                    ""
+                },
                 if flags.bn_frozen { " [bn frozen]" } else { "" },
             ));
         }
         let seconds = t0.elapsed().as_secs_f64();
-        let (test_loss, test_acc) = evaluate(model, test_set, cfg, cfg.eval_samples)?;
+        let (test_loss, test_acc) = evaluate_loader(model, &eval)?;
         if !test_loss.is_finite() {
             return Err(TrainError::NonFinite {
                 loss: test_loss,
@@ -466,7 +524,7 @@ pub fn train(
             images_per_sec: seen as f64 / seconds.max(1e-9),
             seconds,
             lr,
-            observers_frozen: !phase.flags().observe && phase.flags().fake_quant_weights,
+            observers_frozen: phase == Phase::ObserversFrozen,
             bn_frozen: phase.flags().bn_frozen,
         };
         pb.finish_with_message(format!(
@@ -507,12 +565,30 @@ pub fn train(
         history.transitions.push(t);
         on_event(&Event::Transition(t));
     }
+    history.schedule = *schedule.state();
     Ok(history)
+}
+
+/// Converts a trained model to qat-export's IR, if the run ended in an export-ready state (observers frozen,
+/// every range calibrated); otherwise [`ScheduleError::NotExportReady`] says why.
+pub fn export_graph(
+    model: &Net,
+    cfg: &TrainConfig,
+    history: &History,
+) -> Result<qat_export::FloatGraph, TrainError> {
+    let schedule = Schedule::with_state(cfg.schedule, history.schedule)?;
+    let token = schedule.export_ready(model)?;
+    crate::convert::to_float_graph(model, &token).map_err(|e| TrainError::Convert(Box::new(e)))
 }
 
 /// Runs the calibration batches (forward only, eval mode, observers collecting) from a dedicated,
 /// deterministic pass over the training data.
-fn calibrate(model: &mut Net, loader: &Loader, schedule: &mut Schedule, device: Device) -> Result<u64, TrainError> {
+fn calibrate(
+    model: &mut Net,
+    loader: &Loader,
+    schedule: &mut Schedule,
+    device: Device,
+) -> Result<u64, TrainError> {
     const CALIBRATION_EPOCH: u64 = u64::MAX;
     let _g = tch::no_grad_guard();
     let mut n = 0;

@@ -23,7 +23,11 @@ fn idx_labels(labels: &[u8]) -> Vec<u8> {
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8], gz: bool) -> PathBuf {
-    let path = dir.join(if gz { format!("{name}.gz") } else { name.to_string() });
+    let path = dir.join(if gz {
+        format!("{name}.gz")
+    } else {
+        name.to_string()
+    });
     let mut f = std::fs::File::create(&path).unwrap();
     if gz {
         let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
@@ -39,10 +43,30 @@ fn mnist_dir(gz: bool) -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let pixels: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 7 % 256) as u8).collect();
     let labels = vec![3, 1, 4, 1, 5];
-    write(dir.path(), "train-images-idx3-ubyte", &idx_images(5, 4, 3, &pixels), gz);
-    write(dir.path(), "train-labels-idx1-ubyte", &idx_labels(&labels), gz);
-    write(dir.path(), "t10k-images-idx3-ubyte", &idx_images(2, 4, 3, &pixels[..24]), gz);
-    write(dir.path(), "t10k-labels-idx1-ubyte", &idx_labels(&[9, 0]), gz);
+    write(
+        dir.path(),
+        "train-images-idx3-ubyte",
+        &idx_images(5, 4, 3, &pixels),
+        gz,
+    );
+    write(
+        dir.path(),
+        "train-labels-idx1-ubyte",
+        &idx_labels(&labels),
+        gz,
+    );
+    write(
+        dir.path(),
+        "t10k-images-idx3-ubyte",
+        &idx_images(2, 4, 3, &pixels[..24]),
+        gz,
+    );
+    write(
+        dir.path(),
+        "t10k-labels-idx1-ubyte",
+        &idx_labels(&[9, 0]),
+        gz,
+    );
     (dir, pixels, labels)
 }
 
@@ -65,8 +89,14 @@ fn reads_shipped_mnist_10k() {
     let tt = Dataset::load_mnist_dir(&dir).unwrap();
     assert_eq!((tt.train.len(), tt.test.len()), (8000, 2000));
     assert_eq!(tt.train.image_shape(), [1, 28, 28]);
-    assert_eq!(tt.train.class_counts(), vec![801, 902, 793, 826, 784, 690, 811, 856, 755, 782]);
-    assert_eq!(tt.test.class_counts(), vec![200, 225, 198, 206, 196, 173, 203, 214, 189, 196]);
+    assert_eq!(
+        tt.train.class_counts(),
+        vec![801, 902, 793, 826, 784, 690, 811, 856, 755, 782]
+    );
+    assert_eq!(
+        tt.test.class_counts(),
+        vec![200, 225, 198, 206, 196, 173, 203, 214, 189, 196]
+    );
     // Real digits: mostly background, mean intensity near MNIST's 0.13.
     let (mean, _) = tt.train.channel_stats();
     assert!((0.10..0.16).contains(&mean[0]), "mean {mean:?}");
@@ -80,7 +110,10 @@ fn missing_file_is_named() {
         other => panic!("expected MissingFile, got {other:?}"),
     }
     let e = Dataset::load_idx(dir.path().join("nope"), dir.path().join("nope2"), 10).unwrap_err();
-    assert!(matches!(&e, DataError::Io { path, .. } if path.ends_with("nope")), "{e}");
+    assert!(
+        matches!(&e, DataError::Io { path, .. } if path.ends_with("nope")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -91,7 +124,11 @@ fn truncated_idx_is_rejected() {
     let images = write(dir.path(), "img", &bytes, true);
     let labels = write(dir.path(), "lab", &idx_labels(&[0; 5]), false);
     match Dataset::load_idx(&images, &labels, 10) {
-        Err(DataError::Truncated { path, expected, got }) => {
+        Err(DataError::Truncated {
+            path,
+            expected,
+            got,
+        }) => {
             assert_eq!(path, images);
             assert_eq!((expected, got), (76, 75));
         }
@@ -99,10 +136,15 @@ fn truncated_idx_is_rejected() {
     }
     // Header itself cut short.
     let short = write(dir.path(), "short", &[0, 0, 8], false);
-    assert!(matches!(qat_train::data::read_idx_labels(&short), Err(DataError::Truncated { .. })));
+    assert!(matches!(
+        qat_train::data::read_idx_labels(&short),
+        Err(DataError::Truncated { .. })
+    ));
     // A corrupt gzip stream is an I/O error naming the file.
     let bad_gz = write(dir.path(), "badgz", &[0x1f, 0x8b, 8, 0, 1, 2, 3], false);
-    assert!(matches!(qat_train::data::read_idx_labels(&bad_gz), Err(DataError::Io { path, .. }) if path == bad_gz));
+    assert!(
+        matches!(qat_train::data::read_idx_labels(&bad_gz), Err(DataError::Io { path, .. }) if path == bad_gz)
+    );
 }
 
 #[test]
@@ -112,7 +154,11 @@ fn bad_magic_trailing_bytes_and_count_mismatch() {
     let labels = write(dir.path(), "lab", &idx_labels(&[0, 1]), false);
     // Swapped files: each has the other's magic.
     match Dataset::load_idx(&labels, &images, 10) {
-        Err(DataError::BadMagic { path, expected, got }) => {
+        Err(DataError::BadMagic {
+            path,
+            expected,
+            got,
+        }) => {
             assert_eq!(path, labels);
             assert_eq!((expected, got), (0x803, 0x801));
         }
@@ -121,16 +167,24 @@ fn bad_magic_trailing_bytes_and_count_mismatch() {
     let mut extra = idx_labels(&[0, 1]);
     extra.push(7);
     let extra = write(dir.path(), "extra", &extra, false);
-    assert!(matches!(Dataset::load_idx(&images, &extra, 10), Err(DataError::Malformed { path, .. }) if path == extra));
+    assert!(
+        matches!(Dataset::load_idx(&images, &extra, 10), Err(DataError::Malformed { path, .. }) if path == extra)
+    );
     let three = write(dir.path(), "three", &idx_labels(&[0, 1, 2]), false);
     match Dataset::load_idx(&images, &three, 10) {
-        Err(DataError::CountMismatch { n_images, n_labels, .. }) => assert_eq!((n_images, n_labels), (2, 3)),
+        Err(DataError::CountMismatch {
+            n_images, n_labels, ..
+        }) => assert_eq!((n_images, n_labels), (2, 3)),
         other => panic!("expected CountMismatch, got {other:?}"),
     }
     let big = write(dir.path(), "big", &idx_labels(&[0, 10]), false);
     assert!(matches!(
         Dataset::load_idx(&images, &big, 10),
-        Err(DataError::LabelOutOfRange { index: 1, label: 10, .. })
+        Err(DataError::LabelOutOfRange {
+            index: 1,
+            label: 10,
+            ..
+        })
     ));
 }
 
@@ -146,21 +200,29 @@ fn reads_cifar10_and_rejects_malformed() {
     let mut bytes = cifar_record(7, |i| (i % 251) as u8);
     bytes.extend(cifar_record(2, |i| (i / 1024) as u8 * 100));
     let f = write(dir.path(), "data_batch_1.bin", &bytes, false);
-    let ds = Dataset::load_cifar10_files(&[f.clone(), write(dir.path(), "b2.bin", &bytes, true)]).unwrap();
+    let ds = Dataset::load_cifar10_files(&[f, write(dir.path(), "b2.bin", &bytes, true)]).unwrap();
     assert_eq!(ds.len(), 4);
     assert_eq!(ds.labels, vec![7, 2, 7, 2]);
     assert_eq!(ds.image_shape(), [3, 32, 32]);
     // Record 2 is CHW: red plane 0, green plane 100, blue plane 200.
-    assert_eq!((ds.image(1)[0], ds.image(1)[1024], ds.image(1)[3071]), (0, 100, 200));
+    assert_eq!(
+        (ds.image(1)[0], ds.image(1)[1024], ds.image(1)[3071]),
+        (0, 100, 200)
+    );
 
     let trunc = write(dir.path(), "trunc.bin", &bytes[..3073 + 10], false);
     assert!(matches!(
-        Dataset::load_cifar10_files(&[trunc.clone()]),
+        Dataset::load_cifar10_files(std::slice::from_ref(&trunc)),
         Err(DataError::Truncated { path, expected: 6146, got: 3083 }) if path == trunc
     ));
     let bad = write(dir.path(), "bad.bin", &cifar_record(11, |_| 0), false);
-    assert!(matches!(Dataset::load_cifar10_files(&[bad]), Err(DataError::LabelOutOfRange { label: 11, .. })));
-    assert!(matches!(Dataset::load_cifar10_dir(dir.path()), Err(DataError::MissingFile { name, .. }) if name == "data_batch_2.bin"));
+    assert!(matches!(
+        Dataset::load_cifar10_files(&[bad]),
+        Err(DataError::LabelOutOfRange { label: 11, .. })
+    ));
+    assert!(
+        matches!(Dataset::load_cifar10_dir(dir.path()), Err(DataError::MissingFile { name, .. }) if name == "data_batch_2.bin")
+    );
 }
 
 #[test]
@@ -172,10 +234,18 @@ fn split_and_shuffle_are_deterministic() {
     assert_eq!(a1, a2);
     assert_eq!(b1, b2);
     let (_, b3) = ds.split(10, 10).unwrap();
-    assert_ne!(b1.images, b3.images, "a different seed gives a different split");
+    assert_ne!(
+        b1.images, b3.images,
+        "a different seed gives a different split"
+    );
     assert!(ds.split(51, 0).is_err());
 
-    let cfg = LoaderConfig { batch_size: 8, shuffle: true, seed: 5, ..Default::default() };
+    let cfg = LoaderConfig {
+        batch_size: 8,
+        shuffle: true,
+        seed: 5,
+        ..Default::default()
+    };
     let loader = Loader::new(ds.clone().into(), cfg).unwrap();
     assert_eq!(loader.order(0), loader.order(0));
     assert_ne!(loader.order(0), loader.order(1));
@@ -189,7 +259,10 @@ fn collect(loader: &Loader, epoch: u64, start: usize) -> Vec<(Vec<f32>, Vec<i64>
         .epoch(epoch, start)
         .map(|b| {
             let b = b.unwrap();
-            (Vec::<f32>::try_from(b.images.flatten(0, -1)).unwrap(), Vec::<i64>::try_from(&b.labels).unwrap())
+            (
+                Vec::<f32>::try_from(b.images.flatten(0, -1)).unwrap(),
+                Vec::<i64>::try_from(&b.labels).unwrap(),
+            )
         })
         .collect()
 }
@@ -207,27 +280,63 @@ fn loader_prefetch_matches_inline_and_resumes_mid_epoch() {
         ..Default::default()
     };
     let inline = Loader::new(ds.clone().into(), base.clone()).unwrap();
-    let threaded = Loader::new(ds.clone().into(), LoaderConfig { prefetch: 2, ..base.clone() }).unwrap();
+    let threaded = Loader::new(
+        ds.clone().into(),
+        LoaderConfig {
+            prefetch: 2,
+            ..base.clone()
+        },
+    )
+    .unwrap();
     let a = collect(&inline, 4, 0);
     let b = collect(&threaded, 4, 0);
     assert_eq!(a.len(), 5);
     assert_eq!(a, b);
     assert_eq!(a[4].1.len(), 5, "last partial batch kept");
-    assert_eq!(collect(&threaded, 4, 3), a[3..].to_vec(), "resume at batch 3 gives the same batches");
+    assert_eq!(
+        collect(&threaded, 4, 3),
+        a[3..].to_vec(),
+        "resume at batch 3 gives the same batches"
+    );
     // Dropping an iterator early stops the worker cleanly.
     let mut it = threaded.epoch(0, 0);
     assert!(it.next().is_some());
     drop(it);
-    let dl = Loader::new(ds.into(), LoaderConfig { drop_last: true, ..base }).unwrap();
+    let dl = Loader::new(
+        ds.into(),
+        LoaderConfig {
+            drop_last: true,
+            ..base
+        },
+    )
+    .unwrap();
     assert_eq!((dl.num_batches(), dl.samples_per_epoch()), (4, 32));
 }
 
 #[test]
 fn normalization_and_augmentation_values() {
     // One 1×2×3 image with pixels 0..6·40.
-    let ds = Dataset::new("tiny", (0..6).map(|i| i * 40).collect(), vec![0], [1, 2, 3], 2).unwrap();
-    let norm = Normalize { mean: vec![0.5], std: vec![0.25] };
-    let l = Loader::new(ds.clone().into(), LoaderConfig { batch_size: 1, normalize: norm.clone(), ..Default::default() }).unwrap();
+    let ds = Dataset::new(
+        "tiny",
+        (0..6).map(|i| i * 40).collect(),
+        vec![0],
+        [1, 2, 3],
+        2,
+    )
+    .unwrap();
+    let norm = Normalize {
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let l = Loader::new(
+        ds.clone().into(),
+        LoaderConfig {
+            batch_size: 1,
+            normalize: norm.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let (x, y) = &collect(&l, 0, 0)[0];
     assert_eq!(y, &vec![0]);
     for (i, v) in x.iter().enumerate() {
@@ -236,11 +345,19 @@ fn normalization_and_augmentation_values() {
     // Flip only: every epoch gives either the image or its mirror, and both occur.
     let lf = Loader::new(
         ds.into(),
-        LoaderConfig { batch_size: 1, normalize: Normalize::unit(1), augment: Augment { pad: 0, flip: true }, ..Default::default() },
+        LoaderConfig {
+            batch_size: 1,
+            normalize: Normalize::unit(1),
+            augment: Augment { pad: 0, flip: true },
+            ..Default::default()
+        },
     )
     .unwrap();
     let plain: Vec<f32> = (0..6).map(|i| (i * 40) as f32 / 255.0).collect();
-    let mirror: Vec<f32> = [2, 1, 0, 5, 4, 3].iter().map(|&i| (i * 40) as f32 / 255.0).collect();
+    let mirror: Vec<f32> = [2, 1, 0, 5, 4, 3]
+        .iter()
+        .map(|&i| (i * 40) as f32 / 255.0)
+        .collect();
     let seen: Vec<bool> = (0..16).map(|e| collect(&lf, e, 0)[0].0 == mirror).collect();
     for e in 0..16 {
         let x = &collect(&lf, e, 0)[0].0;
@@ -252,7 +369,38 @@ fn normalization_and_augmentation_values() {
 #[test]
 fn loader_rejects_bad_config() {
     let ds: std::sync::Arc<Dataset> = Dataset::synthetic(4, 2, 3, 2, 2, 0).into();
-    assert!(Loader::new(ds.clone(), LoaderConfig { batch_size: 0, normalize: Normalize::cifar10(), ..Default::default() }).is_err());
-    assert!(Loader::new(ds.clone(), LoaderConfig { normalize: Normalize::mnist(), ..Default::default() }).is_err());
-    assert!(Loader::new(ds, LoaderConfig { normalize: Normalize { mean: vec![0.0; 3], std: vec![1.0, 0.0, 1.0] }, ..Default::default() }).is_err());
+    assert!(
+        Loader::new(
+            ds.clone(),
+            LoaderConfig {
+                batch_size: 0,
+                normalize: Normalize::cifar10(),
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        Loader::new(
+            ds.clone(),
+            LoaderConfig {
+                normalize: Normalize::mnist(),
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        Loader::new(
+            ds,
+            LoaderConfig {
+                normalize: Normalize {
+                    mean: vec![0.0; 3],
+                    std: vec![1.0, 0.0, 1.0]
+                },
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
 }

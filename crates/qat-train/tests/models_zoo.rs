@@ -17,9 +17,18 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn specs() -> Vec<ModelSpec> {
     vec![
         ModelSpec::lenet(),
-        ModelSpec { input: [1, 16, 16], ..ModelSpec::mobilenet_v1_mnist() },
-        ModelSpec { input: [3, 16, 16], ..ModelSpec::mobilenet_v2_cifar() },
-        ModelSpec { input: [3, 16, 16], ..ModelSpec::resnet_cifar(8) },
+        ModelSpec {
+            input: [1, 16, 16],
+            ..ModelSpec::mobilenet_v1_mnist()
+        },
+        ModelSpec {
+            input: [3, 16, 16],
+            ..ModelSpec::mobilenet_v2_cifar()
+        },
+        ModelSpec {
+            input: [3, 16, 16],
+            ..ModelSpec::resnet_cifar(8)
+        },
     ]
 }
 
@@ -27,7 +36,15 @@ fn specs() -> Vec<ModelSpec> {
 fn warm(net: &mut Net, phase: Phase) -> Tensor {
     let [c, h, w] = net.input_chw();
     let ds = Dataset::synthetic(16, 4, c, h, w, 5);
-    let loader = Loader::new(ds.into(), LoaderConfig { batch_size: 8, normalize: Normalize::unit(c), ..Default::default() }).unwrap();
+    let loader = Loader::new(
+        ds.into(),
+        LoaderConfig {
+            batch_size: 8,
+            normalize: Normalize::unit(c),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     net.apply_flags(Phase::QatWarmup.flags());
     let mut last = None;
     for _ in 0..3 {
@@ -45,7 +62,11 @@ fn nhwc(x: &Tensor) -> ArrayD<f32> {
     let s = x.size();
     let t = x.permute([0, 2, 3, 1]).contiguous();
     let v = Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
-    ArrayD::from_shape_vec(vec![s[0] as usize, s[2] as usize, s[3] as usize, s[1] as usize], v).unwrap()
+    ArrayD::from_shape_vec(
+        vec![s[0] as usize, s[2] as usize, s[3] as usize, s[1] as usize],
+        v,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -57,26 +78,51 @@ fn every_model_converts_and_matches_the_float_interpreter() {
         let mut net = models::build(&spec, Device::Cpu).unwrap();
         let x = warm(&mut net, Phase::Float);
         let y = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
-        assert_eq!(y.size(), vec![8, spec.num_classes as i64], "{}", spec.name());
+        assert_eq!(
+            y.size(),
+            vec![8, spec.num_classes as i64],
+            "{}",
+            spec.name()
+        );
 
         let g = convert::convert_unchecked(&net).unwrap();
         g.validate().unwrap();
-        assert!(g.nodes.iter().all(|n| n.act.range.is_some()), "{}: ranges observed", spec.name());
+        assert!(
+            g.nodes.iter().all(|n| n.act.range.is_some()),
+            "{}: ranges observed",
+            spec.name()
+        );
         let vals = qat_export::interp::run(&g, nhwc(&x).view(), None).unwrap();
         let out = vals.last().unwrap();
         let want = Vec::<f32>::try_from(y.flatten(0, -1)).unwrap();
         let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let worst = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-4 * scale, "{}: interpreter vs tch max |Δ| = {worst} (scale {scale})", spec.name());
+        let worst = out
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "{}: interpreter vs tch max |Δ| = {worst} (scale {scale})",
+            spec.name()
+        );
 
         let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind()).collect();
         match spec.arch {
-            Architecture::LeNet => assert!(kinds.contains(&"Flatten") && kinds.contains(&"MaxPool")),
+            Architecture::LeNet => {
+                assert!(kinds.contains(&"Flatten") && kinds.contains(&"MaxPool"))
+            }
             Architecture::MobileNetV1 { .. } => assert!(kinds.contains(&"DepthwiseConv2d")),
-            Architecture::MobileNetV2 { .. } | Architecture::ResNet { .. } => assert!(kinds.contains(&"Add")),
+            Architecture::MobileNetV2 { .. } | Architecture::ResNet { .. } => {
+                assert!(kinds.contains(&"Add"))
+            }
         }
         // Conv+BN layers carry their BN statistics; ReLU6 models keep ReLU6.
-        assert!(g.nodes.iter().any(|n| matches!(&n.op, FloatOp::Conv2d(c) if c.batch_norm.is_some())));
+        assert!(
+            g.nodes
+                .iter()
+                .any(|n| matches!(&n.op, FloatOp::Conv2d(c) if c.batch_norm.is_some()))
+        );
         if spec.activation == Activation::Relu6 {
             assert!(g.nodes.iter().any(|n| matches!(&n.op, FloatOp::Conv2d(c) if c.activation == qat_export::ir::Activation::Relu6)));
         }
@@ -97,14 +143,26 @@ fn qat_mode_runs_and_differs_from_float_by_quantization_noise() {
         let diff = (&yf - &yq).abs().max().double_value(&[]);
         let scale = yf.abs().max().double_value(&[]);
         assert!(diff > 0.0, "{}: fake quant changes the output", spec.name());
-        assert!(diff < 0.25 * scale.max(1e-3), "{}: 8-bit noise {diff} vs output scale {scale}", spec.name());
+        assert!(
+            diff < 0.25 * scale.max(1e-3),
+            "{}: 8-bit noise {diff} vs output scale {scale}",
+            spec.name()
+        );
         // Training step in QAT mode has gradients for every weight.
         net.apply_flags(Phase::Qat.flags());
-        let loss = net.forward_t(&x, true).unwrap().pow_tensor_scalar(2).mean(Kind::Float);
+        let loss = net
+            .forward_t(&x, true)
+            .unwrap()
+            .pow_tensor_scalar(2)
+            .mean(Kind::Float);
         loss.backward();
         for (name, t) in net.var_store().variables() {
             if t.requires_grad() && name.ends_with("weight") {
-                assert!(t.grad().defined(), "{}: {name} has no gradient", spec.name());
+                assert!(
+                    t.grad().defined(),
+                    "{}: {name} has no gradient",
+                    spec.name()
+                );
             }
         }
     }
@@ -117,21 +175,36 @@ fn zoo_shapes_and_sizes() {
     // ResNet-20 for CIFAR has ≈ 0.27 M parameters (He et al. 2016, table 6).
     let r20 = models::build(&ModelSpec::resnet_cifar(20), Device::Cpu).unwrap();
     let p = r20.num_parameters();
-    assert!((260_000..285_000).contains(&p), "ResNet-20 has {p} parameters");
-    let adds = r20.nodes().iter().filter(|n| matches!(n.op, qat_train::models::NodeOp::Add(_))).count();
+    assert!(
+        (260_000..285_000).contains(&p),
+        "ResNet-20 has {p} parameters"
+    );
+    let adds = r20
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, qat_train::models::NodeOp::Add(_)))
+        .count();
     assert_eq!(adds, 9);
     // MobileNet-v1 α = 1, 224×224, all 13 blocks: ≈ 4.2 M parameters with a 1000-class head.
     let spec = ModelSpec {
-        arch: Architecture::MobileNetV1 { width: 1.0, blocks: 13 },
+        arch: Architecture::MobileNetV1 {
+            width: 1.0,
+            blocks: 13,
+        },
         input: [3, 224, 224],
         num_classes: 1000,
         ..ModelSpec::mobilenet_v1_mnist()
     };
     let m = models::build(&spec, Device::Cpu).unwrap();
     let p = m.num_parameters();
-    assert!((4_150_000..4_300_000).contains(&p), "MobileNet-v1 has {p} parameters");
+    assert!(
+        (4_150_000..4_300_000).contains(&p),
+        "MobileNet-v1 has {p} parameters"
+    );
     assert_eq!(m.nodes()[m.nodes().len() - 2].shape, vec![1024]);
     // Bad specs are errors naming the model.
-    let e = models::build(&ModelSpec::resnet_cifar(9), Device::Cpu).unwrap_err().to_string();
+    let e = models::build(&ModelSpec::resnet_cifar(9), Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("resnet9") && e.contains("6n + 2"), "{e}");
 }

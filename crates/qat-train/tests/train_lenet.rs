@@ -3,10 +3,12 @@
 
 use std::sync::Mutex;
 
-use qat_train::convert;
 use qat_train::data::{Dataset, Normalize};
 use qat_train::models::{self, ModelSpec};
-use qat_train::schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, Phase, QatDelays, Schedule, ScheduleConfig};
+use qat_train::schedule::{
+    LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, Phase, QatDelays, Schedule,
+    ScheduleConfig,
+};
 use qat_train::trainer::{self, Event, TrainConfig, TrainError};
 use tch::Device;
 
@@ -31,8 +33,18 @@ fn config(epochs: usize, schedule: ScheduleConfig) -> TrainConfig {
         seed: 9,
         normalize: Normalize::unit(1),
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
-            lr: LrConfig { base: 0.05, schedule: LrSchedule::Cosine { total: 64, min_lr: 0.005 }, warmup: 2 },
+            kind: OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            lr: LrConfig {
+                base: 0.05,
+                schedule: LrSchedule::Cosine {
+                    total: 64,
+                    min_lr: 0.005,
+                },
+                warmup: 2,
+            },
             weight_decay: 1e-4,
         },
         schedule,
@@ -45,7 +57,11 @@ fn qat_schedule() -> ScheduleConfig {
     ScheduleConfig {
         float_steps: 8,
         calibration_batches: 2,
-        qat: Some(QatDelays { quant_delay: 4, freeze_bn_delay: 10, freeze_observers_delay: 14 }),
+        qat: Some(QatDelays {
+            quant_delay: 4,
+            freeze_bn_delay: 10,
+            freeze_observers_delay: 14,
+        }),
     }
 }
 
@@ -66,29 +82,60 @@ fn lenet_learns_with_qat_and_exports() {
     .unwrap();
     assert_eq!(
         phases,
-        vec![Phase::Float, Phase::Calibrate, Phase::QatWarmup, Phase::Qat, Phase::BnFrozen, Phase::ObserversFrozen]
+        vec![
+            Phase::Float,
+            Phase::Calibrate,
+            Phase::QatWarmup,
+            Phase::Qat,
+            Phase::BnFrozen,
+            Phase::ObserversFrozen
+        ]
     );
     assert_eq!(calibrated, 2);
     let last = history.epochs.last().unwrap();
     assert_eq!(history.epochs.len(), 2);
     assert_eq!(history.steps.len(), 32, "16 steps per epoch (512 / 32)");
-    assert!(last.test_acc > 0.9, "test accuracy {} after QAT", last.test_acc);
+    assert!(
+        last.test_acc > 0.9,
+        "test accuracy {} after QAT",
+        last.test_acc
+    );
     assert!(last.observers_frozen && last.bn_frozen);
     assert!(history.steps.first().unwrap().loss > history.steps.last().unwrap().loss);
 
     // Export: allowed now (observers frozen, ranges calibrated), and the graph carries every range.
-    let schedule = Schedule::with_state(cfg.schedule, qat_train::schedule::ScheduleState {
-        step: last.step,
-        calibration_batches: 2,
-        applied: Some(Phase::ObserversFrozen),
-    })
-    .unwrap();
-    let token = schedule.export_ready(&net).unwrap();
-    let g = convert::to_float_graph(&net, &token).unwrap();
+    assert_eq!(history.schedule.step, last.step);
+    let g = trainer::export_graph(&net, &cfg, &history).unwrap();
     let shapes = g.validate().unwrap();
     assert_eq!(shapes[0], vec![28, 28, 1]);
     assert_eq!(shapes.last().unwrap(), &vec![10]);
-    assert!(g.nodes.iter().all(|n| n.act.range.is_some()), "every node has a range");
+    assert!(
+        g.nodes.iter().all(|n| n.act.range.is_some()),
+        "every node has a range"
+    );
+    // The same run stopped before the observers froze may not export.
+    let early = trainer::History {
+        schedule: history
+            .transitions
+            .iter()
+            .find(|t| t.to == Phase::BnFrozen)
+            .map(|t| qat_train::schedule::ScheduleState {
+                step: t.step,
+                calibration_batches: 2,
+                applied: Some(Phase::BnFrozen),
+            })
+            .unwrap(),
+        ..history.clone()
+    };
+    assert!(
+        trainer::export_graph(&net, &cfg, &early)
+            .unwrap_err()
+            .to_string()
+            .contains("export refused")
+    );
+    // qat-export accepts it: BN folded, weights quantized, multipliers computed.
+    let int8 = qat_export::export(&g, &qat_train::convert::export_options()).unwrap();
+    assert_eq!(int8.name, g.name);
 }
 
 #[test]
@@ -101,8 +148,20 @@ fn export_is_refused_while_observers_are_live() {
     assert!(e.to_string().contains("export refused"), "{e}");
     // Even with the phase forced to ObserversFrozen, uncalibrated ranges are named.
     let frozen = Schedule::with_state(
-        ScheduleConfig { float_steps: 0, calibration_batches: 0, qat: Some(QatDelays { quant_delay: 0, freeze_bn_delay: 0, freeze_observers_delay: 0 }) },
-        qat_train::schedule::ScheduleState { step: 0, calibration_batches: 0, applied: Some(Phase::ObserversFrozen) },
+        ScheduleConfig {
+            float_steps: 0,
+            calibration_batches: 0,
+            qat: Some(QatDelays {
+                quant_delay: 0,
+                freeze_bn_delay: 0,
+                freeze_observers_delay: 0,
+            }),
+        },
+        qat_train::schedule::ScheduleState {
+            step: 0,
+            calibration_batches: 0,
+            applied: Some(Phase::ObserversFrozen),
+        },
     )
     .unwrap();
     let e = frozen.export_ready(&net).unwrap_err().to_string();
@@ -114,7 +173,12 @@ fn all_vars(net: &qat_train::models::Net) -> Vec<(String, Vec<f32>)> {
         .var_store()
         .variables()
         .into_iter()
-        .map(|(k, t)| (k, Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
+        .map(|(k, t)| {
+            (
+                k,
+                Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -127,25 +191,43 @@ fn one_epoch_plus_resume_equals_two_epochs() {
     let schedule = ScheduleConfig {
         float_steps: 10,
         calibration_batches: 0,
-        qat: Some(QatDelays { quant_delay: 3, freeze_bn_delay: 12, freeze_observers_delay: 18 }),
+        qat: Some(QatDelays {
+            quant_delay: 3,
+            freeze_bn_delay: 12,
+            freeze_observers_delay: 18,
+        }),
     };
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
 
     trainer::seed_everything(3);
     let mut straight = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
-    let h2 = trainer::train(&mut straight, &train, &test, &config(2, schedule), &mut |_| {}).unwrap();
+    let h2 = trainer::train(
+        &mut straight,
+        &train,
+        &test,
+        &config(2, schedule),
+        &mut |_| {},
+    )
+    .unwrap();
 
     trainer::seed_everything(3);
     let mut first = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
-    let cfg1 = TrainConfig { checkpoint_dir: Some(ckpt.clone()), ..config(1, schedule) };
+    let cfg1 = TrainConfig {
+        checkpoint_dir: Some(ckpt.clone()),
+        ..config(1, schedule)
+    };
     trainer::train(&mut first, &train, &test, &cfg1, &mut |_| {}).unwrap();
     drop(first);
 
     // A fresh model with different initial weights: everything must come from the checkpoint.
     trainer::seed_everything(77);
     let mut resumed = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
-    let cfg2 = TrainConfig { checkpoint_dir: Some(ckpt), resume: true, ..config(2, schedule) };
+    let cfg2 = TrainConfig {
+        checkpoint_dir: Some(ckpt),
+        resume: true,
+        ..config(2, schedule)
+    };
     let mut start = None;
     let h = trainer::train(&mut resumed, &train, &test, &cfg2, &mut |e| {
         if let Event::Start { epoch, step, .. } = e {
@@ -178,14 +260,33 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     let ckpt = dir.path().join("ckpt");
     trainer::seed_everything(4);
     let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
-    let mut cfg = config(3, ScheduleConfig { float_steps: u64::MAX, calibration_batches: 0, qat: None });
+    let mut cfg = config(
+        3,
+        ScheduleConfig {
+            float_steps: u64::MAX,
+            calibration_batches: 0,
+            qat: None,
+        },
+    );
     // Epoch 0 trains normally; from step 16 on the learning rate is 1e12 and the loss blows up.
-    cfg.optimizer.lr = LrConfig { base: 0.05, schedule: LrSchedule::Step { every: 16, gamma: 1e13 }, warmup: 0 };
+    cfg.optimizer.lr = LrConfig {
+        base: 0.05,
+        schedule: LrSchedule::Step {
+            every: 16,
+            gamma: 1e13,
+        },
+        warmup: 0,
+    };
     cfg.optimizer.weight_decay = 0.0;
     cfg.checkpoint_dir = Some(ckpt.clone());
     let err = trainer::train(&mut net, &train, &test, &cfg, &mut |_| {}).unwrap_err();
     match &err {
-        TrainError::NonFinite { epoch, last_checkpoint, step, .. } => {
+        TrainError::NonFinite {
+            epoch,
+            last_checkpoint,
+            step,
+            ..
+        } => {
             assert_eq!(*epoch, 1);
             assert!(*step > 16);
             assert_eq!(last_checkpoint.as_deref(), Some(ckpt.as_path()));

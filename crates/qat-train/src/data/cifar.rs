@@ -20,7 +20,11 @@ pub fn read_cifar10_batch(path: impl AsRef<Path>) -> Result<(Vec<u8>, Vec<u8>)> 
     let bytes = read_maybe_gz(path)?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         let expected = (bytes.len() / RECORD + 1) * RECORD;
-        return Err(DataError::Truncated { path: path.to_path_buf(), expected, got: bytes.len() });
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            got: bytes.len(),
+        });
     }
     let n = bytes.len() / RECORD;
     let mut pixels = Vec::with_capacity(n * PIXELS);

@@ -16,30 +16,50 @@ fn be_u32(bytes: &[u8], at: usize, path: &Path) -> Result<u32> {
     bytes
         .get(at..at + 4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| DataError::Truncated { path: path.to_path_buf(), expected: at + 4, got: bytes.len() })
+        .ok_or_else(|| DataError::Truncated {
+            path: path.to_path_buf(),
+            expected: at + 4,
+            got: bytes.len(),
+        })
 }
 
 /// Reads the header of an IDX file and returns its dimensions and the offset of the data.
 fn header(bytes: &[u8], path: &Path, magic: u32) -> Result<(Vec<usize>, usize)> {
     let got = be_u32(bytes, 0, path)?;
     if got != magic {
-        return Err(DataError::BadMagic { path: path.to_path_buf(), expected: magic, got });
+        return Err(DataError::BadMagic {
+            path: path.to_path_buf(),
+            expected: magic,
+            got,
+        });
     }
     let ndim = (magic & 0xff) as usize;
-    let dims: Vec<usize> = (0..ndim).map(|i| be_u32(bytes, 4 + 4 * i, path).map(|d| d as usize)).collect::<Result<_>>()?;
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| be_u32(bytes, 4 + 4 * i, path).map(|d| d as usize))
+        .collect::<Result<_>>()?;
     let offset = 4 + 4 * ndim;
     let expected = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .and_then(|n| n.checked_add(offset))
-        .ok_or_else(|| DataError::Malformed { path: path.to_path_buf(), reason: format!("dimensions {dims:?} overflow") })?;
+        .ok_or_else(|| DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("dimensions {dims:?} overflow"),
+        })?;
     if bytes.len() < expected {
-        return Err(DataError::Truncated { path: path.to_path_buf(), expected, got: bytes.len() });
+        return Err(DataError::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            got: bytes.len(),
+        });
     }
     if bytes.len() > expected {
         return Err(DataError::Malformed {
             path: path.to_path_buf(),
-            reason: format!("{} trailing bytes after the {expected} the header announces", bytes.len() - expected),
+            reason: format!(
+                "{} trailing bytes after the {expected} the header announces",
+                bytes.len() - expected
+            ),
         });
     }
     Ok((dims, offset))
@@ -56,7 +76,10 @@ pub fn read_idx_images(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize, usize,
     let mut bytes = read_maybe_gz(path)?;
     let (dims, offset) = header(&bytes, path, IDX_IMAGES_MAGIC)?;
     if dims[1] == 0 || dims[2] == 0 {
-        return Err(DataError::Malformed { path: path.to_path_buf(), reason: format!("zero-sized images {dims:?}") });
+        return Err(DataError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("zero-sized images {dims:?}"),
+        });
     }
     bytes.drain(..offset);
     Ok((bytes, dims[0], dims[1], dims[2]))
@@ -86,8 +109,23 @@ pub(crate) fn load_idx_pair(images: &Path, labels: &Path, num_classes: usize) ->
             n_labels: lab.len(),
         });
     }
-    if let Some((index, &label)) = lab.iter().enumerate().find(|(_, l)| usize::from(**l) >= num_classes) {
-        return Err(DataError::LabelOutOfRange { path: PathBuf::from(labels), index, label, num_classes });
+    if let Some((index, &label)) = lab
+        .iter()
+        .enumerate()
+        .find(|(_, l)| usize::from(**l) >= num_classes)
+    {
+        return Err(DataError::LabelOutOfRange {
+            path: PathBuf::from(labels),
+            index,
+            label,
+            num_classes,
+        });
     }
-    Dataset::new(images.display().to_string(), pixels, lab, [1, rows, cols], num_classes)
+    Dataset::new(
+        images.display().to_string(),
+        pixels,
+        lab,
+        [1, rows, cols],
+        num_classes,
+    )
 }

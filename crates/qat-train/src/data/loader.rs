@@ -21,17 +21,26 @@ pub struct Normalize {
 impl Normalize {
     /// No shift, no scaling beyond `p/255` (values in `[0, 1]`).
     pub fn unit(channels: usize) -> Self {
-        Self { mean: vec![0.0; channels], std: vec![1.0; channels] }
+        Self {
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+        }
     }
 
     /// The customary MNIST statistics (mean 0.1307, std 0.3081 of the full training set).
     pub fn mnist() -> Self {
-        Self { mean: vec![0.1307], std: vec![0.3081] }
+        Self {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+        }
     }
 
     /// The customary CIFAR-10 training-set statistics.
     pub fn cifar10() -> Self {
-        Self { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2470, 0.2435, 0.2616] }
+        Self {
+            mean: vec![0.4914, 0.4822, 0.4465],
+            std: vec![0.2470, 0.2435, 0.2616],
+        }
     }
 
     /// Statistics measured on `ds` ([`Dataset::channel_stats`]).
@@ -130,7 +139,10 @@ impl Loader {
     /// Validates the configuration against the dataset.
     pub fn new(data: Arc<Dataset>, cfg: LoaderConfig) -> Result<Self> {
         if cfg.batch_size == 0 {
-            return Err(DataError::Config(format!("{}: batch_size must be > 0", data.name)));
+            return Err(DataError::Config(format!(
+                "{}: batch_size must be > 0",
+                data.name
+            )));
         }
         if cfg.normalize.mean.len() != data.channels || cfg.normalize.std.len() != data.channels {
             return Err(DataError::Config(format!(
@@ -141,11 +153,22 @@ impl Loader {
                 data.channels
             )));
         }
-        if cfg.normalize.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(DataError::Config(format!("{}: normalization std must be finite and > 0", data.name)));
+        if cfg
+            .normalize
+            .std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(DataError::Config(format!(
+                "{}: normalization std must be finite and > 0",
+                data.name
+            )));
         }
         if data.is_empty() {
-            return Err(DataError::Config(format!("{}: dataset is empty", data.name)));
+            return Err(DataError::Config(format!(
+                "{}: dataset is empty",
+                data.name
+            )));
         }
         Ok(Self { data, cfg })
     }
@@ -163,12 +186,20 @@ impl Loader {
     /// Batches per epoch.
     pub fn num_batches(&self) -> usize {
         let (n, b) = (self.data.len(), self.cfg.batch_size);
-        if self.cfg.drop_last { n / b } else { n.div_ceil(b) }
+        if self.cfg.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
     }
 
     /// Samples per epoch (after `drop_last`).
     pub fn samples_per_epoch(&self) -> usize {
-        if self.cfg.drop_last { self.num_batches() * self.cfg.batch_size } else { self.data.len() }
+        if self.cfg.drop_last {
+            self.num_batches() * self.cfg.batch_size
+        } else {
+            self.data.len()
+        }
     }
 
     /// The sample order of epoch `epoch`: identity without shuffle, else `SplitMix64::derived([seed, epoch])`
@@ -184,11 +215,27 @@ impl Loader {
     /// The batches of epoch `epoch`, starting at batch `start_batch` (for exact resume in the middle of an
     /// epoch). With `prefetch > 0` they are assembled on a background thread, at most `prefetch` ahead.
     pub fn epoch(&self, epoch: u64, start_batch: usize) -> EpochIter {
-        let job = Job { data: Arc::clone(&self.data), cfg: self.cfg.clone(), order: self.order(epoch), epoch };
+        let job = Job {
+            data: Arc::clone(&self.data),
+            cfg: self.cfg.clone(),
+            order: self.order(epoch),
+            epoch,
+        };
         let total = self.num_batches();
-        let shape = [self.data.channels as i64, self.data.height as i64, self.data.width as i64];
+        let shape = [
+            self.data.channels as i64,
+            self.data.height as i64,
+            self.data.width as i64,
+        ];
         if self.cfg.prefetch == 0 {
-            return EpochIter { source: Source::Inline { job, next: start_batch, total }, shape };
+            return EpochIter {
+                source: Source::Inline {
+                    job,
+                    next: start_batch,
+                    total,
+                },
+                shape,
+            };
         }
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let handle = std::thread::Builder::new()
@@ -196,8 +243,17 @@ impl Loader {
             .spawn(move || job.run(start_batch, total, tx))
             .map_err(|e| e.to_string());
         match handle {
-            Ok(h) => EpochIter { source: Source::Thread { rx: Some(rx), handle: Some(h) }, shape },
-            Err(e) => EpochIter { source: Source::Failed(Some(e)), shape },
+            Ok(h) => EpochIter {
+                source: Source::Thread {
+                    rx: Some(rx),
+                    handle: Some(h),
+                },
+                shape,
+            },
+            Err(e) => EpochIter {
+                source: Source::Failed(Some(e)),
+                shape,
+            },
         }
     }
 }
@@ -242,7 +298,10 @@ impl Job {
             if aug.is_none() {
                 for ch in 0..c {
                     let plane = h * w;
-                    for (d, &p) in dst[ch * plane..(ch + 1) * plane].iter_mut().zip(&src[ch * plane..(ch + 1) * plane]) {
+                    for (d, &p) in dst[ch * plane..(ch + 1) * plane]
+                        .iter_mut()
+                        .zip(&src[ch * plane..(ch + 1) * plane])
+                    {
                         *d = lut[ch][usize::from(p)];
                     }
                 }
@@ -250,7 +309,10 @@ impl Job {
             }
             let pad = aug.pad as isize;
             let (dy, dx) = if aug.pad > 0 {
-                (rng.below(2 * aug.pad + 1) as isize - pad, rng.below(2 * aug.pad + 1) as isize - pad)
+                (
+                    rng.below(2 * aug.pad + 1) as isize - pad,
+                    rng.below(2 * aug.pad + 1) as isize - pad,
+                )
             } else {
                 (0, 0)
             };
@@ -271,13 +333,24 @@ impl Job {
                 }
             }
         }
-        HostBatch { index: b, images, labels }
+        HostBatch {
+            index: b,
+            images,
+            labels,
+        }
     }
 }
 
 enum Source {
-    Inline { job: Job, next: usize, total: usize },
-    Thread { rx: Option<Receiver<HostBatch>>, handle: Option<JoinHandle<()>> },
+    Inline {
+        job: Job,
+        next: usize,
+        total: usize,
+    },
+    Thread {
+        rx: Option<Receiver<HostBatch>>,
+        handle: Option<JoinHandle<()>>,
+    },
     Failed(Option<String>),
 }
 
@@ -293,7 +366,11 @@ impl EpochIter {
         let [c, h, w] = self.shape;
         let images = Tensor::f_from_slice(&hb.images)?.f_view([n, c, h, w])?;
         let labels = Tensor::f_from_slice(&hb.labels)?;
-        Ok(Batch { index: hb.index, images, labels })
+        Ok(Batch {
+            index: hb.index,
+            images,
+            labels,
+        })
     }
 }
 
@@ -341,6 +418,8 @@ impl Drop for EpochIter {
 
 impl std::fmt::Debug for EpochIter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpochIter").field("shape", &self.shape).finish_non_exhaustive()
+        f.debug_struct("EpochIter")
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
     }
 }

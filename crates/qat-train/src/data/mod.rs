@@ -162,7 +162,9 @@ impl Dataset {
         let name = name.into();
         let per = channels * height * width;
         if per == 0 || num_classes == 0 {
-            return Err(DataError::Config(format!("{name}: zero-sized images or no classes")));
+            return Err(DataError::Config(format!(
+                "{name}: zero-sized images or no classes"
+            )));
         }
         if images.len() != labels.len() * per {
             return Err(DataError::Config(format!(
@@ -171,10 +173,27 @@ impl Dataset {
                 labels.len()
             )));
         }
-        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| usize::from(**l) >= num_classes) {
-            return Err(DataError::LabelOutOfRange { path: PathBuf::from(&name), index, label, num_classes });
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| usize::from(**l) >= num_classes)
+        {
+            return Err(DataError::LabelOutOfRange {
+                path: PathBuf::from(&name),
+                index,
+                label,
+                num_classes,
+            });
         }
-        Ok(Self { name, images, labels, channels, height, width, num_classes })
+        Ok(Self {
+            name,
+            images,
+            labels,
+            channels,
+            height,
+            width,
+            num_classes,
+        })
     }
 
     /// Number of samples.
@@ -210,12 +229,21 @@ impl Dataset {
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
             if i >= self.len() {
-                return Err(DataError::Config(format!("{}: index {i} out of {} samples", self.name, self.len())));
+                return Err(DataError::Config(format!(
+                    "{}: index {i} out of {} samples",
+                    self.name,
+                    self.len()
+                )));
             }
             images.extend_from_slice(self.image(i));
             labels.push(self.labels[i]);
         }
-        Ok(Self { name: name.into(), images, labels, ..self.clone_meta() })
+        Ok(Self {
+            name: name.into(),
+            images,
+            labels,
+            ..self.clone_meta()
+        })
     }
 
     fn clone_meta(&self) -> Self {
@@ -252,7 +280,10 @@ impl Dataset {
         }
         let perm = SplitMix64::new(seed).permutation(self.len());
         let (a, b) = perm.split_at(self.len() - n_second);
-        Ok((self.subset(a, format!("{}[split a]", self.name))?, self.subset(b, format!("{}[split b]", self.name))?))
+        Ok((
+            self.subset(a, format!("{}[split a]", self.name))?,
+            self.subset(b, format!("{}[split b]", self.name))?,
+        ))
     }
 
     /// Per-class sample counts.
@@ -290,14 +321,24 @@ impl Dataset {
 
     /// A learnable synthetic dataset for tests and benchmarks: class `k` is a bright square at a class-specific
     /// position (on a `√classes`-sided grid) plus uniform noise in `[0, 64)`, all drawn from `SplitMix64(seed)`.
-    pub fn synthetic(n: usize, num_classes: usize, channels: usize, height: usize, width: usize, seed: u64) -> Self {
+    pub fn synthetic(
+        n: usize,
+        num_classes: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        seed: u64,
+    ) -> Self {
         let num_classes = num_classes.max(1);
         let mut rng = SplitMix64::new(seed);
         let grid = (num_classes as f64).sqrt().ceil() as usize;
         let (ch, cw) = ((height / grid).max(1), (width / grid).max(1));
         let mut images = vec![0u8; n * channels * height * width];
         let mut labels = Vec::with_capacity(n);
-        for (i, img) in images.chunks_exact_mut(channels * height * width).enumerate() {
+        for (i, img) in images
+            .chunks_exact_mut(channels * height * width)
+            .enumerate()
+        {
             let label = (i % num_classes) as u8;
             labels.push(label);
             let (gy, gx) = (usize::from(label) / grid, usize::from(label) % grid);
@@ -306,7 +347,8 @@ impl Dataset {
                     for x in 0..width {
                         let noise = (rng.next_u64() % 64) as u8;
                         let inside = y / ch == gy && x / cw == gx;
-                        img[(c * height + y) * width + x] = if inside { 180 + noise } else { noise };
+                        img[(c * height + y) * width + x] =
+                            if inside { 180 + noise } else { noise };
                     }
                 }
             }
@@ -341,7 +383,11 @@ impl Dataset {
     }
 
     /// Loads an IDX image file and its label file (raw or `.gz`) as one dataset with `num_classes` classes.
-    pub fn load_idx(images: impl AsRef<Path>, labels: impl AsRef<Path>, num_classes: usize) -> Result<Self> {
+    pub fn load_idx(
+        images: impl AsRef<Path>,
+        labels: impl AsRef<Path>,
+        num_classes: usize,
+    ) -> Result<Self> {
         idx::load_idx_pair(images.as_ref(), labels.as_ref(), num_classes)
     }
 
@@ -349,8 +395,9 @@ impl Dataset {
     /// training and `test_batch.bin` for testing (each raw or `.gz`).
     pub fn load_cifar10_dir(dir: impl AsRef<Path>) -> Result<TrainTest> {
         let dir = dir.as_ref();
-        let train_files: Vec<PathBuf> =
-            (1..=5).map(|i| find_file(dir, &format!("data_batch_{i}.bin"))).collect::<Result<_>>()?;
+        let train_files: Vec<PathBuf> = (1..=5)
+            .map(|i| find_file(dir, &format!("data_batch_{i}.bin")))
+            .collect::<Result<_>>()?;
         let train = Self::load_cifar10_files(&train_files)?;
         let test = Self::load_cifar10_files(&[find_file(dir, "test_batch.bin")?])?;
         Ok(TrainTest { train, test })
@@ -365,7 +412,10 @@ impl Dataset {
             images.extend(img);
             labels.extend(lab);
         }
-        let name = files.first().map(|f| f.display().to_string()).unwrap_or_else(|| "cifar10[empty]".into());
+        let name = files
+            .first()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "cifar10[empty]".into());
         Self::new(name, images, labels, [3, 32, 32], CIFAR10_CLASSES)
     }
 }
@@ -380,17 +430,25 @@ fn find_file(dir: &Path, name: &str) -> Result<PathBuf> {
     if gz.is_file() {
         return Ok(gz);
     }
-    Err(DataError::MissingFile { dir: dir.to_path_buf(), name: name.to_string() })
+    Err(DataError::MissingFile {
+        dir: dir.to_path_buf(),
+        name: name.to_string(),
+    })
 }
 
 /// Reads a whole file, transparently gunzipping it when it starts with the gzip magic `1f 8b`.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let raw = std::fs::read(path).map_err(io)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(io)?;
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(io)?;
         Ok(out)
     } else {
         Ok(raw)

@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
 
 use crate::layers::{
-    Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, LayerError, LayerExport, OutputQuantizer, QatAdd, QatConcat,
-    QatControl, QatConv2d, QatConvBn2d, QatGlobalAvgPool, QatLayer, QatLinear, QatMaxPool2d, QatModule, QuantConfig,
-    QatAvgPool2d,
+    Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, LayerError, LayerExport, OutputQuantizer,
+    QatAdd, QatAvgPool2d, QatConcat, QatControl, QatConv2d, QatConvBn2d, QatGlobalAvgPool,
+    QatLayer, QatLinear, QatMaxPool2d, QatModule, QuantConfig,
 };
 use crate::schedule::{PhaseControl, QuantFlags};
 
@@ -118,7 +118,10 @@ impl ModelSpec {
     /// MobileNet-v1 for MNIST (28×28×1): α = 0.25, the first 5 blocks, ReLU6.
     pub fn mobilenet_v1_mnist() -> Self {
         Self {
-            arch: Architecture::MobileNetV1 { width: 0.25, blocks: 5 },
+            arch: Architecture::MobileNetV1 {
+                width: 0.25,
+                blocks: 5,
+            },
             activation: Activation::Relu6,
             ..Self::lenet()
         }
@@ -127,7 +130,10 @@ impl ModelSpec {
     /// MobileNet-v2-style for 32×32×3, α = 0.5, t = 6, ReLU6.
     pub fn mobilenet_v2_cifar() -> Self {
         Self {
-            arch: Architecture::MobileNetV2 { width: 0.5, expansion: 6 },
+            arch: Architecture::MobileNetV2 {
+                width: 0.5,
+                expansion: 6,
+            },
             input: [3, 32, 32],
             activation: Activation::Relu6,
             ..Self::lenet()
@@ -136,7 +142,11 @@ impl ModelSpec {
 
     /// ResNet-`depth` for CIFAR-10 (32×32×3), ReLU.
     pub fn resnet_cifar(depth: usize) -> Self {
-        Self { arch: Architecture::ResNet { depth }, input: [3, 32, 32], ..Self::lenet() }
+        Self {
+            arch: Architecture::ResNet { depth },
+            input: [3, 32, 32],
+            ..Self::lenet()
+        }
     }
 
     /// A short name, e.g. `mobilenet_v1_a0.25_b5_28x28x1`.
@@ -144,8 +154,12 @@ impl ModelSpec {
         let [c, h, w] = self.input;
         let arch = match self.arch {
             Architecture::LeNet => "lenet".to_string(),
-            Architecture::MobileNetV1 { width, blocks } => format!("mobilenet_v1_a{width}_b{blocks}"),
-            Architecture::MobileNetV2 { width, expansion } => format!("mobilenet_v2_a{width}_t{expansion}"),
+            Architecture::MobileNetV1 { width, blocks } => {
+                format!("mobilenet_v1_a{width}_b{blocks}")
+            }
+            Architecture::MobileNetV2 { width, expansion } => {
+                format!("mobilenet_v2_a{width}_t{expansion}")
+            }
             Architecture::ResNet { depth } => format!("resnet{depth}"),
         };
         format!("{arch}_{h}x{w}x{c}")
@@ -308,7 +322,11 @@ impl Net {
 
     /// Number of trainable parameters.
     pub fn num_parameters(&self) -> usize {
-        self.vs.trainable_variables().iter().map(|t| t.numel()).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel())
+            .sum()
     }
 
     /// The flags last applied by the schedule (`None`: layer defaults).
@@ -322,10 +340,17 @@ impl Net {
         for i in 0..self.nodes.len() {
             let node = &mut self.nodes[i];
             let get = |values: &[Option<Tensor>], r: NodeRef| -> Result<Tensor, ModelError> {
-                values.get(r.0).and_then(|v| v.as_ref()).map(Tensor::shallow_clone).ok_or_else(|| ModelError::Build {
-                    model: String::new(),
-                    what: format!("node {} reads node {} before it is computed or after it is freed", i, r.0),
-                })
+                values
+                    .get(r.0)
+                    .and_then(|v| v.as_ref())
+                    .map(Tensor::shallow_clone)
+                    .ok_or_else(|| ModelError::Build {
+                        model: String::new(),
+                        what: format!(
+                            "node {} reads node {} before it is computed or after it is freed",
+                            i, r.0
+                        ),
+                    })
             };
             let y = if i == 0 {
                 match &mut node.op {
@@ -339,7 +364,11 @@ impl Net {
                         add.forward_t(&a, &b, train)?
                     }
                     NodeOp::Concat(cat) => {
-                        let xs: Vec<Tensor> = node.inputs.iter().map(|&r| get(&values, r)).collect::<Result<_, _>>()?;
+                        let xs: Vec<Tensor> = node
+                            .inputs
+                            .iter()
+                            .map(|&r| get(&values, r))
+                            .collect::<Result<_, _>>()?;
                         let refs: Vec<&Tensor> = xs.iter().collect();
                         cat.forward_t(&refs, train)?
                     }
@@ -361,10 +390,13 @@ impl Net {
                 }
             }
         }
-        values.get_mut(self.output.0).and_then(Option::take).ok_or_else(|| ModelError::Build {
-            model: self.name.clone(),
-            what: "output not computed".into(),
-        })
+        values
+            .get_mut(self.output.0)
+            .and_then(Option::take)
+            .ok_or_else(|| ModelError::Build {
+                model: self.name.clone(),
+                what: "output not computed".into(),
+            })
     }
 
     /// Sends a switch to every layer.
@@ -378,14 +410,24 @@ impl Net {
 
     /// The export views of every node (in node order; `None` for flatten).
     pub fn export_layers(&self) -> Result<Vec<Option<LayerExport>>, ModelError> {
-        self.nodes.iter().map(|n| n.op.layer().map(|l| l.export()).transpose().map_err(ModelError::from)).collect()
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.op.layer()
+                    .map(|l| l.export())
+                    .transpose()
+                    .map_err(ModelError::from)
+            })
+            .collect()
     }
 
     /// `(observer name, observed range, frozen)` of every output quantizer (informational; checkpoints record it).
     pub fn observer_snapshot(&self) -> Vec<ObserverSnapshot> {
         let mut out = Vec::new();
         for n in &self.nodes {
-            let Some(Ok(e)) = n.op.layer().map(|l| l.export()) else { continue };
+            let Some(Ok(e)) = n.op.layer().map(|l| l.export()) else {
+                continue;
+            };
             let o = match e {
                 LayerExport::Conv(c) => c.output,
                 LayerExport::Linear(l) => l.output,
@@ -396,14 +438,21 @@ impl Net {
                 },
                 LayerExport::Quantize(o) => o,
             };
-            out.push(ObserverSnapshot { name: o.name, range: o.range, frozen: o.observer_frozen });
+            out.push(ObserverSnapshot {
+                name: o.name,
+                range: o.range,
+                frozen: o.observer_frozen,
+            });
         }
         out
     }
 }
 
 fn unreachable_op(model: &str, i: usize) -> Result<Tensor, ModelError> {
-    Err(ModelError::Build { model: model.to_string(), what: format!("node {i} has no single-input forward") })
+    Err(ModelError::Build {
+        model: model.to_string(),
+        what: format!("node {i} has no single-input forward"),
+    })
 }
 
 impl PhaseControl for Net {
@@ -411,7 +460,9 @@ impl PhaseControl for Net {
     /// and activations together, so [`crate::schedule::Phase::QatWarmup`] (activations not yet quantized)
     /// runs with both off and the observers collecting — TF's `quant_delay` behaviour.
     fn apply_flags(&mut self, f: QuantFlags) {
-        self.control(QatControl::FakeQuant(f.fake_quant_weights && f.fake_quant_activations));
+        self.control(QatControl::FakeQuant(
+            f.fake_quant_weights && f.fake_quant_activations,
+        ));
         self.control(QatControl::FreezeObservers(!f.observe));
         self.control(QatControl::Calibrate(f.calibrate));
         self.control(QatControl::FreezeBn(f.bn_frozen));
@@ -419,7 +470,11 @@ impl PhaseControl for Net {
     }
 
     fn uncalibrated(&self) -> Vec<String> {
-        self.observer_snapshot().into_iter().filter(|o| o.range.is_none()).map(|o| o.name).collect()
+        self.observer_snapshot()
+            .into_iter()
+            .filter(|o| o.range.is_none())
+            .map(|o| o.name)
+            .collect()
     }
 }
 
@@ -437,11 +492,27 @@ pub struct NetBuilder {
 impl NetBuilder {
     /// A builder for a model called `name` on `device` whose input is `[C, H, W]`. The input gets its own
     /// quantizer (node 0, named `input`).
-    pub fn new(name: impl Into<String>, device: Device, input_chw: [usize; 3], quant: QuantConfig) -> Result<Self, ModelError> {
+    pub fn new(
+        name: impl Into<String>,
+        device: Device,
+        input_chw: [usize; 3],
+        quant: QuantConfig,
+    ) -> Result<Self, ModelError> {
         let vs = nn::VarStore::new(device);
         let q = OutputQuantizer::new(&(vs.root() / "input"), &quant)?;
-        let nodes = vec![Node { name: "input".into(), op: NodeOp::Input(q), inputs: vec![], shape: input_chw.to_vec() }];
-        Ok(Self { name: name.into(), vs, nodes, quant, fold: BnFoldMode::Whitepaper })
+        let nodes = vec![Node {
+            name: "input".into(),
+            op: NodeOp::Input(q),
+            inputs: vec![],
+            shape: input_chw.to_vec(),
+        }];
+        Ok(Self {
+            name: name.into(),
+            vs,
+            nodes,
+            quant,
+            fold: BnFoldMode::Whitepaper,
+        })
     }
 
     /// Sets the conv+BN folding variant of the layers created from now on.
@@ -466,13 +537,19 @@ impl NetBuilder {
     }
 
     fn err(&self, what: String) -> ModelError {
-        ModelError::Build { model: self.name.clone(), what }
+        ModelError::Build {
+            model: self.name.clone(),
+            what,
+        }
     }
 
     fn chw(&self, r: NodeRef, layer: &str) -> Result<[usize; 3], ModelError> {
         match self.nodes.get(r.0).map(|n| n.shape.as_slice()) {
             Some(&[c, h, w]) => Ok([c, h, w]),
-            other => Err(self.err(format!("{layer}: input {} has shape {other:?}, expected [C, H, W]", r.0))),
+            other => Err(self.err(format!(
+                "{layer}: input {} has shape {other:?}, expected [C, H, W]",
+                r.0
+            ))),
         }
     }
 
@@ -487,11 +564,21 @@ impl NetBuilder {
     }
 
     fn push(&mut self, name: &str, op: NodeOp, inputs: Vec<NodeRef>, shape: Vec<usize>) -> NodeRef {
-        self.nodes.push(Node { name: name.to_string(), op, inputs, shape });
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs,
+            shape,
+        });
         NodeRef(self.nodes.len() - 1)
     }
 
-    fn conv_out(&self, cfg: &Conv2dConfig, [_, h, w]: [usize; 3], name: &str) -> Result<Vec<usize>, ModelError> {
+    fn conv_out(
+        &self,
+        cfg: &Conv2dConfig,
+        [_, h, w]: [usize; 3],
+        name: &str,
+    ) -> Result<Vec<usize>, ModelError> {
         let dim = |x: usize, i: usize| -> Option<usize> {
             let eff = cfg.dilation[i] * (cfg.kernel[i] - 1) + 1;
             let padded = x as i64 + 2 * cfg.padding[i];
@@ -499,22 +586,50 @@ impl NetBuilder {
         };
         match (dim(h, 0), dim(w, 1)) {
             (Some(oh), Some(ow)) => Ok(vec![cfg.out_channels as usize, oh, ow]),
-            _ => Err(self.err(format!("{name}: kernel larger than the padded {h}x{w} input"))),
+            _ => Err(self.err(format!(
+                "{name}: kernel larger than the padded {h}x{w} input"
+            ))),
         }
     }
 
     /// The default conv geometry `k×k`, stride `s`, padding `k/2`, with this builder's quant config.
-    pub fn conv_cfg(&self, cin: usize, cout: usize, k: i64, s: i64, act: Activation) -> Conv2dConfig {
-        Conv2dConfig::new(cin as i64, cout as i64, k).stride(s).padding(k / 2).activation(act).quant(self.quant)
+    pub fn conv_cfg(
+        &self,
+        cin: usize,
+        cout: usize,
+        k: i64,
+        s: i64,
+        act: Activation,
+    ) -> Conv2dConfig {
+        Conv2dConfig::new(cin as i64, cout as i64, k)
+            .stride(s)
+            .padding(k / 2)
+            .activation(act)
+            .quant(self.quant)
     }
 
     /// Conv + BN (+ activation) `k×k`, stride `s`, "same" padding `k/2`.
-    pub fn conv_bn(&mut self, name: &str, x: NodeRef, cout: usize, k: i64, s: i64, act: Activation) -> Result<NodeRef, ModelError> {
+    pub fn conv_bn(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cout: usize,
+        k: i64,
+        s: i64,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
         self.conv_bn_grouped(name, x, cout, [k, s], 1, act)
     }
 
     /// Depthwise conv + BN (+ activation) `k×k`, stride `s`, "same" padding (`groups` = channels).
-    pub fn depthwise_bn(&mut self, name: &str, x: NodeRef, k: i64, s: i64, act: Activation) -> Result<NodeRef, ModelError> {
+    pub fn depthwise_bn(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        k: i64,
+        s: i64,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
         let c = self.chw(x, name)?[0];
         self.conv_bn_grouped(name, x, c, [k, s], c, act)
     }
@@ -538,11 +653,19 @@ impl NetBuilder {
     }
 
     /// Conv with bias and an explicit [`Conv2dConfig`] (its `in_channels` must match the input).
-    pub fn conv(&mut self, name: &str, x: NodeRef, cfg: Conv2dConfig) -> Result<NodeRef, ModelError> {
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cfg: Conv2dConfig,
+    ) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let chw = self.chw(x, name)?;
         if cfg.in_channels as usize != chw[0] {
-            return Err(self.err(format!("{name}: conv expects {} channels, input has {}", cfg.in_channels, chw[0])));
+            return Err(self.err(format!(
+                "{name}: conv expects {} channels, input has {}",
+                cfg.in_channels, chw[0]
+            )));
         }
         let shape = self.conv_out(&cfg, chw, name)?;
         let layer = QatConv2d::new(&self.path(name), cfg)?;
@@ -550,18 +673,34 @@ impl NetBuilder {
     }
 
     /// Fully connected layer on a `[F]` node.
-    pub fn linear(&mut self, name: &str, x: NodeRef, out: usize, act: Activation) -> Result<NodeRef, ModelError> {
+    pub fn linear(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        out: usize,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let f = match self.nodes.get(x.0).map(|n| n.shape.as_slice()) {
             Some(&[f]) => f,
-            other => return Err(self.err(format!("{name}: linear input has shape {other:?}, expected [F]"))),
+            other => {
+                return Err(self.err(format!(
+                    "{name}: linear input has shape {other:?}, expected [F]"
+                )));
+            }
         };
         let layer = QatLinear::new(&self.path(name), f as i64, out as i64, act, self.quant)?;
         Ok(self.push(name, NodeOp::Linear(layer), vec![x], vec![out]))
     }
 
     /// `act(a + b)` with its own output range (paper §3: quantize after the bypass add).
-    pub fn add(&mut self, name: &str, a: NodeRef, b: NodeRef, act: Activation) -> Result<NodeRef, ModelError> {
+    pub fn add(
+        &mut self,
+        name: &str,
+        a: NodeRef,
+        b: NodeRef,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         if sa != sb {
@@ -574,36 +713,68 @@ impl NetBuilder {
     /// Channel concatenation of `[C_i, H, W]` nodes.
     pub fn concat(&mut self, name: &str, xs: &[NodeRef]) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
-        let shapes: Vec<[usize; 3]> = xs.iter().map(|&r| self.chw(r, name)).collect::<Result<_, _>>()?;
-        let Some(first) = shapes.first() else { return Err(self.err(format!("{name}: concat of nothing"))) };
+        let shapes: Vec<[usize; 3]> = xs
+            .iter()
+            .map(|&r| self.chw(r, name))
+            .collect::<Result<_, _>>()?;
+        let Some(first) = shapes.first() else {
+            return Err(self.err(format!("{name}: concat of nothing")));
+        };
         if shapes.iter().any(|s| s[1..] != first[1..]) {
             return Err(self.err(format!("{name}: concat of shapes {shapes:?}")));
         }
         let c = shapes.iter().map(|s| s[0]).sum();
         let layer = QatConcat::new(&self.path(name), xs.len(), self.quant)?;
-        Ok(self.push(name, NodeOp::Concat(layer), xs.to_vec(), vec![c, first[1], first[2]]))
+        Ok(self.push(
+            name,
+            NodeOp::Concat(layer),
+            xs.to_vec(),
+            vec![c, first[1], first[2]],
+        ))
     }
 
     /// Max pooling `k×k`, stride `s`, no padding.
-    pub fn max_pool(&mut self, name: &str, x: NodeRef, k: usize, s: usize) -> Result<NodeRef, ModelError> {
+    pub fn max_pool(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        k: usize,
+        s: usize,
+    ) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let [c, h, w] = self.chw(x, name)?;
         if h < k || w < k || s == 0 {
             return Err(self.err(format!("{name}: max pool {k}/{s} on {h}x{w}")));
         }
         let layer = QatMaxPool2d::new(&self.path(name), k as i64, s as i64, 0)?;
-        Ok(self.push(name, NodeOp::MaxPool(layer), vec![x], vec![c, (h - k) / s + 1, (w - k) / s + 1]))
+        Ok(self.push(
+            name,
+            NodeOp::MaxPool(layer),
+            vec![x],
+            vec![c, (h - k) / s + 1, (w - k) / s + 1],
+        ))
     }
 
     /// Average pooling `k×k`, stride `s`, no padding.
-    pub fn avg_pool(&mut self, name: &str, x: NodeRef, k: usize, s: usize) -> Result<NodeRef, ModelError> {
+    pub fn avg_pool(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        k: usize,
+        s: usize,
+    ) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let [c, h, w] = self.chw(x, name)?;
         if h < k || w < k || s == 0 {
             return Err(self.err(format!("{name}: avg pool {k}/{s} on {h}x{w}")));
         }
         let layer = QatAvgPool2d::new(&self.path(name), k as i64, s as i64, 0, self.quant)?;
-        Ok(self.push(name, NodeOp::AvgPool(layer), vec![x], vec![c, (h - k) / s + 1, (w - k) / s + 1]))
+        Ok(self.push(
+            name,
+            NodeOp::AvgPool(layer),
+            vec![x],
+            vec![c, (h - k) / s + 1, (w - k) / s + 1],
+        ))
     }
 
     /// Global average pooling `[C, H, W] → [C]`.
@@ -635,8 +806,15 @@ impl NetBuilder {
                 last_use[r.0] = i;
             }
         }
-        let mut net =
-            Net { name: self.name, spec, vs: self.vs, nodes: self.nodes, output, last_use, flags: None };
+        let mut net = Net {
+            name: self.name,
+            spec,
+            vs: self.vs,
+            nodes: self.nodes,
+            output,
+            last_use,
+            flags: None,
+        };
         // Float mode until a schedule says otherwise.
         net.apply_flags(crate::schedule::Phase::Float.flags());
         Ok(net)

@@ -9,28 +9,40 @@ use crate::layers::Activation;
 /// `tch::manual_seed` first for reproducible runs).
 pub fn build(spec: &ModelSpec, device: Device) -> Result<Net, ModelError> {
     let name = spec.name();
-    let bad = |what: String| ModelError::Build { model: name.clone(), what };
+    let bad = |what: String| ModelError::Build {
+        model: name.clone(),
+        what,
+    };
     if spec.num_classes == 0 || spec.input.contains(&0) {
-        return Err(bad(format!("input {:?} / {} classes", spec.input, spec.num_classes)));
+        return Err(bad(format!(
+            "input {:?} / {} classes",
+            spec.input, spec.num_classes
+        )));
     }
     let mut b = NetBuilder::new(&name, device, spec.input, spec.quant)?.fold(spec.bn_fold);
     let out = match spec.arch {
         Architecture::LeNet => lenet(&mut b, spec)?,
         Architecture::MobileNetV1 { width, blocks } => {
             if !(width > 0.0 && (1..=13).contains(&blocks)) {
-                return Err(bad(format!("MobileNet-v1 width {width} / blocks {blocks} (1..=13)")));
+                return Err(bad(format!(
+                    "MobileNet-v1 width {width} / blocks {blocks} (1..=13)"
+                )));
             }
             mobilenet_v1(&mut b, spec, width, blocks)?
         }
         Architecture::MobileNetV2 { width, expansion } => {
             if !(width > 0.0 && expansion >= 1) {
-                return Err(bad(format!("MobileNet-v2 width {width} / expansion {expansion}")));
+                return Err(bad(format!(
+                    "MobileNet-v2 width {width} / expansion {expansion}"
+                )));
             }
             mobilenet_v2(&mut b, spec, width, expansion)?
         }
         Architecture::ResNet { depth } => {
             if depth < 8 || (depth - 2) % 6 != 0 {
-                return Err(bad(format!("ResNet depth {depth} is not 6n + 2 with n ≥ 1")));
+                return Err(bad(format!(
+                    "ResNet depth {depth} is not 6n + 2 with n ≥ 1"
+                )));
             }
             resnet(&mut b, spec, (depth - 2) / 6)?
         }
@@ -62,7 +74,12 @@ fn lenet(b: &mut NetBuilder, spec: &ModelSpec) -> Result<NodeRef, ModelError> {
 /// 512/1 ×5, 1024/2, 1024/1 (the first `blocks` of them), global average pooling, linear classifier.
 /// The stem has stride 2 for inputs ≥ 64 pixels high (ImageNet-like) and stride 1 for small inputs
 /// (MNIST/CIFAR), so that small images are not reduced to 1×1.
-fn mobilenet_v1(b: &mut NetBuilder, spec: &ModelSpec, width: f64, blocks: usize) -> Result<NodeRef, ModelError> {
+fn mobilenet_v1(
+    b: &mut NetBuilder,
+    spec: &ModelSpec,
+    width: f64,
+    blocks: usize,
+) -> Result<NodeRef, ModelError> {
     const BLOCKS: [(usize, i64); 13] = [
         (64, 1),
         (128, 2),
@@ -83,7 +100,14 @@ fn mobilenet_v1(b: &mut NetBuilder, spec: &ModelSpec, width: f64, blocks: usize)
     let mut x = b.conv_bn("stem", b.input(), scaled(32, width), 3, stem_stride, act)?;
     for (i, &(c, s)) in BLOCKS.iter().take(blocks).enumerate() {
         x = b.depthwise_bn(&format!("block{}.dw", i + 1), x, 3, s, act)?;
-        x = b.conv_bn(&format!("block{}.pw", i + 1), x, scaled(c, width), 1, 1, act)?;
+        x = b.conv_bn(
+            &format!("block{}.pw", i + 1),
+            x,
+            scaled(c, width),
+            1,
+            1,
+            act,
+        )?;
     }
     let x = b.global_avg_pool("gap", x)?;
     b.linear("fc", x, spec.num_classes, Activation::None)
@@ -94,9 +118,20 @@ fn mobilenet_v1(b: &mut NetBuilder, spec: &ModelSpec, width: f64, blocks: usize)
 /// then a 1×1 conv to 4× the last width, global average pooling and a linear classifier.
 /// Block: [expand 1×1+BN+act if t > 1] → dw3×3+BN+act (stride s) → project 1×1+BN (linear) → quantized
 /// add with the input when stride is 1 and the channel counts match.
-fn mobilenet_v2(b: &mut NetBuilder, spec: &ModelSpec, width: f64, t: usize) -> Result<NodeRef, ModelError> {
+fn mobilenet_v2(
+    b: &mut NetBuilder,
+    spec: &ModelSpec,
+    width: f64,
+    t: usize,
+) -> Result<NodeRef, ModelError> {
     let act = spec.activation;
-    let stages = [(1, 16, 1, 1), (t, 24, 2, 1), (t, 32, 2, 2), (t, 64, 2, 2), (t, 96, 1, 1)];
+    let stages = [
+        (1, 16, 1, 1),
+        (t, 24, 2, 1),
+        (t, 32, 2, 2),
+        (t, 64, 2, 2),
+        (t, 96, 1, 1),
+    ];
     let mut x = b.conv_bn("stem", b.input(), scaled(32, width), 3, 1, act)?;
     let mut k = 0;
     for (t, c, n, s) in stages {
@@ -112,7 +147,11 @@ fn mobilenet_v2(b: &mut NetBuilder, spec: &ModelSpec, width: f64, t: usize) -> R
             }
             y = b.depthwise_bn(&format!("{p}.dw"), y, 3, stride, act)?;
             y = b.conv_bn(&format!("{p}.project"), y, cout, 1, 1, Activation::None)?;
-            x = if stride == 1 && cin == cout { b.add(&format!("{p}.add"), x, y, Activation::None)? } else { y };
+            x = if stride == 1 && cin == cout {
+                b.add(&format!("{p}.add"), x, y, Activation::None)?
+            } else {
+                y
+            };
         }
     }
     let last = 4 * b.shape(x)[0];
@@ -135,7 +174,11 @@ fn resnet(b: &mut NetBuilder, spec: &ModelSpec, n: usize) -> Result<NodeRef, Mod
             let cin = b.shape(x)[0];
             let y = b.conv_bn(&format!("{p}.conv1"), x, c, 3, s, act)?;
             let y = b.conv_bn(&format!("{p}.conv2"), y, c, 3, 1, Activation::None)?;
-            let shortcut = if s != 1 || cin != c { b.conv_bn(&format!("{p}.proj"), x, c, 1, s, Activation::None)? } else { x };
+            let shortcut = if s != 1 || cin != c {
+                b.conv_bn(&format!("{p}.proj"), x, c, 1, s, Activation::None)?
+            } else {
+                x
+            };
             x = b.add(&format!("{p}.add"), shortcut, y, act)?;
         }
     }

@@ -39,7 +39,11 @@ pub struct LrConfig {
 impl LrConfig {
     /// A constant learning rate without warmup.
     pub fn constant(base: f64) -> Self {
-        Self { base, schedule: LrSchedule::Constant, warmup: 0 }
+        Self {
+            base,
+            schedule: LrSchedule::Constant,
+            warmup: 0,
+        }
     }
 
     /// Checks that the values make sense.
@@ -50,7 +54,9 @@ impl LrConfig {
         }
         match self.schedule {
             LrSchedule::Step { every: 0, .. } => bad("step schedule needs every > 0"),
-            LrSchedule::Step { gamma, .. } if !(gamma.is_finite() && gamma > 0.0) => bad("gamma must be > 0"),
+            LrSchedule::Step { gamma, .. } if !(gamma.is_finite() && gamma > 0.0) => {
+                bad("gamma must be > 0")
+            }
             LrSchedule::Cosine { total: 0, .. } => bad("cosine schedule needs total > 0"),
             LrSchedule::Cosine { min_lr, .. } if !(min_lr >= 0.0 && min_lr <= self.base) => {
                 bad("cosine min_lr must be in [0, base]")
@@ -77,7 +83,9 @@ impl LrConfig {
         let t = t - self.warmup;
         match self.schedule {
             LrSchedule::Constant => self.base,
-            LrSchedule::Step { every, gamma } => self.base * gamma.powi((t / every.max(1)).min(i32::MAX as u64) as i32),
+            LrSchedule::Step { every, gamma } => {
+                self.base * gamma.powi((t / every.max(1)).min(i32::MAX as u64) as i32)
+            }
             LrSchedule::Cosine { total, min_lr } => {
                 let p = t.min(total) as f64 / total.max(1) as f64;
                 min_lr + (self.base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())

@@ -50,17 +50,28 @@ pub enum OptimizerKind {
 impl OptimizerKind {
     /// SGD, momentum 0.9, Nesterov.
     pub fn sgd_nesterov() -> Self {
-        Self::Sgd { momentum: 0.9, nesterov: true }
+        Self::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        }
     }
 
     /// Adam with PyTorch's defaults (0.9, 0.999, 1e-8).
     pub fn adam() -> Self {
-        Self::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 
     /// AdamW with PyTorch's defaults.
     pub fn adamw() -> Self {
-        Self::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Self::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -77,7 +88,11 @@ pub struct OptimizerConfig {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        Self { kind: OptimizerKind::sgd_nesterov(), lr: LrConfig::constant(0.05), weight_decay: 5e-4 }
+        Self {
+            kind: OptimizerKind::sgd_nesterov(),
+            lr: LrConfig::constant(0.05),
+            weight_decay: 5e-4,
+        }
     }
 }
 
@@ -115,20 +130,33 @@ impl Optimizer {
     pub fn new(vs: &nn::VarStore, cfg: OptimizerConfig) -> Result<Self, ScheduleError> {
         cfg.lr.validate()?;
         if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
-            return Err(ScheduleError::Config(format!("weight decay {} must be ≥ 0", cfg.weight_decay)));
+            return Err(ScheduleError::Config(format!(
+                "weight decay {} must be ≥ 0",
+                cfg.weight_decay
+            )));
         }
         match cfg.kind {
             OptimizerKind::Sgd { momentum, .. } if !(0.0..1.0).contains(&momentum) => {
-                return Err(ScheduleError::Config(format!("SGD momentum {momentum} not in [0, 1)")));
+                return Err(ScheduleError::Config(format!(
+                    "SGD momentum {momentum} not in [0, 1)"
+                )));
             }
-            OptimizerKind::Adam { beta1, beta2, eps } | OptimizerKind::AdamW { beta1, beta2, eps }
+            OptimizerKind::Adam { beta1, beta2, eps }
+            | OptimizerKind::AdamW { beta1, beta2, eps }
                 if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0) =>
             {
-                return Err(ScheduleError::Config(format!("Adam betas ({beta1}, {beta2}) / eps {eps} invalid")));
+                return Err(ScheduleError::Config(format!(
+                    "Adam betas ({beta1}, {beta2}) / eps {eps} invalid"
+                )));
             }
             _ => {}
         }
-        let mut opt = Self { cfg, variables: Arc::clone(&vs.variables_), params: Vec::new(), step: 0 };
+        let mut opt = Self {
+            cfg,
+            variables: Arc::clone(&vs.variables_),
+            params: Vec::new(),
+            step: 0,
+        };
         opt.refresh();
         Ok(opt)
     }
@@ -142,11 +170,18 @@ impl Optimizer {
         if vars.trainable_variables.len() == self.params.len() {
             return;
         }
-        let group: HashMap<usize, usize> =
-            vars.trainable_variables.iter().map(|v| (v.tensor.data_ptr() as usize, v.group)).collect();
-        let mut old: HashMap<String, Param> = self.params.drain(..).map(|p| (p.name.clone(), p)).collect();
-        let mut named: Vec<(&String, &Tensor)> =
-            vars.named_variables.iter().filter(|(_, t)| t.requires_grad()).collect();
+        let group: HashMap<usize, usize> = vars
+            .trainable_variables
+            .iter()
+            .map(|v| (v.tensor.data_ptr() as usize, v.group))
+            .collect();
+        let mut old: HashMap<String, Param> =
+            self.params.drain(..).map(|p| (p.name.clone(), p)).collect();
+        let mut named: Vec<(&String, &Tensor)> = vars
+            .named_variables
+            .iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         self.params = named
             .into_iter()
@@ -154,7 +189,8 @@ impl Optimizer {
                 old.remove(name).unwrap_or_else(|| Param {
                     name: name.clone(),
                     tensor: t.shallow_clone(),
-                    decay: t.dim() >= 2 && group.get(&(t.data_ptr() as usize)).copied().unwrap_or(0) == 0,
+                    decay: t.dim() >= 2
+                        && group.get(&(t.data_ptr() as usize)).copied().unwrap_or(0) == 0,
                     buf1: None,
                     buf2: None,
                 })
@@ -174,7 +210,11 @@ impl Optimizer {
 
     /// Names of the variables that receive weight decay.
     pub fn decayed(&self) -> Vec<&str> {
-        self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
+        self.params
+            .iter()
+            .filter(|p| p.decay)
+            .map(|p| p.name.as_str())
+            .collect()
     }
 
     /// Names of all optimized variables.
@@ -212,20 +252,33 @@ impl Optimizer {
                 let decay = p.decay && wd > 0.0;
                 match kind {
                     OptimizerKind::Sgd { momentum, nesterov } => {
-                        let mut d = if decay { &g + &p.tensor * wd } else { g.shallow_clone() };
+                        let mut d = if decay {
+                            &g + &p.tensor * wd
+                        } else {
+                            g.shallow_clone()
+                        };
                         if momentum > 0.0 {
                             let b = match p.buf1.take() {
                                 None => d.copy(),
                                 Some(b) => b * momentum + &d,
                             };
-                            d = if nesterov { d + &b * momentum } else { b.shallow_clone() };
+                            d = if nesterov {
+                                d + &b * momentum
+                            } else {
+                                b.shallow_clone()
+                            };
                             p.buf1 = Some(b);
                         }
                         let _ = p.tensor.g_sub_(&(d * lr));
                     }
-                    OptimizerKind::Adam { beta1, beta2, eps } | OptimizerKind::AdamW { beta1, beta2, eps } => {
+                    OptimizerKind::Adam { beta1, beta2, eps }
+                    | OptimizerKind::AdamW { beta1, beta2, eps } => {
                         let adamw = matches!(kind, OptimizerKind::AdamW { .. });
-                        let g = if decay && !adamw { &g + &p.tensor * wd } else { g.shallow_clone() };
+                        let g = if decay && !adamw {
+                            &g + &p.tensor * wd
+                        } else {
+                            g.shallow_clone()
+                        };
                         if decay && adamw {
                             let _ = p.tensor.g_mul_scalar_(1.0 - lr * wd);
                         }
@@ -277,14 +330,16 @@ impl Optimizer {
                 self.step = t.f_int64_value(&[0])? as u64;
                 continue;
             }
-            let (var, which) = name
-                .rsplit_once('#')
-                .ok_or_else(|| ScheduleError::Config(format!("optimizer state: bad entry name {name}")))?;
+            let (var, which) = name.rsplit_once('#').ok_or_else(|| {
+                ScheduleError::Config(format!("optimizer state: bad entry name {name}"))
+            })?;
             let p = self
                 .params
                 .iter_mut()
                 .find(|p| p.name == var)
-                .ok_or_else(|| ScheduleError::Config(format!("optimizer state for unknown variable {var}")))?;
+                .ok_or_else(|| {
+                    ScheduleError::Config(format!("optimizer state for unknown variable {var}"))
+                })?;
             if t.size() != p.tensor.size() {
                 return Err(ScheduleError::Config(format!(
                     "optimizer state {name}: shape {:?}, variable has {:?}",
@@ -292,11 +347,17 @@ impl Optimizer {
                     p.tensor.size()
                 )));
             }
-            let t = t.f_to_kind(Kind::Float)?.f_to_device(device.unwrap_or(tch::Device::Cpu))?;
+            let t = t
+                .f_to_kind(Kind::Float)?
+                .f_to_device(device.unwrap_or(tch::Device::Cpu))?;
             match which {
                 "1" => p.buf1 = Some(t),
                 "2" => p.buf2 = Some(t),
-                _ => return Err(ScheduleError::Config(format!("optimizer state: bad entry name {name}"))),
+                _ => {
+                    return Err(ScheduleError::Config(format!(
+                        "optimizer state: bad entry name {name}"
+                    )));
+                }
             }
         }
         Ok(())
