@@ -417,17 +417,24 @@ impl Executor {
                 });
             }
             (Op::Concat { inputs, .. }, OpPlan::Concat(rescales), Buf::U8(o)) => {
+                // reference::concat's loop, without building a parts list per sample.
+                let total = *model.tensors[op.output()].shape.last().unwrap_or(&1);
                 per_sample(o, so, |s, o| {
-                    let parts: Vec<(&[u8], usize, Rescale)> = inputs
-                        .iter()
-                        .zip(rescales)
-                        .map(|(&t, r)| {
-                            let len = self.sizes[t];
-                            let c = *model.tensors[t].shape.last().unwrap_or(&1);
-                            (&self.u8_buf(t)[s * len..(s + 1) * len], c, *r)
-                        })
-                        .collect();
-                    reference::concat(&parts, o);
+                    let rows = so / total;
+                    let mut off = 0;
+                    for (&t, r) in inputs.iter().zip(rescales) {
+                        let len = self.sizes[t];
+                        let c = *model.tensors[t].shape.last().unwrap_or(&1);
+                        let x = &self.u8_buf(t)[s * len..(s + 1) * len];
+                        for row in 0..rows {
+                            reference::rescale(
+                                &x[row * c..(row + 1) * c],
+                                r,
+                                &mut o[row * total + off..row * total + off + c],
+                            );
+                        }
+                        off += c;
+                    }
                 });
             }
             (

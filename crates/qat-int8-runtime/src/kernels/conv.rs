@@ -36,6 +36,18 @@ pub struct ConvPlan {
     imp: ConvImpl,
     /// `C_in` bytes of `Z1`: what padded taps point at in the implicit im2col.
     zero_row: Vec<u8>,
+    /// The geometry the plan was built for (the optimized paths never read it from the op).
+    geom: ConvGeom,
+}
+
+/// Conv geometry copied at plan time.
+#[derive(Debug, Clone, Copy)]
+struct ConvGeom {
+    weight_shape: [usize; 4],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
 }
 
 impl ConvPlan {
@@ -110,6 +122,13 @@ impl ConvPlan {
             path,
             imp,
             zero_row: vec![z1.clamp(0, 255) as u8; in_hwc[2]],
+            geom: ConvGeom {
+                weight_shape: conv.weight_shape,
+                stride: conv.stride,
+                padding: conv.padding,
+                dilation: conv.dilation,
+                groups: conv.groups,
+            },
         })
     }
 
@@ -144,6 +163,26 @@ impl ConvPlan {
         if so == 0 || n == 0 {
             return;
         }
+        // The SIMD kernels read and write through raw pointers: enforce the buffer contract.
+        assert!(
+            input.len() >= n * si,
+            "conv input holds {} bytes, {n} samples need {}",
+            input.len(),
+            n * si
+        );
+        let out_len = out
+            .as_deref()
+            .map_or(0, <[u8]>::len)
+            .max(out_i32.as_deref().map_or(0, <[i32]>::len));
+        assert!(
+            out_len >= n * so,
+            "conv output holds {out_len} elements, {n} samples need {}",
+            n * so
+        );
+        assert!(
+            conv.weight_shape == self.geom.weight_shape && conv.groups == self.geom.groups,
+            "conv op differs from the one the plan was built for"
+        );
         match &self.imp {
             ConvImpl::Reference => match (out, out_i32) {
                 (Some(out), _) => out.par_chunks_mut(so).enumerate().for_each(|(s, o)| {
@@ -176,8 +215,8 @@ impl ConvPlan {
             },
             ConvImpl::Gemm(groups) => {
                 let m = n * ho * wo;
-                let [_, kh, kw, cig] = conv.weight_shape;
-                let cog = cout / conv.groups;
+                let [_, kh, kw, cig] = self.geom.weight_shape;
+                let cog = cout / self.geom.groups;
                 let ptr = match (out, out_i32) {
                     (Some(o), _) => OutPtr::U8(o.as_mut_ptr(), cout),
                     (None, Some(o)) => OutPtr::I32(o.as_mut_ptr(), cout),
@@ -185,9 +224,9 @@ impl ConvPlan {
                 };
                 let pointwise = kh == 1
                     && kw == 1
-                    && conv.stride == [1, 1]
-                    && conv.padding == [0; 4]
-                    && conv.groups == 1;
+                    && self.geom.stride == [1, 1]
+                    && self.geom.padding == [0; 4]
+                    && self.geom.groups == 1;
                 for (g, b) in groups.iter().enumerate() {
                     // SAFETY: `out` holds m × cout elements; group g writes columns g·cog..(g+1)·cog.
                     let gptr = unsafe { ptr.offset(0, g * cog) };
@@ -206,10 +245,10 @@ impl ConvPlan {
                         };
                         continue;
                     }
-                    if conv.groups == 1 && cin % 4 == 0 && b.kp == kh * kw * cin {
+                    if self.geom.groups == 1 && cin % 4 == 0 && b.kp == kh * kw * cin {
                         // Implicit im2col: segment pointers into the input (or the Z1 row).
                         let fill_ptrs = |row0: usize, rows: usize, ptrs: &mut [*const u8]| {
-                            self.tap_pointers(conv, input, row0, rows, ptrs);
+                            self.tap_pointers(input, row0, rows, ptrs);
                         };
                         let src = ASource::Indirect {
                             taps: kh * kw,
@@ -222,7 +261,7 @@ impl ConvPlan {
                         continue;
                     }
                     let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
-                        self.im2col(conv, input, g * cig, cig, b.kp, row0, rows, dst);
+                        self.im2col(input, g * cig, cig, b.kp, row0, rows, dst);
                     };
                     // SAFETY: as above.
                     unsafe { gemm(m, &ASource::Fill(&fill), b, gptr) };
@@ -233,17 +272,10 @@ impl ConvPlan {
 
     /// Indirection table for rows `row0..row0 + rows`: `ptrs[r·taps + (i·kw + j)]` points at the
     /// `C_in` input bytes of tap `(i, j)`, or at the `Z1` row for padding (groups == 1).
-    fn tap_pointers(
-        &self,
-        conv: &Conv2d,
-        input: &[u8],
-        row0: usize,
-        rows: usize,
-        ptrs: &mut [*const u8],
-    ) {
+    fn tap_pointers(&self, input: &[u8], row0: usize, rows: usize, ptrs: &mut [*const u8]) {
         let [h, w, cin] = self.in_hwc;
         let [ho, wo, _] = self.out_hwc;
-        let [_, kh, kw, _] = conv.weight_shape;
+        let [_, kh, kw, _] = self.geom.weight_shape;
         let taps = kh * kw;
         for r in 0..rows {
             let global = row0 + r;
@@ -251,11 +283,11 @@ impl ConvPlan {
             let (oh, ow) = (pix / wo, pix % wo);
             let sample = &input[s * h * w * cin..(s + 1) * h * w * cin];
             for i in 0..kh {
-                let ih = (oh * conv.stride[0] + i * conv.dilation[0]) as isize
-                    - conv.padding[0] as isize;
+                let ih = (oh * self.geom.stride[0] + i * self.geom.dilation[0]) as isize
+                    - self.geom.padding[0] as isize;
                 for j in 0..kw {
-                    let iw = (ow * conv.stride[1] + j * conv.dilation[1]) as isize
-                        - conv.padding[1] as isize;
+                    let iw = (ow * self.geom.stride[1] + j * self.geom.dilation[1]) as isize
+                        - self.geom.padding[1] as isize;
                     ptrs[r * taps + i * kw + j] =
                         if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
                             sample[(ih as usize * w + iw as usize) * cin..].as_ptr()
@@ -272,7 +304,6 @@ impl ConvPlan {
     #[allow(clippy::too_many_arguments)]
     fn im2col(
         &self,
-        conv: &Conv2d,
         input: &[u8],
         ch0: usize,
         cig: usize,
@@ -283,10 +314,10 @@ impl ConvPlan {
     ) {
         let [h, w, cin] = self.in_hwc;
         let [ho, wo, _] = self.out_hwc;
-        let [_, kh, kw, _] = conv.weight_shape;
+        let [_, kh, kw, _] = self.geom.weight_shape;
         let k = kh * kw * cig;
         let zp = self.zp_in.clamp(0, 255) as u8;
-        let contiguous = cig == cin && conv.dilation[1] == 1;
+        let contiguous = cig == cin && self.geom.dilation[1] == 1;
         for r in 0..rows {
             let global = row0 + r;
             let (s, pix) = (global / (ho * wo), global % (ho * wo));
@@ -294,10 +325,10 @@ impl ConvPlan {
             let row = &mut dst[r * kp..(r + 1) * kp];
             let sample = &input[s * h * w * cin..(s + 1) * h * w * cin];
             for i in 0..kh {
-                let ih = (oh * conv.stride[0] + i * conv.dilation[0]) as isize
-                    - conv.padding[0] as isize;
+                let ih = (oh * self.geom.stride[0] + i * self.geom.dilation[0]) as isize
+                    - self.geom.padding[0] as isize;
                 // Dense, undilated rows: the kw taps of a kernel row are one contiguous span.
-                let iw0 = (ow * conv.stride[1]) as isize - conv.padding[1] as isize;
+                let iw0 = (ow * self.geom.stride[1]) as isize - self.geom.padding[1] as isize;
                 if contiguous && ih >= 0 && (ih as usize) < h && iw0 >= 0 && iw0 as usize + kw <= w
                 {
                     let at = (ih as usize * w + iw0 as usize) * cin;
@@ -306,8 +337,8 @@ impl ConvPlan {
                     continue;
                 }
                 for j in 0..kw {
-                    let iw = (ow * conv.stride[1] + j * conv.dilation[1]) as isize
-                        - conv.padding[1] as isize;
+                    let iw = (ow * self.geom.stride[1] + j * self.geom.dilation[1]) as isize
+                        - self.geom.padding[1] as isize;
                     let seg = &mut row[(i * kw + j) * cig..(i * kw + j + 1) * cig];
                     if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
                         let at = (ih as usize * w + iw as usize) * cin + ch0;
@@ -374,6 +405,17 @@ impl FcPlan {
         let [cout, cin] = fc.weight_shape;
         if n == 0 {
             return;
+        }
+        // The SIMD kernels read and write through raw pointers: enforce the buffer contract.
+        assert!(
+            input.len() >= n * cin && out.len() >= n * cout,
+            "fully connected buffers too small for {n} samples"
+        );
+        if let Some(b) = &self.packed {
+            assert!(
+                b.n == cout && b.k == cin,
+                "fully connected op differs from the one the plan was built for"
+            );
         }
         match &self.packed {
             None => out.par_chunks_mut(cout).enumerate().for_each(|(s, o)| {

@@ -162,6 +162,19 @@ impl DepthwisePlan {
         if n == 0 || ho == 0 || wo == 0 || c == 0 {
             return;
         }
+        // The SIMD kernels read and write through raw pointers: enforce the buffer contract.
+        assert!(
+            input.len() >= n * h * w * c,
+            "depthwise input too small for {n} samples"
+        );
+        let out_len = out
+            .as_deref()
+            .map_or(0, <[u8]>::len)
+            .max(out_i32.as_deref().map_or(0, <[i32]>::len));
+        assert!(
+            out_len >= n * ho * wo * c,
+            "depthwise output too small for {n} samples"
+        );
         let row_len = wo * c;
         let row = |idx: usize, o: Option<&mut [u8]>, o32: Option<&mut [i32]>| {
             let (s, oh) = (idx / ho, idx % ho);
