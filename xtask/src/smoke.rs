@@ -18,8 +18,14 @@ pub const REQUIRED_ROWS: [&str; 5] = [
     "qat_int8",
 ];
 
-/// Smallest int8-vs-fake-quant argmax agreement accepted from the smoke run.
-const MIN_AGREEMENT: f64 = 0.97;
+/// Smallest share of each layer's integer outputs within 1 LSB of the fake-quant simulation when the
+/// layer is fed the same (simulated) input: the integer kernels must reproduce the simulation
+/// up to rounding ties and the int32 rounding of the bias.
+const MIN_LAYER_WITHIN_1_LSB: f64 = 0.99;
+
+/// Smallest argmax agreement between the integer model and its simulation on the smoke run's barely
+/// trained model (near-tied logits make argmax sensitive; a trained model agrees ≥ 99.5%).
+const MIN_ARGMAX_AGREEMENT: f64 = 0.9;
 
 pub fn run(libtorch: &Path) -> Result<()> {
     let root = cargo::workspace_root().context("no workspace root")?;

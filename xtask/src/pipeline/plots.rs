@@ -15,27 +15,29 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// Draws one plot on both backends: `<dir>/<stem>.png` and `<dir>/<stem>.svg`.
-fn render(dir: &Path, stem: &str, report: &Report, draw: fn(&DrawingArea<BitMapBackend<'_>, Shift>, &Report) -> Result<()>, draw_svg: fn(&DrawingArea<SVGBackend<'_>, Shift>, &Report) -> Result<()>) -> Result<()> {
-    let png = dir.join(format!("{stem}.png"));
-    {
-        let area = BitMapBackend::new(&png, SIZE).into_drawing_area();
+/// Draws one plot function on both backends: `<dir>/<stem>.png` and `<dir>/<stem>.svg`.
+macro_rules! render {
+    ($dir:expr, $stem:expr, $report:expr, $draw:ident) => {{
+        let png = $dir.join(format!("{}.png", $stem));
+        {
+            let area = BitMapBackend::new(&png, SIZE).into_drawing_area();
+            area.fill(&WHITE).map_err(err)?;
+            $draw(&area, $report)?;
+            area.present().map_err(err)?;
+        }
+        let svg = $dir.join(format!("{}.svg", $stem));
+        let area = SVGBackend::new(&svg, SIZE).into_drawing_area();
         area.fill(&WHITE).map_err(err)?;
-        draw(&area, report)?;
+        $draw(&area, $report)?;
         area.present().map_err(err)?;
-    }
-    let svg = dir.join(format!("{stem}.svg"));
-    let area = SVGBackend::new(&svg, SIZE).into_drawing_area();
-    area.fill(&WHITE).map_err(err)?;
-    draw_svg(&area, report)?;
-    area.present().map_err(err)?;
-    Ok(())
+    }};
 }
 
 /// Writes all plots into `dir`.
 pub fn write_all(dir: &Path, report: &Report) -> Result<()> {
-    render(dir, "accuracy_vs_bits", report, accuracy_vs_bits, accuracy_vs_bits)?;
-    render(dir, "latency_vs_accuracy", report, latency_vs_accuracy, latency_vs_accuracy)?;
-    render(dir, "training", report, training, training)?;
+    render!(dir, "accuracy_vs_bits", report, accuracy_vs_bits);
+    render!(dir, "latency_vs_accuracy", report, latency_vs_accuracy);
+    render!(dir, "training", report, training);
     Ok(())
 }
 

@@ -116,6 +116,8 @@ pub struct Report {
     pub latency: Vec<Latency>,
     /// Per-layer fidelity from qat-export (int8 vs simulation).
     pub fidelity: serde_json::Value,
+    /// The same for the low-bit model.
+    pub fidelity_low_bit: serde_json::Value,
     /// Bit-width sweep.
     pub bit_sweep: Vec<BitPoint>,
     /// Ablations (with `--ablations`).

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, ensure};
 use ndarray::{ArrayD, Axis, IxDyn};
 use qat_export::{
-    CalibrationMethod, ExportOptions, FloatGraph, PtqConfig, QuantPlan,
+    CalibrationMethod, ExportOptions, PtqConfig, QuantPlan,
     ir::{WeightQuant, WeightScheme},
 };
 use qat_int8_runtime::{Executor, Int8Model};
@@ -17,7 +17,8 @@ use qat_train::{
     data::{Dataset, Normalize},
     layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
     models::{self, Architecture, ModelSpec, Net},
-    schedule::{OptimizerConfig, QatDelays, Schedule, ScheduleConfig, ScheduleState},
+    observer::ActObserverConfig,
+    schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, Schedule, ScheduleConfig, ScheduleState},
     trainer::{self, Event, History, TrainConfig},
 };
 use tch::{Device, Kind, Tensor};
@@ -121,18 +122,23 @@ impl Pipeline {
             weight_granularity: if per_channel { WeightGranularity::PerChannel } else { WeightGranularity::PerTensor },
             ..QuantConfig::default()
         };
-        q.act_observer.decay = self.cfg.qat.ema_decay;
+        q.act_observer = ActObserverConfig::Ema { decay: self.cfg.qat.ema_decay as f32 };
         q
     }
 
     fn train_config(&self, epochs: usize, lr: f64, schedule: ScheduleConfig) -> TrainConfig {
         let f = &self.cfg.float;
+        let steps = (self.train.len().div_ceil(self.cfg.data.batch_size) * epochs).max(1) as u64;
         TrainConfig {
             epochs,
             batch_size: self.cfg.data.batch_size,
             seed: self.cfg.seed,
             normalize: self.normalize.clone(),
-            optimizer: OptimizerConfig::sgd(lr, f.momentum, f.weight_decay).with_cosine(),
+            optimizer: OptimizerConfig {
+                kind: OptimizerKind::Sgd { momentum: f.momentum, nesterov: true },
+                lr: LrConfig { base: lr, schedule: LrSchedule::Cosine { total: steps, min_lr: 0.0 }, warmup: 0 },
+                weight_decay: f.weight_decay,
+            },
             schedule,
             progress: self.progress,
             ..TrainConfig::default()
@@ -181,7 +187,7 @@ impl Pipeline {
     /// Post-training quantization of a float model, evaluated in the integer runtime.
     fn ptq(&self, float_net: &Net, weight_bits: u32, act_bits: u32, per_channel: bool) -> Result<f64> {
         let graph = convert::convert_unchecked(float_net).context("cannot convert the float model")?;
-        let scheme = if per_channel { WeightScheme::PerChannelSymmetric } else { WeightScheme::PerTensorSymmetric };
+        let scheme = if per_channel { WeightScheme::SymmetricPerChannel } else { WeightScheme::SymmetricPerTensor };
         let cfg = PtqConfig {
             method: CalibrationMethod::MinMax,
             weight_quant: Some(WeightQuant { scheme, bits: weight_bits }),
@@ -340,8 +346,9 @@ impl Pipeline {
 
         // 5. Fidelity of the 8-bit export: int8 runtime vs the fake-quant simulation, layer by layer.
         let fid_batch = self.test_nhwc.slice_axis(Axis(0), (0..self.test_labels.len().min(256)).into()).to_owned();
-        let fidelity = qat_export::fidelity::measure(&main.plan, &main.model, fid_batch.view()).context("fidelity report failed")?;
-        let fidelity_table = fidelity.to_markdown();
+        let fidelity = qat_export::fidelity_report(&main.plan, [fid_batch.view().into_dyn()]).context("fidelity report failed")?;
+        let fidelity_low = qat_export::fidelity_report(&low.plan, [fid_batch.view().into_dyn()]).context("low-bit fidelity report failed")?;
+        let fidelity_table = format!("{}\n\n{}", fidelity.to_markdown(), fidelity_low.to_markdown());
 
         // 6. Latency and size.
         let latency = self.latency(&main.model, &mut float_net, main.int8_acc, float_acc)?;
@@ -405,6 +412,7 @@ impl Pipeline {
             }),
             latency,
             fidelity: serde_json::to_value(&fidelity)?,
+            fidelity_low_bit: serde_json::to_value(&fidelity_low)?,
             bit_sweep,
             ablations,
             targets,
@@ -528,7 +536,7 @@ fn to_nhwc(ds: &Dataset, norm: &Normalize, start: usize, end: usize) -> (ArrayD<
                 x[(k * h * w + p) * c + ch] = (img[ch * h * w + p] as f32 / 255.0 - m) / s;
             }
         }
-        labels.push(ds.label(i) as i64);
+        labels.push(i64::from(ds.labels[i]));
     }
     (ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), x).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0]))), labels)
 }
