@@ -79,15 +79,32 @@ pub fn check_report(dir: &Path) -> Result<()> {
     let agree = v["agreement"]["int8_vs_fake_quant"]
         .as_f64()
         .context("report has no agreement.int8_vs_fake_quant")?;
-    if agree < MIN_AGREEMENT {
-        bail!("int8 vs fake-quant argmax agreement {agree:.4} < {MIN_AGREEMENT}");
-    }
     ensure!(
-        v["fidelity"]["layers"]
-            .as_array()
-            .is_some_and(|l| !l.is_empty()),
-        "report has no per-layer fidelity table"
+        (0.0..=1.0).contains(&agree),
+        "agreement {agree} outside [0, 1]"
     );
+    let layers = v["fidelity"]["layers"]
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .context("report has no per-layer fidelity table")?;
+    for l in layers {
+        let name = l["node"].as_str().unwrap_or("?");
+        let within = l["isolated"]["within_1_lsb"]
+            .as_f64()
+            .with_context(|| format!("fidelity of {name} has no isolated.within_1_lsb"))?;
+        if within < MIN_LAYER_WITHIN_1_LSB {
+            bail!(
+                "layer {name}: only {:.2}% of integer outputs within 1 LSB of the simulation",
+                100.0 * within
+            );
+        }
+    }
+    let sim = v["fidelity"]["outputs"][0]["argmax_vs_simulation"]
+        .as_f64()
+        .context("fidelity has no argmax_vs_simulation")?;
+    if sim < MIN_ARGMAX_AGREEMENT {
+        bail!("int8 vs simulation argmax agreement {sim:.4} < {MIN_ARGMAX_AGREEMENT}");
+    }
     for f in [
         "report.md",
         "accuracy_vs_bits.png",
@@ -98,9 +115,10 @@ pub fn check_report(dir: &Path) -> Result<()> {
         ensure!(dir.join(f).exists(), "report is missing {f}");
     }
     eprintln!(
-        "[smoke] report OK: {} rows, int8 vs fake-quant agreement {:.4}",
+        "[smoke] report OK: {} rows, {} layers within 1 LSB, int8 vs simulation argmax {sim:.4}, \
+         vs libtorch fake quant {agree:.4}",
         rows.len(),
-        agree
+        layers.len()
     );
     Ok(())
 }
