@@ -52,6 +52,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check a pipeline report directory (structure and int8-vs-simulation agreement).
+    CheckReport {
+        /// The report directory (holding report.json).
+        dir: std::path::PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
+        Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Bench { what } => bench::run(what),
     };
     match result {
