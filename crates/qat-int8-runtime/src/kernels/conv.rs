@@ -276,24 +276,49 @@ impl ConvPlan {
         let [h, w, cin] = self.in_hwc;
         let [ho, wo, _] = self.out_hwc;
         let [_, kh, kw, _] = self.geom.weight_shape;
+        let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);
+        let (pt, pl) = (self.geom.padding[0], self.geom.padding[1]);
         let taps = kh * kw;
+        let sample_len = h * w * cin;
+        // (sample, oh, ow) of the first row, then advanced incrementally.
+        let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
+        let (mut oh, mut ow) = (pix / wo, pix % wo);
         for r in 0..rows {
-            let global = row0 + r;
-            let (s, pix) = (global / (ho * wo), global % (ho * wo));
-            let (oh, ow) = (pix / wo, pix % wo);
-            let sample = &input[s * h * w * cin..(s + 1) * h * w * cin];
-            for i in 0..kh {
-                let ih = (oh * self.geom.stride[0] + i * self.geom.dilation[0]) as isize
-                    - self.geom.padding[0] as isize;
-                for j in 0..kw {
-                    let iw = (ow * self.geom.stride[1] + j * self.geom.dilation[1]) as isize
-                        - self.geom.padding[1] as isize;
-                    ptrs[r * taps + i * kw + j] =
-                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
-                            sample[(ih as usize * w + iw as usize) * cin..].as_ptr()
-                        } else {
-                            self.zero_row.as_ptr()
-                        };
+            let sample = &input[s * sample_len..(s + 1) * sample_len];
+            let dst = &mut ptrs[r * taps..(r + 1) * taps];
+            let inside = oh * sh >= pt
+                && oh * sh + (kh - 1) * dh < h + pt
+                && ow * sw >= pl
+                && ow * sw + (kw - 1) * dw < w + pl;
+            if inside {
+                // Every tap is in bounds: base pointer plus fixed offsets.
+                let base = ((oh * sh - pt) * w + (ow * sw - pl)) * cin;
+                for i in 0..kh {
+                    for j in 0..kw {
+                        dst[i * kw + j] = sample[base + (i * dh * w + j * dw) * cin..].as_ptr();
+                    }
+                }
+            } else {
+                for i in 0..kh {
+                    let ih = (oh * sh + i * dh) as isize - pt as isize;
+                    for j in 0..kw {
+                        let iw = (ow * sw + j * dw) as isize - pl as isize;
+                        dst[i * kw + j] =
+                            if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                                sample[(ih as usize * w + iw as usize) * cin..].as_ptr()
+                            } else {
+                                self.zero_row.as_ptr()
+                            };
+                    }
+                }
+            }
+            ow += 1;
+            if ow == wo {
+                ow = 0;
+                oh += 1;
+                if oh == ho {
+                    oh = 0;
+                    s += 1;
                 }
             }
         }
