@@ -178,7 +178,7 @@ impl Default for TrainConfig {
 pub struct EpochStats {
     /// Epoch index (0-based).
     pub epoch: usize,
-    /// Phase at the end of the epoch.
+    /// Phase of the epoch's last optimizer step.
     pub phase: Phase,
     /// Optimizer steps done at the end of the epoch.
     pub step: u64,
@@ -429,6 +429,7 @@ pub fn train(
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
         let mut lr = opt.current_lr();
+        let mut last_phase = schedule.phase();
         for batch in loader.epoch(epoch as u64, 0).take(steps_per_epoch) {
             let batch = batch?;
             if let Some(t) = schedule.sync(model) {
@@ -474,6 +475,7 @@ pub fn train(
                 .f_sum(Kind::Int64)?
                 .f_int64_value(&[])?;
             seen += bs;
+            last_phase = phase;
             let rec = StepRecord {
                 step,
                 epoch,
@@ -511,7 +513,8 @@ pub fn train(
                 last_checkpoint,
             });
         }
-        let phase = schedule.phase();
+        // The phase the epoch's last step ran in (the next step may already be in a new one).
+        let phase = last_phase;
         let seen_f = seen.max(1) as f64;
         let stats = EpochStats {
             epoch,
