@@ -19,7 +19,9 @@ pub enum BnFoldMode {
     /// * before the freeze, in training: batch statistics come from the float conv `conv(x, W)`;
     ///   `y = conv(x, FQ(γ·W/σ)) · (σ/σ_B) + (β − γ·μ_B/σ_B)` — the division by `c = σ_B/σ` undoes
     ///   the moving-σ scaling so the float value is exactly batch-stat BN, while the quantized
-    ///   weights are those inference will use; moving averages are updated;
+    ///   weights are those inference will use; moving averages are updated (with weight fake quant
+    ///   off the expression *is* batch-stat BN of `conv(x, W)`, and libtorch's fused `batch_norm`
+    ///   computes it);
     /// * after the freeze (and in eval): `y = conv(x, FQ(γ·W/σ)) + (β − γ·μ/σ)` with moving
     ///   statistics, which are no longer updated — exactly the folded inference layer.
     #[default]
@@ -262,22 +264,34 @@ impl QatConvBn2d {
                 got: y_float.size(),
             });
         }
+        let w_fold = &self.weight * per_out_channel(&(&self.gamma / &sigma));
+        let w = self.wq.forward(&w_fold, &self.state, &n)?;
+        if !(self.state.fake_quant && self.wq.enabled()) {
+            // Without weight quantization the fold is exactly batch-stat BN:
+            // conv(x, γW/σ)·σ/σ_B + β − γμ_B/σ_B = γ·(conv(x, W) − μ_B)/σ_B + β, so libtorch's fused
+            // batch_norm computes it (one conv, fused backward) and updates the moving averages
+            // exactly as `update_running` does (momentum m, unbiased batch variance).
+            return y_float
+                .f_batch_norm(
+                    Some(&self.gamma),
+                    Some(&self.beta),
+                    Some(&self.running_mean),
+                    Some(&self.running_var),
+                    true,
+                    self.cfg.momentum,
+                    self.cfg.eps,
+                    false,
+                )
+                .map_err(torch("batch_norm"));
+        }
         let (var_b, mean_b) = y_float
             .f_var_mean_correction(Some([0i64, 2, 3].as_slice()), 0, false)
             .map_err(torch("batch statistics"))?;
         let sigma_b = (&var_b + self.cfg.eps)
             .f_sqrt()
             .map_err(torch("batch std"))?;
-        let w_fold = &self.weight * per_out_channel(&(&self.gamma / &sigma));
-        let w = self.wq.forward(&w_fold, &self.state, &n)?;
-        let quantized = self.state.fake_quant && self.wq.enabled();
-        let y = if quantized {
-            // conv(x, FQ(γW/σ)) / c with c = σ_B/σ.
-            self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)? * per_channel(&(&sigma / &sigma_b))
-        } else {
-            // Without weight quantization conv(x, γW/σ)·σ/σ_B = conv(x, W)·γ/σ_B: reuse the float conv.
-            &y_float * per_channel(&(&self.gamma / &sigma_b))
-        };
+        // conv(x, FQ(γW/σ)) / c with c = σ_B/σ.
+        let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)? * per_channel(&(&sigma / &sigma_b));
         let bias = &self.beta - &self.gamma * &mean_b / &sigma_b;
         let y = y + per_channel(&bias);
         self.update_running(&mean_b, &var_b, count);

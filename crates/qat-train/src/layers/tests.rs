@@ -209,7 +209,14 @@ fn conv_bn_fake_quant_train_matches_reference_formula() {
     let y = x.conv2d(&wq, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
         * (&sigma / &sigma_b).view([1, -1, 1, 1])
         + (l.beta() - l.gamma() * &mean_b / &sigma_b).view([1, -1, 1, 1]);
+    let (rm, rv) = (l.running_mean().copy(), l.running_var().copy());
     let got = l.forward_t(&x, true).unwrap();
+    // Moving averages: momentum 0.1, unbiased batch variance (n = 3·6·6 values per channel).
+    let n = 3.0 * 6.0 * 6.0;
+    let want_rm = &rm * 0.9 + &mean_b * 0.1;
+    let want_rv = &rv * 0.9 + &var_b * (n / (n - 1.0)) * 0.1;
+    assert!(max_diff(l.running_mean(), &want_rm) < 1e-6);
+    assert!(max_diff(l.running_var(), &want_rv) < 1e-6);
     // The layer's output quantizer saw exactly this batch (first observation sets the range).
     let (lo, hi) = l.output_quantizer().observer().range().unwrap();
     let p = QuantParams::asymmetric(lo, hi, 8).unwrap();
