@@ -40,7 +40,7 @@ pub struct ConvBnConfig {
     /// BN ε (default 1e-5, PyTorch/tch; TF uses 1e-3).
     pub eps: f64,
     /// BN momentum `m`: `running = (1 − m)·running + m·batch` (default 0.1, PyTorch); the running
-    /// variance averages the unbiased batch variance.
+    /// variance averages the unbiased batch variance. TF's BN `decay d` is `m = 1 − d`.
     pub momentum: f64,
     /// Folding variant.
     pub fold: BnFoldMode,

@@ -692,3 +692,50 @@ fn whole_model_switches_reach_every_layer() {
     let q = fc.output.qparams.unwrap();
     assert!(vecf(&a).iter().all(|&v| q.fake_quant(v) == v));
 }
+
+#[test]
+fn ste_choice_reaches_the_weight_gradient() {
+    // Freeze the weight range, then double the weights: values beyond the range are clamped. The
+    // clipped STE gives them no gradient, the plain STE passes the float gradient through.
+    let x = rand(22, &[8, 4], -1.0, 1.0);
+    let g = rand(23, &[8, 3], -1.0, 1.0);
+    let float_grad = g.transpose(0, 1).matmul(&x); // dL/dW of sum(g ⊙ x·Wᵀ)
+    for ste in [qat_autograd::Ste::Clipped, qat_autograd::Ste::Plain] {
+        let vs = VarStore::new(Device::Cpu);
+        let q = QuantConfig {
+            ste,
+            quantize_output: false,
+            ..QuantConfig::default()
+        };
+        let mut fc = QatLinear::new(&(vs.root() / "fc"), 4, 3, Activation::None, q).unwrap();
+        let _ = fc.forward_t(&x, true).unwrap(); // records the weight range
+        fc.control(QatControl::FreezeObservers(true));
+        set(fc.weight(), &(fc.weight() * 2.0));
+        let y = fc.forward_t(&x, true).unwrap();
+        (y * &g).sum(Kind::Float).backward();
+        let grad = fc.weight().grad();
+        let LayerExport::Linear(e) = fc.export().unwrap() else {
+            panic!("linear")
+        };
+        let p = e.weight_qparams.per_channel().unwrap().clone();
+        let w = vecf(fc.weight());
+        let (gv, fv) = (vecf(&grad), vecf(&float_grad));
+        let mut clamped = 0;
+        for (i, (&wi, (&gi, &fi))) in w.iter().zip(gv.iter().zip(&fv)).enumerate() {
+            let pc = p.channel(i / 4).unwrap();
+            let code = (wi * (1.0 / pc.scale())).round_ties_even();
+            let inside = code >= pc.qmin() as f32 && code <= pc.qmax() as f32;
+            clamped += usize::from(!inside);
+            let want = if inside || ste == qat_autograd::Ste::Plain {
+                fi
+            } else {
+                0.0
+            };
+            assert!(
+                (gi - want).abs() < 1e-5,
+                "{ste:?} w[{i}] = {wi}: grad {gi}, want {want}"
+            );
+        }
+        assert!(clamped > 0, "the test must clamp some weights");
+    }
+}
