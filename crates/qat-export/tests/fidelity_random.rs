@@ -197,6 +197,14 @@ fn fidelity_figures() {
             let test = batch(r, 16, &shape);
             let rep = fidelity_report(&plan, [test.view()]).expect("report");
             for l in &rep.layers {
+                if std::env::var("QAT_EXPORT_SHOW_WORST").is_ok() && l.end_to_end.max_abs_lsb > 20 {
+                    println!(
+                        "config {ci} seed {seed} layer {} scale {}\n{}",
+                        l.node,
+                        l.scale,
+                        rep.to_table()
+                    );
+                }
                 add(&mut iso, l.elements, &l.isolated);
                 add(&mut e2e, l.elements, &l.end_to_end);
                 if ci == 0 || (ci == 3 && l.op.contains("AvgPool")) {

@@ -4,15 +4,45 @@
 use ndarray::ArrayD;
 use qat_export::FloatGraph;
 use qat_export::ir::{Activation, BatchNorm, Conv2d, Linear, NodeId, Pool2d};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+/// SplitMix64: a tiny seeded generator, enough for test data (keeps the crate free of `rand`).
+pub struct StdRng(u64);
+
+impl StdRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform integer in `lo..=hi`.
+    pub fn int(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// Uniform real in `[lo, hi)`.
+    pub fn real(&mut self, lo: f32, hi: f32) -> f32 {
+        (lo as f64 + (hi - lo) as f64 * self.unit()) as f32
+    }
+
+    /// `true` with probability `p`.
+    pub fn coin(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
 
 pub fn rng(seed: u64) -> StdRng {
-    StdRng::seed_from_u64(seed)
+    StdRng(seed)
 }
 
 pub fn uniform(r: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| r.gen_range(lo..hi)).collect()
+    (0..n).map(|_| r.real(lo, hi)).collect()
 }
 
 pub fn batch(r: &mut StdRng, n: usize, shape: &[usize]) -> ArrayD<f32> {
@@ -23,7 +53,7 @@ pub fn batch(r: &mut StdRng, n: usize, shape: &[usize]) -> ArrayD<f32> {
 }
 
 fn act(r: &mut StdRng) -> Activation {
-    match r.gen_range(0..3) {
+    match r.int(0, 2) {
         0 => Activation::None,
         1 => Activation::Relu,
         _ => Activation::Relu6,
@@ -49,22 +79,22 @@ impl Default for GenOptions {
 /// A random conv: kernel 1..=3, stride 1..=2, padding ≤ k−1, dilation 1..=2, groups 1 or
 /// depthwise, random bias / BN / activation. Weights ~ U(−a, a), a = 1.5/√fan_in.
 pub fn random_conv(r: &mut StdRng, cin: usize, hw: [usize; 2], opts: &GenOptions) -> Conv2d {
-    let depthwise = cin > 1 && r.gen_bool(0.3);
+    let depthwise = cin > 1 && r.coin(0.3);
     let (groups, cout) = if depthwise {
-        (cin, cin * r.gen_range(1..=2))
+        (cin, cin * r.int(1, 2))
     } else {
-        (1, r.gen_range(1..=6))
+        (1, r.int(1, 6))
     };
-    let mut k = r.gen_range(1..=3);
+    let mut k = r.int(1, 3);
     k = k.min(hw[0]).min(hw[1]);
-    let dil = if k > 1 && r.gen_bool(0.2) && hw[0] >= 2 * k && hw[1] >= 2 * k {
+    let dil = if k > 1 && r.coin(0.2) && hw[0] >= 2 * k && hw[1] >= 2 * k {
         2
     } else {
         1
     };
-    let stride = if r.gen_bool(0.3) { 2 } else { 1 };
-    let pad = if k > 1 { r.gen_range(0..k) } else { 0 };
-    let padding = [pad, r.gen_range(0..k), pad, r.gen_range(0..k)];
+    let stride = if r.coin(0.3) { 2 } else { 1 };
+    let pad = if k > 1 { r.int(0, k - 1) } else { 0 };
+    let padding = [pad, r.int(0, k - 1), pad, r.int(0, k - 1)];
     let ig = cin / groups;
     let fan_in = (k * k * ig) as f32;
     let a = 1.5 / fan_in.sqrt();
@@ -75,10 +105,10 @@ pub fn random_conv(r: &mut StdRng, cin: usize, hw: [usize; 2], opts: &GenOptions
         .with_padding(padding)
         .with_dilation([dil, dil])
         .with_activation(act(r));
-    if r.gen_bool(0.6) {
+    if r.coin(0.6) {
         c = c.with_bias(uniform(r, cout, -0.3, 0.3));
     }
-    if opts.batch_norm && r.gen_bool(0.5) {
+    if opts.batch_norm && r.coin(0.5) {
         c = c.with_batch_norm(BatchNorm {
             gamma: uniform(r, cout, 0.5, 1.5),
             beta: uniform(r, cout, -0.3, 0.3),
@@ -119,13 +149,13 @@ fn conv_out(c: &Conv2d, hw: [usize; 2]) -> [usize; 2] {
 pub fn random_cnn(seed: u64, opts: &GenOptions) -> FloatGraph {
     let r = &mut rng(seed);
     let mut g = FloatGraph::new(format!("random-cnn-{seed}"));
-    let s = r.gen_range(5..=8);
-    let mut c = r.gen_range(1..=3);
+    let s = r.int(5, 8);
+    let mut c = r.int(1, 3);
     let mut hw = [s, s];
     let mut cur = g.input("x", &[s, s, c]);
-    let blocks = r.gen_range(2..=4);
+    let blocks = r.int(2, 4);
     for b in 0..blocks {
-        let choice = r.gen_range(0..5);
+        let choice = r.int(0, 4);
         match choice {
             // residual: 1×1-or-3×3 same-shape conv branch + add
             1 if hw[0] >= 3 => {
@@ -154,20 +184,20 @@ pub fn random_cnn(seed: u64, opts: &GenOptions) -> FloatGraph {
             }
             3 if hw[0] >= 2 && hw[1] >= 2 => {
                 let k = 2;
-                let stride = r.gen_range(1..=2);
+                let stride = r.int(1, 2);
                 let p = Pool2d {
                     kernel: [k, k],
                     stride: [stride, stride],
                     padding: [
-                        r.gen_range(0..k),
-                        r.gen_range(0..k),
-                        r.gen_range(0..k),
-                        r.gen_range(0..k),
+                        r.int(0, k - 1),
+                        r.int(0, k - 1),
+                        r.int(0, k - 1),
+                        r.int(0, k - 1),
                     ],
                 };
                 let oh = (hw[0] + p.padding[0] + p.padding[2] - k) / stride + 1;
                 let ow = (hw[1] + p.padding[1] + p.padding[3] - k) / stride + 1;
-                cur = if opts.pools_and_concat && r.gen_bool(0.5) {
+                cur = if opts.pools_and_concat && r.coin(0.5) {
                     g.avg_pool(format!("b{b}_avgpool"), cur, p)
                 } else {
                     g.max_pool(format!("b{b}_maxpool"), cur, p)
@@ -182,14 +212,14 @@ pub fn random_cnn(seed: u64, opts: &GenOptions) -> FloatGraph {
             }
         }
     }
-    let (mut cur, mut n): (NodeId, usize) = if opts.pools_and_concat && r.gen_bool(0.5) {
+    let (mut cur, mut n): (NodeId, usize) = if opts.pools_and_concat && r.coin(0.5) {
         (g.global_avg_pool("gap", cur), c)
     } else {
         (g.flatten("flatten", cur), hw[0] * hw[1] * c)
     };
-    let layers = r.gen_range(1..=2);
+    let layers = r.int(1, 2);
     for l in 0..layers {
-        let out = r.gen_range(2..=10);
+        let out = r.int(2, 10);
         let a = 1.5 / (n as f32).sqrt();
         let mut lin =
             Linear::new(uniform(r, out * n, -a, a), [out, n]).with_bias(uniform(r, out, -0.2, 0.2));
