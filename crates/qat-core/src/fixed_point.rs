@@ -206,6 +206,42 @@ impl QuantizedMultiplier {
     }
 }
 
+impl QuantizedMultiplier {
+    /// `x · M0 · 2^(shift − 31)` computed exactly in i64 and rounded **once** to nearest, ties
+    /// away from zero, saturated to i32 — unlike [`Self::apply`], whose SRDHM rounds to
+    /// `2^−right` before the final shift (TFLite's double rounding, off by one LSB near ties
+    /// when `right` is small).
+    ///
+    /// `p = x·M0` (|p| < 2^62), `e = 31 − shift ∈ [1, 62]`, result `sign(p)·⌊(|p| + 2^(e−1)) / 2^e⌋`.
+    /// The only error left is the multiplier's own (relative < 2^−31), so the result is the
+    /// correctly rounded `x·M` except within that distance of a tie. A flushed multiplier
+    /// (`M0 = 0`) gives 0. The runtime uses it where an average and a rescale merge into one
+    /// multiplier (`M' = S_in/(S_out·count)` of average pools).
+    ///
+    /// ```
+    /// use qat_core::fixed_point::QuantizedMultiplier;
+    /// let m = QuantizedMultiplier::from_f64(0.3)?;
+    /// assert_eq!(m.apply_rounded_once(8), 2);   // 2.4 → 2
+    /// assert_eq!(m.apply(8), 3);                // SRDHM rounds 2.4 to 2.5 first, then 2.5 → 3
+    /// let half = QuantizedMultiplier::from_f64(0.5)?;
+    /// assert_eq!(half.apply_rounded_once(-3), -2); // −1.5 → −2: ties away from zero
+    /// assert_eq!(half.apply(-3), -1);              // (SRDHM ties go toward +∞)
+    /// # Ok::<(), qat_core::QuantError>(())
+    /// ```
+    #[inline]
+    pub fn apply_rounded_once(&self, x: i32) -> i32 {
+        let e = (31 - self.shift) as u32;
+        let p = x as i64 * self.multiplier as i64;
+        let half = 1i64 << (e - 1);
+        let r = if p >= 0 {
+            (p + half) >> e
+        } else {
+            -((half - p) >> e)
+        };
+        r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+}
+
 /// Paper §2.4, the fused layer's output stage for one int32 accumulator (bias already added):
 /// `q = clamp(apply(acc, M) + Z_out, lo, hi)`, where `[lo, hi]` is the fused activation's range
 /// intersected with the output grid (ReLU: `[Z_out, 255]`; ReLU6: `[Z_out, Z_out + round(6/S_out)]`).
@@ -333,6 +369,22 @@ mod tests {
             prop_assume!(exact.abs() < 2f64.powi(30));
             let got = m.apply(x) as f64;
             prop_assert!((got - exact).abs() <= 1.0, "x {} real {} got {} exact {}", x, real, got, exact);
+        }
+
+        #[test]
+        fn apply_rounded_once_is_the_rounded_product(real in 1e-12f64..1e6, x in any::<i32>()) {
+            let m = QuantizedMultiplier::from_f64(real).unwrap();
+            // exact x·M0/2^(31−shift) in i128, rounded half away from zero
+            let num = x as i128 * m.multiplier() as i128;
+            let e = 31 - m.shift();
+            let den = 1i128 << e;
+            let q = (2 * num.abs() + den) / (2 * den);
+            let want = (num.signum() * q).clamp(i32::MIN as i128, i32::MAX as i128) as i32;
+            prop_assert_eq!(m.apply_rounded_once(x), want);
+            let exact = x as f64 * m.to_f64();
+            if exact.abs() < 2f64.powi(30) {
+                prop_assert!((m.apply_rounded_once(x) as f64 - exact).abs() <= 0.5 + 1e-6);
+            }
         }
 
         #[test]
