@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::kernels::conv::{ConvPlan, FcPlan};
+use crate::kernels::pool::AvgPoolRescale;
 use crate::kernels::{AddParams, KernelPath, Rescale, reference};
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
@@ -92,7 +93,7 @@ enum OpPlan {
     Fc(Box<FcPlan>),
     Add(AddParams),
     Concat(Vec<Rescale>),
-    Pool(Rescale),
+    Pool(Box<AvgPoolRescale>),
 }
 
 /// Runs an [`Int8Model`] on batches of NHWC f32 input.
@@ -214,12 +215,32 @@ impl Executor {
                         .collect::<Result<_, _>>()
                         .map_err(|e| err(e.to_string()))?,
                 ),
-                Op::AvgPool2d { input, output, .. } | Op::GlobalAvgPool { input, output } => {
-                    OpPlan::Pool(
-                        Rescale::new(&quant(&model, *input), &quant(&model, *output))
-                            .map_err(|e| err(e.to_string()))?,
+                Op::AvgPool2d {
+                    input,
+                    output,
+                    kernel,
+                    stride,
+                    padding,
+                } => OpPlan::Pool(Box::new(
+                    AvgPoolRescale::avg_pool2d(
+                        &quant(&model, *input),
+                        &quant(&model, *output),
+                        hwc(&model, *input),
+                        *kernel,
+                        *stride,
+                        *padding,
+                        hwc(&model, *output),
                     )
-                }
+                    .map_err(|e| err(e.to_string()))?,
+                )),
+                Op::GlobalAvgPool { input, output } => OpPlan::Pool(Box::new(
+                    AvgPoolRescale::global(
+                        &quant(&model, *input),
+                        &quant(&model, *output),
+                        hwc(&model, *input),
+                    )
+                    .map_err(|e| err(e.to_string()))?,
+                )),
                 _ => OpPlan::Plain,
             };
             plans.push(plan);

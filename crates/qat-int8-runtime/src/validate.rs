@@ -4,11 +4,13 @@
 //!
 //! After [`Int8Model::validate`] succeeds, every kernel may index its buffers without further
 //! checks; no op can divide by zero (pool windows are never empty) and every derived fixed-point
-//! multiplier (Add, Concat, AvgPool) is representable.
+//! multiplier (Add, Concat, and the average pools' `M' = S_in/(S_out·count)` for every window
+//! size, bounded by its `count = 1` value `S_in/S_out`) is representable.
 
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use thiserror::Error;
 
+use crate::kernels::pool::pool_multiplier;
 use crate::model::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights};
 
 /// Largest number of elements one tensor may hold per sample (2^26 ≈ 67 M).
@@ -16,7 +18,8 @@ pub const MAX_TENSOR_ELEMENTS: usize = 1 << 26;
 /// Largest reduction length `K = kh·kw·C_in/groups` of a conv / FC. With u8 × i8 products
 /// (|q1·q2| ≤ 255·128) and `K ≤ 2^16` the int32 accumulator `Σ q1·q2` cannot overflow.
 pub const MAX_REDUCTION: usize = 1 << 16;
-/// Largest pooling window (cells): `255·2^23` still fits the int32 window sum.
+/// Largest pooling window (cells): `255·2^23` still fits the int32 window sum, and so does the
+/// centered sum `Σ(q − Z_in)` the rescaling average multiplies by `M'`.
 pub const MAX_POOL_WINDOW: usize = 1 << 23;
 /// Largest kernel extent, stride, dilation or padding accepted in any spatial field.
 pub const MAX_SPATIAL: usize = 1 << 16;
@@ -600,9 +603,14 @@ impl Ctx<'_> {
             } => {
                 let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
                 if qi != qo {
-                    QuantizedMultiplier::from_f64(qi.scale() as f64 / qo.scale() as f64).map_err(
-                        |e| self.err("output", format!("no valid rescale multiplier: {e}")),
-                    )?;
+                    // M' = S_in/(S_out·count) is largest for count = 1; every smaller one is
+                    // representable or flushes to 0 (exactly, see `pool_multiplier`).
+                    pool_multiplier(&qi, &qo, 1).map_err(|e| {
+                        self.err(
+                            "output",
+                            format!("no valid average multiplier S_in/(S_out·count): {e}"),
+                        )
+                    })?;
                 }
                 Ok(())
             }
@@ -639,9 +647,14 @@ impl Ctx<'_> {
                     ));
                 }
                 if qi != qo {
-                    QuantizedMultiplier::from_f64(qi.scale() as f64 / qo.scale() as f64).map_err(
-                        |e| self.err("output", format!("no valid rescale multiplier: {e}")),
-                    )?;
+                    // M' = S_in/(S_out·count) is largest for count = 1; every smaller one is
+                    // representable or flushes to 0 (exactly, see `pool_multiplier`).
+                    pool_multiplier(&qi, &qo, 1).map_err(|e| {
+                        self.err(
+                            "output",
+                            format!("no valid average multiplier S_in/(S_out·count): {e}"),
+                        )
+                    })?;
                 }
                 Ok(())
             }

@@ -183,8 +183,8 @@ fn pools_hand_worked() {
         .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
         .unwrap();
     assert_eq!(y[0].as_slice().unwrap(), &[5, 6, 8, 10]);
-    // Global average with requantization to S = 0.2, Z = 10: mean 46/9 = 5.11 → 5 codes of 0.1
-    // = 0.5 real → 0.5/0.2 = 2.5 → SRDHM rounds up → 3, + 10 = 13
+    // Global average with requantization to S = 0.2, Z = 10, one rounding:
+    // M' = 0.1/(0.2·9) = 1/18, Σ(q − 0) = 46 → 46/18 = 2.56 → 3, + 10 = 13
     let qo = params(0.2, 10);
     let m = unary(
         |i, o| Op::GlobalAvgPool {

@@ -7,6 +7,7 @@
 //!   (`vpdpbusd`).
 //! - [`depthwise`]: depthwise conv vectorized over channels.
 //! - [`conv`]: conv through the GEMM (1×1 direct, k×k by tiled im2col) or the depthwise kernel.
+//! - [`pool`]: the average-pool output stage (one rounding from the window sum to the output grid).
 //!
 //! The path is chosen once per process ([`KernelPath::best`]) from CPU features, logged with
 //! `tracing`, and can be forced with `QAT_KERNEL=reference|portable|avx2|avx512vnni`.
@@ -22,6 +23,7 @@ use crate::validate::add_multipliers;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+pub mod pool;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
@@ -165,14 +167,19 @@ impl AddParams {
     }
 }
 
-/// Requantization between two tensors' params: `None` multiplier when they are equal (codes pass
-/// through unchanged), else `M = S_in/S_out`.
+/// Requantization between two tensors' params (concat inputs): `None` multiplier when they are
+/// equal (codes pass through unchanged), else `q = clamp(M·(q_in − Z_in) + Z_out, qmin, qmax)`,
+/// `M = S_in/S_out`, clamped to the output tensor's grid (`[0, 2^b − 1]` for b-bit activations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rescale {
     /// `Z_in`.
     pub zi: i32,
     /// `Z_out`.
     pub zo: i32,
+    /// `qmin` of the output grid.
+    pub lo: i32,
+    /// `qmax` of the output grid.
+    pub hi: i32,
     /// `M = S_in/S_out`, or `None` for identical params.
     pub m: Option<QuantizedMultiplier>,
 }
@@ -190,6 +197,8 @@ impl Rescale {
         Ok(Self {
             zi: qi.zero_point(),
             zo: qo.zero_point(),
+            lo: qo.qmin(),
+            hi: qo.qmax(),
             m,
         })
     }

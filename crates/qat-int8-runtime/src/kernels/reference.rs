@@ -9,6 +9,7 @@
 use qat_core::QuantParams;
 use qat_core::fixed_point::{QuantizedMultiplier, requantize};
 
+use super::pool::AvgPoolRescale;
 use super::{AddParams, Rescale};
 use crate::model::{Clamp, Conv2d, FullyConnected, Weights};
 use crate::validate::ADD_LEFT_SHIFT;
@@ -186,13 +187,14 @@ pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
 }
 
 /// Requantizes codes from one tensor's params to another's (concat inputs): identity when the
-/// params are equal, otherwise `q = clamp(M·(q_in − Z_in) + Z_out, 0, 255)`, `M = S_in/S_out`.
+/// params are equal, otherwise `q = clamp(M·(q_in − Z_in) + Z_out, qmin_out, qmax_out)`,
+/// `M = S_in/S_out`, with qat-core's [`requantize`]; the clamp is the output tensor's grid.
 pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
     match r.m {
         None => out.copy_from_slice(input),
         Some(m) => {
             for (&x, o) in input.iter().zip(out.iter_mut()) {
-                *o = requantize(x as i32 - r.zi, m, r.zo, 0, 255) as u8;
+                *o = requantize(x as i32 - r.zi, m, r.zo, r.lo, r.hi) as u8;
             }
         }
     }
@@ -220,33 +222,13 @@ pub fn concat(inputs: &[(&[u8], usize, Rescale)], out: &mut [u8]) {
     }
 }
 
-/// The average-pool output stage shared by [`avg_pool2d`] and [`global_avg_pool`].
-///
-/// Same params in and out (TFLite): `q = (Σ q_in + count/2) / count` (round half up; the sum is
-/// non-negative). Different params: the centered mean `m = round_half_away(Σ(q_in − Z_in)/count)`
-/// is requantized, `q = clamp(M·m + Z_out, 0, 255)` with `M = S_in/S_out` (two roundings; TFLite
-/// itself requires equal params for uint8 pools).
-#[inline]
-pub fn average(sum_codes: i32, count: usize, r: &Rescale) -> u8 {
-    let n = count as i32;
-    match r.m {
-        None => ((sum_codes + n / 2) / n).clamp(0, 255) as u8,
-        Some(m) => {
-            let centered = sum_codes - n * r.zi;
-            let half = if centered >= 0 { n / 2 } else { -(n / 2) };
-            let mean = (centered + half) / n;
-            requantize(mean, m, r.zo, 0, 255) as u8
-        }
-    }
-}
-
 /// Average pooling of one sample; padded cells are excluded from the count (TFLite). The
-/// output stage is [`average`].
+/// output stage is [`AvgPoolRescale::average`] (one rounding from `Σq` to the output grid).
 #[allow(clippy::too_many_arguments)]
 pub fn avg_pool2d(
     input: &[u8],
     in_hwc: [usize; 3],
-    rescale: &Rescale,
+    rescale: &AvgPoolRescale,
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 4],
@@ -263,7 +245,7 @@ pub fn avg_pool2d(
         out,
         |cells| {
             let sum: i32 = cells.iter().map(|&v| v as i32).sum();
-            average(sum, cells.len(), rescale)
+            rescale.average(sum, cells.len())
         },
     );
 }
@@ -324,13 +306,13 @@ fn pool(
     }
 }
 
-/// Global average pool of one sample `[H, W, C] → [C]`, output stage [`average`] with
-/// `count = H·W`.
-pub fn global_avg_pool(input: &[u8], in_hwc: [usize; 3], rescale: &Rescale, out: &mut [u8]) {
+/// Global average pool of one sample `[H, W, C] → [C]`, output stage
+/// [`AvgPoolRescale::average`] with `count = H·W`.
+pub fn global_avg_pool(input: &[u8], in_hwc: [usize; 3], rescale: &AvgPoolRescale, out: &mut [u8]) {
     let [h, w, c] = in_hwc;
     for (ch, o) in out.iter_mut().enumerate().take(c) {
         let sum: i32 = (0..h * w).map(|p| input[p * c + ch] as i32).sum();
-        *o = average(sum, h * w, rescale);
+        *o = rescale.average(sum, h * w);
     }
 }
 
