@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, ensure};
 use ndarray::{ArrayD, Axis, IxDyn};
 use qat_export::{
-    CalibrationMethod, ExportOptions, PtqConfig, QuantPlan,
+    CalibrationMethod, PtqConfig, QuantPlan,
     ir::{WeightQuant, WeightScheme},
 };
 use qat_int8_runtime::{Executor, Int8Model};
@@ -18,7 +18,7 @@ use qat_train::{
     layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
     models::{self, Architecture, ModelSpec, Net},
     observer::ActObserverConfig,
-    schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, Schedule, ScheduleConfig, ScheduleState},
+    schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig},
     trainer::{self, Event, History, TrainConfig},
 };
 use tch::{Device, Kind, Tensor};
@@ -192,7 +192,7 @@ impl Pipeline {
             method: CalibrationMethod::MinMax,
             weight_quant: Some(WeightQuant { scheme, bits: weight_bits }),
             activation_bits: Some(act_bits),
-            export: ExportOptions::default(),
+            export: convert::export_options(),
         };
         let batches = self.calibration_batches();
         let model = qat_export::ptq_export(&graph, batches.iter().map(|b| b.view()), &cfg).context("PTQ export failed")?;
@@ -223,14 +223,9 @@ impl Pipeline {
         let history = self.fit(&mut net, &cfg, &label)?;
         let (_, fake_quant_acc) = trainer::evaluate(&mut net, &self.test, &cfg, None)?;
 
-        let state = ScheduleState {
-            step: history.epochs.last().map_or(0, |e| e.step),
-            calibration_batches: schedule.calibration_batches,
-            applied: history.transitions.last().map(|t| t.to),
-        };
-        let ready = Schedule::with_state(schedule, state)?.export_ready(&net).with_context(|| format!("{label}: not ready for export"))?;
-        let graph = convert::to_float_graph(&net, &ready).with_context(|| format!("{label}: conversion failed"))?;
-        let plan = QuantPlan::new(&graph, &ExportOptions::default()).with_context(|| format!("{label}: export refused"))?;
+        // The trainer grants export only with observers frozen and every range calibrated.
+        let graph = trainer::export_graph(&net, &cfg, &history).with_context(|| format!("{label}: not exportable"))?;
+        let plan = QuantPlan::new(&graph, &convert::export_options()).with_context(|| format!("{label}: export refused"))?;
         let model = plan.to_int8_model();
         let (int8_acc, int8_pred) = self.eval_int8(&model)?;
         let fq_pred = self.predict_fake_quant(&mut net)?;
