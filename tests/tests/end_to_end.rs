@@ -28,14 +28,28 @@ fn config() -> TrainConfig {
         seed: 3,
         normalize: Normalize::unit(1),
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
-            lr: LrConfig { base: 0.05, schedule: LrSchedule::Cosine { total: 32, min_lr: 0.005 }, warmup: 2 },
+            kind: OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+            lr: LrConfig {
+                base: 0.05,
+                schedule: LrSchedule::Cosine {
+                    total: 32,
+                    min_lr: 0.005,
+                },
+                warmup: 2,
+            },
             weight_decay: 1e-4,
         },
         schedule: ScheduleConfig {
             float_steps: 8,
             calibration_batches: 2,
-            qat: Some(QatDelays { quant_delay: 2, freeze_bn_delay: 10, freeze_observers_delay: 14 }),
+            qat: Some(QatDelays {
+                quant_delay: 2,
+                freeze_bn_delay: 10,
+                freeze_observers_delay: 14,
+            }),
         },
         progress: false,
         ..TrainConfig::default()
@@ -66,7 +80,9 @@ fn argmax_rows(x: &ArrayD<f32>) -> Vec<i64> {
 fn qat_lenet_exports_to_an_integer_model_that_matches_its_simulation() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     tch::set_num_threads(1);
-    let (train, test) = Dataset::synthetic(768, 10, 1, 28, 28, 11).split(256, 2).unwrap();
+    let (train, test) = Dataset::synthetic(768, 10, 1, 28, 28, 11)
+        .split(256, 2)
+        .unwrap();
     trainer::seed_everything(5);
     let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
     let cfg = config();
@@ -87,26 +103,62 @@ fn qat_lenet_exports_to_an_integer_model_that_matches_its_simulation() {
     let x = nhwc(&test);
     let report = fidelity_report(&plan, [x.view()]).unwrap();
     for l in &report.layers {
-        assert!(l.isolated.within_1_lsb >= 0.99, "{}: {:.4} within 1 LSB", l.node, l.isolated.within_1_lsb);
+        assert!(
+            l.isolated.within_1_lsb >= 0.99,
+            "{}: {:.4} within 1 LSB",
+            l.node,
+            l.isolated.within_1_lsb
+        );
     }
-    assert!(report.outputs[0].argmax_vs_simulation >= 0.98, "{:?}", report.outputs[0]);
+    assert!(
+        report.outputs[0].argmax_vs_simulation >= 0.98,
+        "{:?}",
+        report.outputs[0]
+    );
 
     // The integer model predicts what the libtorch fake-quant model predicts.
     let mut exec = Executor::with_path(&model, KernelPath::Reference).unwrap();
     let int8_logits = exec.run(x.view()).unwrap().remove(0);
     let int8_pred = argmax_rows(&int8_logits);
-    let xt = Tensor::from_slice(x.as_slice().unwrap()).view([test.len() as i64, 28, 28, 1]).permute([0, 3, 1, 2]);
-    let fq_pred = Vec::<i64>::try_from(trainer::predict(&mut net, &xt).unwrap().argmax(-1, false).to_kind(Kind::Int64)).unwrap();
-    let agree = int8_pred.iter().zip(&fq_pred).filter(|(a, b)| a == b).count() as f64 / test.len() as f64;
+    let xt = Tensor::from_slice(x.as_slice().unwrap())
+        .view([test.len() as i64, 28, 28, 1])
+        .permute([0, 3, 1, 2]);
+    let fq_pred = Vec::<i64>::try_from(
+        trainer::predict(&mut net, &xt)
+            .unwrap()
+            .argmax(-1, false)
+            .to_kind(Kind::Int64),
+    )
+    .unwrap();
+    let agree = int8_pred
+        .iter()
+        .zip(&fq_pred)
+        .filter(|(a, b)| a == b)
+        .count() as f64
+        / test.len() as f64;
     assert!(agree >= 0.98, "int8 vs fake-quant argmax agreement {agree}");
     let labels: Vec<i64> = test.labels.iter().map(|&l| i64::from(l)).collect();
-    let int8_acc = int8_pred.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / test.len() as f64;
-    assert!((int8_acc - fq_acc).abs() <= 0.02, "int8 {int8_acc} vs fake quant {fq_acc}");
+    let int8_acc = int8_pred
+        .iter()
+        .zip(&labels)
+        .filter(|(a, b)| a == b)
+        .count() as f64
+        / test.len() as f64;
+    assert!(
+        (int8_acc - fq_acc).abs() <= 0.02,
+        "int8 {int8_acc} vs fake quant {fq_acc}"
+    );
 
     // Every kernel path available here gives the same codes as the reference.
     let want = exec.run_u8(x.view()).unwrap();
-    for p in KernelPath::ALL.into_iter().filter(|p| p.is_supported_here()) {
-        let got = Executor::with_path(&model, p).unwrap().run_u8(x.view()).unwrap();
+    for p in KernelPath::ALL
+        .into_iter()
+        .filter(|p| p.is_supported_here())
+    {
+        let got = Executor::with_path(&model, p)
+            .unwrap()
+            .run_u8(x.view())
+            .unwrap();
         assert_eq!(got, want, "kernel path {}", p.name());
     }
 }

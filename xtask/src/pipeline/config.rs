@@ -135,27 +135,53 @@ pub struct LatencyConfig {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let cfg: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        cfg.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
         Ok(cfg)
     }
 
     /// Checks ranges of every knob.
     pub fn validate(&self) -> Result<()> {
         ensure!(self.data.batch_size > 0, "data.batch_size must be > 0");
-        ensure!(self.data.calibration_batches > 0, "data.calibration_batches must be > 0");
-        for (what, b) in [("qat.weight_bits", self.qat.weight_bits), ("qat.act_bits", self.qat.act_bits), ("low_bit.weight_bits", self.low_bit.weight_bits), ("low_bit.act_bits", self.low_bit.act_bits)] {
+        ensure!(
+            self.data.calibration_batches > 0,
+            "data.calibration_batches must be > 0"
+        );
+        for (what, b) in [
+            ("qat.weight_bits", self.qat.weight_bits),
+            ("qat.act_bits", self.qat.act_bits),
+            ("low_bit.weight_bits", self.low_bit.weight_bits),
+            ("low_bit.act_bits", self.low_bit.act_bits),
+        ] {
             ensure!((2..=8).contains(&b), "{what} = {b}: supported 2..=8");
         }
         for &b in &self.ablations.bits {
-            ensure!((2..=8).contains(&b), "ablations.bits contains {b}: supported 2..=8");
+            ensure!(
+                (2..=8).contains(&b),
+                "ablations.bits contains {b}: supported 2..=8"
+            );
         }
         ensure!(self.model.width > 0.0, "model.width must be > 0");
-        ensure!((1..=13).contains(&self.model.blocks), "model.blocks must be in 1..=13");
-        ensure!(matches!(self.model.activation.as_str(), "relu" | "relu6"), "model.activation must be relu or relu6");
-        ensure!(self.float.lr > 0.0 && self.qat.lr > 0.0 && self.low_bit.lr > 0.0, "learning rates must be > 0");
-        ensure!(self.qat.ema_decay > 0.0 && self.qat.ema_decay < 1.0, "qat.ema_decay must be in (0, 1)");
+        ensure!(
+            (1..=13).contains(&self.model.blocks),
+            "model.blocks must be in 1..=13"
+        );
+        ensure!(
+            matches!(self.model.activation.as_str(), "relu" | "relu6"),
+            "model.activation must be relu or relu6"
+        );
+        ensure!(
+            self.float.lr > 0.0 && self.qat.lr > 0.0 && self.low_bit.lr > 0.0,
+            "learning rates must be > 0"
+        );
+        ensure!(
+            self.qat.ema_decay > 0.0 && self.qat.ema_decay < 1.0,
+            "qat.ema_decay must be in (0, 1)"
+        );
         ensure!(self.latency.images > 0, "latency.images must be > 0");
         Ok(())
     }

@@ -21,7 +21,10 @@ use config::Config;
 
 /// Command-line arguments of `qat-pipeline` (`cargo xtask pipeline -- …`).
 #[derive(Debug, Parser)]
-#[command(name = "qat-pipeline", about = "float → PTQ → QAT → int8 on MNIST, with a report")]
+#[command(
+    name = "qat-pipeline",
+    about = "float → PTQ → QAT → int8 on MNIST, with a report"
+)]
 pub struct Args {
     /// Configuration file (TOML); default `configs/default.toml`.
     #[arg(long)]
@@ -42,12 +45,18 @@ pub struct Args {
 
 /// The workspace root (the parent of xtask's manifest directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, from the system clock.
 fn run_id() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm), days since 1970-01-01.
     let z = days as i64 + 719_468;
@@ -59,14 +68,22 @@ fn run_id() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Runs the pipeline and writes the report; returns the report directory.
 pub fn run(args: &Args) -> Result<PathBuf> {
     let started = Instant::now();
     let root = workspace_root();
-    let cfg_path = args.config.clone().unwrap_or_else(|| root.join("configs").join("default.toml"));
+    let cfg_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| root.join("configs").join("default.toml"));
     let mut cfg = Config::load(&cfg_path)?;
     if args.quick {
         cfg = cfg.quick();

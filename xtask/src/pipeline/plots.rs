@@ -54,51 +54,131 @@ fn acc_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
     // Points where weights and activations share the bit width (W8A8 … W4A4), plus the float line.
-    let mut pts: Vec<_> = r.bit_sweep.iter().filter(|b| b.weight_bits == b.act_bits).cloned().collect();
+    let mut pts: Vec<_> = r
+        .bit_sweep
+        .iter()
+        .filter(|b| b.weight_bits == b.act_bits)
+        .cloned()
+        .collect();
     pts.sort_by_key(|b| b.weight_bits);
-    let float = r.results.iter().find(|x| x.name == "float").map(|x| x.accuracy);
+    let float = r
+        .results
+        .iter()
+        .find(|x| x.name == "float")
+        .map(|x| x.accuracy);
     let (lo, hi) = acc_range(pts.iter().flat_map(|b| [b.ptq, b.qat]).chain(float));
-    let (bmin, bmax) = pts.iter().fold((4u32, 8u32), |(a, b), p| (a.min(p.weight_bits), b.max(p.weight_bits)));
+    let (bmin, bmax) = pts.iter().fold((4u32, 8u32), |(a, b), p| {
+        (a.min(p.weight_bits), b.max(p.weight_bits))
+    });
     let mut chart = ChartBuilder::on(area)
-        .caption("Top-1 vs bit width (weights = activations)", ("sans-serif", 22))
+        .caption(
+            "Top-1 vs bit width (weights = activations)",
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d((bmin as f64 - 0.3)..(bmax as f64 + 0.3), lo..hi)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("bits").y_desc("top-1 (%)").x_labels(6).draw().map_err(err)?;
-    let series = |f: fn(&super::report::BitPoint) -> f64| pts.iter().map(move |b| (b.weight_bits as f64, 100.0 * f(b))).collect::<Vec<_>>();
+    chart
+        .configure_mesh()
+        .x_desc("bits")
+        .y_desc("top-1 (%)")
+        .x_labels(6)
+        .draw()
+        .map_err(err)?;
+    let series = |f: fn(&super::report::BitPoint) -> f64| {
+        pts.iter()
+            .map(move |b| (b.weight_bits as f64, 100.0 * f(b)))
+            .collect::<Vec<_>>()
+    };
     let ptq = series(|b| b.ptq);
     let qat = series(|b| b.qat);
-    chart.draw_series(LineSeries::new(ptq.clone(), RED.stroke_width(2))).map_err(err)?.label("PTQ (per channel)").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-    chart.draw_series(ptq.iter().map(|&p| Circle::new(p, 4, RED.filled()))).map_err(err)?;
-    chart.draw_series(LineSeries::new(qat.clone(), BLUE.stroke_width(2))).map_err(err)?.label("QAT").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-    chart.draw_series(qat.iter().map(|&p| TriangleMarker::new(p, 5, BLUE.filled()))).map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(ptq.clone(), RED.stroke_width(2)))
+        .map_err(err)?
+        .label("PTQ (per channel)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    chart
+        .draw_series(ptq.iter().map(|&p| Circle::new(p, 4, RED.filled())))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(qat.clone(), BLUE.stroke_width(2)))
+        .map_err(err)?
+        .label("QAT")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(
+            qat.iter()
+                .map(|&p| TriangleMarker::new(p, 5, BLUE.filled())),
+        )
+        .map_err(err)?;
     if let Some(f) = float {
-        let line = vec![(bmin as f64 - 0.3, 100.0 * f), (bmax as f64 + 0.3, 100.0 * f)];
-        chart.draw_series(LineSeries::new(line, BLACK.stroke_width(1))).map_err(err)?.label("float").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+        let line = vec![
+            (bmin as f64 - 0.3, 100.0 * f),
+            (bmax as f64 + 0.3, 100.0 * f),
+        ];
+        chart
+            .draw_series(LineSeries::new(line, BLACK.stroke_width(1)))
+            .map_err(err)?
+            .label("float")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
     Ok(())
 }
 
-fn latency_vs_accuracy<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
+fn latency_vs_accuracy<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    r: &Report,
+) -> Result<()> {
     let (lo, hi) = acc_range(r.latency.iter().map(|l| l.accuracy));
-    let tmax = r.latency.iter().map(|l| l.us_per_image).fold(1.0f64, f64::max) * 1.2;
+    let tmax = r
+        .latency
+        .iter()
+        .map(|l| l.us_per_image)
+        .fold(1.0f64, f64::max)
+        * 1.2;
     let mut chart = ChartBuilder::on(area)
-        .caption("Latency vs accuracy, batch 1 (paper Fig. 1.1 style)", ("sans-serif", 22))
+        .caption(
+            "Latency vs accuracy, batch 1 (paper Fig. 1.1 style)",
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..tmax, lo..hi)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("µs per image").y_desc("top-1 (%)").draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("µs per image")
+        .y_desc("top-1 (%)")
+        .draw()
+        .map_err(err)?;
     for l in &r.latency {
-        let color = if l.path.starts_with("int8") { BLUE } else { RED };
+        let color = if l.path.starts_with("int8") {
+            BLUE
+        } else {
+            RED
+        };
         let p = (l.us_per_image, 100.0 * l.accuracy);
-        chart.draw_series(std::iter::once(Circle::new(p, 6, color.filled()))).map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Circle::new(p, 6, color.filled())))
+            .map_err(err)?;
         let label = format!("{} ×{}", l.path, l.threads);
-        chart.draw_series(std::iter::once(Text::new(label, (p.0, p.1), ("sans-serif", 14).into_font()))).map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label,
+                (p.0, p.1),
+                ("sans-serif", 14).into_font(),
+            )))
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -107,18 +187,47 @@ fn training<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Re
     let c = &r.curves;
     let all = c.float_loss.iter().chain(&c.qat_loss);
     let smax = all.clone().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
-    let lmax = all.map(|p| p.1).filter(|l| l.is_finite()).fold(0.1f64, f64::max).min(5.0);
+    let lmax = all
+        .map(|p| p.1)
+        .filter(|l| l.is_finite())
+        .fold(0.1f64, f64::max)
+        .min(5.0);
     let mut chart = ChartBuilder::on(area)
-        .caption("Training loss: float, then QAT fine-tuning", ("sans-serif", 22))
+        .caption(
+            "Training loss: float, then QAT fine-tuning",
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..smax, 0.0..lmax * 1.05)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("step").y_desc("cross-entropy").draw().map_err(err)?;
-    let pts = |v: &[(usize, f64)]| v.iter().map(|&(s, l)| (s as f64, l.min(lmax))).collect::<Vec<_>>();
-    chart.draw_series(LineSeries::new(pts(&c.float_loss), RED)).map_err(err)?.label("float").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-    chart.draw_series(LineSeries::new(pts(&c.qat_loss), BLUE)).map_err(err)?.label("QAT").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("cross-entropy")
+        .draw()
+        .map_err(err)?;
+    let pts = |v: &[(usize, f64)]| {
+        v.iter()
+            .map(|&(s, l)| (s as f64, l.min(lmax)))
+            .collect::<Vec<_>>()
+    };
+    chart
+        .draw_series(LineSeries::new(pts(&c.float_loss), RED))
+        .map_err(err)?
+        .label("float")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    chart
+        .draw_series(LineSeries::new(pts(&c.qat_loss), BLUE))
+        .map_err(err)?
+        .label("QAT")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(err)?;
     Ok(())
 }

@@ -138,16 +138,27 @@ impl Report {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let json = serde_json::to_string_pretty(self)?;
         fs::write(dir.join("report.json"), json).context("cannot write report.json")?;
-        fs::write(dir.join("report.md"), self.markdown(fidelity_table)).context("cannot write report.md")?;
+        fs::write(dir.join("report.md"), self.markdown(fidelity_table))
+            .context("cannot write report.md")?;
         Ok(())
     }
 
     /// The main table as Markdown.
     pub fn results_table(&self) -> String {
-        let mut s = String::from("| model | weights | activations | engine | top-1 |\n|---|---|---|---|---|\n");
+        let mut s = String::from(
+            "| model | weights | activations | engine | top-1 |\n|---|---|---|---|---|\n",
+        );
         for r in &self.results {
             let bits = |b: Option<u32>| b.map_or("float".to_string(), |b| format!("{b}-bit"));
-            let _ = writeln!(s, "| {} | {} | {} | {} | {} |", r.label, bits(r.weight_bits), bits(r.act_bits), r.engine, pct(r.accuracy));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                r.label,
+                bits(r.weight_bits),
+                bits(r.act_bits),
+                r.engine,
+                pct(r.accuracy)
+            );
         }
         s
     }
@@ -156,33 +167,99 @@ impl Report {
     pub fn markdown(&self, fidelity_table: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# qat pipeline report `{}`\n", self.run_id);
-        let _ = writeln!(s, "{}; run time {:.0} s{}.\n", self.machine, self.duration_s, if self.quick { "; **quick run** (tiny subset, accuracy not meaningful)" } else { "" });
+        let _ = writeln!(
+            s,
+            "{}; run time {:.0} s{}.\n",
+            self.machine,
+            self.duration_s,
+            if self.quick {
+                "; **quick run** (tiny subset, accuracy not meaningful)"
+            } else {
+                ""
+            }
+        );
         let _ = writeln!(s, "## Accuracy (test split)\n\n{}", self.results_table());
-        let _ = writeln!(s, "## Integer model vs its simulation\n\n```json\n{}\n```\n", serde_json::to_string_pretty(&self.agreement).unwrap_or_default());
-        let _ = writeln!(s, "## Model size\n\n```json\n{}\n```\n", serde_json::to_string_pretty(&self.size).unwrap_or_default());
-        let _ = writeln!(s, "## Latency per image (batch 1)\n\n| path | threads | µs/image | top-1 |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "## Integer model vs its simulation\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(&self.agreement).unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "## Model size\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(&self.size).unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "## Latency per image (batch 1)\n\n| path | threads | µs/image | top-1 |\n|---|---|---|---|"
+        );
         for l in &self.latency {
-            let _ = writeln!(s, "| {} | {} | {:.1} | {} |", l.path, l.threads, l.us_per_image, pct(l.accuracy));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {} |",
+                l.path,
+                l.threads,
+                l.us_per_image,
+                pct(l.accuracy)
+            );
         }
         if !self.bit_sweep.is_empty() {
-            let _ = writeln!(s, "\n## Bit widths (paper tables 4.7/4.8 style)\n\n| weights | activations | PTQ | QAT (fake quant) | QAT int8 runtime |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Bit widths (paper tables 4.7/4.8 style)\n\n| weights | activations | PTQ | QAT (fake quant) | QAT int8 runtime |\n|---|---|---|---|---|"
+            );
             for b in &self.bit_sweep {
-                let _ = writeln!(s, "| {} | {} | {} | {} | {} |", b.weight_bits, b.act_bits, pct(b.ptq), pct(b.qat), b.qat_int8.map_or("—".into(), pct));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    b.weight_bits,
+                    b.act_bits,
+                    pct(b.ptq),
+                    pct(b.qat),
+                    b.qat_int8.map_or("—".into(), pct)
+                );
             }
         }
         if !self.ablations.is_empty() {
-            let _ = writeln!(s, "\n## Ablations\n\n| study | variant | float | PTQ | QAT |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Ablations\n\n| study | variant | float | PTQ | QAT |\n|---|---|---|---|---|"
+            );
             for a in &self.ablations {
                 let o = |v: Option<f64>| v.map_or("—".into(), pct);
-                let _ = writeln!(s, "| {} | {} | {} | {} | {} |", a.study, a.variant, o(a.float), o(a.ptq), pct(a.qat));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    a.study,
+                    a.variant,
+                    o(a.float),
+                    o(a.ptq),
+                    pct(a.qat)
+                );
             }
         }
-        let _ = writeln!(s, "\n## Targets\n\n| target | wanted | measured | met |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "\n## Targets\n\n| target | wanted | measured | met |\n|---|---|---|---|"
+        );
         for t in &self.targets {
-            let _ = writeln!(s, "| {} | {} | {} | {} |", t.what, t.target, t.measured, if t.met { "yes" } else { "**no**" });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                t.what,
+                t.target,
+                t.measured,
+                if t.met { "yes" } else { "**no**" }
+            );
         }
-        let _ = writeln!(s, "\n## Per-layer fidelity (int8 runtime vs fake-quant simulation)\n\n{fidelity_table}");
-        let _ = writeln!(s, "\n## Plots\n\n![accuracy vs bits](accuracy_vs_bits.png)\n![latency vs accuracy](latency_vs_accuracy.png)\n![training](training.png)");
+        let _ = writeln!(
+            s,
+            "\n## Per-layer fidelity (int8 runtime vs fake-quant simulation)\n\n{fidelity_table}"
+        );
+        let _ = writeln!(
+            s,
+            "\n## Plots\n\n![accuracy vs bits](accuracy_vs_bits.png)\n![latency vs accuracy](latency_vs_accuracy.png)\n![training](training.png)"
+        );
         let _ = writeln!(s, "\n## Configuration\n\n```toml\n{}\n```", self.config);
         s
     }

@@ -72,14 +72,19 @@ impl Pipeline {
             let d = PathBuf::from(&cfg.data.dir);
             if d.is_absolute() { d } else { root.join(d) }
         };
-        let tt = Dataset::load_mnist_dir(&dir).with_context(|| format!("cannot load the dataset in {}", dir.display()))?;
+        let tt = Dataset::load_mnist_dir(&dir)
+            .with_context(|| format!("cannot load the dataset in {}", dir.display()))?;
         let limit = |ds: Dataset, n: Option<usize>| match n {
             Some(n) if n < ds.len() => ds.take(n),
             _ => ds,
         };
         let train = limit(tt.train, cfg.data.train_limit);
         let test = limit(tt.test, cfg.data.test_limit);
-        ensure!(!train.is_empty() && !test.is_empty(), "empty train or test split in {}", dir.display());
+        ensure!(
+            !train.is_empty() && !test.is_empty(),
+            "empty train or test split in {}",
+            dir.display()
+        );
         let normalize = Normalize::mnist();
         let (test_nhwc, test_labels) = to_nhwc(&test, &normalize, 0, test.len());
         tracing::info!(train = train.len(), test = test.len(), dir = %dir.display(), "data loaded");
@@ -102,27 +107,50 @@ impl Pipeline {
         let m = &self.cfg.model;
         let arch = match m.arch.as_str() {
             "lenet" => Architecture::LeNet,
-            "mobilenet_v2" => Architecture::MobileNetV2 { width: m.width, expansion: 6 },
+            "mobilenet_v2" => Architecture::MobileNetV2 {
+                width: m.width,
+                expansion: 6,
+            },
             "resnet8" => Architecture::ResNet { depth: 8 },
             "resnet20" => Architecture::ResNet { depth: 20 },
-            _ => Architecture::MobileNetV1 { width: m.width, blocks: m.blocks },
+            _ => Architecture::MobileNetV1 {
+                width: m.width,
+                blocks: m.blocks,
+            },
         };
         let [c, h, w] = self.train.image_shape();
-        ModelSpec { arch, input: [c, h, w], num_classes: 10, activation: act, quant, bn_fold: fold }
+        ModelSpec {
+            arch,
+            input: [c, h, w],
+            num_classes: 10,
+            activation: act,
+            quant,
+            bn_fold: fold,
+        }
     }
 
     fn activation(&self) -> Activation {
-        if self.cfg.model.activation == "relu" { Activation::Relu } else { Activation::Relu6 }
+        if self.cfg.model.activation == "relu" {
+            Activation::Relu
+        } else {
+            Activation::Relu6
+        }
     }
 
     fn quant(&self, weight_bits: u32, act_bits: u32, per_channel: bool) -> QuantConfig {
         let mut q = QuantConfig {
             weight_bits,
             act_bits,
-            weight_granularity: if per_channel { WeightGranularity::PerChannel } else { WeightGranularity::PerTensor },
+            weight_granularity: if per_channel {
+                WeightGranularity::PerChannel
+            } else {
+                WeightGranularity::PerTensor
+            },
             ..QuantConfig::default()
         };
-        q.act_observer = ActObserverConfig::Ema { decay: self.cfg.qat.ema_decay as f32 };
+        q.act_observer = ActObserverConfig::Ema {
+            decay: self.cfg.qat.ema_decay as f32,
+        };
         q
     }
 
@@ -135,8 +163,18 @@ impl Pipeline {
             seed: self.cfg.seed,
             normalize: self.normalize.clone(),
             optimizer: OptimizerConfig {
-                kind: OptimizerKind::Sgd { momentum: f.momentum, nesterov: true },
-                lr: LrConfig { base: lr, schedule: LrSchedule::Cosine { total: steps, min_lr: 0.0 }, warmup: 0 },
+                kind: OptimizerKind::Sgd {
+                    momentum: f.momentum,
+                    nesterov: true,
+                },
+                lr: LrConfig {
+                    base: lr,
+                    schedule: LrSchedule::Cosine {
+                        total: steps,
+                        min_lr: 0.0,
+                    },
+                    warmup: 0,
+                },
                 weight_decay: f.weight_decay,
             },
             schedule,
@@ -146,7 +184,11 @@ impl Pipeline {
     }
 
     fn fit(&self, net: &mut Net, cfg: &TrainConfig, label: &str) -> Result<History> {
-        eprintln!("[pipeline] {label}: {} epochs on {} images", cfg.epochs, self.train.len());
+        eprintln!(
+            "[pipeline] {label}: {} epochs on {} images",
+            cfg.epochs,
+            self.train.len()
+        );
         let mut on_event = |e: &Event| {
             if let Event::Epoch(s) = e {
                 eprintln!(
@@ -159,7 +201,8 @@ impl Pipeline {
                 );
             }
         };
-        trainer::train(net, &self.train, &self.test, cfg, &mut on_event).with_context(|| format!("{label} training failed"))
+        trainer::train(net, &self.train, &self.test, cfg, &mut on_event)
+            .with_context(|| format!("{label} training failed"))
     }
 
     /// Float training of a fresh model.
@@ -167,7 +210,11 @@ impl Pipeline {
         trainer::seed_everything(self.cfg.seed);
         let spec = self.spec(act, self.quant(8, 8, true), BnFoldMode::Whitepaper);
         let mut net = models::build(&spec, self.device).context("cannot build the model")?;
-        let schedule = ScheduleConfig { float_steps: u64::MAX, calibration_batches: 0, qat: None };
+        let schedule = ScheduleConfig {
+            float_steps: u64::MAX,
+            calibration_batches: 0,
+            qat: None,
+        };
         let cfg = self.train_config(epochs, self.cfg.float.lr, schedule);
         let history = self.fit(&mut net, &cfg, "float")?;
         let (_, acc) = trainer::evaluate(&mut net, &self.test, &cfg, None)?;
@@ -180,28 +227,61 @@ impl Pipeline {
         (0..self.cfg.data.calibration_batches)
             .map(|i| i * bs)
             .take_while(|&s| s < self.train.len())
-            .map(|s| to_nhwc(&self.train, &self.normalize, s, (s + bs).min(self.train.len())).0)
+            .map(|s| {
+                to_nhwc(
+                    &self.train,
+                    &self.normalize,
+                    s,
+                    (s + bs).min(self.train.len()),
+                )
+                .0
+            })
             .collect()
     }
 
     /// Post-training quantization of a float model, evaluated in the integer runtime.
-    fn ptq(&self, float_net: &Net, weight_bits: u32, act_bits: u32, per_channel: bool) -> Result<f64> {
-        let graph = convert::convert_unchecked(float_net).context("cannot convert the float model")?;
-        let scheme = if per_channel { WeightScheme::SymmetricPerChannel } else { WeightScheme::SymmetricPerTensor };
+    fn ptq(
+        &self,
+        float_net: &Net,
+        weight_bits: u32,
+        act_bits: u32,
+        per_channel: bool,
+    ) -> Result<f64> {
+        let graph =
+            convert::convert_unchecked(float_net).context("cannot convert the float model")?;
+        let scheme = if per_channel {
+            WeightScheme::SymmetricPerChannel
+        } else {
+            WeightScheme::SymmetricPerTensor
+        };
         let cfg = PtqConfig {
             method: CalibrationMethod::MinMax,
-            weight_quant: Some(WeightQuant { scheme, bits: weight_bits }),
+            weight_quant: Some(WeightQuant {
+                scheme,
+                bits: weight_bits,
+            }),
             activation_bits: Some(act_bits),
             export: convert::export_options(),
         };
         let batches = self.calibration_batches();
-        let model = qat_export::ptq_export(&graph, batches.iter().map(|b| b.view()), &cfg).context("PTQ export failed")?;
+        let model = qat_export::ptq_export(&graph, batches.iter().map(|b| b.view()), &cfg)
+            .context("PTQ export failed")?;
         let (acc, _) = self.eval_int8(&model)?;
         Ok(acc)
     }
 
     /// QAT fine-tuning from `float_net`'s weights, export, and evaluation of both.
-    fn qat(&self, float_net: &Net, act: Activation, w_bits: u32, a_bits: u32, per_channel: bool, fold: BnFoldMode, epochs: usize, lr: f64) -> Result<QatOutcome> {
+    fn qat(
+        &self,
+        float_net: &Net,
+        act: Activation,
+        w_bits: u32,
+        a_bits: u32,
+        per_channel: bool,
+        fold: BnFoldMode,
+        epochs: usize,
+        lr: f64,
+    ) -> Result<QatOutcome> {
         let q = &self.cfg.qat;
         let spec = self.spec(act, self.quant(w_bits, a_bits, per_channel), fold);
         trainer::seed_everything(self.cfg.seed);
@@ -216,7 +296,11 @@ impl Pipeline {
         let schedule = ScheduleConfig {
             float_steps: 0,
             calibration_batches: self.cfg.data.calibration_batches as u64,
-            qat: Some(QatDelays { quant_delay: delay, freeze_bn_delay: freeze_bn, freeze_observers_delay: freeze_obs }),
+            qat: Some(QatDelays {
+                quant_delay: delay,
+                freeze_bn_delay: freeze_bn,
+                freeze_observers_delay: freeze_obs,
+            }),
         };
         let cfg = self.train_config(epochs, lr, schedule);
         let label = format!("QAT W{w_bits}A{a_bits}");
@@ -224,15 +308,33 @@ impl Pipeline {
         let (_, fake_quant_acc) = trainer::evaluate(&mut net, &self.test, &cfg, None)?;
 
         // The trainer grants export only with observers frozen and every range calibrated.
-        let graph = trainer::export_graph(&net, &cfg, &history).with_context(|| format!("{label}: not exportable"))?;
-        let plan = QuantPlan::new(&graph, &convert::export_options()).with_context(|| format!("{label}: export refused"))?;
+        let graph = trainer::export_graph(&net, &cfg, &history)
+            .with_context(|| format!("{label}: not exportable"))?;
+        let plan = QuantPlan::new(&graph, &convert::export_options())
+            .with_context(|| format!("{label}: export refused"))?;
         let model = plan.to_int8_model();
         let (int8_acc, int8_pred) = self.eval_int8(&model)?;
         let fq_pred = self.predict_fake_quant(&mut net)?;
-        let same = fq_pred.iter().zip(&int8_pred).filter(|(a, b)| a == b).count();
+        let same = fq_pred
+            .iter()
+            .zip(&int8_pred)
+            .filter(|(a, b)| a == b)
+            .count();
         let agreement = same as f64 / fq_pred.len().max(1) as f64;
-        eprintln!("[pipeline] {label}: fake quant {}, int8 {}, agreement {}", pct(fake_quant_acc), pct(int8_acc), pct(agreement));
-        Ok(QatOutcome { fake_quant_acc, int8_acc, agreement, model, plan, history })
+        eprintln!(
+            "[pipeline] {label}: fake quant {}, int8 {}, agreement {}",
+            pct(fake_quant_acc),
+            pct(int8_acc),
+            pct(agreement)
+        );
+        Ok(QatOutcome {
+            fake_quant_acc,
+            int8_acc,
+            agreement,
+            model,
+            plan,
+            history,
+        })
     }
 
     /// Test accuracy and predictions of an integer model in the runtime.
@@ -245,11 +347,19 @@ impl Pipeline {
             let e = (s + bs).min(n);
             let x = self.test_nhwc.slice_axis(Axis(0), (s..e).into());
             let out = exec.run(x.into_dyn()).context("integer inference failed")?;
-            let logits = out.first().ok_or_else(|| anyhow!("integer model has no output"))?;
-            let logits = logits.view().into_shape_with_order((e - s, logits.len() / (e - s).max(1)))?;
+            let logits = out
+                .first()
+                .ok_or_else(|| anyhow!("integer model has no output"))?;
+            let logits = logits
+                .view()
+                .into_shape_with_order((e - s, logits.len() / (e - s).max(1)))?;
             preds.extend(logits.outer_iter().map(|r| argmax(r.iter().copied())));
         }
-        let correct = preds.iter().zip(&self.test_labels).filter(|(p, y)| p == y).count();
+        let correct = preds
+            .iter()
+            .zip(&self.test_labels)
+            .filter(|(p, y)| p == y)
+            .count();
         Ok((correct as f64 / n.max(1) as f64, preds))
     }
 
@@ -268,7 +378,13 @@ impl Pipeline {
     }
 
     /// Median latency per image at batch 1: the int8 runtime and the f32 libtorch model.
-    fn latency(&self, model: &Int8Model, float_net: &mut Net, int8_acc: f64, float_acc: f64) -> Result<Vec<Latency>> {
+    fn latency(
+        &self,
+        model: &Int8Model,
+        float_net: &mut Net,
+        int8_acc: f64,
+        float_acc: f64,
+    ) -> Result<Vec<Latency>> {
         let images = self.cfg.latency.images.min(self.test_labels.len()).max(1);
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut threads = vec![1];
@@ -282,7 +398,9 @@ impl Pipeline {
             let us = pool.install(|| -> Result<f64> {
                 let mut times = Vec::with_capacity(images);
                 for i in 0..images + 5 {
-                    let x = self.test_nhwc.slice_axis(Axis(0), (i % images..i % images + 1).into());
+                    let x = self
+                        .test_nhwc
+                        .slice_axis(Axis(0), (i % images..i % images + 1).into());
                     let t0 = Instant::now();
                     exec.run(x.into_dyn())?;
                     if i >= 5 {
@@ -291,7 +409,13 @@ impl Pipeline {
                 }
                 Ok(median(&mut times))
             })?;
-            out.push(Latency { path: format!("int8 ({})", exec.kernel_path()), threads: t, batch: 1, us_per_image: us, accuracy: int8_acc });
+            out.push(Latency {
+                path: format!("int8 ({})", exec.kernel_path()),
+                threads: t,
+                batch: 1,
+                us_per_image: us,
+                accuracy: int8_acc,
+            });
         }
         let before = tch::get_num_threads();
         for &t in &threads {
@@ -305,7 +429,13 @@ impl Pipeline {
                     times.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
             }
-            out.push(Latency { path: "f32 (libtorch)".into(), threads: t, batch: 1, us_per_image: median(&mut times), accuracy: float_acc });
+            out.push(Latency {
+                path: "f32 (libtorch)".into(),
+                threads: t,
+                batch: 1,
+                us_per_image: median(&mut times),
+                accuracy: float_acc,
+            });
         }
         tch::set_num_threads(before);
         Ok(out)
@@ -315,81 +445,236 @@ impl Pipeline {
     pub fn run(self, started: Instant) -> Result<Report> {
         let cfg = self.cfg.clone();
         let act = self.activation();
-        let fold = if cfg.qat.bn_correction { BnFoldMode::Whitepaper } else { BnFoldMode::PyTorch };
+        let fold = if cfg.qat.bn_correction {
+            BnFoldMode::Whitepaper
+        } else {
+            BnFoldMode::PyTorch
+        };
 
         // 1. Float.
         let (mut float_net, float_hist, float_acc) = self.train_float(act, cfg.float.epochs)?;
         eprintln!("[pipeline] float: {}", pct(float_acc));
         let float_path = self.out.join("float.safetensors");
-        float_net.var_store().save(&float_path).context("cannot save the float model")?;
+        float_net
+            .var_store()
+            .save(&float_path)
+            .context("cannot save the float model")?;
 
         // 2. PTQ at 8 bits, per tensor and per channel.
         let ptq_tensor = self.ptq(&float_net, cfg.qat.weight_bits, cfg.qat.act_bits, false)?;
         let ptq_channel = self.ptq(&float_net, cfg.qat.weight_bits, cfg.qat.act_bits, true)?;
-        eprintln!("[pipeline] PTQ per tensor {}, per channel {}", pct(ptq_tensor), pct(ptq_channel));
+        eprintln!(
+            "[pipeline] PTQ per tensor {}, per channel {}",
+            pct(ptq_tensor),
+            pct(ptq_channel)
+        );
 
         // 3. QAT at 8 bits → export → integer runtime.
-        let main = self.qat(&float_net, act, cfg.qat.weight_bits, cfg.qat.act_bits, cfg.qat.per_channel, fold, cfg.qat.epochs, cfg.qat.lr)?;
+        let main = self.qat(
+            &float_net,
+            act,
+            cfg.qat.weight_bits,
+            cfg.qat.act_bits,
+            cfg.qat.per_channel,
+            fold,
+            cfg.qat.epochs,
+            cfg.qat.lr,
+        )?;
         let qat8_path = self.out.join("model_w8a8.qat8");
-        main.model.save(&qat8_path).context("cannot save the integer model")?;
+        main.model
+            .save(&qat8_path)
+            .context("cannot save the integer model")?;
 
         // 4. Low bit width: PTQ and QAT.
         let lb = &cfg.low_bit;
         let ptq_low = self.ptq(&float_net, lb.weight_bits, lb.act_bits, true)?;
-        let low = self.qat(&float_net, act, lb.weight_bits, lb.act_bits, true, fold, lb.epochs, lb.lr)?;
-        low.model.save(self.out.join(format!("model_w{}a{}.qat8", lb.weight_bits, lb.act_bits)))?;
+        let low = self.qat(
+            &float_net,
+            act,
+            lb.weight_bits,
+            lb.act_bits,
+            true,
+            fold,
+            lb.epochs,
+            lb.lr,
+        )?;
+        low.model.save(
+            self.out
+                .join(format!("model_w{}a{}.qat8", lb.weight_bits, lb.act_bits)),
+        )?;
 
         // 5. Fidelity of the 8-bit export: int8 runtime vs the fake-quant simulation, layer by layer.
-        let fid_batch = self.test_nhwc.slice_axis(Axis(0), (0..self.test_labels.len().min(256)).into()).to_owned();
-        let fidelity = qat_export::fidelity_report(&main.plan, [fid_batch.view().into_dyn()]).context("fidelity report failed")?;
-        let fidelity_low = qat_export::fidelity_report(&low.plan, [fid_batch.view().into_dyn()]).context("low-bit fidelity report failed")?;
-        let fidelity_table = format!("{}\n\n{}", fidelity.to_markdown(), fidelity_low.to_markdown());
+        let fid_batch = self
+            .test_nhwc
+            .slice_axis(Axis(0), (0..self.test_labels.len().min(256)).into())
+            .to_owned();
+        let fidelity = qat_export::fidelity_report(&main.plan, [fid_batch.view().into_dyn()])
+            .context("fidelity report failed")?;
+        let fidelity_low = qat_export::fidelity_report(&low.plan, [fid_batch.view().into_dyn()])
+            .context("low-bit fidelity report failed")?;
+        let fidelity_table = format!(
+            "{}\n\n{}",
+            fidelity.to_markdown(),
+            fidelity_low.to_markdown()
+        );
 
         // 6. Latency and size.
         let latency = self.latency(&main.model, &mut float_net, main.int8_acc, float_acc)?;
         let float_bytes = float_net.num_parameters() * 4;
-        let int8_bytes = std::fs::metadata(&qat8_path).map(|m| m.len() as usize).unwrap_or(0);
+        let int8_bytes = std::fs::metadata(&qat8_path)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
 
         // 7. Bit sweep points and ablations.
         let mut bit_sweep = vec![
-            BitPoint { weight_bits: cfg.qat.weight_bits, act_bits: cfg.qat.act_bits, ptq: ptq_channel, qat: main.fake_quant_acc, qat_int8: Some(main.int8_acc) },
-            BitPoint { weight_bits: lb.weight_bits, act_bits: lb.act_bits, ptq: ptq_low, qat: low.fake_quant_acc, qat_int8: Some(low.int8_acc) },
+            BitPoint {
+                weight_bits: cfg.qat.weight_bits,
+                act_bits: cfg.qat.act_bits,
+                ptq: ptq_channel,
+                qat: main.fake_quant_acc,
+                qat_int8: Some(main.int8_acc),
+            },
+            BitPoint {
+                weight_bits: lb.weight_bits,
+                act_bits: lb.act_bits,
+                ptq: ptq_low,
+                qat: low.fake_quant_acc,
+                qat_int8: Some(low.int8_acc),
+            },
         ];
         let mut ablations = Vec::new();
         if self.ablations {
-            self.run_ablations(&float_net, act, fold, float_acc, &mut bit_sweep, &mut ablations)?;
+            self.run_ablations(
+                &float_net,
+                act,
+                fold,
+                float_acc,
+                &mut bit_sweep,
+                &mut ablations,
+            )?;
         }
 
         let mut results = vec![
             row("float", "float", None, None, "libtorch f32", float_acc),
-            row("ptq_per_tensor", "PTQ per tensor", Some(cfg.qat.weight_bits), Some(cfg.qat.act_bits), "qat-int8-runtime", ptq_tensor),
-            row("ptq_per_channel", "PTQ per channel", Some(cfg.qat.weight_bits), Some(cfg.qat.act_bits), "qat-int8-runtime", ptq_channel),
-            row("qat_fake_quant", "QAT (simulated)", Some(cfg.qat.weight_bits), Some(cfg.qat.act_bits), "libtorch fake quant", main.fake_quant_acc),
-            row("qat_int8", "QAT → integer-only", Some(cfg.qat.weight_bits), Some(cfg.qat.act_bits), "qat-int8-runtime", main.int8_acc),
+            row(
+                "ptq_per_tensor",
+                "PTQ per tensor",
+                Some(cfg.qat.weight_bits),
+                Some(cfg.qat.act_bits),
+                "qat-int8-runtime",
+                ptq_tensor,
+            ),
+            row(
+                "ptq_per_channel",
+                "PTQ per channel",
+                Some(cfg.qat.weight_bits),
+                Some(cfg.qat.act_bits),
+                "qat-int8-runtime",
+                ptq_channel,
+            ),
+            row(
+                "qat_fake_quant",
+                "QAT (simulated)",
+                Some(cfg.qat.weight_bits),
+                Some(cfg.qat.act_bits),
+                "libtorch fake quant",
+                main.fake_quant_acc,
+            ),
+            row(
+                "qat_int8",
+                "QAT → integer-only",
+                Some(cfg.qat.weight_bits),
+                Some(cfg.qat.act_bits),
+                "qat-int8-runtime",
+                main.int8_acc,
+            ),
         ];
         let (w, a) = (Some(lb.weight_bits), Some(lb.act_bits));
-        results.push(row("low_bit_ptq", "PTQ per channel", w, a, "qat-int8-runtime", ptq_low));
-        results.push(row("low_bit_qat_fake_quant", "QAT (simulated)", w, a, "libtorch fake quant", low.fake_quant_acc));
-        results.push(row("low_bit_qat_int8", "QAT → integer-only", w, a, "qat-int8-runtime", low.int8_acc));
+        results.push(row(
+            "low_bit_ptq",
+            "PTQ per channel",
+            w,
+            a,
+            "qat-int8-runtime",
+            ptq_low,
+        ));
+        results.push(row(
+            "low_bit_qat_fake_quant",
+            "QAT (simulated)",
+            w,
+            a,
+            "libtorch fake quant",
+            low.fake_quant_acc,
+        ));
+        results.push(row(
+            "low_bit_qat_int8",
+            "QAT → integer-only",
+            w,
+            a,
+            "qat-int8-runtime",
+            low.int8_acc,
+        ));
 
         let duration_s = started.elapsed().as_secs_f64();
-        let lat = |path: &str, t: usize| latency.iter().find(|l| l.path.starts_with(path) && l.threads == t).map(|l| l.us_per_image);
+        let lat = |path: &str, t: usize| {
+            latency
+                .iter()
+                .find(|l| l.path.starts_with(path) && l.threads == t)
+                .map(|l| l.us_per_image)
+        };
         let mut targets = vec![
-            target("QAT int8 ≥ float − 0.3 points", format!("≥ {}", pct(float_acc - 0.003)), pct(main.int8_acc), main.int8_acc >= float_acc - 0.003),
-            target("QAT int8 ≥ PyTorch ao.quantization QAT int8", format!("≥ {}", pct(PYTORCH_QAT_INT8)), pct(main.int8_acc), main.int8_acc >= PYTORCH_QAT_INT8),
-            target(&format!("W{}A{} QAT", lb.weight_bits, lb.act_bits), format!("≥ {}", pct(TARGET_LOW_BIT_QAT)), pct(low.fake_quant_acc), low.fake_quant_acc >= TARGET_LOW_BIT_QAT),
-            target("int8 vs fake-quant argmax agreement", format!("≥ {}", pct(TARGET_AGREEMENT)), pct(main.agreement), main.agreement >= TARGET_AGREEMENT),
+            target(
+                "QAT int8 ≥ float − 0.3 points",
+                format!("≥ {}", pct(float_acc - 0.003)),
+                pct(main.int8_acc),
+                main.int8_acc >= float_acc - 0.003,
+            ),
+            target(
+                "QAT int8 ≥ PyTorch ao.quantization QAT int8",
+                format!("≥ {}", pct(PYTORCH_QAT_INT8)),
+                pct(main.int8_acc),
+                main.int8_acc >= PYTORCH_QAT_INT8,
+            ),
+            target(
+                &format!("W{}A{} QAT", lb.weight_bits, lb.act_bits),
+                format!("≥ {}", pct(TARGET_LOW_BIT_QAT)),
+                pct(low.fake_quant_acc),
+                low.fake_quant_acc >= TARGET_LOW_BIT_QAT,
+            ),
+            target(
+                "int8 vs fake-quant argmax agreement",
+                format!("≥ {}", pct(TARGET_AGREEMENT)),
+                pct(main.agreement),
+                main.agreement >= TARGET_AGREEMENT,
+            ),
         ];
-        for t in [1usize, std::thread::available_parallelism().map_or(1, |n| n.get())] {
+        for t in [
+            1usize,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ] {
             if let (Some(i8), Some(f)) = (lat("int8", t), lat("f32", t)) {
-                targets.push(target(&format!("int8 latency ≤ 1/3 of f32, batch 1, {t} thread(s)"), "≤ 0.333×".into(), format!("{:.3}× ({i8:.0} µs vs {f:.0} µs)", i8 / f), i8 <= f / 3.0));
+                targets.push(target(
+                    &format!("int8 latency ≤ 1/3 of f32, batch 1, {t} thread(s)"),
+                    "≤ 0.333×".into(),
+                    format!("{:.3}× ({i8:.0} µs vs {f:.0} µs)", i8 / f),
+                    i8 <= f / 3.0,
+                ));
             }
         }
-        targets.push(target("run time", "< 15 min".into(), format!("{:.1} min", duration_s / 60.0), duration_s < 900.0));
+        targets.push(target(
+            "run time",
+            "< 15 min".into(),
+            format!("{:.1} min", duration_s / 60.0),
+            duration_s < 900.0,
+        ));
 
         let curves = curves(&float_hist, &main.history, cfg.float.epochs);
         let report = Report {
-            run_id: self.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            run_id: self
+                .out
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
             quick: self.quick,
             duration_s,
             machine: machine(),
@@ -418,7 +703,15 @@ impl Pipeline {
         Ok(report)
     }
 
-    fn run_ablations(&self, float_net: &Net, act: Activation, fold: BnFoldMode, float_acc: f64, sweep: &mut Vec<BitPoint>, rows: &mut Vec<AblationRow>) -> Result<()> {
+    fn run_ablations(
+        &self,
+        float_net: &Net,
+        act: Activation,
+        fold: BnFoldMode,
+        float_acc: f64,
+        sweep: &mut Vec<BitPoint>,
+        rows: &mut Vec<AblationRow>,
+    ) -> Result<()> {
         let ab = &self.cfg.ablations;
         let q = &self.cfg.qat;
         // Weight bits × activation bits (paper tables 4.7/4.8).
@@ -429,60 +722,164 @@ impl Pipeline {
                 }
                 let ptq = self.ptq(float_net, w, a, true)?;
                 let o = self.qat(float_net, act, w, a, true, fold, ab.qat_epochs, q.lr)?;
-                sweep.push(BitPoint { weight_bits: w, act_bits: a, ptq, qat: o.fake_quant_acc, qat_int8: Some(o.int8_acc) });
+                sweep.push(BitPoint {
+                    weight_bits: w,
+                    act_bits: a,
+                    ptq,
+                    qat: o.fake_quant_acc,
+                    qat_int8: Some(o.int8_acc),
+                });
             }
         }
         // BN-fold correction on/off.
-        for (variant, f) in [("whitepaper σ_B/σ correction", BnFoldMode::Whitepaper), ("PyTorch conv_fused", BnFoldMode::PyTorch)] {
-            let o = self.qat(float_net, act, q.weight_bits, q.act_bits, q.per_channel, f, ab.qat_epochs, q.lr)?;
-            rows.push(AblationRow { study: "BN folding".into(), variant: variant.into(), float: Some(float_acc), ptq: None, qat: o.fake_quant_acc });
+        for (variant, f) in [
+            ("whitepaper σ_B/σ correction", BnFoldMode::Whitepaper),
+            ("PyTorch conv_fused", BnFoldMode::PyTorch),
+        ] {
+            let o = self.qat(
+                float_net,
+                act,
+                q.weight_bits,
+                q.act_bits,
+                q.per_channel,
+                f,
+                ab.qat_epochs,
+                q.lr,
+            )?;
+            rows.push(AblationRow {
+                study: "BN folding".into(),
+                variant: variant.into(),
+                float: Some(float_acc),
+                ptq: None,
+                qat: o.fake_quant_acc,
+            });
         }
         // Per tensor vs per channel, at 8 and at the low bit width.
         for bits in [q.weight_bits, self.cfg.low_bit.weight_bits] {
             for per_channel in [false, true] {
                 let ptq = self.ptq(float_net, bits, q.act_bits, per_channel)?;
-                let o = self.qat(float_net, act, bits, q.act_bits, per_channel, fold, ab.qat_epochs, q.lr)?;
-                let variant = format!("W{bits}A{} {}", q.act_bits, if per_channel { "per channel" } else { "per tensor" });
-                rows.push(AblationRow { study: "weight granularity".into(), variant, float: Some(float_acc), ptq: Some(ptq), qat: o.fake_quant_acc });
+                let o = self.qat(
+                    float_net,
+                    act,
+                    bits,
+                    q.act_bits,
+                    per_channel,
+                    fold,
+                    ab.qat_epochs,
+                    q.lr,
+                )?;
+                let variant = format!(
+                    "W{bits}A{} {}",
+                    q.act_bits,
+                    if per_channel {
+                        "per channel"
+                    } else {
+                        "per tensor"
+                    }
+                );
+                rows.push(AblationRow {
+                    study: "weight granularity".into(),
+                    variant,
+                    float: Some(float_acc),
+                    ptq: Some(ptq),
+                    qat: o.fake_quant_acc,
+                });
             }
         }
         // ReLU vs ReLU6: a separate float model per activation.
         for other in [Activation::Relu, Activation::Relu6] {
-            let (net, _, facc) = if other == act { (None, None, float_acc) } else {
+            let (net, _, facc) = if other == act {
+                (None, None, float_acc)
+            } else {
                 let (n, h, a) = self.train_float(other, ab.float_epochs)?;
                 (Some(n), Some(h), a)
             };
             let base = net.as_ref().unwrap_or(float_net);
             let ptq = self.ptq(base, q.weight_bits, q.act_bits, false)?;
-            let o = self.qat(base, other, q.weight_bits, q.act_bits, q.per_channel, fold, ab.qat_epochs, q.lr)?;
-            rows.push(AblationRow { study: "activation".into(), variant: format!("{other:?}"), float: Some(facc), ptq: Some(ptq), qat: o.fake_quant_acc });
+            let o = self.qat(
+                base,
+                other,
+                q.weight_bits,
+                q.act_bits,
+                q.per_channel,
+                fold,
+                ab.qat_epochs,
+                q.lr,
+            )?;
+            rows.push(AblationRow {
+                study: "activation".into(),
+                variant: format!("{other:?}"),
+                float: Some(facc),
+                ptq: Some(ptq),
+                qat: o.fake_quant_acc,
+            });
         }
         Ok(())
     }
 }
 
-fn row(name: &str, label: &str, w: Option<u32>, a: Option<u32>, engine: &str, accuracy: f64) -> ResultRow {
-    ResultRow { name: name.into(), label: label.into(), accuracy, weight_bits: w, act_bits: a, engine: engine.into() }
+fn row(
+    name: &str,
+    label: &str,
+    w: Option<u32>,
+    a: Option<u32>,
+    engine: &str,
+    accuracy: f64,
+) -> ResultRow {
+    ResultRow {
+        name: name.into(),
+        label: label.into(),
+        accuracy,
+        weight_bits: w,
+        act_bits: a,
+        engine: engine.into(),
+    }
 }
 
 fn target(what: &str, target: String, measured: String, met: bool) -> TargetCheck {
-    TargetCheck { what: what.into(), target, measured, met }
+    TargetCheck {
+        what: what.into(),
+        target,
+        measured,
+        met,
+    }
 }
 
 fn curves(float: &History, qat: &History, float_epochs: usize) -> Curves {
     let offset = float.steps.last().map_or(0, |s| s.step as usize + 1);
     Curves {
-        float_loss: float.steps.iter().map(|s| (s.step as usize, s.loss)).collect(),
-        qat_loss: qat.steps.iter().map(|s| (offset + s.step as usize, s.loss)).collect(),
-        float_acc: float.epochs.iter().map(|e| (e.epoch + 1, e.test_acc)).collect(),
-        qat_acc: qat.epochs.iter().map(|e| (float_epochs + e.epoch + 1, e.test_acc)).collect(),
+        float_loss: float
+            .steps
+            .iter()
+            .map(|s| (s.step as usize, s.loss))
+            .collect(),
+        qat_loss: qat
+            .steps
+            .iter()
+            .map(|s| (offset + s.step as usize, s.loss))
+            .collect(),
+        float_acc: float
+            .epochs
+            .iter()
+            .map(|e| (e.epoch + 1, e.test_acc))
+            .collect(),
+        qat_acc: qat
+            .epochs
+            .iter()
+            .map(|e| (float_epochs + e.epoch + 1, e.test_acc))
+            .collect(),
     }
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {n} threads")
@@ -511,8 +908,11 @@ fn copy_weights(src: &Net, dst: &Net) -> Result<()> {
     let src_vars = src.var_store().variables();
     let _g = tch::no_grad_guard();
     for (name, mut t) in dst.var_store().variables() {
-        let s = src_vars.get(&name).ok_or_else(|| anyhow!("variable {name} missing in the float model"))?;
-        t.f_copy_(s).with_context(|| format!("cannot copy variable {name}"))?;
+        let s = src_vars
+            .get(&name)
+            .ok_or_else(|| anyhow!("variable {name} missing in the float model"))?;
+        t.f_copy_(s)
+            .with_context(|| format!("cannot copy variable {name}"))?;
     }
     Ok(())
 }
@@ -526,14 +926,21 @@ fn to_nhwc(ds: &Dataset, norm: &Normalize, start: usize, end: usize) -> (ArrayD<
     for (k, i) in (start..end).enumerate() {
         let img = ds.image(i); // CHW
         for ch in 0..c {
-            let (m, s) = (norm.mean[ch % norm.mean.len()], norm.std[ch % norm.std.len()]);
+            let (m, s) = (
+                norm.mean[ch % norm.mean.len()],
+                norm.std[ch % norm.std.len()],
+            );
             for p in 0..h * w {
                 x[(k * h * w + p) * c + ch] = (img[ch * h * w + p] as f32 / 255.0 - m) / s;
             }
         }
         labels.push(i64::from(ds.labels[i]));
     }
-    (ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), x).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0]))), labels)
+    (
+        ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), x)
+            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0]))),
+        labels,
+    )
 }
 
 /// Rows `[start, end)` of an NHWC array as an NCHW tch tensor.
@@ -543,7 +950,9 @@ fn nchw_tensor(nhwc: &ArrayD<f32>, start: usize, end: usize) -> Result<Tensor> {
     let (h, w, c) = (s[1], s[2], s[3]);
     let part = nhwc.slice_axis(Axis(0), (start..end).into());
     let flat: Vec<f32> = part.iter().copied().collect();
-    let t = Tensor::from_slice(&flat).f_view([(end - start) as i64, h as i64, w as i64, c as i64])?.f_permute([0, 3, 1, 2])?.f_contiguous()?;
+    let t = Tensor::from_slice(&flat)
+        .f_view([(end - start) as i64, h as i64, w as i64, c as i64])?
+        .f_permute([0, 3, 1, 2])?
+        .f_contiguous()?;
     Ok(t)
 }
-
