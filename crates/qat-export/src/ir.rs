@@ -381,10 +381,9 @@ impl FloatOp {
 
     /// Whether the node's output reuses its input's quantization parameters instead of its own
     /// observed range: max pool, flatten and output (values stay on the input grid), and average
-    /// pools (TFLite's uint8 pools require equal params; the runtime then averages codes with one
-    /// rounding, `(Σq + n/2)/n`, whereas a rescale to other params rounds twice and drifts by up
-    /// to `S_in/S_out` LSBs). `ExportOptions::avg_pool_own_params` overrides this for average
-    /// pools.
+    /// pools (TFLite's uint8 pools require equal params; the runtime then averages codes,
+    /// `(Σq + n/2)/n`). `ExportOptions::avg_pool_own_params` overrides this for average pools
+    /// (the runtime then averages and rescales with one rounding, `M' = S_in/(S_out·count)`).
     pub fn inherits_params(&self) -> bool {
         matches!(
             self,

@@ -32,9 +32,9 @@ pub struct ExportOptions {
     pub fold_batch_norm: bool,
     /// Give `AvgPool`/`GlobalAvgPool` outputs their own observed range instead of their input's
     /// params (default `false`, see [`FloatOp::inherits_params`]). Use it for a graph whose
-    /// training fake-quantized pool outputs with their own observers; the runtime then rescales
-    /// the average with two roundings, so expect up to `S_in/S_out` LSBs of difference there
-    /// (the fidelity report shows it).
+    /// training fake-quantized pool outputs with their own observers; the runtime then averages
+    /// and rescales with one rounding (`M' = S_in/(S_out·count)`), within one LSB of the
+    /// simulation and equal to it except on rounding ties.
     pub avg_pool_own_params: bool,
 }
 
@@ -156,45 +156,6 @@ fn refusals_for(
     }
 }
 
-/// The runtime's concat and average-pool kernels rescale into the output grid with a `[0, 255]`
-/// clamp, so they cannot honour a narrower b-bit grid `[0, 2^b − 1]` unless no rescale happens
-/// (every input has the output's params — always true for pools that inherit them).
-fn grid_refusals(
-    node: &Node,
-    own: Option<QuantParams>,
-    params: &[Option<QuantParams>],
-    out: &mut Vec<Refusal>,
-) {
-    if !matches!(
-        node.op,
-        FloatOp::Concat | FloatOp::AvgPool(_) | FloatOp::GlobalAvgPool
-    ) {
-        return;
-    }
-    let Some(p) = own else {
-        return;
-    };
-    if p.qmin() == 0 && p.qmax() == 255 {
-        return;
-    }
-    let rescaled = node
-        .inputs
-        .iter()
-        .any(|j| params[j.0].is_some_and(|q| q != p));
-    if rescaled {
-        out.push(Refusal::Unsupported {
-            node: node.name.clone(),
-            op: node.op.kind(),
-            reason: format!(
-                "{}-bit output grid [{}, {}] with inputs on other grids: the runtime's rescale clamps to [0, 255]; give the inputs the output's range and bits",
-                node.act.bits,
-                p.qmin(),
-                p.qmax()
-            ),
-        });
-    }
-}
-
 fn quant_err(node: &Node, what: &'static str) -> impl FnOnce(qat_core::QuantError) -> ExportError {
     let name = node.name.clone();
     move |source| ExportError::Quant {
@@ -261,9 +222,6 @@ impl QuantPlan {
                 }
             };
             params.push(p);
-        }
-        for (i, node) in graph.nodes.iter().enumerate() {
-            grid_refusals(node, params[i], &params, &mut refusals);
         }
         if !refusals.is_empty() {
             refusals.sort_by_key(|r| graph.find(r.node()).map_or(usize::MAX, |id| id.0));

@@ -86,10 +86,8 @@ fn random_cnns_other_weight_schemes() {
 
 #[test]
 fn random_cnns_low_bits() {
-    let opts = GenOptions {
-        pools_and_concat: false,
-        batch_norm: true,
-    };
+    // Concat and average pools included: the runtime rescales into the b-bit output grid.
+    let opts = GenOptions::default();
     for seed in 200..216 {
         let bits = 4 + (seed % 4) as u32;
         let cfg = PtqConfig {
@@ -166,11 +164,8 @@ fn fidelity_figures() {
             },
         ),
         (
-            "4-bit weights and activations, per-channel (no concat)",
-            GenOptions {
-                pools_and_concat: false,
-                batch_norm: true,
-            },
+            "4-bit weights and activations, per-channel",
+            GenOptions::default(),
             PtqConfig {
                 weight_quant: wq(WeightScheme::SymmetricPerChannel, 4),
                 activation_bits: Some(4),

@@ -109,27 +109,6 @@ fn linear_on_a_spatial_input_is_unsupported() {
 }
 
 #[test]
-fn low_bit_concat_with_rescaled_inputs_is_unsupported() {
-    let mut g = FloatGraph::new("concat4");
-    let x = g.input("x", &[2, 2, 1]);
-    let c = g.conv2d("conv", x, Conv2d::new(vec![0.5], [1, 1, 1, 1]));
-    let cat = g.concat("cat", &[x, c]);
-    g.output("y", cat);
-    g.set_all_activation_bits(4);
-    g.set_range(x, -1.0, 1.0).unwrap();
-    g.set_range(c, -0.5, 0.5).unwrap();
-    g.set_range(cat, -1.0, 1.0).unwrap();
-    let r = refusals(&g, ExportOptions::default());
-    assert!(
-        matches!(&r[..], [Refusal::Unsupported { node, op: "Concat", .. }] if node == "cat"),
-        "{r:?}"
-    );
-    // same grid everywhere: no rescale, accepted
-    g.set_range(c, -1.0, 1.0).unwrap();
-    assert!(QuantPlan::new(&g, &ExportOptions::default()).is_ok());
-}
-
-#[test]
 fn non_finite_parameters_are_refused() {
     let (mut g, [_, c, _, l]) = base();
     if let qat_export::ir::FloatOp::Conv2d(conv) = &mut g.nodes[c.0].op {
@@ -242,35 +221,24 @@ fn structural_errors_are_typed_and_name_the_node() {
 }
 
 #[test]
-fn low_bit_average_pool_with_its_own_params_is_unsupported() {
-    let mut g = FloatGraph::new("gap4");
+fn average_pool_with_its_own_params_needs_a_range() {
+    let mut g = FloatGraph::new("gap_own");
     let x = g.input("x", &[2, 2, 1]);
     let p = g.global_avg_pool("gap", x);
     g.output("y", p);
-    g.set_all_activation_bits(4);
     g.set_range(x, -1.0, 1.0).unwrap();
-    g.set_range(p, -0.5, 0.5).unwrap();
     let own = ExportOptions {
         avg_pool_own_params: true,
         ..ExportOptions::default()
     };
-    let r = refusals(&g, own);
-    assert!(
-        matches!(&r[..], [Refusal::Unsupported { node, op: "GlobalAvgPool", .. }] if node == "gap"),
-        "{r:?}"
-    );
-    // default: the pool inherits the input's params, nothing to rescale
-    let plan = QuantPlan::new(&g, &ExportOptions::default()).unwrap();
-    assert_eq!(plan.act_params[p.0], plan.act_params[x.0]);
-    // 8 bits with its own params: accepted, and the pool gets its own grid
-    g.set_all_activation_bits(8);
-    let plan = QuantPlan::new(&g, &own).unwrap();
-    assert_ne!(plan.act_params[p.0], plan.act_params[x.0]);
-    assert!(plan.fake_quant_points()[p.0].is_some());
-    // without a range it is then uncalibrated
-    g.nodes[p.0].act.range = None;
     assert_eq!(
         refusals(&g, own),
         vec![Refusal::Uncalibrated { node: "gap".into() }]
     );
+    // inheriting the input's params needs none
+    assert!(QuantPlan::new(&g, &ExportOptions::default()).is_ok());
+    g.set_range(p, -0.5, 0.5).unwrap();
+    let plan = QuantPlan::new(&g, &own).unwrap();
+    assert_ne!(plan.act_params[p.0], plan.act_params[x.0]);
+    assert!(plan.fake_quant_points()[p.0].is_some());
 }

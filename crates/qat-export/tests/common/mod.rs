@@ -61,7 +61,7 @@ fn act(r: &mut StdRng) -> Activation {
 }
 
 pub struct GenOptions {
-    /// Use concat / average pools (refused for < 8-bit grids when rescaling).
+    /// Use concat / average pools.
     pub pools_and_concat: bool,
     /// Attach batch norm to some convs.
     pub batch_norm: bool,
