@@ -53,6 +53,60 @@ fn gen_multipliers(rng: &mut Rng, n: usize) -> Vec<QuantizedMultiplier> {
         .collect()
 }
 
+/// Multipliers in `[1e−6, 1)`: right shifts 1..=20 only.
+fn gen_multipliers_below_one(rng: &mut Rng, n: usize) -> Vec<QuantizedMultiplier> {
+    (0..n)
+        .map(|_| {
+            let real = 10f64.powf(-6.0 + 6.0 * rng.below(1 << 20) as f64 / (1 << 20) as f64);
+            QuantizedMultiplier::from_f64(real.min(0.999_999)).unwrap()
+        })
+        .collect()
+}
+
+/// Depthwise cases (any channel count, kernel, stride, dilation, padding) whose multipliers are
+/// all below 1.
+fn depthwise_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..10, 1usize..14, 1usize..200),
+        (
+            1usize..4,
+            1usize..4,
+            1usize..3,
+            1usize..3,
+            1usize..3,
+            1usize..3,
+        ),
+        (
+            [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+            1usize..3,
+            values(),
+            any::<u64>(),
+        ),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |((h, w, c), (kh, kw, sh, sw, dh, dw), (padding, batch, values, seed))| {
+                conv_out_extent(h, kh, sh, dh, padding[0], padding[2])?;
+                conv_out_extent(w, kw, sw, dw, padding[1], padding[3])?;
+                Some(ConvCase {
+                    h,
+                    w,
+                    cin: c,
+                    cout: c,
+                    groups: c,
+                    k: [kh, kw],
+                    stride: [sh, sw],
+                    dilation: [dh, dw],
+                    padding,
+                    batch,
+                    values,
+                    seed,
+                    below_one: true,
+                })
+            },
+        )
+}
+
 struct GemmCase {
     m: usize,
     k: usize,
@@ -157,6 +211,9 @@ struct ConvCase {
     batch: usize,
     values: Values,
     seed: u64,
+    /// All multipliers below 1 (`right ≥ 1`, no left shift): the VNNI depthwise kernel's
+    /// single-shift output stage applies to the whole layer.
+    below_one: bool,
 }
 
 fn conv_case() -> impl Strategy<Value = ConvCase> {
@@ -199,6 +256,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                     batch,
                     values,
                     seed,
+                    below_one: false,
                 })
             },
         )
@@ -253,7 +311,11 @@ impl ConvCase {
             padding: self.padding,
             dilation: self.dilation,
             groups: self.groups,
-            multipliers: gen_multipliers(&mut rng, if per_channel { self.cout } else { 1 }),
+            multipliers: if self.below_one {
+                gen_multipliers_below_one(&mut rng, if per_channel { self.cout } else { 1 })
+            } else {
+                gen_multipliers(&mut rng, if per_channel { self.cout } else { 1 })
+            },
             clamp: Clamp {
                 lo,
                 hi: lo.saturating_add(150),
@@ -325,6 +387,13 @@ macro_rules! kernel_suites {
                     if !supported() { return Ok(()); }
                     case.check($path)?;
                 }
+
+                /// Depthwise with multipliers below 1 (the VNNI single-shift output stage).
+                #[test]
+                fn depthwise_below_one_matches_reference(case in depthwise_case()) {
+                    if !supported() { return Ok(()); }
+                    case.check($path)?;
+                }
             }
 
             /// M or N = 1, K not a multiple of 4/16/64, and a large K with extreme values.
@@ -354,12 +423,12 @@ macro_rules! kernel_suites {
             fn conv_fixed_shapes() {
                 if !supported() { return; }
                 let cases = [
-                    ConvCase { h: 9, w: 7, cin: 64, cout: 64, groups: 1, k: [3, 3], stride: [1, 1], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 2, values: Values::Uniform, seed: 1 },
-                    ConvCase { h: 11, w: 10, cin: 144, cout: 144, groups: 144, k: [3, 3], stride: [2, 2], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Extremes, seed: 2 },
-                    ConvCase { h: 5, w: 6, cin: 37, cout: 70, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 3, values: Values::Uniform, seed: 3 },
-                    ConvCase { h: 6, w: 6, cin: 32, cout: 16, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 2, values: Values::Extremes, seed: 4 },
-                    ConvCase { h: 7, w: 9, cin: 100, cout: 100, groups: 100, k: [3, 3], stride: [1, 1], dilation: [2, 1], padding: [2, 1, 2, 1], batch: 2, values: Values::Uniform, seed: 5 },
-                    ConvCase { h: 5, w: 5, cin: 40, cout: 40, groups: 40, k: [5, 5], stride: [1, 2], dilation: [1, 1], padding: [2, 2, 2, 2], batch: 1, values: Values::Extremes, seed: 6 },
+                    ConvCase { h: 9, w: 7, cin: 64, cout: 64, groups: 1, k: [3, 3], stride: [1, 1], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 2, values: Values::Uniform, seed: 1, below_one: false },
+                    ConvCase { h: 11, w: 10, cin: 144, cout: 144, groups: 144, k: [3, 3], stride: [2, 2], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Extremes, seed: 2, below_one: false },
+                    ConvCase { h: 5, w: 6, cin: 37, cout: 70, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 3, values: Values::Uniform, seed: 3, below_one: false },
+                    ConvCase { h: 6, w: 6, cin: 32, cout: 16, groups: 1, k: [1, 1], stride: [1, 1], dilation: [1, 1], padding: [0; 4], batch: 2, values: Values::Extremes, seed: 4, below_one: false },
+                    ConvCase { h: 7, w: 9, cin: 100, cout: 100, groups: 100, k: [3, 3], stride: [1, 1], dilation: [2, 1], padding: [2, 1, 2, 1], batch: 2, values: Values::Uniform, seed: 5, below_one: false },
+                    ConvCase { h: 5, w: 5, cin: 40, cout: 40, groups: 40, k: [5, 5], stride: [1, 2], dilation: [1, 1], padding: [2, 2, 2, 2], batch: 1, values: Values::Extremes, seed: 6, below_one: false },
                 ];
                 for c in &cases {
                     c.check($path).unwrap_or_else(|e| panic!("{c:?}: {e}"));
@@ -395,4 +464,68 @@ fn thread_count_does_not_change_results() {
         })
     };
     assert_eq!(run(1), run(3));
+}
+
+/// The single-shift output stage equals `requantize` lane by lane over the whole int32 range,
+/// every right shift 1..=21, flushed multipliers and zero points in `−255..=255`.
+#[cfg(target_arch = "x86_64")]
+mod fused_requantize {
+    use super::*;
+    use qat_int8_runtime::kernels::x86_64::avx512vnni::{
+        RqFused16, fused_constants, fused_ok, requantize16_fused,
+    };
+
+    fn lanes(x: [i32; 16], m: &[QuantizedMultiplier; 16], zp: i32) -> [i32; 16] {
+        let m0: Vec<i32> = m.iter().map(|m| m.multiplier()).collect();
+        let right: Vec<i32> = m.iter().map(|m| (-m.shift()).max(0)).collect();
+        let left: Vec<i32> = m.iter().map(|m| m.shift().max(0)).collect();
+        assert!(fused_ok(&m0, &left, &right, zp, 0, 255));
+        let (k, s) = fused_constants(&m0, &right, zp);
+        let mut out = [0i32; 16];
+        // SAFETY: AVX-512 support checked by the caller; every array has 16 lanes.
+        unsafe {
+            use std::arch::x86_64::*;
+            let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr());
+            let q = requantize16_fused(_mm512_loadu_si512(x.as_ptr().cast()), &c);
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
+        }
+        out
+    }
+
+    fn edge() -> impl Strategy<Value = i32> {
+        prop_oneof![
+            any::<i32>(),
+            -70_000i32..70_000,
+            Just(i32::MIN),
+            Just(i32::MAX),
+            Just(0),
+            Just(-1),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn matches_requantize(
+            x in proptest::array::uniform16(edge()),
+            shifts in proptest::array::uniform16(1i32..=21),
+            mant in proptest::array::uniform16(0u32..(1 << 30)),
+            zp in -255i32..=255,
+            flush in 0usize..16,
+        ) {
+            if !KernelPath::Avx512Vnni.is_supported_here() { return Ok(()); }
+            let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
+                if i == flush && mant[i] % 5 == 0 {
+                    QuantizedMultiplier::from_parts(0, 0).unwrap()
+                } else {
+                    QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, -shifts[i]).unwrap()
+                }
+            });
+            let got = lanes(x, &m, zp);
+            for i in 0..16 {
+                prop_assert_eq!(got[i], requantize(x[i], m[i], zp, i32::MIN, i32::MAX), "lane {} x {} m {:?}", i, x[i], m[i]);
+            }
+        }
+    }
 }

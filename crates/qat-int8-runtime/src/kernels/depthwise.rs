@@ -63,6 +63,8 @@ pub struct DepthwiseShape {
 
 thread_local! {
     static TAPS: std::cell::RefCell<(Vec<*const u8>, Vec<i32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-row scratch of the fused VNNI path: border pixels' tap rows and output pointers.
+    static BORDER: std::cell::RefCell<(Vec<*const u8>, Vec<*mut u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl DepthwisePlan {
@@ -119,7 +121,7 @@ impl DepthwisePlan {
         epi.any_left = epi.left.iter().any(|&l| l > 0);
         #[cfg(target_arch = "x86_64")]
         let vnni = (path == KernelPath::Avx512Vnni)
-            .then(|| super::x86_64::avx512vnni::DepthwiseVnniLayout::new(&w, taps, cp, &epi));
+            .then(|| super::x86_64::avx512vnni::DepthwiseVnniLayout::new(&w, taps, c, cp, &epi));
         Self {
             #[cfg(target_arch = "x86_64")]
             vnni,
@@ -198,6 +200,25 @@ impl DepthwisePlan {
         }
     }
 
+    /// Appends output pixel `(oh, ow)`'s `kh·kw` tap rows (the `Z1` row for padding taps).
+    fn push_taps(&self, sample: &[u8], oh: usize, ow: usize, taps: &mut Vec<*const u8>) {
+        let [h, w, c] = self.in_hwc;
+        for i in 0..self.kernel[0] {
+            let ih =
+                (oh * self.stride[0] + i * self.dilation[0]) as isize - self.padding[0] as isize;
+            for j in 0..self.kernel[1] {
+                let iw = (ow * self.stride[1] + j * self.dilation[1]) as isize
+                    - self.padding[1] as isize;
+                let inside = ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w;
+                taps.push(if inside {
+                    sample[(ih as usize * w + iw as usize) * c..].as_ptr()
+                } else {
+                    self.zero_row.as_ptr()
+                });
+            }
+        }
+    }
+
     /// One output row: resolve taps per pixel, then run the path's pixel kernel.
     fn output_row(
         &self,
@@ -223,6 +244,45 @@ impl DepthwisePlan {
             _ => 0,
         };
         let interior = self.path == KernelPath::Avx512Vnni && ow_lo < ow_hi;
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(l), Some(o)) = (&self.vnni, out.as_deref_mut())
+            && l.fused
+        {
+            let (ilo, ihi) = if interior { (ow_lo, ow_hi) } else { (0, 0) };
+            BORDER.with(|b| {
+                let mut b = b.borrow_mut();
+                let (list, outs) = &mut *b;
+                list.clear();
+                outs.clear();
+                for ow in (0..wo).filter(|&ow| ow < ilo || ow >= ihi) {
+                    self.push_taps(sample, oh, ow, list);
+                    outs.push(o[ow * c..(ow + 1) * c].as_mut_ptr());
+                }
+                let base = if interior {
+                    sample[((oh * sh - pt) * w + (ow_lo * sw - pl)) * c..].as_ptr()
+                } else {
+                    sample.as_ptr()
+                };
+                // SAFETY: VNNI supported (path) and `l.fused`; interior pixels' taps are inside
+                // the sample (checked above), listed taps point into the sample or at the
+                // `Z1` row (`cp ≥ c` bytes); outputs are `c`-byte pixels of this row.
+                unsafe {
+                    super::x86_64::avx512vnni::depthwise_row_fused(
+                        base,
+                        sw * c,
+                        ihi - ilo,
+                        &self.offsets,
+                        list,
+                        outs,
+                        l,
+                        c,
+                        &self.epi,
+                        o[ilo * c..].as_mut_ptr(),
+                    )
+                };
+            });
+            return;
+        }
         let mut ow = 0;
         while ow < wo {
             #[cfg(target_arch = "x86_64")]
@@ -257,20 +317,7 @@ impl DepthwisePlan {
                 continue;
             }
             taps.clear();
-            for i in 0..kh {
-                let ih = (oh * self.stride[0] + i * self.dilation[0]) as isize
-                    - self.padding[0] as isize;
-                for j in 0..kw {
-                    let iw = (ow * self.stride[1] + j * self.dilation[1]) as isize
-                        - self.padding[1] as isize;
-                    let inside = ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w;
-                    taps.push(if inside {
-                        sample[(ih as usize * w + iw as usize) * c..].as_ptr()
-                    } else {
-                        self.zero_row.as_ptr()
-                    });
-                }
-            }
+            self.push_taps(sample, oh, ow, taps);
             let o8 = out.as_deref_mut().map(|o| &mut o[ow * c..(ow + 1) * c]);
             let o32 = out_i32.as_deref_mut().map(|o| &mut o[ow * c..(ow + 1) * c]);
             match self.path {

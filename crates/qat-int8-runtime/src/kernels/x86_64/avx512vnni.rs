@@ -103,6 +103,117 @@ pub fn requantize16<const LEFT: bool>(
     _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi)
 }
 
+/// Per-lane constants of the single-shift output stage ([`requantize16_fused`]) for 16 lanes: the
+/// even int32 lanes are handled in the 64-bit lanes' low halves, the odd lanes in their high halves.
+#[derive(Clone, Copy)]
+pub struct RqFused16 {
+    m0: __m512i,
+    /// `M0` of the odd lanes moved to the low half of each 64-bit lane.
+    m0_hi: __m512i,
+    /// 64-bit rounding constants `K` of the even lanes (see [`fused_constants`]).
+    k_even: __m512i,
+    /// Same for the odd lanes.
+    k_odd: __m512i,
+    /// 64-bit shift counts `31 + right` of the even lanes.
+    s_even: __m512i,
+    /// 64-bit shift counts `right − 1` of the odd lanes (their result is read from the high half).
+    s_odd: __m512i,
+}
+
+impl RqFused16 {
+    /// Loads 16 lanes' `M0` and the 16 `i64` rounding constants and 16 shift counts laid out by
+    /// [`fused_constants`].
+    ///
+    /// # Safety
+    /// CPU supports avx512f; `m0` has 16 readable `i32`, `k` and `s` 16 readable `i64` each.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(m0: *const i32, k: *const i64, s: *const i64) -> Self {
+        // SAFETY: caller guarantees the readable lengths.
+        unsafe {
+            let m0 = _mm512_loadu_si512(m0.cast());
+            Self {
+                m0,
+                m0_hi: _mm512_srli_epi64::<32>(m0),
+                k_even: _mm512_loadu_si512(k.cast()),
+                k_odd: _mm512_loadu_si512(k.add(8).cast()),
+                s_even: _mm512_loadu_si512(s.cast()),
+                s_odd: _mm512_loadu_si512(s.add(8).cast()),
+            }
+        }
+    }
+}
+
+/// Whether every real channel admits the single-shift output stage: no left shift
+/// (`shift ≤ 0`), `1 ≤ right ≤ 21` (or a flushed multiplier `M0 = 0`), `|Z3| < 2^9` and a clamp range
+/// inside `[0, 255]` (so saturating packs equal the reference's clamp and `as u8`).
+pub fn fused_ok(m0: &[i32], left: &[i32], right: &[i32], zp: i32, lo: i32, hi: i32) -> bool {
+    (0..=255).contains(&lo)
+        && (lo..=255).contains(&hi)
+        && zp.unsigned_abs() < 1 << 9
+        && m0
+            .iter()
+            .zip(left)
+            .zip(right)
+            .all(|((&m, &l), &r)| l == 0 && (m == 0 || (1..=21).contains(&r)))
+}
+
+/// The constants of [`requantize16_fused`] for channels taken 16 at a time in the given order
+/// (`m0.len()` a multiple of 16): per group of 16 lanes, `k` holds the 8 even lanes' then the 8
+/// odd lanes' `K = 2^30 + 2^(30+e) + Z3·2^(31+e)` and `s` their shift counts `31 + e` (even) and
+/// `e − 1` (odd), with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3` for any
+/// `e`). Only meaningful when [`fused_ok`] holds.
+pub fn fused_constants(m0: &[i32], right: &[i32], zp: i32) -> (Vec<i64>, Vec<i64>) {
+    let mut k = vec![0i64; m0.len()];
+    let mut s = vec![0i64; m0.len()];
+    for g in 0..m0.len() / 16 {
+        for lane in 0..16 {
+            let ch = g * 16 + lane;
+            let e = if m0[ch] == 0 {
+                1
+            } else {
+                right[ch].clamp(1, 21)
+            } as i64;
+            let slot = g * 16 + (lane % 2) * 8 + lane / 2;
+            k[slot] = (1i64 << 30) + (1i64 << (30 + e)) + (zp as i64) * (1i64 << (31 + e));
+            s[slot] = if lane % 2 == 0 { 31 + e } else { e - 1 };
+        }
+    }
+    (k, s)
+}
+
+/// [`requantize16`] without the clamp, computed with one rounding shift: bit-exact with
+/// `qat_core::fixed_point::requantize(x, M, Z3, i32::MIN, i32::MAX)` when [`fused_ok`] holds.
+///
+/// With `P = x·M0` (64-bit, `M0 ≥ 0`) and `e = right ≥ 1`, gemmlowp's SRDHM is
+/// `h = ⌊(P + 2^30) / 2^31⌋` (its sign-dependent nudge with truncation equals this floor) and the
+/// rounding divide is `⌊(h + 2^(e−1) − [h < 0]) / 2^e⌋`. Since `⌊(⌊y⌋ + c) / d⌋ = ⌊(y + c) / d⌋` for
+/// integers `c`, `d > 0`, both collapse to `⌊(P + 2^30 + 2^(30+e) − [h<0]·2^31) / 2^(31+e)⌋`, and
+/// `[h < 0]` may be replaced by `[P < 0]`: for `P ∈ [−2^30, 0)` both forms give 0 when `e ≥ 1`.
+/// `Z3` is folded into the constant as `Z3·2^(31+e)` (no overflow: `|P| < 2^62`, `e ≤ 21`).
+/// Per 16 lanes: one shift, two `vpmuldq`, two compares, two adds, two masked subtracts, two
+/// variable 64-bit shifts and a blend (12 ops against ≈ 17 for [`requantize16`] with its clamp).
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
+    let two31 = _mm512_set1_epi64(1 << 31);
+    let zero = _mm512_setzero_si512();
+    let pe = _mm512_mul_epi32(x, c.m0);
+    let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi);
+    let te = _mm512_add_epi64(pe, c.k_even);
+    let te = _mm512_mask_sub_epi64(te, _mm512_cmplt_epi64_mask(pe, zero), te, two31);
+    let to = _mm512_add_epi64(po, c.k_odd);
+    let to = _mm512_mask_sub_epi64(to, _mm512_cmplt_epi64_mask(po, zero), to, two31);
+    _mm512_mask_blend_epi32(
+        0xAAAA,
+        _mm512_srav_epi64(te, c.s_even),
+        _mm512_srav_epi64(to, c.s_odd),
+    )
+}
+
 /// Epilogue for 16 accumulators of columns `col..col + 16` (bias already added): writes the
 /// `valid` first lanes as u8 (requantized with `rq`) or int32.
 ///
@@ -289,11 +400,22 @@ pub struct DepthwiseVnniLayout {
     pub wide: Vec<i32>,
     /// Channel stride of `wide`.
     pub cp: usize,
+    /// Whether the single-shift output stage applies ([`fused_ok`] over the real channels).
+    pub fused: bool,
+    /// [`fused_constants`] of the permuted channels (`[blk][b]` groups of 16), rounding constants.
+    pub fk: Vec<i64>,
+    /// Shift counts matching `fk`.
+    pub fs: Vec<i64>,
+    /// [`fused_constants`] in natural channel order (partial blocks), rounding constants.
+    pub fk_nat: Vec<i64>,
+    /// Shift counts matching `fk_nat`.
+    pub fs_nat: Vec<i64>,
 }
 
 impl DepthwiseVnniLayout {
-    /// From `[tap][cp]` weights (`cp` a multiple of 64) and an epilogue with `cp` entries.
-    pub fn new(w: &[i32], taps: usize, cp: usize, e: &Epilogue) -> Self {
+    /// From `[tap][cp]` weights (`cp` a multiple of 64, `c ≤ cp` real channels) and an epilogue
+    /// with `cp` entries.
+    pub fn new(w: &[i32], taps: usize, c: usize, cp: usize, e: &Epilogue) -> Self {
         let blocks = cp / 64;
         let mut wl = vec![0i8; blocks * taps * 4 * 64];
         let perm = |v: &[i32]| {
@@ -317,15 +439,24 @@ impl DepthwiseVnniLayout {
                 }
             }
         }
+        let fused = fused_ok(&e.m0[..c], &e.left[..c], &e.right[..c], e.zp, e.lo, e.hi);
+        let (m0, right) = (perm(&e.m0), perm(&e.right));
+        let (fk, fs) = fused_constants(&m0, &right, e.zp);
+        let (fk_nat, fs_nat) = fused_constants(&e.m0, &e.right, e.zp);
         Self {
             w: wl,
             bias: perm(&e.bias),
-            m0: perm(&e.m0),
+            m0,
             left: perm(&e.left),
-            right: perm(&e.right),
+            right,
             taps,
             wide: w.to_vec(),
             cp,
+            fused,
+            fk,
+            fs,
+            fk_nat,
+            fs_nat,
         }
     }
 }
@@ -450,7 +581,18 @@ unsafe fn depthwise_narrow<const LEFT: bool, const V: usize>(
         }
         for v in 0..V {
             let col = c0 + 16 * v;
-            if let Some(o) = o8 {
+            if let (Some(o), true) = (o8, l.fused) {
+                let f = RqFused16::load(
+                    e.m0.as_ptr().add(col),
+                    l.fk_nat.as_ptr().add(col),
+                    l.fs_nat.as_ptr().add(col),
+                );
+                let q = _mm512_min_epi32(
+                    _mm512_max_epi32(requantize16_fused(acc[v], &f), _mm512_set1_epi32(e.lo)),
+                    _mm512_set1_epi32(e.hi),
+                );
+                _mm_mask_storeu_epi8(o.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
+            } else if let Some(o) = o8 {
                 let rq = Rq16::load(
                     e.m0.as_ptr().add(col),
                     e.left.as_ptr().add(col),
@@ -468,6 +610,248 @@ unsafe fn depthwise_narrow<const LEFT: bool, const V: usize>(
             if let Some(o) = o32 {
                 _mm512_mask_storeu_epi32(o.add(16 * v).cast(), masks[v], acc[v]);
             }
+        }
+    }
+}
+
+/// `avx512vnni_depthwise_u8i8_64c_fused`: a run of `npix` output pixels (pixel `p`'s tap `t`
+/// at `base + p·step + offs[t]`, output at `o8 + p·c`) and the pixels whose tap rows are listed
+/// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
+/// through the single-shift output stage ([`requantize16_fused`]) and saturating packs. `P`
+/// pixels per step share the weight loads; `T` taps known at compile time (0: `l.taps`).
+///
+/// # Safety
+/// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c0 + valid` readable bytes;
+/// `o8` holds `npix` pixels of `c` channels; each `list_out` pointer one pixel.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_block_fused<const T: usize>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    const P: usize = 2;
+    let mask = if valid >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << valid) - 1
+    };
+    let blk = c0 / 64;
+    let taps = if T == 0 { l.taps } else { T };
+    // SAFETY: as documented; the layout arrays cover every block.
+    unsafe {
+        let f: [RqFused16; 4] = std::array::from_fn(|b| {
+            let at = blk * 64 + b * 16;
+            RqFused16::load(
+                l.m0.as_ptr().add(at),
+                l.fk.as_ptr().add(at),
+                l.fs.as_ptr().add(at),
+            )
+        });
+        let bias: [__m512i; 4] = std::array::from_fn(|b| {
+            _mm512_loadu_si512(l.bias.as_ptr().add(blk * 64 + b * 16).cast())
+        });
+        // Saturating packs: per 128-bit lane j, byte 4k + i holds vector k's lane 4j + i, i.e.
+        // channel 16j + 4i + k; the in-lane byte shuffle puts channel 16j + d at byte d.
+        let order = _mm512_broadcast_i32x4(_mm_setr_epi8(
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+        ));
+        let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
+        let wb = l.w.as_ptr().add(blk * l.taps * 256);
+        let full = valid >= 64;
+        let load = |p: *const u8| {
+            if full {
+                _mm512_loadu_si512(p.cast())
+            } else {
+                _mm512_maskz_loadu_epi8(mask, p.cast())
+            }
+        };
+        let finish = |accp: &[__m512i; 4], dst: *mut u8| {
+            let q = |b: usize| requantize16_fused(accp[b], &f[b]);
+            let r = _mm512_packus_epi16(
+                _mm512_packs_epi32(q(0), q(1)),
+                _mm512_packs_epi32(q(2), q(3)),
+            );
+            let r = _mm512_min_epu8(_mm512_max_epu8(_mm512_shuffle_epi8(r, order), lo), hi);
+            _mm512_mask_storeu_epi8(dst.cast(), mask, r);
+        };
+        for (tp, &dst) in list.chunks_exact(taps).zip(list_out) {
+            let mut acc = bias;
+            for (t, &row) in tp.iter().enumerate() {
+                let wt = wb.add(t * 256);
+                let x = load(row.add(c0));
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+                }
+            }
+            finish(&acc, dst.add(c0));
+        }
+        let mut p = 0;
+        while p + P <= npix {
+            let mut acc = [bias; P];
+            let px = base.add(p * step + c0);
+            for t in 0..taps {
+                let wt = wb.add(t * 256);
+                let w: [__m512i; 4] =
+                    std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
+                let row = px.add(*offs.get_unchecked(t));
+                for (q, accq) in acc.iter_mut().enumerate() {
+                    let x = load(row.add(q * step));
+                    for (a, &wv) in accq.iter_mut().zip(&w) {
+                        *a = _mm512_dpbusd_epi32(*a, x, wv);
+                    }
+                }
+            }
+            for (q, accq) in acc.iter().enumerate() {
+                finish(accq, o8.add((p + q) * c + c0));
+            }
+            p += P;
+        }
+        while p < npix {
+            let mut acc = bias;
+            let px = base.add(p * step + c0);
+            for t in 0..taps {
+                let wt = wb.add(t * 256);
+                let x = load(px.add(*offs.get_unchecked(t)));
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+                }
+            }
+            finish(&acc, o8.add(p * c + c0));
+            p += 1;
+        }
+    }
+}
+
+/// `avx512vnni_depthwise_u8i8_16c_fused`: [`depthwise_narrow`]'s partial block (`V` vectors of
+/// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over a run of `npix`
+/// pixels and the listed pixels (as [`depthwise_block_fused`]), u8 output through
+/// [`requantize16_fused`], constants loaded once per run.
+///
+/// # Safety
+/// As [`depthwise_block_fused`], with `valid ≤ 16·V`.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_narrow_fused<const V: usize>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
+    unsafe {
+        let masks: [u16; V] = std::array::from_fn(|v| {
+            let n = valid.saturating_sub(16 * v).min(16);
+            ((1u32 << n) - 1) as u16
+        });
+        let f: [RqFused16; V] = std::array::from_fn(|v| {
+            let col = c0 + 16 * v;
+            RqFused16::load(
+                e.m0.as_ptr().add(col),
+                l.fk_nat.as_ptr().add(col),
+                l.fs_nat.as_ptr().add(col),
+            )
+        });
+        let bias: [__m512i; V] =
+            std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));
+        let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
+        let pixel = |rows: &dyn Fn(usize) -> *const u8, dst: *mut u8| {
+            let mut acc = bias;
+            for t in 0..l.taps {
+                let row = rows(t).add(c0);
+                let wt = l.wide.as_ptr().add(t * l.cp + c0);
+                for v in 0..V {
+                    let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                        masks[v],
+                        row.add(16 * v).cast(),
+                    ));
+                    acc[v] =
+                        _mm512_dpwssd_epi32(acc[v], x, _mm512_loadu_si512(wt.add(16 * v).cast()));
+                }
+            }
+            for v in 0..V {
+                let q =
+                    _mm512_min_epi32(_mm512_max_epi32(requantize16_fused(acc[v], &f[v]), lo), hi);
+                _mm_mask_storeu_epi8(dst.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
+            }
+        };
+        for (tp, &dst) in list.chunks_exact(l.taps).zip(list_out) {
+            pixel(&|t| tp[t], dst.add(c0));
+        }
+        for p in 0..npix {
+            let px = base.add(p * step);
+            pixel(&|t| px.add(*offs.get_unchecked(t)), o8.add(p * c + c0));
+        }
+    }
+}
+
+/// One output row through the single-shift output stage (requires `l.fused`): the run of
+/// `npix` interior pixels (tap `t` of pixel `p` at `base + p·step + offs[t]`, output at
+/// `o8 + p·c`; `npix` may be 0) and the listed pixels (`taps` tap-row pointers each, padding
+/// taps pointing at a `Z1` row, outputs at `list_out`), all channels; the constants of each
+/// 64-channel block are loaded once per row.
+///
+/// # Safety
+/// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c` readable bytes; `o8` holds
+/// `npix·c` bytes, each `list_out` pointer `c` bytes; `list.len() == taps·list_out.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn depthwise_row_fused(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    debug_assert!(l.fused && list.len() == l.taps * list_out.len());
+    // SAFETY: as documented.
+    unsafe {
+        let (b, s, n, lo) = (base, step, npix, list_out);
+        let mut c0 = 0;
+        while c0 < c {
+            let valid = (c - c0).min(64);
+            match (valid.div_ceil(16), l.taps == 9) {
+                (1, _) => {
+                    depthwise_narrow_fused::<1>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (2, _) => {
+                    depthwise_narrow_fused::<2>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (3, _) => {
+                    depthwise_narrow_fused::<3>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (_, true) => {
+                    depthwise_block_fused::<9>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (_, false) => {
+                    depthwise_block_fused::<0>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+            }
+            c0 += 64;
         }
     }
 }
