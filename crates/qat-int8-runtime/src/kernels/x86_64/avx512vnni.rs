@@ -640,7 +640,7 @@ unsafe fn depthwise_block_fused<const T: usize>(
     e: &Epilogue,
     o8: *mut u8,
 ) {
-    const P: usize = 2;
+    const P: usize = 3;
     let mask = if valid >= 64 {
         u64::MAX
     } else {
