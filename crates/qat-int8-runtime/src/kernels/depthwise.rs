@@ -249,6 +249,9 @@ impl DepthwisePlan {
             && l.fused
         {
             let (ilo, ihi) = if interior { (ow_lo, ow_hi) } else { (0, 0) };
+            // Every output pointer derives from one base pointer of the row (`wo·c` bytes).
+            assert!(o.len() >= wo * c, "depthwise output row too small");
+            let op = o.as_mut_ptr();
             BORDER.with(|b| {
                 let mut b = b.borrow_mut();
                 let (list, outs) = &mut *b;
@@ -256,7 +259,7 @@ impl DepthwisePlan {
                 outs.clear();
                 for ow in (0..wo).filter(|&ow| ow < ilo || ow >= ihi) {
                     self.push_taps(sample, oh, ow, list);
-                    outs.push(o[ow * c..(ow + 1) * c].as_mut_ptr());
+                    outs.push(op.wrapping_add(ow * c));
                 }
                 let base = if interior {
                     sample[((oh * sh - pt) * w + (ow_lo * sw - pl)) * c..].as_ptr()
@@ -277,7 +280,7 @@ impl DepthwisePlan {
                         l,
                         c,
                         &self.epi,
-                        o[ilo * c..].as_mut_ptr(),
+                        op.wrapping_add(ilo * c),
                     )
                 };
             });
