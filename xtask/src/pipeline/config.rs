@@ -42,6 +42,9 @@ pub struct DataConfig {
     pub calibration_batches: usize,
     /// Batch size for training and evaluation.
     pub batch_size: usize,
+    /// Training augmentation: random crop after zero padding by this many pixels (0: none).
+    #[serde(default)]
+    pub augment_pad: usize,
 }
 
 /// Model.

@@ -14,7 +14,7 @@ use qat_export::{
 use qat_int8_runtime::{Executor, Int8Model};
 use qat_train::{
     convert,
-    data::{Dataset, Normalize},
+    data::{Augment, Dataset, Normalize},
     layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
     models::{self, Architecture, ModelSpec, Net},
     observer::ActObserverConfig,
@@ -34,6 +34,18 @@ use super::{
 const PYTORCH_QAT_INT8: f64 = 0.9695;
 const TARGET_LOW_BIT_QAT: f64 = 0.93;
 const TARGET_AGREEMENT: f64 = 0.995;
+
+/// One QAT fine-tuning run's settings.
+#[derive(Debug, Clone, Copy)]
+struct QatRun {
+    act: Activation,
+    w_bits: u32,
+    a_bits: u32,
+    per_channel: bool,
+    fold: BnFoldMode,
+    epochs: usize,
+    lr: f64,
+}
 
 /// A trained QAT model and what was measured on it.
 struct QatOutcome {
@@ -162,6 +174,10 @@ impl Pipeline {
             batch_size: self.cfg.data.batch_size,
             seed: self.cfg.seed,
             normalize: self.normalize.clone(),
+            augment: Augment {
+                pad: self.cfg.data.augment_pad,
+                flip: false,
+            },
             optimizer: OptimizerConfig {
                 kind: OptimizerKind::Sgd {
                     momentum: f.momentum,
@@ -271,17 +287,16 @@ impl Pipeline {
     }
 
     /// QAT fine-tuning from `float_net`'s weights, export, and evaluation of both.
-    fn qat(
-        &self,
-        float_net: &Net,
-        act: Activation,
-        w_bits: u32,
-        a_bits: u32,
-        per_channel: bool,
-        fold: BnFoldMode,
-        epochs: usize,
-        lr: f64,
-    ) -> Result<QatOutcome> {
+    fn qat(&self, float_net: &Net, run: QatRun) -> Result<QatOutcome> {
+        let QatRun {
+            act,
+            w_bits,
+            a_bits,
+            per_channel,
+            fold,
+            epochs,
+            lr,
+        } = run;
         let q = &self.cfg.qat;
         let spec = self.spec(act, self.quant(w_bits, a_bits, per_channel), fold);
         trainer::seed_everything(self.cfg.seed);
@@ -472,13 +487,15 @@ impl Pipeline {
         // 3. QAT at 8 bits → export → integer runtime.
         let main = self.qat(
             &float_net,
-            act,
-            cfg.qat.weight_bits,
-            cfg.qat.act_bits,
-            cfg.qat.per_channel,
-            fold,
-            cfg.qat.epochs,
-            cfg.qat.lr,
+            QatRun {
+                act,
+                w_bits: cfg.qat.weight_bits,
+                a_bits: cfg.qat.act_bits,
+                per_channel: cfg.qat.per_channel,
+                fold,
+                epochs: cfg.qat.epochs,
+                lr: cfg.qat.lr,
+            },
         )?;
         let qat8_path = self.out.join("model_w8a8.qat8");
         main.model
@@ -490,13 +507,15 @@ impl Pipeline {
         let ptq_low = self.ptq(&float_net, lb.weight_bits, lb.act_bits, true)?;
         let low = self.qat(
             &float_net,
-            act,
-            lb.weight_bits,
-            lb.act_bits,
-            true,
-            fold,
-            lb.epochs,
-            lb.lr,
+            QatRun {
+                act,
+                w_bits: lb.weight_bits,
+                a_bits: lb.act_bits,
+                per_channel: true,
+                fold,
+                epochs: lb.epochs,
+                lr: lb.lr,
+            },
         )?;
         low.model.save(
             self.out
@@ -721,7 +740,18 @@ impl Pipeline {
                     continue;
                 }
                 let ptq = self.ptq(float_net, w, a, true)?;
-                let o = self.qat(float_net, act, w, a, true, fold, ab.qat_epochs, q.lr)?;
+                let o = self.qat(
+                    float_net,
+                    QatRun {
+                        act,
+                        w_bits: w,
+                        a_bits: a,
+                        per_channel: true,
+                        fold,
+                        epochs: ab.qat_epochs,
+                        lr: q.lr,
+                    },
+                )?;
                 sweep.push(BitPoint {
                     weight_bits: w,
                     act_bits: a,
@@ -738,13 +768,15 @@ impl Pipeline {
         ] {
             let o = self.qat(
                 float_net,
-                act,
-                q.weight_bits,
-                q.act_bits,
-                q.per_channel,
-                f,
-                ab.qat_epochs,
-                q.lr,
+                QatRun {
+                    act,
+                    w_bits: q.weight_bits,
+                    a_bits: q.act_bits,
+                    per_channel: q.per_channel,
+                    fold: f,
+                    epochs: ab.qat_epochs,
+                    lr: q.lr,
+                },
             )?;
             rows.push(AblationRow {
                 study: "BN folding".into(),
@@ -760,13 +792,15 @@ impl Pipeline {
                 let ptq = self.ptq(float_net, bits, q.act_bits, per_channel)?;
                 let o = self.qat(
                     float_net,
-                    act,
-                    bits,
-                    q.act_bits,
-                    per_channel,
-                    fold,
-                    ab.qat_epochs,
-                    q.lr,
+                    QatRun {
+                        act,
+                        w_bits: bits,
+                        a_bits: q.act_bits,
+                        per_channel,
+                        fold,
+                        epochs: ab.qat_epochs,
+                        lr: q.lr,
+                    },
                 )?;
                 let variant = format!(
                     "W{bits}A{} {}",
@@ -798,13 +832,15 @@ impl Pipeline {
             let ptq = self.ptq(base, q.weight_bits, q.act_bits, false)?;
             let o = self.qat(
                 base,
-                other,
-                q.weight_bits,
-                q.act_bits,
-                q.per_channel,
-                fold,
-                ab.qat_epochs,
-                q.lr,
+                QatRun {
+                    act: other,
+                    w_bits: q.weight_bits,
+                    a_bits: q.act_bits,
+                    per_channel: q.per_channel,
+                    fold,
+                    epochs: ab.qat_epochs,
+                    lr: q.lr,
+                },
             )?;
             rows.push(AblationRow {
                 study: "activation".into(),
