@@ -940,6 +940,10 @@ fn argmax(it: impl Iterator<Item = f32>) -> i64 {
 }
 
 /// Copies every variable of `src` into the same-named variable of `dst` (same architecture).
+///
+/// Quantizer state (names with a `_q.` segment: observer ranges) whose shape differs between the two
+/// configurations — per-tensor vs per-channel weight observers — is left to `dst`'s own observers, which
+/// recompute weight ranges every step and collect activation ranges during calibration.
 fn copy_weights(src: &Net, dst: &Net) -> Result<()> {
     let src_vars = src.var_store().variables();
     let _g = tch::no_grad_guard();
@@ -947,6 +951,15 @@ fn copy_weights(src: &Net, dst: &Net) -> Result<()> {
         let s = src_vars
             .get(&name)
             .ok_or_else(|| anyhow!("variable {name} missing in the float model"))?;
+        if s.size() != t.size() {
+            ensure!(
+                name.contains("_q."),
+                "variable {name}: shape {:?} in the float model, {:?} here",
+                s.size(),
+                t.size()
+            );
+            continue;
+        }
         t.f_copy_(s)
             .with_context(|| format!("cannot copy variable {name}"))?;
     }
