@@ -98,7 +98,7 @@ impl Pipeline {
             dir.display()
         );
         let normalize = Normalize::mnist();
-        let (test_nhwc, test_labels) = to_nhwc(&test, &normalize, 0, test.len());
+        let (test_nhwc, test_labels) = to_nhwc(&test, &normalize, 0, test.len())?;
         tracing::info!(train = train.len(), test = test.len(), dir = %dir.display(), "data loaded");
         Ok(Self {
             cfg,
@@ -238,7 +238,7 @@ impl Pipeline {
     }
 
     /// NHWC calibration batches from the training split.
-    fn calibration_batches(&self) -> Vec<ArrayD<f32>> {
+    fn calibration_batches(&self) -> Result<Vec<ArrayD<f32>>> {
         let bs = self.cfg.data.batch_size;
         (0..self.cfg.data.calibration_batches)
             .map(|i| i * bs)
@@ -250,7 +250,7 @@ impl Pipeline {
                     s,
                     (s + bs).min(self.train.len()),
                 )
-                .0
+                .map(|(x, _)| x)
             })
             .collect()
     }
@@ -279,7 +279,7 @@ impl Pipeline {
             activation_bits: Some(act_bits),
             export: convert::export_options(),
         };
-        let batches = self.calibration_batches();
+        let batches = self.calibration_batches()?;
         let model = qat_export::ptq_export(&graph, batches.iter().map(|b| b.view()), &cfg)
             .context("PTQ export failed")?;
         let (acc, _) = self.eval_int8(&model)?;
@@ -967,29 +967,33 @@ fn copy_weights(src: &Net, dst: &Net) -> Result<()> {
 }
 
 /// Images `[start, end)` of `ds`, normalized, as an NHWC f32 array, and their labels.
-fn to_nhwc(ds: &Dataset, norm: &Normalize, start: usize, end: usize) -> (ArrayD<f32>, Vec<i64>) {
+fn to_nhwc(
+    ds: &Dataset,
+    norm: &Normalize,
+    start: usize,
+    end: usize,
+) -> Result<(ArrayD<f32>, Vec<i64>)> {
     let [c, h, w] = ds.image_shape();
+    ensure!(
+        norm.mean.len() == c && norm.std.len() == c,
+        "normalization has {} means / {} stds for {c}-channel images",
+        norm.mean.len(),
+        norm.std.len()
+    );
     let n = end.saturating_sub(start);
     let mut x = vec![0f32; n * h * w * c];
     let mut labels = Vec::with_capacity(n);
     for (k, i) in (start..end).enumerate() {
         let img = ds.image(i); // CHW
         for ch in 0..c {
-            let (m, s) = (
-                norm.mean[ch % norm.mean.len()],
-                norm.std[ch % norm.std.len()],
-            );
+            let (m, s) = (norm.mean[ch], norm.std[ch]);
             for p in 0..h * w {
                 x[(k * h * w + p) * c + ch] = (img[ch * h * w + p] as f32 / 255.0 - m) / s;
             }
         }
         labels.push(i64::from(ds.labels[i]));
     }
-    (
-        ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), x)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0]))),
-        labels,
-    )
+    Ok((ArrayD::from_shape_vec(IxDyn(&[n, h, w, c]), x)?, labels))
 }
 
 /// Rows `[start, end)` of an NHWC array as an NCHW tch tensor.
