@@ -487,10 +487,45 @@ impl MinMaxObserver {
     }
 }
 
+/// The [`Observer`] methods every range observer delegates to its [`RangeBuffers`] unchanged:
+/// name, calibration flag, freeze/unfreeze; `with_state` adds the plain state save/restore.
+macro_rules! range_buffer_methods {
+    () => {
+        fn name(&self) -> &str {
+            &self.buf.name
+        }
+
+        fn is_calibrated(&self) -> bool {
+            self.buf.count() > 0
+        }
+
+        fn freeze(&mut self) {
+            self.buf.set_frozen(true);
+        }
+
+        fn unfreeze(&mut self) {
+            self.buf.set_frozen(false);
+        }
+
+        fn is_frozen(&self) -> bool {
+            self.buf.frozen()
+        }
+    };
+    (with_state) => {
+        range_buffer_methods!();
+
+        fn state(&self) -> Result<ObserverState, ObserverError> {
+            self.buf.state(Vec::new())
+        }
+
+        fn load_state(&mut self, state: &ObserverState) -> Result<(), ObserverError> {
+            self.buf.load_state(state)
+        }
+    };
+}
+
 impl Observer for MinMaxObserver {
-    fn name(&self) -> &str {
-        &self.buf.name
-    }
+    range_buffer_methods!(with_state);
 
     fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
         if self.buf.frozen() {
@@ -519,30 +554,6 @@ impl Observer for MinMaxObserver {
             &lo,
             &hi,
         )
-    }
-
-    fn is_calibrated(&self) -> bool {
-        self.buf.count() > 0
-    }
-
-    fn freeze(&mut self) {
-        self.buf.set_frozen(true);
-    }
-
-    fn unfreeze(&mut self) {
-        self.buf.set_frozen(false);
-    }
-
-    fn is_frozen(&self) -> bool {
-        self.buf.frozen()
-    }
-
-    fn state(&self) -> Result<ObserverState, ObserverError> {
-        self.buf.state(Vec::new())
-    }
-
-    fn load_state(&mut self, state: &ObserverState) -> Result<(), ObserverError> {
-        self.buf.load_state(state)
     }
 }
 
@@ -619,9 +630,7 @@ impl EmaMinMaxObserver {
 }
 
 impl Observer for EmaMinMaxObserver {
-    fn name(&self) -> &str {
-        &self.buf.name
-    }
+    range_buffer_methods!(with_state);
 
     fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
         if self.buf.frozen() {
@@ -652,30 +661,6 @@ impl Observer for EmaMinMaxObserver {
             &lo,
             &hi,
         )
-    }
-
-    fn is_calibrated(&self) -> bool {
-        self.buf.count() > 0
-    }
-
-    fn freeze(&mut self) {
-        self.buf.set_frozen(true);
-    }
-
-    fn unfreeze(&mut self) {
-        self.buf.set_frozen(false);
-    }
-
-    fn is_frozen(&self) -> bool {
-        self.buf.frozen()
-    }
-
-    fn state(&self) -> Result<ObserverState, ObserverError> {
-        self.buf.state(Vec::new())
-    }
-
-    fn load_state(&mut self, state: &ObserverState) -> Result<(), ObserverError> {
-        self.buf.load_state(state)
     }
 }
 
@@ -775,9 +760,7 @@ impl HistogramObserver {
 }
 
 impl Observer for HistogramObserver {
-    fn name(&self) -> &str {
-        &self.buf.name
-    }
+    range_buffer_methods!();
 
     fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
         if self.buf.frozen() {
@@ -829,22 +812,6 @@ impl Observer for HistogramObserver {
             &[lo],
             &[hi],
         )
-    }
-
-    fn is_calibrated(&self) -> bool {
-        self.buf.count() > 0
-    }
-
-    fn freeze(&mut self) {
-        self.buf.set_frozen(true);
-    }
-
-    fn unfreeze(&mut self) {
-        self.buf.set_frozen(false);
-    }
-
-    fn is_frozen(&self) -> bool {
-        self.buf.frozen()
     }
 
     fn state(&self) -> Result<ObserverState, ObserverError> {
