@@ -128,7 +128,8 @@ pub struct Report {
     pub curves: Curves,
 }
 
-fn pct(x: f64) -> String {
+/// A share in [0, 1] as a percentage with two decimals.
+pub fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 

@@ -27,7 +27,7 @@ use super::{
     Args,
     config::Config,
     plots,
-    report::{AblationRow, BitPoint, Curves, Latency, Report, ResultRow, TargetCheck},
+    report::{AblationRow, BitPoint, Curves, Latency, Report, ResultRow, TargetCheck, pct},
 };
 
 /// Reference figures from the issue (PyTorch ao.quantization on the same data, measured on this machine kind).
@@ -71,10 +71,6 @@ pub struct Pipeline {
     /// The whole test split as NHWC f32 (normalized), and labels.
     test_nhwc: ArrayD<f32>,
     test_labels: Vec<i64>,
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.2}%", 100.0 * x)
 }
 
 impl Pipeline {
