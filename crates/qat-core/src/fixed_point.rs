@@ -242,6 +242,81 @@ impl QuantizedMultiplier {
     }
 }
 
+/// How a fixed-point multiplier `M = M0·2^(shift − 31)` rounds `x·M` to an integer in the
+/// output stage of conv, fully connected, add and concat (a model-level choice).
+///
+/// - [`Rounding::Gemmlowp`] — TFLite's default reference `MultiplyByQuantizedMultiplier`:
+///   `RDBPOT(SRDHM(x·2^left, M0), right)`. SRDHM first rounds `x·M0/2^31` to an integer, i.e.
+///   `x·M` to a multiple of `2^−right` output LSBs; RDBPOT then rounds that again to an integer.
+///   Double rounding: when `x·M` has a fractional part in `[0.5 − 2^−(right+1), 0.5)` the first
+///   rounding lands exactly on `.5` and the second rounds it up — wrong by one LSB. With
+///   `right = 1..3` (`M ≈ 0.06–0.5`, usual at 4 bits) that is 6–25 % of uniformly spread
+///   fractions.
+/// - [`Rounding::Single`] — `x·M0·2^(shift − 31)` computed exactly (64-bit product) and rounded
+///   **once** to nearest, ties away from zero ([`QuantizedMultiplier::apply_rounded_once`]):
+///   the correctly rounded `x·M` up to the multiplier's own 2^−31 relative error, what a float
+///   simulation (and QAT training) computes. TFLite's `TFLITE_SINGLE_ROUNDING` computes the same
+///   single rounding with ties toward +∞; the two differ only on exact ties `x·M = k + ½`, `x < 0`.
+///
+/// ```
+/// use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
+/// let m = QuantizedMultiplier::from_f64(0.3)?;           // M0 = 1288490189, shift −1
+/// // 8·0.3 = 2.4: SRDHM gives 4.8 → 5 half-LSBs (2.5), RDBPOT rounds 2.5 up to 3.
+/// assert_eq!(m.apply_with(Rounding::Gemmlowp, 8), 3);
+/// assert_eq!(m.apply_with(Rounding::Single, 8), 2);      // one rounding: 2.4 → 2
+/// // ties: −1.5 → −2 (away from zero) with Single, −1 (SRDHM ties toward +∞) with Gemmlowp
+/// let half = QuantizedMultiplier::from_f64(0.5)?;
+/// assert_eq!(half.apply_with(Rounding::Single, -3), -2);
+/// assert_eq!(half.apply_with(Rounding::Gemmlowp, -3), -1);
+/// # Ok::<(), qat_core::QuantError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Rounding {
+    /// gemmlowp/TFLite reference double rounding ([`QuantizedMultiplier::apply`]).
+    Gemmlowp,
+    /// One rounding of the exact product, ties away from zero
+    /// ([`QuantizedMultiplier::apply_rounded_once`]).
+    Single,
+}
+
+impl Rounding {
+    /// Both modes, `Gemmlowp` first.
+    pub const ALL: [Rounding; 2] = [Rounding::Gemmlowp, Rounding::Single];
+
+    /// `"gemmlowp"` or `"single"` (logs, benchmark switches).
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Gemmlowp => "gemmlowp",
+            Rounding::Single => "single",
+        }
+    }
+
+    /// Parses a [`Rounding::name`] (case-insensitive).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == s.trim().to_ascii_lowercase())
+    }
+}
+
+impl std::fmt::Display for Rounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl QuantizedMultiplier {
+    /// `x·M` rounded as `rounding` says: [`Self::apply`] (`Gemmlowp`) or
+    /// [`Self::apply_rounded_once`] (`Single`).
+    #[inline]
+    pub fn apply_with(&self, rounding: Rounding, x: i32) -> i32 {
+        match rounding {
+            Rounding::Gemmlowp => self.apply(x),
+            Rounding::Single => self.apply_rounded_once(x),
+        }
+    }
+}
+
 /// Paper §2.4, the fused layer's output stage for one int32 accumulator (bias already added):
 /// `q = clamp(apply(acc, M) + Z_out, lo, hi)`, where `[lo, hi]` is the fused activation's range
 /// intersected with the output grid (ReLU: `[Z_out, 255]`; ReLU6: `[Z_out, Z_out + round(6/S_out)]`).
@@ -256,6 +331,47 @@ impl QuantizedMultiplier {
 #[inline]
 pub fn requantize(acc: i32, m: QuantizedMultiplier, zero_point: i32, lo: i32, hi: i32) -> i32 {
     m.apply(acc).saturating_add(zero_point).clamp(lo, hi)
+}
+
+/// [`requantize`] with one rounding ([`Rounding::Single`]):
+/// `q = clamp(round_half_away(acc·M0·2^(shift − 31)) + Z_out, lo, hi)`, the product exact in i64
+/// ([`QuantizedMultiplier::apply_rounded_once`], saturated to i32 before `+ Z_out`).
+///
+/// ```
+/// use qat_core::fixed_point::{requantize, requantize_single, QuantizedMultiplier};
+/// let m = QuantizedMultiplier::from_f64(0.3)?;
+/// assert_eq!(requantize_single(8, m, 1, 0, 15), 3);   // 2.4 → 2, + 1
+/// assert_eq!(requantize(8, m, 1, 0, 15), 4);          // double rounding: 2.4 → 2.5 → 3, + 1
+/// # Ok::<(), qat_core::QuantError>(())
+/// ```
+#[inline]
+pub fn requantize_single(
+    acc: i32,
+    m: QuantizedMultiplier,
+    zero_point: i32,
+    lo: i32,
+    hi: i32,
+) -> i32 {
+    m.apply_rounded_once(acc)
+        .saturating_add(zero_point)
+        .clamp(lo, hi)
+}
+
+/// The output stage in either mode: [`requantize`] (`Gemmlowp`) or [`requantize_single`]
+/// (`Single`).
+#[inline]
+pub fn requantize_with(
+    rounding: Rounding,
+    acc: i32,
+    m: QuantizedMultiplier,
+    zero_point: i32,
+    lo: i32,
+    hi: i32,
+) -> i32 {
+    match rounding {
+        Rounding::Gemmlowp => requantize(acc, m, zero_point, lo, hi),
+        Rounding::Single => requantize_single(acc, m, zero_point, lo, hi),
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +501,41 @@ mod tests {
             if exact.abs() < 2f64.powi(30) {
                 prop_assert!((m.apply_rounded_once(x) as f64 - exact).abs() <= 0.5 + 1e-6);
             }
+        }
+
+        #[test]
+        fn requantize_single_matches_i128_and_f64(
+            real in 1e-9f64..64.0,
+            x in any::<i32>(),
+            zp in -300i32..300,
+            lo in -400i32..300,
+            width in 0i32..600,
+        ) {
+            let m = QuantizedMultiplier::from_f64(real).unwrap();
+            let hi = lo + width;
+            // i128 transcription: sign(p)·⌊(|p| + 2^(e−1)) / 2^e⌋, saturate, + Z, clamp
+            let p = x as i128 * m.multiplier() as i128;
+            let e = 31 - m.shift();
+            let r = p.signum() * ((p.abs() + (1i128 << (e - 1))) >> e);
+            let r = r.clamp(i32::MIN as i128, i32::MAX as i128);
+            let want = (r + zp as i128).clamp(i32::MIN as i128, i32::MAX as i128).clamp(lo as i128, hi as i128) as i32;
+            prop_assert_eq!(requantize_single(x, m, zp, lo, hi), want);
+            prop_assert_eq!(requantize_with(Rounding::Single, x, m, zp, lo, hi), want);
+            prop_assert_eq!(requantize_with(Rounding::Gemmlowp, x, m, zp, lo, hi), requantize(x, m, zp, lo, hi));
+            // f64: round_half_away(x·M) where it is exact enough to decide (away from ties)
+            let y = x as f64 * m.to_f64();
+            if y.abs() < 2f64.powi(40) && ((y - y.trunc()).abs() - 0.5).abs() > 1e-3 {
+                let f = (y.round() + zp as f64).clamp(lo as f64, hi as f64);
+                let f = f.clamp(i32::MIN as f64, i32::MAX as f64);
+                prop_assert_eq!(requantize_single(x, m, zp, lo, hi) as f64, f);
+            }
+        }
+
+        #[test]
+        fn single_differs_from_gemmlowp_only_by_one_lsb(real in 1e-6f64..0.99, x in -(1i32 << 24)..(1i32 << 24)) {
+            let m = QuantizedMultiplier::from_f64(real).unwrap();
+            let d = (m.apply_with(Rounding::Single, x) - m.apply_with(Rounding::Gemmlowp, x)).abs();
+            prop_assert!(d <= 1);
         }
 
         #[test]
