@@ -12,7 +12,9 @@
 //! | Flatten | U8 (input's params) | `Reshape` |
 //! | Output `y` | `y` (F32) | `Dequantize`, listed in `Int8Model::outputs` |
 //!
-//! Every U8 tensor is named after its float node, so reports can join the two.
+//! Every U8 tensor is named after its float node, so reports can join the two. The model's
+//! [`Int8Model::rounding`] is [`ExportOptions::rounding`] (default `Single`, matching the
+//! simulation).
 
 use qat_int8_runtime::{self as rt, Clamp, DType, Int8Model, Op, TensorId, TensorInfo};
 
@@ -45,7 +47,8 @@ impl QuantPlan {
             .collect()
     }
 
-    /// Emits the integer-only model (see the module docs for the mapping).
+    /// Emits the integer-only model (see the module docs for the mapping), requantizing in
+    /// `self.options.rounding`.
     pub fn to_int8_model(&self) -> Int8Model {
         let mut tensors = Vec::new();
         let mut ops = Vec::new();
@@ -159,6 +162,7 @@ impl QuantPlan {
             ops,
             input,
             outputs,
+            rounding: self.options.rounding,
         }
     }
 

@@ -17,7 +17,7 @@
 
 use qat_core::QuantParams;
 use qat_core::fixed_point::QuantizedMultiplier;
-use qat_int8_runtime::Clamp;
+use qat_int8_runtime::{Clamp, Rounding};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ExportError, Refusal};
@@ -36,6 +36,18 @@ pub struct ExportOptions {
     /// and rescales with one rounding (`M' = S_in/(S_out·count)`), within one LSB of the
     /// simulation and equal to it except on rounding ties.
     pub avg_pool_own_params: bool,
+    /// The emitted model's requantization rounding ([`Int8Model::rounding`](qat_int8_runtime::Int8Model::rounding)).
+    /// Default [`Rounding::Single`]: one rounding of `acc·M`, what the float simulation and QAT
+    /// training compute (TFLite's reference double rounding is off by one LSB on 6–25 % of outputs
+    /// when `M ≈ 0.06–0.5`, common at 4 bits). [`Rounding::Gemmlowp`] reproduces TFLite's
+    /// reference kernels (`MultiplyByQuantizedMultiplier`) bit for bit instead. Missing in
+    /// serialized options written before the field: `Single`.
+    #[serde(default = "default_rounding")]
+    pub rounding: Rounding,
+}
+
+fn default_rounding() -> Rounding {
+    Rounding::Single
 }
 
 impl Default for ExportOptions {
@@ -43,6 +55,7 @@ impl Default for ExportOptions {
         Self {
             fold_batch_norm: true,
             avg_pool_own_params: false,
+            rounding: default_rounding(),
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Kernel benchmark: GOPS (= 2·MACs / s) of every kernel path and an f32 baseline on the issue's
 //! GEMM and conv shapes, with 1 thread and all threads.
 //!
-//! `cargo run --release -p qat-int8-runtime --example bench_kernels -- [--threads N] [--json PATH] [--quick] [--repeat R] [--filter SHAPE] [--path NAME|f32]`
+//! `cargo run --release -p qat-int8-runtime --example bench_kernels -- [--threads N] [--json PATH] [--quick] [--repeat R] [--filter SHAPE] [--path NAME|f32] [--rounding gemmlowp|single|both]`
+//!
+//! `--rounding` picks the requantization rounding of the integer kernels (default `gemmlowp`,
+//! TFLite's double rounding; `single`: one rounding; `both`: each integer case is measured in
+//! both modes back to back, so the two numbers see the same machine load).
 //!
 //! Each measurement calls the kernel repeatedly for ≥ 0.4 s (0.08 s with `--quick`), `--repeat`
 //! times (default 3), and reports the best (shortest) single call: other processes share the
@@ -10,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::kernels::conv::ConvPlan;
 use qat_int8_runtime::kernels::gemm::{ASource, OutPtr, PackedB, gemm};
@@ -23,6 +27,7 @@ struct Args {
     repeat: usize,
     filter: Option<String>,
     path: Option<String>,
+    roundings: Vec<Rounding>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 3,
         filter: None,
         path: None,
+        roundings: vec![Rounding::Gemmlowp],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -55,9 +61,19 @@ fn parse_args() -> Result<Args, String> {
             }
             "--filter" => a.filter = Some(it.next().ok_or("--filter needs a substring")?),
             "--path" => a.path = Some(it.next().ok_or("--path needs a kernel path or f32")?),
+            "--rounding" => {
+                let v = it
+                    .next()
+                    .ok_or("--rounding needs gemmlowp, single or both")?;
+                a.roundings = if v == "both" {
+                    Rounding::ALL.to_vec()
+                } else {
+                    vec![Rounding::from_name(&v).ok_or("--rounding: gemmlowp, single or both")?]
+                };
+            }
             "-h" | "--help" => {
                 println!(
-                    "bench_kernels [--threads N] [--json PATH] [--quick] [--repeat R] [--filter SHAPE-SUBSTRING] [--path NAME|f32]"
+                    "bench_kernels [--threads N] [--json PATH] [--quick] [--repeat R] [--filter SHAPE-SUBSTRING] [--path NAME|f32] [--rounding gemmlowp|single|both]"
                 );
                 std::process::exit(0);
             }
@@ -111,6 +127,8 @@ fn time_best(min: Duration, repeat: usize, mut f: impl FnMut()) -> Duration {
 struct Row {
     shape: String,
     path: String,
+    /// Rounding of the integer kernels ("-" for the f32 baseline).
+    rounding: String,
     threads: usize,
     macs: f64,
     seconds: f64,
@@ -175,14 +193,20 @@ fn mults(n: usize) -> Vec<QuantizedMultiplier> {
 }
 
 /// Runs one case on one path; `None` path = the f32 baseline.
-fn bench_case(case: &Case, path: Option<KernelPath>, min: Duration, repeat: usize) -> Duration {
+fn bench_case(
+    case: &Case,
+    path: Option<KernelPath>,
+    rounding: Rounding,
+    min: Duration,
+    repeat: usize,
+) -> Duration {
     let mut rng = Rng(1);
     match (case, path) {
         (&Case::Gemm { m, k, n }, Some(path)) => {
             let a = rng.u8s(m * k);
             let w = rng.i8s(n * k);
             let bias: Vec<i32> = (0..n as i32).collect();
-            let b = PackedB::new(path, &w, n, k, &bias, &mults(n), 3, 128, 0, 255);
+            let b = PackedB::new(path, &w, n, k, &bias, &mults(n), 3, 128, 0, 255, rounding);
             let mut out = vec![0u8; m * n];
             if path == KernelPath::Reference {
                 // The reference tier has no GEMM entry point of its own: time its fully
@@ -206,6 +230,7 @@ fn bench_case(case: &Case, path: Option<KernelPath>, min: Duration, repeat: usiz
                             3,
                             &fc,
                             128,
+                            rounding,
                             &mut out[r * n..(r + 1) * n],
                         );
                     }
@@ -265,7 +290,8 @@ fn bench_case(case: &Case, path: Option<KernelPath>, min: Duration, repeat: usiz
             let r8 = QuantRange::unsigned(8).expect("8 bits");
             let qi = QuantParams::new(0.02, 7, r8).expect("params");
             let qo = QuantParams::new(0.05, 128, r8).expect("params");
-            let plan = ConvPlan::new(&conv, [h, w, cin], qi, [h, w, cout], qo, path).expect("plan");
+            let plan = ConvPlan::new(&conv, [h, w, cin], qi, [h, w, cout], qo, path, rounding)
+                .expect("plan");
             let input = rng.u8s(h * w * cin);
             let mut out = vec![0u8; h * w * cout];
             let repeat = if path == KernelPath::Reference {
@@ -489,8 +515,8 @@ fn main() {
         KernelPath::best()
     );
     println!(
-        "{:<26} {:<11} {:>7} {:>10} {:>9}",
-        "shape", "path", "threads", "time(ms)", "GOPS"
+        "{:<26} {:<11} {:<9} {:>7} {:>10} {:>9}",
+        "shape", "path", "rounding", "threads", "time(ms)", "GOPS"
     );
     let mut rows = Vec::new();
     for case in cases.iter().filter(|c| {
@@ -513,23 +539,36 @@ fn main() {
                 {
                     continue;
                 }
-                let t = pool.install(|| bench_case(case, path, min, args.repeat));
-                let row = Row {
-                    shape: case.name(),
-                    path: path.map_or("f32".to_string(), |p| p.name().to_string()),
-                    threads,
-                    macs: case.macs(),
-                    seconds: t.as_secs_f64(),
+                let roundings: &[Rounding] = if path.is_some() {
+                    &args.roundings
+                } else {
+                    &args.roundings[..1]
                 };
-                println!(
-                    "{:<26} {:<11} {:>7} {:>10.3} {:>9.1}",
-                    row.shape,
-                    row.path,
-                    row.threads,
-                    row.seconds * 1e3,
-                    row.gops()
-                );
-                rows.push(row);
+                for &rounding in roundings {
+                    let t = pool.install(|| bench_case(case, path, rounding, min, args.repeat));
+                    let row = Row {
+                        shape: case.name(),
+                        path: path.map_or("f32".to_string(), |p| p.name().to_string()),
+                        rounding: if path.is_some() {
+                            rounding.name().to_string()
+                        } else {
+                            "-".to_string()
+                        },
+                        threads,
+                        macs: case.macs(),
+                        seconds: t.as_secs_f64(),
+                    };
+                    println!(
+                        "{:<26} {:<11} {:<9} {:>7} {:>10.3} {:>9.1}",
+                        row.shape,
+                        row.path,
+                        row.rounding,
+                        row.threads,
+                        row.seconds * 1e3,
+                        row.gops()
+                    );
+                    rows.push(row);
+                }
             }
         }
     }
@@ -539,9 +578,10 @@ fn main() {
         );
         for (i, r) in rows.iter().enumerate() {
             s.push_str(&format!(
-                "    {{\"shape\": \"{}\", \"path\": \"{}\", \"threads\": {}, \"macs\": {}, \"seconds\": {:.9}, \"gops\": {:.3}}}{}\n",
+                "    {{\"shape\": \"{}\", \"path\": \"{}\", \"rounding\": \"{}\", \"threads\": {}, \"macs\": {}, \"seconds\": {:.9}, \"gops\": {:.3}}}{}\n",
                 r.shape,
                 r.path,
+                r.rounding,
                 r.threads,
                 r.macs,
                 r.seconds,

@@ -101,7 +101,7 @@ enum OpPlan {
 /// ```
 /// use ndarray::ArrayD;
 /// use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-/// use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, FullyConnected, Weights, Clamp};
+/// use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, FullyConnected, Weights, Clamp, Rounding};
 /// let q = QuantParams::asymmetric(0.0, 2.55, 8)?; // S = 0.01, Z = 0
 /// let t = |name: &str, dtype, quant| TensorInfo { name: name.into(), shape: vec![2], dtype, quant };
 /// let model = Int8Model {
@@ -120,6 +120,7 @@ enum OpPlan {
 ///     ],
 ///     input: 0,
 ///     outputs: vec![3],
+///     rounding: Rounding::Single,
 /// };
 /// let mut exec = Executor::new(&model)?;
 /// let x = ArrayD::from_shape_vec(vec![1, 2], vec![0.5f32, 1.25])?;
@@ -187,12 +188,19 @@ impl Executor {
                         hwc(&model, c.output),
                         quant(&model, c.output),
                         path,
+                        model.rounding,
                     )
                     .map_err(|e| err(e.to_string()))?,
                 )),
                 Op::FullyConnected(f) => OpPlan::Fc(Box::new(
-                    FcPlan::new(f, quant(&model, f.input), quant(&model, f.output), path)
-                        .map_err(|e| err(e.to_string()))?,
+                    FcPlan::new(
+                        f,
+                        quant(&model, f.input),
+                        quant(&model, f.output),
+                        path,
+                        model.rounding,
+                    )
+                    .map_err(|e| err(e.to_string()))?,
                 )),
                 Op::Add {
                     a,
@@ -205,13 +213,16 @@ impl Executor {
                         &quant(&model, *b),
                         &quant(&model, *output),
                         *clamp,
+                        model.rounding,
                     )
                     .map_err(|e| err(e.to_string()))?,
                 ),
                 Op::Concat { inputs, output } => OpPlan::Concat(
                     inputs
                         .iter()
-                        .map(|&t| Rescale::new(&quant(&model, t), &quant(&model, *output)))
+                        .map(|&t| {
+                            Rescale::new(&quant(&model, t), &quant(&model, *output), model.rounding)
+                        })
                         .collect::<Result<_, _>>()
                         .map_err(|e| err(e.to_string()))?,
                 ),

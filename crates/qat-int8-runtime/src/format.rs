@@ -3,11 +3,16 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic [`MAGIC`] = `\x89QAT8\r\n\x1a` (PNG-style: catches text-mode and 7-bit transfers) |
-//! | 8 | 4 | format version, u32 little endian ([`FORMAT_VERSION`]) |
+//! | 8 | 4 | format version, u32 little endian ([`FORMAT_VERSION`]; version 1 is still read) |
 //! | 12 | 4 | flags, u32 LE, must be 0 (reserved) |
 //! | 16 | 8 | payload length in bytes, u64 LE; must equal the remaining file length |
 //! | 24 | 4 | CRC-32 (ISO-HDLC, the zlib/PNG polynomial) of the payload, u32 LE |
 //! | 28 | … | payload: [`Int8Model`] as serde + bincode 2 (standard config, varint lengths) |
+//!
+//! Versions: 2 added [`Int8Model::rounding`] (the last field of the payload, a bincode enum
+//! index: 0 = `Gemmlowp`, 1 = `Single`). A version-1 payload is the same encoding without that
+//! field; it decodes as [`Rounding::Gemmlowp`], the only rounding version-1 runtimes had, so an
+//! old file runs bit for bit as before.
 //!
 //! Loading checks, in order: length, magic, version, flags, payload length, checksum, then decodes
 //! with a byte limit equal to the payload length (serde's cautious size hints keep every
@@ -16,15 +21,19 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use thiserror::Error;
 
-use crate::model::Int8Model;
+use crate::model::{Int8Model, Op, Rounding, TensorId, TensorInfo};
 use crate::validate::ValidationError;
 
 /// The first 8 bytes of every `.qat8` file.
 pub const MAGIC: [u8; 8] = *b"\x89QAT8\r\n\x1a";
-/// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this crate reads (version 1: no [`Int8Model::rounding`] field, read
+/// as [`Rounding::Gemmlowp`]).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the fixed header preceding the payload.
 pub const HEADER_LEN: usize = 28;
 /// Largest file accepted by [`Int8Model::load`] / [`Int8Model::from_bytes`] (1 GiB).
@@ -60,7 +69,9 @@ pub enum LoadError {
         found: [u8; 8],
     },
     /// Written by a newer (or unknown) version of the format.
-    #[error("format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "format version {found} is not supported (this build reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+    )]
     UnsupportedVersion {
         /// Version in the header.
         found: u32,
@@ -168,6 +179,43 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ MAX_FILE_BYTES as usize }>()
 }
 
+/// The version-1 payload: [`Int8Model`] without `rounding` (same field order and encoding).
+#[derive(Deserialize)]
+struct ModelV1 {
+    name: String,
+    tensors: Vec<TensorInfo>,
+    ops: Vec<Op>,
+    input: TensorId,
+    outputs: Vec<TensorId>,
+}
+
+impl From<ModelV1> for Int8Model {
+    fn from(m: ModelV1) -> Self {
+        Int8Model {
+            name: m.name,
+            tensors: m.tensors,
+            ops: m.ops,
+            input: m.input,
+            outputs: m.outputs,
+            rounding: Rounding::Gemmlowp,
+        }
+    }
+}
+
+/// Decodes a payload of `version` with the byte limit, returning the model and bytes used.
+fn decode_payload(payload: &[u8], version: u32) -> Result<(Int8Model, usize), LoadError> {
+    let decode_err = |e: bincode::error::DecodeError| LoadError::Decode {
+        message: e.to_string(),
+    };
+    if version == 1 {
+        let (m, used): (ModelV1, usize) =
+            bincode::serde::decode_from_slice(payload, bincode_config()).map_err(decode_err)?;
+        Ok((m.into(), used))
+    } else {
+        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(decode_err)
+    }
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
@@ -179,7 +227,7 @@ impl Int8Model {
     /// Validates first: an invalid model is never written.
     ///
     /// ```
-    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op};
+    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Rounding};
     /// # use qat_core::QuantParams;
     /// let q = QuantParams::asymmetric(-1.0, 1.0, 8)?;
     /// let model = Int8Model {
@@ -191,6 +239,7 @@ impl Int8Model {
     ///     ops: vec![Op::Quantize { input: 0, output: 1 }],
     ///     input: 0,
     ///     outputs: vec![1],
+    ///     rounding: Rounding::Single,
     /// };
     /// let bytes = model.to_bytes()?;
     /// assert_eq!(Int8Model::from_bytes(&bytes)?, model);
@@ -230,7 +279,7 @@ impl Int8Model {
             return Err(LoadError::BadMagic { found: magic });
         }
         let version = u32_at(bytes, 8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(LoadError::UnsupportedVersion { found: version });
         }
         let flags = u32_at(bytes, 12);
@@ -252,12 +301,7 @@ impl Int8Model {
         if stored != computed {
             return Err(LoadError::ChecksumMismatch { stored, computed });
         }
-        let (model, used): (Int8Model, usize) =
-            bincode::serde::decode_from_slice(payload, bincode_config()).map_err(|e| {
-                LoadError::Decode {
-                    message: e.to_string(),
-                }
-            })?;
+        let (model, used) = decode_payload(payload, version)?;
         if used != payload.len() {
             return Err(LoadError::TrailingBytes {
                 trailing: payload.len() - used,

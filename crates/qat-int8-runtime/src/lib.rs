@@ -23,7 +23,7 @@
 //!
 //! ```
 //! use qat_core::QuantParams;
-//! use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op};
+//! use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, Rounding};
 //! let q = QuantParams::asymmetric(0.0, 2.55, 8)?;
 //! let model = Int8Model {
 //!     name: "roundtrip".into(),
@@ -34,6 +34,7 @@
 //!     ops: vec![Op::Quantize { input: 0, output: 1 }],
 //!     input: 0,
 //!     outputs: vec![1],
+//!     rounding: Rounding::Single,
 //! };
 //! let model = Int8Model::from_bytes(&model.to_bytes()?)?;
 //! let mut exec = Executor::new(&model)?;
@@ -52,6 +53,6 @@ pub use executor::{Executor, RunError, TensorValue};
 pub use format::{LoadError, SaveError};
 pub use kernels::KernelPath;
 pub use model::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights,
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorId, TensorInfo, Weights,
 };
 pub use validate::ValidationError;

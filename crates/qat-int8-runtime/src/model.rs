@@ -8,6 +8,7 @@
 //! Weight layouts: conv `OHWI` = `[out_ch, kh, kw, in_ch / groups]`; fully connected `[out, in]`.
 //! Depthwise conv is a `Conv2d` with `groups == in_ch == out_ch / multiplier`.
 
+pub use qat_core::fixed_point::Rounding;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use serde::{Deserialize, Serialize};
 
@@ -209,4 +210,9 @@ pub struct Int8Model {
     pub input: TensorId,
     /// Graph outputs.
     pub outputs: Vec<TensorId>,
+    /// How every requantization (conv, depthwise, fully connected, concat/rescale and add's
+    /// output stage) rounds `M·acc`: [`Rounding::Gemmlowp`] (TFLite's reference double rounding)
+    /// or [`Rounding::Single`] (one rounding of the exact product, what QAT simulates). Version-1
+    /// `.qat8` files predate the field and load as `Gemmlowp`. Average pools always round once.
+    pub rounding: Rounding,
 }

@@ -6,8 +6,8 @@ use common::{Builder, Rng, act, zoo_model};
 use ndarray::ArrayD;
 use qat_core::{QuantParams, QuantRange, fixed_point::QuantizedMultiplier};
 use qat_int8_runtime::{
-    Clamp, Conv2d, DType, Executor, Int8Model, KernelPath, Op, RunError, TensorInfo, TensorValue,
-    Weights,
+    Clamp, Conv2d, DType, Executor, Int8Model, KernelPath, Op, Rounding, RunError, TensorInfo,
+    TensorValue, Weights,
 };
 
 fn params(scale: f32, zp: i32) -> QuantParams {
@@ -49,6 +49,7 @@ fn single_conv(input_hw: [usize; 2], padding: [usize; 4]) -> Int8Model {
         })],
         input: 0,
         outputs: vec![1],
+        rounding: Rounding::Gemmlowp,
     }
 }
 
@@ -111,6 +112,7 @@ fn unary(
         ops: vec![op_builder(0, 1)],
         input: 0,
         outputs: vec![1],
+        rounding: Rounding::Gemmlowp,
     }
 }
 
@@ -233,6 +235,7 @@ fn add_matches_float_within_one_lsb() {
         ],
         input: 0,
         outputs: vec![2],
+        rounding: Rounding::Gemmlowp,
     };
     let codes: Vec<u8> = (0..=255).collect();
     let mut e = Executor::new(&m).unwrap();
@@ -280,6 +283,7 @@ fn concat_rescales_within_one_lsb() {
         ],
         input: 0,
         outputs: vec![2],
+        rounding: Rounding::Gemmlowp,
     };
     let codes = Rng(5).u8s(12);
     let mut e = Executor::new(&m).unwrap();
@@ -337,6 +341,7 @@ fn quantize_dequantize_use_qat_core_rounding() {
         ],
         input: 0,
         outputs: vec![2],
+        rounding: Rounding::Gemmlowp,
     };
     let xs = [-2.0f32, -0.5, 0.0, 0.3, 7.0];
     let x = ArrayD::from_shape_vec(vec![1, 5], xs.to_vec()).unwrap();
@@ -354,7 +359,16 @@ fn quantize_dequantize_use_qat_core_rounding() {
 
 #[test]
 fn zoo_runs_on_every_path_identically_and_batch_independent() {
-    let m = zoo_model();
+    for rounding in Rounding::ALL {
+        zoo_on_every_path(rounding);
+    }
+}
+
+fn zoo_on_every_path(rounding: Rounding) {
+    let m = Int8Model {
+        rounding,
+        ..zoo_model()
+    };
     let n = 3;
     let x = ArrayD::from_shape_vec(vec![n, 8, 8, 3], Rng(11).f32s(n * 192, -1.2, 1.2)).unwrap();
     let want = Executor::with_path(&m, KernelPath::Reference)
@@ -363,9 +377,13 @@ fn zoo_runs_on_every_path_identically_and_batch_independent() {
         .unwrap();
     for path in KernelPath::ALL {
         let mut e = Executor::with_path(&m, path).unwrap();
-        assert_eq!(e.run_all(x.view()).unwrap(), want, "{path}");
+        assert_eq!(e.run_all(x.view()).unwrap(), want, "{path} {rounding}");
         // running again (buffers reused) and one sample at a time give the same values
-        assert_eq!(e.run_all(x.view()).unwrap(), want, "{path} second run");
+        assert_eq!(
+            e.run_all(x.view()).unwrap(),
+            want,
+            "{path} {rounding} second run"
+        );
         let one = e
             .run_u8(x.slice(ndarray::s![1..2, .., .., ..]).into_dyn())
             .unwrap();
@@ -416,4 +434,35 @@ fn builder_fc_layer_runs() {
             r
         );
     }
+}
+
+/// The two roundings differ on the zoo (some codes move by one LSB, never more in the first
+/// layer), and the model's field is what the executor honours.
+#[test]
+fn rounding_modes_differ_by_at_most_one_lsb_per_layer() {
+    let x = ArrayD::from_shape_vec(vec![4, 8, 8, 3], Rng(5).f32s(4 * 192, -1.2, 1.2)).unwrap();
+    let run = |rounding| {
+        let m = Int8Model {
+            rounding,
+            ..zoo_model()
+        };
+        Executor::with_path(&m, KernelPath::Reference)
+            .unwrap()
+            .run_all(x.view())
+            .unwrap()
+    };
+    let (g, s) = (run(Rounding::Gemmlowp), run(Rounding::Single));
+    // tensor 2 is conv1's output: same input codes, so the modes differ by at most one LSB there
+    let (TensorValue::U8(a), TensorValue::U8(b)) = (&g[2], &s[2]) else {
+        panic!("conv1 output is U8")
+    };
+    assert!(
+        a.iter()
+            .zip(b)
+            .all(|(&p, &q)| (p as i32 - q as i32).abs() <= 1)
+    );
+    assert_ne!(
+        g, s,
+        "double and single rounding agree everywhere on the zoo"
+    );
 }

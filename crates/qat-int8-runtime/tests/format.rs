@@ -5,32 +5,90 @@ mod common;
 use common::{Rng, zoo_model};
 use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
 use qat_int8_runtime::{
-    Executor, Int8Model, KernelPath, LoadError, Op, SaveError, ValidationError, Weights,
+    Executor, Int8Model, KernelPath, LoadError, Op, Rounding, SaveError, ValidationError, Weights,
 };
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoo_v1.qat8");
+/// Written by the version-1 format (before `Int8Model::rounding`), from `zoo_model()`.
+const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoo_v1.qat8");
+/// Written by the version-2 format from `zoo_model()` with `Rounding::Single`.
+const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoo_v2.qat8");
 
-/// Rewrites the golden file from the current builder. Run once, on purpose, when the format
-/// version changes: `cargo test -p qat-int8-runtime --test format -- --ignored write_golden`.
+fn zoo_single() -> Int8Model {
+    Int8Model {
+        rounding: Rounding::Single,
+        ..zoo_model()
+    }
+}
+
+/// Rewrites the current version's golden file from the builder. Run once, on purpose, when the
+/// format version changes (and add a new file for the new version, keeping the old ones):
+/// `cargo test -p qat-int8-runtime --test format -- --ignored write_golden`.
 #[test]
-#[ignore = "writes tests/data/zoo_v1.qat8"]
+#[ignore = "writes tests/data/zoo_v2.qat8"]
 fn write_golden() {
-    zoo_model().save(GOLDEN).unwrap();
+    zoo_single().save(GOLDEN_V2).unwrap();
+}
+
+fn runs(model: &Int8Model) {
+    let mut exec = Executor::with_path(model, KernelPath::Reference).unwrap();
+    let x = ndarray::ArrayD::from_shape_vec(vec![1, 8, 8, 3], Rng(3).f32s(192, -1.0, 1.0)).unwrap();
+    let y = exec.run(x.view()).unwrap();
+    assert_eq!(y[0].shape(), &[1, 5]);
+    assert_eq!(y[1].shape(), &[1, 16]);
 }
 
 #[test]
-fn golden_file_still_loads_and_runs() {
-    let model = Int8Model::load(GOLDEN).expect("golden v1 file must keep loading");
+fn golden_v1_file_still_loads_as_gemmlowp_and_runs() {
+    let bytes = std::fs::read(GOLDEN_V1).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    let model = Int8Model::load(GOLDEN_V1).expect("golden v1 file must keep loading");
+    assert_eq!(model.rounding, Rounding::Gemmlowp);
     assert_eq!(
         model,
         zoo_model(),
         "golden file decodes to the model it was written from"
     );
-    let mut exec = Executor::with_path(&model, KernelPath::Reference).unwrap();
-    let x = ndarray::ArrayD::from_shape_vec(vec![1, 8, 8, 3], Rng(3).f32s(192, -1.0, 1.0)).unwrap();
-    let y = exec.run(x.view()).unwrap();
-    assert_eq!(y[0].shape(), &[1, 5]);
-    assert_eq!(y[1].shape(), &[1, 16]);
+    runs(&model);
+}
+
+#[test]
+fn golden_v2_file_loads_and_runs() {
+    let bytes = std::fs::read(GOLDEN_V2).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    let model = Int8Model::load(GOLDEN_V2).expect("golden v2 file must keep loading");
+    assert_eq!(model, zoo_single());
+    // The writer is deterministic: today's bytes are the golden bytes.
+    assert_eq!(zoo_single().to_bytes().unwrap(), bytes);
+    runs(&model);
+}
+
+#[test]
+fn both_roundings_round_trip() {
+    for rounding in Rounding::ALL {
+        let model = Int8Model {
+            rounding,
+            ..zoo_model()
+        };
+        let bytes = model.to_bytes().unwrap();
+        assert_eq!(Int8Model::from_bytes(&bytes).unwrap(), model, "{rounding}");
+    }
+    // The field is the payload's last byte (bincode enum index): 0 Gemmlowp, 1 Single.
+    let g = zoo_model().to_bytes().unwrap();
+    let s = zoo_single().to_bytes().unwrap();
+    assert_eq!((g.last(), s.last()), (Some(&0), Some(&1)));
+    // A v2 header over a v1 payload (field missing) is a typed decode error, not a panic.
+    let v1_payload = &g[HEADER_LEN..g.len() - 1];
+    assert!(matches!(
+        Int8Model::from_bytes(&rewrap(v1_payload)),
+        Err(LoadError::Decode { .. })
+    ));
+    // An unknown rounding index is a decode error too.
+    let mut bad = s[HEADER_LEN..].to_vec();
+    *bad.last_mut().unwrap() = 7;
+    assert!(matches!(
+        Int8Model::from_bytes(&rewrap(&bad)),
+        Err(LoadError::Decode { .. })
+    ));
 }
 
 #[test]
@@ -80,10 +138,15 @@ fn header_errors_are_typed() {
         Err(LoadError::BadMagic { .. })
     ));
     let mut b = bytes.clone();
-    b[8] = 2;
+    b[8] = 3;
     assert!(matches!(
         Int8Model::from_bytes(&b),
-        Err(LoadError::UnsupportedVersion { found: 2 })
+        Err(LoadError::UnsupportedVersion { found: 3 })
+    ));
+    b[8] = 0;
+    assert!(matches!(
+        Int8Model::from_bytes(&b),
+        Err(LoadError::UnsupportedVersion { found: 0 })
     ));
     let mut b = bytes.clone();
     b[12] = 1;

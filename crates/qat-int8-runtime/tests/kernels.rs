@@ -1,12 +1,13 @@
 //! One proptest suite per kernel family, generated for every kernel path (STYLE.md 3): each
-//! optimized variant that `is_supported_here()` is compared with the reference. Tolerance
+//! optimized variant that `is_supported_here()` is compared with the reference, in both
+//! requantization roundings (`Rounding::Gemmlowp` and `Rounding::Single`). Tolerance
 //! (STYLE.md 4): int32 accumulators and requantized uint8 outputs exactly equal, every path.
 
 mod common;
 
 use common::Rng;
 use proptest::prelude::*;
-use qat_core::fixed_point::{QuantizedMultiplier, requantize};
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::kernels::conv::ConvPlan;
 use qat_int8_runtime::kernels::gemm::{ASource, OutPtr, PackedB, gemm};
@@ -119,6 +120,7 @@ struct GemmCase {
     z3: i32,
     lo: i32,
     hi: i32,
+    rounding: Rounding,
 }
 
 impl GemmCase {
@@ -139,10 +141,16 @@ impl GemmCase {
             z3: rng.below(256) as i32,
             lo,
             hi: lo + 128 + rng.below(64) as i32,
+            rounding: Rounding::Gemmlowp,
         }
     }
 
-    /// Paper eq. 7 literally: `bias + Σ_k (a − Z1)·w`, wrapping int32; then qat-core requantize.
+    fn with(self, rounding: Rounding) -> Self {
+        Self { rounding, ..self }
+    }
+
+    /// Paper eq. 7 literally: `bias + Σ_k (a − Z1)·w`, wrapping int32; then qat-core
+    /// `requantize_with` in the case's rounding.
     fn reference(&self) -> (Vec<i32>, Vec<u8>) {
         let mut acc = vec![0i32; self.m * self.n];
         let mut q = vec![0u8; self.m * self.n];
@@ -160,7 +168,8 @@ impl GemmCase {
                 } else {
                     self.ms[j]
                 };
-                q[i * self.n + j] = requantize(s, m, self.z3, self.lo, self.hi) as u8;
+                q[i * self.n + j] =
+                    requantize_with(self.rounding, s, m, self.z3, self.lo, self.hi) as u8;
             }
         }
         (acc, q)
@@ -168,7 +177,17 @@ impl GemmCase {
 
     fn run(&self, path: KernelPath, direct: bool) -> (Vec<i32>, Vec<u8>) {
         let b = PackedB::new(
-            path, &self.w, self.n, self.k, &self.bias, &self.ms, self.z1, self.z3, self.lo, self.hi,
+            path,
+            &self.w,
+            self.n,
+            self.k,
+            &self.bias,
+            &self.ms,
+            self.z1,
+            self.z3,
+            self.lo,
+            self.hi,
+            self.rounding,
         );
         let kp = b.kp;
         let mut padded = vec![0u8; self.m * kp];
@@ -339,19 +358,23 @@ impl ConvCase {
         )
     }
 
+    /// The path against the reference plan, in both roundings.
     fn check(&self, path: KernelPath) -> Result<(), TestCaseError> {
         let (conv, ih, oh, qi, qo, input) = self.build();
         let n_out = self.batch * oh.iter().product::<usize>();
-        let reference = ConvPlan::new(&conv, ih, qi, oh, qo, KernelPath::Reference).unwrap();
-        let plan = ConvPlan::new(&conv, ih, qi, oh, qo, path).unwrap();
-        let (mut want32, mut got32) = (vec![0i32; n_out], vec![0i32; n_out]);
-        let (mut want8, mut got8) = (vec![0u8; n_out], vec![0u8; n_out]);
-        reference.run_i32(&conv, &input, self.batch, &mut want32);
-        plan.run_i32(&conv, &input, self.batch, &mut got32);
-        reference.run(&conv, &input, self.batch, &mut want8);
-        plan.run(&conv, &input, self.batch, &mut got8);
-        prop_assert_eq!(got32, want32, "int32 accumulators differ");
-        prop_assert_eq!(got8, want8, "uint8 outputs differ");
+        for rounding in Rounding::ALL {
+            let reference =
+                ConvPlan::new(&conv, ih, qi, oh, qo, KernelPath::Reference, rounding).unwrap();
+            let plan = ConvPlan::new(&conv, ih, qi, oh, qo, path, rounding).unwrap();
+            let (mut want32, mut got32) = (vec![0i32; n_out], vec![0i32; n_out]);
+            let (mut want8, mut got8) = (vec![0u8; n_out], vec![0u8; n_out]);
+            reference.run_i32(&conv, &input, self.batch, &mut want32);
+            plan.run_i32(&conv, &input, self.batch, &mut got32);
+            reference.run(&conv, &input, self.batch, &mut want8);
+            plan.run(&conv, &input, self.batch, &mut got8);
+            prop_assert_eq!(got32, want32, "int32 accumulators differ ({})", rounding);
+            prop_assert_eq!(got8, want8, "uint8 outputs differ ({})", rounding);
+        }
         Ok(())
     }
 }
@@ -375,11 +398,36 @@ macro_rules! kernel_suites {
                 #[test]
                 fn gemm_matches_reference(m in 1usize..20, k in 1usize..150, n in 1usize..140, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    let case = GemmCase::new(m, k, n, v, seed, per_channel);
-                    let (want32, want8) = case.reference();
-                    let (got32, got8) = case.run($path, direct);
-                    prop_assert_eq!(got32, want32);
-                    prop_assert_eq!(got8, want8);
+                    for rounding in Rounding::ALL {
+                        let case = GemmCase::new(m, k, n, v, seed, per_channel).with(rounding);
+                        let (want32, want8) = case.reference();
+                        let (got32, got8) = case.run($path, direct);
+                        prop_assert_eq!(got32, want32, "{}", rounding);
+                        prop_assert_eq!(got8, want8, "{}", rounding);
+                    }
+                }
+
+                /// `Single` is the correctly rounded real product: every u8 output equals
+                /// `clamp(round_half_away(acc·M0·2^(shift−31)) + Z3, lo, hi)` computed in i128 from
+                /// the path's own accumulators (and f64 agrees away from ties).
+                #[test]
+                fn single_is_the_rounded_product(m in 1usize..12, k in 1usize..90, n in 1usize..90, v in values(), seed in any::<u64>(), per_channel in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with(Rounding::Single);
+                    let (acc, got8) = case.run($path, false);
+                    for (i, (&a, &q)) in acc.iter().zip(&got8).enumerate() {
+                        let mult = case.ms[if case.ms.len() == 1 { 0 } else { i % case.n }];
+                        let p = a as i128 * mult.multiplier() as i128;
+                        let e = 31 - mult.shift();
+                        let r = p.signum() * ((p.abs() + (1i128 << (e - 1))) >> e);
+                        let want = (r + case.z3 as i128).clamp(case.lo as i128, case.hi as i128);
+                        prop_assert_eq!(q as i128, want, "acc {} m {:?}", a, mult);
+                        let y = a as f64 * mult.to_f64();
+                        if ((y - y.trunc()).abs() - 0.5).abs() > 1e-6 {
+                            let f = (y.round() + case.z3 as f64).clamp(case.lo as f64, case.hi as f64);
+                            prop_assert_eq!(q as f64, f, "acc {} m {:?} (f64)", a, mult);
+                        }
+                    }
                 }
 
                 #[test]
@@ -412,8 +460,10 @@ macro_rules! kernel_suites {
                 .iter()
                 .enumerate()
                 {
-                    let case = GemmCase::new(m, k, n, v, 1000 + i as u64, i % 2 == 0);
-                    assert_eq!(case.run($path, i % 2 == 1), case.reference(), "case {i}: m {m} k {k} n {n}");
+                    for rounding in Rounding::ALL {
+                        let case = GemmCase::new(m, k, n, v, 1000 + i as u64, i % 2 == 0).with(rounding);
+                        assert_eq!(case.run($path, i % 2 == 1), case.reference(), "case {i}: m {m} k {k} n {n} {rounding}");
+                    }
                 }
             }
 
@@ -466,26 +516,35 @@ fn thread_count_does_not_change_results() {
     assert_eq!(run(1), run(3));
 }
 
-/// The single-shift output stage equals `requantize` lane by lane over the whole int32 range,
-/// every right shift 1..=21, flushed multipliers and zero points in `−255..=255`.
+/// The single-shift output stage equals `requantize_with` lane by lane over the whole int32
+/// range, every right shift 1..=21, flushed multipliers and zero points in `−255..=255`, in both
+/// roundings; and the general single-rounding stages (AVX-512 narrow and wide, AVX2) equal
+/// `requantize_single` for every shift −31..=30.
 #[cfg(target_arch = "x86_64")]
 mod fused_requantize {
     use super::*;
+    use qat_core::fixed_point::requantize_single;
+    use qat_int8_runtime::kernels::x86_64::avx2::requantize8_single;
     use qat_int8_runtime::kernels::x86_64::avx512vnni::{
-        RqFused16, fused_constants, fused_ok, requantize16_fused,
+        RqFused16, RqSingle16, fused_constants, fused_ok, requantize16_fused, requantize16_single,
     };
 
-    fn lanes(x: [i32; 16], m: &[QuantizedMultiplier; 16], zp: i32) -> [i32; 16] {
+    fn lanes(
+        x: [i32; 16],
+        m: &[QuantizedMultiplier; 16],
+        zp: i32,
+        rounding: Rounding,
+    ) -> [i32; 16] {
         let m0: Vec<i32> = m.iter().map(|m| m.multiplier()).collect();
         let right: Vec<i32> = m.iter().map(|m| (-m.shift()).max(0)).collect();
         let left: Vec<i32> = m.iter().map(|m| m.shift().max(0)).collect();
         assert!(fused_ok(&m0, &left, &right, zp, 0, 255));
-        let (k, s) = fused_constants(&m0, &right, zp);
+        let (k, s) = fused_constants(&m0, &right, zp, rounding);
         let mut out = [0i32; 16];
         // SAFETY: AVX-512 support checked by the caller; every array has 16 lanes.
         unsafe {
             use std::arch::x86_64::*;
-            let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr());
+            let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
             let q = requantize16_fused(_mm512_loadu_si512(x.as_ptr().cast()), &c);
             _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
         }
@@ -522,9 +581,64 @@ mod fused_requantize {
                     QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, -shifts[i]).unwrap()
                 }
             });
-            let got = lanes(x, &m, zp);
-            for i in 0..16 {
-                prop_assert_eq!(got[i], requantize(x[i], m[i], zp, i32::MIN, i32::MAX), "lane {} x {} m {:?}", i, x[i], m[i]);
+            for rounding in Rounding::ALL {
+                let got = lanes(x, &m, zp, rounding);
+                for i in 0..16 {
+                    prop_assert_eq!(got[i], requantize_with(rounding, x[i], m[i], zp, i32::MIN, i32::MAX), "{} lane {} x {} m {:?}", rounding, i, x[i], m[i]);
+                }
+            }
+        }
+
+        #[test]
+        fn single_stages_match_requantize_single(
+            x in proptest::array::uniform16(edge()),
+            shifts in proptest::array::uniform16(-31i32..=30),
+            mant in proptest::array::uniform16(0u32..(1 << 30)),
+            zp in -255i32..=255,
+            lo in 0i32..=255,
+            width in 0i32..=255,
+            flush in 0usize..16,
+        ) {
+            let hi = (lo + width).min(255);
+            let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
+                if i == flush && mant[i] % 5 == 0 {
+                    QuantizedMultiplier::from_parts(0, 0).unwrap()
+                } else {
+                    QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, shifts[i]).unwrap()
+                }
+            });
+            let want: [i32; 16] = std::array::from_fn(|i| requantize_single(x[i], m[i], zp, lo, hi));
+            let m0: [i32; 16] = std::array::from_fn(|i| m[i].multiplier());
+            let left: [i32; 16] = std::array::from_fn(|i| m[i].shift().max(0));
+            let right: [i32; 16] = std::array::from_fn(|i| (-m[i].shift()).max(0));
+            // Narrow variant: only for lanes whose multiplier is below 0.5 (T ≥ 32) or flushed.
+            let narrow_ok = m.iter().all(|m| m.multiplier() == 0 || m.shift() < 0);
+            use std::arch::x86_64::*;
+            if KernelPath::Avx512Vnni.is_supported_here() {
+                let (mut wide, mut narrow) = ([0i32; 16], [0i32; 16]);
+                // SAFETY: AVX-512 supported; every array has 16 lanes.
+                unsafe {
+                    let c = RqSingle16::load(m0.as_ptr(), left.as_ptr(), right.as_ptr());
+                    let (xv, z, l, h) = (_mm512_loadu_si512(x.as_ptr().cast()), _mm512_set1_epi32(zp), _mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
+                    _mm512_storeu_si512(wide.as_mut_ptr().cast(), requantize16_single::<true>(xv, &c, z, l, h));
+                    _mm512_storeu_si512(narrow.as_mut_ptr().cast(), requantize16_single::<false>(xv, &c, z, l, h));
+                }
+                prop_assert_eq!(wide, want, "avx512 wide");
+                if narrow_ok {
+                    prop_assert_eq!(narrow, want, "avx512 narrow");
+                }
+            }
+            if KernelPath::Avx2.is_supported_here() {
+                let mut got = [0i32; 16];
+                // SAFETY: AVX2 supported; two halves of 8 lanes.
+                unsafe {
+                    for h8 in 0..2 {
+                        let ld = |v: &[i32; 16]| _mm256_loadu_si256(v[8 * h8..].as_ptr().cast());
+                        let q = requantize8_single(ld(&x), ld(&m0), ld(&left), ld(&right), _mm256_set1_epi32(zp), _mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
+                        _mm256_storeu_si256(got[8 * h8..].as_mut_ptr().cast(), q);
+                    }
+                }
+                prop_assert_eq!(got, want, "avx2");
             }
         }
     }

@@ -10,7 +10,9 @@
 use ndarray::ArrayD;
 use proptest::prelude::*;
 use qat_core::{QuantParams, QuantRange};
-use qat_int8_runtime::{DType, Executor, Int8Model, KernelPath, Op, TensorInfo, TensorValue};
+use qat_int8_runtime::{
+    DType, Executor, Int8Model, KernelPath, Op, Rounding, TensorInfo, TensorValue,
+};
 
 fn params(scale: f32, zp: i32, bits: u32) -> QuantParams {
     QuantParams::new(scale, zp, QuantRange::unsigned(bits).unwrap()).unwrap()
@@ -38,6 +40,7 @@ fn unary(
         ops: vec![op],
         input: 0,
         outputs: vec![1],
+        rounding: Rounding::Gemmlowp,
     }
 }
 
@@ -178,6 +181,7 @@ fn pools_and_concat_clamp_to_the_low_bit_output_grid() {
         ],
         input: 0,
         outputs: vec![2],
+        rounding: Rounding::Gemmlowp,
     };
     let want: Vec<u8> = X
         .iter()
@@ -343,6 +347,7 @@ proptest! {
             ],
             input: 0,
             outputs: vec![2],
+            rounding: Rounding::Gemmlowp,
         };
         prop_assume!(Executor::with_path(&m, KernelPath::Reference).is_ok());
         let mut s = seed | 1;

@@ -10,6 +10,7 @@
 //!   im2col (one [`super::gemm::MC`]-row block at a time, so it stays in cache).
 //!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
+use qat_core::fixed_point::Rounding;
 use qat_core::{QuantError, QuantParams};
 use rayon::prelude::*;
 
@@ -33,6 +34,7 @@ pub struct ConvPlan {
     zp_in: i32,
     zp_out: i32,
     path: KernelPath,
+    rounding: Rounding,
     imp: ConvImpl,
     /// `C_in` bytes of `Z1`: what padded taps point at in the implicit im2col.
     zero_row: Vec<u8>,
@@ -52,7 +54,8 @@ struct ConvGeom {
 
 impl ConvPlan {
     /// Prepares `conv` (input `[H, W, C_in]` with params `qi`, output `[Ho, Wo, C_out]` with `qo`)
-    /// for `path`: packs weights and folds the zero-point correction into the bias.
+    /// for `path`, requantizing in `rounding` (the model's): packs weights and folds the
+    /// zero-point correction into the bias.
     pub fn new(
         conv: &Conv2d,
         in_hwc: [usize; 3],
@@ -60,6 +63,7 @@ impl ConvPlan {
         out_hwc: [usize; 3],
         qo: QuantParams,
         path: KernelPath,
+        rounding: Rounding,
     ) -> Result<Self, QuantError> {
         let (z1, z3) = (qi.zero_point(), qo.zero_point());
         let (lo, hi) = (conv.clamp.lo as i32, conv.clamp.hi as i32);
@@ -85,6 +89,7 @@ impl ConvPlan {
                         z3,
                         lo,
                         hi,
+                        rounding,
                     )))
                 } else {
                     let k = kh * kw * cig;
@@ -107,6 +112,7 @@ impl ConvPlan {
                                 z3,
                                 lo,
                                 hi,
+                                rounding,
                             )
                         })
                         .collect();
@@ -120,6 +126,7 @@ impl ConvPlan {
             zp_in: z1,
             zp_out: z3,
             path,
+            rounding,
             imp,
             zero_row: vec![z1.clamp(0, 255) as u8; in_hwc[2]],
             geom: ConvGeom {
@@ -193,6 +200,7 @@ impl ConvPlan {
                         conv,
                         self.out_hwc,
                         self.zp_out,
+                        self.rounding,
                         o,
                     )
                 }),
@@ -384,16 +392,18 @@ pub struct FcPlan {
     zp_in: i32,
     zp_out: i32,
     path: KernelPath,
+    rounding: Rounding,
     packed: Option<PackedB>,
 }
 
 impl FcPlan {
-    /// Prepares `fc` (input params `qi`, output params `qo`).
+    /// Prepares `fc` (input params `qi`, output params `qo`), requantizing in `rounding`.
     pub fn new(
         fc: &FullyConnected,
         qi: QuantParams,
         qo: QuantParams,
         path: KernelPath,
+        rounding: Rounding,
     ) -> Result<Self, QuantError> {
         let [cout, cin] = fc.weight_shape;
         let (z1, z3) = (qi.zero_point(), qo.zero_point());
@@ -410,12 +420,14 @@ impl FcPlan {
                 z3,
                 fc.clamp.lo as i32,
                 fc.clamp.hi as i32,
+                rounding,
             )),
         };
         Ok(Self {
             zp_in: z1,
             zp_out: z3,
             path,
+            rounding,
             packed,
         })
     }
@@ -449,6 +461,7 @@ impl FcPlan {
                     self.zp_in,
                     fc,
                     self.zp_out,
+                    self.rounding,
                     o,
                 )
             }),

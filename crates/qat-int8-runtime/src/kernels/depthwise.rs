@@ -9,7 +9,7 @@
 //! `vpdpwssd` (AVX-512 VNNI) or `vpmaddwd` (AVX2) per 16/8 channels multiplies zero-extended u8
 //! activations by them exactly.
 
-use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
 use rayon::prelude::*;
 
 use super::KernelPath;
@@ -69,7 +69,7 @@ thread_local! {
 
 impl DepthwisePlan {
     /// Prepares OHWI weights `[C, kh, kw, 1]` with bias, multipliers (one or per channel), input
-    /// zero point `z1` and output stage `(z3, lo, hi)`.
+    /// zero point `z1` and output stage `(z3, lo, hi)` rounded as `rounding` says.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         path: KernelPath,
@@ -81,6 +81,7 @@ impl DepthwisePlan {
         z3: i32,
         lo: i32,
         hi: i32,
+        rounding: Rounding,
     ) -> Self {
         let c = shape.in_hwc[2];
         let cp = round_up(c, CHANNEL_BLOCK);
@@ -98,27 +99,11 @@ impl DepthwisePlan {
                 multipliers[ch]
             }
         };
-        let mut epi = Epilogue {
-            bias: vec![0; cp],
-            m0: vec![0; cp],
-            left: vec![0; cp],
-            right: vec![0; cp],
-            multipliers: vec![m(0); cp],
-            zp: z3,
-            lo,
-            hi,
-            any_left: false,
-        };
+        let mut epi = Epilogue::new(cp, c, m, z3, lo, hi, rounding);
         for ch in 0..c {
             let sum = (0..taps).fold(0i32, |s, t| s.wrapping_add(w[t * cp + ch]));
             epi.bias[ch] = bias[ch].wrapping_sub(z1.wrapping_mul(sum));
-            let mc = m(ch);
-            epi.m0[ch] = mc.multiplier();
-            epi.left[ch] = mc.shift().max(0);
-            epi.right[ch] = (-mc.shift()).max(0);
-            epi.multipliers[ch] = mc;
         }
-        epi.any_left = epi.left.iter().any(|&l| l > 0);
         #[cfg(target_arch = "x86_64")]
         let vnni = (path == KernelPath::Avx512Vnni)
             .then(|| super::x86_64::avx512vnni::DepthwiseVnniLayout::new(&w, taps, c, cp, &epi));

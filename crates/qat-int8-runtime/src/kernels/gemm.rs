@@ -1,4 +1,5 @@
-//! The packed u8×i8 GEMM frame: `C[m, n] = requantize(bias'[n] + Σ_k A[m, k]·B[k, n])`.
+//! The packed u8×i8 GEMM frame: `C[m, n] = requantize(bias'[n] + Σ_k A[m, k]·B[k, n])` (in the
+//! model's [`Rounding`]).
 //!
 //! `A` is uint8 activations (rows = output pixels, im2col'd for k×k convs), `B` the int8 weights
 //! (column `n` = output channel; OHWI rows are exactly `B`'s columns). With symmetric weights
@@ -19,7 +20,7 @@
 //! Tolerance policy (STYLE.md 4): int32 accumulators and uint8 outputs are bit-exact against
 //! [`super::reference`](mod@super::reference) for every path (wrapping int32 makes every summation order equal).
 
-use qat_core::fixed_point::{QuantizedMultiplier, requantize};
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 use rayon::prelude::*;
 
 use super::KernelPath;
@@ -56,10 +57,13 @@ pub struct PackedB {
     pub epi: Epilogue,
 }
 
-/// Per-column epilogue constants: `q = clamp(apply(acc + bias[n], M[n]) + Z3, lo, hi)`, with
-/// `M[n] = (m0[n], shift)` split into `left = max(shift, 0)`, `right = max(−shift, 0)`.
+/// Per-column epilogue constants: `q = clamp(round(M[n]·(acc + bias[n])) + Z3, lo, hi)`, the
+/// rounding being the model's [`Rounding`] (`Gemmlowp`: `apply`, `Single`: `apply_rounded_once`),
+/// with `M[n] = (m0[n], shift)` split into `left = max(shift, 0)`, `right = max(−shift, 0)`.
 #[derive(Debug, Clone)]
 pub struct Epilogue {
+    /// How `M·acc` is rounded (the model's [`Rounding`]).
+    pub rounding: Rounding,
     /// `bias[n] − Z1·Σ_k B[k, n]` (zero-point correction folded in).
     pub bias: Vec<i32>,
     /// `M0[n]`.
@@ -79,12 +83,65 @@ pub struct Epilogue {
     /// Whether any column has `left > 0` (a multiplier ≥ 1); when not, SIMD epilogues skip the
     /// saturating pre-shift.
     pub any_left: bool,
+    /// Whether any column with `M0 ≠ 0` has `shift ≥ 0` (a multiplier ≥ 0.5): single-rounding
+    /// results may then exceed 2^30 and SIMD epilogues saturate them before narrowing.
+    pub any_wide: bool,
+}
+
+impl Epilogue {
+    /// Constants for `np` (padded) columns, the first `n` real with multipliers `m(c)` and a zero
+    /// bias (the caller folds its zero-point-corrected bias in); padding columns repeat `m(0)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        np: usize,
+        n: usize,
+        m: impl Fn(usize) -> QuantizedMultiplier,
+        zp: i32,
+        lo: i32,
+        hi: i32,
+        rounding: Rounding,
+    ) -> Self {
+        let mut e = Epilogue {
+            rounding,
+            bias: vec![0; np],
+            m0: vec![0; np],
+            left: vec![0; np],
+            right: vec![0; np],
+            multipliers: vec![m(0); np],
+            zp,
+            lo,
+            hi,
+            any_left: false,
+            any_wide: false,
+        };
+        for c in 0..n {
+            let mc = m(c);
+            e.m0[c] = mc.multiplier();
+            e.left[c] = mc.shift().max(0);
+            e.right[c] = (-mc.shift()).max(0);
+            e.multipliers[c] = mc;
+        }
+        e.any_left = e.left.iter().any(|&l| l > 0);
+        e.any_wide = e.multipliers[..n]
+            .iter()
+            .any(|mc| mc.multiplier() != 0 && mc.shift() >= 0);
+        e
+    }
+
+    /// Whether the SIMD epilogues need their slow variant: a left pre-shift (`Gemmlowp`) or
+    /// results beyond 2^30 (`Single`).
+    pub fn slow(&self) -> bool {
+        match self.rounding {
+            Rounding::Gemmlowp => self.any_left,
+            Rounding::Single => self.any_wide,
+        }
+    }
 }
 
 impl PackedB {
     /// Packs `n` columns of length `k` given as `w[col·k + kk]` (OHWI rows), with the per-column
     /// bias and multipliers (one shared or one per column), input zero point `z1` and output
-    /// stage `(z3, lo, hi)`.
+    /// stage `(z3, lo, hi)` rounded as `rounding` says.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         path: KernelPath,
@@ -97,6 +154,7 @@ impl PackedB {
         z3: i32,
         lo: i32,
         hi: i32,
+        rounding: Rounding,
     ) -> Self {
         let (nr, kg) = match path {
             KernelPath::Avx2 => (NR_AVX2, 2),
@@ -141,29 +199,13 @@ impl PackedB {
                 multipliers[c]
             }
         };
-        let mut epi = Epilogue {
-            bias: vec![0; np],
-            m0: vec![0; np],
-            left: vec![0; np],
-            right: vec![0; np],
-            multipliers: vec![m(0); np],
-            zp: z3,
-            lo,
-            hi,
-            any_left: false,
-        };
+        let mut epi = Epilogue::new(np, n, m, z3, lo, hi, rounding);
         for c in 0..n {
             let col_sum = w[c * k..(c + 1) * k]
                 .iter()
                 .fold(0i32, |s, &v| s.wrapping_add(v as i32));
             epi.bias[c] = bias[c].wrapping_sub(z1.wrapping_mul(col_sum));
-            let mc = m(c);
-            epi.m0[c] = mc.multiplier();
-            epi.left[c] = mc.shift().max(0);
-            epi.right[c] = (-mc.shift()).max(0);
-            epi.multipliers[c] = mc;
         }
-        epi.any_left = epi.left.iter().any(|&l| l > 0);
         Self {
             path,
             n,
@@ -405,10 +447,11 @@ unsafe fn block(
     }
 }
 
-/// Scalar epilogue for one element (qat-core's [`requantize`]).
+/// Scalar epilogue for one element (qat-core's [`requantize_with`] in the epilogue's rounding).
 #[inline]
 pub fn epilogue_scalar(acc: i32, e: &Epilogue, col: usize) -> u8 {
-    requantize(
+    requantize_with(
+        e.rounding,
         acc.wrapping_add(e.bias[col]),
         e.multipliers[col],
         e.zp,

@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
 use qat_core::{QuantError, QuantParams};
 
 use crate::model::Clamp;
@@ -144,6 +144,8 @@ pub struct AddParams {
     pub mo: QuantizedMultiplier,
     /// Fused activation clamp.
     pub clamp: Clamp,
+    /// Rounding of the output stage (`M_out`); the input rescales always use `apply`.
+    pub rounding: Rounding,
 }
 
 impl AddParams {
@@ -153,6 +155,7 @@ impl AddParams {
         qb: &QuantParams,
         qo: &QuantParams,
         clamp: Clamp,
+        rounding: Rounding,
     ) -> Result<Self, QuantError> {
         let (ma, mb, mo) = add_multipliers(qa, qb, qo)?;
         Ok(Self {
@@ -163,6 +166,7 @@ impl AddParams {
             mb,
             mo,
             clamp,
+            rounding,
         })
     }
 }
@@ -182,11 +186,13 @@ pub struct Rescale {
     pub hi: i32,
     /// `M = S_in/S_out`, or `None` for identical params.
     pub m: Option<QuantizedMultiplier>,
+    /// How `M·(q_in − Z_in)` is rounded.
+    pub rounding: Rounding,
 }
 
 impl Rescale {
-    /// From input and output params.
-    pub fn new(qi: &QuantParams, qo: &QuantParams) -> Result<Self, QuantError> {
+    /// From input and output params, rounding as `rounding` says.
+    pub fn new(qi: &QuantParams, qo: &QuantParams, rounding: Rounding) -> Result<Self, QuantError> {
         let m = if qi == qo {
             None
         } else {
@@ -200,6 +206,7 @@ impl Rescale {
             lo: qo.qmin(),
             hi: qo.qmax(),
             m,
+            rounding,
         })
     }
 }

@@ -7,7 +7,7 @@
 //! (row/column-sum expansion, packed GEMM, SIMD) give the same bits.
 
 use qat_core::QuantParams;
-use qat_core::fixed_point::{QuantizedMultiplier, requantize};
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 
 use super::pool::AvgPoolRescale;
 use super::{AddParams, Rescale};
@@ -107,22 +107,25 @@ pub fn conv2d_acc(
 }
 
 /// Paper §2.4 output stage over a buffer of accumulators whose last axis is the channel:
-/// `q = clamp(M[c]·acc + Z_out, lo, hi)` with qat-core's [`requantize`].
+/// `q = clamp(round(M[c]·acc) + Z_out, lo, hi)` with qat-core's [`requantize_with`] (`rounding`:
+/// the model's [`Rounding`]).
 pub fn requantize_channels(
     acc: &[i32],
     ms: &[QuantizedMultiplier],
     zp_out: i32,
     clamp: Clamp,
     channels: usize,
+    rounding: Rounding,
     out: &mut [u8],
 ) {
     for (i, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
         let m = channel_multiplier(ms, i % channels);
-        *o = requantize(a, m, zp_out, clamp.lo as i32, clamp.hi as i32) as u8;
+        *o = requantize_with(rounding, a, m, zp_out, clamp.lo as i32, clamp.hi as i32) as u8;
     }
 }
 
 /// Conv2d for one sample: [`conv2d_acc`] then [`requantize_channels`].
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     input: &[u8],
     in_hwc: [usize; 3],
@@ -130,11 +133,20 @@ pub fn conv2d(
     conv: &Conv2d,
     out_hwc: [usize; 3],
     zp_out: i32,
+    rounding: Rounding,
     out: &mut [u8],
 ) {
     let mut acc = vec![0i32; out.len()];
     conv2d_acc(input, in_hwc, zp_in, conv, out_hwc, &mut acc);
-    requantize_channels(&acc, &conv.multipliers, zp_out, conv.clamp, out_hwc[2], out);
+    requantize_channels(
+        &acc,
+        &conv.multipliers,
+        zp_out,
+        conv.clamp,
+        out_hwc[2],
+        rounding,
+        out,
+    );
 }
 
 /// Fully connected int32 accumulators (paper eq. 7–8, bias included):
@@ -155,7 +167,14 @@ pub fn fully_connected_acc(input: &[u8], zp_in: i32, fc: &FullyConnected, acc: &
 }
 
 /// Fully connected for one sample: [`fully_connected_acc`] then [`requantize_channels`].
-pub fn fully_connected(input: &[u8], zp_in: i32, fc: &FullyConnected, zp_out: i32, out: &mut [u8]) {
+pub fn fully_connected(
+    input: &[u8],
+    zp_in: i32,
+    fc: &FullyConnected,
+    zp_out: i32,
+    rounding: Rounding,
+    out: &mut [u8],
+) {
     let mut acc = vec![0i32; out.len()];
     fully_connected_acc(input, zp_in, fc, &mut acc);
     requantize_channels(
@@ -164,6 +183,7 @@ pub fn fully_connected(input: &[u8], zp_in: i32, fc: &FullyConnected, zp_out: i3
         zp_out,
         fc.clamp,
         fc.weight_shape[0],
+        rounding,
         out,
     );
 }
@@ -171,12 +191,15 @@ pub fn fully_connected(input: &[u8], zp_in: i32, fc: &FullyConnected, zp_out: i3
 /// TFLite's uint8 integer add (`left_shift = 20`), elementwise:
 /// `a' = M_a·((q_a − Z_a)·2^20)`, `b' = M_b·((q_b − Z_b)·2^20)`,
 /// `q = clamp(M_out·(a' + b') + Z_out, lo, hi)`, multipliers from
-/// [`crate::validate::add_multipliers`], applied with qat-core's [`QuantizedMultiplier::apply`].
+/// [`crate::validate::add_multipliers`]. The input rescales use qat-core's
+/// [`QuantizedMultiplier::apply`] (their 2^20 headroom makes the rounding mode immaterial); the
+/// output stage rounds in `p.rounding` ([`requantize_with`]).
 pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
     for ((&x, &y), o) in a.iter().zip(b).zip(out.iter_mut()) {
         let sa = p.ma.apply((x as i32 - p.za) << ADD_LEFT_SHIFT);
         let sb = p.mb.apply((y as i32 - p.zb) << ADD_LEFT_SHIFT);
-        *o = requantize(
+        *o = requantize_with(
+            p.rounding,
             sa.wrapping_add(sb),
             p.mo,
             p.zo,
@@ -188,13 +211,14 @@ pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
 
 /// Requantizes codes from one tensor's params to another's (concat inputs): identity when the
 /// params are equal, otherwise `q = clamp(M·(q_in − Z_in) + Z_out, qmin_out, qmax_out)`,
-/// `M = S_in/S_out`, with qat-core's [`requantize`]; the clamp is the output tensor's grid.
+/// `M = S_in/S_out`, with qat-core's [`requantize_with`] in `r.rounding`; the clamp is the
+/// output tensor's grid.
 pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
     match r.m {
         None => out.copy_from_slice(input),
         Some(m) => {
             for (&x, o) in input.iter().zip(out.iter_mut()) {
-                *o = requantize(x as i32 - r.zi, m, r.zo, r.lo, r.hi) as u8;
+                *o = requantize_with(r.rounding, x as i32 - r.zi, m, r.zo, r.lo, r.hi) as u8;
             }
         }
     }

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-use qat_int8_runtime::{Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, TensorInfo, Weights};
+use qat_int8_runtime::{
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorInfo, Weights,
+};
 
 /// SplitMix64: deterministic, dependency-free.
 pub struct Rng(pub u64);
@@ -156,6 +158,7 @@ impl Builder {
             ops: self.ops,
             input,
             outputs,
+            rounding: Rounding::Gemmlowp,
         }
     }
 }

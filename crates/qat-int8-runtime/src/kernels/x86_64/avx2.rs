@@ -4,6 +4,8 @@
 
 use std::arch::x86_64::*;
 
+use qat_core::fixed_point::Rounding;
+
 use crate::kernels::gemm::{Epilogue, MR, NR_AVX2, OutPtr, PackedB};
 
 /// [`super::avx512vnni::requantize16`] on 8 lanes with AVX2 (no 64-bit arithmetic shift needed:
@@ -49,6 +51,54 @@ pub fn requantize8(
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, zp), lo), hi)
 }
 
+/// [`super::avx512vnni::requantize16_single`] on 8 lanes with AVX2 (single rounding, bit-exact
+/// with `qat_core::fixed_point::requantize_single`), for any shift: with `T = 31 + right − left`
+/// (`T = 32` for a flushed `M0 = 0`), `r = sign(x)·min(⌊(|x|·M0 + 2^(T−1)) / 2^T⌋, 2^24)`, then
+/// `+ Z3` and the clamp. AVX2 has no 64-bit arithmetic shift, so the product is formed from
+/// `|x|` (`vpabsd`; `|i32::MIN| = 2^31` is exact as an unsigned lane for `vpmuludq`), shifted
+/// logically, and the sign restored with `vpsignd`. The cap at 2^24 (only reached by
+/// multipliers ≥ 0.5) changes nothing after the clamp to `[lo, hi] ⊆ [0, 255]`.
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub fn requantize8_single(
+    x: __m256i,
+    m0: __m256i,
+    left: __m256i,
+    right: __m256i,
+    zp: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+) -> __m256i {
+    let t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_set1_epi32(31), right), left);
+    let flushed = _mm256_cmpeq_epi32(m0, _mm256_setzero_si256());
+    let t = _mm256_blendv_epi8(t, _mm256_set1_epi32(32), flushed);
+    let t_even = _mm256_and_si256(t, _mm256_set1_epi64x(0xFFFF_FFFF));
+    let t_odd = _mm256_srli_epi64::<32>(t);
+    let one = _mm256_set1_epi64x(1);
+    let h_even = _mm256_sllv_epi64(one, _mm256_sub_epi64(t_even, one));
+    let h_odd = _mm256_sllv_epi64(one, _mm256_sub_epi64(t_odd, one));
+    let ax = _mm256_abs_epi32(x);
+    let re = _mm256_srlv_epi64(_mm256_add_epi64(_mm256_mul_epu32(ax, m0), h_even), t_even);
+    let ro = _mm256_srlv_epi64(
+        _mm256_add_epi64(
+            _mm256_mul_epu32(_mm256_srli_epi64::<32>(ax), _mm256_srli_epi64::<32>(m0)),
+            h_odd,
+        ),
+        t_odd,
+    );
+    // Both below 2^63: a signed 64-bit compare caps them.
+    let cap = _mm256_set1_epi64x(1 << 24);
+    let re = _mm256_blendv_epi8(re, cap, _mm256_cmpgt_epi64(re, cap));
+    let ro = _mm256_blendv_epi8(ro, cap, _mm256_cmpgt_epi64(ro, cap));
+    let r = _mm256_blend_epi32::<0b1010_1010>(re, _mm256_slli_epi64::<32>(ro));
+    let r = _mm256_sign_epi32(r, x);
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zp), lo), hi)
+}
+
 /// Narrows 8 int32 lanes in `[0, 255]` to 8 bytes (in the low 64 bits).
 ///
 /// # Safety
@@ -84,15 +134,18 @@ unsafe fn store8(acc: __m256i, e: &Epilogue, col: usize, valid: usize, out: OutP
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), p.add(row * ld + col), valid);
             }
             OutPtr::U8(p, ld) => {
-                let q = requantize8(
-                    v,
-                    _mm256_loadu_si256(e.m0.as_ptr().add(col).cast()),
-                    _mm256_loadu_si256(e.left.as_ptr().add(col).cast()),
-                    _mm256_loadu_si256(e.right.as_ptr().add(col).cast()),
+                let m0 = _mm256_loadu_si256(e.m0.as_ptr().add(col).cast());
+                let left = _mm256_loadu_si256(e.left.as_ptr().add(col).cast());
+                let right = _mm256_loadu_si256(e.right.as_ptr().add(col).cast());
+                let (zp, lo, hi) = (
                     _mm256_set1_epi32(e.zp),
                     _mm256_set1_epi32(e.lo),
                     _mm256_set1_epi32(e.hi),
                 );
+                let q = match e.rounding {
+                    Rounding::Gemmlowp => requantize8(v, m0, left, right, zp, lo, hi),
+                    Rounding::Single => requantize8_single(v, m0, left, right, zp, lo, hi),
+                };
                 let bytes = narrow8(q);
                 if valid == 8 {
                     _mm_storel_epi64(p.add(row * ld + col).cast(), bytes);

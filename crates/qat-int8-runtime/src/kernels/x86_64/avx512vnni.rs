@@ -4,6 +4,8 @@
 
 use std::arch::x86_64::*;
 
+use qat_core::fixed_point::Rounding;
+
 use crate::kernels::gemm::{Epilogue, MR, NR, OutPtr, PackedB};
 
 /// Per-lane multiplier constants for [`requantize16`], derived once per 16 columns/channels and
@@ -103,6 +105,181 @@ pub fn requantize16<const LEFT: bool>(
     _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi)
 }
 
+/// Per-lane constants of [`requantize16_single`] for 16 lanes, derived once per 16
+/// columns/channels from `M0`, `left`, `right` (`T = 31 − shift = 31 + right − left`).
+#[derive(Clone, Copy)]
+pub struct RqSingle16 {
+    m0: __m512i,
+    /// `M0` of the odd lanes moved to the low half of each 64-bit lane.
+    m0_hi: __m512i,
+    /// 64-bit `T` of the even lanes (`T = 32` for a flushed `M0 = 0`).
+    t_even: __m512i,
+    /// 64-bit `T` of the odd lanes.
+    t_odd: __m512i,
+    /// `T − 32` of the odd lanes (their result read from the high half when every `T ≥ 32`).
+    s_odd: __m512i,
+    /// `2^(T−1)` of the even lanes.
+    h_even: __m512i,
+    /// `2^(T−1)` of the odd lanes.
+    h_odd: __m512i,
+}
+
+impl RqSingle16 {
+    /// Loads `M0`, `left`, `right` for 16 lanes and derives the shift counts and rounding halves.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; each pointer has 16 readable `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(m0: *const i32, left: *const i32, right: *const i32) -> Self {
+        // SAFETY: caller guarantees 16 readable lanes each.
+        let (m0, left, right) = unsafe {
+            (
+                _mm512_loadu_si512(m0.cast()),
+                _mm512_loadu_si512(left.cast()),
+                _mm512_loadu_si512(right.cast()),
+            )
+        };
+        let t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(31), right), left);
+        let flushed = _mm512_cmpeq_epi32_mask(m0, _mm512_setzero_si512());
+        let t = _mm512_mask_mov_epi32(t, flushed, _mm512_set1_epi32(32));
+        let t_even = _mm512_and_si512(t, _mm512_set1_epi64(0xFFFF_FFFF));
+        let t_odd = _mm512_srli_epi64::<32>(t);
+        let one = _mm512_set1_epi64(1);
+        Self {
+            m0,
+            m0_hi: _mm512_srli_epi64::<32>(m0),
+            t_even,
+            t_odd,
+            s_odd: _mm512_sub_epi64(t_odd, _mm512_set1_epi64(32)),
+            h_even: _mm512_sllv_epi64(one, _mm512_sub_epi64(t_even, one)),
+            h_odd: _mm512_sllv_epi64(one, _mm512_sub_epi64(t_odd, one)),
+        }
+    }
+}
+
+/// The single-rounding output stage ([`Rounding::Single`]) on 16 int32 lanes, bit-exact with
+/// [`qat_core::fixed_point::requantize_single`]: with `T = 31 − shift ∈ [1, 62]`,
+/// `r = sign(x)·⌊(|x|·M0 + 2^(T−1)) / 2^T⌋` (`vpabsd`, unsigned `vpmuludq` — `|i32::MIN| = 2^31`
+/// is exact as an unsigned lane — and a logical 64-bit shift of a non-negative product below
+/// 2^63), then `+ Z3` and the clamp.
+///
+/// `WIDE = false` requires every lane's `T ≥ 32` (no multiplier ≥ 0.5): `|r| < 2^30`, and the odd
+/// lanes' result is read from the high half of a shift by `T − 32`. `WIDE = true` handles any
+/// `T`: `|r|` is capped at 2^24 before narrowing, which changes nothing after the clamp to
+/// `[lo, hi] ⊆ [0, 255]` with `|Z3| < 2^23` (the reference saturates there too).
+/// Per 16 lanes (`WIDE = false`): 14 ops, against 17 for [`requantize16`].
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn requantize16_single<const WIDE: bool>(
+    x: __m512i,
+    c: &RqSingle16,
+    zp: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let negative = _mm512_cmplt_epi32_mask(x, zero);
+    let ax = _mm512_abs_epi32(x);
+    let te = _mm512_add_epi64(_mm512_mul_epu32(ax, c.m0), c.h_even);
+    let to = _mm512_add_epi64(
+        _mm512_mul_epu32(_mm512_srli_epi64::<32>(ax), c.m0_hi),
+        c.h_odd,
+    );
+    let r = if WIDE {
+        let cap = _mm512_set1_epi64(1 << 24);
+        let re = _mm512_min_epu64(_mm512_srlv_epi64(te, c.t_even), cap);
+        let ro = _mm512_min_epu64(_mm512_srlv_epi64(to, c.t_odd), cap);
+        _mm512_mask_blend_epi32(0xAAAA, re, _mm512_slli_epi64::<32>(ro))
+    } else {
+        _mm512_mask_blend_epi32(
+            0xAAAA,
+            _mm512_srlv_epi64(te, c.t_even),
+            _mm512_srlv_epi64(to, c.s_odd),
+        )
+    };
+    let r = _mm512_mask_sub_epi32(r, negative, zero, r);
+    _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, zp), lo), hi)
+}
+
+/// The constants of either output stage for 16 lanes: the unused mode's half is zero (`SINGLE`
+/// picks, at compile time, which one [`stage16`] applies).
+#[derive(Clone, Copy)]
+pub struct Stage16 {
+    g: Rq16,
+    s: RqSingle16,
+}
+
+impl Stage16 {
+    /// [`Rq16::load`] (`SINGLE = false`) or [`RqSingle16::load`] (`SINGLE = true`).
+    ///
+    /// # Safety
+    /// CPU supports avx512f; each pointer has 16 readable `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load<const SINGLE: bool>(
+        m0: *const i32,
+        left: *const i32,
+        right: *const i32,
+    ) -> Self {
+        let z = _mm512_setzero_si512();
+        // SAFETY: as documented.
+        unsafe {
+            if SINGLE {
+                Self {
+                    g: Rq16 {
+                        m0: z,
+                        m0_hi: z,
+                        left: z,
+                        right: z,
+                        rmask: z,
+                        rhalf: z,
+                    },
+                    s: RqSingle16::load(m0, left, right),
+                }
+            } else {
+                Self {
+                    g: Rq16::load(m0, left, right),
+                    s: RqSingle16 {
+                        m0: z,
+                        m0_hi: z,
+                        t_even: z,
+                        t_odd: z,
+                        s_odd: z,
+                        h_even: z,
+                        h_odd: z,
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The output stage of 16 lanes in the mode chosen at compile time: [`requantize16`] with
+/// `LEFT = SLOW` (`SINGLE = false`) or [`requantize16_single`] with `WIDE = SLOW`
+/// (`SINGLE = true`); `SLOW` is [`Epilogue::slow`].
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn stage16<const SLOW: bool, const SINGLE: bool>(
+    x: __m512i,
+    c: &Stage16,
+    zp: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+) -> __m512i {
+    if SINGLE {
+        requantize16_single::<SLOW>(x, &c.s, zp, lo, hi)
+    } else {
+        requantize16::<SLOW>(x, &c.g, zp, lo, hi)
+    }
+}
+
 /// Per-lane constants of the single-shift output stage ([`requantize16_fused`]) for 16 lanes: the
 /// even int32 lanes are handled in the 64-bit lanes' low halves, the odd lanes in their high halves.
 #[derive(Clone, Copy)]
@@ -118,17 +295,19 @@ pub struct RqFused16 {
     s_even: __m512i,
     /// 64-bit shift counts `right − 1` of the odd lanes (their result is read from the high half).
     s_odd: __m512i,
+    /// What a negative product subtracts: `2^31` (`Gemmlowp`) or 1 (`Single`).
+    neg: __m512i,
 }
 
 impl RqFused16 {
     /// Loads 16 lanes' `M0` and the 16 `i64` rounding constants and 16 shift counts laid out by
-    /// [`fused_constants`].
+    /// [`fused_constants`] for `rounding`.
     ///
     /// # Safety
     /// CPU supports avx512f; `m0` has 16 readable `i32`, `k` and `s` 16 readable `i64` each.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn load(m0: *const i32, k: *const i64, s: *const i64) -> Self {
+    pub unsafe fn load(m0: *const i32, k: *const i64, s: *const i64, rounding: Rounding) -> Self {
         // SAFETY: caller guarantees the readable lengths.
         unsafe {
             let m0 = _mm512_loadu_si512(m0.cast());
@@ -139,12 +318,16 @@ impl RqFused16 {
                 k_odd: _mm512_loadu_si512(k.add(8).cast()),
                 s_even: _mm512_loadu_si512(s.cast()),
                 s_odd: _mm512_loadu_si512(s.add(8).cast()),
+                neg: _mm512_set1_epi64(match rounding {
+                    Rounding::Gemmlowp => 1 << 31,
+                    Rounding::Single => 1,
+                }),
             }
         }
     }
 }
 
-/// Whether every real channel admits the single-shift output stage: no left shift
+/// Whether every real channel admits the single-shift output stage (either rounding): no left shift
 /// (`shift ≤ 0`), `1 ≤ right ≤ 21` (or a flushed multiplier `M0 = 0`), `|Z3| < 2^9` and a clamp range
 /// inside `[0, 255]` (so saturating packs equal the reference's clamp and `as u8`).
 pub fn fused_ok(m0: &[i32], left: &[i32], right: &[i32], zp: i32, lo: i32, hi: i32) -> bool {
@@ -160,10 +343,20 @@ pub fn fused_ok(m0: &[i32], left: &[i32], right: &[i32], zp: i32, lo: i32, hi: i
 
 /// The constants of [`requantize16_fused`] for channels taken 16 at a time in the given order
 /// (`m0.len()` a multiple of 16): per group of 16 lanes, `k` holds the 8 even lanes' then the 8
-/// odd lanes' `K = 2^30 + 2^(30+e) + Z3·2^(31+e)` and `s` their shift counts `31 + e` (even) and
-/// `e − 1` (odd), with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3` for any
-/// `e`). Only meaningful when [`fused_ok`] holds.
-pub fn fused_constants(m0: &[i32], right: &[i32], zp: i32) -> (Vec<i64>, Vec<i64>) {
+/// odd lanes' `K = 2^30 + 2^(30+e) + Z3·2^(31+e)` (`Gemmlowp`) or `K = 2^(30+e) + Z3·2^(31+e)`
+/// (`Single`: `2^(T−1) + Z3·2^T` with `T = 31 + e`) and `s` their shift counts `31 + e` (even)
+/// and `e − 1` (odd), with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3` for
+/// any `e`). Only meaningful when [`fused_ok`] holds.
+pub fn fused_constants(
+    m0: &[i32],
+    right: &[i32],
+    zp: i32,
+    rounding: Rounding,
+) -> (Vec<i64>, Vec<i64>) {
+    let srdhm_nudge = match rounding {
+        Rounding::Gemmlowp => 1i64 << 30,
+        Rounding::Single => 0,
+    };
     let mut k = vec![0i64; m0.len()];
     let mut s = vec![0i64; m0.len()];
     for g in 0..m0.len() / 16 {
@@ -175,7 +368,7 @@ pub fn fused_constants(m0: &[i32], right: &[i32], zp: i32) -> (Vec<i64>, Vec<i64
                 right[ch].clamp(1, 21)
             } as i64;
             let slot = g * 16 + (lane % 2) * 8 + lane / 2;
-            k[slot] = (1i64 << 30) + (1i64 << (30 + e)) + (zp as i64) * (1i64 << (31 + e));
+            k[slot] = srdhm_nudge + (1i64 << (30 + e)) + (zp as i64) * (1i64 << (31 + e));
             s[slot] = if lane % 2 == 0 { 31 + e } else { e - 1 };
         }
     }
@@ -194,19 +387,23 @@ pub fn fused_constants(m0: &[i32], right: &[i32], zp: i32) -> (Vec<i64>, Vec<i64
 /// Per 16 lanes: one shift, two `vpmuldq`, two compares, two adds, two masked subtracts, two
 /// variable 64-bit shifts and a blend (12 ops against ≈ 17 for [`requantize16`] with its clamp).
 ///
+/// [`Rounding::Single`] (`requantize_single`, ties away from zero) is the same instruction
+/// sequence with other constants: with `T = 31 + e`, `sign(P)·⌊(|P| + 2^(T−1)) / 2^T⌋` equals
+/// `⌊(P + 2^(T−1) − [P < 0]) / 2^T⌋` (for `P < 0`, `−⌊(−P + h)/d⌋ = ⌊(P + h − 1)/d⌋` when
+/// `d = 2h`), so `K = 2^(T−1) + Z3·2^T` and a negative product subtracts 1 instead of `2^31`.
+///
 /// # Safety
 /// The CPU must support the enabled target features.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
-    let two31 = _mm512_set1_epi64(1 << 31);
     let zero = _mm512_setzero_si512();
     let pe = _mm512_mul_epi32(x, c.m0);
     let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi);
     let te = _mm512_add_epi64(pe, c.k_even);
-    let te = _mm512_mask_sub_epi64(te, _mm512_cmplt_epi64_mask(pe, zero), te, two31);
+    let te = _mm512_mask_sub_epi64(te, _mm512_cmplt_epi64_mask(pe, zero), te, c.neg);
     let to = _mm512_add_epi64(po, c.k_odd);
-    let to = _mm512_mask_sub_epi64(to, _mm512_cmplt_epi64_mask(po, zero), to, two31);
+    let to = _mm512_mask_sub_epi64(to, _mm512_cmplt_epi64_mask(po, zero), to, c.neg);
     _mm512_mask_blend_epi32(
         0xAAAA,
         _mm512_srav_epi64(te, c.s_even),
@@ -222,9 +419,9 @@ pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn store16<const LEFT: bool>(
+unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
     v: __m512i,
-    rq: &Rq16,
+    rq: &Stage16,
     e: &Epilogue,
     valid: usize,
     out: OutPtr,
@@ -239,7 +436,7 @@ unsafe fn store16<const LEFT: bool>(
                 _mm512_mask_storeu_epi32(p.add(row * ld + out_col).cast(), mask, v)
             }
             OutPtr::U8(p, ld) => {
-                let q = requantize16::<LEFT>(
+                let q = stage16::<SLOW, SINGLE>(
                     v,
                     rq,
                     _mm512_set1_epi32(e.zp),
@@ -256,14 +453,44 @@ unsafe fn store16<const LEFT: bool>(
     }
 }
 
-/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize, store (masked past
-/// `cols`).
+/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize in the epilogue's
+/// [`Rounding`], store (masked past `cols`).
 ///
 /// # Safety
 /// `out` valid for `M` rows × `cols` columns from `col0`; `e` padded to whole panels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile_epilogue<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        match (e.rounding, e.slow()) {
+            (Rounding::Gemmlowp, false) => {
+                tile_epilogue_in::<M, false, false>(acc, e, col0, cols, out)
+            }
+            (Rounding::Gemmlowp, true) => {
+                tile_epilogue_in::<M, true, false>(acc, e, col0, cols, out)
+            }
+            (Rounding::Single, false) => {
+                tile_epilogue_in::<M, false, true>(acc, e, col0, cols, out)
+            }
+            (Rounding::Single, true) => tile_epilogue_in::<M, true, true>(acc, e, col0, cols, out),
+        }
+    }
+}
+
+/// [`tile_epilogue`] for one output-stage variant (see [`stage16`]).
+///
+/// # Safety
+/// As [`tile_epilogue`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>(
     acc: [[__m512i; 4]; M],
     e: &Epilogue,
     col0: usize,
@@ -279,18 +506,14 @@ unsafe fn tile_epilogue<const M: usize>(
             let col = col0 + 16 * j;
             let valid = (cols - 16 * j).min(16);
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let rq = Rq16::load(
+            let rq = Stage16::load::<SINGLE>(
                 e.m0.as_ptr().add(col),
                 e.left.as_ptr().add(col),
                 e.right.as_ptr().add(col),
             );
             for (r, accr) in acc.iter().enumerate() {
                 let v = _mm512_add_epi32(accr[j], bias);
-                if e.any_left {
-                    store16::<true>(v, &rq, e, valid, out, r, col);
-                } else {
-                    store16::<false>(v, &rq, e, valid, out, r, col);
-                }
+                store16::<SLOW, SINGLE>(v, &rq, e, valid, out, r, col);
             }
         }
     }
@@ -441,8 +664,8 @@ impl DepthwiseVnniLayout {
         }
         let fused = fused_ok(&e.m0[..c], &e.left[..c], &e.right[..c], e.zp, e.lo, e.hi);
         let (m0, right) = (perm(&e.m0), perm(&e.right));
-        let (fk, fs) = fused_constants(&m0, &right, e.zp);
-        let (fk_nat, fs_nat) = fused_constants(&e.m0, &e.right, e.zp);
+        let (fk, fs) = fused_constants(&m0, &right, e.zp, e.rounding);
+        let (fk_nat, fs_nat) = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
         Self {
             w: wl,
             bias: perm(&e.bias),
@@ -470,10 +693,10 @@ impl DepthwiseVnniLayout {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn depthwise_pixel64<const LEFT: bool, const P: usize>(
+pub unsafe fn depthwise_pixel64<const SLOW: bool, const SINGLE: bool, const P: usize>(
     tap: impl Fn(usize, usize) -> *const u8,
     l: &DepthwiseVnniLayout,
-    rq: &[Rq16; 4],
+    rq: &[Stage16; 4],
     c0: usize,
     valid: usize,
     e: &Epilogue,
@@ -520,7 +743,7 @@ pub unsafe fn depthwise_pixel64<const LEFT: bool, const P: usize>(
                 _mm512_set1_epi32(e.hi),
             );
             for (p, accp) in acc.iter().enumerate() {
-                let q = |b: usize| requantize16::<LEFT>(accp[b], &rq[b], zp, lo, hi);
+                let q = |b: usize| stage16::<SLOW, SINGLE>(accp[b], &rq[b], zp, lo, hi);
                 let r = _mm512_or_si512(
                     _mm512_or_si512(q(0), _mm512_slli_epi32::<8>(q(1))),
                     _mm512_or_si512(_mm512_slli_epi32::<16>(q(2)), _mm512_slli_epi32::<24>(q(3))),
@@ -553,7 +776,7 @@ pub unsafe fn depthwise_pixel64<const LEFT: bool, const P: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_narrow<const LEFT: bool, const V: usize>(
+unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>(
     tap: impl Fn(usize) -> *const u8,
     l: &DepthwiseVnniLayout,
     c0: usize,
@@ -586,6 +809,7 @@ unsafe fn depthwise_narrow<const LEFT: bool, const V: usize>(
                     e.m0.as_ptr().add(col),
                     l.fk_nat.as_ptr().add(col),
                     l.fs_nat.as_ptr().add(col),
+                    e.rounding,
                 );
                 let q = _mm512_min_epi32(
                     _mm512_max_epi32(requantize16_fused(acc[v], &f), _mm512_set1_epi32(e.lo)),
@@ -593,12 +817,12 @@ unsafe fn depthwise_narrow<const LEFT: bool, const V: usize>(
                 );
                 _mm_mask_storeu_epi8(o.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
             } else if let Some(o) = o8 {
-                let rq = Rq16::load(
+                let rq = Stage16::load::<SINGLE>(
                     e.m0.as_ptr().add(col),
                     e.left.as_ptr().add(col),
                     e.right.as_ptr().add(col),
                 );
-                let q = requantize16::<LEFT>(
+                let q = stage16::<SLOW, SINGLE>(
                     acc[v],
                     &rq,
                     _mm512_set1_epi32(e.zp),
@@ -656,6 +880,7 @@ unsafe fn depthwise_block_fused<const T: usize>(
                 l.m0.as_ptr().add(at),
                 l.fk.as_ptr().add(at),
                 l.fs.as_ptr().add(at),
+                e.rounding,
             )
         });
         let bias: [__m512i; 4] = std::array::from_fn(|b| {
@@ -769,6 +994,7 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
                 e.m0.as_ptr().add(col),
                 l.fk_nat.as_ptr().add(col),
                 l.fs_nat.as_ptr().add(col),
+                e.rounding,
             )
         });
         let bias: [__m512i; V] =
@@ -857,7 +1083,8 @@ pub unsafe fn depthwise_row_fused(
 }
 
 /// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
-/// `taps` is given, a single pixel whose tap rows are listed), all channels.
+/// `taps` is given, a single pixel whose tap rows are listed), all channels, requantized in the
+/// epilogue's [`Rounding`].
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
@@ -865,6 +1092,46 @@ pub unsafe fn depthwise_row_fused(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn depthwise_run(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    taps: Option<&[*const u8]>,
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    e: &Epilogue,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
+) {
+    let (b, s, n) = (base, step, npix);
+    // SAFETY: as documented.
+    unsafe {
+        match (e.rounding, e.slow()) {
+            (Rounding::Gemmlowp, false) => {
+                depthwise_run_in::<false, false>(b, s, n, offs, taps, l, c, e, o8, o32)
+            }
+            (Rounding::Gemmlowp, true) => {
+                depthwise_run_in::<true, false>(b, s, n, offs, taps, l, c, e, o8, o32)
+            }
+            (Rounding::Single, false) => {
+                depthwise_run_in::<false, true>(b, s, n, offs, taps, l, c, e, o8, o32)
+            }
+            (Rounding::Single, true) => {
+                depthwise_run_in::<true, true>(b, s, n, offs, taps, l, c, e, o8, o32)
+            }
+        }
+    }
+}
+
+/// [`depthwise_run`] for one output-stage variant (see [`stage16`]).
+///
+/// # Safety
+/// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
+/// `npix·c` elements.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(
     base: *const u8,
     step: usize,
     npix: usize,
@@ -890,22 +1157,19 @@ pub unsafe fn depthwise_run(
                         Some(tp) => tp[t],
                         None => base.add(p * step + offs[t]),
                     };
-                    match (valid.div_ceil(16), e.any_left) {
-                        (1, false) => depthwise_narrow::<false, 1>(tap, l, c0, valid, e, d8, d32),
-                        (1, true) => depthwise_narrow::<true, 1>(tap, l, c0, valid, e, d8, d32),
-                        (2, false) => depthwise_narrow::<false, 2>(tap, l, c0, valid, e, d8, d32),
-                        (2, true) => depthwise_narrow::<true, 2>(tap, l, c0, valid, e, d8, d32),
-                        (_, false) => depthwise_narrow::<false, 3>(tap, l, c0, valid, e, d8, d32),
-                        (_, true) => depthwise_narrow::<true, 3>(tap, l, c0, valid, e, d8, d32),
+                    match valid.div_ceil(16) {
+                        1 => depthwise_narrow::<SLOW, SINGLE, 1>(tap, l, c0, valid, e, d8, d32),
+                        2 => depthwise_narrow::<SLOW, SINGLE, 2>(tap, l, c0, valid, e, d8, d32),
+                        _ => depthwise_narrow::<SLOW, SINGLE, 3>(tap, l, c0, valid, e, d8, d32),
                     }
                 }
                 c0 += 64;
                 continue;
             }
             let blk = c0 / 64;
-            let rq: [Rq16; 4] = std::array::from_fn(|b| {
+            let rq: [Stage16; 4] = std::array::from_fn(|b| {
                 let at = blk * 64 + b * 16;
-                Rq16::load(
+                Stage16::load::<SINGLE>(
                     l.m0.as_ptr().add(at),
                     l.left.as_ptr().add(at),
                     l.right.as_ptr().add(at),
@@ -916,11 +1180,7 @@ pub unsafe fn depthwise_run(
                 // A single pixel whose tap rows are listed.
                 let d8 = o8.map(|o| [o.add(c0)]);
                 let d32 = o32.map(|o| [o.add(c0)]);
-                if e.any_left {
-                    depthwise_pixel64::<true, 1>(|_, t| tp[t], l, &rq, c0, valid, e, d8, d32);
-                } else {
-                    depthwise_pixel64::<false, 1>(|_, t| tp[t], l, &rq, c0, valid, e, d8, d32);
-                }
+                depthwise_pixel64::<SLOW, SINGLE, 1>(|_, t| tp[t], l, &rq, c0, valid, e, d8, d32);
                 p = npix;
             }
             // Two pixels per step: eight independent accumulation chains, weights loaded once.
@@ -928,22 +1188,14 @@ pub unsafe fn depthwise_run(
                 let d8 = o8.map(|o| [o.add(p * c + c0), o.add((p + 1) * c + c0)]);
                 let d32 = o32.map(|o| [o.add(p * c + c0), o.add((p + 1) * c + c0)]);
                 let tap = |q: usize, t: usize| base.add((p + q) * step + offs[t]);
-                if e.any_left {
-                    depthwise_pixel64::<true, 2>(tap, l, &rq, c0, valid, e, d8, d32);
-                } else {
-                    depthwise_pixel64::<false, 2>(tap, l, &rq, c0, valid, e, d8, d32);
-                }
+                depthwise_pixel64::<SLOW, SINGLE, 2>(tap, l, &rq, c0, valid, e, d8, d32);
                 p += 2;
             }
             if p < npix {
                 let d8 = o8.map(|o| [o.add(p * c + c0)]);
                 let d32 = o32.map(|o| [o.add(p * c + c0)]);
                 let tap = |_: usize, t: usize| base.add(p * step + offs[t]);
-                if e.any_left {
-                    depthwise_pixel64::<true, 1>(tap, l, &rq, c0, valid, e, d8, d32);
-                } else {
-                    depthwise_pixel64::<false, 1>(tap, l, &rq, c0, valid, e, d8, d32);
-                }
+                depthwise_pixel64::<SLOW, SINGLE, 1>(tap, l, &rq, c0, valid, e, d8, d32);
             }
             c0 += 64;
         }
