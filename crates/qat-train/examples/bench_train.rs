@@ -1,14 +1,20 @@
 //! Training throughput, float vs QAT, for MobileNet-v1 on MNIST (batch 64).
 //!
 //! ```sh
-//! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch]
+//! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch] \
+//!     [--device cpu|cuda] [--data DIR]
 //! ```
 //!
 //! Measures the time of a full optimizer step (forward, cross-entropy, backward, SGD update) on the shipped
 //! `data/mnist-10k` digits, in float mode (fake quant off, observers frozen) and in QAT mode (weights
 //! fake-quantized per channel after BN folding with the σ_B/σ correction, activations fake-quantized per
 //! tensor with EMA observers). Reports the median step time, images/s and the QAT/float ratio. Batches are
-//! prepared beforehand so that only the step is timed.
+//! prepared beforehand (and moved to the device) so that only the step is timed.
+//!
+//! `--device` defaults to `cpu`; `cuda` needs a binary that links `libtorch_cuda` (build with
+//! `QAT_LINK_CUDA=1`, shared TCH.md §1) and fails when `tch::Cuda::is_available()` is false. Reading the
+//! loss value every step synchronizes the device, so the CUDA times are complete steps. `--data` replaces
+//! the compile-time `data/mnist-10k` path (for binaries run from another checkout).
 
 use std::time::Instant;
 
@@ -24,13 +30,35 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = Vec::new();
+    let mut device = Device::Cpu;
+    let mut dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k").to_string();
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--device" => {
+                device = match it.next().as_deref() {
+                    Some("cpu") => Device::Cpu,
+                    Some("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+                    Some("cuda") => {
+                        return Err(
+                            "--device cuda: tch::Cuda::is_available() is false (no GPU, or the \
+                                    binary was built without QAT_LINK_CUDA=1)"
+                                .into(),
+                        );
+                    }
+                    other => return Err(format!("--device {other:?}: expected cpu or cuda").into()),
+                }
+            }
+            "--data" => dir = it.next().ok_or("--data needs a directory")?,
+            _ => args.push(a),
+        }
+    }
     let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
     if let Some(t) = args.get(2) {
         tch::set_num_threads(t.parse()?);
     }
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k");
-    let data = Dataset::load_mnist_dir(dir)?;
+    let data = Dataset::load_mnist_dir(&dir)?;
     let loader = Loader::new(
         data.train.into(),
         LoaderConfig {
@@ -46,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batches: Vec<(Tensor, Tensor)> = loader
         .epoch(0, 0)
         .take(steps + 5)
-        .map(|b| b.map(|b| (b.images, b.labels)))
+        .map(|b| b.map(|b| (b.images.to_device(device), b.labels.to_device(device))))
         .collect::<Result<_, _>>()?;
     let fold = match args.get(3).map(String::as_str) {
         None | Some("whitepaper") => BnFoldMode::Whitepaper,
@@ -64,13 +92,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         spec.name(),
         fold,
         tch::get_num_threads(),
-        Device::Cpu,
+        device,
         steps
     );
     let mut results = Vec::new();
     for phase in [Phase::Float, Phase::Qat, Phase::Float, Phase::Qat] {
         tch::manual_seed(0);
-        let mut net = models::build(&spec, Device::Cpu)?;
+        let mut net = models::build(&spec, device)?;
         let mut opt = Optimizer::new(net.var_store(), OptimizerConfig::default())?;
         if phase == Phase::Qat {
             // Observers need one range before activations can be fake-quantized: one warm-up step in QatWarmup.
