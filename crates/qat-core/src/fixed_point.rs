@@ -232,12 +232,9 @@ impl QuantizedMultiplier {
     pub fn apply_rounded_once(&self, x: i32) -> i32 {
         let e = (31 - self.shift) as u32;
         let p = x as i64 * self.multiplier as i64;
-        let half = 1i64 << (e - 1);
-        let r = if p >= 0 {
-            (p + half) >> e
-        } else {
-            -((half - p) >> e)
-        };
+        // Branch-free form of sign(p)·⌊(|p| + 2^(e−1)) / 2^e⌋: for p < 0,
+        // −⌊(−p + h)/2h⌋ = ⌊(p + h − 1)/2h⌋ (arithmetic shift = floor); |p| + h < 2^63.
+        let r = (p + (1i64 << (e - 1)) - (p < 0) as i64) >> e;
         r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
     }
 }
