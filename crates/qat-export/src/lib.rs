@@ -27,6 +27,9 @@
 //!   [`ir::linear_from_nchw_flatten`] for PyTorch layouts.
 //! - Export: [`export`]`(&graph, &ExportOptions) -> Result<Int8Model, ExportError>`, or
 //!   [`QuantPlan::new`] then [`QuantPlan::to_int8_model`] to keep the plan for the simulation twin.
+//!   [`ExportOptions::rounding`] sets the model's requantization rounding: `Rounding::Single`
+//!   (default; one rounding, what the simulation and QAT compute) or `Rounding::Gemmlowp`
+//!   (TFLite's reference double rounding, bit-exact with its kernels).
 //! - PTQ: [`calibrate()`]`(&graph, batches, CalibrationMethod) -> Result<FloatGraph, CalibrationError>`,
 //!   [`ptq`]`(&graph, batches, &PtqConfig) -> Result<QuantPlan, PtqError>`, [`ptq_export`].
 //! - Simulation: [`simulate::simulate`]`(&plan, input) -> Vec<ArrayD<f32>>` (every node).
@@ -62,6 +65,7 @@
 //! let plan = QuantPlan::new(&g, &ExportOptions::default())?;
 //! let model = plan.to_int8_model();
 //! model.validate()?;
+//! assert_eq!(model.rounding, qat_int8_runtime::Rounding::Single); // ExportOptions::rounding
 //! let input = ArrayD::from_shape_vec(vec![2, 4, 4, 1], (0..32).map(|i| (i as f32 / 16.0) - 1.0).collect())?;
 //! let logits = Executor::new(&model)?.run(input.view())?;
 //! assert_eq!(logits[0].shape(), &[2, 3]);
