@@ -194,3 +194,62 @@ pub fn activation_label(act: Activation) -> &'static str {
         Activation::Relu6 => "relu6",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use qat_int8_runtime::{Executor, Rounding};
+
+    use super::*;
+    use crate::ir::Linear;
+
+    /// x[3] → linear → y, with ranges set.
+    fn tiny() -> FloatGraph {
+        let mut g = FloatGraph::new("tiny");
+        let x = g.input("x", &[3]);
+        let fc = g.linear(
+            "fc",
+            x,
+            Linear::new(vec![0.3, -0.7, 0.5, 0.9, 0.1, -0.2], [2, 3]),
+        );
+        g.output("y", fc);
+        g.set_range(x, -1.0, 1.0).unwrap();
+        g.set_range(fc, -1.5, 1.5).unwrap();
+        g
+    }
+
+    #[test]
+    fn the_model_carries_the_options_rounding() {
+        let g = tiny();
+        assert_eq!(ExportOptions::default().rounding, Rounding::Single);
+        for rounding in Rounding::ALL {
+            let opts = ExportOptions {
+                rounding,
+                ..ExportOptions::default()
+            };
+            let model = export(&g, &opts).unwrap();
+            assert_eq!(model.rounding, rounding);
+            let back = Int8Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+            assert_eq!(back.rounding, rounding);
+            let x = ndarray::ArrayD::from_shape_vec(vec![1, 3], vec![0.2f32, -0.4, 0.9]).unwrap();
+            assert_eq!(
+                Executor::new(&model).unwrap().run(x.view()).unwrap()[0].shape(),
+                &[1, 2]
+            );
+        }
+    }
+
+    /// Options serialized before the field existed deserialize with the default, `Single`.
+    #[test]
+    fn options_without_rounding_deserialize_as_single() {
+        let old = r#"{"fold_batch_norm":true,"avg_pool_own_params":false}"#;
+        let opts: ExportOptions = serde_json::from_str(old).unwrap();
+        assert_eq!(opts, ExportOptions::default());
+        let json = serde_json::to_string(&ExportOptions {
+            rounding: Rounding::Gemmlowp,
+            ..ExportOptions::default()
+        })
+        .unwrap();
+        let back: ExportOptions = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.rounding, Rounding::Gemmlowp);
+    }
+}
