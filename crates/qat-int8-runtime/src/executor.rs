@@ -261,7 +261,7 @@ impl Executor {
             .iter()
             .map(|t| elements(&t.shape).unwrap_or(0))
             .collect();
-        tracing::debug!(model = %model.name, kernel = path.name(), ops = model.ops.len(), "executor planned");
+        tracing::debug!(model = %model.name, kernel = path.name(), rounding = model.rounding.name(), ops = model.ops.len(), "executor planned");
         Ok(Self {
             plans,
             bufs: vec![Buf::default(); model.tensors.len()],
