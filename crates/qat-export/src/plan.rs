@@ -281,14 +281,31 @@ impl QuantPlan {
     }
 
     /// The folded graph with every conv/linear weight replaced by its fake-quantized value
-    /// `S_w[c]·(q − Z_w[c])` (biases stay float, as in training).
+    /// `S_w[c]·(q − Z_w[c])` and every bias by its value on the int32 grid the integer model adds
+    /// it on, `S_in·S_w[c]·b_q[c]` (paper §2.4; QAT simulates the same rounding once activation
+    /// ranges are frozen). At 8 bits the bias rounding is far below an output LSB; at 4 bits
+    /// (`M = S_in·S_w/S_out` up to ~1) leaving it out of the simulation changed several percent of
+    /// a layer's output codes.
     pub fn simulation_graph(&self) -> FloatGraph {
         let mut g = self.graph.clone();
         for (node, lq) in g.nodes.iter_mut().zip(&self.layers) {
             let Some(lq) = lq else { continue };
+            let s_in = f64::from(self.act_params[node.inputs[0].0].scale());
+            let bias: Vec<f32> = lq
+                .bias
+                .iter()
+                .zip(lq.weights.scales_per_channel())
+                .map(|(&b, sw)| (f64::from(b) * s_in * f64::from(sw)) as f32)
+                .collect();
             match &mut node.op {
-                FloatOp::Conv2d(c) => c.weight = lq.weights.dequantized(),
-                FloatOp::Linear(l) => l.weight = lq.weights.dequantized(),
+                FloatOp::Conv2d(c) => {
+                    c.weight = lq.weights.dequantized();
+                    c.bias = Some(bias);
+                }
+                FloatOp::Linear(l) => {
+                    l.weight = lq.weights.dequantized();
+                    l.bias = Some(bias);
+                }
                 _ => {}
             }
         }

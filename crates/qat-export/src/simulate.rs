@@ -2,7 +2,8 @@
 //! fake-quantized activations, run by the float interpreter ([`crate::interp`]) — exactly the
 //! training rules: weights fake-quantized after BN folding with the layer's scheme, activations
 //! fake-quantized after the activation function and after add/concat/pool with their nudged
-//! parameters, biases not fake-quantized.
+//! parameters, biases on their int32 grid `S_in·S_w` (what qat-train's QAT layers simulate once
+//! activation ranges are frozen, and what the integer model adds).
 //!
 //! Its codes (`params.quantize(value)` of each fake-quantized tensor) are what the `Int8Model`
 //! should produce; the fidelity report measures how close the integer model comes.

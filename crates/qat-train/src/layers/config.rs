@@ -151,7 +151,8 @@ impl Default for QuantState {
 pub enum QatControl {
     /// Fake quant on/off (quantization delay, float mode).
     FakeQuant(bool),
-    /// Freeze (`true`) or unfreeze all observers.
+    /// Freeze (`true`) or unfreeze the activation observers (weight ranges always follow the
+    /// weights: paper §3, and what export recomputes).
     FreezeObservers(bool),
     /// Observers collect in eval mode (PTQ calibration) or not.
     Calibrate(bool),

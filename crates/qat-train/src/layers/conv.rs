@@ -178,6 +178,7 @@ pub struct QatConv2d {
     wq: WeightQuantizer,
     oq: OutputQuantizer,
     state: QuantState,
+    input_scale: Option<f32>,
 }
 
 impl QatConv2d {
@@ -216,6 +217,7 @@ impl QatConv2d {
             wq,
             oq,
             state: QuantState::default(),
+            input_scale: None,
         })
     }
 
@@ -261,6 +263,10 @@ impl QatLayer for QatConv2d {
         self.oq.control_observer(c);
     }
 
+    fn set_input_scale(&mut self, s_in: Option<f32>) {
+        self.input_scale = s_in;
+    }
+
     fn export(&self) -> Result<LayerExport, LayerError> {
         let n = &self.name;
         let weight =
@@ -299,7 +305,11 @@ impl QatModule for QatConv2d {
         let n = &self.name;
         self.cfg.check_input(x, n)?;
         let w = self.wq.forward(&self.weight, &self.state, n)?;
-        let y = self.cfg.conv(x, &w, self.bias.as_ref(), n)?;
+        let bias = match (&self.bias, self.input_scale) {
+            (Some(b), Some(s_in)) => Some(self.wq.fake_quant_bias(b, s_in, &self.state, n)?),
+            (b, _) => b.as_ref().map(Tensor::shallow_clone),
+        };
+        let y = self.cfg.conv(x, &w, bias.as_ref(), n)?;
         let y = self
             .cfg
             .activation

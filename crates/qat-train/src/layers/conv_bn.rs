@@ -99,6 +99,7 @@ pub struct QatConvBn2d {
     wq: WeightQuantizer,
     oq: OutputQuantizer,
     state: QuantState,
+    input_scale: Option<f32>,
 }
 
 fn per_channel(t: &Tensor) -> Tensor {
@@ -159,6 +160,7 @@ impl QatConvBn2d {
             wq,
             oq,
             state: QuantState::default(),
+            input_scale: None,
         })
     }
 
@@ -250,9 +252,7 @@ impl QatConvBn2d {
         let n = self.name.clone();
         let torch = |op| LayerError::torch(&n, op);
         if !use_batch {
-            let (w_fold, b_fold) = self.folded_moving()?;
-            let w = self.wq.forward(&w_fold, &self.state, &n)?;
-            return self.cfg.conv.conv(x, &w, Some(&b_fold), &n);
+            return self.forward_folded(x);
         }
         let sigma = self.moving_std()?;
         let y_float = self.cfg.conv.conv(x, &self.weight, None::<&Tensor>, &n)?;
@@ -298,7 +298,26 @@ impl QatConvBn2d {
         Ok(y)
     }
 
+    /// Moving statistics (BN frozen, or eval), both fold modes: exactly the folded inference layer
+    /// `conv(x, FQ(γW/σ)) + b̂`, `b = β − γμ/σ`, with `b̂` the bias on the integer model's int32 grid
+    /// once the input scale is known ([`WeightQuantizer::fake_quant_bias`]).
+    fn forward_folded(&mut self, x: &Tensor) -> Result<Tensor, LayerError> {
+        let n = self.name.clone();
+        let (w_fold, b_fold) = self.folded_moving()?;
+        let w = self.wq.forward(&w_fold, &self.state, &n)?;
+        let b = match self.input_scale {
+            Some(s_in) => self.wq.fake_quant_bias(&b_fold, s_in, &self.state, &n)?,
+            None => b_fold,
+        };
+        self.cfg.conv.conv(x, &w, Some(&b), &n)
+    }
+
     fn forward_pytorch(&mut self, x: &Tensor, use_batch: bool) -> Result<Tensor, LayerError> {
+        if !use_batch {
+            // PyTorch's `BN(conv(x, FQ(W·s))/s)` with moving statistics is this fold up to float
+            // rounding (the `/s` then `·γ/σ`), which would flip a few output codes against export.
+            return self.forward_folded(x);
+        }
         let n = self.name.clone();
         let sigma = self.moving_std()?;
         let scale = &self.gamma / &sigma;
@@ -343,6 +362,10 @@ impl QatLayer for QatConvBn2d {
         if let QatControl::FreezeBn(f) = c {
             self.freeze_bn(f);
         }
+    }
+
+    fn set_input_scale(&mut self, s_in: Option<f32>) {
+        self.input_scale = s_in;
     }
 
     fn export(&self) -> Result<LayerExport, LayerError> {

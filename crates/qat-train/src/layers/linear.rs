@@ -33,6 +33,7 @@ pub struct QatLinear {
     wq: WeightQuantizer,
     oq: OutputQuantizer,
     state: QuantState,
+    input_scale: Option<f32>,
 }
 
 impl QatLinear {
@@ -76,6 +77,7 @@ impl QatLinear {
             wq,
             oq,
             state: QuantState::default(),
+            input_scale: None,
         })
     }
 
@@ -116,6 +118,10 @@ impl QatLayer for QatLinear {
         self.oq.control_observer(c);
     }
 
+    fn set_input_scale(&mut self, s_in: Option<f32>) {
+        self.input_scale = s_in;
+    }
+
     fn export(&self) -> Result<LayerExport, LayerError> {
         let n = &self.name;
         Ok(LayerExport::Linear(LinearExport {
@@ -146,8 +152,12 @@ impl QatModule for QatLinear {
             });
         }
         let w = self.wq.forward(&self.weight, &self.state, n)?;
+        let bias = match self.input_scale {
+            Some(s_in) => self.wq.fake_quant_bias(&self.bias, s_in, &self.state, n)?,
+            None => self.bias.shallow_clone(),
+        };
         let y = x
-            .f_linear(&w, Some(&self.bias))
+            .f_linear(&w, Some(&bias))
             .map_err(LayerError::torch(n, "linear"))?;
         let y = self
             .activation

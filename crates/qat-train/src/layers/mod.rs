@@ -61,6 +61,11 @@ pub trait QatLayer: std::fmt::Debug {
     fn control(&mut self, c: QatControl);
     /// Everything export needs, read-only.
     fn export(&self) -> Result<LayerExport, LayerError>;
+    /// The scale `S_in` of the grid this layer's input lies on (set by the model once activation
+    /// ranges are frozen, `None` otherwise). Layers with a bias then fake-quantize it on the int32
+    /// grid `S_in·S_w[c]` as the integer model does ([`WeightQuantizer::fake_quant_bias`]); others
+    /// ignore it.
+    fn set_input_scale(&mut self, _s_in: Option<f32>) {}
 }
 
 /// A single-input QAT layer.

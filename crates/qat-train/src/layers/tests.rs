@@ -694,48 +694,80 @@ fn whole_model_switches_reach_every_layer() {
 }
 
 #[test]
-fn ste_choice_reaches_the_weight_gradient() {
-    // Freeze the weight range, then double the weights: values beyond the range are clamped. The
-    // clipped STE gives them no gradient, the plain STE passes the float gradient through.
+fn weight_ranges_follow_the_weights_after_the_observer_freeze() {
+    // Paper §3 / TF: weight ranges are min/max of the current weights in every phase, so what QAT
+    // quantizes is what export (which recomputes min/max of the final weights) quantizes.
     let x = rand(22, &[8, 4], -1.0, 1.0);
-    let g = rand(23, &[8, 3], -1.0, 1.0);
-    let float_grad = g.transpose(0, 1).matmul(&x); // dL/dW of sum(g ⊙ x·Wᵀ)
+    let vs = VarStore::new(Device::Cpu);
+    let q = QuantConfig {
+        quantize_output: false,
+        ..QuantConfig::default()
+    };
+    let mut fc = QatLinear::new(&(vs.root() / "fc"), 4, 3, Activation::None, q).unwrap();
+    fc.control(QatControl::FakeQuant(true));
+    let _ = fc.forward_t(&x, true).unwrap();
+    fc.control(QatControl::FreezeObservers(true));
+    set(fc.weight(), &(fc.weight() * 2.0));
+    let y = fc.forward_t(&x, true).unwrap();
+    let LayerExport::Linear(e) = fc.export().unwrap() else {
+        panic!("linear")
+    };
+    let p = e.weight_qparams.per_channel().unwrap().clone();
+    let w = vecf(fc.weight());
+    for c in 0..3 {
+        let max_abs = w[c * 4..c * 4 + 4].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let want = QuantParams::symmetric(max_abs, QuantRange::signed_narrow(8).unwrap()).unwrap();
+        assert_eq!(
+            p.channel(c).unwrap(),
+            want,
+            "channel {c}: range of the doubled weights"
+        );
+    }
+    // The forward used those parameters: y = x · FQ(W)ᵀ + b with nothing clamped.
+    let fq: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| p.channel(i / 4).unwrap().fake_quant(v))
+        .collect();
+    let want = x.linear(&Tensor::from_slice(&fq).view([3, 4]), Some(fc.bias()));
+    assert!(max_diff(&y, &want) < 1e-6);
+}
+
+#[test]
+fn ste_choice_reaches_the_input_gradient() {
+    // Freeze an activation range, then feed values beyond it: they are clamped. The clipped STE
+    // gives them no gradient, the plain STE passes the upstream gradient through.
     for ste in [qat_autograd::Ste::Clipped, qat_autograd::Ste::Plain] {
         let vs = VarStore::new(Device::Cpu);
         let q = QuantConfig {
             ste,
-            quantize_output: false,
             ..QuantConfig::default()
         };
-        let mut fc = QatLinear::new(&(vs.root() / "fc"), 4, 3, Activation::None, q).unwrap();
-        let _ = fc.forward_t(&x, true).unwrap(); // records the weight range
-        fc.control(QatControl::FreezeObservers(true));
-        set(fc.weight(), &(fc.weight() * 2.0));
-        let y = fc.forward_t(&x, true).unwrap();
+        let mut oq = OutputQuantizer::new(&(vs.root() / "q"), &q).unwrap();
+        oq.control(QatControl::FakeQuant(true));
+        let _ = oq.forward_t(&rand(30, &[64], -1.0, 1.0), true).unwrap(); // range ≈ [−1, 1]
+        oq.control(QatControl::FreezeObservers(true));
+        let x = rand(31, &[64], -2.0, 2.0).set_requires_grad(true);
+        let g = rand(32, &[64], -1.0, 1.0);
+        let y = oq.forward_t(&x, true).unwrap();
         (y * &g).sum(Kind::Float).backward();
-        let grad = fc.weight().grad();
-        let LayerExport::Linear(e) = fc.export().unwrap() else {
-            panic!("linear")
-        };
-        let p = e.weight_qparams.per_channel().unwrap().clone();
-        let w = vecf(fc.weight());
-        let (gv, fv) = (vecf(&grad), vecf(&float_grad));
+        let grad = vecf(&x.grad());
+        let p = oq.observer().per_tensor_qparams().unwrap();
         let mut clamped = 0;
-        for (i, (&wi, (&gi, &fi))) in w.iter().zip(gv.iter().zip(&fv)).enumerate() {
-            let pc = p.channel(i / 4).unwrap();
-            let code = (wi * (1.0 / pc.scale())).round_ties_even();
-            let inside = code >= pc.qmin() as f32 && code <= pc.qmax() as f32;
+        for ((&xi, &gi), &ui) in vecf(&x).iter().zip(&grad).zip(&vecf(&g)) {
+            let code = (xi * (1.0 / p.scale())).round_ties_even() + p.zero_point() as f32;
+            let inside = code >= p.qmin() as f32 && code <= p.qmax() as f32;
             clamped += usize::from(!inside);
             let want = if inside || ste == qat_autograd::Ste::Plain {
-                fi
+                ui
             } else {
                 0.0
             };
             assert!(
-                (gi - want).abs() < 1e-5,
-                "{ste:?} w[{i}] = {wi}: grad {gi}, want {want}"
+                (gi - want).abs() < 1e-6,
+                "{ste:?} x = {xi}: grad {gi}, want {want}"
             );
         }
-        assert!(clamped > 0, "the test must clamp some weights");
+        assert!(clamped > 0, "the test must clamp some inputs");
     }
 }

@@ -336,6 +336,50 @@ impl Net {
 
     /// Forward pass of NCHW `x`; `train` selects batch statistics and observer updates.
     pub fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let mut values = self.forward_nodes(x, train, false)?;
+        values
+            .get_mut(self.output.0)
+            .and_then(Option::take)
+            .ok_or_else(|| ModelError::Build {
+                model: self.name.clone(),
+                what: "output not computed".into(),
+            })
+    }
+
+    /// Forward pass that keeps every node's output (index = node index, in [`Net::nodes`] order; NCHW
+    /// or `[N, F]`): what a researcher inspects to see where a quantized model departs from its float
+    /// twin or its integer export.
+    ///
+    /// ```
+    /// use qat_train::models::{self, ModelSpec};
+    /// use tch::{Device, Kind, Tensor};
+    /// let mut net = models::build(&ModelSpec::lenet(), Device::Cpu)?;
+    /// let x = Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    /// let all = net.forward_all_t(&x, false)?;
+    /// assert_eq!(all.len(), net.nodes().len());
+    /// assert_eq!(all[net.output().0].size(), vec![2, 10]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forward_all_t(&mut self, x: &Tensor, train: bool) -> Result<Vec<Tensor>, ModelError> {
+        let values = self.forward_nodes(x, train, true)?;
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.ok_or_else(|| ModelError::Build {
+                    model: self.name.clone(),
+                    what: format!("node {i} not computed"),
+                })
+            })
+            .collect()
+    }
+
+    fn forward_nodes(
+        &mut self,
+        x: &Tensor,
+        train: bool,
+        keep_all: bool,
+    ) -> Result<Vec<Option<Tensor>>, ModelError> {
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.nodes.len());
         for i in 0..self.nodes.len() {
             let node = &mut self.nodes[i];
@@ -384,26 +428,68 @@ impl Net {
             };
             values.push(Some(y));
             // Free inputs that no later node reads.
-            for r in self.nodes[i].inputs.clone() {
-                if self.last_use[r.0] == i && r != self.output {
-                    values[r.0] = None;
+            if !keep_all {
+                for r in self.nodes[i].inputs.clone() {
+                    if self.last_use[r.0] == i && r != self.output {
+                        values[r.0] = None;
+                    }
                 }
             }
         }
-        values
-            .get_mut(self.output.0)
-            .and_then(Option::take)
-            .ok_or_else(|| ModelError::Build {
-                model: self.name.clone(),
-                what: "output not computed".into(),
-            })
+        Ok(values)
     }
 
-    /// Sends a switch to every layer.
+    /// Sends a switch to every layer. Freezing the observers also hands every layer the scale of the
+    /// grid its input lies on ([`crate::layers::QatLayer::set_input_scale`]), so that from then on biases are
+    /// fake-quantized on the integer model's int32 grid `S_in·S_w`; unfreezing withdraws it.
     pub fn control(&mut self, c: QatControl) {
         for n in &mut self.nodes {
             if let Some(l) = n.op.layer_mut() {
                 l.control(c);
+            }
+        }
+        if let QatControl::FreezeObservers(frozen) = c {
+            self.refresh_input_scales(frozen);
+        }
+    }
+
+    /// The scale of each node's output grid: its own quantizer's (when enabled and calibrated), or
+    /// its input's for nodes that keep their input's grid (max pool, flatten).
+    fn output_grid_scales(&self) -> Vec<Option<f32>> {
+        let exports = match self.export_layers() {
+            Ok(e) => e,
+            Err(_) => return vec![None; self.nodes.len()],
+        };
+        let mut grid: Vec<Option<f32>> = Vec::with_capacity(self.nodes.len());
+        for (node, e) in self.nodes.iter().zip(exports) {
+            let own = match e {
+                Some(LayerExport::Quantize(o)) => Some(o),
+                Some(LayerExport::Conv(c)) => Some(c.output),
+                Some(LayerExport::Linear(l)) => Some(l.output),
+                Some(LayerExport::Add(m) | LayerExport::Concat(m)) => Some(m.output),
+                Some(LayerExport::Pool(p)) => p.output,
+                None => None,
+            };
+            let g = match own {
+                Some(o) if o.enabled => o.qparams.map(|p| p.scale()),
+                Some(_) => None,
+                None => node.inputs.first().and_then(|r| grid[r.0]),
+            };
+            grid.push(g);
+        }
+        grid
+    }
+
+    fn refresh_input_scales(&mut self, frozen: bool) {
+        let grid = if frozen {
+            self.output_grid_scales()
+        } else {
+            vec![None; self.nodes.len()]
+        };
+        for n in &mut self.nodes {
+            let s_in = n.inputs.first().and_then(|r| grid[r.0]);
+            if let Some(l) = n.op.layer_mut() {
+                l.set_input_scale(s_in);
             }
         }
     }
