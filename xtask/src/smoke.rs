@@ -83,28 +83,44 @@ pub fn check_report(dir: &Path) -> Result<()> {
         (0.0..=1.0).contains(&agree),
         "agreement {agree} outside [0, 1]"
     );
-    let layers = v["fidelity"]["layers"]
-        .as_array()
-        .filter(|l| !l.is_empty())
-        .context("report has no per-layer fidelity table")?;
-    for l in layers {
-        let name = l["node"].as_str().unwrap_or("?");
-        let within = l["isolated"]["within_1_lsb"]
-            .as_f64()
-            .with_context(|| format!("fidelity of {name} has no isolated.within_1_lsb"))?;
-        if within < MIN_LAYER_WITHIN_1_LSB {
-            bail!(
-                "layer {name}: only {:.2}% of integer outputs within 1 LSB of the simulation",
-                100.0 * within
-            );
+    let mut n_layers = 0;
+    let mut sim = 1f64;
+    for key in ["fidelity", "fidelity_low_bit"] {
+        let layers = v[key]["layers"]
+            .as_array()
+            .filter(|l| !l.is_empty())
+            .with_context(|| format!("report has no per-layer `{key}` table"))?;
+        n_layers += layers.len();
+        for l in layers {
+            let name = l["node"].as_str().unwrap_or("?");
+            let within = l["isolated"]["within_1_lsb"]
+                .as_f64()
+                .with_context(|| format!("{key} of {name} has no isolated.within_1_lsb"))?;
+            if within < MIN_LAYER_WITHIN_1_LSB {
+                bail!(
+                    "{key}, layer {name}: only {:.2}% of integer outputs within 1 LSB of the simulation",
+                    100.0 * within
+                );
+            }
         }
+        let a = v[key]["outputs"][0]["argmax_vs_simulation"]
+            .as_f64()
+            .with_context(|| format!("{key} has no argmax_vs_simulation"))?;
+        if a < MIN_ARGMAX_AGREEMENT {
+            bail!("{key}: int8 vs simulation argmax agreement {a:.4} < {MIN_ARGMAX_AGREEMENT}");
+        }
+        sim = sim.min(a);
     }
-    let sim = v["fidelity"]["outputs"][0]["argmax_vs_simulation"]
-        .as_f64()
-        .context("fidelity has no argmax_vs_simulation")?;
-    if sim < MIN_ARGMAX_AGREEMENT {
-        bail!("int8 vs simulation argmax agreement {sim:.4} < {MIN_ARGMAX_AGREEMENT}");
-    }
+    let rounding = v["rounding"]
+        .as_array()
+        .context("report has no `rounding` comparison")?;
+    ensure!(
+        rounding.len() == 4
+            && rounding
+                .iter()
+                .all(|r| (0.0..=1.0).contains(&r["agreement"].as_f64().unwrap_or(-1.0))),
+        "`rounding` must hold both modes for both bit widths with agreements in [0, 1]"
+    );
     for f in [
         "report.md",
         "accuracy_vs_bits.png",
@@ -115,10 +131,9 @@ pub fn check_report(dir: &Path) -> Result<()> {
         ensure!(dir.join(f).exists(), "report is missing {f}");
     }
     eprintln!(
-        "[smoke] report OK: {} rows, {} layers within 1 LSB, int8 vs simulation argmax {sim:.4}, \
+        "[smoke] report OK: {} rows, {n_layers} layers within 1 LSB, int8 vs simulation argmax ≥ {sim:.4}, \
          vs libtorch fake quant {agree:.4}",
-        rows.len(),
-        layers.len()
+        rows.len()
     );
     Ok(())
 }

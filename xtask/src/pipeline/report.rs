@@ -110,6 +110,8 @@ pub struct Report {
     pub results: Vec<ResultRow>,
     /// Agreement between the integer model and its fake-quant simulation.
     pub agreement: serde_json::Value,
+    /// The exported models emitted with each requantization rounding mode.
+    pub rounding: Vec<RoundingRow>,
     /// Model sizes in bytes.
     pub size: serde_json::Value,
     /// Latencies.
@@ -126,6 +128,23 @@ pub struct Report {
     pub targets: Vec<TargetCheck>,
     /// Training curves.
     pub curves: Curves,
+}
+
+/// One exported model emitted with one requantization rounding mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundingRow {
+    /// Weight bits.
+    pub weight_bits: u32,
+    /// Activation bits.
+    pub act_bits: u32,
+    /// `"single"` or `"gemmlowp"`.
+    pub rounding: String,
+    /// Whether this is the mode the saved `.qat8` uses.
+    pub exported: bool,
+    /// Test accuracy of the integer model.
+    pub int8_acc: f64,
+    /// Argmax agreement with the fake-quant (libtorch) model.
+    pub agreement: f64,
 }
 
 /// A share in [0, 1] as a percentage with two decimals.
@@ -185,6 +204,27 @@ impl Report {
             "## Integer model vs its simulation\n\n```json\n{}\n```\n",
             serde_json::to_string_pretty(&self.agreement).unwrap_or_default()
         );
+        if !self.rounding.is_empty() {
+            let _ = writeln!(
+                s,
+                "## Requantization rounding\n\nThe same exports emitted with one rounding of `acc·M` (`single`, what QAT \
+                 simulates) and with TFLite's reference double rounding (`gemmlowp`: SRDHM then a rounding shift).\n\n\
+                 | weights | activations | rounding | int8 top-1 | agreement with fake quant |\n|---|---|---|---|---|"
+            );
+            for r in &self.rounding {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {}{} | {} | {} |",
+                    r.weight_bits,
+                    r.act_bits,
+                    r.rounding,
+                    if r.exported { " (exported)" } else { "" },
+                    pct(r.int8_acc),
+                    pct(r.agreement)
+                );
+            }
+            let _ = writeln!(s);
+        }
         let _ = writeln!(
             s,
             "## Model size\n\n```json\n{}\n```\n",

@@ -11,7 +11,7 @@ use qat_export::{
     CalibrationMethod, PtqConfig, QuantPlan,
     ir::{WeightQuant, WeightScheme},
 };
-use qat_int8_runtime::{Executor, Int8Model};
+use qat_int8_runtime::{Executor, Int8Model, Rounding};
 use qat_train::{
     convert,
     data::{Augment, Dataset, Normalize},
@@ -27,7 +27,9 @@ use super::{
     Args,
     config::Config,
     plots,
-    report::{AblationRow, BitPoint, Curves, Latency, Report, ResultRow, TargetCheck, pct},
+    report::{
+        AblationRow, BitPoint, Curves, Latency, Report, ResultRow, RoundingRow, TargetCheck, pct,
+    },
 };
 
 /// Reference figures from the issue (PyTorch ao.quantization on the same data, measured on this machine kind).
@@ -52,6 +54,8 @@ struct QatOutcome {
     fake_quant_acc: f64,
     int8_acc: f64,
     agreement: f64,
+    /// Test-set predictions of the fake-quant (libtorch) model.
+    fq_pred: Vec<i64>,
     model: Int8Model,
     plan: QuantPlan,
     history: History,
@@ -326,12 +330,7 @@ impl Pipeline {
         let model = plan.to_int8_model();
         let (int8_acc, int8_pred) = self.eval_int8(&model)?;
         let fq_pred = self.predict_fake_quant(&mut net)?;
-        let same = fq_pred
-            .iter()
-            .zip(&int8_pred)
-            .filter(|(a, b)| a == b)
-            .count();
-        let agreement = same as f64 / fq_pred.len().max(1) as f64;
+        let agreement = agreement(&fq_pred, &int8_pred);
         eprintln!(
             "[pipeline] {label}: fake quant {}, int8 {}, agreement {}",
             pct(fake_quant_acc),
@@ -342,10 +341,42 @@ impl Pipeline {
             fake_quant_acc,
             int8_acc,
             agreement,
+            fq_pred,
             model,
             plan,
             history,
         })
+    }
+
+    /// The exported plan emitted once per requantization rounding mode: the integer model's test
+    /// accuracy and its argmax agreement with the fake-quant model (the mode the pipeline exports with
+    /// is not re-run).
+    fn rounding_rows(
+        &self,
+        out: &QatOutcome,
+        w_bits: u32,
+        a_bits: u32,
+    ) -> Result<Vec<RoundingRow>> {
+        let mut rows = Vec::new();
+        for r in Rounding::ALL {
+            let (int8_acc, agree) = if r == out.model.rounding {
+                (out.int8_acc, out.agreement)
+            } else {
+                let mut plan = out.plan.clone();
+                plan.options.rounding = r;
+                let (acc, pred) = self.eval_int8(&plan.to_int8_model())?;
+                (acc, agreement(&out.fq_pred, &pred))
+            };
+            rows.push(RoundingRow {
+                weight_bits: w_bits,
+                act_bits: a_bits,
+                rounding: r.name().to_string(),
+                exported: r == out.model.rounding,
+                int8_acc,
+                agreement: agree,
+            });
+        }
+        Ok(rows)
     }
 
     /// Test accuracy and predictions of an integer model in the runtime.
@@ -462,6 +493,11 @@ impl Pipeline {
             BnFoldMode::PyTorch
         };
 
+        eprintln!(
+            "[pipeline] device {:?} (CUDA available: {})",
+            self.device,
+            tch::Cuda::is_available()
+        );
         // 1. Float.
         let (mut float_net, float_hist, float_acc) = self.train_float(act, cfg.float.epochs)?;
         eprintln!("[pipeline] float: {}", pct(float_acc));
@@ -532,6 +568,10 @@ impl Pipeline {
             fidelity.to_markdown(),
             fidelity_low.to_markdown()
         );
+
+        // The same exports with the other requantization rounding (TFLite's reference double rounding).
+        let mut rounding = self.rounding_rows(&main, cfg.qat.weight_bits, cfg.qat.act_bits)?;
+        rounding.extend(self.rounding_rows(&low, lb.weight_bits, lb.act_bits)?);
 
         // 6. Latency and size.
         let latency = self.latency(&main.model, &mut float_net, main.int8_acc, float_acc)?;
@@ -662,6 +702,15 @@ impl Pipeline {
                 pct(main.agreement),
                 main.agreement >= TARGET_AGREEMENT,
             ),
+            target(
+                &format!(
+                    "W{}A{} int8 vs fake-quant argmax agreement",
+                    lb.weight_bits, lb.act_bits
+                ),
+                format!("≥ {}", pct(TARGET_AGREEMENT)),
+                pct(low.agreement),
+                low.agreement >= TARGET_AGREEMENT,
+            ),
         ];
         for t in [
             1usize,
@@ -699,7 +748,9 @@ impl Pipeline {
                 "int8_vs_fake_quant": main.agreement,
                 "low_bit_int8_vs_fake_quant": low.agreement,
                 "test_images": self.test_labels.len(),
+                "rounding": main.model.rounding.name(),
             }),
+            rounding,
             size: serde_json::json!({
                 "float32_parameters_bytes": float_bytes,
                 "qat8_file_bytes": int8_bytes,
@@ -848,6 +899,12 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Share of equal predictions.
+fn agreement(a: &[i64], b: &[i64]) -> f64 {
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    same as f64 / a.len().max(1) as f64
 }
 
 fn row(
