@@ -6,12 +6,15 @@
 //! `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
 //!
 //! which is exactly [`qat_core::QuantParams::fake_quant`] (libtorch's kernel computes `1/S` and the
-//! product in f32 and rounds half to even, as qat-core does; TCH.md §2).
+//! product in f32 and rounds half to even, as qat-core does; TCH.md §2). The per-tensor op is a
+//! composition of vectorized libtorch ops with the same values and masks (see
+//! [`fake_quant_per_tensor`]); the per-channel op is libtorch's fused kernel.
 //!
 //! Backward:
 //! * [`Ste::Clipped`] (default; PyTorch's and TF's choice): `∂y/∂x = 1` where the *rounded* code
-//!   `round_half_even(x/S) + Z` lies in `[qmin, qmax]`, else 0 — libtorch's fused
-//!   `fake_quantize_*_affine` kernels, which cache this mask in the forward pass.
+//!   `round_half_even(x/S) + Z` lies in `[qmin, qmax]`, else 0 — the mask libtorch's fused
+//!   `fake_quantize_*_affine` kernels cache in the forward pass; the per-tensor op carries it as
+//!   `y = FQ(x)⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾ + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)·m`.
 //! * [`Ste::Plain`] (Bengio et al. 2013): `∂y/∂x = 1` everywhere. libtorch has no kernel for it; it is
 //!   composed as `y = FQ(x)⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾ + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)`, whose value is bit-for-bit `FQ(x)`
 //!   (`x − x = 0` exactly for finite `x`) and whose gradient is the identity.
@@ -104,8 +107,15 @@ fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
 /// Per-tensor fake quantization `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
 /// (paper §3) with the chosen straight-through estimator.
 ///
-/// The forward value equals [`QuantParams::fake_quant`] applied to every element (bit for bit;
-/// libtorch's `fake_quantize_per_tensor_affine` kernel). `x` must be `f32`.
+/// The forward value equals [`QuantParams::fake_quant`] applied to every element, bit for bit,
+/// including non-finite inputs (NaN → 0, ±∞ → the clamped end of the grid, as qat-core). `x` must be
+/// `f32`.
+///
+/// It is composed of vectorized elementwise libtorch ops (see [`fake_quant_per_tensor_parts`]) rather
+/// than libtorch's `fake_quantize_per_tensor_affine`, whose CPU kernel is a scalar loop: on
+/// MobileNet-sized activations the composition is 4–6× faster forward + backward, and its values and
+/// clipped-STE gradients are identical on finite inputs (`docs/benchmarks.md`, training section).
+/// With gradients, a non-finite input element gives NaN (its STE term `x − x` is NaN).
 ///
 /// ```
 /// use qat_autograd::{Ste, fake_quant_per_tensor};
@@ -126,21 +136,85 @@ pub fn fake_quant_per_tensor(
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "fake_quant_per_tensor";
     check_f32(OP, x)?;
-    let run = || {
-        x.f_fake_quantize_per_tensor_affine(
-            f64::from(p.scale()),
-            i64::from(p.zero_point()),
-            i64::from(p.qmin()),
-            i64::from(p.qmax()),
-        )
-    };
-    match ste {
-        Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
-        Ste::Plain => {
-            let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
-            Ok(plain_ste(x, &fq))
+    let want_mask = ste == Ste::Clipped && x.requires_grad();
+    let (fq, mask) = fq_parts(x, p, want_mask).map_err(FakeQuantError::torch(OP))?;
+    if !x.requires_grad() {
+        return Ok(fq);
+    }
+    // Value: fq + 0 (bit for bit fq, `x − x = +0` for finite x); gradient: the mask (clipped) or 1.
+    let zero_with_grad = x.f_sub(&x.f_detach().map_err(FakeQuantError::torch(OP))?);
+    let zero_with_grad = zero_with_grad.map_err(FakeQuantError::torch(OP))?;
+    match mask {
+        Some(m) => fq.f_addcmul(&zero_with_grad, &m),
+        None => fq.f_add(&zero_with_grad),
+    }
+    .map_err(FakeQuantError::torch(OP))
+}
+
+/// The two pieces [`fake_quant_per_tensor`] is built from, without autograd: the fake-quantized
+/// value `FQ(x)` (bit for bit [`QuantParams::fake_quant`]) and the clipped-STE mask
+/// `m = [qmin ≤ round_half_even(x·(1/S)) + Z ≤ qmax]` as `f32` 0/1 (1 for NaN inputs, which
+/// quantize to `Z`).
+///
+/// Computed as `t = round_half_even(x·(1/S)) + Z` (NaN → `Z`), `c = clamp(t, qmin, qmax)`,
+/// `m = (c == t)`, `FQ = (c − Z)·S`, with `1/S` rounded to f32 once as qat-core does; every step is
+/// exact in f32 except `x·(1/S)` and the final product, which are the same single roundings as
+/// qat-core's. Adding `Z` (also `Z = 0`) turns a rounded `−0` into `+0`, as qat-core's integer
+/// path does.
+///
+/// ```
+/// use qat_autograd::fake_quant_per_tensor_parts;
+/// use qat_core::QuantParams;
+/// use tch::Tensor;
+/// let p = QuantParams::asymmetric(0.0, 2.55, 8)?; // S = 0.01, Z = 0
+/// let (fq, m) = fake_quant_per_tensor_parts(&Tensor::from_slice(&[-0.02f32, 0.016, 3.0]), &p)?;
+/// assert_eq!(Vec::<f32>::try_from(&fq)?, vec![0.0, 0.02, 2.55]);
+/// assert_eq!(Vec::<f32>::try_from(&m)?, vec![0.0, 1.0, 0.0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn fake_quant_per_tensor_parts(
+    x: &Tensor,
+    p: &QuantParams,
+) -> Result<(Tensor, Tensor), FakeQuantError> {
+    const OP: &str = "fake_quant_per_tensor_parts";
+    check_f32(OP, x)?;
+    match fq_parts(x, p, true).map_err(FakeQuantError::torch(OP))? {
+        (fq, Some(mask)) => Ok((fq, mask)),
+        // fq_parts(.., true) always computes the mask; a mask of ones keeps this total anyway.
+        (fq, None) => {
+            let ones = fq.f_ones_like().map_err(FakeQuantError::torch(OP))?;
+            Ok((fq, ones))
         }
     }
+}
+
+/// `(FQ(x), mask if want_mask)` without gradient; see [`fake_quant_per_tensor_parts`].
+fn fq_parts(
+    x: &Tensor,
+    p: &QuantParams,
+    want_mask: bool,
+) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
+    let inv = 1.0f32 / p.scale();
+    let z = i64::from(p.zero_point());
+    tch::no_grad(|| {
+        let mut t = x.f_detach()?.f_mul_scalar(f64::from(inv))?;
+        let _ = t.f_round_()?;
+        let _ = t.f_add_scalar_(z)?;
+        let _ = t.f_nan_to_num_(z as f64, None, None)?;
+        let mut c = t.f_clamp(i64::from(p.qmin()), i64::from(p.qmax()))?;
+        let mask = if want_mask {
+            let m = t.f_empty_like()?;
+            let _ = c.f_eq_tensor_out(&m, &t)?;
+            Some(m)
+        } else {
+            None
+        };
+        if z != 0 {
+            let _ = c.f_sub_scalar_(z)?;
+        }
+        let _ = c.f_mul_scalar_(f64::from(p.scale()))?;
+        Ok((c, mask))
+    })
 }
 
 /// Per-channel fake quantization along `p.axis()` (any axis: 0 for conv `OIHW` and linear `[out, in]`

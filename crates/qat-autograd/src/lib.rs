@@ -34,6 +34,7 @@ mod learnable;
 pub use error::FakeQuantError;
 pub use fake_quant::{
     Ste, TensorQParams, fake_quant, fake_quant_per_channel, fake_quant_per_tensor,
+    fake_quant_per_tensor_parts,
 };
 pub use learnable::{
     lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, lsq_init_scale,

@@ -4,8 +4,8 @@
 use ndarray::{ArrayD, IxDyn};
 use qat_autograd::{
     FakeQuantError, Ste, TensorQParams, fake_quant, fake_quant_per_channel, fake_quant_per_tensor,
-    lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, pact_fake_quant,
-    pact_qparams,
+    fake_quant_per_tensor_parts, lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor,
+    lsq_grad_factor, pact_fake_quant, pact_qparams,
 };
 use qat_core::{PerChannelParams, QuantParams, QuantRange, array};
 use tch::{Kind, Tensor};
@@ -312,5 +312,66 @@ fn pact_alpha_gradient_matches_finite_differences_on_clipped_values() {
     for (&v, &g) in xs.iter().zip(&gx) {
         let want = if (0.0..=a0).contains(&v) { 1.0 } else { 0.0 };
         assert_eq!(g, want, "x = {v}");
+    }
+}
+
+#[test]
+fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_kernel_on_grads() {
+    let cases = [
+        QuantParams::asymmetric(-1.0, 3.0, 8).unwrap(),
+        QuantParams::asymmetric(0.0, 6.0, 8).unwrap(),
+        QuantParams::asymmetric(-0.37, 0.91, 4).unwrap(),
+        QuantParams::symmetric(0.8, QuantRange::signed_narrow(8).unwrap()).unwrap(),
+    ];
+    for (i, p) in cases.iter().enumerate() {
+        let s = p.scale();
+        // Exact ties k.5·S (and their f32 neighbours), signed zeros, values that overflow x·(1/S),
+        // non-finite values, and random values.
+        let mut xs: Vec<f32> = (-300..300)
+            .flat_map(|k| {
+                let t = (k as f32 + 0.5) * s;
+                [t, t.next_up(), t.next_down()]
+            })
+            .collect();
+        // (qat-core's `quantize` overflows in i64 when |x·(1/S)| ≥ 2⁶³, so huge values stop at 1e15.)
+        xs.extend([0.0, -0.0, -1e-9, 1e-9, 1e15, -1e15]);
+        xs.extend(lcg(100 + i as u64, 20_000, -4.0, 4.0));
+        let finite = xs.clone();
+        xs.push(f32::NAN);
+        let mut want: Vec<u32> = xs.iter().map(|&v| p.fake_quant(v).to_bits()).collect();
+        // ±∞ saturate to the ends of the grid.
+        xs.extend([f32::INFINITY, f32::NEG_INFINITY]);
+        want.extend([
+            p.dequantize(p.qmax()).to_bits(),
+            p.dequantize(p.qmin()).to_bits(),
+        ]);
+        let (fq, mask) = fake_quant_per_tensor_parts(&Tensor::from_slice(&xs), p).unwrap();
+        let got: Vec<u32> = to_vec(&fq).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(
+            got, want,
+            "case {i}: bits, signed zeros and non-finite included"
+        );
+        let masks: Vec<f32> = finite.iter().map(|&v| clipped_mask(p, v)).collect();
+        assert_eq!(&to_vec(&mask)[..finite.len()], &masks[..], "case {i}");
+        // Against libtorch's fused kernel (forward and clipped-STE gradient) on the finite values.
+        let xa = Tensor::from_slice(&finite).set_requires_grad(true);
+        let xb = Tensor::from_slice(&finite).set_requires_grad(true);
+        let ya = fake_quant_per_tensor(&xa, p, Ste::Clipped).unwrap();
+        let yb = xb.fake_quantize_per_tensor_affine(
+            f64::from(p.scale()),
+            i64::from(p.zero_point()),
+            i64::from(p.qmin()),
+            i64::from(p.qmax()),
+        );
+        let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ya), bits(&yb), "case {i}: value vs libtorch");
+        let w = Tensor::from_slice(&lcg(200 + i as u64, finite.len(), -1.0, 1.0));
+        (&ya * &w).sum(Kind::Float).backward();
+        (&yb * &w).sum(Kind::Float).backward();
+        assert_eq!(
+            bits(&xa.grad()),
+            bits(&xb.grad()),
+            "case {i}: gradient vs libtorch"
+        );
     }
 }
