@@ -765,7 +765,21 @@ impl Pipeline {
             curves,
         };
         report.write(&self.out, &fidelity_table)?;
-        plots::write_all(&self.out, &report)?;
+        // Plots need a system font (fontconfig); a machine without one still gets the whole report.
+        if let Err(e) = plots::write_all(&self.out, &report) {
+            let msg = format!("{e:#}");
+            tracing::warn!(error = %msg, "plots not written");
+            eprintln!(
+                "[pipeline] warning: plots not written ({msg}); report.json and report.md are complete. \
+                 Install a font (e.g. Debian `fonts-dejavu-core`) for the PNG/SVG plots."
+            );
+            let md = self.out.join("report.md");
+            let mut text = std::fs::read_to_string(&md).context("cannot reread report.md")?;
+            text.push_str(&format!(
+                "\n> The plots above could not be drawn on this machine: {msg}.\n"
+            ));
+            std::fs::write(&md, text).context("cannot write report.md")?;
+        }
         Ok(report)
     }
 
