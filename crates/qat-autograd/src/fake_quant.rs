@@ -6,9 +6,9 @@
 //! `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
 //!
 //! which is exactly [`qat_core::QuantParams::fake_quant`] (libtorch's kernel computes `1/S` and the
-//! product in f32 and rounds half to even, as qat-core does; TCH.md §2). The per-tensor op is a
-//! composition of vectorized libtorch ops with the same values and masks (see
-//! [`fake_quant_per_tensor`]); the per-channel op is libtorch's fused kernel.
+//! product in f32 and rounds half to even, as qat-core does; TCH.md §2). The per-tensor op computes
+//! the same values and masks without that kernel, which is slow on CPU (see
+//! [`fake_quant_per_tensor`]); the per-channel op (small weight tensors) is libtorch's fused kernel.
 //!
 //! Backward:
 //! * [`Ste::Clipped`] (default; PyTorch's and TF's choice): `∂y/∂x = 1` where the *rounded* code
@@ -111,10 +111,13 @@ fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
 /// including non-finite inputs (NaN → 0, ±∞ → the clamped end of the grid, as qat-core). `x` must be
 /// `f32`.
 ///
-/// It is composed of vectorized elementwise libtorch ops (see [`fake_quant_per_tensor_parts`]) rather
-/// than libtorch's `fake_quantize_per_tensor_affine`, whose CPU kernel is a scalar loop: on
-/// MobileNet-sized activations the composition is 4–6× faster forward + backward, and its values and
-/// clipped-STE gradients are identical on finite inputs (`docs/benchmarks.md`, training section).
+/// It does not call libtorch's `fake_quantize_per_tensor_affine`, whose CPU kernel is a scalar loop
+/// (`std::nearbyint`, `fmin`/`fmax` through the PLT) that cost ≈ 10 ns per element here: `FQ(x)` and
+/// the clipped-STE mask come from one pass of our own over a contiguous CPU tensor when libtorch runs
+/// one intra-op thread, else from vectorized libtorch ops (see [`fake_quant_per_tensor_parts`]);
+/// the gradient is attached as `y = FQ(x)⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾ + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)·m` (`addcmul`). Values and
+/// clipped-STE gradients are identical to libtorch's kernel on finite inputs (tested), 4–6× faster
+/// forward + backward on MobileNet activations (`docs/benchmarks.md`, training section).
 /// With gradients, a non-finite input element gives NaN (its STE term `x − x` is NaN).
 ///
 /// ```
@@ -156,7 +159,8 @@ pub fn fake_quant_per_tensor(
 /// `m = [qmin ≤ round_half_even(x·(1/S)) + Z ≤ qmax]` as `f32` 0/1 (1 for NaN inputs, which
 /// quantize to `Z`).
 ///
-/// Computed as `t = round_half_even(x·(1/S)) + Z` (NaN → `Z`), `c = clamp(t, qmin, qmax)`,
+/// Computed (on CUDA, on non-contiguous tensors and with more than one libtorch thread; otherwise by
+/// an equivalent single pass) as `t = round_half_even(x·(1/S)) + Z` (NaN → `Z`), `c = clamp(t, qmin, qmax)`,
 /// `m = (c == t)`, `FQ = (c − Z)·S`, with `1/S` rounded to f32 once as qat-core does; every step is
 /// exact in f32 except `x·(1/S)` and the final product, which are the same single roundings as
 /// qat-core's. Adding `Z` (also `Z = 0`) turns a rounded `−0` into `+0`, as qat-core's integer
@@ -194,6 +198,9 @@ fn fq_parts(
     p: &QuantParams,
     want_mask: bool,
 ) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
+    if let Some(r) = fq_parts_cpu(x, p, want_mask) {
+        return r;
+    }
     let inv = 1.0f32 / p.scale();
     let z = i64::from(p.zero_point());
     tch::no_grad(|| {
@@ -215,6 +222,83 @@ fn fq_parts(
         let _ = c.f_mul_scalar_(f64::from(p.scale()))?;
         Ok((c, mask))
     })
+}
+
+/// The same `(FQ(x), mask)` in one pass over a contiguous f32 CPU tensor when libtorch runs one
+/// intra-op thread (`None` otherwise: the composed libtorch path). Per element, with `lo = qmin − Z`, `hi = qmax − Z`:
+/// `t = x·(1/S)` (f32), NaN → code `Z`; else `t` is clamped to `[lo − 1, hi + 1]` (which changes
+/// neither the clamped code nor the mask) and rounded half to even by `(t + 1.5·2²³) − 1.5·2²³`
+/// (exact for `|t| < 2²²`; it also turns `−0` into `+0`), `c = clamp(r, lo, hi)`, `m = [c = r]`,
+/// `FQ = c·S`: the values of [`QuantParams::fake_quant`].
+fn fq_parts_cpu(
+    x: &Tensor,
+    p: &QuantParams,
+    want_mask: bool,
+) -> Option<Result<(Tensor, Option<Tensor>), tch::TchError>> {
+    // One thread only: with more, libtorch's parallel elementwise ops beat a serial loop, and threads
+    // of our own would compete with libtorch's spinning OpenMP workers for the cores (measured).
+    if x.device() != tch::Device::Cpu || !x.is_contiguous() || tch::get_num_threads() != 1 {
+        return None;
+    }
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+    let inv = 1.0f32 / p.scale();
+    let scale = p.scale();
+    let z = p.zero_point();
+    let lo = (p.qmin() - z) as f32;
+    let hi = (p.qmax() - z) as f32;
+    Some(tch::no_grad(|| {
+        let xd = x.f_detach()?;
+        let n = xd.numel();
+        let out = xd.f_empty_like()?;
+        let mask = if want_mask {
+            Some(xd.f_empty_like()?)
+        } else {
+            None
+        };
+        if n == 0 {
+            return Ok((out, mask));
+        }
+        // SAFETY: `xd` is a contiguous f32 CPU tensor (checked above; `fake_quant_per_tensor*` checked
+        // the kind) of `n` elements starting at `data_ptr()` (which includes the storage offset).
+        // `out` and `mask` are fresh contiguous f32 tensors of the same `n` elements, not aliased by
+        // anything else while these slices live.
+        let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
+        let os = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
+        // Branch-free selects (comparisons are false for NaN, so NaN flows through to the final
+        // select) so that the loop vectorizes.
+        let (lo1, hi1) = (lo - 1.0, hi + 1.0);
+        let code = |v: f32| -> (f32, f32, bool) {
+            let t = v * inv;
+            let t = if t > hi1 { hi1 } else { t };
+            let t = if t < lo1 { lo1 } else { t };
+            let r = (t + MAGIC) - MAGIC;
+            let c = if r > hi { hi } else { r };
+            let c = if c < lo { lo } else { c };
+            (r, c, (v * inv).is_nan())
+        };
+        let run = |xs: &[f32], os: &mut [f32], ms: Option<&mut [f32]>| match ms {
+            Some(ms) => {
+                for ((o, mo), &v) in os.iter_mut().zip(ms.iter_mut()).zip(xs) {
+                    let (r, c, nan) = code(v);
+                    *mo = if nan || c == r { 1.0 } else { 0.0 };
+                    *o = if nan { 0.0 } else { c * scale };
+                }
+            }
+            None => {
+                for (o, &v) in os.iter_mut().zip(xs) {
+                    let (_, c, nan) = code(v);
+                    *o = if nan { 0.0 } else { c * scale };
+                }
+            }
+        };
+        let ms = match &mask {
+            // SAFETY: as above.
+            Some(m) => Some(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n) }),
+            None => None,
+        };
+        run(xs, os, ms);
+        Ok((out, mask))
+    }))
 }
 
 /// Per-channel fake quantization along `p.axis()` (any axis: 0 for conv `OIHW` and linear `[out, in]`

@@ -7,7 +7,7 @@
 //!
 //! | what | function | kernel |
 //! |---|---|---|
-//! | per-tensor fake quant, clipped or plain STE | [`fake_quant_per_tensor`] | libtorch `fake_quantize_per_tensor_affine` (+ STE composition for plain) |
+//! | per-tensor fake quant, clipped or plain STE | [`fake_quant_per_tensor`], [`fake_quant_per_tensor_parts`] | one pass of our own (CPU, 1 thread) or vectorized libtorch ops; STE attached with `addcmul` (same values and masks as `fake_quantize_per_tensor_affine`) |
 //! | per-channel fake quant along any axis | [`fake_quant_per_channel`] | libtorch `fake_quantize_per_channel_affine` |
 //! | LSQ learnable scale (Esser et al. 2020) | [`lsq_fake_quant_per_tensor`], [`lsq_fake_quant_per_channel`] | libtorch `_fake_quantize_learnable_*` |
 //! | PACT learnable activation clip (Choi et al. 2018) | [`pact_fake_quant`] | composition |

@@ -353,6 +353,24 @@ fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_ke
         );
         let masks: Vec<f32> = finite.iter().map(|&v| clipped_mask(p, v)).collect();
         assert_eq!(&to_vec(&mask)[..finite.len()], &masks[..], "case {i}");
+        // A non-contiguous view takes the composed-libtorch path (the one-pass kernel needs a
+        // contiguous CPU tensor): same bits and mask.
+        let mut even = xs.clone();
+        if even.len() % 2 == 1 {
+            even.push(0.5 * s);
+        }
+        let half = even.len() as i64 / 2;
+        let xt = Tensor::from_slice(&even).view([2, half]).tr();
+        assert!(!xt.is_contiguous());
+        let (fq_t, mask_t) = fake_quant_per_tensor_parts(&xt, p).unwrap();
+        let (fq_c, mask_c) = fake_quant_per_tensor_parts(&xt.contiguous(), p).unwrap();
+        let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fq_t), bits(&fq_c), "case {i}: composed vs one-pass");
+        assert_eq!(
+            bits(&mask_t),
+            bits(&mask_c),
+            "case {i}: composed vs one-pass mask"
+        );
         // Against libtorch's fused kernel (forward and clipped-STE gradient) on the finite values.
         let xa = Tensor::from_slice(&finite).set_requires_grad(true);
         let xb = Tensor::from_slice(&finite).set_requires_grad(true);
@@ -374,4 +392,23 @@ fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_ke
             "case {i}: gradient vs libtorch"
         );
     }
+}
+
+#[test]
+fn per_tensor_with_two_threads_equals_qat_core() {
+    // With 2 intra-op threads a contiguous CPU tensor takes the composed libtorch path (the one-pass
+    // kernel serves 1 thread).
+    let p = QuantParams::asymmetric(-1.5, 2.5, 8).unwrap();
+    let mut xs = lcg(300, 150_001, -3.0, 3.0);
+    xs.extend([f32::NAN, -0.0, 0.5 * p.scale()]);
+    let before = tch::get_num_threads();
+    tch::set_num_threads(2);
+    let (fq, mask) = fake_quant_per_tensor_parts(&Tensor::from_slice(&xs), &p).unwrap();
+    tch::set_num_threads(before);
+    let want: Vec<u32> = xs.iter().map(|&v| p.fake_quant(v).to_bits()).collect();
+    let got: Vec<u32> = to_vec(&fq).iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got, want);
+    let n = xs.len() - 3;
+    let masks: Vec<f32> = xs[..n].iter().map(|&v| clipped_mask(&p, v)).collect();
+    assert_eq!(&to_vec(&mask)[..n], &masks[..]);
 }
