@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch] \
-//!     [--device cpu|cuda] [--data DIR]
+//!     [--device cpu|cuda] [--data DIR] [--phases LIST | --schedule] [--repeats N] [--width A] [--ema-decay D]
 //! ```
 //!
 //! Measures the time of a full optimizer step (forward, cross-entropy, backward, SGD update) on the shipped
@@ -10,6 +10,23 @@
 //! fake-quantized per channel after BN folding with the σ_B/σ correction, activations fake-quantized per
 //! tensor with EMA observers). Reports the median step time, images/s and the QAT/float ratio. Batches are
 //! prepared beforehand (and moved to the device) so that only the step is timed.
+//!
+//! The float reference is always plain conv + BN (batch statistics, libtorch's fused `batch_norm`), which is
+//! what the whitepaper fold computes with fake quant off; `[whitepaper|pytorch]` picks the fold of the QAT
+//! phases. Besides the wall-clock median, each run reports the CPU time per step (mean over the timed steps,
+//! from `/proc/self/task/*/schedstat`): on a machine shared with other jobs the wall time also counts the
+//! time the others hold the cores, the CPU time mostly does not.
+//!
+//! All phases are built at once and their timed steps interleave (one step of each per round, the order
+//! rotating), so load changes on the machine hit every phase alike; each figure is the median over its steps.
+//!
+//! Options: `--phases float,warmup,qat,bn-frozen,frozen` (default `float,qat,bn-frozen`; the QAT phases of
+//! `schedule::Phase`), `--repeats N` (default 2: `steps × N` timed rounds, cycling over the `steps + 5`
+//! batches),
+//! `--width A` (MobileNet width multiplier, default 0.25), `--ema-decay D` (activation EMA decay),
+//! `--schedule` (all five phases, then the per-epoch images/s of the default pipeline's QAT schedule,
+//! `configs/default.toml`: 125 steps/epoch, activation quantization from step 60, BN frozen from 250,
+//! observers frozen from 375; for its model add `--width 0.5 --ema-decay 0.99`).
 //!
 //! `--device` defaults to `cpu`; `cuda` needs a binary that links `libtorch_cuda` (build with
 //! `QAT_LINK_CUDA=1`, shared TCH.md §1) and fails when `tch::Cuda::is_available()` is false. Reading the
@@ -20,7 +37,8 @@ use std::time::Instant;
 
 use qat_train::data::{Dataset, Loader, LoaderConfig, Normalize};
 use qat_train::layers::BnFoldMode;
-use qat_train::models::{self, ModelSpec};
+use qat_train::models::{self, Architecture, ModelSpec};
+use qat_train::observer::ActObserverConfig;
 use qat_train::schedule::{Optimizer, OptimizerConfig, Phase, PhaseControl};
 use tch::{Device, Tensor};
 
@@ -29,10 +47,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time this process has run so far, in ns (sum over its threads of the first field of
+/// `/proc/self/task/*/schedstat`); `None` where that file does not exist. Unlike wall time it does not
+/// count the time other processes hold the cores (the 2-core build machine is shared).
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Parses a phase name of `--phases`.
+fn parse_phase(s: &str) -> Result<Phase, String> {
+    Ok(match s {
+        "float" => Phase::Float,
+        "warmup" => Phase::QatWarmup,
+        "qat" => Phase::Qat,
+        "bn-frozen" => Phase::BnFrozen,
+        "frozen" => Phase::ObserversFrozen,
+        other => {
+            return Err(format!(
+                "unknown phase {other} (float|warmup|qat|bn-frozen|frozen)"
+            ));
+        }
+    })
+}
+
+/// The default pipeline's QAT schedule (configs/default.toml): 125 steps per epoch, 4 epochs,
+/// activation quantization from step 60, BN frozen from step 250, observers frozen from step 375.
+fn schedule_phase(step: usize) -> Phase {
+    match step {
+        0..60 => Phase::QatWarmup,
+        60..250 => Phase::Qat,
+        250..375 => Phase::BnFrozen,
+        _ => Phase::ObserversFrozen,
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = Vec::new();
     let mut device = Device::Cpu;
     let mut dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k").to_string();
+    let mut phases = vec![Phase::Float, Phase::Qat, Phase::BnFrozen];
+    let mut repeats = 2usize;
+    let mut width: Option<f64> = None;
+    let mut ema_decay: Option<f32> = None;
     let mut it = std::env::args();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -51,12 +112,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             "--data" => dir = it.next().ok_or("--data needs a directory")?,
+            "--phases" => {
+                phases = it
+                    .next()
+                    .ok_or("--phases needs a list")?
+                    .split(',')
+                    .map(parse_phase)
+                    .collect::<Result<_, _>>()?;
+            }
+            "--schedule" => {
+                phases = vec![
+                    Phase::Float,
+                    Phase::QatWarmup,
+                    Phase::Qat,
+                    Phase::BnFrozen,
+                    Phase::ObserversFrozen,
+                ];
+            }
+            "--repeats" => repeats = it.next().ok_or("--repeats needs a number")?.parse()?,
+            "--width" => width = Some(it.next().ok_or("--width needs a number")?.parse()?),
+            "--ema-decay" => {
+                ema_decay = Some(it.next().ok_or("--ema-decay needs a number")?.parse()?)
+            }
             _ => args.push(a),
         }
     }
     let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
     if let Some(t) = args.get(2) {
         tch::set_num_threads(t.parse()?);
+    }
+    if steps == 0 || repeats == 0 {
+        return Err("steps and --repeats must be > 0".into());
     }
     let data = Dataset::load_mnist_dir(&dir)?;
     let loader = Loader::new(
@@ -83,64 +169,141 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("unknown BN fold mode {other} (whitepaper|pytorch)").into());
         }
     };
-    let spec = ModelSpec {
+    let mut spec = ModelSpec {
         bn_fold: fold,
         ..ModelSpec::mobilenet_v1_mnist()
     };
+    if let Some(w) = width
+        && let Architecture::MobileNetV1 { width, .. } = &mut spec.arch
+    {
+        *width = w;
+    }
+    if let Some(d) = ema_decay {
+        spec.quant.act_observer = ActObserverConfig::Ema { decay: d };
+    }
+    // The float reference is always plain conv + BN (batch statistics, libtorch's fused batch_norm):
+    // the whitepaper fold's float path computes exactly that, whatever fold the QAT phases use.
+    let float_spec = ModelSpec {
+        bn_fold: BnFoldMode::Whitepaper,
+        ..spec.clone()
+    };
     println!(
-        "model {} | BN fold {:?} | batch 64 | {} threads | device {:?} | {} timed steps after 5 warm-up",
+        "model {} | BN fold {:?} | batch 64 | {} threads | device {:?} | {}x{} timed steps per phase after 5 warm-up, phases interleaved",
         spec.name(),
         fold,
         tch::get_num_threads(),
         device,
-        steps
+        steps,
+        repeats
     );
-    let mut results = Vec::new();
-    for phase in [Phase::Float, Phase::Qat, Phase::Float, Phase::Qat] {
+    // One model per phase, all alive at once; the timed steps interleave the phases (round r runs one
+    // step of each, starting at phase r mod P), so a change of load on the machine hits every phase
+    // alike and the ratios stay meaningful even when the absolute times do not.
+    let mut nets = Vec::with_capacity(phases.len());
+    for &phase in &phases {
         tch::manual_seed(0);
-        let mut net = models::build(&spec, device)?;
-        let mut opt = Optimizer::new(net.var_store(), OptimizerConfig::default())?;
-        if phase == Phase::Qat {
-            // Observers need one range before activations can be fake-quantized: one warm-up step in QatWarmup.
+        let s = if phase == Phase::Float {
+            &float_spec
+        } else {
+            &spec
+        };
+        let mut net = models::build(s, device)?;
+        let opt = Optimizer::new(net.var_store(), OptimizerConfig::default())?;
+        if phase != Phase::Float {
+            // Observers need one range before activations can be fake-quantized: one warm-up
+            // forward in QatWarmup.
             net.apply_flags(Phase::QatWarmup.flags());
             let _ = net.forward_t(&batches[0].0, true)?;
         }
         net.apply_flags(phase.flags());
-        let mut times = Vec::with_capacity(steps);
-        for (i, (x, y)) in batches.iter().enumerate() {
+        nets.push((phase, net, opt));
+    }
+    let rounds = steps * repeats;
+    let mut wall: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); phases.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); phases.len()];
+    for round in 0..rounds + 5 {
+        let (x, y) = &batches[round % batches.len()];
+        for k in 0..nets.len() {
+            let j = (round + k) % nets.len();
+            let (_, net, opt) = &mut nets[j];
+            let c0 = cpu_ns();
             let t0 = Instant::now();
             let loss = net.forward_t(x, true)?.cross_entropy_for_logits(y);
             opt.zero_grad();
             loss.backward();
             opt.step();
             let _ = loss.double_value(&[]);
-            if i >= 5 {
-                times.push(t0.elapsed().as_secs_f64());
+            let t = t0.elapsed().as_secs_f64();
+            if round >= 5 {
+                wall[j].push(t);
+                let c = c0.zip(cpu_ns()).map(|(a, b)| (b - a) as f64 * 1e-9);
+                cpu[j].push(c.unwrap_or(f64::NAN));
             }
         }
-        let m = median(times);
-        println!(
-            "{:>6}: median step {:7.2} ms  {:7.1} images/s",
-            phase.name(),
-            m * 1e3,
-            64.0 / m
-        );
-        results.push((phase, m));
     }
-    // Best of the two alternating runs of each mode (less sensitive to other load on the machine).
-    let best = |p: Phase| {
-        results
-            .iter()
-            .filter(|r| r.0 == p)
-            .map(|r| r.1)
-            .fold(f64::INFINITY, f64::min)
-    };
-    let (float, qat) = (best(Phase::Float), best(Phase::Qat));
+    let index = |p: Phase| phases.iter().position(|&q| q == p);
+    let best = |p: Phase| index(p).map_or(f64::NAN, |j| median(wall[j].clone()));
+    let best_cpu = |p: Phase| index(p).map_or(f64::NAN, |j| median(cpu[j].clone()));
+    let float = phases.contains(&Phase::Float).then(|| best(Phase::Float));
+    let float_cpu = phases
+        .contains(&Phase::Float)
+        .then(|| best_cpu(Phase::Float));
     println!(
-        "float {:.1} img/s, QAT {:.1} img/s, QAT/float step time = {:.2}x",
-        64.0 / float,
-        64.0 / qat,
-        qat / float
+        "medians over {rounds} interleaved steps per phase (wall clock | CPU time of the process):"
     );
+    for &p in &phases {
+        let (t, c) = (best(p), best_cpu(p));
+        match float.zip(float_cpu) {
+            Some((f, fc)) if p != Phase::Float => println!(
+                "{:>14}: {:7.2} ms/step {:7.1} images/s  {:.2}x float | CPU {:7.2} ms/step {:.2}x float",
+                p.name(),
+                t * 1e3,
+                64.0 / t,
+                t / f,
+                c * 1e3,
+                c / fc
+            ),
+            _ => println!(
+                "{:>14}: {:7.2} ms/step {:7.1} images/s        | CPU {:7.2} ms/step",
+                p.name(),
+                t * 1e3,
+                64.0 / t,
+                c * 1e3
+            ),
+        }
+    }
+    let all = [
+        Phase::QatWarmup,
+        Phase::Qat,
+        Phase::BnFrozen,
+        Phase::ObserversFrozen,
+    ];
+    if let Some(f) = float
+        && all.iter().all(|p| phases.contains(p))
+    {
+        println!(
+            "default pipeline schedule (125 steps/epoch, act quant from 60, BN frozen from 250, \
+             observers frozen from 375), optimizer steps only:"
+        );
+        let fc = best_cpu(Phase::Float);
+        println!(
+            "  float epoch: {:7.1} images/s (wall) {:7.1} images/s (CPU)",
+            64.0 / f,
+            64.0 / fc
+        );
+        for epoch in 0..4 {
+            let steps = epoch * 125..(epoch + 1) * 125;
+            let t: f64 = steps.clone().map(|s| best(schedule_phase(s))).sum();
+            let c: f64 = steps.map(|s| best_cpu(schedule_phase(s))).sum();
+            println!(
+                "  QAT epoch {}: {:7.1} images/s (wall, {:.2}x float epoch time) {:7.1} images/s (CPU, {:.2}x)",
+                epoch + 1,
+                64.0 * 125.0 / t,
+                t / (125.0 * f),
+                64.0 * 125.0 / c,
+                c / (125.0 * fc)
+            );
+        }
+    }
     Ok(())
 }
