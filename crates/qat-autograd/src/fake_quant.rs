@@ -240,7 +240,6 @@ fn fq_parts_cpu(
     if x.device() != tch::Device::Cpu || !x.is_contiguous() || tch::get_num_threads() != 1 {
         return None;
     }
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
     let inv = 1.0f32 / p.scale();
     let scale = p.scale();
     let z = p.zero_point();
@@ -264,41 +263,58 @@ fn fq_parts_cpu(
         // anything else while these slices live.
         let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
         let os = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
-        // Branch-free selects (comparisons are false for NaN, so NaN flows through to the final
-        // select) so that the loop vectorizes.
-        let (lo1, hi1) = (lo - 1.0, hi + 1.0);
-        let code = |v: f32| -> (f32, f32, bool) {
-            let t = v * inv;
-            let t = if t > hi1 { hi1 } else { t };
-            let t = if t < lo1 { lo1 } else { t };
-            let r = (t + MAGIC) - MAGIC;
-            let c = if r > hi { hi } else { r };
-            let c = if c < lo { lo } else { c };
-            (r, c, (v * inv).is_nan())
-        };
-        let run = |xs: &[f32], os: &mut [f32], ms: Option<&mut [f32]>| match ms {
-            Some(ms) => {
-                for ((o, mo), &v) in os.iter_mut().zip(ms.iter_mut()).zip(xs) {
-                    let (r, c, nan) = code(v);
-                    *mo = if nan || c == r { 1.0 } else { 0.0 };
-                    *o = if nan { 0.0 } else { c * scale };
-                }
-            }
-            None => {
-                for (o, &v) in os.iter_mut().zip(xs) {
-                    let (_, c, nan) = code(v);
-                    *o = if nan { 0.0 } else { c * scale };
-                }
-            }
-        };
         let ms = match &mask {
             // SAFETY: as above.
             Some(m) => Some(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n) }),
             None => None,
         };
-        run(xs, os, ms);
+        fq_kernel(xs, os, ms, inv, scale, lo, hi);
         Ok((out, mask))
     }))
+}
+
+/// The loop of [`fq_parts_cpu`]: `os[i] = FQ(xs[i])`, `ms[i]` = clipped-STE mask. Plain `f32`
+/// arguments and branch-free selects (comparisons are false for NaN, which takes the last select) so
+/// that the loop vectorizes.
+#[inline(never)]
+fn fq_kernel(
+    xs: &[f32],
+    os: &mut [f32],
+    ms: Option<&mut [f32]>,
+    inv: f32,
+    scale: f32,
+    lo: f32,
+    hi: f32,
+) {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+    let n = xs.len().min(os.len());
+    let (xs, os) = (&xs[..n], &mut os[..n]);
+    let (lo1, hi1) = (lo - 1.0, hi + 1.0);
+    let code = |v: f32| -> (f32, f32, bool) {
+        let t = v * inv;
+        let u = if t > hi1 { hi1 } else { t };
+        let u = if u < lo1 { lo1 } else { u };
+        let r = (u + MAGIC) - MAGIC;
+        let c = if r > hi { hi } else { r };
+        let c = if c < lo { lo } else { c };
+        (r, c, t.is_nan())
+    };
+    match ms {
+        Some(ms) => {
+            let ms = &mut ms[..n];
+            for i in 0..n {
+                let (r, c, nan) = code(xs[i]);
+                ms[i] = if nan || c == r { 1.0 } else { 0.0 };
+                os[i] = if nan { 0.0 } else { c * scale };
+            }
+        }
+        None => {
+            for i in 0..n {
+                let (_, c, nan) = code(xs[i]);
+                os[i] = if nan { 0.0 } else { c * scale };
+            }
+        }
+    }
 }
 
 /// Per-channel fake quantization along `p.axis()` (any axis: 0 for conv `OIHW` and linear `[out, in]`
