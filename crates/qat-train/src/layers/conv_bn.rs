@@ -284,16 +284,32 @@ impl QatConvBn2d {
                 )
                 .map_err(torch("batch_norm"));
         }
-        let (var_b, mean_b) = y_float
-            .f_var_mean_correction(Some([0i64, 2, 3].as_slice()), 0, false)
-            .map_err(torch("batch statistics"))?;
+        let (var_b, mean_b) = batch_stats(&y_float, count).map_err(torch("batch statistics"))?;
         let sigma_b = (&var_b + self.cfg.eps)
             .f_sqrt()
             .map_err(torch("batch std"))?;
-        // conv(x, FQ(γW/σ)) / c with c = σ_B/σ.
-        let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)? * per_channel(&(&sigma / &sigma_b));
+        // conv(x, FQ(γW/σ)) / c + (β − γμ_B/σ_B) with c = σ_B/σ: one per-channel affine map
+        // y·a + b, computed by libtorch's eval-mode batch_norm with mean 0, variance 1 and ε = 0
+        // (1/√(1 + 0) = 1 exactly), whose fused kernel and backward (∂y, ∂a = Σ ∂out·y, ∂b = Σ ∂out)
+        // replace a broadcast multiply, a broadcast add and their backward reductions.
+        let a = &sigma / &sigma_b;
         let bias = &self.beta - &self.gamma * &mean_b / &sigma_b;
-        let y = y + per_channel(&bias);
+        let (zeros, ones) = (a.zeros_like(), a.ones_like());
+        let y = self
+            .cfg
+            .conv
+            .conv(x, &w, None::<&Tensor>, &n)?
+            .f_batch_norm(
+                Some(&a),
+                Some(&bias),
+                Some(&zeros),
+                Some(&ones),
+                false,
+                0.0,
+                0.0,
+                false,
+            )
+            .map_err(torch("folded affine"))?;
         self.update_running(&mean_b, &var_b, count);
         Ok(y)
     }
@@ -343,6 +359,25 @@ impl QatConvBn2d {
         )
         .map_err(LayerError::torch(&n, "batch_norm"))
     }
+}
+
+/// Per-channel batch statistics `(σ_B², μ_B)` of an `NCHW` tensor over `N, H, W` (`n` values per
+/// channel), biased variance: `μ_B = Σy/n`, `σ_B² = max(Σy²/n − μ_B², 0)`, the sums accumulated in
+/// f64 (the same values as libtorch's `var_mean`, whose CPU kernel is a scalar Welford loop over the
+/// non-contiguous dims and was the slowest op of the whitepaper QAT step; `Σy²` of f32 squares in f64
+/// keeps the cancellation error ≈ 2⁻²⁴·(μ_B² + σ_B²)/σ_B² relative). Differentiable.
+fn batch_stats(y: &Tensor, n: i64) -> Result<(Tensor, Tensor), tch::TchError> {
+    let dims = [0i64, 2, 3];
+    let s1 = y.f_sum_dim_intlist(Some(dims.as_slice()), false, tch::Kind::Double)?;
+    let s2 = y
+        .f_square()?
+        .f_sum_dim_intlist(Some(dims.as_slice()), false, tch::Kind::Double)?;
+    let mean = s1 / n as f64;
+    let var = (s2 / n as f64 - &mean * &mean).f_clamp_min(0.0)?;
+    Ok((
+        var.f_to_kind(tch::Kind::Float)?,
+        mean.f_to_kind(tch::Kind::Float)?,
+    ))
 }
 
 fn batch_count(y: &Tensor) -> i64 {
