@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch] \
-//!     [--device cpu|cuda] [--data DIR] [--phases LIST | --schedule] [--repeats N] [--width A] [--ema-decay D]
+//!     [--device cpu|cuda] [--data DIR] [--phases LIST | --schedule] [--repeats N] [--width A] [--ema-decay D] \
+//!     [--no-tune-allocator]
 //! ```
 //!
 //! Measures the time of a full optimizer step (forward, cross-entropy, backward, SGD update) on the shipped
@@ -22,7 +23,7 @@
 //!
 //! Options: `--phases float,warmup,qat,bn-frozen,frozen` (default `float,qat,bn-frozen`; the QAT phases of
 //! `schedule::Phase`), `--repeats N` (default 2: `steps × N` timed rounds, cycling over the `steps + 5`
-//! batches),
+//! batches), `--no-tune-allocator` (skip `trainer::tune_allocator`, glibc's default thresholds),
 //! `--width A` (MobileNet width multiplier, default 0.25), `--ema-decay D` (activation EMA decay),
 //! `--schedule` (all five phases, then the per-epoch images/s of the default pipeline's QAT schedule,
 //! `configs/default.toml`: 125 steps/epoch, activation quantization from step 60, BN frozen from 250,
@@ -94,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut repeats = 2usize;
     let mut width: Option<f64> = None;
     let mut ema_decay: Option<f32> = None;
+    let mut tune_alloc = true;
     let mut it = std::env::args();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -129,6 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Phase::ObserversFrozen,
                 ];
             }
+            "--no-tune-allocator" => tune_alloc = false,
             "--repeats" => repeats = it.next().ok_or("--repeats needs a number")?.parse()?,
             "--width" => width = Some(it.next().ok_or("--width needs a number")?.parse()?),
             "--ema-decay" => {
@@ -137,6 +140,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => args.push(a),
         }
     }
+    // As `trainer::train` does (TrainConfig::tune_allocator): keep freed tensor memory in the process.
+    let tuned = tune_alloc && qat_train::trainer::tune_allocator();
+    println!("allocator tuned (glibc mallopt): {tuned}");
     let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
     if let Some(t) = args.get(2) {
         tch::set_num_threads(t.parse()?);
