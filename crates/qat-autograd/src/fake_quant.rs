@@ -139,6 +139,28 @@ pub fn fake_quant_per_tensor(
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "fake_quant_per_tensor";
     check_f32(OP, x)?;
+    if x.device() != tch::Device::Cpu {
+        // On a GPU libtorch's fused kernel (one launch, mask cached for the backward) beats the
+        // composed ops (measured on an H200: QAT step 3.96× float with them); same formula and bits.
+        let run = || {
+            x.f_fake_quantize_per_tensor_affine(
+                f64::from(p.scale()),
+                i64::from(p.zero_point()),
+                i64::from(p.qmin()),
+                i64::from(p.qmax()),
+            )
+        };
+        return match ste {
+            Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
+            Ste::Plain => {
+                let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
+                let zero_with_grad = x
+                    .f_sub(&x.f_detach().map_err(FakeQuantError::torch(OP))?)
+                    .map_err(FakeQuantError::torch(OP))?;
+                fq.f_add(&zero_with_grad).map_err(FakeQuantError::torch(OP))
+            }
+        };
+    }
     let want_mask = ste == Ste::Clipped && x.requires_grad();
     let (fq, mask) = fq_parts(x, p, want_mask).map_err(FakeQuantError::torch(OP))?;
     if !x.requires_grad() {
