@@ -9,13 +9,12 @@
 //! plan's simulation (`qat_export::simulate`), in codes of each node's output parameters; then prints the
 //! export's fidelity report (simulation vs the integer runtime).
 
+mod common;
+
 use ndarray::{ArrayD, IxDyn};
 use qat_train::data::{Dataset, Normalize};
 use qat_train::layers::{QuantConfig, WeightGranularity};
 use qat_train::models::{self, ModelSpec};
-use qat_train::schedule::{
-    LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig,
-};
 use qat_train::trainer::{self, TrainConfig};
 use tch::{Kind, Tensor};
 
@@ -34,40 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let data =
         Dataset::load_mnist_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k"))?;
-    let batch = 64;
-    let per_epoch = (data.train.len() / batch) as u64;
-    let qat_steps = per_epoch * (epochs as u64 - 1);
+    let per_epoch = (data.train.len() / 64) as u64;
     let norm = Normalize::mnist();
     let cfg = TrainConfig {
-        epochs,
-        batch_size: batch,
-        normalize: norm.clone(),
-        optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: 0.05,
-                schedule: LrSchedule::Cosine {
-                    total: per_epoch * epochs as u64,
-                    min_lr: 5e-4,
-                },
-                warmup: 20,
-            },
-            weight_decay: 5e-4,
-        },
-        schedule: ScheduleConfig {
-            float_steps: per_epoch,
-            calibration_batches: 4,
-            qat: Some(QatDelays {
-                quant_delay: qat_steps / 8,
-                freeze_bn_delay: qat_steps / 2,
-                freeze_observers_delay: 3 * qat_steps / 4,
-            }),
-        },
         progress: false,
-        ..TrainConfig::default()
+        ..common::mnist_float_then_qat(epochs, per_epoch)
     };
     trainer::seed_everything(0);
     let mut net = models::build(&spec, cfg.device.device())?;

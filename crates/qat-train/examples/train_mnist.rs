@@ -9,13 +9,12 @@
 //! converted to qat-export's `FloatGraph` and exported to an `Int8Model`. Progress bars show on a terminal;
 //! set `RUST_LOG=info` for the `tracing` log.
 
+mod common;
+
+use qat_train::convert;
 use qat_train::data::Dataset;
 use qat_train::models::{self, ModelSpec};
-use qat_train::schedule::{
-    LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig,
-};
-use qat_train::trainer::{self, Event, TrainConfig};
-use qat_train::{convert, data::Normalize};
+use qat_train::trainer::{self, Event};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -32,39 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max(2);
     let data =
         Dataset::load_mnist_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k"))?;
-    let batch = 64;
-    let per_epoch = (data.train.len() / batch) as u64;
-    let qat_steps = per_epoch * (epochs as u64 - 1);
-    let cfg = TrainConfig {
-        epochs,
-        batch_size: batch,
-        normalize: Normalize::mnist(),
-        optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: 0.05,
-                schedule: LrSchedule::Cosine {
-                    total: per_epoch * epochs as u64,
-                    min_lr: 5e-4,
-                },
-                warmup: 20,
-            },
-            weight_decay: 5e-4,
-        },
-        schedule: ScheduleConfig {
-            float_steps: per_epoch,
-            calibration_batches: 4,
-            qat: Some(QatDelays {
-                quant_delay: qat_steps / 8,
-                freeze_bn_delay: qat_steps / 2,
-                freeze_observers_delay: 3 * qat_steps / 4,
-            }),
-        },
-        ..TrainConfig::default()
-    };
+    let per_epoch = (data.train.len() / 64) as u64;
+    let cfg = common::mnist_float_then_qat(epochs, per_epoch);
     trainer::seed_everything(0);
     let mut net = models::build(&spec, cfg.device.device())?;
     println!(
