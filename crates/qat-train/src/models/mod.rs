@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
 
 use crate::layers::{
-    Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, LayerError, LayerExport, OutputQuantizer,
-    QatAdd, QatAvgPool2d, QatConcat, QatControl, QatConv2d, QatConvBn2d, QatGlobalAvgPool,
-    QatLayer, QatLinear, QatMaxPool2d, QatModule, QuantConfig,
+    Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, LayerError, LayerExport, OutputExport,
+    OutputQuantizer, QatAdd, QatAvgPool2d, QatConcat, QatControl, QatConv2d, QatConvBn2d,
+    QatGlobalAvgPool, QatLayer, QatLinear, QatMaxPool2d, QatModule, QuantConfig,
 };
 use crate::schedule::{PhaseControl, QuantFlags};
 
@@ -462,15 +462,7 @@ impl Net {
         };
         let mut grid: Vec<Option<f32>> = Vec::with_capacity(self.nodes.len());
         for (node, e) in self.nodes.iter().zip(exports) {
-            let own = match e {
-                Some(LayerExport::Quantize(o)) => Some(o),
-                Some(LayerExport::Conv(c)) => Some(c.output),
-                Some(LayerExport::Linear(l)) => Some(l.output),
-                Some(LayerExport::Add(m) | LayerExport::Concat(m)) => Some(m.output),
-                Some(LayerExport::Pool(p)) => p.output,
-                None => None,
-            };
-            let g = match own {
+            let g = match e.and_then(output_export) {
                 Some(o) if o.enabled => o.qparams.map(|p| p.scale()),
                 Some(_) => None,
                 None => node.inputs.first().and_then(|r| grid[r.0]),
@@ -514,15 +506,8 @@ impl Net {
             let Some(Ok(e)) = n.op.layer().map(|l| l.export()) else {
                 continue;
             };
-            let o = match e {
-                LayerExport::Conv(c) => c.output,
-                LayerExport::Linear(l) => l.output,
-                LayerExport::Add(m) | LayerExport::Concat(m) => m.output,
-                LayerExport::Pool(p) => match p.output {
-                    Some(o) => o,
-                    None => continue,
-                },
-                LayerExport::Quantize(o) => o,
+            let Some(o) = output_export(e) else {
+                continue;
             };
             out.push(ObserverSnapshot {
                 name: o.name,
@@ -531,6 +516,17 @@ impl Net {
             });
         }
         out
+    }
+}
+
+/// A layer's own output quantizer (`None` for pools that keep their input's grid).
+fn output_export(e: LayerExport) -> Option<OutputExport> {
+    match e {
+        LayerExport::Quantize(o) => Some(o),
+        LayerExport::Conv(c) => Some(c.output),
+        LayerExport::Linear(l) => Some(l.output),
+        LayerExport::Add(m) | LayerExport::Concat(m) => Some(m.output),
+        LayerExport::Pool(p) => p.output,
     }
 }
 
