@@ -161,7 +161,7 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
         .y_desc("top-1 (%)")
         .draw()
         .map_err(err)?;
-    for l in &r.latency {
+    for (i, l) in r.latency.iter().enumerate() {
         let color = if l.path.starts_with("int8") {
             BLUE
         } else {
@@ -172,10 +172,13 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
             .draw_series(std::iter::once(Circle::new(p, 6, color.filled())))
             .map_err(err)?;
         let label = format!("{} ×{}", l.path, l.threads);
+        // Points of one engine sit at the same accuracy: stagger the labels above and below.
+        let step = 0.06 * (hi - lo) * (i / 2 + 1) as f64;
+        let dy = if i % 2 == 0 { step } else { -step };
         chart
             .draw_series(std::iter::once(Text::new(
                 label,
-                (p.0, p.1),
+                (p.0, p.1 + dy),
                 ("sans-serif", 14).into_font(),
             )))
             .map_err(err)?;
