@@ -26,6 +26,7 @@ use qat_export::ir::{
 
 use crate::layers::{
     self as layers, BnFoldMode, ConvExport, LayerExport, OutputExport, PoolKind, WeightGranularity,
+    WeightRange,
 };
 use crate::models::{ModelError, Net, NodeOp};
 use crate::observer::QuantScheme;
@@ -63,7 +64,18 @@ fn weight_quant(
     scheme: QuantScheme,
     g: WeightGranularity,
     bits: u32,
+    range: WeightRange,
 ) -> Result<WeightQuant, ConvertError> {
+    if range == WeightRange::Lsq {
+        // qat-export derives weight scales from min/max of the final weights; the learned LSQ scales
+        // would be silently replaced and the integer model would differ from the trained one.
+        return Err(ConvertError::Unsupported {
+            node: node.to_string(),
+            what: "LSQ-learned weight scales cannot be exported yet (export derives weight scales from \
+                   min/max); train this layer with WeightRange::MinMax"
+                .into(),
+        });
+    }
     let scheme = match (scheme, g) {
         (QuantScheme::SymmetricNarrow, WeightGranularity::PerChannel) => {
             WeightScheme::SymmetricPerChannel
@@ -113,6 +125,7 @@ fn conv_node(c: &ConvExport) -> Result<Conv2d, ConvertError> {
             c.weight_scheme,
             c.weight_granularity,
             c.weight_bits,
+            c.weight_range,
         )?);
     if let Some(b) = &c.bias {
         conv = conv.with_bias(b.clone());
@@ -225,6 +238,7 @@ pub fn convert_unchecked(net: &Net) -> Result<FloatGraph, ConvertError> {
                         l.weight_scheme,
                         l.weight_granularity,
                         l.weight_bits,
+                        l.weight_range,
                     )?);
                 (g.linear(name, x, lin), Some(act_quant(&l.output)))
             }

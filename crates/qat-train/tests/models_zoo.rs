@@ -208,3 +208,19 @@ fn zoo_shapes_and_sizes() {
         .to_string();
     assert!(e.contains("resnet9") && e.contains("6n + 2"), "{e}");
 }
+
+#[test]
+fn lsq_weight_scales_are_refused_at_conversion_not_silently_replaced() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut spec = ModelSpec::lenet();
+    spec.quant.weight_range = qat_train::layers::WeightRange::Lsq;
+    let mut net = models::build(&spec, Device::Cpu).unwrap();
+    let _ = net
+        .forward_t(
+            &Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            true,
+        )
+        .unwrap(); // initialises the learned scales
+    let e = convert::convert_unchecked(&net).unwrap_err().to_string();
+    assert!(e.contains("LSQ") && e.contains("conv1"), "{e}");
+}

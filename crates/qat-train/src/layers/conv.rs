@@ -290,6 +290,7 @@ impl QatLayer for QatConv2d {
             weight_scheme: self.cfg.quant.weight_scheme,
             weight_granularity: self.cfg.quant.weight_granularity,
             quantize_weights: self.wq.enabled(),
+            weight_range: self.cfg.quant.weight_range,
             stride,
             padding,
             dilation,

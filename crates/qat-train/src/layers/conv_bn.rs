@@ -429,6 +429,7 @@ impl QatLayer for QatConvBn2d {
             weight_scheme: self.cfg.conv.quant.weight_scheme,
             weight_granularity: self.cfg.conv.quant.weight_granularity,
             quantize_weights: self.wq.enabled(),
+            weight_range: self.cfg.conv.quant.weight_range,
             stride,
             padding,
             dilation,

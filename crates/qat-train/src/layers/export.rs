@@ -6,7 +6,7 @@ use qat_core::QuantParams;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, TchError, Tensor};
 
-use super::{Activation, BnFoldMode, WeightGranularity};
+use super::{Activation, BnFoldMode, WeightGranularity, WeightRange};
 use crate::observer::QuantScheme;
 
 /// A dense f32 tensor: shape and row-major (C-order) data, in the layer's tch layout
@@ -99,6 +99,8 @@ pub struct ConvExport {
     pub weight_granularity: WeightGranularity,
     /// Whether weights are fake-quantized in QAT (config flag).
     pub quantize_weights: bool,
+    /// How QAT obtained the weight range (min/max, or learned LSQ scales).
+    pub weight_range: WeightRange,
     /// Stride `[h, w]`.
     pub stride: [usize; 2],
     /// Symmetric zero padding `[h, w]`.
@@ -132,6 +134,8 @@ pub struct LinearExport {
     pub weight_granularity: WeightGranularity,
     /// Whether weights are fake-quantized in QAT.
     pub quantize_weights: bool,
+    /// How QAT obtained the weight range (min/max, or learned LSQ scales).
+    pub weight_range: WeightRange,
     /// Fused activation.
     pub activation: Activation,
     /// Output quantizer.

@@ -134,6 +134,7 @@ impl QatLayer for QatLinear {
             weight_scheme: self.quant.weight_scheme,
             weight_granularity: self.quant.weight_granularity,
             quantize_weights: self.wq.enabled(),
+            weight_range: self.quant.weight_range,
             activation: self.activation,
             output: self.oq.export()?,
         }))
