@@ -34,6 +34,9 @@ pub struct WeightQuantizer {
     ste: Ste,
     enabled: bool,
     lsq: Option<Lsq>,
+    /// The min/max parameters the last [`WeightQuantizer::forward`] fake-quantized with (`None` when it
+    /// did not), reused by [`WeightQuantizer::fake_quant_bias`] instead of reading the range again.
+    last: Option<TensorQParams>,
 }
 
 /// LSQ state: learned scale (`f32[C]` or `f32[1]`), fixed zero point 0, initialised flag buffer.
@@ -143,6 +146,7 @@ impl WeightQuantizer {
             ste: cfg.ste,
             enabled: cfg.quantize_weights,
             lsq,
+            last: None,
         })
     }
 
@@ -173,12 +177,15 @@ impl WeightQuantizer {
             }
             .map_err(LayerError::fq(layer));
         }
+        self.last = None;
         if state.fake_quant && self.enabled {
             let p = self
                 .observer
                 .qparams()
                 .map_err(LayerError::observer(layer))?;
-            fake_quant(w, &p, self.ste).map_err(LayerError::fq(layer))
+            let y = fake_quant(w, &p, self.ste).map_err(LayerError::fq(layer))?;
+            self.last = Some(p);
+            Ok(y)
         } else {
             Ok(w.shallow_clone())
         }
@@ -244,21 +251,12 @@ impl WeightQuantizer {
         state: &QuantState,
         layer: &str,
     ) -> Result<Tensor, LayerError> {
-        let active = state.fake_quant
-            && self.enabled
-            && self.lsq.is_none()
-            && s_in.is_finite()
-            && s_in > 0.0
-            && self.observer.is_calibrated();
-        if !active {
-            return Ok(b.shallow_clone());
-        }
-        let p = self
-            .observer
-            .qparams()
-            .map_err(LayerError::observer(layer))?;
+        let p = match &self.last {
+            Some(p) if state.fake_quant && s_in.is_finite() && s_in > 0.0 => p,
+            _ => return Ok(b.shallow_clone()),
+        };
         let n = b.size().first().copied().unwrap_or(0) as usize;
-        let sw: Vec<f32> = match &p {
+        let sw: Vec<f32> = match p {
             TensorQParams::PerTensor(q) => vec![q.scale(); n],
             TensorQParams::PerChannel(pc) => (0..pc.len())
                 .map(|c| pc.channel(c).map(|q| q.scale()))
