@@ -77,6 +77,16 @@ pub enum FakeQuantError {
         /// The value found.
         value: f64,
     },
+    /// A clamp range is NaN or empty.
+    #[error("{op}: clamp range [{lo}, {hi}] must satisfy lo <= hi (no NaN)")]
+    InvalidClamp {
+        /// The op that failed.
+        op: &'static str,
+        /// Lower bound given.
+        lo: f32,
+        /// Upper bound given.
+        hi: f32,
+    },
 }
 
 impl FakeQuantError {

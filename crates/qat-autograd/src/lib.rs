@@ -8,6 +8,7 @@
 //! | what | function | kernel |
 //! |---|---|---|
 //! | per-tensor fake quant, clipped or plain STE | [`fake_quant_per_tensor`], [`fake_quant_per_tensor_parts`] | one pass of our own (CPU, 1 thread) or vectorized libtorch ops; STE attached with `addcmul` (same values and masks as `fake_quantize_per_tensor_affine`) |
+//! | fused clamp (ReLU, ReLU6) + per-tensor fake quant | [`clamp_fake_quant_per_tensor`] | one pass of our own (CPU, 1 thread, clipped STE) computing the value and the combined mask, gradient attached with one `addcmul`; else libtorch `relu`/`relu6`/`clamp` + [`fake_quant_per_tensor`] |
 //! | per-channel fake quant along any axis | [`fake_quant_per_channel`] | libtorch `fake_quantize_per_channel_affine` |
 //! | LSQ learnable scale (Esser et al. 2020) | [`lsq_fake_quant_per_tensor`], [`lsq_fake_quant_per_channel`] | libtorch `_fake_quantize_learnable_*` |
 //! | PACT learnable activation clip (Choi et al. 2018) | [`pact_fake_quant`] | composition |
@@ -33,8 +34,8 @@ mod learnable;
 
 pub use error::FakeQuantError;
 pub use fake_quant::{
-    Ste, TensorQParams, fake_quant, fake_quant_per_channel, fake_quant_per_tensor,
-    fake_quant_per_tensor_parts,
+    Ste, TensorQParams, clamp_fake_quant_per_tensor, fake_quant, fake_quant_per_channel,
+    fake_quant_per_tensor, fake_quant_per_tensor_parts,
 };
 pub use learnable::{
     lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, lsq_init_scale,

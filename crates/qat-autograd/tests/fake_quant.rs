@@ -3,9 +3,10 @@
 
 use ndarray::{ArrayD, IxDyn};
 use qat_autograd::{
-    FakeQuantError, Ste, TensorQParams, fake_quant, fake_quant_per_channel, fake_quant_per_tensor,
-    fake_quant_per_tensor_parts, lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor,
-    lsq_grad_factor, pact_fake_quant, pact_qparams,
+    FakeQuantError, Ste, TensorQParams, clamp_fake_quant_per_tensor, fake_quant,
+    fake_quant_per_channel, fake_quant_per_tensor, fake_quant_per_tensor_parts,
+    lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, pact_fake_quant,
+    pact_qparams,
 };
 use qat_core::{PerChannelParams, QuantParams, QuantRange, array};
 use tch::{Kind, Tensor};
@@ -411,4 +412,159 @@ fn per_tensor_with_two_threads_equals_qat_core() {
     let n = xs.len() - 3;
     let masks: Vec<f32> = xs[..n].iter().map(|&v| clipped_mask(&p, v)).collect();
     assert_eq!(&to_vec(&mask)[..n], &masks[..]);
+}
+
+/// Panics with the first index where `got` and `want` differ (not the whole vectors).
+fn first_mismatch<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("{what}: element {i}: got {:?}, want {:?}", got[i], want[i]);
+    }
+}
+
+/// Serializes the tests that change libtorch's (process-global) intra-op thread count.
+static THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` with `n` libtorch intra-op threads, then restores the previous count.
+fn with_threads<T>(n: i32, f: impl FnOnce() -> T) -> T {
+    let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = tch::get_num_threads();
+    tch::set_num_threads(n);
+    let out = f();
+    tch::set_num_threads(before);
+    out
+}
+
+/// The fused clamp + fake quant equals, bit for bit in value and clipped-STE gradient, the activation
+/// (libtorch `relu`/`relu6`, or a clamp with the strict mask) followed by libtorch's
+/// `fake_quantize_per_tensor_affine` — through the one-pass kernel (1 thread, contiguous) and the
+/// composed path (2 threads, and a non-contiguous view).
+#[test]
+fn clamp_fake_quant_equals_activation_then_libtorch_fake_quant() {
+    let params = [
+        QuantParams::asymmetric(0.0, 6.0, 8).unwrap(),
+        QuantParams::asymmetric(0.0, 2.3, 4).unwrap(),
+        QuantParams::asymmetric(-0.7, 9.0, 8).unwrap(),
+        QuantParams::asymmetric(-1.0, 1.0, 8).unwrap(),
+    ];
+    let clamps = [(0.0f32, f32::INFINITY), (0.0, 6.0), (-0.5, 2.5)];
+    for (i, p) in params.iter().enumerate() {
+        let s = p.scale();
+        let mut xs: Vec<f32> = (-200..1400)
+            .flat_map(|k| {
+                let t = (k as f32 + 0.5) * s;
+                [t, t.next_up(), t.next_down()]
+            })
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            6.0,
+            6.0f32.next_up(),
+            6.0f32.next_down(),
+            -0.5,
+            2.5,
+            1e9,
+            -1e9,
+        ]);
+        xs.extend(lcg(500 + i as u64, 30_000, -3.0, 9.0));
+        if xs.len() % 2 == 1 {
+            xs.push(0.25);
+        }
+        let w = Tensor::from_slice(&lcg(600 + i as u64, xs.len(), -1.0, 1.0));
+        for &(lo, hi) in &clamps {
+            // Reference: value and gradient of act(x) → libtorch's fused fake-quant kernel.
+            let xr = Tensor::from_slice(&xs).set_requires_grad(true);
+            let act = if hi == f32::INFINITY {
+                xr.relu()
+            } else if hi == 6.0 {
+                xr.relu6()
+            } else {
+                // hardtanh's strict mask: clamp value, gradient [lo < x < hi].
+                let m = xr
+                    .gt(f64::from(lo))
+                    .logical_and(&xr.lt(f64::from(hi)))
+                    .to_kind(Kind::Float);
+                xr.clamp(f64::from(lo), f64::from(hi)).detach() + (&xr - xr.detach()) * m
+            };
+            let yr = act.fake_quantize_per_tensor_affine(
+                f64::from(p.scale()),
+                i64::from(p.zero_point()),
+                i64::from(p.qmin()),
+                i64::from(p.qmax()),
+            );
+            (&yr * &w).sum(Kind::Float).backward();
+            let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            // The reference's value also equals qat-core's FQ of the clamped value.
+            let core: Vec<u32> = xs
+                .iter()
+                .map(|&v| p.fake_quant(v.clamp(lo, hi)).to_bits())
+                .collect();
+            assert_eq!(
+                bits(&yr),
+                core,
+                "case {i} [{lo}, {hi}]: libtorch vs qat-core"
+            );
+            for (threads, strided) in [(1, false), (2, false), (1, true)] {
+                let xg = Tensor::from_slice(&xs);
+                let xg = if strided {
+                    xg.view([2, -1]).tr().contiguous().tr().view([2, -1])
+                } else {
+                    xg
+                };
+                let xg = xg.set_requires_grad(true);
+                let y = with_threads(threads, || {
+                    clamp_fake_quant_per_tensor(&xg, lo, hi, p, Ste::Clipped).unwrap()
+                });
+                let what = format!("case {i} [{lo}, {hi}], {threads} thread(s), strided {strided}");
+                first_mismatch(&bits(&y), &bits(&yr), &format!("{what}: value bits"));
+                with_threads(threads, || (&y * w.view_as(&y)).sum(Kind::Float).backward());
+                // Equal as numbers (a masked gradient may be +0 on one path and −0 on the other).
+                first_mismatch(
+                    &to_vec(&xg.grad()),
+                    &to_vec(&xr.grad()),
+                    &format!("{what}: gradient"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn clamp_fake_quant_without_grad_non_finite_and_bad_range() {
+    let p = QuantParams::asymmetric(0.0, 6.0, 8).unwrap();
+    let xs = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0, 3.0];
+    let want: Vec<u32> = xs
+        .iter()
+        .map(|&v| p.fake_quant(v.clamp(0.0, 6.0)).to_bits())
+        .collect();
+    for threads in [1, 2] {
+        let y = with_threads(threads, || {
+            clamp_fake_quant_per_tensor(&Tensor::from_slice(&xs), 0.0, 6.0, &p, Ste::Clipped)
+                .unwrap()
+        });
+        let got: Vec<u32> = to_vec(&y).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{threads} thread(s)");
+    }
+    let x = Tensor::from_slice(&[1.0f32]);
+    for (lo, hi) in [(1.0, 0.0), (f32::NAN, 1.0), (0.0, f32::NAN)] {
+        let e = clamp_fake_quant_per_tensor(&x, lo, hi, &p, Ste::Clipped).unwrap_err();
+        assert!(matches!(e, FakeQuantError::InvalidClamp { .. }), "{e}");
+        assert!(e.to_string().contains("clamp range"), "{e}");
+    }
+    let e = clamp_fake_quant_per_tensor(&x.to_kind(Kind::Double), 0.0, 6.0, &p, Ste::Clipped)
+        .unwrap_err();
+    assert!(matches!(e, FakeQuantError::NotF32 { .. }), "{e}");
+}
+
+/// With the plain STE the fused op is the activation's gradient alone (no clipping mask).
+#[test]
+fn clamp_fake_quant_plain_ste_keeps_the_activation_gradient() {
+    let p = QuantParams::asymmetric(0.0, 1.0, 8).unwrap();
+    let xs = [-1.0f32, 0.5, 3.0, 7.0];
+    let x = Tensor::from_slice(&xs).set_requires_grad(true);
+    let y = clamp_fake_quant_per_tensor(&x, 0.0, 6.0, &p, Ste::Plain).unwrap();
+    assert_eq!(to_vec(&y), vec![0.0, p.fake_quant(0.5), 1.0, 1.0]);
+    y.sum(Kind::Float).backward();
+    assert_eq!(to_vec(&x.grad()), vec![0.0, 1.0, 1.0, 0.0]);
 }

@@ -296,6 +296,19 @@ fn batch_min_max(
     channels: usize,
     name: &str,
 ) -> Result<(Vec<f32>, Vec<f32>), ObserverError> {
+    batch_min_max_clamped(x, axis, channels, name, None)
+}
+
+/// [`batch_min_max`] of `clamp(x, lo, hi)` for `clamp = Some((lo, hi))`, computed as the clamped
+/// min/max of `x` (clamping is monotone: `min clamp(x) = clamp(min x)`, also for ±∞; NaN stays NaN
+/// and is reported as non-finite).
+fn batch_min_max_clamped(
+    x: &Tensor,
+    axis: Option<usize>,
+    channels: usize,
+    name: &str,
+    clamp: Option<(f32, f32)>,
+) -> Result<(Vec<f32>, Vec<f32>), ObserverError> {
     let torch = |source| ObserverError::Torch {
         name: name.to_string(),
         source,
@@ -320,8 +333,16 @@ fn batch_min_max(
             .map_err(torch)?
         }
     };
-    let lo = read_f32(&lo, name)?;
-    let hi = read_f32(&hi, name)?;
+    let mut lo = read_f32(&lo, name)?;
+    let mut hi = read_f32(&hi, name)?;
+    if let Some((a, b)) = clamp {
+        // `f32::clamp` keeps NaN (then reported below), as libtorch's clamp does.
+        lo.iter_mut().chain(hi.iter_mut()).for_each(|v| {
+            if !v.is_nan() {
+                *v = v.clamp(a, b)
+            }
+        });
+    }
     if let Some((a, b)) = lo
         .iter()
         .zip(&hi)
@@ -524,15 +545,20 @@ macro_rules! range_buffer_methods {
     };
 }
 
-impl Observer for MinMaxObserver {
-    range_buffer_methods!(with_state);
-
-    fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
+impl MinMaxObserver {
+    /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
+    /// range of `x` clamped; see [`ActObserver::observe_clamped`]), else `x`.
+    pub fn observe_clamped(
+        &mut self,
+        x: &Tensor,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<(), ObserverError> {
         if self.buf.frozen() {
             return Ok(());
         }
         let channels = self.buf.min.size()[0] as usize;
-        let (mut lo, mut hi) = batch_min_max(x, self.axis(), channels, &self.buf.name)?;
+        let (mut lo, mut hi) =
+            batch_min_max_clamped(x, self.axis(), channels, &self.buf.name, clamp)?;
         let n = self.buf.count();
         if self.accumulate && n > 0 {
             let (old_lo, old_hi) = self.buf.read()?;
@@ -542,6 +568,14 @@ impl Observer for MinMaxObserver {
         self.buf.write(&lo, &hi)?;
         self.buf.set_count(n + 1);
         Ok(())
+    }
+}
+
+impl Observer for MinMaxObserver {
+    range_buffer_methods!(with_state);
+
+    fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
+        self.observe_clamped(x, None)
     }
 
     fn qparams(&self) -> Result<TensorQParams, ObserverError> {
@@ -629,14 +663,18 @@ impl EmaMinMaxObserver {
     }
 }
 
-impl Observer for EmaMinMaxObserver {
-    range_buffer_methods!(with_state);
-
-    fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
+impl EmaMinMaxObserver {
+    /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
+    /// range of `x` clamped; see [`ActObserver::observe_clamped`]), else `x`.
+    pub fn observe_clamped(
+        &mut self,
+        x: &Tensor,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<(), ObserverError> {
         if self.buf.frozen() {
             return Ok(());
         }
-        let (blo, bhi) = batch_min_max(x, None, 1, &self.buf.name)?;
+        let (blo, bhi) = batch_min_max_clamped(x, None, 1, &self.buf.name, clamp)?;
         let n = self.buf.count();
         let (lo, hi) = if n == 0 {
             (blo[0], bhi[0])
@@ -649,6 +687,14 @@ impl Observer for EmaMinMaxObserver {
         self.buf.write(&[lo], &[hi])?;
         self.buf.set_count(n + 1);
         Ok(())
+    }
+}
+
+impl Observer for EmaMinMaxObserver {
+    range_buffer_methods!(with_state);
+
+    fn observe(&mut self, x: &Tensor) -> Result<(), ObserverError> {
+        self.observe_clamped(x, None)
     }
 
     fn qparams(&self) -> Result<TensorQParams, ObserverError> {
@@ -933,6 +979,28 @@ impl ActObserver {
             Self::Ema(o) => o.range(),
             Self::MinMax(o) => o.range().map(|(lo, hi)| (lo[0], hi[0])),
             Self::Histogram(o) => o.range(),
+        }
+    }
+
+    /// Observes `clamp(x, lo, hi)` (the output of a fused ReLU/ReLU6) for `clamp = Some((lo, hi))`.
+    /// EMA and min/max observers clamp the batch range of `x` (`min clamp(x) = clamp(min x)`), so
+    /// the clamped tensor is never built; the histogram observer, which needs every value, observes
+    /// `x.clamp(lo, hi)`. Same state afterwards as `observe(&x.clamp(lo, hi))`.
+    pub fn observe_clamped(
+        &mut self,
+        x: &Tensor,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<(), ObserverError> {
+        match (self, clamp) {
+            (Self::Ema(o), _) => o.observe_clamped(x, clamp),
+            (Self::MinMax(o), _) => o.observe_clamped(x, clamp),
+            (Self::Histogram(o), None) => o.observe(x),
+            (Self::Histogram(o), Some((lo, hi))) => {
+                let name = o.name().to_string();
+                let c = tch::no_grad(|| x.f_clamp(f64::from(lo), f64::from(hi)))
+                    .map_err(|source| ObserverError::Torch { name, source })?;
+                o.observe(&c)
+            }
         }
     }
 

@@ -114,11 +114,20 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation as a clamp `[lo, hi]` (`None` for the identity): ReLU `[0, ∞]`, ReLU6 `[0, 6]`.
+    pub fn clamp_range(self) -> Option<(f32, f32)> {
+        match self {
+            Self::None => None,
+            Self::Relu => Some((0.0, f32::INFINITY)),
+            Self::Relu6 => Some((0.0, 6.0)),
+        }
+    }
+
     pub(crate) fn apply(self, x: Tensor) -> Result<Tensor, tch::TchError> {
         match self {
             Self::None => Ok(x),
             Self::Relu => x.f_relu(),
-            Self::Relu6 => x.f_clamp(0.0, 6.0),
+            Self::Relu6 => x.f_relu6(),
         }
     }
 }

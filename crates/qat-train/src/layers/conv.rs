@@ -311,11 +311,7 @@ impl QatModule for QatConv2d {
             (b, _) => b.as_ref().map(Tensor::shallow_clone),
         };
         let y = self.cfg.conv(x, &w, bias.as_ref(), n)?;
-        let y = self
-            .cfg
-            .activation
-            .apply(y)
-            .map_err(LayerError::torch(n, "activation"))?;
-        self.oq.apply(&y, train, &self.state)
+        self.oq
+            .apply_activated(y, self.cfg.activation, train, &self.state)
     }
 }

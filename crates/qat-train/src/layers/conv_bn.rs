@@ -44,6 +44,13 @@ pub struct ConvBnConfig {
     pub momentum: f64,
     /// Folding variant.
     pub fold: BnFoldMode,
+    /// [`BnFoldMode::Whitepaper`] only: whether the gradient flows through the batch statistics
+    /// `μ_B`, `σ_B` (as through a float BN). Default `false`, as TF's `fold_batch_norms.py`, whose
+    /// statistics come from a fused BN whose gradient ignores them: they are constants of the
+    /// backward pass, and the float conv that produces them needs no backward (one conv backward per
+    /// step instead of two). PyTorch's fold always has the gradient of its real BN.
+    #[serde(default)]
+    pub stats_grad: bool,
 }
 
 impl ConvBnConfig {
@@ -57,6 +64,7 @@ impl ConvBnConfig {
             eps: 1e-5,
             momentum: 0.1,
             fold: BnFoldMode::Whitepaper,
+            stats_grad: false,
         }
     }
 
@@ -254,8 +262,16 @@ impl QatConvBn2d {
         if !use_batch {
             return self.forward_folded(x);
         }
-        let sigma = self.moving_std()?;
-        let y_float = self.cfg.conv.conv(x, &self.weight, None::<&Tensor>, &n)?;
+        let fq_on = self.state.fake_quant && self.wq.enabled();
+        let conv_float = || self.cfg.conv.conv(x, &self.weight, None::<&Tensor>, &n);
+        // TF's fold (the paper authors' reference) takes μ_B and σ_B from the outputs of a fused BN
+        // whose gradient ignores them: the batch statistics are constants of the backward pass, so the
+        // float conv that produces them runs without autograd (no backward of its own).
+        let y_float = if fq_on && !self.cfg.stats_grad {
+            tch::no_grad(conv_float)?
+        } else {
+            conv_float()?
+        };
         let count = batch_count(&y_float);
         if count < 2 {
             return Err(LayerError::Shape {
@@ -264,9 +280,10 @@ impl QatConvBn2d {
                 got: y_float.size(),
             });
         }
+        let sigma = self.moving_std()?;
         let w_fold = &self.weight * per_out_channel(&(&self.gamma / &sigma));
         let w = self.wq.forward(&w_fold, &self.state, &n)?;
-        if !(self.state.fake_quant && self.wq.enabled()) {
+        if !fq_on {
             // Without weight quantization the fold is exactly batch-stat BN:
             // conv(x, γW/σ)·σ/σ_B + β − γμ_B/σ_B = γ·(conv(x, W) − μ_B)/σ_B + β, so libtorch's fused
             // batch_norm computes it (one conv, fused backward) and updates the moving averages
@@ -284,7 +301,24 @@ impl QatConvBn2d {
                 )
                 .map_err(torch("batch_norm"));
         }
-        let (var_b, mean_b) = batch_stats(&y_float, count).map_err(torch("batch statistics"))?;
+        let (mean_b, var_b) = if self.cfg.stats_grad {
+            let (var_b, mean_b) =
+                batch_stats(&y_float, count).map_err(torch("batch statistics"))?;
+            self.update_running(&mean_b, &var_b, count);
+            (mean_b, var_b)
+        } else {
+            // Constants of the backward pass. σ above was read before the moving averages move.
+            let (mean_b, var_b) = match channel_stats_cpu(&y_float) {
+                Some(stats) => stats,
+                None => tch::no_grad(|| {
+                    let (v, m) = batch_stats(&y_float, count)?;
+                    Ok((m, v))
+                }),
+            }
+            .map_err(torch("batch statistics"))?;
+            self.update_running(&mean_b, &var_b, count);
+            (mean_b, var_b)
+        };
         let sigma_b = (&var_b + self.cfg.eps)
             .f_sqrt()
             .map_err(torch("batch std"))?;
@@ -295,8 +329,7 @@ impl QatConvBn2d {
         let a = &sigma / &sigma_b;
         let bias = &self.beta - &self.gamma * &mean_b / &sigma_b;
         let (zeros, ones) = (a.zeros_like(), a.ones_like());
-        let y = self
-            .cfg
+        self.cfg
             .conv
             .conv(x, &w, None::<&Tensor>, &n)?
             .f_batch_norm(
@@ -309,9 +342,7 @@ impl QatConvBn2d {
                 0.0,
                 false,
             )
-            .map_err(torch("folded affine"))?;
-        self.update_running(&mean_b, &var_b, count);
-        Ok(y)
+            .map_err(torch("folded affine"))
     }
 
     /// Moving statistics (BN frozen, or eval), both fold modes: exactly the folded inference layer
@@ -378,6 +409,73 @@ fn batch_stats(y: &Tensor, n: i64) -> Result<(Tensor, Tensor), tch::TchError> {
         var.f_to_kind(tch::Kind::Float)?,
         mean.f_to_kind(tch::Kind::Float)?,
     ))
+}
+
+/// Per-channel `(μ_B, σ_B²)` (biased) of a contiguous f32 `NCHW` CPU tensor in one pass of our own,
+/// without autograd, when libtorch runs one intra-op thread (`None` otherwise): `Σy` and `Σy²` per
+/// channel accumulated in f64 (an f32 square is exact in f64), `σ_B² = max(Σy²/n − μ_B², 0)` — the
+/// values of [`batch_stats`]. It replaces libtorch's two-pass `batch_norm_update_stats`, which was
+/// the costliest elementwise op of the whitepaper QAT step.
+fn channel_stats_cpu(y: &Tensor) -> Option<Result<(Tensor, Tensor), tch::TchError>> {
+    let shape = y.size();
+    if y.device() != tch::Device::Cpu
+        || y.kind() != tch::Kind::Float
+        || shape.len() != 4
+        || !y.is_contiguous()
+        || tch::get_num_threads() != 1
+    {
+        return None;
+    }
+    let (n, c, plane) = (
+        shape[0] as usize,
+        shape[1] as usize,
+        (shape[2] * shape[3]) as usize,
+    );
+    let count = (n * plane) as f64;
+    let mut s1 = vec![0f64; c];
+    let mut s2 = vec![0f64; c];
+    if n * c * plane > 0 {
+        // SAFETY: `y` is a contiguous f32 CPU tensor (checked above) of `n·c·plane` elements starting
+        // at `data_ptr()`; the slice only lives in this block, while `y` is borrowed.
+        let ys = unsafe { std::slice::from_raw_parts(y.data_ptr() as *const f32, n * c * plane) };
+        for (i, p) in ys.chunks_exact(plane).enumerate() {
+            let (a, b) = plane_sums(p);
+            s1[i % c] += a;
+            s2[i % c] += b;
+        }
+    }
+    let mean: Vec<f32> = s1.iter().map(|&a| (a / count) as f32).collect();
+    let var: Vec<f32> = s1
+        .iter()
+        .zip(&s2)
+        .map(|(&a, &b)| {
+            let m = a / count;
+            (b / count - m * m).max(0.0) as f32
+        })
+        .collect();
+    Some(Ok((Tensor::from_slice(&mean), Tensor::from_slice(&var))))
+}
+
+/// `(Σp, Σp²)` in f64 with eight independent accumulators each (so that the loop vectorizes).
+fn plane_sums(p: &[f32]) -> (f64, f64) {
+    let mut a = [0f64; 8];
+    let mut b = [0f64; 8];
+    let chunks = p.chunks_exact(8);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for k in 0..8 {
+            let v = f64::from(ch[k]);
+            a[k] += v;
+            b[k] += v * v;
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for &v in rest {
+        let v = f64::from(v);
+        sa += v;
+        sb += v * v;
+    }
+    (sa, sb)
 }
 
 fn batch_count(y: &Tensor) -> i64 {
@@ -449,12 +547,7 @@ impl QatModule for QatConvBn2d {
             BnFoldMode::Whitepaper => self.forward_whitepaper(x, use_batch)?,
             BnFoldMode::PyTorch => self.forward_pytorch(x, use_batch)?,
         };
-        let y = self
-            .cfg
-            .conv
-            .activation
-            .apply(y)
-            .map_err(LayerError::torch(&self.name, "activation"))?;
-        self.oq.apply(&y, train, &self.state)
+        self.oq
+            .apply_activated(y, self.cfg.conv.activation, train, &self.state)
     }
 }

@@ -160,10 +160,7 @@ impl QatModule for QatLinear {
         let y = x
             .f_linear(&w, Some(&bias))
             .map_err(LayerError::torch(n, "linear"))?;
-        let y = self
-            .activation
-            .apply(y)
-            .map_err(LayerError::torch(n, "activation"))?;
-        self.oq.apply(&y, train, &self.state)
+        self.oq
+            .apply_activated(y, self.activation, train, &self.state)
     }
 }

@@ -1,0 +1,229 @@
+//! The fast paths of the QAT step against their plain compositions, with one libtorch thread (our
+//! one-pass CPU kernels) and with two (libtorch's ops):
+//! * the activation fused into the output fake quant (`OutputQuantizer::apply_activated`) equals the
+//!   activation followed by `OutputQuantizer::apply`: values, gradients and observer state;
+//! * the whitepaper conv+BN fold equals its formula `conv(x, FQ(γW/σ))·σ/σ_B + β − γμ_B/σ_B` in value
+//!   and gradient, with the batch statistics constants of the backward pass (default, TF's fold) or
+//!   differentiated through (`ConvBnConfig::stats_grad`), and moves the moving averages alike.
+
+use std::sync::Mutex;
+
+use qat_autograd::fake_quant_per_channel;
+use qat_core::{PerChannelParams, QuantRange};
+use qat_train::layers::{
+    Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, OutputQuantizer, QatConvBn2d, QatModule,
+    QuantConfig, QuantState,
+};
+use qat_train::observer::ActObserverConfig;
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+/// `set_num_threads` is process-global: the tests of this file take turns.
+static THREADS: Mutex<()> = Mutex::new(());
+
+fn lcg(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + ((s >> 40) as f32 / (1u64 << 24) as f32) * (hi - lo)
+        })
+        .collect()
+}
+
+fn rand(seed: u64, shape: &[i64], lo: f32, hi: f32) -> Tensor {
+    let n = shape.iter().product::<i64>() as usize;
+    Tensor::from_slice(&lcg(seed, n, lo, hi)).view(shape)
+}
+
+fn vecf(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.detach().flatten(0, -1)).unwrap()
+}
+
+fn set(t: &Tensor, v: &Tensor) {
+    let mut t = t.shallow_clone();
+    tch::no_grad(|| t.copy_(v));
+}
+
+/// Largest `|a − b| / (1 + |b|)`.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    ((a - b).abs() / (b.abs() + 1.0)).max().double_value(&[])
+}
+
+#[test]
+fn fused_activation_and_fake_quant_equal_the_composition() {
+    let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = tch::get_num_threads();
+    let observers = [
+        ActObserverConfig::Ema { decay: 0.9 },
+        ActObserverConfig::MinMax,
+        ActObserverConfig::Histogram {
+            bins: 256,
+            percentile: 99.9,
+        },
+    ];
+    for threads in [1, 2] {
+        tch::set_num_threads(threads);
+        for (k, obs) in observers.into_iter().enumerate() {
+            for act in [Activation::Relu, Activation::Relu6] {
+                let what = format!("{threads} thread(s), {obs:?}, {act:?}");
+                let cfg = QuantConfig {
+                    act_observer: obs,
+                    ..QuantConfig::default()
+                };
+                let (vs1, vs2) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
+                let mut fused = OutputQuantizer::new(&(vs1.root() / "q"), &cfg).unwrap();
+                let mut plain = OutputQuantizer::new(&(vs2.root() / "q"), &cfg).unwrap();
+                let state = QuantState::default();
+                for step in 0..3u64 {
+                    let seed = 100 * k as u64 + 10 * step;
+                    let z = rand(seed, &[4, 3, 5, 5], -3.0, 8.0);
+                    let z1 = z.copy().set_requires_grad(true);
+                    let z2 = z.copy().set_requires_grad(true);
+                    let y1 = fused.apply_activated(z1.shallow_clone(), act, true, &state);
+                    let y1 = y1.unwrap();
+                    let a2 = match act {
+                        Activation::Relu => z2.relu(),
+                        _ => z2.relu6(),
+                    };
+                    let y2 = plain.apply(&a2, true, &state).unwrap();
+                    let bits = |t: &Tensor| vecf(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&y1) == bits(&y2), "{what}, step {step}: values");
+                    assert_eq!(
+                        fused.observer().range().unwrap(),
+                        plain.observer().range().unwrap(),
+                        "{what}, step {step}: observer range"
+                    );
+                    let w = rand(seed + 1, &[4, 3, 5, 5], -1.0, 1.0);
+                    (&y1 * &w).sum(Kind::Float).backward();
+                    (&y2 * &w).sum(Kind::Float).backward();
+                    // Equal as numbers (masked entries may be +0 on one path, −0 on the other).
+                    assert!(
+                        vecf(&z1.grad()) == vecf(&z2.grad()),
+                        "{what}, step {step}: gradients"
+                    );
+                }
+            }
+        }
+    }
+    tch::set_num_threads(before);
+}
+
+/// A whitepaper conv+BN layer (3→5 channels, 3×3, output fake quant off so that the output is the
+/// fold itself) with non-trivial γ, β and moving statistics.
+fn layer(vs: &VarStore, stats_grad: bool) -> QatConvBn2d {
+    let quant = QuantConfig {
+        quantize_output: false,
+        ..QuantConfig::default()
+    };
+    let mut cfg = ConvBnConfig::new(Conv2dConfig::new(3, 5, 3).padding(1).quant(quant))
+        .fold(BnFoldMode::Whitepaper);
+    cfg.stats_grad = stats_grad;
+    let l = QatConvBn2d::new(&(vs.root() / "cb"), cfg).unwrap();
+    set(l.weight(), &rand(1, &[5, 3, 3, 3], -0.5, 0.5));
+    set(l.gamma(), &rand(2, &[5], 0.5, 1.5));
+    set(l.beta(), &rand(3, &[5], -0.3, 0.3));
+    set(l.running_mean(), &rand(4, &[5], -0.2, 0.2));
+    set(l.running_var(), &rand(5, &[5], 0.5, 2.0));
+    l
+}
+
+#[test]
+fn whitepaper_fold_value_gradient_and_moving_averages_match_the_formula() {
+    let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = tch::get_num_threads();
+    for threads in [1, 2] {
+        tch::set_num_threads(threads);
+        for stats_grad in [false, true] {
+            let what = format!("{threads} thread(s), stats_grad {stats_grad}");
+            let vs = VarStore::new(Device::Cpu);
+            let mut l = layer(&vs, stats_grad);
+            // Reference parameters: copies of the layer's.
+            let w = l.weight().detach().copy().set_requires_grad(true);
+            let gamma = l.gamma().detach().copy().set_requires_grad(true);
+            let beta = l.beta().detach().copy().set_requires_grad(true);
+            let (rm, rv) = (l.running_mean().copy(), l.running_var().copy());
+            let x = rand(6, &[4, 3, 6, 6], -2.0, 2.0);
+            let x1 = x.copy().set_requires_grad(true);
+            let x2 = x.copy().set_requires_grad(true);
+
+            let y = l.forward_t(&x1, true).unwrap();
+
+            let conv =
+                |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
+            let sigma = (&rv + 1e-5).sqrt();
+            let w_fold = &w * (&gamma / &sigma).view([-1, 1, 1, 1]);
+            // Per-channel symmetric narrow 8-bit weights from their own range: every weight is on
+            // the grid's range, so the clipped STE is the identity.
+            let max_abs = vecf(&w_fold.abs().amax([1i64, 2, 3].as_slice(), false));
+            let p = PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0)
+                .unwrap();
+            let wq = fake_quant_per_channel(&w_fold, &p, qat_autograd::Ste::Clipped).unwrap();
+            let y_float = conv(&x2, &w);
+            let y_float = if stats_grad {
+                y_float
+            } else {
+                y_float.detach()
+            };
+            let (var_b, mean_b) =
+                y_float.var_mean_correction(Some([0i64, 2, 3].as_slice()), 0, false);
+            let sigma_b = (&var_b + 1e-5).sqrt();
+            let want = conv(&x2, &wq) * (&sigma / &sigma_b).view([1, -1, 1, 1])
+                + (&beta - &gamma * &mean_b / &sigma_b).view([1, -1, 1, 1]);
+            assert!(
+                rel_diff(&y, &want) < 1e-5,
+                "{what}: value {}",
+                rel_diff(&y, &want)
+            );
+
+            // Moving averages: momentum 0.1, unbiased batch variance (n = 4·6·6 per channel).
+            let n = 4.0 * 36.0;
+            let want_rm = &rm * 0.9 + mean_b.detach() * 0.1;
+            let want_rv = &rv * 0.9 + var_b.detach() * (n / (n - 1.0)) * 0.1;
+            assert!(
+                rel_diff(l.running_mean(), &want_rm) < 1e-6,
+                "{what}: moving mean"
+            );
+            assert!(
+                rel_diff(l.running_var(), &want_rv) < 1e-6,
+                "{what}: moving variance"
+            );
+
+            let r = rand(7, &y.size(), -1.0, 1.0);
+            (&y * &r).sum(Kind::Float).backward();
+            (&want * &r).sum(Kind::Float).backward();
+            for (name, got, want) in [
+                ("weight", l.weight().grad(), w.grad()),
+                ("gamma", l.gamma().grad(), gamma.grad()),
+                ("beta", l.beta().grad(), beta.grad()),
+                ("input", x1.grad(), x2.grad()),
+            ] {
+                let d = rel_diff(&got, &want);
+                assert!(d < 1e-4, "{what}: gradient of {name} differs by {d}");
+            }
+        }
+    }
+    tch::set_num_threads(before);
+}
+
+/// The two gradient modes differ (the test above would not notice a mode switch that did nothing):
+/// with the statistics differentiated, ∂L/∂W gets BN's centering terms.
+#[test]
+fn whitepaper_stats_gradient_modes_differ() {
+    let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let grads: Vec<Tensor> = [false, true]
+        .into_iter()
+        .map(|stats_grad| {
+            let vs = VarStore::new(Device::Cpu);
+            let mut l = layer(&vs, stats_grad);
+            let x = rand(6, &[4, 3, 6, 6], -2.0, 2.0);
+            let y = l.forward_t(&x, true).unwrap();
+            (&y * rand(7, &y.size(), -1.0, 1.0))
+                .sum(Kind::Float)
+                .backward();
+            l.weight().grad().copy()
+        })
+        .collect();
+    assert!(rel_diff(&grads[0], &grads[1]) > 1e-3);
+}
