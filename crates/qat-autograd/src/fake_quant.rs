@@ -117,7 +117,7 @@ fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
 /// one intra-op thread, else from vectorized libtorch ops (see [`fake_quant_per_tensor_parts`]);
 /// the gradient is attached as `y = FQ(x)⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾ + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)·m` (`addcmul`), or, on the
 /// one-pass path with the clipped STE, as `y = b + x·m` with `b = FQ(x) − m·x` from the same pass
-/// (exact, see [`clamp_fake_quant_per_tensor`]; one pass less). Values and
+/// (exact, see [`clamp_fake_quant_per_tensor`]; one pass less; with any number of threads). Values and
 /// clipped-STE gradients are identical to libtorch's kernel on finite inputs (tested), 4–6× faster
 /// forward + backward on MobileNet activations (`docs/benchmarks.md`, training section).
 /// With gradients, a non-finite input element gives NaN (its STE term `x − x` is NaN).
@@ -192,12 +192,12 @@ pub fn fake_quant_per_tensor(
 /// `lo = 0, hi = 6` for ReLU6.
 ///
 /// The value is bit for bit `FQ(clamp(x))` of qat-core (NaN → 0, as `clamp` keeps NaN). On a
-/// contiguous f32 CPU tensor with one libtorch thread and the clipped STE, one pass of our own computes
+/// contiguous f32 CPU tensor that requires grad, with the clipped STE, one pass of our own computes
 /// the mask `m` and `b = FQ(clamp(x)) − m·x`, and `y = b + x·m` (`addcmul`) attaches the gradient: the
 /// activation's own forward and backward passes and the `x − x` of [`fake_quant_per_tensor`] are gone.
 /// `b + x·m` is exactly `FQ(clamp(x))`: where `m = 0` it adds `±0` to `b`, and where `m = 1` the value
 /// is on the grid and not clipped, so `FQ(x) − x` (at most `S/2` apart, same sign or zero) is exact
-/// and adding `x` back gives `FQ(x)` exactly. Elsewhere (GPU, several threads, plain STE) it is
+/// and adding `x` back gives `FQ(x)` exactly. Elsewhere (GPU, strided input, no gradient, plain STE) it is
 /// libtorch's `relu`/`relu6`/`clamp` followed by [`fake_quant_per_tensor`], with the same values and
 /// gradients. As there, with gradients a non-finite input element gives NaN.
 ///
@@ -259,18 +259,16 @@ fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
 
 /// `FQ(clamp(x, a, b))` with its gradient attached as `y = base + x·m` (see
 /// [`clamp_fake_quant_per_tensor`]); `None` unless `x` is a contiguous CPU tensor that requires
-/// grad and libtorch runs one thread (the conditions of [`fq_parts_cpu`]).
+/// grad. Unlike [`fq_parts_cpu`] it also serves several libtorch threads: in a training step the
+/// serial pass still beats the composed libtorch ops it replaces (MobileNet QAT step with 2 threads:
+/// 1.41–1.44× a float step with it, 1.65–1.88× with the composed ops; `docs/benchmarks.md`).
 fn fq_ste_cpu(
     x: &Tensor,
     p: &QuantParams,
     a: f32,
     b: f32,
 ) -> Option<Result<Tensor, tch::TchError>> {
-    if x.device() != tch::Device::Cpu
-        || !x.is_contiguous()
-        || !x.requires_grad()
-        || tch::get_num_threads() != 1
-    {
+    if x.device() != tch::Device::Cpu || !x.is_contiguous() || !x.requires_grad() {
         return None;
     }
     let inv = 1.0f32 / p.scale();

@@ -437,8 +437,8 @@ fn with_threads<T>(n: i32, f: impl FnOnce() -> T) -> T {
 
 /// The fused clamp + fake quant equals, bit for bit in value and clipped-STE gradient, the activation
 /// (libtorch `relu`/`relu6`, or a clamp with the strict mask) followed by libtorch's
-/// `fake_quantize_per_tensor_affine` — through the one-pass kernel (1 thread, contiguous) and the
-/// composed path (2 threads, and a non-contiguous view).
+/// `fake_quantize_per_tensor_affine` — through the one-pass kernel (contiguous, 1 or 2 threads) and
+/// the composed path (a non-contiguous view).
 #[test]
 fn clamp_fake_quant_equals_activation_then_libtorch_fake_quant() {
     let params = [
@@ -512,6 +512,7 @@ fn clamp_fake_quant_equals_activation_then_libtorch_fake_quant() {
                 } else {
                     xg
                 };
+                assert_eq!(xg.is_contiguous(), !strided);
                 let xg = xg.set_requires_grad(true);
                 let y = with_threads(threads, || {
                     clamp_fake_quant_per_tensor(&xg, lo, hi, p, Ste::Clipped).unwrap()

@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch] \
 //!     [--device cpu|cuda] [--data DIR] [--phases LIST | --schedule] [--repeats N] [--width A] [--ema-decay D] \
-//!     [--no-tune-allocator]
+//!     [--no-tune-allocator] [--stats-grad]
 //! ```
 //!
 //! Measures the time of a full optimizer step (forward, cross-entropy, backward, SGD update) on the shipped
@@ -23,7 +23,8 @@
 //!
 //! Options: `--phases float,warmup,qat,bn-frozen,frozen` (default `float,qat,bn-frozen`; the QAT phases of
 //! `schedule::Phase`), `--repeats N` (default 2: `steps × N` timed rounds, cycling over the `steps + 5`
-//! batches), `--no-tune-allocator` (skip `trainer::tune_allocator`, glibc's default thresholds),
+//! batches), `--stats-grad` (whitepaper fold with the gradient through the batch statistics,
+//! `ConvBnConfig::stats_grad`), `--no-tune-allocator` (skip `trainer::tune_allocator`, glibc's default thresholds),
 //! `--width A` (MobileNet width multiplier, default 0.25), `--ema-decay D` (activation EMA decay),
 //! `--schedule` (all five phases, then the per-epoch images/s of the default pipeline's QAT schedule,
 //! `configs/default.toml`: 125 steps/epoch, activation quantization from step 60, BN frozen from 250,
@@ -96,6 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut width: Option<f64> = None;
     let mut ema_decay: Option<f32> = None;
     let mut tune_alloc = true;
+    let mut stats_grad = false;
     let mut it = std::env::args();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -132,6 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ];
             }
             "--no-tune-allocator" => tune_alloc = false,
+            "--stats-grad" => stats_grad = true,
             "--repeats" => repeats = it.next().ok_or("--repeats needs a number")?.parse()?,
             "--width" => width = Some(it.next().ok_or("--width needs a number")?.parse()?),
             "--ema-decay" => {
@@ -177,6 +180,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut spec = ModelSpec {
         bn_fold: fold,
+        bn_stats_grad: stats_grad,
         ..ModelSpec::mobilenet_v1_mnist()
     };
     if let Some(w) = width
@@ -194,9 +198,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..spec.clone()
     };
     println!(
-        "model {} | BN fold {:?} | batch 64 | {} threads | device {:?} | {}x{} timed steps per phase after 5 warm-up, phases interleaved",
+        "model {} | BN fold {:?}{} | batch 64 | {} threads | device {:?} | {}x{} timed steps per phase after 5 warm-up, phases interleaved",
         spec.name(),
         fold,
+        if stats_grad && fold == BnFoldMode::Whitepaper {
+            " (gradient through batch statistics)"
+        } else {
+            ""
+        },
         tch::get_num_threads(),
         device,
         steps,

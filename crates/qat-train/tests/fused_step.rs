@@ -1,5 +1,5 @@
-//! The fast paths of the QAT step against their plain compositions, with one libtorch thread (our
-//! one-pass CPU kernels) and with two (libtorch's ops):
+//! The fast paths of the QAT step against their plain compositions, on contiguous tensors (our
+//! one-pass CPU kernels) and on strided ones (libtorch's ops), with one and two libtorch threads:
 //! * the activation fused into the output fake quant (`OutputQuantizer::apply_activated`) equals the
 //!   activation followed by `OutputQuantizer::apply`: values, gradients and observer state;
 //! * the whitepaper conv+BN fold equals its formula `conv(x, FQ(γW/σ))·σ/σ_B + β − γμ_B/σ_B` in value
@@ -63,11 +63,11 @@ fn fused_activation_and_fake_quant_equal_the_composition() {
             percentile: 99.9,
         },
     ];
-    for threads in [1, 2] {
+    for (threads, strided) in [(1, false), (2, false), (1, true)] {
         tch::set_num_threads(threads);
         for (k, obs) in observers.into_iter().enumerate() {
             for act in [Activation::Relu, Activation::Relu6] {
-                let what = format!("{threads} thread(s), {obs:?}, {act:?}");
+                let what = format!("{threads} thread(s), strided {strided}, {obs:?}, {act:?}");
                 let cfg = QuantConfig {
                     act_observer: obs,
                     ..QuantConfig::default()
@@ -79,7 +79,14 @@ fn fused_activation_and_fake_quant_equal_the_composition() {
                 for step in 0..3u64 {
                     let seed = 100 * k as u64 + 10 * step;
                     let z = rand(seed, &[4, 3, 5, 5], -3.0, 8.0);
-                    let z1 = z.copy().set_requires_grad(true);
+                    // A channels-last copy viewed as NCHW: same values, not contiguous.
+                    let z1 = if strided {
+                        z.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+                    } else {
+                        z.copy()
+                    };
+                    assert_eq!(z1.is_contiguous(), !strided);
+                    let z1 = z1.set_requires_grad(true);
                     let z2 = z.copy().set_requires_grad(true);
                     let y1 = fused.apply_activated(z1.shallow_clone(), act, true, &state);
                     let y1 = y1.unwrap();

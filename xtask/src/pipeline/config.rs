@@ -99,6 +99,10 @@ pub struct QatConfig {
     pub ema_decay: f64,
     /// Whitepaper σ_B/σ correction (else PyTorch's variant).
     pub bn_correction: bool,
+    /// Whitepaper fold: gradient through the batch statistics (`ConvBnConfig::stats_grad`). Default
+    /// `false`: constants of the backward pass, as TF's `fold_batch_norms`.
+    #[serde(default)]
+    pub bn_stats_grad: bool,
 }
 
 /// Low-bit experiment.

@@ -45,6 +45,7 @@ struct QatRun {
     a_bits: u32,
     per_channel: bool,
     fold: BnFoldMode,
+    stats_grad: bool,
     epochs: usize,
     lr: f64,
 }
@@ -115,7 +116,13 @@ impl Pipeline {
         })
     }
 
-    fn spec(&self, act: Activation, quant: QuantConfig, fold: BnFoldMode) -> ModelSpec {
+    fn spec(
+        &self,
+        act: Activation,
+        quant: QuantConfig,
+        fold: BnFoldMode,
+        stats_grad: bool,
+    ) -> ModelSpec {
         let m = &self.cfg.model;
         let arch = match m.arch.as_str() {
             "lenet" => Architecture::LeNet,
@@ -138,6 +145,7 @@ impl Pipeline {
             activation: act,
             quant,
             bn_fold: fold,
+            bn_stats_grad: stats_grad,
         }
     }
 
@@ -224,7 +232,7 @@ impl Pipeline {
     /// Float training of a fresh model.
     fn train_float(&self, act: Activation, epochs: usize) -> Result<(Net, History, f64)> {
         trainer::seed_everything(self.cfg.seed);
-        let spec = self.spec(act, self.quant(8, 8, true), BnFoldMode::Whitepaper);
+        let spec = self.spec(act, self.quant(8, 8, true), BnFoldMode::Whitepaper, false);
         let mut net = models::build(&spec, self.device).context("cannot build the model")?;
         let schedule = ScheduleConfig {
             float_steps: u64::MAX,
@@ -294,11 +302,17 @@ impl Pipeline {
             a_bits,
             per_channel,
             fold,
+            stats_grad,
             epochs,
             lr,
         } = run;
         let q = &self.cfg.qat;
-        let spec = self.spec(act, self.quant(w_bits, a_bits, per_channel), fold);
+        let spec = self.spec(
+            act,
+            self.quant(w_bits, a_bits, per_channel),
+            fold,
+            stats_grad,
+        );
         trainer::seed_everything(self.cfg.seed);
         let mut net = models::build(&spec, self.device).context("cannot build the QAT model")?;
         copy_weights(float_net, &net)?;
@@ -525,6 +539,7 @@ impl Pipeline {
                 a_bits: cfg.qat.act_bits,
                 per_channel: cfg.qat.per_channel,
                 fold,
+                stats_grad: cfg.qat.bn_stats_grad,
                 epochs: cfg.qat.epochs,
                 lr: cfg.qat.lr,
             },
@@ -545,6 +560,7 @@ impl Pipeline {
                 a_bits: lb.act_bits,
                 per_channel: true,
                 fold,
+                stats_grad: cfg.qat.bn_stats_grad,
                 epochs: lb.epochs,
                 lr: lb.lr,
             },
@@ -809,6 +825,7 @@ impl Pipeline {
                         a_bits: a,
                         per_channel: true,
                         fold,
+                        stats_grad: q.bn_stats_grad,
                         epochs: ab.qat_epochs,
                         lr: q.lr,
                     },
@@ -822,10 +839,20 @@ impl Pipeline {
                 });
             }
         }
-        // BN-fold correction on/off.
-        for (variant, f) in [
-            ("whitepaper σ_B/σ correction", BnFoldMode::Whitepaper),
-            ("PyTorch conv_fused", BnFoldMode::PyTorch),
+        // BN-fold correction on/off, and the whitepaper fold's batch statistics as constants of the
+        // backward pass (TF) or differentiated through.
+        for (variant, f, stats_grad) in [
+            (
+                "whitepaper σ_B/σ correction, statistics constant in backward (TF)",
+                BnFoldMode::Whitepaper,
+                false,
+            ),
+            (
+                "whitepaper σ_B/σ correction, gradient through statistics",
+                BnFoldMode::Whitepaper,
+                true,
+            ),
+            ("PyTorch conv_fused", BnFoldMode::PyTorch, false),
         ] {
             let o = self.qat(
                 float_net,
@@ -835,6 +862,7 @@ impl Pipeline {
                     a_bits: q.act_bits,
                     per_channel: q.per_channel,
                     fold: f,
+                    stats_grad,
                     epochs: ab.qat_epochs,
                     lr: q.lr,
                 },
@@ -859,6 +887,7 @@ impl Pipeline {
                         a_bits: q.act_bits,
                         per_channel,
                         fold,
+                        stats_grad: q.bn_stats_grad,
                         epochs: ab.qat_epochs,
                         lr: q.lr,
                     },
@@ -899,6 +928,7 @@ impl Pipeline {
                     a_bits: q.act_bits,
                     per_channel: q.per_channel,
                     fold,
+                    stats_grad: q.bn_stats_grad,
                     epochs: ab.qat_epochs,
                     lr: q.lr,
                 },

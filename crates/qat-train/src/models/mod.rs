@@ -100,6 +100,10 @@ pub struct ModelSpec {
     pub quant: QuantConfig,
     /// Conv+BN folding variant.
     pub bn_fold: BnFoldMode,
+    /// Whitepaper fold: gradient through the batch statistics ([`ConvBnConfig::stats_grad`];
+    /// default `false`, TF's fold).
+    #[serde(default)]
+    pub bn_stats_grad: bool,
 }
 
 impl ModelSpec {
@@ -112,6 +116,7 @@ impl ModelSpec {
             activation: Activation::Relu,
             quant: QuantConfig::default(),
             bn_fold: BnFoldMode::Whitepaper,
+            bn_stats_grad: false,
         }
     }
 
@@ -569,6 +574,7 @@ pub struct NetBuilder {
     nodes: Vec<Node>,
     quant: QuantConfig,
     fold: BnFoldMode,
+    stats_grad: bool,
 }
 
 impl NetBuilder {
@@ -594,12 +600,19 @@ impl NetBuilder {
             nodes,
             quant,
             fold: BnFoldMode::Whitepaper,
+            stats_grad: false,
         })
     }
 
     /// Sets the conv+BN folding variant of the layers created from now on.
     pub fn fold(mut self, fold: BnFoldMode) -> Self {
         self.fold = fold;
+        self
+    }
+
+    /// Sets [`ConvBnConfig::stats_grad`] of the conv+BN layers created from now on.
+    pub fn stats_grad(mut self, on: bool) -> Self {
+        self.stats_grad = on;
         self
     }
 
@@ -730,7 +743,9 @@ impl NetBuilder {
         let mut conv = self.conv_cfg(chw[0], cout, k, s, act);
         conv.groups = groups as i64;
         let shape = self.conv_out(&conv, chw, name)?;
-        let layer = QatConvBn2d::new(&self.path(name), ConvBnConfig::new(conv).fold(self.fold))?;
+        let mut cfg = ConvBnConfig::new(conv).fold(self.fold);
+        cfg.stats_grad = self.stats_grad;
+        let layer = QatConvBn2d::new(&self.path(name), cfg)?;
         Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
     }
 

@@ -19,7 +19,9 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Net, ModelError> {
             spec.input, spec.num_classes
         )));
     }
-    let mut b = NetBuilder::new(&name, device, spec.input, spec.quant)?.fold(spec.bn_fold);
+    let mut b = NetBuilder::new(&name, device, spec.input, spec.quant)?
+        .fold(spec.bn_fold)
+        .stats_grad(spec.bn_stats_grad);
     let out = match spec.arch {
         Architecture::LeNet => lenet(&mut b, spec)?,
         Architecture::MobileNetV1 { width, blocks } => {
