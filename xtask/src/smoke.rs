@@ -111,6 +111,27 @@ pub fn check_report(dir: &Path) -> Result<()> {
         }
         sim = sim.min(a);
     }
+    // The trained (libtorch) model vs the export's simulation, node by node.
+    let mut worst_node = 1f64;
+    for key in ["main", "low_bit"] {
+        let nodes = v["torch_vs_simulation"][key]
+            .as_array()
+            .filter(|n| !n.is_empty())
+            .with_context(|| format!("report has no torch_vs_simulation.{key} table"))?;
+        for n in nodes {
+            let name = n["node"].as_str().unwrap_or("?");
+            let within = n["within_one"].as_f64().with_context(|| {
+                format!("torch_vs_simulation.{key} of {name} has no within_one")
+            })?;
+            if within < MIN_LAYER_WITHIN_1_LSB {
+                bail!(
+                    "torch_vs_simulation.{key}, node {name}: only {:.2}% of libtorch fake-quant codes within 1 of the simulation",
+                    100.0 * within
+                );
+            }
+            worst_node = worst_node.min(within);
+        }
+    }
     let rounding = v["rounding"]
         .as_array()
         .context("report has no `rounding` comparison")?;
@@ -132,8 +153,9 @@ pub fn check_report(dir: &Path) -> Result<()> {
     }
     eprintln!(
         "[smoke] report OK: {} rows, {n_layers} layers within 1 LSB, int8 vs simulation argmax ≥ {sim:.4}, \
-         vs libtorch fake quant {agree:.4}",
-        rows.len()
+         vs libtorch fake quant {agree:.4}; libtorch vs simulation ≥ {:.2}% of codes within 1 on every node",
+        rows.len(),
+        100.0 * worst_node
     );
     Ok(())
 }

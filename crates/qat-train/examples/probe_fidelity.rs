@@ -16,7 +16,7 @@ use qat_train::data::{Dataset, Normalize};
 use qat_train::layers::{QuantConfig, WeightGranularity};
 use qat_train::models::{self, ModelSpec};
 use qat_train::trainer::{self, TrainConfig};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -63,48 +63,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .view([n as i64, h as i64, w as i64, c as i64])
         .permute([0, 3, 1, 2])
         .contiguous();
-    let torch_vals = {
-        let _g = tch::no_grad_guard();
-        net.forward_all_t(&x_nchw, false)?
-    };
-    let sim = qat_export::simulate::simulate(&plan, x_nhwc.view())?;
+    let nodes = qat_train::fidelity::compare_with_simulation(&mut net, &plan, &x_nchw)?;
     println!("W{wb}A{ab}: libtorch fake quant vs export simulation, per node (codes)");
     println!(
         "{:<12} {:>9} {:>6} {:>9} {:>9} {:>9}",
         "node", "S", "Z", "exact %", "≤1 %", "max|Δ|"
     );
-    for (k, node) in net.nodes().iter().enumerate() {
-        let Some(gi) = plan.graph.nodes.iter().position(|g| g.name == node.name) else {
-            continue;
-        };
-        let p = plan.act_params[gi];
-        let t = &torch_vals[k];
-        let t = if t.dim() == 4 {
-            t.permute([0, 2, 3, 1]).contiguous()
-        } else {
-            t.shallow_clone()
-        };
-        let tv: Vec<f32> = Vec::try_from(t.to_kind(Kind::Float).flatten(0, -1))?;
-        let sv: Vec<f32> = sim[gi].iter().copied().collect();
-        if tv.len() != sv.len() {
-            println!("{:<12} size {} vs {}", node.name, tv.len(), sv.len());
-            continue;
-        }
-        let (mut exact, mut one, mut maxd) = (0usize, 0usize, 0i32);
-        for (a, b) in tv.iter().zip(&sv) {
-            let d = (p.quantize(*a) - p.quantize(*b)).abs();
-            exact += usize::from(d == 0);
-            one += usize::from(d <= 1);
-            maxd = maxd.max(d);
-        }
+    for n in &nodes {
         println!(
             "{:<12} {:>9.5} {:>6} {:>9.2} {:>9.2} {:>9}",
-            node.name,
-            p.scale(),
-            p.zero_point(),
-            100.0 * exact as f64 / tv.len() as f64,
-            100.0 * one as f64 / tv.len() as f64,
-            maxd
+            n.node,
+            n.scale,
+            n.zero_point,
+            100.0 * n.exact,
+            100.0 * n.within_one,
+            n.max_abs
         );
     }
     let report = qat_export::fidelity_report(&plan, [x_nhwc.view()])?;

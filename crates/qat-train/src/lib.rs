@@ -7,10 +7,12 @@
 //! | §3 schedule (quant delay, BN freeze) | [`schedule`] | the typed training state machine |
 //! | §4 experiments | [`models`], [`data`], [`trainer`], [`checkpoint`] | model zoo, datasets, trainer |
 //! | §2 ⇐ §3 | [`convert`] | a trained model → qat-export's `FloatGraph` |
+//! | §3 "the integer model matches its simulation" | [`fidelity`] | the libtorch fake-quant model vs the export's simulation, node by node |
 
 pub mod checkpoint;
 pub mod convert;
 pub mod data;
+pub mod fidelity;
 pub mod layers;
 pub mod models;
 pub mod observer;

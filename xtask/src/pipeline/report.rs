@@ -120,6 +120,9 @@ pub struct Report {
     pub fidelity: serde_json::Value,
     /// The same for the low-bit model.
     pub fidelity_low_bit: serde_json::Value,
+    /// libtorch fake quant vs the export's simulation, per node (`main`, `low_bit`).
+    #[serde(default)]
+    pub torch_vs_simulation: serde_json::Value,
     /// Bit-width sweep.
     pub bit_sweep: Vec<BitPoint>,
     /// Ablations (with `--ablations`).

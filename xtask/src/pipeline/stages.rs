@@ -15,6 +15,7 @@ use qat_int8_runtime::{Executor, Int8Model, Rounding};
 use qat_train::{
     convert,
     data::{Augment, Dataset, Normalize},
+    fidelity,
     layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
     models::{self, Architecture, ModelSpec, Net},
     observer::ActObserverConfig,
@@ -57,6 +58,8 @@ struct QatOutcome {
     agreement: f64,
     /// Test-set predictions of the fake-quant (libtorch) model.
     fq_pred: Vec<i64>,
+    /// libtorch fake quant vs the export's simulation, per node (256 test images).
+    torch_vs_sim: Vec<fidelity::NodeMatch>,
     model: Int8Model,
     plan: QuantPlan,
     history: History,
@@ -345,6 +348,11 @@ impl Pipeline {
         let (int8_acc, int8_pred) = self.eval_int8(&model)?;
         let fq_pred = self.predict_fake_quant(&mut net)?;
         let agreement = agreement(&fq_pred, &int8_pred);
+        // Node by node on the first 256 test images: the trained (libtorch) model vs the export's
+        // simulation, which the int8 runtime matches layer by layer (the fidelity report).
+        let probe = nchw_tensor(&self.test_nhwc, 0, self.test_labels.len().min(256))?;
+        let torch_vs_sim = fidelity::compare_with_simulation(&mut net, &plan, &probe)
+            .with_context(|| format!("{label}: libtorch vs simulation comparison failed"))?;
         eprintln!(
             "[pipeline] {label}: fake quant {}, int8 {}, agreement {}",
             pct(fake_quant_acc),
@@ -356,6 +364,7 @@ impl Pipeline {
             int8_acc,
             agreement,
             fq_pred,
+            torch_vs_sim,
             model,
             plan,
             history,
@@ -580,9 +589,17 @@ impl Pipeline {
         let fidelity_low = qat_export::fidelity_report(&low.plan, [fid_batch.view().into_dyn()])
             .context("low-bit fidelity report failed")?;
         let fidelity_table = format!(
-            "{}\n\n{}",
+            "{}\n\n{}\n\n### The trained model vs the export's simulation (libtorch fake quant, eval mode; 256 test images, output codes)\n\n{}\n{}",
             fidelity.to_markdown(),
-            fidelity_low.to_markdown()
+            fidelity_low.to_markdown(),
+            fidelity::to_markdown(
+                &format!("W{}A{}", cfg.qat.weight_bits, cfg.qat.act_bits),
+                &main.torch_vs_sim
+            ),
+            fidelity::to_markdown(
+                &format!("W{}A{}", lb.weight_bits, lb.act_bits),
+                &low.torch_vs_sim
+            ),
         );
 
         // The same exports with the other requantization rounding (TFLite's reference double rounding).
@@ -775,6 +792,10 @@ impl Pipeline {
             latency,
             fidelity: serde_json::to_value(&fidelity)?,
             fidelity_low_bit: serde_json::to_value(&fidelity_low)?,
+            torch_vs_simulation: serde_json::json!({
+                "main": &main.torch_vs_sim,
+                "low_bit": &low.torch_vs_sim,
+            }),
             bit_sweep,
             ablations,
             targets,
