@@ -234,3 +234,66 @@ fn whitepaper_stats_gradient_modes_differ() {
         .collect();
     assert!(rel_diff(&grads[0], &grads[1]) > 1e-3);
 }
+
+/// PyTorch's fold, `BN(conv(x, FQ(W·s)) / s)` with `s = γ/σ` and a training-mode BN (batch statistics,
+/// gradient through them), computed by the layer as one conv with `FQ(W·s)/s`: value, gradients and
+/// moving averages against the formula as PyTorch's `conv_fused.py` writes it.
+#[test]
+fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
+    let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let vs = VarStore::new(Device::Cpu);
+    let quant = QuantConfig {
+        quantize_output: false,
+        ..QuantConfig::default()
+    };
+    let cfg = ConvBnConfig::new(Conv2dConfig::new(3, 5, 3).padding(1).quant(quant))
+        .fold(BnFoldMode::PyTorch);
+    let mut l = QatConvBn2d::new(&(vs.root() / "cb"), cfg).unwrap();
+    set(l.weight(), &rand(1, &[5, 3, 3, 3], -0.5, 0.5));
+    set(l.gamma(), &rand(2, &[5], 0.5, 1.5));
+    set(l.beta(), &rand(3, &[5], -0.3, 0.3));
+    set(l.running_mean(), &rand(4, &[5], -0.2, 0.2));
+    set(l.running_var(), &rand(5, &[5], 0.5, 2.0));
+    let w = l.weight().detach().copy().set_requires_grad(true);
+    let gamma = l.gamma().detach().copy().set_requires_grad(true);
+    let beta = l.beta().detach().copy().set_requires_grad(true);
+    let (rm, rv) = (l.running_mean().copy(), l.running_var().copy());
+    let x = rand(6, &[4, 3, 6, 6], -2.0, 2.0);
+    let x1 = x.copy().set_requires_grad(true);
+    let x2 = x.copy().set_requires_grad(true);
+    let y = l.forward_t(&x1, true).unwrap();
+
+    let s = &gamma / (&rv + 1e-5).sqrt();
+    let w_scaled = &w * s.view([-1, 1, 1, 1]);
+    let max_abs = vecf(&w_scaled.abs().amax([1i64, 2, 3].as_slice(), false));
+    let p =
+        PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0).unwrap();
+    let wq = fake_quant_per_channel(&w_scaled, &p, qat_autograd::Ste::Clipped).unwrap();
+    let conv = x2.conv2d(&wq, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1) / s.view([1, -1, 1, 1]);
+    let (mut rm2, mut rv2) = (rm.copy(), rv.copy());
+    let want = conv.batch_norm(
+        Some(&gamma),
+        Some(&beta),
+        Some(&mut rm2),
+        Some(&mut rv2),
+        true,
+        0.1,
+        1e-5,
+        false,
+    );
+    assert!(rel_diff(&y, &want) < 1e-5, "value {}", rel_diff(&y, &want));
+    assert!(rel_diff(l.running_mean(), &rm2) < 1e-6, "moving mean");
+    assert!(rel_diff(l.running_var(), &rv2) < 1e-6, "moving variance");
+    let r = rand(7, &y.size(), -1.0, 1.0);
+    (&y * &r).sum(Kind::Float).backward();
+    (&want * &r).sum(Kind::Float).backward();
+    for (name, got, want) in [
+        ("weight", l.weight().grad(), w.grad()),
+        ("gamma", l.gamma().grad(), gamma.grad()),
+        ("beta", l.beta().grad(), beta.grad()),
+        ("input", x1.grad(), x2.grad()),
+    ] {
+        let d = rel_diff(&got, &want);
+        assert!(d < 1e-4, "gradient of {name} differs by {d}");
+    }
+}

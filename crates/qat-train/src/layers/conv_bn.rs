@@ -27,7 +27,7 @@ pub enum BnFoldMode {
     #[default]
     Whitepaper,
     /// PyTorch `conv_fused.py` (`_forward_approximate`): `s = γ/σ` (moving σ),
-    /// `y = BN(conv(x, FQ(W·s)) / s)` with the real BN (batch statistics and moving-average updates
+    /// `y = BN(conv(x, FQ(W·s)) / s)` (computed as `conv(x, FQ(W·s)/s)`) with the real BN (batch statistics and moving-average updates
     /// in training; after `freeze_bn` moving statistics, no updates). One conv per step instead of two.
     PyTorch,
 }
@@ -108,10 +108,6 @@ pub struct QatConvBn2d {
     oq: OutputQuantizer,
     state: QuantState,
     input_scale: Option<f32>,
-}
-
-fn per_channel(t: &Tensor) -> Tensor {
-    t.view([1, -1, 1, 1])
 }
 
 fn per_out_channel(t: &Tensor) -> Tensor {
@@ -322,27 +318,14 @@ impl QatConvBn2d {
         let sigma_b = (&var_b + self.cfg.eps)
             .f_sqrt()
             .map_err(torch("batch std"))?;
-        // conv(x, FQ(γW/σ)) / c + (β − γμ_B/σ_B) with c = σ_B/σ: one per-channel affine map
-        // y·a + b, computed by libtorch's eval-mode batch_norm with mean 0, variance 1 and ε = 0
-        // (1/√(1 + 0) = 1 exactly), whose fused kernel and backward (∂y, ∂a = Σ ∂out·y, ∂b = Σ ∂out)
-        // replace a broadcast multiply, a broadcast add and their backward reductions.
+        // conv(x, FQ(γW/σ)) / c + (β − γμ_B/σ_B) with c = σ_B/σ, computed as one conv with the
+        // per-channel factor 1/c = σ/σ_B on the quantized weights and the bias in the conv: a
+        // conv is linear in each output channel's weights, so conv(x, W_q·a) = conv(x, W_q)·a up to
+        // float rounding, and the step saves the separate affine pass and its backward.
         let a = &sigma / &sigma_b;
         let bias = &self.beta - &self.gamma * &mean_b / &sigma_b;
-        let (zeros, ones) = (a.zeros_like(), a.ones_like());
-        self.cfg
-            .conv
-            .conv(x, &w, None::<&Tensor>, &n)?
-            .f_batch_norm(
-                Some(&a),
-                Some(&bias),
-                Some(&zeros),
-                Some(&ones),
-                false,
-                0.0,
-                0.0,
-                false,
-            )
-            .map_err(torch("folded affine"))
+        let w_corrected = &w * per_out_channel(&a);
+        self.cfg.conv.conv(x, &w_corrected, Some(&bias), &n)
     }
 
     /// Moving statistics (BN frozen, or eval), both fold modes: exactly the folded inference layer
@@ -370,7 +353,11 @@ impl QatConvBn2d {
         let scale = &self.gamma / &sigma;
         let w_scaled = &self.weight * per_out_channel(&scale);
         let w = self.wq.forward(&w_scaled, &self.state, &n)?;
-        let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)? / per_channel(&scale);
+        // conv(x, FQ(W·s)) / s as one conv with the division on the quantized weights (a conv is
+        // linear in each output channel's weights; equal up to float rounding): no activation-sized
+        // division and no reduction for its gradient w.r.t. s.
+        let w = &w / per_out_channel(&scale);
+        let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)?;
         if use_batch && batch_count(&y) < 2 {
             return Err(LayerError::Shape {
                 layer: n.clone(),
