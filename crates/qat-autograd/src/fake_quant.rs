@@ -192,12 +192,13 @@ pub fn fake_quant_per_tensor(
 /// `lo = 0, hi = 6` for ReLU6.
 ///
 /// The value is bit for bit `FQ(clamp(x))` of qat-core (NaN → 0, as `clamp` keeps NaN). On a
-/// contiguous f32 CPU tensor that requires grad, with the clipped STE, one pass of our own computes
+/// contiguous f32 CPU tensor that requires grad, with the clipped STE (and, with several libtorch
+/// threads, fewer than 2²⁰ elements), one pass of our own computes
 /// the mask `m` and `b = FQ(clamp(x)) − m·x`, and `y = b + x·m` (`addcmul`) attaches the gradient: the
 /// activation's own forward and backward passes and the `x − x` of [`fake_quant_per_tensor`] are gone.
 /// `b + x·m` is exactly `FQ(clamp(x))`: where `m = 0` it adds `±0` to `b`, and where `m = 1` the value
 /// is on the grid and not clipped, so `FQ(x) − x` (at most `S/2` apart, same sign or zero) is exact
-/// and adding `x` back gives `FQ(x)` exactly. Elsewhere (GPU, strided input, no gradient, plain STE) it is
+/// and adding `x` back gives `FQ(x)` exactly. Elsewhere (GPU, strided input, no gradient, plain STE, 2²⁰ elements or more with several threads) it is
 /// libtorch's `relu`/`relu6`/`clamp` followed by [`fake_quant_per_tensor`], with the same values and
 /// gradients. As there, with gradients a non-finite input element gives NaN.
 ///
@@ -257,11 +258,17 @@ fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
     value.f_addcmul(&x.f_sub(&x.f_detach()?)?, &mask)
 }
 
+/// With several libtorch threads, tensors from this many elements on take the composed (parallel)
+/// libtorch path instead of the one-pass serial kernel. Measured on the 2-core build machine,
+/// MobileNet-v1 QAT steps with 2 threads (`bench_train`, paired runs): all serial, α 0.25: 1.24–1.25×
+/// a float step, α 0.5: 1.17–1.47× (erratic: the 1.6 M-element activations); all composed: 1.36–1.41× and
+/// 1.23–1.34×; this threshold (2²⁰, 4 MiB of f32): 1.23–1.27× and 1.22–1.24×. With one thread the
+/// serial kernel always wins.
+const SERIAL_MAX_MULTI_THREAD: usize = 1 << 20;
+
 /// `FQ(clamp(x, a, b))` with its gradient attached as `y = base + x·m` (see
 /// [`clamp_fake_quant_per_tensor`]); `None` unless `x` is a contiguous CPU tensor that requires
-/// grad. Unlike [`fq_parts_cpu`] it also serves several libtorch threads: in a training step the
-/// serial pass still beats the composed libtorch ops it replaces (MobileNet QAT step with 2 threads:
-/// 1.41–1.44× a float step with it, 1.65–1.88× with the composed ops; `docs/benchmarks.md`).
+/// grad, and, with several libtorch threads, has fewer than [`SERIAL_MAX_MULTI_THREAD`] elements.
 fn fq_ste_cpu(
     x: &Tensor,
     p: &QuantParams,
@@ -269,6 +276,9 @@ fn fq_ste_cpu(
     b: f32,
 ) -> Option<Result<Tensor, tch::TchError>> {
     if x.device() != tch::Device::Cpu || !x.is_contiguous() || !x.requires_grad() {
+        return None;
+    }
+    if tch::get_num_threads() > 1 && x.numel() >= SERIAL_MAX_MULTI_THREAD {
         return None;
     }
     let inv = 1.0f32 / p.scale();

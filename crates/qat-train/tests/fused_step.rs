@@ -270,12 +270,12 @@ fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
         PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0).unwrap();
     let wq = fake_quant_per_channel(&w_scaled, &p, qat_autograd::Ste::Clipped).unwrap();
     let conv = x2.conv2d(&wq, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1) / s.view([1, -1, 1, 1]);
-    let (mut rm2, mut rv2) = (rm.copy(), rv.copy());
+    let (rm2, rv2) = (rm.copy(), rv.copy());
     let want = conv.batch_norm(
         Some(&gamma),
         Some(&beta),
-        Some(&mut rm2),
-        Some(&mut rv2),
+        Some(&rm2),
+        Some(&rv2),
         true,
         0.1,
         1e-5,
