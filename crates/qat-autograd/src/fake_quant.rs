@@ -281,11 +281,7 @@ fn fq_ste_cpu(
     if tch::get_num_threads() > 1 && x.numel() >= SERIAL_MAX_MULTI_THREAD {
         return None;
     }
-    let inv = 1.0f32 / p.scale();
-    let scale = p.scale();
-    let z = p.zero_point();
-    let lo = (p.qmin() - z) as f32;
-    let hi = (p.qmax() - z) as f32;
+    let [inv, scale, lo, hi] = kernel_consts(p);
     let parts = tch::no_grad(|| -> Result<(Tensor, Tensor), tch::TchError> {
         let xd = x.f_detach()?;
         let n = xd.numel();
@@ -303,6 +299,17 @@ fn fq_ste_cpu(
         Ok((base, mask))
     });
     Some(parts.and_then(|(base, mask)| base.f_addcmul(x, &mask)))
+}
+
+/// The constants of the one-pass kernels: `[1/S (rounded to f32 once, as qat-core), S, qmin − Z, qmax − Z]`.
+fn kernel_consts(p: &QuantParams) -> [f32; 4] {
+    let z = p.zero_point();
+    [
+        1.0f32 / p.scale(),
+        p.scale(),
+        (p.qmin() - z) as f32,
+        (p.qmax() - z) as f32,
+    ]
 }
 
 /// The loop of [`fq_ste_cpu`], `k = [1/S, S, qmin − Z, qmax − Z, a, b]`: with `v = clamp(xs[i], a, b)`
@@ -420,11 +427,7 @@ fn fq_parts_cpu(
     if x.device() != tch::Device::Cpu || !x.is_contiguous() || tch::get_num_threads() != 1 {
         return None;
     }
-    let inv = 1.0f32 / p.scale();
-    let scale = p.scale();
-    let z = p.zero_point();
-    let lo = (p.qmin() - z) as f32;
-    let hi = (p.qmax() - z) as f32;
+    let [inv, scale, lo, hi] = kernel_consts(p);
     Some(tch::no_grad(|| {
         let xd = x.f_detach()?;
         let n = xd.numel();

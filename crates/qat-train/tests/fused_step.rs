@@ -120,12 +120,16 @@ fn fused_activation_and_fake_quant_equal_the_composition() {
 /// A whitepaper conv+BN layer (3→5 channels, 3×3, output fake quant off so that the output is the
 /// fold itself) with non-trivial γ, β and moving statistics.
 fn layer(vs: &VarStore, stats_grad: bool) -> QatConvBn2d {
+    layer_with(vs, BnFoldMode::Whitepaper, stats_grad)
+}
+
+/// The same for any fold.
+fn layer_with(vs: &VarStore, fold: BnFoldMode, stats_grad: bool) -> QatConvBn2d {
     let quant = QuantConfig {
         quantize_output: false,
         ..QuantConfig::default()
     };
-    let mut cfg = ConvBnConfig::new(Conv2dConfig::new(3, 5, 3).padding(1).quant(quant))
-        .fold(BnFoldMode::Whitepaper);
+    let mut cfg = ConvBnConfig::new(Conv2dConfig::new(3, 5, 3).padding(1).quant(quant)).fold(fold);
     cfg.stats_grad = stats_grad;
     let l = QatConvBn2d::new(&(vs.root() / "cb"), cfg).unwrap();
     set(l.weight(), &rand(1, &[5, 3, 3, 3], -0.5, 0.5));
@@ -134,6 +138,30 @@ fn layer(vs: &VarStore, stats_grad: bool) -> QatConvBn2d {
     set(l.running_mean(), &rand(4, &[5], -0.2, 0.2));
     set(l.running_var(), &rand(5, &[5], 0.5, 2.0));
     l
+}
+
+/// Backpropagates the same random weighting of the layer's output `y` and of the reference `want`, then
+/// compares the gradients of the layer's weight, γ, β (reference leaves `refs`) and of the two inputs.
+fn assert_same_gradients(
+    what: &str,
+    y: &Tensor,
+    want: &Tensor,
+    l: &QatConvBn2d,
+    refs: [&Tensor; 3],
+    inputs: [&Tensor; 2],
+) {
+    let r = rand(7, &y.size(), -1.0, 1.0);
+    (y * &r).sum(Kind::Float).backward();
+    (want * &r).sum(Kind::Float).backward();
+    for (name, got, want) in [
+        ("weight", l.weight().grad(), refs[0].grad()),
+        ("gamma", l.gamma().grad(), refs[1].grad()),
+        ("beta", l.beta().grad(), refs[2].grad()),
+        ("input", inputs[0].grad(), inputs[1].grad()),
+    ] {
+        let d = rel_diff(&got, &want);
+        assert!(d < 1e-4, "{what}: gradient of {name} differs by {d}");
+    }
 }
 
 #[test]
@@ -197,18 +225,7 @@ fn whitepaper_fold_value_gradient_and_moving_averages_match_the_formula() {
                 "{what}: moving variance"
             );
 
-            let r = rand(7, &y.size(), -1.0, 1.0);
-            (&y * &r).sum(Kind::Float).backward();
-            (&want * &r).sum(Kind::Float).backward();
-            for (name, got, want) in [
-                ("weight", l.weight().grad(), w.grad()),
-                ("gamma", l.gamma().grad(), gamma.grad()),
-                ("beta", l.beta().grad(), beta.grad()),
-                ("input", x1.grad(), x2.grad()),
-            ] {
-                let d = rel_diff(&got, &want);
-                assert!(d < 1e-4, "{what}: gradient of {name} differs by {d}");
-            }
+            assert_same_gradients(&what, &y, &want, &l, [&w, &gamma, &beta], [&x1, &x2]);
         }
     }
     tch::set_num_threads(before);
@@ -242,18 +259,7 @@ fn whitepaper_stats_gradient_modes_differ() {
 fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
     let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let vs = VarStore::new(Device::Cpu);
-    let quant = QuantConfig {
-        quantize_output: false,
-        ..QuantConfig::default()
-    };
-    let cfg = ConvBnConfig::new(Conv2dConfig::new(3, 5, 3).padding(1).quant(quant))
-        .fold(BnFoldMode::PyTorch);
-    let mut l = QatConvBn2d::new(&(vs.root() / "cb"), cfg).unwrap();
-    set(l.weight(), &rand(1, &[5, 3, 3, 3], -0.5, 0.5));
-    set(l.gamma(), &rand(2, &[5], 0.5, 1.5));
-    set(l.beta(), &rand(3, &[5], -0.3, 0.3));
-    set(l.running_mean(), &rand(4, &[5], -0.2, 0.2));
-    set(l.running_var(), &rand(5, &[5], 0.5, 2.0));
+    let mut l = layer_with(&vs, BnFoldMode::PyTorch, false);
     let w = l.weight().detach().copy().set_requires_grad(true);
     let gamma = l.gamma().detach().copy().set_requires_grad(true);
     let beta = l.beta().detach().copy().set_requires_grad(true);
@@ -284,16 +290,12 @@ fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
     assert!(rel_diff(&y, &want) < 1e-5, "value {}", rel_diff(&y, &want));
     assert!(rel_diff(l.running_mean(), &rm2) < 1e-6, "moving mean");
     assert!(rel_diff(l.running_var(), &rv2) < 1e-6, "moving variance");
-    let r = rand(7, &y.size(), -1.0, 1.0);
-    (&y * &r).sum(Kind::Float).backward();
-    (&want * &r).sum(Kind::Float).backward();
-    for (name, got, want) in [
-        ("weight", l.weight().grad(), w.grad()),
-        ("gamma", l.gamma().grad(), gamma.grad()),
-        ("beta", l.beta().grad(), beta.grad()),
-        ("input", x1.grad(), x2.grad()),
-    ] {
-        let d = rel_diff(&got, &want);
-        assert!(d < 1e-4, "gradient of {name} differs by {d}");
-    }
+    assert_same_gradients(
+        "PyTorch fold",
+        &y,
+        &want,
+        &l,
+        [&w, &gamma, &beta],
+        [&x1, &x2],
+    );
 }
