@@ -301,6 +301,22 @@ fn fq_ste_cpu(
     Some(parts.and_then(|(base, mask)| base.f_addcmul(x, &mask)))
 }
 
+/// The code of one value in the one-pass kernels: `t = v·(1/S)` clamped to `[lo − 1, hi + 1]` (which
+/// changes neither the clamped code nor the mask), rounded half to even by `(t + 1.5·2²³) − 1.5·2²³`
+/// (exact for `|t| < 2²²`; it also turns `−0` into `+0`): returns the rounded `r`, the clamped
+/// `c = clamp(r, lo, hi)` and whether `t` is NaN. Plain selects so that the callers' loops vectorize.
+#[inline(always)]
+fn code_of(v: f32, inv: f32, lo: f32, hi: f32) -> (f32, f32, bool) {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
+    let t = v * inv;
+    let u = if t > hi + 1.0 { hi + 1.0 } else { t };
+    let u = if u < lo - 1.0 { lo - 1.0 } else { u };
+    let r = (u + MAGIC) - MAGIC;
+    let c = if r > hi { hi } else { r };
+    let c = if c < lo { lo } else { c };
+    (r, c, t.is_nan())
+}
+
 /// The constants of the one-pass kernels: `[1/S (rounded to f32 once, as qat-core), S, qmin − Z, qmax − Z]`.
 fn kernel_consts(p: &QuantParams) -> [f32; 4] {
     let z = p.zero_point();
@@ -317,22 +333,15 @@ fn kernel_consts(p: &QuantParams) -> [f32; 4] {
 /// `bs[i] = FQ(v) − ms[i]·x` (computed as a select, so that a non-finite `x` never enters `bs`).
 #[inline(never)]
 fn fq_ste_kernel(xs: &[f32], bs: &mut [f32], ms: &mut [f32], k: [f32; 6]) {
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
     let [inv, scale, lo, hi, a, b] = k;
     let n = xs.len().min(bs.len()).min(ms.len());
     let (xs, bs, ms) = (&xs[..n], &mut bs[..n], &mut ms[..n]);
-    let (lo1, hi1) = (lo - 1.0, hi + 1.0);
     for i in 0..n {
         let x = xs[i];
         let v = if x < a { a } else { x };
         let v = if v > b { b } else { v };
-        let t = v * inv;
-        let u = if t > hi1 { hi1 } else { t };
-        let u = if u < lo1 { lo1 } else { u };
-        let r = (u + MAGIC) - MAGIC;
-        let c = if r > hi { hi } else { r };
-        let c = if c < lo { lo } else { c };
-        let fq = if t.is_nan() { 0.0 } else { c * scale };
+        let (r, c, nan) = code_of(v, inv, lo, hi);
+        let fq = if nan { 0.0 } else { c * scale };
         // Branch-free (non-short-circuit `&`, bit masks) so that the loop vectorizes: the mask is
         // data-dependent and a branch on it mispredicts.
         let keep = (((x > a) & (x < b) & (c == r)) as u32).wrapping_neg();
@@ -469,19 +478,9 @@ fn fq_kernel(
     lo: f32,
     hi: f32,
 ) {
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
     let n = xs.len().min(os.len());
     let (xs, os) = (&xs[..n], &mut os[..n]);
-    let (lo1, hi1) = (lo - 1.0, hi + 1.0);
-    let code = |v: f32| -> (f32, f32, bool) {
-        let t = v * inv;
-        let u = if t > hi1 { hi1 } else { t };
-        let u = if u < lo1 { lo1 } else { u };
-        let r = (u + MAGIC) - MAGIC;
-        let c = if r > hi { hi } else { r };
-        let c = if c < lo { lo } else { c };
-        (r, c, t.is_nan())
-    };
+    let code = |v: f32| code_of(v, inv, lo, hi);
     match ms {
         Some(ms) => {
             let ms = &mut ms[..n];

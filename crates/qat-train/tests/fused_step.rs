@@ -140,6 +140,32 @@ fn layer_with(vs: &VarStore, fold: BnFoldMode, stats_grad: bool) -> QatConvBn2d 
     l
 }
 
+/// Reference leaves for a layer test: copies of the layer's weight, γ, β (with gradients) and moving
+/// statistics, and the input twice (`x1` for the layer, `x2` for the reference formula).
+struct Refs {
+    w: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    rm: Tensor,
+    rv: Tensor,
+    x1: Tensor,
+    x2: Tensor,
+}
+
+fn refs(l: &QatConvBn2d) -> Refs {
+    let leaf = |t: &Tensor| t.detach().copy().set_requires_grad(true);
+    let x = rand(6, &[4, 3, 6, 6], -2.0, 2.0);
+    Refs {
+        w: leaf(l.weight()),
+        gamma: leaf(l.gamma()),
+        beta: leaf(l.beta()),
+        rm: l.running_mean().copy(),
+        rv: l.running_var().copy(),
+        x1: leaf(&x),
+        x2: leaf(&x),
+    }
+}
+
 /// Backpropagates the same random weighting of the layer's output `y` and of the reference `want`, then
 /// compares the gradients of the layer's weight, γ, β (reference leaves `refs`) and of the two inputs.
 fn assert_same_gradients(
@@ -174,14 +200,15 @@ fn whitepaper_fold_value_gradient_and_moving_averages_match_the_formula() {
             let what = format!("{threads} thread(s), stats_grad {stats_grad}");
             let vs = VarStore::new(Device::Cpu);
             let mut l = layer(&vs, stats_grad);
-            // Reference parameters: copies of the layer's.
-            let w = l.weight().detach().copy().set_requires_grad(true);
-            let gamma = l.gamma().detach().copy().set_requires_grad(true);
-            let beta = l.beta().detach().copy().set_requires_grad(true);
-            let (rm, rv) = (l.running_mean().copy(), l.running_var().copy());
-            let x = rand(6, &[4, 3, 6, 6], -2.0, 2.0);
-            let x1 = x.copy().set_requires_grad(true);
-            let x2 = x.copy().set_requires_grad(true);
+            let Refs {
+                w,
+                gamma,
+                beta,
+                rm,
+                rv,
+                x1,
+                x2,
+            } = refs(&l);
 
             let y = l.forward_t(&x1, true).unwrap();
 
@@ -260,13 +287,15 @@ fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
     let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let vs = VarStore::new(Device::Cpu);
     let mut l = layer_with(&vs, BnFoldMode::PyTorch, false);
-    let w = l.weight().detach().copy().set_requires_grad(true);
-    let gamma = l.gamma().detach().copy().set_requires_grad(true);
-    let beta = l.beta().detach().copy().set_requires_grad(true);
-    let (rm, rv) = (l.running_mean().copy(), l.running_var().copy());
-    let x = rand(6, &[4, 3, 6, 6], -2.0, 2.0);
-    let x1 = x.copy().set_requires_grad(true);
-    let x2 = x.copy().set_requires_grad(true);
+    let Refs {
+        w,
+        gamma,
+        beta,
+        rm,
+        rv,
+        x1,
+        x2,
+    } = refs(&l);
     let y = l.forward_t(&x1, true).unwrap();
 
     let s = &gamma / (&rv + 1e-5).sqrt();
