@@ -2,7 +2,7 @@
 //! `contrib/quantize/python/fold_batch_norms.py`), and PyTorch's variant (`conv_fused.py`).
 
 use serde::{Deserialize, Serialize};
-use tch::{Tensor, nn};
+use tch::{Kind, Tensor, nn};
 
 use super::export::{ExportTensor, vec_of};
 use super::quantizer::apply_state;
@@ -232,12 +232,40 @@ impl QatConvBn2d {
             .map_err(LayerError::torch(&self.name, "moving std"))
     }
 
-    /// `(γ·W/σ, β − γ·μ/σ)` with moving statistics: the inference fold.
+    /// The per-channel fold factor `k = γ/√(var + ε)` with moving statistics, in f64 exactly as
+    /// qat-export's BN fold computes it (ε rounded to f32 first, as the export IR stores it), so that
+    /// the folded weights QAT quantizes are bit for bit those export quantizes. An f32 fold differs by
+    /// an ulp here and there, and a weight on a rounding boundary of the grid then takes the next
+    /// code: at 4 bits that moved a whole layer's outputs by up to 2 codes in one trained model
+    /// (`fidelity::compare_with_simulation`, block2.dw onwards; argmax agreement 99.10%).
+    fn fold_factor(&self) -> Result<Tensor, LayerError> {
+        let eps = f64::from(self.cfg.eps as f32);
+        self.running_var
+            .f_to_kind(Kind::Double)
+            .and_then(|v| (v + eps).f_sqrt())
+            .and_then(|sigma| self.gamma.f_to_kind(Kind::Double)?.f_div(&sigma))
+            .map_err(LayerError::torch(&self.name, "BN fold factor"))
+    }
+
+    /// `W·k` per output channel, computed in f64 and rounded to f32 once (qat-export's fold).
+    fn fold_weight(&self, k: &Tensor) -> Result<Tensor, LayerError> {
+        self.weight
+            .f_to_kind(Kind::Double)
+            .and_then(|w| w.f_mul(&per_out_channel(k)))
+            .and_then(|w| w.f_to_kind(Kind::Float))
+            .map_err(LayerError::torch(&self.name, "BN fold"))
+    }
+
+    /// `(γ·W/σ, β − γ·μ/σ)` with moving statistics: the inference fold, bit for bit qat-export's.
     fn folded_moving(&self) -> Result<(Tensor, Tensor), LayerError> {
-        let sigma = self.moving_std()?;
-        let scale = &self.gamma / &sigma;
-        let w = &self.weight * per_out_channel(&scale);
-        let b = &self.beta - &scale * &self.running_mean;
+        let k = self.fold_factor()?;
+        let w = self.fold_weight(&k)?;
+        let b = self
+            .beta
+            .f_to_kind(Kind::Double)
+            .and_then(|b| b.f_sub(&(&k * self.running_mean.f_to_kind(Kind::Double)?)))
+            .and_then(|b| b.f_to_kind(Kind::Float))
+            .map_err(LayerError::torch(&self.name, "BN fold bias"))?;
         Ok((w, b))
     }
 
@@ -277,7 +305,7 @@ impl QatConvBn2d {
             });
         }
         let sigma = self.moving_std()?;
-        let w_fold = &self.weight * per_out_channel(&(&self.gamma / &sigma));
+        let w_fold = self.fold_weight(&self.fold_factor()?)?;
         let w = self.wq.forward(&w_fold, &self.state, &n)?;
         if !fq_on {
             // Without weight quantization the fold is exactly batch-stat BN:
@@ -349,9 +377,11 @@ impl QatConvBn2d {
             return self.forward_folded(x);
         }
         let n = self.name.clone();
-        let sigma = self.moving_std()?;
-        let scale = &self.gamma / &sigma;
-        let w_scaled = &self.weight * per_out_channel(&scale);
+        let k = self.fold_factor()?;
+        let scale = k
+            .f_to_kind(Kind::Float)
+            .map_err(LayerError::torch(&n, "BN scale"))?;
+        let w_scaled = self.fold_weight(&k)?;
         let w = self.wq.forward(&w_scaled, &self.state, &n)?;
         // conv(x, FQ(W·s)) / s as one conv with the division on the quantized weights (a conv is
         // linear in each output channel's weights; equal up to float rounding): no activation-sized

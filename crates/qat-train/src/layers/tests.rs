@@ -150,8 +150,31 @@ fn frozen_conv_bn_is_the_folded_conv_with_moving_statistics() {
         );
         assert_eq!(vecf(l.running_var()), vecf(&rv));
         if let LayerExport::Conv(e) = l.export().unwrap() {
-            assert_eq!(e.folded_weight.data, vecf(&w));
-            assert_eq!(e.folded_bias, vecf(&b));
+            // The layer's fold is qat-export's, bit for bit (f64, ε rounded to f32 as the IR stores it).
+            let shape: [usize; 4] = e.weight.shape.clone().try_into().unwrap();
+            let bn_ex = e.bn.clone().unwrap();
+            let (w_ohwi, ohwi) = qat_export::ir::ohwi_from_oihw(&e.weight.data, shape);
+            let conv = qat_export::ir::Conv2d::new(w_ohwi, ohwi).with_batch_norm(
+                qat_export::ir::BatchNorm {
+                    gamma: bn_ex.gamma.clone(),
+                    beta: bn_ex.beta.clone(),
+                    mean: bn_ex.mean.clone(),
+                    var: bn_ex.var.clone(),
+                    eps: bn_ex.eps as f32,
+                },
+            );
+            let folded = qat_export::passes::bn_fold::fold_batch_norm(&conv);
+            let (want_w, _) = qat_export::ir::ohwi_from_oihw(&e.folded_weight.data, shape);
+            assert_eq!(folded.weight, want_w, "{fold:?}: folded weights");
+            assert_eq!(folded.bias.as_deref(), Some(e.folded_bias.as_slice()));
+            // … and the f32 formula up to rounding.
+            assert!(
+                max_diff(
+                    &Tensor::from_slice(&e.folded_weight.data),
+                    &w.flatten(0, -1)
+                ) < 1e-6
+            );
+            assert!(max_diff(&Tensor::from_slice(&e.folded_bias), &b) < 1e-6);
             let bn = e.bn.unwrap();
             assert!(bn.frozen && bn.eps == 1e-5 && bn.fold_mode == fold);
             assert_eq!(bn.var, vecf(&rv));
