@@ -27,8 +27,9 @@ pub enum BnFoldMode {
     #[default]
     Whitepaper,
     /// PyTorch `conv_fused.py` (`_forward_approximate`): `s = γ/σ` (moving σ),
-    /// `y = BN(conv(x, FQ(W·s)) / s)` (computed as `conv(x, FQ(W·s)/s)`) with the real BN (batch statistics and moving-average updates
-    /// in training; after `freeze_bn` moving statistics, no updates). One conv per step instead of two.
+    /// `y = BN(conv(x, FQ(W·s)) / s)` (computed as `BN(conv(x, FQ(W·s)/s))`) with the real BN
+    /// (batch statistics and moving-average updates in training; after `freeze_bn` moving
+    /// statistics, no updates). One conv per step instead of two.
     PyTorch,
 }
 
@@ -236,8 +237,8 @@ impl QatConvBn2d {
     /// qat-export's BN fold computes it (ε rounded to f32 first, as the export IR stores it), so that
     /// the folded weights QAT quantizes are bit for bit those export quantizes. An f32 fold differs by
     /// an ulp here and there, and a weight on a rounding boundary of the grid then takes the next
-    /// code: at 4 bits that moved a whole layer's outputs by up to 2 codes in one trained model
-    /// (`fidelity::compare_with_simulation`, block2.dw onwards; argmax agreement 99.10%).
+    /// code: in one trained W4A4 MobileNet that moved every layer from block2.dw on, up to 6 codes
+    /// apart at the last block (`fidelity::compare_with_simulation`; argmax agreement 99.10%).
     fn fold_factor(&self) -> Result<Tensor, LayerError> {
         let eps = f64::from(self.cfg.eps as f32);
         self.running_var
@@ -325,24 +326,14 @@ impl QatConvBn2d {
                 )
                 .map_err(torch("batch_norm"));
         }
-        let (mean_b, var_b) = if self.cfg.stats_grad {
-            let (var_b, mean_b) =
-                batch_stats(&y_float, count).map_err(torch("batch statistics"))?;
-            self.update_running(&mean_b, &var_b, count);
-            (mean_b, var_b)
-        } else {
-            // Constants of the backward pass. σ above was read before the moving averages move.
-            let (mean_b, var_b) = match channel_stats_cpu(&y_float) {
-                Some(stats) => stats,
-                None => tch::no_grad(|| {
-                    let (v, m) = batch_stats(&y_float, count)?;
-                    Ok((m, v))
-                }),
-            }
-            .map_err(torch("batch statistics"))?;
-            self.update_running(&mean_b, &var_b, count);
-            (mean_b, var_b)
-        };
+        // With `stats_grad` differentiable, else constants of the backward pass (one f64 pass of our
+        // own on the CPU). σ above was read before the moving averages move.
+        let (mean_b, var_b) = match channel_stats_cpu(&y_float).filter(|_| !self.cfg.stats_grad) {
+            Some(stats) => stats,
+            None => batch_stats(&y_float, count).map(|(v, m)| (m, v)),
+        }
+        .map_err(torch("batch statistics"))?;
+        self.update_running(&mean_b, &var_b, count);
         let sigma_b = (&var_b + self.cfg.eps)
             .f_sqrt()
             .map_err(torch("batch std"))?;
