@@ -548,7 +548,7 @@ macro_rules! range_buffer_methods {
 impl MinMaxObserver {
     /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
     /// range of `x` clamped; see [`ActObserver::observe_clamped`]), else `x`.
-    pub fn observe_clamped(
+    pub(crate) fn observe_clamped(
         &mut self,
         x: &Tensor,
         clamp: Option<(f32, f32)>,
@@ -666,7 +666,7 @@ impl EmaMinMaxObserver {
 impl EmaMinMaxObserver {
     /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
     /// range of `x` clamped; see [`ActObserver::observe_clamped`]), else `x`.
-    pub fn observe_clamped(
+    pub(crate) fn observe_clamped(
         &mut self,
         x: &Tensor,
         clamp: Option<(f32, f32)>,
@@ -986,6 +986,16 @@ impl ActObserver {
     /// EMA and min/max observers clamp the batch range of `x` (`min clamp(x) = clamp(min x)`), so
     /// the clamped tensor is never built; the histogram observer, which needs every value, observes
     /// `x.clamp(lo, hi)`. Same state afterwards as `observe(&x.clamp(lo, hi))`.
+    ///
+    /// ```
+    /// use qat_train::observer::{ActObserver, ActObserverConfig, Observer};
+    /// use tch::{Tensor, nn::VarStore};
+    /// let vs = VarStore::new(tch::Device::Cpu);
+    /// let mut o = ActObserver::new(&(vs.root() / "a"), ActObserverConfig::MinMax, 8)?;
+    /// o.observe_clamped(&Tensor::from_slice(&[-3.0f32, 2.0, 9.0]), Some((0.0, 6.0)))?; // ReLU6
+    /// assert_eq!(o.range()?, (0.0, 6.0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn observe_clamped(
         &mut self,
         x: &Tensor,

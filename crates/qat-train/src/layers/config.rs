@@ -115,6 +115,12 @@ pub enum Activation {
 
 impl Activation {
     /// The activation as a clamp `[lo, hi]` (`None` for the identity): ReLU `[0, ∞]`, ReLU6 `[0, 6]`.
+    ///
+    /// ```
+    /// use qat_train::layers::Activation;
+    /// assert_eq!(Activation::Relu6.clamp_range(), Some((0.0, 6.0)));
+    /// assert_eq!(Activation::None.clamp_range(), None);
+    /// ```
     pub fn clamp_range(self) -> Option<(f32, f32)> {
         match self {
             Self::None => None,

@@ -405,6 +405,23 @@ impl OutputQuantizer {
     /// one pass, instead of `act` forward and backward and the fake quant's own passes. Same values,
     /// gradients and observer state as `apply(&act(z))` (tested). Otherwise (fake quant off, PACT,
     /// fake quant disabled) it is exactly `apply(&act(z))`.
+    ///
+    /// ```
+    /// use qat_train::layers::{Activation, OutputQuantizer, QuantConfig, QuantState};
+    /// use tch::{Tensor, nn::VarStore};
+    /// let vs = VarStore::new(tch::Device::Cpu);
+    /// let mut q = OutputQuantizer::new(&(vs.root() / "out_q"), &QuantConfig::default())?;
+    /// let z = Tensor::from_slice(&[-1.0f32, 0.3, 2.55, 7.0]).set_requires_grad(true);
+    /// let y = q.apply_activated(z.shallow_clone(), Activation::Relu6, true, &QuantState::default())?;
+    /// // Range [0, 6] (ReLU6 of the batch): S = 6/255, Z = 0.
+    /// let s = 6.0f32 / 255.0;
+    /// let want: Vec<f32> = [0.0f32, 0.3, 2.55, 6.0].iter().map(|v| (v / s).round() * s).collect();
+    /// let got = Vec::<f32>::try_from(&y)?;
+    /// assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    /// y.sum(None).backward();
+    /// assert_eq!(Vec::<f32>::try_from(z.grad())?, vec![0.0, 1.0, 1.0, 0.0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn apply_activated(
         &mut self,
         z: Tensor,
