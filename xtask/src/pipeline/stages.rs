@@ -49,6 +49,9 @@ struct QatRun {
     stats_grad: bool,
     epochs: usize,
     lr: f64,
+    /// Compare the trained model with the export's simulation node by node (the report's two main
+    /// exports; the ablation points skip it).
+    compare_nodes: bool,
 }
 
 /// A trained QAT model and what was measured on it.
@@ -308,6 +311,7 @@ impl Pipeline {
             stats_grad,
             epochs,
             lr,
+            compare_nodes,
         } = run;
         let q = &self.cfg.qat;
         let spec = self.spec(
@@ -350,9 +354,13 @@ impl Pipeline {
         let agreement = agreement(&fq_pred, &int8_pred);
         // Node by node on the first 256 test images: the trained (libtorch) model vs the export's
         // simulation, which the int8 runtime matches layer by layer (the fidelity report).
-        let probe = nchw_tensor(&self.test_nhwc, 0, self.test_labels.len().min(256))?;
-        let torch_vs_sim = fidelity::compare_with_simulation(&mut net, &plan, &probe)
-            .with_context(|| format!("{label}: libtorch vs simulation comparison failed"))?;
+        let torch_vs_sim = if compare_nodes {
+            let probe = nchw_tensor(&self.test_nhwc, 0, self.test_labels.len().min(256))?;
+            fidelity::compare_with_simulation(&mut net, &plan, &probe)
+                .with_context(|| format!("{label}: libtorch vs simulation comparison failed"))?
+        } else {
+            Vec::new()
+        };
         eprintln!(
             "[pipeline] {label}: fake quant {}, int8 {}, agreement {}",
             pct(fake_quant_acc),
@@ -551,6 +559,7 @@ impl Pipeline {
                 stats_grad: cfg.qat.bn_stats_grad,
                 epochs: cfg.qat.epochs,
                 lr: cfg.qat.lr,
+                compare_nodes: true,
             },
         )?;
         let qat8_path = self.out.join("model_w8a8.qat8");
@@ -572,6 +581,7 @@ impl Pipeline {
                 stats_grad: cfg.qat.bn_stats_grad,
                 epochs: lb.epochs,
                 lr: lb.lr,
+                compare_nodes: true,
             },
         )?;
         low.model.save(
@@ -849,6 +859,7 @@ impl Pipeline {
                         stats_grad: q.bn_stats_grad,
                         epochs: ab.qat_epochs,
                         lr: q.lr,
+                        compare_nodes: false,
                     },
                 )?;
                 sweep.push(BitPoint {
@@ -886,6 +897,7 @@ impl Pipeline {
                     stats_grad,
                     epochs: ab.qat_epochs,
                     lr: q.lr,
+                    compare_nodes: false,
                 },
             )?;
             rows.push(AblationRow {
@@ -911,6 +923,7 @@ impl Pipeline {
                         stats_grad: q.bn_stats_grad,
                         epochs: ab.qat_epochs,
                         lr: q.lr,
+                        compare_nodes: false,
                     },
                 )?;
                 let variant = format!(
@@ -952,6 +965,7 @@ impl Pipeline {
                     stats_grad: q.bn_stats_grad,
                     epochs: ab.qat_epochs,
                     lr: q.lr,
+                    compare_nodes: false,
                 },
             )?;
             rows.push(AblationRow {
