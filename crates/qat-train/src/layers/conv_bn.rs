@@ -305,7 +305,6 @@ impl QatConvBn2d {
                 got: y_float.size(),
             });
         }
-        let sigma = self.moving_std()?;
         let w_fold = self.fold_weight(&self.fold_factor()?)?;
         let w = self.wq.forward(&w_fold, &self.state, &n)?;
         if !fq_on {
@@ -326,8 +325,9 @@ impl QatConvBn2d {
                 )
                 .map_err(torch("batch_norm"));
         }
-        // With `stats_grad` differentiable, else constants of the backward pass (one f64 pass of our
-        // own on the CPU). σ above was read before the moving averages move.
+        // σ is read before the moving averages move. The batch statistics: with `stats_grad`
+        // differentiable, else constants of the backward pass (one f64 pass of our own on the CPU).
+        let sigma = self.moving_std()?;
         let (mean_b, var_b) = match channel_stats_cpu(&y_float).filter(|_| !self.cfg.stats_grad) {
             Some(stats) => stats,
             None => batch_stats(&y_float, count).map(|(v, m)| (m, v)),

@@ -429,9 +429,8 @@ impl OutputQuantizer {
         train: bool,
         state: &QuantState,
     ) -> Result<Tensor, LayerError> {
-        let clamp = act.clamp_range();
-        let fused = clamp.is_some() && state.fake_quant && self.enabled && self.alpha.is_none();
-        let Some((lo, hi)) = clamp.filter(|_| fused) else {
+        let fused = state.fake_quant && self.enabled && self.alpha.is_none();
+        let Some((lo, hi)) = act.clamp_range().filter(|_| fused) else {
             let y = act
                 .apply(z)
                 .map_err(LayerError::torch(&self.name, "activation"))?;
@@ -439,7 +438,7 @@ impl OutputQuantizer {
         };
         if train || state.calibrate {
             self.observer
-                .observe_clamped(&z, clamp)
+                .observe_clamped(&z, Some((lo, hi)))
                 .map_err(LayerError::observer(&self.name))?;
         }
         let p = self
