@@ -1,7 +1,7 @@
 //! # qat-core — the quantization math of Jacob et al. 2018
 //!
 //! Everything numeric that training, export and the integer runtime must agree on lives here, once
-//! (STYLE.md 6: one place for rounding):
+//! (one place for rounding, see docs/design.md):
 //!
 //! | paper section | module | what |
 //! |---|---|---|

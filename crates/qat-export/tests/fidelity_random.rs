@@ -239,8 +239,8 @@ fn fidelity_figures() {
 }
 
 /// Cross-check of the runtime on export's random graphs: every kernel path this CPU supports
-/// produces the same codes as the reference path for every tensor (STYLE.md 4: requantized uint8
-/// is exact versus the reference).
+/// produces the same codes as the reference path for every tensor (tolerance policy, docs/design.md:
+/// requantized uint8 is exact versus the reference).
 #[test]
 fn every_kernel_path_matches_the_reference_on_exported_graphs() {
     use qat_int8_runtime::{Executor, KernelPath};
