@@ -76,6 +76,10 @@ fn mixed_per_layer_bits_export_and_run_like_the_simulation() {
     let plan = QuantPlan::new(&g, &ExportOptions::default()).unwrap();
     let model = plan.to_int8_model();
     model.validate().unwrap();
+    // the .qat8 file carries every grid (activation [qmin, qmax] in the tensors' params, weight
+    // codes as int8); a reloaded model is the same model
+    let model = qat_int8_runtime::Int8Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+    assert_eq!(model, plan.to_int8_model());
 
     // every layer keeps its own grids: weight codes within ±(2^(b−1) − 1), activations [0, 2^b − 1]
     for (name, wb, ab) in BITS {
