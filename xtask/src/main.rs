@@ -2,7 +2,7 @@
 //!
 //! | command | what |
 //! |---|---|
-//! | `cargo xtask setup` | install libtorch 2.13 once per machine (or use `LIBTORCH`) |
+//! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13 once per machine (or use `LIBTORCH`), and a dataset |
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
@@ -13,6 +13,7 @@
 
 mod bench;
 mod cargo;
+mod data;
 mod setup;
 mod smoke;
 mod test;
@@ -36,6 +37,12 @@ enum Cmd {
         /// Print only the libtorch directory (for `export LIBTORCH=$(cargo xtask setup --print-libtorch)`).
         #[arg(long)]
         print_libtorch: bool,
+        /// Also install a dataset into the per-user cache (`<cache>/datasets/NAME`).
+        #[arg(long, value_enum)]
+        data: Option<data::Dataset>,
+        /// With `--data`: unpack this Debian package file instead of running `apt-get download`.
+        #[arg(long, requires = "data")]
+        deb: Option<std::path::PathBuf>,
     },
     /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline smoke run.
     Test {
@@ -67,16 +74,23 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.cmd {
-        Cmd::Setup { print_libtorch } => setup::ensure_libtorch(print_libtorch).map(|dir| {
-            if print_libtorch {
-                println!("{}", dir.display());
-            } else {
-                eprintln!(
-                    "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}",
-                    dir.display()
-                );
-            }
-        }),
+        Cmd::Setup {
+            print_libtorch,
+            data,
+            deb,
+        } => data
+            .map_or(Ok(()), |d| data::ensure(d, deb).map(drop))
+            .and_then(|()| setup::ensure_libtorch(print_libtorch))
+            .map(|dir| {
+                if print_libtorch {
+                    println!("{}", dir.display());
+                } else {
+                    eprintln!(
+                        "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}",
+                        dir.display()
+                    );
+                }
+            }),
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),

@@ -23,7 +23,8 @@ use anyhow::{Context, Result, bail};
 /// The torch version tch 0.26 is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
 
-fn cache_root() -> Result<PathBuf> {
+/// The per-user cache: `$QAT_CACHE_DIR`, else `$XDG_CACHE_HOME/qat`, else `~/.cache/qat`.
+pub(crate) fn cache_root() -> Result<PathBuf> {
     if let Some(d) = env::var_os("QAT_CACHE_DIR") {
         return Ok(PathBuf::from(d));
     }
@@ -182,10 +183,10 @@ fn install(root: &Path) -> Result<PathBuf> {
 }
 
 /// An exclusive lock file so two checkouts do not install at the same time.
-struct Lock(PathBuf);
+pub(crate) struct Lock(PathBuf);
 
 impl Lock {
-    fn acquire(path: &Path) -> Result<Self> {
+    pub(crate) fn acquire(path: &Path) -> Result<Self> {
         let deadline = Instant::now() + Duration::from_secs(3600);
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {

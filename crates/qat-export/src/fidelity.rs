@@ -166,7 +166,8 @@ impl Acc {
     }
 }
 
-fn sqnr(sig: f64, noise: f64) -> Option<f64> {
+/// `10·log10(sig/noise)` in dB; `None` when there is no noise.
+pub(crate) fn sqnr(sig: f64, noise: f64) -> Option<f64> {
     (noise > 0.0).then(|| 10.0 * (sig.max(f64::MIN_POSITIVE) / noise).log10())
 }
 
