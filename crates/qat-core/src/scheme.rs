@@ -318,21 +318,45 @@ impl QuantParams {
     }
 
     /// `q = clamp(round_half_even(r · (1/S)) + Z, qmin, qmax)`, with `1/S` and the product in f32
-    /// exactly as libtorch computes it. NaN maps to `Z` (real 0).
+    /// exactly as libtorch computes it (the `qat` target's quantize; the deployment targets' own
+    /// roundings are in [`crate::target`]).
+    ///
+    /// Defined on the whole f32 range: `±∞` and values beyond the grid saturate to `qmax`/`qmin`
+    /// (the product is clamped in f32 before it becomes an integer, so no intermediate overflows);
+    /// NaN maps to `Z` (real 0), as qat-autograd's fake quant does. The deployment runtimes differ on
+    /// NaN (onnxruntime's `QuantizeLinear` gives `qmin`, XNNPACK's AVX2 convert `qmax`, TFLite's
+    /// reference kernel leaves it undefined); see [`crate::target::Target::quantize`].
+    ///
+    /// ```
+    /// use qat_core::QuantParams;
+    /// let p = QuantParams::asymmetric(-1.0, 1.0, 8)?;       // Z = 127
+    /// assert_eq!(p.quantize(f32::INFINITY), 255);
+    /// assert_eq!(p.quantize(f32::MAX), 255);
+    /// assert_eq!(p.quantize(f32::NEG_INFINITY), 0);
+    /// assert_eq!(p.quantize(f32::NAN), 127);
+    /// # Ok::<(), qat_core::QuantError>(())
+    /// ```
     pub fn quantize(&self, r: f32) -> i32 {
         let inv = 1.0f32 / self.scale;
-        let x = round_half_even(r * inv);
-        if x.is_nan() {
-            return self.zero_point;
-        }
-        // f32 → i32 `as` saturates; add Z in i64 to avoid overflow near i32::MAX.
-        let q = x as i64 + self.zero_point as i64;
-        q.clamp(self.range.qmin as i64, self.range.qmax as i64) as i32
+        self.saturate_rounded(round_half_even(r * inv))
+            .unwrap_or(self.zero_point)
     }
 
-    /// `r = S·(q − Z)` in f32.
+    /// `clamp(t + Z, qmin, qmax)` for an already rounded `t` (any f32, `±∞` included), or `None`
+    /// for NaN. `t` is clamped to `[qmin − Z, qmax − Z]` in f32 first (those bounds are small
+    /// integers, exact in f32), so the conversion to an integer never overflows.
+    pub(crate) fn saturate_rounded(&self, t: f32) -> Option<i32> {
+        if t.is_nan() {
+            return None;
+        }
+        let lo = (self.range.qmin - self.zero_point) as f32;
+        let hi = (self.range.qmax - self.zero_point) as f32;
+        Some(t.clamp(lo, hi) as i32 + self.zero_point)
+    }
+
+    /// `r = S·(q − Z)` in f32 (`q − Z` exact for every i32 `q`).
     pub fn dequantize(&self, q: i32) -> f32 {
-        self.scale * (q - self.zero_point) as f32
+        self.scale * (q as i64 - self.zero_point as i64) as f32
     }
 
     /// Fake quantization (paper §3): `dequantize(quantize(r))`, the value the integer model will
@@ -482,7 +506,7 @@ impl PerChannelParams {
                 .ok_or(QuantError::ChannelMismatch {
                     params: self.len(),
                     axis: self.axis,
-                    tensor: c + 1,
+                    tensor: c.saturating_add(1),
                 })?;
         QuantParams::new(*s, *z, self.range)
     }
