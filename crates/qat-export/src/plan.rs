@@ -203,6 +203,7 @@ fn layer_quant(
     (p_in, p_out): (&QuantParams, &QuantParams),
     target: Target,
 ) -> Result<LayerQuant, ExportError> {
+    let fully_connected = matches!(node.op, FloatOp::Linear(_));
     let qw = weights::quantize_weights(w, out_channels, wq).map_err(quant_err(node, "weights"))?;
     let float_bias = bias.cloned().unwrap_or_else(|| vec![0.0; out_channels]);
     let (bias, bias_saturated) =
@@ -215,8 +216,14 @@ fn layer_quant(
         );
     }
     let scales: Vec<f32> = qw.params.iter().map(|p| p.scale()).collect();
-    let multipliers = weights::requant_multipliers(target, p_in.scale(), &scales, p_out.scale())
-        .map_err(quant_err(node, "requantization multiplier"))?;
+    let multipliers = weights::requant_multipliers(
+        target,
+        p_in.scale(),
+        &scales,
+        p_out.scale(),
+        fully_connected,
+    )
+    .map_err(quant_err(node, "requantization multiplier"))?;
     Ok(LayerQuant {
         weights: qw,
         float_bias,

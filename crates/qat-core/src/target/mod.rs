@@ -173,6 +173,34 @@ impl Target {
         }
     }
 
+    /// The multiplier of a fully-connected layer with *per-tensor* weights: TFLite's
+    /// `FULLY_CONNECTED` takes it from `GetQuantizedConvolutionMultipler`, whose product
+    /// `S_in·S_w` is an `f32` product, widened afterwards:
+    /// `QuantizeMultiplier((f64)f32(S_in·S_w) / (f64)S_out)`. Every other case is
+    /// [`Self::conv_multiplier`] (per-channel fully connected goes through TFLite's
+    /// `PopulateConvolutionQuantizationParams`, as conv).
+    ///
+    /// ```
+    /// use qat_core::target::Target;
+    /// let (s_in, s_w, s_out) = (0.1f32, 0.3f32, 0.7f32);
+    /// let fc = Target::Tflite.fc_multiplier(s_in, s_w, s_out, false)?;
+    /// assert_eq!(fc, qat_core::fixed_point::QuantizedMultiplier::from_f64((s_in * s_w) as f64 / s_out as f64)?);
+    /// assert_eq!(Target::Tflite.fc_multiplier(s_in, s_w, s_out, true)?, Target::Tflite.conv_multiplier(s_in, s_w, s_out)?);
+    /// # Ok::<(), qat_core::QuantError>(())
+    /// ```
+    pub fn fc_multiplier(
+        self,
+        s_in: f32,
+        s_w: f32,
+        s_out: f32,
+        per_channel: bool,
+    ) -> Result<QuantizedMultiplier, QuantError> {
+        if self == Target::Tflite && !per_channel {
+            return QuantizedMultiplier::from_f64((s_in * s_w) as f64 / s_out as f64);
+        }
+        self.conv_multiplier(s_in, s_w, s_out)
+    }
+
     /// The conv / fully-connected output stage for one int32 accumulator (bias included):
     /// `q = clamp(round(acc·M) + Z_out, lo, hi)` with the target's rounding — the same codes as
     /// [`requantize_with`]`(Single, …)` for `qat` and `(Gemmlowp, …)` for `tflite`

@@ -42,9 +42,8 @@ impl AverageStage {
     /// - `tflite`, `xnnpack`: TFLite's int8 `AVERAGE_POOL_2D` (`reference_integer_ops::AveragePool`;
     ///   XNNPACK does not take quantized average pools, so LiteRT runs TFLite's kernel): in int8
     ///   codes `s = Σ(q − 128)`, `r = s > 0 ? (s + n/2)/n : (s − n/2)/n` (C division truncates:
-    ///   ties away from zero), `q = r + 128`. TFLite ignores a change of parameters here, so
-    ///   input and output must have the same scale and zero point ([`QuantError::Unsupported`]
-    ///   otherwise).
+    ///   ties away from zero), `q = r + 128`. The kernel has no rescale: input and output must
+    ///   share scale and zero point ([`QuantError::Unsupported`] otherwise).
     /// - `ort`, `global` (MLAS `MlasQLinearGlobalAveragePoolNhwc`): `s = f32(S_in/f32(S_out·f32(n)))`,
     ///   `q = round_half_even(f32(Σq − Z_in·n)·s) + Z_out` (`MlasRequantizeOutput`); onnxruntime
     ///   throws for `s < 2^−32`, `s ≥ 256` or `n ≥ 2^24`.
@@ -83,8 +82,8 @@ impl AverageStage {
                         target,
                         what: "average pool",
                         reason: format!(
-                            "TFLite's int8 average pool keeps the input's parameters: input (S {si}, Z {}) \
-                             and output (S {so}, Z {}) must be equal",
+                            "TFLite's int8 average pool has no rescale: input (S {si}, Z {}) \
+                             and output (S {so}, Z {}) must share scale and zero point",
                             input.zero_point(),
                             output.zero_point()
                         ),

@@ -181,17 +181,19 @@ pub fn quantize_bias(bias: &[f32], s_in: f32, w_scales: &[f32]) -> (Vec<i32>, us
 }
 
 /// Requantization multipliers (paper eq. 5–6): `M[c] = S_in·S_w[c]/S_out` as `M0·2^(shift − 31)`,
-/// derived from the `f32` scales exactly as `target`'s runtime derives them
+/// derived from the `f32` scales exactly as `target`'s runtime derives them for a conv
 /// ([`Target::conv_multiplier`]: `QuantizeMultiplier` of the f64 product for `qat` and `tflite`,
-/// the runtime's `f32` quotient held exactly for `ort` and `xnnpack`).
+/// the runtime's `f32` quotient held exactly for `ort` and `xnnpack`) or, with `fully_connected`,
+/// for a fully-connected layer ([`Target::fc_multiplier`]: TFLite's per-tensor fully connected
+/// multiplies the two scales in `f32`).
 ///
 /// ```
 /// use qat_core::Target;
 /// use qat_export::passes::weights::requant_multipliers;
-/// let m = requant_multipliers(Target::Qat, 0.5, &[0.25, 0.1], 0.25)?;
+/// let m = requant_multipliers(Target::Qat, 0.5, &[0.25, 0.1], 0.25, false)?;
 /// assert_eq!((m[0].multiplier(), m[0].shift()), (1 << 30, 0));   // 0.5
 /// assert!((m[1].to_f64() - 0.2).abs() < 1e-8); // 0.1f32 is 0.10000000149
-/// let f = requant_multipliers(Target::Ort, 0.5, &[0.1], 0.25)?;
+/// let f = requant_multipliers(Target::Ort, 0.5, &[0.1], 0.25, true)?;
 /// assert_eq!(f[0].to_f32(), 0.5f32 * 0.1 / 0.25);
 /// # Ok::<(), qat_core::QuantError>(())
 /// ```
@@ -200,9 +202,14 @@ pub fn requant_multipliers(
     s_in: f32,
     w_scales: &[f32],
     s_out: f32,
+    fully_connected: bool,
 ) -> Result<Vec<QuantizedMultiplier>, QuantError> {
+    let per_channel = w_scales.len() > 1;
     w_scales
         .iter()
-        .map(|&sw| target.conv_multiplier(s_in, sw, s_out))
+        .map(|&sw| match fully_connected {
+            true => target.fc_multiplier(s_in, sw, s_out, per_channel),
+            false => target.conv_multiplier(s_in, sw, s_out),
+        })
         .collect()
 }
