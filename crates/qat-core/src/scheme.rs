@@ -317,22 +317,16 @@ impl QuantParams {
         )
     }
 
-    /// `q = clamp(round_half_even(r · (1/S)) + Z, qmin, qmax)`, with `1/S` and the product in f32
-    /// exactly as libtorch computes it (the `qat` target's quantize; the deployment targets' own
-    /// roundings are in [`crate::target`]).
-    ///
-    /// Defined on the whole f32 range: `±∞` and values beyond the grid saturate to `qmax`/`qmin`
-    /// (the product is clamped in f32 before it becomes an integer, so no intermediate overflows);
-    /// NaN maps to `Z` (real 0), as qat-autograd's fake quant does. The deployment runtimes differ on
-    /// NaN (onnxruntime's `QuantizeLinear` gives `qmin`, XNNPACK's AVX2 convert `qmax`, TFLite's
-    /// reference kernel leaves it undefined); see [`crate::target::Target::quantize`].
+    /// `q = clamp(round_half_even(r · (1/S)) + Z, qmin, qmax)`, `1/S` and the product in f32 as
+    /// libtorch computes them (the `qat` target; the others are [`crate::Target::quantize`]).
+    /// Total on f32: `±∞` and values beyond the grid saturate (the rounded product is clamped in
+    /// f32 before it becomes an integer); NaN maps to `Z` (real 0), as qat-autograd's fake quant.
+    /// The runtimes differ on NaN: onnxruntime gives `qmin`, XNNPACK's AVX2 kernel `qmax`.
     ///
     /// ```
-    /// use qat_core::QuantParams;
-    /// let p = QuantParams::asymmetric(-1.0, 1.0, 8)?;       // Z = 127
+    /// let p = qat_core::QuantParams::asymmetric(-1.0, 1.0, 8)?;   // Z = 127
     /// assert_eq!(p.quantize(f32::INFINITY), 255);
-    /// assert_eq!(p.quantize(f32::MAX), 255);
-    /// assert_eq!(p.quantize(f32::NEG_INFINITY), 0);
+    /// assert_eq!((p.quantize(f32::MAX), p.quantize(f32::NEG_INFINITY)), (255, 0));
     /// assert_eq!(p.quantize(f32::NAN), 127);
     /// # Ok::<(), qat_core::QuantError>(())
     /// ```

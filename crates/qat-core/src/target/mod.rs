@@ -249,6 +249,33 @@ pub(crate) fn clamp_total(v: i64, lo: i32, hi: i32) -> i32 {
     v.max(lo as i64).min(hi as i64) as i32
 }
 
+/// The zero points and output grid a rescaling stage needs (add, pools, concat).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Io {
+    pub zi: i32,
+    pub zo: i32,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+impl Io {
+    /// From the input's zero point and the output's params, clamped to the output's grid.
+    pub fn new(input: &crate::QuantParams, output: &crate::QuantParams) -> Self {
+        Self {
+            zi: input.zero_point(),
+            zo: output.zero_point(),
+            lo: output.qmin(),
+            hi: output.qmax(),
+        }
+    }
+
+    /// `clamp(v + Z_out, lo, hi)`.
+    #[inline]
+    pub fn out(&self, v: i64) -> i32 {
+        clamp_total(v + self.zo as i64, self.lo, self.hi)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

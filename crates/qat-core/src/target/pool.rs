@@ -3,7 +3,7 @@
 use crate::fixed_point::QuantizedMultiplier;
 use crate::{QuantError, QuantParams};
 
-use super::{Target, clamp_total};
+use super::{Io, Target, clamp_total};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Arith {
@@ -23,10 +23,7 @@ enum Arith {
 /// clamped to the output grid. See [`AverageStage::new`] for the formulas.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AverageStage {
-    zi: i32,
-    zo: i32,
-    lo: i32,
-    hi: i32,
+    io: Io,
     arith: Arith,
 }
 
@@ -95,10 +92,7 @@ impl AverageStage {
             Target::Ort => Arith::OrtWindow { si, so },
         };
         Ok(Self {
-            zi: input.zero_point(),
-            zo: output.zero_point(),
-            lo: output.qmin(),
-            hi: output.qmax(),
+            io: Io::new(input, output),
             arith,
         })
     }
@@ -131,18 +125,19 @@ impl AverageStage {
     /// refuse ([`Self::ort_global_scale`]) gives `Z_out` (check it when planning).
     #[inline]
     pub fn apply(&self, cells: &[i32]) -> i32 {
+        let Io { zi, zo, lo, hi } = self.io;
         let n = cells.len() as i64;
         if n == 0 {
-            return clamp_total(self.zo as i64, self.lo, self.hi);
+            return clamp_total(zo as i64, lo, hi);
         }
         let sum: i64 = cells.iter().map(|&q| q as i64).sum();
         let r = match self.arith {
-            Arith::QatSame => (sum + n / 2).div_euclid(n),
+            Arith::QatSame => (sum + n / 2).div_euclid(n) - zo as i64,
             Arith::QatRescale { si, so } => {
-                let centered = (sum - n * self.zi as i64).clamp(i32::MIN as i64, i32::MAX as i64);
+                let centered = (sum - n * zi as i64).clamp(i32::MIN as i64, i32::MAX as i64);
                 match QuantizedMultiplier::from_f64(si as f64 / (so as f64 * n as f64)) {
-                    Ok(m) => m.apply_rounded_once(centered as i32) as i64 + self.zo as i64,
-                    Err(_) => self.zo as i64,
+                    Ok(m) => m.apply_rounded_once(centered as i32) as i64,
+                    Err(_) => 0,
                 }
             }
             Arith::TfliteInt8 => {
@@ -153,23 +148,23 @@ impl AverageStage {
                 } else {
                     (s - n / 2) / n
                 };
-                r + 128
+                r + 128 - zo as i64
             }
             Arith::OrtGlobal { si, so } => match Self::ort_global_scale(si, so, n as usize) {
                 Ok(s) => {
-                    let acc = (sum - self.zi as i64 * n) as i32 as f32;
-                    (acc * s).round_ties_even() as i64 + self.zo as i64
+                    let acc = (sum - zi as i64 * n) as i32 as f32;
+                    (acc * s).round_ties_even() as i64
                 }
-                Err(_) => self.zo as i64,
+                Err(_) => 0,
             },
             Arith::OrtWindow { si, so } => {
-                let total = cells.iter().fold(0f32, |acc, &q| {
-                    acc + si * (q as i64 - self.zi as i64) as f32
-                });
+                let total = cells
+                    .iter()
+                    .fold(0f32, |acc, &q| acc + si * (q as i64 - zi as i64) as f32);
                 let y = total / n as f32;
-                (y / so + self.zo as f32).round_ties_even() as i64
+                (y / so + zo as f32).round_ties_even() as i64 - zo as i64
             }
         };
-        clamp_total(r, self.lo, self.hi)
+        self.io.out(r)
     }
 }

@@ -3,7 +3,7 @@
 use crate::fixed_point::{QuantizedMultiplier, Rounding};
 use crate::{QuantError, QuantParams};
 
-use super::{Target, clamp_total};
+use super::{Io, Target};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Arith {
@@ -24,10 +24,7 @@ enum Arith {
 /// the output grid. See [`RescaleStage::new`] for the formulas.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RescaleStage {
-    zi: i32,
-    zo: i32,
-    lo: i32,
-    hi: i32,
+    io: Io,
     arith: Arith,
 }
 
@@ -103,10 +100,7 @@ impl RescaleStage {
             }
         };
         Ok(Self {
-            zi: input.zero_point(),
-            zo: output.zero_point(),
-            lo: output.qmin(),
-            hi: output.qmax(),
+            io: Io::new(input, output),
             arith,
         })
     }
@@ -119,28 +113,22 @@ impl RescaleStage {
     /// One output code (any i32 input saturates; never panics).
     #[inline]
     pub fn apply(&self, q: i32) -> i32 {
-        let d = q as i64 - self.zi as i64;
+        let io = &self.io;
+        let d = q as i64 - io.zi as i64;
         let d32 = d.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         match self.arith {
             Arith::Identity => q,
-            Arith::FixedPoint { m, rounding } => {
-                let r = match rounding {
-                    Rounding::Single => m.apply_rounded_once(d32),
-                    Rounding::Gemmlowp => m.apply(d32),
-                };
-                clamp_total(r as i64 + self.zo as i64, self.lo, self.hi)
-            }
+            Arith::FixedPoint { m, rounding } => io.out(match rounding {
+                Rounding::Single => m.apply_rounded_once(d32),
+                Rounding::Gemmlowp => m.apply(d32),
+            } as i64),
             Arith::Ort { si, so } => {
                 let v = si * d32 as f32;
-                let lo = (self.lo - self.zo) as f32;
-                let hi = (self.hi - self.zo) as f32;
-                let t = (v / so).max(lo).min(hi).round_ties_even();
-                clamp_total(t as i64 + self.zo as i64, self.lo, self.hi)
+                let lo = (io.lo - io.zo) as f32;
+                let hi = (io.hi - io.zo) as f32;
+                io.out((v / so).max(lo).min(hi).round_ties_even() as i64)
             }
-            Arith::Xnnpack { m } => {
-                let r = (m as i64 * d + 128) >> 8;
-                clamp_total(r + self.zo as i64, self.lo, self.hi)
-            }
+            Arith::Xnnpack { m } => io.out((m as i64 * d + 128) >> 8),
         }
     }
 }
