@@ -126,7 +126,8 @@ pub fn round_half_even(x: f32) -> f32 {
 /// ```
 pub fn simulated_quantize(r: f32, a: f32, b: f32, n: u32) -> f32 {
     let s = (b - a) / (n as f32 - 1.0);
-    if s <= 0.0 {
+    // An empty or NaN range (`b ≤ a`, n < 2, NaN bounds): nothing to round onto.
+    if !(s > 0.0) {
         return a;
     }
     let c = r.clamp(a, b);
@@ -558,6 +559,10 @@ mod tests {
         let p = QuantParams::symmetric(0.0, QuantRange::signed_narrow(8).unwrap()).unwrap();
         assert_eq!(p.quantize(0.0), 0);
         assert_eq!(p.quantize(f32::NAN), 0);
+        // degenerate and NaN ranges of the paper's formula return `a` instead of panicking
+        assert_eq!(simulated_quantize(1.0, 2.0, 1.0, 256), 2.0);
+        assert!(simulated_quantize(1.0, f32::NAN, 1.0, 256).is_nan());
+        assert_eq!(simulated_quantize(1.0, 0.0, 1.0, 1), 0.0);
     }
 
     #[test]
