@@ -126,8 +126,8 @@ pub fn round_half_even(x: f32) -> f32 {
 /// ```
 pub fn simulated_quantize(r: f32, a: f32, b: f32, n: u32) -> f32 {
     let s = (b - a) / (n as f32 - 1.0);
-    // An empty or NaN range (`b ≤ a`, n < 2, NaN bounds): nothing to round onto.
-    if !(s > 0.0) {
+    // An empty, unbounded or NaN range (`b ≤ a`, n < 2, non-finite bounds): no grid to round onto.
+    if !s.is_finite() || s <= 0.0 {
         return a;
     }
     let c = r.clamp(a, b);
