@@ -240,7 +240,9 @@ impl QuantizedMultiplier {
 }
 
 /// How a fixed-point multiplier `M = M0·2^(shift − 31)` rounds `x·M` to an integer in the
-/// output stage of conv, fully connected, add and concat (a model-level choice).
+/// output stage of conv, fully connected, add and concat (a model-level choice). It is the
+/// fixed-point part of a deployment [`crate::Target`]: `qat` rounds `Single`, `tflite` `Gemmlowp`
+/// ([`crate::Target::rounding`]).
 ///
 /// - [`Rounding::Gemmlowp`] — TFLite's default reference `MultiplyByQuantizedMultiplier`:
 ///   `RDBPOT(SRDHM(x·2^left, M0), right)`. SRDHM first rounds `x·M0/2^31` to an integer, i.e.
