@@ -223,7 +223,7 @@ fn fidelity_figures() {
 }
 
 /// Cross-check of the runtime on export's random graphs: every kernel path this CPU supports
-/// produces the same codes as the reference path for every tensor (STYLE.md 4: requantized uint8
+/// produces the same codes as the reference path for every tensor (requantized uint8
 /// is exact versus the reference).
 #[test]
 fn every_kernel_path_matches_the_reference_on_exported_graphs() {
