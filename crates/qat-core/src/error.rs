@@ -1,5 +1,7 @@
 use thiserror::Error;
 
+use crate::target::Target;
+
 /// Errors of the quantization math. Every variant names the offending value.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum QuantError {
@@ -82,6 +84,23 @@ pub enum QuantError {
         axis: usize,
         /// Rank of the tensor.
         rank: usize,
+    },
+    /// A deployment target's runtime cannot compute this (its kernel refuses the parameters or
+    /// has no such operation); exporting for that target would give a different model.
+    #[error("target {target}: {what}: {reason}")]
+    Unsupported {
+        /// The target.
+        target: Target,
+        /// What was asked for (an op or a parameter).
+        what: &'static str,
+        /// Why the target's runtime cannot do it, with the offending values.
+        reason: String,
+    },
+    /// A target name that [`Target::from_name`] does not know.
+    #[error("unknown target {name:?} (qat, tflite, ort, xnnpack)")]
+    UnknownTarget {
+        /// The name given.
+        name: String,
     },
     /// Empty input where at least one element is needed.
     #[error("{what} is empty")]

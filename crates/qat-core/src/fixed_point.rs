@@ -240,7 +240,9 @@ impl QuantizedMultiplier {
 }
 
 /// How a fixed-point multiplier `M = M0·2^(shift − 31)` rounds `x·M` to an integer in the
-/// output stage of conv, fully connected, add and concat (a model-level choice).
+/// output stage of conv, fully connected, add and concat (a model-level choice). It is the
+/// fixed-point part of a deployment [`crate::Target`]: `qat` rounds `Single`, `tflite` `Gemmlowp`
+/// ([`crate::Target::rounding`]).
 ///
 /// - [`Rounding::Gemmlowp`] — TFLite's default reference `MultiplyByQuantizedMultiplier`:
 ///   `RDBPOT(SRDHM(x·2^left, M0), right)`. SRDHM first rounds `x·M0/2^31` to an integer, i.e.
@@ -317,6 +319,7 @@ impl QuantizedMultiplier {
 /// Paper §2.4, the fused layer's output stage for one int32 accumulator (bias already added):
 /// `q = clamp(apply(acc, M) + Z_out, lo, hi)`, where `[lo, hi]` is the fused activation's range
 /// intersected with the output grid (ReLU: `[Z_out, 255]`; ReLU6: `[Z_out, Z_out + round(6/S_out)]`).
+/// Total: an inverted clamp (`lo > hi`) gives `hi`, never a panic.
 ///
 /// ```
 /// use qat_core::fixed_point::{requantize, QuantizedMultiplier};
@@ -327,7 +330,7 @@ impl QuantizedMultiplier {
 /// ```
 #[inline]
 pub fn requantize(acc: i32, m: QuantizedMultiplier, zero_point: i32, lo: i32, hi: i32) -> i32 {
-    m.apply(acc).saturating_add(zero_point).clamp(lo, hi)
+    m.apply(acc).saturating_add(zero_point).max(lo).min(hi)
 }
 
 /// [`requantize`] with one rounding ([`Rounding::Single`]):
@@ -351,7 +354,8 @@ pub fn requantize_single(
 ) -> i32 {
     m.apply_rounded_once(acc)
         .saturating_add(zero_point)
-        .clamp(lo, hi)
+        .max(lo)
+        .min(hi)
 }
 
 /// The output stage in either mode: [`requantize`] (`Gemmlowp`) or [`requantize_single`]
@@ -436,6 +440,14 @@ mod tests {
         assert!(QuantizedMultiplier::from_parts(1 << 30, 31).is_err());
         assert!(QuantizedMultiplier::from_parts(1 << 30, -32).is_err());
         assert!(QuantizedMultiplier::from_parts(0, 0).is_ok());
+    }
+
+    #[test]
+    fn requantize_is_total_on_an_inverted_clamp() {
+        let m = QuantizedMultiplier::from_f64(0.5).unwrap();
+        for r in Rounding::ALL {
+            assert_eq!(requantize_with(r, 100, m, 0, 10, 5), 5);
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! | §2.1 quantization scheme, r = S(q − Z) | [`scheme`] | [`QuantParams`], [`PerChannelParams`], [`QuantRange`], nudging so 0.0 is exact |
 //! | §2.2 integer-arithmetic-only matrix multiplication, M = 2^−n·M0 | [`fixed_point`] | [`fixed_point::QuantizedMultiplier`], SRDHM, rounding divide by power of two |
 //! | §2.4 fused layer (int32 bias, requantize, clamp) | [`fixed_point::requantize`] | the scalar epilogue every kernel must reproduce bit for bit |
-//! | §3 simulated quantization | [`scheme::simulated_quantize`], [`array`] | fake quant on scalars and ndarray, per tensor and per channel |
+//! | §3 simulated quantization | [`scheme::simulated_quantize`], [`array`](mod@array) | fake quant on scalars and ndarray, per tensor and per channel |
+//! | §2.4 in the runtimes users deploy to | [`target`] | [`target::Target`]: the requantization arithmetic of `qat`, TFLite, onnxruntime and XNNPACK (conv/FC, add, pools, concat, input quantize) |
 //!
 //! ## Conventions
 //! * Activations: asymmetric per tensor, `[0, 2^b − 1]`, range extended to include 0 and nudged
@@ -32,6 +33,8 @@ pub mod array;
 mod error;
 pub mod fixed_point;
 pub mod scheme;
+pub mod target;
 
 pub use error::QuantError;
 pub use scheme::{MIN_SCALE, PerChannelParams, QuantParams, QuantRange};
+pub use target::Target;

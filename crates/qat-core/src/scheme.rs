@@ -126,7 +126,8 @@ pub fn round_half_even(x: f32) -> f32 {
 /// ```
 pub fn simulated_quantize(r: f32, a: f32, b: f32, n: u32) -> f32 {
     let s = (b - a) / (n as f32 - 1.0);
-    if s <= 0.0 {
+    // An empty, unbounded or NaN range (`b ≤ a`, n < 2, non-finite bounds): no grid to round onto.
+    if !s.is_finite() || s <= 0.0 {
         return a;
     }
     let c = r.clamp(a, b);
@@ -317,22 +318,40 @@ impl QuantParams {
         )
     }
 
-    /// `q = clamp(round_half_even(r · (1/S)) + Z, qmin, qmax)`, with `1/S` and the product in f32
-    /// exactly as libtorch computes it. NaN maps to `Z` (real 0).
+    /// `q = clamp(round_half_even(r · (1/S)) + Z, qmin, qmax)`, `1/S` and the product in f32 as
+    /// libtorch computes them (the `qat` target; the others are [`crate::Target::quantize`]).
+    /// Total on f32: `±∞` and values beyond the grid saturate (the rounded product is clamped in
+    /// f32 before it becomes an integer); NaN maps to `Z` (real 0), as qat-autograd's fake quant.
+    /// The runtimes differ on NaN: onnxruntime gives `qmin`, XNNPACK's AVX2 kernel `qmax`.
+    ///
+    /// ```
+    /// let p = qat_core::QuantParams::asymmetric(-1.0, 1.0, 8)?;   // Z = 127
+    /// assert_eq!(p.quantize(f32::INFINITY), 255);
+    /// assert_eq!((p.quantize(f32::MAX), p.quantize(f32::NEG_INFINITY)), (255, 0));
+    /// assert_eq!(p.quantize(f32::NAN), 127);
+    /// # Ok::<(), qat_core::QuantError>(())
+    /// ```
     pub fn quantize(&self, r: f32) -> i32 {
         let inv = 1.0f32 / self.scale;
-        let x = round_half_even(r * inv);
-        if x.is_nan() {
-            return self.zero_point;
-        }
-        // f32 → i32 `as` saturates; add Z in i64 to avoid overflow near i32::MAX.
-        let q = x as i64 + self.zero_point as i64;
-        q.clamp(self.range.qmin as i64, self.range.qmax as i64) as i32
+        self.saturate_rounded(round_half_even(r * inv))
+            .unwrap_or(self.zero_point)
     }
 
-    /// `r = S·(q − Z)` in f32.
+    /// `clamp(t + Z, qmin, qmax)` for an already rounded `t` (any f32, `±∞` included), or `None`
+    /// for NaN. `t` is clamped to `[qmin − Z, qmax − Z]` in f32 first (those bounds are small
+    /// integers, exact in f32), so the conversion to an integer never overflows.
+    pub(crate) fn saturate_rounded(&self, t: f32) -> Option<i32> {
+        if t.is_nan() {
+            return None;
+        }
+        let lo = (self.range.qmin - self.zero_point) as f32;
+        let hi = (self.range.qmax - self.zero_point) as f32;
+        Some(t.clamp(lo, hi) as i32 + self.zero_point)
+    }
+
+    /// `r = S·(q − Z)` in f32 (`q − Z` exact for every i32 `q`).
     pub fn dequantize(&self, q: i32) -> f32 {
-        self.scale * (q - self.zero_point) as f32
+        self.scale * (q as i64 - self.zero_point as i64) as f32
     }
 
     /// Fake quantization (paper §3): `dequantize(quantize(r))`, the value the integer model will
@@ -482,7 +501,7 @@ impl PerChannelParams {
                 .ok_or(QuantError::ChannelMismatch {
                     params: self.len(),
                     axis: self.axis,
-                    tensor: c + 1,
+                    tensor: c.saturating_add(1),
                 })?;
         QuantParams::new(*s, *z, self.range)
     }
@@ -540,6 +559,10 @@ mod tests {
         let p = QuantParams::symmetric(0.0, QuantRange::signed_narrow(8).unwrap()).unwrap();
         assert_eq!(p.quantize(0.0), 0);
         assert_eq!(p.quantize(f32::NAN), 0);
+        // degenerate and NaN ranges of the paper's formula return `a` instead of panicking
+        assert_eq!(simulated_quantize(1.0, 2.0, 1.0, 256), 2.0);
+        assert!(simulated_quantize(1.0, f32::NAN, 1.0, 256).is_nan());
+        assert_eq!(simulated_quantize(1.0, 0.0, 1.0, 1), 0.0);
     }
 
     #[test]

@@ -232,7 +232,7 @@ pub fn ptq_export<'a>(
     batches: impl IntoIterator<Item = ArrayViewD<'a, f32>>,
     cfg: &PtqConfig,
 ) -> Result<Int8Model, PtqError> {
-    let model = ptq(graph, batches, cfg)?.to_int8_model();
+    let model = ptq(graph, batches, cfg)?.to_int8_model()?;
     model.validate().map_err(crate::error::ExportError::from)?;
     Ok(model)
 }

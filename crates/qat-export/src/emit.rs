@@ -13,8 +13,9 @@
 //! | Output `y` | `y` (F32) | `Dequantize`, listed in `Int8Model::outputs` |
 //!
 //! Every U8 tensor is named after its float node, so reports can join the two. The model's
-//! [`Int8Model::rounding`] is [`ExportOptions::rounding`] (default `Single`, matching the
-//! simulation).
+//! [`Int8Model::rounding`] is the fixed-point rounding of [`ExportOptions::target`] (`Single` for
+//! `qat`, `Gemmlowp` for `tflite`); the `.qat8` runtime has no mode for the `f32` targets (`ort`,
+//! `xnnpack`) yet, and [`QuantPlan::to_int8_model`] says so ([`ExportError::NotInRuntime`]).
 
 use qat_int8_runtime::{self as rt, Clamp, DType, Int8Model, Op, TensorId, TensorInfo};
 
@@ -47,9 +48,13 @@ impl QuantPlan {
             .collect()
     }
 
-    /// Emits the integer-only model (see the module docs for the mapping), requantizing in
-    /// `self.options.rounding`.
-    pub fn to_int8_model(&self) -> Int8Model {
+    /// Emits the integer-only model (see the module docs for the mapping), requantizing in the
+    /// plan's target's rounding; [`ExportError::NotInRuntime`] for a target the `.qat8` runtime
+    /// cannot run (`ort`, `xnnpack`).
+    pub fn to_int8_model(&self) -> Result<Int8Model, ExportError> {
+        let rounding = self.target().rounding().ok_or(ExportError::NotInRuntime {
+            target: self.target(),
+        })?;
         let mut tensors = Vec::new();
         let mut ops = Vec::new();
         let mut outputs = Vec::new();
@@ -123,7 +128,7 @@ impl QuantPlan {
                     a: src(0),
                     b: src(1),
                     output: out,
-                    clamp: fuse::activation_clamp(*activation, &params),
+                    clamp: fuse::activation_clamp(*activation, &params, self.target()),
                 },
                 (FloatOp::Concat, _) => Op::Concat {
                     inputs: (0..node.inputs.len()).map(src).collect(),
@@ -156,23 +161,25 @@ impl QuantPlan {
             };
             ops.push(op);
         }
-        Int8Model {
+        Ok(Int8Model {
             name: self.graph.name.clone(),
             tensors,
             ops,
             input,
             outputs,
-            rounding: self.options.rounding,
-        }
+            rounding,
+        })
     }
 
     /// The clamp of node `i` (conv/linear/add), `None` for other nodes.
     pub fn clamp_of(&self, i: usize) -> Option<Clamp> {
         match (&self.graph.nodes.get(i)?.op, self.layers.get(i)?) {
             (_, Some(lq)) => Some(lq.clamp),
-            (FloatOp::Add { activation }, None) => {
-                Some(fuse::activation_clamp(*activation, &self.act_params[i]))
-            }
+            (FloatOp::Add { activation }, None) => Some(fuse::activation_clamp(
+                *activation,
+                &self.act_params[i],
+                self.target(),
+            )),
             _ => None,
         }
     }
@@ -181,7 +188,7 @@ impl QuantPlan {
 /// Exports a float graph (ranges set) to an integer-only model: [`QuantPlan::new`], then
 /// [`QuantPlan::to_int8_model`], then the runtime's `Int8Model::validate` on the result.
 pub fn export(graph: &FloatGraph, opts: &ExportOptions) -> Result<Int8Model, ExportError> {
-    let model = QuantPlan::new(graph, opts)?.to_int8_model();
+    let model = QuantPlan::new(graph, opts)?.to_int8_model()?;
     model.validate()?;
     Ok(model)
 }
@@ -197,6 +204,7 @@ pub fn activation_label(act: Activation) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use qat_core::Target;
     use qat_int8_runtime::{Executor, Rounding};
 
     use super::*;
@@ -218,12 +226,12 @@ mod tests {
     }
 
     #[test]
-    fn the_model_carries_the_options_rounding() {
+    fn the_model_carries_the_targets_rounding() {
         let g = tiny();
-        assert_eq!(ExportOptions::default().rounding, Rounding::Single);
+        assert_eq!(ExportOptions::default().target, Target::Qat);
         for rounding in Rounding::ALL {
             let opts = ExportOptions {
-                rounding,
+                target: Target::from(rounding),
                 ..ExportOptions::default()
             };
             let model = export(&g, &opts).unwrap();
@@ -238,18 +246,47 @@ mod tests {
         }
     }
 
-    /// Options serialized before the field existed deserialize with the default, `Single`.
+    /// The `f32` targets plan (their exporters need the plan) but have no `.qat8` mode yet.
     #[test]
-    fn options_without_rounding_deserialize_as_single() {
+    fn f32_targets_plan_but_do_not_emit_qat8() {
+        for target in [Target::Ort, Target::Xnnpack] {
+            let opts = ExportOptions {
+                target,
+                ..ExportOptions::default()
+            };
+            let plan = QuantPlan::new(&tiny(), &opts).unwrap();
+            assert_eq!(
+                plan.to_int8_model(),
+                Err(ExportError::NotInRuntime { target })
+            );
+            assert!(matches!(
+                export(&tiny(), &opts),
+                Err(ExportError::NotInRuntime { .. })
+            ));
+        }
+    }
+
+    /// Options serialized before the target existed carry `rounding`; they read as its target.
+    #[test]
+    fn options_with_the_old_rounding_field_deserialize_as_targets() {
         let old = r#"{"fold_batch_norm":true,"avg_pool_own_params":false}"#;
         let opts: ExportOptions = serde_json::from_str(old).unwrap();
         assert_eq!(opts, ExportOptions::default());
-        let json = serde_json::to_string(&ExportOptions {
-            rounding: Rounding::Gemmlowp,
-            ..ExportOptions::default()
-        })
-        .unwrap();
-        let back: ExportOptions = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.rounding, Rounding::Gemmlowp);
+        for (name, target) in [("Single", Target::Qat), ("Gemmlowp", Target::Tflite)] {
+            let old = format!(
+                r#"{{"fold_batch_norm":true,"avg_pool_own_params":false,"rounding":"{name}"}}"#
+            );
+            let opts: ExportOptions = serde_json::from_str(&old).unwrap();
+            assert_eq!(opts.target, target);
+        }
+        for target in Target::ALL {
+            let json = serde_json::to_string(&ExportOptions {
+                target,
+                ..ExportOptions::default()
+            })
+            .unwrap();
+            let back: ExportOptions = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.target, target);
+        }
     }
 }

@@ -145,6 +145,19 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// The deployment target's runtime cannot compute this node as exported (its kernel refuses
+    /// the parameters, or ignores them): exporting would give a silently different model.
+    #[error("node {node:?} ({op}): target {target} cannot compute this exactly: {reason}")]
+    Target {
+        /// Offending node.
+        node: String,
+        /// Op kind.
+        op: &'static str,
+        /// The target.
+        target: qat_core::Target,
+        /// Why, with the offending values.
+        reason: String,
+    },
     /// Weights, bias or batch-norm parameters contain NaN or infinity.
     #[error("node {node:?}: {what} contains NaN or infinity")]
     NonFinite {
@@ -162,6 +175,7 @@ impl Refusal {
             Refusal::Uncalibrated { node }
             | Refusal::UnfoldedBatchNorm { node }
             | Refusal::Unsupported { node, .. }
+            | Refusal::Target { node, .. }
             | Refusal::NonFinite { node, .. } => node,
         }
     }
@@ -192,6 +206,15 @@ pub enum ExportError {
     /// The emitted model failed the runtime's validation (an export bug; reported, never hidden).
     #[error("emitted Int8Model is invalid: {0}")]
     InvalidModel(#[from] qat_int8_runtime::ValidationError),
+    /// The `.qat8` runtime has no requantization mode for this target (the `f32` targets): the
+    /// plan serves the target's own exporters and the simulation, not an `Int8Model`.
+    #[error(
+        "the .qat8 runtime does not compute target {target}'s arithmetic; export this plan to the target's own format"
+    )]
+    NotInRuntime {
+        /// The plan's target.
+        target: qat_core::Target,
+    },
     /// The quantization math rejected a value (e.g. a multiplier out of range).
     #[error("node {node:?}: {what}: {source}")]
     Quant {

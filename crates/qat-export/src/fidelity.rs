@@ -1,15 +1,16 @@
 //! The fidelity report: does the `Int8Model` do what the simulation promised, layer by layer?
 //!
 //! For every node with a quantized output, over all given batches, with `q_int` the runtime's
-//! code, `q_sim` the simulation twin's code ([`crate::simulate`]), `S, Z` the node's params and
-//! `f` the plain float value (no quantization at all), two comparisons are made:
+//! code, `q_sim` the simulation's code ([`crate::simulate`]: the plan in its target's arithmetic),
+//! `S, Z` the node's params and `f` the plain float value (no quantization at all), two
+//! comparisons are made:
 //!
-//! * **isolated** — the simulated layer is fed the integer model's own input codes (dequantized,
-//!   so exactly on the grid): differences come only from this layer's integer arithmetic (bias
-//!   rounding, fixed-point multiplier, rounding mode). This is the per-layer fidelity contract
-//!   (≥ 99% within 1 LSB).
-//! * **end to end** — the simulation runs from the graph input on its own: a 1-LSB difference in an
-//!   early layer propagates and can grow with each layer's gain, so these figures are lower.
+//! * **isolated** — the simulated node is fed the integer model's own input codes: a difference
+//!   comes only from this node's arithmetic in the runtime. The simulation computes exactly what
+//!   the target's runtime computes, so the contract is 100% equal codes; anything else is a bug in
+//!   one of the two.
+//! * **end to end** — the simulation runs from the graph input on its own: a difference in an
+//!   early layer propagates.
 //!
 //! For each: `SQNR = 10·log10(Σ r_sim² / Σ (r_int − r_sim)²)` dB with `r = S·(q − Z)` (`None` =
 //! identical, infinite SQNR); `max |Δ| = max |q_int − q_sim|` in LSBs; the shares of outputs with
@@ -27,7 +28,7 @@ use qat_int8_runtime::{Executor, Int8Model, RunError, TensorValue};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::error::GraphError;
+use crate::error::{ExportError, GraphError};
 use crate::interp;
 use crate::ir::{BnTraining, FloatOp, WeightScheme};
 use crate::plan::QuantPlan;
@@ -55,6 +56,9 @@ pub enum FidelityError {
     /// No batch was given.
     #[error("fidelity report needs at least one batch")]
     NoBatches,
+    /// The plan cannot be emitted as an `Int8Model` (a target the `.qat8` runtime cannot run).
+    #[error(transparent)]
+    Export(#[from] ExportError),
 }
 
 /// Fidelity of one layer (one quantized node output).
@@ -191,7 +195,7 @@ fn argmax_rows(x: &ArrayD<f32>) -> Vec<usize> {
 
 impl FidelityReport {
     /// Runs the plan's simulation, the float graph and `exec` (an executor of
-    /// `plan.to_int8_model()`) on every batch and compares them (see the module docs).
+    /// `plan.to_int8_model()?`) on every batch and compares them (see the module docs).
     pub fn measure<'a>(
         plan: &QuantPlan,
         exec: &mut Executor,
@@ -220,26 +224,18 @@ impl FidelityReport {
         let outputs = plan.graph.output_ids();
         let mut agree = vec![(0usize, 0usize, 0usize); outputs.len()];
         let mut samples = 0;
-        let sim_graph = plan.simulation_graph();
-        let fq_points = plan.fake_quant_points();
         let mut batches_seen = 0;
         for batch in batches {
             batches_seen += 1;
-            let n = batch.shape().first().copied().unwrap_or(0);
-            samples += n;
+            samples += batch.shape().first().copied().unwrap_or(0);
             let float = interp::run(&plan.graph, batch.view(), None)?;
-            let sim = interp::run(&sim_graph, batch.view(), Some(&fq_points))?;
-            let sim_codes = simulate::simulated_codes(plan, &sim);
+            let sim = simulate::simulate_codes(plan, batch.view())?;
             let vals = exec.run_all(batch.view())?;
-            // Every node's integer output, dequantized (exactly on its grid).
-            let mut int_real: Vec<ArrayD<f32>> = Vec::with_capacity(n_nodes);
+            // Every node's integer codes (an Output node: its input's codes).
+            let mut int_codes: Vec<ArrayD<i32>> = Vec::with_capacity(n_nodes);
             for (i, node) in plan.graph.nodes.iter().enumerate() {
-                let v = match &vals[node_t[i]] {
-                    TensorValue::U8(q) => q.mapv(|c| plan.act_params[i].dequantize(c as i32)),
-                    TensorValue::F32(v) => v.clone(),
-                };
                 if matches!(node.op, FloatOp::Output) {
-                    int_real.push(v);
+                    int_codes.push(int_codes[node.inputs[0].0].clone());
                     continue;
                 }
                 let TensorValue::U8(q) = &vals[node_t[i]] else {
@@ -249,42 +245,27 @@ impl FidelityReport {
                         got: "an F32 tensor".into(),
                     });
                 };
+                let q = q.mapv(|c| c as i32);
                 let p = plan.act_params[i];
-                // isolated: this layer of the simulation on the integer model's inputs
-                let batch_in;
-                let ins: Vec<&ArrayD<f32>> = match node.op {
-                    FloatOp::Input { .. } => {
-                        batch_in = batch.to_owned();
-                        vec![&batch_in]
-                    }
-                    _ => node.inputs.iter().map(|j| &int_real[j.0]).collect(),
-                };
-                let mut out_shape = vec![n];
-                out_shape.extend_from_slice(&plan.shapes[i]);
-                let mut y = interp::eval_node(&sim_graph.nodes[i], &ins, &out_shape)?;
-                if let Some(fp) = fq_points[i] {
-                    y.mapv_inplace(|v| fp.fake_quant(v));
-                }
-                for (((&qi, &qs), &f), &yi) in q
-                    .iter()
-                    .zip(sim_codes[i].iter())
-                    .zip(float[i].iter())
-                    .zip(y.iter())
-                {
-                    let qi = qi as i32;
+                // isolated: this node of the simulation on the integer model's input codes
+                let ins: Vec<&ArrayD<i32>> = node.inputs.iter().map(|j| &int_codes[j.0]).collect();
+                let y = simulate::eval_codes(plan, i, &ins, batch.view())?;
+                for (((&qi, &qs), &f), &qy) in q.iter().zip(&sim[i]).zip(&float[i]).zip(&y) {
                     e2e[i].add(qi, qs, &p);
-                    iso[i].add(qi, p.quantize(yi), &p);
+                    iso[i].add(qi, qy, &p);
                     let ri = p.dequantize(qi) as f64;
                     fl[i].0 += f as f64 * f as f64;
                     fl[i].1 += (ri - f as f64) * (ri - f as f64);
                 }
-                int_real.push(v);
+                int_codes.push(q);
             }
             for (k, o) in outputs.iter().enumerate() {
                 let src = plan.graph.nodes[o.0].inputs[0].0;
+                let p = plan.act_params[src];
+                let real = |q: &ArrayD<i32>| q.mapv(|c| p.dequantize(c));
                 let (ai, as_, af) = (
-                    argmax_rows(&int_real[src]),
-                    argmax_rows(&sim[src]),
+                    argmax_rows(&real(&int_codes[src])),
+                    argmax_rows(&real(&sim[src])),
                     argmax_rows(&float[src]),
                 );
                 agree[k].0 += ai.len();
@@ -358,6 +339,14 @@ impl FidelityReport {
         self.layers
             .iter()
             .map(|l| l.isolated.within_1_lsb)
+            .fold(1.0, f64::min)
+    }
+
+    /// Smallest per-layer share of equal codes, isolated comparison (1.0 if empty).
+    pub fn min_exact(&self) -> f64 {
+        self.layers
+            .iter()
+            .map(|l| l.isolated.exact)
             .fold(1.0, f64::min)
     }
 
@@ -526,7 +515,7 @@ impl FidelityReport {
 /// let plan = QuantPlan::new(&g, &ExportOptions::default())?;
 /// let batch = ArrayD::from_shape_vec(vec![3, 2], vec![0.1, 0.9, -0.7, 0.3, 0.5, -0.5])?;
 /// let report = fidelity_report(&plan, [batch.view()])?;
-/// assert!(report.min_within_1_lsb() >= 0.99);
+/// assert_eq!(report.min_exact(), 1.0);   // the runtime computes what the simulation computes
 /// assert_eq!(report.outputs[0].argmax_vs_simulation, 1.0);
 /// println!("{}", report.to_table());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -535,7 +524,7 @@ pub fn fidelity_report<'a>(
     plan: &QuantPlan,
     batches: impl IntoIterator<Item = ArrayViewD<'a, f32>>,
 ) -> Result<FidelityReport, FidelityError> {
-    let model: Int8Model = plan.to_int8_model();
+    let model: Int8Model = plan.to_int8_model()?;
     let mut exec = Executor::new(&model)?;
     FidelityReport::measure(plan, &mut exec, batches)
 }

@@ -47,15 +47,7 @@ pub fn run(
     fake_quant: Option<&[Option<QuantParams>]>,
 ) -> Result<Vec<ArrayD<f32>>, GraphError> {
     let shapes = g.validate()?;
-    let in_id = g.input_id()?;
-    let expected = &shapes[in_id.0];
-    if input.ndim() != expected.len() + 1 || &input.shape()[1..] != expected.as_slice() {
-        return Err(GraphError::InputShape {
-            node: g.nodes[in_id.0].name.clone(),
-            expected: expected.clone(),
-            got: input.shape().to_vec(),
-        });
-    }
+    check_input(g, &shapes, input.shape())?;
     let n = input.shape()[0];
     let input = input.to_owned();
     let mut vals: Vec<ArrayD<f32>> = Vec::with_capacity(g.nodes.len());
@@ -73,6 +65,25 @@ pub fn run(
         vals.push(y);
     }
     Ok(vals)
+}
+
+/// Checks that a batch of shape `batch` fits `g`'s input node (`shapes`: every node's per-sample
+/// shape, as [`FloatGraph::validate`] returns them).
+pub(crate) fn check_input(
+    g: &FloatGraph,
+    shapes: &[Vec<usize>],
+    batch: &[usize],
+) -> Result<(), GraphError> {
+    let in_id = g.input_id()?;
+    let expected = &shapes[in_id.0];
+    if batch.len() != expected.len() + 1 || &batch[1..] != expected.as_slice() {
+        return Err(GraphError::InputShape {
+            node: g.nodes[in_id.0].name.clone(),
+            expected: expected.clone(),
+            got: batch.to_vec(),
+        });
+    }
+    Ok(())
 }
 
 /// Evaluates one node on batched inputs (for `Input`, `ins[0]` is the graph input) and returns
@@ -133,6 +144,15 @@ fn contiguous(x: &ArrayD<f32>) -> Vec<f32> {
     x.iter().copied().collect()
 }
 
+fn contiguous_f64(x: &ArrayD<f32>) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+/// `[N, H, W, C]` of a batched NHWC tensor shape.
+pub(crate) fn nhwc(shape: &[usize]) -> [usize; 4] {
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
 fn apply_bn_act(acc: f64, c: usize, bn: Option<&BatchNorm>, act: Activation) -> f32 {
     let v = match bn {
         Some(bn) => {
@@ -145,7 +165,7 @@ fn apply_bn_act(acc: f64, c: usize, bn: Option<&BatchNorm>, act: Activation) -> 
 }
 
 /// `Σ a[i]·b[i]` in f64 with four independent partial sums (vectorizes; the summation order is
-/// fixed, so results are deterministic).
+/// fixed, so results are deterministic; exact for integer operands below 2^53).
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut s = [0f64; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
@@ -163,14 +183,38 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// input patch of each group is gathered once (zeros where the window leaves the input, which
 /// add exactly 0), then every output channel is one dot product with its weight row.
 fn conv2d(x: &ArrayD<f32>, c: &Conv2d, out_shape: &[usize]) -> ArrayD<f32> {
-    let xs = contiguous(x);
-    let (h, w, cin) = (x.shape()[1], x.shape()[2], x.shape()[3]);
+    let wf: Vec<f64> = c.weight.iter().map(|&v| v as f64).collect();
+    let out = conv2d_with(
+        &contiguous_f64(x),
+        nhwc(x.shape()),
+        c,
+        &wf,
+        out_shape,
+        |d, oc| {
+            let acc = c.bias.as_ref().map_or(0.0, |b| b[oc] as f64) + d;
+            apply_bn_act(acc, oc, c.batch_norm.as_ref(), c.activation)
+        },
+    );
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("conv output size matches its shape")
+}
+
+/// The conv loop of [`conv2d`] on any f64 input values `xs` (`[N, H, W, C_in]` row-major) and
+/// weights `wf` (OHWI), with `c`'s geometry: every output element is `finish(Σ x·w, channel)`
+/// (bias and activation are `finish`'s business). The simulation runs it on centred integer codes,
+/// where every sum is exact.
+pub(crate) fn conv2d_with<T: Copy + Default + Send>(
+    xs: &[f64],
+    [_, h, w, cin]: [usize; 4],
+    c: &Conv2d,
+    wf: &[f64],
+    out_shape: &[usize],
+    finish: impl Fn(f64, usize) -> T + Sync,
+) -> Vec<T> {
     let (ho, wo, o) = (out_shape[1], out_shape[2], out_shape[3]);
     let [_, kh, kw, ig] = c.weight_shape;
     let og = o / c.groups;
     let k = kh * kw * ig;
-    let wf: Vec<f64> = c.weight.iter().map(|&v| v as f64).collect();
-    let mut out = vec![0f32; out_shape.iter().product()];
+    let mut out = vec![T::default(); out_shape.iter().product()];
     let per_sample = ho * wo * o;
     if per_sample > 0 {
         out.par_chunks_mut(per_sample)
@@ -197,10 +241,7 @@ fn conv2d(x: &ArrayD<f32>, c: &Conv2d, out_shape: &[usize]) -> ArrayD<f32> {
                                 for g in 0..c.groups {
                                     let dst = &mut patch[g * k + (ky * kw + kx) * ig..][..ig];
                                     if inside {
-                                        let src = &xb[base + g * ig..][..ig];
-                                        for (d, s) in dst.iter_mut().zip(src) {
-                                            *d = *s as f64;
-                                        }
+                                        dst.copy_from_slice(&xb[base + g * ig..][..ig]);
                                     } else {
                                         dst.fill(0.0);
                                     }
@@ -210,49 +251,90 @@ fn conv2d(x: &ArrayD<f32>, c: &Conv2d, out_shape: &[usize]) -> ArrayD<f32> {
                         let yo = &mut ys[(oy * wo + ox) * o..][..o];
                         for (oc, y) in yo.iter_mut().enumerate() {
                             let g = oc / og;
-                            let acc = c.bias.as_ref().map_or(0.0, |b| b[oc] as f64)
-                                + dot(&patch[g * k..][..k], &wf[oc * k..][..k]);
-                            *y = apply_bn_act(acc, oc, c.batch_norm.as_ref(), c.activation);
+                            *y = finish(dot(&patch[g * k..][..k], &wf[oc * k..][..k]), oc);
                         }
                     }
                 }
             });
     }
-    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("conv output size matches its shape")
+    out
 }
 
 fn linear(x: &ArrayD<f32>, l: &Linear, n: usize) -> ArrayD<f32> {
-    let xs = contiguous(x);
-    let [o, k] = l.weight_shape;
-    let mut out = vec![0f32; n * o];
+    let wf: Vec<f64> = l.weight.iter().map(|&v| v as f64).collect();
+    let out = linear_with(
+        &contiguous_f64(x),
+        &wf,
+        l.weight_shape,
+        n,
+        |oc| l.bias.as_ref().map_or(0.0, |b| b[oc] as f64),
+        |acc, _| l.activation.apply(acc as f32),
+    );
+    ArrayD::from_shape_vec(IxDyn(&[n, l.weight_shape[0]]), out)
+        .expect("linear output size matches its shape")
+}
+
+/// The fully-connected loop of [`linear`] on f64 inputs `xs` (`[N, K]`) and weights `wf`
+/// (`[O, K]`): `finish(init(o) + Σ_k x[k]·w[o, k], o)`, summed left to right.
+pub(crate) fn linear_with<T: Copy + Default>(
+    xs: &[f64],
+    wf: &[f64],
+    [o, k]: [usize; 2],
+    n: usize,
+    init: impl Fn(usize) -> f64,
+    finish: impl Fn(f64, usize) -> T,
+) -> Vec<T> {
+    let mut out = vec![T::default(); n * o];
     for b in 0..n {
         let xb = &xs[b * k..(b + 1) * k];
         for oc in 0..o {
-            let wr = &l.weight[oc * k..(oc + 1) * k];
-            let mut acc = l.bias.as_ref().map_or(0.0, |b| b[oc] as f64);
+            let wr = &wf[oc * k..(oc + 1) * k];
+            let mut acc = init(oc);
             for (xv, wv) in xb.iter().zip(wr) {
-                acc += *xv as f64 * *wv as f64;
+                acc += xv * wv;
             }
-            out[b * o + oc] = l.activation.apply(acc as f32);
+            out[b * o + oc] = finish(acc, oc);
         }
     }
-    ArrayD::from_shape_vec(IxDyn(&[n, o]), out).expect("linear output size matches its shape")
+    out
 }
 
 fn pool(x: &ArrayD<f32>, p: &Pool2d, out_shape: &[usize], max: bool) -> ArrayD<f32> {
-    let xs = contiguous(x);
-    let (n, h, w, c) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let out = pool_with(&contiguous(x), nhwc(x.shape()), p, out_shape, |cells| {
+        if max {
+            cells.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        } else {
+            mean(cells)
+        }
+    });
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("pool output size matches its shape")
+}
+
+/// `Σ cells / n` summed left to right in f64 (0 for no cell).
+fn mean(cells: &[f32]) -> f32 {
+    let acc = cells.iter().fold(0f64, |a, &v| a + v as f64);
+    (acc / cells.len().max(1) as f64) as f32
+}
+
+/// Every window of a pool over `xs` (`[N, H, W, C]` row-major): `reduce(cells)` with the window's
+/// in-bounds cells in row-major order (padding excluded). Output `[N, Ho, Wo, C]`.
+pub(crate) fn pool_with<T: Copy, U: Clone + Default>(
+    xs: &[T],
+    [n, h, w, c]: [usize; 4],
+    p: &Pool2d,
+    out_shape: &[usize],
+    reduce: impl Fn(&[T]) -> U,
+) -> Vec<U> {
     let (ho, wo) = (out_shape[1], out_shape[2]);
-    let mut out = vec![0f32; out_shape.iter().product()];
+    let mut out = vec![U::default(); out_shape.iter().product()];
+    let mut cells = Vec::with_capacity(p.kernel[0] * p.kernel[1]);
     for b in 0..n {
         for oy in 0..ho {
             for ox in 0..wo {
                 let y0 = (oy * p.stride[0]) as isize - p.padding[0] as isize;
                 let x0 = (ox * p.stride[1]) as isize - p.padding[1] as isize;
                 for ch in 0..c {
-                    let mut acc = 0f64;
-                    let mut best = f32::NEG_INFINITY;
-                    let mut count = 0usize;
+                    cells.clear();
                     for ky in 0..p.kernel[0] as isize {
                         let iy = y0 + ky;
                         if iy < 0 || iy >= h as isize {
@@ -263,36 +345,37 @@ fn pool(x: &ArrayD<f32>, p: &Pool2d, out_shape: &[usize], max: bool) -> ArrayD<f
                             if ix < 0 || ix >= w as isize {
                                 continue;
                             }
-                            let v = xs[((b * h + iy as usize) * w + ix as usize) * c + ch];
-                            acc += v as f64;
-                            best = best.max(v);
-                            count += 1;
+                            cells.push(xs[((b * h + iy as usize) * w + ix as usize) * c + ch]);
                         }
                     }
-                    out[((b * ho + oy) * wo + ox) * c + ch] = if max {
-                        best
-                    } else {
-                        (acc / count.max(1) as f64) as f32
-                    };
+                    out[((b * ho + oy) * wo + ox) * c + ch] = reduce(&cells);
                 }
             }
         }
     }
-    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("pool output size matches its shape")
+    out
 }
 
 fn global_avg_pool(x: &ArrayD<f32>, out_shape: &[usize]) -> ArrayD<f32> {
-    let xs = contiguous(x);
-    let (n, h, w, c) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-    let mut out = vec![0f32; n * c];
+    let out = global_pool_with(&contiguous(x), nhwc(x.shape()), mean);
+    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("pool output size matches its shape")
+}
+
+/// Every channel of a global pool over `xs` (`[N, H, W, C]`): `reduce(cells)` with the channel's
+/// `H·W` cells in row-major order. Output `[N, C]`.
+pub(crate) fn global_pool_with<T: Copy, U>(
+    xs: &[T],
+    [n, h, w, c]: [usize; 4],
+    reduce: impl Fn(&[T]) -> U,
+) -> Vec<U> {
+    let mut out = Vec::with_capacity(n * c);
+    let mut cells = Vec::with_capacity(h * w);
     for b in 0..n {
         for ch in 0..c {
-            let mut acc = 0f64;
-            for i in 0..h * w {
-                acc += xs[(b * h * w + i) * c + ch] as f64;
-            }
-            out[b * c + ch] = (acc / (h * w) as f64) as f32;
+            cells.clear();
+            cells.extend((0..h * w).map(|i| xs[(b * h * w + i) * c + ch]));
+            out.push(reduce(&cells));
         }
     }
-    ArrayD::from_shape_vec(IxDyn(out_shape), out).expect("pool output size matches its shape")
+    out
 }

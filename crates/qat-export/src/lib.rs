@@ -14,7 +14,7 @@
 //! | §2.4, eq. 5–6 | [`passes::weights`] | int32 bias `b/(S_in·S_w[c])`, multipliers `M[c] = S_in·S_w[c]/S_out` |
 //! | §2.4 | [`passes::fuse`] | ReLU/ReLU6 as the requantization clamp |
 //! | §2 | [`plan`], [`emit`] | [`QuantPlan`] (every decision, once; refusals) → `Int8Model` |
-//! | §3 | [`interp`], [`simulate`] | float interpreter; fake-quant simulation twin |
+//! | §3 | [`interp`], [`simulate`] | float interpreter; the simulation in the target's arithmetic (qat-core [`qat_core::target`]) |
 //! | whitepaper §3.1 | [`mod@calibrate`] | PTQ: min/max, EMA, percentile observers → export |
 //! | — | [`fidelity`] | per-layer SQNR, max \|Δ\| in LSBs, share within 1 LSB, argmax agreement |
 //!
@@ -26,13 +26,18 @@
 //!   `.to_json()/from_json`, `.to_bincode()/from_bincode`. Helpers [`ir::ohwi_from_oihw`],
 //!   [`ir::linear_from_nchw_flatten`] for PyTorch layouts.
 //! - Export: [`export`]`(&graph, &ExportOptions) -> Result<Int8Model, ExportError>`, or
-//!   [`QuantPlan::new`] then [`QuantPlan::to_int8_model`] to keep the plan for the simulation twin.
-//!   [`ExportOptions::rounding`] sets the model's requantization rounding: `Rounding::Single`
-//!   (default; one rounding, what the simulation and QAT compute) or `Rounding::Gemmlowp`
-//!   (TFLite's reference double rounding, bit-exact with its kernels).
+//!   [`QuantPlan::new`] then [`QuantPlan::to_int8_model`]`() -> Result<Int8Model, ExportError>`
+//!   to keep the plan for the simulation. [`ExportOptions::target`] names the deployment target
+//!   whose arithmetic the plan, the simulation and the model use ([`qat_core::Target`]: `qat`,
+//!   the default, one rounding; `tflite`, TFLite's double rounding; `ort` and `xnnpack`, the
+//!   `f32` requantization of onnxruntime and XNNPACK, planned for their exporters — the `.qat8`
+//!   runtime does not run them yet, [`ExportError::NotInRuntime`]). A node the target cannot
+//!   compute as planned is refused ([`Refusal::Target`]).
 //! - PTQ: [`calibrate()`]`(&graph, batches, CalibrationMethod) -> Result<FloatGraph, CalibrationError>`,
 //!   [`ptq`]`(&graph, batches, &PtqConfig) -> Result<QuantPlan, PtqError>`, [`ptq_export`].
-//! - Simulation: [`simulate::simulate`]`(&plan, input) -> Vec<ArrayD<f32>>` (every node).
+//! - Simulation: [`simulate::simulate`]`(&plan, input) -> Result<Vec<ArrayD<f32>>, GraphError>`
+//!   (every node's output on its grid), [`simulate::simulate_codes`] (the codes),
+//!   [`simulate::eval_codes`] (one node on given codes).
 //! - Fidelity: [`fidelity_report`]`(&plan, batches) -> Result<FidelityReport, FidelityError>`;
 //!   [`FidelityReport::to_json`], [`FidelityReport::to_table`], [`FidelityReport::to_markdown`].
 //!
@@ -63,16 +68,16 @@
 //! g.set_range(fc, -2.0, 2.0)?;
 //!
 //! let plan = QuantPlan::new(&g, &ExportOptions::default())?;
-//! let model = plan.to_int8_model();
+//! let model = plan.to_int8_model()?;
 //! model.validate()?;
-//! assert_eq!(model.rounding, qat_int8_runtime::Rounding::Single); // ExportOptions::rounding
+//! assert_eq!(model.rounding, qat_int8_runtime::Rounding::Single); // ExportOptions::target: qat
 //! let input = ArrayD::from_shape_vec(vec![2, 4, 4, 1], (0..32).map(|i| (i as f32 / 16.0) - 1.0).collect())?;
 //! let logits = Executor::new(&model)?.run(input.view())?;
 //! assert_eq!(logits[0].shape(), &[2, 3]);
 //!
-//! // The integer model agrees with the fake-quant simulation layer by layer.
+//! // The integer model computes what the simulation computes, code for code.
 //! let report = fidelity_report(&plan, [input.view()])?;
-//! assert!(report.min_within_1_lsb() >= 0.99);
+//! assert_eq!(report.min_exact(), 1.0);
 //! println!("{}", report.to_table());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

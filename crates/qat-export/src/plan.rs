@@ -13,15 +13,19 @@
 //!    inherit their input's, and so do average pools unless
 //!    [`ExportOptions::avg_pool_own_params`]: see `FloatOp::inherits_params`);
 //! 5. per conv/linear: weight quantization, int32 bias, multipliers and the fused clamp
-//!    ([`crate::passes::weights`], [`crate::passes::fuse`]).
+//!    ([`crate::passes::weights`], [`crate::passes::fuse`]), as [`ExportOptions::target`]'s runtime
+//!    derives them from the `f32` scales the exported file carries;
+//! 6. the target checks: every add, concat input and average pool must be computable by the
+//!    target's runtime exactly as planned ([`Refusal::Target`] names the node and the reason).
 
-use qat_core::QuantParams;
 use qat_core::fixed_point::QuantizedMultiplier;
-use qat_int8_runtime::{Clamp, Rounding};
+use qat_core::target::{AddStage, AverageStage, RescaleStage};
+use qat_core::{QuantError, QuantParams, Target};
+use qat_int8_runtime::Clamp;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ExportError, Refusal};
-use crate::ir::{Activation, FloatGraph, FloatOp, Node};
+use crate::ir::{Activation, FloatGraph, FloatOp, Node, WeightQuant, WeightScheme};
 use crate::passes::{bn_fold, fuse, ranges, weights};
 
 /// Export options.
@@ -36,18 +40,15 @@ pub struct ExportOptions {
     /// and rescales with one rounding (`M' = S_in/(S_out·count)`), within one LSB of the
     /// simulation and equal to it except on rounding ties.
     pub avg_pool_own_params: bool,
-    /// The emitted model's requantization rounding ([`Int8Model::rounding`](qat_int8_runtime::Int8Model::rounding)).
-    /// Default [`Rounding::Single`]: one rounding of `acc·M`, what the float simulation and QAT
-    /// training compute (TFLite's reference double rounding is off by one LSB on 6–25 % of outputs
-    /// when `M ≈ 0.06–0.5`, common at 4 bits). [`Rounding::Gemmlowp`] reproduces TFLite's
-    /// reference kernels (`MultiplyByQuantizedMultiplier`) bit for bit instead. Missing in
-    /// serialized options written before the field: `Single`.
-    #[serde(default = "default_rounding")]
-    pub rounding: Rounding,
-}
-
-fn default_rounding() -> Rounding {
-    Rounding::Single
+    /// The deployment target whose requantization arithmetic the plan, the simulation and the
+    /// emitted model use ([`Target`]; default [`Target::Qat`], one rounding of `acc·M`, what the
+    /// float simulation of QAT approximates best). `tflite` reproduces TFLite's builtin kernels
+    /// (gemmlowp double rounding), `ort` and `xnnpack` onnxruntime's and XNNPACK's `f32`
+    /// requantization; the multipliers are derived from the `f32` scales as that runtime derives
+    /// them. Serialized options written before the field carry `"rounding": "Single"` or
+    /// `"Gemmlowp"`, read as `qat` and `tflite`.
+    #[serde(default, alias = "rounding")]
+    pub target: Target,
 }
 
 impl Default for ExportOptions {
@@ -55,7 +56,7 @@ impl Default for ExportOptions {
         Self {
             fold_batch_norm: true,
             avg_pool_own_params: false,
-            rounding: default_rounding(),
+            target: Target::default(),
         }
     }
 }
@@ -106,6 +107,19 @@ fn non_finite(xs: &[f32]) -> bool {
     xs.iter().any(|v| !v.is_finite())
 }
 
+/// TFLite's int8 kernels (builtin and XNNPACK) take symmetric int8 weights with zero point 0 only.
+fn weight_refusal(node: &Node, wq: WeightQuant, target: Target) -> Option<Refusal> {
+    let int8_only = matches!(target, Target::Tflite | Target::Xnnpack);
+    (int8_only && wq.scheme == WeightScheme::AsymmetricPerTensor).then(|| Refusal::Target {
+        node: node.name.clone(),
+        op: node.op.kind(),
+        target,
+        reason: "TFLite's int8 conv and fully connected take symmetric int8 weights \
+                 (zero point 0); this layer has asymmetric uint8 weights"
+            .into(),
+    })
+}
+
 /// Every refusal for `node` (see [`Refusal`]).
 fn refusals_for(
     node: &Node,
@@ -119,6 +133,7 @@ fn refusals_for(
     };
     match &node.op {
         FloatOp::Conv2d(c) => {
+            out.extend(weight_refusal(node, c.weight_quant, opts.target));
             if non_finite(&c.weight) {
                 out.push(nf("weight"));
             }
@@ -142,6 +157,7 @@ fn refusals_for(
             }
         }
         FloatOp::Linear(l) => {
+            out.extend(weight_refusal(node, l.weight_quant, opts.target));
             if non_finite(&l.weight) {
                 out.push(nf("weight"));
             }
@@ -183,10 +199,11 @@ fn layer_quant(
     w: &[f32],
     out_channels: usize,
     bias: Option<&Vec<f32>>,
-    wq: crate::ir::WeightQuant,
-    act: Activation,
+    (wq, act): (WeightQuant, Activation),
     (p_in, p_out): (&QuantParams, &QuantParams),
+    target: Target,
 ) -> Result<LayerQuant, ExportError> {
+    let fully_connected = matches!(node.op, FloatOp::Linear(_));
     let qw = weights::quantize_weights(w, out_channels, wq).map_err(quant_err(node, "weights"))?;
     let float_bias = bias.cloned().unwrap_or_else(|| vec![0.0; out_channels]);
     let (bias, bias_saturated) =
@@ -199,15 +216,21 @@ fn layer_quant(
         );
     }
     let scales: Vec<f32> = qw.params.iter().map(|p| p.scale()).collect();
-    let multipliers = weights::requant_multipliers(p_in.scale(), &scales, p_out.scale())
-        .map_err(quant_err(node, "requantization multiplier"))?;
+    let multipliers = weights::requant_multipliers(
+        target,
+        p_in.scale(),
+        &scales,
+        p_out.scale(),
+        fully_connected,
+    )
+    .map_err(quant_err(node, "requantization multiplier"))?;
     Ok(LayerQuant {
         weights: qw,
         float_bias,
         bias,
         bias_saturated,
         multipliers,
-        clamp: fuse::activation_clamp(act, p_out),
+        clamp: fuse::activation_clamp(act, p_out, target),
     })
 }
 
@@ -254,30 +277,127 @@ impl QuantPlan {
                     &c.weight,
                     c.out_channels(),
                     c.bias.as_ref(),
-                    c.weight_quant,
-                    c.activation,
+                    (c.weight_quant, c.activation),
                     (&act_params[node.inputs[0].0], &act_params[i]),
+                    opts.target,
                 )?),
                 FloatOp::Linear(l) => Some(layer_quant(
                     node,
                     &l.weight,
                     l.weight_shape[0],
                     l.bias.as_ref(),
-                    l.weight_quant,
-                    l.activation,
+                    (l.weight_quant, l.activation),
                     (&act_params[node.inputs[0].0], &act_params[i]),
+                    opts.target,
                 )?),
                 _ => None,
             };
             layers.push(lq);
         }
-        Ok(Self {
+        let plan = Self {
             graph,
             shapes,
             act_params,
             layers,
             options: *opts,
-        })
+        };
+        let refusals = plan.target_refusals();
+        if !refusals.is_empty() {
+            return Err(ExportError::Refused { refusals });
+        }
+        Ok(plan)
+    }
+
+    /// The plan's deployment target.
+    pub fn target(&self) -> Target {
+        self.options.target
+    }
+
+    /// Every node whose add, concat rescale or average pool the target cannot compute as planned.
+    fn target_refusals(&self) -> Vec<Refusal> {
+        let mut out = Vec::new();
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let checks: Vec<Result<(), QuantError>> = match node.op {
+                FloatOp::Add { .. } => vec![self.add_stage(i).map(drop)],
+                FloatOp::Concat => (0..node.inputs.len())
+                    .map(|k| self.rescale_stage(i, k).map(drop))
+                    .collect(),
+                FloatOp::AvgPool(_) | FloatOp::GlobalAvgPool => {
+                    vec![self.average_stage(i).and_then(|_| self.check_global(i))]
+                }
+                _ => Vec::new(),
+            };
+            out.extend(
+                checks
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| Refusal::Target {
+                        node: node.name.clone(),
+                        op: node.op.kind(),
+                        target: self.target(),
+                        reason: e.to_string(),
+                    }),
+            );
+        }
+        out
+    }
+
+    /// onnxruntime refuses a global pool whose `f32` scale or size is out of its range.
+    fn check_global(&self, i: usize) -> Result<(), QuantError> {
+        if self.target() != Target::Ort || !self.is_global_pool(i) {
+            return Ok(());
+        }
+        let input = &self.shapes[self.graph.nodes[i].inputs[0].0];
+        let (pi, po) = (self.input_params(i, 0), self.act_params[i]);
+        AverageStage::ort_global_scale(pi.scale(), po.scale(), input[0] * input[1]).map(drop)
+    }
+
+    /// The params of input `k` of node `i`.
+    pub fn input_params(&self, i: usize, k: usize) -> QuantParams {
+        self.act_params[self.graph.nodes[i].inputs[k].0]
+    }
+
+    /// The add of node `i` (an [`FloatOp::Add`]) in the plan's target: its inputs' params, its
+    /// own params and its fused clamp.
+    pub fn add_stage(&self, i: usize) -> Result<AddStage, QuantError> {
+        let clamp = self.clamp_of(i).unwrap_or(Clamp { lo: 0, hi: 255 });
+        AddStage::new(
+            self.target(),
+            &self.input_params(i, 0),
+            &self.input_params(i, 1),
+            &self.act_params[i],
+            clamp.lo as i32,
+            clamp.hi as i32,
+        )
+    }
+
+    /// The requantization of input `k` of node `i` (a [`FloatOp::Concat`]) to the node's params.
+    pub fn rescale_stage(&self, i: usize, k: usize) -> Result<RescaleStage, QuantError> {
+        RescaleStage::new(self.target(), &self.input_params(i, k), &self.act_params[i])
+    }
+
+    /// Whether node `i` is a global average pool for the target's runtime: a
+    /// [`FloatOp::GlobalAvgPool`], or an [`FloatOp::AvgPool`] whose unpadded kernel covers its
+    /// input (onnxruntime then takes its global-pool kernel).
+    pub fn is_global_pool(&self, i: usize) -> bool {
+        match &self.graph.nodes[i].op {
+            FloatOp::GlobalAvgPool => true,
+            FloatOp::AvgPool(p) => {
+                let input = &self.shapes[self.graph.nodes[i].inputs[0].0];
+                input.len() == 3 && p.kernel == [input[0], input[1]] && p.padding == [0; 4]
+            }
+            _ => false,
+        }
+    }
+
+    /// The average-pool output stage of node `i` (an average or global average pool).
+    pub fn average_stage(&self, i: usize) -> Result<AverageStage, QuantError> {
+        AverageStage::new(
+            self.target(),
+            &self.input_params(i, 0),
+            &self.act_params[i],
+            self.is_global_pool(i),
+        )
     }
 
     /// The folded graph with every conv/linear weight replaced by its fake-quantized value

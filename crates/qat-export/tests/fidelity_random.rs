@@ -1,6 +1,6 @@
 //! Random small graphs (conv, depthwise, linear, add, concat, pools; ReLU/ReLU6): the exported
-//! `Int8Model`, run by the runtime, agrees with the simulation twin — at every layer at least 99%
-//! of the outputs are within 1 LSB.
+//! `Int8Model`, run by the runtime, computes what the simulation computes — every code of every
+//! layer, in isolation and end to end.
 
 mod common;
 
@@ -21,43 +21,27 @@ fn check(seed: u64, opts: &GenOptions, cfg: &PtqConfig) -> FidelityReport {
     for l in &rep.layers {
         assert_eq!(l.bias_saturated, 0, "seed {seed}: layer {}", l.node);
         assert!(
-            l.isolated.within_1_lsb >= 0.99,
-            "seed {seed}: layer {} ({}) only {:.4} within 1 LSB\n{}",
+            l.isolated.exact == 1.0 && l.end_to_end.exact == 1.0,
+            "seed {seed}: layer {} ({}) differs from the simulation\n{}",
             l.node,
             l.op,
-            l.isolated.within_1_lsb,
             rep.to_table()
         );
+    }
+    for o in &rep.outputs {
+        assert_eq!(o.argmax_vs_simulation, 1.0, "seed {seed}: {}", o.output);
     }
     rep
 }
 
 #[test]
 fn random_cnns_8bit_per_channel() {
-    // End to end (simulation run on its own from the input), 1-LSB differences propagate, so the
-    // contract is per layer (isolated); the end-to-end share is still checked in aggregate.
-    let (mut within, mut total, mut agree, mut samples) = (0.0, 0usize, 0.0, 0usize);
+    let mut values = 0;
     for seed in 0..24 {
         let rep = check(seed, &GenOptions::default(), &PtqConfig::default());
-        for l in &rep.layers {
-            within += l.end_to_end.within_1_lsb * l.elements as f64;
-            total += l.elements;
-        }
-        for o in &rep.outputs {
-            agree += o.argmax_vs_simulation * o.samples as f64;
-            samples += o.samples;
-        }
+        values += rep.layers.iter().map(|l| l.elements).sum::<usize>();
     }
-    assert!(
-        within / total as f64 >= 0.98,
-        "end to end {}",
-        within / total as f64
-    );
-    assert!(
-        agree / samples as f64 >= 0.95,
-        "argmax {}",
-        agree / samples as f64
-    );
+    assert!(values > 10_000, "{values} values compared");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, ensure};
 use ndarray::{ArrayD, Axis, IxDyn};
 use qat_export::{
-    CalibrationMethod, PtqConfig, QuantPlan,
+    CalibrationMethod, ExportOptions, PtqConfig, QuantPlan,
     ir::{WeightQuant, WeightScheme},
 };
 use qat_int8_runtime::{Executor, Int8Model, Rounding};
@@ -348,7 +348,9 @@ impl Pipeline {
             .with_context(|| format!("{label}: not exportable"))?;
         let plan = QuantPlan::new(&graph, &convert::export_options())
             .with_context(|| format!("{label}: export refused"))?;
-        let model = plan.to_int8_model();
+        let model = plan
+            .to_int8_model()
+            .with_context(|| format!("{label}: not emittable as .qat8"))?;
         let (int8_acc, int8_pred) = self.eval_int8(&model)?;
         let fq_pred = self.predict_fake_quant(&mut net)?;
         let agreement = agreement(&fq_pred, &int8_pred);
@@ -393,9 +395,15 @@ impl Pipeline {
             let (int8_acc, agree) = if r == out.model.rounding {
                 (out.int8_acc, out.agreement)
             } else {
-                let mut plan = out.plan.clone();
-                plan.options.rounding = r;
-                let (acc, pred) = self.eval_int8(&plan.to_int8_model())?;
+                // Re-planned for the rounding's target: its clamps follow that runtime too.
+                let opts = ExportOptions {
+                    target: r.into(),
+                    ..out.plan.options
+                };
+                let model = QuantPlan::new(&out.plan.graph, &opts)
+                    .and_then(|p| p.to_int8_model())
+                    .with_context(|| format!("export for target {}", opts.target))?;
+                let (acc, pred) = self.eval_int8(&model)?;
                 (acc, agreement(&out.fq_pred, &pred))
             };
             rows.push(RoundingRow {

@@ -2,7 +2,7 @@
 
 use ndarray::ArrayView2;
 use qat_core::fixed_point::QuantizedMultiplier;
-use qat_core::{PerChannelParams, QuantError, QuantParams, QuantRange, array};
+use qat_core::{PerChannelParams, QuantError, QuantParams, QuantRange, Target, array};
 use qat_int8_runtime::Weights;
 use serde::{Deserialize, Serialize};
 
@@ -180,23 +180,36 @@ pub fn quantize_bias(bias: &[f32], s_in: f32, w_scales: &[f32]) -> (Vec<i32>, us
     (q, saturated)
 }
 
-/// Requantization multipliers (paper eq. 5–6): `M[c] = S_in·S_w[c]/S_out` (f64) as
-/// `M0·2^(shift − 31)` via `QuantizedMultiplier::from_f64` (TFLite `QuantizeMultiplier`).
+/// Requantization multipliers (paper eq. 5–6): `M[c] = S_in·S_w[c]/S_out` as `M0·2^(shift − 31)`,
+/// derived from the `f32` scales exactly as `target`'s runtime derives them for a conv
+/// ([`Target::conv_multiplier`]: `QuantizeMultiplier` of the f64 product for `qat` and `tflite`,
+/// the runtime's `f32` quotient held exactly for `ort` and `xnnpack`) or, with `fully_connected`,
+/// for a fully-connected layer ([`Target::fc_multiplier`]: TFLite's per-tensor fully connected
+/// multiplies the two scales in `f32`).
 ///
 /// ```
+/// use qat_core::Target;
 /// use qat_export::passes::weights::requant_multipliers;
-/// let m = requant_multipliers(0.5, &[0.25, 0.1], 0.25)?;
+/// let m = requant_multipliers(Target::Qat, 0.5, &[0.25, 0.1], 0.25, false)?;
 /// assert_eq!((m[0].multiplier(), m[0].shift()), (1 << 30, 0));   // 0.5
 /// assert!((m[1].to_f64() - 0.2).abs() < 1e-8); // 0.1f32 is 0.10000000149
+/// let f = requant_multipliers(Target::Ort, 0.5, &[0.1], 0.25, true)?;
+/// assert_eq!(f[0].to_f32(), 0.5f32 * 0.1 / 0.25);
 /// # Ok::<(), qat_core::QuantError>(())
 /// ```
 pub fn requant_multipliers(
+    target: Target,
     s_in: f32,
     w_scales: &[f32],
     s_out: f32,
+    fully_connected: bool,
 ) -> Result<Vec<QuantizedMultiplier>, QuantError> {
+    let per_channel = w_scales.len() > 1;
     w_scales
         .iter()
-        .map(|&sw| QuantizedMultiplier::from_f64(s_in as f64 * sw as f64 / s_out as f64))
+        .map(|&sw| match fully_connected {
+            true => target.fc_multiplier(s_in, sw, s_out, per_channel),
+            false => target.conv_multiplier(s_in, sw, s_out),
+        })
         .collect()
 }
