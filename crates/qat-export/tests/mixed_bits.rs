@@ -74,12 +74,12 @@ fn mixed_per_layer_bits_export_and_run_like_the_simulation() {
     let cal: Vec<_> = (0..4).map(|_| batch(r, 16, &shape)).collect();
     let g = calibrate(&g, cal.iter().map(|b| b.view()), CalibrationMethod::MinMax).unwrap();
     let plan = QuantPlan::new(&g, &ExportOptions::default()).unwrap();
-    let model = plan.to_int8_model();
+    let model = plan.to_int8_model().unwrap();
     model.validate().unwrap();
     // the .qat8 file carries every grid (activation [qmin, qmax] in the tensors' params, weight
     // codes as int8); a reloaded model is the same model
     let model = qat_int8_runtime::Int8Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
-    assert_eq!(model, plan.to_int8_model());
+    assert_eq!(model, plan.to_int8_model().unwrap());
 
     // every layer keeps its own grids: weight codes within ±(2^(b−1) − 1), activations [0, 2^b − 1]
     for (name, wb, ab) in BITS {
