@@ -13,4 +13,7 @@ fn qat_kernel_env_forces_the_path() {
     );
     assert_eq!(KernelPath::from_name("sse9"), None);
     assert!(KernelPath::Reference.is_supported_here() && KernelPath::Portable.is_supported_here());
+    let names: Vec<&str> = KernelPath::ALL.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["reference", "portable", "avx2", "avx512vnni"]);
+    assert!(KernelPath::optimized().all(|p| p != KernelPath::Reference && p.is_supported_here()));
 }

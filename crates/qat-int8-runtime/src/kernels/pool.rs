@@ -31,15 +31,8 @@ use qat_core::fixed_point::QuantizedMultiplier;
 /// Errors only when `S_in/(S_out·count) ≥ 2^30`; a valid model has `S_in/S_out < 2^30`
 /// (checked by validation), hence a valid `M'` for every `count ≥ 1`. Very small `M'` flush to 0,
 /// which is exact: they mean `|M'·Σ(q − Z_in)| ≤ 255·S_in/S_out < 2^−23`, which rounds to 0.
-///
-/// ```
-/// use qat_core::{QuantParams, QuantRange};
-/// use qat_int8_runtime::kernels::pool::pool_multiplier;
-/// let qi = QuantParams::new(0.5, 0, QuantRange::unsigned(8)?)?;
-/// let qo = QuantParams::new(0.25, 0, QuantRange::unsigned(8)?)?;
-/// assert_eq!(pool_multiplier(&qi, &qo, 4)?.to_f64(), 0.5); // 0.5/(0.25·4)
-/// # Ok::<(), qat_core::QuantError>(())
-/// ```
+/// Example (`tests::worked_examples`): `S_in = 0.5`, `S_out = 0.25`, `count = 4` give
+/// `M' = 0.5/(0.25·4) = 0.5`.
 pub fn pool_multiplier(
     qi: &QuantParams,
     qo: &QuantParams,
@@ -52,12 +45,9 @@ pub fn pool_multiplier(
 /// leading padding `pad`, kernel extent `k`, input extent `n`:
 /// `min(o·s − pad + k, n) − max(o·s − pad, 0)` (0 if negative).
 ///
-/// ```
-/// use qat_int8_runtime::kernels::pool::window_extent;
-/// assert_eq!(window_extent(0, 1, 1, 3, 5), 2); // rows −1..2: row −1 is padding
-/// assert_eq!(window_extent(2, 1, 1, 3, 5), 3);
-/// assert_eq!(window_extent(4, 1, 1, 3, 5), 2); // rows 3..6: row 5 is padding
-/// ```
+/// Example (`tests::worked_examples`): kernel 3, stride 1, padding 1 over 5 rows: position 0
+/// covers rows −1..2 (2 cells, row −1 is padding), position 2 rows 1..4 (3), position 4 rows
+/// 3..6 (2, row 5 is padding).
 #[inline]
 pub fn window_extent(o: usize, s: usize, pad: usize, k: usize, n: usize) -> usize {
     let start = (o * s) as isize - pad as isize;
@@ -87,19 +77,10 @@ pub struct AvgPoolRescale {
 impl AvgPoolRescale {
     /// The stage for windows of the given sizes (duplicates allowed) between `qi` and `qo`.
     ///
-    /// ```
-    /// use qat_core::{QuantParams, QuantRange};
-    /// use qat_int8_runtime::kernels::pool::AvgPoolRescale;
-    /// // S_in = 0.1, Z_in = 10; S_out = 0.3, Z_out = 2 on a 4-bit grid [0, 15]
-    /// let qi = QuantParams::new(0.1, 10, QuantRange::unsigned(8)?)?;
-    /// let qo = QuantParams::new(0.3, 2, QuantRange::unsigned(4)?)?;
-    /// let r = AvgPoolRescale::new(&qi, &qo, [4])?;
-    /// // codes 12, 13, 14, 15: Σ(q − Z_in) = 14, mean 0.35 real = 1.1667 output steps → 1, +2
-    /// assert_eq!(r.average(12 + 13 + 14 + 15, 4), 3);
-    /// // codes 200 ×4: 19 real = 63.3 steps + 2 → clamped to qmax = 15, not 255
-    /// assert_eq!(r.average(800, 4), 15);
-    /// # Ok::<(), qat_core::QuantError>(())
-    /// ```
+    /// Example (`tests::worked_examples`): `S_in = 0.1, Z_in = 10`; `S_out = 0.3, Z_out = 2` on
+    /// a 4-bit grid `[0, 15]`. Codes 12, 13, 14, 15: `Σ(q − Z_in) = 14`, mean 0.35 real = 1.1667
+    /// output steps → 1, + 2 = 3. Codes 200 ×4: 19 real = 63.3 steps + 2 → clamped to
+    /// `qmax = 15`, not 255.
     pub fn new(
         qi: &QuantParams,
         qo: &QuantParams,
@@ -165,11 +146,6 @@ impl AvgPoolRescale {
         in_hwc: [usize; 3],
     ) -> Result<Self, QuantError> {
         Self::new(qi, qo, [in_hwc[0] * in_hwc[1]])
-    }
-
-    /// Whether input and output params are identical (TFLite's code average).
-    pub fn is_identity(&self) -> bool {
-        self.params.is_none()
     }
 
     /// `M'` for windows of `count` cells (`None` for identical params).
@@ -242,7 +218,24 @@ mod tests {
             Some(pool_multiplier(&q(0.1, 3), &q(0.2, 5), 7).unwrap())
         );
         let same = AvgPoolRescale::global(&q(0.1, 3), &q(0.1, 3), [2, 2, 1]).unwrap();
-        assert!(same.is_identity() && same.multiplier(4).is_none());
+        assert!(same.params.is_none() && same.multiplier(4).is_none());
+    }
+
+    #[test]
+    fn worked_examples() {
+        let q = |s, z, bits| QuantParams::new(s, z, QuantRange::unsigned(bits).unwrap()).unwrap();
+        assert_eq!(
+            pool_multiplier(&q(0.5, 0, 8), &q(0.25, 0, 8), 4)
+                .unwrap()
+                .to_f64(),
+            0.5
+        );
+        assert_eq!(window_extent(0, 1, 1, 3, 5), 2);
+        assert_eq!(window_extent(2, 1, 1, 3, 5), 3);
+        assert_eq!(window_extent(4, 1, 1, 3, 5), 2);
+        let r = AvgPoolRescale::new(&q(0.1, 10, 8), &q(0.3, 2, 4), [4]).unwrap();
+        assert_eq!(r.average(12 + 13 + 14 + 15, 4), 3);
+        assert_eq!(r.average(800, 4), 15);
     }
 
     #[test]

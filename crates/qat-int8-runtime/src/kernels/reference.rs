@@ -1,18 +1,19 @@
-//! Reference kernels: obvious loops, one output element at a time, never optimized (STYLE.md 1).
+//! Reference kernels: obvious loops, one output element at a time, always compiled and never
+//! optimized.
 //!
 //! They follow the paper's §2.3–2.4 literally and are the ground truth every optimized kernel is
-//! tested against. All functions work on one sample (no batch dimension), NHWC activations, OHWI
-//! weights. Accumulation is int32 with wrapping adds; [`crate::validate::MAX_REDUCTION`] keeps
-//! `Σ q1·q2` of int8 weights in range, and wrapping makes every algebraically equal evaluation order
-//! (row/column-sum expansion, packed GEMM, SIMD) give the same bits.
+//! tested against; no optimized code ever stands in for them. All functions work on one sample
+//! (no batch dimension), NHWC activations, OHWI weights. Accumulation is int32 with wrapping adds;
+//! the validated reduction limit (`K ≤ 2^16`) keeps `Σ q1·q2` of int8 weights in range, and
+//! wrapping makes every algebraically equal evaluation order (row/column-sum expansion, packed
+//! GEMM, SIMD) give the same bits.
 
 use qat_core::QuantParams;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 
+use super::add::{ADD_LEFT_SHIFT, AddParams, Rescale};
 use super::pool::AvgPoolRescale;
-use super::{AddParams, Rescale};
 use crate::model::{Clamp, Conv2d, FullyConnected, Weights};
-use crate::validate::ADD_LEFT_SHIFT;
 
 /// Weight code `q2` and its zero point `Z2` for output channel `co`, element `i` of the op's
 /// weight array.
@@ -191,7 +192,7 @@ pub fn fully_connected(
 /// TFLite's uint8 integer add (`left_shift = 20`), elementwise:
 /// `a' = M_a·((q_a − Z_a)·2^20)`, `b' = M_b·((q_b − Z_b)·2^20)`,
 /// `q = clamp(M_out·(a' + b') + Z_out, lo, hi)`, multipliers from
-/// [`crate::validate::add_multipliers`]. The input rescales use qat-core's
+/// [`add_multipliers`](super::add::add_multipliers). The input rescales use qat-core's
 /// [`QuantizedMultiplier::apply`] (their 2^20 headroom makes the rounding mode immaterial); the
 /// output stage rounds in `p.rounding` ([`requantize_with`]).
 pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
@@ -221,28 +222,6 @@ pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
                 *o = requantize_with(r.rounding, x as i32 - r.zi, m, r.zo, r.lo, r.hi) as u8;
             }
         }
-    }
-}
-
-/// Concatenation along the last axis of one sample: each input's rows of `c_i` channels are
-/// [`rescale`]d into the output's rows of `Σ c_i` channels.
-pub fn concat(inputs: &[(&[u8], usize, Rescale)], out: &mut [u8]) {
-    let total: usize = inputs.iter().map(|i| i.1).sum();
-    if total == 0 {
-        return;
-    }
-    let rows = out.len() / total;
-    let mut off = 0;
-    for (data, c, r) in inputs {
-        let c = *c;
-        for row in 0..rows {
-            rescale(
-                &data[row * c..(row + 1) * c],
-                r,
-                &mut out[row * total + off..row * total + off + c],
-            );
-        }
-        off += c;
     }
 }
 
