@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::kernels::add::{AddParams, Rescale};
 use crate::kernels::conv::{ConvIo, ConvPlan, FcIo, FcPlan};
-use crate::kernels::pool::AvgPoolRescale;
+use crate::kernels::pool::{AvgPoolRescale, PoolGeom};
 use crate::kernels::{KernelPath, reference};
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
@@ -103,7 +103,10 @@ enum OpPlan {
     Fc(Box<FcPlan>),
     Add(AddParams),
     Concat(Vec<Rescale>),
+    /// Global average pool.
     Pool(Box<AvgPoolRescale>),
+    AvgPool(Box<(AvgPoolRescale, PoolGeom)>),
+    MaxPool(PoolGeom),
 }
 
 /// Runs an [`Int8Model`] on batches of NHWC f32 input.
@@ -267,18 +270,30 @@ impl<'m> Executor<'m> {
                     kernel,
                     stride,
                     padding,
-                } => OpPlan::Pool(Box::new(
-                    AvgPoolRescale::avg_pool2d(
-                        &quant(&model, *input),
-                        &quant(&model, *output),
-                        hwc(&model, *input),
-                        *kernel,
-                        *stride,
-                        *padding,
-                        hwc(&model, *output),
-                    )
-                    .map_err(|e| err(e.to_string()))?,
-                )),
+                }
+                | Op::MaxPool2d {
+                    input,
+                    output,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let g = PoolGeom {
+                        in_hwc: hwc(&model, *input),
+                        out_hwc: hwc(&model, *output),
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                    };
+                    if let Op::MaxPool2d { .. } = op {
+                        OpPlan::MaxPool(g)
+                    } else {
+                        let (qi, qo) = (quant(&model, *input), quant(&model, *output));
+                        let r = AvgPoolRescale::avg_pool2d(&qi, &qo, &g)
+                            .map_err(|e| err(e.to_string()))?;
+                        OpPlan::AvgPool(Box::new((r, g)))
+                    }
+                }
                 Op::GlobalAvgPool { input, output } => OpPlan::Pool(Box::new(
                     AvgPoolRescale::global(
                         &quant(&model, *input),
@@ -505,30 +520,11 @@ impl<'m> Executor<'m> {
                     }
                 });
             }
-            (
-                Op::AvgPool2d {
-                    input,
-                    output,
-                    kernel,
-                    stride,
-                    padding,
-                },
-                OpPlan::Pool(r),
-                Buf::U8(o),
-            ) => {
+            (Op::AvgPool2d { input, .. }, OpPlan::AvgPool(p), Buf::U8(o)) => {
                 let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                let (ih, oh) = (hwc(model, *input), hwc(model, *output));
+                let (r, g) = &**p;
                 per_sample(o, so, |s, o| {
-                    reference::avg_pool2d(
-                        &x[s * si..(s + 1) * si],
-                        ih,
-                        r,
-                        *kernel,
-                        *stride,
-                        *padding,
-                        oh,
-                        o,
-                    )
+                    reference::avg_pool2d(&x[s * si..(s + 1) * si], g, r, o)
                 });
             }
             (Op::GlobalAvgPool { input, .. }, OpPlan::Pool(r), Buf::U8(o)) => {
@@ -538,29 +534,10 @@ impl<'m> Executor<'m> {
                     reference::global_avg_pool(&x[s * si..(s + 1) * si], ih, r, o)
                 });
             }
-            (
-                Op::MaxPool2d {
-                    input,
-                    output,
-                    kernel,
-                    stride,
-                    padding,
-                },
-                _,
-                Buf::U8(o),
-            ) => {
+            (Op::MaxPool2d { input, .. }, OpPlan::MaxPool(g), Buf::U8(o)) => {
                 let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                let (ih, oh) = (hwc(model, *input), hwc(model, *output));
                 per_sample(o, so, |s, o| {
-                    reference::max_pool2d(
-                        &x[s * si..(s + 1) * si],
-                        ih,
-                        *kernel,
-                        *stride,
-                        *padding,
-                        oh,
-                        o,
-                    )
+                    reference::max_pool2d(&x[s * si..(s + 1) * si], g, o)
                 });
             }
             (Op::Reshape { input, .. }, _, Buf::U8(o)) => o.copy_from_slice(self.u8_buf(*input)),

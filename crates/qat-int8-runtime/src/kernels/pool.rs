@@ -24,6 +24,21 @@ use qat_core::QuantError;
 use qat_core::QuantParams;
 use qat_core::fixed_point::QuantizedMultiplier;
 
+/// The geometry of a pooling window op over one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeom {
+    /// Input `[H, W, C]`.
+    pub in_hwc: [usize; 3],
+    /// Output `[Ho, Wo, C]`.
+    pub out_hwc: [usize; 3],
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`; padded cells are not part of a window.
+    pub padding: [usize; 4],
+}
+
 /// The merged average-and-rescale multiplier `M' = S_in/(S_out·count)` for one window size,
 /// computed in f64 (`S_out·count` is exact there) and quantized by
 /// [`QuantizedMultiplier::from_f64`].
@@ -112,16 +127,18 @@ impl AvgPoolRescale {
 
     /// The stage for an `AvgPool2d` op: one `M'` per distinct window size
     /// `window_extent(oh, …)·window_extent(ow, …)` (padded cells excluded from the count).
-    #[allow(clippy::too_many_arguments)]
     pub fn avg_pool2d(
         qi: &QuantParams,
         qo: &QuantParams,
-        in_hwc: [usize; 3],
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-        out_hwc: [usize; 3],
+        g: &PoolGeom,
     ) -> Result<Self, QuantError> {
+        let PoolGeom {
+            in_hwc,
+            out_hwc,
+            kernel,
+            stride,
+            padding,
+        } = *g;
         let extents = |o: usize, axis: usize, n: usize| {
             let mut v: Vec<usize> = (0..o)
                 .map(|i| window_extent(i, stride[axis], padding[axis], kernel[axis], n))
@@ -194,16 +211,14 @@ mod tests {
         let q = |s, z| QuantParams::new(s, z, QuantRange::unsigned(8).unwrap()).unwrap();
         // 5×4 input, 3×3 kernel, stride 2, padding 1 all round → 3×2 output:
         // rows {0..2, 1..4, 3..5} → extents 2, 3, 2; cols {−1..2, 1..4} → 2, 3
-        let r = AvgPoolRescale::avg_pool2d(
-            &q(0.1, 3),
-            &q(0.2, 5),
-            [5, 4, 1],
-            [3, 3],
-            [2, 2],
-            [1, 1, 1, 1],
-            [3, 2, 1],
-        )
-        .unwrap();
+        let g = PoolGeom {
+            in_hwc: [5, 4, 1],
+            out_hwc: [3, 2, 1],
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1, 1, 1],
+        };
+        let r = AvgPoolRescale::avg_pool2d(&q(0.1, 3), &q(0.2, 5), &g).unwrap();
         let counts: Vec<usize> = r.table.iter().map(|e| e.0).collect();
         assert_eq!(counts, vec![4, 6, 9]);
         for &c in &counts {

@@ -9,10 +9,8 @@
 use qat_core::fixed_point::Rounding;
 
 use super::frame::depthwise::{DwOut, RowScratch};
-use super::frame::gemm::{Block, tile_loop};
-use super::frame::{
-    DepthwiseKernel, DepthwisePlan, Epilogue, GemmKernel, Isa, OutPtr, OutputStage,
-};
+use super::frame::gemm::{Block, TileArgs, tile_loop};
+use super::frame::{DepthwiseKernel, DepthwisePlan, GemmKernel, Isa, OutPtr, OutputStage};
 
 /// The portable ISA (any CPU).
 pub(crate) struct Portable;
@@ -41,16 +39,9 @@ impl GemmKernel for Portable {
     type A = u8;
 
     #[inline]
-    unsafe fn tile<const M: usize>(
-        a: *const u8,
-        lda: usize,
-        panel: *const i8,
-        kp: usize,
-        e: &Epilogue,
-        col0: usize,
-        cols: usize,
-        out: OutPtr,
-    ) {
+    unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>) {
+        let (a, lda, panel, kp) = (t.a, t.lda, t.panel, t.kp);
+        let (e, col0, cols, out) = (t.e, t.col0, t.cols, t.out);
         // SAFETY: the panel holds kp·NR weights (caller).
         let panel = unsafe { std::slice::from_raw_parts(panel, kp * NR) };
         let mut acc = [[0i32; NR]; M];
@@ -88,8 +79,6 @@ impl GemmKernel for Portable {
 
 impl DepthwiseKernel for Portable {
     type Layout = ();
-
-    fn layout(_: &[i32], _: usize, _: usize, _: usize, _: &Epilogue) {}
 
     unsafe fn pixel(
         taps: &[*const u8],

@@ -12,7 +12,7 @@ use qat_core::QuantParams;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 
 use super::add::{ADD_LEFT_SHIFT, AddParams, Rescale};
-use super::pool::AvgPoolRescale;
+use super::pool::{AvgPoolRescale, PoolGeom};
 use crate::model::{Clamp, Conv2d, FullyConnected, Weights};
 
 /// Weight code `q2` and its zero point `Z2` for output channel `co`, element `i` of the op's
@@ -227,68 +227,25 @@ pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
 
 /// Average pooling of one sample; padded cells are excluded from the count (TFLite). The
 /// output stage is [`AvgPoolRescale::average`] (one rounding from `Σq` to the output grid).
-#[allow(clippy::too_many_arguments)]
-pub fn avg_pool2d(
-    input: &[u8],
-    in_hwc: [usize; 3],
-    rescale: &AvgPoolRescale,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    out_hwc: [usize; 3],
-    out: &mut [u8],
-) {
-    pool(
-        input,
-        in_hwc,
-        kernel,
-        stride,
-        padding,
-        out_hwc,
-        out,
-        |cells| {
-            let sum: i32 = cells.iter().map(|&v| v as i32).sum();
-            rescale.average(sum, cells.len())
-        },
-    );
+pub fn avg_pool2d(input: &[u8], g: &PoolGeom, rescale: &AvgPoolRescale, out: &mut [u8]) {
+    pool(input, g, out, |cells| {
+        let sum: i32 = cells.iter().map(|&v| v as i32).sum();
+        rescale.average(sum, cells.len())
+    });
 }
 
 /// Max pooling of one sample; padded cells are ignored; params are shared.
-#[allow(clippy::too_many_arguments)]
-pub fn max_pool2d(
-    input: &[u8],
-    in_hwc: [usize; 3],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    out_hwc: [usize; 3],
-    out: &mut [u8],
-) {
-    pool(
-        input,
-        in_hwc,
-        kernel,
-        stride,
-        padding,
-        out_hwc,
-        out,
-        |cells| cells.iter().copied().max().unwrap_or(0),
-    );
+pub fn max_pool2d(input: &[u8], g: &PoolGeom, out: &mut [u8]) {
+    pool(input, g, out, |cells| {
+        cells.iter().copied().max().unwrap_or(0)
+    });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pool(
-    input: &[u8],
-    in_hwc: [usize; 3],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    out_hwc: [usize; 3],
-    out: &mut [u8],
-    reduce: impl Fn(&[u8]) -> u8,
-) {
-    let [h, w, c] = in_hwc;
-    let [ho, wo, _] = out_hwc;
+/// `out[oh, ow, ch] = reduce(window cells)`, the window's in-bounds cells in row-major order.
+fn pool(input: &[u8], g: &PoolGeom, out: &mut [u8], reduce: impl Fn(&[u8]) -> u8) {
+    let [h, w, c] = g.in_hwc;
+    let [ho, wo, _] = g.out_hwc;
+    let (kernel, stride, padding) = (g.kernel, g.stride, g.padding);
     let mut cells = Vec::with_capacity(kernel[0] * kernel[1]);
     for oh in 0..ho {
         for ow in 0..wo {

@@ -81,11 +81,14 @@ pub(crate) struct RowJob<'a> {
 /// An ISA's depthwise kernel.
 pub(crate) trait DepthwiseKernel: OutputStage + Sized + Send + Sync + 'static {
     /// Weights and constants prepared for the kernel beyond the plan's own (`()` when none).
-    type Layout: Send + Sync + 'static;
+    type Layout: Default + Send + Sync + 'static;
 
     /// Prepares the layout from the `[tap][cp]` int32 weights (`c ≤ cp` real channels) and the
-    /// epilogue (`cp` entries).
-    fn layout(w: &[i32], taps: usize, c: usize, cp: usize, e: &Epilogue) -> Self::Layout;
+    /// epilogue (`cp` entries); by default none.
+    fn layout(w: &[i32], taps: usize, c: usize, cp: usize, e: &Epilogue) -> Self::Layout {
+        let _ = (w, taps, c, cp, e);
+        Self::Layout::default()
+    }
 
     /// One output pixel from its `kh·kw` tap rows (each with `c` readable bytes).
     ///

@@ -36,52 +36,87 @@ impl PanelElem for i16 {
     }
 }
 
-/// An A element as a tile reads it: the uint8 rows in place, or a widened copy.
+/// An A element as a tile reads it: the uint8 rows in place (`u8`), or a copy widened to `i16`
+/// (the only two implementations).
 pub(crate) trait AElem: Copy + Send + Sync + 'static {
-    /// Rows `0..rows` of `kp` bytes at stride `lda`, as the tile reads them: `(pointer, stride)`,
-    /// converted into `scratch` when the tile does not read bytes.
-    ///
-    /// # Safety
-    /// `a` has `rows` rows of `kp` readable bytes at stride `lda`.
-    unsafe fn prepare(
-        a: *const u8,
-        lda: usize,
-        rows: usize,
-        kp: usize,
-        scratch: &mut Vec<i16>,
-    ) -> (*const Self, usize);
+    /// Whether the tile reads the uint8 rows in place (else the frame widens them to `i16`).
+    const IN_PLACE: bool;
 }
 
 impl AElem for u8 {
-    #[inline]
-    unsafe fn prepare(
-        a: *const u8,
-        lda: usize,
-        _rows: usize,
-        _kp: usize,
-        _scratch: &mut Vec<i16>,
-    ) -> (*const u8, usize) {
-        (a, lda)
-    }
+    const IN_PLACE: bool = true;
 }
 
 impl AElem for i16 {
-    unsafe fn prepare(
-        a: *const u8,
-        lda: usize,
-        rows: usize,
-        kp: usize,
-        scratch: &mut Vec<i16>,
-    ) -> (*const i16, usize) {
-        scratch.resize(rows * kp, 0);
-        for r in 0..rows {
-            for kk in 0..kp {
-                // SAFETY: rows × lda bytes readable, lda ≥ kp (caller).
-                scratch[r * kp + kk] = unsafe { *a.add(r * lda + kk) } as i16;
-            }
-        }
-        (scratch.as_ptr(), kp)
+    const IN_PLACE: bool = false;
+}
+
+/// Rows `0..rows` of `kp` bytes at stride `lda`, as a tile reading `A` takes them:
+/// `(pointer, stride)`, widened into `scratch` unless `A::IN_PLACE`.
+///
+/// # Safety
+/// `a` has `rows` rows of `kp` readable bytes at stride `lda`.
+unsafe fn prepare_a<A: AElem>(
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    kp: usize,
+    scratch: &mut Vec<i16>,
+) -> (*const A, usize) {
+    const { assert!(size_of::<A>() == if A::IN_PLACE { 1 } else { 2 }) };
+    if A::IN_PLACE {
+        // A is u8.
+        return (a.cast(), lda);
     }
+    scratch.resize(rows * kp, 0);
+    for r in 0..rows {
+        for kk in 0..kp {
+            // SAFETY: rows × lda bytes readable, lda ≥ kp (caller).
+            scratch[r * kp + kk] = unsafe { *a.add(r * lda + kk) } as i16;
+        }
+    }
+    // A is i16.
+    (scratch.as_ptr().cast(), kp)
+}
+
+/// One micro-tile's operands ([`GemmKernel::tile`]).
+pub(crate) struct TileArgs<'a, K: GemmKernel> {
+    /// `M` rows of `kp` elements.
+    pub(crate) a: *const K::A,
+    /// A row stride.
+    pub(crate) lda: usize,
+    /// One packed panel of `kp·NR` elements.
+    pub(crate) panel: *const K::W,
+    /// Padded reduction length.
+    pub(crate) kp: usize,
+    /// Output-stage constants (at least `col0 + NR` columns).
+    pub(crate) e: &'a Epilogue,
+    /// First column of the tile.
+    pub(crate) col0: usize,
+    /// Columns to store (`≤ NR`).
+    pub(crate) cols: usize,
+    /// The tile's first output row.
+    pub(crate) out: OutPtr,
+}
+
+/// One indirect micro-tile's operands ([`IndirectTile::tile_indirect`]).
+pub(crate) struct IndirectArgs<'a, K: GemmKernel> {
+    /// `M·taps` segment pointers (row `r`, tap `t` at `r·taps + t`).
+    pub(crate) ptrs: &'a [*const u8],
+    /// Segments per row.
+    pub(crate) taps: usize,
+    /// Bytes per segment.
+    pub(crate) seg: usize,
+    /// One packed panel of `taps·seg·NR` elements.
+    pub(crate) panel: *const K::W,
+    /// Output-stage constants (at least `col0 + NR` columns).
+    pub(crate) e: &'a Epilogue,
+    /// First column of the tile.
+    pub(crate) col0: usize,
+    /// Columns to store (`≤ NR`).
+    pub(crate) cols: usize,
+    /// The tile's first output row.
+    pub(crate) out: OutPtr,
 }
 
 /// An ISA's GEMM micro-kernel.
@@ -108,20 +143,10 @@ pub(crate) trait GemmKernel: OutputStage + Sized + Send + Sync + 'static {
     /// `cols`): `+ bias'`, requantize (u8 out) or store the int32 sums.
     ///
     /// # Safety
-    /// The CPU supports the ISA; `a` has `M` rows of `kp` elements at stride `lda`; `panel` is one
-    /// packed panel of `kp·NR` elements; `out` is valid for `M` rows × `cols ≤ NR` columns from
-    /// `col0`; `e` holds `col0 + NR` columns; u8 output only when `e.fused`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const M: usize>(
-        a: *const Self::A,
-        lda: usize,
-        panel: *const Self::W,
-        kp: usize,
-        e: &Epilogue,
-        col0: usize,
-        cols: usize,
-        out: OutPtr,
-    );
+    /// The CPU supports the ISA; `t.a` has `M` rows of `t.kp` elements at stride `t.lda`;
+    /// `t.panel` is one packed panel; `t.out` is valid for `M` rows × `t.cols` columns from
+    /// `t.col0`; u8 output only when `t.e.fused`.
+    unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>);
 
     /// [`tile_loop::<Self>`](tile_loop) compiled with the ISA's target features (so the tiles
     /// inline into it).
@@ -188,18 +213,19 @@ const fn valid_mr(mr: usize) -> bool {
     mr >= 1 && mr <= 8 && MC.is_multiple_of(mr)
 }
 
-/// Calls `$call::<M>` for the run-time row count `$mr ∈ 1..=8` (arms above `K::MR` are never taken).
+/// Calls `<$k>::$call::<M>($arg)` for the run-time row count `$mr ∈ 1..=8` (arms above `K::MR`
+/// are never taken).
 macro_rules! with_rows {
-    ($mr:expr, $k:ty, $call:ident ( $($arg:expr),* $(,)? )) => {
+    ($mr:expr, $k:ty, $call:ident($arg:expr)) => {
         match $mr {
-            1 => <$k>::$call::<1>($($arg),*),
-            2 => <$k>::$call::<2>($($arg),*),
-            3 => <$k>::$call::<3>($($arg),*),
-            4 => <$k>::$call::<4>($($arg),*),
-            5 => <$k>::$call::<5>($($arg),*),
-            6 => <$k>::$call::<6>($($arg),*),
-            7 if <$k>::MR >= 7 => <$k>::$call::<7>($($arg),*),
-            _ if <$k>::MR >= 8 => <$k>::$call::<8>($($arg),*),
+            1 => <$k>::$call::<1>($arg),
+            2 => <$k>::$call::<2>($arg),
+            3 => <$k>::$call::<3>($arg),
+            4 => <$k>::$call::<4>($arg),
+            5 => <$k>::$call::<5>($arg),
+            6 => <$k>::$call::<6>($arg),
+            7 if <$k>::MR >= 7 => <$k>::$call::<7>($arg),
+            _ if <$k>::MR >= 8 => <$k>::$call::<8>($arg),
             _ => {}
         }
     };
@@ -223,9 +249,17 @@ pub(crate) unsafe fn tile_loop<K: GemmKernel>(blk: &Block<'_, K>) {
             let ar = blk.a.add(r0 * blk.lda);
             let o = blk.out.offset(r0, 0);
             for p in blk.p0..blk.p1 {
-                let bp = blk.panels.as_ptr().add(p * kp * K::NR);
-                let (col0, cols) = (p * K::NR, K::NR.min(blk.n - p * K::NR));
-                with_rows!(mr, K, tile(ar, blk.lda, bp, kp, e, col0, cols, o));
+                let t = TileArgs::<K> {
+                    a: ar,
+                    lda: blk.lda,
+                    panel: blk.panels.as_ptr().add(p * kp * K::NR),
+                    kp,
+                    e,
+                    col0: p * K::NR,
+                    cols: K::NR.min(blk.n - p * K::NR),
+                    out: o,
+                };
+                with_rows!(mr, K, tile(&t));
             }
         }
         r0 += K::MR;
@@ -234,23 +268,13 @@ pub(crate) unsafe fn tile_loop<K: GemmKernel>(blk: &Block<'_, K>) {
 
 /// The indirect tile of ISAs that read implicit-im2col segments in place.
 pub(crate) trait IndirectTile: GemmKernel {
-    /// One `M × NR` tile whose row `r` reduces over `taps` segments of `seg` bytes at
-    /// `ptrs[r·taps + t]`, then the output stage (as [`GemmKernel::tile`]).
+    /// One `M × NR` tile whose row `r` reduces over `t.taps` segments of `t.seg` bytes at
+    /// `t.ptrs[r·taps + tap]`, then the output stage (as [`GemmKernel::tile`]).
     ///
     /// # Safety
     /// The CPU supports the ISA; every pointer has `seg` readable bytes, `seg % 4 == 0`,
-    /// `taps·seg == kp` of `panel`; `out` valid for `M` rows × `cols` columns from `col0`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_indirect<const M: usize>(
-        ptrs: &[*const u8],
-        taps: usize,
-        seg: usize,
-        panel: *const Self::W,
-        e: &Epilogue,
-        col0: usize,
-        cols: usize,
-        out: OutPtr,
-    );
+    /// `taps·seg` is the panel's `kp`; `t.out` valid for `M` rows × `t.cols` columns from `t.col0`.
+    unsafe fn tile_indirect<const M: usize>(t: &IndirectArgs<'_, Self>);
 }
 
 /// [`tile_loop`] for an [`IndirectBlock`]; inlined into the ISA's [`GemmKernel::INDIRECT`] entry.
@@ -270,9 +294,17 @@ pub(crate) unsafe fn indirect_tile_loop<K: IndirectTile>(blk: &IndirectBlock<'_,
             let pr = &blk.ptrs[r0 * taps..];
             let o = blk.out.offset(r0, 0);
             for p in blk.p0..blk.p1 {
-                let bp = blk.panels.as_ptr().add(p * blk.kp * K::NR);
-                let (col0, cols) = (p * K::NR, K::NR.min(blk.n - p * K::NR));
-                with_rows!(mr, K, tile_indirect(pr, taps, seg, bp, e, col0, cols, o));
+                let t = IndirectArgs::<K> {
+                    ptrs: pr,
+                    taps,
+                    seg,
+                    panel: blk.panels.as_ptr().add(p * blk.kp * K::NR),
+                    e,
+                    col0: p * K::NR,
+                    cols: K::NR.min(blk.n - p * K::NR),
+                    out: o,
+                };
+                with_rows!(mr, K, tile_indirect(&t));
             }
         }
         r0 += K::MR;
@@ -400,7 +432,7 @@ unsafe fn task<K: GemmKernel>(
     let dense = |a: *const u8, lda: usize, words: &mut Vec<i16>| {
         // SAFETY: rows × lda bytes readable at `a` (each source below); dst covers the task.
         unsafe {
-            let (a, lda) = K::A::prepare(a, lda, rows, b.kp, words);
+            let (a, lda) = prepare_a::<K::A>(a, lda, rows, b.kp, words);
             let blk = Block::<K> {
                 panels,
                 n: b.n,

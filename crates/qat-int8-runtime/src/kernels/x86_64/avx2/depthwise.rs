@@ -10,8 +10,6 @@ use crate::kernels::frame::{DepthwiseKernel, DepthwisePlan, Epilogue, OutPtr};
 impl DepthwiseKernel for Avx2 {
     type Layout = ();
 
-    fn layout(_: &[i32], _: usize, _: usize, _: usize, _: &Epilogue) {}
-
     unsafe fn pixel(
         taps: &[*const u8],
         plan: &DepthwisePlan,

@@ -139,7 +139,7 @@ impl DepthwiseKernel for Avx512Vnni {
 /// hold `w[4L + b]` in byte `b` of lane `L` and zero in the other three bytes, so each lane of
 /// accumulator `b` collects exactly `x[4L + b]·w[4L + b]` — no widening shuffles. The four
 /// requantized results recombine into memory order with shifts and ors.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DepthwiseVnniLayout {
     /// `[blk][tap][b][64]` bytes.
     pub w: Vec<i8>,
