@@ -20,12 +20,12 @@ macro_rules! register_isas {
         $(#[cfg($cfg:meta)])?
         $variant:ident = $name:literal => $isa:ty
     ),* $(,)?) => {
-        /// A family of kernels. `Reference` runs [`reference`](mod@crate::kernels::reference)'s
-        /// obvious loops, the oracle every other path is tested against; every other variant is one
+        /// A family of kernels. `Reference` runs the reference kernels' obvious loops (the paper's
+        /// eq. 7–10), the oracle every other path is tested against; every other variant is one
         /// instruction set's micro-kernels plugged into the shared packed-GEMM and depthwise frame.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum KernelPath {
-            /// Obvious loops ([`reference`](mod@crate::kernels::reference)), never optimized.
+            /// Obvious loops, one output element at a time, never optimized.
             Reference,
             $(
                 $(#[doc = $doc])*

@@ -125,7 +125,8 @@ pub fn requantize_channels(
     }
 }
 
-/// Conv2d for one sample: [`conv2d_acc`] then [`requantize_channels`].
+/// Conv2d for one sample: [`conv2d_acc`] then `requantize_channels` (qat-core's
+/// `requantize_with` per element).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     input: &[u8],
@@ -167,7 +168,7 @@ pub fn fully_connected_acc(input: &[u8], zp_in: i32, fc: &FullyConnected, acc: &
     }
 }
 
-/// Fully connected for one sample: [`fully_connected_acc`] then [`requantize_channels`].
+/// Fully connected for one sample: [`fully_connected_acc`] then `requantize_channels`.
 pub fn fully_connected(
     input: &[u8],
     zp_in: i32,

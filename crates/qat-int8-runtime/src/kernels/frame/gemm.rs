@@ -1,7 +1,7 @@
 //! The GEMM frame: `C[m, n] = requantize(bias'[n] + Σ_k A[m, k]·B[k, n])` for any ISA.
 //!
 //! `A` is uint8 activations (rows = output pixels, im2col'd for k×k convs), `B` the int8 weights
-//! packed by [`PackedB`](super::PackedB). The frame splits `C` into tasks of up to [`MC`] rows
+//! packed by [`PackedB`]. The frame splits `C` into tasks of up to [`MC`] rows
 //! (and column panels when `m` is small), runs them on rayon, fills `A` per task when it is not
 //! in memory, and walks each task in micro-tiles of `MR × NR` (the last ones shorter or
 //! narrower) that the ISA's [`GemmKernel::tile`] computes, output stage included. Each output
@@ -319,7 +319,7 @@ thread_local! {
 struct Scratch {
     /// A rows filled on demand (im2col, gathered segments).
     bytes: Vec<u8>,
-    /// A rows widened for the tile ([`AElem::prepare`]).
+    /// A rows widened for the tile ([`prepare_a`]).
     words: Vec<i16>,
     /// Segment pointers of the indirect GEMM.
     ptrs: Vec<*const u8>,

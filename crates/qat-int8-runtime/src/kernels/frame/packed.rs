@@ -203,7 +203,7 @@ pub enum ASource<'a> {
     /// `fill(row0, rows, dst)` writes `rows` rows of `kp` bytes into `dst` (per-task scratch:
     /// tiled im2col, padded FC rows).
     Fill(&'a (dyn Fn(usize, usize, &mut [u8]) + Sync)),
-    /// Implicit im2col, built by [`ASource::indirect`].
+    /// Implicit im2col (tap-segment pointers), built only inside the crate.
     #[doc(hidden)]
     Indirect(Indirect<'a>),
 }

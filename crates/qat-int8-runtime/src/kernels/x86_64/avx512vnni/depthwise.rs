@@ -376,7 +376,7 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
 
 /// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
 /// `taps` is given, a single pixel whose tap rows are listed), all channels, requantized in the
-/// epilogue's [`Rounding`].
+/// epilogue's rounding.
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold

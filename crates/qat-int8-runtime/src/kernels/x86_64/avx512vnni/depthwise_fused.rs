@@ -128,7 +128,7 @@ unsafe fn depthwise_block_fused<const T: usize>(
     }
 }
 
-/// `avx512vnni_depthwise_u8i8_16c_fused`: [`depthwise_narrow`]'s partial block (`V` vectors of
+/// `avx512vnni_depthwise_u8i8_16c_fused`: `depthwise_narrow`'s partial block (`V` vectors of
 /// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over a run of `npix`
 /// pixels and the listed pixels (as [`depthwise_block_fused`]), u8 output through
 /// [`requantize16_fused`], constants loaded once per run.
