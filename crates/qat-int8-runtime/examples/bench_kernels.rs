@@ -448,64 +448,25 @@ fn main() {
         }
     };
     let min = Duration::from_millis(if args.quick { 80 } else { 400 });
+    let gemm = |m, k, n| Case::Gemm { m, k, n };
+    let conv = |h, cin, cout, k, depthwise| Case::Conv {
+        h,
+        w: h,
+        cin,
+        cout,
+        k,
+        depthwise,
+    };
     let cases = [
-        Case::Gemm {
-            m: 256,
-            k: 256,
-            n: 256,
-        },
-        Case::Gemm {
-            m: 512,
-            k: 512,
-            n: 512,
-        },
-        Case::Gemm {
-            m: 1024,
-            k: 1024,
-            n: 1024,
-        },
-        Case::Gemm {
-            m: 128,
-            k: 768,
-            n: 3072,
-        },
-        Case::Gemm {
-            m: 1,
-            k: 1024,
-            n: 1000,
-        },
-        Case::Conv {
-            h: 56,
-            w: 56,
-            cin: 64,
-            cout: 64,
-            k: 3,
-            depthwise: false,
-        },
-        Case::Conv {
-            h: 14,
-            w: 14,
-            cin: 256,
-            cout: 256,
-            k: 1,
-            depthwise: false,
-        },
-        Case::Conv {
-            h: 56,
-            w: 56,
-            cin: 144,
-            cout: 144,
-            k: 3,
-            depthwise: true,
-        },
-        Case::Conv {
-            h: 14,
-            w: 14,
-            cin: 512,
-            cout: 512,
-            k: 3,
-            depthwise: true,
-        },
+        gemm(256, 256, 256),
+        gemm(512, 512, 512),
+        gemm(1024, 1024, 1024),
+        gemm(128, 768, 3072),
+        gemm(1, 1024, 1000),
+        conv(56, 64, 64, 3, false),
+        conv(14, 256, 256, 1, false),
+        conv(56, 144, 144, 3, true),
+        conv(14, 512, 512, 3, true),
     ];
     let paths: Vec<Option<KernelPath>> = KernelPath::supported()
         .filter(|p| !(args.quick && *p == KernelPath::Reference))
