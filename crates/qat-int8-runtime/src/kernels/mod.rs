@@ -19,10 +19,12 @@
 //!
 //! ## Adding an instruction set
 //! One file (or folder) with a marker type that implements [`frame::Isa`] (CPU detection),
-//! [`frame::GemmKernel`] (tile shape, packing element, the tile), [`frame::DepthwiseKernel`]
-//! (one output pixel, optionally a whole row) and [`frame::OutputStage`] (which roundings its
-//! tiles requantize), and one entry in `register_isas!` below. The kernel proptests
-//! (`tests/kernels.rs`) then run for it on every CPU that supports it.
+//! [`frame::GemmKernel`] (tile shape, packing element, the tile and its `#[target_feature]` tile
+//! loop), [`frame::DepthwiseKernel`] (one output pixel, optionally a whole row) and
+//! [`frame::OutputStage`] (which roundings its tiles requantize), and one entry in
+//! `register_isas!` below (which also adds the `KernelPath` variant). Then one line in
+//! `kernel_suites!` of `tests/kernels.rs` runs the proptests against the reference on every CPU
+//! that supports it (`every_optimized_path_has_a_suite` fails until it is there).
 //!
 //! ## Adding a requantization rounding
 //! A new [`qat_core::fixed_point::Rounding`] variant works on every path at once: the frame runs
