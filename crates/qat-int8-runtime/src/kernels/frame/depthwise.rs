@@ -124,6 +124,7 @@ pub(crate) trait DepthwiseKernel: OutputStage + Sized + Send + Sync + 'static {
 
 /// A depthwise conv prepared for one ISA. Built only by [`DepthwisePlan::new`] from a checked
 /// layer, for a path this CPU supports.
+#[derive(Debug)]
 pub struct DepthwisePlan {
     path: KernelPath,
     /// Channels.
@@ -148,20 +149,8 @@ pub struct DepthwisePlan {
     rows: Box<dyn Rows>,
 }
 
-impl std::fmt::Debug for DepthwisePlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DepthwisePlan")
-            .field("path", &self.path)
-            .field("c", &self.c)
-            .field("kernel", &self.kernel)
-            .field("in_hwc", &self.in_hwc)
-            .field("out_hwc", &self.out_hwc)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The plan's single dispatch point into its ISA.
-trait Rows: Send + Sync {
+trait Rows: Send + Sync + std::fmt::Debug {
     /// [`output_row`] for the ISA.
     ///
     /// # Safety
@@ -170,6 +159,12 @@ trait Rows: Send + Sync {
 }
 
 struct RowsOf<K: DepthwiseKernel>(K::Layout);
+
+impl<K: DepthwiseKernel> std::fmt::Debug for RowsOf<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("depthwise rows")
+    }
+}
 
 impl<K: DepthwiseKernel> Rows for RowsOf<K> {
     unsafe fn row(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>) {

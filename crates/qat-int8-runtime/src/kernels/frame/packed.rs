@@ -17,6 +17,7 @@ use crate::kernels::KernelPath;
 
 /// Weights packed for one ISA, with the per-column output-stage constants. Built only by
 /// [`PackedB::new`] from a checked [`LayerSpec`], for a path this CPU supports.
+#[derive(Debug)]
 pub struct PackedB {
     path: KernelPath,
     /// Columns (output channels).
@@ -31,19 +32,8 @@ pub struct PackedB {
     panels: Box<dyn Panels>,
 }
 
-impl std::fmt::Debug for PackedB {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedB")
-            .field("path", &self.path)
-            .field("n", &self.n)
-            .field("k", &self.k)
-            .field("kp", &self.kp)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Packed panels of one ISA: the plan's single dispatch point into the GEMM frame.
-trait Panels: Send + Sync {
+trait Panels: Send + Sync + std::fmt::Debug {
     /// [`gemm`] for the ISA that packed the panels.
     ///
     /// # Safety
@@ -52,6 +42,12 @@ trait Panels: Send + Sync {
 }
 
 struct PanelsOf<K: GemmKernel>(Vec<K::W>);
+
+impl<K: GemmKernel> std::fmt::Debug for PanelsOf<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} packed elements", self.0.len())
+    }
+}
 
 impl<K: GemmKernel> Panels for PanelsOf<K> {
     unsafe fn gemm(&self, b: &PackedB, m: usize, a: &ASource<'_>, out: OutPtr) {
