@@ -198,7 +198,7 @@ impl FidelityReport {
     /// `plan.to_int8_model()?`) on every batch and compares them (see the module docs).
     pub fn measure<'a>(
         plan: &QuantPlan,
-        exec: &mut Executor,
+        exec: &mut Executor<'_>,
         batches: impl IntoIterator<Item = ArrayViewD<'a, f32>>,
     ) -> Result<Self, FidelityError> {
         let node_t = plan.node_tensors();

@@ -1,4 +1,4 @@
-//! Kernel benchmark: GOPS (= 2·MACs / s) of every kernel path and an f32 baseline on the issue's
+//! Kernel benchmark: GOPS (= 2·MACs / s) of every kernel path and an f32 baseline on typical
 //! GEMM and conv shapes, with 1 thread and all threads.
 //!
 //! `cargo run --release -p qat-int8-runtime --example bench_kernels -- [--threads N] [--json PATH] [--quick] [--repeat R] [--filter SHAPE] [--path NAME|f32] [--rounding gemmlowp|single|both]`
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array2;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
 use qat_core::{QuantParams, QuantRange};
-use qat_int8_runtime::kernels::conv::ConvPlan;
-use qat_int8_runtime::kernels::gemm::{ASource, OutPtr, PackedB, gemm};
+use qat_int8_runtime::testing::{ASource, ConvIo, ConvPlan, GemmOut, LayerSpec, PackedB};
 use qat_int8_runtime::{Clamp, Conv2d, KernelPath, Weights};
 
 struct Args {
@@ -206,7 +205,6 @@ fn bench_case(
             let a = rng.u8s(m * k);
             let w = rng.i8s(n * k);
             let bias: Vec<i32> = (0..n as i32).collect();
-            let b = PackedB::new(path, &w, n, k, &bias, &mults(n), 3, 128, 0, 255, rounding);
             let mut out = vec![0u8; m * n];
             if path == KernelPath::Reference {
                 // The reference tier has no GEMM entry point of its own: time its fully
@@ -225,7 +223,7 @@ fn bench_case(
                 };
                 return time_best(min, 1, || {
                     for r in 0..m {
-                        qat_int8_runtime::kernels::reference::fully_connected(
+                        qat_int8_runtime::testing::reference::fully_connected(
                             &a[r * k..(r + 1) * k],
                             3,
                             &fc,
@@ -236,18 +234,23 @@ fn bench_case(
                     }
                 });
             }
+            let ms = mults(n);
+            let layer = LayerSpec {
+                weights: &w,
+                bias: &bias,
+                multipliers: &ms,
+                input_zero_point: 3,
+                output_zero_point: 128,
+                lo: 0,
+                hi: 255,
+                rounding,
+            };
+            let b = PackedB::new(path, n, k, &layer).expect("pack");
+            // A holds m rows of k = kp bytes: every benchmark shape has k % 4 == 0.
+            assert_eq!(b.kp(), k);
+            let a = ASource::Direct { data: &a, lda: k };
             time_best(min, repeat, || {
-                // SAFETY: out holds m × n bytes; a holds m rows of k = kp bytes when k % 4 == 0,
-                // which holds for every benchmark shape (checked below).
-                assert_eq!(b.kp, k);
-                unsafe {
-                    gemm(
-                        m,
-                        &ASource::Direct { data: &a, lda: k },
-                        &b,
-                        OutPtr::U8(out.as_mut_ptr(), n),
-                    )
-                }
+                b.gemm(m, &a, GemmOut::U8(&mut out, n)).expect("buffers")
             })
         }
         (&Case::Gemm { m, k, n }, None) => {
@@ -290,8 +293,14 @@ fn bench_case(
             let r8 = QuantRange::unsigned(8).expect("8 bits");
             let qi = QuantParams::new(0.02, 7, r8).expect("params");
             let qo = QuantParams::new(0.05, 128, r8).expect("params");
-            let plan = ConvPlan::new(&conv, [h, w, cin], qi, [h, w, cout], qo, path, rounding)
-                .expect("plan");
+            let io = ConvIo {
+                in_hwc: [h, w, cin],
+                input: qi,
+                out_hwc: [h, w, cout],
+                output: qo,
+                rounding,
+            };
+            let plan = ConvPlan::new(&conv, &io, path).expect("plan");
             let input = rng.u8s(h * w * cin);
             let mut out = vec![0u8; h * w * cout];
             let repeat = if path == KernelPath::Reference {
@@ -439,68 +448,27 @@ fn main() {
         }
     };
     let min = Duration::from_millis(if args.quick { 80 } else { 400 });
+    let gemm = |m, k, n| Case::Gemm { m, k, n };
+    let conv = |h, cin, cout, k, depthwise| Case::Conv {
+        h,
+        w: h,
+        cin,
+        cout,
+        k,
+        depthwise,
+    };
     let cases = [
-        Case::Gemm {
-            m: 256,
-            k: 256,
-            n: 256,
-        },
-        Case::Gemm {
-            m: 512,
-            k: 512,
-            n: 512,
-        },
-        Case::Gemm {
-            m: 1024,
-            k: 1024,
-            n: 1024,
-        },
-        Case::Gemm {
-            m: 128,
-            k: 768,
-            n: 3072,
-        },
-        Case::Gemm {
-            m: 1,
-            k: 1024,
-            n: 1000,
-        },
-        Case::Conv {
-            h: 56,
-            w: 56,
-            cin: 64,
-            cout: 64,
-            k: 3,
-            depthwise: false,
-        },
-        Case::Conv {
-            h: 14,
-            w: 14,
-            cin: 256,
-            cout: 256,
-            k: 1,
-            depthwise: false,
-        },
-        Case::Conv {
-            h: 56,
-            w: 56,
-            cin: 144,
-            cout: 144,
-            k: 3,
-            depthwise: true,
-        },
-        Case::Conv {
-            h: 14,
-            w: 14,
-            cin: 512,
-            cout: 512,
-            k: 3,
-            depthwise: true,
-        },
+        gemm(256, 256, 256),
+        gemm(512, 512, 512),
+        gemm(1024, 1024, 1024),
+        gemm(128, 768, 3072),
+        gemm(1, 1024, 1000),
+        conv(56, 64, 64, 3, false),
+        conv(14, 256, 256, 1, false),
+        conv(56, 144, 144, 3, true),
+        conv(14, 512, 512, 3, true),
     ];
-    let paths: Vec<Option<KernelPath>> = KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_supported_here())
+    let paths: Vec<Option<KernelPath>> = KernelPath::supported()
         .filter(|p| !(args.quick && *p == KernelPath::Reference))
         .map(Some)
         .chain([None])

@@ -2,10 +2,13 @@
 //!
 //! Buffers for every tensor are planned once per batch size and reused; per-op constants (add and
 //! rescale multipliers, packed weights, zero-point-corrected biases) are prepared once in
-//! [`Executor::with_path`]. Ops run in the model's (topological) order; each op parallelizes with
-//! rayon over samples or GEMM row tiles. Every output element is computed by the same integer
-//! code whatever the split, so results are identical for any thread count.
+//! [`Executor::with_path`], each plan bound to its kernel path's ISA then. Ops run in the model's
+//! (topological) order; each op parallelizes with rayon over samples or GEMM row tiles. Every
+//! output element is computed by the same integer code whatever the split, so results are
+//! identical for any thread count. The executor borrows the model ([`Executor::new`]) or shares
+//! it ([`Executor::from_arc`]); it never copies it.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
@@ -13,9 +16,10 @@ use qat_core::QuantParams;
 use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::kernels::conv::{ConvPlan, FcPlan};
-use crate::kernels::pool::AvgPoolRescale;
-use crate::kernels::{AddParams, KernelPath, Rescale, reference};
+use crate::kernels::add::{AddParams, Rescale};
+use crate::kernels::conv::{ConvIo, ConvPlan, FcIo, FcPlan};
+use crate::kernels::pool::{AvgPoolRescale, PoolGeom};
+use crate::kernels::{KernelPath, reference};
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
 
@@ -25,6 +29,12 @@ pub enum RunError {
     /// The model is invalid (see [`Int8Model::validate`]).
     #[error("invalid model: {0}")]
     Invalid(#[from] ValidationError),
+    /// The kernel path asked for needs instructions this CPU lacks.
+    #[error("kernel path {path} is not supported by this CPU")]
+    UnsupportedKernel {
+        /// The path asked for.
+        path: KernelPath,
+    },
     /// The input array does not have shape `[N, ...per-sample shape]`.
     #[error("input must have shape [N, {expected:?}...], got {got:?}")]
     InputShape {
@@ -93,7 +103,10 @@ enum OpPlan {
     Fc(Box<FcPlan>),
     Add(AddParams),
     Concat(Vec<Rescale>),
+    /// Global average pool.
     Pool(Box<AvgPoolRescale>),
+    AvgPool(Box<(AvgPoolRescale, PoolGeom)>),
+    MaxPool(PoolGeom),
 }
 
 /// Runs an [`Int8Model`] on batches of NHWC f32 input.
@@ -128,14 +141,30 @@ enum OpPlan {
 /// assert_eq!(y[0].as_slice().unwrap(), &[1.25, 0.5]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Executor {
-    model: Arc<Int8Model>,
+pub struct Executor<'m> {
+    model: ModelRef<'m>,
     path: KernelPath,
     plans: Vec<OpPlan>,
     bufs: Vec<Buf>,
     batch: Option<usize>,
     /// Per-sample element count of every tensor.
     sizes: Vec<usize>,
+}
+
+/// The model an executor runs: borrowed or shared, never copied.
+enum ModelRef<'m> {
+    Borrowed(&'m Int8Model),
+    Shared(Arc<Int8Model>),
+}
+
+impl Deref for ModelRef<'_> {
+    type Target = Int8Model;
+    fn deref(&self) -> &Int8Model {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
 }
 
 fn quant(model: &Int8Model, t: TensorId) -> QuantParams {
@@ -152,26 +181,35 @@ fn hwc(model: &Int8Model, t: TensorId) -> [usize; 3] {
     }
 }
 
-impl Executor {
-    /// An executor on the process-wide best kernel path ([`KernelPath::best`]).
-    pub fn new(model: &Int8Model) -> Result<Self, RunError> {
+impl<'m> Executor<'m> {
+    /// An executor on the process-wide best kernel path ([`KernelPath::best`]), borrowing the
+    /// model.
+    pub fn new(model: &'m Int8Model) -> Result<Self, RunError> {
         Self::with_path(model, KernelPath::best())
     }
 
-    /// An executor on a given kernel path (a path not supported by this CPU falls back to
-    /// [`KernelPath::Portable`]). Validates the model and prepares every op's constants.
-    pub fn with_path(model: &Int8Model, path: KernelPath) -> Result<Self, RunError> {
-        Self::from_arc(Arc::new(model.clone()), path)
+    /// An executor on a given kernel path, borrowing the model. Validates the model and prepares
+    /// every op's constants. A path this CPU does not support is
+    /// [`RunError::UnsupportedKernel`] ([`KernelPath::is_supported_here`] tells beforehand).
+    pub fn with_path(model: &'m Int8Model, path: KernelPath) -> Result<Self, RunError> {
+        Self::build(ModelRef::Borrowed(model), path)
     }
+}
 
-    /// Like [`Executor::with_path`], sharing the model.
+impl Executor<'static> {
+    /// Like [`Executor::with_path`], sharing the model: an executor that owns no borrow, to
+    /// keep in a long-lived structure.
     pub fn from_arc(model: Arc<Int8Model>, path: KernelPath) -> Result<Self, RunError> {
+        Self::build(ModelRef::Shared(model), path)
+    }
+}
+
+impl<'m> Executor<'m> {
+    fn build(model: ModelRef<'m>, path: KernelPath) -> Result<Self, RunError> {
+        if !path.is_supported_here() {
+            return Err(RunError::UnsupportedKernel { path });
+        }
         model.validate()?;
-        let path = if path.is_supported_here() {
-            path
-        } else {
-            KernelPath::Portable
-        };
         let mut plans = Vec::with_capacity(model.ops.len());
         for (i, op) in model.ops.iter().enumerate() {
             let err = |message: String| RunError::Plan {
@@ -180,28 +218,28 @@ impl Executor {
                 message,
             };
             let plan = match op {
-                Op::Conv2d(c) => OpPlan::Conv(Box::new(
-                    ConvPlan::new(
-                        c,
-                        hwc(&model, c.input),
-                        quant(&model, c.input),
-                        hwc(&model, c.output),
-                        quant(&model, c.output),
-                        path,
-                        model.rounding,
-                    )
-                    .map_err(|e| err(e.to_string()))?,
-                )),
-                Op::FullyConnected(f) => OpPlan::Fc(Box::new(
-                    FcPlan::new(
-                        f,
-                        quant(&model, f.input),
-                        quant(&model, f.output),
-                        path,
-                        model.rounding,
-                    )
-                    .map_err(|e| err(e.to_string()))?,
-                )),
+                Op::Conv2d(c) => {
+                    let io = ConvIo {
+                        in_hwc: hwc(&model, c.input),
+                        input: quant(&model, c.input),
+                        out_hwc: hwc(&model, c.output),
+                        output: quant(&model, c.output),
+                        rounding: model.rounding,
+                    };
+                    OpPlan::Conv(Box::new(
+                        ConvPlan::new(c, &io, path).map_err(|e| err(e.to_string()))?,
+                    ))
+                }
+                Op::FullyConnected(f) => {
+                    let io = FcIo {
+                        input: quant(&model, f.input),
+                        output: quant(&model, f.output),
+                        rounding: model.rounding,
+                    };
+                    OpPlan::Fc(Box::new(
+                        FcPlan::new(f, &io, path).map_err(|e| err(e.to_string()))?,
+                    ))
+                }
                 Op::Add {
                     a,
                     b,
@@ -232,18 +270,30 @@ impl Executor {
                     kernel,
                     stride,
                     padding,
-                } => OpPlan::Pool(Box::new(
-                    AvgPoolRescale::avg_pool2d(
-                        &quant(&model, *input),
-                        &quant(&model, *output),
-                        hwc(&model, *input),
-                        *kernel,
-                        *stride,
-                        *padding,
-                        hwc(&model, *output),
-                    )
-                    .map_err(|e| err(e.to_string()))?,
-                )),
+                }
+                | Op::MaxPool2d {
+                    input,
+                    output,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let g = PoolGeom {
+                        in_hwc: hwc(&model, *input),
+                        out_hwc: hwc(&model, *output),
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                    };
+                    if let Op::MaxPool2d { .. } = op {
+                        OpPlan::MaxPool(g)
+                    } else {
+                        let (qi, qo) = (quant(&model, *input), quant(&model, *output));
+                        let r = AvgPoolRescale::avg_pool2d(&qi, &qo, &g)
+                            .map_err(|e| err(e.to_string()))?;
+                        OpPlan::AvgPool(Box::new((r, g)))
+                    }
+                }
                 Op::GlobalAvgPool { input, output } => OpPlan::Pool(Box::new(
                     AvgPoolRescale::global(
                         &quant(&model, *input),
@@ -277,7 +327,7 @@ impl Executor {
         self.path
     }
 
-    /// The model.
+    /// The model (the one given, not a copy).
     pub fn model(&self) -> &Int8Model {
         &self.model
     }
@@ -289,7 +339,7 @@ impl Executor {
     /// input is quantized with its params first (qat-core's rounding).
     pub fn run(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>, RunError> {
         self.execute(input)?;
-        let model = Arc::clone(&self.model);
+        let model = &*self.model;
         let n = self.batch.unwrap_or(0);
         Ok(model
             .outputs
@@ -299,7 +349,7 @@ impl Executor {
                 let data = match &self.bufs[t] {
                     Buf::F32(v) => v.clone(),
                     Buf::U8(v) => {
-                        let q = quant(&model, t);
+                        let q = quant(model, t);
                         v.iter().map(|&c| q.dequantize(c as i32)).collect()
                     }
                 };
@@ -311,7 +361,7 @@ impl Executor {
     /// Runs the model and returns the uint8 codes of every graph output: a U8 output's own codes,
     /// or, for an F32 output written by `Dequantize`, the codes it dequantized.
     pub fn run_u8(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<u8>>, RunError> {
-        let model = Arc::clone(&self.model);
+        let model = &*self.model;
         let mut sources = Vec::with_capacity(model.outputs.len());
         for (index, &t) in model.outputs.iter().enumerate() {
             let src = if model.tensors[t].dtype == DType::U8 {
@@ -329,6 +379,7 @@ impl Executor {
             })?);
         }
         self.execute(input)?;
+        let model = &*self.model;
         let n = self.batch.unwrap_or(0);
         Ok(sources
             .into_iter()
@@ -383,8 +434,7 @@ impl Executor {
     }
 
     fn execute(&mut self, input: ArrayViewD<'_, f32>) -> Result<(), RunError> {
-        let model = Arc::clone(&self.model);
-        let tin = &model.tensors[model.input];
+        let tin = &self.model.tensors[self.model.input];
         let shape = input.shape();
         if shape.len() != tin.shape.len() + 1 || shape[1..] != tin.shape[..] {
             return Err(RunError::InputShape {
@@ -394,11 +444,12 @@ impl Executor {
         }
         let n = shape[0];
         self.plan_buffers(n)?;
+        let model = &*self.model;
         let x = input.as_standard_layout();
         let xs = x.as_slice().unwrap_or_default();
         match &mut self.bufs[model.input] {
             Buf::F32(v) => v.copy_from_slice(xs),
-            Buf::U8(v) => reference::quantize(xs, &quant(&model, model.input), v),
+            Buf::U8(v) => reference::quantize(xs, &quant(model, model.input), v),
         }
         for (i, op) in model.ops.iter().enumerate() {
             let out_id = op.output();
@@ -449,7 +500,7 @@ impl Executor {
                 });
             }
             (Op::Concat { inputs, .. }, OpPlan::Concat(rescales), Buf::U8(o)) => {
-                // reference::concat's loop, without building a parts list per sample.
+                // Each input's rows of `c` channels, rescaled into the output's rows.
                 let total = *model.tensors[op.output()].shape.last().unwrap_or(&1);
                 per_sample(o, so, |s, o| {
                     let rows = so / total;
@@ -469,30 +520,11 @@ impl Executor {
                     }
                 });
             }
-            (
-                Op::AvgPool2d {
-                    input,
-                    output,
-                    kernel,
-                    stride,
-                    padding,
-                },
-                OpPlan::Pool(r),
-                Buf::U8(o),
-            ) => {
+            (Op::AvgPool2d { input, .. }, OpPlan::AvgPool(p), Buf::U8(o)) => {
                 let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                let (ih, oh) = (hwc(model, *input), hwc(model, *output));
+                let (r, g) = &**p;
                 per_sample(o, so, |s, o| {
-                    reference::avg_pool2d(
-                        &x[s * si..(s + 1) * si],
-                        ih,
-                        r,
-                        *kernel,
-                        *stride,
-                        *padding,
-                        oh,
-                        o,
-                    )
+                    reference::avg_pool2d(&x[s * si..(s + 1) * si], g, r, o)
                 });
             }
             (Op::GlobalAvgPool { input, .. }, OpPlan::Pool(r), Buf::U8(o)) => {
@@ -502,29 +534,10 @@ impl Executor {
                     reference::global_avg_pool(&x[s * si..(s + 1) * si], ih, r, o)
                 });
             }
-            (
-                Op::MaxPool2d {
-                    input,
-                    output,
-                    kernel,
-                    stride,
-                    padding,
-                },
-                _,
-                Buf::U8(o),
-            ) => {
+            (Op::MaxPool2d { input, .. }, OpPlan::MaxPool(g), Buf::U8(o)) => {
                 let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                let (ih, oh) = (hwc(model, *input), hwc(model, *output));
                 per_sample(o, so, |s, o| {
-                    reference::max_pool2d(
-                        &x[s * si..(s + 1) * si],
-                        ih,
-                        *kernel,
-                        *stride,
-                        *padding,
-                        oh,
-                        o,
-                    )
+                    reference::max_pool2d(&x[s * si..(s + 1) * si], g, o)
                 });
             }
             (Op::Reshape { input, .. }, _, Buf::U8(o)) => o.copy_from_slice(self.u8_buf(*input)),

@@ -14,10 +14,13 @@
 //! field; it decodes as [`Rounding::Gemmlowp`], the only rounding version-1 runtimes had, so an
 //! old file runs bit for bit as before.
 //!
-//! Loading checks, in order: length, magic, version, flags, payload length, checksum, then decodes
-//! with a byte limit equal to the payload length (serde's cautious size hints keep every
-//! preallocation below it), refuses trailing bytes, and finally runs [`Int8Model::validate`]. No
-//! input makes it panic; allocation is bounded by the file size.
+//! Loading checks, in order: length (at most [`MAX_FILE_BYTES`]), magic, version, flags, payload
+//! length, checksum, then decodes with bincode's byte limit set to [`MAX_FILE_BYTES`], refuses
+//! trailing bytes, and finally runs [`Int8Model::validate`]. No input makes it panic. Memory: the
+//! file itself, plus what decoding allocates — bincode counts every string it preallocates against
+//! the limit (so they total at most [`MAX_FILE_BYTES`], whatever the file's size) and serde's
+//! cautious size hints keep every other preallocation small, growing only with bytes actually
+//! read.
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +39,8 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the fixed header preceding the payload.
 pub const HEADER_LEN: usize = 28;
-/// Largest file accepted by [`Int8Model::load`] / [`Int8Model::from_bytes`] (1 GiB).
+/// Largest file accepted by [`Int8Model::load`] / [`Int8Model::from_bytes`] (1 GiB), and the
+/// byte limit of the payload decoder.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Why a `.qat8` file could not be read.

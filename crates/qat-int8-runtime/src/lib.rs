@@ -9,13 +9,14 @@
 //! | [`model`] | the [`Int8Model`] graph: tensors, ops, quantized weights, multipliers, clamps |
 //! | [`format`](mod@format) | the `.qat8` file: magic, version, CRC-32, bincode payload; [`LoadError`] |
 //! | [`validate`] | [`Int8Model::validate`]: every invariant the executor relies on; [`ValidationError`] |
-//! | [`kernels`] | kernel tiers: [`kernels::reference`] loops, packed GEMM with portable / AVX2 / AVX-512 VNNI micro-kernels, depthwise; [`KernelPath`] |
+//! | `kernels` (private) | kernel tiers: reference loops, the kernel frame (packed GEMM, depthwise) with portable / AVX2 / AVX-512 VNNI micro-kernels; [`KernelPath`] names them |
 //! | [`executor`] | [`Executor`]: planned buffers, rayon parallelism, `run` / `run_u8` / `run_all` |
 //!
 //! ## Main API
 //! - `Int8Model::{load, save, from_bytes, to_bytes, validate}`.
 //! - `Executor::new(&model)` (best kernel path, `QAT_KERNEL` override) or
-//!   `Executor::with_path(&model, KernelPath::Reference)`.
+//!   `Executor::with_path(&model, KernelPath::Reference)` (an error on a CPU that lacks the
+//!   path); both borrow the model, `Executor::from_arc` shares it.
 //! - `exec.run(x.view())` → `Vec<ArrayD<f32>>`: graph outputs dequantized, input `[N, ...]` f32 NHWC.
 //! - `exec.run_u8(x.view())` → `Vec<ArrayD<u8>>`: the outputs' uint8 codes.
 //! - `exec.run_all(x.view())` → `Vec<TensorValue>`: every tensor's value (codes or f32), for
@@ -45,13 +46,15 @@
 
 pub mod executor;
 pub mod format;
-pub mod kernels;
+mod kernels;
 pub mod model;
+#[doc(hidden)]
+pub mod testing;
 pub mod validate;
 
 pub use executor::{Executor, RunError, TensorValue};
 pub use format::{LoadError, SaveError};
-pub use kernels::KernelPath;
+pub use kernels::{KERNEL_ENV, KernelPath};
 pub use model::{
     Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorId, TensorInfo, Weights,
 };

@@ -216,3 +216,53 @@ pub struct Int8Model {
     /// `.qat8` files predate the field and load as `Gemmlowp`. Average pools always round once.
     pub rounding: Rounding,
 }
+
+impl Op {
+    /// The op's kind as a static name (`"Conv2d"`, `"Add"`, …), used in errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Quantize { .. } => "Quantize",
+            Op::Dequantize { .. } => "Dequantize",
+            Op::Conv2d(_) => "Conv2d",
+            Op::FullyConnected(_) => "FullyConnected",
+            Op::Add { .. } => "Add",
+            Op::Concat { .. } => "Concat",
+            Op::AvgPool2d { .. } => "AvgPool2d",
+            Op::GlobalAvgPool { .. } => "GlobalAvgPool",
+            Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::Reshape { .. } => "Reshape",
+        }
+    }
+
+    /// The tensors this op reads, in order.
+    pub fn inputs(&self) -> Vec<TensorId> {
+        match self {
+            Op::Quantize { input, .. }
+            | Op::Dequantize { input, .. }
+            | Op::AvgPool2d { input, .. }
+            | Op::GlobalAvgPool { input, .. }
+            | Op::MaxPool2d { input, .. }
+            | Op::Reshape { input, .. } => vec![*input],
+            Op::Conv2d(c) => vec![c.input],
+            Op::FullyConnected(f) => vec![f.input],
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Concat { inputs, .. } => inputs.clone(),
+        }
+    }
+
+    /// The tensor this op writes.
+    pub fn output(&self) -> TensorId {
+        match self {
+            Op::Quantize { output, .. }
+            | Op::Dequantize { output, .. }
+            | Op::Add { output, .. }
+            | Op::Concat { output, .. }
+            | Op::AvgPool2d { output, .. }
+            | Op::GlobalAvgPool { output, .. }
+            | Op::MaxPool2d { output, .. }
+            | Op::Reshape { output, .. } => *output,
+            Op::Conv2d(c) => c.output,
+            Op::FullyConnected(f) => f.output,
+        }
+    }
+}

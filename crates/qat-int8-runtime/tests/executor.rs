@@ -69,8 +69,9 @@ fn hand_worked_conv_no_padding() {
     // acc(0,0) = 1·1 + 2·2 + 0·4 − 1·5 = 0, + bias 10 = 10, ·0.5 = 5, + Z_out 100 = 105
     // acc(0,1) = 2 + 6 − 6 = 2 → 12 → 6 → 106;  acc(1,0) = 4 + 10 − 8 = 6 → 16 → 8 → 108
     // acc(1,1) = 5 + 12 − 9 = 8 → 18 → 9 → 109
-    for path in KernelPath::ALL {
-        let mut e = Executor::with_path(&single_conv([3, 3], [0; 4]), path).unwrap();
+    let model = single_conv([3, 3], [0; 4]);
+    for path in KernelPath::supported() {
+        let mut e = Executor::with_path(&model, path).unwrap();
         let y = e.run_u8(hand_input().view()).unwrap();
         assert_eq!(y[0].as_slice().unwrap(), &[105, 106, 108, 109], "{path}");
     }
@@ -82,8 +83,9 @@ fn hand_worked_conv_zero_point_padding() {
     // out(0,0): only w(1,1) = −1 sees x(0,0) = 1 → −1 + 10 = 9 → 4.5 rounds up (SRDHM) → 5 → 105
     // out(3,3): only w(0,0) = 1 sees x(2,2) = 9 → 19 → 9.5 → 10 → 110
     // out(0,3): only w(1,0) = 0 sees x(0,2) → 10 → 5 → 105
-    for path in KernelPath::ALL {
-        let mut e = Executor::with_path(&single_conv([3, 3], [1; 4]), path).unwrap();
+    let model = single_conv([3, 3], [1; 4]);
+    for path in KernelPath::supported() {
+        let mut e = Executor::with_path(&model, path).unwrap();
         let y = e.run_u8(hand_input().view()).unwrap();
         let y = y[0].as_slice().unwrap();
         assert_eq!(y.len(), 16);
@@ -375,7 +377,7 @@ fn zoo_on_every_path(rounding: Rounding) {
         .unwrap()
         .run_all(x.view())
         .unwrap();
-    for path in KernelPath::ALL {
+    for path in KernelPath::supported() {
         let mut e = Executor::with_path(&m, path).unwrap();
         assert_eq!(e.run_all(x.view()).unwrap(), want, "{path} {rounding}");
         // running again (buffers reused) and one sample at a time give the same values
@@ -425,7 +427,7 @@ fn builder_fc_layer_runs() {
         .unwrap()
         .run(input.view())
         .unwrap();
-    for path in KernelPath::ALL {
+    for path in KernelPath::supported() {
         assert_eq!(
             Executor::with_path(&m, path)
                 .unwrap()
@@ -465,4 +467,21 @@ fn rounding_modes_differ_by_at_most_one_lsb_per_layer() {
         g, s,
         "double and single rounding agree everywhere on the zoo"
     );
+}
+
+/// The executor runs the model it is given: borrowed (no copy) or shared through an `Arc`.
+#[test]
+fn executor_borrows_or_shares_the_model() {
+    let m = zoo_model();
+    let e = Executor::new(&m).unwrap();
+    assert!(
+        std::ptr::eq(e.model(), &m),
+        "Executor::new copied the model"
+    );
+    let shared = std::sync::Arc::new(zoo_model());
+    let e = Executor::from_arc(std::sync::Arc::clone(&shared), KernelPath::Portable).unwrap();
+    assert!(std::ptr::eq(e.model(), &*shared));
+    assert_eq!(std::sync::Arc::strong_count(&shared), 2);
+    drop(e);
+    assert_eq!(std::sync::Arc::strong_count(&shared), 1);
 }

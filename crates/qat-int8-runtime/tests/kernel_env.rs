@@ -13,4 +13,8 @@ fn qat_kernel_env_forces_the_path() {
     );
     assert_eq!(KernelPath::from_name("sse9"), None);
     assert!(KernelPath::Reference.is_supported_here() && KernelPath::Portable.is_supported_here());
+    for p in KernelPath::ALL {
+        assert_eq!(KernelPath::from_name(&p.name().to_uppercase()), Some(p));
+    }
+    assert!(KernelPath::optimized().all(|p| p != KernelPath::Reference && p.is_supported_here()));
 }

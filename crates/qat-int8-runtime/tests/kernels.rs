@@ -1,7 +1,10 @@
-//! One proptest suite per kernel family, generated for every kernel path (STYLE.md 3): each
-//! optimized variant that `is_supported_here()` is compared with the reference, in both
-//! requantization roundings (`Rounding::Gemmlowp` and `Rounding::Single`). Tolerance
-//! (STYLE.md 4): int32 accumulators and requantized uint8 outputs exactly equal, every path.
+//! One proptest suite per kernel family, generated for every optimized kernel path: each path
+//! that `is_supported_here()` is compared with an independent oracle — the GEMM with eq. 7
+//! written out below, convs with the crate's reference loops (`KernelPath::Reference`, which no
+//! suite ever runs as a "path under test") — in both requantization roundings
+//! (`Rounding::Gemmlowp` and `Rounding::Single`), through the ISA's own output stage and through
+//! the frame's scalar stage (what a rounding the ISA does not fuse takes). Tolerance: int32
+//! accumulators and requantized uint8 outputs exactly equal, every path.
 
 mod common;
 
@@ -9,10 +12,12 @@ use common::Rng;
 use proptest::prelude::*;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 use qat_core::{QuantParams, QuantRange};
-use qat_int8_runtime::kernels::conv::ConvPlan;
-use qat_int8_runtime::kernels::gemm::{ASource, OutPtr, PackedB, gemm};
+use qat_int8_runtime::testing::{
+    ASource, ConvIo, ConvPlan, DepthwisePlan, DepthwiseShape, GemmOut, KernelError, LayerSpec,
+    PackedB,
+};
 use qat_int8_runtime::validate::conv_out_extent;
-use qat_int8_runtime::{Clamp, Conv2d, KernelPath, Weights};
+use qat_int8_runtime::{Clamp, Conv2d, Executor, KernelPath, RunError, Weights};
 
 /// Value distributions: uniform codes, or only the extremes 0/255 × −127/127 (worst case for
 /// int16 saturation and accumulator range).
@@ -175,21 +180,27 @@ impl GemmCase {
         (acc, q)
     }
 
-    fn run(&self, path: KernelPath, direct: bool) -> (Vec<i32>, Vec<u8>) {
-        let b = PackedB::new(
-            path,
-            &self.w,
-            self.n,
-            self.k,
-            &self.bias,
-            &self.ms,
-            self.z1,
-            self.z3,
-            self.lo,
-            self.hi,
-            self.rounding,
-        );
-        let kp = b.kp;
+    fn layer(&self) -> LayerSpec<'_> {
+        LayerSpec {
+            weights: &self.w,
+            bias: &self.bias,
+            multipliers: &self.ms,
+            input_zero_point: self.z1,
+            output_zero_point: self.z3,
+            lo: self.lo,
+            hi: self.hi,
+            rounding: self.rounding,
+        }
+    }
+
+    /// The path's int32 accumulators and u8 outputs; `scalar`: through the frame's scalar
+    /// output stage instead of the ISA's.
+    fn run(&self, path: KernelPath, direct: bool, scalar: bool) -> (Vec<i32>, Vec<u8>) {
+        let mut b = PackedB::new(path, self.n, self.k, &self.layer()).unwrap();
+        if scalar {
+            b = b.with_scalar_output_stage();
+        }
+        let kp = b.kp();
         let mut padded = vec![0u8; self.m * kp];
         for i in 0..self.m {
             padded[i * kp..i * kp + self.k].copy_from_slice(&self.a[i * self.k..(i + 1) * self.k]);
@@ -207,11 +218,9 @@ impl GemmCase {
         };
         let mut acc = vec![0i32; self.m * self.n];
         let mut q = vec![0u8; self.m * self.n];
-        // SAFETY: both outputs hold m × n elements.
-        unsafe {
-            gemm(self.m, &src, &b, OutPtr::I32(acc.as_mut_ptr(), self.n));
-            gemm(self.m, &src, &b, OutPtr::U8(q.as_mut_ptr(), self.n));
-        }
+        b.gemm(self.m, &src, GemmOut::I32(&mut acc, self.n))
+            .unwrap();
+        b.gemm(self.m, &src, GemmOut::U8(&mut q, self.n)).unwrap();
         (acc, q)
     }
 }
@@ -358,29 +367,56 @@ impl ConvCase {
         )
     }
 
-    /// The path against the reference plan, in both roundings.
-    fn check(&self, path: KernelPath) -> Result<(), TestCaseError> {
+    /// The path against the reference plan, in both roundings, through the ISA's own output
+    /// stage and, when `also_scalar`, through the frame's scalar one too.
+    fn check(&self, path: KernelPath, also_scalar: bool) -> Result<(), TestCaseError> {
+        assert_ne!(
+            path,
+            KernelPath::Reference,
+            "the oracle is not a path under test"
+        );
         let (conv, ih, oh, qi, qo, input) = self.build();
         let n_out = self.batch * oh.iter().product::<usize>();
         for rounding in Rounding::ALL {
-            let reference =
-                ConvPlan::new(&conv, ih, qi, oh, qo, KernelPath::Reference, rounding).unwrap();
-            let plan = ConvPlan::new(&conv, ih, qi, oh, qo, path, rounding).unwrap();
-            let (mut want32, mut got32) = (vec![0i32; n_out], vec![0i32; n_out]);
-            let (mut want8, mut got8) = (vec![0u8; n_out], vec![0u8; n_out]);
+            let io = ConvIo {
+                in_hwc: ih,
+                input: qi,
+                out_hwc: oh,
+                output: qo,
+                rounding,
+            };
+            let reference = ConvPlan::new(&conv, &io, KernelPath::Reference).unwrap();
+            let (mut want32, mut want8) = (vec![0i32; n_out], vec![0u8; n_out]);
             reference.run_i32(&conv, &input, self.batch, &mut want32);
-            plan.run_i32(&conv, &input, self.batch, &mut got32);
             reference.run(&conv, &input, self.batch, &mut want8);
-            plan.run(&conv, &input, self.batch, &mut got8);
-            prop_assert_eq!(got32, want32, "int32 accumulators differ ({})", rounding);
-            prop_assert_eq!(got8, want8, "uint8 outputs differ ({})", rounding);
+            for scalar in [false, true].into_iter().take(1 + also_scalar as usize) {
+                let mut plan = ConvPlan::new(&conv, &io, path).unwrap();
+                if scalar {
+                    plan = plan.with_scalar_output_stage();
+                }
+                let (mut got32, mut got8) = (vec![0i32; n_out], vec![0u8; n_out]);
+                plan.run_i32(&conv, &input, self.batch, &mut got32);
+                plan.run(&conv, &input, self.batch, &mut got8);
+                prop_assert_eq!(&got32, &want32, "int32 accumulators differ ({})", rounding);
+                prop_assert_eq!(
+                    &got8,
+                    &want8,
+                    "uint8 outputs differ ({}, scalar stage {})",
+                    rounding,
+                    scalar
+                );
+            }
         }
         Ok(())
     }
 }
 
 macro_rules! kernel_suites {
-    ($($name:ident => $path:expr),* $(,)?) => {$(
+    ($($name:ident => $path:expr),* $(,)?) => {
+        /// The suites below cover every optimized path (a new ISA needs its line).
+        const SUITES: &[KernelPath] = &[$($path),*];
+
+        $(
         mod $name {
             use super::*;
 
@@ -401,9 +437,11 @@ macro_rules! kernel_suites {
                     for rounding in Rounding::ALL {
                         let case = GemmCase::new(m, k, n, v, seed, per_channel).with(rounding);
                         let (want32, want8) = case.reference();
-                        let (got32, got8) = case.run($path, direct);
-                        prop_assert_eq!(got32, want32, "{}", rounding);
-                        prop_assert_eq!(got8, want8, "{}", rounding);
+                        for scalar in [false, true] {
+                            let (got32, got8) = case.run($path, direct, scalar);
+                            prop_assert_eq!(&got32, &want32, "{}", rounding);
+                            prop_assert_eq!(&got8, &want8, "{} scalar stage {}", rounding, scalar);
+                        }
                     }
                 }
 
@@ -414,7 +452,7 @@ macro_rules! kernel_suites {
                 fn single_is_the_rounded_product(m in 1usize..12, k in 1usize..90, n in 1usize..90, v in values(), seed in any::<u64>(), per_channel in any::<bool>()) {
                     if !supported() { return Ok(()); }
                     let case = GemmCase::new(m, k, n, v, seed, per_channel).with(Rounding::Single);
-                    let (acc, got8) = case.run($path, false);
+                    let (acc, got8) = case.run($path, false, false);
                     for (i, (&a, &q)) in acc.iter().zip(&got8).enumerate() {
                         let mult = case.ms[if case.ms.len() == 1 { 0 } else { i % case.n }];
                         let p = a as i128 * mult.multiplier() as i128;
@@ -431,16 +469,16 @@ macro_rules! kernel_suites {
                 }
 
                 #[test]
-                fn conv_matches_reference(case in conv_case()) {
+                fn conv_matches_reference(case in conv_case(), also_scalar in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    case.check($path)?;
+                    case.check($path, also_scalar)?;
                 }
 
                 /// Depthwise with multipliers below 1 (the VNNI single-shift output stage).
                 #[test]
-                fn depthwise_below_one_matches_reference(case in depthwise_case()) {
+                fn depthwise_below_one_matches_reference(case in depthwise_case(), also_scalar in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    case.check($path)?;
+                    case.check($path, also_scalar)?;
                 }
             }
 
@@ -462,7 +500,9 @@ macro_rules! kernel_suites {
                 {
                     for rounding in Rounding::ALL {
                         let case = GemmCase::new(m, k, n, v, 1000 + i as u64, i % 2 == 0).with(rounding);
-                        assert_eq!(case.run($path, i % 2 == 1), case.reference(), "case {i}: m {m} k {k} n {n} {rounding}");
+                        for scalar in [false, true] {
+                            assert_eq!(case.run($path, i % 2 == 1, scalar), case.reference(), "case {i}: m {m} k {k} n {n} {rounding} scalar stage {scalar}");
+                        }
                     }
                 }
             }
@@ -481,18 +521,155 @@ macro_rules! kernel_suites {
                     ConvCase { h: 5, w: 5, cin: 40, cout: 40, groups: 40, k: [5, 5], stride: [1, 2], dilation: [1, 1], padding: [2, 2, 2, 2], batch: 1, values: Values::Extremes, seed: 6, below_one: false },
                 ];
                 for c in &cases {
-                    c.check($path).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+                    c.check($path, true).unwrap_or_else(|e| panic!("{c:?}: {e}"));
                 }
             }
         }
-    )*};
+        )*
+    };
 }
 
 kernel_suites! {
-    reference => KernelPath::Reference,
     portable => KernelPath::Portable,
     avx2 => KernelPath::Avx2,
     avx512vnni => KernelPath::Avx512Vnni,
+}
+
+/// Every optimized path has a suite above, and no suite runs `Reference` (the oracle) as a path
+/// under test.
+#[test]
+fn every_optimized_path_has_a_suite() {
+    let optimized: Vec<KernelPath> = KernelPath::ALL
+        .into_iter()
+        .filter(|&p| p != KernelPath::Reference)
+        .collect();
+    assert_eq!(SUITES, &optimized[..]);
+}
+
+fn small_layer() -> (Vec<i8>, Vec<i32>, Vec<QuantizedMultiplier>) {
+    (
+        vec![
+            1, -2, 3, 4, 5, -6, 7, 8, 9, 10, 11, -12, 13, 14, 15, 16, 17, 18,
+        ],
+        vec![5, -5],
+        vec![QuantizedMultiplier::from_f64(0.01).unwrap()],
+    )
+}
+
+fn spec<'a>(w: &'a [i8], bias: &'a [i32], ms: &'a [QuantizedMultiplier]) -> LayerSpec<'a> {
+    LayerSpec {
+        weights: w,
+        bias,
+        multipliers: ms,
+        input_zero_point: 3,
+        output_zero_point: 128,
+        lo: 0,
+        hi: 255,
+        rounding: Rounding::Single,
+    }
+}
+
+/// `Reference` has no packed kernels: asking for them is an error, never a silent stand-in
+/// (the packed GEMM used to run the portable kernel under the reference name).
+#[test]
+fn reference_is_never_a_packed_kernel() {
+    let (w, bias, ms) = small_layer();
+    let layer = spec(&w, &bias, &ms);
+    assert!(matches!(
+        PackedB::new(KernelPath::Reference, 2, 9, &layer),
+        Err(KernelError::NotPacked { .. })
+    ));
+    let shape = DepthwiseShape {
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        padding: [1; 4],
+        in_hwc: [4, 4, 2],
+        out_hwc: [4, 4, 2],
+    };
+    assert!(matches!(
+        DepthwisePlan::new(KernelPath::Reference, shape, &layer),
+        Err(KernelError::NotPacked { .. })
+    ));
+    for path in KernelPath::optimized() {
+        assert_eq!(PackedB::new(path, 2, 9, &layer).unwrap().path(), path);
+        assert_eq!(
+            DepthwisePlan::new(path, shape, &layer).unwrap().path(),
+            path
+        );
+    }
+}
+
+/// A path the CPU lacks is refused everywhere (it used to fall back to the portable kernels
+/// silently in the executor, and to be undefined behaviour in the packed GEMM).
+#[test]
+fn unsupported_paths_are_refused() {
+    let (w, bias, ms) = small_layer();
+    let layer = spec(&w, &bias, &ms);
+    let model = common::zoo_model();
+    for path in KernelPath::ALL
+        .into_iter()
+        .filter(|p| !p.is_supported_here())
+    {
+        assert!(matches!(
+            PackedB::new(path, 2, 9, &layer),
+            Err(KernelError::Unsupported { path: p }) if p == path
+        ));
+        assert!(matches!(
+            Executor::with_path(&model, path),
+            Err(RunError::UnsupportedKernel { path: p }) if p == path
+        ));
+    }
+}
+
+/// Inconsistent layers and short buffers are typed errors.
+#[test]
+fn bad_layers_and_buffers_are_errors() {
+    let (w, bias, ms) = small_layer();
+    let path = KernelPath::Portable;
+    let bad = |f: fn(&mut LayerSpec<'_>)| {
+        let mut layer = spec(&w, &bias, &ms);
+        f(&mut layer);
+        PackedB::new(path, 2, 9, &layer)
+    };
+    let field = |r: Result<PackedB, KernelError>| match r {
+        Err(KernelError::Layer { field, .. }) => field,
+        other => panic!("expected a layer error, got {other:?}"),
+    };
+    assert_eq!(
+        field(PackedB::new(path, 2, 8, &spec(&w, &bias, &ms))),
+        "weights"
+    );
+    assert_eq!(field(bad(|l| l.bias = &[])), "bias");
+    assert_eq!(field(bad(|l| l.multipliers = &[])), "multipliers");
+    assert_eq!(field(bad(|l| l.input_zero_point = 256)), "input_zero_point");
+    assert_eq!(
+        field(bad(|l| l.output_zero_point = 1 << 23)),
+        "output_zero_point"
+    );
+    assert_eq!(field(bad(|l| l.hi = 256)), "lo");
+    assert_eq!(field(bad(|l| (l.lo, l.hi) = (9, 8))), "lo");
+    let b = PackedB::new(path, 2, 9, &spec(&w, &bias, &ms)).unwrap();
+    let a = vec![0u8; 3 * 9];
+    let mut out = vec![0u8; 6];
+    let direct = |lda| ASource::Direct { data: &a, lda };
+    assert!(b.gemm(3, &direct(9), GemmOut::U8(&mut out, 2)).is_ok());
+    assert!(matches!(
+        b.gemm(4, &direct(9), GemmOut::U8(&mut [0u8; 8], 2)),
+        Err(KernelError::Buffer { buffer: "a", .. })
+    ));
+    assert!(matches!(
+        b.gemm(3, &direct(8), GemmOut::U8(&mut out, 2)),
+        Err(KernelError::Buffer { buffer: "a", .. })
+    ));
+    assert!(matches!(
+        b.gemm(3, &direct(9), GemmOut::U8(&mut out, 1)),
+        Err(KernelError::Buffer { buffer: "out", .. })
+    ));
+    assert!(matches!(
+        b.gemm(3, &direct(9), GemmOut::I32(&mut [0i32; 5], 2)),
+        Err(KernelError::Buffer { buffer: "out", .. })
+    ));
 }
 
 /// The executor gives identical results whatever the rayon thread count.
@@ -506,12 +683,7 @@ fn thread_count_does_not_change_results() {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| {
-            qat_int8_runtime::Executor::new(&model)
-                .unwrap()
-                .run_all(x.view())
-                .unwrap()
-        })
+        pool.install(|| Executor::new(&model).unwrap().run_all(x.view()).unwrap())
     };
     assert_eq!(run(1), run(3));
 }
@@ -521,35 +693,10 @@ fn thread_count_does_not_change_results() {
 /// roundings; and the general single-rounding stages (AVX-512 narrow and wide, AVX2) equal
 /// `requantize_single` for every shift −31..=30.
 #[cfg(target_arch = "x86_64")]
-mod fused_requantize {
+mod vector_stages {
     use super::*;
     use qat_core::fixed_point::requantize_single;
-    use qat_int8_runtime::kernels::x86_64::avx2::requantize8_single;
-    use qat_int8_runtime::kernels::x86_64::avx512vnni::{
-        RqFused16, RqSingle16, fused_constants, fused_ok, requantize16_fused, requantize16_single,
-    };
-
-    fn lanes(
-        x: [i32; 16],
-        m: &[QuantizedMultiplier; 16],
-        zp: i32,
-        rounding: Rounding,
-    ) -> [i32; 16] {
-        let m0: Vec<i32> = m.iter().map(|m| m.multiplier()).collect();
-        let right: Vec<i32> = m.iter().map(|m| (-m.shift()).max(0)).collect();
-        let left: Vec<i32> = m.iter().map(|m| m.shift().max(0)).collect();
-        assert!(fused_ok(&m0, &left, &right, zp, 0, 255));
-        let (k, s) = fused_constants(&m0, &right, zp, rounding);
-        let mut out = [0i32; 16];
-        // SAFETY: AVX-512 support checked by the caller; every array has 16 lanes.
-        unsafe {
-            use std::arch::x86_64::*;
-            let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
-            let q = requantize16_fused(_mm512_loadu_si512(x.as_ptr().cast()), &c);
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
-        }
-        out
-    }
+    use qat_int8_runtime::testing::lanes;
 
     fn edge() -> impl Strategy<Value = i32> {
         prop_oneof![
@@ -566,7 +713,7 @@ mod fused_requantize {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
         #[test]
-        fn matches_requantize(
+        fn fused_matches_requantize(
             x in proptest::array::uniform16(edge()),
             shifts in proptest::array::uniform16(1i32..=21),
             mant in proptest::array::uniform16(0u32..(1 << 30)),
@@ -581,8 +728,9 @@ mod fused_requantize {
                     QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, -shifts[i]).unwrap()
                 }
             });
+            prop_assert!(lanes::avx512_fused_applies(&m, zp, 0, 255));
             for rounding in Rounding::ALL {
-                let got = lanes(x, &m, zp, rounding);
+                let got = lanes::avx512_fused(x, &m, zp, rounding).unwrap();
                 for i in 0..16 {
                     prop_assert_eq!(got[i], requantize_with(rounding, x[i], m[i], zp, i32::MIN, i32::MAX), "{} lane {} x {} m {:?}", rounding, i, x[i], m[i]);
                 }
@@ -608,37 +756,20 @@ mod fused_requantize {
                 }
             });
             let want: [i32; 16] = std::array::from_fn(|i| requantize_single(x[i], m[i], zp, lo, hi));
-            let m0: [i32; 16] = std::array::from_fn(|i| m[i].multiplier());
-            let left: [i32; 16] = std::array::from_fn(|i| m[i].shift().max(0));
-            let right: [i32; 16] = std::array::from_fn(|i| (-m[i].shift()).max(0));
             // Narrow variant: only for lanes whose multiplier is below 0.5 (T ≥ 32) or flushed.
             let narrow_ok = m.iter().all(|m| m.multiplier() == 0 || m.shift() < 0);
-            use std::arch::x86_64::*;
-            if KernelPath::Avx512Vnni.is_supported_here() {
-                let (mut wide, mut narrow) = ([0i32; 16], [0i32; 16]);
-                // SAFETY: AVX-512 supported; every array has 16 lanes.
-                unsafe {
-                    let c = RqSingle16::load(m0.as_ptr(), left.as_ptr(), right.as_ptr());
-                    let (xv, z, l, h) = (_mm512_loadu_si512(x.as_ptr().cast()), _mm512_set1_epi32(zp), _mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
-                    _mm512_storeu_si512(wide.as_mut_ptr().cast(), requantize16_single::<true>(xv, &c, z, l, h));
-                    _mm512_storeu_si512(narrow.as_mut_ptr().cast(), requantize16_single::<false>(xv, &c, z, l, h));
-                }
+            if let Some(wide) = lanes::avx512_single(x, &m, zp, lo, hi, true) {
                 prop_assert_eq!(wide, want, "avx512 wide");
-                if narrow_ok {
-                    prop_assert_eq!(narrow, want, "avx512 narrow");
-                }
             }
-            if KernelPath::Avx2.is_supported_here() {
-                let mut got = [0i32; 16];
-                // SAFETY: AVX2 supported; two halves of 8 lanes.
-                unsafe {
-                    for h8 in 0..2 {
-                        let ld = |v: &[i32; 16]| _mm256_loadu_si256(v[8 * h8..].as_ptr().cast());
-                        let q = requantize8_single(ld(&x), ld(&m0), ld(&left), ld(&right), _mm256_set1_epi32(zp), _mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
-                        _mm256_storeu_si256(got[8 * h8..].as_mut_ptr().cast(), q);
-                    }
+            if narrow_ok && let Some(narrow) = lanes::avx512_single(x, &m, zp, lo, hi, false) {
+                prop_assert_eq!(narrow, want, "avx512 narrow");
+            }
+            for h8 in 0..2 {
+                let x8: [i32; 8] = std::array::from_fn(|i| x[8 * h8 + i]);
+                let m8: [QuantizedMultiplier; 8] = std::array::from_fn(|i| m[8 * h8 + i]);
+                if let Some(got) = lanes::avx2_single(x8, &m8, zp, lo, hi) {
+                    prop_assert_eq!(&got[..], &want[8 * h8..8 * h8 + 8], "avx2");
                 }
-                prop_assert_eq!(got, want, "avx2");
             }
         }
     }

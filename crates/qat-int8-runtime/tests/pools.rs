@@ -1,7 +1,7 @@
 //! Average pools and concat with different input/output params: hand-worked cases, the output
 //! grid's own `[qmin, qmax]` clamp, and proptests against a float reference.
 //!
-//! Tolerance (STYLE.md 4): the rescaling average pool rounds once
+//! Tolerance: the rescaling average pool rounds once
 //! (`q = clamp(Z_out + round(M'·Σ(q − Z_in)), qmin, qmax)`, `M' = S_in/(S_out·count)`), so it must
 //! equal the correctly rounded real value except within `1e−6` of a tie (where the 31-bit
 //! multiplier may decide either way), and be within one LSB of the f32 fake-quant simulation
@@ -54,10 +54,7 @@ fn run_codes(m: &Int8Model, in_shape: &[usize], codes: &[u8]) -> Vec<u8> {
     let x =
         ArrayD::from_shape_vec(s, codes.iter().map(|&c| q.dequantize(c as i32)).collect()).unwrap();
     let mut first: Option<Vec<u8>> = None;
-    for path in KernelPath::ALL
-        .into_iter()
-        .filter(|p| p.is_supported_here())
-    {
+    for path in KernelPath::supported() {
         let all = Executor::with_path(m, path)
             .unwrap()
             .run_all(x.view())

@@ -1,25 +1,65 @@
 //! Conv2d and fully connected ops, prepared once per model ([`ConvPlan`], [`FcPlan`]) and run
 //! on a batch with the kernel path chosen at plan time.
 //!
-//! Dispatch (all bit-exact with [`reference`](mod@reference)):
+//! Dispatch (all bit-exact with [`reference`](mod@super::reference)), decided once per plan:
 //! - `KernelPath::Reference`, or uint8 weights (`Weights::Uint8`, the paper's asymmetric
 //!   option, whose `Z2·ā1` row-sum term the packed kernels do not carry): reference loops.
-//! - depthwise (`groups == C_in == C_out`): [`super::depthwise`].
-//! - everything else: the packed GEMM ([`super::gemm`]) per group, with `A` read directly for
-//!   1×1/stride-1/unpadded convs whose `C_in` fills the k-groups, else filled by a tiled
-//!   im2col (one [`super::gemm::MC`]-row block at a time, so it stays in cache).
+//! - depthwise (`groups == C_in == C_out`): the frame's [`DepthwisePlan`].
+//! - everything else: the packed GEMM ([`PackedB`]) per group, with `A` read directly for
+//!   1×1/stride-1/unpadded convs whose `C_in` fills the k-groups, through an implicit im2col
+//!   (tap-segment pointers into the input) for dense k×k convs with `C_in % 4 == 0`, else
+//!   filled by a tiled im2col (one task's rows at a time, so it stays in cache).
 //!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
+use qat_core::QuantParams;
 use qat_core::fixed_point::Rounding;
-use qat_core::{QuantError, QuantParams};
 use rayon::prelude::*;
 
-use super::depthwise::{DepthwisePlan, DepthwiseShape};
-use super::gemm::{ASource, OutPtr, PackedB, gemm};
+use super::frame::{
+    ASource, DepthwisePlan, DepthwiseShape, KernelError, LayerSpec, OutPtr, PackedB,
+};
 use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
-#[derive(Debug, Clone)]
+/// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
+/// requantization rounding.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvIo {
+    /// Input `[H, W, C_in]`.
+    pub in_hwc: [usize; 3],
+    /// Input params (`Z1`).
+    pub input: QuantParams,
+    /// Output `[Ho, Wo, C_out]`.
+    pub out_hwc: [usize; 3],
+    /// Output params (`Z3`).
+    pub output: QuantParams,
+    /// How `M·acc` rounds.
+    pub rounding: Rounding,
+}
+
+/// The [`LayerSpec`] of int8 weights `data` with a conv's or FC's bias, multipliers and clamp.
+fn layer_spec<'a>(
+    data: &'a [i8],
+    bias: &'a [i32],
+    multipliers: &'a [qat_core::fixed_point::QuantizedMultiplier],
+    clamp: crate::model::Clamp,
+    qi: &QuantParams,
+    qo: &QuantParams,
+    rounding: Rounding,
+) -> LayerSpec<'a> {
+    LayerSpec {
+        weights: data,
+        bias,
+        multipliers,
+        input_zero_point: qi.zero_point(),
+        output_zero_point: qo.zero_point(),
+        lo: clamp.lo as i32,
+        hi: clamp.hi as i32,
+        rounding,
+    }
+}
+
+#[derive(Debug)]
 enum ConvImpl {
     Reference,
     Gemm(Vec<PackedB>),
@@ -27,7 +67,7 @@ enum ConvImpl {
 }
 
 /// A conv op prepared for one kernel path.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConvPlan {
     in_hwc: [usize; 3],
     out_hwc: [usize; 3],
@@ -53,47 +93,43 @@ struct ConvGeom {
 }
 
 impl ConvPlan {
-    /// Prepares `conv` (input `[H, W, C_in]` with params `qi`, output `[Ho, Wo, C_out]` with `qo`)
-    /// for `path`, requantizing in `rounding` (the model's): packs weights and folds the
+    /// Prepares `conv` between the tensors `io` for `path`: packs weights and folds the
     /// zero-point correction into the bias.
-    pub fn new(
-        conv: &Conv2d,
-        in_hwc: [usize; 3],
-        qi: QuantParams,
-        out_hwc: [usize; 3],
-        qo: QuantParams,
-        path: KernelPath,
-        rounding: Rounding,
-    ) -> Result<Self, QuantError> {
-        let (z1, z3) = (qi.zero_point(), qo.zero_point());
-        let (lo, hi) = (conv.clamp.lo as i32, conv.clamp.hi as i32);
+    ///
+    /// Errors: a path this CPU does not support, or a conv inconsistent with `io` (a validated
+    /// model has none).
+    pub fn new(conv: &Conv2d, io: &ConvIo, path: KernelPath) -> Result<Self, KernelError> {
+        if !path.is_supported_here() {
+            return Err(KernelError::Unsupported { path });
+        }
+        let ConvIo {
+            in_hwc,
+            input: qi,
+            out_hwc,
+            output: qo,
+            rounding,
+        } = *io;
         let imp = match (&conv.weights, path) {
             (_, KernelPath::Reference) | (Weights::Uint8 { .. }, _) => ConvImpl::Reference,
             (Weights::Int8 { data, .. }, _) => {
                 let [cout, kh, kw, cig] = conv.weight_shape;
+                let spec = |data, bias, multipliers| {
+                    layer_spec(data, bias, multipliers, conv.clamp, &qi, &qo, rounding)
+                };
                 if conv.groups == in_hwc[2] && conv.groups == cout {
-                    ConvImpl::Depthwise(Box::new(DepthwisePlan::new(
-                        path,
-                        DepthwiseShape {
-                            kernel: [kh, kw],
-                            stride: conv.stride,
-                            dilation: conv.dilation,
-                            padding: conv.padding,
-                            in_hwc,
-                            out_hwc,
-                        },
-                        data,
-                        &conv.bias,
-                        &conv.multipliers,
-                        z1,
-                        z3,
-                        lo,
-                        hi,
-                        rounding,
-                    )))
+                    let shape = DepthwiseShape {
+                        kernel: [kh, kw],
+                        stride: conv.stride,
+                        dilation: conv.dilation,
+                        padding: conv.padding,
+                        in_hwc,
+                        out_hwc,
+                    };
+                    let layer = spec(data, &conv.bias, &conv.multipliers);
+                    ConvImpl::Depthwise(Box::new(DepthwisePlan::new(path, shape, &layer)?))
                 } else {
                     let k = kh * kw * cig;
-                    let cog = cout / conv.groups;
+                    let cog = cout / conv.groups.max(1);
                     let packed = (0..conv.groups)
                         .map(|g| {
                             let ms = if conv.multipliers.len() == 1 {
@@ -101,21 +137,14 @@ impl ConvPlan {
                             } else {
                                 &conv.multipliers[g * cog..(g + 1) * cog]
                             };
-                            PackedB::new(
-                                path,
+                            let layer = spec(
                                 &data[g * cog * k..(g + 1) * cog * k],
-                                cog,
-                                k,
                                 &conv.bias[g * cog..(g + 1) * cog],
                                 ms,
-                                z1,
-                                z3,
-                                lo,
-                                hi,
-                                rounding,
-                            )
+                            );
+                            PackedB::new(path, cog, k, &layer)
                         })
-                        .collect();
+                        .collect::<Result<_, _>>()?;
                     ConvImpl::Gemm(packed)
                 }
             }
@@ -123,12 +152,12 @@ impl ConvPlan {
         Ok(Self {
             in_hwc,
             out_hwc,
-            zp_in: z1,
-            zp_out: z3,
+            zp_in: qi.zero_point(),
+            zp_out: qo.zero_point(),
             path,
             rounding,
             imp,
-            zero_row: vec![z1.clamp(0, 255) as u8; in_hwc[2]],
+            zero_row: vec![qi.zero_point().clamp(0, 255) as u8; in_hwc[2]],
             geom: ConvGeom {
                 weight_shape: conv.weight_shape,
                 stride: conv.stride,
@@ -137,6 +166,22 @@ impl ConvPlan {
                 groups: conv.groups,
             },
         })
+    }
+
+    /// Makes the packed kernels requantize through int32 and qat-core's scalar stage, as the
+    /// frame does for a rounding an ISA does not fuse (tests of that fallback on every ISA).
+    #[doc(hidden)]
+    pub fn with_scalar_output_stage(mut self) -> Self {
+        self.imp = match self.imp {
+            ConvImpl::Gemm(g) => ConvImpl::Gemm(
+                g.into_iter()
+                    .map(PackedB::with_scalar_output_stage)
+                    .collect(),
+            ),
+            ConvImpl::Depthwise(d) => ConvImpl::Depthwise(Box::new(d.with_scalar_output_stage())),
+            r => r,
+        };
+        self
     }
 
     /// The kernel path this plan runs.
@@ -239,18 +284,12 @@ impl ConvPlan {
                     // SAFETY: `out` holds m × cout elements; group g writes columns g·cog..(g+1)·cog.
                     let gptr = unsafe { ptr.offset(0, g * cog) };
                     if pointwise && b.kp == cin {
-                        // SAFETY: input holds m rows of cin = kp bytes.
-                        unsafe {
-                            gemm(
-                                m,
-                                &ASource::Direct {
-                                    data: input,
-                                    lda: cin,
-                                },
-                                b,
-                                gptr,
-                            )
+                        let src = ASource::Direct {
+                            data: input,
+                            lda: cin,
                         };
+                        // SAFETY: input holds m rows of cin = kp bytes.
+                        unsafe { b.gemm_unchecked(m, &src, gptr) };
                         continue;
                     }
                     if self.geom.groups == 1 && cin % 4 == 0 && b.kp == kh * kw * cin {
@@ -258,21 +297,19 @@ impl ConvPlan {
                         let fill_ptrs = |row0: usize, rows: usize, ptrs: &mut [*const u8]| {
                             self.tap_pointers(input, row0, rows, ptrs);
                         };
-                        let src = ASource::Indirect {
-                            taps: kh * kw,
-                            seg: cin,
-                            fill_ptrs: &fill_ptrs,
-                        };
-                        // SAFETY: as above; every pointer addresses cin bytes of `input` or of
-                        // `zero_row`, both alive for the call.
-                        unsafe { gemm(m, &src, b, gptr) };
+                        // SAFETY: cin % 4 == 0 and taps·cin == kp (checked above); every pointer
+                        // addresses cin bytes of `input` or of `zero_row`, both alive and
+                        // unmodified for the call.
+                        let src = unsafe { ASource::indirect(kh * kw, cin, &fill_ptrs) };
+                        // SAFETY: as above.
+                        unsafe { b.gemm_unchecked(m, &src, gptr) };
                         continue;
                     }
                     let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
                         self.im2col(input, g * cig, cig, b.kp, row0, rows, dst);
                     };
                     // SAFETY: as above.
-                    unsafe { gemm(m, &ASource::Fill(&fill), b, gptr) };
+                    unsafe { b.gemm_unchecked(m, &ASource::Fill(&fill), gptr) };
                 }
             }
         }
@@ -386,8 +423,19 @@ impl ConvPlan {
     }
 }
 
+/// The quantization around a fully connected layer.
+#[derive(Debug, Clone, Copy)]
+pub struct FcIo {
+    /// Input params (`Z1`).
+    pub input: QuantParams,
+    /// Output params (`Z3`).
+    pub output: QuantParams,
+    /// How `M·acc` rounds.
+    pub rounding: Rounding,
+}
+
 /// A fully connected op prepared for one kernel path.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FcPlan {
     zp_in: i32,
     zp_out: i32,
@@ -397,35 +445,37 @@ pub struct FcPlan {
 }
 
 impl FcPlan {
-    /// Prepares `fc` (input params `qi`, output params `qo`), requantizing in `rounding`.
-    pub fn new(
-        fc: &FullyConnected,
-        qi: QuantParams,
-        qo: QuantParams,
-        path: KernelPath,
-        rounding: Rounding,
-    ) -> Result<Self, QuantError> {
+    /// Prepares `fc` between the params of `io` for `path`.
+    ///
+    /// Errors: a path this CPU does not support, or an inconsistent layer.
+    pub fn new(fc: &FullyConnected, io: &FcIo, path: KernelPath) -> Result<Self, KernelError> {
+        if !path.is_supported_here() {
+            return Err(KernelError::Unsupported { path });
+        }
         let [cout, cin] = fc.weight_shape;
-        let (z1, z3) = (qi.zero_point(), qo.zero_point());
+        let FcIo {
+            input: qi,
+            output: qo,
+            rounding,
+        } = *io;
         let packed = match (&fc.weights, path) {
             (_, KernelPath::Reference) | (Weights::Uint8 { .. }, _) => None,
-            (Weights::Int8 { data, .. }, _) => Some(PackedB::new(
-                path,
-                data,
-                cout,
-                cin,
-                &fc.bias,
-                &fc.multipliers,
-                z1,
-                z3,
-                fc.clamp.lo as i32,
-                fc.clamp.hi as i32,
-                rounding,
-            )),
+            (Weights::Int8 { data, .. }, _) => {
+                let layer = layer_spec(
+                    data,
+                    &fc.bias,
+                    &fc.multipliers,
+                    fc.clamp,
+                    &qi,
+                    &qo,
+                    rounding,
+                );
+                Some(PackedB::new(path, cout, cin, &layer)?)
+            }
         };
         Ok(Self {
-            zp_in: z1,
-            zp_out: z3,
+            zp_in: qi.zero_point(),
+            zp_out: qo.zero_point(),
             path,
             rounding,
             packed,
@@ -468,18 +518,12 @@ impl FcPlan {
             Some(b) => {
                 let ptr = OutPtr::U8(out.as_mut_ptr(), cout);
                 if b.kp == cin {
-                    // SAFETY: input holds n rows of cin bytes; out holds n × cout.
-                    unsafe {
-                        gemm(
-                            n,
-                            &ASource::Direct {
-                                data: input,
-                                lda: cin,
-                            },
-                            b,
-                            ptr,
-                        )
+                    let src = ASource::Direct {
+                        data: input,
+                        lda: cin,
                     };
+                    // SAFETY: input holds n rows of cin bytes; out holds n × cout.
+                    unsafe { b.gemm_unchecked(n, &src, ptr) };
                 } else {
                     let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
                         for r in 0..rows {
@@ -490,7 +534,7 @@ impl FcPlan {
                         }
                     };
                     // SAFETY: as above.
-                    unsafe { gemm(n, &ASource::Fill(&fill), b, ptr) };
+                    unsafe { b.gemm_unchecked(n, &ASource::Fill(&fill), ptr) };
                 }
             }
         }

@@ -24,6 +24,21 @@ use qat_core::QuantError;
 use qat_core::QuantParams;
 use qat_core::fixed_point::QuantizedMultiplier;
 
+/// The geometry of a pooling window op over one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeom {
+    /// Input `[H, W, C]`.
+    pub in_hwc: [usize; 3],
+    /// Output `[Ho, Wo, C]`.
+    pub out_hwc: [usize; 3],
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`; padded cells are not part of a window.
+    pub padding: [usize; 4],
+}
+
 /// The merged average-and-rescale multiplier `M' = S_in/(S_out·count)` for one window size,
 /// computed in f64 (`S_out·count` is exact there) and quantized by
 /// [`QuantizedMultiplier::from_f64`].
@@ -31,15 +46,8 @@ use qat_core::fixed_point::QuantizedMultiplier;
 /// Errors only when `S_in/(S_out·count) ≥ 2^30`; a valid model has `S_in/S_out < 2^30`
 /// (checked by validation), hence a valid `M'` for every `count ≥ 1`. Very small `M'` flush to 0,
 /// which is exact: they mean `|M'·Σ(q − Z_in)| ≤ 255·S_in/S_out < 2^−23`, which rounds to 0.
-///
-/// ```
-/// use qat_core::{QuantParams, QuantRange};
-/// use qat_int8_runtime::kernels::pool::pool_multiplier;
-/// let qi = QuantParams::new(0.5, 0, QuantRange::unsigned(8)?)?;
-/// let qo = QuantParams::new(0.25, 0, QuantRange::unsigned(8)?)?;
-/// assert_eq!(pool_multiplier(&qi, &qo, 4)?.to_f64(), 0.5); // 0.5/(0.25·4)
-/// # Ok::<(), qat_core::QuantError>(())
-/// ```
+/// Example (`tests::worked_examples`): `S_in = 0.5`, `S_out = 0.25`, `count = 4` give
+/// `M' = 0.5/(0.25·4) = 0.5`.
 pub fn pool_multiplier(
     qi: &QuantParams,
     qo: &QuantParams,
@@ -52,12 +60,9 @@ pub fn pool_multiplier(
 /// leading padding `pad`, kernel extent `k`, input extent `n`:
 /// `min(o·s − pad + k, n) − max(o·s − pad, 0)` (0 if negative).
 ///
-/// ```
-/// use qat_int8_runtime::kernels::pool::window_extent;
-/// assert_eq!(window_extent(0, 1, 1, 3, 5), 2); // rows −1..2: row −1 is padding
-/// assert_eq!(window_extent(2, 1, 1, 3, 5), 3);
-/// assert_eq!(window_extent(4, 1, 1, 3, 5), 2); // rows 3..6: row 5 is padding
-/// ```
+/// Example (`tests::worked_examples`): kernel 3, stride 1, padding 1 over 5 rows: position 0
+/// covers rows −1..2 (2 cells, row −1 is padding), position 2 rows 1..4 (3), position 4 rows
+/// 3..6 (2, row 5 is padding).
 #[inline]
 pub fn window_extent(o: usize, s: usize, pad: usize, k: usize, n: usize) -> usize {
     let start = (o * s) as isize - pad as isize;
@@ -87,19 +92,10 @@ pub struct AvgPoolRescale {
 impl AvgPoolRescale {
     /// The stage for windows of the given sizes (duplicates allowed) between `qi` and `qo`.
     ///
-    /// ```
-    /// use qat_core::{QuantParams, QuantRange};
-    /// use qat_int8_runtime::kernels::pool::AvgPoolRescale;
-    /// // S_in = 0.1, Z_in = 10; S_out = 0.3, Z_out = 2 on a 4-bit grid [0, 15]
-    /// let qi = QuantParams::new(0.1, 10, QuantRange::unsigned(8)?)?;
-    /// let qo = QuantParams::new(0.3, 2, QuantRange::unsigned(4)?)?;
-    /// let r = AvgPoolRescale::new(&qi, &qo, [4])?;
-    /// // codes 12, 13, 14, 15: Σ(q − Z_in) = 14, mean 0.35 real = 1.1667 output steps → 1, +2
-    /// assert_eq!(r.average(12 + 13 + 14 + 15, 4), 3);
-    /// // codes 200 ×4: 19 real = 63.3 steps + 2 → clamped to qmax = 15, not 255
-    /// assert_eq!(r.average(800, 4), 15);
-    /// # Ok::<(), qat_core::QuantError>(())
-    /// ```
+    /// Example (`tests::worked_examples`): `S_in = 0.1, Z_in = 10`; `S_out = 0.3, Z_out = 2` on
+    /// a 4-bit grid `[0, 15]`. Codes 12, 13, 14, 15: `Σ(q − Z_in) = 14`, mean 0.35 real = 1.1667
+    /// output steps → 1, + 2 = 3. Codes 200 ×4: 19 real = 63.3 steps + 2 → clamped to
+    /// `qmax = 15`, not 255.
     pub fn new(
         qi: &QuantParams,
         qo: &QuantParams,
@@ -131,16 +127,18 @@ impl AvgPoolRescale {
 
     /// The stage for an `AvgPool2d` op: one `M'` per distinct window size
     /// `window_extent(oh, …)·window_extent(ow, …)` (padded cells excluded from the count).
-    #[allow(clippy::too_many_arguments)]
     pub fn avg_pool2d(
         qi: &QuantParams,
         qo: &QuantParams,
-        in_hwc: [usize; 3],
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-        out_hwc: [usize; 3],
+        g: &PoolGeom,
     ) -> Result<Self, QuantError> {
+        let PoolGeom {
+            in_hwc,
+            out_hwc,
+            kernel,
+            stride,
+            padding,
+        } = *g;
         let extents = |o: usize, axis: usize, n: usize| {
             let mut v: Vec<usize> = (0..o)
                 .map(|i| window_extent(i, stride[axis], padding[axis], kernel[axis], n))
@@ -165,11 +163,6 @@ impl AvgPoolRescale {
         in_hwc: [usize; 3],
     ) -> Result<Self, QuantError> {
         Self::new(qi, qo, [in_hwc[0] * in_hwc[1]])
-    }
-
-    /// Whether input and output params are identical (TFLite's code average).
-    pub fn is_identity(&self) -> bool {
-        self.params.is_none()
     }
 
     /// `M'` for windows of `count` cells (`None` for identical params).
@@ -218,16 +211,14 @@ mod tests {
         let q = |s, z| QuantParams::new(s, z, QuantRange::unsigned(8).unwrap()).unwrap();
         // 5×4 input, 3×3 kernel, stride 2, padding 1 all round → 3×2 output:
         // rows {0..2, 1..4, 3..5} → extents 2, 3, 2; cols {−1..2, 1..4} → 2, 3
-        let r = AvgPoolRescale::avg_pool2d(
-            &q(0.1, 3),
-            &q(0.2, 5),
-            [5, 4, 1],
-            [3, 3],
-            [2, 2],
-            [1, 1, 1, 1],
-            [3, 2, 1],
-        )
-        .unwrap();
+        let g = PoolGeom {
+            in_hwc: [5, 4, 1],
+            out_hwc: [3, 2, 1],
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1, 1, 1],
+        };
+        let r = AvgPoolRescale::avg_pool2d(&q(0.1, 3), &q(0.2, 5), &g).unwrap();
         let counts: Vec<usize> = r.table.iter().map(|e| e.0).collect();
         assert_eq!(counts, vec![4, 6, 9]);
         for &c in &counts {
@@ -242,7 +233,24 @@ mod tests {
             Some(pool_multiplier(&q(0.1, 3), &q(0.2, 5), 7).unwrap())
         );
         let same = AvgPoolRescale::global(&q(0.1, 3), &q(0.1, 3), [2, 2, 1]).unwrap();
-        assert!(same.is_identity() && same.multiplier(4).is_none());
+        assert!(same.params.is_none() && same.multiplier(4).is_none());
+    }
+
+    #[test]
+    fn worked_examples() {
+        let q = |s, z, bits| QuantParams::new(s, z, QuantRange::unsigned(bits).unwrap()).unwrap();
+        assert_eq!(
+            pool_multiplier(&q(0.5, 0, 8), &q(0.25, 0, 8), 4)
+                .unwrap()
+                .to_f64(),
+            0.5
+        );
+        assert_eq!(window_extent(0, 1, 1, 3, 5), 2);
+        assert_eq!(window_extent(2, 1, 1, 3, 5), 3);
+        assert_eq!(window_extent(4, 1, 1, 3, 5), 2);
+        let r = AvgPoolRescale::new(&q(0.1, 10, 8), &q(0.3, 2, 4), [4]).unwrap();
+        assert_eq!(r.average(12 + 13 + 14 + 15, 4), 3);
+        assert_eq!(r.average(800, 4), 15);
     }
 
     #[test]

@@ -1,18 +1,19 @@
-//! Reference kernels: obvious loops, one output element at a time, never optimized (STYLE.md 1).
+//! Reference kernels: obvious loops, one output element at a time, always compiled and never
+//! optimized.
 //!
 //! They follow the paper's §2.3–2.4 literally and are the ground truth every optimized kernel is
-//! tested against. All functions work on one sample (no batch dimension), NHWC activations, OHWI
-//! weights. Accumulation is int32 with wrapping adds; [`crate::validate::MAX_REDUCTION`] keeps
-//! `Σ q1·q2` of int8 weights in range, and wrapping makes every algebraically equal evaluation order
-//! (row/column-sum expansion, packed GEMM, SIMD) give the same bits.
+//! tested against; no optimized code ever stands in for them. All functions work on one sample
+//! (no batch dimension), NHWC activations, OHWI weights. Accumulation is int32 with wrapping adds;
+//! the validated reduction limit (`K ≤ 2^16`) keeps `Σ q1·q2` of int8 weights in range, and
+//! wrapping makes every algebraically equal evaluation order (row/column-sum expansion, packed
+//! GEMM, SIMD) give the same bits.
 
 use qat_core::QuantParams;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 
-use super::pool::AvgPoolRescale;
-use super::{AddParams, Rescale};
+use super::add::{ADD_LEFT_SHIFT, AddParams, Rescale};
+use super::pool::{AvgPoolRescale, PoolGeom};
 use crate::model::{Clamp, Conv2d, FullyConnected, Weights};
-use crate::validate::ADD_LEFT_SHIFT;
 
 /// Weight code `q2` and its zero point `Z2` for output channel `co`, element `i` of the op's
 /// weight array.
@@ -124,7 +125,8 @@ pub fn requantize_channels(
     }
 }
 
-/// Conv2d for one sample: [`conv2d_acc`] then [`requantize_channels`].
+/// Conv2d for one sample: [`conv2d_acc`] then `requantize_channels` (qat-core's
+/// `requantize_with` per element).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     input: &[u8],
@@ -166,7 +168,7 @@ pub fn fully_connected_acc(input: &[u8], zp_in: i32, fc: &FullyConnected, acc: &
     }
 }
 
-/// Fully connected for one sample: [`fully_connected_acc`] then [`requantize_channels`].
+/// Fully connected for one sample: [`fully_connected_acc`] then `requantize_channels`.
 pub fn fully_connected(
     input: &[u8],
     zp_in: i32,
@@ -191,7 +193,7 @@ pub fn fully_connected(
 /// TFLite's uint8 integer add (`left_shift = 20`), elementwise:
 /// `a' = M_a·((q_a − Z_a)·2^20)`, `b' = M_b·((q_b − Z_b)·2^20)`,
 /// `q = clamp(M_out·(a' + b') + Z_out, lo, hi)`, multipliers from
-/// [`crate::validate::add_multipliers`]. The input rescales use qat-core's
+/// [`add_multipliers`](super::add::add_multipliers). The input rescales use qat-core's
 /// [`QuantizedMultiplier::apply`] (their 2^20 headroom makes the rounding mode immaterial); the
 /// output stage rounds in `p.rounding` ([`requantize_with`]).
 pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
@@ -224,92 +226,27 @@ pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
     }
 }
 
-/// Concatenation along the last axis of one sample: each input's rows of `c_i` channels are
-/// [`rescale`]d into the output's rows of `Σ c_i` channels.
-pub fn concat(inputs: &[(&[u8], usize, Rescale)], out: &mut [u8]) {
-    let total: usize = inputs.iter().map(|i| i.1).sum();
-    if total == 0 {
-        return;
-    }
-    let rows = out.len() / total;
-    let mut off = 0;
-    for (data, c, r) in inputs {
-        let c = *c;
-        for row in 0..rows {
-            rescale(
-                &data[row * c..(row + 1) * c],
-                r,
-                &mut out[row * total + off..row * total + off + c],
-            );
-        }
-        off += c;
-    }
-}
-
 /// Average pooling of one sample; padded cells are excluded from the count (TFLite). The
 /// output stage is [`AvgPoolRescale::average`] (one rounding from `Σq` to the output grid).
-#[allow(clippy::too_many_arguments)]
-pub fn avg_pool2d(
-    input: &[u8],
-    in_hwc: [usize; 3],
-    rescale: &AvgPoolRescale,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    out_hwc: [usize; 3],
-    out: &mut [u8],
-) {
-    pool(
-        input,
-        in_hwc,
-        kernel,
-        stride,
-        padding,
-        out_hwc,
-        out,
-        |cells| {
-            let sum: i32 = cells.iter().map(|&v| v as i32).sum();
-            rescale.average(sum, cells.len())
-        },
-    );
+pub fn avg_pool2d(input: &[u8], g: &PoolGeom, rescale: &AvgPoolRescale, out: &mut [u8]) {
+    pool(input, g, out, |cells| {
+        let sum: i32 = cells.iter().map(|&v| v as i32).sum();
+        rescale.average(sum, cells.len())
+    });
 }
 
 /// Max pooling of one sample; padded cells are ignored; params are shared.
-#[allow(clippy::too_many_arguments)]
-pub fn max_pool2d(
-    input: &[u8],
-    in_hwc: [usize; 3],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    out_hwc: [usize; 3],
-    out: &mut [u8],
-) {
-    pool(
-        input,
-        in_hwc,
-        kernel,
-        stride,
-        padding,
-        out_hwc,
-        out,
-        |cells| cells.iter().copied().max().unwrap_or(0),
-    );
+pub fn max_pool2d(input: &[u8], g: &PoolGeom, out: &mut [u8]) {
+    pool(input, g, out, |cells| {
+        cells.iter().copied().max().unwrap_or(0)
+    });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn pool(
-    input: &[u8],
-    in_hwc: [usize; 3],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    out_hwc: [usize; 3],
-    out: &mut [u8],
-    reduce: impl Fn(&[u8]) -> u8,
-) {
-    let [h, w, c] = in_hwc;
-    let [ho, wo, _] = out_hwc;
+/// `out[oh, ow, ch] = reduce(window cells)`, the window's in-bounds cells in row-major order.
+fn pool(input: &[u8], g: &PoolGeom, out: &mut [u8], reduce: impl Fn(&[u8]) -> u8) {
+    let [h, w, c] = g.in_hwc;
+    let [ho, wo, _] = g.out_hwc;
+    let (kernel, stride, padding) = (g.kernel, g.stride, g.padding);
     let mut cells = Vec::with_capacity(kernel[0] * kernel[1]);
     for oh in 0..ho {
         for ow in 0..wo {

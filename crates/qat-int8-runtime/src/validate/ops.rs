@@ -1,189 +1,23 @@
-//! Whole-model validation: everything the executor relies on is checked here, once, before any
-//! inference (shapes consistent, tensor references in range, topological order, zero points and
-//! multipliers valid, sizes bounded).
-//!
-//! After [`Int8Model::validate`] succeeds, every kernel may index its buffers without further
-//! checks; no op can divide by zero (pool windows are never empty) and every derived fixed-point
-//! multiplier (Add, Concat, and the average pools' `M' = S_in/(S_out·count)` for every window
-//! size, bounded by its `count = 1` value `S_in/S_out`) is representable.
+//! Per-op checks of [`Int8Model::validate`]: each op's tensors, geometry, weights and derived
+//! multipliers.
 
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-use thiserror::Error;
 
+use super::{
+    MAX_POOL_WINDOW, MAX_REDUCTION, MAX_SPATIAL, ValidationError, conv_out_extent, elements,
+};
+use crate::kernels::add::{Rescale, add_multipliers};
 use crate::kernels::pool::pool_multiplier;
 use crate::model::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights};
 
-/// Largest number of elements one tensor may hold per sample (2^26 ≈ 67 M).
-pub const MAX_TENSOR_ELEMENTS: usize = 1 << 26;
-/// Largest reduction length `K = kh·kw·C_in/groups` of a conv / FC. With u8 × i8 products
-/// (|q1·q2| ≤ 255·128) and `K ≤ 2^16` the int32 accumulator `Σ q1·q2` cannot overflow.
-pub const MAX_REDUCTION: usize = 1 << 16;
-/// Largest pooling window (cells): `255·2^23` still fits the int32 window sum, and so does the
-/// centered sum `Σ(q − Z_in)` the rescaling average multiplies by `M'`.
-pub const MAX_POOL_WINDOW: usize = 1 << 23;
-/// Largest kernel extent, stride, dilation or padding accepted in any spatial field.
-pub const MAX_SPATIAL: usize = 1 << 16;
-
-/// Why a model is invalid: names the tensor / op (index and kind) and the field.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ValidationError {
-    /// A problem with the model as a whole (no tensors, no outputs, …).
-    #[error("model: {problem}")]
-    Model {
-        /// What is wrong.
-        problem: String,
-    },
-    /// A problem with one tensor's description.
-    #[error("tensor {tensor} ('{name}'), field `{field}`: {problem}")]
-    Tensor {
-        /// Tensor index.
-        tensor: usize,
-        /// Tensor name.
-        name: String,
-        /// The field at fault (`shape`, `dtype`, `quant`).
-        field: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A problem with one op.
-    #[error("op {op} ({kind}), field `{field}`: {problem}")]
-    Op {
-        /// Op index in [`Int8Model::ops`].
-        op: usize,
-        /// Op kind (`Conv2d`, `Add`, …).
-        kind: &'static str,
-        /// The field at fault.
-        field: &'static str,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The graph input is invalid.
-    #[error("graph input (tensor {tensor}): {problem}")]
-    Input {
-        /// Tensor index given as input.
-        tensor: usize,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A graph output is invalid.
-    #[error("graph output #{index} (tensor {tensor}): {problem}")]
-    Output {
-        /// Position in [`Int8Model::outputs`].
-        index: usize,
-        /// Tensor index given.
-        tensor: usize,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-impl Op {
-    /// The op's kind as a static name (`"Conv2d"`, `"Add"`, …), used in errors and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Quantize { .. } => "Quantize",
-            Op::Dequantize { .. } => "Dequantize",
-            Op::Conv2d(_) => "Conv2d",
-            Op::FullyConnected(_) => "FullyConnected",
-            Op::Add { .. } => "Add",
-            Op::Concat { .. } => "Concat",
-            Op::AvgPool2d { .. } => "AvgPool2d",
-            Op::GlobalAvgPool { .. } => "GlobalAvgPool",
-            Op::MaxPool2d { .. } => "MaxPool2d",
-            Op::Reshape { .. } => "Reshape",
-        }
-    }
-
-    /// The tensors this op reads, in order.
-    pub fn inputs(&self) -> Vec<TensorId> {
-        match self {
-            Op::Quantize { input, .. }
-            | Op::Dequantize { input, .. }
-            | Op::AvgPool2d { input, .. }
-            | Op::GlobalAvgPool { input, .. }
-            | Op::MaxPool2d { input, .. }
-            | Op::Reshape { input, .. } => vec![*input],
-            Op::Conv2d(c) => vec![c.input],
-            Op::FullyConnected(f) => vec![f.input],
-            Op::Add { a, b, .. } => vec![*a, *b],
-            Op::Concat { inputs, .. } => inputs.clone(),
-        }
-    }
-
-    /// The tensor this op writes.
-    pub fn output(&self) -> TensorId {
-        match self {
-            Op::Quantize { output, .. }
-            | Op::Dequantize { output, .. }
-            | Op::Add { output, .. }
-            | Op::Concat { output, .. }
-            | Op::AvgPool2d { output, .. }
-            | Op::GlobalAvgPool { output, .. }
-            | Op::MaxPool2d { output, .. }
-            | Op::Reshape { output, .. } => *output,
-            Op::Conv2d(c) => c.output,
-            Op::FullyConnected(f) => f.output,
-        }
-    }
-}
-
-/// Output extent of a strided, dilated, padded window:
-/// `⌊(n + pad_lo + pad_hi − dilation·(k − 1) − 1) / stride⌋ + 1`, or `None` when the window does
-/// not fit even once (or a field is zero).
-pub fn conv_out_extent(
-    n: usize,
-    k: usize,
-    stride: usize,
-    dilation: usize,
-    pad_lo: usize,
-    pad_hi: usize,
-) -> Option<usize> {
-    if k == 0 || stride == 0 || dilation == 0 {
-        return None;
-    }
-    let padded = n.checked_add(pad_lo)?.checked_add(pad_hi)?;
-    let span = dilation.checked_mul(k - 1)?.checked_add(1)?;
-    if padded < span {
-        return None;
-    }
-    Some((padded - span) / stride + 1)
-}
-
-/// The fixed-point multipliers of TFLite's integer add (`left_shift = 20`): with
-/// `twice_max = 2·max(S_a, S_b)`, `M_a = S_a/twice_max`, `M_b = S_b/twice_max`,
-/// `M_out = twice_max/(2^20·S_out)`. Returns `(M_a, M_b, M_out)`.
-pub fn add_multipliers(
-    a: &QuantParams,
-    b: &QuantParams,
-    out: &QuantParams,
-) -> Result<
-    (
-        QuantizedMultiplier,
-        QuantizedMultiplier,
-        QuantizedMultiplier,
-    ),
-    qat_core::QuantError,
-> {
-    let twice_max = 2.0 * (a.scale() as f64).max(b.scale() as f64);
-    let ma = QuantizedMultiplier::from_f64(a.scale() as f64 / twice_max)?;
-    let mb = QuantizedMultiplier::from_f64(b.scale() as f64 / twice_max)?;
-    let mo = QuantizedMultiplier::from_f64(
-        twice_max / ((1u64 << ADD_LEFT_SHIFT) as f64 * out.scale() as f64),
-    )?;
-    Ok((ma, mb, mo))
-}
-
-/// TFLite's `left_shift` for uint8 add: inputs are scaled by `2^20` before rescaling.
-pub const ADD_LEFT_SHIFT: u32 = 20;
-
-struct Ctx<'m> {
-    model: &'m Int8Model,
-    op: usize,
-    kind: &'static str,
+pub(super) struct Ctx<'m> {
+    pub(super) model: &'m Int8Model,
+    pub(super) op: usize,
+    pub(super) kind: &'static str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, field: &'static str, problem: impl Into<String>) -> ValidationError {
+    pub(super) fn err(&self, field: &'static str, problem: impl Into<String>) -> ValidationError {
         ValidationError::Op {
             op: self.op,
             kind: self.kind,
@@ -497,7 +331,25 @@ impl Ctx<'_> {
         Ok((qin, qout))
     }
 
-    fn check(&self, op: &Op) -> Result<(), ValidationError> {
+    /// An average's `M' = S_in/(S_out·count)` is largest for `count = 1`; every smaller one is
+    /// representable or flushes to 0 (exactly, see `pool_multiplier`).
+    fn average_multiplier(
+        &self,
+        qi: &QuantParams,
+        qo: &QuantParams,
+    ) -> Result<(), ValidationError> {
+        if qi != qo {
+            pool_multiplier(qi, qo, 1).map_err(|e| {
+                self.err(
+                    "output",
+                    format!("no valid average multiplier S_in/(S_out·count): {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check(&self, op: &Op) -> Result<(), ValidationError> {
         match op {
             Op::Quantize { input, output } | Op::Dequantize { input, output } => {
                 let quantize = matches!(op, Op::Quantize { .. });
@@ -573,15 +425,12 @@ impl Ctx<'_> {
                         ));
                     }
                     channels = channels.saturating_add(ti.shape[rank - 1]);
-                    if qi != qo {
-                        QuantizedMultiplier::from_f64(qi.scale() as f64 / qo.scale() as f64)
-                            .map_err(|e| {
-                                self.err(
-                                    "inputs",
-                                    format!("input {i}: no valid rescale multiplier: {e}"),
-                                )
-                            })?;
-                    }
+                    Rescale::new(&qi, &qo, self.model.rounding).map_err(|e| {
+                        self.err(
+                            "inputs",
+                            format!("input {i}: no valid rescale multiplier: {e}"),
+                        )
+                    })?;
                 }
                 if channels != to.shape[rank - 1] {
                     return Err(self.err(
@@ -602,17 +451,7 @@ impl Ctx<'_> {
                 padding,
             } => {
                 let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
-                if qi != qo {
-                    // M' = S_in/(S_out·count) is largest for count = 1; every smaller one is
-                    // representable or flushes to 0 (exactly, see `pool_multiplier`).
-                    pool_multiplier(&qi, &qo, 1).map_err(|e| {
-                        self.err(
-                            "output",
-                            format!("no valid average multiplier S_in/(S_out·count): {e}"),
-                        )
-                    })?;
-                }
-                Ok(())
+                self.average_multiplier(&qi, &qo)
             }
             Op::MaxPool2d {
                 input,
@@ -646,17 +485,7 @@ impl Ctx<'_> {
                         format!("output {:?} must hold the {c} channels", to.shape),
                     ));
                 }
-                if qi != qo {
-                    // M' = S_in/(S_out·count) is largest for count = 1; every smaller one is
-                    // representable or flushes to 0 (exactly, see `pool_multiplier`).
-                    pool_multiplier(&qi, &qo, 1).map_err(|e| {
-                        self.err(
-                            "output",
-                            format!("no valid average multiplier S_in/(S_out·count): {e}"),
-                        )
-                    })?;
-                }
-                Ok(())
+                self.average_multiplier(&qi, &qo)
             }
             Op::Reshape { input, output } => {
                 let ti = self.tensor("input", *input)?;
@@ -678,141 +507,5 @@ impl Ctx<'_> {
                 Ok(())
             }
         }
-    }
-}
-
-/// Product of the dims, `None` on overflow.
-pub(crate) fn elements(shape: &[usize]) -> Option<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
-}
-
-fn check_tensor(i: usize, t: &TensorInfo) -> Result<(), ValidationError> {
-    let err = |field, problem: String| ValidationError::Tensor {
-        tensor: i,
-        name: t.name.clone(),
-        field,
-        problem,
-    };
-    if !matches!(t.shape.len(), 1 | 3) {
-        return Err(err(
-            "shape",
-            format!("rank {} (need [C] or [H, W, C])", t.shape.len()),
-        ));
-    }
-    if t.shape.contains(&0) {
-        return Err(err("shape", format!("{:?} has a zero dimension", t.shape)));
-    }
-    match elements(&t.shape) {
-        Some(n) if n <= MAX_TENSOR_ELEMENTS => {}
-        _ => {
-            return Err(err(
-                "shape",
-                format!(
-                    "{:?} exceeds {MAX_TENSOR_ELEMENTS} elements per sample",
-                    t.shape
-                ),
-            ));
-        }
-    }
-    match (t.dtype, &t.quant) {
-        (DType::F32, None) => Ok(()),
-        (DType::F32, Some(_)) => Err(err(
-            "quant",
-            "F32 tensor must not carry quantization params".into(),
-        )),
-        (DType::U8, None) => Err(err("quant", "U8 tensor needs quantization params".into())),
-        (DType::U8, Some(q)) => {
-            if q.qmin() < 0 || q.qmax() > 255 {
-                Err(err(
-                    "quant",
-                    format!("grid [{}, {}] is not within [0, 255]", q.qmin(), q.qmax()),
-                ))
-            } else {
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Int8Model {
-    /// Checks every invariant the executor relies on (see the [module docs](crate::validate)).
-    ///
-    /// Run by [`Int8Model::from_bytes`] / [`Int8Model::load`] and by [`Int8Model::to_bytes`], and
-    /// usable by an exporter before saving. Errors name the op (index and kind) or tensor and the
-    /// field at fault.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        if self.tensors.is_empty() {
-            return Err(ValidationError::Model {
-                problem: "no tensors".into(),
-            });
-        }
-        for (i, t) in self.tensors.iter().enumerate() {
-            check_tensor(i, t)?;
-        }
-        if self.input >= self.tensors.len() {
-            return Err(ValidationError::Input {
-                tensor: self.input,
-                problem: format!("out of range ({} tensors)", self.tensors.len()),
-            });
-        }
-        let mut defined = vec![false; self.tensors.len()];
-        defined[self.input] = true;
-        for (i, op) in self.ops.iter().enumerate() {
-            let ctx = Ctx {
-                model: self,
-                op: i,
-                kind: op.kind(),
-            };
-            ctx.check(op)?;
-            for t in op.inputs() {
-                if !defined[t] {
-                    return Err(ctx.err(
-                        "input",
-                        format!("tensor {t} ('{}') is read before any op writes it (ops must be in topological order)", self.tensors[t].name),
-                    ));
-                }
-            }
-            let out = op.output();
-            if defined[out] {
-                return Err(ctx.err(
-                    "output",
-                    format!(
-                        "tensor {out} ('{}') is written twice (or is the graph input)",
-                        self.tensors[out].name
-                    ),
-                ));
-            }
-            defined[out] = true;
-        }
-        if let Some(t) = defined.iter().position(|d| !d) {
-            return Err(ValidationError::Tensor {
-                tensor: t,
-                name: self.tensors[t].name.clone(),
-                field: "producer",
-                problem: "neither the graph input nor written by any op".into(),
-            });
-        }
-        if self.outputs.is_empty() {
-            return Err(ValidationError::Model {
-                problem: "no graph outputs".into(),
-            });
-        }
-        for (index, &tensor) in self.outputs.iter().enumerate() {
-            if tensor >= self.tensors.len() {
-                return Err(ValidationError::Output {
-                    index,
-                    tensor,
-                    problem: format!("out of range ({} tensors)", self.tensors.len()),
-                });
-            }
-            if !defined[tensor] {
-                return Err(ValidationError::Output {
-                    index,
-                    tensor,
-                    problem: "no op writes it".into(),
-                });
-            }
-        }
-        Ok(())
     }
 }

@@ -1,21 +1,33 @@
-//! AVX2 kernels: `avx2_gemm_u8i8_6x16` on int16-widened operands (`vpmaddwd`: two int16
-//! products summed into each int32 lane — no `vpmaddubsw` int16 saturation), requantization
-//! fused in the epilogue.
+//! The AVX2 output stage: fixed-point requantization of 8 int32 lanes (`Gemmlowp`:
+//! `requantize8`, `Single`: `requantize8_single`, both bit-exact with qat-core), the narrowing to
+//! bytes, and the store of 8 accumulators as u8 or int32 that the GEMM tile and the depthwise
+//! kernel share.
+//!
+//! A new rounding: add its 8-lane stage here, an arm in `store8` and a `true` in `fuses`; until
+//! then the frame requantizes it through int32 with qat-core.
 
 use std::arch::x86_64::*;
 
 use qat_core::fixed_point::Rounding;
 
-use crate::kernels::gemm::{Epilogue, MR, NR_AVX2, OutPtr, PackedB};
+use super::Avx2;
+use crate::kernels::frame::epilogue::not_fused;
+use crate::kernels::frame::{Epilogue, OutPtr, OutputStage};
 
-/// [`super::avx512vnni::requantize16`] on 8 lanes with AVX2 (no 64-bit arithmetic shift needed:
+impl OutputStage for Avx2 {
+    fn fuses(rounding: Rounding) -> bool {
+        matches!(rounding, Rounding::Gemmlowp | Rounding::Single)
+    }
+}
+
+/// `avx512vnni::requant::requantize16` on 8 lanes with AVX2 (no 64-bit arithmetic shift needed:
 /// the low 32 bits of `(p + 2^30) >> 31` are the same for logical and arithmetic shifts).
 ///
 /// # Safety
 /// The CPU must support the enabled target features.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub fn requantize8(
+pub(crate) fn requantize8(
     x: __m256i,
     m0: __m256i,
     left: __m256i,
@@ -51,7 +63,7 @@ pub fn requantize8(
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(q, zp), lo), hi)
 }
 
-/// [`super::avx512vnni::requantize16_single`] on 8 lanes with AVX2 (single rounding, bit-exact
+/// `avx512vnni::requant::requantize16_single` on 8 lanes with AVX2 (single rounding, bit-exact
 /// with `qat_core::fixed_point::requantize_single`), for any shift: with `T = 31 + right − left`
 /// (`T = 32` for a flushed `M0 = 0`), `r = sign(x)·min(⌊(|x|·M0 + 2^(T−1)) / 2^T⌋, 2^24)`, then
 /// `+ Z3` and the clamp. AVX2 has no 64-bit arithmetic shift, so the product is formed from
@@ -64,7 +76,7 @@ pub fn requantize8(
 #[inline]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub fn requantize8_single(
+pub(crate) fn requantize8_single(
     x: __m256i,
     m0: __m256i,
     left: __m256i,
@@ -105,7 +117,7 @@ pub fn requantize8_single(
 /// The CPU must support the enabled target features.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub fn narrow8(q: __m256i) -> __m128i {
+pub(crate) fn narrow8(q: __m256i) -> __m128i {
     let bytes = _mm256_shuffle_epi8(
         q,
         _mm256_setr_epi8(
@@ -123,7 +135,14 @@ pub fn narrow8(q: __m256i) -> __m128i {
 /// `e`'s arrays hold ≥ `col + 8` entries; the destination row has ≥ `valid` writable elements.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn store8(acc: __m256i, e: &Epilogue, col: usize, valid: usize, out: OutPtr, row: usize) {
+pub(super) unsafe fn store8(
+    acc: __m256i,
+    e: &Epilogue,
+    col: usize,
+    valid: usize,
+    out: OutPtr,
+    row: usize,
+) {
     // SAFETY: the epilogue arrays are padded to whole panels; writes limited to `valid`.
     unsafe {
         let v = _mm256_add_epi32(acc, _mm256_loadu_si256(e.bias.as_ptr().add(col).cast()));
@@ -142,9 +161,12 @@ unsafe fn store8(acc: __m256i, e: &Epilogue, col: usize, valid: usize, out: OutP
                     _mm256_set1_epi32(e.lo),
                     _mm256_set1_epi32(e.hi),
                 );
+                // One arm per rounding this output stage fuses (keep in step with `fuses`).
                 let q = match e.rounding {
                     Rounding::Gemmlowp => requantize8(v, m0, left, right, zp, lo, hi),
                     Rounding::Single => requantize8_single(v, m0, left, right, zp, lo, hi),
+                    #[allow(unreachable_patterns)]
+                    r => not_fused(r),
                 };
                 let bytes = narrow8(q);
                 if valid == 8 {
@@ -154,138 +176,6 @@ unsafe fn store8(acc: __m256i, e: &Epilogue, col: usize, valid: usize, out: OutP
                     _mm_storeu_si128(tmp.as_mut_ptr().cast(), bytes);
                     std::ptr::copy_nonoverlapping(tmp.as_ptr(), p.add(row * ld + col), valid);
                 }
-            }
-        }
-    }
-}
-
-/// `avx2_gemm_u8i8_6x16` on int16 operands: an `M × 16` tile (`M ≤ 6`).
-///
-/// # Safety
-/// `a`: `M` rows of `kp` int16 at stride `lda`; `b`: one packed i16 panel; `out` valid for `M`
-/// rows × `cols` columns from `col0`.
-#[inline]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize>(
-    kp: usize,
-    a: *const i16,
-    lda: usize,
-    b: *const i16,
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
-) {
-    let mut acc = [[_mm256_setzero_si256(); 2]; M];
-    // SAFETY: reads stay within the A rows and the panel (caller).
-    unsafe {
-        for p in 0..kp / 2 {
-            let bp = b.add(p * NR_AVX2 * 2);
-            let b0 = _mm256_loadu_si256(bp.cast());
-            let b1 = _mm256_loadu_si256(bp.add(16).cast());
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_epi32(a.add(r * lda + 2 * p).cast::<i32>().read_unaligned());
-                accr[0] = _mm256_add_epi32(accr[0], _mm256_madd_epi16(av, b0));
-                accr[1] = _mm256_add_epi32(accr[1], _mm256_madd_epi16(av, b1));
-            }
-        }
-        for (r, accr) in acc.iter().enumerate() {
-            for (j, &v) in accr.iter().enumerate() {
-                if 8 * j >= cols {
-                    break;
-                }
-                store8(v, e, col0 + 8 * j, (cols - 8 * j).min(8), out, r);
-            }
-        }
-    }
-}
-
-/// Rows `0..rows` of an int16 A block against panels `p0..p1`.
-///
-/// # Safety
-/// CPU supports AVX2; `a` holds `rows` rows of `b.kp` int16 at stride `lda`; `out` valid for
-/// `rows` rows × `b.n` columns.
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_block(
-    b: &PackedB,
-    panels: &[i16],
-    a: *const i16,
-    lda: usize,
-    rows: usize,
-    p0: usize,
-    p1: usize,
-    out: OutPtr,
-) {
-    let mut r0 = 0;
-    while r0 < rows {
-        let mr = MR.min(rows - r0);
-        // SAFETY: offsets stay inside the block (caller).
-        unsafe {
-            let ar = a.add(r0 * lda);
-            let o = out.offset(r0, 0);
-            for p in p0..p1 {
-                let bp = panels.as_ptr().add(p * b.kp * NR_AVX2);
-                let (col0, cols) = (p * NR_AVX2, NR_AVX2.min(b.n - p * NR_AVX2));
-                match mr {
-                    6 => tile::<6>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
-                    5 => tile::<5>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
-                    4 => tile::<4>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
-                    3 => tile::<3>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
-                    2 => tile::<2>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
-                    _ => tile::<1>(b.kp, ar, lda, bp, &b.epi, col0, cols, o),
-                }
-            }
-        }
-        r0 += MR;
-    }
-}
-
-/// `avx2_depthwise_u8i8_8c`: one output pixel; 8 channels at a time with `vpmaddwd` on
-/// zero-extended activations (exact `x·w` per lane), remaining `c mod 8` channels scalar.
-///
-/// # Safety
-/// CPU supports AVX2; every tap row has `c` readable bytes; `w` is `[taps][cp]`; `e` has `cp`
-/// entries.
-#[target_feature(enable = "avx2")]
-pub unsafe fn depthwise_pixel(
-    taps: &[*const u8],
-    w: &[i32],
-    cp: usize,
-    c: usize,
-    e: &Epilogue,
-    mut o8: Option<&mut [u8]>,
-    mut o32: Option<&mut [i32]>,
-) {
-    let full = c / 8 * 8;
-    // SAFETY: loads read 8 channels < full ≤ c of each tap row; w covers cp per tap.
-    unsafe {
-        let mut c0 = 0;
-        while c0 < full {
-            let mut acc = _mm256_setzero_si256();
-            for (t, &p) in taps.iter().enumerate() {
-                let x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(c0).cast()));
-                let wv = _mm256_loadu_si256(w.as_ptr().add(t * cp + c0).cast());
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, wv));
-            }
-            if let Some(o) = o8.as_deref_mut() {
-                store8(acc, e, c0, 8, OutPtr::U8(o.as_mut_ptr(), 0), 0);
-            }
-            if let Some(o) = o32.as_deref_mut() {
-                store8(acc, e, c0, 8, OutPtr::I32(o.as_mut_ptr(), 0), 0);
-            }
-            c0 += 8;
-        }
-        for ch in full..c {
-            let acc = taps.iter().enumerate().fold(0i32, |s, (t, &p)| {
-                s.wrapping_add(*p.add(ch) as i32 * w[t * cp + ch])
-            });
-            if let Some(o) = o8.as_deref_mut() {
-                o[ch] = crate::kernels::gemm::epilogue_scalar(acc, e, ch);
-            }
-            if let Some(o) = o32.as_deref_mut() {
-                o[ch] = acc.wrapping_add(e.bias[ch]);
             }
         }
     }

@@ -1,0 +1,154 @@
+//! The output stage's constants ([`Epilogue`]), where kernels write ([`OutPtr`]), and the ISA
+//! trait that says which roundings a kernel fuses ([`OutputStage`]).
+
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+
+use super::LayerSpec;
+
+/// Which requantization roundings an ISA's tiles apply themselves (in vector registers, or in a
+/// scalar loop that calls qat-core, as the portable kernels do).
+///
+/// For any other rounding the frame runs the same tiles to int32 (`acc + bias'`) and requantizes
+/// them with qat-core's scalar [`requantize_with`], so a new [`Rounding`] variant is correct on
+/// every path before any ISA vectorizes it.
+pub(crate) trait OutputStage {
+    /// Whether the ISA's output stage handles `rounding` (each ISA's `requant.rs`).
+    fn fuses(rounding: Rounding) -> bool;
+}
+
+/// What an ISA's output stage does with a rounding it does not fuse: nothing — the frame never
+/// sends one (it requantizes through int32 when [`OutputStage::fuses`] is false).
+#[cold]
+pub(crate) fn not_fused(rounding: Rounding) -> ! {
+    unreachable!("the frame requantizes {rounding} through int32: the ISA does not fuse it")
+}
+
+/// Where a kernel writes: requantized u8, or the raw int32 accumulators `acc + bias'`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OutPtr {
+    /// uint8 output, row stride in elements.
+    U8(*mut u8, usize),
+    /// int32 accumulators, row stride in elements.
+    I32(*mut i32, usize),
+}
+
+// SAFETY: tasks write disjoint row/column ranges of the same buffer (see `gemm::gemm`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The same output offset by `rows` rows and `cols` columns.
+    ///
+    /// # Safety
+    /// The offset element must lie inside (or one past the end of) the buffer.
+    pub(crate) unsafe fn offset(self, rows: usize, cols: usize) -> Self {
+        // SAFETY: caller keeps the offset in bounds.
+        unsafe {
+            match self {
+                OutPtr::U8(p, ld) => OutPtr::U8(p.add(rows * ld + cols), ld),
+                OutPtr::I32(p, ld) => OutPtr::I32(p.add(rows * ld + cols), ld),
+            }
+        }
+    }
+}
+
+/// Per-column output-stage constants: `q = clamp(round(M[n]·(acc + bias'[n])) + Z3, lo, hi)`,
+/// the rounding being the layer's [`Rounding`] (`Gemmlowp`: `apply`, `Single`:
+/// `apply_rounded_once`), with `M[n] = (m0[n], shift)` split into `left = max(shift, 0)`,
+/// `right = max(−shift, 0)`, and `bias'[n] = bias[n] − Z1·Σ_k w[k, n]` (the zero-point
+/// correction of eq. 7–8 folded in).
+///
+/// Built only from a checked [`LayerSpec`]: every array holds the padded column count (a whole
+/// number of panels), `0 ≤ lo ≤ hi ≤ 255` and `|Z3| < 2^23`, which the vector stages rely on.
+#[derive(Debug, Clone)]
+pub struct Epilogue {
+    /// How `M·acc` is rounded.
+    pub(crate) rounding: Rounding,
+    /// `bias[n] − Z1·Σ_k B[k, n]`.
+    pub(crate) bias: Vec<i32>,
+    /// `M0[n]`.
+    pub(crate) m0: Vec<i32>,
+    /// `max(shift[n], 0)`.
+    pub(crate) left: Vec<i32>,
+    /// `max(−shift[n], 0)`.
+    pub(crate) right: Vec<i32>,
+    /// The multipliers as given (for the scalar stage).
+    pub(crate) multipliers: Vec<QuantizedMultiplier>,
+    /// `Z3`.
+    pub(crate) zp: i32,
+    /// Clamp low.
+    pub(crate) lo: i32,
+    /// Clamp high.
+    pub(crate) hi: i32,
+    /// Whether any column has `left > 0` (a multiplier ≥ 1); when not, vector stages skip the
+    /// saturating pre-shift.
+    pub(crate) any_left: bool,
+    /// Whether any column with `M0 ≠ 0` has `shift ≥ 0` (a multiplier ≥ 0.5): single-rounding
+    /// results may then exceed 2^30 and vector stages saturate them before narrowing.
+    pub(crate) any_wide: bool,
+    /// Whether the ISA's tiles apply this stage ([`OutputStage::fuses`]); when not, the frame
+    /// runs them to int32 and calls [`Epilogue::requantize`].
+    pub(crate) fused: bool,
+}
+
+impl Epilogue {
+    /// Constants for `np ≥ n` (padded) columns of a checked `layer`, the first `n` real; padding
+    /// columns repeat channel 0's multiplier and have a zero bias. `col_sum(c) = Σ_k w[k, c]`.
+    pub(crate) fn new(
+        layer: &LayerSpec<'_>,
+        n: usize,
+        np: usize,
+        col_sum: impl Fn(usize) -> i32,
+        fused: bool,
+    ) -> Self {
+        let m = |c: usize| layer.multiplier(c);
+        let mut e = Epilogue {
+            rounding: layer.rounding,
+            bias: vec![0; np],
+            m0: vec![0; np],
+            left: vec![0; np],
+            right: vec![0; np],
+            multipliers: vec![m(0); np],
+            zp: layer.output_zero_point,
+            lo: layer.lo,
+            hi: layer.hi,
+            any_left: false,
+            any_wide: false,
+            fused,
+        };
+        let z1 = layer.input_zero_point;
+        for c in 0..n {
+            let mc = m(c);
+            e.bias[c] = layer.bias[c].wrapping_sub(z1.wrapping_mul(col_sum(c)));
+            e.m0[c] = mc.multiplier();
+            e.left[c] = mc.shift().max(0);
+            e.right[c] = (-mc.shift()).max(0);
+            e.multipliers[c] = mc;
+        }
+        e.any_left = e.left.iter().any(|&l| l > 0);
+        e.any_wide = e.multipliers[..n]
+            .iter()
+            .any(|mc| mc.multiplier() != 0 && mc.shift() >= 0);
+        e
+    }
+
+    /// The scalar output stage of `v = acc + bias'[col]`: qat-core's [`requantize_with`] in the
+    /// layer's rounding.
+    #[inline]
+    pub(crate) fn requantize(&self, v: i32, col: usize) -> u8 {
+        requantize_with(
+            self.rounding,
+            v,
+            self.multipliers[col],
+            self.zp,
+            self.lo,
+            self.hi,
+        ) as u8
+    }
+
+    /// The scalar output stage of an accumulator without the bias: `requantize(acc + bias'[col])`.
+    #[inline]
+    pub(crate) fn scalar(&self, acc: i32, col: usize) -> u8 {
+        self.requantize(acc.wrapping_add(self.bias[col]), col)
+    }
+}

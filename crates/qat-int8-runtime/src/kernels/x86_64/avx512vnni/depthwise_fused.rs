@@ -1,0 +1,253 @@
+//! `avx512vnni_depthwise_u8i8_64c_fused` and its partial-block form: the depthwise kernels with
+//! the single-shift output stage (`requantize16_fused`), used for a whole output row when every
+//! channel's multiplier is below 1.
+
+use std::arch::x86_64::*;
+
+use super::depthwise::DepthwiseVnniLayout;
+use super::requant::{RqFused16, requantize16_fused};
+use crate::kernels::frame::Epilogue;
+
+/// `avx512vnni_depthwise_u8i8_64c_fused`: a run of `npix` output pixels (pixel `p`'s tap `t`
+/// at `base + p·step + offs[t]`, output at `o8 + p·c`) and the pixels whose tap rows are listed
+/// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
+/// through the single-shift output stage ([`requantize16_fused`]) and saturating packs. `P`
+/// pixels per step share the weight loads; `T` taps known at compile time (0: `l.taps`).
+///
+/// # Safety
+/// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c0 + valid` readable bytes;
+/// `o8` holds `npix` pixels of `c` channels; each `list_out` pointer one pixel.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_block_fused<const T: usize>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    const P: usize = 3;
+    let mask = if valid >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << valid) - 1
+    };
+    let blk = c0 / 64;
+    let taps = if T == 0 { l.taps } else { T };
+    // SAFETY: as documented; the layout arrays cover every block.
+    unsafe {
+        let f: [RqFused16; 4] = std::array::from_fn(|b| {
+            let at = blk * 64 + b * 16;
+            RqFused16::load(
+                l.m0.as_ptr().add(at),
+                l.fk.as_ptr().add(at),
+                l.fs.as_ptr().add(at),
+                e.rounding,
+            )
+        });
+        let bias: [__m512i; 4] = std::array::from_fn(|b| {
+            _mm512_loadu_si512(l.bias.as_ptr().add(blk * 64 + b * 16).cast())
+        });
+        // Saturating packs: per 128-bit lane j, byte 4k + i holds vector k's lane 4j + i, i.e.
+        // channel 16j + 4i + k; the in-lane byte shuffle puts channel 16j + d at byte d.
+        let order = _mm512_broadcast_i32x4(_mm_setr_epi8(
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+        ));
+        let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
+        let wb = l.w.as_ptr().add(blk * l.taps * 256);
+        let full = valid >= 64;
+        let load = |p: *const u8| {
+            if full {
+                _mm512_loadu_si512(p.cast())
+            } else {
+                _mm512_maskz_loadu_epi8(mask, p.cast())
+            }
+        };
+        let finish = |accp: &[__m512i; 4], dst: *mut u8| {
+            let q = |b: usize| requantize16_fused(accp[b], &f[b]);
+            let r = _mm512_packus_epi16(
+                _mm512_packs_epi32(q(0), q(1)),
+                _mm512_packs_epi32(q(2), q(3)),
+            );
+            let r = _mm512_min_epu8(_mm512_max_epu8(_mm512_shuffle_epi8(r, order), lo), hi);
+            _mm512_mask_storeu_epi8(dst.cast(), mask, r);
+        };
+        for (tp, &dst) in list.chunks_exact(taps).zip(list_out) {
+            let mut acc = bias;
+            for (t, &row) in tp.iter().enumerate() {
+                let wt = wb.add(t * 256);
+                let x = load(row.add(c0));
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+                }
+            }
+            finish(&acc, dst.add(c0));
+        }
+        let mut p = 0;
+        while p + P <= npix {
+            let mut acc = [bias; P];
+            let px = base.add(p * step + c0);
+            for t in 0..taps {
+                let wt = wb.add(t * 256);
+                let w: [__m512i; 4] =
+                    std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
+                let row = px.add(*offs.get_unchecked(t));
+                for (q, accq) in acc.iter_mut().enumerate() {
+                    let x = load(row.add(q * step));
+                    for (a, &wv) in accq.iter_mut().zip(&w) {
+                        *a = _mm512_dpbusd_epi32(*a, x, wv);
+                    }
+                }
+            }
+            for (q, accq) in acc.iter().enumerate() {
+                finish(accq, o8.add((p + q) * c + c0));
+            }
+            p += P;
+        }
+        while p < npix {
+            let mut acc = bias;
+            let px = base.add(p * step + c0);
+            for t in 0..taps {
+                let wt = wb.add(t * 256);
+                let x = load(px.add(*offs.get_unchecked(t)));
+                for (b, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+                }
+            }
+            finish(&acc, o8.add(p * c + c0));
+            p += 1;
+        }
+    }
+}
+
+/// `avx512vnni_depthwise_u8i8_16c_fused`: `depthwise_narrow`'s partial block (`V` vectors of
+/// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over a run of `npix`
+/// pixels and the listed pixels (as [`depthwise_block_fused`]), u8 output through
+/// [`requantize16_fused`], constants loaded once per run.
+///
+/// # Safety
+/// As [`depthwise_block_fused`], with `valid ≤ 16·V`.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_narrow_fused<const V: usize>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
+    unsafe {
+        let masks: [u16; V] = std::array::from_fn(|v| {
+            let n = valid.saturating_sub(16 * v).min(16);
+            ((1u32 << n) - 1) as u16
+        });
+        let f: [RqFused16; V] = std::array::from_fn(|v| {
+            let col = c0 + 16 * v;
+            RqFused16::load(
+                e.m0.as_ptr().add(col),
+                l.fk_nat.as_ptr().add(col),
+                l.fs_nat.as_ptr().add(col),
+                e.rounding,
+            )
+        });
+        let bias: [__m512i; V] =
+            std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));
+        let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
+        let pixel = |rows: &dyn Fn(usize) -> *const u8, dst: *mut u8| {
+            let mut acc = bias;
+            for t in 0..l.taps {
+                let row = rows(t).add(c0);
+                let wt = l.wide.as_ptr().add(t * l.cp + c0);
+                for v in 0..V {
+                    let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
+                        masks[v],
+                        row.add(16 * v).cast(),
+                    ));
+                    acc[v] =
+                        _mm512_dpwssd_epi32(acc[v], x, _mm512_loadu_si512(wt.add(16 * v).cast()));
+                }
+            }
+            for v in 0..V {
+                let q =
+                    _mm512_min_epi32(_mm512_max_epi32(requantize16_fused(acc[v], &f[v]), lo), hi);
+                _mm_mask_storeu_epi8(dst.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
+            }
+        };
+        for (tp, &dst) in list.chunks_exact(l.taps).zip(list_out) {
+            pixel(&|t| tp[t], dst.add(c0));
+        }
+        for p in 0..npix {
+            let px = base.add(p * step);
+            pixel(&|t| px.add(*offs.get_unchecked(t)), o8.add(p * c + c0));
+        }
+    }
+}
+
+/// One output row through the single-shift output stage (requires `l.fused`): the run of
+/// `npix` interior pixels (tap `t` of pixel `p` at `base + p·step + offs[t]`, output at
+/// `o8 + p·c`; `npix` may be 0) and the listed pixels (`taps` tap-row pointers each, padding
+/// taps pointing at a `Z1` row, outputs at `list_out`), all channels; the constants of each
+/// 64-channel block are loaded once per row.
+///
+/// # Safety
+/// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c` readable bytes; `o8` holds
+/// `npix·c` bytes, each `list_out` pointer `c` bytes; `list.len() == taps·list_out.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn depthwise_row_fused(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    debug_assert!(l.fused && list.len() == l.taps * list_out.len());
+    // SAFETY: as documented.
+    unsafe {
+        let (b, s, n, lo) = (base, step, npix, list_out);
+        let mut c0 = 0;
+        while c0 < c {
+            let valid = (c - c0).min(64);
+            match (valid.div_ceil(16), l.taps == 9) {
+                (1, _) => {
+                    depthwise_narrow_fused::<1>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (2, _) => {
+                    depthwise_narrow_fused::<2>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (3, _) => {
+                    depthwise_narrow_fused::<3>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (_, true) => {
+                    depthwise_block_fused::<9>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (_, false) => {
+                    depthwise_block_fused::<0>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+            }
+            c0 += 64;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! AVX-512 VNNI kernels: one marker type, [`Avx512Vnni`], and one file per concept — the output
+//! stage (`requant`), the GEMM tile (`gemm`), the indirect GEMM tile (`igemm`), the depthwise
+//! kernels with the vector stages (`depthwise`) and with the single-shift stage
+//! (`depthwise_fused`).
+
+mod depthwise;
+mod depthwise_fused;
+mod gemm;
+mod igemm;
+pub(crate) mod requant;
+
+use crate::kernels::frame::Isa;
+
+/// The x86-64 AVX-512 VNNI instruction set (avx512f + bw + vl + vnni).
+pub(crate) struct Avx512Vnni;
+
+impl Isa for Avx512Vnni {
+    fn is_supported_here() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+}

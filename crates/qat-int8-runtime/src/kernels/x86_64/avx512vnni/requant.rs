@@ -1,0 +1,552 @@
+//! The AVX-512 output stage: fixed-point requantization of 16 int32 lanes, bit-exact with
+//! qat-core — `Gemmlowp` (`requantize16`, with or without the saturating left pre-shift),
+//! `Single` (`requantize16_single`, narrow or wide), and the single-shift stage of the depthwise
+//! kernel (`requantize16_fused`, either rounding) — and the store of a GEMM tile
+//! (`tile_epilogue`) that the direct and the indirect tile share.
+//!
+//! A new rounding: add its 16-lane stage here, its arms in `variant`/`stage16` (and, if it has
+//! one, in the fused constants), and a `true` in `fuses`; until then the frame requantizes it
+//! through int32 with qat-core.
+
+use std::arch::x86_64::*;
+
+use qat_core::fixed_point::Rounding;
+
+use super::Avx512Vnni;
+use crate::kernels::frame::epilogue::not_fused;
+use crate::kernels::frame::{Epilogue, OutPtr, OutputStage};
+
+impl OutputStage for Avx512Vnni {
+    fn fuses(rounding: Rounding) -> bool {
+        matches!(rounding, Rounding::Gemmlowp | Rounding::Single)
+    }
+}
+
+/// The output-stage variant for `e`: `(SLOW, SINGLE)` of [`stage16`]. `SLOW` asks for the
+/// saturating pre-shift (`Gemmlowp`, some multiplier ≥ 1) or the capped wide form (`Single`,
+/// some multiplier ≥ 0.5). A rounding this stage does not fuse only ever gets int32 output
+/// (`u8_out` false), which every variant computes alike.
+#[inline]
+pub(super) fn variant(e: &Epilogue, u8_out: bool) -> (bool, bool) {
+    match e.rounding {
+        Rounding::Gemmlowp => (e.any_left, false),
+        Rounding::Single => (e.any_wide, true),
+        #[allow(unreachable_patterns)]
+        r => {
+            if u8_out {
+                not_fused(r)
+            }
+            (false, false)
+        }
+    }
+}
+
+/// Per-lane multiplier constants for [`requantize16`], derived once per 16 columns/channels and
+/// kept in registers across rows/pixels.
+#[derive(Clone, Copy)]
+pub struct Rq16 {
+    m0: __m512i,
+    /// `M0` of the odd lanes moved to the low half of each 64-bit lane.
+    m0_hi: __m512i,
+    left: __m512i,
+    right: __m512i,
+    /// `2^right − 1`.
+    rmask: __m512i,
+    /// `(2^right − 1) >> 1`.
+    rhalf: __m512i,
+}
+
+impl Rq16 {
+    /// Loads `M0`, `left`, `right` for 16 lanes and derives the rest.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; each pointer has 16 readable `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(m0: *const i32, left: *const i32, right: *const i32) -> Self {
+        // SAFETY: caller guarantees 16 readable lanes each.
+        let (m0, left, right) = unsafe {
+            (
+                _mm512_loadu_si512(m0.cast()),
+                _mm512_loadu_si512(left.cast()),
+                _mm512_loadu_si512(right.cast()),
+            )
+        };
+        let one = _mm512_set1_epi32(1);
+        let rmask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+        Self {
+            m0,
+            m0_hi: _mm512_srli_epi64::<32>(m0),
+            left,
+            right,
+            rmask,
+            rhalf: _mm512_srli_epi32::<1>(rmask),
+        }
+    }
+}
+
+/// gemmlowp's `MultiplyByQuantizedMultiplier` + `Z3` + clamp on 16 int32 lanes, bit-exact with
+/// [`qat_core::fixed_point::requantize`]:
+/// 1. `x·2^left` saturating (overflow detected by shifting back);
+/// 2. SRDHM: `(x·M0 + 2^30) >> 31` in 64-bit lanes — for `M0 ≥ 0` this equals gemmlowp's
+///    sign-dependent nudge with truncating division, and `M0 ≠ i32::MIN` so it never saturates;
+/// 3. rounding divide by `2^right`: `(x >> e) + ((x & mask) > (mask >> 1) + (x < 0))`;
+/// 4. `+ Z3`, clamp to `[lo, hi]`.
+///
+/// `LEFT = false` skips step 1 (valid when every lane's `left` is 0, the usual case `M < 1`).
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn requantize16<const LEFT: bool>(
+    x: __m512i,
+    c: &Rq16,
+    zp: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+) -> __m512i {
+    let x = if LEFT {
+        let shifted = _mm512_sllv_epi32(x, c.left);
+        let overflow = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(shifted, c.left), x);
+        let negative = _mm512_cmplt_epi32_mask(x, _mm512_setzero_si512());
+        let sat = _mm512_mask_blend_epi32(
+            negative,
+            _mm512_set1_epi32(i32::MAX),
+            _mm512_set1_epi32(i32::MIN),
+        );
+        _mm512_mask_blend_epi32(overflow, shifted, sat)
+    } else {
+        x
+    };
+    let nudge = _mm512_set1_epi64(1 << 30);
+    let even = _mm512_srli_epi64::<31>(_mm512_add_epi64(_mm512_mul_epi32(x, c.m0), nudge));
+    let odd = _mm512_slli_epi64::<1>(_mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi),
+        nudge,
+    ));
+    let high = _mm512_mask_blend_epi32(0xAAAA, even, odd);
+    let rem = _mm512_and_si512(high, c.rmask);
+    let threshold = _mm512_add_epi32(c.rhalf, _mm512_srli_epi32::<31>(high));
+    let q = _mm512_srav_epi32(high, c.right);
+    let q = _mm512_mask_add_epi32(
+        q,
+        _mm512_cmpgt_epi32_mask(rem, threshold),
+        q,
+        _mm512_set1_epi32(1),
+    );
+    _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, zp), lo), hi)
+}
+
+/// Per-lane constants of [`requantize16_single`] for 16 lanes, derived once per 16
+/// columns/channels from `M0`, `left`, `right` (`T = 31 − shift = 31 + right − left`).
+#[derive(Clone, Copy)]
+pub struct RqSingle16 {
+    m0: __m512i,
+    /// `M0` of the odd lanes moved to the low half of each 64-bit lane.
+    m0_hi: __m512i,
+    /// 64-bit `T` of the even lanes (`T = 32` for a flushed `M0 = 0`).
+    t_even: __m512i,
+    /// 64-bit `T` of the odd lanes.
+    t_odd: __m512i,
+    /// `T − 32` of the odd lanes (their result read from the high half when every `T ≥ 32`).
+    s_odd: __m512i,
+    /// `2^(T−1)` of the even lanes.
+    h_even: __m512i,
+    /// `2^(T−1)` of the odd lanes.
+    h_odd: __m512i,
+}
+
+impl RqSingle16 {
+    /// Loads `M0`, `left`, `right` for 16 lanes and derives the shift counts and rounding halves.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; each pointer has 16 readable `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(m0: *const i32, left: *const i32, right: *const i32) -> Self {
+        // SAFETY: caller guarantees 16 readable lanes each.
+        let (m0, left, right) = unsafe {
+            (
+                _mm512_loadu_si512(m0.cast()),
+                _mm512_loadu_si512(left.cast()),
+                _mm512_loadu_si512(right.cast()),
+            )
+        };
+        let t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(31), right), left);
+        let flushed = _mm512_cmpeq_epi32_mask(m0, _mm512_setzero_si512());
+        let t = _mm512_mask_mov_epi32(t, flushed, _mm512_set1_epi32(32));
+        let t_even = _mm512_and_si512(t, _mm512_set1_epi64(0xFFFF_FFFF));
+        let t_odd = _mm512_srli_epi64::<32>(t);
+        let one = _mm512_set1_epi64(1);
+        Self {
+            m0,
+            m0_hi: _mm512_srli_epi64::<32>(m0),
+            t_even,
+            t_odd,
+            s_odd: _mm512_sub_epi64(t_odd, _mm512_set1_epi64(32)),
+            h_even: _mm512_sllv_epi64(one, _mm512_sub_epi64(t_even, one)),
+            h_odd: _mm512_sllv_epi64(one, _mm512_sub_epi64(t_odd, one)),
+        }
+    }
+}
+
+/// The single-rounding output stage ([`Rounding::Single`]) on 16 int32 lanes, bit-exact with
+/// [`qat_core::fixed_point::requantize_single`]: with `T = 31 − shift ∈ [1, 62]`,
+/// `r = sign(x)·⌊(|x|·M0 + 2^(T−1)) / 2^T⌋` (`vpabsd`, unsigned `vpmuludq` — `|i32::MIN| = 2^31`
+/// is exact as an unsigned lane — and a logical 64-bit shift of a non-negative product below
+/// 2^63), then `+ Z3` and the clamp.
+///
+/// `WIDE = false` requires every lane's `T ≥ 32` (no multiplier ≥ 0.5): `|r| < 2^30`, and the odd
+/// lanes' result is read from the high half of a shift by `T − 32`. `WIDE = true` handles any
+/// `T`: `|r|` is capped at 2^24 before narrowing, which changes nothing after the clamp to
+/// `[lo, hi] ⊆ [0, 255]` with `|Z3| < 2^23` (the reference saturates there too).
+/// Per 16 lanes (`WIDE = false`): 14 ops, against 17 for [`requantize16`].
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn requantize16_single<const WIDE: bool>(
+    x: __m512i,
+    c: &RqSingle16,
+    zp: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let negative = _mm512_cmplt_epi32_mask(x, zero);
+    let ax = _mm512_abs_epi32(x);
+    let te = _mm512_add_epi64(_mm512_mul_epu32(ax, c.m0), c.h_even);
+    let to = _mm512_add_epi64(
+        _mm512_mul_epu32(_mm512_srli_epi64::<32>(ax), c.m0_hi),
+        c.h_odd,
+    );
+    let r = if WIDE {
+        let cap = _mm512_set1_epi64(1 << 24);
+        let re = _mm512_min_epu64(_mm512_srlv_epi64(te, c.t_even), cap);
+        let ro = _mm512_min_epu64(_mm512_srlv_epi64(to, c.t_odd), cap);
+        _mm512_mask_blend_epi32(0xAAAA, re, _mm512_slli_epi64::<32>(ro))
+    } else {
+        _mm512_mask_blend_epi32(
+            0xAAAA,
+            _mm512_srlv_epi64(te, c.t_even),
+            _mm512_srlv_epi64(to, c.s_odd),
+        )
+    };
+    let r = _mm512_mask_sub_epi32(r, negative, zero, r);
+    _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(r, zp), lo), hi)
+}
+
+/// The constants of either output stage for 16 lanes: the unused mode's half is zero (`SINGLE`
+/// picks, at compile time, which one [`stage16`] applies).
+#[derive(Clone, Copy)]
+pub struct Stage16 {
+    g: Rq16,
+    s: RqSingle16,
+}
+
+impl Stage16 {
+    /// [`Rq16::load`] (`SINGLE = false`) or [`RqSingle16::load`] (`SINGLE = true`).
+    ///
+    /// # Safety
+    /// CPU supports avx512f; each pointer has 16 readable `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load<const SINGLE: bool>(
+        m0: *const i32,
+        left: *const i32,
+        right: *const i32,
+    ) -> Self {
+        let z = _mm512_setzero_si512();
+        // SAFETY: as documented.
+        unsafe {
+            if SINGLE {
+                Self {
+                    g: Rq16 {
+                        m0: z,
+                        m0_hi: z,
+                        left: z,
+                        right: z,
+                        rmask: z,
+                        rhalf: z,
+                    },
+                    s: RqSingle16::load(m0, left, right),
+                }
+            } else {
+                Self {
+                    g: Rq16::load(m0, left, right),
+                    s: RqSingle16 {
+                        m0: z,
+                        m0_hi: z,
+                        t_even: z,
+                        t_odd: z,
+                        s_odd: z,
+                        h_even: z,
+                        h_odd: z,
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The output stage of 16 lanes in the mode chosen at compile time: [`requantize16`] with
+/// `LEFT = SLOW` (`SINGLE = false`) or [`requantize16_single`] with `WIDE = SLOW`
+/// (`SINGLE = true`); `SLOW` and `SINGLE` come from [`variant`].
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn stage16<const SLOW: bool, const SINGLE: bool>(
+    x: __m512i,
+    c: &Stage16,
+    zp: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+) -> __m512i {
+    if SINGLE {
+        requantize16_single::<SLOW>(x, &c.s, zp, lo, hi)
+    } else {
+        requantize16::<SLOW>(x, &c.g, zp, lo, hi)
+    }
+}
+
+/// Per-lane constants of the single-shift output stage ([`requantize16_fused`]) for 16 lanes: the
+/// even int32 lanes are handled in the 64-bit lanes' low halves, the odd lanes in their high halves.
+#[derive(Clone, Copy)]
+pub struct RqFused16 {
+    m0: __m512i,
+    /// `M0` of the odd lanes moved to the low half of each 64-bit lane.
+    m0_hi: __m512i,
+    /// 64-bit rounding constants `K` of the even lanes (see [`fused_constants`]).
+    k_even: __m512i,
+    /// Same for the odd lanes.
+    k_odd: __m512i,
+    /// 64-bit shift counts `31 + right` of the even lanes.
+    s_even: __m512i,
+    /// 64-bit shift counts `right − 1` of the odd lanes (their result is read from the high half).
+    s_odd: __m512i,
+    /// What a negative product subtracts: `2^31` (`Gemmlowp`) or 1 (`Single`).
+    neg: __m512i,
+}
+
+impl RqFused16 {
+    /// Loads 16 lanes' `M0` and the 16 `i64` rounding constants and 16 shift counts laid out by
+    /// [`fused_constants`] for `rounding`.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; `m0` has 16 readable `i32`, `k` and `s` 16 readable `i64` each.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn load(m0: *const i32, k: *const i64, s: *const i64, rounding: Rounding) -> Self {
+        // SAFETY: caller guarantees the readable lengths.
+        unsafe {
+            let m0 = _mm512_loadu_si512(m0.cast());
+            Self {
+                m0,
+                m0_hi: _mm512_srli_epi64::<32>(m0),
+                k_even: _mm512_loadu_si512(k.cast()),
+                k_odd: _mm512_loadu_si512(k.add(8).cast()),
+                s_even: _mm512_loadu_si512(s.cast()),
+                s_odd: _mm512_loadu_si512(s.add(8).cast()),
+                neg: _mm512_set1_epi64(match rounding {
+                    Rounding::Gemmlowp => 1 << 31,
+                    Rounding::Single => 1,
+                    #[allow(unreachable_patterns)]
+                    r => not_fused(r),
+                }),
+            }
+        }
+    }
+}
+
+/// Whether every real channel admits the single-shift output stage (either rounding): no left shift
+/// (`shift ≤ 0`), `1 ≤ right ≤ 21` (or a flushed multiplier `M0 = 0`), `|Z3| < 2^9` and a clamp range
+/// inside `[0, 255]` (so saturating packs equal the reference's clamp and `as u8`).
+pub fn fused_ok(m0: &[i32], left: &[i32], right: &[i32], zp: i32, lo: i32, hi: i32) -> bool {
+    (0..=255).contains(&lo)
+        && (lo..=255).contains(&hi)
+        && zp.unsigned_abs() < 1 << 9
+        && m0
+            .iter()
+            .zip(left)
+            .zip(right)
+            .all(|((&m, &l), &r)| l == 0 && (m == 0 || (1..=21).contains(&r)))
+}
+
+/// The constants of [`requantize16_fused`] for channels taken 16 at a time in the given order
+/// (`m0.len()` a multiple of 16): per group of 16 lanes, `k` holds the 8 even lanes' then the 8
+/// odd lanes' `K = 2^30 + 2^(30+e) + Z3·2^(31+e)` (`Gemmlowp`) or `K = 2^(30+e) + Z3·2^(31+e)`
+/// (`Single`: `2^(T−1) + Z3·2^T` with `T = 31 + e`) and `s` their shift counts `31 + e` (even)
+/// and `e − 1` (odd), with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3` for
+/// any `e`). Only meaningful when [`fused_ok`] holds.
+pub fn fused_constants(
+    m0: &[i32],
+    right: &[i32],
+    zp: i32,
+    rounding: Rounding,
+) -> (Vec<i64>, Vec<i64>) {
+    let srdhm_nudge = match rounding {
+        Rounding::Gemmlowp => 1i64 << 30,
+        Rounding::Single => 0,
+        // No fused stage for other roundings (`DepthwiseVnniLayout::fused` is false): unused.
+        #[allow(unreachable_patterns)]
+        _ => 0,
+    };
+    let mut k = vec![0i64; m0.len()];
+    let mut s = vec![0i64; m0.len()];
+    for g in 0..m0.len() / 16 {
+        for lane in 0..16 {
+            let ch = g * 16 + lane;
+            let e = if m0[ch] == 0 {
+                1
+            } else {
+                right[ch].clamp(1, 21)
+            } as i64;
+            let slot = g * 16 + (lane % 2) * 8 + lane / 2;
+            k[slot] = srdhm_nudge + (1i64 << (30 + e)) + (zp as i64) * (1i64 << (31 + e));
+            s[slot] = if lane % 2 == 0 { 31 + e } else { e - 1 };
+        }
+    }
+    (k, s)
+}
+
+/// [`requantize16`] without the clamp, computed with one rounding shift: bit-exact with
+/// `qat_core::fixed_point::requantize(x, M, Z3, i32::MIN, i32::MAX)` when [`fused_ok`] holds.
+///
+/// With `P = x·M0` (64-bit, `M0 ≥ 0`) and `e = right ≥ 1`, gemmlowp's SRDHM is
+/// `h = ⌊(P + 2^30) / 2^31⌋` (its sign-dependent nudge with truncation equals this floor) and the
+/// rounding divide is `⌊(h + 2^(e−1) − [h < 0]) / 2^e⌋`. Since `⌊(⌊y⌋ + c) / d⌋ = ⌊(y + c) / d⌋` for
+/// integers `c`, `d > 0`, both collapse to `⌊(P + 2^30 + 2^(30+e) − [h<0]·2^31) / 2^(31+e)⌋`, and
+/// `[h < 0]` may be replaced by `[P < 0]`: for `P ∈ [−2^30, 0)` both forms give 0 when `e ≥ 1`.
+/// `Z3` is folded into the constant as `Z3·2^(31+e)` (no overflow: `|P| < 2^62`, `e ≤ 21`).
+/// Per 16 lanes: one shift, two `vpmuldq`, two compares, two adds, two masked subtracts, two
+/// variable 64-bit shifts and a blend (12 ops against ≈ 17 for [`requantize16`] with its clamp).
+///
+/// [`Rounding::Single`] (`requantize_single`, ties away from zero) is the same instruction
+/// sequence with other constants: with `T = 31 + e`, `sign(P)·⌊(|P| + 2^(T−1)) / 2^T⌋` equals
+/// `⌊(P + 2^(T−1) − [P < 0]) / 2^T⌋` (for `P < 0`, `−⌊(−P + h)/d⌋ = ⌊(P + h − 1)/d⌋` when
+/// `d = 2h`), so `K = 2^(T−1) + Z3·2^T` and a negative product subtracts 1 instead of `2^31`.
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let pe = _mm512_mul_epi32(x, c.m0);
+    let po = _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi);
+    let te = _mm512_add_epi64(pe, c.k_even);
+    let te = _mm512_mask_sub_epi64(te, _mm512_cmplt_epi64_mask(pe, zero), te, c.neg);
+    let to = _mm512_add_epi64(po, c.k_odd);
+    let to = _mm512_mask_sub_epi64(to, _mm512_cmplt_epi64_mask(po, zero), to, c.neg);
+    _mm512_mask_blend_epi32(
+        0xAAAA,
+        _mm512_srav_epi64(te, c.s_even),
+        _mm512_srav_epi64(to, c.s_odd),
+    )
+}
+
+/// Epilogue for 16 accumulators of columns `col..col + 16` (bias already added): writes the
+/// `valid` first lanes as u8 (requantized with `rq`) or int32.
+///
+/// # Safety
+/// The destination row has ≥ `valid` writable elements at `out_col`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
+    v: __m512i,
+    rq: &Stage16,
+    e: &Epilogue,
+    valid: usize,
+    out: OutPtr,
+    row: usize,
+    out_col: usize,
+) {
+    let mask = ((1u32 << valid) - 1) as u16;
+    // SAFETY: writes limited to `valid` elements (caller).
+    unsafe {
+        match out {
+            OutPtr::I32(p, ld) => {
+                _mm512_mask_storeu_epi32(p.add(row * ld + out_col).cast(), mask, v)
+            }
+            OutPtr::U8(p, ld) => {
+                let q = stage16::<SLOW, SINGLE>(
+                    v,
+                    rq,
+                    _mm512_set1_epi32(e.zp),
+                    _mm512_set1_epi32(e.lo),
+                    _mm512_set1_epi32(e.hi),
+                );
+                _mm_mask_storeu_epi8(
+                    p.add(row * ld + out_col).cast(),
+                    mask,
+                    _mm512_cvtepi32_epi8(q),
+                );
+            }
+        }
+    }
+}
+
+/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize in the epilogue's
+/// [`Rounding`], store (masked past `cols`).
+///
+/// # Safety
+/// `out` valid for `M` rows × `cols` columns from `col0`; `e` padded to whole panels.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn tile_epilogue<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        match variant(e, matches!(out, OutPtr::U8(..))) {
+            (false, false) => tile_epilogue_in::<M, false, false>(acc, e, col0, cols, out),
+            (true, false) => tile_epilogue_in::<M, true, false>(acc, e, col0, cols, out),
+            (false, true) => tile_epilogue_in::<M, false, true>(acc, e, col0, cols, out),
+            (true, true) => tile_epilogue_in::<M, true, true>(acc, e, col0, cols, out),
+        }
+    }
+}
+
+/// [`tile_epilogue`] for one output-stage variant (see [`stage16`]).
+///
+/// # Safety
+/// As [`tile_epilogue`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        for j in 0..4 {
+            if 16 * j >= cols {
+                break;
+            }
+            let col = col0 + 16 * j;
+            let valid = (cols - 16 * j).min(16);
+            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
+            let rq = Stage16::load::<SINGLE>(
+                e.m0.as_ptr().add(col),
+                e.left.as_ptr().add(col),
+                e.right.as_ptr().add(col),
+            );
+            for (r, accr) in acc.iter().enumerate() {
+                let v = _mm512_add_epi32(accr[j], bias);
+                store16::<SLOW, SINGLE>(v, &rq, e, valid, out, r, col);
+            }
+        }
+    }
+}
