@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 /// The torch version tch 0.26 is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
 
-fn cache_root() -> Result<PathBuf> {
+pub(crate) fn cache_root() -> Result<PathBuf> {
     if let Some(d) = env::var_os("QAT_CACHE_DIR") {
         return Ok(PathBuf::from(d));
     }
@@ -107,7 +107,7 @@ fn read_ready(ready: &Path) -> Option<PathBuf> {
     validate_libtorch(&dir).ok().map(|_| dir)
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
@@ -182,10 +182,10 @@ fn install(root: &Path) -> Result<PathBuf> {
 }
 
 /// An exclusive lock file so two checkouts do not install at the same time.
-struct Lock(PathBuf);
+pub(crate) struct Lock(PathBuf);
 
 impl Lock {
-    fn acquire(path: &Path) -> Result<Self> {
+    pub(crate) fn acquire(path: &Path) -> Result<Self> {
         let deadline = Instant::now() + Duration::from_secs(3600);
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {

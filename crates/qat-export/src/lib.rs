@@ -78,19 +78,23 @@
 //! ```
 
 pub mod calibrate;
+pub mod crosscheck;
 pub mod emit;
 mod error;
 pub mod fidelity;
+pub mod interchange;
 pub mod interp;
 pub mod ir;
 pub mod passes;
 pub mod plan;
 pub mod simulate;
+pub mod tflite;
 pub mod validate;
 
 pub use calibrate::{CalibrationMethod, PtqConfig, calibrate, ptq, ptq_export};
 pub use emit::export;
 pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal};
 pub use fidelity::{FidelityError, FidelityReport, fidelity_report};
+pub use interchange::{ExportFormatError, Exported, Format, Unsupported};
 pub use ir::{FloatGraph, NodeId};
 pub use plan::{ExportOptions, LayerQuant, QuantPlan};

@@ -1077,10 +1077,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAs<::planus::Offset<BlockwiseQuantization>>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAs<::planus::Offset<BlockwiseQuantization>>
             for BlockwiseQuantizationBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<BlockwiseQuantization>;
@@ -1095,10 +1095,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOptional<::planus::Offset<BlockwiseQuantization>>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOptional<::planus::Offset<BlockwiseQuantization>>
             for BlockwiseQuantizationBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<BlockwiseQuantization>;
@@ -1113,10 +1113,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOffset<BlockwiseQuantization>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOffset<BlockwiseQuantization>
             for BlockwiseQuantizationBuilder<(T0, T1, T2)>
         {
             #[inline]
@@ -1516,11 +1516,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-            > ::planus::WriteAs<::planus::Offset<MultiAxisQuantization>>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+        > ::planus::WriteAs<::planus::Offset<MultiAxisQuantization>>
             for MultiAxisQuantizationBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<MultiAxisQuantization>;
@@ -1535,11 +1535,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-            > ::planus::WriteAsOptional<::planus::Offset<MultiAxisQuantization>>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+        > ::planus::WriteAsOptional<::planus::Offset<MultiAxisQuantization>>
             for MultiAxisQuantizationBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<MultiAxisQuantization>;
@@ -1554,11 +1554,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-            > ::planus::WriteAsOffset<MultiAxisQuantization>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+        > ::planus::WriteAsOffset<MultiAxisQuantization>
             for MultiAxisQuantizationBuilder<(T0, T1, T2, T3)>
         {
             #[inline]
@@ -2041,13 +2041,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[i64]>>,
-                T4: ::planus::WriteAsOptionalUnion<self::QuantizationDetails>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAs<::planus::Offset<QuantizationParameters>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[i64]>>,
+            T4: ::planus::WriteAsOptionalUnion<self::QuantizationDetails>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAs<::planus::Offset<QuantizationParameters>>
             for QuantizationParametersBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             type Prepared = ::planus::Offset<QuantizationParameters>;
@@ -2062,13 +2062,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[i64]>>,
-                T4: ::planus::WriteAsOptionalUnion<self::QuantizationDetails>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOptional<::planus::Offset<QuantizationParameters>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[i64]>>,
+            T4: ::planus::WriteAsOptionalUnion<self::QuantizationDetails>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOptional<::planus::Offset<QuantizationParameters>>
             for QuantizationParametersBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             type Prepared = ::planus::Offset<QuantizationParameters>;
@@ -2083,13 +2083,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[i64]>>,
-                T4: ::planus::WriteAsOptionalUnion<self::QuantizationDetails>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOffset<QuantizationParameters>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[f32]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[i64]>>,
+            T4: ::planus::WriteAsOptionalUnion<self::QuantizationDetails>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOffset<QuantizationParameters>
             for QuantizationParametersBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             #[inline]
@@ -3822,11 +3822,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::DimensionType, self::DimensionType>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
-                T3: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
-            > ::planus::WriteAs<::planus::Offset<DimensionMetadata>>
+            T0: ::planus::WriteAsDefault<self::DimensionType, self::DimensionType>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
+            T3: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
+        > ::planus::WriteAs<::planus::Offset<DimensionMetadata>>
             for DimensionMetadataBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<DimensionMetadata>;
@@ -3841,11 +3841,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::DimensionType, self::DimensionType>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
-                T3: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
-            > ::planus::WriteAsOptional<::planus::Offset<DimensionMetadata>>
+            T0: ::planus::WriteAsDefault<self::DimensionType, self::DimensionType>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
+            T3: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
+        > ::planus::WriteAsOptional<::planus::Offset<DimensionMetadata>>
             for DimensionMetadataBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<DimensionMetadata>;
@@ -3860,11 +3860,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::DimensionType, self::DimensionType>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
-                T3: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
-            > ::planus::WriteAsOffset<DimensionMetadata>
+            T0: ::planus::WriteAsDefault<self::DimensionType, self::DimensionType>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
+            T3: ::planus::WriteAsOptionalUnion<self::SparseIndexVector>,
+        > ::planus::WriteAsOffset<DimensionMetadata>
             for DimensionMetadataBuilder<(T0, T1, T2, T3)>
         {
             #[inline]
@@ -4226,8 +4226,8 @@ mod root {
             pub fn dim_metadata<T2>(self, value: T2) -> SparsityParametersBuilder<(T0, T1, T2)>
             where
                 T2: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::DimensionMetadata>]>,
-                >,
+                        ::planus::Offset<[::planus::Offset<self::DimensionMetadata>]>,
+                    >,
             {
                 let (v0, v1) = self.0;
                 SparsityParametersBuilder((v0, v1, value))
@@ -4256,12 +4256,12 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::DimensionMetadata>]>,
                 >,
-            > ::planus::WriteAs<::planus::Offset<SparsityParameters>>
+        > ::planus::WriteAs<::planus::Offset<SparsityParameters>>
             for SparsityParametersBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<SparsityParameters>;
@@ -4276,12 +4276,12 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::DimensionMetadata>]>,
                 >,
-            > ::planus::WriteAsOptional<::planus::Offset<SparsityParameters>>
+        > ::planus::WriteAsOptional<::planus::Offset<SparsityParameters>>
             for SparsityParametersBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<SparsityParameters>;
@@ -4296,13 +4296,12 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::DimensionMetadata>]>,
                 >,
-            > ::planus::WriteAsOffset<SparsityParameters>
-            for SparsityParametersBuilder<(T0, T1, T2)>
+        > ::planus::WriteAsOffset<SparsityParameters> for SparsityParametersBuilder<(T0, T1, T2)>
         {
             #[inline]
             fn prepare(
@@ -4661,10 +4660,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-                T2: ::planus::WriteAsDefault<bool, bool>,
-            > ::planus::WriteAs<::planus::Offset<VariantSubType>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+            T2: ::planus::WriteAsDefault<bool, bool>,
+        > ::planus::WriteAs<::planus::Offset<VariantSubType>>
             for VariantSubTypeBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<VariantSubType>;
@@ -4676,10 +4675,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-                T2: ::planus::WriteAsDefault<bool, bool>,
-            > ::planus::WriteAsOptional<::planus::Offset<VariantSubType>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+            T2: ::planus::WriteAsDefault<bool, bool>,
+        > ::planus::WriteAsOptional<::planus::Offset<VariantSubType>>
             for VariantSubTypeBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<VariantSubType>;
@@ -4694,10 +4693,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-                T2: ::planus::WriteAsDefault<bool, bool>,
-            > ::planus::WriteAsOffset<VariantSubType> for VariantSubTypeBuilder<(T0, T1, T2)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+            T2: ::planus::WriteAsDefault<bool, bool>,
+        > ::planus::WriteAsOffset<VariantSubType> for VariantSubTypeBuilder<(T0, T1, T2)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<VariantSubType> {
@@ -5274,8 +5273,8 @@ mod root {
             ) -> TensorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
             where
                 T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::VariantSubType>]>,
-                >,
+                        ::planus::Offset<[::planus::Offset<self::VariantSubType>]>,
+                    >,
             {
                 let (v0, v1, v2, v3, v4, v5, v6, v7, v8) = self.0;
                 TensorBuilder((v0, v1, v2, v3, v4, v5, v6, v7, v8, value))
@@ -5344,20 +5343,18 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-                T2: ::planus::WriteAsDefault<u32, u32>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<self::QuantizationParameters>>,
-                T5: ::planus::WriteAsDefault<bool, bool>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<self::SparsityParameters>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T8: ::planus::WriteAsDefault<bool, bool>,
-                T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::VariantSubType>]>,
-                >,
-                T10: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAs<::planus::Offset<Tensor>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+            T2: ::planus::WriteAsDefault<u32, u32>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<self::QuantizationParameters>>,
+            T5: ::planus::WriteAsDefault<bool, bool>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<self::SparsityParameters>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T8: ::planus::WriteAsDefault<bool, bool>,
+            T9: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::VariantSubType>]>>,
+            T10: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAs<::planus::Offset<Tensor>>
             for TensorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
             type Prepared = ::planus::Offset<Tensor>;
@@ -5369,20 +5366,18 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-                T2: ::planus::WriteAsDefault<u32, u32>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<self::QuantizationParameters>>,
-                T5: ::planus::WriteAsDefault<bool, bool>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<self::SparsityParameters>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T8: ::planus::WriteAsDefault<bool, bool>,
-                T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::VariantSubType>]>,
-                >,
-                T10: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOptional<::planus::Offset<Tensor>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+            T2: ::planus::WriteAsDefault<u32, u32>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<self::QuantizationParameters>>,
+            T5: ::planus::WriteAsDefault<bool, bool>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<self::SparsityParameters>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T8: ::planus::WriteAsDefault<bool, bool>,
+            T9: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::VariantSubType>]>>,
+            T10: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOptional<::planus::Offset<Tensor>>
             for TensorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
             type Prepared = ::planus::Offset<Tensor>;
@@ -5397,20 +5392,18 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-                T2: ::planus::WriteAsDefault<u32, u32>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<self::QuantizationParameters>>,
-                T5: ::planus::WriteAsDefault<bool, bool>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<self::SparsityParameters>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T8: ::planus::WriteAsDefault<bool, bool>,
-                T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::VariantSubType>]>,
-                >,
-                T10: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOffset<Tensor>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T1: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+            T2: ::planus::WriteAsDefault<u32, u32>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<self::QuantizationParameters>>,
+            T5: ::planus::WriteAsDefault<bool, bool>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<self::SparsityParameters>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T8: ::planus::WriteAsDefault<bool, bool>,
+            T9: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::VariantSubType>]>>,
+            T10: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOffset<Tensor>
             for TensorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
             #[inline]
@@ -17707,9 +17700,9 @@ mod root {
             ) -> Conv2DOptionsBuilder<(T0, T1, T2, T3)>
             where
                 T3: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
+                        self::ActivationFunctionType,
+                        self::ActivationFunctionType,
+                    >,
             {
                 let (v0, v1, v2) = self.0;
                 Conv2DOptionsBuilder((v0, v1, v2, value))
@@ -17813,17 +17806,14 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T4: ::planus::WriteAsDefault<i32, i32>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-                T6: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-            > ::planus::WriteAs<::planus::Offset<Conv2DOptions>>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T4: ::planus::WriteAsDefault<i32, i32>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+            T6: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+        > ::planus::WriteAs<::planus::Offset<Conv2DOptions>>
             for Conv2DOptionsBuilder<(T0, T1, T2, T3, T4, T5, T6)>
         {
             type Prepared = ::planus::Offset<Conv2DOptions>;
@@ -17835,17 +17825,14 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T4: ::planus::WriteAsDefault<i32, i32>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-                T6: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-            > ::planus::WriteAsOptional<::planus::Offset<Conv2DOptions>>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T4: ::planus::WriteAsDefault<i32, i32>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+            T6: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+        > ::planus::WriteAsOptional<::planus::Offset<Conv2DOptions>>
             for Conv2DOptionsBuilder<(T0, T1, T2, T3, T4, T5, T6)>
         {
             type Prepared = ::planus::Offset<Conv2DOptions>;
@@ -17860,17 +17847,14 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T4: ::planus::WriteAsDefault<i32, i32>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-                T6: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-            > ::planus::WriteAsOffset<Conv2DOptions>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T4: ::planus::WriteAsDefault<i32, i32>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+            T6: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+        > ::planus::WriteAsOffset<Conv2DOptions>
             for Conv2DOptionsBuilder<(T0, T1, T2, T3, T4, T5, T6)>
         {
             #[inline]
@@ -18352,9 +18336,9 @@ mod root {
             ) -> Pool2DOptionsBuilder<(T0, T1, T2, T3, T4, T5)>
             where
                 T5: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
+                        self::ActivationFunctionType,
+                        self::ActivationFunctionType,
+                    >,
             {
                 let (v0, v1, v2, v3, v4) = self.0;
                 Pool2DOptionsBuilder((v0, v1, v2, v3, v4, value))
@@ -18382,16 +18366,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<i32, i32>,
-                T4: ::planus::WriteAsDefault<i32, i32>,
-                T5: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-            > ::planus::WriteAs<::planus::Offset<Pool2DOptions>>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<i32, i32>,
+            T4: ::planus::WriteAsDefault<i32, i32>,
+            T5: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+        > ::planus::WriteAs<::planus::Offset<Pool2DOptions>>
             for Pool2DOptionsBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             type Prepared = ::planus::Offset<Pool2DOptions>;
@@ -18403,16 +18384,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<i32, i32>,
-                T4: ::planus::WriteAsDefault<i32, i32>,
-                T5: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-            > ::planus::WriteAsOptional<::planus::Offset<Pool2DOptions>>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<i32, i32>,
+            T4: ::planus::WriteAsDefault<i32, i32>,
+            T5: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+        > ::planus::WriteAsOptional<::planus::Offset<Pool2DOptions>>
             for Pool2DOptionsBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             type Prepared = ::planus::Offset<Pool2DOptions>;
@@ -18427,16 +18405,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<i32, i32>,
-                T4: ::planus::WriteAsDefault<i32, i32>,
-                T5: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-            > ::planus::WriteAsOffset<Pool2DOptions>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<i32, i32>,
+            T4: ::planus::WriteAsDefault<i32, i32>,
+            T5: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+        > ::planus::WriteAsOffset<Pool2DOptions>
             for Pool2DOptionsBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             #[inline]
@@ -18907,9 +18882,9 @@ mod root {
             ) -> DepthwiseConv2DOptionsBuilder<(T0, T1, T2, T3, T4)>
             where
                 T4: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
+                        self::ActivationFunctionType,
+                        self::ActivationFunctionType,
+                    >,
             {
                 let (v0, v1, v2, v3) = self.0;
                 DepthwiseConv2DOptionsBuilder((v0, v1, v2, v3, value))
@@ -18993,17 +18968,14 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<i32, i32>,
-                T4: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-                T6: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAs<::planus::Offset<DepthwiseConv2DOptions>>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<i32, i32>,
+            T4: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+            T6: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAs<::planus::Offset<DepthwiseConv2DOptions>>
             for DepthwiseConv2DOptionsBuilder<(T0, T1, T2, T3, T4, T5, T6)>
         {
             type Prepared = ::planus::Offset<DepthwiseConv2DOptions>;
@@ -19018,17 +18990,14 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<i32, i32>,
-                T4: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-                T6: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOptional<::planus::Offset<DepthwiseConv2DOptions>>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<i32, i32>,
+            T4: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+            T6: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOptional<::planus::Offset<DepthwiseConv2DOptions>>
             for DepthwiseConv2DOptionsBuilder<(T0, T1, T2, T3, T4, T5, T6)>
         {
             type Prepared = ::planus::Offset<DepthwiseConv2DOptions>;
@@ -19043,17 +19012,14 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
-                T1: ::planus::WriteAsDefault<i32, i32>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<i32, i32>,
-                T4: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-                T6: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOffset<DepthwiseConv2DOptions>
+            T0: ::planus::WriteAsDefault<self::Padding, self::Padding>,
+            T1: ::planus::WriteAsDefault<i32, i32>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<i32, i32>,
+            T4: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+            T6: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOffset<DepthwiseConv2DOptions>
             for DepthwiseConv2DOptionsBuilder<(T0, T1, T2, T3, T4, T5, T6)>
         {
             #[inline]
@@ -19806,9 +19772,9 @@ mod root {
             ) -> FullyConnectedOptionsBuilder<(T0,)>
             where
                 T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
+                        self::ActivationFunctionType,
+                        self::ActivationFunctionType,
+                    >,
             {
                 FullyConnectedOptionsBuilder((value,))
             }
@@ -19830,9 +19796,9 @@ mod root {
             pub fn weights_format<T1>(self, value: T1) -> FullyConnectedOptionsBuilder<(T0, T1)>
             where
                 T1: ::planus::WriteAsDefault<
-                    self::FullyConnectedOptionsWeightsFormat,
-                    self::FullyConnectedOptionsWeightsFormat,
-                >,
+                        self::FullyConnectedOptionsWeightsFormat,
+                        self::FullyConnectedOptionsWeightsFormat,
+                    >,
             {
                 let (v0,) = self.0;
                 FullyConnectedOptionsBuilder((v0, value))
@@ -19936,18 +19902,15 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T1: ::planus::WriteAsDefault<
+            T0: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T1: ::planus::WriteAsDefault<
                     self::FullyConnectedOptionsWeightsFormat,
                     self::FullyConnectedOptionsWeightsFormat,
                 >,
-                T2: ::planus::WriteAsDefault<bool, bool>,
-                T3: ::planus::WriteAsDefault<bool, bool>,
-                T4: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-            > ::planus::WriteAs<::planus::Offset<FullyConnectedOptions>>
+            T2: ::planus::WriteAsDefault<bool, bool>,
+            T3: ::planus::WriteAsDefault<bool, bool>,
+            T4: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+        > ::planus::WriteAs<::planus::Offset<FullyConnectedOptions>>
             for FullyConnectedOptionsBuilder<(T0, T1, T2, T3, T4)>
         {
             type Prepared = ::planus::Offset<FullyConnectedOptions>;
@@ -19962,18 +19925,15 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T1: ::planus::WriteAsDefault<
+            T0: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T1: ::planus::WriteAsDefault<
                     self::FullyConnectedOptionsWeightsFormat,
                     self::FullyConnectedOptionsWeightsFormat,
                 >,
-                T2: ::planus::WriteAsDefault<bool, bool>,
-                T3: ::planus::WriteAsDefault<bool, bool>,
-                T4: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-            > ::planus::WriteAsOptional<::planus::Offset<FullyConnectedOptions>>
+            T2: ::planus::WriteAsDefault<bool, bool>,
+            T3: ::planus::WriteAsDefault<bool, bool>,
+            T4: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+        > ::planus::WriteAsOptional<::planus::Offset<FullyConnectedOptions>>
             for FullyConnectedOptionsBuilder<(T0, T1, T2, T3, T4)>
         {
             type Prepared = ::planus::Offset<FullyConnectedOptions>;
@@ -19988,18 +19948,15 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T1: ::planus::WriteAsDefault<
+            T0: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T1: ::planus::WriteAsDefault<
                     self::FullyConnectedOptionsWeightsFormat,
                     self::FullyConnectedOptionsWeightsFormat,
                 >,
-                T2: ::planus::WriteAsDefault<bool, bool>,
-                T3: ::planus::WriteAsDefault<bool, bool>,
-                T4: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
-            > ::planus::WriteAsOffset<FullyConnectedOptions>
+            T2: ::planus::WriteAsDefault<bool, bool>,
+            T3: ::planus::WriteAsDefault<bool, bool>,
+            T4: ::planus::WriteAsDefault<self::TensorType, self::TensorType>,
+        > ::planus::WriteAsOffset<FullyConnectedOptions>
             for FullyConnectedOptionsBuilder<(T0, T1, T2, T3, T4)>
         {
             #[inline]
@@ -20335,9 +20292,9 @@ mod root {
             ) -> ConcatenationOptionsBuilder<(T0, T1)>
             where
                 T1: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
+                        self::ActivationFunctionType,
+                        self::ActivationFunctionType,
+                    >,
             {
                 let (v0,) = self.0;
                 ConcatenationOptionsBuilder((v0, value))
@@ -20368,12 +20325,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-            > ::planus::WriteAs<::planus::Offset<ConcatenationOptions>>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+        > ::planus::WriteAs<::planus::Offset<ConcatenationOptions>>
             for ConcatenationOptionsBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<ConcatenationOptions>;
@@ -20388,12 +20342,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-            > ::planus::WriteAsOptional<::planus::Offset<ConcatenationOptions>>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+        > ::planus::WriteAsOptional<::planus::Offset<ConcatenationOptions>>
             for ConcatenationOptionsBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<ConcatenationOptions>;
@@ -20408,13 +20359,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i32, i32>,
-                T1: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-            > ::planus::WriteAsOffset<ConcatenationOptions>
-            for ConcatenationOptionsBuilder<(T0, T1)>
+            T0: ::planus::WriteAsDefault<i32, i32>,
+            T1: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+        > ::planus::WriteAsOffset<ConcatenationOptions> for ConcatenationOptionsBuilder<(T0, T1)>
         {
             #[inline]
             fn prepare(
@@ -20680,9 +20627,9 @@ mod root {
             pub fn fused_activation_function<T0>(self, value: T0) -> AddOptionsBuilder<(T0,)>
             where
                 T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
+                        self::ActivationFunctionType,
+                        self::ActivationFunctionType,
+                    >,
             {
                 AddOptionsBuilder((value,))
             }
@@ -20731,12 +20678,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T1: ::planus::WriteAsDefault<bool, bool>,
-            > ::planus::WriteAs<::planus::Offset<AddOptions>> for AddOptionsBuilder<(T0, T1)>
+            T0: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T1: ::planus::WriteAsDefault<bool, bool>,
+        > ::planus::WriteAs<::planus::Offset<AddOptions>> for AddOptionsBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<AddOptions>;
 
@@ -20747,13 +20691,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T1: ::planus::WriteAsDefault<bool, bool>,
-            > ::planus::WriteAsOptional<::planus::Offset<AddOptions>>
-            for AddOptionsBuilder<(T0, T1)>
+            T0: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T1: ::planus::WriteAsDefault<bool, bool>,
+        > ::planus::WriteAsOptional<::planus::Offset<AddOptions>> for AddOptionsBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<AddOptions>;
 
@@ -20767,12 +20707,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<
-                    self::ActivationFunctionType,
-                    self::ActivationFunctionType,
-                >,
-                T1: ::planus::WriteAsDefault<bool, bool>,
-            > ::planus::WriteAsOffset<AddOptions> for AddOptionsBuilder<(T0, T1)>
+            T0: ::planus::WriteAsDefault<self::ActivationFunctionType, self::ActivationFunctionType>,
+            T1: ::planus::WriteAsDefault<bool, bool>,
+        > ::planus::WriteAsOffset<AddOptions> for AddOptionsBuilder<(T0, T1)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<AddOptions> {
@@ -23245,11 +23182,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i8, i8>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<self::BuiltinOperator, self::BuiltinOperator>,
-            > ::planus::WriteAs<::planus::Offset<OperatorCode>>
+            T0: ::planus::WriteAsDefault<i8, i8>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<self::BuiltinOperator, self::BuiltinOperator>,
+        > ::planus::WriteAs<::planus::Offset<OperatorCode>>
             for OperatorCodeBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<OperatorCode>;
@@ -23261,11 +23198,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i8, i8>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<self::BuiltinOperator, self::BuiltinOperator>,
-            > ::planus::WriteAsOptional<::planus::Offset<OperatorCode>>
+            T0: ::planus::WriteAsDefault<i8, i8>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<self::BuiltinOperator, self::BuiltinOperator>,
+        > ::planus::WriteAsOptional<::planus::Offset<OperatorCode>>
             for OperatorCodeBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<OperatorCode>;
@@ -23280,11 +23217,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<i8, i8>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T2: ::planus::WriteAsDefault<i32, i32>,
-                T3: ::planus::WriteAsDefault<self::BuiltinOperator, self::BuiltinOperator>,
-            > ::planus::WriteAsOffset<OperatorCode> for OperatorCodeBuilder<(T0, T1, T2, T3)>
+            T0: ::planus::WriteAsDefault<i8, i8>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T2: ::planus::WriteAsDefault<i32, i32>,
+            T3: ::planus::WriteAsDefault<self::BuiltinOperator, self::BuiltinOperator>,
+        > ::planus::WriteAsOffset<OperatorCode> for OperatorCodeBuilder<(T0, T1, T2, T3)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<OperatorCode> {
@@ -24185,19 +24122,19 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T3: ::planus::WriteAsOptionalUnion<self::BuiltinOptions>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
-                T5: ::planus::WriteAsDefault<self::CustomOptionsFormat, self::CustomOptionsFormat>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<[bool]>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T8: ::planus::WriteAsDefault<u64, u64>,
-                T9: ::planus::WriteAsDefault<u64, u64>,
-                T10: ::planus::WriteAsOptionalUnion<self::BuiltinOptions2>,
-                T11: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAs<::planus::Offset<Operator>>
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T3: ::planus::WriteAsOptionalUnion<self::BuiltinOptions>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
+            T5: ::planus::WriteAsDefault<self::CustomOptionsFormat, self::CustomOptionsFormat>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<[bool]>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T8: ::planus::WriteAsDefault<u64, u64>,
+            T9: ::planus::WriteAsDefault<u64, u64>,
+            T10: ::planus::WriteAsOptionalUnion<self::BuiltinOptions2>,
+            T11: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAs<::planus::Offset<Operator>>
             for OperatorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
         {
             type Prepared = ::planus::Offset<Operator>;
@@ -24209,19 +24146,19 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T3: ::planus::WriteAsOptionalUnion<self::BuiltinOptions>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
-                T5: ::planus::WriteAsDefault<self::CustomOptionsFormat, self::CustomOptionsFormat>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<[bool]>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T8: ::planus::WriteAsDefault<u64, u64>,
-                T9: ::planus::WriteAsDefault<u64, u64>,
-                T10: ::planus::WriteAsOptionalUnion<self::BuiltinOptions2>,
-                T11: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOptional<::planus::Offset<Operator>>
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T3: ::planus::WriteAsOptionalUnion<self::BuiltinOptions>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
+            T5: ::planus::WriteAsDefault<self::CustomOptionsFormat, self::CustomOptionsFormat>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<[bool]>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T8: ::planus::WriteAsDefault<u64, u64>,
+            T9: ::planus::WriteAsDefault<u64, u64>,
+            T10: ::planus::WriteAsOptionalUnion<self::BuiltinOptions2>,
+            T11: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOptional<::planus::Offset<Operator>>
             for OperatorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
         {
             type Prepared = ::planus::Offset<Operator>;
@@ -24236,19 +24173,19 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T3: ::planus::WriteAsOptionalUnion<self::BuiltinOptions>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
-                T5: ::planus::WriteAsDefault<self::CustomOptionsFormat, self::CustomOptionsFormat>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<[bool]>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T8: ::planus::WriteAsDefault<u64, u64>,
-                T9: ::planus::WriteAsDefault<u64, u64>,
-                T10: ::planus::WriteAsOptionalUnion<self::BuiltinOptions2>,
-                T11: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOffset<Operator>
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T3: ::planus::WriteAsOptionalUnion<self::BuiltinOptions>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
+            T5: ::planus::WriteAsDefault<self::CustomOptionsFormat, self::CustomOptionsFormat>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<[bool]>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T8: ::planus::WriteAsDefault<u64, u64>,
+            T9: ::planus::WriteAsDefault<u64, u64>,
+            T10: ::planus::WriteAsOptionalUnion<self::BuiltinOptions2>,
+            T11: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOffset<Operator>
             for OperatorBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
         {
             #[inline]
@@ -24846,13 +24783,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Tensor>]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Operator>]>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAs<::planus::Offset<SubGraph>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Tensor>]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Operator>]>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAs<::planus::Offset<SubGraph>>
             for SubGraphBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             type Prepared = ::planus::Offset<SubGraph>;
@@ -24864,13 +24801,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Tensor>]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Operator>]>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOptional<::planus::Offset<SubGraph>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Tensor>]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Operator>]>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOptional<::planus::Offset<SubGraph>>
             for SubGraphBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             type Prepared = ::planus::Offset<SubGraph>;
@@ -24885,13 +24822,13 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Tensor>]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Operator>]>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T5: ::planus::WriteAsDefault<i32, i32>,
-            > ::planus::WriteAsOffset<SubGraph> for SubGraphBuilder<(T0, T1, T2, T3, T4, T5)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Tensor>]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Operator>]>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T5: ::planus::WriteAsDefault<i32, i32>,
+        > ::planus::WriteAsOffset<SubGraph> for SubGraphBuilder<(T0, T1, T2, T3, T4, T5)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<SubGraph> {
@@ -25277,10 +25214,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
-                T1: ::planus::WriteAsDefault<u64, u64>,
-                T2: ::planus::WriteAsDefault<u64, u64>,
-            > ::planus::WriteAs<::planus::Offset<Buffer>> for BufferBuilder<(T0, T1, T2)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
+            T1: ::planus::WriteAsDefault<u64, u64>,
+            T2: ::planus::WriteAsDefault<u64, u64>,
+        > ::planus::WriteAs<::planus::Offset<Buffer>> for BufferBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<Buffer>;
 
@@ -25291,10 +25228,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
-                T1: ::planus::WriteAsDefault<u64, u64>,
-                T2: ::planus::WriteAsDefault<u64, u64>,
-            > ::planus::WriteAsOptional<::planus::Offset<Buffer>> for BufferBuilder<(T0, T1, T2)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
+            T1: ::planus::WriteAsDefault<u64, u64>,
+            T2: ::planus::WriteAsDefault<u64, u64>,
+        > ::planus::WriteAsOptional<::planus::Offset<Buffer>> for BufferBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<Buffer>;
 
@@ -25308,10 +25245,10 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
-                T1: ::planus::WriteAsDefault<u64, u64>,
-                T2: ::planus::WriteAsDefault<u64, u64>,
-            > ::planus::WriteAsOffset<Buffer> for BufferBuilder<(T0, T1, T2)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[u8]>>,
+            T1: ::planus::WriteAsDefault<u64, u64>,
+            T2: ::planus::WriteAsDefault<u64, u64>,
+        > ::planus::WriteAsOffset<Buffer> for BufferBuilder<(T0, T1, T2)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<Buffer> {
@@ -25986,12 +25923,12 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-                T2: ::planus::WriteAsDefault<u64, u64>,
-                T3: ::planus::WriteAsDefault<u64, u64>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-            > ::planus::WriteAs<::planus::Offset<ExternalBuffer>>
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+            T2: ::planus::WriteAsDefault<u64, u64>,
+            T3: ::planus::WriteAsDefault<u64, u64>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+        > ::planus::WriteAs<::planus::Offset<ExternalBuffer>>
             for ExternalBufferBuilder<(T0, T1, T2, T3, T4)>
         {
             type Prepared = ::planus::Offset<ExternalBuffer>;
@@ -26003,12 +25940,12 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-                T2: ::planus::WriteAsDefault<u64, u64>,
-                T3: ::planus::WriteAsDefault<u64, u64>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-            > ::planus::WriteAsOptional<::planus::Offset<ExternalBuffer>>
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+            T2: ::planus::WriteAsDefault<u64, u64>,
+            T3: ::planus::WriteAsDefault<u64, u64>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+        > ::planus::WriteAsOptional<::planus::Offset<ExternalBuffer>>
             for ExternalBufferBuilder<(T0, T1, T2, T3, T4)>
         {
             type Prepared = ::planus::Offset<ExternalBuffer>;
@@ -26023,13 +25960,12 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-                T2: ::planus::WriteAsDefault<u64, u64>,
-                T3: ::planus::WriteAsDefault<u64, u64>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-            > ::planus::WriteAsOffset<ExternalBuffer>
-            for ExternalBufferBuilder<(T0, T1, T2, T3, T4)>
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+            T2: ::planus::WriteAsDefault<u64, u64>,
+            T3: ::planus::WriteAsDefault<u64, u64>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+        > ::planus::WriteAsOffset<ExternalBuffer> for ExternalBufferBuilder<(T0, T1, T2, T3, T4)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<ExternalBuffer> {
@@ -26341,9 +26277,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAs<::planus::Offset<Metadata>> for MetadataBuilder<(T0, T1)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAs<::planus::Offset<Metadata>> for MetadataBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<Metadata>;
 
@@ -26354,9 +26290,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOptional<::planus::Offset<Metadata>> for MetadataBuilder<(T0, T1)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOptional<::planus::Offset<Metadata>> for MetadataBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<Metadata>;
 
@@ -26370,9 +26306,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOffset<Metadata> for MetadataBuilder<(T0, T1)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOffset<Metadata> for MetadataBuilder<(T0, T1)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<Metadata> {
@@ -26652,9 +26588,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAs<::planus::Offset<TensorMap>> for TensorMapBuilder<(T0, T1)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAs<::planus::Offset<TensorMap>> for TensorMapBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<TensorMap>;
 
@@ -26665,10 +26601,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOptional<::planus::Offset<TensorMap>>
-            for TensorMapBuilder<(T0, T1)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOptional<::planus::Offset<TensorMap>> for TensorMapBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<TensorMap>;
 
@@ -26682,9 +26617,9 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T1: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOffset<TensorMap> for TensorMapBuilder<(T0, T1)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T1: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOffset<TensorMap> for TensorMapBuilder<(T0, T1)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<TensorMap> {
@@ -26963,9 +26898,7 @@ mod root {
             #[allow(clippy::type_complexity)]
             pub fn inputs<T0>(self, value: T0) -> SignatureDefBuilder<(T0,)>
             where
-                T0: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::TensorMap>]>,
-                >,
+                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
             {
                 SignatureDefBuilder((value,))
             }
@@ -26984,9 +26917,7 @@ mod root {
             #[allow(clippy::type_complexity)]
             pub fn outputs<T1>(self, value: T1) -> SignatureDefBuilder<(T0, T1)>
             where
-                T1: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::TensorMap>]>,
-                >,
+                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
             {
                 let (v0,) = self.0;
                 SignatureDefBuilder((v0, value))
@@ -27054,11 +26985,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T3: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAs<::planus::Offset<SignatureDef>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T3: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAs<::planus::Offset<SignatureDef>>
             for SignatureDefBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<SignatureDef>;
@@ -27070,11 +27001,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T3: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOptional<::planus::Offset<SignatureDef>>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T3: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOptional<::planus::Offset<SignatureDef>>
             for SignatureDefBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<SignatureDef>;
@@ -27089,11 +27020,11 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T3: ::planus::WriteAsDefault<u32, u32>,
-            > ::planus::WriteAsOffset<SignatureDef> for SignatureDefBuilder<(T0, T1, T2, T3)>
+            T0: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::TensorMap>]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T3: ::planus::WriteAsDefault<u32, u32>,
+        > ::planus::WriteAsOffset<SignatureDef> for SignatureDefBuilder<(T0, T1, T2, T3)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<SignatureDef> {
@@ -27527,8 +27458,8 @@ mod root {
             pub fn operator_codes<T1>(self, value: T1) -> ModelBuilder<(T0, T1)>
             where
                 T1: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::OperatorCode>]>,
-                >,
+                        ::planus::Offset<[::planus::Offset<self::OperatorCode>]>,
+                    >,
             {
                 let (v0,) = self.0;
                 ModelBuilder((v0, value))
@@ -27652,8 +27583,8 @@ mod root {
             ) -> ModelBuilder<(T0, T1, T2, T3, T4, T5, T6, T7)>
             where
                 T7: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::SignatureDef>]>,
-                >,
+                        ::planus::Offset<[::planus::Offset<self::SignatureDef>]>,
+                    >,
             {
                 let (v0, v1, v2, v3, v4, v5, v6) = self.0;
                 ModelBuilder((v0, v1, v2, v3, v4, v5, v6, value))
@@ -27677,8 +27608,8 @@ mod root {
             ) -> ModelBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)>
             where
                 T8: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::ExternalBufferGroup>]>,
-                >,
+                        ::planus::Offset<[::planus::Offset<self::ExternalBufferGroup>]>,
+                    >,
             {
                 let (v0, v1, v2, v3, v4, v5, v6, v7) = self.0;
                 ModelBuilder((v0, v1, v2, v3, v4, v5, v6, v7, value))
@@ -27704,8 +27635,8 @@ mod root {
             ) -> ModelBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
             where
                 T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>,
-                >,
+                        ::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>,
+                    >,
             {
                 let (v0, v1, v2, v3, v4, v5, v6, v7, v8) = self.0;
                 ModelBuilder((v0, v1, v2, v3, v4, v5, v6, v7, v8, value))
@@ -27735,21 +27666,19 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::OperatorCode>]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SubGraph>]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Buffer>]>>,
-                T5: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Metadata>]>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SignatureDef>]>>,
-                T8: ::planus::WriteAsOptional<
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::OperatorCode>]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SubGraph>]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Buffer>]>>,
+            T5: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Metadata>]>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SignatureDef>]>>,
+            T8: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::ExternalBufferGroup>]>,
                 >,
-                T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>,
-                >,
-            > ::planus::WriteAs<::planus::Offset<Model>>
+            T9: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>>,
+        > ::planus::WriteAs<::planus::Offset<Model>>
             for ModelBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
         {
             type Prepared = ::planus::Offset<Model>;
@@ -27761,21 +27690,19 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::OperatorCode>]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SubGraph>]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Buffer>]>>,
-                T5: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Metadata>]>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SignatureDef>]>>,
-                T8: ::planus::WriteAsOptional<
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::OperatorCode>]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SubGraph>]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Buffer>]>>,
+            T5: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Metadata>]>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SignatureDef>]>>,
+            T8: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::ExternalBufferGroup>]>,
                 >,
-                T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>,
-                >,
-            > ::planus::WriteAsOptional<::planus::Offset<Model>>
+            T9: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>>,
+        > ::planus::WriteAsOptional<::planus::Offset<Model>>
             for ModelBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
         {
             type Prepared = ::planus::Offset<Model>;
@@ -27790,21 +27717,19 @@ mod root {
         }
 
         impl<
-                T0: ::planus::WriteAsDefault<u32, u32>,
-                T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::OperatorCode>]>>,
-                T2: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SubGraph>]>>,
-                T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
-                T4: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Buffer>]>>,
-                T5: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
-                T6: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Metadata>]>>,
-                T7: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SignatureDef>]>>,
-                T8: ::planus::WriteAsOptional<
+            T0: ::planus::WriteAsDefault<u32, u32>,
+            T1: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::OperatorCode>]>>,
+            T2: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SubGraph>]>>,
+            T3: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            T4: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Buffer>]>>,
+            T5: ::planus::WriteAsOptional<::planus::Offset<[i32]>>,
+            T6: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::Metadata>]>>,
+            T7: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::SignatureDef>]>>,
+            T8: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::ExternalBufferGroup>]>,
                 >,
-                T9: ::planus::WriteAsOptional<
-                    ::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>,
-                >,
-            > ::planus::WriteAsOffset<Model>
+            T9: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::ExternalBuffer>]>>,
+        > ::planus::WriteAsOffset<Model>
             for ModelBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
         {
             #[inline]
