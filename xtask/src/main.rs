@@ -79,21 +79,23 @@ fn main() -> ExitCode {
             print_peers_python: true,
             ..
         } => peers::ensure_peers(true).map(|python| println!("{}", python.display())),
-        Cmd::Setup { print_libtorch, .. } => setup::ensure_libtorch(print_libtorch).and_then(|dir| {
-            if print_libtorch {
-                println!("{}", dir.display());
-                return Ok(());
-            }
-            let python = peers::ensure_peers(false)?;
-            eprintln!(
-                "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}\n\
+        Cmd::Setup { print_libtorch, .. } => {
+            setup::ensure_libtorch(print_libtorch).and_then(|dir| {
+                if print_libtorch {
+                    println!("{}", dir.display());
+                    return Ok(());
+                }
+                let python = peers::ensure_peers(false)?;
+                eprintln!(
+                    "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}\n\
                  [setup] for the cross-check tests: export {}={}",
-                dir.display(),
-                peers::PYTHON_ENV,
-                python.display()
-            );
-            Ok(())
-        }),
+                    dir.display(),
+                    peers::PYTHON_ENV,
+                    python.display()
+                );
+                Ok(())
+            })
+        }
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),

@@ -55,7 +55,11 @@ fn key() -> String {
 fn verify(python: &Path) -> Result<()> {
     // Import every module (a wheel that installs but cannot load fails here), then print the
     // installed distribution versions.
-    let imports = CHECKED.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ");
+    let imports = CHECKED
+        .iter()
+        .map(|(m, _)| *m)
+        .collect::<Vec<_>>()
+        .join(", ");
     let versions = CHECKED
         .iter()
         .map(|(_, pip)| format!("print(md.version('{pip}'))"))
@@ -147,7 +151,9 @@ fn install(root: &Path) -> Result<PathBuf> {
     let req = root.join("requirements.txt");
     fs::write(&req, REQUIREMENTS).with_context(|| format!("cannot write {}", req.display()))?;
     let vpy = venv.join("bin").join("python");
-    eprintln!("[setup] pip install onnxruntime, ai-edge-litert, numpy (about 100 MB; once per machine)");
+    eprintln!(
+        "[setup] pip install onnxruntime, ai-edge-litert, numpy (about 100 MB; once per machine)"
+    );
     run_checked(
         Command::new(&vpy)
             .args([

@@ -85,6 +85,7 @@ pub mod fidelity;
 pub mod interchange;
 pub mod interp;
 pub mod ir;
+pub mod onnx;
 pub mod passes;
 pub mod plan;
 pub mod simulate;
