@@ -24,7 +24,8 @@ runtime value is float (a graph output after DEQUANTIZE / DequantizeLinear) and 
 
 Runtimes: for .tflite, LiteRT with reference kernels (`OpResolverType.BUILTIN_REF`), LiteRT's
 optimized builtin kernels without delegates (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`) and LiteRT's
-default (`AUTO`: the XNNPACK delegate); for .onnx, onnxruntime with all graph optimizations.
+default (`AUTO`: the XNNPACK delegate); for .onnx, onnxruntime with all graph optimizations, with
+its default settings and with `session.x64quantprecision` (see ORT_CONFIGS).
 Intermediate tensors come from `experimental_preserve_all_tensors` where it works (no delegate),
 and otherwise from the debug model, whose graph outputs are every quantized tensor; the deploy
 model's own outputs are always compared too, and `debug_outputs_equal` says whether exposing the
@@ -162,13 +163,15 @@ def litert(case: Path, manifest: dict[str, Any], x: np.ndarray, threads: int) ->
 # --------------------------------------------------------------------------- onnxruntime
 
 
-def run_ort(path: Path, x: np.ndarray, threads: int, profile_dir: str | None) -> tuple[Values, Counter[str]]:
+def run_ort(path: Path, x: np.ndarray, threads: int, profile_dir: str | None, config: dict[str, str]) -> tuple[Values, Counter[str]]:
     """(graph outputs, op histogram of the optimized graph) of one onnxruntime run."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
     if profile_dir is not None:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(profile_dir, "ort")
@@ -186,25 +189,37 @@ def run_ort(path: Path, x: np.ndarray, threads: int, profile_dir: str | None) ->
     return values, ops
 
 
+# onnxruntime's configurations: its defaults, and with `session.x64quantprecision`, which makes
+# MLAS avoid the int16 saturation of its u8 x s8 kernels (`vpmaddubsw`) on x86 CPUs without VNNI
+# by converting such weights to u8 x u8 (onnxruntime PR 12088; off by default).
+ORT_CONFIGS: dict[str, dict[str, str]] = {
+    "onnxruntime": {},
+    "onnxruntime_x64prec": {"session.x64quantprecision": "1"},
+}
+
+
 def onnxruntime(case: Path, manifest: dict[str, Any], x: np.ndarray, threads: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    entry: dict[str, Any] = {"version": ort.__version__}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            outputs, ops = run_ort(case / manifest["model"], x, threads, tmp)
-        entry["ops"] = dict(ops)
-        sources: list[tuple[str, Values]] = [("deploy", outputs)]
-        if manifest.get("debug_model"):
+    result: dict[str, Any] = {}
+    for name, config in ORT_CONFIGS.items():
+        entry: dict[str, Any] = {"version": ort.__version__, "config": config}
+        try:
             with tempfile.TemporaryDirectory() as tmp:
-                dbg, dbg_ops = run_ort(case / manifest["debug_model"], x, threads, tmp)
-            sources.append(("debug", dbg))
-            entry["debug_ops"] = dict(dbg_ops)
-            entry["debug_outputs_equal"] = outputs_equal(outputs, dbg)
-        entry["tensors"] = compare_all(case, manifest, sources)
-    except Exception as e:  # noqa: BLE001 - report, never hide, a runtime that fails
-        entry["error"] = f"{type(e).__name__}: {e}"
-    return {"onnxruntime": entry}
+                outputs, ops = run_ort(case / manifest["model"], x, threads, tmp, config)
+            entry["ops"] = dict(ops)
+            sources: list[tuple[str, Values]] = [("deploy", outputs)]
+            if manifest.get("debug_model"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    dbg, dbg_ops = run_ort(case / manifest["debug_model"], x, threads, tmp, config)
+                sources.append(("debug", dbg))
+                entry["debug_ops"] = dict(dbg_ops)
+                entry["debug_outputs_equal"] = outputs_equal(outputs, dbg)
+            entry["tensors"] = compare_all(case, manifest, sources)
+        except Exception as e:  # noqa: BLE001 - report, never hide, a runtime that fails
+            entry["error"] = f"{type(e).__name__}: {e}"
+        result[name] = entry
+    return result
 
 
 RUNNERS: dict[str, Callable[[Path, dict[str, Any], np.ndarray, int], dict[str, Any]]] = {

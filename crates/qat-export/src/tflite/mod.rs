@@ -104,6 +104,22 @@ impl Default for TfliteOptions {
     }
 }
 
+/// Reads a `.tflite` flatbuffer (file identifier `TFL3`) into the schema's owned types.
+pub fn read(bytes: &[u8]) -> Result<schema::Model, planus::Error> {
+    use planus::ReadAsRoot;
+    if bytes.get(4..8) != Some(b"TFL3".as_slice()) {
+        return Err(planus::Error {
+            source_location: planus::errors::ErrorLocation {
+                type_: "Model",
+                method: "read",
+                byte_offset: 4,
+            },
+            error_kind: planus::errors::ErrorKind::InvalidLength,
+        });
+    }
+    schema::Model::try_from(schema::ModelRef::read_as_root(bytes)?)
+}
+
 /// Writes `model` as a `.tflite` flatbuffer (see the [module docs](self)), or refuses with the
 /// layer that TFLite cannot express exactly.
 pub fn to_tflite(model: &Int8Model, opts: &TfliteOptions) -> Result<Exported, ExportFormatError> {
