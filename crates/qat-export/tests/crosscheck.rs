@@ -14,12 +14,21 @@ use std::path::{Path, PathBuf};
 
 use common::{GenOptions, batch, random_cnn, rng};
 use ndarray::ArrayD;
-use qat_export::crosscheck::{CrosscheckResult, expected_codes, run_harness, write_case};
+use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::{QuantParams, QuantRange};
+use qat_export::crosscheck::npy::Npy;
+use qat_export::crosscheck::{
+    CrosscheckResult, Expected, Kind, expected_codes, run_harness, write_case,
+};
 use qat_export::ir::{FloatOp, WeightQuant, WeightScheme};
-use qat_export::onnx::{OnnxOptions, to_onnx_qdq};
+use qat_export::onnx::{OnnxOptions, float_to_onnx, to_onnx_qdq};
 use qat_export::tflite::{TfliteOptions, to_tflite};
 use qat_export::{ExportOptions, Format, PtqConfig, ptq};
-use qat_int8_runtime::{Executor, Int8Model, Op, Rounding};
+use qat_int8_runtime::kernels::reference;
+use qat_int8_runtime::{
+    Clamp, DType, Executor, FullyConnected, Int8Model, Op, Rounding, TensorInfo, TensorValue,
+    Weights,
+};
 
 /// The peers' Python and the harness script, or `None` (with the reason printed).
 fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
@@ -196,12 +205,6 @@ impl Tally {
         }
     }
 
-    /// `(all-tensor share, smallest tensor share, max |Δ|, output share)`.
-    fn get(&self, rt: &str, rounding: Rounding) -> (f64, f64, f64, f64) {
-        let e = self.0[&(rt.to_string(), rounding.name())];
-        (e[0] / e[1], e[2], e[3], e[4] / e[5])
-    }
-
     fn print(&self, what: &str) {
         eprintln!(
             "{what}\n  runtime         vs qat rounding | equal, all tensors | smallest tensor | max |Δ| | equal, outputs"
@@ -344,6 +347,9 @@ fn tflite_reference_kernels_equal_gemmlowp_rounding() {
     }
 }
 
+/// The shares every runtime reaches on random CNNs with everything per channel and average pools
+/// (printed with `--nocapture`; the test asserts that every runtime loads and runs every
+/// exported model and exposes every tensor, and that exposing them changes no output).
 #[test]
 fn measure_random_cnns() {
     let Some(peers) = peers("measure_random_cnns") else {
@@ -352,7 +358,7 @@ fn measure_random_cnns() {
     for bits in [8, 4] {
         for format in [Format::Tflite, Format::Onnx] {
             let (t, refused) = tally(
-                0..12,
+                0..8,
                 bits,
                 false,
                 format,
@@ -361,9 +367,297 @@ fn measure_random_cnns() {
                 |_, _| {},
             );
             t.print(&format!(
-                "{format}, W{bits}A{bits}, 12 random CNNs, all per channel"
+                "{format}, W{bits}A{bits}, 8 random CNNs, all per channel"
             ));
             eprintln!("  refused: {refused:#?}");
+        }
+    }
+}
+
+/// Writes a case whose expected values for the tensor `name` are `expected` (int8 codes in the
+/// file's layout) and runs the harness.
+fn check_against(
+    model: &Int8Model,
+    x: &ArrayD<f32>,
+    name: &str,
+    shape: Vec<usize>,
+    expected: Vec<i8>,
+    peers: &(PathBuf, PathBuf),
+) -> CrosscheckResult {
+    let file = to_tflite(model, &TfliteOptions::default()).expect("tflite");
+    let debug = TfliteOptions {
+        expose_all_tensors: true,
+        ..TfliteOptions::default()
+    };
+    let debug = to_tflite(model, &debug).expect("tflite");
+    let exp = Expected {
+        name: name.into(),
+        shape,
+        data: Npy::I8(expected),
+        output: false,
+        kind: Kind::Codes,
+        dequantize: None,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = &file.mapping(model.input).expect("input").name;
+    write_case(
+        dir.path(),
+        Format::Tflite,
+        &file.bytes,
+        Some(&debug.bytes),
+        input,
+        x.view(),
+        &[exp],
+    )
+    .expect("case");
+    let res = run_harness(&peers.0, &peers.1, dir.path(), 1).expect("harness");
+    eprintln!("{}", res.to_table());
+    res
+}
+
+fn tensor(name: &str, shape: &[usize], dtype: DType, quant: Option<QuantParams>) -> TensorInfo {
+    TensorInfo {
+        name: name.into(),
+        shape: shape.to_vec(),
+        dtype,
+        quant,
+    }
+}
+
+/// TFLite's int8 average pool rounds the mean of `q − 128` half away from zero
+/// (`(Σ ± n/2)/n`, C division); the qat runtime rounds the mean of `q` half up. They differ on
+/// ties below code 128, which ReLU outputs (zero point 0) hit all the time: LiteRT's reference
+/// kernel computes TFLite's formula on every window, and our runtime differs exactly on the
+/// negative ties.
+#[test]
+fn average_pool_ties_below_the_zero_code() {
+    let q = QuantParams::new(0.1, 0, QuantRange::unsigned(8).unwrap()).unwrap();
+    let model = Int8Model {
+        name: "avgpool".into(),
+        tensors: vec![
+            tensor("x", &[4, 4, 1], DType::F32, None),
+            tensor("xq", &[4, 4, 1], DType::U8, Some(q)),
+            tensor("avg", &[2, 2, 1], DType::U8, Some(q)),
+            tensor("y", &[2, 2, 1], DType::F32, None),
+        ],
+        ops: vec![
+            Op::Quantize {
+                input: 0,
+                output: 1,
+            },
+            Op::AvgPool2d {
+                input: 1,
+                output: 2,
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0; 4],
+            },
+            Op::Dequantize {
+                input: 2,
+                output: 3,
+            },
+        ],
+        input: 0,
+        outputs: vec![3],
+        rounding: Rounding::Gemmlowp,
+    };
+    // Codes 0..=30 and 120..=140: windows below and above the zero code.
+    let r = &mut rng(7);
+    let n = 64;
+    let codes: Vec<u8> = (0..n * 16)
+        .map(|i| {
+            if i < n * 8 {
+                r.int(0, 30) as u8
+            } else {
+                r.int(120, 140) as u8
+            }
+        })
+        .collect();
+    let x = ArrayD::from_shape_vec(
+        vec![n, 4, 4, 1],
+        codes.iter().map(|&c| q.dequantize(c as i32)).collect(),
+    )
+    .unwrap();
+    let ours = match &Executor::new(&model).unwrap().run_all(x.view()).unwrap()[2] {
+        TensorValue::U8(a) => a.iter().copied().collect::<Vec<u8>>(),
+        v => panic!("{v:?}"),
+    };
+    let (mut tflite, mut negative_ties) = (Vec::new(), 0);
+    for s in 0..n {
+        for (oy, ox) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let sum: i32 = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                .iter()
+                .map(|(dy, dx)| codes[s * 16 + (2 * oy + dy) * 4 + 2 * ox + dx] as i32 - 128)
+                .sum();
+            let v = if sum > 0 {
+                (sum + 2) / 4
+            } else {
+                (sum - 2) / 4
+            };
+            let ours_v = ours[s * 4 + oy * 2 + ox] as i32 - 128;
+            let tie = sum.rem_euclid(4) == 2;
+            if tie && sum < 0 {
+                negative_ties += 1;
+                assert_eq!(ours_v, v + 1, "ours rounds the negative tie up");
+            } else {
+                assert_eq!(ours_v, v, "same off negative ties");
+            }
+            tflite.push(v as i8);
+        }
+    }
+    assert!(negative_ties > 10, "{negative_ties}");
+    let Some(peers) = peers("average_pool_ties_below_the_zero_code") else {
+        return;
+    };
+    let res = check_against(&model, &x, "avg", vec![n, 2, 2, 1], tflite, &peers);
+    assert_eq!(res.runtimes["litert_ref"].tensors["avg"].equal, Some(1.0));
+}
+
+/// LiteRT's reference kernel for a per-channel fully connected layer computes
+/// `round(acc · (f64) S_in·S_w[c]/S_out)` in f64, ties away from zero — not the fixed-point
+/// multiplier of its per-tensor path and of every conv. It equals that formula on every output;
+/// the qat runtime's gemmlowp rounding differs on a few.
+#[test]
+fn per_channel_fully_connected_in_litert_reference_kernels() {
+    let (qi, qo) = (
+        QuantParams::new(0.02, 128, QuantRange::unsigned(8).unwrap()).unwrap(),
+        QuantParams::new(0.03, 120, QuantRange::unsigned(8).unwrap()).unwrap(),
+    );
+    let (cout, cin) = (8, 24);
+    let r = &mut rng(11);
+    let data: Vec<i8> = (0..cout * cin)
+        .map(|_| (r.int(0, 254) as i32 - 127) as i8)
+        .collect();
+    let scales: Vec<f32> = (0..cout).map(|_| r.real(0.002, 0.02)).collect();
+    let fc = FullyConnected {
+        input: 1,
+        output: 2,
+        weights: Weights::Int8 {
+            data,
+            scales: scales.clone(),
+        },
+        weight_shape: [cout, cin],
+        bias: (0..cout).map(|_| r.int(0, 2000) as i32 - 1000).collect(),
+        multipliers: scales
+            .iter()
+            .map(|&s| {
+                QuantizedMultiplier::from_f64(qi.scale() as f64 * s as f64 / qo.scale() as f64)
+                    .unwrap()
+            })
+            .collect(),
+        clamp: Clamp { lo: 0, hi: 255 },
+    };
+    let model = Int8Model {
+        name: "fc-per-channel".into(),
+        tensors: vec![
+            tensor("x", &[cin], DType::F32, None),
+            tensor("xq", &[cin], DType::U8, Some(qi)),
+            tensor("fc", &[cout], DType::U8, Some(qo)),
+            tensor("y", &[cout], DType::F32, None),
+        ],
+        ops: vec![
+            Op::Quantize {
+                input: 0,
+                output: 1,
+            },
+            Op::FullyConnected(fc.clone()),
+            Op::Dequantize {
+                input: 2,
+                output: 3,
+            },
+        ],
+        input: 0,
+        outputs: vec![3],
+        rounding: Rounding::Gemmlowp,
+    };
+    let n = 256;
+    let codes: Vec<u8> = (0..n * cin).map(|_| r.int(0, 255) as u8).collect();
+    let x = ArrayD::from_shape_vec(
+        vec![n, cin],
+        codes.iter().map(|&c| qi.dequantize(c as i32)).collect(),
+    )
+    .unwrap();
+    let ours = match &Executor::new(&model).unwrap().run_all(x.view()).unwrap()[2] {
+        TensorValue::U8(a) => a.iter().copied().collect::<Vec<u8>>(),
+        v => panic!("{v:?}"),
+    };
+    let (mut f64_rounded, mut differ) = (Vec::new(), 0);
+    for s in 0..n {
+        let mut acc = vec![0i32; cout];
+        reference::fully_connected_acc(
+            &codes[s * cin..(s + 1) * cin],
+            qi.zero_point(),
+            &fc,
+            &mut acc,
+        );
+        for (c, &a) in acc.iter().enumerate() {
+            let m = qi.scale() as f64 * scales[c] as f64 / qo.scale() as f64;
+            let v = ((a as f64 * m).round() as i32 + qo.zero_point()).clamp(0, 255);
+            differ += (v != ours[s * cout + c] as i32) as usize;
+            f64_rounded.push((v - 128) as i8);
+        }
+    }
+    assert!(differ > 0, "the pin needs a difference");
+    let Some(peers) = peers("per_channel_fully_connected_in_litert_reference_kernels") else {
+        return;
+    };
+    let res = check_against(&model, &x, "fc", vec![n, cout], f64_rounded, &peers);
+    eprintln!(
+        "gemmlowp rounding differs from the f64 formula on {differ} of {} outputs",
+        n * cout
+    );
+    assert_eq!(res.runtimes["litert_ref"].tensors["fc"].equal, Some(1.0));
+}
+
+/// The float export in onnxruntime (f32) against qat's float interpreter (f64 accumulation).
+#[test]
+fn float_onnx_matches_the_float_interpreter() {
+    let Some(peers) = peers("float_onnx_matches_the_float_interpreter") else {
+        return;
+    };
+    for seed in 0..6 {
+        let g = random_cnn(seed, &GenOptions::default());
+        let shape = g.validate().unwrap()[0].clone();
+        let x = batch(&mut rng(seed), 8, &shape);
+        let vals = qat_export::interp::run(&g, x.view(), None).unwrap();
+        let file = float_to_onnx(&g).unwrap();
+        let expected: Vec<Expected> = g
+            .output_ids()
+            .into_iter()
+            .map(|id| {
+                let v = &vals[id.0];
+                Expected {
+                    name: g.nodes[id.0].name.clone(),
+                    shape: v.shape().to_vec(),
+                    data: Npy::F32(v.iter().copied().collect()),
+                    output: true,
+                    kind: Kind::Float,
+                    dequantize: None,
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        write_case(
+            dir.path(),
+            Format::Onnx,
+            &file.bytes,
+            None,
+            &file.input,
+            x.view(),
+            &expected,
+        )
+        .unwrap();
+        let res = run_harness(&peers.0, &peers.1, dir.path(), 1).unwrap();
+        for (rt, r) in &res.runtimes {
+            assert!(r.error.is_none(), "{rt}: {:?}", r.error);
+            for (t, v) in &r.tensors {
+                let rel = v.max_rel_diff.unwrap_or(f64::NAN);
+                eprintln!(
+                    "seed {seed} {rt} {t}: max |Δ| {:?}, relative {rel:.2e}",
+                    v.max_abs_diff
+                );
+                assert!(rel < 1e-4, "seed {seed} {rt} {t}: {v:?}");
+            }
         }
     }
 }
