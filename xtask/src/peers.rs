@@ -14,7 +14,7 @@
 use std::{
     env, fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -144,8 +144,14 @@ fn install(root: &Path) -> Result<PathBuf> {
             .with_context(|| format!("cannot remove stale venv {}", venv.display()))?;
     }
     eprintln!("[setup] creating {}", venv.display());
+    // Child output goes to stderr: stdout carries only the interpreter's path
+    // (`--print-peers-python`).
+    let to_stderr = || Stdio::from(std::io::stderr());
     run_checked(
-        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+        Command::new(&python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .stdout(to_stderr()),
         "python3 -m venv (peer runtimes)",
     )?;
     let req = root.join("requirements.txt");
@@ -168,7 +174,8 @@ fn install(root: &Path) -> Result<PathBuf> {
                 ":all:",
                 "-r",
             ])
-            .arg(&req),
+            .arg(&req)
+            .stdout(to_stderr()),
         "pip install of the peer runtimes (is PyPI reachable?)",
     )?;
     Ok(vpy)

@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use common::{GenOptions, batch, random_cnn, rng};
@@ -33,7 +34,9 @@ use qat_int8_runtime::{
 /// The peers' Python and the harness script, or `None` (with the reason printed).
 fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
     let Some(python) = std::env::var_os("QAT_PEERS_PYTHON") else {
-        eprintln!(
+        // Written to the process's stderr, past the test harness's capture: a skip is never silent.
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "SKIPPED {test}: QAT_PEERS_PYTHON is not set \
              (export QAT_PEERS_PYTHON=$(cargo xtask setup --print-peers-python))"
         );
