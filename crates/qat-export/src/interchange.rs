@@ -2,14 +2,15 @@
 //! [`ExportFormatError`], and the map from the runtime's tensors to the tensors of the written
 //! file ([`Exported`], [`TensorMapping`]) that cross-checks use to compare codes.
 //!
-//! A writer either expresses the [`Int8Model`](qat_int8_runtime::Int8Model) *exactly* — the same
+//! A writer either expresses the [`Int8Model`] *exactly* — the same
 //! graph, the same parameters, every constant the file's runtime derives (multipliers from scales,
 //! activation ranges) equal to ours — or refuses with an [`ExportFormatError`] naming the layer
 //! and the reason. It never writes a silently different model. What it cannot control is the
 //! runtime's arithmetic (how it rounds a requantization): that is the model's target, and the
 //! cross-check ([`crate::crosscheck`]) measures it.
 
-use qat_int8_runtime::{TensorId, ValidationError};
+use qat_core::QuantParams;
+use qat_int8_runtime::{DType, Int8Model, Op, TensorId, ValidationError};
 use thiserror::Error;
 
 /// An interchange format.
@@ -208,6 +209,64 @@ impl Exported {
     /// The mapping of runtime tensor `t`, if the file holds it.
     pub fn mapping(&self, t: TensorId) -> Option<&TensorMapping> {
         self.tensors.iter().find(|m| m.tensor == t)
+    }
+}
+
+/// Where a writer is: the model, the format, and the layer (op output name and kind) that a
+/// refusal names.
+pub(crate) struct Site<'m> {
+    pub(crate) model: &'m Int8Model,
+    format: Format,
+    pub(crate) layer: String,
+    kind: &'static str,
+}
+
+impl<'m> Site<'m> {
+    pub(crate) fn new(model: &'m Int8Model, format: Format) -> Self {
+        Self {
+            model,
+            format,
+            layer: String::new(),
+            kind: "",
+        }
+    }
+
+    /// Moves to `op` (its output tensor names the layer).
+    pub(crate) fn enter(&mut self, op: &Op) {
+        self.layer = self.model.tensors[op.output()].name.clone();
+        self.kind = op.kind();
+    }
+
+    pub(crate) fn refuse(&self, reason: Unsupported) -> ExportFormatError {
+        ExportFormatError {
+            format: self.format,
+            layer: self.layer.clone(),
+            op: self.kind,
+            reason,
+        }
+    }
+
+    /// The params of a uint8 tensor of the (validated) model.
+    pub(crate) fn params(&self, t: TensorId) -> QuantParams {
+        self.model.tensors[t]
+            .quant
+            .unwrap_or_else(|| unreachable!("validated model: tensor {t} is U8"))
+    }
+
+    /// The graph outputs of the written file: the model's, and with `expose_all_tensors` every
+    /// other uint8 tensor but the input.
+    pub(crate) fn graph_outputs(&self, expose_all_tensors: bool) -> Vec<TensorId> {
+        let m = self.model;
+        let mut outputs = m.outputs.clone();
+        if expose_all_tensors {
+            let extra: Vec<TensorId> = (0..m.tensors.len())
+                .filter(|&t| {
+                    m.tensors[t].dtype == DType::U8 && !outputs.contains(&t) && t != m.input
+                })
+                .collect();
+            outputs.extend(extra);
+        }
+        outputs
     }
 }
 

@@ -17,6 +17,8 @@
 //! | §3 | [`interp`], [`simulate`] | float interpreter; fake-quant simulation twin |
 //! | whitepaper §3.1 | [`mod@calibrate`] | PTQ: min/max, EMA, percentile observers → export |
 //! | — | [`fidelity`] | per-layer SQNR, max \|Δ\| in LSBs, share within 1 LSB, argmax agreement |
+//! | — | [`tflite`], [`onnx`], [`interchange`] | `.tflite` (int8) and ONNX QDQ writers, float ONNX; exact or a typed [`ExportFormatError`] |
+//! | — | [`crosscheck`] | case files for the official runtimes (LiteRT, onnxruntime) and their equal-code shares |
 //!
 //! ## Public API
 //! - Build: `FloatGraph::new(name)`, `.input(name, &shape)`, `.conv2d(name, x, Conv2d::new(w, [o,kh,kw,i]).with_…)`,
@@ -33,6 +35,9 @@
 //! - PTQ: [`calibrate()`]`(&graph, batches, CalibrationMethod) -> Result<FloatGraph, CalibrationError>`,
 //!   [`ptq`]`(&graph, batches, &PtqConfig) -> Result<QuantPlan, PtqError>`, [`ptq_export`].
 //! - Simulation: [`simulate::simulate`]`(&plan, input) -> Vec<ArrayD<f32>>` (every node).
+//! - Interchange: [`tflite::to_tflite`]`(&model, &TfliteOptions) -> Result<Exported, ExportFormatError>`,
+//!   [`onnx::to_onnx_qdq`], [`onnx::float_to_onnx`]`(&graph)`; [`tflite::read`] and
+//!   [`onnx::proto`] read files back.
 //! - Fidelity: [`fidelity_report`]`(&plan, batches) -> Result<FidelityReport, FidelityError>`;
 //!   [`FidelityReport::to_json`], [`FidelityReport::to_table`], [`FidelityReport::to_markdown`].
 //!

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::{GenOptions, batch, random_cnn, rng};
+use common::{GenOptions, batch, codes_of, one_op_model, random_cnn, rng};
 use ndarray::ArrayD;
 use qat_core::fixed_point::QuantizedMultiplier;
 use qat_core::{QuantParams, QuantRange};
@@ -26,10 +26,7 @@ use qat_export::onnx::{OnnxOptions, float_to_onnx, to_onnx_qdq};
 use qat_export::tflite::{TfliteOptions, to_tflite};
 use qat_export::{ExportOptions, Format, PtqConfig, ptq};
 use qat_int8_runtime::kernels::reference;
-use qat_int8_runtime::{
-    Clamp, DType, Executor, FullyConnected, Int8Model, Op, Rounding, TensorInfo, TensorValue,
-    Weights,
-};
+use qat_int8_runtime::{Clamp, Executor, FullyConnected, Int8Model, Op, Rounding, Weights};
 
 /// The peers' Python and the harness script, or `None` (with the reason printed).
 fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
@@ -418,15 +415,6 @@ fn check_against(
     res
 }
 
-fn tensor(name: &str, shape: &[usize], dtype: DType, quant: Option<QuantParams>) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype,
-        quant,
-    }
-}
-
 /// TFLite's int8 average pool rounds the mean of `q − 128` half away from zero
 /// (`(Σ ± n/2)/n`, C division); the qat runtime rounds the mean of `q` half up. They differ on
 /// ties below code 128, which ReLU outputs (zero point 0) hit all the time: LiteRT's reference
@@ -435,35 +423,14 @@ fn tensor(name: &str, shape: &[usize], dtype: DType, quant: Option<QuantParams>)
 #[test]
 fn average_pool_ties_below_the_zero_code() {
     let q = QuantParams::new(0.1, 0, QuantRange::unsigned(8).unwrap()).unwrap();
-    let model = Int8Model {
-        name: "avgpool".into(),
-        tensors: vec![
-            tensor("x", &[4, 4, 1], DType::F32, None),
-            tensor("xq", &[4, 4, 1], DType::U8, Some(q)),
-            tensor("avg", &[2, 2, 1], DType::U8, Some(q)),
-            tensor("y", &[2, 2, 1], DType::F32, None),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::AvgPool2d {
-                input: 1,
-                output: 2,
-                kernel: [2, 2],
-                stride: [2, 2],
-                padding: [0; 4],
-            },
-            Op::Dequantize {
-                input: 2,
-                output: 3,
-            },
-        ],
-        input: 0,
-        outputs: vec![3],
-        rounding: Rounding::Gemmlowp,
+    let pool = Op::AvgPool2d {
+        input: 1,
+        output: 2,
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0; 4],
     };
+    let model = one_op_model(pool, &[4, 4, 1], q, "avg", &[2, 2, 1], q);
     // Codes 0..=30 and 120..=140: windows below and above the zero code.
     let r = &mut rng(7);
     let n = 64;
@@ -481,10 +448,7 @@ fn average_pool_ties_below_the_zero_code() {
         codes.iter().map(|&c| q.dequantize(c as i32)).collect(),
     )
     .unwrap();
-    let ours = match &Executor::new(&model).unwrap().run_all(x.view()).unwrap()[2] {
-        TensorValue::U8(a) => a.iter().copied().collect::<Vec<u8>>(),
-        v => panic!("{v:?}"),
-    };
+    let ours = codes_of(&model, &x, 2);
     let (mut tflite, mut negative_ties) = (Vec::new(), 0);
     for s in 0..n {
         for (oy, ox) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
@@ -550,29 +514,14 @@ fn per_channel_fully_connected_in_litert_reference_kernels() {
             .collect(),
         clamp: Clamp { lo: 0, hi: 255 },
     };
-    let model = Int8Model {
-        name: "fc-per-channel".into(),
-        tensors: vec![
-            tensor("x", &[cin], DType::F32, None),
-            tensor("xq", &[cin], DType::U8, Some(qi)),
-            tensor("fc", &[cout], DType::U8, Some(qo)),
-            tensor("y", &[cout], DType::F32, None),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::FullyConnected(fc.clone()),
-            Op::Dequantize {
-                input: 2,
-                output: 3,
-            },
-        ],
-        input: 0,
-        outputs: vec![3],
-        rounding: Rounding::Gemmlowp,
-    };
+    let model = one_op_model(
+        Op::FullyConnected(fc.clone()),
+        &[cin],
+        qi,
+        "fc",
+        &[cout],
+        qo,
+    );
     let n = 256;
     let codes: Vec<u8> = (0..n * cin).map(|_| r.int(0, 255) as u8).collect();
     let x = ArrayD::from_shape_vec(
@@ -580,10 +529,7 @@ fn per_channel_fully_connected_in_litert_reference_kernels() {
         codes.iter().map(|&c| qi.dequantize(c as i32)).collect(),
     )
     .unwrap();
-    let ours = match &Executor::new(&model).unwrap().run_all(x.view()).unwrap()[2] {
-        TensorValue::U8(a) => a.iter().copied().collect::<Vec<u8>>(),
-        v => panic!("{v:?}"),
-    };
+    let ours = codes_of(&model, &x, 2);
     let (mut f64_rounded, mut differ) = (Vec::new(), 0);
     for s in 0..n {
         let mut acc = vec![0i32; cout];

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{GenOptions, batch, random_cnn, rng};
+use common::{GenOptions, batch, one_op_model, random_cnn, rng};
 use prost::Message;
 use qat_core::fixed_point::QuantizedMultiplier;
 use qat_core::{QuantParams, QuantRange};
@@ -12,27 +12,7 @@ use qat_export::onnx::{OnnxOptions, float_to_onnx, to_onnx_qdq};
 use qat_export::tflite::schema::{ActivationFunctionType, BuiltinOperator, BuiltinOptions};
 use qat_export::tflite::{TfliteOptions, read, to_tflite};
 use qat_export::{ExportFormatError, Format, PtqConfig, Unsupported, ptq};
-use qat_int8_runtime::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorInfo, Weights,
-};
-
-fn u8t(name: &str, shape: &[usize], q: QuantParams) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: DType::U8,
-        quant: Some(q),
-    }
-}
-
-fn f32t(name: &str, shape: &[usize]) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        quant: None,
-    }
-}
+use qat_int8_runtime::{Clamp, Conv2d, FullyConnected, Int8Model, Op, Weights};
 
 fn params(scale: f32, zp: i32, bits: u32) -> QuantParams {
     QuantParams::new(scale, zp, QuantRange::unsigned(bits).unwrap()).unwrap()
@@ -50,37 +30,16 @@ fn fc_model(weights: Weights, cout: usize, cin: usize, qo: QuantParams, clamp: C
             QuantizedMultiplier::from_f64(qi.scale() as f64 * s as f64 / qo.scale() as f64).unwrap()
         })
         .collect();
-    Int8Model {
-        name: "fc".into(),
-        tensors: vec![
-            f32t("x", &[cin]),
-            u8t("xq", &[cin], qi),
-            u8t("fc", &[cout], qo),
-            f32t("y", &[cout]),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::FullyConnected(FullyConnected {
-                input: 1,
-                output: 2,
-                weights,
-                weight_shape: [cout, cin],
-                bias: vec![10; cout],
-                multipliers,
-                clamp,
-            }),
-            Op::Dequantize {
-                input: 2,
-                output: 3,
-            },
-        ],
-        input: 0,
-        outputs: vec![3],
-        rounding: Rounding::Gemmlowp,
-    }
+    let fc = Op::FullyConnected(FullyConnected {
+        input: 1,
+        output: 2,
+        weights,
+        weight_shape: [cout, cin],
+        bias: vec![10; cout],
+        multipliers,
+        clamp,
+    });
+    one_op_model(fc, &[cin], qi, "fc", &[cout], qo)
 }
 
 fn int8(data: Vec<i8>, scales: Vec<f32>) -> Weights {
@@ -193,36 +152,21 @@ fn a_multiplier_tflite_would_derive_differently_is_refused() {
 
 /// x[5, 5, 1] → quantize → average pool 2×2 → dequantize.
 fn pool_model(padding: [usize; 4], stride: usize, qo: QuantParams, out_hw: usize) -> Int8Model {
-    let qi = params(0.1, 0, 8);
-    Int8Model {
-        name: "pool".into(),
-        tensors: vec![
-            f32t("x", &[5, 5, 1]),
-            u8t("xq", &[5, 5, 1], qi),
-            u8t("avg", &[out_hw, out_hw, 1], qo),
-            f32t("y", &[out_hw, out_hw, 1]),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::AvgPool2d {
-                input: 1,
-                output: 2,
-                kernel: [2, 2],
-                stride: [stride, stride],
-                padding,
-            },
-            Op::Dequantize {
-                input: 2,
-                output: 3,
-            },
-        ],
-        input: 0,
-        outputs: vec![3],
-        rounding: Rounding::Gemmlowp,
-    }
+    let pool = Op::AvgPool2d {
+        input: 1,
+        output: 2,
+        kernel: [2, 2],
+        stride: [stride, stride],
+        padding,
+    };
+    one_op_model(
+        pool,
+        &[5, 5, 1],
+        params(0.1, 0, 8),
+        "avg",
+        &[out_hw, out_hw, 1],
+        qo,
+    )
 }
 
 #[test]
@@ -339,52 +283,28 @@ fn clamps_become_fused_activations_or_min_max_ops() {
 #[test]
 fn pytorch_style_strided_padding_gets_an_explicit_pad() {
     let q = params(0.1, 7, 8);
-    let m = Int8Model {
-        name: "conv".into(),
-        tensors: vec![
-            f32t("x", &[8, 8, 2]),
-            u8t("xq", &[8, 8, 2], q),
-            u8t("conv", &[4, 4, 3], q),
-            f32t("y", &[4, 4, 3]),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::Conv2d(Conv2d {
-                input: 1,
-                output: 2,
-                weights: int8(
-                    (0..54).map(|i| (i % 11) as i8 - 5).collect(),
-                    vec![0.01, 0.02, 0.03],
-                ),
-                weight_shape: [3, 3, 3, 2],
-                bias: vec![0, 5, -5],
-                stride: [2, 2],
-                padding: [1, 1, 1, 1],
-                dilation: [1, 1],
-                groups: 1,
-                multipliers: [0.01f64, 0.02, 0.03]
-                    .iter()
-                    .map(|&s| {
-                        QuantizedMultiplier::from_f64(
-                            0.1f32 as f64 * s as f32 as f64 / 0.1f32 as f64,
-                        )
-                        .unwrap()
-                    })
-                    .collect(),
-                clamp: FULL,
-            }),
-            Op::Dequantize {
-                input: 2,
-                output: 3,
-            },
-        ],
-        input: 0,
-        outputs: vec![3],
-        rounding: Rounding::Gemmlowp,
-    };
+    let conv = Op::Conv2d(Conv2d {
+        input: 1,
+        output: 2,
+        weights: int8(
+            (0..54).map(|i| (i % 11) as i8 - 5).collect(),
+            vec![0.01, 0.02, 0.03],
+        ),
+        weight_shape: [3, 3, 3, 2],
+        bias: vec![0, 5, -5],
+        stride: [2, 2],
+        padding: [1, 1, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        multipliers: [0.01f32, 0.02, 0.03]
+            .iter()
+            .map(|&s| {
+                QuantizedMultiplier::from_f64(0.1f32 as f64 * s as f64 / 0.1f32 as f64).unwrap()
+            })
+            .collect(),
+        clamp: FULL,
+    });
+    let m = one_op_model(conv, &[8, 8, 2], q, "conv", &[4, 4, 3], q);
     let ops = ops_of(&to_tflite(&m, &TfliteOptions::default()).unwrap().bytes);
     let kinds: Vec<_> = ops.iter().map(|o| o.0).collect();
     assert_eq!(

@@ -12,7 +12,7 @@
 //! | `expected/NNN.npy` | what our runtime computed for that tensor, in the file's dtype and layout |
 //!
 //! [`expected_codes`] turns our runtime's [`TensorValue`]s into expected codes through the
-//! [`TensorMapping`]s of an export (int8 = code − 128 for TFLite, NCHW for ONNX); [`write_case`]
+//! [`TensorMapping`](crate::interchange::TensorMapping)s of an export (int8 = code − 128 for TFLite, NCHW for ONNX); [`write_case`]
 //! writes the directory; [`run_harness`] runs the harness with a Python that has numpy,
 //! ai-edge-litert and onnxruntime (`cargo xtask setup --print-peers-python`) and parses its
 //! JSON into a [`CrosscheckResult`]: per runtime, per tensor, the share of equal codes and the

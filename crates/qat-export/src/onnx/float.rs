@@ -43,12 +43,7 @@ pub(super) fn lower(graph: &FloatGraph) -> Result<(Vec<u8>, String), GraphError>
                 g.input(&x, DataType::Float, shape);
                 input_name = x.clone();
                 if spatial(shape) {
-                    g.apply(
-                        "Transpose",
-                        &[&x],
-                        &format!("{name}/nchw"),
-                        vec![("perm", Attr::Ints(TO_NCHW.to_vec()))],
-                    )
+                    g.transpose(&x, &format!("{name}/nchw"), TO_NCHW)
                 } else {
                     x
                 }
@@ -124,12 +119,7 @@ pub(super) fn lower(graph: &FloatGraph) -> Result<(Vec<u8>, String), GraphError>
                 // The float graph flattens in NHWC order.
                 let s = in_shape(0);
                 let x = if spatial(&s) && s[..2] != [1, 1] {
-                    g.apply(
-                        "Transpose",
-                        &[&inp(0)],
-                        &format!("{name}/nhwc"),
-                        vec![("perm", Attr::Ints(TO_NHWC.to_vec()))],
-                    )
+                    g.transpose(&inp(0), &format!("{name}/nhwc"), TO_NHWC)
                 } else {
                     inp(0)
                 };
@@ -139,12 +129,7 @@ pub(super) fn lower(graph: &FloatGraph) -> Result<(Vec<u8>, String), GraphError>
                 let s = in_shape(0);
                 let out = g.name(&name);
                 if spatial(&s) {
-                    g.node(
-                        "Transpose",
-                        &[&inp(0)],
-                        &out,
-                        vec![("perm", Attr::Ints(TO_NHWC.to_vec()))],
-                    );
+                    g.transpose_into(&inp(0), &out, TO_NHWC);
                 } else {
                     g.node("Identity", &[&inp(0)], &out, vec![]);
                 }

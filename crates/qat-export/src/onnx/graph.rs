@@ -164,6 +164,23 @@ impl Graph {
         out
     }
 
+    /// `Transpose(x, perm)` into `dst`.
+    pub fn transpose_into(&mut self, x: &str, dst: &str, perm: [i64; 4]) {
+        self.node(
+            "Transpose",
+            &[x],
+            dst,
+            vec![("perm", Attr::Ints(perm.to_vec()))],
+        );
+    }
+
+    /// `Transpose(x, perm)` into a fresh value named from `base`.
+    pub fn transpose(&mut self, x: &str, base: &str, perm: [i64; 4]) -> String {
+        let out = self.names.fresh(base);
+        self.transpose_into(x, &out, perm);
+        out
+    }
+
     /// Serializes the model (opset [`OPSET`], IR [`IR_VERSION`]).
     pub fn finish(self, name: &str, doc: &str) -> Vec<u8> {
         let model = ModelProto {

@@ -92,15 +92,7 @@ pub fn to_onnx_qdq(model: &Int8Model, opts: &OnnxOptions) -> Result<Exported, Ex
     for op in &model.ops {
         l.lower(op)?;
     }
-    let mut outputs = model.outputs.clone();
-    if opts.expose_all_tensors {
-        let extra: Vec<usize> = (0..model.tensors.len())
-            .filter(|&t| {
-                model.tensors[t].dtype == DType::U8 && !outputs.contains(&t) && t != model.input
-            })
-            .collect();
-        outputs.extend(extra);
-    }
+    let outputs = l.site.graph_outputs(opts.expose_all_tensors);
     for &t in &outputs {
         let name = l.value(t);
         let (elem, dims) = l.value_type(t);

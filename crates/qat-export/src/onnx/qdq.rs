@@ -6,17 +6,16 @@ use qat_int8_runtime::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, W
 
 use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC, oihw_from_ohwi};
 use super::proto::tensor_proto::DataType;
-use crate::interchange::{ExportFormatError, Format, Unsupported};
+use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
 
 pub(super) struct Qdq<'m> {
     pub g: Graph,
+    pub site: Site<'m>,
     model: &'m Int8Model,
     /// Runtime tensor → ONNX value (uint8 codes, NCHW for `[H, W, C]`; f32 for F32 tensors).
     pub map: Vec<Option<String>>,
     /// `(scale, zero point)` initializers per runtime tensor.
     qp: Vec<Option<(String, String)>>,
-    layer: String,
-    kind: &'static str,
 }
 
 fn spatial(shape: &[usize]) -> bool {
@@ -35,27 +34,15 @@ impl<'m> Qdq<'m> {
     pub fn new(model: &'m Int8Model) -> Self {
         Self {
             g: Graph::default(),
+            site: Site::new(model, Format::Onnx),
             model,
             map: vec![None; model.tensors.len()],
             qp: vec![None; model.tensors.len()],
-            layer: String::new(),
-            kind: "",
-        }
-    }
-
-    fn refuse(&self, reason: Unsupported) -> ExportFormatError {
-        ExportFormatError {
-            format: Format::Onnx,
-            layer: self.layer.clone(),
-            op: self.kind,
-            reason,
         }
     }
 
     fn params(&self, t: TensorId) -> QuantParams {
-        self.model.tensors[t]
-            .quant
-            .unwrap_or_else(|| unreachable!("validated model: tensor {t} is U8"))
+        self.site.params(t)
     }
 
     fn shape(&self, t: TensorId) -> Vec<usize> {
@@ -129,29 +116,23 @@ impl<'m> Qdq<'m> {
     }
 
     pub fn lower(&mut self, op: &Op) -> Result<(), ExportFormatError> {
-        self.layer = self.model.tensors[op.output()].name.clone();
-        self.kind = op.kind();
+        self.site.enter(op);
         match op {
             Op::Quantize { input, output } => {
                 let x = self.value(*input);
                 let (lo, hi) = self.grid(*output);
                 if spatial(&self.shape(*output)) {
                     let (s, z) = self.qparams(*output);
-                    let base = format!("{}/nhwc", self.layer);
+                    let base = format!("{}/nhwc", self.site.layer);
                     let mut codes = self.g.apply("QuantizeLinear", &[&x, &s, &z], &base, vec![]);
                     if (lo, hi) != (0, 255) {
-                        let clipped = self.g.name(&format!("{}/nhwc_clipped", self.layer));
-                        let name = self.layer.clone();
+                        let clipped = self.g.name(&format!("{}/nhwc_clipped", self.site.layer));
+                        let name = self.site.layer.clone();
                         self.clip_into(&codes, &clipped, lo, hi, &name);
                         codes = clipped;
                     }
                     let dst = self.value(*output);
-                    self.g.node(
-                        "Transpose",
-                        &[&codes],
-                        &dst,
-                        vec![("perm", Attr::Ints(TO_NCHW.to_vec()))],
-                    );
+                    self.g.transpose_into(&codes, &dst, TO_NCHW);
                 } else {
                     self.q_clamped(&x, *output, lo, hi);
                 }
@@ -160,12 +141,7 @@ impl<'m> Qdq<'m> {
                 let mut x = self.value(*input);
                 if spatial(&self.shape(*input)) {
                     let base = format!("{}/nhwc", self.model.tensors[*input].name);
-                    x = self.g.apply(
-                        "Transpose",
-                        &[&x],
-                        &base,
-                        vec![("perm", Attr::Ints(TO_NHWC.to_vec()))],
-                    );
+                    x = self.g.transpose(&x, &base, TO_NHWC);
                 }
                 let (s, z) = self.qparams(*input);
                 let dst = self.value(*output);
@@ -180,9 +156,12 @@ impl<'m> Qdq<'m> {
                 clamp,
             } => {
                 let (x, y) = (self.dq(*a), self.dq(*b));
-                let sum = self
-                    .g
-                    .apply("Add", &[&x, &y], &format!("{}/sum", self.layer), vec![]);
+                let sum = self.g.apply(
+                    "Add",
+                    &[&x, &y],
+                    &format!("{}/sum", self.site.layer),
+                    vec![],
+                );
                 self.q_clamped(&sum, *output, clamp.lo, clamp.hi);
             }
             Op::Concat { inputs, output } => {
@@ -200,7 +179,7 @@ impl<'m> Qdq<'m> {
                     let y = self.g.apply(
                         "Concat",
                         &refs,
-                        &format!("{}/f", self.layer),
+                        &format!("{}/f", self.site.layer),
                         vec![("axis", Attr::Int(1))],
                     );
                     let (lo, hi) = self.grid(*output);
@@ -218,9 +197,12 @@ impl<'m> Qdq<'m> {
                 let attrs = window_attrs(*kernel, *stride, *padding);
                 let mut attrs = attrs;
                 attrs.push(("count_include_pad", Attr::Int(0)));
-                let y = self
-                    .g
-                    .apply("AveragePool", &[&x], &format!("{}/f", self.layer), attrs);
+                let y = self.g.apply(
+                    "AveragePool",
+                    &[&x],
+                    &format!("{}/f", self.site.layer),
+                    attrs,
+                );
                 let (lo, hi) = self.grid(*output);
                 self.q_clamped(&y, *output, lo, hi);
             }
@@ -229,11 +211,11 @@ impl<'m> Qdq<'m> {
                 let y = self.g.apply(
                     "GlobalAveragePool",
                     &[&x],
-                    &format!("{}/f", self.layer),
+                    &format!("{}/f", self.site.layer),
                     vec![],
                 );
                 let (s, z) = self.qparams(*output);
-                let name = self.layer.clone();
+                let name = self.site.layer.clone();
                 let mut codes = self.g.apply(
                     "QuantizeLinear",
                     &[&y, &s, &z],
@@ -277,14 +259,9 @@ impl<'m> Qdq<'m> {
     fn reshape(&mut self, input: TensorId, output: TensorId) {
         let (si, so) = (self.shape(input), self.shape(output));
         let mut x = self.value(input);
-        let name = self.layer.clone();
+        let name = self.site.layer.clone();
         if spatial(&si) && si[..2] != [1, 1] {
-            x = self.g.apply(
-                "Transpose",
-                &[&x],
-                &format!("{name}/nhwc"),
-                vec![("perm", Attr::Ints(TO_NHWC.to_vec()))],
-            );
+            x = self.g.transpose(&x, &format!("{name}/nhwc"), TO_NHWC);
         }
         let dst = self.value(output);
         if spatial(&so) {
@@ -298,12 +275,7 @@ impl<'m> Qdq<'m> {
                 &format!("{name}/nhwc_out"),
                 vec![],
             );
-            self.g.node(
-                "Transpose",
-                &[&nhwc],
-                &dst,
-                vec![("perm", Attr::Ints(TO_NCHW.to_vec()))],
-            );
+            self.g.transpose_into(&nhwc, &dst, TO_NCHW);
         } else {
             self.g
                 .node("Flatten", &[&x], &dst, vec![("axis", Attr::Int(1))]);
@@ -319,7 +291,7 @@ impl<'m> Qdq<'m> {
         reorder: impl Fn(&[i8]) -> Vec<i8>,
         reorder_u8: impl Fn(&[u8]) -> Vec<u8>,
     ) -> Result<String, ExportFormatError> {
-        let name = self.layer.clone();
+        let name = self.site.layer.clone();
         let (codes, scales, zp) = match w {
             Weights::Int8 { data, scales } => {
                 let codes = self.g.i8s(&format!("{name}/weight"), dims, &reorder(data));
@@ -336,7 +308,7 @@ impl<'m> Qdq<'m> {
                 zero_points,
             } => {
                 if let Some(&other) = zero_points.iter().find(|&&z| z != zero_points[0]) {
-                    return Err(self.refuse(Unsupported::MixedWeightZeroPoints {
+                    return Err(self.site.refuse(Unsupported::MixedWeightZeroPoints {
                         first: zero_points[0],
                         other,
                     }));
@@ -374,7 +346,7 @@ impl<'m> Qdq<'m> {
         let scales = match w {
             Weights::Int8 { scales, .. } | Weights::Uint8 { scales, .. } => scales,
         };
-        let name = self.layer.clone();
+        let name = self.site.layer.clone();
         let n = bias.len();
         let b = self.g.i32s(&format!("{name}/bias"), &[n], bias);
         let bs: Vec<f32> = (0..n)
@@ -414,9 +386,12 @@ impl<'m> Qdq<'m> {
             Attr::Ints(c.dilation.iter().map(|&d| d as i64).collect()),
         ));
         attrs.push(("group", Attr::Int(c.groups as i64)));
-        let y = self
-            .g
-            .apply("Conv", &[&x, &w, &b], &format!("{}/f", self.layer), attrs);
+        let y = self.g.apply(
+            "Conv",
+            &[&x, &w, &b],
+            &format!("{}/f", self.site.layer),
+            attrs,
+        );
         self.q_clamped(&y, c.output, c.clamp.lo, c.clamp.hi);
         Ok(())
     }
@@ -428,7 +403,7 @@ impl<'m> Qdq<'m> {
         let y = self.g.apply(
             "Gemm",
             &[&x, &w, &b],
-            &format!("{}/f", self.layer),
+            &format!("{}/f", self.site.layer),
             vec![("transB", Attr::Int(1))],
         );
         self.q_clamped(&y, f.output, f.clamp.lo, f.clamp.hi);

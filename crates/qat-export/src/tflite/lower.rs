@@ -13,7 +13,7 @@ use super::schema::{
     Conv2DOptions, DepthwiseConv2DOptions, FullyConnectedOptions, MaximumMinimumOptions,
     PadOptions, PadV2Options, Pool2DOptions, ReshapeOptions,
 };
-use crate::interchange::{ExportFormatError, Format, Unsupported};
+use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
 
 /// Op versions (TFLite `op_version.cc` for int8 operands).
 mod version {
@@ -33,40 +33,34 @@ fn int8_quant(q: &QuantParams) -> Quant {
 
 pub(super) struct Lowering<'m> {
     pub b: Builder,
+    site: Site<'m>,
     model: &'m Int8Model,
     opts: &'m TfliteOptions,
     /// Runtime tensor → TFLite tensor index.
     pub map: Vec<Option<i32>>,
-    /// The layer being lowered (for refusals).
-    layer: String,
-    kind: &'static str,
 }
 
 impl<'m> Lowering<'m> {
     pub fn new(model: &'m Int8Model, opts: &'m TfliteOptions) -> Self {
         Self {
             b: Builder::new(),
+            site: Site::new(model, Format::Tflite),
             model,
             opts,
             map: vec![None; model.tensors.len()],
-            layer: String::new(),
-            kind: "",
         }
+    }
+
+    pub fn outputs(&self, expose_all_tensors: bool) -> Vec<TensorId> {
+        self.site.graph_outputs(expose_all_tensors)
     }
 
     fn refuse(&self, reason: Unsupported) -> ExportFormatError {
-        ExportFormatError {
-            format: Format::Tflite,
-            layer: self.layer.clone(),
-            op: self.kind,
-            reason,
-        }
+        self.site.refuse(reason)
     }
 
     fn params(&self, t: TensorId) -> QuantParams {
-        self.model.tensors[t]
-            .quant
-            .unwrap_or_else(|| unreachable!("validated model: tensor {t} is U8"))
+        self.site.params(t)
     }
 
     fn hw(&self, t: TensorId) -> [usize; 2] {
@@ -244,7 +238,7 @@ impl<'m> Lowering<'m> {
                 }
             })
             .collect();
-        let name = format!("{}/bias", self.layer);
+        let name = format!("{}/bias", self.site.layer);
         self.b
             .const_i32(&name, &[n], bias, Some(Quant::symmetric(bs, 0)))
     }
@@ -254,12 +248,12 @@ impl<'m> Lowering<'m> {
     fn pad(&mut self, input: TensorId, padding: [usize; 4], value: Option<i8>) -> i32 {
         let [h, w, c] = [0, 1, 2].map(|i| self.model.tensors[input].shape[i]);
         let [t, l, bo, r] = padding.map(|p| p as i32);
-        let name = format!("{}/paddings", self.layer);
+        let name = format!("{}/paddings", self.site.layer);
         let pads = self
             .b
             .const_i32(&name, &[4, 2], &[0, 0, t, bo, l, r, 0, 0], None);
         let padded_shape = [h + padding[0] + padding[2], w + padding[1] + padding[3], c];
-        let layer = self.layer.clone();
+        let layer = self.site.layer.clone();
         let name = self.b.name(&format!("{layer}/padded"));
         let q = int8_quant(&self.params(input));
         let out = self.b.activation(name, &padded_shape, Some(q.clone()));
@@ -311,8 +305,7 @@ impl<'m> Lowering<'m> {
     }
 
     pub fn lower(&mut self, op: &Op) -> Result<(), ExportFormatError> {
-        self.layer = self.model.tensors[op.output()].name.clone();
-        self.kind = op.kind();
+        self.site.enter(op);
         match op {
             Op::Quantize { input, output } => {
                 let x = self.tensor(*input);
@@ -429,7 +422,7 @@ impl<'m> Lowering<'m> {
         let shape = self.model.tensors[output].shape.clone();
         let mut new_shape = vec![-1i32];
         new_shape.extend(shape.iter().map(|&d| d as i32));
-        let name = format!("{}/shape", self.layer);
+        let name = format!("{}/shape", self.site.layer);
         let s = self
             .b
             .const_i32(&name, &[new_shape.len()], &new_shape, None);
@@ -493,7 +486,7 @@ impl<'m> Lowering<'m> {
         } else {
             self.tensor(c.input)
         };
-        let wname = format!("{}/weights", self.layer);
+        let wname = format!("{}/weights", self.site.layer);
         let w = if depthwise {
             // OHWI [C_out, kh, kw, 1] → [1, kh, kw, C_out]; per-channel on dim 3.
             let mut t = vec![0i8; codes.len()];
@@ -594,7 +587,7 @@ impl<'m> Lowering<'m> {
                 .collect()
         };
         let x = self.tensor(f.input);
-        let wname = format!("{}/weights", self.layer);
+        let wname = format!("{}/weights", self.site.layer);
         let w = self.b.const_i8(
             &wname,
             &f.weight_shape,

@@ -14,7 +14,7 @@
 //! | average / max pool | `AVERAGE_POOL_2D` / `MAX_POOL_2D` v2 |
 //! | global average pool | `AVERAGE_POOL_2D` over `H×W` (`VALID`), then `RESHAPE` to `[N, C]` |
 //! | reshape / flatten | `RESHAPE` v1, new shape `[−1, …]` |
-//! | padding | `SAME` or `VALID` where they are the same window ([`geometry`]); otherwise `PAD` (conv: the zero point) or `PADV2` (max pool: −128), then `VALID` |
+//! | padding | `SAME` or `VALID` where they are the same window (TFLite's `ComputePaddingHeightWidth`); otherwise `PAD` (conv: the zero point) or `PADV2` (max pool: −128), then `VALID` |
 //! | fused clamp `[lo, hi]` | the tightest fused activation containing it (`NONE`, `RELU`, `RELU6`, `RELU_N1_TO_1`, as TFLite computes them), plus `MAXIMUM` / `MINIMUM` for the rest (b-bit grids below 8 bits) |
 //!
 //! Every constant TFLite derives at load time is checked against the model: the per-channel
@@ -131,15 +131,7 @@ pub fn to_tflite(model: &Int8Model, opts: &TfliteOptions) -> Result<Exported, Ex
     for op in &model.ops {
         l.lower(op)?;
     }
-    let mut outputs: Vec<usize> = model.outputs.clone();
-    if opts.expose_all_tensors {
-        let extra: Vec<usize> = (0..model.tensors.len())
-            .filter(|&t| {
-                model.tensors[t].dtype == DType::U8 && !outputs.contains(&t) && t != model.input
-            })
-            .collect();
-        outputs.extend(extra);
-    }
+    let outputs = l.outputs(opts.expose_all_tensors);
     let out_idx = outputs.iter().map(|&t| l.tensor(t)).collect();
     let names = l.b.names_of(&l.map);
     let bytes = l.b.finish(&model.name, vec![input], out_idx);
