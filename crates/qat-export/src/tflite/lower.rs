@@ -2,21 +2,19 @@
 //! [module docs](super)).
 
 use qat_core::QuantParams;
-use qat_core::fixed_point::QuantizedMultiplier;
-use qat_int8_runtime::{Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, Weights};
+use qat_int8_runtime::{DType, Int8Model, Op, TensorId};
 
 use super::TfliteOptions;
 use super::builder::{Builder, Quant};
 use super::geometry::{Axis, Pad, fused_activation, resolve};
 use super::schema::{
     ActivationFunctionType, AddOptions, BuiltinOperator as B, BuiltinOptions, ConcatenationOptions,
-    Conv2DOptions, DepthwiseConv2DOptions, FullyConnectedOptions, MaximumMinimumOptions,
-    PadOptions, PadV2Options, Pool2DOptions, ReshapeOptions,
+    MaximumMinimumOptions, PadOptions, PadV2Options, Pool2DOptions, ReshapeOptions,
 };
 use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
 
 /// Op versions (TFLite `op_version.cc` for int8 operands).
-mod version {
+pub(super) mod version {
     pub const CONV_2D: i32 = 3;
     pub const CONV_2D_GROUPED: i32 = 6;
     pub const DEPTHWISE_CONV_2D: i32 = 3;
@@ -33,9 +31,9 @@ fn int8_quant(q: &QuantParams) -> Quant {
 
 pub(super) struct Lowering<'m> {
     pub b: Builder,
-    site: Site<'m>,
-    model: &'m Int8Model,
-    opts: &'m TfliteOptions,
+    pub(super) site: Site<'m>,
+    pub(super) model: &'m Int8Model,
+    pub(super) opts: &'m TfliteOptions,
     /// Runtime tensor → TFLite tensor index.
     pub map: Vec<Option<i32>>,
 }
@@ -55,15 +53,15 @@ impl<'m> Lowering<'m> {
         self.site.graph_outputs(expose_all_tensors)
     }
 
-    fn refuse(&self, reason: Unsupported) -> ExportFormatError {
+    pub(super) fn refuse(&self, reason: Unsupported) -> ExportFormatError {
         self.site.refuse(reason)
     }
 
-    fn params(&self, t: TensorId) -> QuantParams {
+    pub(super) fn params(&self, t: TensorId) -> QuantParams {
         self.site.params(t)
     }
 
-    fn hw(&self, t: TensorId) -> [usize; 2] {
+    pub(super) fn hw(&self, t: TensorId) -> [usize; 2] {
         let s = &self.model.tensors[t].shape;
         [s[0], s[1]]
     }
@@ -85,7 +83,7 @@ impl<'m> Lowering<'m> {
     }
 
     /// A fresh int8 tensor with the params of `like` and per-sample `shape`.
-    fn scratch(&mut self, like: TensorId, suffix: &str, shape: &[usize]) -> i32 {
+    pub(super) fn scratch(&mut self, like: TensorId, suffix: &str, shape: &[usize]) -> i32 {
         let name = self
             .b
             .name(&format!("{}/{suffix}", self.model.tensors[like].name));
@@ -97,7 +95,7 @@ impl<'m> Lowering<'m> {
     /// the op's own clamp comes from `fused` (`Some`: the op takes a fused activation; `None`: it
     /// saturates to int8), and what it cannot express follows as `MAXIMUM` / `MINIMUM` with a
     /// constant of the output's params. `emit(lowering, activation, dst)` adds the op itself.
-    fn clamped(
+    pub(super) fn clamped(
         &mut self,
         out: TensorId,
         lo: i32,
@@ -129,7 +127,7 @@ impl<'m> Lowering<'m> {
     /// constants of the params `q`; the last op writes `dst` (or a new tensor). Returns the
     /// clamped tensor.
     #[allow(clippy::too_many_arguments)]
-    fn clamp_codes(
+    pub(super) fn clamp_codes(
         &mut self,
         mut x: i32,
         lo: Option<i32>,
@@ -165,87 +163,9 @@ impl<'m> Lowering<'m> {
         x
     }
 
-    /// Checks the weights (symmetric int8 in `[−127, 127]`, one scale or one per channel) and
-    /// returns `(codes, scales)`.
-    fn int8_weights<'w>(
-        &self,
-        w: &'w Weights,
-        channels: usize,
-    ) -> Result<(&'w [i8], &'w [f32]), ExportFormatError> {
-        let Weights::Int8 { data, scales } = w else {
-            return Err(self.refuse(Unsupported::AsymmetricWeights));
-        };
-        let per = data.len() / channels.max(1);
-        if let Some(i) = data.iter().position(|&v| v == i8::MIN) {
-            return Err(self.refuse(Unsupported::WeightCodeOutOfRange {
-                channel: i / per.max(1),
-            }));
-        }
-        Ok((data, scales))
-    }
-
-    /// Checks that TFLite derives the model's multiplier for every channel:
-    /// `QuantizeMultiplier(S_in·S_w[c]/S_out)` with the product in f64 (`f32_product`: in f32, as
-    /// TFLite's per-tensor fully connected does).
-    fn check_multipliers(
-        &self,
-        ours: &[QuantizedMultiplier],
-        scales: &[f32],
-        s_in: f32,
-        s_out: f32,
-        channels: usize,
-        f32_product: bool,
-    ) -> Result<(), ExportFormatError> {
-        for c in 0..channels {
-            let sw = if scales.len() == 1 {
-                scales[0]
-            } else {
-                scales[c]
-            };
-            let product = if f32_product {
-                (s_in * sw) as f64
-            } else {
-                s_in as f64 * sw as f64
-            };
-            let theirs = QuantizedMultiplier::from_f64(product / s_out as f64).map_err(|e| {
-                self.refuse(Unsupported::Shape(format!(
-                    "multiplier of channel {c}: {e}"
-                )))
-            })?;
-            let ours = if ours.len() == 1 { ours[0] } else { ours[c] };
-            if ours != theirs {
-                return Err(self.refuse(Unsupported::Multiplier {
-                    channel: c,
-                    ours_m0: ours.multiplier(),
-                    ours_shift: ours.shift(),
-                    theirs_m0: theirs.multiplier(),
-                    theirs_shift: theirs.shift(),
-                }));
-            }
-        }
-        Ok(())
-    }
-
-    /// The int32 bias tensor with scales `S_in·S_w[c]` (f32 products).
-    fn bias(&mut self, bias: &[i32], scales: &[f32], s_in: f32) -> i32 {
-        let n = bias.len();
-        let bs = (0..n)
-            .map(|c| {
-                s_in * if scales.len() == 1 {
-                    scales[0]
-                } else {
-                    scales[c]
-                }
-            })
-            .collect();
-        let name = format!("{}/bias", self.site.layer);
-        self.b
-            .const_i32(&name, &[n], bias, Some(Quant::symmetric(bs, 0)))
-    }
-
     /// Pads `input` explicitly (`PAD` with the zero point, or `PADV2` with `value` for max
     /// pooling) and returns the padded tensor.
-    fn pad(&mut self, input: TensorId, padding: [usize; 4], value: Option<i8>) -> i32 {
+    pub(super) fn pad(&mut self, input: TensorId, padding: [usize; 4], value: Option<i8>) -> i32 {
         let [h, w, c] = [0, 1, 2].map(|i| self.model.tensors[input].shape[i]);
         let [t, l, bo, r] = padding.map(|p| p as i32);
         let name = format!("{}/paddings", self.site.layer);
@@ -285,7 +205,7 @@ impl<'m> Lowering<'m> {
         out
     }
 
-    fn window(
+    pub(super) fn window(
         &self,
         input: TensorId,
         output: TensorId,
@@ -470,145 +390,5 @@ impl<'m> Lowering<'m> {
             &[y],
             Some(opts),
         );
-    }
-
-    fn conv(&mut self, c: &Conv2d) -> Result<(), ExportFormatError> {
-        let [co, kh, kw, cig] = c.weight_shape;
-        let cin = self.model.tensors[c.input].shape[2];
-        let (codes, scales) = self.int8_weights(&c.weights, co)?;
-        let (qi, qo) = (self.params(c.input), self.params(c.output));
-        self.check_multipliers(&c.multipliers, scales, qi.scale(), qo.scale(), co, false)?;
-        let depthwise = c.groups > 1 && c.groups == cin && cig == 1;
-        let kernel = [c.dilation[0] * (kh - 1) + 1, c.dilation[1] * (kw - 1) + 1];
-        let pad = self.window(c.input, c.output, kernel, c.stride, c.padding);
-        let x = if pad == Pad::Explicit {
-            self.pad(c.input, c.padding, None)
-        } else {
-            self.tensor(c.input)
-        };
-        let wname = format!("{}/weights", self.site.layer);
-        let w = if depthwise {
-            // OHWI [C_out, kh, kw, 1] → [1, kh, kw, C_out]; per-channel on dim 3.
-            let mut t = vec![0i8; codes.len()];
-            for (o, chunk) in codes.chunks_exact(kh * kw).enumerate() {
-                for (p, &v) in chunk.iter().enumerate() {
-                    t[p * co + o] = v;
-                }
-            }
-            self.b.const_i8(
-                &wname,
-                &[1, kh, kw, co],
-                &t,
-                Quant::symmetric(scales.to_vec(), 3),
-            )
-        } else {
-            self.b.const_i8(
-                &wname,
-                &c.weight_shape,
-                codes,
-                Quant::symmetric(scales.to_vec(), 0),
-            )
-        };
-        let bias = self.bias(&c.bias, scales, qi.scale());
-        let (stride, dil, groups) = (c.stride, c.dilation, c.groups);
-        self.clamped(
-            c.output,
-            c.clamp.lo as i32,
-            c.clamp.hi as i32,
-            true,
-            |s, act, dst| {
-                let (op, v, opts) = if depthwise {
-                    let o = DepthwiseConv2DOptions {
-                        padding: pad.padding(),
-                        stride_w: stride[1] as i32,
-                        stride_h: stride[0] as i32,
-                        depth_multiplier: (co / cin) as i32,
-                        fused_activation_function: act,
-                        dilation_w_factor: dil[1] as i32,
-                        dilation_h_factor: dil[0] as i32,
-                    };
-                    (
-                        B::DepthwiseConv2d,
-                        version::DEPTHWISE_CONV_2D,
-                        BuiltinOptions::DepthwiseConv2DOptions(Box::new(o)),
-                    )
-                } else {
-                    let o = Conv2DOptions {
-                        padding: pad.padding(),
-                        stride_w: stride[1] as i32,
-                        stride_h: stride[0] as i32,
-                        fused_activation_function: act,
-                        dilation_w_factor: dil[1] as i32,
-                        dilation_h_factor: dil[0] as i32,
-                        ..Default::default()
-                    };
-                    let v = if groups == 1 {
-                        version::CONV_2D
-                    } else {
-                        version::CONV_2D_GROUPED
-                    };
-                    (B::Conv2d, v, BuiltinOptions::Conv2DOptions(Box::new(o)))
-                };
-                s.b.op(op, v, &[x, w, bias], &[dst], Some(opts));
-            },
-        );
-        Ok(())
-    }
-
-    fn fully_connected(&mut self, f: &FullyConnected) -> Result<(), ExportFormatError> {
-        let [co, _] = f.weight_shape;
-        let (codes, scales) = self.int8_weights(&f.weights, co)?;
-        let (qi, qo) = (self.params(f.input), self.params(f.output));
-        // Per tensor, TFLite forms S_in·S_w in f32; per channel in f64. A per-tensor layer whose
-        // f32 product gives another multiplier is written per channel (the same scale repeated).
-        let per_tensor_ok = scales.len() == 1
-            && self
-                .check_multipliers(&f.multipliers, scales, qi.scale(), qo.scale(), co, true)
-                .is_ok();
-        let scales: Vec<f32> = if per_tensor_ok {
-            scales.to_vec()
-        } else {
-            if !self.opts.per_channel_fully_connected {
-                if scales.len() > 1 {
-                    return Err(self.refuse(Unsupported::PerChannelFullyConnected));
-                }
-                // Reports the per-tensor mismatch.
-                self.check_multipliers(&f.multipliers, scales, qi.scale(), qo.scale(), co, true)?;
-            }
-            self.check_multipliers(&f.multipliers, scales, qi.scale(), qo.scale(), co, false)?;
-            (0..co)
-                .map(|c| {
-                    if scales.len() == 1 {
-                        scales[0]
-                    } else {
-                        scales[c]
-                    }
-                })
-                .collect()
-        };
-        let x = self.tensor(f.input);
-        let wname = format!("{}/weights", self.site.layer);
-        let w = self.b.const_i8(
-            &wname,
-            &f.weight_shape,
-            codes,
-            Quant::symmetric(scales.clone(), 0),
-        );
-        let bias = self.bias(&f.bias, &scales, qi.scale());
-        let Clamp { lo, hi } = f.clamp;
-        self.clamped(f.output, lo as i32, hi as i32, true, |s, act, dst| {
-            let opts = BuiltinOptions::FullyConnectedOptions(Box::new(FullyConnectedOptions {
-                fused_activation_function: act,
-                ..Default::default()
-            }));
-            s.b.op(
-                B::FullyConnected,
-                version::FULLY_CONNECTED,
-                &[x, w, bias],
-                &[dst],
-                Some(opts),
-            );
-        });
-        Ok(())
     }
 }
