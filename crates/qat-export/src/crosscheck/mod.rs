@@ -156,13 +156,11 @@ pub fn expected_codes(
                 let q = model.tensors[src]
                     .quant
                     .ok_or_else(|| bad("Dequantize input has no params"))?;
-                let code = if m.dtype == CodeType::F32 {
-                    CodeType::I8
-                } else {
-                    m.dtype
-                };
-                // Which code type the float output stands for: the file's for the source tensor.
-                let code = exported.mapping(src).map(|s| s.dtype).unwrap_or(code);
+                // The float output stands for the codes of its source tensor, in the file's type.
+                let code = exported
+                    .mapping(src)
+                    .map(|s| s.dtype)
+                    .ok_or_else(|| bad("the Dequantize input is not in the file"))?;
                 let (qmin, qmax) = code.code_range();
                 let d = Dequantize {
                     scale: q.scale(),

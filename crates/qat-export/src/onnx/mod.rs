@@ -22,7 +22,10 @@
 //! Padding is explicit (`pads`), as in the runtime. **Refusals**: per-channel uint8 weights whose
 //! zero points differ (onnxruntime's integer kernels take one). **Arithmetic** is the runtime's
 //! (onnxruntime's MLAS requantizes in f32, rounding half to even); [`crate::crosscheck`]
-//! measures it.
+//! measures it. On x86 CPUs without VNNI (AVX2 only), onnxruntime's default u8 × s8 kernels
+//! multiply with `vpmaddubsw`, which saturates pairs of products to int16: 8-bit weights then give
+//! wrong codes (off by up to 199 in our measurements) unless the session sets
+//! `session.x64quantprecision = 1`, which makes onnxruntime convert such weights to u8 × u8.
 
 mod float;
 mod graph;
