@@ -3,8 +3,9 @@
 //!
 //! Resolution order (like libtorch in [`crate::setup`]):
 //! 1. `QAT_PEERS_PYTHON` set by the user: a Python that imports the pinned versions; used as is.
-//! 2. The per-user cache: `peers-<key>/READY` holds the venv's Python, where `<key>` is a hash of
-//!    `xtask/py/peers-requirements.txt` (every package pinned), so a changed pin gets a new venv.
+//! 2. The per-user cache: `peers-<key>/READY` holds the venv's Python, where `<key>` names the
+//!    onnxruntime and LiteRT versions and hashes `xtask/py/peers-requirements.txt` (every package
+//!    pinned), so a changed pin gets a new venv.
 //! 3. Otherwise: `python3 -m venv peers-<key>/venv`, `pip install --only-binary :all: -r` the
 //!    requirements (PyPI wheels only), verify the imports and versions, then write `READY`.
 //!
@@ -43,12 +44,17 @@ fn pinned(pip_name: &str) -> Option<&'static str> {
     })
 }
 
-/// FNV-1a 64 of the requirements: the cache key (stable across Rust versions, unlike `Hash`).
+/// The cache key: the two runtimes' versions (for people) and an FNV-1a 64 hash of the whole
+/// requirements file (for every pin; stable across Rust versions, unlike `Hash`).
 fn key() -> String {
     let h = REQUIREMENTS.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
-    format!("{h:016x}")
+    format!(
+        "ort{}-litert{}-{h:016x}",
+        pinned("onnxruntime").unwrap_or("?"),
+        pinned("ai-edge-litert").unwrap_or("?")
+    )
 }
 
 /// Checks that `python` imports every checked package at its pinned version.
@@ -191,7 +197,7 @@ mod tests {
             assert!(pinned(pip).is_some(), "{pip} has no pin");
         }
         assert_eq!(key(), key());
-        assert_eq!(key().len(), 16);
+        assert!(key().starts_with("ort1.32.0-litert2.3.0-"), "{}", key());
         assert_eq!(pinned("nonexistent"), None);
     }
 }
