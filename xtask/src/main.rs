@@ -2,7 +2,8 @@
 //!
 //! | command | what |
 //! |---|---|
-//! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13 once per machine (or use `LIBTORCH`), and a dataset |
+//! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13 and the peer runtimes (onnxruntime, LiteRT) once per machine, and a dataset |
+//! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
@@ -14,6 +15,8 @@
 mod bench;
 mod cargo;
 mod data;
+mod export;
+mod peers;
 mod setup;
 mod smoke;
 mod test;
@@ -43,6 +46,9 @@ enum Cmd {
         /// With `--data`: unpack this Debian package file instead of running `apt-get download`.
         #[arg(long, requires = "data")]
         deb: Option<std::path::PathBuf>,
+        /// Print only the peer runtimes' Python (onnxruntime, LiteRT), installing them if needed.
+        #[arg(long)]
+        print_peers_python: bool,
     },
     /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline smoke run.
     Test {
@@ -64,6 +70,8 @@ enum Cmd {
         /// The report directory (holding report.json).
         dir: std::path::PathBuf,
     },
+    /// Write a `.qat8` model as `.qat8`, `.tflite` or ONNX QDQ (`--format`).
+    Export(export::ExportArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -75,25 +83,36 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<()> = match cli.cmd {
         Cmd::Setup {
+            print_peers_python: true,
+            ..
+        } => peers::ensure_peers(true).map(|python| println!("{}", python.display())),
+        Cmd::Setup {
             print_libtorch,
             data,
             deb,
+            ..
         } => data
             .map_or(Ok(()), |d| data::ensure(d, deb).map(drop))
             .and_then(|()| setup::ensure_libtorch(print_libtorch))
-            .map(|dir| {
+            .and_then(|dir| {
                 if print_libtorch {
                     println!("{}", dir.display());
-                } else {
-                    eprintln!(
-                        "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}",
-                        dir.display()
-                    );
+                    return Ok(());
                 }
+                let python = peers::ensure_peers(false)?;
+                eprintln!(
+                    "[setup] ready. For plain cargo commands on tch crates: export LIBTORCH={}\n\
+                 [setup] for the cross-check tests: export {}={}",
+                    dir.display(),
+                    peers::PYTHON_ENV,
+                    python.display()
+                );
+                Ok(())
             }),
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
+        Cmd::Export(args) => export::run(&args),
         Cmd::Bench { what } => bench::run(what),
     };
     match result {

@@ -108,7 +108,7 @@ fn read_ready(ready: &Path) -> Option<PathBuf> {
     validate_libtorch(&dir).ok().map(|_| dir)
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;

@@ -17,6 +17,8 @@
 //! | §3 | [`interp`], [`simulate`] | float interpreter; the simulation in the target's arithmetic (qat-core [`qat_core::target`]) |
 //! | whitepaper §3.1 | [`mod@calibrate`] | PTQ: min/max, EMA, percentile observers → export |
 //! | — | [`fidelity`] | per-layer SQNR, max \|Δ\| in LSBs, share within 1 LSB, argmax agreement |
+//! | — | [`tflite`], [`onnx`], [`interchange`] | `.tflite` (int8) and ONNX QDQ writers, float ONNX; exact or a typed [`ExportFormatError`] |
+//! | — | [`crosscheck`] | case files for the official runtimes (LiteRT, onnxruntime) and their equal-code shares |
 //!
 //! ## Public API
 //! - Build: `FloatGraph::new(name)`, `.input(name, &shape)`, `.conv2d(name, x, Conv2d::new(w, [o,kh,kw,i]).with_…)`,
@@ -38,6 +40,9 @@
 //! - Simulation: [`simulate::simulate`]`(&plan, input) -> Result<Vec<ArrayD<f32>>, GraphError>`
 //!   (every node's output on its grid), [`simulate::simulate_codes`] (the codes),
 //!   [`simulate::eval_codes`] (one node on given codes).
+//! - Interchange: [`tflite::to_tflite`]`(&model, &TfliteOptions) -> Result<Exported, ExportFormatError>`,
+//!   [`onnx::to_onnx_qdq`], [`onnx::float_to_onnx`]`(&graph)`; [`tflite::read`] and
+//!   [`onnx::proto`] read files back.
 //! - Fidelity: [`fidelity_report`]`(&plan, batches) -> Result<FidelityReport, FidelityError>`;
 //!   [`FidelityReport::to_json`], [`FidelityReport::to_table`], [`FidelityReport::to_markdown`].
 //!
@@ -84,19 +89,24 @@
 
 pub mod analysis;
 pub mod calibrate;
+pub mod crosscheck;
 pub mod emit;
 mod error;
 pub mod fidelity;
+pub mod interchange;
 pub mod interp;
 pub mod ir;
+pub mod onnx;
 pub mod passes;
 pub mod plan;
 pub mod simulate;
+pub mod tflite;
 pub mod validate;
 
 pub use calibrate::{CalibrationMethod, PtqConfig, calibrate, ptq, ptq_export};
 pub use emit::export;
 pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal};
 pub use fidelity::{FidelityError, FidelityReport, fidelity_report};
+pub use interchange::{ExportFormatError, Exported, Format, Unsupported};
 pub use ir::{FloatGraph, NodeId};
 pub use plan::{ExportOptions, LayerQuant, QuantPlan};

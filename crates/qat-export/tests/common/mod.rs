@@ -238,3 +238,70 @@ pub fn rel_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     let m = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
 }
+
+/// A tensor of an integer model: U8 with `quant`, F32 without.
+pub fn tensor(
+    name: &str,
+    shape: &[usize],
+    quant: Option<qat_core::QuantParams>,
+) -> qat_int8_runtime::TensorInfo {
+    qat_int8_runtime::TensorInfo {
+        name: name.into(),
+        shape: shape.to_vec(),
+        dtype: if quant.is_some() {
+            qat_int8_runtime::DType::U8
+        } else {
+            qat_int8_runtime::DType::F32
+        },
+        quant,
+    }
+}
+
+/// `x (f32) → Quantize → op → Dequantize → y`, the integer model around one op whose input is
+/// tensor 1 (`in_shape`, `q_in`) and output tensor 2 (`out`, `out_shape`, `q_out`); gemmlowp
+/// rounding.
+pub fn one_op_model(
+    op: qat_int8_runtime::Op,
+    in_shape: &[usize],
+    q_in: qat_core::QuantParams,
+    out: &str,
+    out_shape: &[usize],
+    q_out: qat_core::QuantParams,
+) -> qat_int8_runtime::Int8Model {
+    use qat_int8_runtime::Op;
+    qat_int8_runtime::Int8Model {
+        name: out.into(),
+        tensors: vec![
+            tensor("x", in_shape, None),
+            tensor("xq", in_shape, Some(q_in)),
+            tensor(out, out_shape, Some(q_out)),
+            tensor("y", out_shape, None),
+        ],
+        ops: vec![
+            Op::Quantize {
+                input: 0,
+                output: 1,
+            },
+            op,
+            Op::Dequantize {
+                input: 2,
+                output: 3,
+            },
+        ],
+        input: 0,
+        outputs: vec![3],
+        rounding: qat_int8_runtime::Rounding::Gemmlowp,
+    }
+}
+
+/// The uint8 codes of tensor `t` when the qat runtime runs `model` on `x`.
+pub fn codes_of(model: &qat_int8_runtime::Int8Model, x: &ArrayD<f32>, t: usize) -> Vec<u8> {
+    let values = qat_int8_runtime::Executor::new(model)
+        .expect("executor")
+        .run_all(x.view())
+        .expect("run");
+    match &values[t] {
+        qat_int8_runtime::TensorValue::U8(a) => a.iter().copied().collect(),
+        v => panic!("tensor {t} holds {v:?}, not codes"),
+    }
+}
