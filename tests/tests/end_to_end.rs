@@ -95,9 +95,9 @@ fn qat_lenet_exports_to_an_integer_model_that_matches_its_simulation() {
     let plan = QuantPlan::new(&graph, &qat_train::convert::export_options()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lenet.qat8");
-    plan.to_int8_model().save(&path).unwrap();
+    plan.to_int8_model().unwrap().save(&path).unwrap();
     let model = Int8Model::load(&path).unwrap();
-    assert_eq!(model, plan.to_int8_model(), "save/load round trip");
+    assert_eq!(model, plan.to_int8_model().unwrap(), "save/load round trip");
 
     // Layer by layer, the integer kernels reproduce the simulation.
     let x = nhwc(&test);

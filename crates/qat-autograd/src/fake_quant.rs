@@ -6,9 +6,10 @@
 //! `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
 //!
 //! which is exactly [`qat_core::QuantParams::fake_quant`] (libtorch's kernel computes `1/S` and the
-//! product in f32 and rounds half to even, as qat-core does; docs/libtorch.md). The per-tensor op computes
-//! the same values and masks without that kernel, which is slow on CPU (see
-//! [`fake_quant_per_tensor`]); the per-channel op (small weight tensors) is libtorch's fused kernel.
+//! product `x·(1/S)` in f32 and rounds half to even, as qat-core does; `x/S` would differ on
+//! near-ties). The per-tensor op computes the same values and masks without that kernel, which is
+//! slow on CPU (see [`fake_quant_per_tensor`]); the per-channel op (small weight tensors) is
+//! libtorch's fused kernel.
 //!
 //! Backward:
 //! * [`Ste::Clipped`] (default; PyTorch's and TF's choice): `∂y/∂x = 1` where the *rounded* code

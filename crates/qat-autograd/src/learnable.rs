@@ -5,7 +5,7 @@
 //!   `∂y/∂S = (round(x/S) − x/S)` inside the range and `qmin − Z` / `qmax − Z` outside, multiplied by
 //!   the gradient scale `g = 1/√(N·qmax)` (LSQ §2.2, `N` = number of elements quantized, as PyTorch's
 //!   `_LearnableFakeQuantize`). libtorch's `_fake_quantize_learnable_per_{tensor,channel}_affine`
-//!   kernels implement it (docs/libtorch.md).
+//!   kernels implement it.
 //! * **PACT** (Choi et al. 2018, arXiv 1805.06085): activations are clipped to `[0, α]` with a trained
 //!   `α`, then quantized on `[0, 2^b − 1]` with `S = α/(2^b − 1)` (qat-core's
 //!   [`QuantParams::asymmetric`]`(0, α, b)`). Backward (PACT eq. 2–3): `∂y/∂x = 1` for `0 ≤ x < α`,

@@ -85,7 +85,8 @@ fn plain_ste_has_identity_gradient_and_the_same_value() {
 
 #[test]
 fn libtorch_backward_example() {
-    // docs/libtorch.md's example: s = 0.1 on [−128, 127]; 12.76 rounds to 128 and gets no gradient.
+    // s = 0.1 on [−128, 127]; 12.76 rounds to 128 and gets no gradient (libtorch's fused kernels
+    // and PyTorch give the same mask).
     let xs = [-20f32, -12.8, -12.86, 0.04, 0.05, 0.15, 12.74, 12.76, 20.0];
     let p = QuantParams::new(0.1, 0, QuantRange::signed(8).unwrap()).unwrap();
     let x = Tensor::from_slice(&xs).set_requires_grad(true);
@@ -226,8 +227,8 @@ fn lsq_forward_matches_qat_core_and_gradient_matches_lsq_formula() {
     let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
     assert_eq!(to_vec(&y), want);
     y.sum(Kind::Float).backward();
-    // libtorch with grad_factor 1 gives ds = −2.8, dz = −0.4 (docs/libtorch.md); ours carries
-    // g = 1/√(9·127).
+    // libtorch's learnable kernel with grad_factor 1 gives ds = −2.8 and dz = −0.4 here; ours
+    // carries g = 1/√(9·127).
     let g = lsq_grad_factor(9, range);
     assert!((s.grad().double_value(&[0]) - (-2.8 * g)).abs() < 1e-5);
     assert!((z.grad().double_value(&[0]) - (-0.4 * g)).abs() < 1e-5);

@@ -74,8 +74,8 @@ impl Default for ActQuant {
     }
 }
 
-/// Fused activation function of a conv, linear or add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Fused activation function of a conv, linear or add (shared with qat-train's layers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum Activation {
     /// Identity.
     #[default]
@@ -93,6 +93,21 @@ impl Activation {
             Activation::None => x,
             Activation::Relu => x.max(0.0),
             Activation::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+
+    /// The activation as a clamp `[lo, hi]` (`None` for the identity): ReLU `[0, ∞]`, ReLU6 `[0, 6]`.
+    ///
+    /// ```
+    /// use qat_export::ir::Activation;
+    /// assert_eq!(Activation::Relu6.clamp_range(), Some((0.0, 6.0)));
+    /// assert_eq!(Activation::None.clamp_range(), None);
+    /// ```
+    pub fn clamp_range(self) -> Option<(f32, f32)> {
+        match self {
+            Self::None => None,
+            Self::Relu => Some((0.0, f32::INFINITY)),
+            Self::Relu6 => Some((0.0, 6.0)),
         }
     }
 }

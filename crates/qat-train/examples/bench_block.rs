@@ -73,7 +73,7 @@ fn qat_block(c: i64, x: Tensor, fold: BnFoldMode, fq: bool, frozen: bool) -> Res
     let mut dw = QatConvBn2d::new(&(&p / "dw"), dw_cfg)?;
     let mut pw = QatConvBn2d::new(&(&p / "pw"), pw_cfg)?;
     for l in [&mut dw, &mut pw] {
-        l.control(QatControl::FakeQuant(fq));
+        l.control(QatControl::fake_quant(fq));
         l.control(QatControl::FreezeBn(frozen));
     }
     let mut opt = nn::Sgd::default().build(&vs, 0.0)?;

@@ -31,7 +31,7 @@
 //! observers frozen from 375; for its model add `--width 0.5 --ema-decay 0.99`).
 //!
 //! `--device` defaults to `cpu`; `cuda` needs a binary that links `libtorch_cuda` (build with
-//! `QAT_LINK_CUDA=1`, shared TCH.md §1) and fails when `tch::Cuda::is_available()` is false. Reading the
+//! `QAT_LINK_CUDA=1`; without it libtorch's CUDA library is not linked and no GPU is seen) and fails when `tch::Cuda::is_available()` is false. Reading the
 //! loss value every step synchronizes the device, so the CUDA times are complete steps. `--data` replaces
 //! the compile-time `data/mnist-10k` path (for binaries run from another checkout).
 
@@ -143,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => args.push(a),
         }
     }
-    // As `trainer::train` does (TrainConfig::tune_allocator): keep freed tensor memory in the process.
+    // As the pipeline binary does: keep freed tensor memory in the process.
     let tuned = tune_alloc && qat_train::trainer::tune_allocator();
     println!("allocator tuned (glibc mallopt): {tuned}");
     let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
@@ -226,11 +226,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let opt = Optimizer::new(net.var_store(), OptimizerConfig::default())?;
         if phase != Phase::Float {
             // Observers need one range before activations can be fake-quantized: one warm-up
-            // forward in QatWarmup.
-            net.apply_flags(Phase::QatWarmup.flags());
+            // forward with the observers collecting and nothing quantized.
+            net.apply_flags(Phase::Calibrate.flags())?;
             let _ = net.forward_t(&batches[0].0, true)?;
         }
-        net.apply_flags(phase.flags());
+        net.apply_flags(phase.flags())?;
         nets.push((phase, net, opt));
     }
     let rounds = steps * repeats;

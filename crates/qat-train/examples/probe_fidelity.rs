@@ -19,6 +19,7 @@ use qat_train::trainer::{self, TrainConfig};
 use tch::Tensor;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    trainer::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize, d: usize| -> Result<usize, Box<dyn std::error::Error>> {
         Ok(args.get(i).map(|s| s.parse()).transpose()?.unwrap_or(d))

@@ -17,6 +17,7 @@ use qat_train::models::{self, ModelSpec};
 use qat_train::trainer::{self, Event};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    trainer::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let spec = match args.get(1).map(String::as_str) {
         None | Some("lenet") => ModelSpec::lenet(),

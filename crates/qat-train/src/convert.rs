@@ -25,7 +25,7 @@ use qat_export::ir::{
 };
 
 use crate::layers::{
-    self as layers, BnFoldMode, ConvExport, LayerExport, OutputExport, PoolKind, WeightGranularity,
+    BnFoldMode, ConvExport, LayerExport, OutputExport, PoolKind, WeightExport, WeightGranularity,
     WeightRange,
 };
 use crate::models::{ModelError, Net, NodeOp};
@@ -51,22 +51,8 @@ pub enum ConvertError {
     Graph(#[from] qat_export::GraphError),
 }
 
-fn act(a: layers::Activation) -> ir::Activation {
-    match a {
-        layers::Activation::None => ir::Activation::None,
-        layers::Activation::Relu => ir::Activation::Relu,
-        layers::Activation::Relu6 => ir::Activation::Relu6,
-    }
-}
-
-fn weight_quant(
-    node: &str,
-    scheme: QuantScheme,
-    g: WeightGranularity,
-    bits: u32,
-    range: WeightRange,
-) -> Result<WeightQuant, ConvertError> {
-    if range == WeightRange::Lsq {
+fn weight_quant(node: &str, w: &WeightExport) -> Result<WeightQuant, ConvertError> {
+    if w.range == WeightRange::Lsq {
         // qat-export derives weight scales from min/max of the final weights; the learned LSQ scales
         // would be silently replaced and the integer model would differ from the trained one.
         return Err(ConvertError::Unsupported {
@@ -76,7 +62,7 @@ fn weight_quant(
                 .into(),
         });
     }
-    let scheme = match (scheme, g) {
+    let scheme = match (w.scheme, w.granularity) {
         (QuantScheme::SymmetricNarrow, WeightGranularity::PerChannel) => {
             WeightScheme::SymmetricPerChannel
         }
@@ -94,7 +80,10 @@ fn weight_quant(
             });
         }
     };
-    Ok(WeightQuant { scheme, bits })
+    Ok(WeightQuant {
+        scheme,
+        bits: w.bits,
+    })
 }
 
 fn act_quant(o: &OutputExport) -> ActQuant {
@@ -119,14 +108,8 @@ fn conv_node(c: &ConvExport) -> Result<Conv2d, ConvertError> {
         .with_padding([ph, pw, ph, pw])
         .with_dilation(c.dilation)
         .with_groups(c.groups)
-        .with_activation(act(c.activation))
-        .with_weight_quant(weight_quant(
-            &c.name,
-            c.weight_scheme,
-            c.weight_granularity,
-            c.weight_bits,
-            c.weight_range,
-        )?);
+        .with_activation(c.activation)
+        .with_weight_quant(weight_quant(&c.name, &c.weight_quant)?);
     if let Some(b) = &c.bias {
         conv = conv.with_bias(b.clone());
     }
@@ -232,22 +215,13 @@ pub fn convert_unchecked(net: &Net) -> Result<FloatGraph, ConvertError> {
                 };
                 let lin = Linear::new(weight, [out, inp])
                     .with_bias(l.bias.clone())
-                    .with_activation(act(l.activation))
-                    .with_weight_quant(weight_quant(
-                        name,
-                        l.weight_scheme,
-                        l.weight_granularity,
-                        l.weight_bits,
-                        l.weight_range,
-                    )?);
+                    .with_activation(l.activation)
+                    .with_weight_quant(weight_quant(name, &l.weight_quant)?);
                 (g.linear(name, x, lin), Some(act_quant(&l.output)))
             }
             (NodeOp::Add(_), Some(LayerExport::Add(m))) => {
                 let (a, b) = (input(0)?, input(1)?);
-                (
-                    g.add(name, a, b, act(m.activation)),
-                    Some(act_quant(&m.output)),
-                )
+                (g.add(name, a, b, m.activation), Some(act_quant(&m.output)))
             }
             (NodeOp::Concat(_), Some(LayerExport::Concat(m))) => {
                 let xs: Vec<NodeId> = (0..node.inputs.len())

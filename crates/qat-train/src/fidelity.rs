@@ -70,9 +70,9 @@ pub struct NodeMatch {
 /// use tch::{Device, Kind, Tensor};
 /// let mut net = models::build(&ModelSpec::lenet(), Device::Cpu)?;
 /// let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
-/// net.apply_flags(Phase::QatWarmup.flags());        // observers collect, fake quant off
+/// net.apply_flags(Phase::Calibrate.flags())?;        // observers collect, fake quant off
 /// let _ = tch::no_grad(|| net.forward_t(&x, true))?;
-/// net.apply_flags(Phase::ObserversFrozen.flags());  // fake quant on, BN and ranges frozen
+/// net.apply_flags(Phase::ObserversFrozen.flags())?;  // fake quant on, BN and ranges frozen
 /// let graph = convert::convert_unchecked(&net)?;
 /// let plan = qat_export::QuantPlan::new(&graph, &convert::export_options())?;
 /// let nodes = compare_with_simulation(&mut net, &plan, &x)?;

@@ -14,14 +14,16 @@
 //!
 //! Every transition is driven by counters held in [`ScheduleState`] (optimizer steps and calibration
 //! batches), so a resumed run re-enters exactly the phase it left. The QAT delays are counted from the first
-//! QAT step (after `float_steps` float steps): activation fake quant starts at `quant_delay`, BN freezes at
-//! `freeze_bn_delay`, observers freeze at `freeze_observers_delay`, with
+//! QAT step (after `float_steps` float steps): weights are fake-quantized from the first QAT step,
+//! activation fake quant starts at `quant_delay`, BN freezes at `freeze_bn_delay`, observers freeze
+//! at `freeze_observers_delay`, with
 //! `quant_delay ≤ freeze_bn_delay ≤ freeze_observers_delay` (the order of TF's `quantize` rewriter and of the
 //! PyTorch QAT tutorial: freeze BN, then observers).
 //!
-//! A phase maps to [`QuantFlags`] that the model applies to its layers ([`PhaseControl`]). Export requires an
-//! [`ExportReady`] token, which only [`Schedule::export_ready`] hands out, and only when the observers are
-//! frozen and the model reports every range calibrated (STYLE.md 7: an uncalibrated observer is an error).
+//! A phase maps to [`QuantFlags`] that the model applies to its layers ([`PhaseControl`], the one
+//! whole-model control). Export requires an [`ExportReady`] token, which only
+//! [`Schedule::export_ready`] hands out, and only when the observers are frozen and the model reports
+//! every range calibrated (an uncalibrated observer is an error, never a silent default range).
 //!
 //! ```
 //! use qat_train::schedule::{Phase, QatDelays, Schedule, ScheduleConfig};
@@ -44,6 +46,8 @@ mod optim;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::ModelError;
+
 pub use lr::{LrConfig, LrSchedule};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 
@@ -56,9 +60,18 @@ pub enum ScheduleError {
     /// Export was requested before the schedule reached an export-ready state.
     #[error("export refused: {0}")]
     NotExportReady(String),
+    /// The model could not report its calibration state (boxed to keep the error small).
+    #[error(transparent)]
+    Model(Box<ModelError>),
     /// A torch call failed.
     #[error("torch error in the optimizer: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+impl From<ModelError> for ScheduleError {
+    fn from(e: ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
 }
 
 /// The phases of training, in order.
@@ -69,8 +82,10 @@ pub enum Phase {
     /// Post-training calibration: forward passes (no optimizer step) with the activation observers recording
     /// ranges and no fake quant.
     Calibrate,
-    /// QAT before `quant_delay`: weights fake-quantized (folded with BN), activation observers running,
-    /// activations not yet fake-quantized.
+    /// QAT before `quant_delay`: weights fake-quantized (folded with BN), activation observers
+    /// running, activations not yet fake-quantized — the paper's schedule (§3: activation
+    /// quantization is disabled at the start of training while the ranges settle). TF's
+    /// `contrib/quantize` delays the weights' fake quant too.
     QatWarmup,
     /// Full QAT: weights and activations fake-quantized, EMA ranges updating, BN with batch statistics and
     /// the σ_B/σ correction.
@@ -140,13 +155,13 @@ pub struct QuantFlags {
     pub bn_frozen: bool,
 }
 
-/// A model whose quantization behaviour the schedule drives (implemented by every model of the zoo, by
-/// delegating to its layers' control methods).
+/// The whole-model control: a model whose quantization behaviour the schedule drives, phase by phase
+/// (implemented by [`crate::models::Net`], which sends the switches to its layers).
 pub trait PhaseControl {
     /// Applies the switches of a phase to every layer.
-    fn apply_flags(&mut self, flags: QuantFlags);
+    fn apply_flags(&mut self, flags: QuantFlags) -> Result<(), ModelError>;
     /// Names of the activation ranges that have not been observed yet (empty when all are calibrated).
-    fn uncalibrated(&self) -> Vec<String>;
+    fn uncalibrated(&self) -> Result<Vec<String>, ModelError>;
 }
 
 /// The QAT delays, in optimizer steps counted from the first QAT step.
@@ -290,12 +305,12 @@ impl Schedule {
 
     /// Applies the current phase to `model` if it differs from the last applied one (always on the first
     /// call, e.g. after a resume) and returns the transition.
-    pub fn sync(&mut self, model: &mut dyn PhaseControl) -> Option<Transition> {
+    pub fn sync(&mut self, model: &mut dyn PhaseControl) -> Result<Option<Transition>, ModelError> {
         let to = self.phase();
         if self.state.applied == Some(to) {
-            return None;
+            return Ok(None);
         }
-        model.apply_flags(to.flags());
+        model.apply_flags(to.flags())?;
         let t = Transition {
             from: self.state.applied,
             to,
@@ -303,7 +318,7 @@ impl Schedule {
         };
         self.state.applied = Some(to);
         tracing::info!(from = ?t.from, to = %to, step = t.step, "schedule transition");
-        Some(t)
+        Ok(Some(t))
     }
 
     /// Records one optimizer step.
@@ -325,7 +340,7 @@ impl Schedule {
                 self.state.step, self.state.applied
             )));
         }
-        let missing = model.uncalibrated();
+        let missing = model.uncalibrated()?;
         if !missing.is_empty() {
             return Err(ScheduleError::NotExportReady(format!(
                 "uncalibrated ranges: {}",

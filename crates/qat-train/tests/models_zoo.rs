@@ -8,7 +8,9 @@ use qat_export::ir::FloatOp;
 use qat_train::convert;
 use qat_train::data::{Dataset, Loader, LoaderConfig, Normalize};
 use qat_train::layers::Activation;
-use qat_train::models::{self, Architecture, ModelSpec, Net};
+use qat_train::layers::{LayerExport, QatLayer};
+use qat_train::models::{self, Architecture, ModelSpec, Net, NodeOp};
+use qat_train::observer::Observer;
 use qat_train::schedule::{Phase, PhaseControl};
 use tch::{Device, Kind, Tensor};
 
@@ -45,7 +47,7 @@ fn warm(net: &mut Net, phase: Phase) -> Tensor {
         },
     )
     .unwrap();
-    net.apply_flags(Phase::QatWarmup.flags());
+    net.apply_flags(Phase::Calibrate.flags()).unwrap();
     let mut last = None;
     for _ in 0..3 {
         for b in loader.epoch(0, 0) {
@@ -54,7 +56,7 @@ fn warm(net: &mut Net, phase: Phase) -> Tensor {
             last = Some(b.images);
         }
     }
-    net.apply_flags(phase.flags());
+    net.apply_flags(phase.flags()).unwrap();
     last.unwrap()
 }
 
@@ -138,7 +140,7 @@ fn qat_mode_runs_and_differs_from_float_by_quantization_noise() {
         let mut net = models::build(&spec, Device::Cpu).unwrap();
         let x = warm(&mut net, Phase::Float);
         let yf = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
-        net.apply_flags(Phase::ObserversFrozen.flags());
+        net.apply_flags(Phase::ObserversFrozen.flags()).unwrap();
         let yq = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
         let diff = (&yf - &yq).abs().max().double_value(&[]);
         let scale = yf.abs().max().double_value(&[]);
@@ -149,7 +151,7 @@ fn qat_mode_runs_and_differs_from_float_by_quantization_noise() {
             spec.name()
         );
         // Training step in QAT mode has gradients for every weight.
-        net.apply_flags(Phase::Qat.flags());
+        net.apply_flags(Phase::Qat.flags()).unwrap();
         let loss = net
             .forward_t(&x, true)
             .unwrap()
@@ -223,4 +225,136 @@ fn lsq_weight_scales_are_refused_at_conversion_not_silently_replaced() {
         .unwrap(); // initialises the learned scales
     let e = convert::convert_unchecked(&net).unwrap_err().to_string();
     assert!(e.contains("LSQ") && e.contains("conv1"), "{e}");
+}
+
+#[test]
+fn a_range_that_cannot_be_read_is_an_error_naming_model_and_layer() {
+    // Freezing the observers hands every layer its input scale for the bias simulation; an output
+    // range that cannot be read is an error, not a silently skipped simulation.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut spec = ModelSpec::lenet();
+    spec.quant.act_range = qat_train::layers::ActRange::Pact { init_alpha: 4.0 };
+    let mut net = models::build(&spec, Device::Cpu).unwrap();
+    net.apply_flags(Phase::Qat.flags()).unwrap();
+    let k = net.nodes().iter().position(|n| n.name == "fc1").unwrap();
+    let alpha = net.nodes()[k]
+        .op
+        .layer()
+        .unwrap()
+        .output_quantizer()
+        .unwrap()
+        .pact_alpha()
+        .unwrap()
+        .shallow_clone();
+    tch::no_grad(|| {
+        let _ = alpha.shallow_clone().fill_(-1.0);
+    });
+    let e = net
+        .apply_flags(Phase::ObserversFrozen.flags())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lenet_28x28x1") && e.contains("fc1") && e.contains("alpha"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_forward_failure_names_the_model_and_the_layer() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
+    let x = Tensor::zeros([2, 3, 28, 28], (Kind::Float, Device::Cpu));
+    let e = net.forward_t(&x, false).unwrap_err().to_string();
+    assert!(
+        e.contains("model lenet_28x28x1") && e.contains("conv1") && e.contains("[N, 1, H, W]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_phase_reaches_every_layer_as_its_flags_say() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = models::build(&ModelSpec::resnet_cifar(8), Device::Cpu).unwrap();
+    let phases = [
+        Phase::Float,
+        Phase::Calibrate,
+        Phase::QatWarmup,
+        Phase::Qat,
+        Phase::BnFrozen,
+        Phase::ObserversFrozen,
+    ];
+    for phase in phases {
+        let f = phase.flags();
+        net.apply_flags(f).unwrap();
+        for node in net.nodes() {
+            let Some(l) = node.op.layer() else { continue };
+            let s = l.harness().state();
+            assert_eq!(
+                (s.fake_quant_weights, s.fake_quant_activations, s.calibrate),
+                (f.fake_quant_weights, f.fake_quant_activations, f.calibrate),
+                "{phase}: {}",
+                node.name
+            );
+            if let Some(o) = l.output_quantizer() {
+                assert_eq!(
+                    o.observer().is_frozen(),
+                    !f.observe,
+                    "{phase}: {}",
+                    node.name
+                );
+            }
+            if let NodeOp::ConvBn(cb) = &node.op {
+                assert_eq!(cb.bn_frozen(), f.bn_frozen, "{phase}: {}", node.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn warm_up_fake_quantizes_weights_but_not_activations() {
+    // The paper's schedule: weights are fake-quantized from the first QAT step; activation
+    // quantization is delayed by `quant_delay` (their observers collect meanwhile).
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tch::set_num_threads(1);
+    tch::manual_seed(13);
+    let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
+    net.apply_flags(Phase::QatWarmup.flags()).unwrap();
+    for node in net.nodes() {
+        if let Some(l) = node.op.layer() {
+            let s = l.harness().state();
+            assert!(
+                s.fake_quant_weights && !s.fake_quant_activations,
+                "{}: {s:?}",
+                node.name
+            );
+        }
+    }
+    // fc2 (no activation) computes x·FQ(W)ᵀ + b with its weights on their grid, its output not.
+    let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let all = tch::no_grad(|| net.forward_all_t(&x, true)).unwrap();
+    let k = net.nodes().iter().position(|n| n.name == "fc2").unwrap();
+    let NodeOp::Linear(fc) = &net.nodes()[k].op else {
+        panic!("fc2 is linear")
+    };
+    let LayerExport::Linear(e) = fc.export().unwrap() else {
+        panic!("linear export")
+    };
+    let p = e.weight_quant.qparams.per_channel().unwrap();
+    let [out, inp] = [e.weight.shape[0], e.weight.shape[1]];
+    let fq: Vec<f32> = e
+        .weight
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| p.channel(i / inp).unwrap().fake_quant(w))
+        .collect();
+    assert_ne!(
+        fq, e.weight.data,
+        "the weights are not all on the grid already"
+    );
+    let w = Tensor::from_slice(&fq).view([out as i64, inp as i64]);
+    let want = all[net.nodes()[k].inputs[0].0].linear(&w, Some(fc.bias()));
+    let got = &all[k];
+    let diff = (got - &want).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "fc2 differs from x·FQ(W)ᵀ + b by {diff}");
 }

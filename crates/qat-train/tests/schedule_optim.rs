@@ -1,6 +1,6 @@
 //! Schedule state machine, LR schedules and optimizers (weight decay off BN and quantization parameters).
 
-use qat_train::models::{self, ModelSpec};
+use qat_train::models::{self, ModelError, ModelSpec};
 use qat_train::schedule::{
     LrConfig, LrSchedule, Optimizer, OptimizerConfig, OptimizerKind, Phase, PhaseControl,
     QatDelays, QuantFlags, Schedule, ScheduleConfig,
@@ -14,11 +14,12 @@ struct Recorder {
 }
 
 impl PhaseControl for Recorder {
-    fn apply_flags(&mut self, flags: QuantFlags) {
+    fn apply_flags(&mut self, flags: QuantFlags) -> Result<(), ModelError> {
         self.applied.push(flags);
+        Ok(())
     }
-    fn uncalibrated(&self) -> Vec<String> {
-        self.missing.clone()
+    fn uncalibrated(&self) -> Result<Vec<String>, ModelError> {
+        Ok(self.missing.clone())
     }
 }
 
@@ -37,13 +38,13 @@ fn phases_follow_the_step_counts_and_apply_once() {
     let mut m = Recorder::default();
     let mut seen = Vec::new();
     for _ in 0..8 {
-        if let Some(t) = s.sync(&mut m) {
+        if let Some(t) = s.sync(&mut m).unwrap() {
             seen.push(t.to);
         }
         while s.phase() == Phase::Calibrate {
             s.record_calibration_batch();
         }
-        if let Some(t) = s.sync(&mut m) {
+        if let Some(t) = s.sync(&mut m).unwrap() {
             seen.push(t.to);
         }
         s.record_step();

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    qat_train::trainer::tune_allocator();
     let args = pipeline::Args::parse();
     match pipeline::run(&args) {
         Ok(_) => ExitCode::SUCCESS,

@@ -1,13 +1,14 @@
 //! Per-layer quantization configuration and the run-time switches the schedule flips.
 
 use qat_autograd::Ste;
+use qat_export::ir::Activation;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::observer::{ActObserverConfig, Granularity, QuantScheme};
 
-/// VarStore group for parameters that should not get weight decay (BN γ/β, biases, PACT α).
-/// Trainers call `opt.set_weight_decay_group(NO_DECAY_GROUP, 0.0)` (TCH.md §5).
+/// VarStore group for parameters that should not get weight decay (BN γ/β, biases, PACT α, LSQ
+/// scales): [`crate::schedule::Optimizer`] decays only variables of group 0.
 pub const NO_DECAY_GROUP: usize = 1;
 
 /// Granularity of weight quantization; the channel axis is always the output-channel axis 0
@@ -58,7 +59,8 @@ pub enum ActRange {
 
 /// Per-layer quantization configuration (set at construction).
 ///
-/// Defaults are the paper's/DESIGN.md's: 8-bit symmetric narrow-range per-channel weights, 8-bit
+/// Defaults are the paper's (with the whitepaper's per-channel weights): 8-bit symmetric
+/// narrow-range per-channel weights, 8-bit
 /// asymmetric activations observed by an EMA with decay 0.999, clipped STE, both quantizers enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct QuantConfig {
@@ -101,52 +103,27 @@ impl Default for QuantConfig {
     }
 }
 
-/// Activation fused into a layer, applied before the output fake quant (paper §2.4, §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum Activation {
-    /// Identity.
-    #[default]
-    None,
-    /// `max(x, 0)`.
-    Relu,
-    /// `min(max(x, 0), 6)`.
-    Relu6,
-}
-
-impl Activation {
-    /// The activation as a clamp `[lo, hi]` (`None` for the identity): ReLU `[0, ∞]`, ReLU6 `[0, 6]`.
-    ///
-    /// ```
-    /// use qat_train::layers::Activation;
-    /// assert_eq!(Activation::Relu6.clamp_range(), Some((0.0, 6.0)));
-    /// assert_eq!(Activation::None.clamp_range(), None);
-    /// ```
-    pub fn clamp_range(self) -> Option<(f32, f32)> {
-        match self {
-            Self::None => None,
-            Self::Relu => Some((0.0, f32::INFINITY)),
-            Self::Relu6 => Some((0.0, 6.0)),
-        }
-    }
-
-    pub(crate) fn apply(self, x: Tensor) -> Result<Tensor, tch::TchError> {
-        match self {
-            Self::None => Ok(x),
-            Self::Relu => x.f_relu(),
-            Self::Relu6 => x.f_relu6(),
-        }
+/// `act(x)` for a tensor: identity, ReLU or ReLU6 (libtorch's `relu`, `relu6`).
+pub(crate) fn activate(act: Activation, x: Tensor) -> Result<Tensor, tch::TchError> {
+    match act {
+        Activation::None => Ok(x),
+        Activation::Relu => x.f_relu(),
+        Activation::Relu6 => x.f_relu6(),
     }
 }
 
 /// Run-time switches of a layer, flipped by the schedule through [`QatControl`].
 ///
 /// Default: fake quant on, not calibrating (a freshly built layer is in QAT mode; a schedule that
-/// starts with float training or a quantization delay sends `QatControl::FakeQuant(false)` first).
+/// starts with float training or a quantization delay switches fake quant off first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuantState {
-    /// Fake quantization on (weights and output, each further gated by its config flag).
-    /// Off during the quantization delay: observers still collect (TF `quant_delay` semantics).
-    pub fake_quant: bool,
+    /// Weights (after BN folding) are fake-quantized, when the layer's config enables it; the bias
+    /// is then simulated on the int32 grid once the input scale is known.
+    pub fake_quant_weights: bool,
+    /// The output is fake-quantized, when the layer's config enables it. Off during the
+    /// quantization delay: observers still collect (TF `quant_delay` semantics).
+    pub fake_quant_activations: bool,
     /// Observers collect in eval mode too (PTQ calibration); in training they always collect
     /// unless frozen.
     pub calibrate: bool,
@@ -155,17 +132,41 @@ pub struct QuantState {
 impl Default for QuantState {
     fn default() -> Self {
         Self {
-            fake_quant: true,
+            fake_quant_weights: true,
+            fake_quant_activations: true,
             calibrate: false,
         }
     }
 }
 
-/// A whole-model switch, sent to every layer by [`QatLayer::control`](super::QatLayer::control).
+impl QuantState {
+    /// Applies a switch (the observer and BN switches do not concern this state).
+    pub fn apply(&mut self, c: QatControl) {
+        match c {
+            QatControl::FakeQuant {
+                weights,
+                activations,
+            } => {
+                self.fake_quant_weights = weights;
+                self.fake_quant_activations = activations;
+            }
+            QatControl::Calibrate(on) => self.calibrate = on,
+            QatControl::FreezeObservers(_) | QatControl::FreezeBn(_) => {}
+        }
+    }
+}
+
+/// A switch sent to a layer by [`QatLayer::control`](super::QatLayer::control); a model sends the
+/// switches of a schedule phase to every layer ([`crate::schedule::PhaseControl`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QatControl {
-    /// Fake quant on/off (quantization delay, float mode).
-    FakeQuant(bool),
+    /// Fake quant of the weights and of the activations on/off (quantization delay, float mode).
+    FakeQuant {
+        /// Weights (after BN folding).
+        weights: bool,
+        /// Layer outputs.
+        activations: bool,
+    },
     /// Freeze (`true`) or unfreeze the activation observers (weight ranges always follow the
     /// weights: paper §3, and what export recomputes).
     FreezeObservers(bool),
@@ -174,4 +175,19 @@ pub enum QatControl {
     /// Switch conv+BN layers to moving statistics and stop updating them (whitepaper §3.2.2);
     /// `false` undoes it.
     FreezeBn(bool),
+}
+
+impl QatControl {
+    /// Fake quant of weights and activations both on or both off.
+    ///
+    /// ```
+    /// use qat_train::layers::QatControl;
+    /// assert_eq!(QatControl::fake_quant(false), QatControl::FakeQuant { weights: false, activations: false });
+    /// ```
+    pub const fn fake_quant(on: bool) -> Self {
+        Self::FakeQuant {
+            weights: on,
+            activations: on,
+        }
+    }
 }

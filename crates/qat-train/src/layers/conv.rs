@@ -3,10 +3,10 @@
 use tch::{Tensor, nn};
 
 use super::export::{ExportTensor, vec_of};
-use super::quantizer::apply_state;
+use super::harness::name_of;
 use super::{
-    Activation, ConvExport, LayerError, LayerExport, OutputQuantizer, QatControl, QatLayer,
-    QatModule, QuantConfig, QuantState, WeightQuantizer, config::NO_DECAY_GROUP,
+    Activation, ConvExport, LayerError, LayerExport, QatLayer, QatModule, QuantConfig,
+    QuantHarness, config::NO_DECAY_GROUP,
 };
 
 /// Geometry and options of a 2-D convolution (NCHW input, `OIHW` weights).
@@ -104,10 +104,10 @@ impl Conv2dConfig {
         if ok {
             Ok(())
         } else {
-            Err(LayerError::Config {
-                layer: layer.to_string(),
-                what: format!("invalid conv geometry {self:?}"),
-            })
+            Err(LayerError::config(
+                layer,
+                format!("invalid conv geometry {self:?}"),
+            ))
         }
     }
 
@@ -123,11 +123,11 @@ impl Conv2dConfig {
     pub(crate) fn check_input(&self, x: &Tensor, layer: &str) -> Result<(), LayerError> {
         let s = x.size();
         if s.len() != 4 || s[1] != self.in_channels {
-            return Err(LayerError::Shape {
-                layer: layer.to_string(),
-                expected: format!("[N, {}, H, W]", self.in_channels),
-                got: s,
-            });
+            return Err(LayerError::shape(
+                layer,
+                format!("[N, {}, H, W]", self.in_channels),
+                s,
+            ));
         }
         Ok(())
     }
@@ -194,20 +194,16 @@ impl Conv2dConfig {
 /// ```
 #[derive(Debug)]
 pub struct QatConv2d {
-    name: String,
     cfg: Conv2dConfig,
     weight: Tensor,
     bias: Option<Tensor>,
-    wq: WeightQuantizer,
-    oq: OutputQuantizer,
-    state: QuantState,
-    input_scale: Option<f32>,
+    harness: QuantHarness,
 }
 
 impl QatConv2d {
     /// Creates the layer's parameters and quantizers under `path`.
     pub fn new(path: &nn::Path<'_>, cfg: Conv2dConfig) -> Result<Self, LayerError> {
-        let name = path.components().collect::<Vec<_>>().join(".");
+        let name = name_of(path);
         cfg.validate(&name)?;
         let ws = cfg.weight_shape();
         let weight = path
@@ -230,17 +226,12 @@ impl QatConv2d {
         } else {
             None
         };
-        let wq = WeightQuantizer::new(&(path / "weight_q"), &cfg.quant, cfg.out_channels, &name)?;
-        let oq = OutputQuantizer::new(&(path / "act_q"), &cfg.quant)?;
+        let harness = QuantHarness::weighted(path, &cfg.quant, cfg.out_channels)?;
         Ok(Self {
-            name,
             cfg,
             weight,
             bias,
-            wq,
-            oq,
-            state: QuantState::default(),
-            input_scale: None,
+            harness,
         })
     }
 
@@ -258,40 +249,13 @@ impl QatConv2d {
     pub fn config(&self) -> &Conv2dConfig {
         &self.cfg
     }
-
-    /// The run-time state.
-    pub fn state(&self) -> QuantState {
-        self.state
-    }
-
-    /// The output quantizer.
-    pub fn output_quantizer(&self) -> &OutputQuantizer {
-        &self.oq
-    }
-
-    /// The weight quantizer.
-    pub fn weight_quantizer(&self) -> &WeightQuantizer {
-        &self.wq
-    }
 }
 
 impl QatLayer for QatConv2d {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.wq.control(c);
-        self.oq.control_observer(c);
-    }
-
-    fn set_input_scale(&mut self, s_in: Option<f32>) {
-        self.input_scale = s_in;
-    }
+    harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        let n = &self.name;
+        let n = self.harness.name();
         let weight =
             ExportTensor::from_tensor(&self.weight).map_err(LayerError::torch(n, "export"))?;
         let bias = match &self.bias {
@@ -300,41 +264,35 @@ impl QatLayer for QatConv2d {
         };
         let (stride, padding, dilation, groups) = self.cfg.geometry_usize();
         Ok(LayerExport::Conv(Box::new(ConvExport {
-            name: self.name.clone(),
+            name: n.to_string(),
             folded_weight: weight.clone(),
             folded_bias: bias
                 .clone()
                 .unwrap_or_else(|| vec![0.0; self.cfg.out_channels as usize]),
-            weight_qparams: self.wq.qparams_for(&self.weight.detach(), n)?,
+            weight_quant: self.harness.weight_export(&self.weight.detach())?,
             weight,
             bias,
             bn: None,
-            weight_bits: self.cfg.quant.weight_bits,
-            weight_scheme: self.cfg.quant.weight_scheme,
-            weight_granularity: self.cfg.quant.weight_granularity,
-            quantize_weights: self.wq.enabled(),
-            weight_range: self.cfg.quant.weight_range,
             stride,
             padding,
             dilation,
             groups,
             activation: self.cfg.activation,
-            output: self.oq.export()?,
+            output: self.harness.own_output_export()?,
         })))
     }
 }
 
 impl QatModule for QatConv2d {
     fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
-        let n = &self.name;
-        self.cfg.check_input(x, n)?;
-        let w = self.wq.forward(&self.weight, &self.state, n)?;
-        let bias = match (&self.bias, self.input_scale) {
-            (Some(b), Some(s_in)) => Some(self.wq.fake_quant_bias(b, s_in, &self.state, n)?),
-            (b, _) => b.as_ref().map(Tensor::shallow_clone),
+        self.cfg.check_input(x, self.harness.name())?;
+        let w = self.harness.quantize_weights(&self.weight)?;
+        let bias = match &self.bias {
+            Some(b) => Some(self.harness.quantize_bias(b)?),
+            None => None,
         };
-        let y = self.cfg.conv(x, &w, bias.as_ref(), n)?;
-        self.oq
-            .apply_activated(y, self.cfg.activation, train, &self.state)
+        let y = self.cfg.conv(x, &w, bias.as_ref(), self.harness.name())?;
+        self.harness
+            .quantize_activated(y, self.cfg.activation, train)
     }
 }

@@ -5,10 +5,10 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
 use super::export::{ExportTensor, vec_of};
-use super::quantizer::apply_state;
+use super::harness::name_of;
 use super::{
-    BnExport, Conv2dConfig, ConvExport, LayerError, LayerExport, OutputQuantizer, QatControl,
-    QatLayer, QatModule, QuantState, WeightQuantizer, config::NO_DECAY_GROUP,
+    BnExport, Conv2dConfig, ConvExport, LayerError, LayerExport, QatControl, QatLayer, QatModule,
+    QuantHarness, config::NO_DECAY_GROUP,
 };
 
 /// Which conv+BN folding QAT simulates.
@@ -97,7 +97,6 @@ impl ConvBnConfig {
 /// ```
 #[derive(Debug)]
 pub struct QatConvBn2d {
-    name: String,
     cfg: ConvBnConfig,
     weight: Tensor,
     gamma: Tensor,
@@ -105,10 +104,7 @@ pub struct QatConvBn2d {
     running_mean: Tensor,
     running_var: Tensor,
     frozen: Tensor,
-    wq: WeightQuantizer,
-    oq: OutputQuantizer,
-    state: QuantState,
-    input_scale: Option<f32>,
+    harness: QuantHarness,
 }
 
 fn per_out_channel(t: &Tensor) -> Tensor {
@@ -118,16 +114,16 @@ fn per_out_channel(t: &Tensor) -> Tensor {
 impl QatConvBn2d {
     /// Creates the layer's parameters, BN buffers and quantizers under `path`.
     pub fn new(path: &nn::Path<'_>, cfg: ConvBnConfig) -> Result<Self, LayerError> {
-        let name = path.components().collect::<Vec<_>>().join(".");
+        let name = name_of(path);
         cfg.conv.validate(&name)?;
         if !(cfg.eps > 0.0 && (0.0..=1.0).contains(&cfg.momentum)) {
-            return Err(LayerError::Config {
-                layer: name,
-                what: format!(
+            return Err(LayerError::config(
+                &name,
+                format!(
                     "BN eps {} must be > 0, momentum {} in [0, 1]",
                     cfg.eps, cfg.momentum
                 ),
-            });
+            ));
         }
         let c = cfg.conv.out_channels;
         let torch = |op| LayerError::torch(&name, op);
@@ -151,10 +147,8 @@ impl QatConvBn2d {
         let frozen = bn
             .f_zeros_no_train("frozen", &[1])
             .map_err(torch("init frozen"))?;
-        let wq = WeightQuantizer::new(&(path / "weight_q"), &cfg.conv.quant, c, &name)?;
-        let oq = OutputQuantizer::new(&(path / "act_q"), &cfg.conv.quant)?;
+        let harness = QuantHarness::weighted(path, &cfg.conv.quant, c)?;
         Ok(Self {
-            name,
             cfg,
             weight,
             gamma,
@@ -162,10 +156,7 @@ impl QatConvBn2d {
             running_mean,
             running_var,
             frozen,
-            wq,
-            oq,
-            state: QuantState::default(),
-            input_scale: None,
+            harness,
         })
     }
 
@@ -211,26 +202,11 @@ impl QatConvBn2d {
         &self.cfg
     }
 
-    /// The run-time state.
-    pub fn state(&self) -> QuantState {
-        self.state
-    }
-
-    /// The output quantizer.
-    pub fn output_quantizer(&self) -> &OutputQuantizer {
-        &self.oq
-    }
-
-    /// The weight quantizer.
-    pub fn weight_quantizer(&self) -> &WeightQuantizer {
-        &self.wq
-    }
-
     /// Moving std `σ = √(running_var + ε)` (no gradient).
     fn moving_std(&self) -> Result<Tensor, LayerError> {
         (&self.running_var + self.cfg.eps)
             .f_sqrt()
-            .map_err(LayerError::torch(&self.name, "moving std"))
+            .map_err(LayerError::torch(self.harness.name(), "moving std"))
     }
 
     /// The per-channel fold factor `k = γ/√(var + ε)` with moving statistics, in f64 exactly as
@@ -245,7 +221,7 @@ impl QatConvBn2d {
             .f_to_kind(Kind::Double)
             .and_then(|v| (v + eps).f_sqrt())
             .and_then(|sigma| self.gamma.f_to_kind(Kind::Double)?.f_div(&sigma))
-            .map_err(LayerError::torch(&self.name, "BN fold factor"))
+            .map_err(LayerError::torch(self.harness.name(), "BN fold factor"))
     }
 
     /// `W·k` per output channel, computed in f64 and rounded to f32 once (qat-export's fold).
@@ -254,7 +230,7 @@ impl QatConvBn2d {
             .f_to_kind(Kind::Double)
             .and_then(|w| w.f_mul(&per_out_channel(k)))
             .and_then(|w| w.f_to_kind(Kind::Float))
-            .map_err(LayerError::torch(&self.name, "BN fold"))
+            .map_err(LayerError::torch(self.harness.name(), "BN fold"))
     }
 
     /// `(γ·W/σ, β − γ·μ/σ)` with moving statistics: the inference fold, bit for bit qat-export's.
@@ -266,7 +242,7 @@ impl QatConvBn2d {
             .f_to_kind(Kind::Double)
             .and_then(|b| b.f_sub(&(&k * self.running_mean.f_to_kind(Kind::Double)?)))
             .and_then(|b| b.f_to_kind(Kind::Float))
-            .map_err(LayerError::torch(&self.name, "BN fold bias"))?;
+            .map_err(LayerError::torch(self.harness.name(), "BN fold bias"))?;
         Ok((w, b))
     }
 
@@ -282,12 +258,12 @@ impl QatConvBn2d {
     }
 
     fn forward_whitepaper(&mut self, x: &Tensor, use_batch: bool) -> Result<Tensor, LayerError> {
-        let n = self.name.clone();
+        let n = self.harness.name().to_string();
         let torch = |op| LayerError::torch(&n, op);
         if !use_batch {
             return self.forward_folded(x);
         }
-        let fq_on = self.state.fake_quant && self.wq.enabled();
+        let fq_on = self.harness.fake_quantizes_weights();
         let conv_float = || self.cfg.conv.conv(x, &self.weight, None::<&Tensor>, &n);
         // TF's fold (the paper authors' reference) takes μ_B and σ_B from the outputs of a fused BN
         // whose gradient ignores them: the batch statistics are constants of the backward pass, so the
@@ -299,14 +275,14 @@ impl QatConvBn2d {
         };
         let count = batch_count(&y_float);
         if count < 2 {
-            return Err(LayerError::Shape {
-                layer: n.clone(),
-                expected: "more than one value per channel for batch statistics".to_string(),
-                got: y_float.size(),
-            });
+            return Err(LayerError::shape(
+                &n,
+                "more than one value per channel for batch statistics",
+                y_float.size(),
+            ));
         }
         let w_fold = self.fold_weight(&self.fold_factor()?)?;
-        let w = self.wq.forward(&w_fold, &self.state, &n)?;
+        let w = self.harness.quantize_weights(&w_fold)?;
         if !fq_on {
             // Without weight quantization the fold is exactly batch-stat BN:
             // conv(x, γW/σ)·σ/σ_B + β − γμ_B/σ_B = γ·(conv(x, W) − μ_B)/σ_B + β, so libtorch's fused
@@ -351,13 +327,10 @@ impl QatConvBn2d {
     /// `conv(x, FQ(γW/σ)) + b̂`, `b = β − γμ/σ`, with `b̂` the bias on the integer model's int32 grid
     /// once the input scale is known ([`WeightQuantizer::fake_quant_bias`]).
     fn forward_folded(&mut self, x: &Tensor) -> Result<Tensor, LayerError> {
-        let n = self.name.clone();
+        let n = self.harness.name().to_string();
         let (w_fold, b_fold) = self.folded_moving()?;
-        let w = self.wq.forward(&w_fold, &self.state, &n)?;
-        let b = match self.input_scale {
-            Some(s_in) => self.wq.fake_quant_bias(&b_fold, s_in, &self.state, &n)?,
-            None => b_fold,
-        };
+        let w = self.harness.quantize_weights(&w_fold)?;
+        let b = self.harness.quantize_bias(&b_fold)?;
         self.cfg.conv.conv(x, &w, Some(&b), &n)
     }
 
@@ -367,24 +340,24 @@ impl QatConvBn2d {
             // rounding (the `/s` then `·γ/σ`), which would flip a few output codes against export.
             return self.forward_folded(x);
         }
-        let n = self.name.clone();
+        let n = self.harness.name().to_string();
         let k = self.fold_factor()?;
         let scale = k
             .f_to_kind(Kind::Float)
             .map_err(LayerError::torch(&n, "BN scale"))?;
         let w_scaled = self.fold_weight(&k)?;
-        let w = self.wq.forward(&w_scaled, &self.state, &n)?;
+        let w = self.harness.quantize_weights(&w_scaled)?;
         // conv(x, FQ(W·s)) / s as one conv with the division on the quantized weights (a conv is
         // linear in each output channel's weights; equal up to float rounding): no activation-sized
         // division and no reduction for its gradient w.r.t. s.
         let w = &w / per_out_channel(&scale);
         let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)?;
         if use_batch && batch_count(&y) < 2 {
-            return Err(LayerError::Shape {
-                layer: n.clone(),
-                expected: "more than one value per channel for batch statistics".to_string(),
-                got: y.size(),
-            });
+            return Err(LayerError::shape(
+                &n,
+                "more than one value per channel for batch statistics",
+                y.size(),
+            ));
         }
         y.f_batch_norm(
             Some(&self.gamma),
@@ -492,30 +465,23 @@ fn batch_count(y: &Tensor) -> i64 {
 }
 
 impl QatLayer for QatConvBn2d {
-    fn name(&self) -> &str {
-        &self.name
-    }
+    harness_field!();
 
+    /// The harness's switches, and `FreezeBn` for the BN statistics.
     fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.wq.control(c);
-        self.oq.control_observer(c);
+        self.harness.control(c);
         if let QatControl::FreezeBn(f) = c {
             self.freeze_bn(f);
         }
     }
 
-    fn set_input_scale(&mut self, s_in: Option<f32>) {
-        self.input_scale = s_in;
-    }
-
     fn export(&self) -> Result<LayerExport, LayerError> {
-        let n = &self.name;
+        let n = self.harness.name();
         let ex = |op| LayerError::torch(n, op);
         let (w_fold, b_fold) = tch::no_grad(|| self.folded_moving())?;
         let (stride, padding, dilation, groups) = self.cfg.conv.geometry_usize();
         Ok(LayerExport::Conv(Box::new(ConvExport {
-            name: self.name.clone(),
+            name: n.to_string(),
             weight: ExportTensor::from_tensor(&self.weight).map_err(ex("export weight"))?,
             bias: None,
             bn: Some(BnExport {
@@ -530,18 +496,13 @@ impl QatLayer for QatConvBn2d {
             folded_weight: ExportTensor::from_tensor(&w_fold)
                 .map_err(ex("export folded weight"))?,
             folded_bias: vec_of(&b_fold).map_err(ex("export folded bias"))?,
-            weight_qparams: self.wq.qparams_for(&w_fold, n)?,
-            weight_bits: self.cfg.conv.quant.weight_bits,
-            weight_scheme: self.cfg.conv.quant.weight_scheme,
-            weight_granularity: self.cfg.conv.quant.weight_granularity,
-            quantize_weights: self.wq.enabled(),
-            weight_range: self.cfg.conv.quant.weight_range,
+            weight_quant: self.harness.weight_export(&w_fold)?,
             stride,
             padding,
             dilation,
             groups,
             activation: self.cfg.conv.activation,
-            output: self.oq.export()?,
+            output: self.harness.own_output_export()?,
         })))
     }
 }
@@ -549,13 +510,13 @@ impl QatLayer for QatConvBn2d {
 impl QatModule for QatConvBn2d {
     /// Forward per [`BnFoldMode`]; batch statistics are used when `train` and BN is not frozen.
     fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
-        self.cfg.conv.check_input(x, &self.name)?;
+        self.cfg.conv.check_input(x, self.harness.name())?;
         let use_batch = train && !self.bn_frozen();
         let y = match self.cfg.fold {
             BnFoldMode::Whitepaper => self.forward_whitepaper(x, use_batch)?,
             BnFoldMode::PyTorch => self.forward_pytorch(x, use_batch)?,
         };
-        self.oq
-            .apply_activated(y, self.cfg.conv.activation, train, &self.state)
+        self.harness
+            .quantize_activated(y, self.cfg.conv.activation, train)
     }
 }

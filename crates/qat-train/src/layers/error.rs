@@ -1,35 +1,35 @@
+//! The layers' error: which layer, and what went wrong.
+
+use std::fmt;
+
 use qat_autograd::FakeQuantError;
 use tch::TchError;
 use thiserror::Error;
 
 use crate::observer::ObserverError;
 
-/// Errors of the QAT layers; each names the layer (its VarStore path).
+/// A QAT layer's error: the layer's name (its VarStore path, given once) and what went wrong.
+#[derive(Debug)]
+pub struct LayerError {
+    /// The layer's name (its VarStore path).
+    pub layer: String,
+    /// What went wrong.
+    pub kind: LayerErrorKind,
+}
+
+/// What went wrong in a QAT layer.
 #[derive(Debug, Error)]
-pub enum LayerError {
+pub enum LayerErrorKind {
     /// A fake-quant op failed.
-    #[error("layer '{layer}': {source}")]
-    FakeQuant {
-        /// Layer name.
-        layer: String,
-        /// The op's error.
-        #[source]
-        source: FakeQuantError,
-    },
-    /// An observer failed (e.g. uncalibrated while fake quant is on in eval mode).
-    #[error("layer '{layer}': {source}")]
-    Observer {
-        /// Layer name.
-        layer: String,
-        /// The observer's error.
-        #[source]
-        source: ObserverError,
-    },
+    #[error(transparent)]
+    FakeQuant(FakeQuantError),
+    /// An observer failed (e.g. uncalibrated while fake quant is on in eval mode); the error
+    /// names the observer.
+    #[error(transparent)]
+    Observer(ObserverError),
     /// libtorch failed.
-    #[error("layer '{layer}': {op}: libtorch error: {source}")]
+    #[error("{op}: libtorch error: {source}")]
     Torch {
-        /// Layer name.
-        layer: String,
         /// Which step.
         op: &'static str,
         /// libtorch's error.
@@ -37,48 +37,67 @@ pub enum LayerError {
         source: TchError,
     },
     /// The input does not have the shape the layer expects.
-    #[error("layer '{layer}': expected input {expected}, got shape {got:?}")]
+    #[error("expected input {expected}, got shape {got:?}")]
     Shape {
-        /// Layer name.
-        layer: String,
         /// What was expected.
         expected: String,
         /// The input's shape.
         got: Vec<i64>,
     },
     /// Invalid construction parameters.
-    #[error("layer '{layer}': invalid config: {what}")]
-    Config {
-        /// Layer name.
-        layer: String,
-        /// What is wrong.
-        what: String,
-    },
+    #[error("invalid config: {0}")]
+    Config(String),
 }
 
 impl LayerError {
+    /// The error `kind` of the layer `layer`.
+    pub fn new(layer: &str, kind: LayerErrorKind) -> Self {
+        Self {
+            layer: layer.to_string(),
+            kind,
+        }
+    }
+
+    /// An invalid construction parameter of `layer`.
+    pub(crate) fn config(layer: &str, what: impl Into<String>) -> Self {
+        Self::new(layer, LayerErrorKind::Config(what.into()))
+    }
+
+    /// An input of the wrong shape.
+    pub(crate) fn shape(layer: &str, expected: impl Into<String>, got: Vec<i64>) -> Self {
+        Self::new(
+            layer,
+            LayerErrorKind::Shape {
+                expected: expected.into(),
+                got,
+            },
+        )
+    }
+
     pub(crate) fn torch<'a>(
         layer: &'a str,
         op: &'static str,
     ) -> impl FnOnce(TchError) -> Self + 'a {
-        move |source| Self::Torch {
-            layer: layer.to_string(),
-            op,
-            source,
-        }
+        move |source| Self::new(layer, LayerErrorKind::Torch { op, source })
     }
 
     pub(crate) fn observer(layer: &str) -> impl FnOnce(ObserverError) -> Self + '_ {
-        move |source| Self::Observer {
-            layer: layer.to_string(),
-            source,
-        }
+        move |e| Self::new(layer, LayerErrorKind::Observer(e))
     }
 
     pub(crate) fn fq(layer: &str) -> impl FnOnce(FakeQuantError) -> Self + '_ {
-        move |source| Self::FakeQuant {
-            layer: layer.to_string(),
-            source,
-        }
+        move |e| Self::new(layer, LayerErrorKind::FakeQuant(e))
+    }
+}
+
+impl fmt::Display for LayerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layer '{}': {}", self.layer, self.kind)
+    }
+}
+
+impl std::error::Error for LayerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
     }
 }

@@ -72,6 +72,24 @@ pub struct OutputExport {
     pub learned: bool,
 }
 
+/// How a layer's weights are quantized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightExport {
+    /// Parameters of the final weights the eval forward quantizes (for conv+BN the folded ones):
+    /// their own min/max, as export recomputes them, or the learned LSQ scales.
+    pub qparams: TensorQParams,
+    /// Bit width.
+    pub bits: u32,
+    /// Grid scheme.
+    pub scheme: QuantScheme,
+    /// Granularity.
+    pub granularity: WeightGranularity,
+    /// Whether the weights are fake-quantized in QAT (config flag).
+    pub enabled: bool,
+    /// How QAT obtained the range (min/max, or learned LSQ scales).
+    pub range: WeightRange,
+}
+
 /// A conv layer (plain, depthwise, or conv+BN).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConvExport {
@@ -88,19 +106,8 @@ pub struct ConvExport {
     pub folded_weight: ExportTensor,
     /// The bias the eval forward adds: `β − γ·μ/σ` (+ `γ·b/σ`) for conv+BN, `b` (or zeros) otherwise.
     pub folded_bias: Vec<f32>,
-    /// Weight quantization parameters of `folded_weight` (qat-core; the frozen observer's range
-    /// if weight observers are frozen, else computed from `folded_weight`'s min/max).
-    pub weight_qparams: TensorQParams,
-    /// Weight bit width.
-    pub weight_bits: u32,
-    /// Weight grid scheme.
-    pub weight_scheme: QuantScheme,
-    /// Weight granularity.
-    pub weight_granularity: WeightGranularity,
-    /// Whether weights are fake-quantized in QAT (config flag).
-    pub quantize_weights: bool,
-    /// How QAT obtained the weight range (min/max, or learned LSQ scales).
-    pub weight_range: WeightRange,
+    /// Quantization of `folded_weight`.
+    pub weight_quant: WeightExport,
     /// Stride `[h, w]`.
     pub stride: [usize; 2],
     /// Symmetric zero padding `[h, w]`.
@@ -124,18 +131,8 @@ pub struct LinearExport {
     pub weight: ExportTensor,
     /// Bias `[out]`.
     pub bias: Vec<f32>,
-    /// Weight quantization parameters (as for [`ConvExport::weight_qparams`]).
-    pub weight_qparams: TensorQParams,
-    /// Weight bit width.
-    pub weight_bits: u32,
-    /// Weight grid scheme.
-    pub weight_scheme: QuantScheme,
-    /// Weight granularity.
-    pub weight_granularity: WeightGranularity,
-    /// Whether weights are fake-quantized in QAT.
-    pub quantize_weights: bool,
-    /// How QAT obtained the weight range (min/max, or learned LSQ scales).
-    pub weight_range: WeightRange,
+    /// Quantization of `weight`.
+    pub weight_quant: WeightExport,
     /// Fused activation.
     pub activation: Activation,
     /// Output quantizer.

@@ -1,56 +1,82 @@
 //! Fully connected layer for QAT.
 
+use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
 use super::export::{ExportTensor, vec_of};
-use super::quantizer::apply_state;
+use super::harness::name_of;
 use super::{
-    Activation, LayerError, LayerExport, LinearExport, OutputQuantizer, QatControl, QatLayer,
-    QatModule, QuantConfig, QuantState, WeightQuantizer, config::NO_DECAY_GROUP,
+    Activation, LayerError, LayerExport, LinearExport, QatLayer, QatModule, QuantConfig,
+    QuantHarness, config::NO_DECAY_GROUP,
 };
+
+/// Shape and options of a fully connected layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LinearConfig {
+    /// Input features.
+    pub in_features: i64,
+    /// Output features.
+    pub out_features: i64,
+    /// Fused activation.
+    pub activation: Activation,
+    /// Quantization config.
+    pub quant: QuantConfig,
+}
+
+impl LinearConfig {
+    /// `in_features → out_features`, no activation, default quant config.
+    pub fn new(in_features: i64, out_features: i64) -> Self {
+        Self {
+            in_features,
+            out_features,
+            activation: Activation::None,
+            quant: QuantConfig::default(),
+        }
+    }
+
+    /// Sets the fused activation.
+    pub fn activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+
+    /// Sets the quant config.
+    pub fn quant(mut self, q: QuantConfig) -> Self {
+        self.quant = q;
+        self
+    }
+}
 
 /// Linear layer `y = FQ_a(act(x·FQ_w(W)ᵀ + b))`, `W: [out, in]` (per-channel axis 0), input
 /// `[N, in]`. Initialisation as PyTorch: `W, b ~ U(−1/√in, 1/√in)`; `b` in [`NO_DECAY_GROUP`].
 ///
 /// ```
-/// use qat_train::layers::{Activation, QatLinear, QatModule, QuantConfig};
+/// use qat_train::layers::{LinearConfig, QatLinear, QatModule};
 /// use tch::{Device, Kind, Tensor, nn::VarStore};
 /// let vs = VarStore::new(Device::Cpu);
-/// let mut fc = QatLinear::new(&(vs.root() / "fc"), 16, 10, Activation::None, QuantConfig::default())?;
+/// let mut fc = QatLinear::new(&(vs.root() / "fc"), LinearConfig::new(16, 10))?;
 /// let y = fc.forward_t(&Tensor::ones([4, 16], (Kind::Float, Device::Cpu)), true)?;
 /// assert_eq!(y.size(), vec![4, 10]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct QatLinear {
-    name: String,
-    in_features: i64,
-    out_features: i64,
-    activation: Activation,
-    quant: QuantConfig,
+    cfg: LinearConfig,
     weight: Tensor,
     bias: Tensor,
-    wq: WeightQuantizer,
-    oq: OutputQuantizer,
-    state: QuantState,
-    input_scale: Option<f32>,
+    harness: QuantHarness,
 }
 
 impl QatLinear {
     /// Creates the layer under `path`.
-    pub fn new(
-        path: &nn::Path<'_>,
-        in_features: i64,
-        out_features: i64,
-        activation: Activation,
-        quant: QuantConfig,
-    ) -> Result<Self, LayerError> {
-        let name = path.components().collect::<Vec<_>>().join(".");
+    pub fn new(path: &nn::Path<'_>, cfg: LinearConfig) -> Result<Self, LayerError> {
+        let name = name_of(path);
+        let (in_features, out_features) = (cfg.in_features, cfg.out_features);
         if in_features <= 0 || out_features <= 0 {
-            return Err(LayerError::Config {
-                layer: name,
-                what: format!("features {in_features} → {out_features} must be > 0"),
-            });
+            return Err(LayerError::config(
+                &name,
+                format!("features {in_features} → {out_features} must be > 0"),
+            ));
         }
         let bound = 1.0 / (in_features as f64).sqrt();
         let init = nn::Init::Uniform {
@@ -64,20 +90,12 @@ impl QatLinear {
             .set_group(NO_DECAY_GROUP)
             .f_var("bias", &[out_features], init)
             .map_err(LayerError::torch(&name, "init bias"))?;
-        let wq = WeightQuantizer::new(&(path / "weight_q"), &quant, out_features, &name)?;
-        let oq = OutputQuantizer::new(&(path / "act_q"), &quant)?;
+        let harness = QuantHarness::weighted(path, &cfg.quant, out_features)?;
         Ok(Self {
-            name,
-            in_features,
-            out_features,
-            activation,
-            quant,
+            cfg,
             weight,
             bias,
-            wq,
-            oq,
-            state: QuantState::default(),
-            input_scale: None,
+            harness,
         })
     }
 
@@ -91,76 +109,46 @@ impl QatLinear {
         &self.bias
     }
 
-    /// The run-time state.
-    pub fn state(&self) -> QuantState {
-        self.state
-    }
-
-    /// The output quantizer.
-    pub fn output_quantizer(&self) -> &OutputQuantizer {
-        &self.oq
-    }
-
-    /// Output features.
-    pub fn out_features(&self) -> i64 {
-        self.out_features
+    /// The configuration.
+    pub fn config(&self) -> &LinearConfig {
+        &self.cfg
     }
 }
 
 impl QatLayer for QatLinear {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.wq.control(c);
-        self.oq.control_observer(c);
-    }
-
-    fn set_input_scale(&mut self, s_in: Option<f32>) {
-        self.input_scale = s_in;
-    }
+    harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        let n = &self.name;
+        let n = self.harness.name();
         Ok(LayerExport::Linear(LinearExport {
-            name: self.name.clone(),
+            name: n.to_string(),
             weight: ExportTensor::from_tensor(&self.weight)
                 .map_err(LayerError::torch(n, "export"))?,
             bias: vec_of(&self.bias).map_err(LayerError::torch(n, "export"))?,
-            weight_qparams: self.wq.qparams_for(&self.weight.detach(), n)?,
-            weight_bits: self.quant.weight_bits,
-            weight_scheme: self.quant.weight_scheme,
-            weight_granularity: self.quant.weight_granularity,
-            quantize_weights: self.wq.enabled(),
-            weight_range: self.quant.weight_range,
-            activation: self.activation,
-            output: self.oq.export()?,
+            weight_quant: self.harness.weight_export(&self.weight.detach())?,
+            activation: self.cfg.activation,
+            output: self.harness.own_output_export()?,
         }))
     }
 }
 
 impl QatModule for QatLinear {
     fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
-        let n = &self.name;
+        let n = self.harness.name();
         let s = x.size();
-        if s.len() != 2 || s[1] != self.in_features {
-            return Err(LayerError::Shape {
-                layer: n.clone(),
-                expected: format!("[N, {}]", self.in_features),
-                got: s,
-            });
+        if s.len() != 2 || s[1] != self.cfg.in_features {
+            return Err(LayerError::shape(
+                n,
+                format!("[N, {}]", self.cfg.in_features),
+                s,
+            ));
         }
-        let w = self.wq.forward(&self.weight, &self.state, n)?;
-        let bias = match self.input_scale {
-            Some(s_in) => self.wq.fake_quant_bias(&self.bias, s_in, &self.state, n)?,
-            None => self.bias.shallow_clone(),
-        };
+        let w = self.harness.quantize_weights(&self.weight)?;
+        let bias = self.harness.quantize_bias(&self.bias)?;
         let y = x
             .f_linear(&w, Some(&bias))
-            .map_err(LayerError::torch(n, "linear"))?;
-        self.oq
-            .apply_activated(y, self.activation, train, &self.state)
+            .map_err(LayerError::torch(self.harness.name(), "linear"))?;
+        self.harness
+            .quantize_activated(y, self.cfg.activation, train)
     }
 }

@@ -4,10 +4,10 @@
 
 use tch::{Tensor, nn};
 
-use super::quantizer::apply_state;
+use super::config::activate;
+use super::harness::name_of;
 use super::{
-    Activation, LayerError, LayerExport, MergeExport, OutputQuantizer, QatControl, QatLayer,
-    QuantConfig, QuantState,
+    Activation, LayerError, LayerExport, MergeExport, QatLayer, QuantConfig, QuantHarness,
 };
 
 /// `y = FQ(act(a + b))` (TFLite's quantized add with a fused activation clamp).
@@ -23,10 +23,8 @@ use super::{
 /// ```
 #[derive(Debug)]
 pub struct QatAdd {
-    name: String,
     activation: Activation,
-    oq: OutputQuantizer,
-    state: QuantState,
+    harness: QuantHarness,
 }
 
 impl QatAdd {
@@ -37,52 +35,36 @@ impl QatAdd {
         quant: QuantConfig,
     ) -> Result<Self, LayerError> {
         Ok(Self {
-            name: path.components().collect::<Vec<_>>().join("."),
             activation,
-            oq: OutputQuantizer::new(&(path / "act_q"), &quant)?,
-            state: QuantState::default(),
+            harness: QuantHarness::output(path, &quant)?,
         })
     }
 
     /// Forward: inputs must have equal shapes.
     pub fn forward_t(&mut self, a: &Tensor, b: &Tensor, train: bool) -> Result<Tensor, LayerError> {
+        let n = self.harness.name();
         if a.size() != b.size() {
-            return Err(LayerError::Shape {
-                layer: self.name.clone(),
-                expected: format!("second input of shape {:?}", a.size()),
-                got: b.size(),
-            });
+            return Err(LayerError::shape(
+                n,
+                format!("second input of shape {:?}", a.size()),
+                b.size(),
+            ));
         }
-        let y = a.f_add(b).map_err(LayerError::torch(&self.name, "add"))?;
-        let y = self
-            .activation
-            .apply(y)
-            .map_err(LayerError::torch(&self.name, "activation"))?;
-        self.oq.apply(&y, train, &self.state)
-    }
-
-    /// The output quantizer.
-    pub fn output_quantizer(&self) -> &OutputQuantizer {
-        &self.oq
+        let y = a.f_add(b).map_err(LayerError::torch(n, "add"))?;
+        let y = activate(self.activation, y).map_err(LayerError::torch(n, "activation"))?;
+        self.harness.quantize_output(&y, train)
     }
 }
 
 impl QatLayer for QatAdd {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.oq.control_observer(c);
-    }
+    harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
         Ok(LayerExport::Add(MergeExport {
-            name: self.name.clone(),
+            name: self.harness.name().to_string(),
             inputs: 2,
             activation: self.activation,
-            output: self.oq.export()?,
+            output: self.harness.own_output_export()?,
         }))
     }
 }
@@ -90,65 +72,49 @@ impl QatLayer for QatAdd {
 /// `y = FQ(concat(xs, dim = 1))` along channels (NCHW; the runtime's NHWC last axis).
 #[derive(Debug)]
 pub struct QatConcat {
-    name: String,
-    oq: OutputQuantizer,
-    state: QuantState,
     inputs: usize,
+    harness: QuantHarness,
 }
 
 impl QatConcat {
     /// A concat of `inputs ≥ 1` tensors with its output quantizer under `path`.
     pub fn new(path: &nn::Path<'_>, inputs: usize, quant: QuantConfig) -> Result<Self, LayerError> {
-        let name = path.components().collect::<Vec<_>>().join(".");
         if inputs == 0 {
-            return Err(LayerError::Config {
-                layer: name,
-                what: "concat needs at least one input".to_string(),
-            });
+            return Err(LayerError::config(
+                &name_of(path),
+                "concat needs at least one input",
+            ));
         }
         Ok(Self {
-            oq: OutputQuantizer::new(&(path / "act_q"), &quant)?,
-            name,
-            state: QuantState::default(),
             inputs,
+            harness: QuantHarness::output(path, &quant)?,
         })
     }
 
     /// Forward over exactly the configured number of inputs.
     pub fn forward_t(&mut self, xs: &[&Tensor], train: bool) -> Result<Tensor, LayerError> {
+        let n = self.harness.name();
         if xs.len() != self.inputs {
-            return Err(LayerError::Shape {
-                layer: self.name.clone(),
-                expected: format!("{} inputs", self.inputs),
-                got: vec![xs.len() as i64],
-            });
+            return Err(LayerError::shape(
+                n,
+                format!("{} inputs", self.inputs),
+                vec![xs.len() as i64],
+            ));
         }
-        let y = Tensor::f_cat(xs, 1).map_err(LayerError::torch(&self.name, "cat"))?;
-        self.oq.apply(&y, train, &self.state)
-    }
-
-    /// The output quantizer.
-    pub fn output_quantizer(&self) -> &OutputQuantizer {
-        &self.oq
+        let y = Tensor::f_cat(xs, 1).map_err(LayerError::torch(n, "cat"))?;
+        self.harness.quantize_output(&y, train)
     }
 }
 
 impl QatLayer for QatConcat {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.oq.control_observer(c);
-    }
+    harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
         Ok(LayerExport::Concat(MergeExport {
-            name: self.name.clone(),
+            name: self.harness.name().to_string(),
             inputs: self.inputs,
             activation: Activation::None,
-            output: self.oq.export()?,
+            output: self.harness.own_output_export()?,
         }))
     }
 }

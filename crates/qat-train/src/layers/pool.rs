@@ -2,110 +2,129 @@
 //! range (own observer + fake quant); max pooling keeps the input's parameters (a max of values on
 //! one grid is on that grid), so it has no quantizer.
 
+use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
-use super::quantizer::apply_state;
+use super::harness::name_of;
 use super::{
-    LayerError, LayerExport, OutputQuantizer, PoolExport, PoolKind, QatControl, QatLayer,
-    QatModule, QuantConfig, QuantState,
+    LayerError, LayerExport, PoolExport, PoolKind, QatLayer, QatModule, QuantConfig, QuantHarness,
 };
 
-fn name_of(path: &nn::Path<'_>) -> String {
-    path.components().collect::<Vec<_>>().join(".")
+/// Window of a square 2-D pooling: `k×k`, stride `s`, symmetric padding `p` (padded cells are
+/// excluded from averages and maxima, as in the runtime/TFLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pool2dConfig {
+    /// Kernel size `k`.
+    pub kernel: i64,
+    /// Stride `s`.
+    pub stride: i64,
+    /// Padding `p` (`2p ≤ k`).
+    pub padding: i64,
 }
 
-fn check_4d(x: &Tensor, layer: &str) -> Result<(), LayerError> {
-    if x.dim() != 4 {
-        return Err(LayerError::Shape {
-            layer: layer.to_string(),
-            expected: "[N, C, H, W]".to_string(),
-            got: x.size(),
-        });
-    }
-    Ok(())
-}
-
-/// Average pooling `k×k`, stride `s`, padding `p` (padded cells excluded from the average, as the
-/// runtime/TFLite), followed by its own output fake quant.
-#[derive(Debug)]
-pub struct QatAvgPool2d {
-    name: String,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
-    oq: OutputQuantizer,
-    state: QuantState,
-}
-
-impl QatAvgPool2d {
-    /// Creates the pool with its output quantizer under `path`.
-    pub fn new(
-        path: &nn::Path<'_>,
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-        quant: QuantConfig,
-    ) -> Result<Self, LayerError> {
-        let name = name_of(path);
-        if kernel <= 0 || stride <= 0 || padding < 0 || 2 * padding > kernel {
-            return Err(LayerError::Config {
-                layer: name,
-                what: format!("avg pool kernel {kernel} stride {stride} padding {padding}"),
-            });
+impl Pool2dConfig {
+    /// A `k×k` window with stride `s`, no padding.
+    pub fn new(kernel: i64, stride: i64) -> Self {
+        Self {
+            kernel,
+            stride,
+            padding: 0,
         }
-        Ok(Self {
-            oq: OutputQuantizer::new(&(path / "act_q"), &quant)?,
-            name,
+    }
+
+    /// Sets the padding.
+    pub fn padding(self, padding: i64) -> Self {
+        Self { padding, ..self }
+    }
+
+    fn validate(&self, what: &str, layer: &str) -> Result<(), LayerError> {
+        let Self {
             kernel,
             stride,
             padding,
-            state: QuantState::default(),
-        })
-    }
-}
-
-impl QatLayer for QatAvgPool2d {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.oq.control_observer(c);
+        } = *self;
+        if kernel <= 0 || stride <= 0 || padding < 0 || 2 * padding > kernel {
+            return Err(LayerError::config(
+                layer,
+                format!("{what} kernel {kernel} stride {stride} padding {padding}"),
+            ));
+        }
+        Ok(())
     }
 
-    fn export(&self) -> Result<LayerExport, LayerError> {
+    /// `[kernel, stride, padding]`, each `[h, w]`, as libtorch's pooling ops take them.
+    fn window(&self) -> [[i64; 2]; 3] {
+        let Self {
+            kernel: k,
+            stride: s,
+            padding: p,
+        } = *self;
+        [[k, k], [s, s], [p, p]]
+    }
+
+    fn export(&self, kind: PoolKind, harness: &QuantHarness) -> Result<LayerExport, LayerError> {
         let (k, s, p) = (
             self.kernel as usize,
             self.stride as usize,
             self.padding as usize,
         );
         Ok(LayerExport::Pool(PoolExport {
-            name: self.name.clone(),
-            kind: PoolKind::Avg,
+            name: harness.name().to_string(),
+            kind,
             kernel: [k, k],
             stride: [s, s],
             padding: [p, p],
-            output: Some(self.oq.export()?),
+            output: harness.output_export()?,
         }))
+    }
+}
+
+fn check_4d(x: &Tensor, layer: &str) -> Result<(), LayerError> {
+    if x.dim() != 4 {
+        return Err(LayerError::shape(layer, "[N, C, H, W]", x.size()));
+    }
+    Ok(())
+}
+
+/// Average pooling over a [`Pool2dConfig`] window (padded cells excluded from the average, as the
+/// runtime/TFLite), followed by its own output fake quant.
+#[derive(Debug)]
+pub struct QatAvgPool2d {
+    cfg: Pool2dConfig,
+    harness: QuantHarness,
+}
+
+impl QatAvgPool2d {
+    /// Creates the pool with its output quantizer under `path`.
+    pub fn new(
+        path: &nn::Path<'_>,
+        cfg: Pool2dConfig,
+        quant: QuantConfig,
+    ) -> Result<Self, LayerError> {
+        cfg.validate("avg pool", &name_of(path))?;
+        Ok(Self {
+            cfg,
+            harness: QuantHarness::output(path, &quant)?,
+        })
+    }
+}
+
+impl QatLayer for QatAvgPool2d {
+    harness_field!();
+
+    fn export(&self) -> Result<LayerExport, LayerError> {
+        self.cfg.export(PoolKind::Avg, &self.harness)
     }
 }
 
 impl QatModule for QatAvgPool2d {
     fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
-        check_4d(x, &self.name)?;
-        let k = [self.kernel, self.kernel];
+        check_4d(x, self.harness.name())?;
+        let [k, s, p] = self.cfg.window();
         let y = x
-            .f_avg_pool2d(
-                k,
-                [self.stride, self.stride],
-                [self.padding, self.padding],
-                false,
-                false,
-                None,
-            )
-            .map_err(LayerError::torch(&self.name, "avg_pool2d"))?;
-        self.oq.apply(&y, train, &self.state)
+            .f_avg_pool2d(k, s, p, false, false, None)
+            .map_err(LayerError::torch(self.harness.name(), "avg_pool2d"))?;
+        self.harness.quantize_output(&y, train)
     }
 }
 
@@ -113,121 +132,74 @@ impl QatModule for QatAvgPool2d {
 /// `GlobalAvgPool` requantizes).
 #[derive(Debug)]
 pub struct QatGlobalAvgPool {
-    name: String,
-    oq: OutputQuantizer,
-    state: QuantState,
+    harness: QuantHarness,
 }
 
 impl QatGlobalAvgPool {
     /// Creates the pool with its output quantizer under `path`.
     pub fn new(path: &nn::Path<'_>, quant: QuantConfig) -> Result<Self, LayerError> {
         Ok(Self {
-            name: name_of(path),
-            oq: OutputQuantizer::new(&(path / "act_q"), &quant)?,
-            state: QuantState::default(),
+            harness: QuantHarness::output(path, &quant)?,
         })
     }
 }
 
 impl QatLayer for QatGlobalAvgPool {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, c: QatControl) {
-        apply_state(&mut self.state, c);
-        self.oq.control_observer(c);
-    }
+    harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
         Ok(LayerExport::Pool(PoolExport {
-            name: self.name.clone(),
+            name: self.harness.name().to_string(),
             kind: PoolKind::GlobalAvg,
             kernel: [0, 0],
             stride: [0, 0],
             padding: [0, 0],
-            output: Some(self.oq.export()?),
+            output: self.harness.output_export()?,
         }))
     }
 }
 
 impl QatModule for QatGlobalAvgPool {
     fn forward_t(&mut self, x: &Tensor, train: bool) -> Result<Tensor, LayerError> {
-        check_4d(x, &self.name)?;
+        check_4d(x, self.harness.name())?;
         let y = x
             .f_mean_dim(Some([2i64, 3].as_slice()), false, None)
-            .map_err(LayerError::torch(&self.name, "global avg pool"))?;
-        self.oq.apply(&y, train, &self.state)
+            .map_err(LayerError::torch(self.harness.name(), "global avg pool"))?;
+        self.harness.quantize_output(&y, train)
     }
 }
 
-/// Max pooling `k×k`, stride `s`, padding `p` (padded cells ignored); no quantizer.
+/// Max pooling over a [`Pool2dConfig`] window (padded cells ignored); no quantizer.
 #[derive(Debug)]
 pub struct QatMaxPool2d {
-    name: String,
-    kernel: i64,
-    stride: i64,
-    padding: i64,
+    cfg: Pool2dConfig,
+    harness: QuantHarness,
 }
 
 impl QatMaxPool2d {
     /// Creates the pool (`path` only names it; it has no state).
-    pub fn new(
-        path: &nn::Path<'_>,
-        kernel: i64,
-        stride: i64,
-        padding: i64,
-    ) -> Result<Self, LayerError> {
-        let name = name_of(path);
-        if kernel <= 0 || stride <= 0 || padding < 0 || 2 * padding > kernel {
-            return Err(LayerError::Config {
-                layer: name,
-                what: format!("max pool kernel {kernel} stride {stride} padding {padding}"),
-            });
-        }
+    pub fn new(path: &nn::Path<'_>, cfg: Pool2dConfig) -> Result<Self, LayerError> {
+        cfg.validate("max pool", &name_of(path))?;
         Ok(Self {
-            name,
-            kernel,
-            stride,
-            padding,
+            cfg,
+            harness: QuantHarness::none(path),
         })
     }
 }
 
 impl QatLayer for QatMaxPool2d {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn control(&mut self, _c: QatControl) {}
+    harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        let (k, s, p) = (
-            self.kernel as usize,
-            self.stride as usize,
-            self.padding as usize,
-        );
-        Ok(LayerExport::Pool(PoolExport {
-            name: self.name.clone(),
-            kind: PoolKind::Max,
-            kernel: [k, k],
-            stride: [s, s],
-            padding: [p, p],
-            output: None,
-        }))
+        self.cfg.export(PoolKind::Max, &self.harness)
     }
 }
 
 impl QatModule for QatMaxPool2d {
     fn forward_t(&mut self, x: &Tensor, _train: bool) -> Result<Tensor, LayerError> {
-        check_4d(x, &self.name)?;
-        x.f_max_pool2d(
-            [self.kernel, self.kernel],
-            [self.stride, self.stride],
-            [self.padding, self.padding],
-            [1, 1],
-            false,
-        )
-        .map_err(LayerError::torch(&self.name, "max_pool2d"))
+        check_4d(x, self.harness.name())?;
+        let [k, s, p] = self.cfg.window();
+        x.f_max_pool2d(k, s, p, [1, 1], false)
+            .map_err(LayerError::torch(self.harness.name(), "max_pool2d"))
     }
 }

@@ -2,17 +2,14 @@
 
 use tch::Device;
 
-use super::{Architecture, ModelError, ModelSpec, Net, NetBuilder, NodeRef};
+use super::{Architecture, ModelError, ModelErrorKind, ModelSpec, Net, NetBuilder, NodeRef};
 use crate::layers::Activation;
 
 /// Builds the model described by `spec` on `device` (initial weights from libtorch's generator: call
 /// `tch::manual_seed` first for reproducible runs).
 pub fn build(spec: &ModelSpec, device: Device) -> Result<Net, ModelError> {
     let name = spec.name();
-    let bad = |what: String| ModelError::Build {
-        model: name.clone(),
-        what,
-    };
+    let bad = |what: String| ModelError::new(&name, ModelErrorKind::Build(what));
     if spec.num_classes == 0 || spec.input.contains(&0) {
         return Err(bad(format!(
             "input {:?} / {} classes",

@@ -15,6 +15,9 @@
 //! [`TrainError::NonFinite`] *before* the update, leaving the last checkpoint (written only at epoch ends,
 //! after a finite epoch) untouched.
 //!
+//! A binary that trains should call [`tune_allocator`] once at start-up (opt-in: it changes glibc's
+//! allocator for the whole process; the speed-ups it buys are in its docs).
+//!
 //! ```no_run
 //! use qat_train::data::Dataset;
 //! use qat_train::models::{self, ModelSpec};
@@ -38,13 +41,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+mod alloc;
+mod config;
+mod history;
+
+pub use alloc::tune_allocator;
+pub use config::{DeviceChoice, TrainConfig};
+pub use history::{EpochStats, Event, History, StepRecord};
+
 use crate::checkpoint::{self, CheckpointError};
-use crate::data::{Augment, DataError, Dataset, Loader, LoaderConfig, Normalize};
+use crate::data::{Augment, DataError, Dataset, Loader, LoaderConfig};
 use crate::models::{ModelError, Net};
-use crate::schedule::{
-    Optimizer, OptimizerConfig, Phase, Schedule, ScheduleConfig, ScheduleError, ScheduleState,
-    Transition,
-};
+use crate::schedule::{Optimizer, Phase, Schedule, ScheduleError, ScheduleState};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
@@ -89,222 +97,6 @@ pub enum TrainError {
     /// The configuration does not fit the data or the model.
     #[error("invalid training configuration: {0}")]
     Config(String),
-}
-
-/// Where to train.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeviceChoice {
-    /// `Device::cuda_if_available()` (needs the opt-in CUDA link, TCH.md §1, to see a GPU).
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// CUDA device `n`.
-    Cuda(usize),
-}
-
-impl DeviceChoice {
-    /// The tch device.
-    pub fn device(self) -> Device {
-        match self {
-            DeviceChoice::Auto => Device::cuda_if_available(),
-            DeviceChoice::Cpu => Device::Cpu,
-            DeviceChoice::Cuda(n) => Device::Cuda(n),
-        }
-    }
-}
-
-/// Everything a training run needs besides the model and the data (serde, so runs are described by files).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    /// Epochs to run (in total, counting those already done when resuming).
-    pub epochs: usize,
-    /// Cap on optimizer steps per epoch (`None`: the whole training set).
-    pub steps_per_epoch: Option<usize>,
-    /// Batch size (training and evaluation).
-    pub batch_size: usize,
-    /// Seed of shuffling and augmentation.
-    pub seed: u64,
-    /// Normalization (default MNIST statistics; must match the channel count).
-    pub normalize: Normalize,
-    /// Training augmentation.
-    pub augment: Augment,
-    /// Batches prefetched by the background thread (0: none).
-    pub prefetch: usize,
-    /// Optimizer, LR schedule, weight decay.
-    pub optimizer: OptimizerConfig,
-    /// Phase schedule (step counts).
-    pub schedule: ScheduleConfig,
-    /// Cap on evaluation samples per epoch (`None`: the whole test set).
-    pub eval_samples: Option<usize>,
-    /// Checkpoint directory, written after every epoch (`None`: no checkpoints).
-    pub checkpoint_dir: Option<PathBuf>,
-    /// Resume from `checkpoint_dir` when it holds a checkpoint.
-    pub resume: bool,
-    /// Draw progress bars (only when stderr is a terminal).
-    pub progress: bool,
-    /// Record every step's loss in [`History::steps`].
-    pub record_steps: bool,
-    /// Where the caller should build the model (`models::build(&spec, cfg.device.device())`); [`train`] runs
-    /// on the device of the model's variables and moves each batch there.
-    pub device: DeviceChoice,
-    /// Let [`train`] call [`tune_allocator`] (process-wide, once) before the first step (default `true`).
-    pub tune_allocator: bool,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 1,
-            steps_per_epoch: None,
-            batch_size: 64,
-            seed: 0,
-            normalize: Normalize::mnist(),
-            augment: Augment::none(),
-            prefetch: 2,
-            optimizer: OptimizerConfig::default(),
-            schedule: ScheduleConfig::default(),
-            eval_samples: None,
-            checkpoint_dir: None,
-            resume: false,
-            progress: true,
-            record_steps: true,
-            device: DeviceChoice::Auto,
-            tune_allocator: true,
-        }
-    }
-}
-
-/// Keeps the memory of freed tensors in the process between training steps: glibc `mallopt` with
-/// `M_MMAP_THRESHOLD` = 32 MiB (its maximum; blocks below it come from the heap instead of a fresh
-/// `mmap`) and `M_TRIM_THRESHOLD` = 1 GiB (the heap is not returned to the OS below that).
-///
-/// libtorch allocates and frees the same activation and gradient tensors every step; with glibc's
-/// default (dynamic) thresholds many of them are `mmap`ed and unmapped each time and every page is
-/// faulted in again. Measured with `bench_train` (MobileNet α 0.25, batch 64, 1 thread, medians of 40
-/// interleaved steps): float step 51.3 → 47.5 ms, QAT step with the PyTorch fold 83.6 → 65.0 ms
-/// (1.63× → 1.37× float), with the whitepaper fold 116.2 → 88.7 ms (2.12× → 1.74×). The cost is that
-/// up to 1 GiB of freed heap stays mapped. Setting only the trim threshold is worse than nothing (it
-/// turns the dynamic mmap threshold off at 128 KiB: 2.9× slower steps).
-///
-/// Process-wide and idempotent; returns whether glibc accepted both settings (always `false` on
-/// other C libraries, where it does nothing). [`train`] calls it unless
-/// [`TrainConfig::tune_allocator`] is `false`.
-///
-/// ```
-/// let tuned = qat_train::trainer::tune_allocator();
-/// assert_eq!(tuned, cfg!(all(target_os = "linux", target_env = "gnu")));
-/// ```
-pub fn tune_allocator() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::sync::OnceLock;
-        static TUNED: OnceLock<bool> = OnceLock::new();
-        *TUNED.get_or_init(|| {
-            const M_TRIM_THRESHOLD: i32 = -1;
-            const M_MMAP_THRESHOLD: i32 = -3;
-            unsafe extern "C" {
-                fn mallopt(param: i32, value: i32) -> i32;
-            }
-            // SAFETY: mallopt only changes glibc's allocator parameters; both values are within the
-            // documented ranges (M_MMAP_THRESHOLD ≤ 32 MiB on 64-bit), and it is called once.
-            let ok = unsafe {
-                mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
-            };
-            tracing::debug!(
-                ok,
-                "glibc allocator: mmap threshold 32 MiB, trim threshold 1 GiB"
-            );
-            ok
-        })
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
-}
-
-/// One epoch's summary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochStats {
-    /// Epoch index (0-based).
-    pub epoch: usize,
-    /// Phase of the epoch's last optimizer step.
-    pub phase: Phase,
-    /// Optimizer steps done at the end of the epoch.
-    pub step: u64,
-    /// Mean training loss over the epoch's batches.
-    pub train_loss: f64,
-    /// Training accuracy (train-mode forward, as seen during the epoch).
-    pub train_acc: f64,
-    /// Evaluation loss (eval mode).
-    pub test_loss: f64,
-    /// Evaluation accuracy (eval mode).
-    pub test_acc: f64,
-    /// Training throughput, images per second (forward + backward + update).
-    pub images_per_sec: f64,
-    /// Wall time of the epoch's training part.
-    pub seconds: f64,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Whether activation observers were frozen.
-    pub observers_frozen: bool,
-    /// Whether BN statistics were frozen.
-    pub bn_frozen: bool,
-}
-
-/// One optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepRecord {
-    /// Step index (0-based).
-    pub step: u64,
-    /// Epoch.
-    pub epoch: usize,
-    /// Loss of the batch.
-    pub loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Phase.
-    pub phase: Phase,
-}
-
-/// What a run produced, for reports and plots.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct History {
-    /// Per-epoch statistics.
-    pub epochs: Vec<EpochStats>,
-    /// Per-step losses (if [`TrainConfig::record_steps`]).
-    pub steps: Vec<StepRecord>,
-    /// Phase transitions.
-    pub transitions: Vec<Transition>,
-    /// The schedule's counters at the end of the run (for [`export_graph`] and reports).
-    pub schedule: ScheduleState,
-}
-
-/// Progress events delivered to the caller's callback.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// The run starts (or resumes) at `epoch`.
-    Start {
-        /// Epoch (runs and checkpoints resume at epoch boundaries).
-        epoch: usize,
-        /// Steps already done.
-        step: u64,
-    },
-    /// A phase change was applied to the model.
-    Transition(Transition),
-    /// A calibration pass ran `batches` forward-only batches.
-    Calibrated {
-        /// Batches.
-        batches: u64,
-    },
-    /// An optimizer step finished.
-    Step(StepRecord),
-    /// An epoch finished (after evaluation).
-    Epoch(EpochStats),
-    /// A checkpoint was written.
-    Checkpoint(PathBuf),
 }
 
 /// What a checkpoint's JSON holds besides the tensors.
@@ -406,9 +198,6 @@ pub fn train(
     cfg: &TrainConfig,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<History, TrainError> {
-    if cfg.tune_allocator {
-        tune_allocator();
-    }
     let device = model.device();
     if train_set.image_shape() != model.input_chw() {
         return Err(TrainError::Config(format!(
@@ -487,17 +276,11 @@ pub fn train(
         let mut last_phase = schedule.phase();
         for batch in loader.epoch(epoch as u64, 0).take(steps_per_epoch) {
             let batch = batch?;
-            if let Some(t) = schedule.sync(model) {
-                history.transitions.push(t);
-                on_event(&Event::Transition(t));
-            }
+            sync(&mut schedule, model, &mut history, on_event)?;
             if schedule.phase() == Phase::Calibrate {
                 let n = calibrate(model, &loader, &mut schedule, device)?;
                 on_event(&Event::Calibrated { batches: n });
-                if let Some(t) = schedule.sync(model) {
-                    history.transitions.push(t);
-                    on_event(&Event::Transition(t));
-                }
+                sync(&mut schedule, model, &mut history, on_event)?;
             }
             let phase = schedule.phase();
             let x = batch.images.f_to_device(device)?;
@@ -611,7 +394,7 @@ pub fn train(
                 schedule: *schedule.state(),
                 epoch: epoch + 1,
                 history: history.clone(),
-                observers: model.observer_snapshot(),
+                observers: model.observer_snapshot()?,
             };
             checkpoint::save(dir, model.var_store(), &opt, &state)?;
             last_checkpoint = Some(dir.clone());
@@ -619,12 +402,23 @@ pub fn train(
         }
     }
     // Leave the model in the schedule's current phase (e.g. for export right after training).
-    if let Some(t) = schedule.sync(model) {
+    sync(&mut schedule, model, &mut history, on_event)?;
+    history.schedule = *schedule.state();
+    Ok(history)
+}
+
+/// Applies a phase change of `schedule` to `model` and records it.
+fn sync(
+    schedule: &mut Schedule,
+    model: &mut Net,
+    history: &mut History,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(), TrainError> {
+    if let Some(t) = schedule.sync(model)? {
         history.transitions.push(t);
         on_event(&Event::Transition(t));
     }
-    history.schedule = *schedule.state();
-    Ok(history)
+    Ok(())
 }
 
 /// Converts a trained model to qat-export's IR, if the run ended in an export-ready state (observers frozen,

@@ -1,0 +1,214 @@
+//! The quantization harness every QAT layer is built around: its weight quantizer, its output
+//! quantizer, the run-time switches and the scale of its input grid. The layers compute (conv,
+//! linear, add, pooling); the harness quantizes, and it alone implements the switches of
+//! [`QatLayer`](super::QatLayer).
+
+use qat_autograd::TensorQParams;
+use qat_export::ir::Activation;
+use tch::{Tensor, nn};
+
+use super::{
+    LayerError, OutputExport, OutputQuantizer, QatControl, QuantConfig, QuantState, WeightExport,
+    WeightQuantizer,
+};
+
+/// A layer's quantizers and switches. Which quantizers it has depends on the layer:
+///
+/// | constructor | weight quantizer | output quantizer | layers |
+/// |---|---|---|---|
+/// | [`QuantHarness::weighted`] | `<path>.weight_q` | `<path>.act_q` | conv, conv+BN, linear |
+/// | [`QuantHarness::output`] | — | `<path>.act_q` | add, concat, average pools |
+/// | [`QuantHarness::standalone`] | — | `<path>` itself | [`super::QatQuantize`] (the model input) |
+/// | [`QuantHarness::none`] | — | — | max pooling (keeps its input's grid) |
+///
+/// The switches ([`QatControl`]) set the [`QuantState`] and freeze or unfreeze the output
+/// observer; the input scale, set by the model once activation ranges are frozen, lets the bias be
+/// simulated on the integer model's int32 grid ([`WeightQuantizer::fake_quant_bias`]).
+#[derive(Debug)]
+pub struct QuantHarness {
+    name: String,
+    quant: QuantConfig,
+    weights: Option<WeightQuantizer>,
+    output: Option<OutputQuantizer>,
+    state: QuantState,
+    input_scale: Option<f32>,
+}
+
+/// The layer name of a VarStore path (its components joined by dots).
+pub(crate) fn name_of(path: &nn::Path<'_>) -> String {
+    path.components().collect::<Vec<_>>().join(".")
+}
+
+impl QuantHarness {
+    fn with(
+        path: &nn::Path<'_>,
+        quant: &QuantConfig,
+        weights: Option<WeightQuantizer>,
+        output: Option<OutputQuantizer>,
+    ) -> Self {
+        Self {
+            name: name_of(path),
+            quant: *quant,
+            weights,
+            output,
+            state: QuantState::default(),
+            input_scale: None,
+        }
+    }
+
+    /// Weight quantizer for `out_channels` output channels under `path / "weight_q"` and output
+    /// quantizer under `path / "act_q"` (conv, conv+BN, linear).
+    pub fn weighted(
+        path: &nn::Path<'_>,
+        quant: &QuantConfig,
+        out_channels: i64,
+    ) -> Result<Self, LayerError> {
+        let name = name_of(path);
+        let wq = WeightQuantizer::new(&(path / "weight_q"), quant, out_channels, &name)?;
+        let oq = OutputQuantizer::new(&(path / "act_q"), quant)?;
+        Ok(Self::with(path, quant, Some(wq), Some(oq)))
+    }
+
+    /// Output quantizer under `path / "act_q"` (add, concat, average pools).
+    pub fn output(path: &nn::Path<'_>, quant: &QuantConfig) -> Result<Self, LayerError> {
+        let oq = OutputQuantizer::new(&(path / "act_q"), quant)?;
+        Ok(Self::with(path, quant, None, Some(oq)))
+    }
+
+    /// Output quantizer whose observer lives at `path` itself (a stand-alone quantizer).
+    pub fn standalone(path: &nn::Path<'_>, quant: &QuantConfig) -> Result<Self, LayerError> {
+        let oq = OutputQuantizer::new(path, quant)?;
+        Ok(Self::with(path, quant, None, Some(oq)))
+    }
+
+    /// No quantizer (max pooling: a max of values on one grid is on that grid).
+    pub fn none(path: &nn::Path<'_>) -> Self {
+        Self::with(path, &QuantConfig::default(), None, None)
+    }
+
+    /// The layer's name (its VarStore path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The layer's quant config.
+    pub fn quant(&self) -> &QuantConfig {
+        &self.quant
+    }
+
+    /// The run-time state.
+    pub fn state(&self) -> QuantState {
+        self.state
+    }
+
+    /// The scale `S_in` of the input grid, once the model set it.
+    pub fn input_scale(&self) -> Option<f32> {
+        self.input_scale
+    }
+
+    /// The weight quantizer, if the layer has weights.
+    pub fn weight_quantizer(&self) -> Option<&WeightQuantizer> {
+        self.weights.as_ref()
+    }
+
+    /// The output quantizer, if the layer has its own output grid.
+    pub fn output_quantizer(&self) -> Option<&OutputQuantizer> {
+        self.output.as_ref()
+    }
+
+    /// Applies a switch: fake quant and calibration set the state, `FreezeObservers` freezes or
+    /// unfreezes the output observer (weight ranges always follow the weights).
+    pub fn control(&mut self, c: QatControl) {
+        self.state.apply(c);
+        if let (QatControl::FreezeObservers(frozen), Some(oq)) = (c, &mut self.output) {
+            oq.freeze(frozen);
+        }
+    }
+
+    /// Sets the scale of the grid the layer's input lies on (`None`: not known, or not frozen).
+    pub fn set_input_scale(&mut self, s_in: Option<f32>) {
+        self.input_scale = s_in;
+    }
+
+    /// Whether the weights are fake-quantized now (switched on, and enabled in the config).
+    pub(crate) fn fake_quantizes_weights(&self) -> bool {
+        self.state.fake_quant_weights && self.weights.as_ref().is_some_and(|w| w.enabled())
+    }
+
+    fn missing(&self, what: &str) -> LayerError {
+        LayerError::config(&self.name, format!("the layer has no {what} quantizer"))
+    }
+
+    /// `FQ_w(w)` ([`WeightQuantizer::forward`]).
+    pub(crate) fn quantize_weights(&mut self, w: &Tensor) -> Result<Tensor, LayerError> {
+        match &mut self.weights {
+            Some(wq) => wq.forward(w, &self.state, &self.name),
+            None => Err(self.missing("weight")),
+        }
+    }
+
+    /// The bias as the integer model adds it once the input scale is known
+    /// ([`WeightQuantizer::fake_quant_bias`]), else `b`.
+    pub(crate) fn quantize_bias(&self, b: &Tensor) -> Result<Tensor, LayerError> {
+        match (&self.weights, self.input_scale) {
+            (Some(wq), Some(s_in)) => wq.fake_quant_bias(b, s_in, &self.state, &self.name),
+            _ => Ok(b.shallow_clone()),
+        }
+    }
+
+    /// `FQ_a(y)` ([`OutputQuantizer::apply`]).
+    pub(crate) fn quantize_output(
+        &mut self,
+        y: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, LayerError> {
+        match &mut self.output {
+            Some(oq) => oq.apply(y, train, &self.state),
+            None => Err(self.missing("output")),
+        }
+    }
+
+    /// `FQ_a(act(z))`, the activation fused where exact ([`OutputQuantizer::apply_activated`]).
+    pub(crate) fn quantize_activated(
+        &mut self,
+        z: Tensor,
+        act: Activation,
+        train: bool,
+    ) -> Result<Tensor, LayerError> {
+        match &mut self.output {
+            Some(oq) => oq.apply_activated(z, act, train, &self.state),
+            None => Err(self.missing("output")),
+        }
+    }
+
+    /// The weight quantization of the final weights `w` for export: `w`'s own parameters (or the
+    /// learned LSQ scales) and the config.
+    pub(crate) fn weight_export(&self, w: &Tensor) -> Result<WeightExport, LayerError> {
+        let wq = self
+            .weights
+            .as_ref()
+            .ok_or_else(|| self.missing("weight"))?;
+        let qparams: TensorQParams = wq.qparams_for(w, &self.name)?;
+        Ok(WeightExport {
+            qparams,
+            bits: self.quant.weight_bits,
+            scheme: self.quant.weight_scheme,
+            granularity: self.quant.weight_granularity,
+            enabled: wq.enabled(),
+            range: self.quant.weight_range,
+        })
+    }
+
+    /// The output quantizer's export view (`None` for layers that keep their input's grid).
+    pub fn output_export(&self) -> Result<Option<OutputExport>, LayerError> {
+        self.output
+            .as_ref()
+            .map(OutputQuantizer::export)
+            .transpose()
+    }
+
+    /// The export view of the output quantizer a layer is built with.
+    pub(crate) fn own_output_export(&self) -> Result<OutputExport, LayerError> {
+        self.output_export()?.ok_or_else(|| self.missing("output"))
+    }
+}

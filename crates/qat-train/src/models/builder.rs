@@ -1,0 +1,373 @@
+//! [`NetBuilder`]: a [`Net`] built node by node, with shapes tracked and checked.
+
+use tch::{Device, nn};
+
+use super::{ModelError, ModelErrorKind, ModelSpec, Net, Node, NodeOp, NodeRef};
+use crate::layers::{
+    Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, LayerError, LinearConfig, Pool2dConfig,
+    QatAdd, QatAvgPool2d, QatConcat, QatConv2d, QatConvBn2d, QatGlobalAvgPool, QatLinear,
+    QatMaxPool2d, QatQuantize, QuantConfig,
+};
+use crate::schedule::{Phase, PhaseControl};
+
+/// Builds a [`Net`] node by node, tracking shapes. Every layer method takes the input node and returns the
+/// new node.
+#[derive(Debug)]
+pub struct NetBuilder {
+    name: String,
+    vs: nn::VarStore,
+    nodes: Vec<Node>,
+    quant: QuantConfig,
+    fold: BnFoldMode,
+    stats_grad: bool,
+}
+
+impl NetBuilder {
+    /// A builder for a model called `name` on `device` whose input is `[C, H, W]`. The input gets its own
+    /// quantizer (node 0, named `input`).
+    pub fn new(
+        name: impl Into<String>,
+        device: Device,
+        input_chw: [usize; 3],
+        quant: QuantConfig,
+    ) -> Result<Self, ModelError> {
+        let name = name.into();
+        let vs = nn::VarStore::new(device);
+        let q = QatQuantize::new(&(vs.root() / "input"), &quant)
+            .map_err(|e| ModelError::layer(&name, e))?;
+        let nodes = vec![Node {
+            name: "input".into(),
+            op: NodeOp::Input(q),
+            inputs: vec![],
+            shape: input_chw.to_vec(),
+        }];
+        Ok(Self {
+            name,
+            vs,
+            nodes,
+            quant,
+            fold: BnFoldMode::Whitepaper,
+            stats_grad: false,
+        })
+    }
+
+    /// Sets the conv+BN folding variant of the layers created from now on.
+    pub fn fold(mut self, fold: BnFoldMode) -> Self {
+        self.fold = fold;
+        self
+    }
+
+    /// Sets [`ConvBnConfig::stats_grad`] of the conv+BN layers created from now on.
+    pub fn stats_grad(mut self, on: bool) -> Self {
+        self.stats_grad = on;
+        self
+    }
+
+    /// The input node.
+    pub fn input(&self) -> NodeRef {
+        NodeRef(0)
+    }
+
+    /// Per-sample shape of a node.
+    pub fn shape(&self, r: NodeRef) -> &[usize] {
+        &self.nodes[r.0].shape
+    }
+
+    /// The VarStore path of a dotted node name (`stage1.block1.conv1` → `root / "stage1" / "block1" / "conv1"`).
+    fn path(&self, name: &str) -> nn::Path<'_> {
+        name.split('.').fold(self.vs.root(), |p, s| p / s)
+    }
+
+    fn err(&self, what: String) -> ModelError {
+        ModelError::new(&self.name, ModelErrorKind::Build(what))
+    }
+
+    fn layer_err(&self, e: LayerError) -> ModelError {
+        ModelError::layer(&self.name, e)
+    }
+
+    fn chw(&self, r: NodeRef, layer: &str) -> Result<[usize; 3], ModelError> {
+        match self.nodes.get(r.0).map(|n| n.shape.as_slice()) {
+            Some(&[c, h, w]) => Ok([c, h, w]),
+            other => Err(self.err(format!(
+                "{layer}: input {} has shape {other:?}, expected [C, H, W]",
+                r.0
+            ))),
+        }
+    }
+
+    fn unique(&self, name: &str) -> Result<(), ModelError> {
+        if name.is_empty() || name.split('.').any(str::is_empty) {
+            return Err(self.err(format!("invalid node name {name:?}")));
+        }
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(self.err(format!("duplicate node name {name}")));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, name: &str, op: NodeOp, inputs: Vec<NodeRef>, shape: Vec<usize>) -> NodeRef {
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs,
+            shape,
+        });
+        NodeRef(self.nodes.len() - 1)
+    }
+
+    fn conv_out(
+        &self,
+        cfg: &Conv2dConfig,
+        [_, h, w]: [usize; 3],
+        name: &str,
+    ) -> Result<Vec<usize>, ModelError> {
+        let dim = |x: usize, i: usize| -> Option<usize> {
+            let eff = cfg.dilation[i] * (cfg.kernel[i] - 1) + 1;
+            let padded = x as i64 + 2 * cfg.padding[i];
+            (padded >= eff).then(|| ((padded - eff) / cfg.stride[i] + 1) as usize)
+        };
+        match (dim(h, 0), dim(w, 1)) {
+            (Some(oh), Some(ow)) => Ok(vec![cfg.out_channels as usize, oh, ow]),
+            _ => Err(self.err(format!(
+                "{name}: kernel larger than the padded {h}x{w} input"
+            ))),
+        }
+    }
+
+    /// The default conv geometry `k×k`, stride `s`, padding `k/2`, with this builder's quant config.
+    pub fn conv_cfg(
+        &self,
+        cin: usize,
+        cout: usize,
+        k: i64,
+        s: i64,
+        act: Activation,
+    ) -> Conv2dConfig {
+        Conv2dConfig::new(cin as i64, cout as i64, k)
+            .stride(s)
+            .padding(k / 2)
+            .activation(act)
+            .quant(self.quant)
+    }
+
+    /// Conv + BN (+ activation) `k×k`, stride `s`, "same" padding `k/2`.
+    pub fn conv_bn(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cout: usize,
+        k: i64,
+        s: i64,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
+        self.conv_bn_grouped(name, x, cout, [k, s], 1, act)
+    }
+
+    /// Depthwise conv + BN (+ activation) `k×k`, stride `s`, "same" padding (`groups` = channels).
+    pub fn depthwise_bn(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        k: i64,
+        s: i64,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
+        let c = self.chw(x, name)?[0];
+        self.conv_bn_grouped(name, x, c, [k, s], c, act)
+    }
+
+    fn conv_bn_grouped(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cout: usize,
+        [k, s]: [i64; 2],
+        groups: usize,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let chw = self.chw(x, name)?;
+        let mut conv = self.conv_cfg(chw[0], cout, k, s, act);
+        conv.groups = groups as i64;
+        let shape = self.conv_out(&conv, chw, name)?;
+        let mut cfg = ConvBnConfig::new(conv).fold(self.fold);
+        cfg.stats_grad = self.stats_grad;
+        let layer = QatConvBn2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
+    }
+
+    /// Conv with bias and an explicit [`Conv2dConfig`] (its `in_channels` must match the input).
+    pub fn conv(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cfg: Conv2dConfig,
+    ) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let chw = self.chw(x, name)?;
+        if cfg.in_channels as usize != chw[0] {
+            return Err(self.err(format!(
+                "{name}: conv expects {} channels, input has {}",
+                cfg.in_channels, chw[0]
+            )));
+        }
+        let shape = self.conv_out(&cfg, chw, name)?;
+        let layer = QatConv2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::Conv(layer), vec![x], shape))
+    }
+
+    /// Fully connected layer on a `[F]` node.
+    pub fn linear(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        out: usize,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let f = match self.nodes.get(x.0).map(|n| n.shape.as_slice()) {
+            Some(&[f]) => f,
+            other => {
+                return Err(self.err(format!(
+                    "{name}: linear input has shape {other:?}, expected [F]"
+                )));
+            }
+        };
+        let cfg = LinearConfig::new(f as i64, out as i64)
+            .activation(act)
+            .quant(self.quant);
+        let layer = QatLinear::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::Linear(layer), vec![x], vec![out]))
+    }
+
+    /// `act(a + b)` with its own output range (paper §3: quantize after the bypass add).
+    pub fn add(
+        &mut self,
+        name: &str,
+        a: NodeRef,
+        b: NodeRef,
+        act: Activation,
+    ) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        if sa != sb {
+            return Err(self.err(format!("{name}: add of shapes {sa:?} and {sb:?}")));
+        }
+        let layer =
+            QatAdd::new(&self.path(name), act, self.quant).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::Add(layer), vec![a, b], sa))
+    }
+
+    /// Channel concatenation of `[C_i, H, W]` nodes.
+    pub fn concat(&mut self, name: &str, xs: &[NodeRef]) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let shapes: Vec<[usize; 3]> = xs
+            .iter()
+            .map(|&r| self.chw(r, name))
+            .collect::<Result<_, _>>()?;
+        let Some(first) = shapes.first() else {
+            return Err(self.err(format!("{name}: concat of nothing")));
+        };
+        if shapes.iter().any(|s| s[1..] != first[1..]) {
+            return Err(self.err(format!("{name}: concat of shapes {shapes:?}")));
+        }
+        let c = shapes.iter().map(|s| s[0]).sum();
+        let layer = QatConcat::new(&self.path(name), xs.len(), self.quant)
+            .map_err(|e| self.layer_err(e))?;
+        Ok(self.push(
+            name,
+            NodeOp::Concat(layer),
+            xs.to_vec(),
+            vec![c, first[1], first[2]],
+        ))
+    }
+
+    /// The window and output shape of a `k×k`, stride-`s` pooling of node `x` (no padding).
+    fn pool_geometry(
+        &self,
+        name: &str,
+        x: NodeRef,
+        [k, s]: [usize; 2],
+        what: &str,
+    ) -> Result<(Pool2dConfig, Vec<usize>), ModelError> {
+        self.unique(name)?;
+        let [c, h, w] = self.chw(x, name)?;
+        if h < k || w < k || s == 0 {
+            return Err(self.err(format!("{name}: {what} {k}/{s} on {h}x{w}")));
+        }
+        let shape = vec![c, (h - k) / s + 1, (w - k) / s + 1];
+        Ok((Pool2dConfig::new(k as i64, s as i64), shape))
+    }
+
+    /// Max pooling `k×k`, stride `s`, no padding.
+    pub fn max_pool(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        k: usize,
+        s: usize,
+    ) -> Result<NodeRef, ModelError> {
+        let (cfg, shape) = self.pool_geometry(name, x, [k, s], "max pool")?;
+        let layer = QatMaxPool2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::MaxPool(layer), vec![x], shape))
+    }
+
+    /// Average pooling `k×k`, stride `s`, no padding.
+    pub fn avg_pool(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        k: usize,
+        s: usize,
+    ) -> Result<NodeRef, ModelError> {
+        let (cfg, shape) = self.pool_geometry(name, x, [k, s], "avg pool")?;
+        let layer =
+            QatAvgPool2d::new(&self.path(name), cfg, self.quant).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::AvgPool(layer), vec![x], shape))
+    }
+
+    /// Global average pooling `[C, H, W] → [C]`.
+    pub fn global_avg_pool(&mut self, name: &str, x: NodeRef) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let [c, _, _] = self.chw(x, name)?;
+        let layer =
+            QatGlobalAvgPool::new(&self.path(name), self.quant).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::GlobalAvgPool(layer), vec![x], vec![c]))
+    }
+
+    /// Flatten `[C, H, W] → [C·H·W]` (NCHW order).
+    pub fn flatten(&mut self, name: &str, x: NodeRef) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let [c, h, w] = self.chw(x, name)?;
+        Ok(self.push(name, NodeOp::Flatten, vec![x], vec![c * h * w]))
+    }
+
+    /// Finishes the model with `output` as its logits, in float mode (fake quant off, observers
+    /// frozen) until a schedule applies its phase.
+    pub fn finish(self, output: NodeRef, spec: Option<ModelSpec>) -> Result<Net, ModelError> {
+        if output.0 >= self.nodes.len() {
+            return Err(self.err(format!("output node {} does not exist", output.0)));
+        }
+        let mut last_use = vec![0; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for r in &n.inputs {
+                if r.0 >= i {
+                    return Err(self.err(format!("node {} reads later node {}", n.name, r.0)));
+                }
+                last_use[r.0] = i;
+            }
+        }
+        let mut net = Net {
+            name: self.name,
+            spec,
+            vs: self.vs,
+            nodes: self.nodes,
+            output,
+            last_use,
+            flags: None,
+        };
+        net.apply_flags(Phase::Float.flags())?;
+        Ok(net)
+    }
+}

@@ -1,0 +1,205 @@
+//! The state every range observer keeps, in one struct of VarStore buffers.
+//!
+//! The buffers are non-trainable VarStore variables, so `VarStore::save`/`load` (and checkpoints)
+//! round-trip them. They live on the model's device; every read of observer state back to the host
+//! goes through the few methods marked *host read* below ([`RangeBuffers::count`],
+//! [`RangeBuffers::frozen`], [`RangeBuffers::read`], [`RangeBuffers::state`]) and the batch range
+//! read of [`super::range::batch_min_max_clamped`] — the places to change to keep the state on the
+//! device.
+
+use tch::{Kind, Tensor, nn};
+
+use super::{ObserverError, ObserverErrorKind, ObserverState};
+
+/// The VarStore buffers every observer keeps: `min`, `max` (`f32[channels]`), `count` (`f64[1]`),
+/// `frozen` (`f32[1]`, 0 or 1), and the observer's name (its VarStore path).
+#[derive(Debug)]
+pub(crate) struct RangeBuffers {
+    pub(crate) name: String,
+    min: Tensor,
+    max: Tensor,
+    count: Tensor,
+    frozen: Tensor,
+}
+
+impl RangeBuffers {
+    /// Creates the buffers under `path` for `channels` ranges.
+    pub(crate) fn new(path: &nn::Path<'_>, channels: i64) -> Result<Self, ObserverError> {
+        let name = path.components().collect::<Vec<_>>().join(".");
+        let (min, max, count, frozen) = {
+            let torch = ObserverError::torch(&name);
+            let device = path.device();
+            let min = path.f_zeros_no_train("min", &[channels]).map_err(&torch)?;
+            let max = path.f_zeros_no_train("max", &[channels]).map_err(&torch)?;
+            let count = path.add(
+                "count",
+                Tensor::f_zeros([1], (Kind::Double, device)).map_err(&torch)?,
+                false,
+            );
+            let frozen = path.f_zeros_no_train("frozen", &[1]).map_err(&torch)?;
+            (min, max, count, frozen)
+        };
+        Ok(Self {
+            name,
+            min,
+            max,
+            count,
+            frozen,
+        })
+    }
+
+    /// Number of ranges (channels) kept.
+    pub(crate) fn channels(&self) -> usize {
+        self.min.size()[0] as usize
+    }
+
+    /// An error of this observer.
+    pub(crate) fn err(&self, kind: ObserverErrorKind) -> ObserverError {
+        ObserverError::new(&self.name, kind)
+    }
+
+    /// Batches observed. *Host read.*
+    pub(crate) fn count(&self) -> u64 {
+        self.count.double_value(&[0]) as u64
+    }
+
+    pub(crate) fn set_count(&mut self, n: u64) {
+        tch::no_grad(|| {
+            let _ = self.count.fill_(n as f64);
+        });
+    }
+
+    /// Whether frozen. *Host read.*
+    pub(crate) fn frozen(&self) -> bool {
+        self.frozen.double_value(&[0]) != 0.0
+    }
+
+    pub(crate) fn set_frozen(&mut self, f: bool) {
+        tch::no_grad(|| {
+            let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
+        });
+    }
+
+    /// The stored `(min, max)` per channel; [`ObserverErrorKind::Uncalibrated`] before any data.
+    /// *Host read.*
+    pub(crate) fn read(&self) -> Result<(Vec<f32>, Vec<f32>), ObserverError> {
+        if self.count() == 0 {
+            return Err(self.err(ObserverErrorKind::Uncalibrated));
+        }
+        Ok((
+            read_f32(&self.min, &self.name)?,
+            read_f32(&self.max, &self.name)?,
+        ))
+    }
+
+    /// Stores `(min, max)` per channel and the batch count `count`.
+    pub(crate) fn store(
+        &mut self,
+        min: &[f32],
+        max: &[f32],
+        count: u64,
+    ) -> Result<(), ObserverError> {
+        write_f32(&mut self.min, min, &self.name)?;
+        write_f32(&mut self.max, max, &self.name)?;
+        self.set_count(count);
+        Ok(())
+    }
+
+    /// The serializable state, with the histogram `histogram` (empty for other observers).
+    /// *Host read.*
+    pub(crate) fn state(&self, histogram: Vec<f64>) -> Result<ObserverState, ObserverError> {
+        Ok(ObserverState {
+            min: read_f32(&self.min, &self.name)?,
+            max: read_f32(&self.max, &self.name)?,
+            count: self.count(),
+            frozen: self.frozen(),
+            histogram,
+        })
+    }
+
+    /// Restores min, max, count and the frozen flag from `s`.
+    pub(crate) fn load_state(&mut self, s: &ObserverState) -> Result<(), ObserverError> {
+        let n = self.channels();
+        if s.min.len() != n || s.max.len() != n {
+            return Err(self.err(ObserverErrorKind::State(format!(
+                "{} channels expected, state has min {} / max {}",
+                n,
+                s.min.len(),
+                s.max.len()
+            ))));
+        }
+        self.store(&s.min, &s.max, s.count)?;
+        self.set_frozen(s.frozen);
+        Ok(())
+    }
+}
+
+/// The values of `t` as f32 on the host. *Host read.*
+pub(crate) fn read_f32(t: &Tensor, name: &str) -> Result<Vec<f32>, ObserverError> {
+    t.f_to_kind(Kind::Float)
+        .and_then(|t| t.f_flatten(0, -1))
+        .and_then(|t| Vec::<f32>::try_from(&t))
+        .map_err(ObserverError::torch(name))
+}
+
+/// Copies `v` into `t` (on `t`'s device).
+pub(crate) fn write_f32(t: &mut Tensor, v: &[f32], name: &str) -> Result<(), ObserverError> {
+    let device = t.device();
+    tch::no_grad(|| {
+        let src = Tensor::f_from_slice(v)?.f_to_device(device)?;
+        t.f_copy_(&src)
+    })
+    .map_err(ObserverError::torch(name))
+}
+
+/// The [`Observer`](super::Observer) methods every range observer delegates to its
+/// [`RangeBuffers`] `buf` unchanged: name, calibration flag, freeze/unfreeze; `with_state` adds the
+/// plain state save/restore, `clamped` also `observe` as `observe_clamped(x, None)`.
+macro_rules! range_buffer_methods {
+    () => {
+        fn name(&self) -> &str {
+            &self.buf.name
+        }
+
+        fn is_calibrated(&self) -> bool {
+            self.buf.count() > 0
+        }
+
+        fn freeze(&mut self) {
+            self.buf.set_frozen(true);
+        }
+
+        fn unfreeze(&mut self) {
+            self.buf.set_frozen(false);
+        }
+
+        fn is_frozen(&self) -> bool {
+            self.buf.frozen()
+        }
+    };
+    (clamped) => {
+        range_buffer_methods!(with_state);
+
+        fn observe(&mut self, x: &Tensor) -> Result<(), $crate::observer::ObserverError> {
+            self.observe_clamped(x, None)
+        }
+    };
+    (with_state) => {
+        range_buffer_methods!();
+
+        fn state(
+            &self,
+        ) -> Result<$crate::observer::ObserverState, $crate::observer::ObserverError> {
+            self.buf.state(Vec::new())
+        }
+
+        fn load_state(
+            &mut self,
+            state: &$crate::observer::ObserverState,
+        ) -> Result<(), $crate::observer::ObserverError> {
+            self.buf.load_state(state)
+        }
+    };
+}
+
+pub(crate) use range_buffer_methods;

@@ -1,0 +1,248 @@
+//! Observer tests: closed forms, qat-core parameters, freezing, and state round trips.
+
+use ndarray::ArrayD;
+use qat_autograd::TensorQParams;
+use qat_core::{PerChannelParams, QuantParams, QuantRange, array};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::*;
+
+fn t(v: &[f32]) -> Tensor {
+    Tensor::from_slice(v)
+}
+
+#[test]
+fn ema_matches_closed_form() {
+    let vs = VarStore::new(Device::Cpu);
+    for (k, decay) in [0.9f32, TF_EMA_DECAY, 1.0 - PYTORCH_AVERAGING_CONSTANT]
+        .into_iter()
+        .enumerate()
+    {
+        let mut obs = EmaMinMaxObserver::new(&(vs.root() / format!("ema{k}")), 8, decay).unwrap();
+        let batches: Vec<(f32, f32)> = (0..12)
+            .map(|i| (-(i as f32 % 5.0) - 0.5, 1.0 + (i * 7 % 11) as f32))
+            .collect();
+        for &(lo, hi) in &batches {
+            obs.observe(&t(&[lo, 0.3, hi, 0.0])).unwrap();
+        }
+        // mₙ = dⁿ⁻¹·b₁ + (1 − d)·Σₜ₌₂ⁿ dⁿ⁻ᵗ·bₜ
+        let d = f64::from(decay);
+        let n = batches.len();
+        let closed = |f: fn(&(f32, f32)) -> f32| {
+            let mut m = d.powi(n as i32 - 1) * f64::from(f(&batches[0]));
+            for (t, b) in batches.iter().enumerate().skip(1) {
+                m += (1.0 - d) * d.powi((n - 1 - t) as i32) * f64::from(f(b));
+            }
+            m
+        };
+        let (lo, hi) = obs.range().unwrap();
+        let (clo, chi) = (closed(|b| b.0), closed(|b| b.1));
+        assert!(
+            (f64::from(lo) - clo).abs() < 1e-5 * (1.0 + clo.abs()),
+            "{lo} vs {clo}"
+        );
+        assert!(
+            (f64::from(hi) - chi).abs() < 1e-5 * (1.0 + chi.abs()),
+            "{hi} vs {chi}"
+        );
+        assert_eq!(
+            obs.qparams().unwrap(),
+            TensorQParams::PerTensor(QuantParams::asymmetric(lo, hi, 8).unwrap())
+        );
+    }
+    assert!(EmaMinMaxObserver::new(&(vs.root() / "bad"), 8, 1.0).is_err());
+}
+
+#[test]
+fn uncalibrated_is_an_error_for_every_observer() {
+    let vs = VarStore::new(Device::Cpu);
+    let p = vs.root();
+    let e = EmaMinMaxObserver::tensorflow(&(&p / "e"), 8).unwrap();
+    let m = MinMaxObserver::new(
+        &(&p / "m"),
+        MinMaxConfig::new(QuantScheme::SymmetricNarrow, 8),
+    )
+    .unwrap();
+    let h = HistogramObserver::new(&(&p / "h"), 8, 64, 99.9).unwrap();
+    for r in [e.qparams(), m.qparams(), h.qparams()] {
+        assert!(matches!(
+            r,
+            Err(ObserverError {
+                kind: ObserverErrorKind::Uncalibrated,
+                ..
+            })
+        ));
+    }
+    let err = e.qparams().unwrap_err().to_string();
+    assert!(err.contains("'e'") && err.contains("uncalibrated"), "{err}");
+}
+
+#[test]
+fn freeze_keeps_the_range_and_unfreeze_resumes() {
+    let vs = VarStore::new(Device::Cpu);
+    let mut obs = EmaMinMaxObserver::new(&(vs.root() / "a"), 8, 0.5).unwrap();
+    obs.observe(&t(&[0.0, 1.0])).unwrap();
+    obs.freeze();
+    assert!(obs.is_frozen());
+    obs.observe(&t(&[-5.0, 9.0])).unwrap();
+    assert_eq!(obs.range().unwrap(), (0.0, 1.0));
+    obs.unfreeze();
+    obs.observe(&t(&[0.0, 3.0])).unwrap();
+    assert_eq!(obs.range().unwrap(), (0.0, 2.0));
+}
+
+#[test]
+fn minmax_per_channel_uses_qat_core() {
+    let vs = VarStore::new(Device::Cpu);
+    let vals: Vec<f32> = (0..4 * 3 * 2 * 2)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+        .collect();
+    let x = Tensor::from_slice(&vals).view([4, 3, 2, 2]);
+    let nd = ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 3, 2, 2]), vals.clone()).unwrap();
+    for axis in [0usize, 1] {
+        let ch = [4, 3][axis];
+        let mut obs = MinMaxObserver::new(
+            &(vs.root() / format!("w{axis}")),
+            MinMaxConfig::new(QuantScheme::SymmetricNarrow, 8).per_channel(axis, ch),
+        )
+        .unwrap();
+        obs.observe(&x).unwrap();
+        let (mins, maxs) = array::min_max_per_channel(nd.view(), axis).unwrap();
+        let max_abs: Vec<f32> = mins
+            .iter()
+            .zip(&maxs)
+            .map(|(a, b)| a.abs().max(b.abs()))
+            .collect();
+        let want =
+            PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), axis)
+                .unwrap();
+        assert_eq!(obs.qparams().unwrap(), TensorQParams::PerChannel(want));
+        assert_eq!(obs.range().unwrap(), (mins, maxs));
+    }
+    let mut asym = MinMaxObserver::new(
+        &(vs.root() / "asym"),
+        MinMaxConfig::new(QuantScheme::AsymmetricUnsigned, 8).per_channel(0, 4),
+    )
+    .unwrap();
+    asym.observe(&x).unwrap();
+    let (mins, maxs) = array::min_max_per_channel(nd.view(), 0).unwrap();
+    let want =
+        PerChannelParams::from_min_max(&mins, &maxs, QuantRange::unsigned(8).unwrap(), 0).unwrap();
+    assert_eq!(asym.qparams().unwrap(), TensorQParams::PerChannel(want));
+    let bad = Tensor::zeros([5, 3], (Kind::Float, Device::Cpu));
+    assert!(matches!(
+        asym.observe(&bad),
+        Err(ObserverError {
+            kind: ObserverErrorKind::Shape { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn minmax_replace_versus_accumulate() {
+    let vs = VarStore::new(Device::Cpu);
+    let mk = |name: &str, acc| {
+        MinMaxObserver::new(
+            &(vs.root() / name),
+            MinMaxConfig::new(QuantScheme::AsymmetricUnsigned, 8).accumulate(acc),
+        )
+        .unwrap()
+    };
+    let (mut last, mut run) = (mk("last", false), mk("run", true));
+    for b in [[-1.0f32, 2.0], [-0.5, 4.0], [0.0, 1.0]] {
+        last.observe(&t(&b)).unwrap();
+        run.observe(&t(&b)).unwrap();
+    }
+    assert_eq!(last.range().unwrap(), (vec![0.0], vec![1.0]));
+    assert_eq!(run.range().unwrap(), (vec![-1.0], vec![4.0]));
+    run.reset();
+    assert!(!run.is_calibrated());
+}
+
+#[test]
+fn non_finite_batches_are_rejected() {
+    let vs = VarStore::new(Device::Cpu);
+    let mut obs = EmaMinMaxObserver::tensorflow(&(vs.root() / "a"), 8).unwrap();
+    assert!(matches!(
+        obs.observe(&t(&[0.0, f32::NAN])),
+        Err(ObserverError {
+            kind: ObserverErrorKind::NonFinite { .. },
+            ..
+        })
+    ));
+    assert!(!obs.is_calibrated());
+}
+
+#[test]
+fn histogram_percentile_clips_outliers() {
+    let vs = VarStore::new(Device::Cpu);
+    let mut full = HistogramObserver::new(&(vs.root() / "full"), 8, 1000, 100.0).unwrap();
+    let mut clip = HistogramObserver::new(&(vs.root() / "clip"), 8, 1000, 99.0).unwrap();
+    // 1000 values in [0, 1) plus one outlier at 100, spread over two batches (range grows).
+    let body: Vec<f32> = (0..1000).map(|i| i as f32 / 1000.0).collect();
+    for o in [&mut full, &mut clip] {
+        o.observe(&t(&body[..500])).unwrap();
+        o.observe(&t(&[&body[500..], &[100.0]].concat())).unwrap();
+    }
+    assert_eq!(full.range().unwrap(), (0.0, 100.0));
+    let (lo, hi) = clip.range().unwrap();
+    assert_eq!(lo, 0.0);
+    assert!(hi > 0.9 && hi < 1.2, "clipped max {hi}");
+    let p = clip.qparams().unwrap();
+    assert_eq!(
+        p,
+        TensorQParams::PerTensor(QuantParams::asymmetric(lo, hi, 8).unwrap())
+    );
+}
+
+#[test]
+fn state_round_trips_through_serde_and_the_varstore() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("obs.safetensors");
+    let build = |vs: &VarStore| {
+        (
+            EmaMinMaxObserver::new(&(vs.root() / "ema"), 8, 0.9).unwrap(),
+            HistogramObserver::new(&(vs.root() / "hist"), 8, 32, 99.0).unwrap(),
+            MinMaxObserver::new(
+                &(vs.root() / "w"),
+                MinMaxConfig::new(QuantScheme::SymmetricNarrow, 4).per_channel(0, 2),
+            )
+            .unwrap(),
+        )
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let (mut e, mut h, mut w) = build(&vs);
+    for b in [[-1.0f32, 0.5, 2.0, 3.0], [0.0, 0.2, 5.0, -2.0]] {
+        e.observe(&t(&b)).unwrap();
+        h.observe(&t(&b)).unwrap();
+        w.observe(&t(&b).view([2, 2])).unwrap();
+    }
+    e.freeze();
+    vs.save(&file).unwrap();
+    let mut vs2 = VarStore::new(Device::Cpu);
+    let (e2, h2, w2) = build(&vs2);
+    assert!(!e2.is_calibrated());
+    vs2.load(&file).unwrap();
+    assert_eq!(e2.state().unwrap(), e.state().unwrap());
+    assert!(e2.is_frozen());
+    assert_eq!(h2.qparams().unwrap(), h.qparams().unwrap());
+    assert_eq!(w2.qparams().unwrap(), w.qparams().unwrap());
+    // serde state
+    let json = serde_json::to_string(&h.state().unwrap()).unwrap();
+    let vs3 = VarStore::new(Device::Cpu);
+    let (_, mut h3, _) = build(&vs3);
+    h3.load_state(&serde_json::from_str(&json).unwrap())
+        .unwrap();
+    assert_eq!(h3.state().unwrap(), h.state().unwrap());
+    let mut wrong = h.state().unwrap();
+    wrong.histogram.pop();
+    assert!(matches!(
+        h3.load_state(&wrong),
+        Err(ObserverError {
+            kind: ObserverErrorKind::State(_),
+            ..
+        })
+    ));
+}
