@@ -6,6 +6,7 @@
 //! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
+//! | `cargo xtask quantize --onnx M.onnx --data DIR [--out DIR]` | import a float ONNX model, PTQ, every deployed format, a report |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |
 //!
@@ -65,6 +66,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Import a float ONNX model, quantize it post-training and write every deployed format with a
+    /// report (arguments go to `qat-quantize`; see `--help` there).
+    Quantize {
+        /// Arguments, e.g. `--onnx model.onnx --data DIR --out DIR`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Check a pipeline report directory (structure and int8-vs-simulation agreement).
     CheckReport {
         /// The report directory (holding report.json).
@@ -110,7 +118,8 @@ fn main() -> ExitCode {
                 Ok(())
             }),
         Cmd::Test { no_smoke } => test::run(no_smoke),
-        Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
+        Cmd::Pipeline { debug_build, args } => torch_bin("qat-pipeline", debug_build, &args),
+        Cmd::Quantize { args } => torch_bin("qat-quantize", false, &args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Export(args) => export::run(&args),
         Cmd::Bench { what } => bench::run(what),
@@ -124,21 +133,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn pipeline(debug_build: bool, args: &[String]) -> Result<()> {
+/// Builds and runs one of xtask's libtorch binaries after setup.
+fn torch_bin(bin: &str, debug_build: bool, args: &[String]) -> Result<()> {
     let libtorch = setup::ensure_libtorch(false)?;
     let mut cmd = vec!["run"];
     if !debug_build {
         cmd.push("--release");
     }
-    cmd.extend([
-        "-p",
-        "xtask",
-        "--features",
-        "torch",
-        "--bin",
-        "qat-pipeline",
-        "--",
-    ]);
+    cmd.extend(["-p", "xtask", "--features", "torch", "--bin", bin, "--"]);
     cmd.extend(args.iter().map(String::as_str));
     cargo::run(Some(&libtorch), &cmd)
 }
