@@ -1,4 +1,4 @@
-//! `cargo xtask` — the project's task runner (STYLE.md 9: small, one module per subcommand).
+//! `cargo xtask` — the project's task runner (small, one module per subcommand).
 //!
 //! | command | what |
 //! |---|---|
