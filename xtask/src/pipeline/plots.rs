@@ -415,7 +415,7 @@ fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) ->
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(140)
-        .build_cartesian_2d(0..nc, 0..nr)
+        .build_cartesian_2d((0..nc).into_segmented(), (0..nr).into_segmented())
         .map_err(err)?;
     let bits = t.bits.clone();
     let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
@@ -425,8 +425,14 @@ fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) ->
         .x_desc("bits")
         .x_labels(nc)
         .y_labels(nr)
-        .x_label_formatter(&|i| bits.get(*i).map_or(String::new(), u32::to_string))
-        .y_label_formatter(&|i| names.get(*i).cloned().unwrap_or_default())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bits.get(*i).map_or(String::new(), u32::to_string),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
         .draw()
         .map_err(err)?;
     chart
@@ -435,7 +441,10 @@ fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) ->
                 let f = d.map_or(0.0, |d| (d / worst).clamp(0.0, 1.0));
                 let shade = (255.0 * (1.0 - f)) as u8;
                 Rectangle::new(
-                    [(j, i), (j + 1, i + 1)],
+                    [
+                        (SegmentValue::Exact(j), SegmentValue::Exact(i)),
+                        (SegmentValue::Exact(j + 1), SegmentValue::Exact(i + 1)),
+                    ],
                     RGBColor(255, shade, shade).filled(),
                 )
             })
