@@ -23,18 +23,7 @@ use anyhow::{Context, Result, bail};
 /// The torch version tch 0.26 is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
 
-/// The per-user cache: `$QAT_CACHE_DIR`, else `$XDG_CACHE_HOME/qat`, else `~/.cache/qat`.
-pub(crate) fn cache_root() -> Result<PathBuf> {
-    if let Some(d) = env::var_os("QAT_CACHE_DIR") {
-        return Ok(PathBuf::from(d));
-    }
-    if let Some(d) = env::var_os("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(d).join("qat"));
-    }
-    let home =
-        env::var_os("HOME").context("neither QAT_CACHE_DIR, XDG_CACHE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache").join("qat"))
-}
+pub(crate) use xtask::cache::cache_root;
 
 fn help_text() -> String {
     format!(

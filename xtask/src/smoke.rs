@@ -5,7 +5,7 @@
 use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::Value;
+use xtask::report::Report;
 
 use crate::cargo;
 
@@ -54,58 +54,54 @@ pub fn run(libtorch: &Path) -> Result<()> {
     check_report(&out)
 }
 
-/// Validates a report directory written by the pipeline.
+/// Validates a report directory written by the pipeline: `report.json` read as the typed
+/// [`Report`], its tables and per-layer agreements, and the plots it lists as written.
 pub fn check_report(dir: &Path) -> Result<()> {
-    let path = dir.join("report.json");
-    let text = fs::read_to_string(&path).with_context(|| format!("missing {}", path.display()))?;
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let rows = v["results"]
-        .as_array()
-        .with_context(|| format!("{}: no `results` array", path.display()))?;
+    let r = Report::read(dir)?;
     for name in REQUIRED_ROWS {
-        let row = rows
-            .iter()
-            .find(|r| r["name"] == name)
+        let row = r
+            .result(name)
             .with_context(|| format!("report has no `{name}` row"))?;
-        let acc = row["accuracy"]
-            .as_f64()
-            .with_context(|| format!("row `{name}` has no accuracy"))?;
         ensure!(
-            (0.0..=1.0).contains(&acc),
-            "row `{name}`: accuracy {acc} outside [0, 1]"
+            (0.0..=1.0).contains(&row.accuracy),
+            "row `{name}`: accuracy {} outside [0, 1]",
+            row.accuracy
         );
     }
-    let agree = v["agreement"]["int8_vs_fake_quant"]
-        .as_f64()
-        .context("report has no agreement.int8_vs_fake_quant")?;
+    let agree = r.agreement.int8_vs_fake_quant;
     ensure!(
         (0.0..=1.0).contains(&agree),
         "agreement {agree} outside [0, 1]"
     );
+    ensure!(
+        r.dataset.train > 0 && r.dataset.test > 0,
+        "report names no dataset size"
+    );
     let mut n_layers = 0;
     let mut sim = 1f64;
-    for key in ["fidelity", "fidelity_low_bit"] {
-        let layers = v[key]["layers"]
-            .as_array()
-            .filter(|l| !l.is_empty())
-            .with_context(|| format!("report has no per-layer `{key}` table"))?;
-        n_layers += layers.len();
-        for l in layers {
-            let name = l["node"].as_str().unwrap_or("?");
-            let within = l["isolated"]["within_1_lsb"]
-                .as_f64()
-                .with_context(|| format!("{key} of {name} has no isolated.within_1_lsb"))?;
-            if within < MIN_LAYER_WITHIN_1_LSB {
+    for (key, fid) in [
+        ("fidelity", &r.fidelity),
+        ("fidelity_low_bit", &r.fidelity_low_bit),
+    ] {
+        ensure!(
+            !fid.layers.is_empty(),
+            "report has no per-layer `{key}` table"
+        );
+        n_layers += fid.layers.len();
+        for l in &fid.layers {
+            if l.isolated.within_1_lsb < MIN_LAYER_WITHIN_1_LSB {
                 bail!(
-                    "{key}, layer {name}: only {:.2}% of integer outputs within 1 LSB of the simulation",
-                    100.0 * within
+                    "{key}, layer {}: only {:.2}% of integer outputs within 1 LSB of the simulation",
+                    l.node,
+                    100.0 * l.isolated.within_1_lsb
                 );
             }
         }
-        let a = v[key]["outputs"][0]["argmax_vs_simulation"]
-            .as_f64()
-            .with_context(|| format!("{key} has no argmax_vs_simulation"))?;
+        let a = fid
+            .outputs
+            .first()
+            .with_context(|| format!("{key} has no output agreement"))?
+            .argmax_vs_simulation;
         if a < MIN_ARGMAX_AGREEMENT {
             bail!("{key}: int8 vs simulation argmax agreement {a:.4} < {MIN_ARGMAX_AGREEMENT}");
         }
@@ -113,48 +109,68 @@ pub fn check_report(dir: &Path) -> Result<()> {
     }
     // The trained (libtorch) model vs the export's simulation, node by node.
     let mut worst_node = 1f64;
-    for key in ["main", "low_bit"] {
-        let nodes = v["torch_vs_simulation"][key]
-            .as_array()
-            .filter(|n| !n.is_empty())
-            .with_context(|| format!("report has no torch_vs_simulation.{key} table"))?;
+    let tvs = &r.torch_vs_simulation;
+    for (key, nodes) in [("main", &tvs.main), ("low_bit", &tvs.low_bit)] {
+        ensure!(
+            !nodes.is_empty(),
+            "report has no torch_vs_simulation.{key} table"
+        );
         for n in nodes {
-            let name = n["node"].as_str().unwrap_or("?");
-            let within = n["within_one"].as_f64().with_context(|| {
-                format!("torch_vs_simulation.{key} of {name} has no within_one")
-            })?;
-            if within < MIN_LAYER_WITHIN_1_LSB {
+            if n.within_one < MIN_LAYER_WITHIN_1_LSB {
                 bail!(
-                    "torch_vs_simulation.{key}, node {name}: only {:.2}% of libtorch fake-quant codes within 1 of the simulation",
-                    100.0 * within
+                    "torch_vs_simulation.{key}, node {}: only {:.2}% of libtorch fake-quant codes within 1 of the simulation",
+                    n.node,
+                    100.0 * n.within_one
                 );
             }
-            worst_node = worst_node.min(within);
+            worst_node = worst_node.min(n.within_one);
         }
     }
-    let rounding = v["rounding"]
-        .as_array()
-        .context("report has no `rounding` comparison")?;
     ensure!(
-        rounding.len() == 4
-            && rounding
-                .iter()
-                .all(|r| (0.0..=1.0).contains(&r["agreement"].as_f64().unwrap_or(-1.0))),
-        "`rounding` must hold both modes for both bit widths with agreements in [0, 1]"
+        r.rounding.len() == 4,
+        "`rounding` must hold both modes for both bit widths"
     );
-    for f in [
-        "report.md",
-        "accuracy_vs_bits.png",
-        "accuracy_vs_bits.svg",
-        "training.png",
-        "latency_vs_accuracy.png",
-    ] {
-        ensure!(dir.join(f).exists(), "report is missing {f}");
+    for x in &r.rounding {
+        let ok = match (x.agreement, &x.refused) {
+            (Some(a), None) => (0.0..=1.0).contains(&a),
+            (None, Some(_)) => !x.exported,
+            _ => false,
+        };
+        ensure!(
+            ok,
+            "rounding {} at W{}A{}: need an agreement in [0, 1] or, for a mode not exported, a refusal",
+            x.rounding,
+            x.weight_bits,
+            x.act_bits
+        );
     }
+    let causes = r
+        .causes
+        .as_ref()
+        .context("report has no per-layer causes")?;
+    ensure!(
+        !causes.layers.is_empty() && !r.fixes.is_empty(),
+        "report has an empty causes or fixes table"
+    );
+    // Plots are optional (they need a system font); the ones the report lists must exist.
+    ensure!(
+        dir.join("report.md").exists(),
+        "report is missing report.md"
+    );
+    for f in &r.plots.written {
+        ensure!(
+            dir.join(f).exists(),
+            "report lists plot {f}, which is missing"
+        );
+    }
+    let plots = match &r.plots.skipped {
+        None => format!("{} plot files", r.plots.written.len()),
+        Some(why) => format!("plots skipped ({why})"),
+    };
     eprintln!(
         "[smoke] report OK: {} rows, {n_layers} layers within 1 LSB, int8 vs simulation argmax ≥ {sim:.4}, \
-         vs libtorch fake quant {agree:.4}; libtorch vs simulation ≥ {:.2}% of codes within 1 on every node",
-        rows.len(),
+         vs libtorch fake quant {agree:.4}; libtorch vs simulation ≥ {:.2}% of codes within 1 on every node; {plots}",
+        r.results.len(),
         100.0 * worst_node
     );
     Ok(())

@@ -1,13 +1,31 @@
-//! The paper's experiment end to end (issue 7): float training → PTQ (per tensor, per channel) →
-//! QAT fine-tuning → export → the integer runtime, at 8 bits and at a low bit width, with a report.
+//! The paper's experiment end to end: float training → PTQ (per tensor, per channel) → QAT
+//! fine-tuning → export → the integer runtime, at 8 bits and at a low bit width, with a report.
 //!
 //! Every accuracy in the report is measured here, on the test split: float and fake-quant numbers by
 //! libtorch, integer numbers by `qat-int8-runtime` running the exported `Int8Model`.
+//!
+//! The configuration ([`xtask::config`]) and the report schema ([`xtask::report`]) live in xtask's
+//! library, which the smoke check shares.
+//!
+//! | file | what |
+//! |---|---|
+//! | `data.rs` | the dataset, its splits and NHWC/NCHW batches |
+//! | `train.rs` | float training and QAT fine-tuning of one [`study::Run`] |
+//! | `eval.rs` | PTQ, the integer runtime's accuracy, rounding modes, latency |
+//! | `study.rs` | studies as data: a name and variants, each the base run with a few fields changed |
+//! | `mixed.rs` | the sensitivity and mixed-precision studies (`--study`) |
+//! | `causes.rs` | per-layer causes of PTQ loss and the accuracy each fix buys |
+//! | `stages.rs` | [`Pipeline::run`]: the stages in order, and the typed report |
+//! | `plots.rs` | PNG/SVG plots of the report |
 
-pub mod config;
+mod causes;
+mod data;
+mod eval;
+mod mixed;
 pub mod plots;
-pub mod report;
 mod stages;
+mod study;
+mod train;
 
 use std::{
     path::{Path, PathBuf},
@@ -16,8 +34,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use ndarray::ArrayD;
+use qat_train::data::{Dataset, Normalize};
+use tch::Device;
 
-use config::Config;
+use xtask::{config::Config, report::DatasetInfo};
 
 /// Command-line arguments of `qat-pipeline` (`cargo xtask pipeline -- …`).
 #[derive(Debug, Parser)]
@@ -35,12 +56,45 @@ pub struct Args {
     /// Add the ablation studies (ReLU vs ReLU6, bit sweep, BN correction, granularity).
     #[arg(long)]
     pub ablations: bool,
+    /// Optional studies, comma-separated: `sensitivity` (needs `data.validation`), `mixed-precision`
+    /// (implies sensitivity).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub study: Vec<OptionalStudy>,
     /// Output directory (default `target/qat-report/<run-id>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// The studies `--study` adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptionalStudy {
+    /// Per-layer, per-width accuracy drop on the validation split, as a heat map.
+    Sensitivity,
+    /// Per-layer widths chosen from the sensitivities within the uniform low-bit model's bytes.
+    MixedPrecision,
+}
+
+/// Pipeline state shared by the stages: the configuration and the loaded data.
+pub struct Pipeline {
+    cfg: Config,
+    out: PathBuf,
+    progress: bool,
+    ablations: bool,
+    studies: Vec<OptionalStudy>,
+    quick: bool,
+    device: Device,
+    dataset: DatasetInfo,
+    train: Dataset,
+    test: Dataset,
+    normalize: Normalize,
+    /// The whole test split as NHWC f32 (normalized), and labels.
+    test_nhwc: ArrayD<f32>,
+    test_labels: Vec<i64>,
+    /// The held-out validation images (NHWC, normalized) and labels, if `data.validation > 0`.
+    validation: Option<(ArrayD<f32>, Vec<i64>)>,
 }
 
 /// The workspace root (the parent of xtask's manifest directory).
@@ -94,7 +148,7 @@ pub fn run(args: &Args) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     tracing::info!(config = %cfg_path.display(), out = %out.display(), quick = args.quick, "pipeline start");
-    let report = stages::Pipeline::new(cfg, &root, &out, args)?.run(started)?;
+    let report = Pipeline::new(cfg, &root, &out, args)?.run(started)?;
     println!("\n{}", report.results_table());
     println!("report: {}", out.join("report.md").display());
     Ok(out)

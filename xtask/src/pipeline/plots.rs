@@ -1,12 +1,14 @@
 //! Plots (plotters), each written as PNG and SVG: accuracy vs bit width, latency vs accuracy in the
-//! style of the paper's Fig. 1.1, and training curves.
+//! style of the paper's Fig. 1.1, training curves, and the two causes of PTQ loss (per-channel weight
+//! ranges of the layer with the widest spread, the weight histogram of the layer with the largest
+//! outlier ratio). Plots are optional: drawing needs a system font.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::{coord::Shift, prelude::*};
-
-use super::report::Report;
+use qat_export::analysis::LayerWeightAnalysis;
+use xtask::report::{BitPoint, PlotStatus, Report};
 
 const SIZE: (u32, u32) = (800, 520);
 
@@ -14,10 +16,9 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
 }
 
-/// Draws one plot on both backends: `<dir>/<stem>.png` and `<dir>/<stem>.svg`.
 /// Draws one plot function on both backends: `<dir>/<stem>.png` and `<dir>/<stem>.svg`.
 macro_rules! render {
-    ($dir:expr, $stem:expr, $report:expr, $draw:ident) => {{
+    ($dir:expr, $written:expr, $stem:expr, $report:expr, $draw:ident) => {{
         let png = $dir.join(format!("{}.png", $stem));
         {
             let area = BitMapBackend::new(&png, SIZE).into_drawing_area();
@@ -30,14 +31,40 @@ macro_rules! render {
         area.fill(&WHITE).map_err(err)?;
         $draw(&area, $report)?;
         area.present().map_err(err)?;
+        $written.extend([format!("{}.png", $stem), format!("{}.svg", $stem)]);
     }};
 }
 
-/// Writes all plots into `dir`.
-pub fn write_all(dir: &Path, report: &Report) -> Result<()> {
-    render!(dir, "accuracy_vs_bits", report, accuracy_vs_bits);
-    render!(dir, "latency_vs_accuracy", report, latency_vs_accuracy);
-    render!(dir, "training", report, training);
+/// Writes all plots into `dir`: the files written, or why plotting stopped (the files drawn before
+/// that are listed too).
+pub fn write_all(dir: &Path, report: &Report) -> PlotStatus {
+    let mut written = Vec::new();
+    let skipped = draw_all(dir, report, &mut written)
+        .err()
+        .map(|e| format!("{e:#}"));
+    PlotStatus { written, skipped }
+}
+
+fn draw_all(dir: &Path, report: &Report, written: &mut Vec<String>) -> Result<()> {
+    render!(dir, written, "accuracy_vs_bits", report, accuracy_vs_bits);
+    render!(
+        dir,
+        written,
+        "latency_vs_accuracy",
+        report,
+        latency_vs_accuracy
+    );
+    render!(dir, written, "training", report, training);
+    if report.causes.is_some() {
+        render!(dir, written, "channel_ranges", report, channel_ranges);
+        render!(dir, written, "weight_histogram", report, weight_histogram);
+    }
+    if report.sensitivity.is_some() {
+        render!(dir, written, "sensitivity", report, sensitivity);
+    }
+    if report.mixed_precision.is_some() {
+        render!(dir, written, "pareto", report, pareto);
+    }
     Ok(())
 }
 
@@ -66,7 +93,11 @@ fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
         .iter()
         .find(|x| x.name == "float")
         .map(|x| x.accuracy);
-    let (lo, hi) = acc_range(pts.iter().flat_map(|b| [b.ptq, b.qat]).chain(float));
+    let (lo, hi) = acc_range(
+        pts.iter()
+            .flat_map(|b| b.ptq.into_iter().chain([b.qat]))
+            .chain(float),
+    );
     let (bmin, bmax) = pts.iter().fold((4u32, 8u32), |(a, b), p| {
         (a.min(p.weight_bits), b.max(p.weight_bits))
     });
@@ -87,13 +118,13 @@ fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
         .x_labels(6)
         .draw()
         .map_err(err)?;
-    let series = |f: fn(&super::report::BitPoint) -> f64| {
+    let series = |f: fn(&BitPoint) -> Option<f64>| {
         pts.iter()
-            .map(move |b| (b.weight_bits as f64, 100.0 * f(b)))
+            .filter_map(move |b| f(b).map(|v| (b.weight_bits as f64, 100.0 * v)))
             .collect::<Vec<_>>()
     };
     let ptq = series(|b| b.ptq);
-    let qat = series(|b| b.qat);
+    let qat = series(|b| Some(b.qat));
     chart
         .draw_series(LineSeries::new(ptq.clone(), RED.stroke_width(2)))
         .map_err(err)?
@@ -230,6 +261,257 @@ fn training<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Re
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The analyzed layer with the largest `key` (range spread, outlier ratio).
+fn worst_layer(
+    r: &Report,
+    key: fn(&LayerWeightAnalysis) -> Option<f64>,
+) -> Result<&LayerWeightAnalysis> {
+    r.causes
+        .iter()
+        .flat_map(|c| &c.layers)
+        .filter(|l| key(l).is_some())
+        .max_by(|a, b| key(a).unwrap_or(0.0).total_cmp(&key(b).unwrap_or(0.0)))
+        .ok_or_else(|| anyhow!("no analyzed layer to plot"))
+}
+
+/// Cause 1 in the whitepaper's style: each output channel's weight range `[min, max]` as a bar, for
+/// the layer whose ranges differ most.
+fn channel_ranges<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
+    let l = worst_layer(r, |l| l.range_spread)?;
+    let m = l
+        .channels
+        .iter()
+        .map(|c| c.min.abs().max(c.max.abs()))
+        .fold(1e-6f32, f32::max) as f64
+        * 1.1;
+    let n = l.channels.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "Per-channel weight ranges of {} (spread {:.1}×)",
+                l.node,
+                l.range_spread.unwrap_or(0.0)
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), -m..m)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("output channel")
+        .y_desc("weight (BN folded)")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(l.channels.iter().enumerate().map(|(i, c)| {
+            let x = i as f64;
+            Rectangle::new(
+                [(x - 0.35, c.min as f64), (x + 0.35, c.max as f64)],
+                BLUE.mix(0.7).filled(),
+            )
+        }))
+        .map_err(err)?;
+    let t = l.max_abs as f64;
+    for y in [t, -t] {
+        chart
+            .draw_series(LineSeries::new(
+                [(-0.5, y), (n as f64 - 0.5, y)],
+                RED.stroke_width(1),
+            ))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Cause 2: the weight histogram of the layer with the largest outlier ratio, the bins beyond the
+/// outlier percentile in red.
+fn weight_histogram<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
+    let l = worst_layer(r, |l| l.outlier_ratio)?;
+    let h = &l.histogram;
+    let bins = h.counts.len().max(1);
+    let width = (h.hi - h.lo) as f64 / bins as f64;
+    let top = h.counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "Weights of {} (outlier ratio {:.1}; red: |w| > {:.3})",
+                l.node,
+                l.outlier_ratio.unwrap_or(0.0),
+                h.outlier_threshold
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(h.lo as f64..h.hi as f64, (0.5f64..top * 2.0).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("weight (BN folded)")
+        .y_desc("count (log)")
+        .draw()
+        .map_err(err)?;
+    let bar = |i: usize, count: u64, color: RGBColor| {
+        let x0 = h.lo as f64 + i as f64 * width;
+        Rectangle::new([(x0, 0.5), (x0 + width, count as f64)], color.filled())
+    };
+    chart
+        .draw_series(
+            h.counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, &c)| bar(i, c, BLUE)),
+        )
+        .map_err(err)?;
+    chart
+        .draw_series(
+            h.outlier_counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, &c)| bar(i, c, RED)),
+        )
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The sensitivity heat map: one row per layer and operand, one column per width, the colour the
+/// accuracy drop (white 0, red at the table's largest drop).
+fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
+    let t = r
+        .sensitivity
+        .as_ref()
+        .ok_or_else(|| anyhow!("no sensitivity table"))?;
+    let rows: Vec<(String, &Vec<Option<f64>>)> = t
+        .layers
+        .iter()
+        .flat_map(|l| {
+            [
+                (format!("{} W", l.layer), &l.weights),
+                (format!("{} A", l.layer), &l.activations),
+            ]
+        })
+        .collect();
+    let worst = rows
+        .iter()
+        .flat_map(|(_, v)| v.iter().flatten())
+        .fold(1e-9f64, |m, &d| m.max(d));
+    let (nr, nc) = (rows.len(), t.bits.len());
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("Accuracy drop (points), one layer quantized; max {worst:.1}"),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(140)
+        .build_cartesian_2d((0..nc).into_segmented(), (0..nr).into_segmented())
+        .map_err(err)?;
+    let bits = t.bits.clone();
+    let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("bits")
+        .x_labels(nc)
+        .y_labels(nr)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bits.get(*i).map_or(String::new(), u32::to_string),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(rows.iter().enumerate().flat_map(|(i, (_, v))| {
+            v.iter().enumerate().map(move |(j, d)| {
+                let f = d.map_or(0.0, |d| (d / worst).clamp(0.0, 1.0));
+                let shade = (255.0 * (1.0 - f)) as u8;
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(j), SegmentValue::Exact(i)),
+                        (SegmentValue::Exact(j + 1), SegmentValue::Exact(i + 1)),
+                    ],
+                    RGBColor(255, shade, shade).filled(),
+                )
+            })
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The mixed-precision front (predicted accuracy vs packed weight bytes) with the measured uniform
+/// points and the chosen assignment.
+fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
+    let m = r
+        .mixed_precision
+        .as_ref()
+        .ok_or_else(|| anyhow!("no mixed-precision result"))?;
+    let base = r.sensitivity.as_ref().map_or(0.0, |t| t.baseline_accuracy);
+    let front: Vec<(f64, f64)> = m
+        .search
+        .front
+        .iter()
+        .map(|p| (p.cost, base - p.predicted_drop))
+        .collect();
+    let uniform: Vec<(f64, f64)> = m.uniform.iter().map(|u| (u.cost, u.ptq)).collect();
+    let chosen = m
+        .search
+        .chosen
+        .as_ref()
+        .zip(m.chosen_ptq)
+        .map(|(p, a)| (p.cost, a));
+    let all = front.iter().chain(&uniform).chain(chosen.iter());
+    let xmax = all.clone().map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
+    let (lo, hi) = acc_range(all.map(|p| p.1 / 100.0));
+    let mut chart = ChartBuilder::on(area)
+        .caption("Mixed precision: top-1 vs weight bytes", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..xmax, lo..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("packed weight bytes")
+        .y_desc("top-1 (%)")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(front, BLUE.stroke_width(2)))
+        .map_err(err)?
+        .label("front (predicted, validation)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(uniform.iter().map(|&p| Circle::new(p, 5, BLACK.filled())))
+        .map_err(err)?
+        .label("uniform (PTQ, test)")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.filled()));
+    if let Some(p) = chosen {
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(p, 7, RED.filled())))
+            .map_err(err)?
+            .label("chosen (PTQ, test)")
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, RED.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
         .map_err(err)?;
     Ok(())

@@ -1,0 +1,388 @@
+//! Pipeline configuration (TOML). Every knob of the experiment is here; `configs/default.toml` is the
+//! default run and `--quick` shrinks it for the smoke test.
+//!
+//! Every table rejects keys it does not know: a mistyped key is an error that names the key and its
+//! line, never a silently ignored setting.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key that is unknown, missing or of the wrong type.
+    #[error("invalid config {path}, line {line}, column {column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value (0: the error has no position).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong (names the key).
+        message: String,
+    },
+    /// A value outside its range.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which key and why.
+        message: String,
+    },
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The whole experiment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Seed for weights, shuffling and augmentation.
+    pub seed: u64,
+    /// Dataset.
+    pub data: DataConfig,
+    /// Model.
+    pub model: ModelConfig,
+    /// Float pretraining.
+    pub float: FloatConfig,
+    /// QAT fine-tuning at 8 bits.
+    pub qat: QatConfig,
+    /// The low-bit run (W4A4 by default).
+    pub low_bit: LowBitConfig,
+    /// Ablations (`--ablations`).
+    pub ablations: AblationConfig,
+    /// Latency measurement.
+    pub latency: LatencyConfig,
+}
+
+/// Dataset: either `dir` or `dataset`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Directory with `train-images-idx3-ubyte(.gz)` etc. Relative paths are from the workspace root.
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// A dataset installed by `cargo xtask setup --data NAME` (`<cache>/datasets/NAME`).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Per-channel `[mean, std]` of the training pixels in [0, 1] (default: MNIST's).
+    #[serde(default)]
+    pub normalize: Option<[f32; 2]>,
+    /// Training images held out at the end of the training split (never trained on), for studies that
+    /// need a validation split.
+    #[serde(default)]
+    pub validation: usize,
+    /// Use at most this many training images.
+    pub train_limit: Option<usize>,
+    /// Use at most this many test images.
+    pub test_limit: Option<usize>,
+    /// Batches used for PTQ calibration.
+    pub calibration_batches: usize,
+    /// Batch size for training and evaluation.
+    pub batch_size: usize,
+    /// Training augmentation: random crop after zero padding by this many pixels (0: none).
+    #[serde(default)]
+    pub augment_pad: usize,
+}
+
+/// Model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `mobilenet_v1`, `mobilenet_v2`, `lenet`, `resnet8`, `resnet20`.
+    pub arch: String,
+    /// Width multiplier (MobileNets).
+    pub width: f64,
+    /// Depthwise-separable blocks (MobileNet-v1, 1..=13, from the start of the paper's list).
+    pub blocks: usize,
+    /// `relu6` or `relu`.
+    pub activation: String,
+}
+
+/// Float training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloatConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Peak learning rate (cosine decay).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay (not applied to BN and quantization parameters).
+    pub weight_decay: f64,
+}
+
+/// QAT fine-tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight bits.
+    pub weight_bits: u32,
+    /// Activation bits.
+    pub act_bits: u32,
+    /// Per-channel weights (else per tensor).
+    pub per_channel: bool,
+    /// Steps with activation fake quant off (observers still collect), paper §3.
+    pub quant_delay_steps: usize,
+    /// Step at which BN switches to moving statistics (whitepaper §3.2.2).
+    pub freeze_bn_steps: usize,
+    /// Step at which observers stop updating.
+    pub freeze_observers_steps: usize,
+    /// EMA decay of activation observers.
+    pub ema_decay: f64,
+    /// Whitepaper σ_B/σ correction (else PyTorch's variant).
+    pub bn_correction: bool,
+    /// Whitepaper fold: gradient through the batch statistics (`ConvBnConfig::stats_grad`). Default
+    /// `false`: constants of the backward pass, as TF's `fold_batch_norms`.
+    #[serde(default)]
+    pub bn_stats_grad: bool,
+}
+
+/// Low-bit experiment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowBitConfig {
+    /// Weight bits.
+    pub weight_bits: u32,
+    /// Activation bits.
+    pub act_bits: u32,
+    /// QAT epochs.
+    pub epochs: usize,
+    /// Learning rate.
+    pub lr: f64,
+}
+
+/// Ablations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AblationConfig {
+    /// Bit widths swept for weights × activations.
+    pub bits: Vec<u32>,
+    /// QAT epochs per sweep point.
+    pub qat_epochs: usize,
+    /// Float epochs for the ReLU-vs-ReLU6 comparison model.
+    pub float_epochs: usize,
+}
+
+/// Latency measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyConfig {
+    /// Images timed per measurement (batch 1).
+    pub images: usize,
+}
+
+impl Config {
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text` (`path` names it in errors).
+    ///
+    /// ```
+    /// use xtask::config::{Config, ConfigError};
+    /// let text = "seed = 7\n[data]\nbatch_sise = 64\n";
+    /// let err = Config::parse(text, "x.toml".as_ref()).unwrap_err();
+    /// assert!(matches!(err, ConfigError::Parse { line: 3, .. }));
+    /// assert!(err.to_string().contains("batch_sise"));
+    /// ```
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges of every knob; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let ensure = |ok: bool, msg: &dyn Fn() -> String| if ok { Ok(()) } else { Err(msg()) };
+        ensure(
+            self.data.dir.is_some() != self.data.dataset.is_some(),
+            &|| "[data] needs exactly one of `dir` and `dataset`".into(),
+        )?;
+        ensure(self.data.batch_size > 0, &|| {
+            "data.batch_size must be > 0".into()
+        })?;
+        ensure(self.data.calibration_batches > 0, &|| {
+            "data.calibration_batches must be > 0".into()
+        })?;
+        if let Some([mean, std]) = self.data.normalize {
+            ensure(mean.is_finite() && std.is_finite() && std > 0.0, &|| {
+                format!("data.normalize = [{mean}, {std}]: need a finite mean and a std > 0")
+            })?;
+        }
+        for (what, b) in [
+            ("qat.weight_bits", self.qat.weight_bits),
+            ("qat.act_bits", self.qat.act_bits),
+            ("low_bit.weight_bits", self.low_bit.weight_bits),
+            ("low_bit.act_bits", self.low_bit.act_bits),
+        ] {
+            ensure((2..=8).contains(&b), &|| {
+                format!("{what} = {b}: supported 2..=8")
+            })?;
+        }
+        for &b in &self.ablations.bits {
+            ensure((2..=8).contains(&b), &|| {
+                format!("ablations.bits contains {b}: supported 2..=8")
+            })?;
+        }
+        ensure(self.model.width > 0.0, &|| "model.width must be > 0".into())?;
+        ensure((1..=13).contains(&self.model.blocks), &|| {
+            "model.blocks must be in 1..=13".into()
+        })?;
+        ensure(
+            matches!(self.model.activation.as_str(), "relu" | "relu6"),
+            &|| "model.activation must be relu or relu6".into(),
+        )?;
+        ensure(
+            self.float.lr > 0.0 && self.qat.lr > 0.0 && self.low_bit.lr > 0.0,
+            &|| "learning rates must be > 0".into(),
+        )?;
+        ensure(
+            self.qat.ema_decay > 0.0 && self.qat.ema_decay < 1.0,
+            &|| "qat.ema_decay must be in (0, 1)".into(),
+        )?;
+        ensure(self.latency.images > 0, &|| {
+            "latency.images must be > 0".into()
+        })
+    }
+
+    /// The `--quick` variant: a tiny subset and a few steps, for the smoke test.
+    pub fn quick(mut self) -> Self {
+        self.data.train_limit = Some(512);
+        self.data.test_limit = Some(256);
+        self.data.calibration_batches = 2;
+        self.data.validation = self.data.validation.min(128);
+        self.model.width = self.model.width.min(0.25);
+        self.float.epochs = 1;
+        self.qat.epochs = 1;
+        self.qat.quant_delay_steps = 2;
+        self.qat.freeze_bn_steps = 4;
+        self.qat.freeze_observers_steps = 6;
+        self.low_bit.epochs = 1;
+        self.ablations.bits = vec![8, 4];
+        self.ablations.qat_epochs = 1;
+        self.ablations.float_epochs = 1;
+        self.latency.images = 20;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_text() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
+        fs::read_to_string(path).expect("configs/default.toml is readable")
+    }
+
+    #[test]
+    fn shipped_configs_parse() {
+        for name in ["default.toml", "fashion-mnist.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(name);
+            if let Err(e) = Config::load(&path) {
+                panic!("{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn mistyped_key_names_key_and_line() {
+        let text = default_text().replace("calibration_batches = 16", "calibration_batch = 16");
+        let line = 1 + text
+            .lines()
+            .position(|l| l.starts_with("calibration_batch "))
+            .expect("the replaced key is in the text");
+        match Config::parse(&text, Path::new("default.toml")) {
+            Err(ConfigError::Parse {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "{message}");
+                assert!(message.contains("calibration_batch"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_table_and_wrong_type_are_located() {
+        let text = format!("{}\n[qatt]\nepochs = 1\n", default_text());
+        let line = text.lines().position(|l| l == "[qatt]").expect("appended") + 1;
+        match Config::parse(&text, Path::new("x.toml")) {
+            Err(ConfigError::Parse {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "{message}");
+                assert!(message.contains("qatt"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+        let text = default_text().replace("epochs = 15", "epochs = \"15\"");
+        let line = 1 + text
+            .lines()
+            .position(|l| l.starts_with("epochs = \"15\""))
+            .expect("replaced");
+        match Config::parse(&text, Path::new("x.toml")) {
+            Err(e @ ConfigError::Parse { line: l, .. }) => assert_eq!(l, line, "{e}"),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_range_value_names_the_key() {
+        let text = default_text().replace("weight_bits = 4", "weight_bits = 9");
+        let e = Config::parse(&text, Path::new("x.toml")).expect_err("9 bits is refused");
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("low_bit.weight_bits = 9"), "{e}");
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("a\nbc\nd", 0), (1, 1));
+        assert_eq!(line_column("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_column("a\nbc\nd", 5), (3, 1));
+    }
+}

@@ -1,0 +1,289 @@
+//! `report.md`: the typed report rendered as Markdown tables.
+
+use std::fmt::Write as _;
+
+use super::{NodeAgreement, Report, pct};
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or("—".into(), pct)
+}
+
+fn nodes_table(title: &str, nodes: &[NodeAgreement]) -> String {
+    let mut s = format!(
+        "#### {title}\n\n| node | S | Z | values | exact % | ≤1 % | max|Δ| |\n|---|---|---|---|---|---|---|\n"
+    );
+    for n in nodes {
+        let _ = writeln!(
+            s,
+            "| {} | {:.5} | {} | {} | {:.2} | {:.2} | {} |",
+            n.node,
+            n.scale,
+            n.zero_point,
+            n.values,
+            100.0 * n.exact,
+            100.0 * n.within_one,
+            n.max_abs
+        );
+    }
+    s
+}
+
+impl Report {
+    /// The main table as Markdown.
+    pub fn results_table(&self) -> String {
+        let mut s = String::from(
+            "| model | weights | activations | engine | top-1 |\n|---|---|---|---|---|\n",
+        );
+        for r in &self.results {
+            let bits = |b: Option<u32>| b.map_or("float".to_string(), |b| format!("{b}-bit"));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                r.label,
+                bits(r.weight_bits),
+                bits(r.act_bits),
+                r.engine,
+                pct(r.accuracy)
+            );
+        }
+        s
+    }
+
+    /// The whole report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# qat pipeline report `{}`\n", self.run_id);
+        let d = &self.dataset;
+        let _ = writeln!(
+            s,
+            "{}; run time {:.0} s{}.\n\nDataset **{}** ({}): {} training images, {} held out for validation, {} test images.\n",
+            self.machine,
+            self.duration_s,
+            if self.quick {
+                "; **quick run** (tiny subset, accuracy not meaningful)"
+            } else {
+                ""
+            },
+            d.name,
+            d.dir,
+            d.train,
+            d.validation,
+            d.test,
+        );
+        let _ = writeln!(s, "## Accuracy (test split)\n\n{}", self.results_table());
+        let a = &self.agreement;
+        let _ = writeln!(
+            s,
+            "## Integer model vs its fake-quant model\n\nArgmax agreement on {} test images (rounding `{}`): \
+             8-bit {}, low bit {}.\n",
+            a.test_images,
+            a.rounding,
+            pct(a.int8_vs_fake_quant),
+            pct(a.low_bit_int8_vs_fake_quant)
+        );
+        self.rounding_section(&mut s);
+        let z = &self.size;
+        let _ = writeln!(
+            s,
+            "## Model size\n\nfloat32 parameters {} bytes, `.qat8` file {} bytes ({:.2}× smaller).\n",
+            z.float32_parameters_bytes, z.qat8_file_bytes, z.ratio
+        );
+        let _ = writeln!(
+            s,
+            "## Latency per image (batch 1)\n\n| path | threads | µs/image | top-1 |\n|---|---|---|---|"
+        );
+        for l in &self.latency {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {} |",
+                l.path,
+                l.threads,
+                l.us_per_image,
+                pct(l.accuracy)
+            );
+        }
+        self.studies_section(&mut s);
+        self.causes_section(&mut s);
+        self.mixed_section(&mut s);
+        let _ = writeln!(
+            s,
+            "\n## Targets\n\n| target | wanted | measured | met |\n|---|---|---|---|"
+        );
+        for t in &self.targets {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                t.what,
+                t.target,
+                t.measured,
+                if t.met { "yes" } else { "**no**" }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n## Per-layer fidelity (int8 runtime vs fake-quant simulation)\n\n{}\n\n{}\n\n\
+             ### The trained model vs the export's simulation (libtorch fake quant, eval mode; 256 test images, output codes)\n\n{}\n{}",
+            self.fidelity.to_markdown(),
+            self.fidelity_low_bit.to_markdown(),
+            nodes_table("8-bit model", &self.torch_vs_simulation.main),
+            nodes_table("low-bit model", &self.torch_vs_simulation.low_bit),
+        );
+        let _ = writeln!(s, "\n## Plots\n");
+        for f in self.plots.written.iter().filter(|f| f.ends_with(".png")) {
+            let _ = writeln!(s, "![{}]({f})", f.trim_end_matches(".png"));
+        }
+        if let Some(why) = &self.plots.skipped {
+            let _ = writeln!(
+                s,
+                "The plots could not be drawn on this machine: {why}. report.json and this report are complete; \
+                 install a font (e.g. Debian `fonts-dejavu-core`) for the PNG/SVG plots."
+            );
+        }
+        let _ = writeln!(s, "\n## Configuration\n\n```toml\n{}\n```", self.config);
+        s
+    }
+
+    fn rounding_section(&self, s: &mut String) {
+        if self.rounding.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "## Requantization rounding\n\nThe same exports emitted with one rounding of `acc·M` (`single`, what QAT \
+             simulates) and with TFLite's reference double rounding (`gemmlowp`: SRDHM then a rounding shift).\n\n\
+             | weights | activations | rounding | int8 top-1 | agreement with fake quant |\n|---|---|---|---|---|"
+        );
+        for r in &self.rounding {
+            let refused = r
+                .refused
+                .as_ref()
+                .map_or(String::new(), |why| format!(" (refused: {why})"));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}{} | {}{refused} | {} |",
+                r.weight_bits,
+                r.act_bits,
+                r.rounding,
+                if r.exported { " (exported)" } else { "" },
+                opt_pct(r.int8_acc),
+                opt_pct(r.agreement)
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    fn studies_section(&self, s: &mut String) {
+        if !self.bit_sweep.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Bit widths (paper tables 4.7/4.8 style)\n\n| weights | activations | PTQ | QAT (fake quant) | QAT int8 runtime |\n|---|---|---|---|---|"
+            );
+            for b in &self.bit_sweep {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    b.weight_bits,
+                    b.act_bits,
+                    opt_pct(b.ptq),
+                    pct(b.qat),
+                    opt_pct(b.qat_int8)
+                );
+            }
+        }
+        if !self.ablations.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Ablations\n\n| study | variant | float | PTQ | QAT |\n|---|---|---|---|---|"
+            );
+            for a in &self.ablations {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    a.study,
+                    a.variant,
+                    opt_pct(a.float),
+                    opt_pct(a.ptq),
+                    pct(a.qat)
+                );
+            }
+        }
+    }
+
+    fn causes_section(&self, s: &mut String) {
+        if let Some(c) = &self.causes {
+            let _ = writeln!(
+                s,
+                "\n## Why PTQ loses accuracy, per layer\n\nWeights of the float model with BN folded as the export folds it. \
+                 Range spread: largest / smallest per-channel range (cause 1: one per-tensor range leaves narrow channels \
+                 few levels); outlier ratio: max|w| / P{}(|w|) (cause 2: rare large weights stretch the range).\n\n{}",
+                c.options.outlier_percentile,
+                c.to_markdown()
+            );
+        }
+        if !self.fixes.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n### The accuracy each fix buys\n\n| weights | activations | method | top-1 | gain (points) |\n|---|---|---|---|---|"
+            );
+            for f in &self.fixes {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} |",
+                    f.weight_bits,
+                    f.act_bits,
+                    f.method,
+                    pct(f.accuracy),
+                    f.gain.map_or("—".into(), |g| format!("{:+.2}", 100.0 * g))
+                );
+            }
+        }
+    }
+
+    fn mixed_section(&self, s: &mut String) {
+        if let Some(t) = &self.sensitivity {
+            let _ = writeln!(
+                s,
+                "\n## Per-layer sensitivity (validation split)\n\n{}",
+                t.to_markdown()
+            );
+        }
+        if let Some(m) = &self.mixed_precision {
+            let r = &m.search;
+            let _ = writeln!(
+                s,
+                "\n## Mixed precision\n\n{} search, cost {}, budget {:.0} (the uniform low-bit model's); {} front points.\n",
+                match r.method {
+                    qat_export::analysis::SearchMethod::Exact => "exact",
+                    qat_export::analysis::SearchMethod::Greedy => "greedy",
+                },
+                r.cost_model,
+                r.budget,
+                r.front.len()
+            );
+            let _ = writeln!(
+                s,
+                "| configuration | cost | predicted drop (points) | PTQ top-1 |\n|---|---|---|---|"
+            );
+            for u in &m.uniform {
+                let _ = writeln!(
+                    s,
+                    "| uniform W{}A{} | {:.0} | {:.2} | {:.2}% |",
+                    u.weight_bits, u.act_bits, u.cost, u.predicted_drop, u.ptq
+                );
+            }
+            if let Some(c) = &r.chosen {
+                let _ = writeln!(
+                    s,
+                    "| mixed (chosen) | {:.0} | {:.2} | {} |\n\nChosen widths (weights/activations):\n",
+                    c.cost,
+                    c.predicted_drop,
+                    m.chosen_ptq.map_or("—".into(), |a| format!("{a:.2}%"))
+                );
+                for l in &c.assignment.layers {
+                    let b = |v: Option<u32>| v.map_or("—".into(), |b| b.to_string());
+                    let _ = writeln!(s, "- {}: W{} A{}", l.layer, b(l.weight_bits), b(l.act_bits));
+                }
+            }
+        }
+    }
+}
