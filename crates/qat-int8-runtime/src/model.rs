@@ -12,6 +12,23 @@ pub use qat_core::fixed_point::Rounding;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use serde::{Deserialize, Serialize};
 
+/// Deserializes a string through `deserialize_str`: a zero-copy decoder (bincode from a slice)
+/// hands out a slice of its input, so a length prefix is checked against the bytes present
+/// before anything is allocated (an owned `String` would be preallocated at the claimed length).
+fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+    d.deserialize_str(V)
+}
+
 /// Index of a tensor in [`Int8Model::tensors`].
 pub type TensorId = usize;
 
@@ -28,6 +45,7 @@ pub enum DType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorInfo {
     /// Human-readable name (the float graph's node name), used in errors and reports.
+    #[serde(deserialize_with = "borrowed_string")]
     pub name: String,
     /// Per-sample shape: `[H, W, C]` or `[C]`.
     pub shape: Vec<usize>,
@@ -201,6 +219,7 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Int8Model {
     /// Model name.
+    #[serde(deserialize_with = "borrowed_string")]
     pub name: String,
     /// All activation tensors.
     pub tensors: Vec<TensorInfo>,
