@@ -415,6 +415,7 @@ impl FloatOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique name (used in errors, reports and as the runtime tensor name).
+    #[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")]
     pub name: String,
     /// The operation.
     pub op: FloatOp,
@@ -428,6 +429,7 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloatGraph {
     /// Model name (becomes `Int8Model::name`).
+    #[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")]
     pub name: String,
     /// Nodes in topological order.
     pub nodes: Vec<Node>,
@@ -633,7 +635,10 @@ impl FloatGraph {
         })
     }
 
-    /// Parses bincode written by [`Self::to_bincode`] (does not validate).
+    /// Parses bincode written by [`Self::to_bincode`] (does not validate). Memory is bounded by
+    /// the input: names are borrowed from `bytes` (a length prefix beyond the input is an error,
+    /// not an allocation) and every sequence reserves at most what serde's cautious size hint
+    /// allows, growing only with elements actually decoded.
     pub fn from_bincode(bytes: &[u8]) -> Result<Self, GraphError> {
         let (g, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .map_err(|e| GraphError::Serde {

@@ -96,6 +96,7 @@ pub mod fidelity;
 pub mod interchange;
 pub mod interp;
 pub mod ir;
+pub mod limits;
 pub mod onnx;
 pub mod passes;
 pub mod plan;

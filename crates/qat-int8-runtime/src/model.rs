@@ -12,10 +12,20 @@ pub use qat_core::fixed_point::Rounding;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use serde::{Deserialize, Serialize};
 
-/// Deserializes a string through `deserialize_str`: a zero-copy decoder (bincode from a slice)
-/// hands out a slice of its input, so a length prefix is checked against the bytes present
-/// before anything is allocated (an owned `String` would be preallocated at the claimed length).
-fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+/// Deserializes a string through `deserialize_str` (for `#[serde(deserialize_with)]`): a
+/// zero-copy decoder (bincode from a slice) hands out a slice of its input, so a length prefix is
+/// checked against the bytes present before anything is allocated, where an owned `String` would
+/// be preallocated at the claimed length. Other formats (JSON) work as for `String`.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct N(#[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")] String);
+/// let mut bytes = vec![0xFD];                           // varint: a u32 length follows
+/// bytes.extend_from_slice(&(1u32 << 30).to_le_bytes()); // 1 GiB claimed, 0 bytes present
+/// let r = bincode::serde::decode_from_slice::<N, _>(&bytes, bincode::config::standard());
+/// assert!(r.is_err());
+/// ```
+pub fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     struct V;
     impl serde::de::Visitor<'_> for V {
         type Value = String;
