@@ -16,6 +16,7 @@ mod bench;
 mod cargo;
 mod data;
 mod export;
+mod fuzz;
 mod peers;
 mod setup;
 mod smoke;
@@ -72,6 +73,8 @@ enum Cmd {
     },
     /// Write a `.qat8` model as `.qat8`, `.tflite` or ONNX QDQ (`--format`).
     Export(export::ExportArgs),
+    /// Mutation-fuzz the .qat8 loader, executor and FloatGraph readers (see qat-fuzz).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Cmd::Pipeline { debug_build, args } => pipeline(debug_build, &args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Export(args) => export::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Bench { what } => bench::run(what),
     };
     match result {
