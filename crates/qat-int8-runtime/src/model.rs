@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 /// #[derive(serde::Deserialize)]
 /// struct N(#[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")] String);
-/// let mut bytes = vec![0xFD];                           // varint: a u32 length follows
+/// let mut bytes = vec![0xFC];                           // varint: a u32 length follows
 /// bytes.extend_from_slice(&(1u32 << 30).to_le_bytes()); // 1 GiB claimed, 0 bytes present
 /// let r = bincode::serde::decode_from_slice::<N, _>(&bytes, bincode::config::standard());
 /// assert!(r.is_err());

@@ -93,8 +93,8 @@ fn conv_groups_times_weight_width_overflow_is_a_typed_error() {
 
 #[test]
 fn a_string_length_prefix_beyond_the_payload_is_refused_with_its_section_and_offset() {
-    // name: varint 0xFD + u32 length 2^30, then nothing: must not allocate 1 GiB first.
-    let mut payload = vec![0xFD];
+    // name: varint 0xFC + u32 length 2^30, then nothing: must not allocate 1 GiB first.
+    let mut payload = vec![0xFC];
     payload.extend_from_slice(&(1u32 << 30).to_le_bytes());
     match Int8Model::from_bytes(&wrap(&payload)) {
         Err(LoadError::Decode {
@@ -135,7 +135,7 @@ fn decode_errors_name_the_element_and_its_offset() {
         other => panic!("expected a decode error, got {other:?}"),
     }
     // A count that cannot fit in the bytes left is refused before reserving anything.
-    let mut p = vec![1, b'm', 0xFD];
+    let mut p = vec![1, b'm', 0xFC];
     p.extend_from_slice(&u32::MAX.to_le_bytes());
     match Int8Model::from_bytes(&wrap(&p)) {
         Err(LoadError::Decode {
