@@ -227,13 +227,15 @@ impl<'a> Sections<'a> {
     }
 
     fn seq<T: Deserialize<'a>>(&mut self, section: &str) -> Result<Vec<T>, LoadError> {
+        let start = self.pos;
         let count: u64 = self.one(|| format!("{section} (count)"))?;
         let left = self.payload.len() - self.pos;
         if count > left as u64 {
-            return Err(self.err(
-                format!("{section} (count)"),
-                format!("{count} elements cannot fit in the {left} bytes left"),
-            ));
+            return Err(LoadError::Decode {
+                section: format!("{section} (count)"),
+                offset: HEADER_LEN + start,
+                message: format!("{count} elements cannot fit in the {left} bytes left"),
+            });
         }
         // Every element takes at least one byte: `count` is bounded by the payload.
         let mut v = Vec::with_capacity((count as usize).min(1024));
