@@ -404,3 +404,54 @@ fn loader_rejects_bad_config() {
         .is_err()
     );
 }
+
+#[test]
+fn lying_headers_and_truncated_gzip_are_typed_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The header claims (2^32 − 1)^3 pixels: refused from the header (the product overflows, or
+    // exceeds the file), nothing allocated for the claim.
+    let mut lie = idx_images(5, 4, 3, &[0; 60]);
+    lie[4..16].copy_from_slice(&[0xFF; 12]);
+    let lie = write(dir.path(), "lie", &lie, false);
+    assert!(matches!(
+        qat_train::data::read_idx_images(&lie),
+        Err(DataError::Truncated { path, .. }) | Err(DataError::Malformed { path, .. }) if path == lie
+    ));
+    // 2^16 images of 4×3 pixels claimed, 5 present.
+    let mut lie = idx_images(5, 4, 3, &[0; 60]);
+    lie[4..8].copy_from_slice(&65536u32.to_be_bytes());
+    let lie = write(dir.path(), "lie2", &lie, false);
+    assert!(matches!(
+        qat_train::data::read_idx_images(&lie),
+        Err(DataError::Truncated { path, expected: 786448, got: 76 }) if path == lie
+    ));
+    // Labels: the header says 9, the file holds 5.
+    let mut labels = idx_labels(&[1; 5]);
+    labels[7] = 9;
+    let labels = write(dir.path(), "labels9", &labels, false);
+    assert!(matches!(
+        qat_train::data::read_idx_labels(&labels),
+        Err(DataError::Truncated { path, expected: 17, got: 13 }) if path == labels
+    ));
+    // A gzip stream cut in the middle (a valid prefix) names the file.
+    let full = write(dir.path(), "full", &idx_images(50, 8, 8, &[7; 3200]), true);
+    let gz = std::fs::read(&full).unwrap();
+    for cut in [gz.len() - 4, gz.len() / 2, 12] {
+        let part = write(dir.path(), &format!("cut{cut}"), &gz[..cut], false);
+        match qat_train::data::read_idx_images(&part) {
+            Err(DataError::Io { path, .. }) | Err(DataError::Truncated { path, .. }) => {
+                assert_eq!(path, part)
+            }
+            other => panic!("cut at {cut}: expected a typed error, got {other:?}"),
+        }
+    }
+    // A CIFAR batch whose gzip is cut.
+    let rec: Vec<u8> = (0..2).flat_map(|_| cifar_record(3, |i| i as u8)).collect();
+    let cif = write(dir.path(), "cifar", &rec, true);
+    let gz = std::fs::read(&cif).unwrap();
+    let part = write(dir.path(), "cifar_cut", &gz[..gz.len() / 2], false);
+    assert!(matches!(
+        qat_train::data::read_cifar10_batch(&part),
+        Err(DataError::Io { path, .. }) | Err(DataError::Truncated { path, .. }) if path == part
+    ));
+}
