@@ -611,6 +611,16 @@ impl FloatGraph {
 
     /// Serializes to pretty JSON.
     pub fn to_json(&self) -> Result<String, GraphError> {
+        // JSON has no ±∞ or NaN: serde_json would write `null`, which cannot be read back.
+        for node in &self.nodes {
+            if let Some((what, i)) = crate::validate::first_non_finite(node) {
+                return Err(GraphError::Param {
+                    node: node.name.clone(),
+                    what,
+                    reason: format!("element {i} is not finite and has no JSON form"),
+                });
+            }
+        }
         serde_json::to_string_pretty(self).map_err(|e| GraphError::Serde {
             format: "json",
             message: e.to_string(),

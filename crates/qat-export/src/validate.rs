@@ -4,7 +4,8 @@
 //! unique non-empty names; inputs are earlier nodes (topological order) and not `Output` nodes;
 //! arity per op; one `Input`
 //! and at least one `Output`; bit widths in 2..=8; observed ranges finite with `min ≤ max`;
-//! parameter lengths (weights = ∏ shape, bias and batch norm = `C_out`); strides, dilations,
+//! parameter lengths (weights = ∏ shape, bias and batch norm = `C_out`); batch norm variance ≥ 0
+//! (NaN is an export refusal); strides, dilations,
 //! kernels ≥ 1; `groups` divides `C_in` and `C_out`; padding smaller than the pool window; and the
 //! shapes of every node's inputs.
 //!
@@ -325,7 +326,52 @@ pub fn infer_shapes_with(
     Ok(shapes)
 }
 
+/// The first parameter of `node` holding a non-finite value: `(field, index)`.
+pub(crate) fn first_non_finite(node: &Node) -> Option<(&'static str, usize)> {
+    let find =
+        |what: &'static str, v: &[f32]| v.iter().position(|x| !x.is_finite()).map(|i| (what, i));
+    let empty: &[f32] = &[];
+    match &node.op {
+        FloatOp::Conv2d(c) => {
+            let bn = c.batch_norm.as_ref();
+            find("weight", &c.weight)
+                .or_else(|| find("bias", c.bias.as_deref().unwrap_or(empty)))
+                .or_else(|| find("batch_norm.gamma", bn.map_or(empty, |b| &b.gamma)))
+                .or_else(|| find("batch_norm.beta", bn.map_or(empty, |b| &b.beta)))
+                .or_else(|| find("batch_norm.mean", bn.map_or(empty, |b| &b.mean)))
+                .or_else(|| find("batch_norm.var", bn.map_or(empty, |b| &b.var)))
+                .or_else(|| {
+                    find(
+                        "batch_norm.eps",
+                        bn.map_or(empty, |b| std::slice::from_ref(&b.eps)),
+                    )
+                })
+        }
+        FloatOp::Linear(l) => {
+            find("weight", &l.weight).or_else(|| find("bias", l.bias.as_deref().unwrap_or(empty)))
+        }
+        _ => None,
+    }
+}
+
+/// Batch norm variance must not be negative (non-finite values are export refusals, listed
+/// together with every other problem by the plan).
+fn check_params(node: &Node) -> Result<(), GraphError> {
+    if let FloatOp::Conv2d(c) = &node.op
+        && let Some(bn) = &c.batch_norm
+        && let Some(i) = bn.var.iter().position(|&v| v < 0.0)
+    {
+        return Err(param_err(
+            node,
+            "batch_norm.var",
+            format!("element {i} is negative ({})", bn.var[i]),
+        ));
+    }
+    Ok(())
+}
+
 fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
+    check_params(node)?;
     match &node.op {
         FloatOp::Input { shape } => {
             arity(node, "0", ins.is_empty())?;

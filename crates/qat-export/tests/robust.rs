@@ -132,3 +132,36 @@ fn bincode_name_length_beyond_the_input_is_an_error_not_an_allocation() {
         })
     ));
 }
+
+#[test]
+fn negative_batch_norm_variance_and_non_finite_weights_are_refused() {
+    use qat_export::ir::BatchNorm;
+    let bn = |var: f32| BatchNorm {
+        gamma: vec![1.0],
+        beta: vec![0.0],
+        mean: vec![0.0],
+        var: vec![var],
+        eps: 1e-5,
+    };
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[2, 2, 1]);
+    let c = g.conv2d(
+        "conv",
+        x,
+        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_batch_norm(bn(-1.0)),
+    );
+    g.output("y", c);
+    assert!(matches!(
+        g.validate(),
+        Err(GraphError::Param { what: "batch_norm.var", node, .. }) if node == "conv"
+    ));
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[2, 2, 1]);
+    let c = g.conv2d("conv", x, Conv2d::new(vec![f32::INFINITY], [1, 1, 1, 1]));
+    g.output("y", c);
+    // JSON cannot hold ∞: to_json refuses instead of writing a `null` it cannot read back.
+    assert!(matches!(
+        g.to_json(),
+        Err(GraphError::Param { what: "weight", node, .. }) if node == "conv"
+    ));
+}
