@@ -648,20 +648,10 @@ impl FloatGraph {
     /// Parses bincode written by [`Self::to_bincode`] (does not validate). Memory is bounded by
     /// the input: names are borrowed from `bytes` (a length prefix beyond the input is an error,
     /// not an allocation) and every sequence reserves at most what serde's cautious size hint
-    /// allows, growing only with elements actually decoded.
+    /// allows, growing only with elements actually decoded. An error names the section (`name`,
+    /// `nodes[i]`) and the byte offset where it starts.
     pub fn from_bincode(bytes: &[u8]) -> Result<Self, GraphError> {
-        let (g, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| GraphError::Serde {
-                format: "bincode",
-                message: e.to_string(),
-            })?;
-        if used != bytes.len() {
-            return Err(GraphError::Serde {
-                format: "bincode",
-                message: format!("{} trailing bytes", bytes.len() - used),
-            });
-        }
-        Ok(g)
+        crate::ir_bincode::decode(bytes)
     }
 }
 

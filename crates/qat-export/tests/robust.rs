@@ -165,3 +165,27 @@ fn negative_batch_norm_variance_and_non_finite_weights_are_refused() {
         Err(GraphError::Param { what: "weight", node, .. }) if node == "conv"
     ));
 }
+
+#[test]
+fn bincode_errors_name_the_node_and_offset() {
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[4]);
+    let l = g.linear("fc", x, Linear::new(vec![1.0; 8], [2, 4]));
+    g.output("y", l);
+    let bytes = g.to_bincode().unwrap();
+    assert_eq!(FloatGraph::from_bincode(&bytes).unwrap(), g);
+    // Cut inside the linear node's weights: the error names `nodes[1]` and where it starts.
+    let cut = &bytes[..bytes.len() - 20];
+    match FloatGraph::from_bincode(cut) {
+        Err(GraphError::Serde { message, .. }) => {
+            assert!(message.contains("`nodes[1]` (starts at byte"), "{message}")
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(
+        FloatGraph::from_bincode(&trailing),
+        Err(GraphError::Serde { message, .. }) if message.contains("1 trailing bytes")
+    ));
+}
