@@ -277,3 +277,33 @@ fn conv_macs_are_limited() {
         }))
     ));
 }
+
+#[test]
+fn a_semantic_decode_failure_names_the_tensor() {
+    let m = model_with(
+        &[4],
+        f32t("y", &[4]),
+        Op::Dequantize {
+            input: 1,
+            output: 2,
+        },
+    );
+    let bytes = m.to_bytes().unwrap();
+    // The scale of tensor 1 ('xq') is the only f32 0.01 in the payload: make it NaN.
+    let scale = q().scale().to_le_bytes();
+    let mut payload = bytes[HEADER_LEN..].to_vec();
+    let at = payload
+        .windows(4)
+        .position(|w| w == scale)
+        .expect("the scale is in the payload");
+    payload[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    match Int8Model::from_bytes(&wrap(&payload)) {
+        Err(LoadError::Decode {
+            section, message, ..
+        }) => {
+            assert_eq!(section, "tensors[1]", "{message}");
+            assert!(message.contains("NaN"), "{message}");
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
