@@ -17,6 +17,7 @@ mod bench;
 mod cargo;
 mod data;
 mod export;
+mod fuzz;
 mod peers;
 mod setup;
 mod smoke;
@@ -80,6 +81,8 @@ enum Cmd {
     },
     /// Write a `.qat8` model as `.qat8`, `.tflite` or ONNX QDQ (`--format`).
     Export(export::ExportArgs),
+    /// Mutation-fuzz the .qat8 loader, executor and FloatGraph readers (see qat-fuzz).
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Cmd::Quantize { args } => torch_bin("qat-quantize", false, &args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Export(args) => export::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Bench { what } => bench::run(what),
     };
     match result {

@@ -1,13 +1,14 @@
 //! `cargo xtask test`: the one command CI runs.
 //!
 //! setup → `cargo fmt --all --check` → `cargo clippy --workspace --all-targets -D warnings` (and the
-//! `torch` feature of xtask) → `cargo test` over the whole workspace → the quick pipeline smoke run.
+//! `torch` feature of xtask) → `cargo test` over the whole workspace → a one-minute fuzz pass → the
+//! quick pipeline smoke run.
 //! Crates that use libtorch run their tests on one thread: `tch::manual_seed` and the thread count
 //! are process-global, so seeded tests would otherwise interfere.
 
 use anyhow::Result;
 
-use crate::{cargo, setup, smoke};
+use crate::{cargo, fuzz, setup, smoke};
 
 /// Packages whose tests touch libtorch's global state.
 const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration-tests"];
@@ -53,6 +54,14 @@ pub fn run(no_smoke: bool) -> Result<()> {
     }
     torch.extend(["--", "--test-threads=1"]);
     cargo::run(Some(&libtorch), &torch)?;
+
+    // Short fuzz pass (about a minute, dev profile: already built by the tests above).
+    fuzz::run(&fuzz::FuzzArgs {
+        cases: None,
+        seconds: Some(60.0),
+        seed: 0x5EED,
+        debug_build: true,
+    })?;
 
     if !no_smoke {
         smoke::run(&libtorch)?;

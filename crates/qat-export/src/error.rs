@@ -110,6 +110,18 @@ pub enum GraphError {
         /// Shape received (including the batch dimension).
         got: Vec<usize>,
     },
+    /// The graph exceeds a size or work limit ([`crate::limits`]) at this node.
+    #[error("node {node:?}: needs {needed} {resource}, over the limit of {limit}")]
+    Limit {
+        /// The node at which the total first exceeds the limit.
+        node: String,
+        /// The resource (`multiply-accumulates per sample`, …).
+        resource: &'static str,
+        /// The total needed up to and including this node.
+        needed: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// JSON/bincode (de)serialization failed.
     #[error("{format} (de)serialization failed: {message}")]
     Serde {

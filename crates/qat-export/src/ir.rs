@@ -415,6 +415,7 @@ impl FloatOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique name (used in errors, reports and as the runtime tensor name).
+    #[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")]
     pub name: String,
     /// The operation.
     pub op: FloatOp,
@@ -428,6 +429,7 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloatGraph {
     /// Model name (becomes `Int8Model::name`).
+    #[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")]
     pub name: String,
     /// Nodes in topological order.
     pub nodes: Vec<Node>,
@@ -609,6 +611,16 @@ impl FloatGraph {
 
     /// Serializes to pretty JSON.
     pub fn to_json(&self) -> Result<String, GraphError> {
+        // JSON has no ±∞ or NaN: serde_json would write `null`, which cannot be read back.
+        for node in &self.nodes {
+            if let Some((what, i)) = crate::validate::first_non_finite(node) {
+                return Err(GraphError::Param {
+                    node: node.name.clone(),
+                    what,
+                    reason: format!("element {i} is not finite and has no JSON form"),
+                });
+            }
+        }
         serde_json::to_string_pretty(self).map_err(|e| GraphError::Serde {
             format: "json",
             message: e.to_string(),
@@ -633,20 +645,13 @@ impl FloatGraph {
         })
     }
 
-    /// Parses bincode written by [`Self::to_bincode`] (does not validate).
+    /// Parses bincode written by [`Self::to_bincode`] (does not validate). Memory is bounded by
+    /// the input: names are borrowed from `bytes` (a length prefix beyond the input is an error,
+    /// not an allocation) and every sequence reserves at most what serde's cautious size hint
+    /// allows, growing only with elements actually decoded. An error names the section (`name`,
+    /// `nodes[i]`) and the byte offset where it starts.
     pub fn from_bincode(bytes: &[u8]) -> Result<Self, GraphError> {
-        let (g, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| GraphError::Serde {
-                format: "bincode",
-                message: e.to_string(),
-            })?;
-        if used != bytes.len() {
-            return Err(GraphError::Serde {
-                format: "bincode",
-                message: format!("{} trailing bytes", bytes.len() - used),
-            });
-        }
-        Ok(g)
+        crate::ir_bincode::decode(bytes)
     }
 }
 

@@ -96,6 +96,8 @@ pub mod fidelity;
 pub mod interchange;
 pub mod interp;
 pub mod ir;
+mod ir_bincode;
+pub mod limits;
 pub mod onnx;
 pub mod passes;
 pub mod plan;

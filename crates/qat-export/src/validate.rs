@@ -4,7 +4,8 @@
 //! unique non-empty names; inputs are earlier nodes (topological order) and not `Output` nodes;
 //! arity per op; one `Input`
 //! and at least one `Output`; bit widths in 2..=8; observed ranges finite with `min ≤ max`;
-//! parameter lengths (weights = ∏ shape, bias and batch norm = `C_out`); strides, dilations,
+//! parameter lengths (weights = ∏ shape, bias and batch norm = `C_out`); batch norm variance ≥ 0
+//! (NaN is an export refusal); strides, dilations,
 //! kernels ≥ 1; `groups` divides `C_in` and `C_out`; padding smaller than the pool window; and the
 //! shapes of every node's inputs.
 //!
@@ -12,11 +13,18 @@
 //! * conv: `H_out = ⌊(H + p_t + p_b − d_h·(k_h − 1) − 1)/s_h⌋ + 1` (same for W), `C_out = O`;
 //! * pools: `H_out = ⌊(H + p_t + p_b − k_h)/s_h⌋ + 1`;
 //! * global average pool `[H, W, C] → [C]`; flatten `[…] → [∏…]`; concat sums the last axis.
+//!
+//! Sizes and work are bounded as [`crate::limits`] states, with checked arithmetic throughout:
+//! no graph makes validation overflow, and none that validates asks the interpreter for more
+//! than the limits.
 
 use std::collections::HashSet;
 
 use crate::error::GraphError;
 use crate::ir::{FloatGraph, FloatOp, Node};
+use crate::limits::{
+    GraphLimits, MAX_POOL_WINDOW, MAX_REDUCTION, MAX_SPATIAL, MAX_TENSOR_ELEMENTS, Totals, product,
+};
 
 fn shape_err(node: &Node, reason: String) -> GraphError {
     GraphError::Shape {
@@ -96,8 +104,10 @@ fn out_extent(
     stride: usize,
     dilation: usize,
 ) -> Option<usize> {
-    let span = dilation * (kernel - 1) + 1;
-    let padded = size + pad_lo + pad_hi;
+    let span = dilation
+        .checked_mul(kernel.checked_sub(1)?)?
+        .checked_add(1)?;
+    let padded = size.checked_add(pad_lo)?.checked_add(pad_hi)?;
     (padded >= span).then(|| (padded - span) / stride + 1)
 }
 
@@ -117,6 +127,20 @@ fn window_out(
     }
     if dilation.contains(&0) {
         return Err(param_err(node, "dilation", "must be ≥ 1"));
+    }
+    for (what, v) in [
+        ("kernel", &kernel[..]),
+        ("stride", &stride[..]),
+        ("dilation", &dilation[..]),
+        ("padding", &padding[..]),
+    ] {
+        if v.iter().any(|&x| x > MAX_SPATIAL) {
+            return Err(param_err(
+                node,
+                what,
+                format!("{v:?} exceeds the limit {MAX_SPATIAL}"),
+            ));
+        }
     }
     let h = out_extent(
         hw[0],
@@ -145,8 +169,116 @@ fn window_out(
     }
 }
 
-/// Validates `g` and returns every node's per-sample output shape (see the module docs).
+/// Validates `g` with the default [`GraphLimits`] and returns every node's per-sample output
+/// shape (see the module docs).
 pub fn infer_shapes(g: &FloatGraph) -> Result<Vec<Vec<usize>>, GraphError> {
+    infer_shapes_with(g, &GraphLimits::default())
+}
+
+fn limit_err(node: &Node, resource: &'static str, needed: u64, limit: u64) -> GraphError {
+    GraphError::Limit {
+        node: node.name.clone(),
+        resource,
+        needed,
+        limit,
+    }
+}
+
+/// Adds `node`'s cost (its output `out`, its inputs `ins`) to `t` and checks `limits`; the error
+/// names the node at which a total first exceeds its limit.
+fn account(
+    node: &Node,
+    ins: &[&[usize]],
+    out: &[usize],
+    t: &mut Totals,
+    limits: &GraphLimits,
+) -> Result<(), GraphError> {
+    let n = product(out)
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+        .ok_or_else(|| {
+            limit_err(
+                node,
+                "output elements per sample",
+                product(out).map_or(u64::MAX, |n| n as u64),
+                MAX_TENSOR_ELEMENTS as u64,
+            )
+        })? as u64;
+    let (macs, pool) = match &node.op {
+        FloatOp::Conv2d(c) => {
+            let [_, kh, kw, ig] = c.weight_shape;
+            let k = product(&[kh, kw, ig]).filter(|&k| k <= MAX_REDUCTION);
+            let k = k.ok_or_else(|| {
+                param_err(
+                    node,
+                    "weight_shape",
+                    format!("reduction kh·kw·C_in/groups exceeds {MAX_REDUCTION}"),
+                )
+            })?;
+            (n.saturating_mul(k as u64), 0)
+        }
+        FloatOp::Linear(l) => {
+            if l.weight_shape[1] > MAX_REDUCTION {
+                return Err(param_err(
+                    node,
+                    "weight_shape",
+                    format!("C_in exceeds {MAX_REDUCTION}"),
+                ));
+            }
+            (n.saturating_mul(l.weight_shape[1] as u64), 0)
+        }
+        FloatOp::AvgPool(p) | FloatOp::MaxPool(p) => {
+            let win = product(&p.kernel).filter(|&w| w <= MAX_POOL_WINDOW);
+            let win = win.ok_or_else(|| {
+                param_err(
+                    node,
+                    "kernel",
+                    format!("{:?} exceeds {MAX_POOL_WINDOW} cells", p.kernel),
+                )
+            })?;
+            (0, n.saturating_mul(win as u64))
+        }
+        FloatOp::GlobalAvgPool => {
+            let cells = product(ins[0]).unwrap_or(usize::MAX);
+            if ins[0].len() == 3 && ins[0][0].saturating_mul(ins[0][1]) > MAX_POOL_WINDOW {
+                return Err(param_err(
+                    node,
+                    "input",
+                    format!("window larger than {MAX_POOL_WINDOW} cells"),
+                ));
+            }
+            (0, cells as u64)
+        }
+        _ => (0, 0),
+    };
+    t.activation_bytes = t.activation_bytes.saturating_add(4 * n);
+    t.macs = t.macs.saturating_add(macs);
+    t.pool_work = t.pool_work.saturating_add(pool);
+    for (resource, needed, limit) in [
+        (
+            "activation bytes per sample",
+            t.activation_bytes,
+            limits.max_activation_bytes,
+        ),
+        ("multiply-accumulates per sample", t.macs, limits.max_macs),
+        (
+            "pooling window cells per sample",
+            t.pool_work,
+            limits.max_pool_work,
+        ),
+    ] {
+        if needed > limit {
+            return Err(limit_err(node, resource, needed, limit));
+        }
+    }
+    Ok(())
+}
+
+/// [`infer_shapes`] with explicit cost limits.
+pub fn infer_shapes_with(
+    g: &FloatGraph,
+    limits: &GraphLimits,
+) -> Result<Vec<Vec<usize>>, GraphError> {
+    let mut totals = Totals::default();
     let mut names = HashSet::new();
     let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(g.nodes.len());
     for (i, node) in g.nodes.iter().enumerate() {
@@ -184,6 +316,7 @@ pub fn infer_shapes(g: &FloatGraph) -> Result<Vec<Vec<usize>>, GraphError> {
         }
         let ins: Vec<&[usize]> = node.inputs.iter().map(|j| shapes[j.0].as_slice()).collect();
         let out = node_shape(node, &ins)?;
+        account(node, &ins, &out, &mut totals, limits)?;
         shapes.push(out);
     }
     g.input_id()?;
@@ -193,7 +326,52 @@ pub fn infer_shapes(g: &FloatGraph) -> Result<Vec<Vec<usize>>, GraphError> {
     Ok(shapes)
 }
 
+/// The first parameter of `node` holding a non-finite value: `(field, index)`.
+pub(crate) fn first_non_finite(node: &Node) -> Option<(&'static str, usize)> {
+    let find =
+        |what: &'static str, v: &[f32]| v.iter().position(|x| !x.is_finite()).map(|i| (what, i));
+    let empty: &[f32] = &[];
+    match &node.op {
+        FloatOp::Conv2d(c) => {
+            let bn = c.batch_norm.as_ref();
+            find("weight", &c.weight)
+                .or_else(|| find("bias", c.bias.as_deref().unwrap_or(empty)))
+                .or_else(|| find("batch_norm.gamma", bn.map_or(empty, |b| &b.gamma)))
+                .or_else(|| find("batch_norm.beta", bn.map_or(empty, |b| &b.beta)))
+                .or_else(|| find("batch_norm.mean", bn.map_or(empty, |b| &b.mean)))
+                .or_else(|| find("batch_norm.var", bn.map_or(empty, |b| &b.var)))
+                .or_else(|| {
+                    find(
+                        "batch_norm.eps",
+                        bn.map_or(empty, |b| std::slice::from_ref(&b.eps)),
+                    )
+                })
+        }
+        FloatOp::Linear(l) => {
+            find("weight", &l.weight).or_else(|| find("bias", l.bias.as_deref().unwrap_or(empty)))
+        }
+        _ => None,
+    }
+}
+
+/// Batch norm variance must not be negative (non-finite values are export refusals, listed
+/// together with every other problem by the plan).
+fn check_params(node: &Node) -> Result<(), GraphError> {
+    if let FloatOp::Conv2d(c) = &node.op
+        && let Some(bn) = &c.batch_norm
+        && let Some(i) = bn.var.iter().position(|&v| v < 0.0)
+    {
+        return Err(param_err(
+            node,
+            "batch_norm.var",
+            format!("element {i} is negative ({})", bn.var[i]),
+        ));
+    }
+    Ok(())
+}
+
 fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
+    check_params(node)?;
     match &node.op {
         FloatOp::Input { shape } => {
             arity(node, "0", ins.is_empty())?;
@@ -215,7 +393,14 @@ fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
             if c.weight_shape.contains(&0) {
                 return Err(param_err(node, "weight_shape", "extents must be ≥ 1"));
             }
-            check_len(node, "weight", o * kh * kw * ig, c.weight.len())?;
+            let want = product(&c.weight_shape).ok_or_else(|| {
+                param_err(
+                    node,
+                    "weight_shape",
+                    format!("{:?} overflows", c.weight_shape),
+                )
+            })?;
+            check_len(node, "weight", want, c.weight.len())?;
             if c.groups == 0 || cin % c.groups != 0 || o % c.groups != 0 {
                 return Err(param_err(
                     node,
@@ -254,12 +439,18 @@ fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
             if o == 0 || n == 0 {
                 return Err(param_err(node, "weight_shape", "extents must be ≥ 1"));
             }
-            check_len(node, "weight", o * n, l.weight.len())?;
+            let want = o.checked_mul(n).ok_or_else(|| {
+                param_err(
+                    node,
+                    "weight_shape",
+                    format!("{:?} overflows", l.weight_shape),
+                )
+            })?;
+            check_len(node, "weight", want, l.weight.len())?;
             if let Some(b) = &l.bias {
                 check_len(node, "bias", o, b.len())?;
             }
-            let got: usize = ins[0].iter().product();
-            if got != n {
+            if product(ins[0]) != Some(n) {
                 return Err(shape_err(
                     node,
                     format!("weights take {n} inputs, input has shape {:?}", ins[0]),
@@ -289,7 +480,9 @@ fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
                         format!("inputs must agree on all but the last axis: {ins:?}"),
                     ));
                 }
-                c += s[s.len() - 1];
+                c = s[s.len() - 1]
+                    .checked_add(c)
+                    .ok_or_else(|| shape_err(node, "channel count overflows".into()))?;
             }
             let mut out = lead.to_vec();
             out.push(c);
@@ -322,7 +515,9 @@ fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
         }
         FloatOp::Flatten => {
             arity(node, "1", ins.len() == 1)?;
-            Ok(vec![ins[0].iter().product()])
+            let n = product(ins[0])
+                .ok_or_else(|| shape_err(node, format!("{:?} overflows", ins[0])))?;
+            Ok(vec![n])
         }
         FloatOp::Output => {
             arity(node, "1", ins.len() == 1)?;

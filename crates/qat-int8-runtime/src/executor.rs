@@ -417,6 +417,8 @@ impl<'m> Executor<'m> {
         if self.batch == Some(n) {
             return Ok(());
         }
+        // Only a complete plan is marked as such: an error half-way replans next time.
+        self.batch = None;
         for (t, info) in self.model.tensors.iter().enumerate() {
             let len = self.sizes[t]
                 .checked_mul(n)
@@ -444,6 +446,9 @@ impl<'m> Executor<'m> {
         }
         let n = shape[0];
         self.plan_buffers(n)?;
+        // Until this run completes the buffers count as unplanned: if an op panics (and the
+        // caller catches it) with its output buffer taken, the next run replans every buffer.
+        self.batch = None;
         let model = &*self.model;
         let x = input.as_standard_layout();
         let xs = x.as_slice().unwrap_or_default();
@@ -454,9 +459,12 @@ impl<'m> Executor<'m> {
         for (i, op) in model.ops.iter().enumerate() {
             let out_id = op.output();
             let mut out = std::mem::take(&mut self.bufs[out_id]);
+            #[cfg(test)]
+            tests::fault_point(i);
             self.run_op(i, op, n, &mut out);
             self.bufs[out_id] = out;
         }
+        self.batch = Some(n);
         Ok(())
     }
 
@@ -573,3 +581,7 @@ fn array<T>(shape: Vec<usize>, data: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(&shape), data)
         .unwrap_or_else(|_| unreachable!("buffer sized from the shape"))
 }
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

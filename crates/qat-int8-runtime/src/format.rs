@@ -14,20 +14,29 @@
 //! field; it decodes as [`Rounding::Gemmlowp`], the only rounding version-1 runtimes had, so an
 //! old file runs bit for bit as before.
 //!
-//! Loading checks, in order: length (at most [`MAX_FILE_BYTES`]), magic, version, flags, payload
-//! length, checksum, then decodes with bincode's byte limit set to [`MAX_FILE_BYTES`], refuses
-//! trailing bytes, and finally runs [`Int8Model::validate`]. No input makes it panic. Memory: the
-//! file itself, plus what decoding allocates — bincode counts every string it preallocates against
-//! the limit (so they total at most [`MAX_FILE_BYTES`], whatever the file's size) and serde's
-//! cautious size hints keep every other preallocation small, growing only with bytes actually
-//! read.
+//! Loading checks, in order: file length (at most [`HEADER_LEN`] + the payload limit), magic,
+//! version, flags, payload length (equal to the bytes that follow, and at most
+//! [`Limits::max_payload_bytes`](crate::limits::Limits::max_payload_bytes), default
+//! [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::limits::DEFAULT_MAX_PAYLOAD_BYTES) = 256 MiB), checksum;
+//! then it decodes the payload section by section (`name`, `tensors[i]`, `ops[i]`, `input`,
+//! `outputs[i]`, `rounding`), refuses trailing bytes, runs [`Int8Model::validate`] and finally
+//! checks the model's cost against the [`Limits`](crate::limits::Limits) (activation memory, MACs and pool work per
+//! sample; defaults in [`crate::limits`]). [`LoadOptions`] raises any limit.
+//!
+//! No input makes it panic, and memory is bounded by the input: [`Int8Model::load_with`] reads
+//! at most the limit plus one byte, whatever the file claims to be (`/dev/zero` included);
+//! decoding borrows strings from the payload instead of preallocating what a length prefix
+//! claims, a sequence count larger than the bytes left is refused before anything is reserved,
+//! and serde's cautious size hints keep every other reservation proportional to bytes read.
+//! A decode error names the section (`ops[3]`) and the file offset where that section starts.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::model::{Int8Model, Op, Rounding, TensorId, TensorInfo};
+use crate::limits::LoadOptions;
+use crate::model::{Int8Model, Op, Rounding, TensorInfo};
 use crate::validate::ValidationError;
 
 /// The first 8 bytes of every `.qat8` file.
@@ -39,9 +48,6 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the fixed header preceding the payload.
 pub const HEADER_LEN: usize = 28;
-/// Largest file accepted by [`Int8Model::load`] / [`Int8Model::from_bytes`] (1 GiB), and the
-/// byte limit of the payload decoder.
-pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Why a `.qat8` file could not be read.
 #[derive(Debug, Error)]
@@ -60,11 +66,15 @@ pub enum LoadError {
         /// Bytes present.
         len: usize,
     },
-    /// The file is larger than [`MAX_FILE_BYTES`].
-    #[error("file is {len} bytes, larger than the {MAX_FILE_BYTES}-byte limit")]
+    /// The file or its payload is larger than [`Limits::max_payload_bytes`](crate::limits::Limits::max_payload_bytes) allows.
+    #[error(
+        "payload of {len} bytes (or more) exceeds the {limit}-byte limit (raise it with LoadOptions)"
+    )]
     TooLarge {
-        /// Bytes present.
+        /// Payload bytes present or declared (at least this many).
         len: u64,
+        /// The payload limit in force.
+        limit: u64,
     },
     /// Not a `.qat8` file.
     #[error("bad magic bytes {found:02x?} (not a .qat8 file)")]
@@ -105,9 +115,13 @@ pub enum LoadError {
         computed: u32,
     },
     /// The payload is not a valid bincode encoding of an `Int8Model`.
-    #[error("decoding payload: {message}")]
+    #[error("decoding `{section}` (starts at file offset {offset}): {message}")]
     Decode {
-        /// bincode's description.
+        /// The section being decoded: `name`, `tensors[2]`, `ops[5]`, `outputs (count)`, …
+        section: String,
+        /// File offset (header included) where that section starts.
+        offset: usize,
+        /// What is wrong (bincode's or the field's description).
         message: String,
     },
     /// The payload has bytes after the encoded model.
@@ -180,44 +194,82 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 }
 
 fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ MAX_FILE_BYTES as usize }>()
+    bincode::config::standard()
 }
 
-/// The version-1 payload: [`Int8Model`] without `rounding` (same field order and encoding).
-#[derive(Deserialize)]
-struct ModelV1 {
-    name: String,
-    tensors: Vec<TensorInfo>,
-    ops: Vec<Op>,
-    input: TensorId,
-    outputs: Vec<TensorId>,
+/// Decodes the payload one section at a time, so that an error names the section and offset.
+struct Sections<'a> {
+    payload: &'a [u8],
+    pos: usize,
 }
 
-impl From<ModelV1> for Int8Model {
-    fn from(m: ModelV1) -> Self {
-        Int8Model {
-            name: m.name,
-            tensors: m.tensors,
-            ops: m.ops,
-            input: m.input,
-            outputs: m.outputs,
-            rounding: Rounding::Gemmlowp,
+impl<'a> Sections<'a> {
+    fn err(&self, section: String, message: String) -> LoadError {
+        LoadError::Decode {
+            section,
+            offset: HEADER_LEN + self.pos,
+            message,
         }
     }
+
+    fn one<T: Deserialize<'a>>(
+        &mut self,
+        section: impl FnOnce() -> String,
+    ) -> Result<T, LoadError> {
+        let rest = &self.payload[self.pos..];
+        match bincode::serde::borrow_decode_from_slice::<T, _>(rest, bincode_config()) {
+            Ok((v, used)) => {
+                self.pos += used;
+                Ok(v)
+            }
+            Err(e) => Err(self.err(section(), e.to_string())),
+        }
+    }
+
+    fn seq<T: Deserialize<'a>>(&mut self, section: &str) -> Result<Vec<T>, LoadError> {
+        let start = self.pos;
+        let count: u64 = self.one(|| format!("{section} (count)"))?;
+        let left = self.payload.len() - self.pos;
+        if count > left as u64 {
+            return Err(LoadError::Decode {
+                section: format!("{section} (count)"),
+                offset: HEADER_LEN + start,
+                message: format!("{count} elements cannot fit in the {left} bytes left"),
+            });
+        }
+        // Every element takes at least one byte: `count` is bounded by the payload.
+        let mut v = Vec::with_capacity((count as usize).min(1024));
+        for i in 0..count {
+            v.push(self.one(|| format!("{section}[{i}]"))?);
+        }
+        Ok(v)
+    }
 }
 
-/// Decodes a payload of `version` with the byte limit, returning the model and bytes used.
+/// Decodes a payload of `version`, returning the model and bytes used.
 fn decode_payload(payload: &[u8], version: u32) -> Result<(Int8Model, usize), LoadError> {
-    let decode_err = |e: bincode::error::DecodeError| LoadError::Decode {
-        message: e.to_string(),
-    };
-    if version == 1 {
-        let (m, used): (ModelV1, usize) =
-            bincode::serde::decode_from_slice(payload, bincode_config()).map_err(decode_err)?;
-        Ok((m.into(), used))
+    let mut s = Sections { payload, pos: 0 };
+    let name: &str = s.one(|| "name".into())?;
+    let tensors: Vec<TensorInfo> = s.seq("tensors")?;
+    let ops: Vec<Op> = s.seq("ops")?;
+    let input = s.one::<u64>(|| "input".into())?;
+    let outputs: Vec<u64> = s.seq("outputs")?;
+    // Version 1 predates `rounding`: the only rounding its runtimes had.
+    let rounding = if version == 1 {
+        Rounding::Gemmlowp
     } else {
-        bincode::serde::decode_from_slice(payload, bincode_config()).map_err(decode_err)
-    }
+        s.one(|| "rounding".into())?
+    };
+    let index = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let model = Int8Model {
+        name: name.to_owned(),
+        tensors,
+        ops,
+        input: index(input),
+        outputs: outputs.into_iter().map(index).collect(),
+        rounding,
+    };
+    Ok((model, s.pos))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -266,16 +318,38 @@ impl Int8Model {
         Ok(out)
     }
 
-    /// Decodes and validates a `.qat8` byte string (see the [format table](crate::format)).
-    /// Never panics; returns a [`LoadError`] naming the first problem found.
+    /// Decodes and validates a `.qat8` byte string (see the [format table](crate::format)) with
+    /// the default [`Limits`](crate::limits::Limits). Never panics; returns a [`LoadError`] naming the first problem.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, LoadError> {
+        Self::from_bytes_with(bytes, &LoadOptions::default())
+    }
+
+    /// [`Int8Model::from_bytes`] with explicit [`LoadOptions`]: the payload limit is checked
+    /// before the checksum and decoding, the model's [`Int8Model::cost`] after validation.
+    ///
+    /// ```
+    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Rounding, LoadOptions, LoadError, limits::Limits};
+    /// let q = qat_core::QuantParams::asymmetric(-1.0, 1.0, 8)?;
+    /// let t = |name: &str, dtype, quant| TensorInfo { name: name.into(), shape: vec![4], dtype, quant };
+    /// let bytes = Int8Model {
+    ///     name: "q".into(),
+    ///     tensors: vec![t("x", DType::F32, None), t("xq", DType::U8, Some(q))],
+    ///     ops: vec![Op::Quantize { input: 0, output: 1 }],
+    ///     input: 0, outputs: vec![1], rounding: Rounding::Single,
+    /// }.to_bytes()?;
+    /// let tight = LoadOptions { limits: Limits { max_payload_bytes: 8, ..Limits::default() } };
+    /// assert!(matches!(Int8Model::from_bytes_with(&bytes, &tight), Err(LoadError::TooLarge { .. })));
+    /// assert!(Int8Model::from_bytes_with(&bytes, &LoadOptions::default()).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_bytes_with(bytes: &[u8], opts: &LoadOptions) -> Result<Self, LoadError> {
+        let limit = opts.limits.max_payload_bytes;
         if bytes.len() < HEADER_LEN {
             return Err(LoadError::TooShort { len: bytes.len() });
         }
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(LoadError::TooLarge {
-                len: bytes.len() as u64,
-            });
+        let actual = (bytes.len() - HEADER_LEN) as u64;
+        if actual > limit {
+            return Err(LoadError::TooLarge { len: actual, limit });
         }
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&bytes[..8]);
@@ -294,11 +368,8 @@ impl Int8Model {
         len.copy_from_slice(&bytes[16..24]);
         let declared = u64::from_le_bytes(len);
         let payload = &bytes[HEADER_LEN..];
-        if declared != payload.len() as u64 {
-            return Err(LoadError::LengthMismatch {
-                declared,
-                actual: payload.len() as u64,
-            });
+        if declared != actual {
+            return Err(LoadError::LengthMismatch { declared, actual });
         }
         let stored = u32_at(bytes, 24);
         let computed = crc32(payload);
@@ -312,6 +383,7 @@ impl Int8Model {
             });
         }
         model.validate()?;
+        model.check_limits(&opts.limits)?;
         Ok(model)
     }
 
@@ -325,19 +397,36 @@ impl Int8Model {
         })
     }
 
-    /// Reads and validates a `.qat8` file (see [`Int8Model::from_bytes`]). Files larger than
-    /// [`MAX_FILE_BYTES`] are refused before reading.
+    /// Reads and validates a `.qat8` file with the default [`Limits`](crate::limits::Limits) (see
+    /// [`Int8Model::load_with`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    /// Reads and validates a `.qat8` file (see [`Int8Model::from_bytes_with`]). Reads at most
+    /// [`HEADER_LEN`] + [`Limits::max_payload_bytes`](crate::limits::Limits::max_payload_bytes) + 1 bytes whatever the file is (a pipe, a
+    /// device, a file that grows): more is [`LoadError::TooLarge`].
+    pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self, LoadError> {
+        use std::io::Read;
         let path = path.as_ref();
         let io = |source| LoadError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_FILE_BYTES {
-            return Err(LoadError::TooLarge { len });
+        let limit = opts.limits.max_payload_bytes;
+        let cap = limit.saturating_add(HEADER_LEN as u64 + 1);
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(io)?
+            .take(cap)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 >= cap {
+            return Err(LoadError::TooLarge {
+                len: bytes.len() as u64 - HEADER_LEN as u64,
+                limit,
+            });
         }
-        let bytes = std::fs::read(path).map_err(io)?;
-        Self::from_bytes(&bytes)
+        Self::from_bytes_with(&bytes, opts)
     }
 }

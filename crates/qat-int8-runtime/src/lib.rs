@@ -47,6 +47,7 @@
 pub mod executor;
 pub mod format;
 mod kernels;
+pub mod limits;
 pub mod model;
 #[doc(hidden)]
 pub mod testing;
@@ -55,6 +56,7 @@ pub mod validate;
 pub use executor::{Executor, RunError, TensorValue};
 pub use format::{LoadError, SaveError};
 pub use kernels::{KERNEL_ENV, KernelPath};
+pub use limits::{Cost, Limits, LoadOptions};
 pub use model::{
     Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorId, TensorInfo, Weights,
 };

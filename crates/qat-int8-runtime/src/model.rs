@@ -12,6 +12,33 @@ pub use qat_core::fixed_point::Rounding;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use serde::{Deserialize, Serialize};
 
+/// Deserializes a string through `deserialize_str` (for `#[serde(deserialize_with)]`): a
+/// zero-copy decoder (bincode from a slice) hands out a slice of its input, so a length prefix is
+/// checked against the bytes present before anything is allocated, where an owned `String` would
+/// be preallocated at the claimed length. Other formats (JSON) work as for `String`.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct N(#[serde(deserialize_with = "qat_int8_runtime::model::borrowed_string")] String);
+/// let mut bytes = vec![0xFC];                           // varint: a u32 length follows
+/// bytes.extend_from_slice(&(1u32 << 30).to_le_bytes()); // 1 GiB claimed, 0 bytes present
+/// let r = bincode::serde::decode_from_slice::<N, _>(&bytes, bincode::config::standard());
+/// assert!(r.is_err());
+/// ```
+pub fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+    }
+    d.deserialize_str(V)
+}
+
 /// Index of a tensor in [`Int8Model::tensors`].
 pub type TensorId = usize;
 
@@ -28,6 +55,7 @@ pub enum DType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorInfo {
     /// Human-readable name (the float graph's node name), used in errors and reports.
+    #[serde(deserialize_with = "borrowed_string")]
     pub name: String,
     /// Per-sample shape: `[H, W, C]` or `[C]`.
     pub shape: Vec<usize>,
@@ -201,6 +229,7 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Int8Model {
     /// Model name.
+    #[serde(deserialize_with = "borrowed_string")]
     pub name: String,
     /// All activation tensors.
     pub tensors: Vec<TensorInfo>,

@@ -10,9 +10,13 @@
 //! | `state.json` | `{"format": "qat-train-checkpoint", "version": 1, "state": …}`: the caller's serde state (schedule counters, epoch, history, observer snapshot) |
 //!
 //! All tensors are stored bit-exactly (f32), so a resumed run continues exactly as the uninterrupted one would.
-//! Saving is atomic: everything is written into a sibling temporary directory that then replaces the previous
-//! checkpoint by `rename`, so an interrupted save (or a NaN stop) never leaves a half-written "last good"
-//! checkpoint.
+//! Saving is atomic: everything is written into a sibling temporary directory `.NAME.tmp-PID`, each file and
+//! the directory are flushed to disk (`fsync`), then the previous checkpoint is renamed aside to
+//! `.NAME.old-PID` and the new one renamed into place. A process killed at any point leaves either the new
+//! checkpoint or the previous one: when `NAME` is missing or incomplete, [`exists`], [`load`],
+//! [`load_model`] and [`load_state`] use the complete `.NAME.old-*` sibling (the kill fell between the two
+//! renames). Stale siblings are removed by the next successful save. A truncated or corrupt file is a
+//! typed [`CheckpointError`] naming it.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), qat_train::checkpoint::CheckpointError> {
@@ -103,12 +107,71 @@ struct Header {
     version: u32,
 }
 
-/// Whether `dir` holds a complete checkpoint.
-pub fn exists(dir: impl AsRef<Path>) -> bool {
-    let d = dir.as_ref();
+fn complete(d: &Path) -> bool {
     [MODEL, OPTIMIZER, STATE]
         .iter()
         .all(|f| d.join(f).is_file())
+}
+
+/// `dir`'s parent (`.` for a bare name) and file name.
+fn parent_and_name(dir: &Path) -> (PathBuf, String) {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    (parent, name)
+}
+
+/// Siblings `.NAME.<kind>-PID` of `dir` (`kind` = `old` or `tmp`).
+fn siblings(dir: &Path, kind: &str) -> Vec<PathBuf> {
+    let (parent, name) = parent_and_name(dir);
+    let prefix = format!(".{name}.{kind}-");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The directory holding the last complete checkpoint saved to `dir`: `dir` itself, or the previous
+/// checkpoint a save renamed aside just before it was interrupted.
+fn resolve(dir: &Path) -> PathBuf {
+    if complete(dir) {
+        return dir.to_path_buf();
+    }
+    siblings(dir, "old")
+        .into_iter()
+        .find(|d| complete(d))
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// Whether `dir` holds a complete checkpoint (or an interrupted save left the previous one aside).
+pub fn exists(dir: impl AsRef<Path>) -> bool {
+    complete(&resolve(dir.as_ref()))
+}
+
+/// Flushes a file or directory to disk.
+fn sync(path: &Path) -> Result<(), CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    match f.sync_all() {
+        // Some platforms cannot fsync a directory opened read-only; the data files are synced.
+        Err(e) if path.is_dir() && e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        r => r.map_err(io),
+    }
 }
 
 /// Saves `vs`, the optimizer state and `state` (any serde value) into directory `dir`, atomically replacing
@@ -124,15 +187,9 @@ pub fn save<T: Serialize>(
         let path = path.to_path_buf();
         move |source| CheckpointError::Io { path, source }
     };
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let (parent, name) = parent_and_name(dir);
+    let parent = parent.as_path();
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -161,14 +218,27 @@ pub fn save<T: Serialize>(
         message: e.to_string(),
     })?;
     std::fs::write(&statef, json).map_err(io(&statef))?;
+    for f in [&model, &optf, &statef, &tmp] {
+        sync(f)?;
+    }
 
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    if dir.exists() {
+        if complete(dir) {
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+        } else {
+            // An incomplete directory (never written by `save`) is not kept as a fallback.
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    sync(parent)?;
+    // The new checkpoint is in place: every sibling left by this or an interrupted save goes.
+    for stale in siblings(dir, "old").into_iter().chain(siblings(dir, "tmp")) {
+        std::fs::remove_dir_all(&stale).map_err(io(&stale))?;
     }
     Ok(())
 }
@@ -180,7 +250,8 @@ pub fn load<T: DeserializeOwned>(
     vs: &nn::VarStore,
     opt: &mut Optimizer,
 ) -> Result<T, CheckpointError> {
-    let dir = dir.as_ref();
+    let dir = resolve(dir.as_ref());
+    let dir = dir.as_path();
     let state = load_state(dir)?;
     load_model(dir, vs)?;
     let optf = dir.join(OPTIMIZER);
@@ -195,7 +266,7 @@ pub fn load<T: DeserializeOwned>(
 
 /// Loads only the model variables (e.g. to evaluate or export a trained model).
 pub fn load_model(dir: impl AsRef<Path>, vs: &nn::VarStore) -> Result<(), CheckpointError> {
-    let model = dir.as_ref().join(MODEL);
+    let model = resolve(dir.as_ref()).join(MODEL);
     if !model.is_file() {
         return Err(CheckpointError::Io {
             path: model,
@@ -243,7 +314,7 @@ impl VarStoreLoader<'_> {
 
 /// Reads only the JSON state of a checkpoint.
 pub fn load_state<T: DeserializeOwned>(dir: impl AsRef<Path>) -> Result<T, CheckpointError> {
-    let statef = dir.as_ref().join(STATE);
+    let statef = resolve(dir.as_ref()).join(STATE);
     let bytes = std::fs::read(&statef).map_err(|source| CheckpointError::Io {
         path: statef.clone(),
         source,

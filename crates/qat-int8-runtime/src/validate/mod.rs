@@ -77,6 +77,18 @@ pub enum ValidationError {
         /// What is wrong.
         problem: String,
     },
+    /// The model exceeds a resource limit ([`crate::limits::Limits`]).
+    #[error("model needs {needed} {resource}, over the limit of {limit}{}", heaviest_op.map(|(i, k)| format!(" (the largest share: op {i} ({k}))")).unwrap_or_default())]
+    Limit {
+        /// The resource (`multiply-accumulates per sample`, …).
+        resource: &'static str,
+        /// What the model needs.
+        needed: u64,
+        /// The limit in force.
+        limit: u64,
+        /// The op costing the most of that resource (index and kind), for work limits.
+        heaviest_op: Option<(usize, &'static str)>,
+    },
 }
 
 /// Output extent of a strided, dilated, padded window:

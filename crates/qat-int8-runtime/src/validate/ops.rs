@@ -168,7 +168,7 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        if wo_ch != cout || wi * c.groups != cin || kh == 0 || kw == 0 {
+        if wo_ch != cout || wi.checked_mul(c.groups) != Some(cin) || kh == 0 || kw == 0 {
             return Err(self.err(
                 "weight_shape",
                 format!(
@@ -228,7 +228,7 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.weights(&c.weights, cout * k, cout)?;
+        self.weights(&c.weights, cout.saturating_mul(k), cout)?;
         if c.bias.len() != cout {
             return Err(self.err(
                 "bias",
@@ -270,7 +270,7 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.weights(&f.weights, cout * cin, cout)?;
+        self.weights(&f.weights, cout.saturating_mul(cin), cout)?;
         if f.bias.len() != cout {
             return Err(self.err(
                 "bias",
@@ -473,7 +473,7 @@ impl Ctx<'_> {
                 let (ti, qi) = self.u8_tensor("input", *input)?;
                 let (to, qo) = self.u8_tensor("output", *output)?;
                 let [h, w, c] = self.hwc("input", ti)?;
-                if h * w > MAX_POOL_WINDOW {
+                if h.saturating_mul(w) > MAX_POOL_WINDOW {
                     return Err(self.err(
                         "input",
                         format!("{h}×{w} window larger than {MAX_POOL_WINDOW} cells"),

@@ -436,19 +436,41 @@ fn find_file(dir: &Path, name: &str) -> Result<PathBuf> {
     })
 }
 
+/// Largest data file read, before and after gunzipping (1 GiB; MNIST's largest file is 47 MB,
+/// a CIFAR-10 batch 30 MB): a device, a pipe or a gzip bomb cannot make a reader allocate more.
+pub const MAX_DATA_FILE_BYTES: u64 = 1 << 30;
+
 /// Reads a whole file, transparently gunzipping it when it starts with the gzip magic `1f 8b`.
+/// Reads at most [`MAX_DATA_FILE_BYTES`] (+ 1 to detect more) before and after decompression; a
+/// truncated or corrupt gzip stream is [`DataError::Io`] naming the file.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let raw = std::fs::read(path).map_err(io)?;
+    let too_large = |what: &str| DataError::Malformed {
+        path: path.to_path_buf(),
+        reason: format!("{what} is larger than the {MAX_DATA_FILE_BYTES}-byte limit"),
+    };
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_DATA_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(io)?;
+    if raw.len() as u64 > MAX_DATA_FILE_BYTES {
+        return Err(too_large("the file"));
+    }
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
+        let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
         flate2::read::GzDecoder::new(raw.as_slice())
+            .take(MAX_DATA_FILE_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(io)?;
+        if out.len() as u64 > MAX_DATA_FILE_BYTES {
+            return Err(too_large("the decompressed content"));
+        }
         Ok(out)
     } else {
         Ok(raw)

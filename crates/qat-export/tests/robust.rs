@@ -1,0 +1,191 @@
+//! Hostile graphs: overflowing products, limits checked at validation (before the interpreter
+//! allocates), and bounded bincode decoding.
+
+use qat_export::ir::{Conv2d, FloatGraph, Linear, Pool2d};
+use qat_export::limits::MAX_SPATIAL;
+use qat_export::{GraphError, limits::GraphLimits, validate::infer_shapes_with};
+
+#[test]
+fn conv_weight_shape_product_overflow_is_a_typed_error() {
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[2, 2, 1]);
+    let big = 1usize << (usize::BITS / 2);
+    // o·kh·kw·ig = 2^64: wraps to 0 = weight.len() in a wrapping build.
+    let c = g.conv2d("conv", x, Conv2d::new(vec![], [big, big, 1, 1]));
+    g.output("y", c);
+    match g.validate() {
+        Err(GraphError::Param {
+            node,
+            what: "weight_shape",
+            ..
+        }) => assert_eq!(node, "conv"),
+        other => panic!("expected a weight_shape error, got {other:?}"),
+    }
+}
+
+#[test]
+fn linear_weight_shape_product_overflow_is_a_typed_error() {
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[4]);
+    let big = 1usize << (usize::BITS / 2);
+    let l = g.linear("fc", x, Linear::new(vec![], [big, big]));
+    g.output("y", l);
+    assert!(matches!(
+        g.validate(),
+        Err(GraphError::Param {
+            what: "weight_shape",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn huge_conv_padding_is_refused_at_validation_naming_the_node() {
+    // Padding 2^20 would ask the interpreter for terabytes.
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[1, 1, 1]);
+    let c = g.conv2d(
+        "conv",
+        x,
+        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_padding([1 << 20; 4]),
+    );
+    g.output("y", c);
+    match g.validate() {
+        Err(GraphError::Param {
+            node,
+            what: "padding",
+            ..
+        }) => assert_eq!(node, "conv"),
+        other => panic!("expected a padding error, got {other:?}"),
+    }
+    // Within the spatial limit the output size is what is refused: (2^17)² elements.
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[1, 1, 1]);
+    let c = g.conv2d(
+        "conv",
+        x,
+        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_padding([MAX_SPATIAL; 4]),
+    );
+    g.output("y", c);
+    assert!(matches!(g.validate(), Err(GraphError::Limit { node, .. }) if node == "conv"));
+}
+
+#[test]
+fn stride_beyond_the_runtime_limit_is_a_graph_error_not_an_export_bug() {
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[4, 4, 1]);
+    let c = g.conv2d(
+        "conv",
+        x,
+        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_stride([MAX_SPATIAL + 1, 1]),
+    );
+    g.output("y", c);
+    assert!(matches!(
+        g.validate(),
+        Err(GraphError::Param { what: "stride", node, .. }) if node == "conv"
+    ));
+}
+
+#[test]
+fn pool_work_is_limited_and_raisable() {
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[64, 64, 4]);
+    let p = g.max_pool(
+        "pool",
+        x,
+        Pool2d {
+            kernel: [32, 32],
+            stride: [1, 1],
+            padding: [0; 4],
+        },
+    );
+    g.output("y", p);
+    let work = 33u64 * 33 * 4 * 32 * 32;
+    let at = |max_pool_work| {
+        infer_shapes_with(
+            &g,
+            &GraphLimits {
+                max_pool_work,
+                ..GraphLimits::default()
+            },
+        )
+    };
+    assert!(at(work).is_ok());
+    match at(work - 1) {
+        Err(GraphError::Limit { node, needed, .. }) => {
+            assert_eq!((node.as_str(), needed), ("pool", work))
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bincode_name_length_beyond_the_input_is_an_error_not_an_allocation() {
+    // name: varint 0xFC + u64 length 2^40, no bytes: a 9-byte input.
+    let mut bytes = vec![0xFC];
+    bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(matches!(
+        FloatGraph::from_bincode(&bytes),
+        Err(GraphError::Serde {
+            format: "bincode",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn negative_batch_norm_variance_and_non_finite_weights_are_refused() {
+    use qat_export::ir::BatchNorm;
+    let bn = |var: f32| BatchNorm {
+        gamma: vec![1.0],
+        beta: vec![0.0],
+        mean: vec![0.0],
+        var: vec![var],
+        eps: 1e-5,
+    };
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[2, 2, 1]);
+    let c = g.conv2d(
+        "conv",
+        x,
+        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_batch_norm(bn(-1.0)),
+    );
+    g.output("y", c);
+    assert!(matches!(
+        g.validate(),
+        Err(GraphError::Param { what: "batch_norm.var", node, .. }) if node == "conv"
+    ));
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[2, 2, 1]);
+    let c = g.conv2d("conv", x, Conv2d::new(vec![f32::INFINITY], [1, 1, 1, 1]));
+    g.output("y", c);
+    // JSON cannot hold ∞: to_json refuses instead of writing a `null` it cannot read back.
+    assert!(matches!(
+        g.to_json(),
+        Err(GraphError::Param { what: "weight", node, .. }) if node == "conv"
+    ));
+}
+
+#[test]
+fn bincode_errors_name_the_node_and_offset() {
+    let mut g = FloatGraph::new("g");
+    let x = g.input("x", &[4]);
+    let l = g.linear("fc", x, Linear::new(vec![1.0; 8], [2, 4]));
+    g.output("y", l);
+    let bytes = g.to_bincode().unwrap();
+    assert_eq!(FloatGraph::from_bincode(&bytes).unwrap(), g);
+    // Cut inside the linear node's weights: the error names `nodes[1]` and where it starts.
+    let cut = &bytes[..bytes.len() - 20];
+    match FloatGraph::from_bincode(cut) {
+        Err(GraphError::Serde { message, .. }) => {
+            assert!(message.contains("`nodes[1]` (starts at byte"), "{message}")
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(
+        FloatGraph::from_bincode(&trailing),
+        Err(GraphError::Serde { message, .. }) if message.contains("1 trailing bytes")
+    ));
+}

@@ -1,0 +1,211 @@
+//! The inputs behind each robustness finding, built here so the corpus files can be regenerated:
+//! `cargo test -p qat-fuzz --test findings -- --ignored` writes them into `tests/data/fuzz/`.
+//! The corpus replay (`tests/corpus.rs`) runs them on every `cargo test`; this file checks each
+//! is refused with the typed error it should get.
+
+use qat_core::{QuantParams, QuantRange, fixed_point::QuantizedMultiplier};
+use qat_export::FloatGraph;
+use qat_export::ir::{Conv2d, Pool2d};
+use qat_fuzz::structure::wrap_qat8;
+use qat_fuzz::targets::Target;
+use qat_int8_runtime::format::FORMAT_VERSION;
+use qat_int8_runtime::{
+    Clamp, Conv2d as QConv, DType, Int8Model, Op, Rounding, TensorInfo, Weights,
+};
+
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/fuzz");
+
+fn raw_qat8(m: &Int8Model) -> Vec<u8> {
+    let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).unwrap();
+    wrap_qat8(&payload, FORMAT_VERSION)
+}
+
+fn tensor(name: &str, shape: &[usize], q: Option<QuantParams>) -> TensorInfo {
+    TensorInfo {
+        name: name.into(),
+        shape: shape.to_vec(),
+        dtype: if q.is_some() { DType::U8 } else { DType::F32 },
+        quant: q,
+    }
+}
+
+fn model(x: &[usize], y: TensorInfo, op: Op, q: QuantParams) -> Int8Model {
+    Int8Model {
+        name: "f".into(),
+        tensors: vec![tensor("x", x, None), tensor("xq", x, Some(q)), y],
+        ops: vec![
+            Op::Quantize {
+                input: 0,
+                output: 1,
+            },
+            op,
+        ],
+        input: 0,
+        outputs: vec![2],
+        rounding: Rounding::Single,
+    }
+}
+
+fn graph_with_conv(conv: Conv2d) -> FloatGraph {
+    let mut g = FloatGraph::new("f");
+    let x = g.input("x", &[1, 1, 1]);
+    let c = g.conv2d("conv", x, conv);
+    g.output("y", c);
+    g
+}
+
+/// Every finding's input, with its target and a name.
+fn findings() -> Vec<(&'static str, Target, Vec<u8>)> {
+    let q = QuantParams::asymmetric(0.0, 2.55, 8).unwrap();
+    let mut out = Vec::new();
+    // Quantize with a tiny scale and Z > 0: every positive input overflowed `x + Z`.
+    let tiny = QuantParams::new(1e-45, 200, QuantRange::unsigned(8).unwrap()).unwrap();
+    out.push((
+        "quantize-tiny-scale",
+        Target::Qat8,
+        raw_qat8(&model(
+            &[4],
+            tensor("y", &[4], None),
+            Op::Dequantize {
+                input: 1,
+                output: 2,
+            },
+            tiny,
+        )),
+    ));
+    // wi·groups overflow.
+    let conv = QConv {
+        input: 1,
+        output: 2,
+        weights: Weights::Int8 {
+            data: vec![1; 2],
+            scales: vec![0.01],
+        },
+        weight_shape: [2, 1, 1, (1usize << (usize::BITS - 1)) + 1],
+        bias: vec![0; 2],
+        stride: [1, 1],
+        padding: [0; 4],
+        dilation: [1, 1],
+        groups: 2,
+        multipliers: vec![QuantizedMultiplier::from_f64(0.01).unwrap()],
+        clamp: Clamp { lo: 0, hi: 255 },
+    };
+    out.push((
+        "groups-overflow",
+        Target::Qat8,
+        raw_qat8(&model(
+            &[1, 1, 2],
+            tensor("y", &[1, 1, 2], Some(q)),
+            Op::Conv2d(conv),
+            q,
+        )),
+    ));
+    // A max pool whose windows cost ~1.8·10^13 cells.
+    let pool = Op::MaxPool2d {
+        input: 1,
+        output: 2,
+        kernel: [2048, 2048],
+        stride: [1, 1],
+        padding: [0; 4],
+    };
+    out.push((
+        "pool-work",
+        Target::Qat8,
+        raw_qat8(&model(
+            &[4096, 4096, 1],
+            tensor("y", &[2049, 2049, 1], Some(q)),
+            pool,
+            q,
+        )),
+    ));
+    // 2^26-element tensors: 320 MiB of activations from a tiny file.
+    let n = 1 << 26;
+    out.push((
+        "activation-memory",
+        Target::Qat8,
+        raw_qat8(&model(
+            &[n],
+            tensor("y", &[n], None),
+            Op::Dequantize {
+                input: 1,
+                output: 2,
+            },
+            q,
+        )),
+    ));
+    // A payload whose name claims 1 GiB.
+    let mut payload = vec![0xFD];
+    payload.extend_from_slice(&(1u64 << 30).to_le_bytes());
+    out.push((
+        "name-length",
+        Target::Qat8,
+        wrap_qat8(&payload, FORMAT_VERSION),
+    ));
+    // FloatGraph bincode: a 9-byte input whose name claims 2^40 bytes.
+    let mut b = vec![0xFC];
+    b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    out.push(("graph-name-length", Target::GraphBincode, b));
+    // JSON conv padding 2^20, stride 65537, an overflowing weight shape.
+    for (name, conv) in [
+        (
+            "graph-padding",
+            Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_padding([1 << 20; 4]),
+        ),
+        (
+            "graph-stride",
+            Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_stride([65537, 1]),
+        ),
+        (
+            "graph-weight-shape",
+            Conv2d::new(vec![], [1 << 32, 1 << 32, 1, 1]),
+        ),
+    ] {
+        out.push((
+            name,
+            Target::GraphJson,
+            graph_with_conv(conv).to_json().unwrap().into_bytes(),
+        ));
+    }
+    // A pool graph over the work limit.
+    let mut g = FloatGraph::new("f");
+    let x = g.input("x", &[512, 512, 4]);
+    let p = g.avg_pool("pool", x, Pool2d::square(256, 1));
+    g.output("y", p);
+    out.push((
+        "graph-pool-work",
+        Target::GraphJson,
+        g.to_json().unwrap().into_bytes(),
+    ));
+    out
+}
+
+#[test]
+fn each_finding_is_refused_or_runs() {
+    for (name, target, bytes) in findings() {
+        let r = qat_fuzz::targets::run(&mut qat_fuzz::rng::Rng::new(0), target, &bytes);
+        if name == "quantize-tiny-scale" {
+            assert_eq!(r, Ok(()), "{name}");
+        } else {
+            let e = r.expect_err(name);
+            assert!(!e.starts_with(qat_fuzz::targets::BUG), "{name}: {e}");
+        }
+    }
+}
+
+#[test]
+fn the_tiny_scale_quantize_saturates() {
+    let tiny = QuantParams::new(1e-45, 200, QuantRange::unsigned(8).unwrap()).unwrap();
+    assert_eq!(tiny.quantize(1.0), 255);
+    assert_eq!(tiny.quantize(f32::INFINITY), 255);
+    assert_eq!(tiny.quantize(-1.0), 0);
+    assert_eq!(tiny.quantize(f32::NAN), 200);
+}
+
+#[test]
+#[ignore = "writes tests/data/fuzz/finding-*"]
+fn write_findings() {
+    for (name, target, bytes) in findings() {
+        let path = format!("{CORPUS}/finding-{name}.{}", target.extension());
+        std::fs::write(path, bytes).unwrap();
+    }
+}
