@@ -261,43 +261,10 @@ fn tally(
     (t, refused)
 }
 
-/// TFLite tensors computed by a per-channel `FULLY_CONNECTED` and everything downstream: LiteRT's
-/// reference kernel computes per-channel fully connected layers in f64 (see
-/// `per_channel_fully_connected_in_litert_reference_kernels`).
-fn after_per_channel_fc(bytes: &[u8]) -> Vec<String> {
-    use qat_export::tflite::schema::BuiltinOperator;
-    let m = qat_export::tflite::read(bytes).expect("read back");
-    let codes = m.operator_codes.unwrap_or_default();
-    let g = &m.subgraphs.expect("subgraphs")[0];
-    let tensors = g.tensors.clone().unwrap_or_default();
-    let mut tainted = vec![false; tensors.len()];
-    for op in g.operators.clone().unwrap_or_default() {
-        let (ins, outs) = (
-            op.inputs.unwrap_or_default(),
-            op.outputs.unwrap_or_default(),
-        );
-        let per_channel_fc = codes[op.opcode_index as usize].builtin_code
-            == BuiltinOperator::FullyConnected
-            && tensors[ins[1] as usize]
-                .quantization
-                .as_ref()
-                .and_then(|q| q.scale.as_ref())
-                .is_some_and(|s| s.len() > 1);
-        if per_channel_fc || ins.iter().any(|&i| i >= 0 && tainted[i as usize]) {
-            outs.iter().for_each(|&o| tainted[o as usize] = true);
-        }
-    }
-    (0..tensors.len())
-        .filter(|&i| tainted[i])
-        .filter_map(|i| tensors[i].name.clone())
-        .collect()
-}
-
-/// LiteRT's reference kernels are TFLite's arithmetic: with gemmlowp's double rounding the qat
-/// runtime computes every tensor bit for bit (8 and 4 bits; convs, depthwise, grouped, padded,
-/// strided and dilated; adds; max pools; per-tensor fully connected layers), except what a
-/// per-channel fully connected layer computes (pinned in
-/// `per_channel_fully_connected_in_litert_reference_kernels`). Average pools are left out here:
+/// LiteRT's reference kernels are TFLite's arithmetic: with the `tflite` target the qat runtime
+/// computes every tensor bit for bit (8 and 4 bits; convs, depthwise, grouped, padded, strided
+/// and dilated; adds; max pools; fully connected layers per tensor and per channel, which
+/// LiteRT's reference kernel requantizes in `f64`). Average pools are left out here:
 /// `average_pool_ties_below_the_zero_code`.
 #[test]
 fn tflite_reference_kernels_equal_gemmlowp_rounding() {
@@ -309,42 +276,37 @@ fn tflite_reference_kernels_equal_gemmlowp_rounding() {
         ..GenOptions::default()
     };
     for bits in [8, 4] {
-        let (mut checked, mut excluded) = (0, 0);
-        let (t, refused) = tally(
-            0..10,
-            bits,
-            true,
-            Format::Tflite,
-            &opts,
-            &peers,
-            |model, res| {
-                if model.rounding != Rounding::Gemmlowp {
-                    return;
-                }
-                let file = to_tflite(model, &TfliteOptions::default()).expect("tflite");
-                let skip = after_per_channel_fc(&file.bytes);
-                for (name, t) in &res.runtimes["litert_ref"].tensors {
-                    if skip.contains(name) {
-                        excluded += 1;
-                        continue;
+        for fc_per_tensor in [true, false] {
+            let mut checked = 0;
+            let (t, refused) = tally(
+                0..8,
+                bits,
+                fc_per_tensor,
+                Format::Tflite,
+                &opts,
+                &peers,
+                |model, res| {
+                    if model.rounding != Rounding::Gemmlowp {
+                        return;
                     }
-                    checked += 1;
-                    assert_eq!(
-                        t.equal,
-                        Some(1.0),
-                        "{}: tensor {name} in litert_ref: {t:?}",
-                        model.name
-                    );
-                }
-            },
-        );
-        t.print(&format!(
-            "TFLite, W{bits}A{bits}, 10 random CNNs (no average pools), fully connected per tensor"
-        ));
-        eprintln!(
-            "  {checked} tensors bit-exact in litert_ref; {excluded} after a per-channel fully connected layer; refused: {refused:?}"
-        );
-        assert!(refused.is_empty() && checked > 30);
+                    for (name, t) in &res.runtimes["litert_ref"].tensors {
+                        checked += 1;
+                        assert_eq!(
+                            t.equal,
+                            Some(1.0),
+                            "{}: tensor {name} in litert_ref: {t:?}",
+                            model.name
+                        );
+                    }
+                },
+            );
+            t.print(&format!(
+                "TFLite, W{bits}A{bits}, 8 random CNNs (no average pools), fully connected per {}",
+                if fc_per_tensor { "tensor" } else { "channel" }
+            ));
+            eprintln!("  {checked} tensors bit-exact in litert_ref; refused: {refused:?}");
+            assert!(refused.is_empty() && checked > 30);
+        }
     }
 }
 
@@ -481,10 +443,10 @@ fn average_pool_ties_below_the_zero_code() {
     assert_eq!(res.runtimes["litert_ref"].tensors["avg"].equal, Some(1.0));
 }
 
-/// LiteRT's reference kernel for a per-channel fully connected layer computes
+/// LiteRT's reference kernel for a fully connected layer computes
 /// `round(acc · (f64) S_in·S_w[c]/S_out)` in f64, ties away from zero — not the fixed-point
-/// multiplier of its per-tensor path and of every conv. It equals that formula on every output;
-/// the qat runtime's gemmlowp rounding differs on a few.
+/// multiplier of its convs (gemmlowp's double rounding differs on a few outputs). The qat
+/// runtime's `tflite` target computes that formula, and LiteRT equals it on every output.
 #[test]
 fn per_channel_fully_connected_in_litert_reference_kernels() {
     let (qi, qo) = (
@@ -531,7 +493,7 @@ fn per_channel_fully_connected_in_litert_reference_kernels() {
     )
     .unwrap();
     let ours = codes_of(&model, &x, 2);
-    let (mut f64_rounded, mut differ) = (Vec::new(), 0);
+    let (mut f64_rounded, mut gemmlowp_differs) = (Vec::new(), 0);
     for s in 0..n {
         let mut acc = vec![0i32; cout];
         reference::fully_connected_acc(
@@ -543,17 +505,25 @@ fn per_channel_fully_connected_in_litert_reference_kernels() {
         for (c, &a) in acc.iter().enumerate() {
             let m = qi.scale() as f64 * scales[c] as f64 / qo.scale() as f64;
             let v = ((a as f64 * m).round() as i32 + qo.zero_point()).clamp(0, 255);
-            differ += (v != ours[s * cout + c] as i32) as usize;
+            assert_eq!(v, ours[s * cout + c] as i32, "sample {s} channel {c}");
+            let fixed = qat_core::target::Target::Tflite.requantize(
+                a,
+                fc.multipliers[c],
+                qo.zero_point(),
+                0,
+                255,
+            );
+            gemmlowp_differs += (v != fixed) as usize;
             f64_rounded.push((v - 128) as i8);
         }
     }
-    assert!(differ > 0, "the pin needs a difference");
+    assert!(gemmlowp_differs > 0, "the pin needs a difference");
     let Some(peers) = peers("per_channel_fully_connected_in_litert_reference_kernels") else {
         return;
     };
     let res = check_against(&model, &x, "fc", vec![n, cout], f64_rounded, &peers);
     eprintln!(
-        "gemmlowp rounding differs from the f64 formula on {differ} of {} outputs",
+        "gemmlowp rounding differs from the f64 formula on {gemmlowp_differs} of {} outputs",
         n * cout
     );
     assert_eq!(res.runtimes["litert_ref"].tensors["fc"].equal, Some(1.0));

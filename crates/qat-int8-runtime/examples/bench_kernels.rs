@@ -229,6 +229,7 @@ fn bench_case(
                             &fc,
                             128,
                             rounding,
+                            None,
                             &mut out[r * n..(r + 1) * n],
                         );
                     }
@@ -244,6 +245,7 @@ fn bench_case(
                 lo: 0,
                 hi: 255,
                 rounding,
+                reals: None,
             };
             let b = PackedB::new(path, n, k, &layer).expect("pack");
             // A holds m rows of k = kp bytes: every benchmark shape has k % 4 == 0.

@@ -11,6 +11,7 @@ mod common;
 use common::Rng;
 use proptest::prelude::*;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+use qat_core::target::requantize_real;
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::testing::{
     ASource, ConvIo, ConvPlan, DepthwisePlan, DepthwiseShape, GemmOut, KernelError, LayerSpec,
@@ -126,6 +127,8 @@ struct GemmCase {
     lo: i32,
     hi: i32,
     rounding: Rounding,
+    /// `f64` scales per column: the layer requantizes with qat-core's `requantize_real`.
+    reals: Option<Vec<f64>>,
 }
 
 impl GemmCase {
@@ -147,11 +150,23 @@ impl GemmCase {
             lo,
             hi: lo + 128 + rng.below(64) as i32,
             rounding: Rounding::Gemmlowp,
+            reals: None,
         }
     }
 
     fn with(self, rounding: Rounding) -> Self {
         Self { rounding, ..self }
+    }
+
+    /// The same case requantizing in `f64` with each column's multiplier as its scale.
+    fn with_reals(self) -> Self {
+        let reals = (0..self.n)
+            .map(|j| self.ms[if self.ms.len() == 1 { 0 } else { j }].to_f64())
+            .collect();
+        Self {
+            reals: Some(reals),
+            ..self
+        }
     }
 
     /// Paper eq. 7 literally: `bias + Σ_k (a − Z1)·w`, wrapping int32; then qat-core
@@ -173,8 +188,10 @@ impl GemmCase {
                 } else {
                     self.ms[j]
                 };
-                q[i * self.n + j] =
-                    requantize_with(self.rounding, s, m, self.z3, self.lo, self.hi) as u8;
+                q[i * self.n + j] = match &self.reals {
+                    Some(r) => requantize_real(s, r[j], self.z3, self.lo, self.hi) as u8,
+                    None => requantize_with(self.rounding, s, m, self.z3, self.lo, self.hi) as u8,
+                };
             }
         }
         (acc, q)
@@ -190,6 +207,7 @@ impl GemmCase {
             lo: self.lo,
             hi: self.hi,
             rounding: self.rounding,
+            reals: self.reals.as_deref(),
         }
     }
 
@@ -445,6 +463,15 @@ macro_rules! kernel_suites {
                     }
                 }
 
+                /// A layer with `f64` scales (LiteRT's reference fully connected) goes through the
+                /// frame's scalar stage, qat-core's `requantize_real`, on every path.
+                #[test]
+                fn gemm_real_stage_matches_reference(m in 1usize..12, k in 1usize..90, n in 1usize..90, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with_reals();
+                    prop_assert_eq!(case.run($path, direct, false), case.reference());
+                }
+
                 /// `Single` is the correctly rounded real product: every u8 output equals
                 /// `clamp(round_half_away(acc·M0·2^(shift−31)) + Z3, lo, hi)` computed in i128 from
                 /// the path's own accumulators (and f64 agrees away from ties).
@@ -566,6 +593,7 @@ fn spec<'a>(w: &'a [i8], bias: &'a [i32], ms: &'a [QuantizedMultiplier]) -> Laye
         lo: 0,
         hi: 255,
         rounding: Rounding::Single,
+        reals: None,
     }
 }
 

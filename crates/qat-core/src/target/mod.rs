@@ -41,6 +41,7 @@ mod add;
 mod fp32;
 mod pool;
 mod quantize;
+mod real;
 mod rescale;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,7 @@ use serde::{Deserialize, Serialize};
 pub use add::{ADD_LEFT_SHIFT, AddStage, add_multipliers};
 pub use fp32::{fp32_multiplier, requantize_fp32};
 pub use pool::AverageStage;
+pub use real::requantize_real;
 pub use rescale::RescaleStage;
 
 use crate::QuantError;

@@ -75,18 +75,12 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    /// The int32 bias tensor with scales `S_in·S_w[c]` (f32 products).
+    /// The int32 bias tensor with scales `S_in·S_w[c]` (f32 products): one scale for per-tensor
+    /// weights (TFLite's per-tensor fully connected compares the bias tensor's own scale with
+    /// `S_in·S_w` in `GetQuantizedConvolutionMultipler`; a per-channel bias leaves it 0 there).
     fn bias(&mut self, bias: &[i32], scales: &[f32], s_in: f32) -> i32 {
         let n = bias.len();
-        let bs = (0..n)
-            .map(|c| {
-                s_in * if scales.len() == 1 {
-                    scales[0]
-                } else {
-                    scales[c]
-                }
-            })
-            .collect();
+        let bs = scales.iter().map(|&sw| s_in * sw).collect();
         let name = format!("{}/bias", self.site.layer);
         self.b
             .const_i32(&name, &[n], bias, Some(Quant::symmetric(bs, 0)))

@@ -13,6 +13,7 @@
 
 use qat_core::QuantParams;
 use qat_core::fixed_point::Rounding;
+use qat_core::target::Target;
 use rayon::prelude::*;
 
 use super::frame::{
@@ -56,6 +57,7 @@ fn layer_spec<'a>(
         lo: clamp.lo as i32,
         hi: clamp.hi as i32,
         rounding,
+        reals: None,
     }
 }
 
@@ -441,7 +443,28 @@ pub struct FcPlan {
     zp_out: i32,
     path: KernelPath,
     rounding: Rounding,
+    /// The `f64` scales of a target that requantizes fully connected layers in `f64`
+    /// ([`Target::fc_real_scale`]), one per output channel.
+    reals: Option<Vec<f64>>,
     packed: Option<PackedB>,
+}
+
+/// `Some(eff[c])` for every output channel of `fc` when `target` requantizes fully connected
+/// layers in `f64` (int8 weights; their scales, the input's and the output's, as the file
+/// carries them).
+pub fn fc_real_scales(
+    fc: &FullyConnected,
+    qi: &QuantParams,
+    qo: &QuantParams,
+    target: Target,
+) -> Option<Vec<f64>> {
+    let Weights::Int8 { scales, .. } = &fc.weights else {
+        return None;
+    };
+    let sw = |c: usize| scales[if scales.len() == 1 { 0 } else { c }];
+    (0..fc.weight_shape[0])
+        .map(|c| target.fc_real_scale(qi.scale(), sw(c), qo.scale()))
+        .collect()
 }
 
 impl FcPlan {
@@ -458,18 +481,22 @@ impl FcPlan {
             output: qo,
             rounding,
         } = *io;
+        let reals = fc_real_scales(fc, &qi, &qo, rounding.into());
         let packed = match (&fc.weights, path) {
             (_, KernelPath::Reference) | (Weights::Uint8 { .. }, _) => None,
             (Weights::Int8 { data, .. }, _) => {
-                let layer = layer_spec(
-                    data,
-                    &fc.bias,
-                    &fc.multipliers,
-                    fc.clamp,
-                    &qi,
-                    &qo,
-                    rounding,
-                );
+                let layer = LayerSpec {
+                    reals: reals.as_deref(),
+                    ..layer_spec(
+                        data,
+                        &fc.bias,
+                        &fc.multipliers,
+                        fc.clamp,
+                        &qi,
+                        &qo,
+                        rounding,
+                    )
+                };
                 Some(PackedB::new(path, cout, cin, &layer)?)
             }
         };
@@ -478,6 +505,7 @@ impl FcPlan {
             zp_out: qo.zero_point(),
             path,
             rounding,
+            reals,
             packed,
         })
     }
@@ -512,6 +540,7 @@ impl FcPlan {
                     fc,
                     self.zp_out,
                     self.rounding,
+                    self.reals.as_deref(),
                     o,
                 )
             }),

@@ -168,17 +168,28 @@ pub fn fully_connected_acc(input: &[u8], zp_in: i32, fc: &FullyConnected, acc: &
     }
 }
 
-/// Fully connected for one sample: [`fully_connected_acc`] then `requantize_channels`.
+/// Fully connected for one sample: [`fully_connected_acc`] then `requantize_channels`, or, with
+/// `reals` (the `f64` scales of a target that requantizes fully connected layers in `f64`, one
+/// per output channel), qat-core's `requantize_real` per element.
 pub fn fully_connected(
     input: &[u8],
     zp_in: i32,
     fc: &FullyConnected,
     zp_out: i32,
     rounding: Rounding,
+    reals: Option<&[f64]>,
     out: &mut [u8],
 ) {
     let mut acc = vec![0i32; out.len()];
     fully_connected_acc(input, zp_in, fc, &mut acc);
+    if let Some(reals) = reals {
+        let (lo, hi) = (fc.clamp.lo as i32, fc.clamp.hi as i32);
+        for (i, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+            let eff = reals[i % fc.weight_shape[0].max(1)];
+            *o = qat_core::target::requantize_real(a, eff, zp_out, lo, hi) as u8;
+        }
+        return;
+    }
     requantize_channels(
         &acc,
         &fc.multipliers,

@@ -2,6 +2,7 @@
 //! trait that says which roundings a kernel fuses ([`OutputStage`]).
 
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+use qat_core::target::requantize_real;
 
 use super::LayerSpec;
 
@@ -89,6 +90,9 @@ pub struct Epilogue {
     /// Whether the ISA's tiles apply this stage ([`OutputStage::fuses`]); when not, the frame
     /// runs them to int32 and calls [`Epilogue::requantize`].
     pub(crate) fused: bool,
+    /// The `f64` scales of a layer that requantizes in `f64` ([`LayerSpec::reals`], one per
+    /// padded column): the scalar stage is then qat-core's [`requantize_real`], never fused.
+    pub(crate) reals: Option<Vec<f64>>,
 }
 
 impl Epilogue {
@@ -114,7 +118,12 @@ impl Epilogue {
             hi: layer.hi,
             any_left: false,
             any_wide: false,
-            fused,
+            fused: fused && layer.reals.is_none(),
+            reals: layer.reals.map(|r| {
+                let mut v = vec![r.first().copied().unwrap_or(0.0); np];
+                v[..n].copy_from_slice(&r[..n]);
+                v
+            }),
         };
         let z1 = layer.input_zero_point;
         for c in 0..n {
@@ -133,9 +142,12 @@ impl Epilogue {
     }
 
     /// The scalar output stage of `v = acc + bias'[col]`: qat-core's [`requantize_with`] in the
-    /// layer's rounding.
+    /// layer's rounding, or [`requantize_real`] for a layer with `f64` scales.
     #[inline]
     pub(crate) fn requantize(&self, v: i32, col: usize) -> u8 {
+        if let Some(reals) = &self.reals {
+            return requantize_real(v, reals[col], self.zp, self.lo, self.hi) as u8;
+        }
         requantize_with(
             self.rounding,
             v,

@@ -89,6 +89,10 @@ pub struct LayerSpec<'a> {
     pub hi: i32,
     /// How `M·acc` rounds.
     pub rounding: Rounding,
+    /// `Some(eff)`, one per output channel: the layer requantizes in `f64` instead,
+    /// `q = clamp(round_half_away(f64(acc)·eff[c]) + Z3, lo, hi)` (qat-core's
+    /// `requantize_real`; LiteRT's reference fully connected kernel), and no ISA fuses it.
+    pub reals: Option<&'a [f64]>,
 }
 
 impl LayerSpec<'_> {
@@ -135,6 +139,14 @@ impl LayerSpec<'_> {
             return err(
                 "lo",
                 format!("clamp [{}, {}] not within [0, 255]", self.lo, self.hi),
+            );
+        }
+        if let Some(r) = self.reals
+            && r.len() != channels
+        {
+            return err(
+                "reals",
+                format!("{} f64 scales for {channels} channels", r.len()),
             );
         }
         Ok(())
