@@ -379,10 +379,10 @@ fn check_against(
 }
 
 /// TFLite's int8 average pool rounds the mean of `q − 128` half away from zero
-/// (`(Σ ± n/2)/n`, C division); the qat runtime rounds the mean of `q` half up. They differ on
+/// (`(Σ ± n/2)/n`, C division); the `qat` target rounds the mean of `q` half up. They differ on
 /// ties below code 128, which ReLU outputs (zero point 0) hit all the time: LiteRT's reference
-/// kernel computes TFLite's formula on every window, and our runtime differs exactly on the
-/// negative ties.
+/// kernel computes TFLite's formula on every window, as the runtime does for a `tflite` model,
+/// and the `qat` target differs exactly on the negative ties.
 #[test]
 fn average_pool_ties_below_the_zero_code() {
     let q = QuantParams::new(0.1, 0, QuantRange::unsigned(8).unwrap()).unwrap();
@@ -412,6 +412,11 @@ fn average_pool_ties_below_the_zero_code() {
     )
     .unwrap();
     let ours = codes_of(&model, &x, 2);
+    let qat_model = Int8Model {
+        rounding: qat_core::Target::Qat,
+        ..model.clone()
+    };
+    let qat = codes_of(&qat_model, &x, 2);
     let (mut tflite, mut negative_ties) = (Vec::new(), 0);
     for s in 0..n {
         for (oy, ox) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
@@ -424,13 +429,17 @@ fn average_pool_ties_below_the_zero_code() {
             } else {
                 (sum - 2) / 4
             };
-            let ours_v = ours[s * 4 + oy * 2 + ox] as i32 - 128;
+            let (ours_v, qat_v) = (
+                ours[s * 4 + oy * 2 + ox] as i32 - 128,
+                qat[s * 4 + oy * 2 + ox] as i32 - 128,
+            );
+            assert_eq!(ours_v, v, "the tflite target is TFLite's formula");
             let tie = sum.rem_euclid(4) == 2;
             if tie && sum < 0 {
                 negative_ties += 1;
-                assert_eq!(ours_v, v + 1, "ours rounds the negative tie up");
+                assert_eq!(qat_v, v + 1, "qat rounds the negative tie up");
             } else {
-                assert_eq!(ours_v, v, "same off negative ties");
+                assert_eq!(qat_v, v, "same off negative ties");
             }
             tflite.push(v as i8);
         }

@@ -11,8 +11,8 @@
 //!
 //! Versions: 2 added [`Int8Model::rounding`] (the last field of the payload, a bincode enum
 //! index: 0 = `Gemmlowp`, 1 = `Single`). A version-1 payload is the same encoding without that
-//! field; it decodes as [`Rounding::Gemmlowp`], the only rounding version-1 runtimes had, so an
-//! old file runs bit for bit as before.
+//! field; it decodes as `Target::Tflite` (the old `Rounding::Gemmlowp`), the only rounding version-1 runtimes had: an
+//! old file runs as a `tflite` model.
 //!
 //! Loading checks, in order: length (at most [`MAX_FILE_BYTES`]), magic, version, flags, payload
 //! length, checksum, then decodes with bincode's byte limit set to [`MAX_FILE_BYTES`], refuses
@@ -27,15 +27,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::model::{Int8Model, Op, Rounding, TensorId, TensorInfo};
+use crate::model::{Int8Model, Op, TensorId, TensorInfo};
 use crate::validate::ValidationError;
+use qat_core::target::Target;
 
 /// The first 8 bytes of every `.qat8` file.
 pub const MAGIC: [u8; 8] = *b"\x89QAT8\r\n\x1a";
 /// The format version this crate writes (and the newest it reads).
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this crate reads (version 1: no [`Int8Model::rounding`] field, read
-/// as [`Rounding::Gemmlowp`]).
+/// as `Target::Tflite`, the old `Rounding::Gemmlowp`).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the fixed header preceding the payload.
 pub const HEADER_LEN: usize = 28;
@@ -201,7 +202,7 @@ impl From<ModelV1> for Int8Model {
             ops: m.ops,
             input: m.input,
             outputs: m.outputs,
-            rounding: Rounding::Gemmlowp,
+            rounding: Target::Tflite,
         }
     }
 }
@@ -231,7 +232,7 @@ impl Int8Model {
     /// Validates first: an invalid model is never written.
     ///
     /// ```
-    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Rounding};
+    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Target};
     /// # use qat_core::QuantParams;
     /// let q = QuantParams::asymmetric(-1.0, 1.0, 8)?;
     /// let model = Int8Model {
@@ -243,7 +244,7 @@ impl Int8Model {
     ///     ops: vec![Op::Quantize { input: 0, output: 1 }],
     ///     input: 0,
     ///     outputs: vec![1],
-    ///     rounding: Rounding::Single,
+    ///     rounding: Target::Qat,
     /// };
     /// let bytes = model.to_bytes()?;
     /// assert_eq!(Int8Model::from_bytes(&bytes)?, model);

@@ -2,7 +2,7 @@
 //! that `is_supported_here()` is compared with an independent oracle — the GEMM with eq. 7
 //! written out below, convs with the crate's reference loops (`KernelPath::Reference`, which no
 //! suite ever runs as a "path under test") — in both requantization roundings
-//! (`Rounding::Gemmlowp` and `Rounding::Single`), through the ISA's own output stage and through
+//! (every `Target`: `tflite` and `qat` through the ISA's own output stage where it fuses them, `ort` and `xnnpack` through the frame's scalar stage), through the ISA's own output stage and through
 //! the frame's scalar stage (what a rounding the ISA does not fuse takes). Tolerance: int32
 //! accumulators and requantized uint8 outputs exactly equal, every path.
 
@@ -11,6 +11,7 @@ mod common;
 use common::Rng;
 use proptest::prelude::*;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+use qat_core::target::Target;
 use qat_core::target::requantize_real;
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::testing::{
@@ -126,7 +127,7 @@ struct GemmCase {
     z3: i32,
     lo: i32,
     hi: i32,
-    rounding: Rounding,
+    rounding: Target,
     /// `f64` scales per column: the layer requantizes with qat-core's `requantize_real`.
     reals: Option<Vec<f64>>,
 }
@@ -149,12 +150,12 @@ impl GemmCase {
             z3: rng.below(256) as i32,
             lo,
             hi: lo + 128 + rng.below(64) as i32,
-            rounding: Rounding::Gemmlowp,
+            rounding: Target::Tflite,
             reals: None,
         }
     }
 
-    fn with(self, rounding: Rounding) -> Self {
+    fn with(self, rounding: Target) -> Self {
         Self { rounding, ..self }
     }
 
@@ -170,7 +171,7 @@ impl GemmCase {
     }
 
     /// Paper eq. 7 literally: `bias + Σ_k (a − Z1)·w`, wrapping int32; then qat-core
-    /// `requantize_with` in the case's rounding.
+    /// `Target::requantize` in the case's target.
     fn reference(&self) -> (Vec<i32>, Vec<u8>) {
         let mut acc = vec![0i32; self.m * self.n];
         let mut q = vec![0u8; self.m * self.n];
@@ -190,7 +191,7 @@ impl GemmCase {
                 };
                 q[i * self.n + j] = match &self.reals {
                     Some(r) => requantize_real(s, r[j], self.z3, self.lo, self.hi) as u8,
-                    None => requantize_with(self.rounding, s, m, self.z3, self.lo, self.hi) as u8,
+                    None => self.rounding.requantize(s, m, self.z3, self.lo, self.hi) as u8,
                 };
             }
         }
@@ -206,7 +207,7 @@ impl GemmCase {
             output_zero_point: self.z3,
             lo: self.lo,
             hi: self.hi,
-            rounding: self.rounding,
+            target: self.rounding,
             reals: self.reals.as_deref(),
         }
     }
@@ -395,7 +396,7 @@ impl ConvCase {
         );
         let (conv, ih, oh, qi, qo, input) = self.build();
         let n_out = self.batch * oh.iter().product::<usize>();
-        for rounding in Rounding::ALL {
+        for rounding in Target::ALL {
             let io = ConvIo {
                 in_hwc: ih,
                 input: qi,
@@ -452,7 +453,7 @@ macro_rules! kernel_suites {
                 #[test]
                 fn gemm_matches_reference(m in 1usize..20, k in 1usize..150, n in 1usize..140, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    for rounding in Rounding::ALL {
+                    for rounding in Target::ALL {
                         let case = GemmCase::new(m, k, n, v, seed, per_channel).with(rounding);
                         let (want32, want8) = case.reference();
                         for scalar in [false, true] {
@@ -478,7 +479,7 @@ macro_rules! kernel_suites {
                 #[test]
                 fn single_is_the_rounded_product(m in 1usize..12, k in 1usize..90, n in 1usize..90, v in values(), seed in any::<u64>(), per_channel in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with(Rounding::Single);
+                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with(Target::Qat);
                     let (acc, got8) = case.run($path, false, false);
                     for (i, (&a, &q)) in acc.iter().zip(&got8).enumerate() {
                         let mult = case.ms[if case.ms.len() == 1 { 0 } else { i % case.n }];
@@ -525,7 +526,7 @@ macro_rules! kernel_suites {
                 .iter()
                 .enumerate()
                 {
-                    for rounding in Rounding::ALL {
+                    for rounding in Target::ALL {
                         let case = GemmCase::new(m, k, n, v, 1000 + i as u64, i % 2 == 0).with(rounding);
                         for scalar in [false, true] {
                             assert_eq!(case.run($path, i % 2 == 1, scalar), case.reference(), "case {i}: m {m} k {k} n {n} {rounding} scalar stage {scalar}");
@@ -592,7 +593,7 @@ fn spec<'a>(w: &'a [i8], bias: &'a [i32], ms: &'a [QuantizedMultiplier]) -> Laye
         output_zero_point: 128,
         lo: 0,
         hi: 255,
-        rounding: Rounding::Single,
+        target: Target::Qat,
         reals: None,
     }
 }

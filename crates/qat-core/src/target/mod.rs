@@ -229,6 +229,22 @@ impl From<Rounding> for Target {
     }
 }
 
+/// A target equals the rounding of its fixed-point output stage (`Qat` = `Single`, `Tflite` =
+/// `Gemmlowp`); the `f32` targets equal no rounding. (Old code compares a model's target with a
+/// [`Rounding`].)
+impl PartialEq<Rounding> for Target {
+    fn eq(&self, r: &Rounding) -> bool {
+        self.rounding() == Some(*r)
+    }
+}
+
+/// See `PartialEq<Rounding> for Target`.
+impl PartialEq<Target> for Rounding {
+    fn eq(&self, t: &Target) -> bool {
+        t == self
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -295,6 +311,8 @@ mod tests {
             assert_eq!(Target::from(r).rounding(), Some(r));
         }
         assert!(Target::Ort.is_fp32() && Target::Xnnpack.is_fp32() && !Target::Qat.is_fp32());
+        assert!(Target::Tflite == Rounding::Gemmlowp && Rounding::Single == Target::Qat);
+        assert!(Target::Ort != Rounding::Single && Rounding::Gemmlowp != Target::Xnnpack);
     }
 
     #[test]

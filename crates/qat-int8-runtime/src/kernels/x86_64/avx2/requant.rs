@@ -9,14 +9,15 @@
 use std::arch::x86_64::*;
 
 use qat_core::fixed_point::Rounding;
+use qat_core::target::Target;
 
 use super::Avx2;
 use crate::kernels::frame::epilogue::not_fused;
 use crate::kernels::frame::{Epilogue, OutPtr, OutputStage};
 
 impl OutputStage for Avx2 {
-    fn fuses(rounding: Rounding) -> bool {
-        matches!(rounding, Rounding::Gemmlowp | Rounding::Single)
+    fn fuses(target: Target) -> bool {
+        matches!(target, Target::Tflite | Target::Qat)
     }
 }
 
