@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use common::{GenOptions, batch, codes_of, one_op_model, random_cnn, rng};
 use ndarray::ArrayD;
+use qat_core::Target;
 use qat_core::fixed_point::QuantizedMultiplier;
 use qat_core::{QuantParams, QuantRange};
 use qat_export::crosscheck::npy::Npy;
@@ -26,7 +27,7 @@ use qat_export::onnx::{OnnxOptions, float_to_onnx, to_onnx_qdq};
 use qat_export::tflite::{TfliteOptions, to_tflite};
 use qat_export::{ExportOptions, Format, PtqConfig, ptq};
 use qat_int8_runtime::testing::reference;
-use qat_int8_runtime::{Clamp, Executor, FullyConnected, Int8Model, Op, Rounding, Weights};
+use qat_int8_runtime::{Clamp, Executor, FullyConnected, Int8Model, Op, Weights};
 
 /// The peers' Python and the harness script, or `None` (with the reason printed).
 fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
@@ -44,16 +45,16 @@ fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// A random CNN quantized to `bits` (weights symmetric per channel — per tensor on the fully
-/// connected layers when `fc_per_tensor` — and activations), requantizing with `rounding`, and
+/// connected layers when `fc_per_tensor` — and activations), planned for `target`, and
 /// a test batch whose inputs lie exactly on the input grid (every runtime quantizes them to the
 /// same codes: no ties).
 fn random_model(
     seed: u64,
     bits: u32,
-    rounding: Rounding,
+    target: Target,
     fc_per_tensor: bool,
     opts: &GenOptions,
-) -> (Int8Model, ArrayD<f32>) {
+) -> Result<(Int8Model, ArrayD<f32>), String> {
     let mut g = random_cnn(seed, opts);
     let wq = |scheme| WeightQuant { scheme, bits };
     for node in &mut g.nodes {
@@ -72,15 +73,16 @@ fn random_model(
     let cfg = PtqConfig {
         activation_bits: Some(bits),
         export: ExportOptions {
-            target: rounding.into(),
+            target,
             ..ExportOptions::default()
         },
         ..PtqConfig::default()
     };
-    let mut model = ptq(&g, cal.iter().map(|b| b.view()), &cfg)
-        .expect("ptq")
+    // A graph the target's runtime cannot compute (XNNPACK's ratio limits) is refused.
+    let plan = ptq(&g, cal.iter().map(|b| b.view()), &cfg).map_err(|e| e.to_string())?;
+    let mut model = plan
         .to_int8_model()
-        .expect("the qat and tflite targets run in the .qat8 runtime");
+        .expect("every target runs in the .qat8 runtime");
     model.name = format!("{}-w{bits}a{bits}", model.name);
     let q = model
         .ops
@@ -91,7 +93,7 @@ fn random_model(
         })
         .expect("quantized input");
     let x = batch(r, 16, &shape).mapv(|v| q.dequantize(q.quantize(v)));
-    (model, x)
+    Ok((model, x))
 }
 
 /// The case directory: temporary, or kept for inspection.
@@ -179,13 +181,13 @@ fn crosscheck(
     res
 }
 
-/// Equal codes per (runtime, our rounding) over many models: element-weighted share, smallest
+/// Equal codes per (runtime, our target) over many models: element-weighted share, smallest
 /// per-tensor share, largest |Δ|, and the equal share of the graph outputs.
 #[derive(Default)]
 struct Tally(BTreeMap<(String, &'static str), [f64; 6]>);
 
 impl Tally {
-    fn add(&mut self, rounding: Rounding, res: &CrosscheckResult, outputs: &[String]) {
+    fn add(&mut self, rounding: Target, res: &CrosscheckResult, outputs: &[String]) {
         for (rt, r) in &res.runtimes {
             let e = self
                 .0
@@ -208,7 +210,7 @@ impl Tally {
 
     fn print(&self, what: &str) {
         eprintln!(
-            "{what}\n  runtime         vs qat rounding | equal, all tensors | smallest tensor | max |Δ| | equal, outputs"
+            "{what}\n  runtime         vs qat target     | equal, all tensors | smallest tensor | max |Δ| | equal, outputs"
         );
         for ((rt, rounding), e) in &self.0 {
             eprintln!(
@@ -222,30 +224,37 @@ impl Tally {
     }
 }
 
-/// Runs `seeds` random models of `bits` through `format` with both roundings (the exported
-/// file is the same: the rounding is the runtime's, not the format's). Models the writer refuses
-/// are counted and skipped. `each(model, result)` sees every run.
+/// Runs `seeds` random models of `bits` planned for each of `targets` through `format` (the
+/// exported files differ only where the targets' plans do: multipliers are the runtime's, not the
+/// format's). Models a target or the writer refuses are counted and skipped. `each(model,
+/// result)` sees every run.
+#[allow(clippy::too_many_arguments)]
 fn tally(
     seeds: std::ops::Range<u64>,
     bits: u32,
     fc_per_tensor: bool,
     format: Format,
     opts: &GenOptions,
+    targets: &[Target],
     peers: &(PathBuf, PathBuf),
     mut each: impl FnMut(&Int8Model, &CrosscheckResult),
 ) -> (Tally, Vec<String>) {
     let (mut t, mut refused) = (Tally::default(), Vec::new());
     for seed in seeds {
-        for rounding in [Rounding::Gemmlowp, Rounding::Single] {
-            let (model, x) = random_model(seed, bits, rounding, fc_per_tensor, opts);
+        for &rounding in targets {
+            let (model, x) = match random_model(seed, bits, rounding, fc_per_tensor, opts) {
+                Ok(m) => m,
+                Err(e) => {
+                    refused.push(format!("seed {seed} for {rounding}: {e}"));
+                    continue;
+                }
+            };
             let refusal = match format {
                 Format::Tflite => to_tflite(&model, &TfliteOptions::default()).err(),
                 Format::Onnx => to_onnx_qdq(&model, &OnnxOptions::default()).err(),
             };
             if let Some(e) = refusal {
-                if rounding == Rounding::Gemmlowp {
-                    refused.push(format!("{}: {e}", model.name));
-                }
+                refused.push(format!("{} for {rounding}: {e}", model.name));
                 continue;
             }
             let res = crosscheck(&model, &x, format, peers);
@@ -284,9 +293,10 @@ fn tflite_reference_kernels_equal_gemmlowp_rounding() {
                 fc_per_tensor,
                 Format::Tflite,
                 &opts,
+                &[Target::Tflite, Target::Qat],
                 &peers,
                 |model, res| {
-                    if model.rounding != Rounding::Gemmlowp {
+                    if model.rounding != Target::Tflite {
                         return;
                     }
                     for (name, t) in &res.runtimes["litert_ref"].tensors {
@@ -310,29 +320,57 @@ fn tflite_reference_kernels_equal_gemmlowp_rounding() {
     }
 }
 
-/// The shares every runtime reaches on random CNNs with everything per channel and average pools
-/// (printed with `--nocapture`; the test asserts that every runtime loads and runs every
-/// exported model and exposes every tensor, and that exposing them changes no output).
+/// Every runtime against the target that names it, on random CNNs (convs, depthwise, grouped,
+/// strided, dilated, residual adds, concats, average and max pools, global pools, fully connected;
+/// everything per channel) at W8A8 and W4A4: LiteRT's default (XNNPACK delegate) computes every
+/// tensor of an `xnnpack` model bit for bit, onnxruntime (all graph optimizations) every tensor
+/// of an `ort` model, LiteRT's reference kernels every tensor of a `tflite` model. Prints the
+/// shares of every runtime against every target with `--nocapture`.
 #[test]
-fn measure_random_cnns() {
-    let Some(peers) = peers("measure_random_cnns") else {
+fn every_runtime_equals_its_target() {
+    let Some(peers) = peers("every_runtime_equals_its_target") else {
         return;
     };
+    let own: [(&str, Target); 4] = [
+        ("litert_ref", Target::Tflite),
+        ("litert_xnnpack", Target::Xnnpack),
+        ("onnxruntime", Target::Ort),
+        ("onnxruntime_x64prec", Target::Ort),
+    ];
     for bits in [8, 4] {
         for format in [Format::Tflite, Format::Onnx] {
+            let mut checked = 0;
             let (t, refused) = tally(
                 0..8,
                 bits,
                 false,
                 format,
                 &GenOptions::default(),
+                &Target::ALL,
                 &peers,
-                |_, _| {},
+                |model, res| {
+                    for (rt, r) in &res.runtimes {
+                        if !own.contains(&(rt.as_str(), model.rounding)) {
+                            continue;
+                        }
+                        for (name, t) in &r.tensors {
+                            checked += 1;
+                            assert_eq!(
+                                t.equal,
+                                Some(1.0),
+                                "{} ({}): tensor {name} in {rt}: {t:?}",
+                                model.name,
+                                model.rounding
+                            );
+                        }
+                    }
+                },
             );
             t.print(&format!(
                 "{format}, W{bits}A{bits}, 8 random CNNs, all per channel"
             ));
-            eprintln!("  refused: {refused:#?}");
+            eprintln!("  {checked} tensors bit-exact in their own runtime; refused: {refused:#?}");
+            assert!(checked > 50, "{checked}");
         }
     }
 }

@@ -35,7 +35,8 @@ impl Lowering<'_> {
 
     /// Checks that TFLite derives the model's multiplier for every channel:
     /// `QuantizeMultiplier(S_in·S_w[c]/S_out)` with the product in f64 (`f32_product`: in f32, as
-    /// TFLite's per-tensor fully connected does).
+    /// TFLite's per-tensor fully connected does); for a model of an `f32` target, the multiplier
+    /// that target's runtime forms ([`qat_core::Target::conv_multiplier`]).
     fn check_multipliers(
         &self,
         ours: &[QuantizedMultiplier],
@@ -56,7 +57,14 @@ impl Lowering<'_> {
             } else {
                 s_in as f64 * sw as f64
             };
-            let theirs = QuantizedMultiplier::from_f64(product / s_out as f64).map_err(|e| {
+            // The `f32` targets' runtimes (XNNPACK behind LiteRT) form `f32(S_in·S_w/S_out)`.
+            let target = self.model.rounding;
+            let theirs = if target.is_fp32() {
+                target.conv_multiplier(s_in, sw, s_out)
+            } else {
+                QuantizedMultiplier::from_f64(product / s_out as f64)
+            };
+            let theirs = theirs.map_err(|e| {
                 self.refuse(Unsupported::Shape(format!(
                     "multiplier of channel {c}: {e}"
                 )))
