@@ -12,7 +12,7 @@ use common::Rng;
 use proptest::prelude::*;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 use qat_core::target::Target;
-use qat_core::target::requantize_real;
+use qat_core::target::{fp32_multiplier, requantize_fp32, requantize_real};
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::testing::{
     ASource, ConvIo, ConvPlan, DepthwisePlan, DepthwiseShape, GemmOut, KernelError, LayerSpec,
@@ -799,6 +799,26 @@ mod vector_stages {
                 if let Some(got) = lanes::avx2_single(x8, &m8, zp, lo, hi) {
                     prop_assert_eq!(&got[..], &want[8 * h8..8 * h8 + 8], "avx2");
                 }
+            }
+        }
+
+        /// The AVX2 `f32` stage equals qat-core's `requantize_fp32` on every lane: any int32
+        /// accumulator, any `f32` multiplier the `f32` targets store (`fp32_multiplier` of
+        /// `[2^−32, 2^30)`), any zero point and clamp of a validated layer.
+        #[test]
+        fn avx2_fp32_stage_equals_qat_core(
+            x in proptest::array::uniform8(any::<i32>()),
+            log2 in proptest::array::uniform8(-32f32..30.0),
+            zp in -300i32..300,
+            lo in 0i32..=255,
+            width in 0i32..=255,
+        ) {
+            let hi = (lo + width).min(255);
+            let m: [QuantizedMultiplier; 8] =
+                std::array::from_fn(|i| fp32_multiplier(log2[i].exp2().min(1.0e9)).unwrap());
+            let want: [i32; 8] = std::array::from_fn(|i| requantize_fp32(x[i], m[i], zp, lo, hi));
+            if let Some(got) = lanes::avx2_fp32(x, &m, zp, lo, hi) {
+                prop_assert_eq!(got, want);
             }
         }
     }

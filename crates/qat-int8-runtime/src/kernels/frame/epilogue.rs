@@ -79,6 +79,9 @@ pub struct Epilogue {
     pub(crate) right: Vec<i32>,
     /// The multipliers as given (for the scalar stage).
     pub(crate) multipliers: Vec<QuantizedMultiplier>,
+    /// `M[n]` as the `f32` the `f32` targets multiply by ([`QuantizedMultiplier::to_f32`],
+    /// exact for their multipliers), for the ISAs' `f32` output stages.
+    pub(crate) scale: Vec<f32>,
     /// `Z3`.
     pub(crate) zp: i32,
     /// Clamp low.
@@ -118,6 +121,7 @@ impl Epilogue {
             left: vec![0; np],
             right: vec![0; np],
             multipliers: vec![m(0); np],
+            scale: vec![m(0).to_f32(); np],
             zp: layer.output_zero_point,
             lo: layer.lo,
             hi: layer.hi,
@@ -138,6 +142,7 @@ impl Epilogue {
             e.left[c] = mc.shift().max(0);
             e.right[c] = (-mc.shift()).max(0);
             e.multipliers[c] = mc;
+            e.scale[c] = mc.to_f32();
         }
         e.any_left = e.left.iter().any(|&l| l > 0);
         e.any_wide = e.multipliers[..n]
