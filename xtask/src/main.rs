@@ -8,6 +8,7 @@
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |
+//! | `cargo xtask bench models [--model M.qat8]` | one model in the qat runtime, onnxruntime int8/f32, LiteRT int8 (µs/image, ratios) |
 //!
 //! The default build of xtask has no libtorch dependency; pipeline code is in the `qat-pipeline`
 //! binary (feature `torch`), which xtask builds and runs after setup.

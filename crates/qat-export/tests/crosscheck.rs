@@ -35,8 +35,8 @@ use qat_int8_runtime::{Clamp, FullyConnected, Int8Model, Op, Weights};
 /// LiteRT's reference kernel requantizes in `f64`). Average pools are left out here:
 /// `average_pool_ties_below_the_zero_code`.
 #[test]
-fn tflite_reference_kernels_equal_gemmlowp_rounding() {
-    let Some(peers) = peers("tflite_reference_kernels_equal_gemmlowp_rounding") else {
+fn tflite_reference_kernels_equal_the_tflite_target() {
+    let Some(peers) = peers("tflite_reference_kernels_equal_the_tflite_target") else {
         return;
     };
     let opts = GenOptions {
