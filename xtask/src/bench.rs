@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::{cargo, setup};
+use crate::{cargo, peers, setup};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -18,6 +18,17 @@ pub enum BenchCmd {
     },
     /// Training images/s, float vs QAT (MobileNet-v1 on MNIST, batch 64).
     Train,
+    /// One exported model in four engines: the qat runtime, onnxruntime int8 (QDQ) and f32,
+    /// LiteRT int8 (XNNPACK); batch 1/64, 1/2 threads; µs per image and ratios
+    /// (`target/qat-bench/models/models.{json,md}`).
+    Models {
+        /// Time this `.qat8` model (default: a MobileNet-v1 for 28×28×1 with random weights).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Seconds per timing round.
+        #[arg(long, default_value_t = 0.5)]
+        min_time: f64,
+    },
 }
 
 pub fn run(what: BenchCmd) -> Result<()> {
@@ -42,6 +53,33 @@ pub fn run(what: BenchCmd) -> Result<()> {
             }
             if quick {
                 args.push("--quick");
+            }
+            cargo::run(None, &args)
+        }
+        BenchCmd::Models { model, min_time } => {
+            let python = peers::ensure_peers(false)?;
+            let root = cargo::workspace_root().unwrap_or_default();
+            let script = root.join("xtask/py/bench_models.py");
+            let min_time = min_time.to_string();
+            let (python, script) = (python.to_string_lossy(), script.to_string_lossy());
+            let mut args = vec![
+                "run",
+                "--release",
+                "-p",
+                "qat-export",
+                "--example",
+                "bench_models",
+                "--",
+                "--python",
+                &python,
+                "--script",
+                &script,
+                "--min-time",
+                &min_time,
+            ];
+            let model = model.map(|m| m.to_string_lossy().into_owned());
+            if let Some(m) = model.as_deref() {
+                args.extend(["--model", m]);
             }
             cargo::run(None, &args)
         }

@@ -1,6 +1,6 @@
 //! Running child `cargo` commands with libtorch configured.
 
-use std::{path::Path, process::Command};
+use std::{ffi::OsStr, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -22,8 +22,15 @@ pub fn command(libtorch: Option<&Path>, args: &[&str]) -> Command {
 
 /// Runs `cargo args…` and fails with the command line if it fails.
 pub fn run(libtorch: Option<&Path>, args: &[&str]) -> Result<()> {
+    run_env(libtorch, &[], args)
+}
+
+/// [`run`] with extra environment variables for the child (and the processes it starts: test
+/// binaries inherit them).
+pub fn run_env(libtorch: Option<&Path>, env: &[(&str, &OsStr)], args: &[&str]) -> Result<()> {
     eprintln!("[xtask] cargo {}", args.join(" "));
     let status = command(libtorch, args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("cannot start cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -9,6 +9,7 @@
 //! | `cargo xtask quantize --onnx M.onnx --data DIR [--out DIR]` | import a float ONNX model, PTQ, every deployed format, a report |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |
+//! | `cargo xtask bench models [--model M.qat8]` | one model in the qat runtime, onnxruntime int8/f32, LiteRT int8 (µs/image, ratios) |
 //!
 //! The default build of xtask has no libtorch dependency; pipeline code is in the `qat-pipeline`
 //! binary (feature `torch`), which xtask builds and runs after setup.

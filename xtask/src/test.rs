@@ -1,14 +1,16 @@
 //! `cargo xtask test`: the one command CI runs.
 //!
-//! setup → `cargo fmt --all --check` → `cargo clippy --workspace --all-targets -D warnings` (and the
-//! `torch` feature of xtask) → `cargo test` over the whole workspace → a one-minute fuzz pass → the
-//! quick pipeline smoke run.
+//! setup (libtorch and the peer runtimes) → `cargo fmt --all --check` → `cargo clippy --workspace
+//! --all-targets -D warnings` (and the `torch` feature of xtask) → `cargo test` over the whole
+//! workspace → a one-minute fuzz pass → the quick pipeline smoke run.
 //! Crates that use libtorch run their tests on one thread: `tch::manual_seed` and the thread count
-//! are process-global, so seeded tests would otherwise interfere.
+//! are process-global, so seeded tests would otherwise interfere. The tests run with
+//! `QAT_PEERS_PYTHON` set to the peers' venv, so the cross-check of exported models in LiteRT and
+//! onnxruntime runs (and fails the build when a check fails) instead of skipping.
 
 use anyhow::Result;
 
-use crate::{cargo, fuzz, setup, smoke};
+use crate::{cargo, fuzz, peers, setup, smoke};
 
 /// Packages whose tests touch libtorch's global state.
 const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration-tests"];
@@ -16,6 +18,8 @@ const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration
 pub fn run(no_smoke: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let libtorch = setup::ensure_libtorch(false)?;
+    let python = peers::ensure_peers(false)?;
+    let env = [(peers::PYTHON_ENV, python.as_os_str())];
     cargo::run(Some(&libtorch), &["fmt", "--all", "--check"])?;
     cargo::run(
         Some(&libtorch),
@@ -47,13 +51,13 @@ pub fn run(no_smoke: bool) -> Result<()> {
     for p in TORCH_PACKAGES {
         rest.extend(["--exclude", p]);
     }
-    cargo::run(Some(&libtorch), &rest)?;
+    cargo::run_env(Some(&libtorch), &env, &rest)?;
     let mut torch = vec!["test"];
     for p in TORCH_PACKAGES {
         torch.extend(["-p", p]);
     }
     torch.extend(["--", "--test-threads=1"]);
-    cargo::run(Some(&libtorch), &torch)?;
+    cargo::run_env(Some(&libtorch), &env, &torch)?;
 
     // Short fuzz pass (about a minute, dev profile: already built by the tests above).
     fuzz::run(&fuzz::FuzzArgs {

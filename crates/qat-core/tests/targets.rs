@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 use qat_core::target::{
     AddStage, AverageStage, RescaleStage, add_multipliers, fp32_multiplier, requantize_fp32,
+    requantize_real,
 };
 use qat_core::{QuantError, QuantParams, QuantRange, Target};
 
@@ -170,6 +171,22 @@ proptest! {
         for r in Rounding::ALL {
             prop_assert_eq!(Target::from(r).requantize(acc, m, zp, lo, hi), requantize_with(r, acc, m, zp, lo, hi));
         }
+    }
+
+    /// LiteRT's reference fully connected: `(int32) round((double)acc · eff)` (one `f64` product
+    /// rounded to 53 bits, ties to even; then C `round`, ties away from zero), `+ Z`, clamp.
+    #[test]
+    fn real_requantize_matches_litert_reference_fully_connected(
+        acc in any::<i32>(),
+        eff in 1e-9f64..64.0,
+        zp in -300i32..300,
+        lo in -400i32..300,
+        width in 0i32..600,
+    ) {
+        let hi = lo + width;
+        let v = Exact::int(acc as i64).mul(Exact::of_f64(eff)).round_f64();
+        let want = (v.round_int(false) + zp as i64).max(lo as i64).min(hi as i64) as i32;
+        prop_assert_eq!(requantize_real(acc, eff, zp, lo, hi), want);
     }
 
     /// Over every f32 bit pattern: NaN, ±∞, subnormals and values far beyond the grid included.

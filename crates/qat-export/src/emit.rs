@@ -13,9 +13,8 @@
 //! | Output `y` | `y` (F32) | `Dequantize`, listed in `Int8Model::outputs` |
 //!
 //! Every U8 tensor is named after its float node, so reports can join the two. The model's
-//! [`Int8Model::rounding`] is the fixed-point rounding of [`ExportOptions::target`] (`Single` for
-//! `qat`, `Gemmlowp` for `tflite`); the `.qat8` runtime has no mode for the `f32` targets (`ort`,
-//! `xnnpack`) yet, and [`QuantPlan::to_int8_model`] says so ([`ExportError::NotInRuntime`]).
+//! [`Int8Model::rounding`] is [`ExportOptions::target`]: the `.qat8` runtime computes every
+//! target's arithmetic (qat-core's, the same the simulation runs).
 
 use qat_int8_runtime::{self as rt, Clamp, DType, Int8Model, Op, TensorId, TensorInfo};
 
@@ -49,12 +48,9 @@ impl QuantPlan {
     }
 
     /// Emits the integer-only model (see the module docs for the mapping), requantizing in the
-    /// plan's target's rounding; [`ExportError::NotInRuntime`] for a target the `.qat8` runtime
-    /// cannot run (`ort`, `xnnpack`).
+    /// plan's target's arithmetic (every [`qat_core::Target`]).
     pub fn to_int8_model(&self) -> Result<Int8Model, ExportError> {
-        let rounding = self.target().rounding().ok_or(ExportError::NotInRuntime {
-            target: self.target(),
-        })?;
+        let rounding = self.target();
         let mut tensors = Vec::new();
         let mut ops = Vec::new();
         let mut outputs = Vec::new();
@@ -246,23 +242,36 @@ mod tests {
         }
     }
 
-    /// The `f32` targets plan (their exporters need the plan) but have no `.qat8` mode yet.
+    /// Every target emits a `.qat8` model that the runtime runs in that target's arithmetic: its
+    /// codes equal the plan's simulation.
     #[test]
-    fn f32_targets_plan_but_do_not_emit_qat8() {
-        for target in [Target::Ort, Target::Xnnpack] {
+    fn every_target_emits_qat8_equal_to_its_simulation() {
+        let x = ndarray::ArrayD::from_shape_vec(
+            vec![4, 3],
+            vec![
+                0.2f32, -0.4, 0.9, 0.5, 0.5, -1.0, 0.05, 0.0, 0.33, -0.7, 0.8, 0.1,
+            ],
+        )
+        .unwrap();
+        for target in Target::ALL {
             let opts = ExportOptions {
                 target,
                 ..ExportOptions::default()
             };
             let plan = QuantPlan::new(&tiny(), &opts).unwrap();
-            assert_eq!(
-                plan.to_int8_model(),
-                Err(ExportError::NotInRuntime { target })
-            );
-            assert!(matches!(
-                export(&tiny(), &opts),
-                Err(ExportError::NotInRuntime { .. })
-            ));
+            let model = plan.to_int8_model().unwrap();
+            assert_eq!(model.rounding, target);
+            let back = Int8Model::from_bytes(&model.to_bytes().unwrap()).unwrap();
+            assert_eq!(back.rounding, target);
+            let sim = crate::simulate::simulate(&plan, x.view()).unwrap();
+            let y = Executor::new(&model).unwrap().run(x.view()).unwrap();
+            let fc = plan
+                .graph
+                .nodes
+                .iter()
+                .position(|n| n.name == "fc")
+                .unwrap();
+            assert_eq!(y[0], sim[fc], "{target}");
         }
     }
 

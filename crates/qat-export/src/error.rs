@@ -218,15 +218,6 @@ pub enum ExportError {
     /// The emitted model failed the runtime's validation (an export bug; reported, never hidden).
     #[error("emitted Int8Model is invalid: {0}")]
     InvalidModel(#[from] qat_int8_runtime::ValidationError),
-    /// The `.qat8` runtime has no requantization mode for this target (the `f32` targets): the
-    /// plan serves the target's own exporters and the simulation, not an `Int8Model`.
-    #[error(
-        "the .qat8 runtime does not compute target {target}'s arithmetic; export this plan to the target's own format"
-    )]
-    NotInRuntime {
-        /// The plan's target.
-        target: qat_core::Target,
-    },
     /// The quantization math rejected a value (e.g. a multiplier out of range).
     #[error("node {node:?}: {what}: {source}")]
     Quant {

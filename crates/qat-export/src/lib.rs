@@ -31,9 +31,9 @@
 //!   [`QuantPlan::new`] then [`QuantPlan::to_int8_model`]`() -> Result<Int8Model, ExportError>`
 //!   to keep the plan for the simulation. [`ExportOptions::target`] names the deployment target
 //!   whose arithmetic the plan, the simulation and the model use ([`qat_core::Target`]: `qat`,
-//!   the default, one rounding; `tflite`, TFLite's double rounding; `ort` and `xnnpack`, the
-//!   `f32` requantization of onnxruntime and XNNPACK, planned for their exporters — the `.qat8`
-//!   runtime does not run them yet, [`ExportError::NotInRuntime`]). A node the target cannot
+//!   the default, one rounding; `tflite`, LiteRT's reference kernels; `ort` and `xnnpack`, the
+//!   `f32` requantization of onnxruntime and XNNPACK — the `.qat8` runtime runs each of them).
+//!   A node the target cannot
 //!   compute as planned is refused ([`Refusal::Target`]).
 //! - PTQ: [`calibrate()`]`(&graph, batches, CalibrationMethod) -> Result<FloatGraph, CalibrationError>`,
 //!   [`ptq`]`(&graph, batches, &PtqConfig) -> Result<QuantPlan, PtqError>`, [`ptq_export`].

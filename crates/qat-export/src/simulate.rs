@@ -115,7 +115,7 @@ pub fn eval_codes(
     match (&node.op, plan.layers[i].as_ref()) {
         (FloatOp::Input { .. }, _) => Ok(input.mapv(|x| target.quantize(x, &p))),
         (FloatOp::Conv2d(c), Some(lq)) => {
-            let finish = output_stage(plan, i, lq);
+            let finish = output_stage(plan, i, lq, false);
             let out = conv2d_with(
                 &centred(0)?,
                 nhwc(arg(0)?.shape()),
@@ -127,7 +127,7 @@ pub fn eval_codes(
             shaped(out)
         }
         (FloatOp::Linear(l), Some(lq)) => {
-            let finish = output_stage(plan, i, lq);
+            let finish = output_stage(plan, i, lq, true);
             let wf = weight_codes(lq);
             let out = linear_with(&centred(0)?, &wf, l.weight_shape, n, |_| 0.0, finish);
             shaped(out)
@@ -193,15 +193,32 @@ fn weight_codes(lq: &LayerQuant) -> Vec<f64> {
 
 /// The conv/FC output stage of node `i`: the exact accumulator `Σ (q − Z)(q_w − Z_w)` (an integer
 /// in f64) plus the int32 bias, wrapped to int32 as the runtime's accumulation, then the target's
-/// requantization with the channel's multiplier and the fused clamp.
+/// requantization with the channel's multiplier and the fused clamp — for a fully-connected layer
+/// (`fully_connected`) of a target that requantizes those in `f64`
+/// ([`Target::fc_real_scale`](qat_core::target::Target::fc_real_scale)), that `f64` stage.
 fn output_stage<'a>(
     plan: &'a QuantPlan,
     i: usize,
     lq: &'a LayerQuant,
+    fully_connected: bool,
 ) -> impl Fn(f64, usize) -> i32 + Sync + 'a {
     let (target, z) = (plan.target(), plan.act_params[i].zero_point());
+    let (s_in, s_out) = (plan.input_params(i, 0).scale(), plan.act_params[i].scale());
+    let reals: Option<Vec<f64>> = fully_connected
+        .then(|| {
+            lq.weights
+                .scales_per_channel()
+                .iter()
+                .map(|&sw| target.fc_real_scale(s_in, sw, s_out))
+                .collect()
+        })
+        .flatten();
     move |dot, oc| {
         let acc = (dot as i64).wrapping_add(lq.bias[oc] as i64) as i32;
+        if let Some(reals) = &reals {
+            let (lo, hi) = (lq.clamp.lo as i32, lq.clamp.hi as i32);
+            return qat_core::target::requantize_real(acc, reals[oc], z, lo, hi);
+        }
         let m = if lq.multipliers.len() == 1 {
             lq.multipliers[0]
         } else {

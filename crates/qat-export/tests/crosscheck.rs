@@ -8,300 +8,35 @@
 //! tables.
 
 mod common;
+#[path = "crosscheck/harness.rs"]
+mod harness;
+#[path = "crosscheck/zoo.rs"]
+mod zoo;
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{GenOptions, batch, codes_of, one_op_model, random_cnn, rng};
+use harness::{peers, tally};
 use ndarray::ArrayD;
+use qat_core::Target;
 use qat_core::fixed_point::QuantizedMultiplier;
 use qat_core::{QuantParams, QuantRange};
+use qat_export::Format;
 use qat_export::crosscheck::npy::Npy;
-use qat_export::crosscheck::{
-    CrosscheckResult, Expected, Kind, expected_codes, run_harness, write_case,
-};
-use qat_export::ir::{FloatOp, WeightQuant, WeightScheme};
-use qat_export::onnx::{OnnxOptions, float_to_onnx, to_onnx_qdq};
+use qat_export::crosscheck::{CrosscheckResult, Expected, Kind, run_harness, write_case};
+use qat_export::onnx::float_to_onnx;
 use qat_export::tflite::{TfliteOptions, to_tflite};
-use qat_export::{ExportOptions, Format, PtqConfig, ptq};
 use qat_int8_runtime::testing::reference;
-use qat_int8_runtime::{Clamp, Executor, FullyConnected, Int8Model, Op, Rounding, Weights};
+use qat_int8_runtime::{Clamp, FullyConnected, Int8Model, Op, Weights};
 
-/// The peers' Python and the harness script, or `None` (with the reason printed).
-fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let Some(python) = std::env::var_os("QAT_PEERS_PYTHON") else {
-        // Written to the process's stderr, past the test harness's capture: a skip is never silent.
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "SKIPPED {test}: QAT_PEERS_PYTHON is not set \
-             (export QAT_PEERS_PYTHON=$(cargo xtask setup --print-peers-python))"
-        );
-        return None;
-    };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../xtask/py/crosscheck.py");
-    Some((PathBuf::from(python), script))
-}
-
-/// A random CNN quantized to `bits` (weights symmetric per channel — per tensor on the fully
-/// connected layers when `fc_per_tensor` — and activations), requantizing with `rounding`, and
-/// a test batch whose inputs lie exactly on the input grid (every runtime quantizes them to the
-/// same codes: no ties).
-fn random_model(
-    seed: u64,
-    bits: u32,
-    rounding: Rounding,
-    fc_per_tensor: bool,
-    opts: &GenOptions,
-) -> (Int8Model, ArrayD<f32>) {
-    let mut g = random_cnn(seed, opts);
-    let wq = |scheme| WeightQuant { scheme, bits };
-    for node in &mut g.nodes {
-        match &mut node.op {
-            FloatOp::Conv2d(c) => c.weight_quant = wq(WeightScheme::SymmetricPerChannel),
-            FloatOp::Linear(l) if fc_per_tensor => {
-                l.weight_quant = wq(WeightScheme::SymmetricPerTensor)
-            }
-            FloatOp::Linear(l) => l.weight_quant = wq(WeightScheme::SymmetricPerChannel),
-            _ => {}
-        }
-    }
-    let shape = g.validate().expect("valid")[0].clone();
-    let r = &mut rng(seed ^ 0xc0de);
-    let cal = [batch(r, 8, &shape), batch(r, 8, &shape)];
-    let cfg = PtqConfig {
-        activation_bits: Some(bits),
-        export: ExportOptions {
-            target: rounding.into(),
-            ..ExportOptions::default()
-        },
-        ..PtqConfig::default()
-    };
-    let mut model = ptq(&g, cal.iter().map(|b| b.view()), &cfg)
-        .expect("ptq")
-        .to_int8_model()
-        .expect("the qat and tflite targets run in the .qat8 runtime");
-    model.name = format!("{}-w{bits}a{bits}", model.name);
-    let q = model
-        .ops
-        .iter()
-        .find_map(|op| match op {
-            Op::Quantize { output, .. } => model.tensors[*output].quant,
-            _ => None,
-        })
-        .expect("quantized input");
-    let x = batch(r, 16, &shape).mapv(|v| q.dequantize(q.quantize(v)));
-    (model, x)
-}
-
-/// The case directory: temporary, or kept for inspection.
-enum Kept {
-    Temp(tempfile::TempDir),
-    Dir(PathBuf),
-}
-
-impl Kept {
-    fn path(&self) -> &Path {
-        match self {
-            Kept::Temp(t) => t.path(),
-            Kept::Dir(d) => d,
-        }
-    }
-}
-
-/// Exports `model` (deployable + debug copy), writes the case with our runtime's codes on `x`
-/// and runs the harness; every runtime must load and run it and expose every tensor.
-fn crosscheck(
-    model: &Int8Model,
-    x: &ArrayD<f32>,
-    format: Format,
-    peers: &(PathBuf, PathBuf),
-) -> CrosscheckResult {
-    let values = Executor::new(model)
-        .expect("executor")
-        .run_all(x.view())
-        .expect("run");
-    let export = |expose_all_tensors: bool| match format {
-        Format::Tflite => {
-            let opts = TfliteOptions {
-                expose_all_tensors,
-                ..TfliteOptions::default()
-            };
-            to_tflite(model, &opts).expect("tflite")
-        }
-        Format::Onnx => to_onnx_qdq(model, &OnnxOptions { expose_all_tensors }).expect("onnx"),
-    };
-    let (deploy, debug) = (export(false), export(true));
-    let expected = expected_codes(model, &deploy, &values).expect("expected");
-    let dir = match std::env::var_os("QAT_CROSSCHECK_KEEP") {
-        Some(keep) => {
-            let name = format!(
-                "{}-{}-{}",
-                model.name,
-                model.rounding.name(),
-                format.extension()
-            );
-            let d = PathBuf::from(keep).join(name);
-            std::fs::create_dir_all(&d).expect("keep dir");
-            Kept::Dir(d)
-        }
-        None => Kept::Temp(tempfile::tempdir().expect("tempdir")),
-    };
-    let input = &deploy.mapping(model.input).expect("input").name;
-    write_case(
-        dir.path(),
-        format,
-        &deploy.bytes,
-        Some(&debug.bytes),
-        input,
-        x.view(),
-        &expected,
-    )
-    .expect("case");
-    let res = run_harness(&peers.0, &peers.1, dir.path(), 1).expect("harness");
-    for (rt, r) in &res.runtimes {
-        assert!(r.error.is_none(), "{} in {rt}: {:?}", model.name, r.error);
-        assert_ne!(
-            r.debug_outputs_equal,
-            Some(false),
-            "{} in {rt}: exposing tensors changed the outputs",
-            model.name
-        );
-        for (t, v) in &r.tensors {
-            assert!(
-                v.error.is_none(),
-                "{} in {rt}: tensor {t}: {:?}",
-                model.name,
-                v.error
-            );
-        }
-    }
-    res
-}
-
-/// Equal codes per (runtime, our rounding) over many models: element-weighted share, smallest
-/// per-tensor share, largest |Δ|, and the equal share of the graph outputs.
-#[derive(Default)]
-struct Tally(BTreeMap<(String, &'static str), [f64; 6]>);
-
-impl Tally {
-    fn add(&mut self, rounding: Rounding, res: &CrosscheckResult, outputs: &[String]) {
-        for (rt, r) in &res.runtimes {
-            let e = self
-                .0
-                .entry((rt.clone(), rounding.name()))
-                .or_insert([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
-            for (name, t) in &r.tensors {
-                if let (Some(eq), Some(n)) = (t.equal, t.elements) {
-                    e[0] += eq * n as f64;
-                    e[1] += n as f64;
-                    e[2] = e[2].min(eq);
-                    e[3] = e[3].max(t.max_abs_diff.unwrap_or(0.0));
-                    if outputs.contains(name) {
-                        e[4] += eq * n as f64;
-                        e[5] += n as f64;
-                    }
-                }
-            }
-        }
-    }
-
-    fn print(&self, what: &str) {
-        eprintln!(
-            "{what}\n  runtime         vs qat rounding | equal, all tensors | smallest tensor | max |Δ| | equal, outputs"
-        );
-        for ((rt, rounding), e) in &self.0 {
-            eprintln!(
-                "  {rt:<15} {rounding:<17} | {:.5} | {:.4} | {} | {:.5}",
-                e[0] / e[1],
-                e[2],
-                e[3],
-                e[4] / e[5]
-            );
-        }
-    }
-}
-
-/// Runs `seeds` random models of `bits` through `format` with both roundings (the exported
-/// file is the same: the rounding is the runtime's, not the format's). Models the writer refuses
-/// are counted and skipped. `each(model, result)` sees every run.
-fn tally(
-    seeds: std::ops::Range<u64>,
-    bits: u32,
-    fc_per_tensor: bool,
-    format: Format,
-    opts: &GenOptions,
-    peers: &(PathBuf, PathBuf),
-    mut each: impl FnMut(&Int8Model, &CrosscheckResult),
-) -> (Tally, Vec<String>) {
-    let (mut t, mut refused) = (Tally::default(), Vec::new());
-    for seed in seeds {
-        for rounding in [Rounding::Gemmlowp, Rounding::Single] {
-            let (model, x) = random_model(seed, bits, rounding, fc_per_tensor, opts);
-            let refusal = match format {
-                Format::Tflite => to_tflite(&model, &TfliteOptions::default()).err(),
-                Format::Onnx => to_onnx_qdq(&model, &OnnxOptions::default()).err(),
-            };
-            if let Some(e) = refusal {
-                if rounding == Rounding::Gemmlowp {
-                    refused.push(format!("{}: {e}", model.name));
-                }
-                continue;
-            }
-            let res = crosscheck(&model, &x, format, peers);
-            let outputs: Vec<String> = model
-                .outputs
-                .iter()
-                .map(|&o| model.tensors[o].name.clone())
-                .collect();
-            t.add(rounding, &res, &outputs);
-            each(&model, &res);
-        }
-    }
-    (t, refused)
-}
-
-/// TFLite tensors computed by a per-channel `FULLY_CONNECTED` and everything downstream: LiteRT's
-/// reference kernel computes per-channel fully connected layers in f64 (see
-/// `per_channel_fully_connected_in_litert_reference_kernels`).
-fn after_per_channel_fc(bytes: &[u8]) -> Vec<String> {
-    use qat_export::tflite::schema::BuiltinOperator;
-    let m = qat_export::tflite::read(bytes).expect("read back");
-    let codes = m.operator_codes.unwrap_or_default();
-    let g = &m.subgraphs.expect("subgraphs")[0];
-    let tensors = g.tensors.clone().unwrap_or_default();
-    let mut tainted = vec![false; tensors.len()];
-    for op in g.operators.clone().unwrap_or_default() {
-        let (ins, outs) = (
-            op.inputs.unwrap_or_default(),
-            op.outputs.unwrap_or_default(),
-        );
-        let per_channel_fc = codes[op.opcode_index as usize].builtin_code
-            == BuiltinOperator::FullyConnected
-            && tensors[ins[1] as usize]
-                .quantization
-                .as_ref()
-                .and_then(|q| q.scale.as_ref())
-                .is_some_and(|s| s.len() > 1);
-        if per_channel_fc || ins.iter().any(|&i| i >= 0 && tainted[i as usize]) {
-            outs.iter().for_each(|&o| tainted[o as usize] = true);
-        }
-    }
-    (0..tensors.len())
-        .filter(|&i| tainted[i])
-        .filter_map(|i| tensors[i].name.clone())
-        .collect()
-}
-
-/// LiteRT's reference kernels are TFLite's arithmetic: with gemmlowp's double rounding the qat
-/// runtime computes every tensor bit for bit (8 and 4 bits; convs, depthwise, grouped, padded,
-/// strided and dilated; adds; max pools; per-tensor fully connected layers), except what a
-/// per-channel fully connected layer computes (pinned in
-/// `per_channel_fully_connected_in_litert_reference_kernels`). Average pools are left out here:
+/// LiteRT's reference kernels are TFLite's arithmetic: with the `tflite` target the qat runtime
+/// computes every tensor bit for bit (8 and 4 bits; convs, depthwise, grouped, padded, strided
+/// and dilated; adds; max pools; fully connected layers per tensor and per channel, which
+/// LiteRT's reference kernel requantizes in `f64`). Average pools are left out here:
 /// `average_pool_ties_below_the_zero_code`.
 #[test]
-fn tflite_reference_kernels_equal_gemmlowp_rounding() {
-    let Some(peers) = peers("tflite_reference_kernels_equal_gemmlowp_rounding") else {
+fn tflite_reference_kernels_equal_the_tflite_target() {
+    let Some(peers) = peers("tflite_reference_kernels_equal_the_tflite_target") else {
         return;
     };
     let opts = GenOptions {
@@ -309,68 +44,124 @@ fn tflite_reference_kernels_equal_gemmlowp_rounding() {
         ..GenOptions::default()
     };
     for bits in [8, 4] {
-        let (mut checked, mut excluded) = (0, 0);
-        let (t, refused) = tally(
-            0..10,
-            bits,
-            true,
-            Format::Tflite,
-            &opts,
-            &peers,
-            |model, res| {
-                if model.rounding != Rounding::Gemmlowp {
-                    return;
-                }
-                let file = to_tflite(model, &TfliteOptions::default()).expect("tflite");
-                let skip = after_per_channel_fc(&file.bytes);
-                for (name, t) in &res.runtimes["litert_ref"].tensors {
-                    if skip.contains(name) {
-                        excluded += 1;
-                        continue;
-                    }
-                    checked += 1;
-                    assert_eq!(
-                        t.equal,
-                        Some(1.0),
-                        "{}: tensor {name} in litert_ref: {t:?}",
-                        model.name
-                    );
-                }
-            },
-        );
-        t.print(&format!(
-            "TFLite, W{bits}A{bits}, 10 random CNNs (no average pools), fully connected per tensor"
-        ));
-        eprintln!(
-            "  {checked} tensors bit-exact in litert_ref; {excluded} after a per-channel fully connected layer; refused: {refused:?}"
-        );
-        assert!(refused.is_empty() && checked > 30);
-    }
-}
-
-/// The shares every runtime reaches on random CNNs with everything per channel and average pools
-/// (printed with `--nocapture`; the test asserts that every runtime loads and runs every
-/// exported model and exposes every tensor, and that exposing them changes no output).
-#[test]
-fn measure_random_cnns() {
-    let Some(peers) = peers("measure_random_cnns") else {
-        return;
-    };
-    for bits in [8, 4] {
-        for format in [Format::Tflite, Format::Onnx] {
+        for fc_per_tensor in [true, false] {
+            let mut checked = 0;
             let (t, refused) = tally(
                 0..8,
                 bits,
-                false,
-                format,
-                &GenOptions::default(),
+                fc_per_tensor,
+                Format::Tflite,
+                |seed| random_cnn(seed, &opts),
+                &[Target::Tflite, Target::Qat],
                 &peers,
-                |_, _| {},
+                |model, res| {
+                    if model.rounding != Target::Tflite {
+                        return;
+                    }
+                    for (name, t) in &res.runtimes["litert_ref"].tensors {
+                        checked += 1;
+                        assert_eq!(
+                            t.equal,
+                            Some(1.0),
+                            "{}: tensor {name} in litert_ref: {t:?}",
+                            model.name
+                        );
+                    }
+                },
             );
             t.print(&format!(
-                "{format}, W{bits}A{bits}, 8 random CNNs, all per channel"
+                "TFLite, W{bits}A{bits}, 8 random CNNs (no average pools), fully connected per {}",
+                if fc_per_tensor { "tensor" } else { "channel" }
             ));
-            eprintln!("  refused: {refused:#?}");
+            eprintln!("  {checked} tensors bit-exact in litert_ref; refused: {refused:?}");
+            assert!(refused.is_empty() && checked > 30);
+        }
+    }
+}
+
+/// Every runtime against the target that names it, on random CNNs (convs, depthwise, grouped,
+/// strided, dilated, residual adds, concats, average and max pools, global pools, fully connected;
+/// everything per channel) at W8A8 and W4A4: LiteRT's default (XNNPACK delegate) computes every
+/// tensor of an `xnnpack` model bit for bit, onnxruntime (all graph optimizations) every tensor
+/// of an `ort` model, LiteRT's reference kernels every tensor of a `tflite` model. Prints the
+/// shares of every runtime against every target with `--nocapture`.
+#[test]
+fn every_runtime_equals_its_target() {
+    let Some(peers) = peers("every_runtime_equals_its_target") else {
+        return;
+    };
+    own_runtimes_equal(
+        0..8,
+        |seed| random_cnn(seed, &GenOptions::default()),
+        "8 random CNNs, all per channel",
+        &peers,
+    );
+}
+
+/// The zoo's architectures (LeNet, MobileNet-v1, MobileNet-v2 with residual adds, the CIFAR
+/// ResNet; `tests/crosscheck/zoo.rs`) with random weights and batch norm, every weight per
+/// channel, at W8A8 and W4A4: every tensor equal in the runtime of its target.
+#[test]
+fn zoo_models_equal_their_targets_runtimes() {
+    let Some(peers) = peers("zoo_models_equal_their_targets_runtimes") else {
+        return;
+    };
+    own_runtimes_equal(
+        0..4,
+        |i| zoo::all(7)[i as usize].clone(),
+        "LeNet, MobileNet-v1, MobileNet-v2, ResNet",
+        &peers,
+    );
+}
+
+/// Each graph of `seeds` planned for every target at W8A8 and W4A4, exported to both formats:
+/// LiteRT's reference kernels equal `tflite` on every tensor, LiteRT's default (XNNPACK) equals
+/// `xnnpack`, onnxruntime (all graph optimizations, both configurations) equals `ort`; prints
+/// every runtime against every target.
+fn own_runtimes_equal(
+    seeds: std::ops::Range<u64>,
+    graph: impl Fn(u64) -> qat_export::FloatGraph + Copy,
+    what: &str,
+    peers: &(PathBuf, PathBuf),
+) {
+    let own: [(&str, Target); 4] = [
+        ("litert_ref", Target::Tflite),
+        ("litert_xnnpack", Target::Xnnpack),
+        ("onnxruntime", Target::Ort),
+        ("onnxruntime_x64prec", Target::Ort),
+    ];
+    for bits in [8, 4] {
+        for format in [Format::Tflite, Format::Onnx] {
+            let mut checked = 0;
+            let (t, refused) = tally(
+                seeds.clone(),
+                bits,
+                false,
+                format,
+                graph,
+                &Target::ALL,
+                peers,
+                |model, res| {
+                    for (rt, r) in &res.runtimes {
+                        if !own.contains(&(rt.as_str(), model.rounding)) {
+                            continue;
+                        }
+                        for (name, t) in &r.tensors {
+                            checked += 1;
+                            assert_eq!(
+                                t.equal,
+                                Some(1.0),
+                                "{} ({}): tensor {name} in {rt}: {t:?}",
+                                model.name,
+                                model.rounding
+                            );
+                        }
+                    }
+                },
+            );
+            t.print(&format!("{format}, W{bits}A{bits}, {what}"));
+            eprintln!("  {checked} tensors bit-exact in their own runtime; refused: {refused:#?}");
+            assert!(checked > 20, "{checked}");
         }
     }
 }
@@ -417,10 +208,10 @@ fn check_against(
 }
 
 /// TFLite's int8 average pool rounds the mean of `q − 128` half away from zero
-/// (`(Σ ± n/2)/n`, C division); the qat runtime rounds the mean of `q` half up. They differ on
+/// (`(Σ ± n/2)/n`, C division); the `qat` target rounds the mean of `q` half up. They differ on
 /// ties below code 128, which ReLU outputs (zero point 0) hit all the time: LiteRT's reference
-/// kernel computes TFLite's formula on every window, and our runtime differs exactly on the
-/// negative ties.
+/// kernel computes TFLite's formula on every window, as the runtime does for a `tflite` model,
+/// and the `qat` target differs exactly on the negative ties.
 #[test]
 fn average_pool_ties_below_the_zero_code() {
     let q = QuantParams::new(0.1, 0, QuantRange::unsigned(8).unwrap()).unwrap();
@@ -450,6 +241,11 @@ fn average_pool_ties_below_the_zero_code() {
     )
     .unwrap();
     let ours = codes_of(&model, &x, 2);
+    let qat_model = Int8Model {
+        rounding: qat_core::Target::Qat,
+        ..model.clone()
+    };
+    let qat = codes_of(&qat_model, &x, 2);
     let (mut tflite, mut negative_ties) = (Vec::new(), 0);
     for s in 0..n {
         for (oy, ox) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
@@ -462,13 +258,17 @@ fn average_pool_ties_below_the_zero_code() {
             } else {
                 (sum - 2) / 4
             };
-            let ours_v = ours[s * 4 + oy * 2 + ox] as i32 - 128;
+            let (ours_v, qat_v) = (
+                ours[s * 4 + oy * 2 + ox] as i32 - 128,
+                qat[s * 4 + oy * 2 + ox] as i32 - 128,
+            );
+            assert_eq!(ours_v, v, "the tflite target is TFLite's formula");
             let tie = sum.rem_euclid(4) == 2;
             if tie && sum < 0 {
                 negative_ties += 1;
-                assert_eq!(ours_v, v + 1, "ours rounds the negative tie up");
+                assert_eq!(qat_v, v + 1, "qat rounds the negative tie up");
             } else {
-                assert_eq!(ours_v, v, "same off negative ties");
+                assert_eq!(qat_v, v, "same off negative ties");
             }
             tflite.push(v as i8);
         }
@@ -481,10 +281,10 @@ fn average_pool_ties_below_the_zero_code() {
     assert_eq!(res.runtimes["litert_ref"].tensors["avg"].equal, Some(1.0));
 }
 
-/// LiteRT's reference kernel for a per-channel fully connected layer computes
+/// LiteRT's reference kernel for a fully connected layer computes
 /// `round(acc · (f64) S_in·S_w[c]/S_out)` in f64, ties away from zero — not the fixed-point
-/// multiplier of its per-tensor path and of every conv. It equals that formula on every output;
-/// the qat runtime's gemmlowp rounding differs on a few.
+/// multiplier of its convs (gemmlowp's double rounding differs on a few outputs). The qat
+/// runtime's `tflite` target computes that formula, and LiteRT equals it on every output.
 #[test]
 fn per_channel_fully_connected_in_litert_reference_kernels() {
     let (qi, qo) = (
@@ -531,7 +331,7 @@ fn per_channel_fully_connected_in_litert_reference_kernels() {
     )
     .unwrap();
     let ours = codes_of(&model, &x, 2);
-    let (mut f64_rounded, mut differ) = (Vec::new(), 0);
+    let (mut f64_rounded, mut gemmlowp_differs) = (Vec::new(), 0);
     for s in 0..n {
         let mut acc = vec![0i32; cout];
         reference::fully_connected_acc(
@@ -543,17 +343,25 @@ fn per_channel_fully_connected_in_litert_reference_kernels() {
         for (c, &a) in acc.iter().enumerate() {
             let m = qi.scale() as f64 * scales[c] as f64 / qo.scale() as f64;
             let v = ((a as f64 * m).round() as i32 + qo.zero_point()).clamp(0, 255);
-            differ += (v != ours[s * cout + c] as i32) as usize;
+            assert_eq!(v, ours[s * cout + c] as i32, "sample {s} channel {c}");
+            let fixed = qat_core::target::Target::Tflite.requantize(
+                a,
+                fc.multipliers[c],
+                qo.zero_point(),
+                0,
+                255,
+            );
+            gemmlowp_differs += (v != fixed) as usize;
             f64_rounded.push((v - 128) as i8);
         }
     }
-    assert!(differ > 0, "the pin needs a difference");
+    assert!(gemmlowp_differs > 0, "the pin needs a difference");
     let Some(peers) = peers("per_channel_fully_connected_in_litert_reference_kernels") else {
         return;
     };
     let res = check_against(&model, &x, "fc", vec![n, cout], f64_rounded, &peers);
     eprintln!(
-        "gemmlowp rounding differs from the f64 formula on {differ} of {} outputs",
+        "gemmlowp rounding differs from the f64 formula on {gemmlowp_differs} of {} outputs",
         n * cout
     );
     assert_eq!(res.runtimes["litert_ref"].tensors["fc"].equal, Some(1.0));

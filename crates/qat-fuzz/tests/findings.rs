@@ -10,7 +10,7 @@ use qat_fuzz::structure::wrap_qat8;
 use qat_fuzz::targets::Target;
 use qat_int8_runtime::format::FORMAT_VERSION;
 use qat_int8_runtime::{
-    Clamp, Conv2d as QConv, DType, Int8Model, Op, Rounding, TensorInfo, Weights,
+    Clamp, Conv2d as QConv, DType, Int8Model, Op, TensorInfo, Weights,
 };
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/fuzz");
@@ -42,7 +42,7 @@ fn model(x: &[usize], y: TensorInfo, op: Op, q: QuantParams) -> Int8Model {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Single,
+        rounding: qat_int8_runtime::Target::Qat,
     }
 }
 

@@ -228,7 +228,8 @@ fn bench_case(
                             3,
                             &fc,
                             128,
-                            rounding,
+                            rounding.into(),
+                            None,
                             &mut out[r * n..(r + 1) * n],
                         );
                     }
@@ -243,7 +244,8 @@ fn bench_case(
                 output_zero_point: 128,
                 lo: 0,
                 hi: 255,
-                rounding,
+                target: rounding.into(),
+                reals: None,
             };
             let b = PackedB::new(path, n, k, &layer).expect("pack");
             // A holds m rows of k = kp bytes: every benchmark shape has k % 4 == 0.
@@ -298,7 +300,7 @@ fn bench_case(
                 input: qi,
                 out_hwc: [h, w, cout],
                 output: qo,
-                rounding,
+                rounding: rounding.into(),
             };
             let plan = ConvPlan::new(&conv, &io, path).expect("plan");
             let input = rng.u8s(h * w * cin);

@@ -114,7 +114,7 @@ enum OpPlan {
 /// ```
 /// use ndarray::ArrayD;
 /// use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-/// use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, FullyConnected, Weights, Clamp, Rounding};
+/// use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, FullyConnected, Weights, Clamp, Target};
 /// let q = QuantParams::asymmetric(0.0, 2.55, 8)?; // S = 0.01, Z = 0
 /// let t = |name: &str, dtype, quant| TensorInfo { name: name.into(), shape: vec![2], dtype, quant };
 /// let model = Int8Model {
@@ -133,7 +133,7 @@ enum OpPlan {
 ///     ],
 ///     input: 0,
 ///     outputs: vec![3],
-///     rounding: Rounding::Single,
+///     rounding: Target::Qat,
 /// };
 /// let mut exec = Executor::new(&model)?;
 /// let x = ArrayD::from_shape_vec(vec![1, 2], vec![0.5f32, 1.25])?;
@@ -289,19 +289,23 @@ impl<'m> Executor<'m> {
                         OpPlan::MaxPool(g)
                     } else {
                         let (qi, qo) = (quant(&model, *input), quant(&model, *output));
+                        // onnxruntime runs an unpadded pool whose window covers the input as
+                        // its global pool.
+                        let global = g.kernel == [g.in_hwc[0], g.in_hwc[1]] && g.padding == [0; 4];
                         let r = AvgPoolRescale::avg_pool2d(&qi, &qo, &g)
+                            .and_then(|r| r.for_target(model.rounding, &qi, &qo, global))
                             .map_err(|e| err(e.to_string()))?;
                         OpPlan::AvgPool(Box::new((r, g)))
                     }
                 }
-                Op::GlobalAvgPool { input, output } => OpPlan::Pool(Box::new(
-                    AvgPoolRescale::global(
-                        &quant(&model, *input),
-                        &quant(&model, *output),
-                        hwc(&model, *input),
-                    )
-                    .map_err(|e| err(e.to_string()))?,
-                )),
+                Op::GlobalAvgPool { input, output } => {
+                    let (qi, qo) = (quant(&model, *input), quant(&model, *output));
+                    OpPlan::Pool(Box::new(
+                        AvgPoolRescale::global(&qi, &qo, hwc(&model, *input))
+                            .and_then(|r| r.for_target(model.rounding, &qi, &qo, true))
+                            .map_err(|e| err(e.to_string()))?,
+                    ))
+                }
                 _ => OpPlan::Plain,
             };
             plans.push(plan);
@@ -454,7 +458,7 @@ impl<'m> Executor<'m> {
         let xs = x.as_slice().unwrap_or_default();
         match &mut self.bufs[model.input] {
             Buf::F32(v) => v.copy_from_slice(xs),
-            Buf::U8(v) => reference::quantize(xs, &quant(model, model.input), v),
+            Buf::U8(v) => reference::quantize(xs, &quant(model, model.input), model.rounding, v),
         }
         for (i, op) in model.ops.iter().enumerate() {
             let out_id = op.output();
@@ -485,7 +489,7 @@ impl<'m> Executor<'m> {
                 };
                 let q = quant(model, *output);
                 per_sample(o, so, |s, o| {
-                    reference::quantize(&x[s * so..(s + 1) * so], &q, o)
+                    reference::quantize(&x[s * so..(s + 1) * so], &q, model.rounding, o)
                 });
             }
             (Op::Dequantize { input, .. }, _, Buf::F32(o)) => {

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use ndarray::ArrayD;
 use qat_core::QuantParams;
 
-use crate::{DType, Executor, Int8Model, Op, Rounding, TensorInfo};
+use crate::{DType, Executor, Int8Model, Op, Target, TensorInfo};
 
 thread_local! {
     static PANIC_AT_OP: Cell<Option<usize>> = const { Cell::new(None) };
@@ -51,7 +51,7 @@ fn model() -> Int8Model {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Single,
+        rounding: Target::Qat,
     }
 }
 

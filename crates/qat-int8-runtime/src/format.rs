@@ -11,8 +11,8 @@
 //!
 //! Versions: 2 added [`Int8Model::rounding`] (the last field of the payload, a bincode enum
 //! index: 0 = `Gemmlowp`, 1 = `Single`). A version-1 payload is the same encoding without that
-//! field; it decodes as [`Rounding::Gemmlowp`], the only rounding version-1 runtimes had, so an
-//! old file runs bit for bit as before.
+//! field; it decodes as `Target::Tflite` (the old `Rounding::Gemmlowp`), the only rounding version-1 runtimes had: an
+//! old file runs as a `tflite` model.
 //!
 //! Loading checks, in order: file length (at most [`HEADER_LEN`] + the payload limit), magic,
 //! version, flags, payload length (equal to the bytes that follow, and at most
@@ -36,15 +36,16 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::limits::LoadOptions;
-use crate::model::{Int8Model, Op, Rounding, TensorInfo};
+use crate::model::{Int8Model, Op, TensorInfo};
 use crate::validate::ValidationError;
+use qat_core::target::Target;
 
 /// The first 8 bytes of every `.qat8` file.
 pub const MAGIC: [u8; 8] = *b"\x89QAT8\r\n\x1a";
 /// The format version this crate writes (and the newest it reads).
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this crate reads (version 1: no [`Int8Model::rounding`] field, read
-/// as [`Rounding::Gemmlowp`]).
+/// as `Target::Tflite`, the old `Rounding::Gemmlowp`).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the fixed header preceding the payload.
 pub const HEADER_LEN: usize = 28;
@@ -256,7 +257,7 @@ fn decode_payload(payload: &[u8], version: u32) -> Result<(Int8Model, usize), Lo
     let outputs: Vec<u64> = s.seq("outputs")?;
     // Version 1 predates `rounding`: the only rounding its runtimes had.
     let rounding = if version == 1 {
-        Rounding::Gemmlowp
+        Target::Tflite
     } else {
         s.one(|| "rounding".into())?
     };
@@ -283,7 +284,7 @@ impl Int8Model {
     /// Validates first: an invalid model is never written.
     ///
     /// ```
-    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Rounding};
+    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Target};
     /// # use qat_core::QuantParams;
     /// let q = QuantParams::asymmetric(-1.0, 1.0, 8)?;
     /// let model = Int8Model {
@@ -295,7 +296,7 @@ impl Int8Model {
     ///     ops: vec![Op::Quantize { input: 0, output: 1 }],
     ///     input: 0,
     ///     outputs: vec![1],
-    ///     rounding: Rounding::Single,
+    ///     rounding: Target::Qat,
     /// };
     /// let bytes = model.to_bytes()?;
     /// assert_eq!(Int8Model::from_bytes(&bytes)?, model);
@@ -328,14 +329,14 @@ impl Int8Model {
     /// before the checksum and decoding, the model's [`Int8Model::cost`] after validation.
     ///
     /// ```
-    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Rounding, LoadOptions, LoadError, limits::Limits};
+    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Target, LoadOptions, LoadError, limits::Limits};
     /// let q = qat_core::QuantParams::asymmetric(-1.0, 1.0, 8)?;
     /// let t = |name: &str, dtype, quant| TensorInfo { name: name.into(), shape: vec![4], dtype, quant };
     /// let bytes = Int8Model {
     ///     name: "q".into(),
     ///     tensors: vec![t("x", DType::F32, None), t("xq", DType::U8, Some(q))],
     ///     ops: vec![Op::Quantize { input: 0, output: 1 }],
-    ///     input: 0, outputs: vec![1], rounding: Rounding::Single,
+    ///     input: 0, outputs: vec![1], rounding: Target::Qat,
     /// }.to_bytes()?;
     /// let tight = LoadOptions { limits: Limits { max_payload_bytes: 8, ..Limits::default() } };
     /// assert!(matches!(Int8Model::from_bytes_with(&bytes, &tight), Err(LoadError::TooLarge { .. })));

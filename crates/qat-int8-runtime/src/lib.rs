@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use qat_core::QuantParams;
-//! use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, Rounding};
+//! use qat_int8_runtime::{Executor, Int8Model, TensorInfo, DType, Op, Target};
 //! let q = QuantParams::asymmetric(0.0, 2.55, 8)?;
 //! let model = Int8Model {
 //!     name: "roundtrip".into(),
@@ -35,7 +35,7 @@
 //!     ops: vec![Op::Quantize { input: 0, output: 1 }],
 //!     input: 0,
 //!     outputs: vec![1],
-//!     rounding: Rounding::Single,
+//!     rounding: Target::Qat,
 //! };
 //! let model = Int8Model::from_bytes(&model.to_bytes()?)?;
 //! let mut exec = Executor::new(&model)?;
@@ -58,6 +58,7 @@ pub use format::{LoadError, SaveError};
 pub use kernels::{KERNEL_ENV, KernelPath};
 pub use limits::{Cost, Limits, LoadOptions};
 pub use model::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorId, TensorInfo, Weights,
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, Target, TensorId, TensorInfo,
+    Weights,
 };
 pub use validate::ValidationError;

@@ -118,7 +118,7 @@ impl Int8Model {
     /// Saturating, so it is defined (if meaningless) for an invalid model.
     ///
     /// ```
-    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Rounding};
+    /// # use qat_int8_runtime::{Int8Model, TensorInfo, DType, Op, Target};
     /// let q = qat_core::QuantParams::asymmetric(-1.0, 1.0, 8)?;
     /// let model = Int8Model {
     ///     name: "q".into(),
@@ -127,7 +127,7 @@ impl Int8Model {
     ///         TensorInfo { name: "xq".into(), shape: vec![4], dtype: DType::U8, quant: Some(q) },
     ///     ],
     ///     ops: vec![Op::Quantize { input: 0, output: 1 }],
-    ///     input: 0, outputs: vec![1], rounding: Rounding::Single,
+    ///     input: 0, outputs: vec![1], rounding: Target::Qat,
     /// };
     /// assert_eq!(model.cost().activation_bytes, 4 * 4 + 4);
     /// # Ok::<(), qat_core::QuantError>(())

@@ -9,6 +9,7 @@
 //! Depthwise conv is a `Conv2d` with `groups == in_ch == out_ch / multiplier`.
 
 pub use qat_core::fixed_point::Rounding;
+pub use qat_core::target::Target;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use serde::{Deserialize, Serialize};
 
@@ -239,11 +240,15 @@ pub struct Int8Model {
     pub input: TensorId,
     /// Graph outputs.
     pub outputs: Vec<TensorId>,
-    /// How every requantization (conv, depthwise, fully connected, concat/rescale and add's
-    /// output stage) rounds `M·acc`: [`Rounding::Gemmlowp`] (TFLite's reference double rounding)
-    /// or [`Rounding::Single`] (one rounding of the exact product, what QAT simulates). Version-1
-    /// `.qat8` files predate the field and load as `Gemmlowp`. Average pools always round once.
-    pub rounding: Rounding,
+    /// The deployment target whose arithmetic every integer op follows (qat-core's
+    /// [`Target`]): the conv / fully-connected output stage ([`Target::requantize`], and
+    /// `requantize_real` for `tflite`'s fully connected layers), the add (`AddStage`), the concat
+    /// rescale (`RescaleStage`), the average pools (`AverageStage`) and the input's quantization
+    /// ([`Target::quantize`]). The field keeps its historical name: files and code written when it
+    /// was a [`Rounding`] still read (bincode variant 0 = `tflite` = old `Gemmlowp`, 1 = `qat` =
+    /// old `Single`; a `Target` compares equal to its [`Rounding`]). Version-1 `.qat8` files
+    /// predate the field and load as `tflite`.
+    pub rounding: Target,
 }
 
 impl Op {

@@ -23,7 +23,7 @@ pub mod lanes {
     use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
 
     use crate::KernelPath;
-    use crate::kernels::x86_64::avx2::requant::requantize8_single;
+    use crate::kernels::x86_64::avx2::requant::{requantize8_fp32, requantize8_single};
     use crate::kernels::x86_64::avx512vnni::requant::{
         RqFused16, RqSingle16, fused_constants, fused_ok, requantize16_fused, requantize16_single,
     };
@@ -123,6 +123,34 @@ pub mod lanes {
                 ld(&m0),
                 ld(&left),
                 ld(&right),
+                _mm256_set1_epi32(zp),
+                _mm256_set1_epi32(lo),
+                _mm256_set1_epi32(hi),
+            );
+            _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
+        }
+        Some(out)
+    }
+
+    /// AVX2's `f32` stage (`requantize8_fp32`) with clamp, each lane's `f32` multiplier
+    /// `m[i].to_f32()`.
+    pub fn avx2_fp32(
+        x: [i32; 8],
+        m: &[QuantizedMultiplier; 8],
+        zp: i32,
+        lo: i32,
+        hi: i32,
+    ) -> Option<[i32; 8]> {
+        if !KernelPath::Avx2.is_supported_here() {
+            return None;
+        }
+        let scale: [f32; 8] = std::array::from_fn(|i| m[i].to_f32());
+        let mut out = [0i32; 8];
+        // SAFETY: AVX2 supported (checked); every array has 8 lanes.
+        unsafe {
+            let q = requantize8_fp32(
+                _mm256_loadu_si256(x.as_ptr().cast()),
+                _mm256_loadu_ps(scale.as_ptr()),
                 _mm256_set1_epi32(zp),
                 _mm256_set1_epi32(lo),
                 _mm256_set1_epi32(hi),

@@ -6,7 +6,7 @@ use common::{Builder, Rng, act, zoo_model};
 use ndarray::ArrayD;
 use qat_core::{QuantParams, QuantRange, fixed_point::QuantizedMultiplier};
 use qat_int8_runtime::{
-    Clamp, Conv2d, DType, Executor, Int8Model, KernelPath, Op, Rounding, RunError, TensorInfo,
+    Clamp, Conv2d, DType, Executor, Int8Model, KernelPath, Op, RunError, Target, TensorInfo,
     TensorValue, Weights,
 };
 
@@ -49,7 +49,7 @@ fn single_conv(input_hw: [usize; 2], padding: [usize; 4]) -> Int8Model {
         })],
         input: 0,
         outputs: vec![1],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     }
 }
 
@@ -114,7 +114,7 @@ fn unary(
         ops: vec![op_builder(0, 1)],
         input: 0,
         outputs: vec![1],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     }
 }
 
@@ -148,8 +148,9 @@ fn pools_hand_worked() {
         .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
         .unwrap();
     assert_eq!(y[0].as_slice().unwrap(), &[3, 4, 6, 7]);
-    // Padded avg: corner window sees only x(0,0) → 1 (padding excluded from the count)
-    let m = unary(
+    // Padded avg: corner window sees only x(0,0) → 1 (padding excluded from the count). The
+    // `qat` target's uint8 average (ties up).
+    let padded = unary(
         |i, o| Op::AvgPool2d {
             input: i,
             output: o,
@@ -162,12 +163,23 @@ fn pools_hand_worked() {
         q,
         &[2, 2, 1],
     );
+    let m = Int8Model {
+        rounding: Target::Qat,
+        ..padded.clone()
+    };
     let y = Executor::new(&m)
         .unwrap()
         .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
         .unwrap();
     // windows: {1}, {2,3} → 2.5 → 3, {4,7} → 5.5 → 6, {5,6,8,10} → 7.25 → 7
     assert_eq!(y[0].as_slice().unwrap(), &[1, 3, 6, 7]);
+    // The `tflite` target is LiteRT's int8 average of `q − 128`, ties away from zero:
+    // {2,3} → (−251 − 1)/2 = −126 → 2, {4,7} → (−245 − 1)/2 = −123 → 5.
+    let y = Executor::new(&padded)
+        .unwrap()
+        .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
+        .unwrap();
+    assert_eq!(y[0].as_slice().unwrap(), &[1, 2, 5, 7]);
     // Max 2×2 stride 1
     let m = unary(
         |i, o| Op::MaxPool2d {
@@ -237,7 +249,7 @@ fn add_matches_float_within_one_lsb() {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     };
     let codes: Vec<u8> = (0..=255).collect();
     let mut e = Executor::new(&m).unwrap();
@@ -285,7 +297,7 @@ fn concat_rescales_within_one_lsb() {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     };
     let codes = Rng(5).u8s(12);
     let mut e = Executor::new(&m).unwrap();
@@ -343,7 +355,7 @@ fn quantize_dequantize_use_qat_core_rounding() {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     };
     let xs = [-2.0f32, -0.5, 0.0, 0.3, 7.0];
     let x = ArrayD::from_shape_vec(vec![1, 5], xs.to_vec()).unwrap();
@@ -361,16 +373,22 @@ fn quantize_dequantize_use_qat_core_rounding() {
 
 #[test]
 fn zoo_runs_on_every_path_identically_and_batch_independent() {
-    for rounding in Rounding::ALL {
+    for rounding in Target::ALL {
         zoo_on_every_path(rounding);
     }
 }
 
-fn zoo_on_every_path(rounding: Rounding) {
+fn zoo_on_every_path(rounding: Target) {
     let m = Int8Model {
         rounding,
         ..zoo_model()
     };
+    if rounding == Target::Xnnpack {
+        // The zoo's average pool rescales; LiteRT runs TFLite's int8 pool, which cannot.
+        let e = Executor::new(&m).map(drop).unwrap_err();
+        assert!(e.to_string().contains("average pool"), "{e}");
+        return;
+    }
     let n = 3;
     let x = ArrayD::from_shape_vec(vec![n, 8, 8, 3], Rng(11).f32s(n * 192, -1.2, 1.2)).unwrap();
     let want = Executor::with_path(&m, KernelPath::Reference)
@@ -453,7 +471,7 @@ fn rounding_modes_differ_by_at_most_one_lsb_per_layer() {
             .run_all(x.view())
             .unwrap()
     };
-    let (g, s) = (run(Rounding::Gemmlowp), run(Rounding::Single));
+    let (g, s) = (run(Target::Tflite), run(Target::Qat));
     // tensor 2 is conv1's output: same input codes, so the modes differ by at most one LSB there
     let (TensorValue::U8(a), TensorValue::U8(b)) = (&g[2], &s[2]) else {
         panic!("conv1 output is U8")

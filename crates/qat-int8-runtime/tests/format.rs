@@ -5,17 +5,17 @@ mod common;
 use common::{Rng, zoo_model};
 use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
 use qat_int8_runtime::{
-    Executor, Int8Model, KernelPath, LoadError, Op, Rounding, SaveError, ValidationError, Weights,
+    Executor, Int8Model, KernelPath, LoadError, Op, SaveError, Target, ValidationError, Weights,
 };
 
 /// Written by the version-1 format (before `Int8Model::rounding`), from `zoo_model()`.
 const GOLDEN_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoo_v1.qat8");
-/// Written by the version-2 format from `zoo_model()` with `Rounding::Single`.
+/// Written by the version-2 format from `zoo_model()` with `Target::Qat` (the old `Rounding::Single`).
 const GOLDEN_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/zoo_v2.qat8");
 
 fn zoo_single() -> Int8Model {
     Int8Model {
-        rounding: Rounding::Single,
+        rounding: Target::Qat,
         ..zoo_model()
     }
 }
@@ -42,7 +42,7 @@ fn golden_v1_file_still_loads_as_gemmlowp_and_runs() {
     let bytes = std::fs::read(GOLDEN_V1).unwrap();
     assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
     let model = Int8Model::load(GOLDEN_V1).expect("golden v1 file must keep loading");
-    assert_eq!(model.rounding, Rounding::Gemmlowp);
+    assert_eq!(model.rounding, Target::Tflite);
     assert_eq!(
         model,
         zoo_model(),
@@ -64,7 +64,7 @@ fn golden_v2_file_loads_and_runs() {
 
 #[test]
 fn both_roundings_round_trip() {
-    for rounding in Rounding::ALL {
+    for rounding in Target::ALL {
         let model = Int8Model {
             rounding,
             ..zoo_model()

@@ -2,7 +2,7 @@
 //! that `is_supported_here()` is compared with an independent oracle — the GEMM with eq. 7
 //! written out below, convs with the crate's reference loops (`KernelPath::Reference`, which no
 //! suite ever runs as a "path under test") — in both requantization roundings
-//! (`Rounding::Gemmlowp` and `Rounding::Single`), through the ISA's own output stage and through
+//! (every `Target`: `tflite` and `qat` through the ISA's own output stage where it fuses them, `ort` and `xnnpack` through the frame's scalar stage), through the ISA's own output stage and through
 //! the frame's scalar stage (what a rounding the ISA does not fuse takes). Tolerance: int32
 //! accumulators and requantized uint8 outputs exactly equal, every path.
 
@@ -11,6 +11,8 @@ mod common;
 use common::Rng;
 use proptest::prelude::*;
 use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+use qat_core::target::Target;
+use qat_core::target::{fp32_multiplier, requantize_fp32, requantize_real};
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::testing::{
     ASource, ConvIo, ConvPlan, DepthwisePlan, DepthwiseShape, GemmOut, KernelError, LayerSpec,
@@ -125,7 +127,9 @@ struct GemmCase {
     z3: i32,
     lo: i32,
     hi: i32,
-    rounding: Rounding,
+    rounding: Target,
+    /// `f64` scales per column: the layer requantizes with qat-core's `requantize_real`.
+    reals: Option<Vec<f64>>,
 }
 
 impl GemmCase {
@@ -146,16 +150,28 @@ impl GemmCase {
             z3: rng.below(256) as i32,
             lo,
             hi: lo + 128 + rng.below(64) as i32,
-            rounding: Rounding::Gemmlowp,
+            rounding: Target::Tflite,
+            reals: None,
         }
     }
 
-    fn with(self, rounding: Rounding) -> Self {
+    fn with(self, rounding: Target) -> Self {
         Self { rounding, ..self }
     }
 
+    /// The same case requantizing in `f64` with each column's multiplier as its scale.
+    fn with_reals(self) -> Self {
+        let reals = (0..self.n)
+            .map(|j| self.ms[if self.ms.len() == 1 { 0 } else { j }].to_f64())
+            .collect();
+        Self {
+            reals: Some(reals),
+            ..self
+        }
+    }
+
     /// Paper eq. 7 literally: `bias + Σ_k (a − Z1)·w`, wrapping int32; then qat-core
-    /// `requantize_with` in the case's rounding.
+    /// `Target::requantize` in the case's target.
     fn reference(&self) -> (Vec<i32>, Vec<u8>) {
         let mut acc = vec![0i32; self.m * self.n];
         let mut q = vec![0u8; self.m * self.n];
@@ -173,8 +189,10 @@ impl GemmCase {
                 } else {
                     self.ms[j]
                 };
-                q[i * self.n + j] =
-                    requantize_with(self.rounding, s, m, self.z3, self.lo, self.hi) as u8;
+                q[i * self.n + j] = match &self.reals {
+                    Some(r) => requantize_real(s, r[j], self.z3, self.lo, self.hi) as u8,
+                    None => self.rounding.requantize(s, m, self.z3, self.lo, self.hi) as u8,
+                };
             }
         }
         (acc, q)
@@ -189,7 +207,8 @@ impl GemmCase {
             output_zero_point: self.z3,
             lo: self.lo,
             hi: self.hi,
-            rounding: self.rounding,
+            target: self.rounding,
+            reals: self.reals.as_deref(),
         }
     }
 
@@ -377,7 +396,7 @@ impl ConvCase {
         );
         let (conv, ih, oh, qi, qo, input) = self.build();
         let n_out = self.batch * oh.iter().product::<usize>();
-        for rounding in Rounding::ALL {
+        for rounding in Target::ALL {
             let io = ConvIo {
                 in_hwc: ih,
                 input: qi,
@@ -434,7 +453,7 @@ macro_rules! kernel_suites {
                 #[test]
                 fn gemm_matches_reference(m in 1usize..20, k in 1usize..150, n in 1usize..140, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    for rounding in Rounding::ALL {
+                    for rounding in Target::ALL {
                         let case = GemmCase::new(m, k, n, v, seed, per_channel).with(rounding);
                         let (want32, want8) = case.reference();
                         for scalar in [false, true] {
@@ -445,13 +464,22 @@ macro_rules! kernel_suites {
                     }
                 }
 
+                /// A layer with `f64` scales (LiteRT's reference fully connected) goes through the
+                /// frame's scalar stage, qat-core's `requantize_real`, on every path.
+                #[test]
+                fn gemm_real_stage_matches_reference(m in 1usize..12, k in 1usize..90, n in 1usize..90, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with_reals();
+                    prop_assert_eq!(case.run($path, direct, false), case.reference());
+                }
+
                 /// `Single` is the correctly rounded real product: every u8 output equals
                 /// `clamp(round_half_away(acc·M0·2^(shift−31)) + Z3, lo, hi)` computed in i128 from
                 /// the path's own accumulators (and f64 agrees away from ties).
                 #[test]
                 fn single_is_the_rounded_product(m in 1usize..12, k in 1usize..90, n in 1usize..90, v in values(), seed in any::<u64>(), per_channel in any::<bool>()) {
                     if !supported() { return Ok(()); }
-                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with(Rounding::Single);
+                    let case = GemmCase::new(m, k, n, v, seed, per_channel).with(Target::Qat);
                     let (acc, got8) = case.run($path, false, false);
                     for (i, (&a, &q)) in acc.iter().zip(&got8).enumerate() {
                         let mult = case.ms[if case.ms.len() == 1 { 0 } else { i % case.n }];
@@ -498,7 +526,7 @@ macro_rules! kernel_suites {
                 .iter()
                 .enumerate()
                 {
-                    for rounding in Rounding::ALL {
+                    for rounding in Target::ALL {
                         let case = GemmCase::new(m, k, n, v, 1000 + i as u64, i % 2 == 0).with(rounding);
                         for scalar in [false, true] {
                             assert_eq!(case.run($path, i % 2 == 1, scalar), case.reference(), "case {i}: m {m} k {k} n {n} {rounding} scalar stage {scalar}");
@@ -565,7 +593,8 @@ fn spec<'a>(w: &'a [i8], bias: &'a [i32], ms: &'a [QuantizedMultiplier]) -> Laye
         output_zero_point: 128,
         lo: 0,
         hi: 255,
-        rounding: Rounding::Single,
+        target: Target::Qat,
+        reals: None,
     }
 }
 
@@ -770,6 +799,26 @@ mod vector_stages {
                 if let Some(got) = lanes::avx2_single(x8, &m8, zp, lo, hi) {
                     prop_assert_eq!(&got[..], &want[8 * h8..8 * h8 + 8], "avx2");
                 }
+            }
+        }
+
+        /// The AVX2 `f32` stage equals qat-core's `requantize_fp32` on every lane: any int32
+        /// accumulator, any `f32` multiplier the `f32` targets store (`fp32_multiplier` of
+        /// `[2^−32, 2^30)`), any zero point and clamp of a validated layer.
+        #[test]
+        fn avx2_fp32_stage_equals_qat_core(
+            x in proptest::array::uniform8(any::<i32>()),
+            log2 in proptest::array::uniform8(-32f32..30.0),
+            zp in -300i32..300,
+            lo in 0i32..=255,
+            width in 0i32..=255,
+        ) {
+            let hi = (lo + width).min(255);
+            let m: [QuantizedMultiplier; 8] =
+                std::array::from_fn(|i| fp32_multiplier(log2[i].exp2().min(1.0e9)).unwrap());
+            let want: [i32; 8] = std::array::from_fn(|i| requantize_fp32(x[i], m[i], zp, lo, hi));
+            if let Some(got) = lanes::avx2_fp32(x, &m, zp, lo, hi) {
+                prop_assert_eq!(got, want);
             }
         }
     }

@@ -11,7 +11,7 @@ use ndarray::ArrayD;
 use proptest::prelude::*;
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::{
-    DType, Executor, Int8Model, KernelPath, Op, Rounding, TensorInfo, TensorValue,
+    DType, Executor, Int8Model, KernelPath, Op, Target, TensorInfo, TensorValue,
 };
 
 fn params(scale: f32, zp: i32, bits: u32) -> QuantParams {
@@ -40,7 +40,7 @@ fn unary(
         ops: vec![op],
         input: 0,
         outputs: vec![1],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     }
 }
 
@@ -178,7 +178,7 @@ fn pools_and_concat_clamp_to_the_low_bit_output_grid() {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Gemmlowp,
+        rounding: Target::Tflite,
     };
     let want: Vec<u8> = X
         .iter()
@@ -344,7 +344,7 @@ proptest! {
             ],
             input: 0,
             outputs: vec![2],
-            rounding: Rounding::Gemmlowp,
+            rounding: Target::Tflite,
         };
         prop_assume!(Executor::with_path(&m, KernelPath::Reference).is_ok());
         let mut s = seed | 1;

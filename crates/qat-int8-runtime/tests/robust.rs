@@ -5,7 +5,7 @@ use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
 use qat_int8_runtime::limits::Limits;
 use qat_int8_runtime::{
-    Clamp, Conv2d, DType, Int8Model, LoadError, LoadOptions, Op, Rounding, TensorInfo,
+    Clamp, Conv2d, DType, Int8Model, LoadError, LoadOptions, Op, Target, TensorInfo,
     ValidationError, Weights,
 };
 
@@ -45,7 +45,7 @@ fn model_with(x: &[usize], y: TensorInfo, op: Op) -> Int8Model {
         ],
         input: 0,
         outputs: vec![2],
-        rounding: Rounding::Single,
+        rounding: Target::Qat,
     }
 }
 

@@ -41,6 +41,7 @@ mod add;
 mod fp32;
 mod pool;
 mod quantize;
+mod real;
 mod rescale;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,7 @@ use serde::{Deserialize, Serialize};
 pub use add::{ADD_LEFT_SHIFT, AddStage, add_multipliers};
 pub use fp32::{fp32_multiplier, requantize_fp32};
 pub use pool::AverageStage;
+pub use real::requantize_real;
 pub use rescale::RescaleStage;
 
 use crate::QuantError;
@@ -227,6 +229,22 @@ impl From<Rounding> for Target {
     }
 }
 
+/// A target equals the rounding of its fixed-point output stage (`Qat` = `Single`, `Tflite` =
+/// `Gemmlowp`); the `f32` targets equal no rounding. (Old code compares a model's target with a
+/// [`Rounding`].)
+impl PartialEq<Rounding> for Target {
+    fn eq(&self, r: &Rounding) -> bool {
+        self.rounding() == Some(*r)
+    }
+}
+
+/// See `PartialEq<Rounding> for Target`.
+impl PartialEq<Target> for Rounding {
+    fn eq(&self, t: &Target) -> bool {
+        t == self
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -293,6 +311,8 @@ mod tests {
             assert_eq!(Target::from(r).rounding(), Some(r));
         }
         assert!(Target::Ort.is_fp32() && Target::Xnnpack.is_fp32() && !Target::Qat.is_fp32());
+        assert!(Target::Tflite == Rounding::Gemmlowp && Rounding::Single == Target::Qat);
+        assert!(Target::Ort != Rounding::Single && Rounding::Gemmlowp != Target::Xnnpack);
     }
 
     #[test]

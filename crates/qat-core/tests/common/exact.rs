@@ -29,6 +29,21 @@ impl Exact {
         Exact { m: sign * m, e }
     }
 
+    /// A finite `f64`, decomposed from its bits.
+    pub fn of_f64(x: f64) -> Self {
+        assert!(x.is_finite(), "{x}");
+        let bits = x.to_bits();
+        let sign = if bits >> 63 == 1 { -1 } else { 1 };
+        let exp = ((bits >> 52) & 0x7ff) as i32;
+        let frac = (bits & 0xf_ffff_ffff_ffff) as i128;
+        let (m, e) = if exp == 0 {
+            (frac, -1074)
+        } else {
+            (frac | 0x10_0000_0000_0000, exp - 1075)
+        };
+        Exact { m: sign * m, e }
+    }
+
     /// Back to `f32`; the value must already have at most 24 significant bits.
     pub fn to_f32(self) -> f32 {
         let v = self.m as f64 * 2f64.powi(self.e);
@@ -98,12 +113,22 @@ impl Exact {
     /// Rounds to 24 significant bits, ties to even (the result of one `f32` operation; no
     /// subnormals or overflow in the ranges tested).
     pub fn round_f32(self) -> Self {
+        self.round_bits(24)
+    }
+
+    /// Rounds to 53 significant bits, ties to even (one `f64` operation, normal range).
+    pub fn round_f64(self) -> Self {
+        self.round_bits(53)
+    }
+
+    /// Rounds to `p` significant bits, ties to even.
+    fn round_bits(self, p: i32) -> Self {
         let mag = self.m.abs();
         if mag == 0 {
             return Exact { m: 0, e: 0 };
         }
         let bits = 128 - mag.leading_zeros() as i32;
-        let k = bits - 24;
+        let k = bits - p;
         if k <= 0 {
             return self;
         }

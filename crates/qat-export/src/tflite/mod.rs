@@ -29,13 +29,14 @@
 //! from its input's (TFLite's int8 pool averages codes in the input's params).
 //!
 //! **Arithmetic** (not the format's, the runtime's; measured by [`crate::crosscheck`]): TFLite's
-//! builtin kernels requantize with gemmlowp's double rounding (`Rounding::Gemmlowp`), and its int8
-//! average pool rounds the mean of `q − 128` half away from zero, where the qat runtime rounds
-//! the mean of `q` half up: the two differ on ties below the zero code.
+//! reference kernels (the `tflite` target) requantize convs with gemmlowp's double rounding and
+//! fully connected layers with one `f64` product rounded half away from zero, and the int8 average
+//! pool rounds the mean of `q − 128` half away from zero, where the `qat` target rounds the mean
+//! of `q` half up: the two differ on ties below the zero code.
 //!
 //! ```
 //! use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-//! use qat_int8_runtime::{Clamp, DType, FullyConnected, Int8Model, Op, Rounding, TensorInfo, Weights};
+//! use qat_int8_runtime::{Clamp, DType, FullyConnected, Int8Model, Op, Target, TensorInfo, Weights};
 //! use qat_export::tflite::{TfliteOptions, to_tflite};
 //! let q = QuantParams::asymmetric(-1.0, 1.0, 8)?;
 //! let t = |name: &str, dtype, quant| TensorInfo { name: name.into(), shape: vec![2], dtype, quant };
@@ -53,7 +54,7 @@
 //!         }),
 //!         Op::Dequantize { input: 2, output: 3 },
 //!     ],
-//!     input: 0, outputs: vec![3], rounding: Rounding::Gemmlowp,
+//!     input: 0, outputs: vec![3], rounding: Target::Tflite,
 //! };
 //! let file = to_tflite(&model, &TfliteOptions::default())?;
 //! assert_eq!(&file.bytes[4..8], b"TFL3");

@@ -35,7 +35,8 @@ impl Lowering<'_> {
 
     /// Checks that TFLite derives the model's multiplier for every channel:
     /// `QuantizeMultiplier(S_in·S_w[c]/S_out)` with the product in f64 (`f32_product`: in f32, as
-    /// TFLite's per-tensor fully connected does).
+    /// TFLite's per-tensor fully connected does); for a model of an `f32` target, the multiplier
+    /// that target's runtime forms ([`qat_core::Target::conv_multiplier`]).
     fn check_multipliers(
         &self,
         ours: &[QuantizedMultiplier],
@@ -56,7 +57,14 @@ impl Lowering<'_> {
             } else {
                 s_in as f64 * sw as f64
             };
-            let theirs = QuantizedMultiplier::from_f64(product / s_out as f64).map_err(|e| {
+            // The `f32` targets' runtimes (XNNPACK behind LiteRT) form `f32(S_in·S_w/S_out)`.
+            let target = self.model.rounding;
+            let theirs = if target.is_fp32() {
+                target.conv_multiplier(s_in, sw, s_out)
+            } else {
+                QuantizedMultiplier::from_f64(product / s_out as f64)
+            };
+            let theirs = theirs.map_err(|e| {
                 self.refuse(Unsupported::Shape(format!(
                     "multiplier of channel {c}: {e}"
                 )))
@@ -75,18 +83,12 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    /// The int32 bias tensor with scales `S_in·S_w[c]` (f32 products).
+    /// The int32 bias tensor with scales `S_in·S_w[c]` (f32 products): one scale for per-tensor
+    /// weights (TFLite's per-tensor fully connected compares the bias tensor's own scale with
+    /// `S_in·S_w` in `GetQuantizedConvolutionMultipler`; a per-channel bias leaves it 0 there).
     fn bias(&mut self, bias: &[i32], scales: &[f32], s_in: f32) -> i32 {
         let n = bias.len();
-        let bs = (0..n)
-            .map(|c| {
-                s_in * if scales.len() == 1 {
-                    scales[0]
-                } else {
-                    scales[c]
-                }
-            })
-            .collect();
+        let bs = scales.iter().map(|&sw| s_in * sw).collect();
         let name = format!("{}/bias", self.site.layer);
         self.b
             .const_i32(&name, &[n], bias, Some(Quant::symmetric(bs, 0)))

@@ -290,7 +290,7 @@ pub fn one_op_model(
         ],
         input: 0,
         outputs: vec![3],
-        rounding: qat_int8_runtime::Rounding::Gemmlowp,
+        rounding: qat_int8_runtime::Target::Tflite,
     }
 }
 

@@ -1,9 +1,11 @@
-//! The derived requantization parameters of the elementwise ops: TFLite's uint8 add
-//! ([`AddParams`], [`add_multipliers`]) and the rescale of a concat input ([`Rescale`]). They are
+//! The derived requantization parameters of the elementwise ops in the model's target: the add
+//! ([`AddParams`]; TFLite's multipliers [`add_multipliers`]) and the rescale of a concat input
+//! ([`Rescale`]). They are
 //! computed once per model from the tensors' params; validation checks that they exist, the
 //! executor prepares them and [`reference`](super::reference) applies them.
 
-use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
+use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::target::{AddStage, RescaleStage, Target};
 use qat_core::{QuantError, QuantParams};
 
 use crate::model::Clamp;
@@ -35,87 +37,45 @@ pub fn add_multipliers(
 /// TFLite's `left_shift` for uint8 add: inputs are scaled by `2^20` before rescaling.
 pub const ADD_LEFT_SHIFT: u32 = 20;
 
-/// Everything TFLite's uint8 add needs, derived once from the three tensors' params
-/// ([`add_multipliers`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The add of the model's target, derived once from the three tensors' params: qat-core's
+/// [`AddStage`] (TFLite's uint8 add with [`add_multipliers`] for `qat` and `tflite`, onnxruntime's
+/// `f32` add for `ort`, XNNPACK's 21-bit fixed-point add for `xnnpack`) with the fused clamp.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AddParams {
-    /// `Z_a`.
-    pub za: i32,
-    /// `Z_b`.
-    pub zb: i32,
-    /// `Z_out`.
-    pub zo: i32,
-    /// `M_a = S_a/(2·max(S_a, S_b))`.
-    pub ma: QuantizedMultiplier,
-    /// `M_b = S_b/(2·max(S_a, S_b))`.
-    pub mb: QuantizedMultiplier,
-    /// `M_out = 2·max(S_a, S_b)/(2^20·S_out)`.
-    pub mo: QuantizedMultiplier,
-    /// Fused activation clamp.
-    pub clamp: Clamp,
-    /// Rounding of the output stage (`M_out`); the input rescales always use `apply`.
-    pub rounding: Rounding,
+    /// The target's add, clamp included.
+    pub stage: AddStage,
 }
 
 impl AddParams {
-    /// Derives the multipliers; fails only for scales no valid model has.
+    /// Derives the stage; fails for scales the target's runtime cannot add (XNNPACK's ratio
+    /// limits) and for multipliers no valid model has.
     pub fn new(
         qa: &QuantParams,
         qb: &QuantParams,
         qo: &QuantParams,
         clamp: Clamp,
-        rounding: Rounding,
+        target: Target,
     ) -> Result<Self, QuantError> {
-        let (ma, mb, mo) = add_multipliers(qa, qb, qo)?;
-        Ok(Self {
-            za: qa.zero_point(),
-            zb: qb.zero_point(),
-            zo: qo.zero_point(),
-            ma,
-            mb,
-            mo,
-            clamp,
-            rounding,
-        })
+        let stage = AddStage::new(target, qa, qb, qo, clamp.lo as i32, clamp.hi as i32)?;
+        Ok(Self { stage })
     }
 }
 
-/// Requantization between two tensors' params (concat inputs): `None` multiplier when they are
-/// equal (codes pass through unchanged), else `q = clamp(M·(q_in − Z_in) + Z_out, qmin, qmax)`,
-/// `M = S_in/S_out`, clamped to the output tensor's grid (`[0, 2^b − 1]` for b-bit activations).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Requantization between two tensors' params (concat inputs), as the model's target computes
+/// it: qat-core's [`RescaleStage`] (codes pass through unchanged for identical params; otherwise
+/// one rounding for `qat`, TFLite's `QUANTIZE` for `tflite`, onnxruntime's lookup table for `ort`,
+/// XNNPACK's 8-bit-fraction `qs8-vcvt` for `xnnpack`), clamped to the output tensor's grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rescale {
-    /// `Z_in`.
-    pub zi: i32,
-    /// `Z_out`.
-    pub zo: i32,
-    /// `qmin` of the output grid.
-    pub lo: i32,
-    /// `qmax` of the output grid.
-    pub hi: i32,
-    /// `M = S_in/S_out`, or `None` for identical params.
-    pub m: Option<QuantizedMultiplier>,
-    /// How `M·(q_in − Z_in)` is rounded.
-    pub rounding: Rounding,
+    /// The target's rescale.
+    pub stage: RescaleStage,
 }
 
 impl Rescale {
-    /// From input and output params, rounding as `rounding` says.
-    pub fn new(qi: &QuantParams, qo: &QuantParams, rounding: Rounding) -> Result<Self, QuantError> {
-        let m = if qi == qo {
-            None
-        } else {
-            Some(QuantizedMultiplier::from_f64(
-                qi.scale() as f64 / qo.scale() as f64,
-            )?)
-        };
+    /// From input and output params in `target`'s arithmetic.
+    pub fn new(qi: &QuantParams, qo: &QuantParams, target: Target) -> Result<Self, QuantError> {
         Ok(Self {
-            zi: qi.zero_point(),
-            zo: qo.zero_point(),
-            lo: qo.qmin(),
-            hi: qo.qmax(),
-            m,
-            rounding,
+            stage: RescaleStage::new(target, qi, qo)?,
         })
     }
 }

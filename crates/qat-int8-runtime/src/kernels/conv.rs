@@ -12,7 +12,7 @@
 //!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
 use qat_core::QuantParams;
-use qat_core::fixed_point::Rounding;
+use qat_core::target::Target;
 use rayon::prelude::*;
 
 use super::frame::{
@@ -22,7 +22,7 @@ use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
 /// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
-/// requantization rounding.
+/// deployment target (the arithmetic of every requantization).
 #[derive(Debug, Clone, Copy)]
 pub struct ConvIo {
     /// Input `[H, W, C_in]`.
@@ -33,8 +33,8 @@ pub struct ConvIo {
     pub out_hwc: [usize; 3],
     /// Output params (`Z3`).
     pub output: QuantParams,
-    /// How `M·acc` rounds.
-    pub rounding: Rounding,
+    /// The target whose arithmetic requantizes `acc` ([`Target::requantize`]).
+    pub rounding: Target,
 }
 
 /// The [`LayerSpec`] of int8 weights `data` with a conv's or FC's bias, multipliers and clamp.
@@ -45,7 +45,7 @@ fn layer_spec<'a>(
     clamp: crate::model::Clamp,
     qi: &QuantParams,
     qo: &QuantParams,
-    rounding: Rounding,
+    rounding: Target,
 ) -> LayerSpec<'a> {
     LayerSpec {
         weights: data,
@@ -55,7 +55,8 @@ fn layer_spec<'a>(
         output_zero_point: qo.zero_point(),
         lo: clamp.lo as i32,
         hi: clamp.hi as i32,
-        rounding,
+        target: rounding,
+        reals: None,
     }
 }
 
@@ -74,7 +75,7 @@ pub struct ConvPlan {
     zp_in: i32,
     zp_out: i32,
     path: KernelPath,
-    rounding: Rounding,
+    rounding: Target,
     imp: ConvImpl,
     /// `C_in` bytes of `Z1`: what padded taps point at in the implicit im2col.
     zero_row: Vec<u8>,
@@ -430,8 +431,8 @@ pub struct FcIo {
     pub input: QuantParams,
     /// Output params (`Z3`).
     pub output: QuantParams,
-    /// How `M·acc` rounds.
-    pub rounding: Rounding,
+    /// The target whose arithmetic requantizes `acc` ([`Target::requantize`]).
+    pub rounding: Target,
 }
 
 /// A fully connected op prepared for one kernel path.
@@ -440,8 +441,29 @@ pub struct FcPlan {
     zp_in: i32,
     zp_out: i32,
     path: KernelPath,
-    rounding: Rounding,
+    rounding: Target,
+    /// The `f64` scales of a target that requantizes fully connected layers in `f64`
+    /// ([`Target::fc_real_scale`]), one per output channel.
+    reals: Option<Vec<f64>>,
     packed: Option<PackedB>,
+}
+
+/// `Some(eff[c])` for every output channel of `fc` when `target` requantizes fully connected
+/// layers in `f64` (int8 weights; their scales, the input's and the output's, as the file
+/// carries them).
+pub fn fc_real_scales(
+    fc: &FullyConnected,
+    qi: &QuantParams,
+    qo: &QuantParams,
+    target: Target,
+) -> Option<Vec<f64>> {
+    let Weights::Int8 { scales, .. } = &fc.weights else {
+        return None;
+    };
+    let sw = |c: usize| scales[if scales.len() == 1 { 0 } else { c }];
+    (0..fc.weight_shape[0])
+        .map(|c| target.fc_real_scale(qi.scale(), sw(c), qo.scale()))
+        .collect()
 }
 
 impl FcPlan {
@@ -458,18 +480,22 @@ impl FcPlan {
             output: qo,
             rounding,
         } = *io;
+        let reals = fc_real_scales(fc, &qi, &qo, rounding);
         let packed = match (&fc.weights, path) {
             (_, KernelPath::Reference) | (Weights::Uint8 { .. }, _) => None,
             (Weights::Int8 { data, .. }, _) => {
-                let layer = layer_spec(
-                    data,
-                    &fc.bias,
-                    &fc.multipliers,
-                    fc.clamp,
-                    &qi,
-                    &qo,
-                    rounding,
-                );
+                let layer = LayerSpec {
+                    reals: reals.as_deref(),
+                    ..layer_spec(
+                        data,
+                        &fc.bias,
+                        &fc.multipliers,
+                        fc.clamp,
+                        &qi,
+                        &qo,
+                        rounding,
+                    )
+                };
                 Some(PackedB::new(path, cout, cin, &layer)?)
             }
         };
@@ -478,6 +504,7 @@ impl FcPlan {
             zp_out: qo.zero_point(),
             path,
             rounding,
+            reals,
             packed,
         })
     }
@@ -512,6 +539,7 @@ impl FcPlan {
                     fc,
                     self.zp_out,
                     self.rounding,
+                    self.reals.as_deref(),
                     o,
                 )
             }),

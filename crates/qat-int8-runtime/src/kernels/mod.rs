@@ -26,12 +26,13 @@
 //! `kernel_suites!` of `tests/kernels.rs` runs the proptests against the reference on every CPU
 //! that supports it (`every_optimized_path_has_a_suite` fails until it is there).
 //!
-//! ## Adding a requantization rounding
-//! A new [`qat_core::fixed_point::Rounding`] variant works on every path at once: the frame runs
-//! the tiles to int32 and requantizes with qat-core's scalar `requantize_with` whenever an ISA's
+//! ## Adding a requantization rounding (a deployment target)
+//! A new [`qat_core::target::Target`] works on every path at once: the frame runs the tiles to
+//! int32 and requantizes with qat-core's scalar `Target::requantize` whenever an ISA's
 //! [`frame::OutputStage::fuses`] says no. To make it fast on an ISA, add its vector arm in that
-//! ISA's output stage (`requant.rs`, next to the `Gemmlowp` and `Single` arms) and return `true`
-//! from its `fuses`.
+//! ISA's output stage (`requant.rs`: AVX2's `store8` has the `tflite`, `qat` and `f32` arms) and
+//! return `true` from its `fuses`. (AVX-512 VNNI fuses `qat` and `tflite`; its `f32` arm, which
+//! must also cover the depthwise kernel's permuted channel blocks, is not written yet.)
 
 pub(crate) mod add;
 pub(crate) mod conv;

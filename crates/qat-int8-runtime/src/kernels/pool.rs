@@ -19,10 +19,17 @@
 //!
 //! The clamp is the output tensor's own grid `[qmin, qmax]` (`[0, 2^b − 1]` for b-bit
 //! activations), not `[0, 255]`.
+//!
+//! That is the `qat` target's arithmetic. For the other targets the stage carries qat-core's
+//! [`AverageStage`] ([`AvgPoolRescale::for_target`]): TFLite's int8 average (`tflite`, and
+//! `xnnpack`, whose LiteRT runs TFLite's kernel), onnxruntime's global or window pool (`ort`).
+//! A `tflite` model whose pool rescales (params differ, which TFLite's kernel cannot do and the
+//! exporter refuses) keeps the single-rounding stage above.
 
 use qat_core::QuantError;
 use qat_core::QuantParams;
 use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::target::{AverageStage, Target};
 
 /// The geometry of a pooling window op over one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +94,9 @@ pub struct AvgPoolRescale {
     params: Option<(QuantParams, QuantParams)>,
     /// `(count, M')`, sorted by count.
     table: Vec<(usize, QuantizedMultiplier)>,
+    /// The target's own average (from the window's cells in row-major order), which replaces
+    /// [`Self::average`] when set ([`Self::for_target`]).
+    pub stage: Option<AverageStage>,
 }
 
 impl AvgPoolRescale {
@@ -122,7 +132,26 @@ impl AvgPoolRescale {
             hi: qo.qmax(),
             params,
             table,
+            stage: None,
         })
+    }
+
+    /// The same stage for a model of `target`: unchanged for `qat`; otherwise qat-core's
+    /// [`AverageStage`] between `qi` and `qo` (`global`: onnxruntime takes its global-pool
+    /// kernel). Errors: a pool the target's runtime cannot compute (XNNPACK's and onnxruntime's
+    /// limits), except a `tflite` pool with its own output params, which keeps the `qat` stage.
+    pub fn for_target(
+        mut self,
+        target: Target,
+        qi: &QuantParams,
+        qo: &QuantParams,
+        global: bool,
+    ) -> Result<Self, QuantError> {
+        self.stage = match (target, AverageStage::new(target, qi, qo, global)) {
+            (Target::Qat, _) | (Target::Tflite, Err(_)) => None,
+            (_, stage) => Some(stage?),
+        };
+        Ok(self)
     }
 
     /// The stage for an `AvgPool2d` op: one `M'` per distinct window size

@@ -4,9 +4,9 @@
 //! - GEMM: `MR × 64` int32 accumulators over k-major panels (`KG = 1`: one contiguous row of 64
 //!   weights per `k`, the inner loop over columns), then the scalar output stage.
 //! - Depthwise: one pixel at a time, channels innermost.
-//! - Output stage: qat-core's scalar `requantize_with` per element, so every rounding is fused.
+//! - Output stage: qat-core's scalar `Target::requantize` per element, so every target is fused.
 
-use qat_core::fixed_point::Rounding;
+use qat_core::target::Target;
 
 use super::frame::depthwise::{DwOut, RowScratch};
 use super::frame::gemm::{Block, TileArgs, tile_loop};
@@ -22,8 +22,8 @@ impl Isa for Portable {
 }
 
 impl OutputStage for Portable {
-    fn fuses(_: Rounding) -> bool {
-        // The tiles call qat-core's scalar stage, whatever the rounding.
+    fn fuses(_: Target) -> bool {
+        // The tiles call qat-core's scalar stage, whatever the target.
         true
     }
 }

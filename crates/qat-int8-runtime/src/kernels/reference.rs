@@ -9,9 +9,10 @@
 //! GEMM, SIMD) give the same bits.
 
 use qat_core::QuantParams;
-use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::target::Target;
 
-use super::add::{ADD_LEFT_SHIFT, AddParams, Rescale};
+use super::add::{AddParams, Rescale};
 use super::pool::{AvgPoolRescale, PoolGeom};
 use crate::model::{Clamp, Conv2d, FullyConnected, Weights};
 
@@ -108,25 +109,25 @@ pub fn conv2d_acc(
 }
 
 /// Paper §2.4 output stage over a buffer of accumulators whose last axis is the channel:
-/// `q = clamp(round(M[c]·acc) + Z_out, lo, hi)` with qat-core's [`requantize_with`] (`rounding`:
-/// the model's [`Rounding`]).
+/// `q = clamp(round(M[c]·acc) + Z_out, lo, hi)` with qat-core's [`Target::requantize`]
+/// (`rounding`: the model's target).
 pub fn requantize_channels(
     acc: &[i32],
     ms: &[QuantizedMultiplier],
     zp_out: i32,
     clamp: Clamp,
     channels: usize,
-    rounding: Rounding,
+    rounding: Target,
     out: &mut [u8],
 ) {
     for (i, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
         let m = channel_multiplier(ms, i % channels);
-        *o = requantize_with(rounding, a, m, zp_out, clamp.lo as i32, clamp.hi as i32) as u8;
+        *o = rounding.requantize(a, m, zp_out, clamp.lo as i32, clamp.hi as i32) as u8;
     }
 }
 
 /// Conv2d for one sample: [`conv2d_acc`] then `requantize_channels` (qat-core's
-/// `requantize_with` per element).
+/// `Target::requantize` per element).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     input: &[u8],
@@ -135,7 +136,7 @@ pub fn conv2d(
     conv: &Conv2d,
     out_hwc: [usize; 3],
     zp_out: i32,
-    rounding: Rounding,
+    rounding: Target,
     out: &mut [u8],
 ) {
     let mut acc = vec![0i32; out.len()];
@@ -168,17 +169,28 @@ pub fn fully_connected_acc(input: &[u8], zp_in: i32, fc: &FullyConnected, acc: &
     }
 }
 
-/// Fully connected for one sample: [`fully_connected_acc`] then `requantize_channels`.
+/// Fully connected for one sample: [`fully_connected_acc`] then `requantize_channels`, or, with
+/// `reals` (the `f64` scales of a target that requantizes fully connected layers in `f64`, one
+/// per output channel), qat-core's `requantize_real` per element.
 pub fn fully_connected(
     input: &[u8],
     zp_in: i32,
     fc: &FullyConnected,
     zp_out: i32,
-    rounding: Rounding,
+    rounding: Target,
+    reals: Option<&[f64]>,
     out: &mut [u8],
 ) {
     let mut acc = vec![0i32; out.len()];
     fully_connected_acc(input, zp_in, fc, &mut acc);
+    if let Some(reals) = reals {
+        let (lo, hi) = (fc.clamp.lo as i32, fc.clamp.hi as i32);
+        for (i, (&a, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+            let eff = reals[i % fc.weight_shape[0].max(1)];
+            *o = qat_core::target::requantize_real(a, eff, zp_out, lo, hi) as u8;
+        }
+        return;
+    }
     requantize_channels(
         &acc,
         &fc.multipliers,
@@ -190,48 +202,38 @@ pub fn fully_connected(
     );
 }
 
-/// TFLite's uint8 integer add (`left_shift = 20`), elementwise:
-/// `a' = M_a·((q_a − Z_a)·2^20)`, `b' = M_b·((q_b − Z_b)·2^20)`,
-/// `q = clamp(M_out·(a' + b') + Z_out, lo, hi)`, multipliers from
-/// [`add_multipliers`](super::add::add_multipliers). The input rescales use qat-core's
-/// [`QuantizedMultiplier::apply`] (their 2^20 headroom makes the rounding mode immaterial); the
-/// output stage rounds in `p.rounding` ([`requantize_with`]).
+/// The elementwise add in the model's target ([`AddParams`]: qat-core's `AddStage`, clamp
+/// included).
 pub fn add(a: &[u8], b: &[u8], p: &AddParams, out: &mut [u8]) {
     for ((&x, &y), o) in a.iter().zip(b).zip(out.iter_mut()) {
-        let sa = p.ma.apply((x as i32 - p.za) << ADD_LEFT_SHIFT);
-        let sb = p.mb.apply((y as i32 - p.zb) << ADD_LEFT_SHIFT);
-        *o = requantize_with(
-            p.rounding,
-            sa.wrapping_add(sb),
-            p.mo,
-            p.zo,
-            p.clamp.lo as i32,
-            p.clamp.hi as i32,
-        ) as u8;
+        *o = p.stage.apply(x as i32, y as i32) as u8;
     }
 }
 
-/// Requantizes codes from one tensor's params to another's (concat inputs): identity when the
-/// params are equal, otherwise `q = clamp(M·(q_in − Z_in) + Z_out, qmin_out, qmax_out)`,
-/// `M = S_in/S_out`, with qat-core's [`requantize_with`] in `r.rounding`; the clamp is the
-/// output tensor's grid.
+/// Requantizes codes from one tensor's params to another's (concat inputs) in the model's
+/// target ([`Rescale`]: qat-core's `RescaleStage`; a copy for identical params).
 pub fn rescale(input: &[u8], r: &Rescale, out: &mut [u8]) {
-    match r.m {
-        None => out.copy_from_slice(input),
-        Some(m) => {
-            for (&x, o) in input.iter().zip(out.iter_mut()) {
-                *o = requantize_with(r.rounding, x as i32 - r.zi, m, r.zo, r.lo, r.hi) as u8;
-            }
-        }
+    if r.stage.is_identity() {
+        out.copy_from_slice(input);
+        return;
+    }
+    for (&x, o) in input.iter().zip(out.iter_mut()) {
+        *o = r.stage.apply(x as i32) as u8;
     }
 }
 
 /// Average pooling of one sample; padded cells are excluded from the count (TFLite). The
 /// output stage is [`AvgPoolRescale::average`] (one rounding from `Σq` to the output grid).
 pub fn avg_pool2d(input: &[u8], g: &PoolGeom, rescale: &AvgPoolRescale, out: &mut [u8]) {
-    pool(input, g, out, |cells| {
-        let sum: i32 = cells.iter().map(|&v| v as i32).sum();
-        rescale.average(sum, cells.len())
+    pool(input, g, out, |cells| match &rescale.stage {
+        Some(stage) => {
+            let cells: Vec<i32> = cells.iter().map(|&v| v as i32).collect();
+            stage.apply(&cells) as u8
+        }
+        None => {
+            let sum: i32 = cells.iter().map(|&v| v as i32).sum();
+            rescale.average(sum, cells.len())
+        }
     });
 }
 
@@ -272,15 +274,20 @@ fn pool(input: &[u8], g: &PoolGeom, out: &mut [u8], reduce: impl Fn(&[u8]) -> u8
 pub fn global_avg_pool(input: &[u8], in_hwc: [usize; 3], rescale: &AvgPoolRescale, out: &mut [u8]) {
     let [h, w, c] = in_hwc;
     for (ch, o) in out.iter_mut().enumerate().take(c) {
-        let sum: i32 = (0..h * w).map(|p| input[p * c + ch] as i32).sum();
-        *o = rescale.average(sum, h * w);
+        let cells = (0..h * w).map(|p| input[p * c + ch] as i32);
+        *o = match &rescale.stage {
+            Some(stage) => stage.apply(&cells.collect::<Vec<_>>()) as u8,
+            None => rescale.average(cells.sum(), h * w),
+        };
     }
 }
 
-/// `q = clamp(round_half_even(r·(1/S)) + Z, 0, 255)` via qat-core's [`QuantParams::quantize`].
-pub fn quantize(input: &[f32], q: &QuantParams, out: &mut [u8]) {
+/// The graph input's quantization in the model's target, qat-core's [`Target::quantize`]
+/// (`qat`: `clamp(round_half_even(r·f32(1/S)) + Z)`; `tflite`: `r / S` ties away; `ort`: `r / S`
+/// ties to even; `xnnpack`: `r·f32(1/S)` ties to even), clamped to `[0, 255]`.
+pub fn quantize(input: &[f32], q: &QuantParams, target: Target, out: &mut [u8]) {
     for (&r, o) in input.iter().zip(out.iter_mut()) {
-        *o = q.quantize(r).clamp(0, 255) as u8;
+        *o = target.quantize(r, q).clamp(0, 255) as u8;
     }
 }
 

@@ -3,7 +3,7 @@
 
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 use qat_int8_runtime::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Rounding, TensorInfo, Weights,
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Target, TensorInfo, Weights,
 };
 
 /// SplitMix64: deterministic, dependency-free.
@@ -158,7 +158,7 @@ impl Builder {
             ops: self.ops,
             input,
             outputs,
-            rounding: Rounding::Gemmlowp,
+            rounding: Target::Tflite,
         }
     }
 }

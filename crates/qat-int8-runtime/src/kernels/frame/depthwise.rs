@@ -250,7 +250,7 @@ impl DepthwisePlan {
             }
         }
         let col_sum = |ch: usize| (0..taps).fold(0i32, |s, t| s.wrapping_add(w[t * cp + ch]));
-        let epi = Epilogue::new(layer, c, cp, col_sum, K::fuses(layer.rounding));
+        let epi = Epilogue::new(layer, c, cp, col_sum, K::fuses(layer.target));
         let layout = K::layout(&w, taps, c, cp, &epi);
         Self {
             path,

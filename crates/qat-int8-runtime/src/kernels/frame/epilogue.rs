@@ -1,19 +1,21 @@
 //! The output stage's constants ([`Epilogue`]), where kernels write ([`OutPtr`]), and the ISA
-//! trait that says which roundings a kernel fuses ([`OutputStage`]).
+//! trait that says which targets' output stages a kernel fuses ([`OutputStage`]).
 
-use qat_core::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
+use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
+use qat_core::target::{Target, requantize_real};
 
 use super::LayerSpec;
 
-/// Which requantization roundings an ISA's tiles apply themselves (in vector registers, or in a
+/// Which targets' output stages an ISA's tiles apply themselves (in vector registers, or in a
 /// scalar loop that calls qat-core, as the portable kernels do).
 ///
-/// For any other rounding the frame runs the same tiles to int32 (`acc + bias'`) and requantizes
-/// them with qat-core's scalar [`requantize_with`], so a new [`Rounding`] variant is correct on
-/// every path before any ISA vectorizes it.
+/// For any other target the frame runs the same tiles to int32 (`acc + bias'`) and requantizes
+/// them with qat-core's scalar [`Target::requantize`], so a new [`Target`] (a new rounding mode)
+/// is correct on every path before any ISA vectorizes it: vectorizing it is then one `true` in
+/// the ISA's `fuses` and one arm in its output stage.
 pub(crate) trait OutputStage {
-    /// Whether the ISA's output stage handles `rounding` (each ISA's `requant.rs`).
-    fn fuses(rounding: Rounding) -> bool;
+    /// Whether the ISA's output stage handles `target` (each ISA's `requant.rs`).
+    fn fuses(target: Target) -> bool;
 }
 
 /// What an ISA's output stage does with a rounding it does not fuse: nothing — the frame never
@@ -53,8 +55,8 @@ impl OutPtr {
 }
 
 /// Per-column output-stage constants: `q = clamp(round(M[n]·(acc + bias'[n])) + Z3, lo, hi)`,
-/// the rounding being the layer's [`Rounding`] (`Gemmlowp`: `apply`, `Single`:
-/// `apply_rounded_once`), with `M[n] = (m0[n], shift)` split into `left = max(shift, 0)`,
+/// as the layer's [`Target`] computes it (`tflite`: `apply`, `qat`: `apply_rounded_once`, `ort`
+/// and `xnnpack`: the `f32` multiplier, ties to even), with `M[n] = (m0[n], shift)` split into `left = max(shift, 0)`,
 /// `right = max(−shift, 0)`, and `bias'[n] = bias[n] − Z1·Σ_k w[k, n]` (the zero-point
 /// correction of eq. 7–8 folded in).
 ///
@@ -62,7 +64,10 @@ impl OutPtr {
 /// number of panels), `0 ≤ lo ≤ hi ≤ 255` and `|Z3| < 2^23`, which the vector stages rely on.
 #[derive(Debug, Clone)]
 pub struct Epilogue {
-    /// How `M·acc` is rounded.
+    /// The target whose output stage this is ([`Target::requantize`], the scalar stage).
+    pub(crate) target: Target,
+    /// `target`'s fixed-point rounding, what the ISAs' vector stages apply when they fuse it
+    /// (`Single` for an `f32` target, which no vector stage fuses: unused there).
     pub(crate) rounding: Rounding,
     /// `bias[n] − Z1·Σ_k B[k, n]`.
     pub(crate) bias: Vec<i32>,
@@ -74,6 +79,9 @@ pub struct Epilogue {
     pub(crate) right: Vec<i32>,
     /// The multipliers as given (for the scalar stage).
     pub(crate) multipliers: Vec<QuantizedMultiplier>,
+    /// `M[n]` as the `f32` the `f32` targets multiply by ([`QuantizedMultiplier::to_f32`],
+    /// exact for their multipliers), for the ISAs' `f32` output stages.
+    pub(crate) scale: Vec<f32>,
     /// `Z3`.
     pub(crate) zp: i32,
     /// Clamp low.
@@ -89,6 +97,9 @@ pub struct Epilogue {
     /// Whether the ISA's tiles apply this stage ([`OutputStage::fuses`]); when not, the frame
     /// runs them to int32 and calls [`Epilogue::requantize`].
     pub(crate) fused: bool,
+    /// The `f64` scales of a layer that requantizes in `f64` ([`LayerSpec::reals`], one per
+    /// padded column): the scalar stage is then qat-core's [`requantize_real`], never fused.
+    pub(crate) reals: Option<Vec<f64>>,
 }
 
 impl Epilogue {
@@ -103,18 +114,25 @@ impl Epilogue {
     ) -> Self {
         let m = |c: usize| layer.multiplier(c);
         let mut e = Epilogue {
-            rounding: layer.rounding,
+            target: layer.target,
+            rounding: layer.target.rounding().unwrap_or(Rounding::Single),
             bias: vec![0; np],
             m0: vec![0; np],
             left: vec![0; np],
             right: vec![0; np],
             multipliers: vec![m(0); np],
+            scale: vec![m(0).to_f32(); np],
             zp: layer.output_zero_point,
             lo: layer.lo,
             hi: layer.hi,
             any_left: false,
             any_wide: false,
-            fused,
+            fused: fused && layer.reals.is_none(),
+            reals: layer.reals.map(|r| {
+                let mut v = vec![r.first().copied().unwrap_or(0.0); np];
+                v[..n].copy_from_slice(&r[..n]);
+                v
+            }),
         };
         let z1 = layer.input_zero_point;
         for c in 0..n {
@@ -124,6 +142,7 @@ impl Epilogue {
             e.left[c] = mc.shift().max(0);
             e.right[c] = (-mc.shift()).max(0);
             e.multipliers[c] = mc;
+            e.scale[c] = mc.to_f32();
         }
         e.any_left = e.left.iter().any(|&l| l > 0);
         e.any_wide = e.multipliers[..n]
@@ -132,18 +151,15 @@ impl Epilogue {
         e
     }
 
-    /// The scalar output stage of `v = acc + bias'[col]`: qat-core's [`requantize_with`] in the
-    /// layer's rounding.
+    /// The scalar output stage of `v = acc + bias'[col]`: qat-core's [`Target::requantize`] in the
+    /// layer's target, or [`requantize_real`] for a layer with `f64` scales.
     #[inline]
     pub(crate) fn requantize(&self, v: i32, col: usize) -> u8 {
-        requantize_with(
-            self.rounding,
-            v,
-            self.multipliers[col],
-            self.zp,
-            self.lo,
-            self.hi,
-        ) as u8
+        if let Some(reals) = &self.reals {
+            return requantize_real(v, reals[col], self.zp, self.lo, self.hi) as u8;
+        }
+        self.target
+            .requantize(v, self.multipliers[col], self.zp, self.lo, self.hi) as u8
     }
 
     /// The scalar output stage of an accumulator without the bias: `requantize(acc + bias'[col])`.

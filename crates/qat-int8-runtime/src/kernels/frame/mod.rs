@@ -17,7 +17,8 @@
 
 use std::marker::PhantomData;
 
-use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
+use qat_core::fixed_point::QuantizedMultiplier;
+use qat_core::target::Target;
 use thiserror::Error;
 
 use super::KernelPath;
@@ -70,7 +71,7 @@ pub enum KernelError {
 /// One quantized conv / fully-connected layer as the packed kernels take it (paper eq. 7–10):
 /// int8 weights (zero point 0), int32 bias and the output stage
 /// `q = clamp(round(M[c]·(bias[c] + Σ_k (q1 − Z1)·q2[k, c])) + Z3, lo, hi)`, rounded as
-/// `rounding` says.
+/// `target` computes it.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerSpec<'a> {
     /// Weight codes, one row of the reduction length per output channel (OHWI order).
@@ -87,8 +88,12 @@ pub struct LayerSpec<'a> {
     pub lo: i32,
     /// Clamp high, `hi ≤ 255`.
     pub hi: i32,
-    /// How `M·acc` rounds.
-    pub rounding: Rounding,
+    /// The target whose output stage the layer applies ([`Target::requantize`]).
+    pub target: Target,
+    /// `Some(eff)`, one per output channel: the layer requantizes in `f64` instead,
+    /// `q = clamp(round_half_away(f64(acc)·eff[c]) + Z3, lo, hi)` (qat-core's
+    /// `requantize_real`; LiteRT's reference fully connected kernel), and no ISA fuses it.
+    pub reals: Option<&'a [f64]>,
 }
 
 impl LayerSpec<'_> {
@@ -135,6 +140,14 @@ impl LayerSpec<'_> {
             return err(
                 "lo",
                 format!("clamp [{}, {}] not within [0, 255]", self.lo, self.hi),
+            );
+        }
+        if let Some(r) = self.reals
+            && r.len() != channels
+        {
+            return err(
+                "reals",
+                format!("{} f64 scales for {channels} channels", r.len()),
             );
         }
         Ok(())

@@ -99,7 +99,7 @@ impl PackedB {
                 .iter()
                 .fold(0i32, |s, &v| s.wrapping_add(v as i32))
         };
-        let epi = Epilogue::new(layer, n, np, col_sum, K::fuses(layer.rounding));
+        let epi = Epilogue::new(layer, n, np, col_sum, K::fuses(layer.target));
         Self {
             path,
             n,

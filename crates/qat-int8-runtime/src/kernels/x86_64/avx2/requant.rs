@@ -1,23 +1,48 @@
-//! The AVX2 output stage: fixed-point requantization of 8 int32 lanes (`Gemmlowp`:
-//! `requantize8`, `Single`: `requantize8_single`, both bit-exact with qat-core), the narrowing to
-//! bytes, and the store of 8 accumulators as u8 or int32 that the GEMM tile and the depthwise
-//! kernel share.
+//! The AVX2 output stage: requantization of 8 int32 lanes in every target (`tflite`:
+//! `requantize8`, `qat`: `requantize8_single`, `ort` and `xnnpack`: `requantize8_fp32`, all
+//! bit-exact with qat-core's `Target::requantize`), the narrowing to bytes, and the store of 8
+//! accumulators as u8 or int32 that the GEMM tile and the depthwise kernel share.
 //!
-//! A new rounding: add its 8-lane stage here, an arm in `store8` and a `true` in `fuses`; until
-//! then the frame requantizes it through int32 with qat-core.
+//! A new target (rounding mode): add its 8-lane stage here, an arm in `store8` and a `true` in
+//! `fuses`; until then the frame requantizes it through int32 with qat-core.
 
 use std::arch::x86_64::*;
 
-use qat_core::fixed_point::Rounding;
+use qat_core::target::Target;
 
 use super::Avx2;
-use crate::kernels::frame::epilogue::not_fused;
 use crate::kernels::frame::{Epilogue, OutPtr, OutputStage};
 
 impl OutputStage for Avx2 {
-    fn fuses(rounding: Rounding) -> bool {
-        matches!(rounding, Rounding::Gemmlowp | Rounding::Single)
+    fn fuses(target: Target) -> bool {
+        matches!(
+            target,
+            Target::Tflite | Target::Qat | Target::Ort | Target::Xnnpack
+        )
     }
+}
+
+/// The `f32` output stage of onnxruntime (MLAS) and XNNPACK on 8 lanes, bit-exact with qat-core's
+/// `requantize_fp32`: `x = f32(acc)·s` (`cvtdq2ps`, `mulps`), clamped to `[lo − Z, hi − Z]` in
+/// `f32` (`maxps`, `minps`; the bounds are small integers, exact in `f32`, so clamping before the
+/// rounding gives the same code as after, and no lane overflows `cvtps2dq`), `cvtps2dq` (ties to
+/// even in the default MXCSR mode, which Rust never changes), `+ Z`.
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn requantize8_fp32(
+    x: __m256i,
+    scale: __m256,
+    zp: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+) -> __m256i {
+    let y = _mm256_mul_ps(_mm256_cvtepi32_ps(x), scale);
+    let y = _mm256_max_ps(y, _mm256_cvtepi32_ps(_mm256_sub_epi32(lo, zp)));
+    let y = _mm256_min_ps(y, _mm256_cvtepi32_ps(_mm256_sub_epi32(hi, zp)));
+    _mm256_add_epi32(_mm256_cvtps_epi32(y), zp)
 }
 
 /// `avx512vnni::requant::requantize16` on 8 lanes with AVX2 (no 64-bit arithmetic shift needed:
@@ -161,12 +186,14 @@ pub(super) unsafe fn store8(
                     _mm256_set1_epi32(e.lo),
                     _mm256_set1_epi32(e.hi),
                 );
-                // One arm per rounding this output stage fuses (keep in step with `fuses`).
-                let q = match e.rounding {
-                    Rounding::Gemmlowp => requantize8(v, m0, left, right, zp, lo, hi),
-                    Rounding::Single => requantize8_single(v, m0, left, right, zp, lo, hi),
-                    #[allow(unreachable_patterns)]
-                    r => not_fused(r),
+                // One arm per target this output stage fuses (keep in step with `fuses`).
+                let q = match e.target {
+                    Target::Tflite => requantize8(v, m0, left, right, zp, lo, hi),
+                    Target::Qat => requantize8_single(v, m0, left, right, zp, lo, hi),
+                    Target::Ort | Target::Xnnpack => {
+                        let scale = _mm256_loadu_ps(e.scale.as_ptr().add(col));
+                        requantize8_fp32(v, scale, zp, lo, hi)
+                    }
                 };
                 let bytes = narrow8(q);
                 if valid == 8 {

@@ -197,7 +197,7 @@ impl DepthwiseVnniLayout {
                 }
             }
         }
-        let fused = Avx512Vnni::fuses(e.rounding)
+        let fused = Avx512Vnni::fuses(e.target)
             && fused_ok(&e.m0[..c], &e.left[..c], &e.right[..c], e.zp, e.lo, e.hi);
         let (m0, right) = (perm(&e.m0), perm(&e.right));
         let (fk, fs) = fused_constants(&m0, &right, e.zp, e.rounding);

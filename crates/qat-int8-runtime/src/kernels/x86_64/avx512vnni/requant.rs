@@ -11,14 +11,15 @@
 use std::arch::x86_64::*;
 
 use qat_core::fixed_point::Rounding;
+use qat_core::target::Target;
 
 use super::Avx512Vnni;
 use crate::kernels::frame::epilogue::not_fused;
 use crate::kernels::frame::{Epilogue, OutPtr, OutputStage};
 
 impl OutputStage for Avx512Vnni {
-    fn fuses(rounding: Rounding) -> bool {
-        matches!(rounding, Rounding::Gemmlowp | Rounding::Single)
+    fn fuses(target: Target) -> bool {
+        matches!(target, Target::Tflite | Target::Qat)
     }
 }
 
