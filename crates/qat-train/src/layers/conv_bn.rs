@@ -1,6 +1,7 @@
 //! Conv + batch norm folded for QAT (paper §3.2; whitepaper arXiv 1806.08342 §3.2.2, eq. 22–31; TF
 //! `contrib/quantize/python/fold_batch_norms.py`), and PyTorch's variant (`conv_fused.py`).
 
+use qat_autograd::host_read;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
@@ -104,6 +105,9 @@ pub struct QatConvBn2d {
     running_mean: Tensor,
     running_var: Tensor,
     frozen: Tensor,
+    /// Host copy of `frozen`, which decides the forward's graph (batch or moving statistics)
+    /// without a read back; set with it by [`QatConvBn2d::freeze_bn`].
+    frozen_host: bool,
     harness: QuantHarness,
 }
 
@@ -156,13 +160,22 @@ impl QatConvBn2d {
             running_mean,
             running_var,
             frozen,
+            frozen_host: false,
             harness,
         })
     }
 
-    /// Whether BN statistics are frozen (moving statistics used, not updated).
+    /// Whether BN statistics are frozen (moving statistics used, not updated): the switch last set
+    /// by [`QatConvBn2d::freeze_bn`] (or [`QatControl::FreezeBn`]), kept on the host. The saved
+    /// buffer `bn.frozen` follows it; after a `VarStore::load`, the schedule re-applies its phase
+    /// (`Schedule::sync`), which sets both.
     pub fn bn_frozen(&self) -> bool {
-        self.frozen.double_value(&[0]) != 0.0
+        self.frozen_host
+    }
+
+    /// The saved buffer `bn.frozen` (what a checkpoint holds). *Host read.*
+    pub fn bn_frozen_buffer(&self) -> bool {
+        host_read::scalar_f64(&self.frozen, "bn frozen").is_ok_and(|v| v != 0.0)
     }
 
     /// Freezes (`true`) or unfreezes the BN statistics; same as `control(QatControl::FreezeBn(f))`.
@@ -170,6 +183,7 @@ impl QatConvBn2d {
         tch::no_grad(|| {
             let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
         });
+        self.frozen_host = f;
     }
 
     /// The float conv weights (`OIHW`).
@@ -490,7 +504,7 @@ impl QatLayer for QatConvBn2d {
                 mean: vec_of(&self.running_mean).map_err(ex("export mean"))?,
                 var: vec_of(&self.running_var).map_err(ex("export var"))?,
                 eps: self.cfg.eps,
-                frozen: self.bn_frozen(),
+                frozen: self.bn_frozen_buffer(),
                 fold_mode: self.cfg.fold,
             }),
             folded_weight: ExportTensor::from_tensor(&w_fold)

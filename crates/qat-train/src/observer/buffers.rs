@@ -1,11 +1,17 @@
 //! The state every range observer keeps, in one struct of VarStore buffers.
 //!
 //! The buffers are non-trainable VarStore variables, so `VarStore::save`/`load` (and checkpoints)
-//! round-trip them. They live on the model's device; every read of observer state back to the host
-//! goes through the few methods marked *host read* below ([`RangeBuffers::count`],
-//! [`RangeBuffers::frozen`], [`RangeBuffers::read`], [`RangeBuffers::state`]) and the batch range
-//! read of [`super::range::batch_min_max_clamped`] — the places to change to keep the state on the
-//! device.
+//! round-trip them. They live on the model's device and a training step updates them there
+//! ([`RangeBuffers::update`]: no read back to the host). Reads go through `qat_autograd::host_read`
+//! and happen outside the training step: [`RangeBuffers::count`], [`RangeBuffers::read`],
+//! [`RangeBuffers::state`], and once each for the two host-side caches — whether the observer is
+//! frozen (set by the schedule's switches, which the host decides) and whether it has seen data
+//! (once true it stays true until [`RangeBuffers::set_count`] or [`RangeBuffers::load_state`]).
+//! A `VarStore::load` behind the observer's back is picked up by the schedule re-applying its phase
+//! ([`crate::schedule::Schedule::sync`] does on its first call).
+
+use qat_autograd::host_read;
+use std::cell::Cell;
 
 use tch::{Kind, Tensor, nn};
 
@@ -20,6 +26,10 @@ pub(crate) struct RangeBuffers {
     max: Tensor,
     count: Tensor,
     frozen: Tensor,
+    /// Host cache of `frozen` (`None`: not read yet).
+    frozen_host: Cell<Option<bool>>,
+    /// Host cache: `true` once `count > 0` was seen.
+    calibrated_host: Cell<bool>,
 }
 
 impl RangeBuffers {
@@ -45,6 +55,8 @@ impl RangeBuffers {
             max,
             count,
             frozen,
+            frozen_host: Cell::new(Some(false)),
+            calibrated_host: Cell::new(false),
         })
     }
 
@@ -60,30 +72,88 @@ impl RangeBuffers {
 
     /// Batches observed. *Host read.*
     pub(crate) fn count(&self) -> u64 {
-        self.count.double_value(&[0]) as u64
+        host_read::scalar_f64(&self.count, "observer count").map_or(0, |v| v as u64)
+    }
+
+    /// Whether data has been observed (`count > 0`). Reads the count until it is positive, then
+    /// answers from the host cache.
+    pub(crate) fn is_calibrated(&self) -> bool {
+        if !self.calibrated_host.get() && self.count() > 0 {
+            self.calibrated_host.set(true);
+        }
+        self.calibrated_host.get()
     }
 
     pub(crate) fn set_count(&mut self, n: u64) {
         tch::no_grad(|| {
             let _ = self.count.fill_(n as f64);
         });
+        self.calibrated_host.set(n > 0);
     }
 
-    /// Whether frozen. *Host read.*
+    /// Whether frozen: the host cache (read from the buffer once if unknown).
     pub(crate) fn frozen(&self) -> bool {
-        self.frozen.double_value(&[0]) != 0.0
+        match self.frozen_host.get() {
+            Some(f) => f,
+            None => {
+                let f =
+                    host_read::scalar_f64(&self.frozen, "observer frozen").is_ok_and(|v| v != 0.0);
+                self.frozen_host.set(Some(f));
+                f
+            }
+        }
     }
 
     pub(crate) fn set_frozen(&mut self, f: bool) {
         tch::no_grad(|| {
             let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
         });
+        self.frozen_host.set(Some(f));
+    }
+
+    /// The stored `(min, max)` tensors (`f32[channels]`, on the device).
+    pub(crate) fn range_tensors(&self) -> (&Tensor, &Tensor) {
+        (&self.min, &self.max)
+    }
+
+    /// Records a batch range `(lo, hi)` (`f32[channels]`, on the device) without reading anything
+    /// back: the new range is `(lo, hi)` for the first batch (`count = 0`), else
+    /// `combine(min, max, lo, hi)`; the count goes up by one. A batch whose range is not finite
+    /// leaves the state unchanged (as the host path, which rejects it with an error).
+    pub(crate) fn update(
+        &mut self,
+        lo: &Tensor,
+        hi: &Tensor,
+        combine: impl FnOnce(
+            &Tensor,
+            &Tensor,
+            &Tensor,
+            &Tensor,
+        ) -> Result<(Tensor, Tensor), tch::TchError>,
+    ) -> Result<(), ObserverError> {
+        let r = tch::no_grad(|| -> Result<(), tch::TchError> {
+            let ok = lo
+                .f_isfinite()?
+                .f_all()?
+                .f_logical_and(&hi.f_isfinite()?.f_all()?)?;
+            let first = self.count.f_eq(0.0)?;
+            let (clo, chi) = combine(&self.min, &self.max, lo, hi)?;
+            let nlo = lo.f_where_self(&first, &clo)?;
+            let nhi = hi.f_where_self(&first, &chi)?;
+            let nlo = nlo.f_where_self(&ok, &self.min)?;
+            let nhi = nhi.f_where_self(&ok, &self.max)?;
+            self.min.f_copy_(&nlo)?;
+            self.max.f_copy_(&nhi)?;
+            let _ = self.count.f_add_(&ok)?;
+            Ok(())
+        });
+        r.map_err(ObserverError::torch(&self.name))
     }
 
     /// The stored `(min, max)` per channel; [`ObserverErrorKind::Uncalibrated`] before any data.
     /// *Host read.*
     pub(crate) fn read(&self) -> Result<(Vec<f32>, Vec<f32>), ObserverError> {
-        if self.count() == 0 {
+        if !self.is_calibrated() {
             return Err(self.err(ObserverErrorKind::Uncalibrated));
         }
         Ok((
@@ -136,10 +206,7 @@ impl RangeBuffers {
 
 /// The values of `t` as f32 on the host. *Host read.*
 pub(crate) fn read_f32(t: &Tensor, name: &str) -> Result<Vec<f32>, ObserverError> {
-    t.f_to_kind(Kind::Float)
-        .and_then(|t| t.f_flatten(0, -1))
-        .and_then(|t| Vec::<f32>::try_from(&t))
-        .map_err(ObserverError::torch(name))
+    host_read::vec_f32(t, "observer range").map_err(ObserverError::torch(name))
 }
 
 /// Copies `v` into `t` (on `t`'s device).
@@ -162,7 +229,7 @@ macro_rules! range_buffer_methods {
         }
 
         fn is_calibrated(&self) -> bool {
-            self.buf.count() > 0
+            self.buf.is_calibrated()
         }
 
         fn freeze(&mut self) {
