@@ -73,3 +73,56 @@ pub fn vec_f64(t: &Tensor, what: &'static str) -> Result<Vec<f64>, tch::TchError
     let flat = t.f_detach()?.f_to_kind(Kind::Double)?.f_flatten(0, -1)?;
     Vec::<f64>::try_from(&flat)
 }
+
+/// A host copy of a one-element tensor (a flag, a counter), valid while the tensor's version
+/// counter is unchanged: every in-place write (`fill_`, `copy_`, a `VarStore::load`) bumps it, so
+/// a stale copy is never used, and reading the counter is host metadata, not a device read. The
+/// owner records what it writes ([`HostCopy::set`]), so its own writes cost no read either.
+///
+/// ```
+/// use qat_autograd::host_read::{self, HostCopy};
+/// use tch::Tensor;
+/// let mut flag = Tensor::from_slice(&[0f32]);
+/// let copy = HostCopy::default();
+/// let n = host_read::count();
+/// assert_eq!(copy.get(&flag, "flag")?, 0.0); // read once
+/// assert_eq!(copy.get(&flag, "flag")?, 0.0); // cached
+/// assert_eq!(host_read::count() - n, 1);
+/// let _ = flag.fill_(1.0);                    // a write behind the copy's back
+/// assert_eq!(copy.get(&flag, "flag")?, 1.0); // read again
+/// assert_eq!(host_read::count() - n, 2);
+/// # Ok::<(), tch::TchError>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct HostCopy {
+    cell: Cell<Option<(i64, f64)>>,
+}
+
+impl HostCopy {
+    /// The value of `t` (one element): the copy if `t` was not written since, else one host read.
+    pub fn get(&self, t: &Tensor, what: &'static str) -> Result<f64, tch::TchError> {
+        match self.peek(t) {
+            Some(v) => Ok(v),
+            None => {
+                let version = t.f_internal_version()?;
+                let v = scalar_f64(t, what)?;
+                self.cell.set(Some((version, v)));
+                Ok(v)
+            }
+        }
+    }
+
+    /// The copy if it is still valid for `t`, without reading.
+    pub fn peek(&self, t: &Tensor) -> Option<f64> {
+        let version = t.f_internal_version().ok()?;
+        self.cell
+            .get()
+            .and_then(|(ver, v)| (ver == version).then_some(v))
+    }
+
+    /// Records `v` as the value just written to `t`.
+    pub fn set(&self, t: &Tensor, v: f64) {
+        self.cell
+            .set(t.f_internal_version().ok().map(|version| (version, v)));
+    }
+}

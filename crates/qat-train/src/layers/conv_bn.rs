@@ -1,7 +1,7 @@
 //! Conv + batch norm folded for QAT (paper §3.2; whitepaper arXiv 1806.08342 §3.2.2, eq. 22–31; TF
 //! `contrib/quantize/python/fold_batch_norms.py`), and PyTorch's variant (`conv_fused.py`).
 
-use qat_autograd::host_read;
+use qat_autograd::host_read::HostCopy;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
@@ -107,7 +107,7 @@ pub struct QatConvBn2d {
     frozen: Tensor,
     /// Host copy of `frozen`, which decides the forward's graph (batch or moving statistics)
     /// without a read back; set with it by [`QatConvBn2d::freeze_bn`].
-    frozen_host: bool,
+    frozen_host: HostCopy,
     harness: QuantHarness,
 }
 
@@ -160,22 +160,19 @@ impl QatConvBn2d {
             running_mean,
             running_var,
             frozen,
-            frozen_host: false,
+            frozen_host: HostCopy::default(),
             harness,
         })
     }
 
-    /// Whether BN statistics are frozen (moving statistics used, not updated): the switch last set
-    /// by [`QatConvBn2d::freeze_bn`] (or [`QatControl::FreezeBn`]), kept on the host. The saved
-    /// buffer `bn.frozen` follows it; after a `VarStore::load`, the schedule re-applies its phase
-    /// (`Schedule::sync`), which sets both.
+    /// Whether BN statistics are frozen (moving statistics used, not updated): the buffer
+    /// `bn.frozen` (saved with the VarStore), through a host copy that [`QatConvBn2d::freeze_bn`]
+    /// sets, so that a training step reads nothing; a `VarStore::load` invalidates the copy and the
+    /// next call reads the buffer once.
     pub fn bn_frozen(&self) -> bool {
         self.frozen_host
-    }
-
-    /// The saved buffer `bn.frozen` (what a checkpoint holds). *Host read.*
-    pub fn bn_frozen_buffer(&self) -> bool {
-        host_read::scalar_f64(&self.frozen, "bn frozen").is_ok_and(|v| v != 0.0)
+            .get(&self.frozen, "bn frozen")
+            .is_ok_and(|v| v != 0.0)
     }
 
     /// Freezes (`true`) or unfreezes the BN statistics; same as `control(QatControl::FreezeBn(f))`.
@@ -183,7 +180,8 @@ impl QatConvBn2d {
         tch::no_grad(|| {
             let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
         });
-        self.frozen_host = f;
+        self.frozen_host
+            .set(&self.frozen, if f { 1.0 } else { 0.0 });
     }
 
     /// The float conv weights (`OIHW`).
@@ -504,7 +502,7 @@ impl QatLayer for QatConvBn2d {
                 mean: vec_of(&self.running_mean).map_err(ex("export mean"))?,
                 var: vec_of(&self.running_var).map_err(ex("export var"))?,
                 eps: self.cfg.eps,
-                frozen: self.bn_frozen_buffer(),
+                frozen: self.bn_frozen(),
                 fold_mode: self.cfg.fold,
             }),
             folded_weight: ExportTensor::from_tensor(&w_fold)

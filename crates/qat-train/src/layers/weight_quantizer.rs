@@ -1,6 +1,6 @@
 //! Weight fake quantization: min/max of the current weights (per channel by default), or LSQ.
 
-use qat_autograd::host_read;
+use qat_autograd::host_read::{self, HostCopy};
 use qat_autograd::{
     DeviceQParams, Ste, TensorQParams, fake_quant_device, lsq_fake_quant_per_channel,
     lsq_fake_quant_per_tensor,
@@ -42,20 +42,19 @@ struct Lsq {
     scale: Tensor,
     zero_point: Tensor,
     initialized: Tensor,
-    /// Host cache of `initialized` (`None`: not read yet).
-    initialized_host: Option<bool>,
+    /// Host copy of `initialized`.
+    initialized_host: HostCopy,
     range: QuantRange,
     per_channel: bool,
 }
 
 impl Lsq {
     fn init_from(&mut self, w: &Tensor) -> Result<(), tch::TchError> {
-        let done = match self.initialized_host {
-            Some(d) => d,
-            None => host_read::scalar_f64(&self.initialized, "lsq initialized")? != 0.0,
-        };
-        self.initialized_host = Some(done);
-        if done {
+        if self
+            .initialized_host
+            .get(&self.initialized, "lsq initialized")?
+            != 0.0
+        {
             return Ok(());
         }
         let k = 2.0 / f64::from(self.range.qmax).sqrt();
@@ -74,7 +73,7 @@ impl Lsq {
             let _ = self.initialized.f_fill_(1.0)?;
             Ok(())
         })?;
-        self.initialized_host = Some(true);
+        self.initialized_host.set(&self.initialized, 1.0);
         Ok(())
     }
 
@@ -134,7 +133,7 @@ impl WeightQuantizer {
                     initialized: path
                         .f_zeros_no_train("lsq_initialized", &[1])
                         .map_err(torch("lsq flag"))?,
-                    initialized_host: None,
+                    initialized_host: HostCopy::default(),
                     range,
                     per_channel,
                 })
@@ -193,7 +192,9 @@ impl WeightQuantizer {
     /// With LSQ: the learned scales (once initialised by a forward pass).
     pub fn qparams_for(&self, w: &Tensor, layer: &str) -> Result<TensorQParams, LayerError> {
         if let Some(lsq) = &self.lsq {
-            let initialized = host_read::scalar_f64(&lsq.initialized, "lsq initialized")
+            let initialized = lsq
+                .initialized_host
+                .get(&lsq.initialized, "lsq initialized")
                 .map_err(LayerError::torch(layer, "lsq flag"))?
                 != 0.0;
             if initialized {

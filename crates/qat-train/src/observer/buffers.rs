@@ -4,15 +4,13 @@
 //! round-trip them. They live on the model's device and a training step updates them there
 //! ([`RangeBuffers::update`]: no read back to the host). Reads go through `qat_autograd::host_read`
 //! and happen outside the training step: [`RangeBuffers::count`], [`RangeBuffers::read`],
-//! [`RangeBuffers::state`], and once each for the two host-side caches — whether the observer is
-//! frozen (set by the schedule's switches, which the host decides) and whether it has seen data
-//! (once true it stays true until [`RangeBuffers::set_count`] or [`RangeBuffers::load_state`]).
-//! A `VarStore::load` behind the observer's back is picked up by the schedule re-applying its phase
-//! ([`crate::schedule::Schedule::sync`] does on its first call).
+//! [`RangeBuffers::state`], and once each for the two host copies ([`HostCopy`]) — whether the
+//! observer is frozen (set by the schedule's switches, which the host decides) and whether it has
+//! seen data (a positive count stays positive through [`RangeBuffers::update`]). A write behind the
+//! observer's back (a `VarStore::load`) bumps the buffers' version counters and invalidates the
+//! copies: the next use reads them once.
 
-use qat_autograd::host_read;
-use std::cell::Cell;
-
+use qat_autograd::host_read::{self, HostCopy};
 use tch::{Kind, Tensor, nn};
 
 use super::{ObserverError, ObserverErrorKind, ObserverState};
@@ -26,10 +24,10 @@ pub(crate) struct RangeBuffers {
     max: Tensor,
     count: Tensor,
     frozen: Tensor,
-    /// Host cache of `frozen` (`None`: not read yet).
-    frozen_host: Cell<Option<bool>>,
-    /// Host cache: `true` once `count > 0` was seen.
-    calibrated_host: Cell<bool>,
+    /// Host copy of `frozen`.
+    frozen_host: HostCopy,
+    /// Host copy of the count, kept valid across [`RangeBuffers::update`] once positive.
+    calibrated_host: HostCopy,
 }
 
 impl RangeBuffers {
@@ -55,8 +53,8 @@ impl RangeBuffers {
             max,
             count,
             frozen,
-            frozen_host: Cell::new(Some(false)),
-            calibrated_host: Cell::new(false),
+            frozen_host: HostCopy::default(),
+            calibrated_host: HostCopy::default(),
         })
     }
 
@@ -78,37 +76,31 @@ impl RangeBuffers {
     /// Whether data has been observed (`count > 0`). Reads the count until it is positive, then
     /// answers from the host cache.
     pub(crate) fn is_calibrated(&self) -> bool {
-        if !self.calibrated_host.get() && self.count() > 0 {
-            self.calibrated_host.set(true);
-        }
-        self.calibrated_host.get()
+        self.calibrated_host
+            .get(&self.count, "observer count")
+            .is_ok_and(|n| n > 0.0)
     }
 
     pub(crate) fn set_count(&mut self, n: u64) {
         tch::no_grad(|| {
             let _ = self.count.fill_(n as f64);
         });
-        self.calibrated_host.set(n > 0);
+        self.calibrated_host.set(&self.count, n as f64);
     }
 
     /// Whether frozen: the host cache (read from the buffer once if unknown).
     pub(crate) fn frozen(&self) -> bool {
-        match self.frozen_host.get() {
-            Some(f) => f,
-            None => {
-                let f =
-                    host_read::scalar_f64(&self.frozen, "observer frozen").is_ok_and(|v| v != 0.0);
-                self.frozen_host.set(Some(f));
-                f
-            }
-        }
+        self.frozen_host
+            .get(&self.frozen, "observer frozen")
+            .is_ok_and(|v| v != 0.0)
     }
 
     pub(crate) fn set_frozen(&mut self, f: bool) {
         tch::no_grad(|| {
             let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
         });
-        self.frozen_host.set(Some(f));
+        self.frozen_host
+            .set(&self.frozen, if f { 1.0 } else { 0.0 });
     }
 
     /// The stored `(min, max)` tensors (`f32[channels]`, on the device).
@@ -131,6 +123,7 @@ impl RangeBuffers {
             &Tensor,
         ) -> Result<(Tensor, Tensor), tch::TchError>,
     ) -> Result<(), ObserverError> {
+        let calibrated = self.calibrated_host.peek(&self.count);
         let r = tch::no_grad(|| -> Result<(), tch::TchError> {
             let ok = lo
                 .f_isfinite()?
@@ -147,6 +140,11 @@ impl RangeBuffers {
             let _ = self.count.f_add_(&ok)?;
             Ok(())
         });
+        // The count only grows here: a positive count stays positive (the copy keeps that fact,
+        // not the exact count).
+        if let Some(n) = calibrated.filter(|&n| n > 0.0) {
+            self.calibrated_host.set(&self.count, n);
+        }
         r.map_err(ObserverError::torch(&self.name))
     }
 

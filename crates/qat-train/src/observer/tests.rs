@@ -326,6 +326,8 @@ fn device_updates_equal_the_host_path_and_read_nothing() {
         vec![0.0, f32::NAN, 1.0, 2.0],
         vec![-0.7, 0.1, 0.2, 9.5],
     ];
+    // The one read of each observer's frozen flag (then kept on the host).
+    assert!(!dev.is_frozen() && !md.is_frozen());
     for (i, b) in batches.iter().enumerate() {
         let x = t(b).view([2, 2]);
         let clamp = if i == 1 { Some((0.0, 6.0)) } else { None };
