@@ -326,31 +326,32 @@ fn parts(
 ) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
     tch::no_grad(|| {
         let xd = x.f_detach()?;
-        if x.device() == Device::Cpu && x.is_contiguous() && tch::get_num_threads() == 1 {
-            if let Some([inv, scale, lo, hi]) = p.cpu_consts() {
-                let n = xd.numel();
-                let out = xd.f_empty_like()?;
-                let mask = if want_mask {
-                    Some(xd.f_empty_like()?)
-                } else {
-                    None
+        if x.device() == Device::Cpu
+            && x.is_contiguous()
+            && tch::get_num_threads() == 1
+            && let Some([inv, scale, lo, hi]) = p.cpu_consts()
+        {
+            let n = xd.numel();
+            let out = xd.f_empty_like()?;
+            let mask = if want_mask {
+                Some(xd.f_empty_like()?)
+            } else {
+                None
+            };
+            if n > 0 {
+                // SAFETY: as in `ste_cpu`: contiguous f32 CPU input, fresh contiguous outputs.
+                let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
+                let os = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
+                let ms = match &mask {
+                    // SAFETY: as above.
+                    Some(m) => {
+                        Some(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n) })
+                    }
+                    None => None,
                 };
-                if n > 0 {
-                    // SAFETY: as in `ste_cpu`: contiguous f32 CPU input, fresh contiguous outputs.
-                    let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
-                    let os =
-                        unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
-                    let ms = match &mask {
-                        // SAFETY: as above.
-                        Some(m) => Some(unsafe {
-                            std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n)
-                        }),
-                        None => None,
-                    };
-                    fq_kernel(xs, os, ms, inv, scale, lo, hi);
-                }
-                return Ok((out, mask));
+                fq_kernel(xs, os, ms, inv, scale, lo, hi);
             }
+            return Ok((out, mask));
         }
         let inv = p.scale.f_reciprocal()?;
         let mut t = xd.f_mul(&inv)?;
