@@ -1,4 +1,4 @@
-//! Training throughput, float vs QAT, for MobileNet-v1 on MNIST (batch 64).
+//! Training throughput, float vs QAT, for MobileNet-v1 on MNIST (batch 64 unless `--batch`).
 //!
 //! ```sh
 //! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch|both] \
