@@ -97,7 +97,7 @@ pub(crate) fn check_channels(
 }
 
 /// Turns a clipped-STE result into a plain-STE one: value of `fq` (detached), gradient 1 w.r.t. `x`.
-fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
+pub(crate) fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
     if x.requires_grad() {
         fq.detach() + (x - x.detach())
     } else {
@@ -246,7 +246,7 @@ pub fn clamp_fake_quant_per_tensor(
 
 /// `clamp(x, lo, hi)` with the strict gradient mask `[lo < x < hi]` of `hardtanh` (libtorch's
 /// `clamp` passes the gradient at the bounds too).
-fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
+pub(crate) fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
     let (l, h) = (f64::from(lo), f64::from(hi));
     let value = tch::no_grad(|| x.f_clamp(l, h))?;
     if !x.requires_grad() {
@@ -266,7 +266,7 @@ fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
 /// a float step, α 0.5: 1.17–1.47× (erratic: the 1.6 M-element activations); all composed: 1.36–1.41× and
 /// 1.23–1.34×; this threshold (2²⁰, 4 MiB of f32): 1.23–1.27× and 1.22–1.24×. With one thread the
 /// serial kernel always wins.
-const SERIAL_MAX_MULTI_THREAD: usize = 1 << 20;
+pub(crate) const SERIAL_MAX_MULTI_THREAD: usize = 1 << 20;
 
 /// `FQ(clamp(x, a, b))` with its gradient attached as `y = base + x·m` (see
 /// [`clamp_fake_quant_per_tensor`]); `None` unless `x` is a contiguous CPU tensor that requires
@@ -334,7 +334,7 @@ fn kernel_consts(p: &QuantParams) -> [f32; 4] {
 /// (NaN stays NaN) and its code `c` (as [`fq_kernel`]), `ms[i] = [a < x < b ∧ c unclipped]` and
 /// `bs[i] = FQ(v) − ms[i]·x` (computed as a select, so that a non-finite `x` never enters `bs`).
 #[inline(never)]
-fn fq_ste_kernel(xs: &[f32], bs: &mut [f32], ms: &mut [f32], k: [f32; 6]) {
+pub(crate) fn fq_ste_kernel(xs: &[f32], bs: &mut [f32], ms: &mut [f32], k: [f32; 6]) {
     let [inv, scale, lo, hi, a, b] = k;
     let n = xs.len().min(bs.len()).min(ms.len());
     let (xs, bs, ms) = (&xs[..n], &mut bs[..n], &mut ms[..n]);
@@ -471,7 +471,7 @@ fn fq_parts_cpu(
 /// arguments and branch-free selects (comparisons are false for NaN, which takes the last select) so
 /// that the loop vectorizes.
 #[inline(never)]
-fn fq_kernel(
+pub(crate) fn fq_kernel(
     xs: &[f32],
     os: &mut [f32],
     ms: Option<&mut [f32]>,

@@ -37,7 +37,7 @@ pub fn lsq_init_scale(x: &Tensor, range: QuantRange) -> Result<f32, FakeQuantErr
     let mean_abs = x
         .f_abs()
         .and_then(|a| a.f_mean(None))
-        .and_then(|m| m.f_double_value(&[]))
+        .and_then(|m| crate::host_read::scalar_f64(&m, "lsq init scale"))
         .map_err(FakeQuantError::torch(OP))?;
     let s = 2.0 * mean_abs / f64::from(range.qmax.max(1)).sqrt();
     Ok((s as f32).max(MIN_SCALE))
@@ -147,9 +147,7 @@ pub fn lsq_fake_quant_per_channel(
 pub fn pact_qparams(alpha: &Tensor, bits: u32) -> Result<QuantParams, FakeQuantError> {
     const OP: &str = "pact_qparams";
     check_param_shape(OP, "alpha", alpha, 1)?;
-    let a = alpha
-        .f_double_value(&[0])
-        .map_err(FakeQuantError::torch(OP))?;
+    let a = crate::host_read::scalar_f64(alpha, "pact alpha").map_err(FakeQuantError::torch(OP))?;
     if !a.is_finite() || a <= 0.0 {
         return Err(FakeQuantError::NonPositive {
             op: OP,

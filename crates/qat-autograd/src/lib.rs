@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | per-tensor fake quant, clipped or plain STE | [`fake_quant_per_tensor`], [`fake_quant_per_tensor_parts`] | one pass of our own (CPU, 1 thread) or vectorized libtorch ops; STE attached with `addcmul` (same values and masks as `fake_quantize_per_tensor_affine`) |
 //! | fused clamp (ReLU, ReLU6) + per-tensor fake quant | [`clamp_fake_quant_per_tensor`] | one pass of our own (CPU, 1 thread, clipped STE) computing the value and the combined mask, gradient attached with one `addcmul`; else libtorch `relu`/`relu6`/`clamp` + [`fake_quant_per_tensor`] |
+//! | the same with parameters in device tensors (no host read in a training step) | [`fake_quant_device`], [`clamp_fake_quant_device`] ([`DeviceQParams`]) | the same kernels, or libtorch's tensor-parameter overloads |
 //! | per-channel fake quant along any axis | [`fake_quant_per_channel`] | libtorch `fake_quantize_per_channel_affine` |
 //! | LSQ learnable scale (Esser et al. 2020) | [`lsq_fake_quant_per_tensor`], [`lsq_fake_quant_per_channel`] | libtorch `_fake_quantize_learnable_*` |
 //! | PACT learnable activation clip (Choi et al. 2018) | [`pact_fake_quant`] | composition |
@@ -28,10 +29,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod device;
 mod error;
 mod fake_quant;
+pub mod host_read;
 mod learnable;
 
+pub use device::{DeviceQParams, clamp_fake_quant_device, fake_quant_device};
 pub use error::FakeQuantError;
 pub use fake_quant::{
     Ste, TensorQParams, clamp_fake_quant_per_tensor, fake_quant, fake_quant_per_channel,

@@ -1,9 +1,9 @@
-//! Training throughput, float vs QAT, for MobileNet-v1 on MNIST (batch 64).
+//! Training throughput, float vs QAT, for MobileNet-v1 on MNIST (batch 64 unless `--batch`).
 //!
 //! ```sh
-//! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch] \
-//!     [--device cpu|cuda] [--data DIR] [--phases LIST | --schedule] [--repeats N] [--width A] [--ema-decay D] \
-//!     [--no-tune-allocator] [--stats-grad]
+//! cargo run --release -p qat-train --example bench_train -- [steps] [threads] [whitepaper|pytorch|both] \
+//!     [--device cpu|cuda] [--batch N] [--data DIR] [--phases LIST | --schedule] [--repeats N] [--width A] \
+//!     [--ema-decay D] [--no-tune-allocator] [--stats-grad]
 //! ```
 //!
 //! Measures the time of a full optimizer step (forward, cross-entropy, backward, SGD update) on the shipped
@@ -30,6 +30,11 @@
 //! `configs/default.toml`: 125 steps/epoch, activation quantization from step 60, BN frozen from 250,
 //! observers frozen from 375; for its model add `--width 0.5 --ema-decay 0.99`).
 //!
+//! `--batch N` sets the batch size (default 64). The fold `both` builds every QAT phase once per fold
+//! (whitepaper and PyTorch) in the same interleaved run, labelled `phase/fold`. Each run also
+//! prints the device→host reads per timed step (`qat_autograd::host_read`; the loss read of the
+//! timing loop itself is not counted).
+//!
 //! `--device` defaults to `cpu`; `cuda` needs a binary that links `libtorch_cuda` (build with
 //! `QAT_LINK_CUDA=1`; without it libtorch's CUDA library is not linked and no GPU is seen) and fails when `tch::Cuda::is_available()` is false. Reading the
 //! loss value every step synchronizes the device, so the CUDA times are complete steps. `--data` replaces
@@ -37,6 +42,7 @@
 
 use std::time::Instant;
 
+use qat_autograd::host_read;
 use qat_train::data::{Dataset, Loader, LoaderConfig, Normalize};
 use qat_train::layers::BnFoldMode;
 use qat_train::models::{self, Architecture, ModelSpec};
@@ -98,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ema_decay: Option<f32> = None;
     let mut tune_alloc = true;
     let mut stats_grad = false;
+    let mut batch_size = 64usize;
     let mut it = std::env::args();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -135,6 +142,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--no-tune-allocator" => tune_alloc = false,
             "--stats-grad" => stats_grad = true,
+            "--batch" => batch_size = it.next().ok_or("--batch needs a number")?.parse()?,
             "--repeats" => repeats = it.next().ok_or("--repeats needs a number")?.parse()?,
             "--width" => width = Some(it.next().ok_or("--width needs a number")?.parse()?),
             "--ema-decay" => {
@@ -150,14 +158,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = args.get(2) {
         tch::set_num_threads(t.parse()?);
     }
-    if steps == 0 || repeats == 0 {
-        return Err("steps and --repeats must be > 0".into());
+    if steps == 0 || repeats == 0 || batch_size < 2 {
+        return Err("steps and --repeats must be > 0, --batch > 1".into());
     }
     let data = Dataset::load_mnist_dir(&dir)?;
     let loader = Loader::new(
         data.train.into(),
         LoaderConfig {
-            batch_size: 64,
+            batch_size,
             shuffle: true,
             seed: 1,
             drop_last: true,
@@ -171,13 +179,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .take(steps + 5)
         .map(|b| b.map(|b| (b.images.to_device(device), b.labels.to_device(device))))
         .collect::<Result<_, _>>()?;
-    let fold = match args.get(3).map(String::as_str) {
-        None | Some("whitepaper") => BnFoldMode::Whitepaper,
-        Some("pytorch") => BnFoldMode::PyTorch,
+    let folds = match args.get(3).map(String::as_str) {
+        None | Some("whitepaper") => vec![BnFoldMode::Whitepaper],
+        Some("pytorch") => vec![BnFoldMode::PyTorch],
+        Some("both") => vec![BnFoldMode::Whitepaper, BnFoldMode::PyTorch],
         Some(other) => {
-            return Err(format!("unknown BN fold mode {other} (whitepaper|pytorch)").into());
+            return Err(format!("unknown BN fold mode {other} (whitepaper|pytorch|both)").into());
         }
     };
+    let fold = folds[0];
     let mut spec = ModelSpec {
         bn_fold: fold,
         bn_stats_grad: stats_grad,
@@ -198,9 +208,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..spec.clone()
     };
     println!(
-        "model {} | BN fold {:?}{} | batch 64 | {} threads | device {:?} | {}x{} timed steps per phase after 5 warm-up, phases interleaved",
+        "model {} | BN fold {:?}{} | batch {batch_size} | {} threads | device {:?} | {}x{} timed steps per phase after 5 warm-up, phases interleaved",
         spec.name(),
-        fold,
+        folds,
         if stats_grad && fold == BnFoldMode::Whitepaper {
             " (gradient through batch statistics)"
         } else {
@@ -214,15 +224,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One model per phase, all alive at once; the timed steps interleave the phases (round r runs one
     // step of each, starting at phase r mod P), so a change of load on the machine hits every phase
     // alike and the ratios stay meaningful even when the absolute times do not.
-    let mut nets = Vec::with_capacity(phases.len());
+    // Runs: (phase, fold) pairs; float once, every QAT phase once per fold.
+    let mut runs: Vec<(Phase, Option<BnFoldMode>)> = Vec::new();
     for &phase in &phases {
-        tch::manual_seed(0);
-        let s = if phase == Phase::Float {
-            &float_spec
+        if phase == Phase::Float {
+            runs.push((phase, None));
         } else {
-            &spec
+            runs.extend(folds.iter().map(|&f| (phase, Some(f))));
+        }
+    }
+    let label = |(p, f): (Phase, Option<BnFoldMode>)| match f {
+        Some(f) if folds.len() > 1 => format!("{}/{f:?}", p.name()),
+        _ => p.name().to_string(),
+    };
+    let mut nets = Vec::with_capacity(runs.len());
+    for &(phase, f) in &runs {
+        tch::manual_seed(0);
+        let s = match f {
+            None => float_spec.clone(),
+            Some(f) => ModelSpec {
+                bn_fold: f,
+                ..spec.clone()
+            },
         };
-        let mut net = models::build(s, device)?;
+        let mut net = models::build(&s, device)?;
         let opt = Optimizer::new(net.var_store(), OptimizerConfig::default())?;
         if phase != Phase::Float {
             // Observers need one range before activations can be fake-quantized: one warm-up
@@ -234,8 +259,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         nets.push((phase, net, opt));
     }
     let rounds = steps * repeats;
-    let mut wall: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); phases.len()];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); phases.len()];
+    let mut wall: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); runs.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); runs.len()];
+    let mut reads = vec![0u64; runs.len()];
     for round in 0..rounds + 5 {
         let (x, y) = &batches[round % batches.len()];
         for k in 0..nets.len() {
@@ -243,50 +269,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (_, net, opt) = &mut nets[j];
             let c0 = cpu_ns();
             let t0 = Instant::now();
+            let r0 = host_read::count();
             let loss = net.forward_t(x, true)?.cross_entropy_for_logits(y);
             opt.zero_grad();
             loss.backward();
             opt.step();
+            let r1 = host_read::count();
+            // Waits for the device (CUDA), so that the time is the whole step.
             let _ = loss.double_value(&[]);
             let t = t0.elapsed().as_secs_f64();
             if round >= 5 {
+                reads[j] += r1 - r0;
                 wall[j].push(t);
                 let c = c0.zip(cpu_ns()).map(|(a, b)| (b - a) as f64 * 1e-9);
                 cpu[j].push(c.unwrap_or(f64::NAN));
             }
         }
     }
-    let index = |p: Phase| phases.iter().position(|&q| q == p);
-    let best = |p: Phase| index(p).map_or(f64::NAN, |j| median(wall[j].clone()));
-    let best_cpu = |p: Phase| index(p).map_or(f64::NAN, |j| median(cpu[j].clone()));
-    let float = phases.contains(&Phase::Float).then(|| best(Phase::Float));
-    let float_cpu = phases
-        .contains(&Phase::Float)
-        .then(|| best_cpu(Phase::Float));
+    let med = |j: usize| median(wall[j].clone());
+    let med_cpu = |j: usize| median(cpu[j].clone());
+    let float_j = runs.iter().position(|r| r.0 == Phase::Float);
     println!(
-        "medians over {rounds} interleaved steps per phase (wall clock | CPU time of the process):"
+        "medians over {rounds} interleaved steps per run (wall clock | CPU time of the process | host reads per step):"
     );
-    for &p in &phases {
-        let (t, c) = (best(p), best_cpu(p));
-        match float.zip(float_cpu) {
-            Some((f, fc)) if p != Phase::Float => println!(
-                "{:>14}: {:7.2} ms/step {:7.1} images/s  {:.2}x float | CPU {:7.2} ms/step {:.2}x float",
-                p.name(),
+    for (j, &r) in runs.iter().enumerate() {
+        let (t, c) = (med(j), med_cpu(j));
+        let per_step = reads[j] as f64 / rounds as f64;
+        let img = batch_size as f64 / t;
+        match float_j {
+            Some(fj) if j != fj => println!(
+                "{:>26}: {:8.2} ms/step {:8.1} images/s  {:.2}x float | CPU {:8.2} ms/step {:.2}x float | reads {per_step}",
+                label(r),
                 t * 1e3,
-                64.0 / t,
-                t / f,
+                img,
+                t / med(fj),
                 c * 1e3,
-                c / fc
+                c / med_cpu(fj)
             ),
             _ => println!(
-                "{:>14}: {:7.2} ms/step {:7.1} images/s        | CPU {:7.2} ms/step",
-                p.name(),
+                "{:>26}: {:8.2} ms/step {:8.1} images/s        | CPU {:8.2} ms/step | reads {per_step}",
+                label(r),
                 t * 1e3,
-                64.0 / t,
+                img,
                 c * 1e3
             ),
         }
     }
+    // The schedule summary below uses the first fold.
+    let index = |p: Phase| {
+        runs.iter()
+            .position(|&(q, f)| q == p && (f.is_none() || f == Some(fold)))
+    };
+    let best = |p: Phase| index(p).map_or(f64::NAN, med);
+    let best_cpu = |p: Phase| index(p).map_or(f64::NAN, med_cpu);
+    let float = float_j.map(med);
     let all = [
         Phase::QatWarmup,
         Phase::Qat,
@@ -303,8 +339,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let fc = best_cpu(Phase::Float);
         println!(
             "  float epoch: {:7.1} images/s (wall) {:7.1} images/s (CPU)",
-            64.0 / f,
-            64.0 / fc
+            batch_size as f64 / f,
+            batch_size as f64 / fc
         );
         for epoch in 0..4 {
             let steps = epoch * 125..(epoch + 1) * 125;
@@ -313,9 +349,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "  QAT epoch {}: {:7.1} images/s (wall, {:.2}x float epoch time) {:7.1} images/s (CPU, {:.2}x)",
                 epoch + 1,
-                64.0 * 125.0 / t,
+                batch_size as f64 * 125.0 / t,
                 t / (125.0 * f),
-                64.0 * 125.0 / c,
+                batch_size as f64 * 125.0 / c,
                 c / (125.0 * fc)
             );
         }

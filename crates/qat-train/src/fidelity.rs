@@ -7,6 +7,7 @@
 //! trained.
 
 use ndarray::{ArrayD, IxDyn};
+use qat_autograd::host_read;
 use qat_export::QuantPlan;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -99,7 +100,7 @@ pub fn compare_with_simulation(
         .and_then(|t| t.f_contiguous())
         .map_err(torch("input"))?;
     let dims: Vec<usize> = nhwc.size().iter().map(|&d| d as usize).collect();
-    let data = Vec::<f32>::try_from(nhwc.flatten(0, -1)).map_err(torch("input"))?;
+    let data = host_read::vec_f32(&nhwc, "fidelity input").map_err(torch("input"))?;
     let x_nhwc = ArrayD::from_shape_vec(IxDyn(&dims), data).map_err(|_| FidelityError::Input {
         kind,
         shape: shape.clone(),
@@ -133,7 +134,7 @@ pub fn compare_with_simulation(
         .and_then(|t| t.f_to_kind(Kind::Float))
         .and_then(|t| t.f_contiguous())
         .map_err(torch(&node.name))?;
-        let tv = Vec::<f32>::try_from(t.flatten(0, -1)).map_err(torch(&node.name))?;
+        let tv = host_read::vec_f32(&t, "fidelity node output").map_err(torch(&node.name))?;
         if tv.len() != s.len() {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Conv + batch norm folded for QAT (paper §3.2; whitepaper arXiv 1806.08342 §3.2.2, eq. 22–31; TF
 //! `contrib/quantize/python/fold_batch_norms.py`), and PyTorch's variant (`conv_fused.py`).
 
+use qat_autograd::host_read::HostCopy;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
@@ -104,6 +105,9 @@ pub struct QatConvBn2d {
     running_mean: Tensor,
     running_var: Tensor,
     frozen: Tensor,
+    /// Host copy of `frozen`, which decides the forward's graph (batch or moving statistics)
+    /// without a read back; set with it by [`QatConvBn2d::freeze_bn`].
+    frozen_host: HostCopy,
     harness: QuantHarness,
 }
 
@@ -156,13 +160,19 @@ impl QatConvBn2d {
             running_mean,
             running_var,
             frozen,
+            frozen_host: HostCopy::default(),
             harness,
         })
     }
 
-    /// Whether BN statistics are frozen (moving statistics used, not updated).
+    /// Whether BN statistics are frozen (moving statistics used, not updated): the buffer
+    /// `bn.frozen` (saved with the VarStore), through a host copy that [`QatConvBn2d::freeze_bn`]
+    /// sets, so that a training step reads nothing; a `VarStore::load` invalidates the copy and the
+    /// next call reads the buffer once.
     pub fn bn_frozen(&self) -> bool {
-        self.frozen.double_value(&[0]) != 0.0
+        self.frozen_host
+            .get(&self.frozen, "bn frozen")
+            .is_ok_and(|v| v != 0.0)
     }
 
     /// Freezes (`true`) or unfreezes the BN statistics; same as `control(QatControl::FreezeBn(f))`.
@@ -170,6 +180,8 @@ impl QatConvBn2d {
         tch::no_grad(|| {
             let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
         });
+        self.frozen_host
+            .set(&self.frozen, if f { 1.0 } else { 0.0 });
     }
 
     /// The float conv weights (`OIHW`).

@@ -2,6 +2,7 @@
 //! consumes. Plain data (serde), no tensors: it is a snapshot.
 
 use qat_autograd::TensorQParams;
+use qat_autograd::host_read;
 use qat_core::QuantParams;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, TchError, Tensor};
@@ -23,13 +24,13 @@ impl ExportTensor {
     pub(crate) fn from_tensor(t: &Tensor) -> Result<Self, TchError> {
         let t = t.f_detach()?.f_to_kind(Kind::Float)?.f_contiguous()?;
         let shape = t.size().iter().map(|&d| d as usize).collect();
-        let data = Vec::<f32>::try_from(&t.f_flatten(0, -1)?)?;
+        let data = host_read::vec_f32(&t, "export tensor")?;
         Ok(Self { shape, data })
     }
 }
 
 pub(crate) fn vec_of(t: &Tensor) -> Result<Vec<f32>, TchError> {
-    Vec::<f32>::try_from(&t.f_detach()?.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)
+    host_read::vec_f32(t, "export values")
 }
 
 /// Batch-norm parameters and statistics of a conv+BN layer.

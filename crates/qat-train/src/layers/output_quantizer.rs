@@ -1,7 +1,7 @@
 //! Output (activation) fake quantization: an observer (EMA by default) or PACT's learned clip.
 
 use qat_autograd::{
-    Ste, clamp_fake_quant_per_tensor, fake_quant_per_tensor, pact_fake_quant, pact_qparams,
+    Ste, clamp_fake_quant_device, fake_quant_device, pact_fake_quant, pact_qparams,
 };
 use qat_export::ir::Activation;
 use tch::{Tensor, nn};
@@ -82,7 +82,7 @@ impl OutputQuantizer {
     ) -> Result<Tensor, LayerError> {
         if train || state.calibrate {
             self.observer
-                .observe(x)
+                .observe_device(x, None)
                 .map_err(LayerError::observer(&self.name))?;
         }
         if !(state.fake_quant_activations && self.enabled) {
@@ -93,9 +93,9 @@ impl OutputQuantizer {
             None => {
                 let p = self
                     .observer
-                    .per_tensor_qparams()
+                    .device_qparams(x.device())
                     .map_err(LayerError::observer(&self.name))?;
-                fake_quant_per_tensor(x, &p, self.ste).map_err(LayerError::fq(&self.name))
+                fake_quant_device(x, &p, self.ste).map_err(LayerError::fq(&self.name))
             }
         }
     }
@@ -103,7 +103,7 @@ impl OutputQuantizer {
     /// `apply(act(z))` with the layer's fused activation `act`, the activation folded into the fake
     /// quant where that is exact: with fake quant on and an observed range, the observer takes the
     /// clamped batch range of `z` ([`ActObserver::observe_clamped`]) and
-    /// [`clamp_fake_quant_per_tensor`] computes `FQ(act(z))` and the product of both gradients in
+    /// [`qat_autograd::clamp_fake_quant_per_tensor`]'s device form ([`clamp_fake_quant_device`]) computes `FQ(act(z))` and the product of both gradients in
     /// one pass, instead of `act` forward and backward and the fake quant's own passes. Same values,
     /// gradients and observer state as `apply(&act(z))` (tested). Otherwise (fake quant off, PACT,
     /// fake quant disabled) it is exactly `apply(&act(z))`.
@@ -138,14 +138,14 @@ impl OutputQuantizer {
         };
         if train || state.calibrate {
             self.observer
-                .observe_clamped(&z, Some((lo, hi)))
+                .observe_device(&z, Some((lo, hi)))
                 .map_err(LayerError::observer(&self.name))?;
         }
         let p = self
             .observer
-            .per_tensor_qparams()
+            .device_qparams(z.device())
             .map_err(LayerError::observer(&self.name))?;
-        clamp_fake_quant_per_tensor(&z, lo, hi, &p, self.ste).map_err(LayerError::fq(&self.name))
+        clamp_fake_quant_device(&z, lo, hi, &p, self.ste).map_err(LayerError::fq(&self.name))
     }
 
     /// The observer.

@@ -1,14 +1,16 @@
 //! Weight fake quantization: min/max of the current weights (per channel by default), or LSQ.
 
+use qat_autograd::host_read::{self, HostCopy};
 use qat_autograd::{
-    Ste, TensorQParams, fake_quant, lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor,
+    DeviceQParams, Ste, TensorQParams, fake_quant_device, lsq_fake_quant_per_channel,
+    lsq_fake_quant_per_tensor,
 };
 use qat_core::{MIN_SCALE, PerChannelParams, QuantParams, QuantRange};
 use tch::{Kind, Tensor, nn};
 
 use super::config::NO_DECAY_GROUP;
 use super::{LayerError, QuantConfig, QuantState, WeightGranularity, WeightRange};
-use crate::observer::{MinMaxConfig, MinMaxObserver, Observer, QuantScheme};
+use crate::observer::{MinMaxConfig, MinMaxObserver, QuantScheme};
 
 /// Weight fake quantization (paper §3: "a = min w, b = max w", recomputed every step):
 /// `W_q = FQ(W; params(min/max of W))`.
@@ -29,9 +31,9 @@ pub struct WeightQuantizer {
     ste: Ste,
     enabled: bool,
     lsq: Option<Lsq>,
-    /// The min/max parameters the last [`WeightQuantizer::forward`] fake-quantized with (`None` when it
-    /// did not), reused by [`WeightQuantizer::fake_quant_bias`] instead of reading the range again.
-    last: Option<TensorQParams>,
+    /// The min/max parameters (on the device) the last [`WeightQuantizer::forward`] fake-quantized
+    /// with (`None` when it did not), reused by [`WeightQuantizer::fake_quant_bias`].
+    last: Option<DeviceQParams>,
 }
 
 /// LSQ state: learned scale (`f32[C]` or `f32[1]`), fixed zero point 0, initialised flag buffer.
@@ -40,13 +42,19 @@ struct Lsq {
     scale: Tensor,
     zero_point: Tensor,
     initialized: Tensor,
+    /// Host copy of `initialized`.
+    initialized_host: HostCopy,
     range: QuantRange,
     per_channel: bool,
 }
 
 impl Lsq {
     fn init_from(&mut self, w: &Tensor) -> Result<(), tch::TchError> {
-        if self.initialized.f_double_value(&[0])? != 0.0 {
+        if self
+            .initialized_host
+            .get(&self.initialized, "lsq initialized")?
+            != 0.0
+        {
             return Ok(());
         }
         let k = 2.0 / f64::from(self.range.qmax).sqrt();
@@ -64,16 +72,14 @@ impl Lsq {
             self.scale.f_copy_(&s)?;
             let _ = self.initialized.f_fill_(1.0)?;
             Ok(())
-        })
+        })?;
+        self.initialized_host.set(&self.initialized, 1.0);
+        Ok(())
     }
 
     /// The learned scales as qat-core parameters (validated by `QuantParams::new`).
     fn qparams(&self, layer: &str) -> Result<Vec<QuantParams>, LayerError> {
-        let scales = self
-            .scale
-            .f_detach()
-            .and_then(|t| t.f_to_kind(Kind::Float))
-            .and_then(|t| Vec::<f32>::try_from(&t))
+        let scales = host_read::vec_f32(&self.scale, "lsq scale")
             .map_err(LayerError::torch(layer, "lsq scale"))?;
         scales
             .iter()
@@ -127,6 +133,7 @@ impl WeightQuantizer {
                     initialized: path
                         .f_zeros_no_train("lsq_initialized", &[1])
                         .map_err(torch("lsq flag"))?,
+                    initialized_host: HostCopy::default(),
                     range,
                     per_channel,
                 })
@@ -150,15 +157,14 @@ impl WeightQuantizer {
         state: &QuantState,
         layer: &str,
     ) -> Result<Tensor, LayerError> {
-        if self.lsq.is_some() || (state.fake_quant_weights && self.enabled) {
-            self.observer
-                .observe(w)
-                .map_err(LayerError::observer(layer))?;
-        }
+        let fq_on = state.fake_quant_weights && self.enabled;
         if let Some(lsq) = &mut self.lsq {
+            self.observer
+                .observe_device(w, None)
+                .map_err(LayerError::observer(layer))?;
             lsq.init_from(w)
                 .map_err(LayerError::torch(layer, "lsq init"))?;
-            if !(state.fake_quant_weights && self.enabled) {
+            if !fq_on {
                 return Ok(w.shallow_clone());
             }
             return if lsq.per_channel {
@@ -169,17 +175,17 @@ impl WeightQuantizer {
             .map_err(LayerError::fq(layer));
         }
         self.last = None;
-        if state.fake_quant_weights && self.enabled {
-            let p = self
-                .observer
-                .qparams()
-                .map_err(LayerError::observer(layer))?;
-            let y = fake_quant(w, &p, self.ste).map_err(LayerError::fq(layer))?;
-            self.last = Some(p);
-            Ok(y)
-        } else {
-            Ok(w.shallow_clone())
+        if !fq_on {
+            return Ok(w.shallow_clone());
         }
+        // The range of `w` and its parameters, on the device: nothing is read back.
+        let p = self
+            .observer
+            .observe_params_device(w)
+            .map_err(LayerError::observer(layer))?;
+        let y = fake_quant_device(w, &p, self.ste).map_err(LayerError::fq(layer))?;
+        self.last = Some(p);
+        Ok(y)
     }
 
     /// The parameters for the final weights `w`: `w`'s own min/max (what export recomputes).
@@ -187,8 +193,8 @@ impl WeightQuantizer {
     pub fn qparams_for(&self, w: &Tensor, layer: &str) -> Result<TensorQParams, LayerError> {
         if let Some(lsq) = &self.lsq {
             let initialized = lsq
-                .initialized
-                .f_double_value(&[0])
+                .initialized_host
+                .get(&lsq.initialized, "lsq initialized")
                 .map_err(LayerError::torch(layer, "lsq flag"))?
                 != 0.0;
             if initialized {
@@ -245,28 +251,20 @@ impl WeightQuantizer {
             _ => return Ok(b.shallow_clone()),
         };
         let n = b.size().first().copied().unwrap_or(0) as usize;
-        let sw: Vec<f32> = match p {
-            TensorQParams::PerTensor(q) => vec![q.scale(); n],
-            TensorQParams::PerChannel(pc) => (0..pc.len())
-                .map(|c| pc.channel(c).map(|q| q.scale()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| LayerError::config(layer, e.to_string()))?,
-        };
-        if sw.len() != n {
+        if p.axis().is_some() && p.len() != n {
             return Err(LayerError::config(
                 layer,
-                format!("bias has {n} channels, the weight parameters {}", sw.len()),
+                format!("bias has {n} channels, the weight parameters {}", p.len()),
             ));
         }
-        let grid: Vec<f32> = sw
-            .iter()
-            .map(|&s| (f64::from(s_in) * f64::from(s)) as f32)
-            .collect();
+        // The grid S_in·S_w[c] = (f64(S_in)·f64(S_w[c])) rounded to f32, on the device.
         let torch = LayerError::torch(layer, "bias fake quant");
-        let g = Tensor::from_slice(&grid)
-            .f_to_device(b.device())
-            .map_err(LayerError::torch(layer, "bias fake quant"))?;
         let q = tch::no_grad(|| -> Result<Tensor, tch::TchError> {
+            let g = p
+                .scale()
+                .f_to_kind(Kind::Double)?
+                .f_mul_scalar(f64::from(s_in))?
+                .f_to_kind(Kind::Float)?;
             let bd = b.f_detach()?;
             bd.f_div(&g)?.f_round()?.f_mul(&g)?.f_sub(&bd)
         })

@@ -1,6 +1,6 @@
 //! The activation observer of a layer: one of the three kinds, chosen by its quant config.
 
-use qat_autograd::TensorQParams;
+use qat_autograd::{DeviceQParams, TensorQParams};
 use qat_core::QuantParams;
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
@@ -121,6 +121,39 @@ impl ActObserver {
                 let c = tch::no_grad(|| x.f_clamp(f64::from(lo), f64::from(hi)))
                     .map_err(ObserverError::torch(o.name()))?;
                 o.observe(&c)
+            }
+        }
+    }
+
+    /// [`ActObserver::observe_clamped`] in a training step: EMA and min/max observers update on the
+    /// device without reading anything back (a non-finite batch range leaves them unchanged); the
+    /// histogram observer (PTQ calibration) needs every value on the host.
+    pub(crate) fn observe_device(
+        &mut self,
+        x: &Tensor,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<(), ObserverError> {
+        match self {
+            Self::Ema(o) => o.observe_device(x, clamp),
+            Self::MinMax(o) => o.observe_device(x, clamp),
+            Self::Histogram(_) => self.observe_clamped(x, clamp),
+        }
+    }
+
+    /// The per-tensor parameters on `device`: computed there from the device-resident range (EMA,
+    /// min/max; no read once calibrated), or the histogram's parameters uploaded.
+    pub(crate) fn device_qparams(
+        &self,
+        device: tch::Device,
+    ) -> Result<DeviceQParams, ObserverError> {
+        match self {
+            Self::Ema(o) => o.device_qparams(),
+            Self::MinMax(o) => o.device_qparams(),
+            Self::Histogram(o) => {
+                let p = o.qparams()?;
+                DeviceQParams::from_host(&p, device).map_err(|e| {
+                    ObserverError::new(o.name(), ObserverErrorKind::Config(e.to_string()))
+                })
             }
         }
     }

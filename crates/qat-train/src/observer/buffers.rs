@@ -1,12 +1,16 @@
 //! The state every range observer keeps, in one struct of VarStore buffers.
 //!
 //! The buffers are non-trainable VarStore variables, so `VarStore::save`/`load` (and checkpoints)
-//! round-trip them. They live on the model's device; every read of observer state back to the host
-//! goes through the few methods marked *host read* below ([`RangeBuffers::count`],
-//! [`RangeBuffers::frozen`], [`RangeBuffers::read`], [`RangeBuffers::state`]) and the batch range
-//! read of [`super::range::batch_min_max_clamped`] — the places to change to keep the state on the
-//! device.
+//! round-trip them. They live on the model's device and a training step updates them there
+//! ([`RangeBuffers::update`]: no read back to the host). Reads go through `qat_autograd::host_read`
+//! and happen outside the training step: [`RangeBuffers::count`], [`RangeBuffers::read`],
+//! [`RangeBuffers::state`], and once each for the two host copies ([`HostCopy`]) — whether the
+//! observer is frozen (set by the schedule's switches, which the host decides) and whether it has
+//! seen data (a positive count stays positive through [`RangeBuffers::update`]). A write behind the
+//! observer's back (a `VarStore::load`) bumps the buffers' version counters and invalidates the
+//! copies: the next use reads them once.
 
+use qat_autograd::host_read::{self, HostCopy};
 use tch::{Kind, Tensor, nn};
 
 use super::{ObserverError, ObserverErrorKind, ObserverState};
@@ -20,6 +24,10 @@ pub(crate) struct RangeBuffers {
     max: Tensor,
     count: Tensor,
     frozen: Tensor,
+    /// Host copy of `frozen`.
+    frozen_host: HostCopy,
+    /// Host copy of the count, kept valid across [`RangeBuffers::update`] once positive.
+    calibrated_host: HostCopy,
 }
 
 impl RangeBuffers {
@@ -45,6 +53,8 @@ impl RangeBuffers {
             max,
             count,
             frozen,
+            frozen_host: HostCopy::default(),
+            calibrated_host: HostCopy::default(),
         })
     }
 
@@ -60,30 +70,88 @@ impl RangeBuffers {
 
     /// Batches observed. *Host read.*
     pub(crate) fn count(&self) -> u64 {
-        self.count.double_value(&[0]) as u64
+        host_read::scalar_f64(&self.count, "observer count").map_or(0, |v| v as u64)
+    }
+
+    /// Whether data has been observed (`count > 0`). Reads the count until it is positive, then
+    /// answers from the host cache.
+    pub(crate) fn is_calibrated(&self) -> bool {
+        self.calibrated_host
+            .get(&self.count, "observer count")
+            .is_ok_and(|n| n > 0.0)
     }
 
     pub(crate) fn set_count(&mut self, n: u64) {
         tch::no_grad(|| {
             let _ = self.count.fill_(n as f64);
         });
+        self.calibrated_host.set(&self.count, n as f64);
     }
 
-    /// Whether frozen. *Host read.*
+    /// Whether frozen: the host cache (read from the buffer once if unknown).
     pub(crate) fn frozen(&self) -> bool {
-        self.frozen.double_value(&[0]) != 0.0
+        self.frozen_host
+            .get(&self.frozen, "observer frozen")
+            .is_ok_and(|v| v != 0.0)
     }
 
     pub(crate) fn set_frozen(&mut self, f: bool) {
         tch::no_grad(|| {
             let _ = self.frozen.fill_(if f { 1.0 } else { 0.0 });
         });
+        self.frozen_host
+            .set(&self.frozen, if f { 1.0 } else { 0.0 });
+    }
+
+    /// The stored `(min, max)` tensors (`f32[channels]`, on the device).
+    pub(crate) fn range_tensors(&self) -> (&Tensor, &Tensor) {
+        (&self.min, &self.max)
+    }
+
+    /// Records a batch range `(lo, hi)` (`f32[channels]`, on the device) without reading anything
+    /// back: the new range is `(lo, hi)` for the first batch (`count = 0`), else
+    /// `combine(min, max, lo, hi)`; the count goes up by one. A batch whose range is not finite
+    /// leaves the state unchanged (as the host path, which rejects it with an error).
+    pub(crate) fn update(
+        &mut self,
+        lo: &Tensor,
+        hi: &Tensor,
+        combine: impl FnOnce(
+            &Tensor,
+            &Tensor,
+            &Tensor,
+            &Tensor,
+        ) -> Result<(Tensor, Tensor), tch::TchError>,
+    ) -> Result<(), ObserverError> {
+        let calibrated = self.calibrated_host.peek(&self.count);
+        let r = tch::no_grad(|| -> Result<(), tch::TchError> {
+            let ok = lo
+                .f_isfinite()?
+                .f_all()?
+                .f_logical_and(&hi.f_isfinite()?.f_all()?)?;
+            let first = self.count.f_eq(0.0)?;
+            let (clo, chi) = combine(&self.min, &self.max, lo, hi)?;
+            let nlo = lo.f_where_self(&first, &clo)?;
+            let nhi = hi.f_where_self(&first, &chi)?;
+            let nlo = nlo.f_where_self(&ok, &self.min)?;
+            let nhi = nhi.f_where_self(&ok, &self.max)?;
+            self.min.f_copy_(&nlo)?;
+            self.max.f_copy_(&nhi)?;
+            let _ = self.count.f_add_(&ok)?;
+            Ok(())
+        });
+        // The count only grows here: a positive count stays positive (the copy keeps that fact,
+        // not the exact count).
+        if let Some(n) = calibrated.filter(|&n| n > 0.0) {
+            self.calibrated_host.set(&self.count, n);
+        }
+        r.map_err(ObserverError::torch(&self.name))
     }
 
     /// The stored `(min, max)` per channel; [`ObserverErrorKind::Uncalibrated`] before any data.
     /// *Host read.*
     pub(crate) fn read(&self) -> Result<(Vec<f32>, Vec<f32>), ObserverError> {
-        if self.count() == 0 {
+        if !self.is_calibrated() {
             return Err(self.err(ObserverErrorKind::Uncalibrated));
         }
         Ok((
@@ -136,10 +204,7 @@ impl RangeBuffers {
 
 /// The values of `t` as f32 on the host. *Host read.*
 pub(crate) fn read_f32(t: &Tensor, name: &str) -> Result<Vec<f32>, ObserverError> {
-    t.f_to_kind(Kind::Float)
-        .and_then(|t| t.f_flatten(0, -1))
-        .and_then(|t| Vec::<f32>::try_from(&t))
-        .map_err(ObserverError::torch(name))
+    host_read::vec_f32(t, "observer range").map_err(ObserverError::torch(name))
 }
 
 /// Copies `v` into `t` (on `t`'s device).
@@ -162,7 +227,7 @@ macro_rules! range_buffer_methods {
         }
 
         fn is_calibrated(&self) -> bool {
-            self.buf.count() > 0
+            self.buf.is_calibrated()
         }
 
         fn freeze(&mut self) {

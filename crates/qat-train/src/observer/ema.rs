@@ -1,10 +1,10 @@
 //! Exponential-moving-average min/max observer: activation ranges during QAT (paper §3).
 
-use qat_autograd::TensorQParams;
-use tch::{Tensor, nn};
+use qat_autograd::{DeviceQParams, TensorQParams};
+use tch::{Kind, Tensor, nn};
 
 use super::buffers::{RangeBuffers, range_buffer_methods};
-use super::range::{batch_min_max_clamped, check_bits, to_qparams};
+use super::range::{batch_range_device, check_bits, check_finite, device_qparams, to_qparams};
 use super::{
     Observer, ObserverError, ObserverErrorKind, PYTORCH_AVERAGING_CONSTANT, QuantScheme,
     TF_EMA_DECAY,
@@ -81,7 +81,8 @@ impl EmaMinMaxObserver {
     }
 
     /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
-    /// range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`.
+    /// range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`. Reads the batch
+    /// range to reject a non-finite one with an error.
     pub(crate) fn observe_clamped(
         &mut self,
         x: &Tensor,
@@ -90,17 +91,54 @@ impl EmaMinMaxObserver {
         if self.buf.frozen() {
             return Ok(());
         }
-        let (blo, bhi) = batch_min_max_clamped(x, None, 1, &self.buf.name, clamp)?;
-        let n = self.buf.count();
-        let (lo, hi) = if n == 0 {
-            (blo[0], bhi[0])
-        } else {
-            let (lo, hi) = self.buf.read()?;
-            let d = f64::from(self.decay);
-            let ema = |m: f32, b: f32| (d * f64::from(m) + (1.0 - d) * f64::from(b)) as f32;
-            (ema(lo[0], blo[0]), ema(hi[0], bhi[0]))
-        };
-        self.buf.store(&[lo], &[hi], n + 1)
+        let (blo, bhi) = batch_range_device(x, None, 1, &self.buf.name, clamp)?;
+        check_finite(&blo, &bhi, &self.buf.name)?;
+        self.record(&blo, &bhi)
+    }
+
+    /// [`EmaMinMaxObserver::observe_clamped`] without reading anything back (the training step): a
+    /// non-finite batch range leaves the state unchanged.
+    pub(crate) fn observe_device(
+        &mut self,
+        x: &Tensor,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<(), ObserverError> {
+        if self.buf.frozen() {
+            return Ok(());
+        }
+        let (blo, bhi) = batch_range_device(x, None, 1, &self.buf.name, clamp)?;
+        self.record(&blo, &bhi)
+    }
+
+    /// The EMA update on the device, in f64 and stored in f32 (the first batch sets the range).
+    fn record(&mut self, blo: &Tensor, bhi: &Tensor) -> Result<(), ObserverError> {
+        let d = f64::from(self.decay);
+        self.buf.update(blo, bhi, |lo, hi, blo, bhi| {
+            let ema = |m: &Tensor, b: &Tensor| -> Result<Tensor, tch::TchError> {
+                m.f_to_kind(Kind::Double)?
+                    .f_mul_scalar(d)?
+                    .f_add(&b.f_to_kind(Kind::Double)?.f_mul_scalar(1.0 - d)?)?
+                    .f_to_kind(Kind::Float)
+            };
+            Ok((ema(lo, blo)?, ema(hi, bhi)?))
+        })
+    }
+
+    /// The parameters of the current range, computed on the device (no read once calibrated);
+    /// [`ObserverErrorKind::Uncalibrated`] before any data.
+    pub(crate) fn device_qparams(&self) -> Result<DeviceQParams, ObserverError> {
+        if !self.buf.is_calibrated() {
+            return Err(self.buf.err(ObserverErrorKind::Uncalibrated));
+        }
+        let (lo, hi) = self.buf.range_tensors();
+        device_qparams(
+            &self.buf.name,
+            QuantScheme::AsymmetricUnsigned,
+            self.bits,
+            None,
+            lo,
+            hi,
+        )
     }
 }
 

@@ -1,7 +1,8 @@
 //! Histogram observer with percentile clipping, for post-training calibration.
 
 use qat_autograd::TensorQParams;
-use tch::{Device, Kind, Tensor, nn};
+use qat_autograd::host_read;
+use tch::{Kind, Tensor, nn};
 
 use super::buffers::{RangeBuffers, range_buffer_methods};
 use super::range::{batch_min_max, check_bits, to_qparams};
@@ -95,7 +96,8 @@ impl HistogramObserver {
 
     /// The bin counts. *Host read.*
     fn counts(&self) -> Result<Vec<f64>, ObserverError> {
-        Vec::<f64>::try_from(&self.hist).map_err(ObserverError::torch(&self.buf.name))
+        host_read::vec_f64(&self.hist, "histogram bins")
+            .map_err(ObserverError::torch(&self.buf.name))
     }
 
     fn bins(&self) -> usize {
@@ -133,14 +135,8 @@ impl Observer for HistogramObserver {
             }
             (nlo, nhi)
         };
-        let vals = tch::no_grad(|| {
-            x.f_detach()?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(Device::Cpu)?
-                .f_flatten(0, -1)
-        })
-        .and_then(|t| Vec::<f32>::try_from(&t))
-        .map_err(ObserverError::torch(&self.buf.name))?;
+        let vals = tch::no_grad(|| host_read::vec_f32(x, "histogram values"))
+            .map_err(ObserverError::torch(&self.buf.name))?;
         for v in vals {
             h[bin_of(f64::from(v), lo, hi, bins)] += 1.0;
         }

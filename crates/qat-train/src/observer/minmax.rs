@@ -1,12 +1,14 @@
 //! Min/max observer: weights (the paper's rule) and running min/max for PTQ calibration.
 
-use qat_autograd::TensorQParams;
+use qat_autograd::{DeviceQParams, TensorQParams};
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
 use super::buffers::{RangeBuffers, range_buffer_methods};
-use super::range::{batch_min_max, batch_min_max_clamped, check_bits, to_qparams};
-use super::{Granularity, Observer, ObserverError, QuantScheme};
+use super::range::{
+    batch_min_max, batch_range_device, check_bits, check_finite, device_qparams, to_qparams,
+};
+use super::{Granularity, Observer, ObserverError, ObserverErrorKind, QuantScheme};
 
 /// Configuration of a [`MinMaxObserver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -125,7 +127,8 @@ impl MinMaxObserver {
     }
 
     /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
-    /// range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`.
+    /// range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`. Reads the batch
+    /// range to reject a non-finite one with an error.
     pub(crate) fn observe_clamped(
         &mut self,
         x: &Tensor,
@@ -134,15 +137,73 @@ impl MinMaxObserver {
         if self.buf.frozen() {
             return Ok(());
         }
-        let (mut lo, mut hi) =
-            batch_min_max_clamped(x, self.axis(), self.buf.channels(), &self.buf.name, clamp)?;
-        let n = self.buf.count();
-        if self.cfg.accumulate && n > 0 {
-            let (old_lo, old_hi) = self.buf.read()?;
-            lo.iter_mut().zip(&old_lo).for_each(|(a, b)| *a = a.min(*b));
-            hi.iter_mut().zip(&old_hi).for_each(|(a, b)| *a = a.max(*b));
+        let (lo, hi) =
+            batch_range_device(x, self.axis(), self.buf.channels(), &self.buf.name, clamp)?;
+        check_finite(&lo, &hi, &self.buf.name)?;
+        self.record(&lo, &hi)
+    }
+
+    /// [`MinMaxObserver::observe_clamped`] without reading anything back (the training step): a
+    /// non-finite batch range leaves the state unchanged.
+    pub(crate) fn observe_device(
+        &mut self,
+        x: &Tensor,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<(), ObserverError> {
+        if self.buf.frozen() {
+            return Ok(());
         }
-        self.buf.store(&lo, &hi, n + 1)
+        let (lo, hi) =
+            batch_range_device(x, self.axis(), self.buf.channels(), &self.buf.name, clamp)?;
+        self.record(&lo, &hi)
+    }
+
+    /// Observes `x` on the device (unless frozen) and returns the parameters of `x`'s own range,
+    /// computed on the device: the weight quantizer's step (the range of the current weights), no
+    /// read back.
+    pub(crate) fn observe_params_device(
+        &mut self,
+        x: &Tensor,
+    ) -> Result<DeviceQParams, ObserverError> {
+        let (lo, hi) =
+            batch_range_device(x, self.axis(), self.buf.channels(), &self.buf.name, None)?;
+        if !self.buf.frozen() {
+            self.record(&lo, &hi)?;
+        }
+        self.device_params(&lo, &hi)
+    }
+
+    /// Records a batch range on the device: replaces the range, or (`accumulate`) widens it.
+    fn record(&mut self, lo: &Tensor, hi: &Tensor) -> Result<(), ObserverError> {
+        let acc = self.cfg.accumulate;
+        self.buf.update(lo, hi, |olo, ohi, lo, hi| {
+            if acc {
+                Ok((olo.f_minimum(lo)?, ohi.f_maximum(hi)?))
+            } else {
+                Ok((lo.shallow_clone(), hi.shallow_clone()))
+            }
+        })
+    }
+
+    /// The parameters of the stored range, computed on the device (no read once calibrated);
+    /// [`ObserverErrorKind::Uncalibrated`] before any data.
+    pub(crate) fn device_qparams(&self) -> Result<DeviceQParams, ObserverError> {
+        if !self.buf.is_calibrated() {
+            return Err(self.buf.err(ObserverErrorKind::Uncalibrated));
+        }
+        let (lo, hi) = self.buf.range_tensors();
+        self.device_params(lo, hi)
+    }
+
+    fn device_params(&self, lo: &Tensor, hi: &Tensor) -> Result<DeviceQParams, ObserverError> {
+        device_qparams(
+            &self.buf.name,
+            self.cfg.scheme,
+            self.cfg.bits,
+            self.axis(),
+            lo,
+            hi,
+        )
     }
 }
 

@@ -1,7 +1,9 @@
 //! Range observers (paper §3): they watch tensors during training or calibration and turn the
-//! observed range into quantization parameters — always through qat-core's constructors
+//! observed range into quantization parameters — on the host through qat-core's constructors
 //! ([`qat_core::QuantParams::asymmetric`], [`qat_core::QuantParams::symmetric`],
-//! [`qat_core::PerChannelParams`]), never by hand.
+//! [`qat_core::PerChannelParams`]); in a training step on the device, with the same f32 operations in
+//! the same order (`range.rs`, tested bit for bit against those constructors), so that the step reads
+//! nothing back to the host.
 //!
 //! | observer | use | range |
 //! |---|---|---|
@@ -14,8 +16,10 @@
 //! * refuses to give parameters before it has seen data ([`ObserverErrorKind::Uncalibrated`]),
 //! * can be frozen (it then ignores new data and keeps its range) and unfrozen,
 //! * keeps its state in one struct of non-trainable VarStore buffers (`min`, `max`, `count`,
-//!   `frozen`, and `hist` for the histogram), so `VarStore::save`/`load` — and hence checkpoints —
-//!   round-trip it; it also exports/imports a serde [`ObserverState`].
+//!   `frozen`, and `hist` for the histogram), updated on the device in a training step (EMA and
+//!   min/max; the histogram is for PTQ calibration and reads its values), so
+//!   `VarStore::save`/`load` — and hence checkpoints — round-trip it; it also exports/imports a
+//!   serde [`ObserverState`].
 //!
 //! | file | what |
 //! |---|---|

@@ -246,3 +246,107 @@ fn state_round_trips_through_serde_and_the_varstore() {
         })
     ));
 }
+
+/// Ranges on which the device computation of the parameters must equal qat-core's: ordinary,
+/// all-negative, all-positive, degenerate (0, 0), tiny, huge, and ties of the zero point.
+fn awkward_ranges() -> Vec<(f32, f32)> {
+    let mut v = vec![
+        (-1.0, 3.0),
+        (0.0, 6.0),
+        (-2.0, -0.5),
+        (0.3, 0.9),
+        (0.0, 0.0),
+        (-1e-30, 1e-30),
+        (-3.0e30, 1.0e30),
+        (-0.5, 127.0),
+        (-1.0, 254.0),
+        (-0.37, 0.91),
+        (-1.5, 1.5),
+    ];
+    let mut s = 12345u64;
+    for _ in 0..400 {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let a = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 20.0;
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let b = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 20.0;
+        v.push((a.min(b), a.max(b)));
+    }
+    v
+}
+
+#[test]
+fn device_parameters_equal_qat_core_bit_for_bit() {
+    use super::range::{device_qparams, to_qparams};
+    let ranges = awkward_ranges();
+    let lo: Vec<f32> = ranges.iter().map(|r| r.0).collect();
+    let hi: Vec<f32> = ranges.iter().map(|r| r.1).collect();
+    for scheme in [
+        QuantScheme::SymmetricNarrow,
+        QuantScheme::AsymmetricUnsigned,
+    ] {
+        for bits in [2, 4, 8] {
+            // Per channel, all ranges at once.
+            let dev = device_qparams("t", scheme, bits, Some(0), &t(&lo), &t(&hi))
+                .unwrap()
+                .to_host()
+                .unwrap();
+            let host = to_qparams("t", scheme, bits, Some(0), &lo, &hi).unwrap();
+            assert_eq!(dev, host, "{scheme:?} {bits} bits per channel");
+            // Per tensor, each range.
+            for &(a, b) in &ranges {
+                let dev = device_qparams("t", scheme, bits, None, &t(&[a]), &t(&[b]))
+                    .unwrap()
+                    .to_host()
+                    .unwrap();
+                let host = to_qparams("t", scheme, bits, None, &[a], &[b]).unwrap();
+                assert_eq!(dev, host, "{scheme:?} {bits} bits [{a}, {b}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn device_updates_equal_the_host_path_and_read_nothing() {
+    let vs = VarStore::new(Device::Cpu);
+    let p = vs.root();
+    let mut host = EmaMinMaxObserver::new(&(&p / "h"), 8, 0.9).unwrap();
+    let mut dev = EmaMinMaxObserver::new(&(&p / "d"), 8, 0.9).unwrap();
+    let acc = MinMaxConfig::new(QuantScheme::AsymmetricUnsigned, 8)
+        .per_channel(0, 2)
+        .accumulate(true);
+    let mut mh = MinMaxObserver::new(&(&p / "mh"), acc).unwrap();
+    let mut md = MinMaxObserver::new(&(&p / "md"), acc).unwrap();
+    let batches = [
+        vec![-1.0f32, 2.0, 0.5, 7.0],
+        vec![-0.25, 3.5, -4.0, 1.0],
+        vec![0.0, f32::NAN, 1.0, 2.0],
+        vec![-0.7, 0.1, 0.2, 9.5],
+    ];
+    // The one read of each observer's frozen flag (then kept on the host).
+    assert!(!dev.is_frozen() && !md.is_frozen());
+    for (i, b) in batches.iter().enumerate() {
+        let x = t(b).view([2, 2]);
+        let clamp = if i == 1 { Some((0.0, 6.0)) } else { None };
+        let finite = b.iter().all(|v| v.is_finite());
+        assert_eq!(host.observe_clamped(&x, clamp).is_ok(), finite);
+        assert_eq!(mh.observe_clamped(&x, clamp).is_ok(), finite);
+        let reads = qat_autograd::host_read::count();
+        dev.observe_device(&x, clamp).unwrap();
+        md.observe_device(&x, clamp).unwrap();
+        assert_eq!(qat_autograd::host_read::count(), reads, "batch {i}");
+        assert_eq!(dev.state().unwrap(), host.state().unwrap(), "batch {i}");
+        assert_eq!(md.state().unwrap(), mh.state().unwrap(), "batch {i}");
+        assert_eq!(
+            dev.device_qparams().unwrap().to_host().unwrap(),
+            host.qparams().unwrap()
+        );
+        assert_eq!(
+            md.device_qparams().unwrap().to_host().unwrap(),
+            mh.qparams().unwrap()
+        );
+    }
+}

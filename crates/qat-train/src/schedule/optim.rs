@@ -9,6 +9,7 @@
 //!   `p −= η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)`.
 //! * AdamW: as Adam without the `λp` term, and `p *= 1 − ηλ` first (decoupled decay, Loshchilov & Hutter).
 
+use qat_autograd::host_read;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -327,7 +328,7 @@ impl Optimizer {
         }
         for (name, t) in tensors {
             if name == "#step" {
-                self.step = t.f_int64_value(&[0])? as u64;
+                self.step = host_read::scalar_i64(&t, "optimizer step")? as u64;
                 continue;
             }
             let (var, which) = name.rsplit_once('#').ok_or_else(|| {

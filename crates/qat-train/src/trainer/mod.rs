@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+use qat_autograd::host_read;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,12 +161,14 @@ fn evaluate_loader(model: &mut Net, loader: &Loader) -> Result<(f64, f64), Train
         let y = b.labels.f_to_device(device)?;
         let logits = model.forward_t(&x, false)?;
         let bs = y.size()[0];
-        loss_sum += cross_entropy(&logits, &y)?.f_double_value(&[])? * bs as f64;
-        correct += logits
-            .f_argmax(-1, false)?
-            .f_eq_tensor(&y)?
-            .f_sum(Kind::Int64)?
-            .f_int64_value(&[])?;
+        loss_sum += host_read::scalar_f64(&cross_entropy(&logits, &y)?, "eval loss")? * bs as f64;
+        correct += host_read::scalar_i64(
+            &logits
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&y)?
+                .f_sum(Kind::Int64)?,
+            "eval correct",
+        )?;
         n += bs;
     }
     let n = n.max(1) as f64;
@@ -287,7 +290,7 @@ pub fn train(
             let y = batch.labels.f_to_device(device)?;
             let logits = model.forward_t(&x, true)?;
             let loss = cross_entropy(&logits, &y)?;
-            let loss_v = loss.f_double_value(&[])?;
+            let loss_v = host_read::scalar_f64(&loss, "train loss")?;
             let step = schedule.state().step;
             if !loss_v.is_finite() {
                 pb.abandon_with_message(format!("non-finite loss {loss_v}"));
@@ -307,11 +310,13 @@ pub fn train(
             schedule.record_step();
             let bs = y.size()[0];
             loss_sum += loss_v * bs as f64;
-            correct += logits
-                .f_argmax(-1, false)?
-                .f_eq_tensor(&y)?
-                .f_sum(Kind::Int64)?
-                .f_int64_value(&[])?;
+            correct += host_read::scalar_i64(
+                &logits
+                    .f_argmax(-1, false)?
+                    .f_eq_tensor(&y)?
+                    .f_sum(Kind::Int64)?,
+                "train correct",
+            )?;
             seen += bs;
             last_phase = phase;
             let rec = StepRecord {
