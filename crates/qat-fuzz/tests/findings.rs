@@ -9,9 +9,7 @@ use qat_export::ir::{Conv2d, Pool2d};
 use qat_fuzz::structure::wrap_qat8;
 use qat_fuzz::targets::Target;
 use qat_int8_runtime::format::FORMAT_VERSION;
-use qat_int8_runtime::{
-    Clamp, Conv2d as QConv, DType, Int8Model, Op, TensorInfo, Weights,
-};
+use qat_int8_runtime::{Clamp, Conv2d as QConv, DType, Int8Model, Op, TensorInfo, Weights};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/fuzz");
 
