@@ -17,6 +17,10 @@
 //! | `Flatten` of `[C]` | nothing (the value itself) | — |
 //! | `Output` (exactly one) | the net's output | — |
 //!
+//! An exporter that fuses each batch norm into the conv before it (PyTorch's default
+//! eval-mode ONNX export does) leaves plain convs with a bias: they are fine-tuned as such, with
+//! no batch norm to fold; a file that keeps its `BatchNormalization` nodes gets conv+BN layers.
+//!
 //! Fused activations (ReLU, ReLU6) stay fused. The quantization of every layer comes from
 //! [`GraphNetOptions::quant`], not from the graph's annotations (its observed ranges are
 //! discarded: QAT calibrates its own). A graph that cannot be expressed is refused with one
@@ -485,7 +489,7 @@ mod tests {
         );
         let f = g.flatten("flat", p);
         g.output("raw", f);
-        let fc = g.linear("fc", f, Linear::new(vec![0.0; 2 * 24], [2, 24]));
+        let fc = g.linear("fc", f, Linear::new(vec![0.0; 2 * 20], [2, 20]));
         g.output("logits", fc);
         let err = from_float_graph(&g, Device::Cpu, &GraphNetOptions::default())
             .err()
