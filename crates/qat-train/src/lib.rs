@@ -7,12 +7,14 @@
 //! | §3 schedule (quant delay, BN freeze) | [`schedule`] | the typed training state machine |
 //! | §4 experiments | [`models`], [`data`], [`trainer`], [`checkpoint`] | model zoo, datasets, trainer |
 //! | §2 ⇐ §3 | [`convert`] | a trained model → qat-export's `FloatGraph` |
+//! | §3 on a model brought as a float graph | [`models::from_float_graph`], [`finetune`] | an imported float model → QAT net (weights, BN statistics) → fine-tuning with the pipeline's schedule → export |
 //! | §3 "the integer model matches its simulation" | [`fidelity`] | the libtorch fake-quant model vs the export's simulation, node by node |
 
 pub mod checkpoint;
 pub mod convert;
 pub mod data;
 pub mod fidelity;
+pub mod finetune;
 pub mod layers;
 pub mod models;
 pub mod observer;

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo xtask quantize --onnx model.onnx --data DIR [--format qat8,tflite,onnx] [--target qat|tflite]
-//!     [--calibration 512] [--eval 0] [--normalize MEAN/STD[,MEAN/STD…]] [--out DIR]
+//!     [--calibration 512] [--eval 0] [--normalize MEAN/STD[,MEAN/STD…]] [--qat-epochs N] [--out DIR]
 //! ```
 //!
 //! `DIR` holds a dataset in one of two layouts:
@@ -16,6 +16,9 @@
 //! (`--normalize`, default: the training split's own statistics), in the layout the ONNX input
 //! has (NCHW or NHWC). Results go to `DIR/report.json` and `DIR/report.md`, the models to
 //! `DIR/model.{qat8,tflite,onnx}`.
+
+#[path = "qat-quantize/qat.rs"]
+mod qat;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +67,10 @@ struct Args {
     /// split's statistics).
     #[arg(long)]
     normalize: Option<String>,
+    /// QAT fine-tuning epochs after PTQ (0: none), with the pipeline's schedule and optimizer
+    /// (`configs/default.toml`); the QAT model is then the one deployed.
+    #[arg(long, default_value_t = 0)]
+    qat_epochs: usize,
 }
 
 /// One row of the accuracy table.
@@ -285,6 +292,18 @@ fn run(args: &Args) -> Result<()> {
             agree_float: agree(&preds, &float),
         });
         chosen = Some((model, plan));
+    }
+    if args.qat_epochs > 0 {
+        let run = qat::fine_tune(&graph, &data, &norm, args.qat_epochs, target, n_eval)?;
+        for (name, preds) in run.rows {
+            let (top1, agree_float) = (top1(&preds), agree(&preds, &float));
+            rows.push(Row {
+                name,
+                top1,
+                agree_float,
+            });
+        }
+        chosen = Some((run.model, run.plan));
     }
     let (model, plan) = chosen.context("no PTQ variant ran")?;
     let fidelity = qat_export::fidelity_report(&plan, cal.iter().take(4).map(|b| b.view()))?;

@@ -1,4 +1,5 @@
-//! Lowering of a [`FloatGraph`] to a float ONNX graph (batch norm folded first).
+//! Lowering of a [`FloatGraph`] to a float ONNX graph (batch norm folded first, or kept as
+//! `BatchNormalization` nodes).
 
 use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC, oihw_from_ohwi};
 use super::proto::tensor_proto::DataType;
@@ -24,12 +25,17 @@ fn activation(g: &mut Graph, x: String, act: Activation, name: &str) -> String {
     }
 }
 
-/// Writes `graph` (validated, batch norms folded) as float ONNX: NHWC f32 input, NCHW inside,
-/// graph outputs in the float graph's layout (NHWC, or `[N, C]`), named after the `Output`
-/// nodes. Returns the bytes and the input's name.
-pub(super) fn lower(graph: &FloatGraph) -> Result<(Vec<u8>, String), GraphError> {
+/// Writes `graph` (validated; batch norms folded when `fold_bn`, else each a
+/// `BatchNormalization` node between its conv and its activation) as float ONNX: NHWC f32 input,
+/// NCHW inside, graph outputs in the float graph's layout (NHWC, or `[N, C]`), named after the
+/// `Output` nodes. Returns the bytes and the input's name.
+pub(super) fn lower(graph: &FloatGraph, fold_bn: bool) -> Result<(Vec<u8>, String), GraphError> {
     let shapes = graph.validate()?;
-    let graph = fold_graph_batch_norms(graph);
+    let graph = if fold_bn {
+        fold_graph_batch_norms(graph)
+    } else {
+        graph.clone()
+    };
     let mut g = Graph::default();
     let mut vals: Vec<String> = Vec::with_capacity(graph.nodes.len());
     let mut input_name = String::new();
@@ -66,7 +72,20 @@ pub(super) fn lower(graph: &FloatGraph) -> Result<(Vec<u8>, String), GraphError>
                     Attr::Ints(c.dilation.iter().map(|&d| d as i64).collect()),
                 ));
                 attrs.push(("group", Attr::Int(c.groups as i64)));
-                let y = g.apply("Conv", &[&inp(0), &w, &b], &name, attrs);
+                let mut y = g.apply("Conv", &[&inp(0), &w, &b], &name, attrs);
+                if let Some(bn) = &c.batch_norm {
+                    let p = |g: &mut Graph, what: &str, v: &[f32]| {
+                        g.f32s(&format!("{name}/bn/{what}"), &[o], v)
+                    };
+                    let (sc, sh) = (p(&mut g, "gamma", &bn.gamma), p(&mut g, "beta", &bn.beta));
+                    let (m, v) = (p(&mut g, "mean", &bn.mean), p(&mut g, "var", &bn.var));
+                    y = g.apply(
+                        "BatchNormalization",
+                        &[&y, &sc, &sh, &m, &v],
+                        &format!("{name}/bn"),
+                        vec![("epsilon", Attr::Float(bn.eps))],
+                    );
+                }
                 activation(&mut g, y, c.activation, &name)
             }
             FloatOp::Linear(l) => {
@@ -139,6 +158,11 @@ pub(super) fn lower(graph: &FloatGraph) -> Result<(Vec<u8>, String), GraphError>
         };
         vals.push(v);
     }
-    let bytes = g.finish(&graph.name, "qat float export (batch norm folded)");
+    let doc = if fold_bn {
+        "qat float export (batch norm folded)"
+    } else {
+        "qat float export (batch norm kept)"
+    };
+    let bytes = g.finish(&graph.name, doc);
     Ok((bytes, input_name))
 }

@@ -20,6 +20,7 @@ pub const IR_VERSION: i64 = 7;
 pub(super) enum Attr {
     Int(i64),
     Ints(Vec<i64>),
+    Float(f32),
 }
 
 /// The graph being built.
@@ -135,6 +136,10 @@ impl Graph {
                     Attr::Ints(v) => {
                         p.ints = v;
                         p.r#type = Some(AttributeType::Ints as i32);
+                    }
+                    Attr::Float(f) => {
+                        p.f = Some(f);
+                        p.r#type = Some(AttributeType::Float as i32);
                     }
                 }
                 p

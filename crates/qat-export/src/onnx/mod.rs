@@ -145,6 +145,34 @@ pub struct FloatOnnx {
 /// `Clip(0, 6)`; NHWC input and outputs, NCHW inside). Graph outputs are named after the
 /// `Output` nodes.
 pub fn float_to_onnx(graph: &FloatGraph) -> Result<FloatOnnx, GraphError> {
-    let (bytes, input) = float::lower(graph)?;
+    let (bytes, input) = float::lower(graph, true)?;
+    Ok(FloatOnnx { bytes, input })
+}
+
+/// Writes a float graph as ONNX like [`float_to_onnx`], but keeps every conv's batch norm as a
+/// `BatchNormalization` node (`γ`, `β`, moving mean and variance, `epsilon`) between the `Conv`
+/// and its activation, as a training framework exports a model with its batch norms unfused.
+/// [`import_onnx`] reads it back into the conv's [`crate::ir::BatchNorm`], so that the weights
+/// and the batch-norm statistics reach QAT separately (which conv+BN folding needs).
+///
+/// ```
+/// use qat_export::ir::{Activation, BatchNorm, Conv2d, FloatGraph, FloatOp};
+/// use qat_export::onnx::{float_to_onnx_keep_bn, import_onnx, ImportOptions};
+/// let mut g = FloatGraph::new("bn");
+/// let x = g.input("x", &[3, 3, 1]);
+/// let bn = BatchNorm { gamma: vec![2.0], beta: vec![0.5], mean: vec![0.1], var: vec![4.0], eps: 1e-5 };
+/// let c = g.conv2d("conv", x, Conv2d::new(vec![1.0; 9], [1, 3, 3, 1])
+///     .with_batch_norm(bn.clone()).with_activation(Activation::Relu));
+/// g.output("y", c);
+/// let back = import_onnx(&float_to_onnx_keep_bn(&g)?.bytes, &ImportOptions::default())?.graph;
+/// let conv = back.nodes.iter().find_map(|n| match &n.op {
+///     FloatOp::Conv2d(c) => Some(c),
+///     _ => None,
+/// });
+/// assert_eq!(conv.and_then(|c| c.batch_norm.clone()), Some(bn));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn float_to_onnx_keep_bn(graph: &FloatGraph) -> Result<FloatOnnx, GraphError> {
+    let (bytes, input) = float::lower(graph, false)?;
     Ok(FloatOnnx { bytes, input })
 }

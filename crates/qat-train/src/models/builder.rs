@@ -197,6 +197,27 @@ impl NetBuilder {
         Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
     }
 
+    /// Conv + BN (+ activation) with an explicit [`ConvBnConfig`] (any geometry; its conv's
+    /// `in_channels` must match the input; the builder's fold variant does not apply).
+    pub fn conv_bn_cfg(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cfg: ConvBnConfig,
+    ) -> Result<NodeRef, ModelError> {
+        self.unique(name)?;
+        let chw = self.chw(x, name)?;
+        if cfg.conv.in_channels as usize != chw[0] {
+            return Err(self.err(format!(
+                "{name}: conv expects {} channels, input has {}",
+                cfg.conv.in_channels, chw[0]
+            )));
+        }
+        let shape = self.conv_out(&cfg.conv, chw, name)?;
+        let layer = QatConvBn2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
+    }
+
     /// Conv with bias and an explicit [`Conv2dConfig`] (its `in_channels` must match the input).
     pub fn conv(
         &mut self,
@@ -283,21 +304,23 @@ impl NetBuilder {
         ))
     }
 
-    /// The window and output shape of a `k×k`, stride-`s` pooling of node `x` (no padding).
+    /// The output shape of pooling node `x` over `cfg`'s window (padded cells excluded).
     fn pool_geometry(
         &self,
         name: &str,
         x: NodeRef,
-        [k, s]: [usize; 2],
+        cfg: Pool2dConfig,
         what: &str,
-    ) -> Result<(Pool2dConfig, Vec<usize>), ModelError> {
+    ) -> Result<Vec<usize>, ModelError> {
         self.unique(name)?;
         let [c, h, w] = self.chw(x, name)?;
-        if h < k || w < k || s == 0 {
-            return Err(self.err(format!("{name}: {what} {k}/{s} on {h}x{w}")));
+        let (k, s, p) = (cfg.kernel, cfg.stride, cfg.padding);
+        let (hp, wp) = (h as i64 + 2 * p, w as i64 + 2 * p);
+        if k <= 0 || s <= 0 || p < 0 || 2 * p > k || hp < k || wp < k {
+            return Err(self.err(format!("{name}: {what} {k}/{s} padding {p} on {h}x{w}")));
         }
-        let shape = vec![c, (h - k) / s + 1, (w - k) / s + 1];
-        Ok((Pool2dConfig::new(k as i64, s as i64), shape))
+        let out = |x: i64| ((x - k) / s + 1) as usize;
+        Ok(vec![c, out(hp), out(wp)])
     }
 
     /// Max pooling `k×k`, stride `s`, no padding.
@@ -308,7 +331,17 @@ impl NetBuilder {
         k: usize,
         s: usize,
     ) -> Result<NodeRef, ModelError> {
-        let (cfg, shape) = self.pool_geometry(name, x, [k, s], "max pool")?;
+        self.max_pool_cfg(name, x, Pool2dConfig::new(k as i64, s as i64))
+    }
+
+    /// Max pooling over an explicit window (padding `p ≤ k/2`, padded cells ignored).
+    pub fn max_pool_cfg(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cfg: Pool2dConfig,
+    ) -> Result<NodeRef, ModelError> {
+        let shape = self.pool_geometry(name, x, cfg, "max pool")?;
         let layer = QatMaxPool2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::MaxPool(layer), vec![x], shape))
     }
@@ -321,7 +354,18 @@ impl NetBuilder {
         k: usize,
         s: usize,
     ) -> Result<NodeRef, ModelError> {
-        let (cfg, shape) = self.pool_geometry(name, x, [k, s], "avg pool")?;
+        self.avg_pool_cfg(name, x, Pool2dConfig::new(k as i64, s as i64))
+    }
+
+    /// Average pooling over an explicit window (padding `p ≤ k/2`, padded cells excluded from
+    /// the count).
+    pub fn avg_pool_cfg(
+        &mut self,
+        name: &str,
+        x: NodeRef,
+        cfg: Pool2dConfig,
+    ) -> Result<NodeRef, ModelError> {
+        let shape = self.pool_geometry(name, x, cfg, "avg pool")?;
         let layer =
             QatAvgPool2d::new(&self.path(name), cfg, self.quant).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::AvgPool(layer), vec![x], shape))

@@ -28,9 +28,11 @@
 //! | `spec.rs` | [`ModelSpec`], [`Architecture`] |
 //! | `net.rs` | [`Net`], its nodes, forward pass and [`crate::schedule::PhaseControl`] |
 //! | `builder.rs` | [`NetBuilder`] |
+//! | `from_graph.rs` | [`from_float_graph`]: a net from a float graph (an imported model) |
 //! | `zoo.rs` | the architectures, [`build`] |
 
 mod builder;
+mod from_graph;
 mod net;
 mod spec;
 pub mod zoo;
@@ -42,6 +44,7 @@ use thiserror::Error;
 use crate::layers::LayerError;
 
 pub use builder::NetBuilder;
+pub use from_graph::{FromGraphError, GraphNetOptions, UnsupportedNode, from_float_graph};
 pub use net::{Net, Node, NodeOp, NodeRef, ObserverSnapshot};
 pub use spec::{Architecture, ModelSpec};
 pub use zoo::build;

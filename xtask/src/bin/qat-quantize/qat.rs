@@ -1,0 +1,184 @@
+//! `--qat-epochs N`: QAT fine-tuning of the imported model with the pipeline's recipe (the
+//! `[qat]`, `[float]` optimizer and `[data]` batch settings of `configs/default.toml`, compiled
+//! in), its export for the chosen target, and its top-1 rows: fake quant (libtorch) and int8 (the
+//! qat runtime).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use qat_core::Target;
+use qat_export::{ExportOptions, FloatGraph, QuantPlan};
+use qat_int8_runtime::{Executor, Int8Model};
+use qat_train::convert;
+use qat_train::data::{Augment, Loader, LoaderConfig, Normalize, TrainTest};
+use qat_train::finetune::{QatPhases, qat_fine_tune, steps_per_epoch};
+use qat_train::layers::{BnFoldMode, QuantConfig, WeightGranularity};
+use qat_train::models::GraphNetOptions;
+use qat_train::observer::ActObserverConfig;
+use qat_train::schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind};
+use qat_train::trainer::{Event, TrainConfig};
+use tch::Kind;
+use xtask::config::Config;
+
+/// The fine-tuned model's predictions and its export.
+pub(crate) struct QatRun {
+    /// `(row name, predicted classes of the first `n_eval` test images)`.
+    pub rows: Vec<(String, Vec<usize>)>,
+    /// The integer model and its plan (for the deployed files and the fidelity report).
+    pub model: Int8Model,
+    pub plan: QuantPlan,
+}
+
+/// Fine-tunes `graph` for `epochs` epochs on `data.train` (inputs normalized by `norm`), exports
+/// it for `target`, and predicts the first `n_eval` test images with both models.
+pub(crate) fn fine_tune(
+    graph: &FloatGraph,
+    data: &TrainTest,
+    norm: &Normalize,
+    epochs: usize,
+    target: Target,
+    n_eval: usize,
+) -> Result<QatRun> {
+    let pipeline = Config::parse(
+        include_str!("../../../../configs/default.toml"),
+        Path::new("configs/default.toml"),
+    )?;
+    let (q, f, d) = (&pipeline.qat, &pipeline.float, &pipeline.data);
+    let opts = GraphNetOptions {
+        quant: QuantConfig {
+            weight_bits: q.weight_bits,
+            act_bits: q.act_bits,
+            weight_granularity: if q.per_channel {
+                WeightGranularity::PerChannel
+            } else {
+                WeightGranularity::PerTensor
+            },
+            act_observer: ActObserverConfig::Ema {
+                decay: q.ema_decay as f32,
+            },
+            ..QuantConfig::default()
+        },
+        fold: if q.bn_correction {
+            BnFoldMode::Whitepaper
+        } else {
+            BnFoldMode::PyTorch
+        },
+        stats_grad: q.bn_stats_grad,
+        ..GraphNetOptions::default()
+    };
+    let mut train = TrainConfig {
+        epochs,
+        batch_size: d.batch_size,
+        seed: pipeline.seed,
+        normalize: norm.clone(),
+        augment: Augment {
+            pad: d.augment_pad,
+            flip: false,
+        },
+        optimizer: OptimizerConfig {
+            kind: OptimizerKind::Sgd {
+                momentum: f.momentum,
+                nesterov: true,
+            },
+            lr: LrConfig {
+                base: q.lr,
+                schedule: LrSchedule::Cosine {
+                    total: 0,
+                    min_lr: 0.0,
+                },
+                warmup: 0,
+            },
+            weight_decay: f.weight_decay,
+        },
+        eval_samples: Some(n_eval),
+        record_steps: false,
+        ..TrainConfig::default()
+    };
+    train.optimizer.lr.schedule = LrSchedule::Cosine {
+        total: (steps_per_epoch(&data.train, &train) * epochs as u64).max(1),
+        min_lr: 0.0,
+    };
+    let phases = QatPhases {
+        calibration_batches: d.calibration_batches as u64,
+        quant_delay: q.quant_delay_steps as u64,
+        freeze_bn: q.freeze_bn_steps as u64,
+        freeze_observers: q.freeze_observers_steps as u64,
+    };
+    let label = format!(
+        "QAT W{}A{} {}, {epochs} epoch{}",
+        q.weight_bits,
+        q.act_bits,
+        if q.per_channel {
+            "per-channel"
+        } else {
+            "per-tensor"
+        },
+        if epochs == 1 { "" } else { "s" }
+    );
+    let t0 = Instant::now();
+    let mut tuned = qat_fine_tune(
+        graph,
+        &data.train,
+        &data.test,
+        &opts,
+        &train,
+        &phases,
+        &mut |e| {
+            if let Event::Epoch(s) = e {
+                eprintln!(
+                    "[quantize] QAT epoch {}: loss {:.4}, test top-1 {:.2}% (fake quant, phase {})",
+                    s.epoch + 1,
+                    s.train_loss,
+                    100.0 * s.test_acc,
+                    s.phase
+                );
+            }
+        },
+    )
+    .context("QAT fine-tuning failed")?;
+    eprintln!("[quantize] {label}: {:.1} s", t0.elapsed().as_secs_f64());
+    let plan = QuantPlan::new(
+        &tuned.graph,
+        &ExportOptions {
+            target,
+            ..convert::export_options()
+        },
+    )
+    .context("the QAT model's export was refused")?;
+    let model = plan.to_int8_model()?;
+
+    // Fake quant in libtorch, the test images in file order.
+    let loader = Loader::new(
+        Arc::new(data.test.take(n_eval)),
+        LoaderConfig {
+            batch_size: 256,
+            normalize: norm.clone(),
+            prefetch: 0,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let device = tuned.net.device();
+    let mut fq = Vec::with_capacity(n_eval);
+    let _g = tch::no_grad_guard();
+    for b in loader.epoch(0, 0) {
+        let x = b?.images.f_to_device(device)?;
+        let y = tuned.net.forward_t(&x, false)?.f_argmax(-1, false)?;
+        let y = Vec::<i64>::try_from(y.f_to_kind(Kind::Int64)?.f_to_device(tch::Device::Cpu)?)?;
+        fq.extend(y.into_iter().map(|v| v as usize));
+    }
+    let mut exec = Executor::new(&model)?;
+    let int8 = super::predict(&label, &data.test, n_eval, norm, |x| {
+        let mut y = exec.run(x.view())?;
+        y.pop().context("the model has no output")
+    })?;
+    Ok(QatRun {
+        rows: vec![
+            (format!("{label} (fake quant, libtorch)"), fq),
+            (format!("{label} (int8, qat runtime)"), int8),
+        ],
+        model,
+        plan,
+    })
+}
