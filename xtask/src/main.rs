@@ -7,6 +7,7 @@
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
 //! | `cargo xtask quantize --onnx M.onnx --data DIR [--out DIR]` | import a float ONNX model, PTQ, every deployed format, a report |
+//! | `cargo xtask torch-models [--out DIR]` | regenerate the PyTorch-made test models `data/torch-models/*.onnx` |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |
 //! | `cargo xtask bench models [--model M.qat8]` | one model in the qat runtime, onnxruntime int8/f32, LiteRT int8 (µs/image, ratios) |
@@ -23,6 +24,7 @@ mod peers;
 mod setup;
 mod smoke;
 mod test;
+mod torch_models;
 
 use std::process::ExitCode;
 
@@ -75,6 +77,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Regenerate the PyTorch-made ONNX test models (`data/torch-models`, see
+    /// `xtask/py/make_torch_models.py`) with setup's torch and the pinned `onnx` package.
+    TorchModels(torch_models::TorchModelsArgs),
     /// Check a pipeline report directory (structure and int8-vs-simulation agreement).
     CheckReport {
         /// The report directory (holding report.json).
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => torch_bin("qat-pipeline", debug_build, &args),
         Cmd::Quantize { args } => torch_bin("qat-quantize", false, &args),
+        Cmd::TorchModels(args) => torch_models::run(&args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Export(args) => export::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
