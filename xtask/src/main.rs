@@ -6,7 +6,7 @@
 //! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
-//! | `cargo xtask quantize --onnx M.onnx --data DIR [--out DIR]` | import a float ONNX model, PTQ, every deployed format, a report |
+//! | `cargo xtask quantize --onnx M.onnx --data DIR [--target T] [--format F] [--mean M --std S] [--out DIR]` | import a float ONNX model, PTQ, every deployed format run in its runtime, a report (docs/import.md) |
 //! | `cargo xtask torch-models [--out DIR]` | regenerate the PyTorch-made test models `data/torch-models/*.onnx` |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
             }),
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => torch_bin("qat-pipeline", debug_build, &args),
-        Cmd::Quantize { args } => torch_bin("qat-quantize", false, &args),
+        Cmd::Quantize { args } => quantize(&args),
         Cmd::TorchModels(args) => torch_models::run(&args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Export(args) => export::run(&args),
@@ -144,8 +144,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// `qat-quantize` with the peer runtimes' Python in `QAT_PEERS_PYTHON` (installed by setup; the
+/// written files then run in LiteRT and onnxruntime), unless `--no-runtimes` or already set.
+fn quantize(args: &[String]) -> Result<()> {
+    let mut env = Vec::new();
+    if !args.iter().any(|a| a == "--no-runtimes") && std::env::var_os(peers::PYTHON_ENV).is_none() {
+        match peers::ensure_peers(true) {
+            Ok(python) => env.push((peers::PYTHON_ENV, python.into_os_string())),
+            Err(e) => eprintln!(
+                "[quantize] the written files will not run in LiteRT and onnxruntime: {e:#}"
+            ),
+        }
+    }
+    torch_bin_env("qat-quantize", false, &env, args)
+}
+
 /// Builds and runs one of xtask's libtorch binaries after setup.
 fn torch_bin(bin: &str, debug_build: bool, args: &[String]) -> Result<()> {
+    torch_bin_env(bin, debug_build, &[], args)
+}
+
+/// [`torch_bin`] with extra environment variables for the binary.
+fn torch_bin_env(
+    bin: &str,
+    debug_build: bool,
+    env: &[(&str, std::ffi::OsString)],
+    args: &[String],
+) -> Result<()> {
     let libtorch = setup::ensure_libtorch(false)?;
     let mut cmd = vec!["run"];
     if !debug_build {
@@ -153,5 +178,6 @@ fn torch_bin(bin: &str, debug_build: bool, args: &[String]) -> Result<()> {
     }
     cmd.extend(["-p", "xtask", "--features", "torch", "--bin", bin, "--"]);
     cmd.extend(args.iter().map(String::as_str));
-    cargo::run(Some(&libtorch), &cmd)
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    cargo::run_env(Some(&libtorch), &env, &cmd)
 }
