@@ -21,6 +21,7 @@ mod data;
 mod export;
 mod fuzz;
 mod peers;
+mod quantize_smoke;
 mod setup;
 mod smoke;
 mod test;

@@ -14,6 +14,8 @@
 //! --nocapture` prints the figures.
 
 mod common;
+// Only part of the cross-check harness is used here (not its tallies).
+#[allow(dead_code)]
 #[path = "crosscheck/harness.rs"]
 mod harness;
 

@@ -176,3 +176,74 @@ pub fn predict(
     bar.finish();
     Ok(preds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qat_export::onnx::proto::StringStringEntryProto;
+
+    fn onnx_with(props: &[(&str, &str)]) -> Vec<u8> {
+        ModelProto {
+            metadata_props: props
+                .iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: Some(k.to_string()),
+                    value: Some(v.to_string()),
+                })
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn flags_then_metadata_then_the_dataset() {
+        let ds = Dataset::synthetic(16, 4, 3, 8, 8, 1);
+        let meta = onnx_with(&[(MEAN_KEY, "0.4,0.5,0.6"), (STD_KEY, "0.2")]);
+        let (n, src) = normalization(Some("0.1"), Some("0.3,0.3,0.25"), &meta, &ds).unwrap();
+        assert_eq!(src, NormSource::Flags);
+        assert_eq!((n.mean, n.std), (vec![0.1; 3], vec![0.3, 0.3, 0.25]));
+        let (n, src) = normalization(None, None, &meta, &ds).unwrap();
+        assert_eq!(src, NormSource::Metadata);
+        assert_eq!((n.mean, n.std), (vec![0.4, 0.5, 0.6], vec![0.2; 3]));
+        let (n, src) = normalization(None, None, &onnx_with(&[]), &ds).unwrap();
+        assert_eq!(src, NormSource::Dataset);
+        let stats = Normalize::from_dataset(&ds);
+        assert_eq!((n.mean, n.std), (stats.mean, stats.std));
+    }
+
+    #[test]
+    fn bad_normalizations_are_errors_that_say_where() {
+        let ds = Dataset::synthetic(8, 2, 3, 4, 4, 2);
+        let none = onnx_with(&[]);
+        let err = |m: Option<&str>, s: Option<&str>, onnx: &[u8]| {
+            normalization(m, s, onnx, &ds).unwrap_err().to_string()
+        };
+        assert!(err(Some("0.1,0.2"), Some("1"), &none).contains("2 values for 3 channels"));
+        assert!(err(Some("0.1"), Some("0"), &none).contains("std 0 is not > 0"));
+        assert!(err(Some("0.1"), Some("nan"), &none).contains("not > 0"));
+        assert!(err(Some("x"), Some("1"), &none).contains("--mean"));
+        assert!(err(Some("0.1"), None, &none).contains("both --mean and --std"));
+        let half = onnx_with(&[(MEAN_KEY, "0.5")]);
+        assert!(err(None, None, &half).contains("only one of"));
+        let bad = onnx_with(&[(MEAN_KEY, "0.5"), (STD_KEY, "-1")]);
+        assert!(err(None, None, &bad).contains("Metadata"));
+        assert!(err(None, None, b"\xff\xff\xff").contains("not an ONNX model"));
+    }
+
+    #[test]
+    fn batches_are_nhwc_and_normalized() {
+        let ds = Dataset::synthetic(3, 2, 3, 2, 2, 3);
+        let norm = Normalize {
+            mean: vec![0.0, 0.5, 1.0],
+            std: vec![1.0, 0.5, 2.0],
+        };
+        let x = nhwc_batch(&ds, 1..3, &norm);
+        assert_eq!(x.shape(), &[2, 2, 2, 3]);
+        let img = ds.image(2);
+        // Pixel (y = 1, x = 0) of channel 2 of image 2: CHW index 2·4 + 1·2 + 0.
+        let want = (f32::from(img[10]) / 255.0 - 1.0) / 2.0;
+        assert_eq!(x[[1, 1, 0, 2]], want);
+        assert_eq!(argmax(ndarray::arr1(&[0.0, 3.0, 3.0, -1.0]).view()), 1);
+    }
+}

@@ -271,6 +271,7 @@ pub fn run(args: &Args) -> Result<()> {
             let work = out.join("runtimes");
             for r in runtimes::run_all(&python, &files, &data.test, n_eval, &norm, &work)? {
                 deployed_rows.push(DeployedRow {
+                    target_runtime: runtimes::target_runtime(target) == Some(r.runtime.as_str()),
                     top1: top1(&r.predictions),
                     agree_qat_runtime: agree(&r.predictions, deployed_preds),
                     file: r.file,

@@ -26,6 +26,9 @@ pub struct DeployedRow {
     pub top1: f64,
     /// Argmax agreement with the deployed variant in the qat runtime.
     pub agree_qat_runtime: f64,
+    /// Whether this runtime is the one the target names (its arithmetic is the target's: the
+    /// agreement should be 100 %).
+    pub target_runtime: bool,
 }
 
 /// The normalization applied to the pixels: `(p/255 − mean_c)/std_c`.
@@ -103,16 +106,17 @@ impl Report {
             md.push_str(&format!("Not run: {why}.\n"));
         } else {
             md.push_str(
-                "| file | runtime | top-1 % | argmax = qat runtime % |\n|---|---|---|---|\n",
+                "| file | runtime | top-1 % | argmax = qat runtime % | the target's runtime |\n|---|---|---|---|---|\n",
             );
             for d in &self.deployed {
                 md.push_str(&format!(
-                    "| {} | {} {} | {} | {} |\n",
+                    "| {} | {} {} | {} | {} | {} |\n",
                     d.file,
                     d.runtime,
                     d.version,
                     pct(d.top1),
-                    pct(d.agree_qat_runtime)
+                    pct(d.agree_qat_runtime),
+                    if d.target_runtime { "yes" } else { "" }
                 ));
             }
         }

@@ -32,6 +32,16 @@ struct Output {
     predictions: Vec<usize>,
 }
 
+/// The runtime whose arithmetic `target` is (docs/targets.md); `qat` names none of them.
+pub fn target_runtime(target: qat_core::Target) -> Option<&'static str> {
+    match target {
+        qat_core::Target::Tflite => Some("litert_ref"),
+        qat_core::Target::Xnnpack => Some("litert_xnnpack"),
+        qat_core::Target::Ort => Some("onnxruntime"),
+        qat_core::Target::Qat => None,
+    }
+}
+
 /// The peers' Python, or why the deployed files are not run.
 pub fn peers_python() -> Result<PathBuf, String> {
     match std::env::var_os("QAT_PEERS_PYTHON") {
@@ -76,7 +86,7 @@ pub fn run_all(
     let progress = bar("deployed files in runtimes", jobs.len(), "runs");
     let mut runs = Vec::new();
     for (file, runtime) in jobs {
-        progress.set_message(format!("{runtime}"));
+        progress.set_message(runtime.to_string());
         let out = work.join(format!("preds-{runtime}.json"));
         let res = Command::new(python)
             .arg(&script)
