@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13 and the peer runtimes (onnxruntime, LiteRT) once per machine, and a dataset |
 //! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
-//! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
+//! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline and quantize smoke runs |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
 //! | `cargo xtask quantize --onnx M.onnx --data DIR [--target T] [--format F] [--mean M --std S] [--out DIR]` | import a float ONNX model, PTQ, every deployed format run in its runtime, a report (docs/import.md) |
 //! | `cargo xtask torch-models [--out DIR]` | regenerate the PyTorch-made test models `data/torch-models/*.onnx` |
@@ -56,9 +56,9 @@ enum Cmd {
         #[arg(long)]
         print_peers_python: bool,
     },
-    /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline smoke run.
+    /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline and quantize smoke runs.
     Test {
-        /// Skip the quick pipeline smoke run.
+        /// Skip the quick pipeline and quantize smoke runs.
         #[arg(long)]
         no_smoke: bool,
     },
