@@ -112,3 +112,51 @@ fn check(dir: &Path) -> Result<()> {
     eprintln!("[quantize smoke] {} checked", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report like the smoke run's, with `edit` applied.
+    fn check_with(edit: impl FnOnce(&mut Value)) -> Result<()> {
+        let run = |rt: &str, own: bool| {
+            serde_json::json!({"file": "model", "runtime": rt, "version": "1", "top1": 0.926,
+                               "agree_qat_runtime": 1.0, "target_runtime": own})
+        };
+        let row = |name: &str, top1: f64| serde_json::json!({"name": name, "top1": top1});
+        let mut r = serde_json::json!({
+            "normalize": {"mean": [0.1307], "std": [0.3081], "source": "metadata"},
+            "rows": [row("float", 0.925), row("ptq t", 0.925), row("ptq c", 0.926)],
+            "deployed": [run("litert_ref", true), run("litert_xnnpack", false), run("onnxruntime", false)],
+            "deployed_skipped": null,
+        });
+        edit(&mut r);
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("report.json"), r.to_string())?;
+        check(dir.path())
+    }
+
+    #[test]
+    fn the_smoke_check_accepts_a_good_report_and_refuses_bad_ones() {
+        check_with(|_| {}).unwrap();
+        // Another runtime than the target's may disagree on a few near-ties.
+        check_with(|r| r["deployed"][1]["agree_qat_runtime"] = 0.99.into()).unwrap();
+        let bad: [(&str, fn(&mut Value)); 6] = [
+            ("agreement", |r| {
+                r["deployed"][0]["agree_qat_runtime"] = 0.999.into()
+            }),
+            ("metadata", |r| r["normalize"]["source"] = "dataset".into()),
+            ("float top-1", |r| r["rows"][0]["top1"] = 0.5.into()),
+            ("ptq c", |r| r["rows"][2]["top1"] = 0.8.into()),
+            ("runtime runs", |r| {
+                r["deployed"] = serde_json::json!([]);
+                r["deployed_skipped"] = "no peers".into();
+            }),
+            ("top-1", |r| r["deployed"][2]["top1"] = 0.1.into()),
+        ];
+        for (what, edit) in bad {
+            let err = check_with(edit).unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+}
