@@ -136,12 +136,15 @@ mod tests {
         check(dir.path())
     }
 
+    /// What an error must mention, and how the report is broken.
+    type Broken = (&'static str, fn(&mut Value));
+
     #[test]
     fn the_smoke_check_accepts_a_good_report_and_refuses_bad_ones() {
         check_with(|_| {}).unwrap();
         // Another runtime than the target's may disagree on a few near-ties.
         check_with(|r| r["deployed"][1]["agree_qat_runtime"] = 0.99.into()).unwrap();
-        let bad: [(&str, fn(&mut Value)); 6] = [
+        let bad: [Broken; 6] = [
             ("agreement", |r| {
                 r["deployed"][0]["agree_qat_runtime"] = 0.999.into()
             }),
