@@ -4,9 +4,10 @@
 //! |---|---|
 //! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13 and the peer runtimes (onnxruntime, LiteRT) once per machine, and a dataset |
 //! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
-//! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline smoke run |
+//! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline and quantize smoke runs |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
-//! | `cargo xtask quantize --onnx M.onnx --data DIR [--out DIR]` | import a float ONNX model, PTQ, every deployed format, a report |
+//! | `cargo xtask quantize --onnx M.onnx --data DIR [--target T] [--format F] [--mean M --std S] [--out DIR]` | import a float ONNX model, PTQ, every deployed format run in its runtime, a report (docs/import.md) |
+//! | `cargo xtask torch-models [--out DIR]` | regenerate the PyTorch-made test models `data/torch-models/*.onnx` |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |
 //! | `cargo xtask bench models [--model M.qat8]` | one model in the qat runtime, onnxruntime int8/f32, LiteRT int8 (µs/image, ratios) |
@@ -20,9 +21,11 @@ mod data;
 mod export;
 mod fuzz;
 mod peers;
+mod quantize_smoke;
 mod setup;
 mod smoke;
 mod test;
+mod torch_models;
 
 use std::process::ExitCode;
 
@@ -53,9 +56,9 @@ enum Cmd {
         #[arg(long)]
         print_peers_python: bool,
     },
-    /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline smoke run.
+    /// setup + fmt --check + clippy -D warnings + cargo test --workspace + pipeline and quantize smoke runs.
     Test {
-        /// Skip the quick pipeline smoke run.
+        /// Skip the quick pipeline and quantize smoke runs.
         #[arg(long)]
         no_smoke: bool,
     },
@@ -75,6 +78,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Regenerate the PyTorch-made ONNX test models (`data/torch-models`, see
+    /// `xtask/py/make_torch_models.py`) with setup's torch and the pinned `onnx` package.
+    TorchModels(torch_models::TorchModelsArgs),
     /// Check a pipeline report directory (structure and int8-vs-simulation agreement).
     CheckReport {
         /// The report directory (holding report.json).
@@ -123,7 +129,8 @@ fn main() -> ExitCode {
             }),
         Cmd::Test { no_smoke } => test::run(no_smoke),
         Cmd::Pipeline { debug_build, args } => torch_bin("qat-pipeline", debug_build, &args),
-        Cmd::Quantize { args } => torch_bin("qat-quantize", false, &args),
+        Cmd::Quantize { args } => quantize(&args),
+        Cmd::TorchModels(args) => torch_models::run(&args),
         Cmd::CheckReport { dir } => smoke::check_report(&dir),
         Cmd::Export(args) => export::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
@@ -138,8 +145,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// `qat-quantize` with the peer runtimes' Python in `QAT_PEERS_PYTHON` (installed by setup; the
+/// written files then run in LiteRT and onnxruntime), unless `--no-runtimes` or already set.
+fn quantize(args: &[String]) -> Result<()> {
+    let mut env = Vec::new();
+    if !args.iter().any(|a| a == "--no-runtimes") && std::env::var_os(peers::PYTHON_ENV).is_none() {
+        match peers::ensure_peers(true) {
+            Ok(python) => env.push((peers::PYTHON_ENV, python.into_os_string())),
+            Err(e) => eprintln!(
+                "[quantize] the written files will not run in LiteRT and onnxruntime: {e:#}"
+            ),
+        }
+    }
+    torch_bin_env("qat-quantize", false, &env, args)
+}
+
 /// Builds and runs one of xtask's libtorch binaries after setup.
 fn torch_bin(bin: &str, debug_build: bool, args: &[String]) -> Result<()> {
+    torch_bin_env(bin, debug_build, &[], args)
+}
+
+/// [`torch_bin`] with extra environment variables for the binary.
+fn torch_bin_env(
+    bin: &str,
+    debug_build: bool,
+    env: &[(&str, std::ffi::OsString)],
+    args: &[String],
+) -> Result<()> {
     let libtorch = setup::ensure_libtorch(false)?;
     let mut cmd = vec!["run"];
     if !debug_build {
@@ -147,5 +179,6 @@ fn torch_bin(bin: &str, debug_build: bool, args: &[String]) -> Result<()> {
     }
     cmd.extend(["-p", "xtask", "--features", "torch", "--bin", bin, "--"]);
     cmd.extend(args.iter().map(String::as_str));
-    cargo::run(Some(&libtorch), &cmd)
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    cargo::run_env(Some(&libtorch), &env, &cmd)
 }

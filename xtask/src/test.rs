@@ -2,7 +2,8 @@
 //!
 //! setup (libtorch and the peer runtimes) → `cargo fmt --all --check` → `cargo clippy --workspace
 //! --all-targets -D warnings` (and the `torch` feature of xtask) → `cargo test` over the whole
-//! workspace → a one-minute fuzz pass → the quick pipeline smoke run.
+//! workspace → a one-minute fuzz pass → the quick pipeline smoke run → the quantize smoke run (the
+//! PyTorch-made MNIST CNN imported, quantized, exported and run in LiteRT and onnxruntime).
 //! Crates that use libtorch run their tests on one thread: `tch::manual_seed` and the thread count
 //! are process-global, so seeded tests would otherwise interfere. The tests run with
 //! `QAT_PEERS_PYTHON` set to the peers' venv, so the cross-check of exported models in LiteRT and
@@ -10,7 +11,7 @@
 
 use anyhow::Result;
 
-use crate::{cargo, fuzz, peers, setup, smoke};
+use crate::{cargo, fuzz, peers, quantize_smoke, setup, smoke};
 
 /// Packages whose tests touch libtorch's global state.
 const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration-tests"];
@@ -69,6 +70,7 @@ pub fn run(no_smoke: bool) -> Result<()> {
 
     if !no_smoke {
         smoke::run(&libtorch)?;
+        quantize_smoke::run(&libtorch, &python)?;
     }
     eprintln!("[xtask] all checks passed in {:.0?}", started.elapsed());
     Ok(())

@@ -42,7 +42,7 @@ pub(crate) fn fine_tune(
     n_eval: usize,
 ) -> Result<QatRun> {
     let pipeline = Config::parse(
-        include_str!("../../../../configs/default.toml"),
+        include_str!("../../../configs/default.toml"),
         Path::new("configs/default.toml"),
     )?;
     let (q, f, d) = (&pipeline.qat, &pipeline.float, &pipeline.data);
