@@ -215,6 +215,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     // Quantization-aware fine-tuning of the imported graph: its fake-quant row goes to the table,
     // its integer model becomes the last variant, the one written to the deployed files.
+    let mut qat_rows = Vec::new();
     if args.qat_epochs > 0 {
         let run = qat::fine_tune(&graph, &data, &norm, args.qat_epochs, target, n_eval)?;
         let mut int8_name = None;
@@ -222,7 +223,7 @@ pub fn run(args: &Args) -> Result<()> {
             if name.contains("(int8") {
                 int8_name = Some(name);
             } else {
-                rows.push(Row {
+                qat_rows.push(Row {
                     top1: top1(&preds),
                     agree_float: agree(&preds, &float),
                     name,
@@ -249,6 +250,11 @@ pub fn run(args: &Args) -> Result<()> {
             deployed: false,
         });
         preds_of.push(preds);
+    }
+    // The fake-quant row sits just above its integer model's (the last row).
+    if !qat_rows.is_empty() {
+        let at = rows.len() - 1;
+        rows.splice(at..at, qat_rows);
     }
     timings.quantize_s = secs(t);
     let (deployed, deployed_preds) = match (variants.last(), preds_of.last()) {
