@@ -129,6 +129,19 @@ fn main() -> ExitCode {
         r.slowest,
         r.peak_bytes,
     );
+    let per: Vec<String> = qat_fuzz::targets::Target::ALL
+        .iter()
+        .map(|&t| {
+            let i = t as usize;
+            format!(
+                "{t:?} {} ({} accepted)",
+                r.per_target[i], r.accepted_per_target[i]
+            )
+        })
+        .collect();
+    println!("  cases per target: {}", per.join(", "));
+    #[cfg(feature = "torch")]
+    qat_fuzz::scratch::remove();
     for f in &r.failures {
         let path = corpus.join(corpus_name(f.target, &f.input));
         println!(
