@@ -110,6 +110,8 @@ pub struct Report {
     pub per_target: [u64; Target::COUNT],
     /// Accepted cases per target.
     pub accepted_per_target: [u64; Target::COUNT],
+    /// Time spent in the cases of each target.
+    pub time_per_target: [Duration; Target::COUNT],
     /// Slowest case.
     pub slowest: Duration,
     /// Largest allocation peak of a case (with a [`Meter`]).
@@ -253,6 +255,7 @@ pub fn campaign(cfg: &Config, meter: Option<&dyn Meter>) -> Report {
         let (outcome, dt, peak) = run_case(cfg, meter, &mut rng, target, &input);
         report.cases += 1;
         report.per_target[target as usize] += 1;
+        report.time_per_target[target as usize] += dt;
         report.slowest = report.slowest.max(dt);
         report.peak_bytes = report.peak_bytes.max(peak);
         match outcome {

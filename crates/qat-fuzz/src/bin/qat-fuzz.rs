@@ -134,8 +134,10 @@ fn main() -> ExitCode {
         .map(|&t| {
             let i = t as usize;
             format!(
-                "{t:?} {} ({} accepted)",
-                r.per_target[i], r.accepted_per_target[i]
+                "{t:?} {} ({} accepted, {:.0} µs/case)",
+                r.per_target[i],
+                r.accepted_per_target[i],
+                r.time_per_target[i].as_secs_f64() * 1e6 / r.per_target[i].max(1) as f64
             )
         })
         .collect();
