@@ -16,7 +16,8 @@
 //! checkpoint or the previous one: when `NAME` is missing or incomplete, [`exists`], [`load`],
 //! [`load_model`] and [`load_state`] use the complete `.NAME.old-*` sibling (the kill fell between the two
 //! renames). Stale siblings are removed by the next successful save. A truncated or corrupt file is a
-//! typed [`CheckpointError`] naming it.
+//! typed [`CheckpointError`] naming it; anything but a regular file (a device, a FIFO) is refused
+//! before it is read, so a read is bounded by the file's size. A refused [`load`] changes nothing.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), qat_train::checkpoint::CheckpointError> {
@@ -160,6 +161,23 @@ pub fn exists(dir: impl AsRef<Path>) -> bool {
     complete(&resolve(dir.as_ref()))
 }
 
+/// Refuses anything but a regular file before it is read: a device or FIFO named like a
+/// checkpoint file (`/dev/zero` linked as `state.json`) would otherwise be read without end.
+fn regular(path: &Path) -> Result<(), CheckpointError> {
+    let meta = std::fs::metadata(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        })
+    }
+}
+
 /// Flushes a file or directory to disk.
 fn sync(path: &Path) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io {
@@ -259,6 +277,7 @@ pub fn load<T: DeserializeOwned>(
     let state = load_state(dir)?;
     let model = read_model(&dir.join(MODEL), vs)?;
     let optf = dir.join(OPTIMIZER);
+    regular(&optf)?;
     let tensors = Tensor::read_safetensors(&optf).map_err(|source| CheckpointError::Tensor {
         path: optf.clone(),
         source,
@@ -284,12 +303,7 @@ fn read_model(path: &Path, vs: &nn::VarStore) -> Result<Vec<(Tensor, Tensor)>, C
         path: path.to_path_buf(),
         source,
     };
-    if !path.is_file() {
-        return Err(CheckpointError::Io {
-            path: path.to_path_buf(),
-            source: std::io::ErrorKind::NotFound.into(),
-        });
-    }
+    regular(path)?;
     let mut file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(err)?
         .into_iter()
@@ -330,6 +344,7 @@ fn copy_model(pairs: Vec<(Tensor, Tensor)>) {
 /// Reads only the JSON state of a checkpoint.
 pub fn load_state<T: DeserializeOwned>(dir: impl AsRef<Path>) -> Result<T, CheckpointError> {
     let statef = resolve(dir.as_ref()).join(STATE);
+    regular(&statef)?;
     let bytes = std::fs::read(&statef).map_err(|source| CheckpointError::Io {
         path: statef.clone(),
         source,

@@ -147,3 +147,30 @@ fn refused_checkpoint_changes_nothing_and_resume_after_it_is_exact() {
         assert_eq!(snapshot(&vs2, &opt2), after_one, "{cfg:?}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_device_in_place_of_a_checkpoint_file_is_refused_without_reading_it() {
+    let dev = std::path::Path::new("/dev/zero");
+    if !dev.exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("last");
+    let (vs, mut opt) = store(OptimizerConfig::default());
+    checkpoint::save(&ck, &vs, &opt, &serde_json::json!({"epoch": 1})).unwrap();
+    for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        let path = ck.join(file);
+        let good = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dev, &path).unwrap();
+        match checkpoint::load::<serde_json::Value>(&ck, &vs, &mut opt) {
+            Err(CheckpointError::Io { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("{file} -> /dev/zero: expected an I/O error naming it, got {other:?}"),
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, good).unwrap();
+    }
+    let state: serde_json::Value = checkpoint::load(&ck, &vs, &mut opt).unwrap();
+    assert_eq!(state["epoch"], 1);
+}
