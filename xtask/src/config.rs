@@ -23,7 +23,13 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Not valid TOML, or a key that is unknown, missing or of the wrong type.
+    /// The file holds more than [`MAX_CONFIG_BYTES`] (or never ends, as a device).
+    #[error("config {path} is larger than the {MAX_CONFIG_BYTES}-byte limit")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not valid UTF-8 TOML, or a key that is unknown, missing or of the wrong type.
     #[error("invalid config {path}, line {line}, column {column}: {message}")]
     Parse {
         /// The file.
@@ -44,6 +50,10 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Most bytes [`Config::load`] reads: a configuration is a few kilobytes, and a device such as
+/// `/dev/zero` is refused after this many bytes instead of being read forever.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// 1-based line and column of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -200,10 +210,24 @@ pub struct LatencyConfig {
 impl Config {
     /// Reads, parses and validates a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut bytes = Vec::new();
+        fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Self::parse(&text, path)
     }
 
@@ -377,6 +401,23 @@ mod tests {
         let e = Config::parse(&text, Path::new("x.toml")).expect_err("9 bits is refused");
         assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
         assert!(e.to_string().contains("low_bit.weight_bits = 9"), "{e}");
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_after_the_limit() {
+        let path = Path::new("/dev/zero");
+        if path.exists() {
+            let e = Config::load(path).expect_err("/dev/zero is not a config");
+            assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+        }
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let bad = dir.path().join("latin1.toml");
+        fs::write(&bad, b"seed = 7 # \xe9\n").expect("written");
+        let e = Config::load(&bad).expect_err("not UTF-8");
+        assert!(
+            matches!(&e, ConfigError::Read { path, .. } if path == &bad),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ enum Cmd {
     },
     /// Write a `.qat8` model as `.qat8`, `.tflite` or ONNX QDQ (`--format`).
     Export(export::ExportArgs),
-    /// Mutation-fuzz the .qat8 loader, executor and FloatGraph readers (see qat-fuzz).
+    /// Mutation-fuzz the .qat8 loader and executor, the FloatGraph readers, configs, checkpoints and IDX/CIFAR files (see qat-fuzz).
     Fuzz(fuzz::FuzzArgs),
     /// Benchmarks.
     Bench {

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the one command CI runs.
 //!
 //! setup (libtorch and the peer runtimes) → `cargo fmt --all --check` → `cargo clippy --workspace
-//! --all-targets -D warnings` (and the `torch` feature of xtask) → `cargo test` over the whole
-//! workspace → a one-minute fuzz pass → the quick pipeline smoke run → the quantize smoke run (the
-//! PyTorch-made MNIST CNN imported, quantized, exported and run in LiteRT and onnxruntime).
+//! --all-targets -D warnings` (and the `torch` features of xtask and qat-fuzz) → `cargo test` over
+//! the whole workspace → a one-minute fuzz pass → the quick pipeline smoke run → the quantize smoke
+//! run (the PyTorch-made MNIST CNN imported, quantized, exported and run in LiteRT and onnxruntime).
 //! Crates that use libtorch run their tests on one thread: `tch::manual_seed` and the thread count
 //! are process-global, so seeded tests would otherwise interfere. The tests run with
 //! `QAT_PEERS_PYTHON` set to the peers' venv, so the cross-check of exported models in LiteRT and
@@ -39,8 +39,10 @@ pub fn run(no_smoke: bool) -> Result<()> {
             "clippy",
             "-p",
             "xtask",
+            "-p",
+            "qat-fuzz",
             "--features",
-            "torch",
+            "xtask/torch,qat-fuzz/torch",
             "--all-targets",
             "--",
             "-D",
@@ -57,6 +59,9 @@ pub fn run(no_smoke: bool) -> Result<()> {
     for p in TORCH_PACKAGES {
         torch.extend(["-p", p]);
     }
+    // qat-fuzz again with its libtorch targets: the corpus replay covers checkpoint, IDX and
+    // CIFAR inputs too.
+    torch.extend(["-p", "qat-fuzz", "--features", "qat-fuzz/torch"]);
     torch.extend(["--", "--test-threads=1"]);
     cargo::run_env(Some(&libtorch), &env, &torch)?;
 
@@ -66,6 +71,7 @@ pub fn run(no_smoke: bool) -> Result<()> {
         seconds: Some(60.0),
         seed: 0x5EED,
         debug_build: true,
+        no_torch: false,
     })?;
 
     if !no_smoke {

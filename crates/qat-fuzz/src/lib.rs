@@ -3,7 +3,10 @@
 //! Feeds mutated inputs to the user-facing readers and everything behind them (see
 //! [`targets::Target`]): `.qat8` bytes through `Int8Model::from_bytes_with`, validation and
 //! `Executor::run` on every kernel path this CPU has; FloatGraph JSON and bincode through
-//! validation, the interpreter, calibration, export and a run of the exported model.
+//! validation, the interpreter, calibration, export and a run of the exported model; pipeline
+//! configurations through their parser and validation ([`config`]); with feature `torch`,
+//! checkpoints through `qat_train::checkpoint::load` and IDX/CIFAR files through qat-train's
+//! readers (`checkpoint`, `datafile`; they link libtorch, which the default build does not).
 //!
 //! Inputs start from [`seeds::all`] and from earlier mutants that were accepted. Each case
 //! applies byte-level mutations ([`mutate::bytes`]: bit flips, boundary values, varint length
@@ -14,8 +17,15 @@
 //! counting allocator) exceeds the memory bound, or when an exported model does not load back.
 //! The run is a pure function of its seed and case count.
 
+#[cfg(feature = "torch")]
+pub mod checkpoint;
+pub mod config;
+#[cfg(feature = "torch")]
+pub mod datafile;
 pub mod mutate;
 pub mod rng;
+#[cfg(feature = "torch")]
+pub mod scratch;
 pub mod seeds;
 pub mod structure;
 pub mod targets;
@@ -96,6 +106,12 @@ pub struct Report {
     pub accepted: u64,
     /// Cases rejected with a typed error.
     pub rejected: u64,
+    /// Cases per target (indexed by `Target as usize`).
+    pub per_target: [u64; Target::COUNT],
+    /// Accepted cases per target.
+    pub accepted_per_target: [u64; Target::COUNT],
+    /// Time spent in the cases of each target.
+    pub time_per_target: [Duration; Target::COUNT],
     /// Slowest case.
     pub slowest: Duration,
     /// Largest allocation peak of a case (with a [`Meter`]).
@@ -164,6 +180,15 @@ fn mutant(rng: &mut Rng, target: Target, base: &[u8], other: &[u8]) -> Vec<u8> {
             Target::GraphBincode => qat_export::FloatGraph::from_bincode(base)
                 .ok()
                 .and_then(|g| structure::graph(rng, &g, false)),
+            Target::Config => config::mutate(rng, base),
+            #[cfg(feature = "torch")]
+            Target::Checkpoint => Some(checkpoint::mutate(rng, base, other)),
+            #[cfg(feature = "torch")]
+            Target::Idx => Some(datafile::mutate(rng, false, base, other)),
+            #[cfg(feature = "torch")]
+            Target::Cifar => Some(datafile::mutate(rng, true, base, other)),
+            #[cfg(not(feature = "torch"))]
+            Target::Checkpoint | Target::Idx | Target::Cifar => None,
         };
         if let Some(s) = s {
             if rng.one_in(4) {
@@ -191,22 +216,19 @@ const POOL: usize = 256;
 /// Runs a campaign (see the [crate docs](crate)). Panics inside cases are caught; the default
 /// panic hook is silenced for the duration and restored after.
 pub fn campaign(cfg: &Config, meter: Option<&dyn Meter>) -> Report {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut rng = Rng::new(cfg.seed);
-    let mut pools: Vec<Vec<Vec<u8>>> = vec![Vec::new(); Target::ALL.len()];
+    let mut pools: Vec<Vec<Vec<u8>>> = vec![Vec::new(); Target::COUNT];
     for (t, b) in seeds::all() {
         pools[t as usize].push(b);
     }
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng::new(cfg.seed);
     let mut report = Report::default();
     let t0 = Instant::now();
     while report.cases < cfg.cases && t0.elapsed().as_secs_f64() < cfg.seconds {
-        let target = *rng.pick(&[
-            Target::Qat8,
-            Target::Qat8,
-            Target::GraphJson,
-            Target::GraphBincode,
-        ]);
+        // `.qat8` twice as often as each other target.
+        let k = rng.below(Target::ALL.len() + 1);
+        let target = Target::ALL.get(k).copied().unwrap_or(Target::Qat8);
         let pool = &pools[target as usize];
         if pool.is_empty() {
             report.cases += 1;
@@ -232,11 +254,14 @@ pub fn campaign(cfg: &Config, meter: Option<&dyn Meter>) -> Report {
         };
         let (outcome, dt, peak) = run_case(cfg, meter, &mut rng, target, &input);
         report.cases += 1;
+        report.per_target[target as usize] += 1;
+        report.time_per_target[target as usize] += dt;
         report.slowest = report.slowest.max(dt);
         report.peak_bytes = report.peak_bytes.max(peak);
         match outcome {
             Outcome::Accepted => {
                 report.accepted += 1;
+                report.accepted_per_target[target as usize] += 1;
                 let pool = &mut pools[target as usize];
                 if pool.len() < POOL {
                     pool.push(input);

@@ -1,5 +1,7 @@
 //! Seed inputs: the runtime's golden `.qat8` files and small float graphs built here (every op
-//! kind), calibrated on generated data, in JSON and bincode, and exported to `.qat8`.
+//! kind), calibrated on generated data, in JSON and bincode, and exported to `.qat8`; the shipped
+//! pipeline configurations; with feature `torch`, a real checkpoint of a small model and small
+//! IDX and CIFAR files, raw and gzipped.
 
 use ndarray::ArrayD;
 use qat_export::ir::{Activation, Conv2d, FloatGraph, Linear, Pool2d};
@@ -93,6 +95,23 @@ fn calibrated(g: &FloatGraph) -> Option<FloatGraph> {
 /// Every seed, with its target.
 pub fn all() -> Vec<(Target, Vec<u8>)> {
     let mut out: Vec<(Target, Vec<u8>)> = ZOO.iter().map(|b| (Target::Qat8, b.to_vec())).collect();
+    out.extend(
+        crate::config::SEEDS
+            .iter()
+            .map(|t| (Target::Config, t.as_bytes().to_vec())),
+    );
+    #[cfg(feature = "torch")]
+    {
+        out.extend(
+            crate::checkpoint::seeds()
+                .into_iter()
+                .map(|b| (Target::Checkpoint, b)),
+        );
+        out.extend(crate::datafile::seeds().into_iter().map(|(cifar, b)| {
+            let t = if cifar { Target::Cifar } else { Target::Idx };
+            (t, b)
+        }));
+    }
     for g in [conv_net(), mlp()] {
         let Some(g) = calibrated(&g) else { continue };
         if let Ok(j) = g.to_json() {

@@ -9,7 +9,8 @@ use qat_int8_runtime::{Executor, Int8Model, KernelPath, LoadOptions, limits::Lim
 use crate::rng::Rng;
 
 /// Prefix of a case error that is a defect (not a rejection of bad input): an exported model
-/// that does not load back.
+/// that does not load back, an error that does not locate itself, a refused checkpoint load that
+/// changed the model.
 pub const BUG: &str = "BUG: ";
 
 /// The input formats the fuzzer feeds.
@@ -21,11 +22,39 @@ pub enum Target {
     GraphJson,
     /// FloatGraph bincode, the same pipeline as JSON.
     GraphBincode,
+    /// Pipeline configuration TOML: parse and validate ([`crate::config`]).
+    Config,
+    /// A checkpoint directory's three files: `qat_train::checkpoint::load` (feature `torch`).
+    Checkpoint,
+    /// An IDX file, raw or gzip: read as images and as labels (feature `torch`).
+    Idx,
+    /// A CIFAR-10 batch file, raw or gzip (feature `torch`).
+    Cifar,
 }
 
 impl Target {
-    /// Every target.
-    pub const ALL: [Target; 3] = [Target::Qat8, Target::GraphJson, Target::GraphBincode];
+    /// Number of targets (built or not).
+    pub const COUNT: usize = 7;
+
+    /// Every target this build runs (the checkpoint, IDX and CIFAR targets need feature `torch`).
+    pub const ALL: &'static [Target] = if cfg!(feature = "torch") {
+        &[
+            Target::Qat8,
+            Target::GraphJson,
+            Target::GraphBincode,
+            Target::Config,
+            Target::Checkpoint,
+            Target::Idx,
+            Target::Cifar,
+        ]
+    } else {
+        &[
+            Target::Qat8,
+            Target::GraphJson,
+            Target::GraphBincode,
+            Target::Config,
+        ]
+    };
 
     /// File extension of a corpus entry for this target.
     pub fn extension(self) -> &'static str {
@@ -33,12 +62,16 @@ impl Target {
             Target::Qat8 => "qat8",
             Target::GraphJson => "json",
             Target::GraphBincode => "graphbin",
+            Target::Config => "toml",
+            Target::Checkpoint => "ckpt",
+            Target::Idx => "idx",
+            Target::Cifar => "cifar",
         }
     }
 
     /// The target of a corpus file, by extension.
     pub fn from_extension(ext: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.extension() == ext)
+        Target::ALL.iter().copied().find(|t| t.extension() == ext)
     }
 }
 
@@ -166,5 +199,16 @@ pub fn run(rng: &mut Rng, target: Target, bytes: &[u8]) -> Result<(), String> {
     match target {
         Target::Qat8 => qat8(rng, bytes),
         Target::GraphJson | Target::GraphBincode => graph(rng, target, bytes),
+        Target::Config => crate::config::run(bytes),
+        #[cfg(feature = "torch")]
+        Target::Checkpoint => crate::checkpoint::run(bytes),
+        #[cfg(feature = "torch")]
+        Target::Idx => crate::datafile::run_idx(bytes),
+        #[cfg(feature = "torch")]
+        Target::Cifar => crate::datafile::run_cifar(bytes),
+        #[cfg(not(feature = "torch"))]
+        Target::Checkpoint | Target::Idx | Target::Cifar => {
+            Err(format!("{target:?} needs qat-fuzz's feature `torch`"))
+        }
     }
 }

@@ -72,5 +72,14 @@ fn a_short_campaign_finds_nothing() {
     );
     assert_eq!(r.cases, 2_000);
     assert!(r.accepted > 0 && r.rejected > 0, "{r:?}");
+    for &t in Target::ALL {
+        let i = t as usize;
+        assert!(
+            r.per_target[i] > 0 && r.accepted_per_target[i] > 0,
+            "{t:?}: {} cases, {} accepted",
+            r.per_target[i],
+            r.accepted_per_target[i]
+        );
+    }
     assert!(r.failures.is_empty(), "{:?}", r.failures);
 }

@@ -16,7 +16,8 @@
 //! checkpoint or the previous one: when `NAME` is missing or incomplete, [`exists`], [`load`],
 //! [`load_model`] and [`load_state`] use the complete `.NAME.old-*` sibling (the kill fell between the two
 //! renames). Stale siblings are removed by the next successful save. A truncated or corrupt file is a
-//! typed [`CheckpointError`] naming it.
+//! typed [`CheckpointError`] naming it; anything but a regular file (a device, a FIFO) is refused
+//! before it is read, so a read is bounded by the file's size. A refused [`load`] changes nothing.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), qat_train::checkpoint::CheckpointError> {
@@ -160,6 +161,23 @@ pub fn exists(dir: impl AsRef<Path>) -> bool {
     complete(&resolve(dir.as_ref()))
 }
 
+/// Refuses anything but a regular file before it is read: a device or FIFO named like a
+/// checkpoint file (`/dev/zero` linked as `state.json`) would otherwise be read without end.
+fn regular(path: &Path) -> Result<(), CheckpointError> {
+    let meta = std::fs::metadata(path).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        })
+    }
+}
+
 /// Flushes a file or directory to disk.
 fn sync(path: &Path) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io {
@@ -245,6 +263,10 @@ pub fn save<T: Serialize>(
 
 /// Loads a checkpoint written by [`save`] into `vs` (every variable must be present with its shape) and
 /// `opt`, and returns the JSON state.
+///
+/// All or nothing: the state, every model tensor (name and shape) and the optimizer state are read and
+/// checked before `vs` or `opt` change, so a truncated or corrupt checkpoint is an error that leaves
+/// both exactly as they were (a run can go on, or load another checkpoint, bit-exactly).
 pub fn load<T: DeserializeOwned>(
     dir: impl AsRef<Path>,
     vs: &nn::VarStore,
@@ -253,68 +275,76 @@ pub fn load<T: DeserializeOwned>(
     let dir = resolve(dir.as_ref());
     let dir = dir.as_path();
     let state = load_state(dir)?;
-    load_model(dir, vs)?;
+    let model = read_model(&dir.join(MODEL), vs)?;
     let optf = dir.join(OPTIMIZER);
+    regular(&optf)?;
     let tensors = Tensor::read_safetensors(&optf).map_err(|source| CheckpointError::Tensor {
         path: optf.clone(),
         source,
     })?;
     opt.load_state(tensors)
         .map_err(|source| CheckpointError::Optimizer { path: optf, source })?;
+    copy_model(model);
     Ok(state)
 }
 
-/// Loads only the model variables (e.g. to evaluate or export a trained model).
+/// Loads only the model variables (e.g. to evaluate or export a trained model); on error `vs` is
+/// unchanged.
 pub fn load_model(dir: impl AsRef<Path>, vs: &nn::VarStore) -> Result<(), CheckpointError> {
-    let model = resolve(dir.as_ref()).join(MODEL);
-    if !model.is_file() {
-        return Err(CheckpointError::Io {
-            path: model,
-            source: std::io::ErrorKind::NotFound.into(),
-        });
-    }
-    let mut vs_mut = VarStoreLoader(vs);
-    vs_mut.load(&model)
+    let model = read_model(&resolve(dir.as_ref()).join(MODEL), vs)?;
+    copy_model(model);
+    Ok(())
 }
 
-struct VarStoreLoader<'a>(&'a nn::VarStore);
-
-impl VarStoreLoader<'_> {
-    /// `VarStore::load` needs `&mut`; copying through `named_variables` only needs `&`.
-    fn load(&mut self, path: &Path) -> Result<(), CheckpointError> {
-        let err = |source| CheckpointError::Tensor {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .map_err(err)?
-            .into_iter()
-            .collect();
-        let vars = self.0.variables();
-        for (name, var) in vars {
-            let src = file.get(&name).ok_or_else(|| {
-                err(tch::TchError::TensorNameNotFound(
-                    name.clone(),
-                    path.display().to_string(),
-                ))
-            })?;
-            if src.size() != var.size() {
-                return Err(err(tch::TchError::Shape(format!(
-                    "{name}: file has {:?}, model has {:?}",
-                    src.size(),
-                    var.size()
-                ))));
-            }
-            let mut var = var;
-            tch::no_grad(|| var.f_copy_(src)).map_err(err)?;
+/// Reads the model file and pairs every variable of `vs` with its value, converted to the
+/// variable's kind: every name must be present with the variable's shape. Changes nothing.
+fn read_model(path: &Path, vs: &nn::VarStore) -> Result<Vec<(Tensor, Tensor)>, CheckpointError> {
+    let err = |source| CheckpointError::Tensor {
+        path: path.to_path_buf(),
+        source,
+    };
+    regular(path)?;
+    let mut file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(err)?
+        .into_iter()
+        .collect();
+    let mut pairs = Vec::new();
+    for (name, var) in vs.variables() {
+        let src = file.remove(&name).ok_or_else(|| {
+            err(tch::TchError::TensorNameNotFound(
+                name.clone(),
+                path.display().to_string(),
+            ))
+        })?;
+        if src.size() != var.size() {
+            return Err(err(tch::TchError::Shape(format!(
+                "{name}: file has {:?}, model has {:?}",
+                src.size(),
+                var.size()
+            ))));
         }
-        Ok(())
+        let src = src
+            .f_to_kind(var.kind())
+            .and_then(|s| s.f_to_device(var.device()))
+            .map_err(err)?;
+        pairs.push((var, src));
     }
+    Ok(pairs)
+}
+
+/// Copies checked values into their variables (same shape, kind and device: cannot fail).
+fn copy_model(pairs: Vec<(Tensor, Tensor)>) {
+    tch::no_grad(|| {
+        for (mut var, src) in pairs {
+            var.copy_(&src);
+        }
+    });
 }
 
 /// Reads only the JSON state of a checkpoint.
 pub fn load_state<T: DeserializeOwned>(dir: impl AsRef<Path>) -> Result<T, CheckpointError> {
     let statef = resolve(dir.as_ref()).join(STATE);
+    regular(&statef)?;
     let bytes = std::fs::read(&statef).map_err(|source| CheckpointError::Io {
         path: statef.clone(),
         source,

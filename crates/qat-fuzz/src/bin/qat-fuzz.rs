@@ -129,6 +129,21 @@ fn main() -> ExitCode {
         r.slowest,
         r.peak_bytes,
     );
+    let per: Vec<String> = qat_fuzz::targets::Target::ALL
+        .iter()
+        .map(|&t| {
+            let i = t as usize;
+            format!(
+                "{t:?} {} ({} accepted, {:.0} µs/case)",
+                r.per_target[i],
+                r.accepted_per_target[i],
+                r.time_per_target[i].as_secs_f64() * 1e6 / r.per_target[i].max(1) as f64
+            )
+        })
+        .collect();
+    println!("  cases per target: {}", per.join(", "));
+    #[cfg(feature = "torch")]
+    qat_fuzz::scratch::remove();
     for f in &r.failures {
         let path = corpus.join(corpus_name(f.target, &f.input));
         println!(

@@ -319,28 +319,35 @@ impl Optimizer {
     }
 
     /// Restores the state written by [`Optimizer::state_tensors`]; unknown names are an error.
+    ///
+    /// All or nothing: every entry is checked (name, shape, kind) before any buffer or the step
+    /// count changes, so a refused state leaves the optimizer exactly as it was.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>) -> Result<(), ScheduleError> {
         self.refresh();
         let device = self.params.first().map(|p| p.tensor.device());
-        for p in &mut self.params {
-            p.buf1 = None;
-            p.buf2 = None;
-        }
+        let mut step = None;
+        // (parameter index, buffer 1 or 2, tensor), all checked before anything is replaced.
+        let mut staged: Vec<(usize, bool, Tensor)> = Vec::with_capacity(tensors.len());
         for (name, t) in tensors {
             if name == "#step" {
-                self.step = host_read::scalar_i64(&t, "optimizer step")? as u64;
+                step = Some(host_read::scalar_i64(&t, "optimizer step")? as u64);
                 continue;
             }
-            let (var, which) = name.rsplit_once('#').ok_or_else(|| {
-                ScheduleError::Config(format!("optimizer state: bad entry name {name}"))
-            })?;
-            let p = self
+            let bad = || ScheduleError::Config(format!("optimizer state: bad entry name {name}"));
+            let (var, which) = name.rsplit_once('#').ok_or_else(bad)?;
+            let first = match which {
+                "1" => true,
+                "2" => false,
+                _ => return Err(bad()),
+            };
+            let index = self
                 .params
-                .iter_mut()
-                .find(|p| p.name == var)
+                .iter()
+                .position(|p| p.name == var)
                 .ok_or_else(|| {
                     ScheduleError::Config(format!("optimizer state for unknown variable {var}"))
                 })?;
+            let p = &self.params[index];
             if t.size() != p.tensor.size() {
                 return Err(ScheduleError::Config(format!(
                     "optimizer state {name}: shape {:?}, variable has {:?}",
@@ -351,15 +358,22 @@ impl Optimizer {
             let t = t
                 .f_to_kind(Kind::Float)?
                 .f_to_device(device.unwrap_or(tch::Device::Cpu))?;
-            match which {
-                "1" => p.buf1 = Some(t),
-                "2" => p.buf2 = Some(t),
-                _ => {
-                    return Err(ScheduleError::Config(format!(
-                        "optimizer state: bad entry name {name}"
-                    )));
-                }
+            staged.push((index, first, t));
+        }
+        for p in &mut self.params {
+            p.buf1 = None;
+            p.buf2 = None;
+        }
+        for (index, first, t) in staged {
+            let p = &mut self.params[index];
+            if first {
+                p.buf1 = Some(t);
+            } else {
+                p.buf2 = Some(t);
             }
+        }
+        if let Some(step) = step {
+            self.step = step;
         }
         Ok(())
     }
