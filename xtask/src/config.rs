@@ -392,7 +392,9 @@ mod tests {
     fn qat_target_parses_and_an_unknown_one_is_located() {
         let base = default_text();
         assert_eq!(
-            Config::parse(&base, Path::new("x.toml")).map(|c| c.qat.target).ok(),
+            Config::parse(&base, Path::new("x.toml"))
+                .map(|c| c.qat.target)
+                .ok(),
             Some(None)
         );
         let with = |t: &str| base.replace("[qat]\n", &format!("[qat]\ntarget = \"{t}\"\n"));
@@ -404,7 +406,9 @@ mod tests {
             .position(|l| l.starts_with("target = "))
             .expect("inserted");
         match Config::parse(&text, Path::new("x.toml")) {
-            Err(ConfigError::Parse { line: l, message, .. }) => {
+            Err(ConfigError::Parse {
+                line: l, message, ..
+            }) => {
                 assert_eq!(l, line, "{message}");
                 assert!(message.contains("tflight"), "{message}");
             }

@@ -43,7 +43,10 @@ pub fn find_python() -> Option<PathBuf> {
         let p = PathBuf::from(user);
         return p.exists().then_some(p);
     }
-    let ready = cache_root().ok()?.join(format!("peers-{}", key())).join("READY");
+    let ready = cache_root()
+        .ok()?
+        .join(format!("peers-{}", key()))
+        .join("READY");
     let python = PathBuf::from(std::fs::read_to_string(ready).ok()?.trim());
     python.exists().then_some(python)
 }

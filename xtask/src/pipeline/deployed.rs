@@ -120,7 +120,8 @@ impl Pipeline {
             .out
             .join("deployed")
             .join(format!("{}-{runtime}", run.bits_name().to_lowercase()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let expected = output_codes(&model, &exported, &self.test_nhwc)?;
         let input = &exported
             .mapping(model.input)

@@ -155,7 +155,9 @@ impl QuantHarness {
     /// Whether the layer's output keeps its input's parameters because its target cannot rescale
     /// an average pool ([`Target::average_pool_rescales`]).
     pub fn ties_pool_output(&self) -> bool {
-        self.quant.target.is_some_and(|t| !t.average_pool_rescales())
+        self.quant
+            .target
+            .is_some_and(|t| !t.average_pool_rescales())
     }
 
     /// Whether the weights are fake-quantized now (switched on, and enabled in the config).
@@ -245,7 +247,10 @@ impl QuantHarness {
     /// `y + (value − y).detach()`: the forward value `value`, the gradient of `y`.
     fn straight_through(&self, y: &Tensor, value: &Tensor) -> Result<Tensor, LayerError> {
         let d = value
-            .f_sub(&y.f_detach().map_err(LayerError::torch(&self.name, "detach"))?)
+            .f_sub(
+                &y.f_detach()
+                    .map_err(LayerError::torch(&self.name, "detach"))?,
+            )
             .map_err(LayerError::torch(&self.name, "target value"))?;
         y.f_add(&d)
             .map_err(LayerError::torch(&self.name, "target value"))
@@ -315,7 +320,10 @@ impl QuantHarness {
         y: &Tensor,
         train: bool,
     ) -> Result<Tensor, LayerError> {
-        match (self.input_params, self.ties_pool_output() && self.state.fake_quant_activations) {
+        match (
+            self.input_params,
+            self.ties_pool_output() && self.state.fake_quant_activations,
+        ) {
             (Some(p), true) => qat_autograd::fake_quant_per_tensor(y, &p, self.quant.ste)
                 .map_err(LayerError::fq(&self.name)),
             _ => self.quantize_output(y, train),

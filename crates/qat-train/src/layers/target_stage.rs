@@ -84,8 +84,7 @@ pub(crate) fn requantize_accumulators(
         )));
     }
     let s_out = p_out.scale();
-    let multipliers =
-        weights::requant_multipliers(target, s_in, w_scales, s_out, fully_connected)?;
+    let multipliers = weights::requant_multipliers(target, s_in, w_scales, s_out, fully_connected)?;
     let reals: Option<Vec<f64>> = if fully_connected {
         w_scales
             .iter()
@@ -122,7 +121,11 @@ pub(crate) fn requantize_accumulators(
 /// The forward value of a global average pool over `x` `[N, C, H, W]` (values on the grid of
 /// `p`) whose output keeps `p`: the codes `round(x/S) + Z` averaged over `H×W` by `target`'s
 /// [`AverageStage`], as `[N, C]` values `p.dequantize(q)`.
-pub(crate) fn average_codes(x: &Tensor, target: Target, p: &QuantParams) -> Result<Tensor, StageError> {
+pub(crate) fn average_codes(
+    x: &Tensor,
+    target: Target,
+    p: &QuantParams,
+) -> Result<Tensor, StageError> {
     let (v, shape) = host(x)?;
     let [n, c, h, w] = shape[..] else {
         return Err(StageError::Shape(format!(
