@@ -210,8 +210,9 @@ fn check_deployed(r: &Report) -> Result<String> {
             (Some(why), None, None, None) => ensure!(!why.is_empty(), "{what}: empty refusal"),
             (None, Some(top1), Some(agree), Some(equal)) => {
                 ensure!((0.0..=1.0).contains(&top1), "{what}: top-1 {top1}");
+                let all = row.tensors_equal.unwrap_or(equal);
                 ensure!(
-                    equal == 1.0 && agree == 1.0,
+                    equal == 1.0 && agree == 1.0 && all == 1.0,
                     "{what}: {:.4}% of output codes and {:.4}% of argmaxes equal the {} simulation",
                     100.0 * equal,
                     100.0 * agree,

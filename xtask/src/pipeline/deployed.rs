@@ -1,8 +1,10 @@
 //! The deployed table: each trained model planned for the target of a deployment runtime, written
 //! in that runtime's format (`.tflite`, ONNX QDQ), and run by the runtime itself on the test split
 //! through the cross-check harness (`xtask/py/crosscheck.py`, the peers venv of `cargo xtask
-//! setup`): top-1, argmax agreement with the simulation of that target (qat-int8-runtime), and the
-//! share of equal output codes.
+//! setup`): top-1, argmax agreement with the simulation of that target (qat-int8-runtime), the
+//! share of equal output codes, and of equal codes over every intermediate tensor the runtime
+//! exposes (LiteRT's preserved tensors without a delegate) — a cross-check on real digits. The
+//! written models stay in `deployed/<model>-<runtime>/` of the report directory.
 
 use std::path::Path;
 
@@ -49,13 +51,16 @@ impl Pipeline {
                     .deployed_row(&python, &script, run, out, (format, runtime, target))
                     .with_context(|| format!("{} in {runtime}", run.bits_name()))?;
                 eprintln!(
-                    "[pipeline] deployed {} {} in {runtime}: top-1 {} (simulated {}), agreement {}, equal codes {}{}",
+                    "[pipeline] deployed {} {} in {runtime}: top-1 {} (simulated {}), agreement {}, \
+                     equal output codes {}, all {} exposed tensors {}{}",
                     run.bits_name(),
                     format.extension(),
                     row.top1.map_or("—".into(), pct),
                     row.simulated_top1.map_or("—".into(), pct),
                     row.argmax_agreement.map_or("—".into(), pct),
                     row.equal_codes.map_or("—".into(), pct),
+                    row.tensors_compared,
+                    row.tensors_equal.map_or("—".into(), pct),
                     row.refused
                         .as_ref()
                         .map_or(String::new(), |r| format!(" (refused: {r})"))
@@ -89,6 +94,8 @@ impl Pipeline {
             top1: None,
             argmax_agreement: None,
             equal_codes: None,
+            tensors_equal: None,
+            tensors_compared: 0,
             refused: None,
         };
         let opts = ExportOptions {
@@ -122,7 +129,12 @@ impl Pipeline {
             .join(format!("{}-{runtime}", run.bits_name().to_lowercase()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let expected = output_codes(&model, &exported, &self.test_nhwc)?;
+        let expected = tensor_codes(&model, &exported, &self.test_nhwc)?;
+        let output_names: Vec<String> = expected
+            .iter()
+            .filter(|e| e.output)
+            .map(|e| e.name.clone())
+            .collect();
         let input = &exported
             .mapping(model.input)
             .ok_or_else(|| anyhow!("the exported file has no input"))?
@@ -147,7 +159,13 @@ impl Pipeline {
             row.refused = Some(format!("{runtime} failed: {e}"));
             return Ok(row);
         }
-        row.equal_codes = r.equal_overall();
+        row.tensors_equal = r.equal_overall();
+        row.tensors_compared = r.tensors.values().filter(|t| t.equal.is_some()).count();
+        row.equal_codes = output_names
+            .iter()
+            .map(|n| r.tensors.get(n).and_then(|t| t.equal))
+            .collect::<Option<Vec<f64>>>()
+            .and_then(|v| v.into_iter().reduce(f64::min));
         let logits = std::fs::read(dir.join("outputs").join(format!("{runtime}.npy")))
             .with_context(|| format!("{runtime} wrote no outputs"))?;
         let (shape, data) = crosscheck::npy::read(&logits)?;
@@ -168,13 +186,18 @@ impl Pipeline {
             .count();
         row.top1 = Some(correct as f64 / n as f64);
         row.argmax_agreement = Some(agreement(&sim_pred, &pred));
+        // Keep the model files, the manifest and the result; the inputs and codes are large.
+        for big in ["expected", "outputs"] {
+            let _ = std::fs::remove_dir_all(dir.join(big));
+        }
+        let _ = std::fs::remove_file(dir.join("input.npy"));
         Ok(row)
     }
 }
 
-/// Our runtime's codes of the exported file's graph outputs on `x` (in the file's type and
+/// Our runtime's codes of every tensor of the exported file on `x` (in the file's type and
 /// layout), computed batch by batch.
-fn output_codes(
+fn tensor_codes(
     model: &Int8Model,
     exported: &qat_export::Exported,
     x: &ArrayD<f32>,
@@ -187,11 +210,7 @@ fn output_codes(
         let values = exec
             .run_all(x.slice_axis(Axis(0), (s..e).into()).into_dyn())
             .context("integer inference failed")?;
-        let exp: Vec<_> = crosscheck::expected_codes(model, exported, &values)?
-            .into_iter()
-            .filter(|e| e.output)
-            .collect();
-        parts.push(exp);
+        parts.push(crosscheck::expected_codes(model, exported, &values)?);
     }
     let mut out = parts
         .first()

@@ -161,15 +161,15 @@ Trained for target `{}`. Each row: the model \
         }
         let _ = writeln!(
             s,
-            "| model | format | runtime | target | images | simulated top-1 | top-1 | argmax agreement | equal output codes |\n\
-             |---|---|---|---|---|---|---|---|---|"
+            "| model | format | runtime | target | images | simulated top-1 | top-1 | argmax agreement | equal output codes | equal codes, all exposed tensors |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &d.rows {
             let model = format!("W{}A{}", r.weight_bits, r.act_bits);
             if let Some(why) = &r.refused {
                 let _ = writeln!(
                     s,
-                    "| {model} | {} | {} | {} | — | {} | refused: {why} | | |",
+                    "| {model} | {} | {} | {} | — | {} | refused: {why} | | | |",
                     r.format,
                     r.runtime,
                     r.target,
@@ -179,7 +179,7 @@ Trained for target `{}`. Each row: the model \
             }
             let _ = writeln!(
                 s,
-                "| {model} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {model} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({} tensors) |",
                 r.format,
                 r.runtime,
                 r.target,
@@ -187,7 +187,9 @@ Trained for target `{}`. Each row: the model \
                 opt_pct(r.simulated_top1),
                 opt_pct(r.top1),
                 opt_pct(r.argmax_agreement),
-                opt_pct(r.equal_codes)
+                opt_pct(r.equal_codes),
+                opt_pct(r.tensors_equal),
+                r.tensors_compared
             );
         }
         let _ = writeln!(s);

@@ -349,6 +349,14 @@ pub struct DeployedRow {
     pub argmax_agreement: Option<f64>,
     /// Share of equal output codes (logits) with the simulation.
     pub equal_codes: Option<f64>,
+    /// Share of equal codes over every tensor the runtime exposes (element-weighted; LiteRT's
+    /// reference kernels expose the intermediates, the XNNPACK delegate and onnxruntime only the
+    /// outputs).
+    #[serde(default)]
+    pub tensors_equal: Option<f64>,
+    /// Tensors compared for `tensors_equal`.
+    #[serde(default)]
+    pub tensors_compared: usize,
     /// Why there is no measurement: the target refused the plan, the format refused the model, or
     /// the runtime failed.
     pub refused: Option<String>,
