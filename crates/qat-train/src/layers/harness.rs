@@ -8,6 +8,7 @@ use qat_core::{QuantParams, Target};
 use qat_export::ir::Activation;
 use tch::{Tensor, nn};
 
+use super::target_stage::AccumulatorStage;
 use super::{
     LayerError, OutputExport, OutputQuantizer, QatControl, QuantConfig, QuantState, WeightExport,
     WeightQuantizer,
@@ -226,21 +227,12 @@ impl QuantHarness {
         let stage = self.accumulator_stage()?;
         let z_host = stage.as_ref().map(|_| z.shallow_clone());
         let y = self.quantize_activated(z, act, train)?;
-        let (Some((target, s_in, w_scales, p_out)), Some(z)) = (stage, z_host) else {
+        let (Some(stage), Some(z)) = (stage, z_host) else {
             return Ok(y);
         };
-        let value = tch::no_grad(|| {
-            super::target_stage::requantize_accumulators(
-                &z,
-                target,
-                s_in,
-                &w_scales,
-                &p_out,
-                act,
-                fully_connected,
-            )
-        })
-        .map_err(|e| LayerError::config(&self.name, format!("{target} requantization: {e}")))?;
+        let value = tch::no_grad(|| stage.requantize(&z, act, fully_connected)).map_err(|e| {
+            LayerError::config(&self.name, format!("{} requantization: {e}", stage.target))
+        })?;
         self.straight_through(&y, &value)
     }
 
@@ -256,12 +248,10 @@ impl QuantHarness {
             .map_err(LayerError::torch(&self.name, "target value"))
     }
 
-    /// `(target, S_in, S_w, output params)` when the target's accumulator stage applies: a target
+    /// The target's accumulator stage, when it applies: a target
     /// is set, weights and activations are fake-quantized, the input scale is known, the weights
     /// were fake-quantized by min/max this step, and the output range is observed and frozen.
-    fn accumulator_stage(
-        &self,
-    ) -> Result<Option<(Target, f32, Vec<f32>, QuantParams)>, LayerError> {
+    fn accumulator_stage(&self) -> Result<Option<AccumulatorStage>, LayerError> {
         let (Some(target), Some(s_in), Some(wq), Some(oq)) = (
             self.quant.target,
             self.input_scale,
@@ -285,7 +275,12 @@ impl QuantHarness {
         else {
             return Ok(None);
         };
-        Ok(Some((target, s_in, w_scales, p_out)))
+        Ok(Some(AccumulatorStage {
+            target,
+            s_in,
+            w_scales,
+            p_out,
+        }))
     }
 
     /// A global average pool's output `y` (`[N, C]`, the mean of the input `x`): with a target that

@@ -1,7 +1,7 @@
 //! QAT for a deployment target ([`QuantConfig::target`](super::QuantConfig::target)): the forward
 //! values the target's runtime computes, from the codes QAT's float forward pass lies on.
 //!
-//! * [`requantize_accumulators`]: a conv / linear output `z = conv(x̂, Ŵ) + b̂` (input, weights and
+//! * [`AccumulatorStage::requantize`]: a conv / linear output `z = conv(x̂, Ŵ) + b̂` (input, weights and
 //!   bias fake-quantized, the bias on the int32 grid `g[c] = S_in·S_w[c]`) is `g[c]·acc` for the
 //!   integer accumulator `acc` up to float rounding, so `acc = round(z/g[c])`; the output code is
 //!   then the target's conv/FC output stage of `acc` — exactly qat-export's simulation
@@ -52,23 +52,44 @@ fn tensor_like(values: &[f32], shape: &[i64], like: &Tensor) -> Result<Tensor, S
         .f_to_device(like.device())?)
 }
 
+/// A conv / linear layer's output stage in a target's arithmetic: the input scale, the weight
+/// scales (one, or one per channel) and the output parameters it requantizes with.
+#[derive(Debug, Clone)]
+pub(crate) struct AccumulatorStage {
+    /// The target.
+    pub target: Target,
+    /// `S_in`.
+    pub s_in: f32,
+    /// `S_w` (one per tensor, or one per output channel).
+    pub w_scales: Vec<f32>,
+    /// The output parameters.
+    pub p_out: QuantParams,
+}
+
+impl AccumulatorStage {
+    /// The forward value of a conv (`z` `[N, C, H, W]`) or linear (`[N, C]`, `fully_connected`)
+    /// output (see [`requantize_accumulators`]).
+    pub(crate) fn requantize(
+        &self,
+        z: &Tensor,
+        act: Activation,
+        fully_connected: bool,
+    ) -> Result<Tensor, StageError> {
+        requantize_accumulators(z, self, act, fully_connected)
+    }
+}
+
 /// The forward value of a conv (`z` `[N, C, H, W]`) or linear (`[N, C]`, `fully_connected`)
-/// output in `target`'s arithmetic: per element, `acc = round(z / g[c])` with
+/// output in the stage's target arithmetic: per element, `acc = round(z / g[c])` with
 /// `g[c] = f32(f64(S_in)·f64(S_w[c]))` (saturated to int32), `q = stage_c(acc)`, value
-/// `p_out.dequantize(q)`. `w_scales` has one scale (per tensor) or one per channel.
-///
-/// ```ignore
-/// // internal; exercised through the layers (tests/target_qat.rs)
-/// ```
-pub(crate) fn requantize_accumulators(
+/// `p_out.dequantize(q)`.
+fn requantize_accumulators(
     z: &Tensor,
-    target: Target,
-    s_in: f32,
-    w_scales: &[f32],
-    p_out: &QuantParams,
+    st: &AccumulatorStage,
     act: Activation,
     fully_connected: bool,
 ) -> Result<Tensor, StageError> {
+    let (target, s_in, w_scales, p_out) = (st.target, st.s_in, &st.w_scales[..], &st.p_out);
     let (v, shape) = host(z)?;
     if shape.len() < 2 {
         return Err(StageError::Shape(format!(
