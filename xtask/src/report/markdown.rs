@@ -173,7 +173,8 @@ Trained for target `{}`. Each row: the model \
                     r.format,
                     r.runtime,
                     r.target,
-                    opt_pct(r.simulated_top1)
+                    opt_pct(r.simulated_top1),
+                    why = why.split_whitespace().collect::<Vec<_>>().join(" ")
                 );
                 continue;
             }
