@@ -22,6 +22,10 @@ runtime value is float (a graph output after DEQUANTIZE / DequantizeLinear) and 
 `dequantize` is mapped back to codes `clamp(round(y / scale) + zero_point, qmin, qmax)` first.
 `kind = float`: float values (the f32 ONNX export), reported as max |Δ| and max |Δ| / max |expected|.
 
+Optional manifest keys: `"runtimes": ["litert_ref", ...]` runs only those configurations, and
+`"save_outputs": true` saves each runtime's first graph output as `outputs/<runtime>.npy` (the
+pipeline's deployed table reads the logits back for top-1 and argmax agreement).
+
 Runtimes: for .tflite, LiteRT with reference kernels (`OpResolverType.BUILTIN_REF`), LiteRT's
 optimized builtin kernels without delegates (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`) and LiteRT's
 default (`AUTO`: the XNNPACK delegate); for .onnx, onnxruntime with all graph optimizations, with
@@ -100,6 +104,20 @@ def outputs_equal(a: Values, b: Values) -> bool:
     return bool(common) and all(np.array_equal(a[k], b[k]) for k in common)
 
 
+def wanted(manifest: dict[str, Any], runtime: str) -> bool:
+    """Whether the manifest asks for this runtime configuration (all when it names none)."""
+    only = manifest.get("runtimes")
+    return not only or runtime in only
+
+
+def save_output(case: Path, manifest: dict[str, Any], runtime: str, outputs: Values) -> None:
+    """With `save_outputs`, writes the first graph output to outputs/<runtime>.npy."""
+    if not manifest.get("save_outputs") or not outputs:
+        return
+    (case / "outputs").mkdir(exist_ok=True)
+    np.save(case / "outputs" / f"{runtime}.npy", next(iter(outputs.values())))
+
+
 # --------------------------------------------------------------------------- LiteRT
 
 
@@ -144,8 +162,11 @@ def litert(case: Path, manifest: dict[str, Any], x: np.ndarray, threads: int) ->
         ("litert_xnnpack", OpResolverType.AUTO, False),
     ]
     for name, resolver, preserve in configs:
+        if not wanted(manifest, name):
+            continue
         try:
             outputs, every, ops = run_litert(model, x, resolver, preserve, threads)
+            save_output(case, manifest, name, outputs)
             sources: list[tuple[str, Values]] = [("deploy", outputs), ("preserved", every)]
             entry: dict[str, Any] = {"version": version, "ops": dict(ops)}
             if not preserve and debug is not None:
@@ -203,10 +224,13 @@ def onnxruntime(case: Path, manifest: dict[str, Any], x: np.ndarray, threads: in
 
     result: dict[str, Any] = {}
     for name, config in ORT_CONFIGS.items():
+        if not wanted(manifest, name):
+            continue
         entry: dict[str, Any] = {"version": ort.__version__, "config": config}
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 outputs, ops = run_ort(case / manifest["model"], x, threads, tmp, config)
+            save_output(case, manifest, name, outputs)
             entry["ops"] = dict(ops)
             sources: list[tuple[str, Values]] = [("deploy", outputs)]
             if manifest.get("debug_model"):

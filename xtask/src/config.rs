@@ -9,6 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use qat_int8_runtime::Target;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -171,6 +172,14 @@ pub struct QatConfig {
     /// `false`: constants of the backward pass, as TF's `fold_batch_norms`.
     #[serde(default)]
     pub bn_stats_grad: bool,
+    /// The deployment target QAT trains for and the pipeline exports to: `qat`, `tflite`, `ort`
+    /// or `xnnpack` (`--target` overrides it). Absent: the paper's float fake-quant forward,
+    /// exported for `qat`. With a target, average pools that the target cannot rescale keep their
+    /// input's parameters, and once the observers freeze every conv/linear output is requantized
+    /// from its accumulator in the target's arithmetic (STE backward), so that the exported model
+    /// is the one trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
 }
 
 /// Low-bit experiment.
@@ -418,6 +427,34 @@ mod tests {
             matches!(&e, ConfigError::Read { path, .. } if path == &bad),
             "{e}"
         );
+    }
+
+    #[test]
+    fn qat_target_parses_and_an_unknown_one_is_located() {
+        let base = default_text();
+        assert_eq!(
+            Config::parse(&base, Path::new("x.toml"))
+                .map(|c| c.qat.target)
+                .ok(),
+            Some(None)
+        );
+        let with = |t: &str| base.replace("[qat]\n", &format!("[qat]\ntarget = \"{t}\"\n"));
+        let cfg = Config::parse(&with("tflite"), Path::new("x.toml")).expect("tflite parses");
+        assert_eq!(cfg.qat.target, Some(Target::Tflite));
+        let text = with("tflight");
+        let line = 1 + text
+            .lines()
+            .position(|l| l.starts_with("target = "))
+            .expect("inserted");
+        match Config::parse(&text, Path::new("x.toml")) {
+            Err(ConfigError::Parse {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "{message}");
+                assert!(message.contains("tflight"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -4,4 +4,5 @@
 
 pub mod cache;
 pub mod config;
+pub mod peers_cache;
 pub mod report;

@@ -23,8 +23,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::setup::{Lock, cache_root, run_checked};
 
-/// The pinned requirements (every package, dependencies included).
-pub const REQUIREMENTS: &str = include_str!("../py/peers-requirements.txt");
+pub use xtask::peers_cache::REQUIREMENTS;
+use xtask::peers_cache::{key, pinned};
 
 /// The environment variable that points at a ready Python (and that tests read).
 pub const PYTHON_ENV: &str = "QAT_PEERS_PYTHON";
@@ -35,27 +35,6 @@ const CHECKED: [(&str, &str); 3] = [
     ("onnxruntime", "onnxruntime"),
     ("ai_edge_litert", "ai-edge-litert"),
 ];
-
-/// The pinned version of `pip_name` in [`REQUIREMENTS`].
-fn pinned(pip_name: &str) -> Option<&'static str> {
-    REQUIREMENTS.lines().find_map(|l| {
-        let (name, version) = l.trim().split_once("==")?;
-        (name.trim().eq_ignore_ascii_case(pip_name)).then(|| version.trim())
-    })
-}
-
-/// The cache key: the two runtimes' versions (for people) and an FNV-1a 64 hash of the whole
-/// requirements file (for every pin; stable across Rust versions, unlike `Hash`).
-fn key() -> String {
-    let h = REQUIREMENTS.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!(
-        "ort{}-litert{}-{h:016x}",
-        pinned("onnxruntime").unwrap_or("?"),
-        pinned("ai-edge-litert").unwrap_or("?")
-    )
-}
 
 /// Checks that `python` imports every checked package at its pinned version.
 fn verify(python: &Path) -> Result<()> {

@@ -144,6 +144,7 @@ pub fn check_report(dir: &Path) -> Result<()> {
             x.act_bits
         );
     }
+    let deployed = check_deployed(&r)?;
     let causes = r
         .causes
         .as_ref()
@@ -169,9 +170,60 @@ pub fn check_report(dir: &Path) -> Result<()> {
     };
     eprintln!(
         "[smoke] report OK: {} rows, {n_layers} layers within 1 LSB, int8 vs simulation argmax ≥ {sim:.4}, \
-         vs libtorch fake quant {agree:.4}; libtorch vs simulation ≥ {:.2}% of codes within 1 on every node; {plots}",
+         vs libtorch fake quant {agree:.4}; libtorch vs simulation ≥ {:.2}% of codes within 1 on every node; \
+         {deployed}; {plots}",
         r.results.len(),
         100.0 * worst_node
     );
     Ok(())
+}
+
+/// The deployed table: skipped with a reason and empty, or one row per model and runtime, each
+/// refused with a reason or measured; a runtime computes its own target's simulation code for code
+/// (every output code equal, argmax agreement 100%).
+fn check_deployed(r: &Report) -> Result<String> {
+    let d = &r.deployed;
+    if let Some(why) = &d.skipped {
+        ensure!(
+            d.rows.is_empty(),
+            "deployed table skipped ({why}) but has rows"
+        );
+        return Ok(format!("deployed table skipped ({why})"));
+    }
+    ensure!(
+        d.rows.len() == 6,
+        "deployed table: {} rows, expected 3 runtimes × 2 models",
+        d.rows.len()
+    );
+    let mut measured = 0;
+    for row in &d.rows {
+        let what = format!(
+            "deployed W{}A{} {} in {}",
+            row.weight_bits, row.act_bits, row.format, row.runtime
+        );
+        match (
+            &row.refused,
+            row.top1,
+            row.argmax_agreement,
+            row.equal_codes,
+        ) {
+            (Some(why), None, None, None) => ensure!(!why.is_empty(), "{what}: empty refusal"),
+            (None, Some(top1), Some(agree), Some(equal)) => {
+                ensure!((0.0..=1.0).contains(&top1), "{what}: top-1 {top1}");
+                let all = row.tensors_equal.unwrap_or(equal);
+                ensure!(
+                    equal == 1.0 && agree == 1.0 && all == 1.0,
+                    "{what}: {:.4}% of output codes and {:.4}% of argmaxes equal the {} simulation",
+                    100.0 * equal,
+                    100.0 * agree,
+                    row.target
+                );
+                measured += 1;
+            }
+            _ => bail!("{what}: need a refusal or top-1, agreement and equal codes"),
+        }
+    }
+    Ok(format!(
+        "{measured} deployed runs bit-exact with their target's simulation"
+    ))
 }

@@ -140,6 +140,30 @@ pub fn export_options() -> qat_export::ExportOptions {
     }
 }
 
+/// The export options of a model trained for `target` ([`QuantConfig::target`](crate::layers::QuantConfig::target);
+/// `None`: [`export_options`]): the plan in the target's arithmetic, and average pools with
+/// parameters of their own only where the target can rescale them (QAT tied the others to their
+/// input's, [`qat_core::Target::average_pool_rescales`]).
+///
+/// ```
+/// use qat_core::Target;
+/// use qat_train::convert::{export_options, export_options_for};
+/// assert_eq!(export_options_for(None), export_options());
+/// let o = export_options_for(Some(Target::Tflite));
+/// assert!(o.target == Target::Tflite && !o.avg_pool_own_params);
+/// assert!(export_options_for(Some(Target::Ort)).avg_pool_own_params);
+/// ```
+pub fn export_options_for(target: Option<qat_core::Target>) -> qat_export::ExportOptions {
+    match target {
+        None => export_options(),
+        Some(t) => qat_export::ExportOptions {
+            target: t,
+            avg_pool_own_params: t.average_pool_rescales(),
+            ..export_options()
+        },
+    }
+}
+
 /// Converts `net` into a [`FloatGraph`] (validated), given the schedule's export token. Export it with
 /// [`export_options`].
 ///

@@ -15,11 +15,13 @@
 //! | `study.rs` | studies as data: a name and variants, each the base run with a few fields changed |
 //! | `mixed.rs` | the sensitivity and mixed-precision studies (`--study`) |
 //! | `causes.rs` | per-layer causes of PTQ loss and the accuracy each fix buys |
+//! | `deployed.rs` | the exported formats run by their own runtimes (LiteRT, onnxruntime) |
 //! | `stages.rs` | [`Pipeline::run`]: the stages in order, and the typed report |
 //! | `plots.rs` | PNG/SVG plots of the report |
 
 mod causes;
 mod data;
+mod deployed;
 mod eval;
 mod mixed;
 pub mod plots;
@@ -35,6 +37,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use ndarray::ArrayD;
+use qat_int8_runtime::Target;
 use qat_train::data::{Dataset, Normalize};
 use tch::Device;
 
@@ -66,6 +69,14 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Train for this deployment target and export to it: `qat`, `tflite`, `ort`, `xnnpack`
+    /// (overrides `qat.target`).
+    #[arg(long, value_parser = parse_target)]
+    pub target: Option<Target>,
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    s.parse::<Target>().map_err(|e| e.to_string())
 }
 
 /// The studies `--study` adds.
@@ -141,6 +152,9 @@ pub fn run(args: &Args) -> Result<PathBuf> {
     let mut cfg = Config::load(&cfg_path)?;
     if args.quick {
         cfg = cfg.quick();
+    }
+    if let Some(t) = args.target {
+        cfg.qat.target = Some(t);
     }
     let out = match &args.out {
         Some(o) => o.clone(),

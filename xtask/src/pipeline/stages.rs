@@ -51,6 +51,10 @@ impl Pipeline {
             t.main.qat.int8_acc,
             t.float_acc,
         )?;
+        let deployed = self.deployed(&[
+            (&t.study.variants[0].run, &t.main.qat),
+            (&t.study.variants[1].run, &t.low.qat),
+        ])?;
         let size = self.size(&t.float_net)?;
         let causes = self.causes(&t.float_net)?;
         let fixes = causes::fixes(&t.study, [&t.main, &t.low]);
@@ -112,6 +116,7 @@ impl Pipeline {
             fixes,
             sensitivity,
             mixed_precision,
+            deployed,
             targets: Vec::new(),
             curves: curves(&t.float_hist, &t.main.qat.history, self.cfg.float.epochs),
             plots: Default::default(),

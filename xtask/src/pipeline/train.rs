@@ -80,6 +80,7 @@ impl Pipeline {
         q.act_observer = ActObserverConfig::Ema {
             decay: self.cfg.qat.ema_decay as f32,
         };
+        q.target = self.cfg.qat.target;
         q
     }
 
@@ -204,7 +205,7 @@ impl Pipeline {
         // The trainer grants export only with observers frozen and every range calibrated.
         let graph = trainer::export_graph(&net, &cfg, &history)
             .with_context(|| format!("{label}: not exportable"))?;
-        let plan = QuantPlan::new(&graph, &convert::export_options())
+        let plan = QuantPlan::new(&graph, &convert::export_options_for(self.cfg.qat.target))
             .with_context(|| format!("{label}: export refused"))?;
         let model = plan
             .to_int8_model()

@@ -82,6 +82,7 @@ impl Report {
             pct(a.low_bit_int8_vs_fake_quant)
         );
         self.rounding_section(&mut s);
+        self.deployed_section(&mut s);
         let z = &self.size;
         let _ = writeln!(
             s,
@@ -141,6 +142,58 @@ impl Report {
         }
         let _ = writeln!(s, "\n## Configuration\n\n```toml\n{}\n```", self.config);
         s
+    }
+
+    fn deployed_section(&self, s: &mut String) {
+        let d = &self.deployed;
+        let _ = writeln!(
+            s,
+            "## Deployed: each format in its own runtime
+
+Trained for target `{}`. Each row: the model \
+             planned for the runtime's target, written in the format, run by that runtime on the test split, \
+             against the simulation of that target (qat-int8-runtime).\n",
+            d.trained_for.as_deref().unwrap_or("none (float fake quant; exported for qat)")
+        );
+        if let Some(why) = &d.skipped {
+            let _ = writeln!(s, "Not measured: {why}.\n");
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "| model | format | runtime | target | images | simulated top-1 | top-1 | argmax agreement | equal output codes | equal codes, all exposed tensors |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &d.rows {
+            let model = format!("W{}A{}", r.weight_bits, r.act_bits);
+            if let Some(why) = &r.refused {
+                let _ = writeln!(
+                    s,
+                    "| {model} | {} | {} | {} | — | {} | refused: {why} | | | |",
+                    r.format,
+                    r.runtime,
+                    r.target,
+                    opt_pct(r.simulated_top1),
+                    why = why.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {model} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({} tensors) |",
+                r.format,
+                r.runtime,
+                r.target,
+                r.images,
+                opt_pct(r.simulated_top1),
+                opt_pct(r.top1),
+                opt_pct(r.argmax_agreement),
+                opt_pct(r.equal_codes),
+                opt_pct(r.tensors_equal),
+                r.tensors_compared
+            );
+        }
+        let _ = writeln!(s);
     }
 
     fn rounding_section(&self, s: &mut String) {

@@ -56,6 +56,10 @@ pub struct Report {
     pub sensitivity: Option<SensitivityTable>,
     /// Mixed precision (`--study mixed-precision`).
     pub mixed_precision: Option<MixedPrecisionResult>,
+    /// The exported formats run by their own runtimes on the test split (empty, with the reason,
+    /// when the peer runtimes are not installed).
+    #[serde(default)]
+    pub deployed: Deployed,
     /// Targets.
     pub targets: Vec<TargetCheck>,
     /// Training curves.
@@ -303,6 +307,58 @@ pub struct RoundingRow {
     pub agreement: Option<f64>,
     /// Why the rounding's target refused to export the model (e.g. TFLite's average pool cannot
     /// rescale).
+    pub refused: Option<String>,
+}
+
+/// The deployed table: each exported model, written in a deployable format and run by that
+/// format's own runtime on the test split, against the simulation of the target that runtime
+/// computes (qat-int8-runtime running the model planned for that target).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployed {
+    /// Why no row was measured (peer runtimes not installed), `None` when measured.
+    pub skipped: Option<String>,
+    /// The target the models were trained for (`None`: the float fake-quant forward).
+    pub trained_for: Option<String>,
+    /// One row per model, format and runtime.
+    pub rows: Vec<DeployedRow>,
+}
+
+/// One exported model in one runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployedRow {
+    /// Weight bits.
+    pub weight_bits: u32,
+    /// Activation bits.
+    pub act_bits: u32,
+    /// `tflite` or `onnx` (QDQ).
+    pub format: String,
+    /// The runtime configuration: `litert_ref` (LiteRT, `BUILTIN_REF` kernels), `litert_xnnpack`
+    /// (LiteRT's default, the XNNPACK delegate), `onnxruntime` (all graph optimizations).
+    pub runtime: String,
+    /// The target whose arithmetic that runtime computes (the simulation it is compared with).
+    pub target: String,
+    /// Test images run.
+    pub images: usize,
+    /// Top-1 of the simulation (qat-int8-runtime, the model planned for `target`).
+    pub simulated_top1: Option<f64>,
+    /// Top-1 in the runtime.
+    pub top1: Option<f64>,
+    /// Share of images whose argmax equals the simulation's.
+    pub argmax_agreement: Option<f64>,
+    /// Share of equal output codes (logits) with the simulation.
+    pub equal_codes: Option<f64>,
+    /// Share of equal codes over every tensor the runtime exposes (element-weighted; LiteRT's
+    /// reference kernels expose the intermediates, the XNNPACK delegate and onnxruntime only the
+    /// outputs).
+    #[serde(default)]
+    pub tensors_equal: Option<f64>,
+    /// Tensors compared for `tensors_equal`.
+    #[serde(default)]
+    pub tensors_compared: usize,
+    /// Why there is no measurement: the target refused the plan, the format refused the model, or
+    /// the runtime failed.
     pub refused: Option<String>,
 }
 

@@ -126,6 +126,20 @@ impl Target {
         }
     }
 
+    /// Whether the target's average pools can rescale, i.e. give their output parameters of its
+    /// own: `qat` and `ort` can; TFLite's int8 `AVERAGE_POOL_2D` (which `tflite` and `xnnpack` run)
+    /// averages codes in its input's scale and zero point. QAT for a target that cannot ties an
+    /// average pool's output quantizer to its input's parameters.
+    ///
+    /// ```
+    /// use qat_core::target::Target;
+    /// assert!(Target::Qat.average_pool_rescales() && Target::Ort.average_pool_rescales());
+    /// assert!(!Target::Tflite.average_pool_rescales() && !Target::Xnnpack.average_pool_rescales());
+    /// ```
+    pub fn average_pool_rescales(self) -> bool {
+        matches!(self, Target::Qat | Target::Ort)
+    }
+
     /// Whether the target requantizes with an `f32` multiplier (onnxruntime, XNNPACK).
     pub fn is_fp32(self) -> bool {
         self.rounding().is_none()

@@ -1,6 +1,7 @@
 //! Per-layer quantization configuration and the run-time switches the schedule flips.
 
 use qat_autograd::Ste;
+use qat_core::Target;
 use qat_export::ir::Activation;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -84,6 +85,17 @@ pub struct QuantConfig {
     pub quantize_weights: bool,
     /// Whether this layer fake-quantizes its output at all (when fake quant is switched on).
     pub quantize_output: bool,
+    /// The deployment target QAT trains for (`None`: the paper's float fake-quant forward, which
+    /// approximates the `qat` target). With `Some(T)`:
+    /// * an average pool whose output `T` cannot rescale ([`Target::average_pool_rescales`]) keeps
+    ///   its input's parameters (no output range of its own; export inherits them);
+    /// * once the input grid is known (activation observers frozen), the forward *value* of a conv
+    ///   or linear layer is its output requantized from the int32 accumulator in `T`'s arithmetic
+    ///   (`M = S_in·S_w[c]/S_out` as `T` derives it, `T`'s rounding and fused clamp), and that of a
+    ///   tied global average pool is `T`'s int8 average of the input codes; the backward is the
+    ///   usual STE of the fake quant.
+    #[serde(default)]
+    pub target: Option<Target>,
 }
 
 impl Default for QuantConfig {
@@ -99,6 +111,7 @@ impl Default for QuantConfig {
             act_range: ActRange::Observed,
             quantize_weights: true,
             quantize_output: true,
+            target: None,
         }
     }
 }

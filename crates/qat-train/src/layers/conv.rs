@@ -293,6 +293,6 @@ impl QatModule for QatConv2d {
         };
         let y = self.cfg.conv(x, &w, bias.as_ref(), self.harness.name())?;
         self.harness
-            .quantize_activated(y, self.cfg.activation, train)
+            .quantize_accumulated(y, self.cfg.activation, train, false)
     }
 }

@@ -528,7 +528,13 @@ impl QatModule for QatConvBn2d {
             BnFoldMode::Whitepaper => self.forward_whitepaper(x, use_batch)?,
             BnFoldMode::PyTorch => self.forward_pytorch(x, use_batch)?,
         };
+        if use_batch {
+            // Batch statistics: not the inference layer's accumulator grid.
+            return self
+                .harness
+                .quantize_activated(y, self.cfg.conv.activation, train);
+        }
         self.harness
-            .quantize_activated(y, self.cfg.conv.activation, train)
+            .quantize_accumulated(y, self.cfg.conv.activation, train, false)
     }
 }

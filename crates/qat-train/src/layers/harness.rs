@@ -4,9 +4,11 @@
 //! [`QatLayer`](super::QatLayer).
 
 use qat_autograd::TensorQParams;
+use qat_core::{QuantParams, Target};
 use qat_export::ir::Activation;
 use tch::{Tensor, nn};
 
+use super::target_stage::AccumulatorStage;
 use super::{
     LayerError, OutputExport, OutputQuantizer, QatControl, QuantConfig, QuantState, WeightExport,
     WeightQuantizer,
@@ -32,6 +34,7 @@ pub struct QuantHarness {
     output: Option<OutputQuantizer>,
     state: QuantState,
     input_scale: Option<f32>,
+    input_params: Option<QuantParams>,
 }
 
 /// The layer name of a VarStore path (its components joined by dots).
@@ -53,6 +56,7 @@ impl QuantHarness {
             output,
             state: QuantState::default(),
             input_scale: None,
+            input_params: None,
         }
     }
 
@@ -128,6 +132,33 @@ impl QuantHarness {
     /// Sets the scale of the grid the layer's input lies on (`None`: not known, or not frozen).
     pub fn set_input_scale(&mut self, s_in: Option<f32>) {
         self.input_scale = s_in;
+        if self.input_params.map(|p| p.scale()) != s_in {
+            self.input_params = None;
+        }
+    }
+
+    /// Sets the parameters of the grid the layer's input lies on (and its scale).
+    pub fn set_input_params(&mut self, p: Option<QuantParams>) {
+        self.input_scale = p.map(|p| p.scale());
+        self.input_params = p;
+    }
+
+    /// The parameters of the input grid, once the model set them.
+    pub fn input_params(&self) -> Option<QuantParams> {
+        self.input_params
+    }
+
+    /// The deployment target QAT trains for ([`QuantConfig::target`]).
+    pub fn target(&self) -> Option<Target> {
+        self.quant.target
+    }
+
+    /// Whether the layer's output keeps its input's parameters because its target cannot rescale
+    /// an average pool ([`Target::average_pool_rescales`]).
+    pub fn ties_pool_output(&self) -> bool {
+        self.quant
+            .target
+            .is_some_and(|t| !t.average_pool_rescales())
     }
 
     /// Whether the weights are fake-quantized now (switched on, and enabled in the config).
@@ -178,6 +209,119 @@ impl QuantHarness {
         match &mut self.output {
             Some(oq) => oq.apply_activated(z, act, train, &self.state),
             None => Err(self.missing("output")),
+        }
+    }
+
+    /// `FQ_a(act(z))` ([`Self::quantize_activated`]) for a conv (`[N, C, H, W]`) or linear
+    /// (`[N, C]`, `fully_connected`) output `z` that is the inference layer's (bias on the int32
+    /// grid). With a [`QuantConfig::target`], once the input grid is known and the output range
+    /// frozen, the forward value is the target's requantization of the accumulator
+    /// ([`super::target_stage::requantize_accumulators`]) and the gradient that of `FQ_a(act(z))`.
+    pub(crate) fn quantize_accumulated(
+        &mut self,
+        z: Tensor,
+        act: Activation,
+        train: bool,
+        fully_connected: bool,
+    ) -> Result<Tensor, LayerError> {
+        let stage = self.accumulator_stage()?;
+        let z_host = stage.as_ref().map(|_| z.shallow_clone());
+        let y = self.quantize_activated(z, act, train)?;
+        let (Some(stage), Some(z)) = (stage, z_host) else {
+            return Ok(y);
+        };
+        let value = tch::no_grad(|| stage.requantize(&z, act, fully_connected)).map_err(|e| {
+            LayerError::config(&self.name, format!("{} requantization: {e}", stage.target))
+        })?;
+        self.straight_through(&y, &value)
+    }
+
+    /// `y + (value − y).detach()`: the forward value `value`, the gradient of `y`.
+    fn straight_through(&self, y: &Tensor, value: &Tensor) -> Result<Tensor, LayerError> {
+        let d = value
+            .f_sub(
+                &y.f_detach()
+                    .map_err(LayerError::torch(&self.name, "detach"))?,
+            )
+            .map_err(LayerError::torch(&self.name, "target value"))?;
+        y.f_add(&d)
+            .map_err(LayerError::torch(&self.name, "target value"))
+    }
+
+    /// The target's accumulator stage, when it applies: a target
+    /// is set, weights and activations are fake-quantized, the input scale is known, the weights
+    /// were fake-quantized by min/max this step, and the output range is observed and frozen.
+    fn accumulator_stage(&self) -> Result<Option<AccumulatorStage>, LayerError> {
+        let (Some(target), Some(s_in), Some(wq), Some(oq)) = (
+            self.quant.target,
+            self.input_scale,
+            self.weights.as_ref(),
+            self.output.as_ref(),
+        ) else {
+            return Ok(None);
+        };
+        if !(self.state.fake_quant_weights && self.state.fake_quant_activations) {
+            return Ok(None);
+        }
+        let out = oq.export()?;
+        let (true, false, true, Some(p_out)) =
+            (out.enabled, out.learned, out.observer_frozen, out.qparams)
+        else {
+            return Ok(None);
+        };
+        let Some(w_scales) = wq
+            .last_scales()
+            .map_err(LayerError::torch(&self.name, "weight scales"))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(AccumulatorStage {
+            target,
+            s_in,
+            w_scales,
+            p_out,
+        }))
+    }
+
+    /// A global average pool's output `y` (`[N, C]`, the mean of the input `x`): with a target that
+    /// cannot rescale the pool ([`Self::ties_pool_output`]) and the input grid known, fake-quantized
+    /// on the input's parameters with the forward value of the target's int8 average of the input
+    /// codes ([`super::target_stage::average_codes`]); otherwise [`Self::quantize_output`].
+    pub(crate) fn quantize_global_pool(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, LayerError> {
+        let (Some(target), Some(p), true) = (
+            self.quant.target,
+            self.input_params,
+            self.ties_pool_output() && self.state.fake_quant_activations,
+        ) else {
+            return self.quantize_output(y, train);
+        };
+        let fq = qat_autograd::fake_quant_per_tensor(y, &p, self.quant.ste)
+            .map_err(LayerError::fq(&self.name))?;
+        let value = tch::no_grad(|| super::target_stage::average_codes(x, target, &p))
+            .map_err(|e| LayerError::config(&self.name, format!("{target} average pool: {e}")))?;
+        self.straight_through(&fq, &value)
+    }
+
+    /// An average pool's output `y` with a target that cannot rescale it and the input grid known:
+    /// fake-quantized on the input's parameters (the float mean rounded half to even on that grid;
+    /// the target's int8 pool rounds ties away from zero); otherwise [`Self::quantize_output`].
+    pub(crate) fn quantize_tied_output(
+        &mut self,
+        y: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, LayerError> {
+        match (
+            self.input_params,
+            self.ties_pool_output() && self.state.fake_quant_activations,
+        ) {
+            (Some(p), true) => qat_autograd::fake_quant_per_tensor(y, &p, self.quant.ste)
+                .map_err(LayerError::fq(&self.name)),
+            _ => self.quantize_output(y, train),
         }
     }
 

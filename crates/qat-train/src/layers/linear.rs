@@ -149,6 +149,6 @@ impl QatModule for QatLinear {
             .f_linear(&w, Some(&bias))
             .map_err(LayerError::torch(self.harness.name(), "linear"))?;
         self.harness
-            .quantize_activated(y, self.cfg.activation, train)
+            .quantize_accumulated(y, self.cfg.activation, train, true)
     }
 }

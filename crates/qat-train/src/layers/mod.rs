@@ -51,6 +51,7 @@ mod merge;
 mod output_quantizer;
 mod pool;
 mod quantize;
+mod target_stage;
 mod weight_quantizer;
 
 pub use config::{
@@ -103,6 +104,13 @@ pub trait QatLayer: std::fmt::Debug {
     /// ([`WeightQuantizer::fake_quant_bias`]); others ignore it.
     fn set_input_scale(&mut self, s_in: Option<f32>) {
         self.harness_mut().set_input_scale(s_in);
+    }
+
+    /// Sets the parameters (scale and zero point) of the grid this layer's input lies on, as
+    /// [`QatLayer::set_input_scale`] does the scale; average pools tied to their input's parameters
+    /// for a target ([`QuantConfig::target`]) fake-quantize on them.
+    fn set_input_params(&mut self, p: Option<qat_core::QuantParams>) {
+        self.harness_mut().set_input_params(p);
     }
 
     /// The layer's own output quantizer (`None` for layers that keep their input's grid, e.g.

@@ -7,7 +7,8 @@ use tch::{Tensor, nn};
 
 use super::harness::name_of;
 use super::{
-    LayerError, LayerExport, PoolExport, PoolKind, QatLayer, QatModule, QuantConfig, QuantHarness,
+    LayerError, LayerExport, OutputExport, PoolExport, PoolKind, QatLayer, QatModule, QuantConfig,
+    QuantHarness,
 };
 
 /// Window of a square 2-D pooling: `k×k`, stride `s`, symmetric padding `p` (padded cells are
@@ -74,7 +75,7 @@ impl Pool2dConfig {
             kernel: [k, k],
             stride: [s, s],
             padding: [p, p],
-            output: harness.output_export()?,
+            output: pool_output_export(harness)?,
         }))
     }
 }
@@ -115,6 +116,20 @@ impl QatLayer for QatAvgPool2d {
     fn export(&self) -> Result<LayerExport, LayerError> {
         self.cfg.export(PoolKind::Avg, &self.harness)
     }
+
+    /// `None` when the pool keeps its input's parameters for its target
+    /// ([`QuantHarness::ties_pool_output`]).
+    fn output_export(&self) -> Result<Option<OutputExport>, LayerError> {
+        pool_output_export(&self.harness)
+    }
+}
+
+/// A pool's output export: `None` when tied to its input's parameters.
+fn pool_output_export(h: &QuantHarness) -> Result<Option<OutputExport>, LayerError> {
+    if h.ties_pool_output() {
+        return Ok(None);
+    }
+    h.output_export()
 }
 
 impl QatModule for QatAvgPool2d {
@@ -124,7 +139,7 @@ impl QatModule for QatAvgPool2d {
         let y = x
             .f_avg_pool2d(k, s, p, false, false, None)
             .map_err(LayerError::torch(self.harness.name(), "avg_pool2d"))?;
-        self.harness.quantize_output(&y, train)
+        self.harness.quantize_tied_output(&y, train)
     }
 }
 
@@ -154,8 +169,14 @@ impl QatLayer for QatGlobalAvgPool {
             kernel: [0, 0],
             stride: [0, 0],
             padding: [0, 0],
-            output: self.harness.output_export()?,
+            output: pool_output_export(&self.harness)?,
         }))
+    }
+
+    /// `None` when the pool keeps its input's parameters for its target
+    /// ([`QuantHarness::ties_pool_output`]).
+    fn output_export(&self) -> Result<Option<OutputExport>, LayerError> {
+        pool_output_export(&self.harness)
     }
 }
 
@@ -165,7 +186,7 @@ impl QatModule for QatGlobalAvgPool {
         let y = x
             .f_mean_dim(Some([2i64, 3].as_slice()), false, None)
             .map_err(LayerError::torch(self.harness.name(), "global avg pool"))?;
-        self.harness.quantize_output(&y, train)
+        self.harness.quantize_global_pool(x, &y, train)
     }
 }
 

@@ -273,6 +273,15 @@ impl WeightQuantizer {
         Ok(b + q)
     }
 
+    /// The weight scales (one per channel, or one) the last [`WeightQuantizer::forward`]
+    /// fake-quantized with by min/max, read to the host (`None`: it did not, or LSQ).
+    pub(crate) fn last_scales(&self) -> Result<Option<Vec<f32>>, tch::TchError> {
+        self.last
+            .as_ref()
+            .map(|p| host_read::vec_f32(p.scale(), "weight scales"))
+            .transpose()
+    }
+
     /// The learned LSQ scale, if LSQ is configured.
     pub fn lsq_scale(&self) -> Option<&Tensor> {
         self.lsq.as_ref().map(|l| &l.scale)

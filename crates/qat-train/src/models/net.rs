@@ -259,13 +259,13 @@ impl Net {
         Ok(())
     }
 
-    /// The scale of each node's output grid: its own quantizer's (when enabled and calibrated), or
-    /// its input's for nodes that keep their input's grid (max pool, flatten).
-    fn output_grid_scales(&self) -> Result<Vec<Option<f32>>, ModelError> {
-        let mut grid: Vec<Option<f32>> = Vec::with_capacity(self.nodes.len());
+    /// The parameters of each node's output grid: its own quantizer's (when enabled and
+    /// calibrated), or its input's for nodes that keep their input's grid (max pool, flatten).
+    fn output_grid_params(&self) -> Result<Vec<Option<qat_core::QuantParams>>, ModelError> {
+        let mut grid: Vec<Option<qat_core::QuantParams>> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let g = match self.output_export(node)? {
-                Some(o) if o.enabled => o.qparams.map(|p| p.scale()),
+                Some(o) if o.enabled => o.qparams,
                 Some(_) => None,
                 None => node.inputs.first().and_then(|r| grid[r.0]),
             };
@@ -291,14 +291,14 @@ impl Net {
 
     fn refresh_input_scales(&mut self, frozen: bool) -> Result<(), ModelError> {
         let grid = if frozen {
-            self.output_grid_scales()?
+            self.output_grid_params()?
         } else {
             vec![None; self.nodes.len()]
         };
         for n in &mut self.nodes {
-            let s_in = n.inputs.first().and_then(|r| grid[r.0]);
+            let p_in = n.inputs.first().and_then(|r| grid[r.0]);
             if let Some(l) = n.op.layer_mut() {
-                l.set_input_scale(s_in);
+                l.set_input_params(p_in);
             }
         }
         Ok(())
