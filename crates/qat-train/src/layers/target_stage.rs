@@ -43,7 +43,10 @@ fn host(z: &Tensor) -> Result<(Vec<f32>, Vec<i64>), StageError> {
         .f_to_kind(Kind::Float)?
         .f_contiguous()?
         .f_view([-1])?;
-    Ok((Vec::<f32>::try_from(&flat)?, shape))
+    Ok((
+        qat_autograd::host_read::vec_f32(&flat, "target stage: layer output")?,
+        shape,
+    ))
 }
 
 fn tensor_like(values: &[f32], shape: &[i64], like: &Tensor) -> Result<Tensor, StageError> {
