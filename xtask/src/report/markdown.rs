@@ -4,6 +4,12 @@ use std::fmt::Write as _;
 
 use super::{NodeAgreement, Report, pct};
 
+/// `text` on one line (runs of white space, newlines included, become one space): a refusal's
+/// multi-line message inside a Markdown table cell.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn opt_pct(v: Option<f64>) -> String {
     v.map_or("—".into(), pct)
 }
@@ -174,7 +180,7 @@ Trained for target `{}`. Each row: the model \
                     r.runtime,
                     r.target,
                     opt_pct(r.simulated_top1),
-                    why = why.split_whitespace().collect::<Vec<_>>().join(" ")
+                    why = one_line(why)
                 );
                 continue;
             }
@@ -207,10 +213,9 @@ Trained for target `{}`. Each row: the model \
              | weights | activations | rounding | int8 top-1 | agreement with fake quant |\n|---|---|---|---|---|"
         );
         for r in &self.rounding {
-            let refused = r
-                .refused
-                .as_ref()
-                .map_or(String::new(), |why| format!(" (refused: {why})"));
+            let refused = r.refused.as_ref().map_or(String::new(), |why| {
+                format!(" (refused: {})", one_line(why))
+            });
             let _ = writeln!(
                 s,
                 "| {} | {} | {}{} | {}{refused} | {} |",
