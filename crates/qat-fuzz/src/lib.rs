@@ -53,8 +53,13 @@ pub struct Config {
     pub seconds: f64,
     /// RNG seed.
     pub seed: u64,
-    /// A case slower than this is a failure.
+    /// A case that costs more CPU time than this (the whole process's, every thread) is a
+    /// failure. CPU time, not wall time: a case that waits for a busy machine has not done more
+    /// work, and the bound is on the work an input can cause.
     pub slow: Duration,
+    /// A case that takes longer than this in wall-clock time is a failure too (a hang: a case
+    /// that waits without working never reaches [`Config::slow`]).
+    pub hang: Duration,
     /// A case whose allocation peak exceeds this is a failure (only with a [`Meter`]).
     pub max_case_bytes: usize,
 }
@@ -66,6 +71,7 @@ impl Default for Config {
             seconds: f64::INFINITY,
             seed: 0x5EED,
             slow: Duration::from_secs(2),
+            hang: Duration::from_secs(60),
             max_case_bytes: 256 << 20,
         }
     }
@@ -76,7 +82,7 @@ impl Default for Config {
 pub enum FailureKind {
     /// It panicked.
     Panic,
-    /// It ran longer than [`Config::slow`].
+    /// It cost more CPU time than [`Config::slow`], or more wall time than [`Config::hang`].
     Slow,
     /// It allocated more than [`Config::max_case_bytes`] at once.
     Memory,
@@ -112,8 +118,10 @@ pub struct Report {
     pub accepted_per_target: [u64; Target::COUNT],
     /// Time spent in the cases of each target.
     pub time_per_target: [Duration; Target::COUNT],
-    /// Slowest case.
+    /// Largest CPU time of a case (what [`Config::slow`] bounds).
     pub slowest: Duration,
+    /// Largest wall-clock time of a case (what [`Config::hang`] bounds).
+    pub slowest_wall: Duration,
     /// Largest allocation peak of a case (with a [`Meter`]).
     pub peak_bytes: usize,
     /// Every failure.
@@ -140,24 +148,68 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
+/// CPU time used so far by this process, all threads together (`CLOCK_PROCESS_CPUTIME_ID`);
+/// `None` where the platform has no such clock (the bound then falls back to wall time).
+///
+/// ```
+/// let a = qat_fuzz::process_cpu_time();
+/// let mut x = 0u64;
+/// for i in 0..1_000_000u64 {
+///     x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+/// }
+/// std::hint::black_box(x);
+/// if let (Some(a), Some(b)) = (a, qat_fuzz::process_cpu_time()) {
+///     assert!(b >= a);
+/// }
+/// ```
+pub fn process_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the call writes only into it.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        if rc == 0 {
+            return Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Runs one case under `catch_unwind`, timing it and (with a meter) measuring its allocation.
+/// Returns the outcome, the case's CPU time (wall time where the platform has no CPU clock),
+/// its wall time and its allocation peak.
 pub fn run_case(
     cfg: &Config,
     meter: Option<&dyn Meter>,
     rng: &mut Rng,
     target: Target,
     input: &[u8],
-) -> (Outcome, Duration, usize) {
+) -> (Outcome, Duration, Duration, usize) {
     if let Some(m) = meter {
         m.reset();
     }
+    let c0 = process_cpu_time();
     let t0 = Instant::now();
     let r = catch_unwind(AssertUnwindSafe(|| targets::run(rng, target, input)));
-    let dt = t0.elapsed();
+    let wall = t0.elapsed();
+    let cpu = match (c0, process_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => wall,
+    };
     let peak = meter.map_or(0, |m| m.peak());
     let outcome = match r {
         Err(p) => Outcome::Failed(FailureKind::Panic, panic_message(&*p)),
-        Ok(_) if dt > cfg.slow => Outcome::Failed(FailureKind::Slow, format!("{dt:?}")),
+        Ok(_) if cpu > cfg.slow || wall > cfg.hang => Outcome::Failed(
+            FailureKind::Slow,
+            format!("{cpu:?} CPU time, {wall:?} wall time"),
+        ),
         Ok(_) if peak > cfg.max_case_bytes => {
             Outcome::Failed(FailureKind::Memory, format!("{peak} bytes"))
         }
@@ -165,7 +217,7 @@ pub fn run_case(
         Ok(Err(e)) => Outcome::Rejected(e),
         Ok(Ok(())) => Outcome::Accepted,
     };
-    (outcome, dt, peak)
+    (outcome, cpu, wall, peak)
 }
 
 /// The mutant inputs of one case.
@@ -252,11 +304,12 @@ pub fn campaign(cfg: &Config, meter: Option<&dyn Meter>) -> Report {
                 continue;
             }
         };
-        let (outcome, dt, peak) = run_case(cfg, meter, &mut rng, target, &input);
+        let (outcome, cpu, wall, peak) = run_case(cfg, meter, &mut rng, target, &input);
         report.cases += 1;
         report.per_target[target as usize] += 1;
-        report.time_per_target[target as usize] += dt;
-        report.slowest = report.slowest.max(dt);
+        report.time_per_target[target as usize] += wall;
+        report.slowest = report.slowest.max(cpu);
+        report.slowest_wall = report.slowest_wall.max(wall);
         report.peak_bytes = report.peak_bytes.max(peak);
         match outcome {
             Outcome::Accepted => {

@@ -13,6 +13,7 @@ fn cfg() -> Config {
     Config {
         // Generous for an unoptimized test build on a loaded machine.
         slow: Duration::from_secs(20),
+        hang: Duration::from_secs(300),
         ..Config::default()
     }
 }
@@ -35,7 +36,7 @@ fn every_corpus_input_is_handled() {
         };
         let bytes = std::fs::read(&path).unwrap();
         for seed in 0..4 {
-            let (outcome, _, _) = run_case(&cfg(), None, &mut Rng::new(seed), target, &bytes);
+            let (outcome, ..) = run_case(&cfg(), None, &mut Rng::new(seed), target, &bytes);
             assert!(
                 !matches!(outcome, Outcome::Failed(..)),
                 "{}: {outcome:?}",
@@ -52,7 +53,7 @@ fn every_seed_is_accepted() {
     let seeds = seeds::all();
     assert!(seeds.len() >= 8, "{} seeds", seeds.len());
     for (i, (target, bytes)) in seeds.iter().enumerate() {
-        let (outcome, _, _) = run_case(&cfg(), None, &mut Rng::new(1), *target, bytes);
+        let (outcome, ..) = run_case(&cfg(), None, &mut Rng::new(1), *target, bytes);
         assert!(
             matches!(outcome, Outcome::Accepted),
             "seed {i} ({target:?}): {outcome:?}"

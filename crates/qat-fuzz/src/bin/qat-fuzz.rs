@@ -115,7 +115,7 @@ fn main() -> ExitCode {
     let r = campaign(&cfg, Some(&AllocMeter));
     let count = |k| r.failures.iter().filter(|f| f.kind == k).count();
     println!(
-        "qat-fuzz: seed {:#x}: {} cases in {:.1?} ({:.0}/s): {} accepted, {} rejected; panics {}, slow {}, memory {}, bugs {}; slowest case {:.1?}, largest case allocation peak {} bytes",
+        "qat-fuzz: seed {:#x}: {} cases in {:.1?} ({:.0}/s): {} accepted, {} rejected; panics {}, slow {}, memory {}, bugs {}; slowest case {:.1?} CPU time ({:.1?} wall time at most), largest case allocation peak {} bytes",
         cfg.seed,
         r.cases,
         r.elapsed,
@@ -127,6 +127,7 @@ fn main() -> ExitCode {
         count(qat_fuzz::FailureKind::Memory),
         count(qat_fuzz::FailureKind::Bug),
         r.slowest,
+        r.slowest_wall,
         r.peak_bytes,
     );
     let per: Vec<String> = qat_fuzz::targets::Target::ALL
