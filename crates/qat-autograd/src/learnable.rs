@@ -190,3 +190,68 @@ pub fn pact_fake_quant(x: &Tensor, alpha: &Tensor, bits: u32) -> Result<Tensor, 
         .map_err(FakeQuantError::torch(OP))?;
     Ok(fq + (&clipped - clipped.detach()))
 }
+
+/// PACT's parameters computed on `alpha`'s device, without reading `α` back: `S = max(α/(2^b − 1),
+/// MIN_SCALE)`, `Z = 0` — [`pact_qparams`]'s values bit for bit (qat-core's
+/// [`QuantParams::asymmetric`]`(0, α, b)`: `max(α, 0) − min(0, 0) = α`, one f32 division, and the
+/// zero point `qmin − 0/S` clamps to `qmin = 0`).
+fn pact_qparams_device(alpha: &Tensor, bits: u32) -> Result<crate::DeviceQParams, FakeQuantError> {
+    const OP: &str = "pact_qparams_device";
+    let range = QuantRange::unsigned(bits).map_err(FakeQuantError::quant(OP))?;
+    let steps = f64::from(range.steps() as f32);
+    let scale = tch::no_grad(|| {
+        let a = alpha.f_detach()?.f_reshape([1])?;
+        a.f_div(&a.f_full_like(steps)?)?
+            .f_clamp_min(f64::from(MIN_SCALE))
+    })
+    .map_err(FakeQuantError::torch(OP))?;
+    let zero = scale.f_zeros_like().map_err(FakeQuantError::torch(OP))?;
+    crate::DeviceQParams::new(scale, zero, range, None)
+}
+
+/// [`pact_fake_quant`] without a device→host read (for the training step on a GPU): the
+/// parameters are computed on the device ([`pact_qparams`]'s values bit for bit), and the values
+/// and gradients equal [`pact_fake_quant`]'s for every finite `α > 0`.
+///
+/// `α` is not read, so a non-positive or non-finite `α` cannot be refused here as
+/// [`pact_fake_quant`] refuses it ([`FakeQuantError::NonPositive`]). Instead every output is NaN:
+/// the loss becomes non-finite and the trainer stops with its step, never a silently dead layer.
+///
+/// ```
+/// use qat_autograd::{pact_fake_quant, pact_fake_quant_device};
+/// use tch::Tensor;
+/// let x = Tensor::from_slice(&[-1f32, 0.5, 3.0]);
+/// let alpha = Tensor::from_slice(&[2.55f32]);
+/// let y = pact_fake_quant_device(&x, &alpha, 8)?;
+/// assert_eq!(Vec::<f32>::try_from(&y)?, Vec::<f32>::try_from(&pact_fake_quant(&x, &alpha, 8)?)?);
+/// let bad = pact_fake_quant_device(&x, &Tensor::from_slice(&[-1f32]), 8)?;
+/// assert!(Vec::<f32>::try_from(&bad)?.iter().all(|v| v.is_nan()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn pact_fake_quant_device(
+    x: &Tensor,
+    alpha: &Tensor,
+    bits: u32,
+) -> Result<Tensor, FakeQuantError> {
+    const OP: &str = "pact_fake_quant_device";
+    check_f32(OP, x)?;
+    check_param_shape(OP, "alpha", alpha, 1)?;
+    let p = pact_qparams_device(alpha, bits)?;
+    let torch = || FakeQuantError::torch(OP);
+    // 0 where α > 0 (NaN compares false), NaN elsewhere; α = +∞ gives S = ∞ and NaN outputs.
+    let guard = tch::no_grad(|| {
+        let positive = alpha.f_detach()?.f_reshape([1])?.f_gt(0.0)?;
+        Tensor::f_where_scalar(&positive, 0.0, f64::NAN)?.f_to_kind(tch::Kind::Float)
+    })
+    .map_err(torch())?;
+    let fq = tch::no_grad(|| crate::fake_quant_device(x, &p, crate::Ste::Clipped))?;
+    let fq = tch::no_grad(|| fq.f_add(&guard)).map_err(torch())?;
+    if !x.requires_grad() && !alpha.requires_grad() {
+        return Ok(fq);
+    }
+    let clipped = x
+        .f_clamp_min(0.0)
+        .and_then(|c| c.f_minimum(alpha))
+        .map_err(torch())?;
+    Ok(fq + (&clipped - clipped.detach()))
+}

@@ -43,5 +43,5 @@ pub use fake_quant::{
 };
 pub use learnable::{
     lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, lsq_init_scale,
-    pact_fake_quant, pact_qparams,
+    pact_fake_quant, pact_fake_quant_device, pact_qparams,
 };

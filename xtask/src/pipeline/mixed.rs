@@ -6,7 +6,9 @@
 //!   drop on the held-out validation split (`data.validation`), as a layer × bits table.
 //! - **mixed-precision**: the Pareto front of predicted drop against packed weight bytes from that
 //!   table (exact or greedy search), the best assignment within the weight bytes of the uniform
-//!   low-bit model, and its measured test accuracy next to uniform W8A8, W6A6 and the low bit width.
+//!   low-bit model, and its measured test accuracy next to uniform W8A8, W6A6 and the low bit width;
+//!   then that assignment and the uniform widths QAT-trained with the low-bit run's schedule and
+//!   exported (the chosen model as `model_mixed.qat8`), measured in the integer runtime.
 
 use anyhow::{Context, Result};
 use ndarray::ArrayD;
@@ -18,10 +20,13 @@ use qat_export::{
     },
     ir::{FloatGraph, FloatOp, WeightScheme},
 };
-use qat_train::{convert, models::Net};
-use xtask::report::{MixedPrecisionResult, UniformPoint};
+use qat_train::{
+    convert,
+    models::{LayerBitsOverride, Net},
+};
+use xtask::report::{MixedPrecisionResult, QatPoint, UniformPoint};
 
-use super::{Pipeline, eval::eval_int8_on};
+use super::{Pipeline, eval::eval_int8_on, study::Run, train::QatOutcome};
 
 /// The float model as an export graph with every conv/linear layer at 8-bit per-channel weights and
 /// 8-bit activations, and its layers.
@@ -88,11 +93,16 @@ impl Pipeline {
     }
 
     /// The mixed-precision search within the weight bytes of the uniform low-bit model, and the test
-    /// accuracy (PTQ) of its choice and of uniform widths.
+    /// accuracy (PTQ) of its choice and of uniform widths; then the choice QAT-trained with the
+    /// low-bit run's schedule (`low_run`), exported (`model_mixed.qat8`) and run, next to the same
+    /// QAT of the uniform widths (`trained`: the widths already trained by the default study, with
+    /// their results; the others are trained here).
     pub(super) fn mixed_precision(
         &self,
         float_net: &Net,
         table: &SensitivityTable,
+        low_run: Run,
+        trained: &[(u32, u32, QatPoint)],
     ) -> Result<MixedPrecisionResult> {
         let (graph, layers) = graph_at_8_bits(float_net)?;
         let cost = CostModel::WeightBytes;
@@ -111,21 +121,68 @@ impl Pipeline {
             .as_ref()
             .map(|p| measure(&p.assignment))
             .transpose()?;
+        let qat_point = |o: &QatOutcome| QatPoint {
+            fake_quant: 100.0 * o.fake_quant_acc,
+            int8: 100.0 * o.int8_acc,
+        };
+        let chosen_qat = match &result.chosen {
+            Some(p) => {
+                let layer_bits = (p.assignment.layers.iter())
+                    .map(|l| LayerBitsOverride {
+                        layer: l.layer.clone(),
+                        weight_bits: l.weight_bits,
+                        act_bits: l.act_bits,
+                    })
+                    .collect();
+                // The input and the nodes without weights stay at 8 bits, as in the search's graph.
+                let base = Run {
+                    weight_bits: 8,
+                    act_bits: 8,
+                    ..low_run
+                };
+                let o = self.qat_with_layer_bits(float_net, base, layer_bits)?;
+                let file = self.out.join("model_mixed.qat8");
+                o.model
+                    .save(&file)
+                    .with_context(|| format!("cannot save {}", file.display()))?;
+                Some(qat_point(&o))
+            }
+            None => None,
+        };
         let mut uniform = Vec::new();
         for (w, a) in [(8, 8), (6, 6), (lb.weight_bits, lb.act_bits)] {
+            if uniform
+                .iter()
+                .any(|u: &UniformPoint| (u.weight_bits, u.act_bits) == (w, a))
+            {
+                continue;
+            }
             let asg = BitAssignment::uniform(&layers, w, a);
             let point = evaluate(table, &layers, &cost, &asg)?;
+            let qat = match trained.iter().find(|t| (t.0, t.1) == (w, a)) {
+                Some(t) => t.2,
+                None => {
+                    let run = Run {
+                        weight_bits: w,
+                        act_bits: a,
+                        ..low_run
+                    };
+                    qat_point(&self.qat(float_net, run)?)
+                }
+            };
             uniform.push(UniformPoint {
                 weight_bits: w,
                 act_bits: a,
                 cost: point.cost,
                 predicted_drop: point.predicted_drop,
                 ptq: measure(&asg)?,
+                qat: Some(qat),
             });
         }
         Ok(MixedPrecisionResult {
             search: result,
             chosen_ptq,
+            chosen_qat,
             uniform,
         })
     }

@@ -474,7 +474,16 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
         .as_ref()
         .zip(m.chosen_ptq)
         .map(|(p, a)| (p.cost, a));
-    let all = front.iter().chain(&uniform).chain(chosen.iter());
+    // QAT-trained and exported (integer model, test split).
+    let uniform_qat: Vec<(f64, f64)> = (m.uniform.iter())
+        .filter_map(|u| u.qat.map(|q| (u.cost, q.int8)))
+        .collect();
+    let chosen_qat = (m.search.chosen.as_ref())
+        .zip(m.chosen_qat)
+        .map(|(p, q)| (p.cost, q.int8));
+    let all = (front.iter().chain(&uniform).chain(chosen.iter()))
+        .chain(&uniform_qat)
+        .chain(chosen_qat.iter());
     let xmax = all.clone().map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
     let (lo, hi) = acc_range(all.map(|p| p.1 / 100.0));
     let mut chart = ChartBuilder::on(area)
@@ -506,6 +515,24 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
             .map_err(err)?
             .label("chosen (PTQ, test)")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, RED.filled()));
+    }
+    if !uniform_qat.is_empty() {
+        chart
+            .draw_series(
+                uniform_qat
+                    .iter()
+                    .map(|&p| Cross::new(p, 6, BLACK.stroke_width(2))),
+            )
+            .map_err(err)?
+            .label("uniform (QAT int8, test)")
+            .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
+    }
+    if let Some(p) = chosen_qat {
+        chart
+            .draw_series(std::iter::once(Cross::new(p, 8, RED.stroke_width(3))))
+            .map_err(err)?
+            .label("chosen (QAT int8, test)")
+            .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
     }
     chart
         .configure_series_labels()

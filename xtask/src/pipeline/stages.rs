@@ -79,7 +79,18 @@ impl Pipeline {
             .transpose()?;
         let mixed_precision = match &sensitivity {
             Some(table) if self.studies.contains(&OptionalStudy::MixedPrecision) => {
-                Some(self.mixed_precision(&t.float_net, table)?)
+                let trained: Vec<_> = (t.study.variants.iter())
+                    .zip([&t.main, &t.low])
+                    .map(|(v, o)| {
+                        let q = xtask::report::QatPoint {
+                            fake_quant: 100.0 * o.qat.fake_quant_acc,
+                            int8: 100.0 * o.qat.int8_acc,
+                        };
+                        (v.run.weight_bits, v.run.act_bits, q)
+                    })
+                    .collect();
+                let low_run = t.study.variants[1].run;
+                Some(self.mixed_precision(&t.float_net, table, low_run, &trained)?)
             }
             _ => None,
         };

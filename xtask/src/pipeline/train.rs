@@ -9,7 +9,7 @@ use qat_train::{
     data::Augment,
     fidelity,
     layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
-    models::{self, Architecture, ModelSpec, Net},
+    models::{self, Architecture, LayerBitsOverride, ModelSpec, Net},
     observer::ActObserverConfig,
     schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig},
     trainer::{self, Event, History, TrainConfig},
@@ -63,6 +63,7 @@ impl Pipeline {
             quant,
             bn_fold: fold,
             bn_stats_grad: stats_grad,
+            layer_bits: Vec::new(),
         }
     }
 
@@ -161,6 +162,18 @@ impl Pipeline {
 
     /// QAT fine-tuning from `float_net`'s weights, export, and evaluation of both.
     pub(super) fn qat(&self, float_net: &Net, run: Run) -> Result<QatOutcome> {
+        self.qat_with_layer_bits(float_net, run, Vec::new())
+    }
+
+    /// [`Pipeline::qat`] with per-layer bit widths (mixed precision) replacing `run`'s for the
+    /// layers named in `layer_bits`.
+    pub(super) fn qat_with_layer_bits(
+        &self,
+        float_net: &Net,
+        run: Run,
+        layer_bits: Vec<LayerBitsOverride>,
+    ) -> Result<QatOutcome> {
+        let mixed = !layer_bits.is_empty();
         let Run {
             act,
             weight_bits: w_bits,
@@ -173,12 +186,15 @@ impl Pipeline {
             compare_nodes,
         } = run;
         let q = &self.cfg.qat;
-        let spec = self.spec(
-            act,
-            self.quant(w_bits, a_bits, per_channel),
-            fold,
-            stats_grad,
-        );
+        let spec = ModelSpec {
+            layer_bits,
+            ..self.spec(
+                act,
+                self.quant(w_bits, a_bits, per_channel),
+                fold,
+                stats_grad,
+            )
+        };
         trainer::seed_everything(self.cfg.seed);
         let mut net = models::build(&spec, self.device).context("cannot build the QAT model")?;
         copy_weights(float_net, &net)?;
@@ -198,7 +214,11 @@ impl Pipeline {
             }),
         };
         let cfg = self.train_config(epochs, lr, schedule);
-        let label = format!("QAT W{w_bits}A{a_bits}");
+        let label = if mixed {
+            "QAT mixed precision".to_string()
+        } else {
+            format!("QAT W{w_bits}A{a_bits}")
+        };
         let history = self.fit(&mut net, &cfg, &label)?;
         let (_, fake_quant_acc) = trainer::evaluate(&mut net, &self.test, &cfg, None)?;
 

@@ -320,22 +320,33 @@ Trained for target `{}`. Each row: the model \
             );
             let _ = writeln!(
                 s,
-                "| configuration | cost | predicted drop (points) | PTQ top-1 |\n|---|---|---|---|"
+                "| configuration | cost | predicted drop (points) | PTQ top-1 | QAT top-1 (fake quant / int8) |\n|---|---|---|---|---|"
             );
+            let qat = |q: &Option<crate::report::QatPoint>| {
+                q.map_or("—".into(), |q| {
+                    format!("{:.2}% / {:.2}%", q.fake_quant, q.int8)
+                })
+            };
             for u in &m.uniform {
                 let _ = writeln!(
                     s,
-                    "| uniform W{}A{} | {:.0} | {:.2} | {:.2}% |",
-                    u.weight_bits, u.act_bits, u.cost, u.predicted_drop, u.ptq
+                    "| uniform W{}A{} | {:.0} | {:.2} | {:.2}% | {} |",
+                    u.weight_bits,
+                    u.act_bits,
+                    u.cost,
+                    u.predicted_drop,
+                    u.ptq,
+                    qat(&u.qat)
                 );
             }
             if let Some(c) = &r.chosen {
                 let _ = writeln!(
                     s,
-                    "| mixed (chosen) | {:.0} | {:.2} | {} |\n\nChosen widths (weights/activations):\n",
+                    "| mixed (chosen) | {:.0} | {:.2} | {} | {} |\n\nChosen widths (weights/activations):\n",
                     c.cost,
                     c.predicted_drop,
-                    m.chosen_ptq.map_or("—".into(), |a| format!("{a:.2}%"))
+                    m.chosen_ptq.map_or("—".into(), |a| format!("{a:.2}%")),
+                    qat(&m.chosen_qat)
                 );
                 for l in &c.assignment.layers {
                     let b = |v: Option<u32>| v.map_or("—".into(), |b| b.to_string());

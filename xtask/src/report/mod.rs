@@ -231,6 +231,10 @@ pub struct MixedPrecisionResult {
     pub search: MixedPrecision,
     /// Test top-1 (percent) of the chosen assignment after PTQ.
     pub chosen_ptq: Option<f64>,
+    /// The chosen assignment QAT-trained (from the float model, the low-bit run's schedule) and
+    /// exported: test top-1 (percent) of its fake-quant model and of the integer model.
+    #[serde(default)]
+    pub chosen_qat: Option<QatPoint>,
     /// Uniform widths for comparison.
     pub uniform: Vec<UniformPoint>,
 }
@@ -249,6 +253,19 @@ pub struct UniformPoint {
     pub predicted_drop: f64,
     /// Measured test top-1 (percent) after PTQ.
     pub ptq: f64,
+    /// The same widths QAT-trained and exported (test top-1, percent).
+    #[serde(default)]
+    pub qat: Option<QatPoint>,
+}
+
+/// A QAT-trained configuration of the mixed-precision study.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatPoint {
+    /// Test top-1 (percent) of the fake-quant (libtorch) model.
+    pub fake_quant: f64,
+    /// Test top-1 (percent) of the exported integer model in qat-int8-runtime.
+    pub int8: f64,
 }
 
 /// A target, and whether this run met it.

@@ -1,7 +1,7 @@
 //! Output (activation) fake quantization: an observer (EMA by default) or PACT's learned clip.
 
 use qat_autograd::{
-    Ste, clamp_fake_quant_device, fake_quant_device, pact_fake_quant, pact_qparams,
+    Ste, clamp_fake_quant_device, fake_quant_device, pact_fake_quant_device, pact_qparams,
 };
 use qat_export::ir::Activation;
 use tch::{Tensor, nn};
@@ -89,7 +89,9 @@ impl OutputQuantizer {
             return Ok(x.shallow_clone());
         }
         match &self.alpha {
-            Some(alpha) => pact_fake_quant(x, alpha, self.bits).map_err(LayerError::fq(&self.name)),
+            Some(alpha) => {
+                pact_fake_quant_device(x, alpha, self.bits).map_err(LayerError::fq(&self.name))
+            }
             None => {
                 let p = self
                     .observer

@@ -2,7 +2,7 @@
 
 use tch::{Device, nn};
 
-use super::{ModelError, ModelErrorKind, ModelSpec, Net, Node, NodeOp, NodeRef};
+use super::{LayerBitsOverride, ModelError, ModelErrorKind, ModelSpec, Net, Node, NodeOp, NodeRef};
 use crate::layers::{
     Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, LayerError, LinearConfig, Pool2dConfig,
     QatAdd, QatAvgPool2d, QatConcat, QatConv2d, QatConvBn2d, QatGlobalAvgPool, QatLinear,
@@ -18,6 +18,7 @@ pub struct NetBuilder {
     vs: nn::VarStore,
     nodes: Vec<Node>,
     quant: QuantConfig,
+    layer_bits: Vec<LayerBitsOverride>,
     fold: BnFoldMode,
     stats_grad: bool,
 }
@@ -46,9 +47,33 @@ impl NetBuilder {
             vs,
             nodes,
             quant,
+            layer_bits: Vec::new(),
             fold: BnFoldMode::Whitepaper,
             stats_grad: false,
         })
+    }
+
+    /// Per-layer bit widths for the layers created from now on: a layer named in `layer_bits` gets
+    /// the builder's [`QuantConfig`] with that entry's weight and/or activation bits (mixed
+    /// precision); every other layer, and the input quantizer, keep the builder's. A name no layer
+    /// takes is an error of [`NetBuilder::finish`].
+    pub fn layer_bits(mut self, layer_bits: Vec<LayerBitsOverride>) -> Self {
+        self.layer_bits = layer_bits;
+        self
+    }
+
+    /// The quantization of layer `name`: the builder's, with `name`'s bit-width override if any.
+    fn quant_for(&self, name: &str) -> QuantConfig {
+        let mut q = self.quant;
+        if let Some(o) = self.layer_bits.iter().find(|o| o.layer == name) {
+            if let Some(w) = o.weight_bits {
+                q.weight_bits = w;
+            }
+            if let Some(a) = o.act_bits {
+                q.act_bits = a;
+            }
+        }
+        q
     }
 
     /// Sets the conv+BN folding variant of the layers created from now on.
@@ -188,7 +213,9 @@ impl NetBuilder {
     ) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let chw = self.chw(x, name)?;
-        let mut conv = self.conv_cfg(chw[0], cout, k, s, act);
+        let mut conv = self
+            .conv_cfg(chw[0], cout, k, s, act)
+            .quant(self.quant_for(name));
         conv.groups = groups as i64;
         let shape = self.conv_out(&conv, chw, name)?;
         let mut cfg = ConvBnConfig::new(conv).fold(self.fold);
@@ -257,7 +284,7 @@ impl NetBuilder {
         };
         let cfg = LinearConfig::new(f as i64, out as i64)
             .activation(act)
-            .quant(self.quant);
+            .quant(self.quant_for(name));
         let layer = QatLinear::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::Linear(layer), vec![x], vec![out]))
     }
@@ -275,8 +302,8 @@ impl NetBuilder {
         if sa != sb {
             return Err(self.err(format!("{name}: add of shapes {sa:?} and {sb:?}")));
         }
-        let layer =
-            QatAdd::new(&self.path(name), act, self.quant).map_err(|e| self.layer_err(e))?;
+        let layer = QatAdd::new(&self.path(name), act, self.quant_for(name))
+            .map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::Add(layer), vec![a, b], sa))
     }
 
@@ -294,7 +321,7 @@ impl NetBuilder {
             return Err(self.err(format!("{name}: concat of shapes {shapes:?}")));
         }
         let c = shapes.iter().map(|s| s[0]).sum();
-        let layer = QatConcat::new(&self.path(name), xs.len(), self.quant)
+        let layer = QatConcat::new(&self.path(name), xs.len(), self.quant_for(name))
             .map_err(|e| self.layer_err(e))?;
         Ok(self.push(
             name,
@@ -366,8 +393,8 @@ impl NetBuilder {
         cfg: Pool2dConfig,
     ) -> Result<NodeRef, ModelError> {
         let shape = self.pool_geometry(name, x, cfg, "avg pool")?;
-        let layer =
-            QatAvgPool2d::new(&self.path(name), cfg, self.quant).map_err(|e| self.layer_err(e))?;
+        let layer = QatAvgPool2d::new(&self.path(name), cfg, self.quant_for(name))
+            .map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::AvgPool(layer), vec![x], shape))
     }
 
@@ -375,8 +402,8 @@ impl NetBuilder {
     pub fn global_avg_pool(&mut self, name: &str, x: NodeRef) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let [c, _, _] = self.chw(x, name)?;
-        let layer =
-            QatGlobalAvgPool::new(&self.path(name), self.quant).map_err(|e| self.layer_err(e))?;
+        let layer = QatGlobalAvgPool::new(&self.path(name), self.quant_for(name))
+            .map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::GlobalAvgPool(layer), vec![x], vec![c]))
     }
 
@@ -392,6 +419,14 @@ impl NetBuilder {
     pub fn finish(self, output: NodeRef, spec: Option<ModelSpec>) -> Result<Net, ModelError> {
         if output.0 >= self.nodes.len() {
             return Err(self.err(format!("output node {} does not exist", output.0)));
+        }
+        if let Some(o) =
+            (self.layer_bits.iter()).find(|o| !self.nodes.iter().any(|n| n.name == o.layer))
+        {
+            return Err(self.err(format!(
+                "layer_bits names layer {:?}, which the model does not have",
+                o.layer
+            )));
         }
         let mut last_use = vec![0; self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {

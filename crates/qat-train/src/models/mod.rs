@@ -46,7 +46,7 @@ use crate::layers::LayerError;
 pub use builder::NetBuilder;
 pub use from_graph::{FromGraphError, GraphNetOptions, UnsupportedNode, from_float_graph};
 pub use net::{Net, Node, NodeOp, NodeRef, ObserverSnapshot};
-pub use spec::{Architecture, ModelSpec};
+pub use spec::{Architecture, LayerBitsOverride, ModelSpec};
 pub use zoo::build;
 
 /// An error of model construction, of a forward pass or of the whole-model control: the model's

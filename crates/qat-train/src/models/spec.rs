@@ -54,6 +54,39 @@ pub struct ModelSpec {
     /// ([`crate::layers::ConvBnConfig::stats_grad`]; default `false`, TF's fold).
     #[serde(default)]
     pub bn_stats_grad: bool,
+    /// Mixed precision: per-layer weight and/or activation bit widths that replace `quant`'s for
+    /// the named layers ([`crate::models::NetBuilder::layer_bits`]); empty: every layer at
+    /// `quant`'s widths. Naming a layer the model does not have is a build error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_bits: Vec<LayerBitsOverride>,
+}
+
+/// One layer's bit widths in a mixed-precision [`ModelSpec`] (`None`: the model's default).
+///
+/// ```
+/// use qat_train::models::{self, LayerBitsOverride, ModelSpec};
+/// let spec = ModelSpec {
+///     layer_bits: vec![LayerBitsOverride { layer: "fc2".into(), weight_bits: Some(4), act_bits: None }],
+///     ..ModelSpec::lenet()
+/// };
+/// let net = models::build(&spec, tch::Device::Cpu)?;
+/// assert!(net.nodes().iter().any(|n| n.name == "fc2"));
+/// let bad = ModelSpec {
+///     layer_bits: vec![LayerBitsOverride { layer: "nope".into(), weight_bits: Some(4), act_bits: None }],
+///     ..ModelSpec::lenet()
+/// };
+/// assert!(models::build(&bad, tch::Device::Cpu).unwrap_err().to_string().contains("nope"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerBitsOverride {
+    /// The layer's node name (as in [`crate::models::Net::nodes`] and the exported graph).
+    pub layer: String,
+    /// Weight bits (2..=8), or `None` for the model's.
+    pub weight_bits: Option<u32>,
+    /// Output activation bits (2..=8), or `None` for the model's.
+    pub act_bits: Option<u32>,
 }
 
 impl ModelSpec {
@@ -67,6 +100,7 @@ impl ModelSpec {
             quant: QuantConfig::default(),
             bn_fold: BnFoldMode::Whitepaper,
             bn_stats_grad: false,
+            layer_bits: Vec::new(),
         }
     }
 

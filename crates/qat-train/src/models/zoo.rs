@@ -18,7 +18,8 @@ pub fn build(spec: &ModelSpec, device: Device) -> Result<Net, ModelError> {
     }
     let mut b = NetBuilder::new(&name, device, spec.input, spec.quant)?
         .fold(spec.bn_fold)
-        .stats_grad(spec.bn_stats_grad);
+        .stats_grad(spec.bn_stats_grad)
+        .layer_bits(spec.layer_bits.clone());
     let out = match spec.arch {
         Architecture::LeNet => lenet(&mut b, spec)?,
         Architecture::MobileNetV1 { width, blocks } => {
