@@ -67,6 +67,36 @@ pub struct TrainConfig {
     /// Where the caller should build the model (`models::build(&spec, cfg.device.device())`);
     /// [`train`](super::train) runs on the device of the model's variables and moves each batch there.
     pub device: DeviceChoice,
+    /// Steps whose loss and accuracy stay on the device before the trainer reads them back, all
+    /// in one transfer (`None`: 1 on the CPU, where a read costs nothing, and
+    /// [`TrainConfig::GPU_SYNC_EVERY`] on a GPU, where each read waits for the device). Every step's
+    /// loss is still checked and recorded; a non-finite loss stops training with its own step, but
+    /// with a window of `n` up to `n − 1` later updates have been applied by then (with 1, none).
+    pub sync_every: Option<usize>,
+}
+
+impl TrainConfig {
+    /// The window of [`TrainConfig::sync_every`] on a GPU when it is `None`.
+    pub const GPU_SYNC_EVERY: usize = 32;
+
+    /// The steps per read on `device` ([`TrainConfig::sync_every`], at least 1).
+    ///
+    /// ```
+    /// use qat_train::trainer::TrainConfig;
+    /// let cfg = TrainConfig::default();
+    /// assert_eq!(cfg.sync_every_on(tch::Device::Cpu), 1);
+    /// assert_eq!(cfg.sync_every_on(tch::Device::Cuda(0)), TrainConfig::GPU_SYNC_EVERY);
+    /// let cfg = TrainConfig { sync_every: Some(0), ..TrainConfig::default() };
+    /// assert_eq!(cfg.sync_every_on(tch::Device::Cuda(0)), 1);
+    /// ```
+    pub fn sync_every_on(&self, device: tch::Device) -> usize {
+        let auto = if device == tch::Device::Cpu {
+            1
+        } else {
+            Self::GPU_SYNC_EVERY
+        };
+        self.sync_every.unwrap_or(auto).max(1)
+    }
 }
 
 impl Default for TrainConfig {
@@ -87,6 +117,7 @@ impl Default for TrainConfig {
             progress: true,
             record_steps: true,
             device: DeviceChoice::Auto,
+            sync_every: None,
         }
     }
 }

@@ -12,8 +12,12 @@
 //!
 //! Per step: `schedule.sync` (apply a phase change to the layers) → forward (train mode) → cross-entropy →
 //! finite check → backward → optimizer step with the scheduled LR. A non-finite loss stops training with
-//! [`TrainError::NonFinite`] *before* the update, leaving the last checkpoint (written only at epoch ends,
-//! after a finite epoch) untouched.
+//! [`TrainError::NonFinite`], leaving the last checkpoint (written only at epoch ends, after a finite
+//! epoch) untouched. The loss and accuracy of each step stay on the device for
+//! [`TrainConfig::sync_every`] steps and are read back together (one read per window, none in the
+//! other steps: on a GPU a read is a synchronization); the check runs before the update of the
+//! window's last step, so with a window of one step (the CPU default) training stops before the
+//! update of the non-finite step.
 //!
 //! A binary that trains should call [`tune_allocator`] once at start-up (opt-in: it changes glibc's
 //! allocator for the whole process; the speed-ups it buys are in its docs).
@@ -32,7 +36,6 @@
 //! # Ok(()) }
 //! ```
 
-use qat_autograd::host_read;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,10 +48,12 @@ use tch::{Device, Kind, Tensor};
 mod alloc;
 mod config;
 mod history;
+mod window;
 
 pub use alloc::tune_allocator;
 pub use config::{DeviceChoice, TrainConfig};
 pub use history::{EpochStats, Event, History, StepRecord};
+use window::{Accounting, PendingStep, StepWindow, check_finite, progress_message};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::{Augment, DataError, Dataset, Loader, LoaderConfig};
@@ -154,22 +159,32 @@ fn eval_loader(
 fn evaluate_loader(model: &mut Net, loader: &Loader) -> Result<(f64, f64), TrainError> {
     let device = model.device();
     let _g = tch::no_grad_guard();
-    let (mut loss_sum, mut correct, mut n) = (0f64, 0i64, 0i64);
+    // Every batch's loss and count stay on the device; one read at the end.
+    let mut window = StepWindow::default();
     for b in loader.epoch(0, 0) {
         let b = b?;
         let x = b.images.f_to_device(device)?;
         let y = b.labels.f_to_device(device)?;
         let logits = model.forward_t(&x, false)?;
-        let bs = y.size()[0];
-        loss_sum += host_read::scalar_f64(&cross_entropy(&logits, &y)?, "eval loss")? * bs as f64;
-        correct += host_read::scalar_i64(
-            &logits
-                .f_argmax(-1, false)?
-                .f_eq_tensor(&y)?
-                .f_sum(Kind::Int64)?,
-            "eval correct",
-        )?;
-        n += bs;
+        let correct = logits
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&y)?
+            .f_sum(Kind::Int64)?;
+        let batch = PendingStep {
+            step: 0,
+            batch: b.index,
+            phase: Phase::Float,
+            batch_size: y.size()[0],
+            lr: 0.0,
+        };
+        window.push(batch, &cross_entropy(&logits, &y)?, &correct)?;
+    }
+    let values = window.read("eval loss window")?;
+    let (mut loss_sum, mut correct, mut n) = (0f64, 0i64, 0i64);
+    for (b, (loss, c)) in window.take().iter().zip(values) {
+        loss_sum += loss * b.batch_size as f64;
+        correct += c as i64;
+        n += b.batch_size;
     }
     let n = n.max(1) as f64;
     Ok((loss_sum / n, correct as f64 / n))
@@ -235,6 +250,7 @@ pub fn train(
         )));
     }
     let eval = eval_loader(test_set, cfg, cfg.eval_samples)?;
+    let sync_every = cfg.sync_every_on(device);
     let mut schedule = Schedule::new(cfg.schedule)?;
     let mut opt = Optimizer::new(model.var_store(), cfg.optimizer)?;
     let mut history = History::default();
@@ -277,6 +293,7 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
         let mut lr = opt.current_lr();
         let mut last_phase = schedule.phase();
+        let mut window = StepWindow::default();
         for batch in loader.epoch(epoch as u64, 0).take(steps_per_epoch) {
             let batch = batch?;
             sync(&mut schedule, model, &mut history, on_event)?;
@@ -290,59 +307,55 @@ pub fn train(
             let y = batch.labels.f_to_device(device)?;
             let logits = model.forward_t(&x, true)?;
             let loss = cross_entropy(&logits, &y)?;
-            let loss_v = host_read::scalar_f64(&loss, "train loss")?;
-            let step = schedule.state().step;
-            if !loss_v.is_finite() {
-                pb.abandon_with_message(format!("non-finite loss {loss_v}"));
-                tracing::error!(step, epoch, loss = loss_v, "non-finite loss; stopping");
-                return Err(TrainError::NonFinite {
-                    loss: loss_v,
-                    step,
-                    epoch,
-                    batch: batch.index,
-                    phase,
-                    last_checkpoint,
-                });
-            }
+            let correct_t = logits
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&y)?
+                .f_sum(Kind::Int64)?;
+            let pending = PendingStep {
+                step: schedule.state().step,
+                batch: batch.index,
+                phase,
+                batch_size: y.size()[0],
+                lr,
+            };
+            window.push(pending, &loss, &correct_t)?;
+            // The window's values are read (one transfer) before the update of its last step, so
+            // with a window of one step a non-finite loss stops before its own update.
+            let values = if window.len() >= sync_every {
+                let v = window.read("train loss window")?;
+                check_finite(&window, &v, epoch, &last_checkpoint, &pb)?;
+                Some(v)
+            } else {
+                None
+            };
             opt.zero_grad();
             loss.f_backward()?;
             lr = opt.step();
             schedule.record_step();
-            let bs = y.size()[0];
-            loss_sum += loss_v * bs as f64;
-            correct += host_read::scalar_i64(
-                &logits
-                    .f_argmax(-1, false)?
-                    .f_eq_tensor(&y)?
-                    .f_sum(Kind::Int64)?,
-                "train correct",
-            )?;
-            seen += bs;
+            window.set_last_lr(lr);
             last_phase = phase;
-            let rec = StepRecord {
-                step,
-                epoch,
-                loss: loss_v,
-                lr,
-                phase,
-            };
-            if cfg.record_steps {
-                history.steps.push(rec);
-            }
-            on_event(&Event::Step(rec));
-            let flags = phase.flags();
             pb.inc(1);
-            pb.set_message(format!(
-                "{phase} loss {loss_v:.4} acc {:.2}% {:.0} img/s{}{}",
-                100.0 * correct as f64 / seen as f64,
-                seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-                if phase == Phase::ObserversFrozen {
-                    " [obs frozen]"
-                } else {
-                    ""
-                },
-                if flags.bn_frozen { " [bn frozen]" } else { "" },
-            ));
+            if let Some(v) = values {
+                let mut acc = Accounting {
+                    loss_sum: &mut loss_sum,
+                    correct: &mut correct,
+                    seen: &mut seen,
+                    history: &mut history,
+                };
+                acc.record(window.take(), &v, epoch, cfg.record_steps, on_event);
+                progress_message(&pb, &v, phase, correct, seen, t0);
+            }
+        }
+        if window.len() > 0 {
+            let v = window.read("train loss window")?;
+            check_finite(&window, &v, epoch, &last_checkpoint, &pb)?;
+            let mut acc = Accounting {
+                loss_sum: &mut loss_sum,
+                correct: &mut correct,
+                seen: &mut seen,
+                history: &mut history,
+            };
+            acc.record(window.take(), &v, epoch, cfg.record_steps, on_event);
         }
         let seconds = t0.elapsed().as_secs_f64();
         let (test_loss, test_acc) = evaluate_loader(model, &eval)?;
