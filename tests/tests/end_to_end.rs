@@ -13,7 +13,7 @@ use qat_int8_runtime::{Executor, Int8Model, KernelPath};
 use qat_train::{
     data::{Dataset, Normalize},
     models::{self, ModelSpec},
-    schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig},
+    schedule::{LrConfig, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig},
     trainer::{self, TrainConfig},
 };
 use tch::{Device, Kind, Tensor};
@@ -28,18 +28,8 @@ fn config() -> TrainConfig {
         seed: 3,
         normalize: Normalize::unit(1),
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: 0.05,
-                schedule: LrSchedule::Cosine {
-                    total: 32,
-                    min_lr: 0.005,
-                },
-                warmup: 2,
-            },
+            kind: OptimizerKind::nesterov(0.9),
+            lr: LrConfig::cosine(0.05, 32, 0.005).with_warmup(2),
             weight_decay: 1e-4,
         },
         schedule: ScheduleConfig {
@@ -54,6 +44,11 @@ fn config() -> TrainConfig {
         progress: false,
         ..TrainConfig::default()
     }
+}
+
+/// The share of the `n` positions where `a` and `b` agree.
+fn share_equal(a: &[i64], b: &[i64], n: usize) -> f64 {
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / n as f64
 }
 
 /// Test images as NHWC f32 in [0, 1] (the `Normalize::unit` the model was trained with).
@@ -130,20 +125,10 @@ fn qat_lenet_exports_to_an_integer_model_that_matches_its_simulation() {
             .to_kind(Kind::Int64),
     )
     .unwrap();
-    let agree = int8_pred
-        .iter()
-        .zip(&fq_pred)
-        .filter(|(a, b)| a == b)
-        .count() as f64
-        / test.len() as f64;
+    let agree = share_equal(&int8_pred, &fq_pred, test.len());
     assert!(agree >= 0.98, "int8 vs fake-quant argmax agreement {agree}");
     let labels: Vec<i64> = test.labels.iter().map(|&l| i64::from(l)).collect();
-    let int8_acc = int8_pred
-        .iter()
-        .zip(&labels)
-        .filter(|(a, b)| a == b)
-        .count() as f64
-        / test.len() as f64;
+    let int8_acc = share_equal(&int8_pred, &labels, test.len());
     assert!(
         (int8_acc - fq_acc).abs() <= 0.02,
         "int8 {int8_acc} vs fake quant {fq_acc}"

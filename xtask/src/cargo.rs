@@ -1,6 +1,11 @@
 //! Running child `cargo` commands with libtorch configured.
 
-use std::{ffi::OsStr, path::Path, process::Command};
+use std::{
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -39,8 +44,40 @@ pub fn run_env(libtorch: Option<&Path>, env: &[(&str, &OsStr)], args: &[&str]) -
     Ok(())
 }
 
+/// A smoke run of one of xtask's own binaries: `cargo run -p xtask --features torch --bin BIN --
+/// ARGS… --out DIR` in the dev profile, with `env` added, where `DIR` is `target/<dir>/smoke`,
+/// cleared first. Returns `DIR`.
+pub fn run_smoke_bin(
+    libtorch: &Path,
+    env: &[(&str, &OsStr)],
+    bin: &str,
+    dir: &str,
+    args: &[&str],
+) -> Result<PathBuf> {
+    let root = workspace_root().context("no workspace root")?;
+    let out = root.join("target").join(dir).join("smoke");
+    if out.exists() {
+        fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
+    }
+    let out_s = out.to_string_lossy().to_string();
+    let mut all = vec![
+        "run",
+        "-p",
+        "xtask",
+        "--features",
+        "torch",
+        "--bin",
+        bin,
+        "--",
+    ];
+    all.extend_from_slice(args);
+    all.extend(["--out", &out_s]);
+    run_env(Some(libtorch), env, &all)?;
+    Ok(out)
+}
+
 /// The workspace root (xtask's parent directory).
-pub fn workspace_root() -> Option<std::path::PathBuf> {
+pub fn workspace_root() -> Option<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)

@@ -341,6 +341,34 @@ impl Config {
     }
 }
 
+#[cfg(feature = "torch")]
+impl FloatConfig {
+    /// The optimizer of a training run of `total` steps at peak learning rate `lr`: SGD with this
+    /// section's momentum (Nesterov) and weight decay, the learning rate cosine-annealed to 0.
+    pub fn optimizer(&self, lr: f64, total: u64) -> qat_train::schedule::OptimizerConfig {
+        use qat_train::schedule::{LrConfig, OptimizerConfig, OptimizerKind};
+        OptimizerConfig {
+            kind: OptimizerKind::nesterov(self.momentum),
+            lr: LrConfig::cosine(lr, total, 0.0),
+            weight_decay: self.weight_decay,
+        }
+    }
+}
+
+#[cfg(feature = "torch")]
+impl QatConfig {
+    /// This section's QAT phases after `calibration_batches` calibration batches (each run clamps
+    /// them into its length: [`qat_train::finetune::QatPhases::delays`]).
+    pub fn phases(&self, calibration_batches: usize) -> qat_train::finetune::QatPhases {
+        qat_train::finetune::QatPhases {
+            calibration_batches: calibration_batches as u64,
+            quant_delay: self.quant_delay_steps as u64,
+            freeze_bn: self.freeze_bn_steps as u64,
+            freeze_observers: self.freeze_observers_steps as u64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,46 +390,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mistyped_key_names_key_and_line() {
-        let text = default_text().replace("calibration_batches = 16", "calibration_batch = 16");
+    /// `text` fails to parse with an error located at the first line that starts with
+    /// `line_start`, whose message names `mention`.
+    fn assert_parse_error_at(text: &str, line_start: &str, mention: Option<&str>) {
         let line = 1 + text
             .lines()
-            .position(|l| l.starts_with("calibration_batch "))
-            .expect("the replaced key is in the text");
-        match Config::parse(&text, Path::new("default.toml")) {
+            .position(|l| l.starts_with(line_start))
+            .expect("the edited line is in the text");
+        match Config::parse(text, Path::new("x.toml")) {
             Err(ConfigError::Parse {
                 line: l, message, ..
             }) => {
                 assert_eq!(l, line, "{message}");
-                assert!(message.contains("calibration_batch"), "{message}");
+                if let Some(m) = mention {
+                    assert!(message.contains(m), "{message}");
+                }
             }
             other => panic!("expected a parse error, got {other:?}"),
         }
     }
 
     #[test]
+    fn mistyped_key_names_key_and_line() {
+        let text = default_text().replace("calibration_batches = 16", "calibration_batch = 16");
+        assert_parse_error_at(&text, "calibration_batch ", Some("calibration_batch"));
+    }
+
+    #[test]
     fn unknown_table_and_wrong_type_are_located() {
         let text = format!("{}\n[qatt]\nepochs = 1\n", default_text());
-        let line = text.lines().position(|l| l == "[qatt]").expect("appended") + 1;
-        match Config::parse(&text, Path::new("x.toml")) {
-            Err(ConfigError::Parse {
-                line: l, message, ..
-            }) => {
-                assert_eq!(l, line, "{message}");
-                assert!(message.contains("qatt"), "{message}");
-            }
-            other => panic!("expected a parse error, got {other:?}"),
-        }
+        assert_parse_error_at(&text, "[qatt]", Some("qatt"));
         let text = default_text().replace("epochs = 15", "epochs = \"15\"");
-        let line = 1 + text
-            .lines()
-            .position(|l| l.starts_with("epochs = \"15\""))
-            .expect("replaced");
-        match Config::parse(&text, Path::new("x.toml")) {
-            Err(e @ ConfigError::Parse { line: l, .. }) => assert_eq!(l, line, "{e}"),
-            other => panic!("expected a parse error, got {other:?}"),
-        }
+        assert_parse_error_at(&text, "epochs = \"15\"", None);
     }
 
     #[test]
@@ -441,20 +461,7 @@ mod tests {
         let with = |t: &str| base.replace("[qat]\n", &format!("[qat]\ntarget = \"{t}\"\n"));
         let cfg = Config::parse(&with("tflite"), Path::new("x.toml")).expect("tflite parses");
         assert_eq!(cfg.qat.target, Some(Target::Tflite));
-        let text = with("tflight");
-        let line = 1 + text
-            .lines()
-            .position(|l| l.starts_with("target = "))
-            .expect("inserted");
-        match Config::parse(&text, Path::new("x.toml")) {
-            Err(ConfigError::Parse {
-                line: l, message, ..
-            }) => {
-                assert_eq!(l, line, "{message}");
-                assert!(message.contains("tflight"), "{message}");
-            }
-            other => panic!("expected a parse error, got {other:?}"),
-        }
+        assert_parse_error_at(&with("tflight"), "target = ", Some("tflight"));
     }
 
     #[test]

@@ -16,12 +16,11 @@ use std::{
     env, fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup::{Lock, cache_root, run_checked};
+use crate::setup::{cache_root, pip_install, ready_path, run_checked};
 
 pub use xtask::peers_cache::REQUIREMENTS;
 use xtask::peers_cache::{key, pinned};
@@ -76,11 +75,6 @@ fn verify(python: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_ready(ready: &Path) -> Option<PathBuf> {
-    let python = PathBuf::from(fs::read_to_string(ready).ok()?.trim());
-    python.exists().then_some(python)
-}
-
 /// Returns the peers' Python, installing the venv into the cache if needed.
 pub fn ensure_peers(quiet: bool) -> Result<PathBuf> {
     if let Some(user) = env::var_os(PYTHON_ENV) {
@@ -92,31 +86,21 @@ pub fn ensure_peers(quiet: bool) -> Result<PathBuf> {
         return Ok(python);
     }
     let root = cache_root()?.join(format!("peers-{}", key()));
-    let ready = root.join("READY");
-    if let Some(python) = read_ready(&ready) {
-        if !quiet {
-            eprintln!("[setup] peer runtimes cached at {}", python.display());
-        }
-        return Ok(python);
+    let (python, took) = ready_path(&root, Path::exists, || {
+        let python = install(&root)?;
+        verify(&python)?;
+        Ok(python)
+    })?;
+    match took {
+        Some(t) => eprintln!(
+            "[setup] peer runtimes (onnxruntime {}, ai-edge-litert {}) installed at {} in {t:.0?}",
+            pinned("onnxruntime").unwrap_or("?"),
+            pinned("ai-edge-litert").unwrap_or("?"),
+            python.display(),
+        ),
+        None if !quiet => eprintln!("[setup] peer runtimes cached at {}", python.display()),
+        None => {}
     }
-    fs::create_dir_all(&root)
-        .with_context(|| format!("cannot create cache directory {}", root.display()))?;
-    let _lock = Lock::acquire(&root.join("LOCK"))?;
-    if let Some(python) = read_ready(&ready) {
-        return Ok(python);
-    }
-    let started = Instant::now();
-    let python = install(&root)?;
-    verify(&python)?;
-    fs::write(&ready, python.to_string_lossy().as_bytes())
-        .with_context(|| format!("cannot write {}", ready.display()))?;
-    eprintln!(
-        "[setup] peer runtimes (onnxruntime {}, ai-edge-litert {}) installed at {} in {:.0?}",
-        pinned("onnxruntime").unwrap_or("?"),
-        pinned("ai-edge-litert").unwrap_or("?"),
-        python.display(),
-        started.elapsed()
-    );
     Ok(python)
 }
 
@@ -146,19 +130,8 @@ fn install(root: &Path) -> Result<PathBuf> {
         "[setup] pip install onnxruntime, ai-edge-litert, numpy (about 100 MB; once per machine)"
     );
     run_checked(
-        Command::new(&vpy)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-cache-dir",
-                "--disable-pip-version-check",
-                "--progress-bar",
-                "off",
-                "--only-binary",
-                ":all:",
-                "-r",
-            ])
+        pip_install(&vpy)
+            .args(["--only-binary", ":all:", "-r"])
             .arg(&req)
             .stdout(to_stderr()),
         "pip install of the peer runtimes (is PyPI reachable?)",

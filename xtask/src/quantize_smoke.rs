@@ -19,34 +19,13 @@ const DATA: &str = "data/mnist-10k";
 const EVAL: &str = "1000";
 
 pub fn run(libtorch: &Path, python: &Path) -> Result<()> {
-    let root = cargo::workspace_root().context("no workspace root")?;
-    let out = root.join("target").join("qat-quantize").join("smoke");
-    if out.exists() {
-        fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
-    }
-    let out_s = out.to_string_lossy().to_string();
-    cargo::run_env(
-        Some(libtorch),
+    let out = cargo::run_smoke_bin(
+        libtorch,
         &[(peers::PYTHON_ENV, python.as_os_str() as &OsStr)],
+        "qat-quantize",
+        "qat-quantize",
         &[
-            "run",
-            "-p",
-            "xtask",
-            "--features",
-            "torch",
-            "--bin",
-            "qat-quantize",
-            "--",
-            "--onnx",
-            MODEL,
-            "--data",
-            DATA,
-            "--target",
-            "tflite",
-            "--eval",
-            EVAL,
-            "--out",
-            &out_s,
+            "--onnx", MODEL, "--data", DATA, "--target", "tflite", "--eval", EVAL,
         ],
     )?;
     check(&out)

@@ -61,40 +61,83 @@ pub fn ensure_libtorch(quiet: bool) -> Result<PathBuf> {
         return Ok(dir);
     }
     let root = cache_root()?.join(format!("torch-{TORCH_VERSION}"));
-    let ready = root.join("READY");
-    if let Some(dir) = read_ready(&ready) {
-        if !quiet {
-            eprintln!(
-                "[setup] libtorch {TORCH_VERSION} cached at {}",
-                dir.display()
-            );
-        }
-        return Ok(dir);
+    let usable = |dir: &Path| validate_libtorch(dir).is_ok();
+    let (dir, took) = ready_path(&root, usable, || {
+        let dir = install(&root).map_err(|e| e.context(help_text()))?;
+        validate_libtorch(&dir).map_err(|e| e.context(help_text()))?;
+        Ok(dir)
+    })?;
+    match took {
+        Some(t) => eprintln!(
+            "[setup] libtorch {TORCH_VERSION} installed at {} in {t:.0?}",
+            dir.display()
+        ),
+        None if !quiet => eprintln!(
+            "[setup] libtorch {TORCH_VERSION} cached at {}",
+            dir.display()
+        ),
+        None => {}
     }
-    fs::create_dir_all(&root)
-        .with_context(|| format!("cannot create cache directory {}", root.display()))?;
-    let _lock = Lock::acquire(&root.join("LOCK"))?;
-    // Another process may have finished while we waited for the lock.
-    if let Some(dir) = read_ready(&ready) {
-        return Ok(dir);
-    }
-    let started = Instant::now();
-    let dir = install(&root).map_err(|e| e.context(help_text()))?;
-    validate_libtorch(&dir).map_err(|e| e.context(help_text()))?;
-    fs::write(&ready, dir.to_string_lossy().as_bytes())
-        .with_context(|| format!("cannot write {}", ready.display()))?;
-    eprintln!(
-        "[setup] libtorch {TORCH_VERSION} installed at {} in {:.0?}",
-        dir.display(),
-        started.elapsed()
-    );
     Ok(dir)
 }
 
-fn read_ready(ready: &Path) -> Option<PathBuf> {
-    let s = fs::read_to_string(ready).ok()?;
-    let dir = PathBuf::from(s.trim());
-    validate_libtorch(&dir).ok().map(|_| dir)
+/// The path that `root/READY` records if `usable` accepts it, else the one `install` returns,
+/// then recorded there ([`cached_or_install`]: once per machine). With the time the install took
+/// (`None`: found installed).
+pub(crate) fn ready_path(
+    root: &Path,
+    usable: impl Fn(&Path) -> bool,
+    install: impl FnOnce() -> Result<PathBuf>,
+) -> Result<(PathBuf, Option<Duration>)> {
+    let ready = root.join("READY");
+    let cached = || {
+        let path = PathBuf::from(fs::read_to_string(&ready).ok()?.trim());
+        usable(&path).then_some((path, None))
+    };
+    let (found, _) = cached_or_install(root, cached, || {
+        let started = Instant::now();
+        let path = install()?;
+        fs::write(&ready, path.to_string_lossy().as_bytes())
+            .with_context(|| format!("cannot write {}", ready.display()))?;
+        Ok((path, Some(started.elapsed())))
+    })?;
+    Ok(found)
+}
+
+/// What `cached` finds in the cache directory `root`, else what `install` puts there, once per
+/// machine: under the lock `root/LOCK`, and looked for again once the lock is held (another
+/// process may have installed it meanwhile). The flag says whether it was found installed.
+pub(crate) fn cached_or_install<T>(
+    root: &Path,
+    cached: impl Fn() -> Option<T>,
+    install: impl FnOnce() -> Result<T>,
+) -> Result<(T, bool)> {
+    if let Some(found) = cached() {
+        return Ok((found, true));
+    }
+    fs::create_dir_all(root)
+        .with_context(|| format!("cannot create cache directory {}", root.display()))?;
+    let _lock = Lock::acquire(&root.join("LOCK"))?;
+    if let Some(found) = cached() {
+        return Ok((found, true));
+    }
+    Ok((install()?, false))
+}
+
+/// `python -m pip install` with the options every install here shares (no cache, no version
+/// check, no progress bar); the caller adds what to install.
+pub(crate) fn pip_install(python: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+    ]);
+    cmd
 }
 
 pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
@@ -136,16 +179,7 @@ fn install(root: &Path) -> Result<PathBuf> {
         "[setup] pip install torch=={TORCH_VERSION} (about 4.7 GB with its CUDA libraries; once per machine)"
     );
     run_checked(
-        Command::new(&vpy).args([
-            "-m",
-            "pip",
-            "install",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            &format!("torch=={TORCH_VERSION}"),
-        ]),
+        pip_install(&vpy).arg(format!("torch=={TORCH_VERSION}")),
         "pip install torch (is PyPI reachable?)",
     )?;
     let out = Command::new(&vpy)

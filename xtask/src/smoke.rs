@@ -2,7 +2,7 @@
 //! checks of the report's structure and of the int8-vs-simulation agreement. It checks no accuracy
 //! threshold (a few training steps on a tiny subset would make such a check flaky).
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use xtask::report::Report;
@@ -28,28 +28,12 @@ const MIN_LAYER_WITHIN_1_LSB: f64 = 0.99;
 const MIN_ARGMAX_AGREEMENT: f64 = 0.9;
 
 pub fn run(libtorch: &Path) -> Result<()> {
-    let root = cargo::workspace_root().context("no workspace root")?;
-    let out = root.join("target").join("qat-report").join("smoke");
-    if out.exists() {
-        fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
-    }
-    let out_s = out.to_string_lossy().to_string();
-    cargo::run(
-        Some(libtorch),
-        &[
-            "run",
-            "-p",
-            "xtask",
-            "--features",
-            "torch",
-            "--bin",
-            "qat-pipeline",
-            "--",
-            "--quick",
-            "--no-progress",
-            "--out",
-            &out_s,
-        ],
+    let out = cargo::run_smoke_bin(
+        libtorch,
+        &[],
+        "qat-pipeline",
+        "qat-report",
+        &["--quick", "--no-progress"],
     )?;
     check_report(&out)
 }

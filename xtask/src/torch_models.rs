@@ -15,7 +15,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::setup::{Lock, TORCH_VERSION, cache_root, ensure_libtorch, run_checked};
+use crate::setup::{
+    TORCH_VERSION, cache_root, cached_or_install, ensure_libtorch, pip_install, run_checked,
+};
 
 /// The pinned packages the script needs besides torch.
 const REQUIREMENTS: &str = include_str!("../py/torch-models-requirements.txt");
@@ -60,47 +62,35 @@ fn ensure_deps(python: &Path) -> Result<PathBuf> {
     let root = cache_root()?.join(format!("torch-models-py-{h:016x}"));
     let site = root.join("site");
     let ready = root.join("READY");
-    if ready.exists() {
-        return Ok(site);
-    }
-    fs::create_dir_all(&root)
-        .with_context(|| format!("cannot create cache directory {}", root.display()))?;
-    let _lock = Lock::acquire(&root.join("LOCK"))?;
-    if ready.exists() {
-        return Ok(site);
-    }
-    if site.exists() {
-        fs::remove_dir_all(&site)
-            .with_context(|| format!("cannot remove stale {}", site.display()))?;
-    }
-    let req = root.join("requirements.txt");
-    fs::write(&req, REQUIREMENTS).with_context(|| format!("cannot write {}", req.display()))?;
-    eprintln!(
-        "[torch-models] pip install --target {} onnx (pinned, once per machine)",
-        site.display()
-    );
-    run_checked(
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-cache-dir",
-                "--disable-pip-version-check",
-                "--progress-bar",
-                "off",
-                "--only-binary",
-                ":all:",
-                "--no-deps",
-                "--target",
-            ])
-            .arg(&site)
-            .arg("-r")
-            .arg(&req),
-        "pip install of the onnx package (is PyPI reachable?)",
-    )?;
-    fs::write(&ready, b"ok").with_context(|| format!("cannot write {}", ready.display()))?;
-    Ok(site)
+    cached_or_install(
+        &root,
+        || ready.exists().then(|| site.clone()),
+        || {
+            if site.exists() {
+                fs::remove_dir_all(&site)
+                    .with_context(|| format!("cannot remove stale {}", site.display()))?;
+            }
+            let req = root.join("requirements.txt");
+            fs::write(&req, REQUIREMENTS)
+                .with_context(|| format!("cannot write {}", req.display()))?;
+            eprintln!(
+                "[torch-models] pip install --target {} onnx (pinned, once per machine)",
+                site.display()
+            );
+            run_checked(
+                pip_install(python)
+                    .args(["--only-binary", ":all:", "--no-deps", "--target"])
+                    .arg(&site)
+                    .arg("-r")
+                    .arg(&req),
+                "pip install of the onnx package (is PyPI reachable?)",
+            )?;
+            fs::write(&ready, b"ok")
+                .with_context(|| format!("cannot write {}", ready.display()))?;
+            Ok(site.clone())
+        },
+    )
+    .map(|(site, _)| site)
 }
 
 pub fn run(args: &TorchModelsArgs) -> Result<()> {

@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::FakeQuantError;
 use crate::fake_quant::{
-    SERIAL_MAX_MULTI_THREAD, Ste, check_channels, check_f32, fq_kernel, fq_ste_kernel, plain_ste,
-    strict_clamp,
+    Ste, activation_clamp, check_channels, check_clamp, check_f32, fq_parts_cpu, fq_ste_cpu,
+    plain_ste,
 };
 
 /// Quantization parameters in tensors: scales `S` (`f32[C]`), zero points `Z` (`i32[C]`, and the
@@ -212,23 +212,14 @@ pub fn clamp_fake_quant_device(
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "clamp_fake_quant_device";
     check_f32(OP, x)?;
-    if lo.is_nan() || hi.is_nan() || lo > hi {
-        return Err(FakeQuantError::InvalidClamp { op: OP, lo, hi });
-    }
+    check_clamp(OP, lo, hi)?;
     per_tensor_only(OP, p)?;
     if ste == Ste::Clipped
         && let Some(r) = ste_cpu(x, p, lo, hi)
     {
         return r.map_err(FakeQuantError::torch(OP));
     }
-    let clamped = if lo == 0.0 && hi == f32::INFINITY {
-        x.f_relu()
-    } else if lo == 0.0 && hi == 6.0 {
-        x.f_relu6()
-    } else {
-        strict_clamp(x, lo, hi)
-    }
-    .map_err(FakeQuantError::torch(OP))?;
+    let clamped = activation_clamp(x, lo, hi).map_err(FakeQuantError::torch(OP))?;
     fq_per_tensor(&clamped, p, ste, OP)
 }
 
@@ -289,30 +280,7 @@ fn fq_per_tensor(
 /// The one-pass CPU kernel with the gradient attached as `base + x·m` (see
 /// [`crate::clamp_fake_quant_per_tensor`]); `None` where it does not apply.
 fn ste_cpu(x: &Tensor, p: &DeviceQParams, a: f32, b: f32) -> Option<Result<Tensor, tch::TchError>> {
-    if x.device() != Device::Cpu || !x.is_contiguous() || !x.requires_grad() {
-        return None;
-    }
-    if tch::get_num_threads() > 1 && x.numel() >= SERIAL_MAX_MULTI_THREAD {
-        return None;
-    }
-    let [inv, scale, lo, hi] = p.cpu_consts()?;
-    let parts = tch::no_grad(|| -> Result<(Tensor, Tensor), tch::TchError> {
-        let xd = x.f_detach()?;
-        let n = xd.numel();
-        let base = xd.f_empty_like()?;
-        let mask = xd.f_empty_like()?;
-        if n > 0 {
-            // SAFETY: `xd` is a contiguous f32 CPU tensor (checked above and by `check_f32`) of `n`
-            // elements at `data_ptr()`; `base` and `mask` are fresh contiguous f32 tensors of `n`
-            // elements, aliased by nothing while the slices live.
-            let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
-            let bs = unsafe { std::slice::from_raw_parts_mut(base.data_ptr() as *mut f32, n) };
-            let ms = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
-            fq_ste_kernel(xs, bs, ms, [inv, scale, lo, hi, a, b]);
-        }
-        Ok((base, mask))
-    });
-    Some(parts.and_then(|(base, mask)| base.f_addcmul(x, &mask)))
+    fq_ste_cpu(x, || p.cpu_consts(), a, b)
 }
 
 /// `(FQ(x), clipped-STE mask if want_mask)` without gradient: the one-pass kernel on a contiguous
@@ -324,35 +292,11 @@ fn parts(
     p: &DeviceQParams,
     want_mask: bool,
 ) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
+    if let Some(r) = fq_parts_cpu(x, || p.cpu_consts(), want_mask) {
+        return r;
+    }
     tch::no_grad(|| {
         let xd = x.f_detach()?;
-        if x.device() == Device::Cpu
-            && x.is_contiguous()
-            && tch::get_num_threads() == 1
-            && let Some([inv, scale, lo, hi]) = p.cpu_consts()
-        {
-            let n = xd.numel();
-            let out = xd.f_empty_like()?;
-            let mask = if want_mask {
-                Some(xd.f_empty_like()?)
-            } else {
-                None
-            };
-            if n > 0 {
-                // SAFETY: as in `ste_cpu`: contiguous f32 CPU input, fresh contiguous outputs.
-                let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
-                let os = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
-                let ms = match &mask {
-                    // SAFETY: as above.
-                    Some(m) => {
-                        Some(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n) })
-                    }
-                    None => None,
-                };
-                fq_kernel(xs, os, ms, inv, scale, lo, hi);
-            }
-            return Ok((out, mask));
-        }
         let inv = p.scale.f_reciprocal()?;
         let mut t = xd.f_mul(&inv)?;
         let _ = t.f_round_()?;

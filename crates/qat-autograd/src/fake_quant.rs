@@ -166,7 +166,12 @@ pub fn fake_quant_per_tensor(
     }
     if ste == Ste::Clipped
         && x.requires_grad()
-        && let Some(r) = fq_ste_cpu(x, p, f32::NEG_INFINITY, f32::INFINITY)
+        && let Some(r) = fq_ste_cpu(
+            x,
+            || Some(kernel_consts(p)),
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        )
     {
         return r.map_err(FakeQuantError::torch(OP));
     }
@@ -225,28 +230,39 @@ pub fn clamp_fake_quant_per_tensor(
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "clamp_fake_quant_per_tensor";
     check_f32(OP, x)?;
-    if lo.is_nan() || hi.is_nan() || lo > hi {
-        return Err(FakeQuantError::InvalidClamp { op: OP, lo, hi });
-    }
+    check_clamp(OP, lo, hi)?;
     if ste == Ste::Clipped
-        && let Some(r) = fq_ste_cpu(x, p, lo, hi)
+        && let Some(r) = fq_ste_cpu(x, || Some(kernel_consts(p)), lo, hi)
     {
         return r.map_err(FakeQuantError::torch(OP));
     }
-    let clamped = if lo == 0.0 && hi == f32::INFINITY {
+    let clamped = activation_clamp(x, lo, hi).map_err(FakeQuantError::torch(OP))?;
+    fake_quant_per_tensor(&clamped, p, ste)
+}
+
+/// Rejects a clamp range with a NaN bound or `lo > hi` ([`FakeQuantError::InvalidClamp`]).
+pub(crate) fn check_clamp(op: &'static str, lo: f32, hi: f32) -> Result<(), FakeQuantError> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(FakeQuantError::InvalidClamp { op, lo, hi });
+    }
+    Ok(())
+}
+
+/// The activation `clamp(x, lo, hi)` as libtorch's `relu` (`[0, ∞]`), `relu6` (`[0, 6]`), else
+/// [`strict_clamp`].
+pub(crate) fn activation_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
+    if lo == 0.0 && hi == f32::INFINITY {
         x.f_relu()
     } else if lo == 0.0 && hi == 6.0 {
         x.f_relu6()
     } else {
         strict_clamp(x, lo, hi)
     }
-    .map_err(FakeQuantError::torch(OP))?;
-    fake_quant_per_tensor(&clamped, p, ste)
 }
 
 /// `clamp(x, lo, hi)` with the strict gradient mask `[lo < x < hi]` of `hardtanh` (libtorch's
 /// `clamp` passes the gradient at the bounds too).
-pub(crate) fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
+fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
     let (l, h) = (f64::from(lo), f64::from(hi));
     let value = tch::no_grad(|| x.f_clamp(l, h))?;
     if !x.requires_grad() {
@@ -270,10 +286,11 @@ pub(crate) const SERIAL_MAX_MULTI_THREAD: usize = 1 << 20;
 
 /// `FQ(clamp(x, a, b))` with its gradient attached as `y = base + x·m` (see
 /// [`clamp_fake_quant_per_tensor`]); `None` unless `x` is a contiguous CPU tensor that requires
-/// grad, and, with several libtorch threads, has fewer than [`SERIAL_MAX_MULTI_THREAD`] elements.
-fn fq_ste_cpu(
+/// grad, and, with several libtorch threads, has fewer than [`SERIAL_MAX_MULTI_THREAD`] elements,
+/// or `consts` gives no `[1/S, S, qmin − Z, qmax − Z]` (asked only once the rest applies).
+pub(crate) fn fq_ste_cpu(
     x: &Tensor,
-    p: &QuantParams,
+    consts: impl FnOnce() -> Option<[f32; 4]>,
     a: f32,
     b: f32,
 ) -> Option<Result<Tensor, tch::TchError>> {
@@ -283,7 +300,7 @@ fn fq_ste_cpu(
     if tch::get_num_threads() > 1 && x.numel() >= SERIAL_MAX_MULTI_THREAD {
         return None;
     }
-    let [inv, scale, lo, hi] = kernel_consts(p);
+    let [inv, scale, lo, hi] = consts()?;
     let parts = tch::no_grad(|| -> Result<(Tensor, Tensor), tch::TchError> {
         let xd = x.f_detach()?;
         let n = xd.numel();
@@ -396,7 +413,7 @@ fn fq_parts(
     p: &QuantParams,
     want_mask: bool,
 ) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
-    if let Some(r) = fq_parts_cpu(x, p, want_mask) {
+    if let Some(r) = fq_parts_cpu(x, || Some(kernel_consts(p)), want_mask) {
         return r;
     }
     let inv = 1.0f32 / p.scale();
@@ -427,10 +444,11 @@ fn fq_parts(
 /// `t = x·(1/S)` (f32), NaN → code `Z`; else `t` is clamped to `[lo − 1, hi + 1]` (which changes
 /// neither the clamped code nor the mask) and rounded half to even by `(t + 1.5·2²³) − 1.5·2²³`
 /// (exact for `|t| < 2²²`; it also turns `−0` into `+0`), `c = clamp(r, lo, hi)`, `m = [c = r]`,
-/// `FQ = c·S`: the values of [`QuantParams::fake_quant`].
-fn fq_parts_cpu(
+/// `FQ = c·S`: the values of [`QuantParams::fake_quant`]. `consts` gives
+/// `[1/S, S, qmin − Z, qmax − Z]` (asked only once the rest applies; `None`: the composed path).
+pub(crate) fn fq_parts_cpu(
     x: &Tensor,
-    p: &QuantParams,
+    consts: impl FnOnce() -> Option<[f32; 4]>,
     want_mask: bool,
 ) -> Option<Result<(Tensor, Option<Tensor>), tch::TchError>> {
     // One thread only: with more, libtorch's parallel elementwise ops beat a serial loop, and threads
@@ -438,7 +456,7 @@ fn fq_parts_cpu(
     if x.device() != tch::Device::Cpu || !x.is_contiguous() || tch::get_num_threads() != 1 {
         return None;
     }
-    let [inv, scale, lo, hi] = kernel_consts(p);
+    let [inv, scale, lo, hi] = consts()?;
     Some(tch::no_grad(|| {
         let xd = x.f_detach()?;
         let n = xd.numel();

@@ -34,6 +34,8 @@ mod error;
 mod fake_quant;
 pub mod host_read;
 mod learnable;
+#[doc(hidden)]
+pub mod testing;
 
 pub use device::{DeviceQParams, clamp_fake_quant_device, fake_quant_device};
 pub use error::FakeQuantError;

@@ -3,39 +3,13 @@
 //! threads, composed ops on strided tensors and without gradient), both STEs, per tensor and per
 //! channel, with the fused clamp; and no host read.
 
-use std::sync::Mutex;
-
+use qat_autograd::testing::{THREADS, bits, lcg_stepped as lcg, per_tensor_cases};
 use qat_autograd::{
     DeviceQParams, Ste, TensorQParams, clamp_fake_quant_device, clamp_fake_quant_per_tensor,
     fake_quant, fake_quant_device, host_read,
 };
-use qat_core::{PerChannelParams, QuantParams, QuantRange};
+use qat_core::{PerChannelParams, QuantRange};
 use tch::{Device, Tensor};
-
-/// `set_num_threads` is process-global: the tests of this file take turns.
-static THREADS: Mutex<()> = Mutex::new(());
-
-fn lcg(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            lo + ((s >> 40) as f32 / (1u64 << 24) as f32) * (hi - lo)
-        })
-        .collect()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    Vec::<f32>::try_from(t.detach().flatten(0, -1))
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
 
 /// `(value, gradient)` of `f` at `x` (a fresh leaf; the strided case takes a transposed view).
 fn run(xs: &[f32], strided: bool, f: impl Fn(&Tensor) -> Tensor) -> (Vec<u32>, Vec<u32>) {
@@ -59,12 +33,7 @@ fn run(xs: &[f32], strided: bool, f: impl Fn(&Tensor) -> Tensor) -> (Vec<u32>, V
 fn per_tensor_device_ops_equal_the_host_ops() {
     let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let before = tch::get_num_threads();
-    let cases = [
-        QuantParams::asymmetric(-1.0, 3.0, 8).unwrap(),
-        QuantParams::asymmetric(0.0, 6.0, 8).unwrap(),
-        QuantParams::asymmetric(-0.37, 0.91, 4).unwrap(),
-        QuantParams::symmetric(0.8, QuantRange::signed_narrow(8).unwrap()).unwrap(),
-    ];
+    let cases = per_tensor_cases();
     for threads in [1, 2] {
         tch::set_num_threads(threads);
         for (i, p) in cases.iter().enumerate() {

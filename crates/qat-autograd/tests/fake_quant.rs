@@ -2,6 +2,9 @@
 //! STE masks, learnable-range gradients against their formulas and finite differences.
 
 use ndarray::{ArrayD, IxDyn};
+use qat_autograd::testing::{
+    bits, lcg_stepped as lcg, per_tensor_cases, symmetric_narrow_per_channel, vecf, with_threads,
+};
 use qat_autograd::{
     FakeQuantError, Ste, TensorQParams, clamp_fake_quant_per_tensor, fake_quant,
     fake_quant_per_channel, fake_quant_per_tensor, fake_quant_per_tensor_parts,
@@ -11,24 +14,23 @@ use qat_autograd::{
 use qat_core::{PerChannelParams, QuantParams, QuantRange, array};
 use tch::{Kind, Tensor};
 
-/// Deterministic data without touching libtorch's global RNG (tests may run in parallel).
-fn lcg(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = ((s >> 40) as f32) / ((1u64 << 24) as f32);
-            lo + u * (hi - lo)
-        })
-        .collect()
+/// The exact ties `(k + ½)·s` for `k` in `ks`, each with its f32 neighbours.
+fn ties(ks: std::ops::Range<i32>, s: f32) -> Vec<f32> {
+    ks.flat_map(|k| {
+        let t = (k as f32 + 0.5) * s;
+        [t, t.next_up(), t.next_down()]
+    })
+    .collect()
 }
 
-fn to_vec(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
+/// libtorch's fused per-tensor fake-quant kernel with `p`'s parameters.
+fn libtorch_fake_quant(x: &Tensor, p: &QuantParams) -> Tensor {
+    x.fake_quantize_per_tensor_affine(
+        f64::from(p.scale()),
+        i64::from(p.zero_point()),
+        i64::from(p.qmin()),
+        i64::from(p.qmax()),
+    )
 }
 
 fn clipped_mask(p: &QuantParams, x: f32) -> f32 {
@@ -59,10 +61,10 @@ fn per_tensor_forward_equals_qat_core_and_clipped_grad_is_the_mask() {
             .set_requires_grad(true);
         let y = fake_quant_per_tensor(&x, p, Ste::Clipped).unwrap();
         let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
-        assert_eq!(to_vec(&y), want, "case {i}: {p:?}");
+        assert_eq!(vecf(&y), want, "case {i}: {p:?}");
         y.sum(Kind::Float).backward();
         let mask: Vec<f32> = xs.iter().map(|&v| clipped_mask(p, v)).collect();
-        assert_eq!(to_vec(&x.grad()), mask, "case {i}");
+        assert_eq!(vecf(&x.grad()), mask, "case {i}");
         assert!(
             mask.contains(&0.0) && mask.contains(&1.0),
             "case {i} exercises both sides"
@@ -78,9 +80,9 @@ fn plain_ste_has_identity_gradient_and_the_same_value() {
     let w = Tensor::from_slice(&lcg(8, 500, -1.0, 1.0));
     let y = fake_quant_per_tensor(&x, &p, Ste::Plain).unwrap();
     let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
-    assert_eq!(to_vec(&y), want);
+    assert_eq!(vecf(&y), want);
     (&y * &w).sum(Kind::Float).backward();
-    assert_eq!(to_vec(&x.grad()), to_vec(&w));
+    assert_eq!(vecf(&x.grad()), vecf(&w));
 }
 
 #[test]
@@ -94,7 +96,7 @@ fn libtorch_backward_example() {
         .unwrap()
         .sum(Kind::Float)
         .backward();
-    assert_eq!(to_vec(&x.grad()), vec![0., 1., 0., 1., 1., 1., 1., 0., 0.]);
+    assert_eq!(vecf(&x.grad()), vec![0., 1., 0., 1., 1., 1., 1., 0., 0.]);
 }
 
 #[test]
@@ -143,7 +145,7 @@ fn per_channel_any_axis_equals_qat_core() {
             }
             // The enum dispatch gives the same.
             let y2 = fake_quant(&x, &TensorQParams::PerChannel(p.clone()), Ste::Plain).unwrap();
-            assert_eq!(to_vec(&y2), to_vec(&y));
+            assert_eq!(vecf(&y2), vecf(&y));
         }
     }
 }
@@ -153,14 +155,7 @@ fn depthwise_weights_per_channel() {
     // Depthwise conv weights [C, 1, kh, kw], channel axis 0.
     let xs = lcg(3, 8 * 9, -1.0, 1.0);
     let nd = ArrayD::from_shape_vec(IxDyn(&[8, 1, 3, 3]), xs.clone()).unwrap();
-    let (mins, maxs) = array::min_max_per_channel(nd.view(), 0).unwrap();
-    let max_abs: Vec<f32> = mins
-        .iter()
-        .zip(&maxs)
-        .map(|(a, b)| a.abs().max(b.abs()))
-        .collect();
-    let p =
-        PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0).unwrap();
+    let p = symmetric_narrow_per_channel(nd.view(), 8, 0);
     let x = Tensor::from_slice(&xs).view([8, 1, 3, 3]);
     let y = fake_quant_per_channel(&x, &p, Ste::Clipped).unwrap();
     let got: ArrayD<f32> = (&y).try_into().unwrap();
@@ -225,14 +220,14 @@ fn lsq_forward_matches_qat_core_and_gradient_matches_lsq_formula() {
     let y = lsq_fake_quant_per_tensor(&x, &s, &z, range).unwrap();
     let p = QuantParams::new(0.1, 0, range).unwrap();
     let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
-    assert_eq!(to_vec(&y), want);
+    assert_eq!(vecf(&y), want);
     y.sum(Kind::Float).backward();
     // libtorch's learnable kernel with grad_factor 1 gives ds = −2.8 and dz = −0.4 here; ours
     // carries g = 1/√(9·127).
     let g = lsq_grad_factor(9, range);
     assert!((s.grad().double_value(&[0]) - (-2.8 * g)).abs() < 1e-5);
     assert!((z.grad().double_value(&[0]) - (-0.4 * g)).abs() < 1e-5);
-    assert_eq!(to_vec(&x.grad()), vec![0., 1., 0., 1., 1., 1., 1., 0., 0.]);
+    assert_eq!(vecf(&x.grad()), vec![0., 1., 0., 1., 1., 1., 1., 0., 0.]);
 }
 
 #[test]
@@ -294,7 +289,7 @@ fn pact_alpha_gradient_matches_finite_differences_on_clipped_values() {
     let y = pact_fake_quant(&x, &alpha, bits).unwrap();
     let p = pact_qparams(&alpha, bits).unwrap();
     let want: Vec<f32> = xs.iter().map(|&v| p.fake_quant(v)).collect();
-    assert_eq!(to_vec(&y), want);
+    assert_eq!(vecf(&y), want);
     y.sum(Kind::Float).backward();
     // Above α the output is (2^b − 1)·S(α) = α: d/dα = 1 each; finite differences on those elements.
     let above: Vec<f32> = xs.iter().copied().filter(|&v| v > a0 + 0.1).collect();
@@ -312,7 +307,7 @@ fn pact_alpha_gradient_matches_finite_differences_on_clipped_values() {
         (fd - n_above).abs() < 1e-2 * n_above,
         "fd {fd} vs {n_above}"
     );
-    let gx = to_vec(&x.grad());
+    let gx = vecf(&x.grad());
     for (&v, &g) in xs.iter().zip(&gx) {
         let want = if (0.0..=a0).contains(&v) { 1.0 } else { 0.0 };
         assert_eq!(g, want, "x = {v}");
@@ -321,22 +316,12 @@ fn pact_alpha_gradient_matches_finite_differences_on_clipped_values() {
 
 #[test]
 fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_kernel_on_grads() {
-    let cases = [
-        QuantParams::asymmetric(-1.0, 3.0, 8).unwrap(),
-        QuantParams::asymmetric(0.0, 6.0, 8).unwrap(),
-        QuantParams::asymmetric(-0.37, 0.91, 4).unwrap(),
-        QuantParams::symmetric(0.8, QuantRange::signed_narrow(8).unwrap()).unwrap(),
-    ];
+    let cases = per_tensor_cases();
     for (i, p) in cases.iter().enumerate() {
         let s = p.scale();
         // Exact ties k.5·S (and their f32 neighbours), signed zeros, values that overflow x·(1/S),
         // non-finite values, and random values.
-        let mut xs: Vec<f32> = (-300..300)
-            .flat_map(|k| {
-                let t = (k as f32 + 0.5) * s;
-                [t, t.next_up(), t.next_down()]
-            })
-            .collect();
+        let mut xs = ties(-300..300, s);
         // (qat-core's `quantize` overflows in i64 when |x·(1/S)| ≥ 2⁶³, so huge values stop at 1e15.)
         xs.extend([0.0, -0.0, -1e-9, 1e-9, 1e15, -1e15]);
         xs.extend(lcg(100 + i as u64, 20_000, -4.0, 4.0));
@@ -350,13 +335,13 @@ fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_ke
             p.dequantize(p.qmin()).to_bits(),
         ]);
         let (fq, mask) = fake_quant_per_tensor_parts(&Tensor::from_slice(&xs), p).unwrap();
-        let got: Vec<u32> = to_vec(&fq).iter().map(|v| v.to_bits()).collect();
+        let got = bits(&fq);
         assert_eq!(
             got, want,
             "case {i}: bits, signed zeros and non-finite included"
         );
         let masks: Vec<f32> = finite.iter().map(|&v| clipped_mask(p, v)).collect();
-        assert_eq!(&to_vec(&mask)[..finite.len()], &masks[..], "case {i}");
+        assert_eq!(&vecf(&mask)[..finite.len()], &masks[..], "case {i}");
         // A non-contiguous view takes the composed-libtorch path (the one-pass kernel needs a
         // contiguous CPU tensor): same bits and mask.
         let mut even = xs.clone();
@@ -368,7 +353,6 @@ fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_ke
         assert!(!xt.is_contiguous());
         let (fq_t, mask_t) = fake_quant_per_tensor_parts(&xt, p).unwrap();
         let (fq_c, mask_c) = fake_quant_per_tensor_parts(&xt.contiguous(), p).unwrap();
-        let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&fq_t), bits(&fq_c), "case {i}: composed vs one-pass");
         assert_eq!(
             bits(&mask_t),
@@ -379,13 +363,7 @@ fn per_tensor_composition_equals_qat_core_on_ties_and_non_finite_and_libtorch_ke
         let xa = Tensor::from_slice(&finite).set_requires_grad(true);
         let xb = Tensor::from_slice(&finite).set_requires_grad(true);
         let ya = fake_quant_per_tensor(&xa, p, Ste::Clipped).unwrap();
-        let yb = xb.fake_quantize_per_tensor_affine(
-            f64::from(p.scale()),
-            i64::from(p.zero_point()),
-            i64::from(p.qmin()),
-            i64::from(p.qmax()),
-        );
-        let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let yb = libtorch_fake_quant(&xb, p);
         assert_eq!(bits(&ya), bits(&yb), "case {i}: value vs libtorch");
         let w = Tensor::from_slice(&lcg(200 + i as u64, finite.len(), -1.0, 1.0));
         (&ya * &w).sum(Kind::Float).backward();
@@ -405,16 +383,15 @@ fn per_tensor_with_two_threads_equals_qat_core() {
     let p = QuantParams::asymmetric(-1.5, 2.5, 8).unwrap();
     let mut xs = lcg(300, 150_001, -3.0, 3.0);
     xs.extend([f32::NAN, -0.0, 0.5 * p.scale()]);
-    let before = tch::get_num_threads();
-    tch::set_num_threads(2);
-    let (fq, mask) = fake_quant_per_tensor_parts(&Tensor::from_slice(&xs), &p).unwrap();
-    tch::set_num_threads(before);
+    let (fq, mask) = with_threads(2, || {
+        fake_quant_per_tensor_parts(&Tensor::from_slice(&xs), &p).unwrap()
+    });
     let want: Vec<u32> = xs.iter().map(|&v| p.fake_quant(v).to_bits()).collect();
-    let got: Vec<u32> = to_vec(&fq).iter().map(|v| v.to_bits()).collect();
+    let got = bits(&fq);
     assert_eq!(got, want);
     let n = xs.len() - 3;
     let masks: Vec<f32> = xs[..n].iter().map(|&v| clipped_mask(&p, v)).collect();
-    assert_eq!(&to_vec(&mask)[..n], &masks[..]);
+    assert_eq!(&vecf(&mask)[..n], &masks[..]);
 }
 
 /// Panics with the first index where `got` and `want` differ (not the whole vectors).
@@ -423,19 +400,6 @@ fn first_mismatch<T: PartialEq + std::fmt::Debug>(got: &[T], want: &[T], what: &
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
         panic!("{what}: element {i}: got {:?}, want {:?}", got[i], want[i]);
     }
-}
-
-/// Serializes the tests that change libtorch's (process-global) intra-op thread count.
-static THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `f` with `n` libtorch intra-op threads, then restores the previous count.
-fn with_threads<T>(n: i32, f: impl FnOnce() -> T) -> T {
-    let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    let before = tch::get_num_threads();
-    tch::set_num_threads(n);
-    let out = f();
-    tch::set_num_threads(before);
-    out
 }
 
 /// The fused clamp + fake quant equals, bit for bit in value and clipped-STE gradient, the activation
@@ -453,12 +417,7 @@ fn clamp_fake_quant_equals_activation_then_libtorch_fake_quant() {
     let clamps = [(0.0f32, f32::INFINITY), (0.0, 6.0), (-0.5, 2.5)];
     for (i, p) in params.iter().enumerate() {
         let s = p.scale();
-        let mut xs: Vec<f32> = (-200..1400)
-            .flat_map(|k| {
-                let t = (k as f32 + 0.5) * s;
-                [t, t.next_up(), t.next_down()]
-            })
-            .collect();
+        let mut xs = ties(-200..1400, s);
         xs.extend([
             0.0,
             -0.0,
@@ -490,14 +449,8 @@ fn clamp_fake_quant_equals_activation_then_libtorch_fake_quant() {
                     .to_kind(Kind::Float);
                 xr.clamp(f64::from(lo), f64::from(hi)).detach() + (&xr - xr.detach()) * m
             };
-            let yr = act.fake_quantize_per_tensor_affine(
-                f64::from(p.scale()),
-                i64::from(p.zero_point()),
-                i64::from(p.qmin()),
-                i64::from(p.qmax()),
-            );
+            let yr = libtorch_fake_quant(&act, p);
             (&yr * &w).sum(Kind::Float).backward();
-            let bits = |t: &Tensor| to_vec(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             // The reference's value also equals qat-core's FQ of the clamped value.
             let core: Vec<u32> = xs
                 .iter()
@@ -525,8 +478,8 @@ fn clamp_fake_quant_equals_activation_then_libtorch_fake_quant() {
                 with_threads(threads, || (&y * w.view_as(&y)).sum(Kind::Float).backward());
                 // Equal as numbers (a masked gradient may be +0 on one path and −0 on the other).
                 first_mismatch(
-                    &to_vec(&xg.grad()),
-                    &to_vec(&xr.grad()),
+                    &vecf(&xg.grad()),
+                    &vecf(&xr.grad()),
                     &format!("{what}: gradient"),
                 );
             }
@@ -547,7 +500,7 @@ fn clamp_fake_quant_without_grad_non_finite_and_bad_range() {
             clamp_fake_quant_per_tensor(&Tensor::from_slice(&xs), 0.0, 6.0, &p, Ste::Clipped)
                 .unwrap()
         });
-        let got: Vec<u32> = to_vec(&y).iter().map(|v| v.to_bits()).collect();
+        let got = bits(&y);
         assert_eq!(got, want, "{threads} thread(s)");
     }
     let x = Tensor::from_slice(&[1.0f32]);
@@ -568,7 +521,7 @@ fn clamp_fake_quant_plain_ste_keeps_the_activation_gradient() {
     let xs = [-1.0f32, 0.5, 3.0, 7.0];
     let x = Tensor::from_slice(&xs).set_requires_grad(true);
     let y = clamp_fake_quant_per_tensor(&x, 0.0, 6.0, &p, Ste::Plain).unwrap();
-    assert_eq!(to_vec(&y), vec![0.0, p.fake_quant(0.5), 1.0, 1.0]);
+    assert_eq!(vecf(&y), vec![0.0, p.fake_quant(0.5), 1.0, 1.0]);
     y.sum(Kind::Float).backward();
-    assert_eq!(to_vec(&x.grad()), vec![0.0, 1.0, 1.0, 0.0]);
+    assert_eq!(vecf(&x.grad()), vec![0.0, 1.0, 1.0, 0.0]);
 }

@@ -158,23 +158,3 @@ pub fn compare_with_simulation(
     }
     Ok(out)
 }
-
-/// A Markdown table of [`compare_with_simulation`]'s result.
-pub fn to_markdown(title: &str, nodes: &[NodeMatch]) -> String {
-    let mut s = format!(
-        "#### {title}\n\n| node | S | Z | values | exact % | ≤1 % | max|Δ| |\n|---|---|---|---|---|---|---|\n"
-    );
-    for n in nodes {
-        s.push_str(&format!(
-            "| {} | {:.5} | {} | {} | {:.2} | {:.2} | {} |\n",
-            n.node,
-            n.scale,
-            n.zero_point,
-            n.values,
-            100.0 * n.exact,
-            100.0 * n.within_one,
-            n.max_abs
-        ));
-    }
-    s
-}

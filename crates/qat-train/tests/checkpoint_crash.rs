@@ -1,7 +1,7 @@
 //! Checkpoints under damage: truncated or corrupt files give typed errors naming the file, and a
 //! process killed in the middle of saving never leaves a checkpoint that cannot be loaded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,18 @@ fn store() -> (nn::VarStore, Optimizer) {
     (vs, opt)
 }
 
+/// A [`store`] saved as checkpoint `dir/last` at `epoch`: its path, the store and its optimizer.
+fn saved(dir: &Path, epoch: u64) -> (PathBuf, nn::VarStore, Optimizer) {
+    let ck = dir.join("last");
+    let (vs, opt) = store();
+    checkpoint::save(&ck, &vs, &opt, &serde_json::json!({ "epoch": epoch })).unwrap();
+    (ck, vs, opt)
+}
+
 #[test]
 fn truncated_or_corrupt_files_are_typed_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("last");
-    let (vs, mut opt) = store();
-    checkpoint::save(&ck, &vs, &opt, &serde_json::json!({"epoch": 1})).unwrap();
+    let (ck, vs, mut opt) = saved(dir.path(), 1);
     for file in ["model.safetensors", "optimizer.safetensors", "state.json"] {
         let path = ck.join(file);
         let good = std::fs::read(&path).unwrap();
@@ -131,9 +137,7 @@ fn checkpoint_survives_a_kill_during_save() {
 #[test]
 fn a_kill_between_the_renames_leaves_a_loadable_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("last");
-    let (vs, mut opt) = store();
-    checkpoint::save(&ck, &vs, &opt, &serde_json::json!({"epoch": 4})).unwrap();
+    let (ck, vs, mut opt) = saved(dir.path(), 4);
     std::fs::rename(&ck, dir.path().join(".last.old-4242")).unwrap();
     let tmp = dir.path().join(".last.tmp-4242");
     std::fs::create_dir(&tmp).unwrap();

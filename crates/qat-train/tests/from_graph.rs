@@ -13,11 +13,8 @@ use qat_export::onnx::{ImportOptions, float_to_onnx_keep_bn, import_onnx};
 use qat_train::convert;
 use qat_train::data::{Dataset, Normalize};
 use qat_train::finetune::{QatPhases, fine_tune_net, qat_fine_tune};
-use qat_train::layers::Activation;
 use qat_train::models::{self, Architecture, GraphNetOptions, ModelSpec, Net, NodeOp};
-use qat_train::schedule::{
-    LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, Phase, ScheduleConfig,
-};
+use qat_train::schedule::{LrConfig, OptimizerConfig, OptimizerKind, Phase, ScheduleConfig};
 use qat_train::trainer::{self, Event, TrainConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -38,18 +35,8 @@ fn config(channels: usize) -> TrainConfig {
         seed: 5,
         normalize: Normalize::unit(channels),
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: 0.02,
-                schedule: LrSchedule::Cosine {
-                    total: 8,
-                    min_lr: 0.0,
-                },
-                warmup: 0,
-            },
+            kind: OptimizerKind::nesterov(0.9),
+            lr: LrConfig::cosine(0.02, 8, 0.0),
             weight_decay: 5e-4,
         },
         eval_samples: Some(16),
@@ -208,8 +195,7 @@ fn mobilenet_v2_imported_equals_zoo() {
             expansion: 2,
         },
         input: [3, 8, 8],
-        activation: Activation::Relu6,
-        ..ModelSpec::lenet()
+        ..ModelSpec::mobilenet_v2_cifar()
     });
 }
 

@@ -6,9 +6,8 @@
 //!   and gradient, with the batch statistics constants of the backward pass (default, TF's fold) or
 //!   differentiated through (`ConvBnConfig::stats_grad`), and moves the moving averages alike.
 
-use std::sync::Mutex;
-
 use qat_autograd::fake_quant_per_channel;
+use qat_autograd::testing::{THREADS, batch_norm, rand, set, vecf};
 use qat_core::{PerChannelParams, QuantRange};
 use qat_train::layers::{
     Activation, BnFoldMode, Conv2dConfig, ConvBnConfig, OutputQuantizer, QatConvBn2d, QatModule,
@@ -16,35 +15,6 @@ use qat_train::layers::{
 };
 use qat_train::observer::ActObserverConfig;
 use tch::{Device, Kind, Tensor, nn::VarStore};
-
-/// `set_num_threads` is process-global: the tests of this file take turns.
-static THREADS: Mutex<()> = Mutex::new(());
-
-fn lcg(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            lo + ((s >> 40) as f32 / (1u64 << 24) as f32) * (hi - lo)
-        })
-        .collect()
-}
-
-fn rand(seed: u64, shape: &[i64], lo: f32, hi: f32) -> Tensor {
-    let n = shape.iter().product::<i64>() as usize;
-    Tensor::from_slice(&lcg(seed, n, lo, hi)).view(shape)
-}
-
-fn vecf(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.detach().flatten(0, -1)).unwrap()
-}
-
-fn set(t: &Tensor, v: &Tensor) {
-    let mut t = t.shallow_clone();
-    tch::no_grad(|| t.copy_(v));
-}
 
 /// Largest `|a − b| / (1 + |b|)`.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -166,6 +136,15 @@ fn refs(l: &QatConvBn2d) -> Refs {
     }
 }
 
+/// Per-channel symmetric narrow 8-bit fake quant (clipped STE) of the conv weights `w` from their own
+/// range along axis 0: every weight is within the grid's range, so the clipped STE is the identity.
+fn fake_quant_own_range(w: &Tensor) -> Tensor {
+    let max_abs = vecf(&w.abs().amax([1i64, 2, 3].as_slice(), false));
+    let p =
+        PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0).unwrap();
+    fake_quant_per_channel(w, &p, qat_autograd::Ste::Clipped).unwrap()
+}
+
 /// Backpropagates the same random weighting of the layer's output `y` and of the reference `want`, then
 /// compares the gradients of the layer's weight, γ, β (reference leaves `refs`) and of the two inputs.
 fn assert_same_gradients(
@@ -216,12 +195,7 @@ fn whitepaper_fold_value_gradient_and_moving_averages_match_the_formula() {
                 |x: &Tensor, w: &Tensor| x.conv2d(w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
             let sigma = (&rv + 1e-5).sqrt();
             let w_fold = &w * (&gamma / &sigma).view([-1, 1, 1, 1]);
-            // Per-channel symmetric narrow 8-bit weights from their own range: every weight is on
-            // the grid's range, so the clipped STE is the identity.
-            let max_abs = vecf(&w_fold.abs().amax([1i64, 2, 3].as_slice(), false));
-            let p = PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0)
-                .unwrap();
-            let wq = fake_quant_per_channel(&w_fold, &p, qat_autograd::Ste::Clipped).unwrap();
+            let wq = fake_quant_own_range(&w_fold);
             let y_float = conv(&x2, &w);
             let y_float = if stats_grad {
                 y_float
@@ -287,35 +261,16 @@ fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
     let _guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let vs = VarStore::new(Device::Cpu);
     let mut l = layer_with(&vs, BnFoldMode::PyTorch, false);
-    let Refs {
-        w,
-        gamma,
-        beta,
-        rm,
-        rv,
-        x1,
-        x2,
-    } = refs(&l);
-    let y = l.forward_t(&x1, true).unwrap();
+    let r = refs(&l);
+    let y = l.forward_t(&r.x1, true).unwrap();
+    let (w, gamma, beta, rm, rv) = (&r.w, &r.gamma, &r.beta, &r.rm, &r.rv);
 
-    let s = &gamma / (&rv + 1e-5).sqrt();
-    let w_scaled = &w * s.view([-1, 1, 1, 1]);
-    let max_abs = vecf(&w_scaled.abs().amax([1i64, 2, 3].as_slice(), false));
-    let p =
-        PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), 0).unwrap();
-    let wq = fake_quant_per_channel(&w_scaled, &p, qat_autograd::Ste::Clipped).unwrap();
-    let conv = x2.conv2d(&wq, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1) / s.view([1, -1, 1, 1]);
+    let s = gamma / (rv + 1e-5).sqrt();
+    let w_scaled = w * s.view([-1, 1, 1, 1]);
+    let wq = fake_quant_own_range(&w_scaled);
+    let conv = r.x2.conv2d(&wq, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1) / s.view([1, -1, 1, 1]);
     let (rm2, rv2) = (rm.copy(), rv.copy());
-    let want = conv.batch_norm(
-        Some(&gamma),
-        Some(&beta),
-        Some(&rm2),
-        Some(&rv2),
-        true,
-        0.1,
-        1e-5,
-        false,
-    );
+    let want = batch_norm(&conv, gamma, beta, &rm2, &rv2, true);
     assert!(rel_diff(&y, &want) < 1e-5, "value {}", rel_diff(&y, &want));
     assert!(rel_diff(l.running_mean(), &rm2) < 1e-6, "moving mean");
     assert!(rel_diff(l.running_var(), &rv2) < 1e-6, "moving variance");
@@ -324,7 +279,7 @@ fn pytorch_fold_value_gradient_and_moving_averages_match_conv_fused() {
         &y,
         &want,
         &l,
-        [&w, &gamma, &beta],
-        [&x1, &x2],
+        [w, gamma, beta],
+        [&r.x1, &r.x2],
     );
 }

@@ -1,7 +1,7 @@
 //! The zoo: every architecture builds, runs in float and QAT mode, and converts to a FloatGraph whose float
 //! interpretation (qat-export's reference interpreter, NHWC) equals the tch eval forward (NCHW).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use ndarray::ArrayD;
 use qat_export::ir::FloatOp;
@@ -14,7 +14,12 @@ use qat_train::observer::Observer;
 use qat_train::schedule::{Phase, PhaseControl};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's seed and thread count are process-global: the tests of this file take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn specs() -> Vec<ModelSpec> {
     vec![
@@ -60,6 +65,23 @@ fn warm(net: &mut Net, phase: Phase) -> Tensor {
     last.unwrap()
 }
 
+/// `spec`'s model built after `manual_seed(seed)` and [`warm`]ed in float mode: the net, its last
+/// warm-up batch and the eval-mode output on it.
+fn warmed_float(spec: &ModelSpec, seed: i64) -> (Net, Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let mut net = models::build(spec, Device::Cpu).unwrap();
+    let x = warm(&mut net, Phase::Float);
+    let y = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+    (net, x, y)
+}
+
+/// Asserts that the message `e` contains every one of `parts`.
+fn assert_mentions(e: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(e.contains(p), "{p:?} not in: {e}");
+    }
+}
+
 fn nhwc(x: &Tensor) -> ArrayD<f32> {
     let s = x.size();
     let t = x.permute([0, 2, 3, 1]).contiguous();
@@ -73,13 +95,10 @@ fn nhwc(x: &Tensor) -> ArrayD<f32> {
 
 #[test]
 fn every_model_converts_and_matches_the_float_interpreter() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = serial();
     tch::set_num_threads(1);
     for spec in specs() {
-        tch::manual_seed(11);
-        let mut net = models::build(&spec, Device::Cpu).unwrap();
-        let x = warm(&mut net, Phase::Float);
-        let y = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+        let (net, x, y) = warmed_float(&spec, 11);
         assert_eq!(
             y.size(),
             vec![8, spec.num_classes as i64],
@@ -133,13 +152,10 @@ fn every_model_converts_and_matches_the_float_interpreter() {
 
 #[test]
 fn qat_mode_runs_and_differs_from_float_by_quantization_noise() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = serial();
     tch::set_num_threads(1);
     for spec in specs() {
-        tch::manual_seed(12);
-        let mut net = models::build(&spec, Device::Cpu).unwrap();
-        let x = warm(&mut net, Phase::Float);
-        let yf = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+        let (mut net, x, yf) = warmed_float(&spec, 12);
         net.apply_flags(Phase::ObserversFrozen.flags()).unwrap();
         let yq = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
         let diff = (&yf - &yq).abs().max().double_value(&[]);
@@ -172,7 +188,7 @@ fn qat_mode_runs_and_differs_from_float_by_quantization_noise() {
 
 #[test]
 fn zoo_shapes_and_sizes() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = serial();
     tch::manual_seed(0);
     // ResNet-20 for CIFAR has ≈ 0.27 M parameters (He et al. 2016, table 6).
     let r20 = models::build(&ModelSpec::resnet_cifar(20), Device::Cpu).unwrap();
@@ -213,7 +229,7 @@ fn zoo_shapes_and_sizes() {
 
 #[test]
 fn lsq_weight_scales_are_refused_at_conversion_not_silently_replaced() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut spec = ModelSpec::lenet();
     spec.quant.weight_range = qat_train::layers::WeightRange::Lsq;
     let mut net = models::build(&spec, Device::Cpu).unwrap();
@@ -231,7 +247,7 @@ fn lsq_weight_scales_are_refused_at_conversion_not_silently_replaced() {
 fn a_range_that_cannot_be_read_is_an_error_naming_model_and_layer() {
     // Freezing the observers hands every layer its input scale for the bias simulation; an output
     // range that cannot be read is an error, not a silently skipped simulation.
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut spec = ModelSpec::lenet();
     spec.quant.act_range = qat_train::layers::ActRange::Pact { init_alpha: 4.0 };
     let mut net = models::build(&spec, Device::Cpu).unwrap();
@@ -253,27 +269,21 @@ fn a_range_that_cannot_be_read_is_an_error_naming_model_and_layer() {
         .apply_flags(Phase::ObserversFrozen.flags())
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("lenet_28x28x1") && e.contains("fc1") && e.contains("alpha"),
-        "{e}"
-    );
+    assert_mentions(&e, &["lenet_28x28x1", "fc1", "alpha"]);
 }
 
 #[test]
 fn a_forward_failure_names_the_model_and_the_layer() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();
     let x = Tensor::zeros([2, 3, 28, 28], (Kind::Float, Device::Cpu));
     let e = net.forward_t(&x, false).unwrap_err().to_string();
-    assert!(
-        e.contains("model lenet_28x28x1") && e.contains("conv1") && e.contains("[N, 1, H, W]"),
-        "{e}"
-    );
+    assert_mentions(&e, &["model lenet_28x28x1", "conv1", "[N, 1, H, W]"]);
 }
 
 #[test]
 fn every_phase_reaches_every_layer_as_its_flags_say() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     let mut net = models::build(&ModelSpec::resnet_cifar(8), Device::Cpu).unwrap();
     let phases = [
         Phase::Float,
@@ -314,7 +324,7 @@ fn every_phase_reaches_every_layer_as_its_flags_say() {
 fn warm_up_fake_quantizes_weights_but_not_activations() {
     // The paper's schedule: weights are fake-quantized from the first QAT step; activation
     // quantization is delayed by `quant_delay` (their observers collect meanwhile).
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = serial();
     tch::set_num_threads(1);
     tch::manual_seed(13);
     let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();

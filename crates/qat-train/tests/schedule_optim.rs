@@ -49,17 +49,13 @@ fn phases_follow_the_step_counts_and_apply_once() {
         }
         s.record_step();
     }
-    assert_eq!(
-        seen,
-        vec![
-            Phase::Float,
-            Phase::Calibrate,
-            Phase::QatWarmup,
-            Phase::Qat,
-            Phase::BnFrozen,
-            Phase::ObserversFrozen
-        ]
-    );
+    {
+        use Phase::*;
+        assert_eq!(
+            seen,
+            [Float, Calibrate, QatWarmup, Qat, BnFrozen, ObserversFrozen]
+        );
+    }
     assert_eq!(m.applied.len(), 6);
     assert_eq!(m.applied[0], Phase::Float.flags());
     assert!(m.applied[1].calibrate && m.applied[1].observe && !m.applied[1].fake_quant_weights);

@@ -33,18 +33,8 @@ fn config(epochs: usize, schedule: ScheduleConfig) -> TrainConfig {
         seed: 9,
         normalize: Normalize::unit(1),
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: 0.05,
-                schedule: LrSchedule::Cosine {
-                    total: 64,
-                    min_lr: 0.005,
-                },
-                warmup: 2,
-            },
+            kind: OptimizerKind::nesterov(0.9),
+            lr: LrConfig::cosine(0.05, 64, 0.005).with_warmup(2),
             weight_decay: 1e-4,
         },
         schedule,

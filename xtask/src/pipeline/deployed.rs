@@ -223,27 +223,21 @@ fn tensor_codes(
     Ok(out)
 }
 
+/// `a` followed by `b`.
+fn joined<T: Clone>(mut a: Vec<T>, b: &[T]) -> Vec<T> {
+    a.extend_from_slice(b);
+    a
+}
+
 fn concat<'a>(parts: impl Iterator<Item = &'a Npy>) -> Result<Npy> {
     let mut acc: Option<Npy> = None;
     for p in parts {
         acc = Some(match (acc, p) {
             (None, p) => p.clone(),
-            (Some(Npy::I8(mut a)), Npy::I8(b)) => {
-                a.extend_from_slice(b);
-                Npy::I8(a)
-            }
-            (Some(Npy::U8(mut a)), Npy::U8(b)) => {
-                a.extend_from_slice(b);
-                Npy::U8(a)
-            }
-            (Some(Npy::I32(mut a)), Npy::I32(b)) => {
-                a.extend_from_slice(b);
-                Npy::I32(a)
-            }
-            (Some(Npy::F32(mut a)), Npy::F32(b)) => {
-                a.extend_from_slice(b);
-                Npy::F32(a)
-            }
+            (Some(Npy::I8(a)), Npy::I8(b)) => Npy::I8(joined(a, b)),
+            (Some(Npy::U8(a)), Npy::U8(b)) => Npy::U8(joined(a, b)),
+            (Some(Npy::I32(a)), Npy::I32(b)) => Npy::I32(joined(a, b)),
+            (Some(Npy::F32(a)), Npy::F32(b)) => Npy::F32(joined(a, b)),
             _ => return Err(anyhow!("batches of different code types")),
         });
     }

@@ -6,7 +6,10 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
-use plotters::{coord::Shift, prelude::*};
+use plotters::{
+    coord::{CoordTranslate, Shift},
+    prelude::*,
+};
 use qat_export::analysis::LayerWeightAnalysis;
 use xtask::report::{BitPoint, PlotStatus, Report};
 
@@ -14,6 +17,42 @@ const SIZE: (u32, u32) = (800, 520);
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")
+}
+
+/// The report's optional section `what`, or an error saying that the report has none.
+fn present<'r, T>(section: &'r Option<T>, what: &str) -> Result<&'r T> {
+    section.as_ref().ok_or_else(|| anyhow!("no {what}"))
+}
+
+/// Draws the legend of `chart`'s labelled series at `position` (black border, white background
+/// at 80 %).
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .position(position)
+        .draw()
+        .map_err(err)
+}
+
+/// A chart on `area` captioned `caption` (sans-serif, `font` px) with the plots' margin and axis
+/// label areas (`y_label` px wide).
+fn chart_on<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: impl AsRef<str>,
+    font: i32,
+    y_label: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(caption, ("sans-serif", font))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label);
+    b
 }
 
 /// Draws one plot function on both backends: `<dir>/<stem>.png` and `<dir>/<stem>.svg`.
@@ -101,14 +140,7 @@ fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
     let (bmin, bmax) = pts.iter().fold((4u32, 8u32), |(a, b), p| {
         (a.min(p.weight_bits), b.max(p.weight_bits))
     });
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Top-1 vs bit width (weights = activations)",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
+    let mut chart = chart_on(area, "Top-1 vs bit width (weights = activations)", 22, 56)
         .build_cartesian_2d((bmin as f64 - 0.3)..(bmax as f64 + 0.3), lo..hi)
         .map_err(err)?;
     chart
@@ -155,14 +187,7 @@ fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
             .label("float")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn latency_vs_accuracy<DB: DrawingBackend>(
@@ -176,16 +201,14 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
         .map(|l| l.us_per_image)
         .fold(1.0f64, f64::max)
         * 1.2;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Latency vs accuracy, batch 1 (paper Fig. 1.1 style)",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..tmax, lo..hi)
-        .map_err(err)?;
+    let mut chart = chart_on(
+        area,
+        "Latency vs accuracy, batch 1 (paper Fig. 1.1 style)",
+        22,
+        56,
+    )
+    .build_cartesian_2d(0.0..tmax, lo..hi)
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("µs per image")
@@ -226,14 +249,7 @@ fn training<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Re
         .filter(|l| l.is_finite())
         .fold(0.1f64, f64::max)
         .min(5.0);
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Training loss: float, then QAT fine-tuning",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
+    let mut chart = chart_on(area, "Training loss: float, then QAT fine-tuning", 22, 56)
         .build_cartesian_2d(0.0..smax, 0.0..lmax * 1.05)
         .map_err(err)?;
     chart
@@ -257,13 +273,7 @@ fn training<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Re
         .map_err(err)?
         .label("QAT")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)
 }
 
 /// The analyzed layer with the largest `key` (range spread, outlier ratio).
@@ -290,20 +300,18 @@ fn channel_ranges<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report)
         .fold(1e-6f32, f32::max) as f64
         * 1.1;
     let n = l.channels.len();
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "Per-channel weight ranges of {} (spread {:.1}×)",
-                l.node,
-                l.range_spread.unwrap_or(0.0)
-            ),
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(-0.5..(n as f64 - 0.5), -m..m)
-        .map_err(err)?;
+    let mut chart = chart_on(
+        area,
+        format!(
+            "Per-channel weight ranges of {} (spread {:.1}×)",
+            l.node,
+            l.range_spread.unwrap_or(0.0)
+        ),
+        22,
+        56,
+    )
+    .build_cartesian_2d(-0.5..(n as f64 - 0.5), -m..m)
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("output channel")
@@ -339,21 +347,19 @@ fn weight_histogram<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
     let bins = h.counts.len().max(1);
     let width = (h.hi - h.lo) as f64 / bins as f64;
     let top = h.counts.iter().copied().max().unwrap_or(1).max(1) as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "Weights of {} (outlier ratio {:.1}; red: |w| > {:.3})",
-                l.node,
-                l.outlier_ratio.unwrap_or(0.0),
-                h.outlier_threshold
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(h.lo as f64..h.hi as f64, (0.5f64..top * 2.0).log_scale())
-        .map_err(err)?;
+    let mut chart = chart_on(
+        area,
+        format!(
+            "Weights of {} (outlier ratio {:.1}; red: |w| > {:.3})",
+            l.node,
+            l.outlier_ratio.unwrap_or(0.0),
+            h.outlier_threshold
+        ),
+        20,
+        56,
+    )
+    .build_cartesian_2d(h.lo as f64..h.hi as f64, (0.5f64..top * 2.0).log_scale())
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("weight (BN folded)")
@@ -364,34 +370,24 @@ fn weight_histogram<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
         let x0 = h.lo as f64 + i as f64 * width;
         Rectangle::new([(x0, 0.5), (x0 + width, count as f64)], color.filled())
     };
-    chart
-        .draw_series(
-            h.counts
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, &c)| bar(i, c, BLUE)),
-        )
-        .map_err(err)?;
-    chart
-        .draw_series(
-            h.outlier_counts
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, &c)| bar(i, c, RED)),
-        )
-        .map_err(err)?;
+    for (counts, color) in [(&h.counts, BLUE), (&h.outlier_counts, RED)] {
+        chart
+            .draw_series(
+                counts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(i, &c)| bar(i, c, color)),
+            )
+            .map_err(err)?;
+    }
     Ok(())
 }
 
 /// The sensitivity heat map: one row per layer and operand, one column per width, the colour the
 /// accuracy drop (white 0, red at the table's largest drop).
 fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
-    let t = r
-        .sensitivity
-        .as_ref()
-        .ok_or_else(|| anyhow!("no sensitivity table"))?;
+    let t = present(&r.sensitivity, "sensitivity table")?;
     let rows: Vec<(String, &Vec<Option<f64>>)> = t
         .layers
         .iter()
@@ -407,16 +403,14 @@ fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) ->
         .flat_map(|(_, v)| v.iter().flatten())
         .fold(1e-9f64, |m, &d| m.max(d));
     let (nr, nc) = (rows.len(), t.bits.len());
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("Accuracy drop (points), one layer quantized; max {worst:.1}"),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(140)
-        .build_cartesian_2d((0..nc).into_segmented(), (0..nr).into_segmented())
-        .map_err(err)?;
+    let mut chart = chart_on(
+        area,
+        format!("Accuracy drop (points), one layer quantized; max {worst:.1}"),
+        20,
+        140,
+    )
+    .build_cartesian_2d((0..nc).into_segmented(), (0..nr).into_segmented())
+    .map_err(err)?;
     let bits = t.bits.clone();
     let names: Vec<String> = rows.iter().map(|(n, _)| n.clone()).collect();
     chart
@@ -456,10 +450,7 @@ fn sensitivity<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) ->
 /// The mixed-precision front (predicted accuracy vs packed weight bytes) with the measured uniform
 /// points and the chosen assignment.
 fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
-    let m = r
-        .mixed_precision
-        .as_ref()
-        .ok_or_else(|| anyhow!("no mixed-precision result"))?;
+    let m = present(&r.mixed_precision, "mixed-precision result")?;
     let base = r.sensitivity.as_ref().map_or(0.0, |t| t.baseline_accuracy);
     let front: Vec<(f64, f64)> = m
         .search
@@ -486,11 +477,7 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
         .chain(chosen_qat.iter());
     let xmax = all.clone().map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
     let (lo, hi) = acc_range(all.map(|p| p.1 / 100.0));
-    let mut chart = ChartBuilder::on(area)
-        .caption("Mixed precision: top-1 vs weight bytes", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
+    let mut chart = chart_on(area, "Mixed precision: top-1 vs weight bytes", 22, 56)
         .build_cartesian_2d(0.0..xmax, lo..hi)
         .map_err(err)?;
     chart
@@ -534,12 +521,5 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
             .label("chosen (QAT int8, test)")
             .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }

@@ -295,6 +295,11 @@ fn target(what: &str, target: String, measured: String, met: bool) -> TargetChec
     }
 }
 
+/// The target "`what` ≥ `min`" (accuracies and agreements, shown as percentages), met by `got`.
+fn at_least(what: &str, got: f64, min: f64) -> TargetCheck {
+    target(what, format!("≥ {}", pct(min)), pct(got), got >= min)
+}
+
 /// The targets of the default run, checked on the assembled report.
 fn targets(r: &Report, t: &Trained) -> Vec<TargetCheck> {
     let (main, low) = (&t.main.qat, &t.low.qat);
@@ -307,35 +312,30 @@ fn targets(r: &Report, t: &Trained) -> Vec<TargetCheck> {
             .map(|l| l.us_per_image)
     };
     let mut targets = vec![
-        target(
+        at_least(
             "QAT int8 ≥ float − 0.3 points",
-            format!("≥ {}", pct(float_acc - 0.003)),
-            pct(main.int8_acc),
-            main.int8_acc >= float_acc - 0.003,
+            main.int8_acc,
+            float_acc - 0.003,
         ),
-        target(
+        at_least(
             "QAT int8 ≥ PyTorch ao.quantization QAT int8",
-            format!("≥ {}", pct(PYTORCH_QAT_INT8)),
-            pct(main.int8_acc),
-            main.int8_acc >= PYTORCH_QAT_INT8,
+            main.int8_acc,
+            PYTORCH_QAT_INT8,
         ),
-        target(
+        at_least(
             &format!("{low_name} QAT"),
-            format!("≥ {}", pct(TARGET_LOW_BIT_QAT)),
-            pct(low.fake_quant_acc),
-            low.fake_quant_acc >= TARGET_LOW_BIT_QAT,
+            low.fake_quant_acc,
+            TARGET_LOW_BIT_QAT,
         ),
-        target(
+        at_least(
             "int8 vs fake-quant argmax agreement",
-            format!("≥ {}", pct(TARGET_AGREEMENT)),
-            pct(main.agreement),
-            main.agreement >= TARGET_AGREEMENT,
+            main.agreement,
+            TARGET_AGREEMENT,
         ),
-        target(
+        at_least(
             &format!("{low_name} int8 vs fake-quant argmax agreement"),
-            format!("≥ {}", pct(TARGET_AGREEMENT)),
-            pct(low.agreement),
-            low.agreement >= TARGET_AGREEMENT,
+            low.agreement,
+            TARGET_AGREEMENT,
         ),
     ];
     for n in [

@@ -11,7 +11,7 @@ use qat_train::{
     layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
     models::{self, Architecture, LayerBitsOverride, ModelSpec, Net},
     observer::ActObserverConfig,
-    schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig},
+    schedule::ScheduleConfig,
     trainer::{self, Event, History, TrainConfig},
 };
 use xtask::report::pct;
@@ -97,21 +97,7 @@ impl Pipeline {
                 pad: self.cfg.data.augment_pad,
                 flip: false,
             },
-            optimizer: OptimizerConfig {
-                kind: OptimizerKind::Sgd {
-                    momentum: f.momentum,
-                    nesterov: true,
-                },
-                lr: LrConfig {
-                    base: lr,
-                    schedule: LrSchedule::Cosine {
-                        total: steps,
-                        min_lr: 0.0,
-                    },
-                    warmup: 0,
-                },
-                weight_decay: f.weight_decay,
-            },
+            optimizer: f.optimizer(lr, steps),
             schedule,
             progress: self.progress,
             ..TrainConfig::default()
@@ -201,18 +187,7 @@ impl Pipeline {
         let steps_per_epoch = self.train.len().div_ceil(self.cfg.data.batch_size).max(1) as u64;
         let total = steps_per_epoch * epochs as u64;
         // Delays are clamped into the run so that observers are frozen before it ends (export needs it).
-        let freeze_obs = (q.freeze_observers_steps as u64).min(total.saturating_sub(1));
-        let freeze_bn = (q.freeze_bn_steps as u64).min(freeze_obs);
-        let delay = (q.quant_delay_steps as u64).min(freeze_bn);
-        let schedule = ScheduleConfig {
-            float_steps: 0,
-            calibration_batches: self.cfg.data.calibration_batches as u64,
-            qat: Some(QatDelays {
-                quant_delay: delay,
-                freeze_bn_delay: freeze_bn,
-                freeze_observers_delay: freeze_obs,
-            }),
-        };
+        let schedule = q.phases(self.cfg.data.calibration_batches).schedule(total);
         let cfg = self.train_config(epochs, lr, schedule);
         let label = if mixed {
             "QAT mixed precision".to_string()

@@ -13,11 +13,11 @@ use qat_export::{ExportOptions, FloatGraph, QuantPlan};
 use qat_int8_runtime::{Executor, Int8Model};
 use qat_train::convert;
 use qat_train::data::{Augment, Loader, LoaderConfig, Normalize, TrainTest};
-use qat_train::finetune::{QatPhases, qat_fine_tune, steps_per_epoch};
+use qat_train::finetune::{qat_fine_tune, steps_per_epoch};
 use qat_train::layers::{BnFoldMode, QuantConfig, WeightGranularity};
 use qat_train::models::GraphNetOptions;
 use qat_train::observer::ActObserverConfig;
-use qat_train::schedule::{LrConfig, LrSchedule, OptimizerConfig, OptimizerKind};
+use qat_train::schedule::LrSchedule;
 use qat_train::trainer::{Event, TrainConfig};
 use tch::Kind;
 use xtask::config::Config;
@@ -77,21 +77,7 @@ pub(crate) fn fine_tune(
             pad: d.augment_pad,
             flip: false,
         },
-        optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: f.momentum,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: q.lr,
-                schedule: LrSchedule::Cosine {
-                    total: 0,
-                    min_lr: 0.0,
-                },
-                warmup: 0,
-            },
-            weight_decay: f.weight_decay,
-        },
+        optimizer: f.optimizer(q.lr, 0),
         eval_samples: Some(n_eval),
         record_steps: false,
         ..TrainConfig::default()
@@ -100,12 +86,7 @@ pub(crate) fn fine_tune(
         total: (steps_per_epoch(&data.train, &train) * epochs as u64).max(1),
         min_lr: 0.0,
     };
-    let phases = QatPhases {
-        calibration_batches: d.calibration_batches as u64,
-        quant_delay: q.quant_delay_steps as u64,
-        freeze_bn: q.freeze_bn_steps as u64,
-        freeze_observers: q.freeze_observers_steps as u64,
-    };
+    let phases = q.phases(d.calibration_batches);
     let label = format!(
         "QAT W{}A{} {}, {epochs} epoch{}",
         q.weight_bits,

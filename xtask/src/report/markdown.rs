@@ -14,6 +14,15 @@ fn opt_pct(v: Option<f64>) -> String {
     v.map_or("—".into(), pct)
 }
 
+/// Appends the Markdown table `head` (its heading, header and separator lines) and one line per
+/// row: `| cell | … |`.
+fn table<T>(s: &mut String, head: &str, rows: &[T], cells: impl Fn(&T) -> Vec<String>) {
+    let _ = writeln!(s, "{head}");
+    for r in rows {
+        let _ = writeln!(s, "| {} |", cells(r).join(" | "));
+    }
+}
+
 fn nodes_table(title: &str, nodes: &[NodeAgreement]) -> String {
     let mut s = format!(
         "#### {title}\n\n| node | S | Z | values | exact % | ≤1 % | max|Δ| |\n|---|---|---|---|---|---|---|\n"
@@ -95,37 +104,36 @@ impl Report {
             "## Model size\n\nfloat32 parameters {} bytes, `.qat8` file {} bytes ({:.2}× smaller).\n",
             z.float32_parameters_bytes, z.qat8_file_bytes, z.ratio
         );
-        let _ = writeln!(
-            s,
-            "## Latency per image (batch 1)\n\n| path | threads | µs/image | top-1 |\n|---|---|---|---|"
+        table(
+            &mut s,
+            "## Latency per image (batch 1)\n\n| path | threads | µs/image | top-1 |\n|---|---|---|---|",
+            &self.latency,
+            |l| {
+                vec![
+                    l.path.clone(),
+                    l.threads.to_string(),
+                    format!("{:.1}", l.us_per_image),
+                    pct(l.accuracy),
+                ]
+            },
         );
-        for l in &self.latency {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.1} | {} |",
-                l.path,
-                l.threads,
-                l.us_per_image,
-                pct(l.accuracy)
-            );
-        }
         self.studies_section(&mut s);
         self.causes_section(&mut s);
         self.mixed_section(&mut s);
-        let _ = writeln!(
-            s,
-            "\n## Targets\n\n| target | wanted | measured | met |\n|---|---|---|---|"
+        table(
+            &mut s,
+            "\n## Targets\n\n| target | wanted | measured | met |\n|---|---|---|---|",
+            &self.targets,
+            |t| {
+                let met = if t.met { "yes" } else { "**no**" };
+                vec![
+                    t.what.clone(),
+                    t.target.clone(),
+                    t.measured.clone(),
+                    met.into(),
+                ]
+            },
         );
-        for t in &self.targets {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                t.what,
-                t.target,
-                t.measured,
-                if t.met { "yes" } else { "**no**" }
-            );
-        }
         let _ = writeln!(
             s,
             "\n## Per-layer fidelity (int8 runtime vs fake-quant simulation)\n\n{}\n\n{}\n\n\
@@ -232,38 +240,36 @@ Trained for target `{}`. Each row: the model \
 
     fn studies_section(&self, s: &mut String) {
         if !self.bit_sweep.is_empty() {
-            let _ = writeln!(
+            table(
                 s,
-                "\n## Bit widths (paper tables 4.7/4.8 style)\n\n| weights | activations | PTQ | QAT (fake quant) | QAT int8 runtime |\n|---|---|---|---|---|"
+                "\n## Bit widths (paper tables 4.7/4.8 style)\n\n| weights | activations | PTQ | QAT (fake quant) | QAT int8 runtime |\n|---|---|---|---|---|",
+                &self.bit_sweep,
+                |b| {
+                    vec![
+                        b.weight_bits.to_string(),
+                        b.act_bits.to_string(),
+                        opt_pct(b.ptq),
+                        pct(b.qat),
+                        opt_pct(b.qat_int8),
+                    ]
+                },
             );
-            for b in &self.bit_sweep {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    b.weight_bits,
-                    b.act_bits,
-                    opt_pct(b.ptq),
-                    pct(b.qat),
-                    opt_pct(b.qat_int8)
-                );
-            }
         }
         if !self.ablations.is_empty() {
-            let _ = writeln!(
+            table(
                 s,
-                "\n## Ablations\n\n| study | variant | float | PTQ | QAT |\n|---|---|---|---|---|"
+                "\n## Ablations\n\n| study | variant | float | PTQ | QAT |\n|---|---|---|---|---|",
+                &self.ablations,
+                |a| {
+                    vec![
+                        a.study.clone(),
+                        a.variant.clone(),
+                        opt_pct(a.float),
+                        opt_pct(a.ptq),
+                        pct(a.qat),
+                    ]
+                },
             );
-            for a in &self.ablations {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    a.study,
-                    a.variant,
-                    opt_pct(a.float),
-                    opt_pct(a.ptq),
-                    pct(a.qat)
-                );
-            }
         }
     }
 
@@ -279,21 +285,20 @@ Trained for target `{}`. Each row: the model \
             );
         }
         if !self.fixes.is_empty() {
-            let _ = writeln!(
+            table(
                 s,
-                "\n### The accuracy each fix buys\n\n| weights | activations | method | top-1 | gain (points) |\n|---|---|---|---|---|"
+                "\n### The accuracy each fix buys\n\n| weights | activations | method | top-1 | gain (points) |\n|---|---|---|---|---|",
+                &self.fixes,
+                |f| {
+                    vec![
+                        f.weight_bits.to_string(),
+                        f.act_bits.to_string(),
+                        f.method.to_string(),
+                        pct(f.accuracy),
+                        f.gain.map_or("—".into(), |g| format!("{:+.2}", 100.0 * g)),
+                    ]
+                },
             );
-            for f in &self.fixes {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} |",
-                    f.weight_bits,
-                    f.act_bits,
-                    f.method,
-                    pct(f.accuracy),
-                    f.gain.map_or("—".into(), |g| format!("{:+.2}", 100.0 * g))
-                );
-            }
         }
     }
 

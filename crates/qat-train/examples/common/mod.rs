@@ -1,9 +1,7 @@
 //! Shared by the examples: the MNIST training recipe (one float epoch, then QAT).
 
 use qat_train::data::Normalize;
-use qat_train::schedule::{
-    LrConfig, LrSchedule, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig,
-};
+use qat_train::schedule::{LrConfig, OptimizerConfig, OptimizerKind, QatDelays, ScheduleConfig};
 use qat_train::trainer::TrainConfig;
 
 /// `epochs` epochs of `per_epoch` steps at batch 64: the first in float, then 4 calibration batches and QAT
@@ -16,18 +14,8 @@ pub fn mnist_float_then_qat(epochs: usize, per_epoch: u64) -> TrainConfig {
         batch_size: 64,
         normalize: Normalize::mnist(),
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd {
-                momentum: 0.9,
-                nesterov: true,
-            },
-            lr: LrConfig {
-                base: 0.05,
-                schedule: LrSchedule::Cosine {
-                    total: per_epoch * epochs as u64,
-                    min_lr: 5e-4,
-                },
-                warmup: 20,
-            },
+            kind: OptimizerKind::nesterov(0.9),
+            lr: LrConfig::cosine(0.05, per_epoch * epochs as u64, 5e-4).with_warmup(20),
             weight_decay: 5e-4,
         },
         schedule: ScheduleConfig {

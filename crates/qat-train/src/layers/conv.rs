@@ -2,8 +2,7 @@
 
 use tch::{Tensor, nn};
 
-use super::export::{ExportTensor, vec_of};
-use super::harness::name_of;
+use super::harness::{name_of, uniform_fan_in};
 use super::{
     Activation, ConvExport, LayerError, LayerExport, QatLayer, QatModule, QuantConfig,
     QuantHarness, config::NO_DECAY_GROUP,
@@ -210,19 +209,13 @@ impl QatConv2d {
             .f_kaiming_uniform("weight", &ws)
             .map_err(LayerError::torch(&name, "init weight"))?;
         let bias = if cfg.bias {
-            let bound = 1.0 / ((ws[1] * ws[2] * ws[3]) as f64).sqrt();
-            Some(
-                path.set_group(NO_DECAY_GROUP)
-                    .f_var(
-                        "bias",
-                        &[cfg.out_channels],
-                        nn::Init::Uniform {
-                            lo: -bound,
-                            up: bound,
-                        },
-                    )
-                    .map_err(LayerError::torch(&name, "init bias"))?,
-            )
+            Some(uniform_fan_in(
+                &path.set_group(NO_DECAY_GROUP),
+                &name,
+                ("bias", "init bias"),
+                &[cfg.out_channels],
+                ws[1] * ws[2] * ws[3],
+            )?)
         } else {
             None
         };
@@ -255,21 +248,17 @@ impl QatLayer for QatConv2d {
     harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        let n = self.harness.name();
-        let weight =
-            ExportTensor::from_tensor(&self.weight).map_err(LayerError::torch(n, "export"))?;
-        let bias = match &self.bias {
-            Some(b) => Some(vec_of(b).map_err(LayerError::torch(n, "export"))?),
-            None => None,
-        };
+        let h = &self.harness;
+        let weight = h.export_tensor(&self.weight)?;
+        let bias = self.bias.as_ref().map(|b| h.export_vec(b)).transpose()?;
         let (stride, padding, dilation, groups) = self.cfg.geometry_usize();
         Ok(LayerExport::Conv(Box::new(ConvExport {
-            name: n.to_string(),
+            name: h.name().to_string(),
             folded_weight: weight.clone(),
             folded_bias: bias
                 .clone()
                 .unwrap_or_else(|| vec![0.0; self.cfg.out_channels as usize]),
-            weight_quant: self.harness.weight_export(&self.weight.detach())?,
+            weight_quant: h.weight_export(&self.weight.detach())?,
             weight,
             bias,
             bn: None,
@@ -278,7 +267,7 @@ impl QatLayer for QatConv2d {
             dilation,
             groups,
             activation: self.cfg.activation,
-            output: self.harness.own_output_export()?,
+            output: h.own_output_export()?,
         })))
     }
 }

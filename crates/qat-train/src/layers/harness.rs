@@ -8,6 +8,7 @@ use qat_core::{QuantParams, Target};
 use qat_export::ir::Activation;
 use tch::{Tensor, nn};
 
+use super::export::{ExportTensor, vec_of};
 use super::target_stage::AccumulatorStage;
 use super::{
     LayerError, OutputExport, OutputQuantizer, QatControl, QuantConfig, QuantState, WeightExport,
@@ -40,6 +41,24 @@ pub struct QuantHarness {
 /// The layer name of a VarStore path (its components joined by dots).
 pub(crate) fn name_of(path: &nn::Path<'_>) -> String {
     path.components().collect::<Vec<_>>().join(".")
+}
+
+/// PyTorch's initialisation of the parameter `var` (shape `shape`) of layer `layer` under `path`:
+/// `U(−1/√fan_in, 1/√fan_in)`; `op` names the step in an error.
+pub(crate) fn uniform_fan_in(
+    path: &nn::Path<'_>,
+    layer: &str,
+    (var, op): (&str, &'static str),
+    shape: &[i64],
+    fan_in: i64,
+) -> Result<Tensor, LayerError> {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    path.f_var(var, shape, init)
+        .map_err(LayerError::torch(layer, op))
 }
 
 impl QuantHarness {
@@ -323,6 +342,16 @@ impl QuantHarness {
                 .map_err(LayerError::fq(&self.name)),
             _ => self.quantize_output(y, train),
         }
+    }
+
+    /// The float tensor `t` of this layer for export (a host read).
+    pub(crate) fn export_tensor(&self, t: &Tensor) -> Result<ExportTensor, LayerError> {
+        ExportTensor::from_tensor(t).map_err(LayerError::torch(&self.name, "export"))
+    }
+
+    /// The values of the vector `t` of this layer for export (a host read).
+    pub(crate) fn export_vec(&self, t: &Tensor) -> Result<Vec<f32>, LayerError> {
+        vec_of(t).map_err(LayerError::torch(&self.name, "export"))
     }
 
     /// The weight quantization of the final weights `w` for export: `w`'s own parameters (or the

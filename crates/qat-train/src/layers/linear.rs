@@ -3,8 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
-use super::export::{ExportTensor, vec_of};
-use super::harness::name_of;
+use super::harness::{name_of, uniform_fan_in};
 use super::{
     Activation, LayerError, LayerExport, LinearExport, QatLayer, QatModule, QuantConfig,
     QuantHarness, config::NO_DECAY_GROUP,
@@ -78,24 +77,26 @@ impl QatLinear {
                 format!("features {in_features} → {out_features} must be > 0"),
             ));
         }
-        let bound = 1.0 / (in_features as f64).sqrt();
-        let init = nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        let weight = path
-            .f_var("weight", &[out_features, in_features], init)
-            .map_err(LayerError::torch(&name, "init weight"))?;
-        let bias = path
-            .set_group(NO_DECAY_GROUP)
-            .f_var("bias", &[out_features], init)
-            .map_err(LayerError::torch(&name, "init bias"))?;
-        let harness = QuantHarness::weighted(path, &cfg.quant, out_features)?;
+        let weight = uniform_fan_in(
+            path,
+            &name,
+            ("weight", "init weight"),
+            &[out_features, in_features],
+            in_features,
+        )?;
+        let bias = uniform_fan_in(
+            &path.set_group(NO_DECAY_GROUP),
+            &name,
+            ("bias", "init bias"),
+            &[out_features],
+            in_features,
+        )?;
+        // The quantizers' buffers come after the parameters (the VarStore's order).
         Ok(Self {
+            harness: QuantHarness::weighted(path, &cfg.quant, out_features)?,
             cfg,
             weight,
             bias,
-            harness,
         })
     }
 
@@ -119,15 +120,14 @@ impl QatLayer for QatLinear {
     harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        let n = self.harness.name();
+        let h = &self.harness;
         Ok(LayerExport::Linear(LinearExport {
-            name: n.to_string(),
-            weight: ExportTensor::from_tensor(&self.weight)
-                .map_err(LayerError::torch(n, "export"))?,
-            bias: vec_of(&self.bias).map_err(LayerError::torch(n, "export"))?,
-            weight_quant: self.harness.weight_export(&self.weight.detach())?,
+            name: h.name().to_string(),
+            weight: h.export_tensor(&self.weight)?,
+            bias: h.export_vec(&self.bias)?,
+            weight_quant: h.weight_export(&self.weight.detach())?,
             activation: self.cfg.activation,
-            output: self.harness.own_output_export()?,
+            output: h.own_output_export()?,
         }))
     }
 }

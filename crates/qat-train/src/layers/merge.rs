@@ -60,12 +60,7 @@ impl QatLayer for QatAdd {
     harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        Ok(LayerExport::Add(MergeExport {
-            name: self.harness.name().to_string(),
-            inputs: 2,
-            activation: self.activation,
-            output: self.harness.own_output_export()?,
-        }))
+        merge_export(&self.harness, 2, self.activation).map(LayerExport::Add)
     }
 }
 
@@ -101,8 +96,8 @@ impl QatConcat {
                 vec![xs.len() as i64],
             ));
         }
-        let y = Tensor::f_cat(xs, 1).map_err(LayerError::torch(n, "cat"))?;
-        self.harness.quantize_output(&y, train)
+        let cat = Tensor::f_cat(xs, 1).map_err(LayerError::torch(n, "cat"))?;
+        self.harness.quantize_output(&cat, train)
     }
 }
 
@@ -110,11 +105,20 @@ impl QatLayer for QatConcat {
     harness_field!();
 
     fn export(&self) -> Result<LayerExport, LayerError> {
-        Ok(LayerExport::Concat(MergeExport {
-            name: self.harness.name().to_string(),
-            inputs: self.inputs,
-            activation: Activation::None,
-            output: self.harness.own_output_export()?,
-        }))
+        merge_export(&self.harness, self.inputs, Activation::None).map(LayerExport::Concat)
     }
+}
+
+/// The export of a merge of `inputs` tensors followed by `activation`, quantized by `harness`.
+fn merge_export(
+    harness: &QuantHarness,
+    inputs: usize,
+    activation: Activation,
+) -> Result<MergeExport, LayerError> {
+    Ok(MergeExport {
+        name: harness.name().to_string(),
+        inputs,
+        activation,
+        output: harness.own_output_export()?,
+    })
 }

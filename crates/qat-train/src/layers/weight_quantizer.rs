@@ -10,7 +10,7 @@ use tch::{Kind, Tensor, nn};
 
 use super::config::NO_DECAY_GROUP;
 use super::{LayerError, QuantConfig, QuantState, WeightGranularity, WeightRange};
-use crate::observer::{MinMaxConfig, MinMaxObserver, QuantScheme};
+use crate::observer::{MinMaxConfig, MinMaxObserver, QuantScheme, RangeRecorder};
 
 /// Weight fake quantization (paper §3: "a = min w, b = max w", recomputed every step):
 /// `W_q = FQ(W; params(min/max of W))`.

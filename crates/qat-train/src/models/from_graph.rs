@@ -397,13 +397,12 @@ fn load(
                 .map_err(err)?;
             dst.shallow_clone().f_copy_(&src).map_err(err)
         };
+        let put_conv_weight = |dst: &Tensor, cv: &ir::Conv2d| {
+            put(dst, &oihw_from_ohwi(&cv.weight, cv.weight_shape), "weight")
+        };
         match (&node.op, &gn.op) {
             (NodeOp::ConvBn(l), FloatOp::Conv2d(cv)) => {
-                put(
-                    l.weight(),
-                    &oihw_from_ohwi(&cv.weight, cv.weight_shape),
-                    "weight",
-                )?;
+                put_conv_weight(l.weight(), cv)?;
                 if let Some(bn) = &cv.batch_norm {
                     let mean: Vec<f32> = match &cv.bias {
                         Some(bias) => bn
@@ -421,11 +420,7 @@ fn load(
                 }
             }
             (NodeOp::Conv(l), FloatOp::Conv2d(cv)) => {
-                put(
-                    l.weight(),
-                    &oihw_from_ohwi(&cv.weight, cv.weight_shape),
-                    "weight",
-                )?;
+                put_conv_weight(l.weight(), cv)?;
                 if let (Some(dst), Some(bias)) = (l.bias(), &cv.bias) {
                     put(dst, bias, "bias")?;
                 }

@@ -5,6 +5,8 @@ use qat_core::QuantParams;
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
+use super::recorder::RangeRecorder;
+
 use super::{
     EmaMinMaxObserver, HistogramObserver, MinMaxConfig, MinMaxObserver, Observer, ObserverError,
     ObserverErrorKind, ObserverState, QuantScheme, TF_EMA_DECAY,

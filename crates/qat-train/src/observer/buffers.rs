@@ -219,7 +219,8 @@ pub(crate) fn write_f32(t: &mut Tensor, v: &[f32], name: &str) -> Result<(), Obs
 
 /// The [`Observer`](super::Observer) methods every range observer delegates to its
 /// [`RangeBuffers`] `buf` unchanged: name, calibration flag, freeze/unfreeze; `with_state` adds the
-/// plain state save/restore, `clamped` also `observe` as `observe_clamped(x, None)`.
+/// plain state save/restore, `recorder` (a [`super::RangeRecorder`]) also `observe` as
+/// `observe_clamped(x, None)` and `qparams` as `stored_qparams()`.
 macro_rules! range_buffer_methods {
     () => {
         fn name(&self) -> &str {
@@ -242,11 +243,15 @@ macro_rules! range_buffer_methods {
             self.buf.frozen()
         }
     };
-    (clamped) => {
+    (recorder) => {
         range_buffer_methods!(with_state);
 
         fn observe(&mut self, x: &Tensor) -> Result<(), $crate::observer::ObserverError> {
             self.observe_clamped(x, None)
+        }
+
+        fn qparams(&self) -> Result<qat_autograd::TensorQParams, $crate::observer::ObserverError> {
+            self.stored_qparams()
         }
     };
     (with_state) => {

@@ -1,10 +1,10 @@
 //! Exponential-moving-average min/max observer: activation ranges during QAT (paper §3).
 
-use qat_autograd::{DeviceQParams, TensorQParams};
 use tch::{Kind, Tensor, nn};
 
 use super::buffers::{RangeBuffers, range_buffer_methods};
-use super::range::{batch_range_device, check_bits, check_finite, device_qparams, to_qparams};
+use super::range::check_bits;
+use super::recorder::RangeRecorder;
 use super::{
     Observer, ObserverError, ObserverErrorKind, PYTORCH_AVERAGING_CONSTANT, QuantScheme,
     TF_EMA_DECAY,
@@ -79,35 +79,23 @@ impl EmaMinMaxObserver {
     pub fn bits(&self) -> u32 {
         self.bits
     }
+}
 
-    /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
-    /// range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`. Reads the batch
-    /// range to reject a non-finite one with an error.
-    pub(crate) fn observe_clamped(
-        &mut self,
-        x: &Tensor,
-        clamp: Option<(f32, f32)>,
-    ) -> Result<(), ObserverError> {
-        if self.buf.frozen() {
-            return Ok(());
-        }
-        let (blo, bhi) = batch_range_device(x, None, 1, &self.buf.name, clamp)?;
-        check_finite(&blo, &bhi, &self.buf.name)?;
-        self.record(&blo, &bhi)
+impl Observer for EmaMinMaxObserver {
+    range_buffer_methods!(recorder);
+}
+
+impl RangeRecorder for EmaMinMaxObserver {
+    fn grid(&self) -> (QuantScheme, u32) {
+        (QuantScheme::AsymmetricUnsigned, self.bits)
     }
 
-    /// [`EmaMinMaxObserver::observe_clamped`] without reading anything back (the training step): a
-    /// non-finite batch range leaves the state unchanged.
-    pub(crate) fn observe_device(
-        &mut self,
-        x: &Tensor,
-        clamp: Option<(f32, f32)>,
-    ) -> Result<(), ObserverError> {
-        if self.buf.frozen() {
-            return Ok(());
-        }
-        let (blo, bhi) = batch_range_device(x, None, 1, &self.buf.name, clamp)?;
-        self.record(&blo, &bhi)
+    fn axis(&self) -> Option<usize> {
+        None
+    }
+
+    fn buffers(&self) -> &RangeBuffers {
+        &self.buf
     }
 
     /// The EMA update on the device, in f64 and stored in f32 (the first batch sets the range).
@@ -122,38 +110,5 @@ impl EmaMinMaxObserver {
             };
             Ok((ema(lo, blo)?, ema(hi, bhi)?))
         })
-    }
-
-    /// The parameters of the current range, computed on the device (no read once calibrated);
-    /// [`ObserverErrorKind::Uncalibrated`] before any data.
-    pub(crate) fn device_qparams(&self) -> Result<DeviceQParams, ObserverError> {
-        if !self.buf.is_calibrated() {
-            return Err(self.buf.err(ObserverErrorKind::Uncalibrated));
-        }
-        let (lo, hi) = self.buf.range_tensors();
-        device_qparams(
-            &self.buf.name,
-            QuantScheme::AsymmetricUnsigned,
-            self.bits,
-            None,
-            lo,
-            hi,
-        )
-    }
-}
-
-impl Observer for EmaMinMaxObserver {
-    range_buffer_methods!(clamped);
-
-    fn qparams(&self) -> Result<TensorQParams, ObserverError> {
-        let (lo, hi) = self.buf.read()?;
-        to_qparams(
-            &self.buf.name,
-            QuantScheme::AsymmetricUnsigned,
-            self.bits,
-            None,
-            &lo,
-            &hi,
-        )
     }
 }

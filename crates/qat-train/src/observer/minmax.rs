@@ -5,10 +5,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
 use super::buffers::{RangeBuffers, range_buffer_methods};
-use super::range::{
-    batch_min_max, batch_range_device, check_bits, check_finite, device_qparams, to_qparams,
-};
-use super::{Granularity, Observer, ObserverError, ObserverErrorKind, QuantScheme};
+use super::range::{batch_min_max, batch_range_device, check_bits};
+use super::recorder::RangeRecorder;
+use super::{Granularity, Observer, ObserverError, QuantScheme};
 
 /// Configuration of a [`MinMaxObserver`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,57 +104,7 @@ impl MinMaxObserver {
     /// it for the final folded weights).
     pub fn qparams_of(&self, x: &Tensor) -> Result<TensorQParams, ObserverError> {
         let (lo, hi) = batch_min_max(x, self.axis(), self.buf.channels(), &self.buf.name)?;
-        self.params(&lo, &hi)
-    }
-
-    fn params(&self, lo: &[f32], hi: &[f32]) -> Result<TensorQParams, ObserverError> {
-        to_qparams(
-            &self.buf.name,
-            self.cfg.scheme,
-            self.cfg.bits,
-            self.axis(),
-            lo,
-            hi,
-        )
-    }
-
-    fn axis(&self) -> Option<usize> {
-        match self.cfg.granularity {
-            Granularity::PerTensor => None,
-            Granularity::PerChannel { axis } => Some(axis),
-        }
-    }
-
-    /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the batch
-    /// range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`. Reads the batch
-    /// range to reject a non-finite one with an error.
-    pub(crate) fn observe_clamped(
-        &mut self,
-        x: &Tensor,
-        clamp: Option<(f32, f32)>,
-    ) -> Result<(), ObserverError> {
-        if self.buf.frozen() {
-            return Ok(());
-        }
-        let (lo, hi) =
-            batch_range_device(x, self.axis(), self.buf.channels(), &self.buf.name, clamp)?;
-        check_finite(&lo, &hi, &self.buf.name)?;
-        self.record(&lo, &hi)
-    }
-
-    /// [`MinMaxObserver::observe_clamped`] without reading anything back (the training step): a
-    /// non-finite batch range leaves the state unchanged.
-    pub(crate) fn observe_device(
-        &mut self,
-        x: &Tensor,
-        clamp: Option<(f32, f32)>,
-    ) -> Result<(), ObserverError> {
-        if self.buf.frozen() {
-            return Ok(());
-        }
-        let (lo, hi) =
-            batch_range_device(x, self.axis(), self.buf.channels(), &self.buf.name, clamp)?;
-        self.record(&lo, &hi)
+        self.host_params(&lo, &hi)
     }
 
     /// Observes `x` on the device (unless frozen) and returns the parameters of `x`'s own range,
@@ -172,6 +121,27 @@ impl MinMaxObserver {
         }
         self.device_params(&lo, &hi)
     }
+}
+
+impl Observer for MinMaxObserver {
+    range_buffer_methods!(recorder);
+}
+
+impl RangeRecorder for MinMaxObserver {
+    fn buffers(&self) -> &RangeBuffers {
+        &self.buf
+    }
+
+    fn axis(&self) -> Option<usize> {
+        match self.cfg.granularity {
+            Granularity::PerTensor => None,
+            Granularity::PerChannel { axis } => Some(axis),
+        }
+    }
+
+    fn grid(&self) -> (QuantScheme, u32) {
+        (self.cfg.scheme, self.cfg.bits)
+    }
 
     /// Records a batch range on the device: replaces the range, or (`accumulate`) widens it.
     fn record(&mut self, lo: &Tensor, hi: &Tensor) -> Result<(), ObserverError> {
@@ -183,35 +153,5 @@ impl MinMaxObserver {
                 Ok((lo.shallow_clone(), hi.shallow_clone()))
             }
         })
-    }
-
-    /// The parameters of the stored range, computed on the device (no read once calibrated);
-    /// [`ObserverErrorKind::Uncalibrated`] before any data.
-    pub(crate) fn device_qparams(&self) -> Result<DeviceQParams, ObserverError> {
-        if !self.buf.is_calibrated() {
-            return Err(self.buf.err(ObserverErrorKind::Uncalibrated));
-        }
-        let (lo, hi) = self.buf.range_tensors();
-        self.device_params(lo, hi)
-    }
-
-    fn device_params(&self, lo: &Tensor, hi: &Tensor) -> Result<DeviceQParams, ObserverError> {
-        device_qparams(
-            &self.buf.name,
-            self.cfg.scheme,
-            self.cfg.bits,
-            self.axis(),
-            lo,
-            hi,
-        )
-    }
-}
-
-impl Observer for MinMaxObserver {
-    range_buffer_methods!(clamped);
-
-    fn qparams(&self) -> Result<TensorQParams, ObserverError> {
-        let (lo, hi) = self.buf.read()?;
-        self.params(&lo, &hi)
     }
 }

@@ -26,6 +26,7 @@
 //! | `error.rs` | [`ObserverError`]: the observer's name and an [`ObserverErrorKind`] |
 //! | `buffers.rs` | the VarStore state every observer keeps, and every read of it to the host |
 //! | `range.rs` | batch min/max of a tensor; range → qat-core parameters |
+//! | `recorder.rs` | what min/max and EMA share: batch ranges observed on the device, range → parameters |
 //! | `minmax.rs`, `ema.rs`, `histogram.rs` | the three observers |
 //! | `activation.rs` | [`ActObserver`], [`ActObserverConfig`] |
 
@@ -36,12 +37,14 @@ mod error;
 mod histogram;
 mod minmax;
 mod range;
+mod recorder;
 
 pub use activation::{ActObserver, ActObserverConfig};
 pub use ema::EmaMinMaxObserver;
 pub use error::{ObserverError, ObserverErrorKind};
 pub use histogram::HistogramObserver;
 pub use minmax::{MinMaxConfig, MinMaxObserver};
+pub(crate) use recorder::RangeRecorder;
 
 use qat_autograd::TensorQParams;
 use serde::{Deserialize, Serialize};

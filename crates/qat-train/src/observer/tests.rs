@@ -2,6 +2,7 @@
 
 use ndarray::ArrayD;
 use qat_autograd::TensorQParams;
+use qat_autograd::testing::symmetric_narrow_per_channel;
 use qat_core::{PerChannelParams, QuantParams, QuantRange, array};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -109,14 +110,7 @@ fn minmax_per_channel_uses_qat_core() {
         .unwrap();
         obs.observe(&x).unwrap();
         let (mins, maxs) = array::min_max_per_channel(nd.view(), axis).unwrap();
-        let max_abs: Vec<f32> = mins
-            .iter()
-            .zip(&maxs)
-            .map(|(a, b)| a.abs().max(b.abs()))
-            .collect();
-        let want =
-            PerChannelParams::symmetric(&max_abs, QuantRange::signed_narrow(8).unwrap(), axis)
-                .unwrap();
+        let want = symmetric_narrow_per_channel(nd.view(), 8, axis);
         assert_eq!(obs.qparams().unwrap(), TensorQParams::PerChannel(want));
         assert_eq!(obs.range().unwrap(), (mins, maxs));
     }

@@ -46,6 +46,31 @@ impl LrConfig {
         }
     }
 
+    /// A half cosine from `base` down to `min_lr` over `total` steps ([`LrSchedule::Cosine`]),
+    /// without warmup (add it with [`LrConfig::with_warmup`]).
+    ///
+    /// ```
+    /// use qat_train::schedule::{LrConfig, LrSchedule};
+    /// let c = LrConfig::cosine(0.1, 100, 0.0).with_warmup(10);
+    /// assert_eq!(c, LrConfig { base: 0.1, schedule: LrSchedule::Cosine { total: 100, min_lr: 0.0 }, warmup: 10 });
+    /// ```
+    pub fn cosine(base: f64, total: u64, min_lr: f64) -> Self {
+        Self {
+            base,
+            schedule: LrSchedule::Cosine { total, min_lr },
+            warmup: 0,
+        }
+    }
+
+    /// This schedule after `steps` linear warmup steps: `lr(t) = base·(t + 1)/steps` for
+    /// `t < steps`.
+    pub fn with_warmup(self, steps: u64) -> Self {
+        Self {
+            warmup: steps,
+            ..self
+        }
+    }
+
     /// Checks that the values make sense.
     pub fn validate(&self) -> Result<(), ScheduleError> {
         let bad = |m: &str| Err(ScheduleError::Config(format!("learning rate: {m}")));

@@ -51,8 +51,18 @@ pub enum OptimizerKind {
 impl OptimizerKind {
     /// SGD, momentum 0.9, Nesterov.
     pub fn sgd_nesterov() -> Self {
+        Self::nesterov(0.9)
+    }
+
+    /// SGD with Nesterov momentum `μ`.
+    ///
+    /// ```
+    /// use qat_train::schedule::OptimizerKind;
+    /// assert_eq!(OptimizerKind::nesterov(0.9), OptimizerKind::Sgd { momentum: 0.9, nesterov: true });
+    /// ```
+    pub fn nesterov(momentum: f64) -> Self {
         Self::Sgd {
-            momentum: 0.9,
+            momentum,
             nesterov: true,
         }
     }

@@ -2,71 +2,47 @@
 
 use super::*;
 
+/// The [`conv_bn`] layer `cb` with fake quant off, and its store.
+fn float_conv_bn(fold: BnFoldMode, act: Activation) -> (VarStore, QatConvBn2d) {
+    let vs = VarStore::new(Device::Cpu);
+    let mut l = conv_bn(&vs, "cb", fold, act);
+    l.control(QatControl::fake_quant(false));
+    (vs, l)
+}
+
 #[test]
 fn conv_bn_without_fake_quant_equals_conv_then_bn() {
     for fold in FOLDS {
-        let vs = VarStore::new(Device::Cpu);
-        let mut l = conv_bn(&vs, "cb", fold, Activation::None);
-        l.control(QatControl::fake_quant(false));
+        let (_vs, mut l) = float_conv_bn(fold, Activation::None);
         let x = rand(6, &[4, 3, 7, 7], -2.0, 2.0);
         // Reference: conv → BN with copies of the statistics.
         let rm = l.running_mean().copy();
         let rv = l.running_var().copy();
         let conv = x.conv2d(l.weight(), None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
-        let want = conv.batch_norm(
-            Some(l.gamma()),
-            Some(l.beta()),
-            Some(&rm),
-            Some(&rv),
-            true,
-            0.1,
-            1e-5,
-            false,
-        );
-        let got = l.forward_t(&x, true).unwrap();
-        assert!(
-            max_diff(&got, &want) < 1e-5,
-            "{fold:?} train: {}",
-            max_diff(&got, &want)
-        );
-        assert!(
-            max_diff(l.running_mean(), &rm) < 1e-6,
-            "{fold:?} running mean"
-        );
-        assert!(
-            max_diff(l.running_var(), &rv) < 1e-5,
-            "{fold:?} running var"
-        );
-        // Eval: moving statistics.
-        let want = conv.batch_norm(
-            Some(l.gamma()),
-            Some(l.beta()),
-            Some(&rm),
-            Some(&rv),
-            false,
-            0.1,
-            1e-5,
-            false,
-        );
-        let got = l.forward_t(&x, false).unwrap();
-        assert!(
-            max_diff(&got, &want) < 1e-5,
-            "{fold:?} eval: {}",
-            max_diff(&got, &want)
-        );
-        assert!(
-            max_diff(l.running_mean(), &rm) < 1e-6,
-            "eval must not update statistics"
-        );
+        // Train: batch statistics, the moving ones updated as the reference's; eval: the moving
+        // statistics, left as they are.
+        for train in [true, false] {
+            let want = batch_norm(&conv, l.gamma(), l.beta(), &rm, &rv, train);
+            let got = l.forward_t(&x, train).unwrap();
+            let what = format!("{fold:?} train={train}");
+            assert!(
+                max_diff(&got, &want) < 1e-5,
+                "{what}: {}",
+                max_diff(&got, &want)
+            );
+            assert!(
+                max_diff(l.running_mean(), &rm) < 1e-6,
+                "{what}: running mean"
+            );
+            assert!(max_diff(l.running_var(), &rv) < 1e-5, "{what}: running var");
+        }
     }
 }
 
 #[test]
 fn frozen_conv_bn_is_the_folded_conv_with_moving_statistics() {
     for fold in FOLDS {
-        let vs = VarStore::new(Device::Cpu);
-        let mut l = conv_bn(&vs, "cb", fold, Activation::Relu6);
-        l.control(QatControl::fake_quant(false));
+        let (_vs, mut l) = float_conv_bn(fold, Activation::Relu6);
         let x = rand(7, &[2, 3, 6, 6], -2.0, 2.0);
         let _ = l.forward_t(&x, true).unwrap(); // one step of statistics
         l.control(QatControl::FreezeBn(true));

@@ -1,0 +1,90 @@
+//! What the min/max and EMA observers do alike: observe a batch range on the device (checked
+//! finite on the host, or not read at all in a training step) and turn their range into parameters
+//! on the grid of their scheme. Each supplies its buffers, its channel axis, its grid and its own
+//! update rule ([`RangeRecorder::record`]).
+
+use qat_autograd::{DeviceQParams, TensorQParams};
+use tch::Tensor;
+
+use super::buffers::RangeBuffers;
+use super::range::{batch_range_device, check_finite, device_qparams, to_qparams};
+use super::{ObserverError, ObserverErrorKind, QuantScheme};
+
+/// An optional clamp `(lo, hi)` applied to the observed tensor (a fused activation).
+pub(crate) type Clamp = Option<(f32, f32)>;
+
+/// A range observer that records batch ranges into its [`RangeBuffers`].
+pub(crate) trait RangeRecorder {
+    /// The observer's buffers.
+    fn buffers(&self) -> &RangeBuffers;
+
+    /// The channel axis of a per-channel range, `None` for one range per tensor.
+    fn axis(&self) -> Option<usize>;
+
+    /// The grid the range maps to: scheme and bit width.
+    fn grid(&self) -> (QuantScheme, u32);
+
+    /// Folds a batch range (`f32[channels]` tensors on the device) into the stored range.
+    fn record(&mut self, lo: &Tensor, hi: &Tensor) -> Result<(), ObserverError>;
+
+    /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the
+    /// batch range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`. Reads the
+    /// batch range to reject a non-finite one with an error.
+    fn observe_clamped(&mut self, x: &Tensor, clamp: Clamp) -> Result<(), ObserverError> {
+        self.observe_batch(x, clamp, true)
+    }
+
+    /// [`RangeRecorder::observe_clamped`] without reading anything back (the training step): a
+    /// non-finite batch range leaves the state unchanged.
+    fn observe_device(&mut self, x: &Tensor, clamp: Clamp) -> Result<(), ObserverError> {
+        self.observe_batch(x, clamp, false)
+    }
+
+    /// Records the batch range of `clamp(x)` unless frozen, first checked finite on the host if
+    /// `checked`.
+    fn observe_batch(
+        &mut self,
+        x: &Tensor,
+        clamp: Clamp,
+        checked: bool,
+    ) -> Result<(), ObserverError> {
+        let buf = self.buffers();
+        if buf.frozen() {
+            return Ok(());
+        }
+        let (lo, hi) = batch_range_device(x, self.axis(), buf.channels(), &buf.name, clamp)?;
+        if checked {
+            check_finite(&lo, &hi, &buf.name)?;
+        }
+        self.record(&lo, &hi)
+    }
+
+    /// The parameters of the stored range, computed on the device (no read once calibrated);
+    /// [`ObserverErrorKind::Uncalibrated`] before any data.
+    fn device_qparams(&self) -> Result<DeviceQParams, ObserverError> {
+        let buf = self.buffers();
+        if !buf.is_calibrated() {
+            return Err(buf.err(ObserverErrorKind::Uncalibrated));
+        }
+        let (lo, hi) = buf.range_tensors();
+        self.device_params(lo, hi)
+    }
+
+    /// The parameters of the range `[lo, hi]` (device tensors), computed on the device.
+    fn device_params(&self, lo: &Tensor, hi: &Tensor) -> Result<DeviceQParams, ObserverError> {
+        let (scheme, bits) = self.grid();
+        device_qparams(&self.buffers().name, scheme, bits, self.axis(), lo, hi)
+    }
+
+    /// The parameters of the range `[lo, hi]` (host values), through qat-core's constructors.
+    fn host_params(&self, lo: &[f32], hi: &[f32]) -> Result<TensorQParams, ObserverError> {
+        let (scheme, bits) = self.grid();
+        to_qparams(&self.buffers().name, scheme, bits, self.axis(), lo, hi)
+    }
+
+    /// The parameters of the stored range (a host read): [`super::Observer::qparams`].
+    fn stored_qparams(&self) -> Result<TensorQParams, ObserverError> {
+        let (lo, hi) = self.buffers().read()?;
+        self.host_params(&lo, &hi)
+    }
+}
