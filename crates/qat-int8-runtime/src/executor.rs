@@ -19,6 +19,7 @@ use thiserror::Error;
 use crate::kernels::add::{AddParams, Rescale};
 use crate::kernels::conv::{ConvIo, ConvPlan, FcIo, FcPlan};
 use crate::kernels::pool::{AvgPoolRescale, PoolGeom};
+use crate::kernels::quantize::QuantizePlan;
 use crate::kernels::{KernelPath, reference};
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
@@ -99,6 +100,7 @@ impl Default for Buf {
 /// Per-op constants prepared once.
 enum OpPlan {
     Plain,
+    Quantize(QuantizePlan),
     Conv(Box<ConvPlan>),
     Fc(Box<FcPlan>),
     Add(AddParams),
@@ -145,6 +147,8 @@ pub struct Executor<'m> {
     model: ModelRef<'m>,
     path: KernelPath,
     plans: Vec<OpPlan>,
+    /// The quantize of a uint8 model input (`None` for an f32 input).
+    input_plan: Option<QuantizePlan>,
     bufs: Vec<Buf>,
     batch: Option<usize>,
     /// Per-sample element count of every tensor.
@@ -218,6 +222,11 @@ impl<'m> Executor<'m> {
                 message,
             };
             let plan = match op {
+                Op::Quantize { output, .. } => OpPlan::Quantize(QuantizePlan::new(
+                    &quant(&model, *output),
+                    model.rounding,
+                    path,
+                )),
                 Op::Conv2d(c) => {
                     let io = ConvIo {
                         in_hwc: hwc(&model, c.input),
@@ -315,9 +324,13 @@ impl<'m> Executor<'m> {
             .iter()
             .map(|t| elements(&t.shape).unwrap_or(0))
             .collect();
+        let input_plan = model.tensors[model.input]
+            .quant
+            .map(|q| QuantizePlan::new(&q, model.rounding, path));
         tracing::debug!(model = %model.name, kernel = path.name(), rounding = model.rounding.name(), ops = model.ops.len(), "executor planned");
         Ok(Self {
             plans,
+            input_plan,
             bufs: vec![Buf::default(); model.tensors.len()],
             model,
             path,
@@ -458,7 +471,10 @@ impl<'m> Executor<'m> {
         let xs = x.as_slice().unwrap_or_default();
         match &mut self.bufs[model.input] {
             Buf::F32(v) => v.copy_from_slice(xs),
-            Buf::U8(v) => reference::quantize(xs, &quant(model, model.input), model.rounding, v),
+            Buf::U8(v) => match &self.input_plan {
+                Some(p) => p.run(xs, v),
+                None => unreachable!("validated model: the U8 input has params"),
+            },
         }
         for (i, op) in model.ops.iter().enumerate() {
             let out_id = op.output();
@@ -483,14 +499,11 @@ impl<'m> Executor<'m> {
         let model = &*self.model;
         let so = self.sizes[op.output()];
         match (op, &self.plans[i], out) {
-            (Op::Quantize { input, output }, _, Buf::U8(o)) => {
+            (Op::Quantize { input, .. }, OpPlan::Quantize(p), Buf::U8(o)) => {
                 let Buf::F32(x) = &self.bufs[*input] else {
                     unreachable!("validated: F32 input")
                 };
-                let q = quant(model, *output);
-                per_sample(o, so, |s, o| {
-                    reference::quantize(&x[s * so..(s + 1) * so], &q, model.rounding, o)
-                });
+                per_sample(o, so, |s, o| p.run(&x[s * so..(s + 1) * so], o));
             }
             (Op::Dequantize { input, .. }, _, Buf::F32(o)) => {
                 let x = self.u8_buf(*input);

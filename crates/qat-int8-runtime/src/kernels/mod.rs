@@ -40,6 +40,7 @@ pub(crate) mod frame;
 mod path;
 pub(crate) mod pool;
 pub(crate) mod portable;
+pub(crate) mod quantize;
 pub(crate) mod reference;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
