@@ -3,7 +3,11 @@
 //! and median of the rounds; and a checksum of the outputs' uint8 codes (equal checksums: two
 //! builds computed the same results).
 //!
-//! `cargo run --release -p qat-int8-runtime --example bench_model -- MODEL.qat8 [--threads 1,2] [--batch 1,64] [--rounds 9] [--min-time 0.2]`
+//! `cargo run --release -p qat-int8-runtime --example bench_model -- MODEL.qat8 [--threads 1,2] [--batch 1,64] [--rounds 9] [--min-time 0.2] [--calls N]`
+//!
+//! `--calls N`: exactly `N` calls per cell and round instead of `--min-time` (fixed work, for
+//! counting cycles with `perf stat -e cycles:u`, which a loaded machine disturbs less than
+//! wall-clock time).
 //!
 //! `cargo xtask bench models` writes such a model (`target/qat-bench/models/model.qat8`).
 
@@ -41,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("usage: bench_model MODEL.qat8 [options]")?;
     let (mut threads, mut batches, mut rounds, mut min_time) = (vec![1, 2], vec![1, 64], 9, 0.2);
+    let mut fixed: Option<usize> = None;
     while let Some(k) = args.next() {
         let v = args.next().ok_or(format!("{k} needs a value"))?;
         match k.as_str() {
@@ -48,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--batch" => batches = list(&v),
             "--rounds" => rounds = v.parse()?,
             "--min-time" => min_time = v.parse()?,
+            "--calls" => fixed = Some(v.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -71,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (_, n, pool, x, exec, _, times) in cells.iter_mut() {
             pool.install(|| {
                 let (start, mut calls) = (Instant::now(), 0usize);
-                while start.elapsed().as_secs_f64() < min_time {
+                while fixed.map_or(start.elapsed().as_secs_f64() < min_time, |f| calls < f) {
                     exec.run(x.view()).expect("run");
                     calls += 1;
                 }
