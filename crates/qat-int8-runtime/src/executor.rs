@@ -20,7 +20,7 @@ use crate::kernels::add::{AddParams, Rescale};
 use crate::kernels::conv::{ConvIo, ConvPlan, FcIo, FcPlan};
 use crate::kernels::pool::{AvgPoolRescale, PoolGeom};
 use crate::kernels::quantize::QuantizePlan;
-use crate::kernels::{KernelPath, reference};
+use crate::kernels::{KernelPath, gap, reference};
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
 
@@ -555,8 +555,14 @@ impl<'m> Executor<'m> {
             (Op::GlobalAvgPool { input, .. }, OpPlan::Pool(r), Buf::U8(o)) => {
                 let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
                 let ih = hwc(model, *input);
+                let fast = self.path != KernelPath::Reference;
                 per_sample(o, so, |s, o| {
-                    reference::global_avg_pool(&x[s * si..(s + 1) * si], ih, r, o)
+                    let x = &x[s * si..(s + 1) * si];
+                    if fast {
+                        gap::global_avg_pool(x, ih, r, o)
+                    } else {
+                        reference::global_avg_pool(x, ih, r, o)
+                    }
                 });
             }
             (Op::MaxPool2d { input, .. }, OpPlan::MaxPool(g), Buf::U8(o)) => {

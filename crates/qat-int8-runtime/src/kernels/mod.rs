@@ -37,6 +37,7 @@
 pub(crate) mod add;
 pub(crate) mod conv;
 pub(crate) mod frame;
+pub(crate) mod gap;
 mod path;
 pub(crate) mod pool;
 pub(crate) mod portable;
