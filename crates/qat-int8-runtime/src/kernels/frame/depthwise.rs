@@ -348,22 +348,32 @@ impl DepthwisePlan {
         }
     }
 
-    /// Appends output pixel `(oh, ow)`'s `kh·kw` tap rows (the `Z1` row for padding taps).
+    /// Appends output pixel `(oh, ow)`'s `kh·kw` tap rows (the `Z1` row for padding taps): a
+    /// kernel row above or below the input is `kw` padding taps; the others test their column.
+    /// `sample` holds `H·W·C` bytes (every pointer made is inside it or the `Z1` row).
     pub(crate) fn push_taps(&self, sample: &[u8], oh: usize, ow: usize, taps: &mut Vec<*const u8>) {
         let [h, w, c] = self.in_hwc;
-        for i in 0..self.kernel[0] {
-            let ih =
-                (oh * self.stride[0] + i * self.dilation[0]) as isize - self.padding[0] as isize;
-            for j in 0..self.kernel[1] {
-                let iw = (ow * self.stride[1] + j * self.dilation[1]) as isize
-                    - self.padding[1] as isize;
-                let inside = ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w;
-                taps.push(if inside {
-                    sample[(ih as usize * w + iw as usize) * c..].as_ptr()
-                } else {
-                    self.zero_row.as_ptr()
-                });
+        let [kh, kw] = self.kernel;
+        debug_assert!(sample.len() >= h * w * c);
+        let (base, zero) = (sample.as_ptr(), self.zero_row.as_ptr());
+        let ih0 = (oh * self.stride[0]) as isize - self.padding[0] as isize;
+        let iw0 = (ow * self.stride[1]) as isize - self.padding[1] as isize;
+        taps.reserve(kh * kw);
+        for i in 0..kh {
+            let ih = ih0 + (i * self.dilation[0]) as isize;
+            if ih < 0 || ih as usize >= h {
+                taps.extend(std::iter::repeat_n(zero, kw));
+                continue;
             }
+            let line = ih as usize * w;
+            taps.extend((0..kw).map(|j| {
+                let iw = iw0 + (j * self.dilation[1]) as isize;
+                if iw >= 0 && (iw as usize) < w {
+                    base.wrapping_add((line + iw as usize) * c)
+                } else {
+                    zero
+                }
+            }));
         }
     }
 
