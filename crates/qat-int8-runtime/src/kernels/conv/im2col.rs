@@ -122,6 +122,7 @@ impl ConvPlan {
         let zp = self.zp_in.clamp(0, 255) as u8;
         let span = cig == cin && dw == 1;
         let len = kw * cin;
+        let hstep = dh * w * cin;
         let sample_len = h * w * cin;
         let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
         let (mut oh, mut ow) = (pix / wo, pix % wo);
@@ -132,15 +133,23 @@ impl ConvPlan {
             let iw0 = (ow * sw) as isize - pl;
             let inside_w = iw0 >= 0 && iw0 as usize + (kw - 1) * dw < w;
             let inside_h = ih0 >= 0 && ih0 as usize + (kh - 1) * dh < h;
-            if span && inside_w && inside_h {
+            if span && inside_w && inside_h && L > 0 {
+                // kh spans of L bytes, hstep apart in the sample, end to end in the row.
+                let base = (ih0 as usize * w + iw0 as usize) * cin;
+                assert!(base + (kh - 1) * hstep + L <= sample.len() && kh * L <= row.len());
+                // SAFETY: the assert keeps every span inside `sample` and `row` (distinct
+                // buffers).
+                unsafe {
+                    let (src, dst) = (sample.as_ptr().add(base), row.as_mut_ptr());
+                    for i in 0..kh {
+                        std::ptr::copy_nonoverlapping(src.add(i * hstep), dst.add(i * L), L);
+                    }
+                }
+            } else if span && inside_w && inside_h {
                 let base = (ih0 as usize * w + iw0 as usize) * cin;
                 for i in 0..kh {
-                    let at = base + i * dh * w * cin;
-                    if L > 0 {
-                        row[i * L..(i + 1) * L].copy_from_slice(&sample[at..at + L]);
-                    } else {
-                        row[i * len..(i + 1) * len].copy_from_slice(&sample[at..at + len]);
-                    }
+                    let at = base + i * hstep;
+                    row[i * len..(i + 1) * len].copy_from_slice(&sample[at..at + len]);
                 }
             } else {
                 for i in 0..kh {
