@@ -154,8 +154,17 @@ pub struct Executor<'m> {
     batch: Option<usize>,
     /// Per-sample element count of every tensor.
     sizes: Vec<usize>,
-    /// Samples per tile of a run ([`tile_samples`]).
-    tile: usize,
+    /// Samples per tile of a run.
+    tile: Tile,
+}
+
+/// How many samples a tile of a run holds.
+#[derive(Debug, Clone, Copy)]
+enum Tile {
+    /// As many as fit the cache budget ([`tile_samples`]), at least one per thread.
+    Cache(usize),
+    /// Exactly this many ([`Executor::with_tile_samples`]).
+    Fixed(usize),
 }
 
 /// The model an executor runs: borrowed or shared, never copied.
@@ -327,7 +336,7 @@ impl<'m> Executor<'m> {
             .iter()
             .map(|t| elements(&t.shape).unwrap_or(0))
             .collect();
-        let tile = tile_samples(&model, &sizes);
+        let tile = Tile::Cache(tile_samples(&model, &sizes));
         let input_plan = model.tensors[model.input]
             .quant
             .map(|q| QuantizePlan::new(&q, model.rounding, path));
@@ -348,7 +357,7 @@ impl<'m> Executor<'m> {
     /// (tests: every tiling gives the same results).
     #[doc(hidden)]
     pub fn with_tile_samples(mut self, samples: usize) -> Self {
-        self.tile = samples.max(1);
+        self.tile = Tile::Fixed(samples.max(1));
         self
     }
 
@@ -490,8 +499,14 @@ impl<'m> Executor<'m> {
             },
         }
         // The whole model runs on one tile of samples after the other, so that a tile's
-        // tensors stay in cache from the op that writes them to the ops that read them.
-        let tile = self.tile.clamp(1, n.max(1));
+        // tensors stay in cache from the op that writes them to the ops that read them. A
+        // default tile holds at least one sample per thread (ops that split over samples keep
+        // every thread busy).
+        let tile = match self.tile {
+            Tile::Fixed(t) => t,
+            Tile::Cache(t) => t.max(rayon::current_num_threads()),
+        };
+        let tile = tile.clamp(1, n.max(1));
         for s0 in (0..n).step_by(tile) {
             let tile = s0..(s0 + tile).min(n);
             for (i, op) in model.ops.iter().enumerate() {
