@@ -2,8 +2,10 @@
 //!
 //! Buffers for every tensor are planned once per batch size and reused; per-op constants (add and
 //! rescale multipliers, packed weights, zero-point-corrected biases) are prepared once in
-//! [`Executor::with_path`], each plan bound to its kernel path's ISA then. Ops run in the model's
-//! (topological) order; each op parallelizes with rayon over samples or GEMM row tiles. Every
+//! [`Executor::with_path`], each plan bound to its kernel path's ISA then. The batch runs in tiles
+//! of samples sized so that a tile's tensors fit in about half of a core's L2 cache; on each tile
+//! the ops run in the model's (topological) order, each parallelized with rayon over samples,
+//! output rows or GEMM row tiles. Every
 //! output element is computed by the same integer code whatever the split, so results are
 //! identical for any thread count. The executor borrows the model ([`Executor::new`]) or shares
 //! it ([`Executor::from_arc`]); it never copies it.
@@ -13,13 +15,13 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use qat_core::QuantParams;
-use rayon::prelude::*;
 use thiserror::Error;
 
+use crate::kernels::KernelPath;
 use crate::kernels::add::{AddParams, Rescale};
 use crate::kernels::conv::{ConvIo, ConvPlan, FcIo, FcPlan};
 use crate::kernels::pool::{AvgPoolRescale, PoolGeom};
-use crate::kernels::{KernelPath, reference};
+use crate::kernels::quantize::QuantizePlan;
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
 
@@ -99,6 +101,7 @@ impl Default for Buf {
 /// Per-op constants prepared once.
 enum OpPlan {
     Plain,
+    Quantize(QuantizePlan),
     Conv(Box<ConvPlan>),
     Fc(Box<FcPlan>),
     Add(AddParams),
@@ -145,10 +148,23 @@ pub struct Executor<'m> {
     model: ModelRef<'m>,
     path: KernelPath,
     plans: Vec<OpPlan>,
+    /// The quantize of a uint8 model input (`None` for an f32 input).
+    input_plan: Option<QuantizePlan>,
     bufs: Vec<Buf>,
     batch: Option<usize>,
     /// Per-sample element count of every tensor.
     sizes: Vec<usize>,
+    /// Samples per tile of a run.
+    tile: Tile,
+}
+
+/// How many samples a tile of a run holds.
+#[derive(Debug, Clone, Copy)]
+enum Tile {
+    /// As many as fit the cache budget ([`tile_samples`]), at least one per thread.
+    Cache(usize),
+    /// Exactly this many ([`Executor::with_tile_samples`]).
+    Fixed(usize),
 }
 
 /// The model an executor runs: borrowed or shared, never copied.
@@ -218,6 +234,11 @@ impl<'m> Executor<'m> {
                 message,
             };
             let plan = match op {
+                Op::Quantize { output, .. } => OpPlan::Quantize(QuantizePlan::new(
+                    &quant(&model, *output),
+                    model.rounding,
+                    path,
+                )),
                 Op::Conv2d(c) => {
                     let io = ConvIo {
                         in_hwc: hwc(&model, c.input),
@@ -310,20 +331,34 @@ impl<'m> Executor<'m> {
             };
             plans.push(plan);
         }
-        let sizes = model
+        let sizes: Vec<usize> = model
             .tensors
             .iter()
             .map(|t| elements(&t.shape).unwrap_or(0))
             .collect();
+        let tile = Tile::Cache(tile_samples(&model, &sizes));
+        let input_plan = model.tensors[model.input]
+            .quant
+            .map(|q| QuantizePlan::new(&q, model.rounding, path));
         tracing::debug!(model = %model.name, kernel = path.name(), rounding = model.rounding.name(), ops = model.ops.len(), "executor planned");
         Ok(Self {
             plans,
+            input_plan,
             bufs: vec![Buf::default(); model.tensors.len()],
             model,
             path,
             batch: None,
             sizes,
+            tile,
         })
+    }
+
+    /// Runs batches in tiles of `samples` samples (at least 1) instead of the L2-sized default
+    /// (tests: every tiling gives the same results).
+    #[doc(hidden)]
+    pub fn with_tile_samples(mut self, samples: usize) -> Self {
+        self.tile = Tile::Fixed(samples.max(1));
+        self
     }
 
     /// The kernel path in use.
@@ -458,123 +493,53 @@ impl<'m> Executor<'m> {
         let xs = x.as_slice().unwrap_or_default();
         match &mut self.bufs[model.input] {
             Buf::F32(v) => v.copy_from_slice(xs),
-            Buf::U8(v) => reference::quantize(xs, &quant(model, model.input), model.rounding, v),
+            Buf::U8(v) => match &self.input_plan {
+                Some(p) => p.run(xs, v),
+                None => unreachable!("validated model: the U8 input has params"),
+            },
         }
-        for (i, op) in model.ops.iter().enumerate() {
-            let out_id = op.output();
-            let mut out = std::mem::take(&mut self.bufs[out_id]);
-            #[cfg(test)]
-            tests::fault_point(i);
-            self.run_op(i, op, n, &mut out);
-            self.bufs[out_id] = out;
+        // The whole model runs on one tile of samples after the other, so that a tile's
+        // tensors stay in cache from the op that writes them to the ops that read them. A
+        // default tile holds at least one sample per thread (ops that split over samples keep
+        // every thread busy).
+        let tile = match self.tile {
+            Tile::Fixed(t) => t,
+            Tile::Cache(t) => t.max(rayon::current_num_threads()),
+        };
+        let tile = tile.clamp(1, n.max(1));
+        for s0 in (0..n).step_by(tile) {
+            let tile = s0..(s0 + tile).min(n);
+            for (i, op) in model.ops.iter().enumerate() {
+                let out_id = op.output();
+                let mut out = std::mem::take(&mut self.bufs[out_id]);
+                #[cfg(test)]
+                tests::fault_point(i);
+                self.run_op(i, op, tile.clone(), &mut out);
+                self.bufs[out_id] = out;
+            }
         }
         self.batch = Some(n);
         Ok(())
     }
-
-    fn u8_buf(&self, t: TensorId) -> &[u8] {
-        match &self.bufs[t] {
-            Buf::U8(v) => v,
-            Buf::F32(_) => unreachable!("validated model: tensor {t} is U8"),
-        }
-    }
-
-    fn run_op(&self, i: usize, op: &Op, n: usize, out: &mut Buf) {
-        let model = &*self.model;
-        let so = self.sizes[op.output()];
-        match (op, &self.plans[i], out) {
-            (Op::Quantize { input, output }, _, Buf::U8(o)) => {
-                let Buf::F32(x) = &self.bufs[*input] else {
-                    unreachable!("validated: F32 input")
-                };
-                let q = quant(model, *output);
-                per_sample(o, so, |s, o| {
-                    reference::quantize(&x[s * so..(s + 1) * so], &q, model.rounding, o)
-                });
-            }
-            (Op::Dequantize { input, .. }, _, Buf::F32(o)) => {
-                let x = self.u8_buf(*input);
-                let q = quant(model, *input);
-                per_sample(o, so, |s, o| {
-                    reference::dequantize(&x[s * so..(s + 1) * so], &q, o)
-                });
-            }
-            (Op::Conv2d(c), OpPlan::Conv(plan), Buf::U8(o)) => {
-                plan.run(c, self.u8_buf(c.input), n, o);
-            }
-            (Op::FullyConnected(f), OpPlan::Fc(plan), Buf::U8(o)) => {
-                plan.run(f, self.u8_buf(f.input), n, o);
-            }
-            (Op::Add { a, b, .. }, OpPlan::Add(p), Buf::U8(o)) => {
-                let (xa, xb) = (self.u8_buf(*a), self.u8_buf(*b));
-                per_sample(o, so, |s, o| {
-                    reference::add(&xa[s * so..(s + 1) * so], &xb[s * so..(s + 1) * so], p, o)
-                });
-            }
-            (Op::Concat { inputs, .. }, OpPlan::Concat(rescales), Buf::U8(o)) => {
-                // Each input's rows of `c` channels, rescaled into the output's rows.
-                let total = *model.tensors[op.output()].shape.last().unwrap_or(&1);
-                per_sample(o, so, |s, o| {
-                    let rows = so / total;
-                    let mut off = 0;
-                    for (&t, r) in inputs.iter().zip(rescales) {
-                        let len = self.sizes[t];
-                        let c = *model.tensors[t].shape.last().unwrap_or(&1);
-                        let x = &self.u8_buf(t)[s * len..(s + 1) * len];
-                        for row in 0..rows {
-                            reference::rescale(
-                                &x[row * c..(row + 1) * c],
-                                r,
-                                &mut o[row * total + off..row * total + off + c],
-                            );
-                        }
-                        off += c;
-                    }
-                });
-            }
-            (Op::AvgPool2d { input, .. }, OpPlan::AvgPool(p), Buf::U8(o)) => {
-                let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                let (r, g) = &**p;
-                per_sample(o, so, |s, o| {
-                    reference::avg_pool2d(&x[s * si..(s + 1) * si], g, r, o)
-                });
-            }
-            (Op::GlobalAvgPool { input, .. }, OpPlan::Pool(r), Buf::U8(o)) => {
-                let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                let ih = hwc(model, *input);
-                per_sample(o, so, |s, o| {
-                    reference::global_avg_pool(&x[s * si..(s + 1) * si], ih, r, o)
-                });
-            }
-            (Op::MaxPool2d { input, .. }, OpPlan::MaxPool(g), Buf::U8(o)) => {
-                let (x, si) = (self.u8_buf(*input), self.sizes[*input]);
-                per_sample(o, so, |s, o| {
-                    reference::max_pool2d(&x[s * si..(s + 1) * si], g, o)
-                });
-            }
-            (Op::Reshape { input, .. }, _, Buf::U8(o)) => o.copy_from_slice(self.u8_buf(*input)),
-            (Op::Reshape { input, .. }, _, Buf::F32(o)) => {
-                let Buf::F32(x) = &self.bufs[*input] else {
-                    unreachable!("validated: same dtype")
-                };
-                o.copy_from_slice(x);
-            }
-            _ => unreachable!(
-                "validated model: op {i} ({}) has consistent dtypes and plan",
-                op.kind()
-            ),
-        }
-    }
 }
 
-/// Runs `f(sample, out_sample)` over the batch in parallel (rayon).
-fn per_sample<T: Send>(out: &mut [T], per: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    if per == 0 {
-        return;
-    }
-    out.par_chunks_mut(per)
-        .enumerate()
-        .for_each(|(s, o)| f(s, o));
+/// Bytes of the tensors a tile of samples may keep in cache (about half of a core's L2).
+const TILE_BYTES: usize = 512 * 1024;
+
+/// Samples per tile: as many as keep every tensor of the tile within [`TILE_BYTES`] (at least 1).
+fn tile_samples(model: &Int8Model, sizes: &[usize]) -> usize {
+    let per_sample: usize = model
+        .tensors
+        .iter()
+        .zip(sizes)
+        .map(|(t, &n)| {
+            n.saturating_mul(match t.dtype {
+                DType::U8 => 1,
+                DType::F32 => 4,
+            })
+        })
+        .fold(0usize, usize::saturating_add);
+    (TILE_BYTES / per_sample.max(1)).max(1)
 }
 
 fn batch_shape(n: usize, shape: &[usize]) -> Vec<usize> {
@@ -585,6 +550,8 @@ fn array<T>(shape: Vec<usize>, data: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(&shape), data)
         .unwrap_or_else(|_| unreachable!("buffer sized from the shape"))
 }
+
+mod ops;
 
 #[cfg(test)]
 #[path = "executor_tests.rs"]

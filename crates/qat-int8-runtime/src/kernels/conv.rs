@@ -21,6 +21,8 @@ use super::frame::{
 use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
+mod im2col;
+
 /// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
 /// deployment target (the arithmetic of every requantization).
 #[derive(Debug, Clone, Copy)]
@@ -313,113 +315,6 @@ impl ConvPlan {
                     unsafe { b.gemm_unchecked(m, &ASource::Fill(&fill), gptr) };
                 }
             }
-        }
-    }
-
-    /// Indirection table for rows `row0..row0 + rows`: `ptrs[r·taps + (i·kw + j)]` points at the
-    /// `C_in` input bytes of tap `(i, j)`, or at the `Z1` row for padding (groups == 1).
-    fn tap_pointers(&self, input: &[u8], row0: usize, rows: usize, ptrs: &mut [*const u8]) {
-        let [h, w, cin] = self.in_hwc;
-        let [ho, wo, _] = self.out_hwc;
-        let [_, kh, kw, _] = self.geom.weight_shape;
-        let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);
-        let (pt, pl) = (self.geom.padding[0], self.geom.padding[1]);
-        let taps = kh * kw;
-        let sample_len = h * w * cin;
-        // (sample, oh, ow) of the first row, then advanced incrementally.
-        let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
-        let (mut oh, mut ow) = (pix / wo, pix % wo);
-        for r in 0..rows {
-            let sample = &input[s * sample_len..(s + 1) * sample_len];
-            let dst = &mut ptrs[r * taps..(r + 1) * taps];
-            let inside = oh * sh >= pt
-                && oh * sh + (kh - 1) * dh < h + pt
-                && ow * sw >= pl
-                && ow * sw + (kw - 1) * dw < w + pl;
-            if inside {
-                // Every tap is in bounds: base pointer plus fixed offsets.
-                let base = ((oh * sh - pt) * w + (ow * sw - pl)) * cin;
-                for i in 0..kh {
-                    for j in 0..kw {
-                        dst[i * kw + j] = sample[base + (i * dh * w + j * dw) * cin..].as_ptr();
-                    }
-                }
-            } else {
-                for i in 0..kh {
-                    let ih = (oh * sh + i * dh) as isize - pt as isize;
-                    for j in 0..kw {
-                        let iw = (ow * sw + j * dw) as isize - pl as isize;
-                        dst[i * kw + j] =
-                            if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
-                                sample[(ih as usize * w + iw as usize) * cin..].as_ptr()
-                            } else {
-                                self.zero_row.as_ptr()
-                            };
-                    }
-                }
-            }
-            ow += 1;
-            if ow == wo {
-                ow = 0;
-                oh += 1;
-                if oh == ho {
-                    oh = 0;
-                    s += 1;
-                }
-            }
-        }
-    }
-
-    /// Tiled im2col: rows `row0..row0 + rows` of `A` (row = (sample, oh, ow), column
-    /// `(i·kw + j)·cig + ci` matching OHWI), padded cells = `Z1`, columns `k..kp` = 0.
-    #[allow(clippy::too_many_arguments)]
-    fn im2col(
-        &self,
-        input: &[u8],
-        ch0: usize,
-        cig: usize,
-        kp: usize,
-        row0: usize,
-        rows: usize,
-        dst: &mut [u8],
-    ) {
-        let [h, w, cin] = self.in_hwc;
-        let [ho, wo, _] = self.out_hwc;
-        let [_, kh, kw, _] = self.geom.weight_shape;
-        let k = kh * kw * cig;
-        let zp = self.zp_in.clamp(0, 255) as u8;
-        let contiguous = cig == cin && self.geom.dilation[1] == 1;
-        for r in 0..rows {
-            let global = row0 + r;
-            let (s, pix) = (global / (ho * wo), global % (ho * wo));
-            let (oh, ow) = (pix / wo, pix % wo);
-            let row = &mut dst[r * kp..(r + 1) * kp];
-            let sample = &input[s * h * w * cin..(s + 1) * h * w * cin];
-            for i in 0..kh {
-                let ih = (oh * self.geom.stride[0] + i * self.geom.dilation[0]) as isize
-                    - self.geom.padding[0] as isize;
-                // Dense, undilated rows: the kw taps of a kernel row are one contiguous span.
-                let iw0 = (ow * self.geom.stride[1]) as isize - self.geom.padding[1] as isize;
-                if contiguous && ih >= 0 && (ih as usize) < h && iw0 >= 0 && iw0 as usize + kw <= w
-                {
-                    let at = (ih as usize * w + iw0 as usize) * cin;
-                    row[i * kw * cin..(i + 1) * kw * cin]
-                        .copy_from_slice(&sample[at..at + kw * cin]);
-                    continue;
-                }
-                for j in 0..kw {
-                    let iw = (ow * self.geom.stride[1] + j * self.geom.dilation[1]) as isize
-                        - self.geom.padding[1] as isize;
-                    let seg = &mut row[(i * kw + j) * cig..(i * kw + j + 1) * cig];
-                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
-                        let at = (ih as usize * w + iw as usize) * cin + ch0;
-                        seg.copy_from_slice(&sample[at..at + cig]);
-                    } else {
-                        seg.fill(zp);
-                    }
-                }
-            }
-            row[k..].fill(0);
         }
     }
 }

@@ -37,9 +37,11 @@
 pub(crate) mod add;
 pub(crate) mod conv;
 pub(crate) mod frame;
+pub(crate) mod gap;
 mod path;
 pub(crate) mod pool;
 pub(crate) mod portable;
+pub(crate) mod quantize;
 pub(crate) mod reference;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;

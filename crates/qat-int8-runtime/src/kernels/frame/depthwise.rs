@@ -20,6 +20,12 @@ use crate::kernels::KernelPath;
 /// Channel padding of the prepared weights and epilogue arrays.
 pub(crate) const CHANNEL_BLOCK: usize = 64;
 
+/// A padding tap in [`DepthwisePlan`]'s border table.
+const PAD_TAP: u32 = u32::MAX;
+
+/// The largest border table a plan keeps (entries); larger layers resolve border taps per call.
+const BORDER_TABLE_MAX: usize = 1 << 20;
+
 /// Geometry of a depthwise conv.
 #[derive(Debug, Clone, Copy)]
 pub struct DepthwiseShape {
@@ -145,6 +151,12 @@ pub struct DepthwisePlan {
     pub(crate) zero_row: Vec<u8>,
     /// Epilogue constants, `cp` entries.
     pub(crate) epi: Epilogue,
+    /// The tap offsets (bytes from the sample's start; [`PAD_TAP`]: the `Z1` row) of every
+    /// border pixel ([`DepthwisePlan::border_columns`]), row after row, `kh·kw` per pixel; empty
+    /// when the table would exceed [`BORDER_TABLE_MAX`] entries or a sample 2^32 bytes.
+    border: Vec<u32>,
+    /// Row `oh`'s entries of `border` start at `border_start[oh]` (`Ho + 1` entries).
+    border_start: Vec<usize>,
     /// The ISA's layout and the row frame instantiated for it.
     rows: Box<dyn Rows>,
 }
@@ -252,7 +264,7 @@ impl DepthwisePlan {
         let col_sum = |ch: usize| (0..taps).fold(0i32, |s, t| s.wrapping_add(w[t * cp + ch]));
         let epi = Epilogue::new(layer, c, cp, col_sum, K::fuses(layer.target));
         let layout = K::layout(&w, taps, c, cp, &epi);
-        Self {
+        let mut plan = Self {
             path,
             c,
             cp,
@@ -272,8 +284,35 @@ impl DepthwisePlan {
             zero_row: vec![layer.input_zero_point as u8; cp],
             w,
             epi,
+            border: Vec::new(),
+            border_start: Vec::new(),
             rows: Box::new(RowsOf::<K>(layout)),
+        };
+        plan.build_border_table();
+        plan
+    }
+
+    /// Fills the border table (see the field), unless it would be too large.
+    fn build_border_table(&mut self) {
+        let [h, w, c] = self.in_hwc;
+        let ho = self.out_hwc[0];
+        let taps = self.kernel[0] * self.kernel[1];
+        let pixels: usize = (0..ho).map(|oh| self.border_columns(oh).count()).sum();
+        if h.saturating_mul(w).saturating_mul(c) >= PAD_TAP as usize
+            || pixels.saturating_mul(taps) > BORDER_TABLE_MAX
+        {
+            return;
         }
+        let mut border = Vec::with_capacity(pixels * taps);
+        let mut start = Vec::with_capacity(ho + 1);
+        for oh in 0..ho {
+            start.push(border.len());
+            for ow in self.border_columns(oh) {
+                self.for_each_tap(oh, ow, |o| border.push(o.map_or(PAD_TAP, |o| o as u32)));
+            }
+        }
+        start.push(border.len());
+        (self.border, self.border_start) = (border, start);
     }
 
     /// The path the plan runs.
@@ -348,23 +387,69 @@ impl DepthwisePlan {
         }
     }
 
-    /// Appends output pixel `(oh, ow)`'s `kh·kw` tap rows (the `Z1` row for padding taps).
-    pub(crate) fn push_taps(&self, sample: &[u8], oh: usize, ow: usize, taps: &mut Vec<*const u8>) {
+    /// Calls `f` with the byte offset in the sample of each of output pixel `(oh, ow)`'s `kh·kw`
+    /// taps (`None`: padding), in tap order: a kernel row above or below the input is `kw`
+    /// padding taps; the others test their column.
+    #[inline]
+    fn for_each_tap(&self, oh: usize, ow: usize, mut f: impl FnMut(Option<usize>)) {
         let [h, w, c] = self.in_hwc;
-        for i in 0..self.kernel[0] {
-            let ih =
-                (oh * self.stride[0] + i * self.dilation[0]) as isize - self.padding[0] as isize;
-            for j in 0..self.kernel[1] {
-                let iw = (ow * self.stride[1] + j * self.dilation[1]) as isize
-                    - self.padding[1] as isize;
-                let inside = ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w;
-                taps.push(if inside {
-                    sample[(ih as usize * w + iw as usize) * c..].as_ptr()
-                } else {
-                    self.zero_row.as_ptr()
-                });
+        let [kh, kw] = self.kernel;
+        let ih0 = (oh * self.stride[0]) as isize - self.padding[0] as isize;
+        let iw0 = (ow * self.stride[1]) as isize - self.padding[1] as isize;
+        for i in 0..kh {
+            let ih = ih0 + (i * self.dilation[0]) as isize;
+            if ih < 0 || ih as usize >= h {
+                (0..kw).for_each(|_| f(None));
+                continue;
+            }
+            let line = ih as usize * w;
+            for j in 0..kw {
+                let iw = iw0 + (j * self.dilation[1]) as isize;
+                f((iw >= 0 && (iw as usize) < w).then(|| (line + iw as usize) * c));
             }
         }
+    }
+
+    /// Appends output pixel `(oh, ow)`'s `kh·kw` tap rows (the `Z1` row for padding taps).
+    /// `sample` holds `H·W·C` bytes (every pointer made is inside it or the `Z1` row).
+    pub(crate) fn push_taps(&self, sample: &[u8], oh: usize, ow: usize, taps: &mut Vec<*const u8>) {
+        debug_assert!(sample.len() >= self.in_hwc.iter().product());
+        let (base, zero) = (sample.as_ptr(), self.zero_row.as_ptr());
+        taps.reserve(self.kernel[0] * self.kernel[1]);
+        self.for_each_tap(oh, ow, |o| {
+            taps.push(o.map_or(zero, |o| base.wrapping_add(o)));
+        });
+    }
+
+    /// The output columns of row `oh` that are not interior ([`DepthwisePlan::interior`]): the
+    /// pixels whose taps are resolved one by one.
+    pub(crate) fn border_columns(&self, oh: usize) -> impl Iterator<Item = usize> + use<> {
+        let (lo, hi) = match self.interior(oh) {
+            (lo, hi) if lo < hi => (lo, hi),
+            _ => (0, 0),
+        };
+        (0..self.out_hwc[1]).filter(move |&ow| ow < lo || ow >= hi)
+    }
+
+    /// Appends the tap rows of every border pixel of row `oh` ([`DepthwisePlan::border_columns`],
+    /// in order): from the plan's table when it has one, else resolved one by one.
+    pub(crate) fn push_border_taps(&self, sample: &[u8], oh: usize, taps: &mut Vec<*const u8>) {
+        if self.border_start.is_empty() {
+            for ow in self.border_columns(oh) {
+                self.push_taps(sample, oh, ow, taps);
+            }
+            return;
+        }
+        debug_assert!(sample.len() >= self.in_hwc.iter().product());
+        let (base, zero) = (sample.as_ptr(), self.zero_row.as_ptr());
+        let row = &self.border[self.border_start[oh]..self.border_start[oh + 1]];
+        taps.extend(row.iter().map(|&o| {
+            if o == PAD_TAP {
+                zero
+            } else {
+                base.wrapping_add(o as usize)
+            }
+        }));
     }
 
     /// The output columns `ow_lo..ow_hi` of row `oh` whose taps are all inside the input (empty
@@ -383,5 +468,65 @@ impl DepthwisePlan {
             _ => 0,
         };
         (ow_lo, ow_hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use qat_core::fixed_point::QuantizedMultiplier;
+    use qat_core::target::Target;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The border table lists, row by row, the tap rows that resolving each border pixel
+        /// gives (the path taken by layers too large for a table), and only border pixels.
+        #[test]
+        fn border_table_matches_resolving_each_pixel(
+            h in 1usize..9, w in 1usize..9, c in 1usize..5,
+            kh in 1usize..4, kw in 1usize..4, sh in 1usize..3, sw in 1usize..3,
+            dh in 1usize..3, dw in 1usize..3, pad in proptest::array::uniform4(0usize..3),
+        ) {
+            let extent = |n: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize| {
+                (n + p0 + p1).checked_sub(d * (k - 1) + 1).map(|v| v / s + 1)
+            };
+            let (Some(ho), Some(wo)) = (
+                extent(h, kh, sh, dh, pad[0], pad[2]),
+                extent(w, kw, sw, dw, pad[1], pad[3]),
+            ) else {
+                return Ok(());
+            };
+            let Some(path) = KernelPath::optimized().next() else { return Ok(()) };
+            let weights = vec![1i8; c * kh * kw];
+            let bias = vec![0i32; c];
+            let m = [QuantizedMultiplier::from_f64(0.25).unwrap()];
+            let layer = LayerSpec {
+                weights: &weights, bias: &bias, multipliers: &m, input_zero_point: 3,
+                output_zero_point: 0, lo: 0, hi: 255, target: Target::Qat, reals: None,
+            };
+            let shape = DepthwiseShape {
+                kernel: [kh, kw], stride: [sh, sw], dilation: [dh, dw], padding: pad,
+                in_hwc: [h, w, c], out_hwc: [ho, wo, c],
+            };
+            let plan = DepthwisePlan::new(path, shape, &layer).unwrap();
+            prop_assert!(!plan.border_start.is_empty());
+            let sample = vec![0u8; h * w * c];
+            for oh in 0..ho {
+                let mut table = Vec::new();
+                plan.push_border_taps(&sample, oh, &mut table);
+                let mut each = Vec::new();
+                let (lo, hi) = plan.interior(oh);
+                for ow in 0..wo {
+                    if lo < hi && (lo..hi).contains(&ow) {
+                        continue;
+                    }
+                    plan.push_taps(&sample, oh, ow, &mut each);
+                }
+                prop_assert_eq!(&table, &each, "row {}", oh);
+            }
+        }
     }
 }

@@ -58,10 +58,8 @@ impl DepthwiseKernel for Avx512Vnni {
             let (list, outs) = (&mut s.taps, &mut s.outs);
             list.clear();
             outs.clear();
-            for ow in (0..wo).filter(|&ow| ow < ilo || ow >= ihi) {
-                plan.push_taps(sample, oh, ow, list);
-                outs.push(op.wrapping_add(ow * c));
-            }
+            plan.push_border_taps(sample, oh, list);
+            outs.extend(plan.border_columns(oh).map(|ow| op.wrapping_add(ow * c)));
             let base = if interior {
                 sample[((oh * sh - pt) * w + (ow_lo * sw - pl)) * c..].as_ptr()
             } else {

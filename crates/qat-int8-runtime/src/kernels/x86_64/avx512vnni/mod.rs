@@ -7,6 +7,7 @@ mod depthwise;
 mod depthwise_fused;
 mod gemm;
 mod igemm;
+pub(crate) mod quantize;
 pub(crate) mod requant;
 
 use crate::kernels::frame::Isa;

@@ -1,0 +1,201 @@
+//! How a conv's `A` rows are made from the NHWC input: the indirection table of the implicit
+//! im2col (tap-segment pointers) and the tiled im2col copy.
+
+use super::ConvPlan;
+
+impl ConvPlan {
+    /// Indirection table for rows `row0..row0 + rows`: `ptrs[r·taps + (i·kw + j)]` points at the
+    /// `C_in` input bytes of tap `(i, j)`, or at the `Z1` row for padding (groups == 1).
+    pub(super) fn tap_pointers(
+        &self,
+        input: &[u8],
+        row0: usize,
+        rows: usize,
+        ptrs: &mut [*const u8],
+    ) {
+        let [h, w, cin] = self.in_hwc;
+        let [ho, wo, _] = self.out_hwc;
+        let [_, kh, kw, _] = self.geom.weight_shape;
+        let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);
+        let (pt, pl) = (self.geom.padding[0], self.geom.padding[1]);
+        let taps = kh * kw;
+        let sample_len = h * w * cin;
+        // (sample, oh, ow) of the first row, then advanced incrementally.
+        let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
+        let (mut oh, mut ow) = (pix / wo, pix % wo);
+        for r in 0..rows {
+            let sample = &input[s * sample_len..(s + 1) * sample_len];
+            let dst = &mut ptrs[r * taps..(r + 1) * taps];
+            let inside = oh * sh >= pt
+                && oh * sh + (kh - 1) * dh < h + pt
+                && ow * sw >= pl
+                && ow * sw + (kw - 1) * dw < w + pl;
+            if inside {
+                // Every tap is in bounds: base pointer plus fixed offsets.
+                let base = ((oh * sh - pt) * w + (ow * sw - pl)) * cin;
+                for i in 0..kh {
+                    for j in 0..kw {
+                        dst[i * kw + j] = sample[base + (i * dh * w + j * dw) * cin..].as_ptr();
+                    }
+                }
+            } else {
+                for i in 0..kh {
+                    let ih = (oh * sh + i * dh) as isize - pt as isize;
+                    for j in 0..kw {
+                        let iw = (ow * sw + j * dw) as isize - pl as isize;
+                        dst[i * kw + j] =
+                            if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                                sample[(ih as usize * w + iw as usize) * cin..].as_ptr()
+                            } else {
+                                self.zero_row.as_ptr()
+                            };
+                    }
+                }
+            }
+            ow += 1;
+            if ow == wo {
+                ow = 0;
+                oh += 1;
+                if oh == ho {
+                    oh = 0;
+                    s += 1;
+                }
+            }
+        }
+    }
+
+    /// Tiled im2col: rows `row0..row0 + rows` of `A` (row = (sample, oh, ow), column
+    /// `(i·kw + j)·cig + ci` matching OHWI), padded cells = `Z1`, columns `k..kp` = 0.
+    ///
+    /// The output position advances row by row (no division per row). A row whose taps are all
+    /// inside the input, of an undilated-in-width dense conv, is `kh` spans of `kw·C_in` bytes,
+    /// copied with fixed-size moves when a span has at most 16 bytes (the small-`C_in` stems,
+    /// whose rows would otherwise be a few `memcpy` calls of 3 bytes); other rows resolve their
+    /// taps one by one.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn im2col(
+        &self,
+        input: &[u8],
+        ch0: usize,
+        cig: usize,
+        kp: usize,
+        row0: usize,
+        rows: usize,
+        dst: &mut [u8],
+    ) {
+        let (kw, cin) = (self.geom.weight_shape[2], self.in_hwc[2]);
+        let span = if cig == cin && self.geom.dilation[1] == 1 {
+            kw * cin
+        } else {
+            0
+        };
+        macro_rules! spans {
+            ($($n:literal)*) => {
+                match span {
+                    $($n => self.im2col_rows::<$n>(input, ch0, cig, kp, row0, rows, dst),)*
+                    _ => self.im2col_rows::<0>(input, ch0, cig, kp, row0, rows, dst),
+                }
+            };
+        }
+        spans!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    }
+
+    /// [`ConvPlan::im2col`] with inside rows copied as spans of `L` bytes (`L = kw·C_in`; `L = 0`:
+    /// spans of a run-time length, or no spans when `cig ≠ C_in` or the width is dilated).
+    #[allow(clippy::too_many_arguments)]
+    fn im2col_rows<const L: usize>(
+        &self,
+        input: &[u8],
+        ch0: usize,
+        cig: usize,
+        kp: usize,
+        row0: usize,
+        rows: usize,
+        dst: &mut [u8],
+    ) {
+        let [h, w, cin] = self.in_hwc;
+        let [ho, wo, _] = self.out_hwc;
+        let [_, kh, kw, _] = self.geom.weight_shape;
+        let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);
+        let (pt, pl) = (self.geom.padding[0] as isize, self.geom.padding[1] as isize);
+        let k = kh * kw * cig;
+        let zp = self.zp_in.clamp(0, 255) as u8;
+        let span = cig == cin && dw == 1;
+        let len = kw * cin;
+        let hstep = dh * w * cin;
+        let sample_len = h * w * cin;
+        let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
+        let (mut oh, mut ow) = (pix / wo, pix % wo);
+        for r in 0..rows {
+            let row = &mut dst[r * kp..(r + 1) * kp];
+            let sample = &input[s * sample_len..(s + 1) * sample_len];
+            let ih0 = (oh * sh) as isize - pt;
+            let iw0 = (ow * sw) as isize - pl;
+            let inside_w = iw0 >= 0 && iw0 as usize + (kw - 1) * dw < w;
+            let inside_h = ih0 >= 0 && ih0 as usize + (kh - 1) * dh < h;
+            if span && inside_w && inside_h && L > 0 {
+                // kh spans of L bytes, hstep apart in the sample, end to end in the row.
+                let base = (ih0 as usize * w + iw0 as usize) * cin;
+                assert!(base + (kh - 1) * hstep + L <= sample.len() && kh * L <= row.len());
+                // SAFETY: the assert keeps every span inside `sample` and `row` (distinct
+                // buffers).
+                unsafe {
+                    let (src, dst) = (sample.as_ptr().add(base), row.as_mut_ptr());
+                    for i in 0..kh {
+                        std::ptr::copy_nonoverlapping(src.add(i * hstep), dst.add(i * L), L);
+                    }
+                }
+            } else if span && inside_w && inside_h {
+                let base = (ih0 as usize * w + iw0 as usize) * cin;
+                for i in 0..kh {
+                    let at = base + i * hstep;
+                    row[i * len..(i + 1) * len].copy_from_slice(&sample[at..at + len]);
+                }
+            } else {
+                for i in 0..kh {
+                    let ih = ih0 + (i * dh) as isize;
+                    let seg = &mut row[i * kw * cig..(i + 1) * kw * cig];
+                    if ih < 0 || ih as usize >= h {
+                        seg.fill(zp);
+                        continue;
+                    }
+                    let line = &sample[ih as usize * w * cin..(ih as usize + 1) * w * cin];
+                    for j in 0..kw {
+                        let iw = iw0 + (j * dw) as isize;
+                        let tap = &mut seg[j * cig..(j + 1) * cig];
+                        if iw >= 0 && (iw as usize) < w {
+                            let at = iw as usize * cin + ch0;
+                            tap.copy_from_slice(&line[at..at + cig]);
+                        } else {
+                            tap.fill(zp);
+                        }
+                    }
+                }
+            }
+            fill_small(&mut row[k..], 0);
+            ow += 1;
+            if ow == wo {
+                ow = 0;
+                oh += 1;
+                if oh == ho {
+                    oh = 0;
+                    s += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `dst.fill(v)`, with fixed-size stores for up to 16 bytes (the K padding of a row).
+#[inline(always)]
+fn fill_small(dst: &mut [u8], v: u8) {
+    macro_rules! sizes {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => dst[..$n].fill(v),)*
+                _ => dst.fill(v),
+            }
+        };
+    }
+    sizes!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
