@@ -26,6 +26,7 @@ use qat_export::crosscheck::npy::Npy;
 use qat_export::crosscheck::{CrosscheckResult, Expected, Kind, run_harness, write_case};
 use qat_export::onnx::float_to_onnx;
 use qat_export::tflite::{TfliteOptions, to_tflite};
+use qat_int8_runtime::testing::models::avg_pool;
 use qat_int8_runtime::testing::reference;
 use qat_int8_runtime::{Clamp, FullyConnected, Int8Model, Op, Weights};
 
@@ -215,13 +216,7 @@ fn check_against(
 #[test]
 fn average_pool_ties_below_the_zero_code() {
     let q = QuantParams::new(0.1, 0, QuantRange::unsigned(8).unwrap()).unwrap();
-    let pool = Op::AvgPool2d {
-        input: 1,
-        output: 2,
-        kernel: [2, 2],
-        stride: [2, 2],
-        padding: [0; 4],
-    };
+    let pool = avg_pool(1, 2, [2, 2], [2, 2], [0; 4]);
     let model = one_op_model(pool, &[4, 4, 1], q, "avg", &[2, 2, 1], q);
     // Codes 0..=30 and 120..=140: windows below and above the zero code.
     let r = &mut rng(7);

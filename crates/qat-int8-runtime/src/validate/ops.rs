@@ -8,7 +8,9 @@ use super::{
 };
 use crate::kernels::add::{Rescale, add_multipliers};
 use crate::kernels::pool::pool_multiplier;
-use crate::model::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights};
+use crate::model::{
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights,
+};
 
 pub(super) struct Ctx<'m> {
     pub(super) model: &'m Int8Model,
@@ -228,15 +230,48 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.weights(&c.weights, cout.saturating_mul(k), cout)?;
-        if c.bias.len() != cout {
+        let n = cout.saturating_mul(k);
+        self.layer_params(&c.weights, n, &c.bias, &c.multipliers, c.clamp, cout)
+    }
+
+    /// The checks a conv and a fully connected layer share: `n` weights for `cout` output
+    /// channels, one bias per channel, the multipliers and the clamp.
+    fn layer_params(
+        &self,
+        weights: &Weights,
+        n: usize,
+        bias: &[i32],
+        multipliers: &[QuantizedMultiplier],
+        clamp: Clamp,
+        cout: usize,
+    ) -> Result<(), ValidationError> {
+        self.weights(weights, n, cout)?;
+        if bias.len() != cout {
             return Err(self.err(
                 "bias",
-                format!("{} biases for {cout} output channels", c.bias.len()),
+                format!("{} biases for {cout} output channels", bias.len()),
             ));
         }
-        self.multipliers("multipliers", &c.multipliers, cout)?;
-        self.clamp(c.clamp.lo, c.clamp.hi)
+        self.multipliers("multipliers", multipliers, cout)?;
+        self.clamp(clamp.lo, clamp.hi)
+    }
+
+    /// `t` (the op's `field`) holds exactly `n` elements, the layer's `what`.
+    fn holds(
+        &self,
+        field: &'static str,
+        t: &TensorInfo,
+        what: &str,
+        n: usize,
+    ) -> Result<(), ValidationError> {
+        if elements(&t.shape) == Some(n) {
+            return Ok(());
+        }
+        let problem = format!(
+            "{field} shape {:?} does not hold {what} = {n} elements",
+            t.shape
+        );
+        Err(self.err(field, problem))
     }
 
     fn fc(&self, f: &FullyConnected) -> Result<(), ValidationError> {
@@ -252,33 +287,10 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        if elements(&tin.shape) != Some(cin) {
-            return Err(self.err(
-                "input",
-                format!(
-                    "input shape {:?} does not hold C_in = {cin} elements",
-                    tin.shape
-                ),
-            ));
-        }
-        if elements(&tout.shape) != Some(cout) {
-            return Err(self.err(
-                "output",
-                format!(
-                    "output shape {:?} does not hold C_out = {cout} elements",
-                    tout.shape
-                ),
-            ));
-        }
-        self.weights(&f.weights, cout.saturating_mul(cin), cout)?;
-        if f.bias.len() != cout {
-            return Err(self.err(
-                "bias",
-                format!("{} biases for {cout} output channels", f.bias.len()),
-            ));
-        }
-        self.multipliers("multipliers", &f.multipliers, cout)?;
-        self.clamp(f.clamp.lo, f.clamp.hi)
+        self.holds("input", tin, "C_in", cin)?;
+        self.holds("output", tout, "C_out", cout)?;
+        let n = cout.saturating_mul(cin);
+        self.layer_params(&f.weights, n, &f.bias, &f.multipliers, f.clamp, cout)
     }
 
     fn pool(
@@ -449,11 +461,8 @@ impl Ctx<'_> {
                 kernel,
                 stride,
                 padding,
-            } => {
-                let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
-                self.average_multiplier(&qi, &qo)
             }
-            Op::MaxPool2d {
+            | Op::MaxPool2d {
                 input,
                 output,
                 kernel,
@@ -461,6 +470,9 @@ impl Ctx<'_> {
                 padding,
             } => {
                 let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
+                if let Op::AvgPool2d { .. } = op {
+                    return self.average_multiplier(&qi, &qo);
+                }
                 if qi != qo {
                     return Err(self.err(
                         "output",
