@@ -335,6 +335,11 @@ impl Pool2d {
             padding: [0; 4],
         }
     }
+    /// Sets `[top, left, bottom, right]` padding.
+    pub fn with_padding(mut self, padding: [usize; 4]) -> Self {
+        self.padding = padding;
+        self
+    }
 }
 
 /// The operation of a node.

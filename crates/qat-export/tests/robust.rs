@@ -90,15 +90,7 @@ fn stride_beyond_the_runtime_limit_is_a_graph_error_not_an_export_bug() {
 fn pool_work_is_limited_and_raisable() {
     let mut g = FloatGraph::new("g");
     let x = g.input("x", &[64, 64, 4]);
-    let p = g.max_pool(
-        "pool",
-        x,
-        Pool2d {
-            kernel: [32, 32],
-            stride: [1, 1],
-            padding: [0; 4],
-        },
-    );
+    let p = g.max_pool("pool", x, Pool2d::square(32, 1));
     g.output("y", p);
     let work = 33u64 * 33 * 4 * 32 * 32;
     let at = |max_pool_work| {

@@ -131,6 +131,20 @@ fn pools_hand_worked() {
     assert_eq!(run(&unary(gap, q, &[3, 3, 1], qo, &[1])), [13]);
 }
 
+/// Runs `m` (`a → 1×1 average pool → b`, then `y = combine(a, b)`) on one sample of shape
+/// `shape` whose codes are `codes`: the codes of `a`, `b` and `y`.
+fn rescale_and_combine(m: &Int8Model, shape: &[usize], codes: &[u8]) -> [Vec<u8>; 3] {
+    let q = m.tensors[0].quant.unwrap();
+    let all = Executor::new(m)
+        .unwrap()
+        .run_all(codes_input(shape, codes, &q).view())
+        .unwrap();
+    std::array::from_fn(|i| match &all[i] {
+        TensorValue::U8(t) => t.iter().copied().collect(),
+        other => panic!("tensor {i} is not U8: {other:?}"),
+    })
+}
+
 #[test]
 fn add_matches_float_within_one_lsb() {
     let (qa, qb, qo) = (params(0.02, 30), params(0.05, 200), params(0.04, 128));
@@ -150,15 +164,8 @@ fn add_matches_float_within_one_lsb() {
         2,
     );
     let codes: Vec<u8> = (0..=255).collect();
-    let mut e = Executor::new(&m).unwrap();
-    let all = e
-        .run_all(codes_input(&[16, 16, 1], &codes, &qa).view())
-        .unwrap();
-    let (TensorValue::U8(a), TensorValue::U8(b), TensorValue::U8(y)) = (&all[0], &all[1], &all[2])
-    else {
-        panic!()
-    };
-    assert_eq!(a.as_slice().unwrap(), codes.as_slice());
+    let [a, b, y] = rescale_and_combine(&m, &[16, 16, 1], &codes);
+    assert_eq!(a, codes);
     for ((&ca, &cb), &cy) in a.iter().zip(b.iter()).zip(y.iter()) {
         let want = qo.quantize(qa.dequantize(ca as i32) + qb.dequantize(cb as i32));
         assert!(
@@ -183,20 +190,7 @@ fn concat_rescales_within_one_lsb() {
         vec![rescale, cat],
         2,
     );
-    let codes = Rng(5).u8s(12);
-    let mut e = Executor::new(&m).unwrap();
-    let all = e
-        .run_all(codes_input(&[2, 2, 3], &codes, &q1).view())
-        .unwrap();
-    let (TensorValue::U8(a), TensorValue::U8(b), TensorValue::U8(y)) = (&all[0], &all[1], &all[2])
-    else {
-        panic!()
-    };
-    let (a, b, y) = (
-        a.as_slice().unwrap(),
-        b.as_slice().unwrap(),
-        y.as_slice().unwrap(),
-    );
+    let [a, b, y] = rescale_and_combine(&m, &[2, 2, 3], &Rng(5).u8s(12));
     for p in 0..4 {
         for c in 0..3 {
             let wa = qo.quantize(q1.dequantize(a[p * 3 + c] as i32));

@@ -208,7 +208,8 @@ fn validation_names_op_and_field() {
     );
 
     // Each edit of the zoo model, and what the validation error names (see `named`).
-    let cases: [(fn(&mut Int8Model), (&str, usize, &str)); 6] = [
+    type Case = (fn(&mut Int8Model), (&'static str, usize, &'static str));
+    let cases: [Case; 6] = [
         (|m| m.ops.swap(1, 2), ("Conv2d", 1, "input")),
         (|m| conv_mut(m, 1).stride = [2, 2], ("Conv2d", 1, "output")),
         (

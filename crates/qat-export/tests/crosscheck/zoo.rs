@@ -81,14 +81,12 @@ fn layer(
     g.conv2d(name, x, conv(r, cin, cout, k, s, groups, act))
 }
 
-/// A network on a 12×12×3 input: a 3×3 stem conv to 8 channels (stride and activation
+/// Network `name` on a 12×12×3 input: a 3×3 stem conv to 8 channels (stride and activation
 /// `stem`), then one block per `(C_out, stride)` of `blocks`, built by
 /// `block(r, g, i, x, C_in, C_out, stride)`, then GAP + FC to 10 classes.
 fn stem_blocks_head(
     seed: u64,
-    name: &str,
-    stem: (usize, Activation),
-    blocks: [(usize, usize); 3],
+    (name, stem, blocks): (&str, (usize, Activation), [(usize, usize); 3]),
     mut block: impl FnMut(&mut StdRng, &mut FloatGraph, usize, NodeId, usize, usize, usize) -> NodeId,
 ) -> FloatGraph {
     let r = &mut rng(seed);
@@ -107,83 +105,65 @@ fn stem_blocks_head(
 /// MobileNet-v1: a 3×3 stem, then depthwise-separable blocks (depthwise 3×3 + ReLU6, pointwise
 /// 1×1 + ReLU6), one strided; GAP + FC. 12×12×3 input.
 pub fn mobilenet_v1(seed: u64) -> FloatGraph {
-    let blocks = [(16, 1), (24, 2), (24, 1)];
-    stem_blocks_head(
-        seed,
-        "mobilenet-v1",
-        (2, A::Relu6),
-        blocks,
-        |r, g, i, x, c, cout, s| {
-            let dw = layer(g, r, format!("b{i}_dw"), x, [c, c, 3, s, c], A::Relu6);
-            layer(g, r, format!("b{i}_pw"), dw, [c, cout, 1, 1, 1], A::Relu6)
-        },
-    )
+    let net = ("mobilenet-v1", (2, A::Relu6), [(16, 1), (24, 2), (24, 1)]);
+    stem_blocks_head(seed, net, |r, g, i, x, c, cout, s| {
+        let dw = layer(g, r, format!("b{i}_dw"), x, [c, c, 3, s, c], A::Relu6);
+        layer(g, r, format!("b{i}_pw"), dw, [c, cout, 1, 1, 1], A::Relu6)
+    })
 }
 
 /// MobileNet-v2: a stem, then inverted residuals (expand 1×1 + ReLU6, depthwise 3×3 + ReLU6,
 /// linear project 1×1) with a residual add where shape allows; GAP + FC. 12×12×3 input.
 pub fn mobilenet_v2(seed: u64) -> FloatGraph {
-    let blocks = [(8, 1), (12, 2), (12, 1)];
-    stem_blocks_head(
-        seed,
-        "mobilenet-v2",
-        (2, A::Relu6),
-        blocks,
-        |r, g, i, x, c, cout, s| {
-            let e = 4 * c;
-            let ex = layer(g, r, format!("b{i}_expand"), x, [c, e, 1, 1, 1], A::Relu6);
-            let dw = layer(g, r, format!("b{i}_dw"), ex, [e, e, 3, s, e], A::Relu6);
-            let pj = layer(
-                g,
-                r,
-                format!("b{i}_project"),
-                dw,
-                [e, cout, 1, 1, 1],
-                A::None,
-            );
-            if s == 1 && cout == c {
-                g.add(format!("b{i}_add"), x, pj, A::None)
-            } else {
-                pj
-            }
-        },
-    )
+    let net = ("mobilenet-v2", (2, A::Relu6), [(8, 1), (12, 2), (12, 1)]);
+    stem_blocks_head(seed, net, |r, g, i, x, c, cout, s| {
+        let e = 4 * c;
+        let ex = layer(g, r, format!("b{i}_expand"), x, [c, e, 1, 1, 1], A::Relu6);
+        let dw = layer(g, r, format!("b{i}_dw"), ex, [e, e, 3, s, e], A::Relu6);
+        let pj = layer(
+            g,
+            r,
+            format!("b{i}_project"),
+            dw,
+            [e, cout, 1, 1, 1],
+            A::None,
+        );
+        if s == 1 && cout == c {
+            g.add(format!("b{i}_add"), x, pj, A::None)
+        } else {
+            pj
+        }
+    })
 }
 
 /// The CIFAR ResNet: a 3×3 stem, basic blocks (conv-BN-ReLU, conv-BN, add, ReLU), the second
 /// strided with a 1×1 projection shortcut; GAP + FC. 12×12×3 input.
 pub fn resnet(seed: u64) -> FloatGraph {
-    let blocks = [(8, 1), (16, 2), (16, 1)];
-    stem_blocks_head(
-        seed,
-        "resnet",
-        (1, A::Relu),
-        blocks,
-        |r, g, i, x, c, cout, s| {
-            let a = layer(g, r, format!("b{i}_conv1"), x, [c, cout, 3, s, 1], A::Relu);
-            let b = layer(
+    let net = ("resnet", (1, A::Relu), [(8, 1), (16, 2), (16, 1)]);
+    stem_blocks_head(seed, net, |r, g, i, x, c, cout, s| {
+        let a = layer(g, r, format!("b{i}_conv1"), x, [c, cout, 3, s, 1], A::Relu);
+        let b = layer(
+            g,
+            r,
+            format!("b{i}_conv2"),
+            a,
+            [cout, cout, 3, 1, 1],
+            A::None,
+        );
+        let short = if s == 1 && cout == c {
+            x
+        } else {
+            layer(
                 g,
                 r,
-                format!("b{i}_conv2"),
-                a,
-                [cout, cout, 3, 1, 1],
+                format!("b{i}_shortcut"),
+                x,
+                [c, cout, 1, s, 1],
                 A::None,
-            );
-            let short = if s == 1 && cout == c {
-                x
-            } else {
-                layer(
-                    g,
-                    r,
-                    format!("b{i}_shortcut"),
-                    x,
-                    [c, cout, 1, s, 1],
-                    A::None,
-                )
-            };
-            g.add(format!("b{i}_add"), short, b, A::Relu)
-        },
-    )
+            )
+        };
+        g.add(format!("b{i}_add"), short, b, A::Relu)
+    })
 }
 
 /// Every zoo graph for `seed`.

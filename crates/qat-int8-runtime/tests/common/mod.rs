@@ -34,6 +34,9 @@ pub fn codes_input(shape: &[usize], codes: &[u8], q: &QuantParams) -> ArrayD<f32
     ArrayD::from_shape_vec(s, codes.iter().map(|&c| q.dequantize(c as i32)).collect()).unwrap()
 }
 
+/// A conv's `(kernel, stride, padding, dilation)`.
+pub type ConvWindow = ([usize; 2], [usize; 2], [usize; 4], [usize; 2]);
+
 pub struct Builder {
     pub tensors: Vec<TensorInfo>,
     pub ops: Vec<Op>,
@@ -59,21 +62,17 @@ impl Builder {
     pub fn q(&self, t: usize) -> QuantParams {
         self.tensors[t].quant.unwrap()
     }
-    /// Per-channel int8 weights with scales ~ 1/127 and multipliers S_in·S_w/S_out.
-    #[allow(clippy::too_many_arguments)]
+    /// A conv of `[C_out, groups]` channels over `(kernel, stride, padding, dilation)`:
+    /// per-channel weights (int8, or uint8 with `uint8_weights`) with scales ~ 1/127 and
+    /// multipliers S_in·S_w/S_out, clamped at `Z_out` with `relu`.
     pub fn conv(
         &mut self,
         name: &str,
         input: usize,
-        cout: usize,
-        k: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-        dilation: [usize; 2],
-        groups: usize,
+        [cout, groups]: [usize; 2],
+        (k, stride, padding, dilation): ConvWindow,
         qo: QuantParams,
-        relu: bool,
-        uint8_weights: bool,
+        [relu, uint8_weights]: [bool; 2],
     ) -> usize {
         let [h, w, cin] = <[usize; 3]>::try_from(self.tensors[input].shape.as_slice()).unwrap();
         let ho = (h + padding[0] + padding[2] - dilation[0] * (k[0] - 1) - 1) / stride[0] + 1;
@@ -167,20 +166,18 @@ pub fn zoo_model() -> Int8Model {
         input: x,
         output: xq,
     });
-    // name, input, C_out, kernel, stride, padding, dilation, groups, output range, ReLU, uint8 weights
+    // name, input, [C_out, groups], (kernel, stride, padding, dilation), output range,
+    // [ReLU, uint8 weights]
     #[rustfmt::skip]
     let convs = [
-        ("conv1", "xq", 8, [3, 3], [1, 1], [1; 4], [1, 1], 1, (0.0, 4.0), true, false),
-        ("dw", "conv1", 8, [3, 3], [2, 2], [1; 4], [1, 1], 8, (0.0, 3.0), true, false),
-        ("pw", "dw", 8, [1, 1], [1, 1], [0; 4], [1, 1], 1, (-2.0, 2.0), false, false),
-        ("grouped", "dw", 8, [3, 3], [1, 1], [2; 4], [2, 2], 2, (-1.5, 2.5), false, true),
+        ("conv1", "xq", [8, 1], ([3, 3], [1, 1], [1; 4], [1, 1]), (0.0, 4.0), [true, false]),
+        ("dw", "conv1", [8, 8], ([3, 3], [2, 2], [1; 4], [1, 1]), (0.0, 3.0), [true, false]),
+        ("pw", "dw", [8, 1], ([1, 1], [1, 1], [0; 4], [1, 1]), (-2.0, 2.0), [false, false]),
+        ("grouped", "dw", [8, 2], ([3, 3], [1, 1], [2; 4], [2, 2]), (-1.5, 2.5), [false, true]),
     ];
-    for (name, input, cout, k, stride, padding, dilation, groups, (lo, hi), relu, u8w) in convs {
+    for (name, input, channels, window, (lo, hi), flags) in convs {
         let input = b.id(input);
-        let qo = act(lo, hi);
-        b.conv(
-            name, input, cout, k, stride, padding, dilation, groups, qo, relu, u8w,
-        );
+        b.conv(name, input, channels, window, act(lo, hi), flags);
     }
     let (pw, gc) = (b.id("pw"), b.id("grouped"));
     let qa = act(-3.0, 4.0);
