@@ -52,7 +52,7 @@ fn findings() -> Vec<(&'static str, Target, Vec<u8>)> {
         &model(&[1, 1, 2], y, Op::Conv2d(conv), q),
     ));
     // A max pool whose windows cost ~1.8·10^13 cells.
-    let pool = max_pool(1, 2, [2048, 2048], [1, 1], [0; 4]);
+    let pool = max_pool([1, 2], [2048, 2048], [1, 1], [0; 4]);
     let y = tensor("y", &[2049, 2049, 1], Some(q));
     out.push(qat8("pool-work", &model(&[4096, 4096, 1], y, pool, q)));
     // 2^26-element tensors: 320 MiB of activations from a tiny file.

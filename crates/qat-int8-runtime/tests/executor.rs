@@ -104,11 +104,11 @@ fn pools_hand_worked() {
     // Avg 2×2 stride 1, no padding, same params: (1+2+4+5+2)/4 = 3 (3.0), (2+3+5+6+2)/4 = 4,
     // (4+5+7+8+2)/4 = 6, (5+6+8+10+2)/4 = 7 (7.25 → 7)
     let pool = |op| unary(op, q, &[3, 3, 1], q, &[2, 2, 1]);
-    let m = pool(avg_pool(0, 1, [2, 2], [1, 1], [0; 4]));
+    let m = pool(avg_pool([0, 1], [2, 2], [1, 1], [0; 4]));
     assert_eq!(run(&m), [3, 4, 6, 7]);
     // Padded avg: corner window sees only x(0,0) → 1 (padding excluded from the count). The
     // `qat` target's uint8 average (ties up).
-    let padded = pool(avg_pool(0, 1, [2, 2], [2, 2], [1, 1, 0, 0]));
+    let padded = pool(avg_pool([0, 1], [2, 2], [2, 2], [1, 1, 0, 0]));
     let m = Int8Model {
         rounding: Target::Qat,
         ..padded.clone()
@@ -119,7 +119,7 @@ fn pools_hand_worked() {
     // {2,3} → (−251 − 1)/2 = −126 → 2, {4,7} → (−245 − 1)/2 = −123 → 5.
     assert_eq!(run(&padded), [1, 2, 5, 7]);
     // Max 2×2 stride 1
-    let m = pool(max_pool(0, 1, [2, 2], [1, 1], [0; 4]));
+    let m = pool(max_pool([0, 1], [2, 2], [1, 1], [0; 4]));
     assert_eq!(run(&m), [5, 6, 8, 10]);
     // Global average with requantization to S = 0.2, Z = 10, one rounding:
     // M' = 0.1/(0.2·9) = 1/18, Σ(q − 0) = 46 → 46/18 = 2.56 → 3, + 10 = 13
@@ -156,7 +156,7 @@ fn add_matches_float_within_one_lsb() {
         output: 2,
         clamp: Clamp { lo: 0, hi: 255 },
     };
-    let rescale = avg_pool(0, 1, [1, 1], [1, 1], [0; 4]);
+    let rescale = avg_pool([0, 1], [1, 1], [1, 1], [0; 4]);
     let m = model(
         "add",
         vec![t("a", qa), t("b", qb), t("y", qo)],
@@ -183,7 +183,7 @@ fn concat_rescales_within_one_lsb() {
         inputs: vec![0, 1],
         output: 2,
     };
-    let rescale = avg_pool(0, 1, [1, 1], [1, 1], [0; 4]);
+    let rescale = avg_pool([0, 1], [1, 1], [1, 1], [0; 4]);
     let m = model(
         "cat",
         vec![t("a", 3, q1), t("b", 3, q2), t("y", 6, qo)],

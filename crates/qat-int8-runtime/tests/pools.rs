@@ -47,7 +47,7 @@ fn run_codes(m: &Int8Model, in_shape: &[usize], codes: &[u8]) -> Vec<u8> {
 }
 
 fn avg_pool(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4]) -> Op {
-    models::avg_pool(0, 1, kernel, stride, padding)
+    models::avg_pool([0, 1], kernel, stride, padding)
 }
 
 /// Input codes [[1, 2, 3], [4, 5, 6], [7, 8, 10]], `S_in = 0.1`, `Z_in = 0`.
@@ -127,7 +127,7 @@ fn pools_and_concat_clamp_to_the_low_bit_output_grid() {
         inputs: vec![0, 1],
         output: 2,
     };
-    let copy = models::max_pool(0, 1, [1, 1], [1, 1], [0; 4]);
+    let copy = models::max_pool([0, 1], [1, 1], [1, 1], [0; 4]);
     let m = models::model("cat4", tensors, vec![copy, cat], 2);
     let want: Vec<u8> = X
         .iter()

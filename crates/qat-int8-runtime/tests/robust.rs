@@ -148,7 +148,7 @@ fn activation_memory_is_limited_before_any_work() {
 #[test]
 fn pool_window_work_is_limited_and_names_the_op() {
     // 4096×4096 input, a 2048×2048 window at stride 1: 2049²·2048² ≈ 1.8·10^13 cells.
-    let pool = max_pool(1, 2, [2048, 2048], [1, 1], [0; 4]);
+    let pool = max_pool([1, 2], [2048, 2048], [1, 1], [0; 4]);
     let m = model_with(&[4096, 4096, 1], u8t("y", &[2049, 2049, 1]), pool);
     let want = 2049u64 * 2049 * 2048 * 2048;
     assert_eq!(m.cost().pool_work, want);

@@ -120,13 +120,7 @@ pub fn qdq(shape: &[usize], q: QuantParams, rounding: Target) -> Int8Model {
 
 /// `Op::AvgPool2d` from `input` to `output`: window `k = [kh, kw]`, stride `s = [sh, sw]`,
 /// padding `p = [top, left, bottom, right]`.
-pub fn avg_pool(
-    input: TensorId,
-    output: TensorId,
-    k: [usize; 2],
-    s: [usize; 2],
-    p: [usize; 4],
-) -> Op {
+pub fn avg_pool([input, output]: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Op {
     Op::AvgPool2d {
         input,
         output,
@@ -137,13 +131,7 @@ pub fn avg_pool(
 }
 
 /// `Op::MaxPool2d`, arguments as in [`avg_pool`].
-pub fn max_pool(
-    input: TensorId,
-    output: TensorId,
-    k: [usize; 2],
-    s: [usize; 2],
-    p: [usize; 4],
-) -> Op {
+pub fn max_pool([input, output]: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Op {
     Op::MaxPool2d {
         input,
         output,

@@ -192,9 +192,10 @@ pub fn zoo_model() -> Int8Model {
         },
     });
     let mp = b.tensor("maxpool", &[2, 2, 8], Some(qa));
-    b.ops.push(max_pool(add, mp, [2, 2], [2, 2], [0; 4]));
+    b.ops.push(max_pool([add, mp], [2, 2], [2, 2], [0; 4]));
     let ap = b.tensor("avgpool", &[2, 2, 8], Some(act(0.0, 3.0)));
-    b.ops.push(avg_pool(add, ap, [3, 3], [2, 2], [1, 1, 0, 0]));
+    b.ops
+        .push(avg_pool([add, ap], [3, 3], [2, 2], [1, 1, 0, 0]));
     let cat = b.tensor("concat", &[2, 2, 16], Some(act(-1.0, 4.0)));
     b.ops.push(Op::Concat {
         inputs: vec![mp, ap],
