@@ -9,7 +9,7 @@ use super::{
 use crate::kernels::add::{Rescale, add_multipliers};
 use crate::kernels::pool::pool_multiplier;
 use crate::model::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights,
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, PoolWindow, TensorId, TensorInfo, Weights,
 };
 
 pub(super) struct Ctx<'m> {
@@ -293,14 +293,16 @@ impl Ctx<'_> {
         self.layer_params(&f.weights, n, &f.bias, &f.multipliers, f.clamp, cout)
     }
 
-    fn pool(
-        &self,
-        input: TensorId,
-        output: TensorId,
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-    ) -> Result<(QuantParams, QuantParams), ValidationError> {
+    /// Checks a pool's tensors and window; gives the input and output params.
+    fn pool(&self, op: &Op) -> Result<(QuantParams, QuantParams), ValidationError> {
+        let Some((input, output, w)) = op.pool() else {
+            unreachable!("called for AvgPool2d and MaxPool2d only")
+        };
+        let PoolWindow {
+            kernel,
+            stride,
+            padding,
+        } = w;
         let (tin, qin) = self.u8_tensor("input", input)?;
         let (tout, qout) = self.u8_tensor("output", output)?;
         let [h, w, c] = self.hwc("input", tin)?;
@@ -455,21 +457,8 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            Op::AvgPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            }
-            | Op::MaxPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
+            Op::AvgPool2d { .. } | Op::MaxPool2d { .. } => {
+                let (qi, qo) = self.pool(op)?;
                 if let Op::AvgPool2d { .. } = op {
                     return self.average_multiplier(&qi, &qo);
                 }
