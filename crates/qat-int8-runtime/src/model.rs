@@ -251,17 +251,6 @@ pub struct Int8Model {
     pub rounding: Target,
 }
 
-/// The window of a 2-D pool, as [`Op::pool`] gives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolWindow {
-    /// `[kh, kw]`.
-    pub kernel: [usize; 2],
-    /// `[sh, sw]`.
-    pub stride: [usize; 2],
-    /// `[top, left, bottom, right]`.
-    pub padding: [usize; 4],
-}
-
 impl Op {
     /// A 2-D pool's input, output and window (`AvgPool2d` and `MaxPool2d`); `None` for every
     /// other op.
@@ -346,4 +335,15 @@ impl Op {
             Op::FullyConnected(f) => f.output,
         }
     }
+}
+
+/// The window of a 2-D pool, as [`Op::pool`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolWindow {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pub padding: [usize; 4],
 }
