@@ -64,6 +64,16 @@ fn once(v: i64, m: QuantizedMultiplier) -> i64 {
     r.clamp(i32::MIN as i128, i32::MAX as i128) as i64
 }
 
+/// The fixed-point targets' multiply: [`once`] for `qat`, [`mbqm`] (TFLite's double rounding)
+/// for the others.
+fn fixed_point(t: Target, v: i64, m: QuantizedMultiplier) -> i64 {
+    if t == Target::Qat {
+        once(v, m)
+    } else {
+        mbqm(v, m)
+    }
+}
+
 /// The `f32` output stage as MLAS and XNNPACK's `fmagic` kernels write it: `cvtdq2ps`, `mulps`,
 /// `maxps`/`minps` to `[lo − Z, hi − Z]`, `cvtps2dq`, `+ Z`.
 fn fp32_stage(acc: i32, s: f32, zp: i32, lo: i32, hi: i32) -> i32 {
@@ -231,11 +241,7 @@ fn transcribe_add(
             let sa = mbqm((qa as i64 - za) << 20, ma);
             let sb = mbqm((qb as i64 - zb) << 20, mb);
             let sum = sa + sb;
-            (if t == Target::Qat {
-                once(sum, mo)
-            } else {
-                mbqm(sum, mo)
-            }) + zo
+            fixed_point(t, sum, mo) + zo
         }
         Target::Ort => {
             let ra = f32_div(x(a.scale()), x(o.scale()));
@@ -339,11 +345,7 @@ fn transcribe_rescale(t: Target, i: &QuantParams, o: &QuantParams, q: i32) -> Op
     let r = match t {
         Target::Qat | Target::Tflite => {
             let m = QuantizedMultiplier::from_f64(i.scale() as f64 / o.scale() as f64).ok()?;
-            (if t == Target::Qat {
-                once(d, m)
-            } else {
-                mbqm(d, m)
-            }) + zo
+            fixed_point(t, d, m) + zo
         }
         Target::Ort => {
             let v = x(i.scale()).f32_mul(Exact::int(d));

@@ -13,7 +13,7 @@ use common::{codes_input, unary};
 use proptest::prelude::*;
 use qat_core::{QuantParams, QuantRange};
 use qat_int8_runtime::testing::models::{self, tensor};
-use qat_int8_runtime::{Executor, Int8Model, KernelPath, Op, TensorValue};
+use qat_int8_runtime::{Executor, Int8Model, KernelPath, Op, PoolWindow, TensorValue};
 
 fn params(scale: f32, zp: i32, bits: u32) -> QuantParams {
     QuantParams::new(scale, zp, QuantRange::unsigned(bits).unwrap()).unwrap()
@@ -157,9 +157,7 @@ fn arb_params() -> impl Strategy<Value = QuantParams> {
 #[derive(Debug, Clone)]
 struct PoolCase {
     hwc: [usize; 3],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
+    window: PoolWindow,
     qi: QuantParams,
     qo: QuantParams,
     codes: Vec<u8>,
@@ -191,11 +189,14 @@ fn arb_pool() -> impl Strategy<Value = PoolCase> {
                         (s % (qi.qmax() as u64 + 1)) as u8
                     })
                     .collect();
-                Some(PoolCase {
-                    hwc: [h, w, c],
+                let window = PoolWindow {
                     kernel: [kh, kw],
                     stride: [sh, sw],
                     padding,
+                };
+                Some(PoolCase {
+                    hwc: [h, w, c],
+                    window,
                     qi,
                     qo: if same { qi } else { qo },
                     codes,
@@ -242,7 +243,8 @@ proptest! {
 
     #[test]
     fn avg_pool_is_the_rounded_real_average(case in arb_pool()) {
-        let PoolCase { hwc: [h, w, c], kernel, stride, padding, qi, qo, codes } = case;
+        let PoolCase { hwc: [h, w, c], window, qi, qo, codes } = case;
+        let PoolWindow { kernel, stride, padding } = window;
         let ho = (h + padding[0] + padding[2] - kernel[0]) / stride[0] + 1;
         let wo = (w + padding[1] + padding[3] - kernel[1]) / stride[1] + 1;
         let m = unary(avg_pool(kernel, stride, padding), qi, &[h, w, c], qo, &[ho, wo, c]);
