@@ -289,6 +289,12 @@ impl Names {
     }
 }
 
+/// A 2-D pool's input, output and window, for the writers' `AvgPool2d` and `MaxPool2d` arms.
+pub(crate) fn pool_of(op: &Op) -> (TensorId, TensorId, PoolWindow) {
+    op.pool()
+        .unwrap_or_else(|| unreachable!("{} is not a 2-D pool", op.kind()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,10 +325,4 @@ mod tests {
         assert_eq!(CodeType::I8.offset(), -128);
         assert_eq!(CodeType::U8.code_range(), (0, 255));
     }
-}
-
-/// A 2-D pool's input, output and window, for the writers' `AvgPool2d` and `MaxPool2d` arms.
-pub(crate) fn pool_of(op: &Op) -> (TensorId, TensorId, PoolWindow) {
-    op.pool()
-        .unwrap_or_else(|| unreachable!("{} is not a 2-D pool", op.kind()))
 }
