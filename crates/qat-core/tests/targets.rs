@@ -64,6 +64,16 @@ fn once(v: i64, m: QuantizedMultiplier) -> i64 {
     r.clamp(i32::MIN as i128, i32::MAX as i128) as i64
 }
 
+/// The fixed-point targets' multiply: [`once`] for `qat`, [`mbqm`] (TFLite's double rounding)
+/// for the others.
+fn fixed_point(t: Target, v: i64, m: QuantizedMultiplier) -> i64 {
+    if t == Target::Qat {
+        once(v, m)
+    } else {
+        mbqm(v, m)
+    }
+}
+
 /// The `f32` output stage as MLAS and XNNPACK's `fmagic` kernels write it: `cvtdq2ps`, `mulps`,
 /// `maxps`/`minps` to `[lo − Z, hi − Z]`, `cvtps2dq`, `+ Z`.
 fn fp32_stage(acc: i32, s: f32, zp: i32, lo: i32, hi: i32) -> i32 {
@@ -100,6 +110,13 @@ fn transcribe_quantize(t: Target, v: f32, p: &QuantParams) -> i32 {
     (q + z) as i32
 }
 
+/// An output stage's input: `(acc, Z, lo, hi)` with any accumulator, `Z ∈ [−300, 300)`, and a
+/// clamp `lo ∈ [−400, 300)`, `hi = lo + [0, 600)`.
+fn stage() -> impl Strategy<Value = (i32, i32, i32, i32)> {
+    (any::<i32>(), -300i32..300, -400i32..300, 0i32..600)
+        .prop_map(|(acc, zp, lo, width)| (acc, zp, lo, lo + width))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -118,14 +135,7 @@ proptest! {
     }
 
     #[test]
-    fn fp32_requantize_matches_mlas(
-        acc in any::<i32>(),
-        s in positive_f32(),
-        zp in -300i32..300,
-        lo in -400i32..300,
-        width in 0i32..600,
-    ) {
-        let hi = lo + width;
+    fn fp32_requantize_matches_mlas((acc, zp, lo, hi) in stage(), s in positive_f32()) {
         let m = fp32_multiplier(s).unwrap();
         let want = fp32_stage(acc, m.to_f32(), zp, lo, hi);
         prop_assert_eq!(requantize_fp32(acc, m, zp, lo, hi), want);
@@ -153,13 +163,10 @@ proptest! {
 
     #[test]
     fn fixed_point_targets_requantize_as_their_rounding(
-        acc in any::<i32>(),
+        (acc, zp, lo, hi) in stage(),
         real in 1e-9f64..64.0,
-        zp in -300i32..300,
-        lo in -400i32..300,
-        width in 0i32..600,
     ) {
-        let (m, hi) = (QuantizedMultiplier::from_f64(real).unwrap(), lo + width);
+        let m = QuantizedMultiplier::from_f64(real).unwrap();
         prop_assert_eq!(
             Target::Qat.requantize(acc, m, zp, lo, hi),
             (once(acc as i64, m) + zp as i64).clamp(lo as i64, hi as i64) as i32
@@ -177,13 +184,9 @@ proptest! {
     /// rounded to 53 bits, ties to even; then C `round`, ties away from zero), `+ Z`, clamp.
     #[test]
     fn real_requantize_matches_litert_reference_fully_connected(
-        acc in any::<i32>(),
+        (acc, zp, lo, hi) in stage(),
         eff in 1e-9f64..64.0,
-        zp in -300i32..300,
-        lo in -400i32..300,
-        width in 0i32..600,
     ) {
-        let hi = lo + width;
         let v = Exact::int(acc as i64).mul(Exact::of_f64(eff)).round_f64();
         let want = (v.round_int(false) + zp as i64).max(lo as i64).min(hi as i64) as i32;
         prop_assert_eq!(requantize_real(acc, eff, zp, lo, hi), want);
@@ -238,11 +241,7 @@ fn transcribe_add(
             let sa = mbqm((qa as i64 - za) << 20, ma);
             let sb = mbqm((qb as i64 - zb) << 20, mb);
             let sum = sa + sb;
-            (if t == Target::Qat {
-                once(sum, mo)
-            } else {
-                mbqm(sum, mo)
-            }) + zo
+            fixed_point(t, sum, mo) + zo
         }
         Target::Ort => {
             let ra = f32_div(x(a.scale()), x(o.scale()));
@@ -346,11 +345,7 @@ fn transcribe_rescale(t: Target, i: &QuantParams, o: &QuantParams, q: i32) -> Op
     let r = match t {
         Target::Qat | Target::Tflite => {
             let m = QuantizedMultiplier::from_f64(i.scale() as f64 / o.scale() as f64).ok()?;
-            (if t == Target::Qat {
-                once(d, m)
-            } else {
-                mbqm(d, m)
-            }) + zo
+            fixed_point(t, d, m) + zo
         }
         Target::Ort => {
             let v = x(i.scale()).f32_mul(Exact::int(d));

@@ -336,26 +336,22 @@ impl FidelityReport {
 
     /// Smallest per-layer share of outputs within 1 LSB, isolated comparison (1.0 if empty).
     pub fn min_within_1_lsb(&self) -> f64 {
-        self.layers
-            .iter()
-            .map(|l| l.isolated.within_1_lsb)
-            .fold(1.0, f64::min)
+        self.min_share(|l| l.isolated.within_1_lsb)
     }
 
     /// Smallest per-layer share of equal codes, isolated comparison (1.0 if empty).
     pub fn min_exact(&self) -> f64 {
-        self.layers
-            .iter()
-            .map(|l| l.isolated.exact)
-            .fold(1.0, f64::min)
+        self.min_share(|l| l.isolated.exact)
     }
 
     /// Smallest per-layer share of outputs within 1 LSB, end-to-end comparison (1.0 if empty).
     pub fn min_within_1_lsb_end_to_end(&self) -> f64 {
-        self.layers
-            .iter()
-            .map(|l| l.end_to_end.within_1_lsb)
-            .fold(1.0, f64::min)
+        self.min_share(|l| l.end_to_end.within_1_lsb)
+    }
+
+    /// The smallest per-layer `share` (1.0 if there are no layers).
+    fn min_share(&self, share: impl Fn(&LayerFidelity) -> f64) -> f64 {
+        self.layers.iter().map(share).fold(1.0, f64::min)
     }
 
     /// Largest per-layer `max |Δ|` in LSBs, isolated comparison.

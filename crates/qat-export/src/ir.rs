@@ -222,19 +222,9 @@ impl Conv2d {
             bn_training: BnTraining::None,
         }
     }
-    /// Sets the bias.
-    pub fn with_bias(mut self, bias: Vec<f32>) -> Self {
-        self.bias = Some(bias);
-        self
-    }
     /// Sets the batch norm that follows the conv.
     pub fn with_batch_norm(mut self, bn: BatchNorm) -> Self {
         self.batch_norm = Some(bn);
-        self
-    }
-    /// Sets the fused activation.
-    pub fn with_activation(mut self, act: Activation) -> Self {
-        self.activation = act;
         self
     }
     /// Sets `[stride_h, stride_w]`.
@@ -255,16 +245,6 @@ impl Conv2d {
     /// Sets the number of groups (`C_in` for depthwise).
     pub fn with_groups(mut self, groups: usize) -> Self {
         self.groups = groups;
-        self
-    }
-    /// Sets the weight quantization.
-    pub fn with_weight_quant(mut self, wq: WeightQuant) -> Self {
-        self.weight_quant = wq;
-        self
-    }
-    /// Records how training handled batch norm (informational).
-    pub fn with_bn_training(mut self, t: BnTraining) -> Self {
-        self.bn_training = t;
         self
     }
     /// Number of output channels.
@@ -302,27 +282,38 @@ impl Linear {
             bn_training: BnTraining::None,
         }
     }
-    /// Sets the bias.
-    pub fn with_bias(mut self, bias: Vec<f32>) -> Self {
-        self.bias = Some(bias);
-        self
-    }
-    /// Sets the fused activation.
-    pub fn with_activation(mut self, act: Activation) -> Self {
-        self.activation = act;
-        self
-    }
-    /// Sets the weight quantization.
-    pub fn with_weight_quant(mut self, wq: WeightQuant) -> Self {
-        self.weight_quant = wq;
-        self
-    }
-    /// Records how training handled batch norm (informational).
-    pub fn with_bn_training(mut self, t: BnTraining) -> Self {
-        self.bn_training = t;
-        self
-    }
 }
+
+/// The setters that [`Conv2d`] and [`Linear`] share (their fields of the same names).
+macro_rules! layer_setters {
+    ($layer:ty) => {
+        impl $layer {
+            /// Sets the bias.
+            pub fn with_bias(mut self, bias: Vec<f32>) -> Self {
+                self.bias = Some(bias);
+                self
+            }
+            /// Sets the fused activation.
+            pub fn with_activation(mut self, act: Activation) -> Self {
+                self.activation = act;
+                self
+            }
+            /// Sets the weight quantization.
+            pub fn with_weight_quant(mut self, wq: WeightQuant) -> Self {
+                self.weight_quant = wq;
+                self
+            }
+            /// Records how training handled batch norm (informational).
+            pub fn with_bn_training(mut self, t: BnTraining) -> Self {
+                self.bn_training = t;
+                self
+            }
+        }
+    };
+}
+
+layer_setters!(Conv2d);
+layer_setters!(Linear);
 
 /// Window of a 2-D pooling op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +334,11 @@ impl Pool2d {
             stride: [s, s],
             padding: [0; 4],
         }
+    }
+    /// Sets `[top, left, bottom, right]` padding.
+    pub fn with_padding(mut self, padding: [usize; 4]) -> Self {
+        self.padding = padding;
+        self
     }
 }
 

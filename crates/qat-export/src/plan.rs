@@ -120,6 +120,27 @@ fn weight_refusal(node: &Node, wq: WeightQuant, target: Target) -> Option<Refusa
     })
 }
 
+/// The refusals a conv and a linear layer share: the weight scheme `wq` on `target`, and
+/// non-finite weights or bias.
+fn layer_refusals(
+    node: &Node,
+    wq: WeightQuant,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    target: Target,
+    out: &mut Vec<Refusal>,
+) {
+    out.extend(weight_refusal(node, wq, target));
+    for (what, v) in [("weight", Some(weight)), ("bias", bias)] {
+        if v.is_some_and(non_finite) {
+            out.push(Refusal::NonFinite {
+                node: node.name.clone(),
+                what,
+            });
+        }
+    }
+}
+
 /// Every refusal for `node` (see [`Refusal`]).
 fn refusals_for(
     node: &Node,
@@ -133,13 +154,8 @@ fn refusals_for(
     };
     match &node.op {
         FloatOp::Conv2d(c) => {
-            out.extend(weight_refusal(node, c.weight_quant, opts.target));
-            if non_finite(&c.weight) {
-                out.push(nf("weight"));
-            }
-            if c.bias.as_deref().is_some_and(non_finite) {
-                out.push(nf("bias"));
-            }
+            let bias = c.bias.as_deref();
+            layer_refusals(node, c.weight_quant, &c.weight, bias, opts.target, out);
             if let Some(bn) = &c.batch_norm {
                 if !opts.fold_batch_norm {
                     out.push(Refusal::UnfoldedBatchNorm {
@@ -157,13 +173,8 @@ fn refusals_for(
             }
         }
         FloatOp::Linear(l) => {
-            out.extend(weight_refusal(node, l.weight_quant, opts.target));
-            if non_finite(&l.weight) {
-                out.push(nf("weight"));
-            }
-            if l.bias.as_deref().is_some_and(non_finite) {
-                out.push(nf("bias"));
-            }
+            let bias = l.bias.as_deref();
+            layer_refusals(node, l.weight_quant, &l.weight, bias, opts.target, out);
             if let Some(s) = input_shapes.first()
                 && s.len() != 1
             {

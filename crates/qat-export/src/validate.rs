@@ -370,6 +370,17 @@ fn check_params(node: &Node) -> Result<(), GraphError> {
     Ok(())
 }
 
+/// A layer's `shape` has nonzero extents whose product (without overflow) is `len`, the number
+/// of weights it holds.
+fn check_weight_shape(node: &Node, shape: &[usize], len: usize) -> Result<(), GraphError> {
+    if shape.contains(&0) {
+        return Err(param_err(node, "weight_shape", "extents must be ≥ 1"));
+    }
+    let want = product(shape)
+        .ok_or_else(|| param_err(node, "weight_shape", format!("{shape:?} overflows")))?;
+    check_len(node, "weight", want, len)
+}
+
 fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
     check_params(node)?;
     match &node.op {
@@ -390,17 +401,7 @@ fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
             let [h, w, cin] = spatial(node, ins[0])?;
             check_bits(node, "weight", c.weight_quant.bits)?;
             let [o, kh, kw, ig] = c.weight_shape;
-            if c.weight_shape.contains(&0) {
-                return Err(param_err(node, "weight_shape", "extents must be ≥ 1"));
-            }
-            let want = product(&c.weight_shape).ok_or_else(|| {
-                param_err(
-                    node,
-                    "weight_shape",
-                    format!("{:?} overflows", c.weight_shape),
-                )
-            })?;
-            check_len(node, "weight", want, c.weight.len())?;
+            check_weight_shape(node, &c.weight_shape, c.weight.len())?;
             if c.groups == 0 || cin % c.groups != 0 || o % c.groups != 0 {
                 return Err(param_err(
                     node,
@@ -436,17 +437,7 @@ fn node_shape(node: &Node, ins: &[&[usize]]) -> Result<Vec<usize>, GraphError> {
             arity(node, "1", ins.len() == 1)?;
             check_bits(node, "weight", l.weight_quant.bits)?;
             let [o, n] = l.weight_shape;
-            if o == 0 || n == 0 {
-                return Err(param_err(node, "weight_shape", "extents must be ≥ 1"));
-            }
-            let want = o.checked_mul(n).ok_or_else(|| {
-                param_err(
-                    node,
-                    "weight_shape",
-                    format!("{:?} overflows", l.weight_shape),
-                )
-            })?;
-            check_len(node, "weight", want, l.weight.len())?;
+            check_weight_shape(node, &l.weight_shape, l.weight.len())?;
             if let Some(b) = &l.bias {
                 check_len(node, "bias", o, b.len())?;
             }

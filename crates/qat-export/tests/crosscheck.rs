@@ -26,6 +26,7 @@ use qat_export::crosscheck::npy::Npy;
 use qat_export::crosscheck::{CrosscheckResult, Expected, Kind, run_harness, write_case};
 use qat_export::onnx::float_to_onnx;
 use qat_export::tflite::{TfliteOptions, to_tflite};
+use qat_int8_runtime::testing::models::avg_pool;
 use qat_int8_runtime::testing::reference;
 use qat_int8_runtime::{Clamp, FullyConnected, Int8Model, Op, Weights};
 
@@ -87,14 +88,11 @@ fn tflite_reference_kernels_equal_the_tflite_target() {
 /// shares of every runtime against every target with `--nocapture`.
 #[test]
 fn every_runtime_equals_its_target() {
-    let Some(peers) = peers("every_runtime_equals_its_target") else {
-        return;
-    };
     own_runtimes_equal(
+        "every_runtime_equals_its_target",
         0..8,
         |seed| random_cnn(seed, &GenOptions::default()),
         "8 random CNNs, all per channel",
-        &peers,
     );
 }
 
@@ -103,27 +101,28 @@ fn every_runtime_equals_its_target() {
 /// channel, at W8A8 and W4A4: every tensor equal in the runtime of its target.
 #[test]
 fn zoo_models_equal_their_targets_runtimes() {
-    let Some(peers) = peers("zoo_models_equal_their_targets_runtimes") else {
-        return;
-    };
     own_runtimes_equal(
+        "zoo_models_equal_their_targets_runtimes",
         0..4,
         |i| zoo::all(7)[i as usize].clone(),
         "LeNet, MobileNet-v1, MobileNet-v2, ResNet",
-        &peers,
     );
 }
 
 /// Each graph of `seeds` planned for every target at W8A8 and W4A4, exported to both formats:
 /// LiteRT's reference kernels equal `tflite` on every tensor, LiteRT's default (XNNPACK) equals
 /// `xnnpack`, onnxruntime (all graph optimizations, both configurations) equals `ort`; prints
-/// every runtime against every target.
+/// every runtime against every target. Without the peers, skipped (with a note) as `test`.
 fn own_runtimes_equal(
+    test: &str,
     seeds: std::ops::Range<u64>,
     graph: impl Fn(u64) -> qat_export::FloatGraph + Copy,
     what: &str,
-    peers: &(PathBuf, PathBuf),
 ) {
+    let Some(peers) = peers(test) else {
+        return;
+    };
+    let peers = &peers;
     let own: [(&str, Target); 4] = [
         ("litert_ref", Target::Tflite),
         ("litert_xnnpack", Target::Xnnpack),
@@ -215,13 +214,7 @@ fn check_against(
 #[test]
 fn average_pool_ties_below_the_zero_code() {
     let q = QuantParams::new(0.1, 0, QuantRange::unsigned(8).unwrap()).unwrap();
-    let pool = Op::AvgPool2d {
-        input: 1,
-        output: 2,
-        kernel: [2, 2],
-        stride: [2, 2],
-        padding: [0; 4],
-    };
+    let pool = avg_pool([1, 2], [2, 2], [2, 2], [0; 4]);
     let model = one_op_model(pool, &[4, 4, 1], q, "avg", &[2, 2, 1], q);
     // Codes 0..=30 and 120..=140: windows below and above the zero code.
     let r = &mut rng(7);

@@ -2,9 +2,12 @@
 //! are on other grids: the runtime rescales into the output's own `[qmin, qmax]`, so export
 //! accepts them and the integer model computes what the simulation computes, code for code.
 
+mod common;
+
+use common::assert_exact;
 use ndarray::ArrayD;
 use qat_export::ir::{Conv2d, Pool2d};
-use qat_export::{ExportOptions, FidelityReport, FloatGraph, QuantPlan, fidelity_report};
+use qat_export::{ExportOptions, FloatGraph, QuantPlan, fidelity_report};
 use qat_int8_runtime::{Executor, TensorValue};
 
 /// `n` samples of shape `[4, 4, 2]`, uniform in `[−1.5, 1.5]` (beyond every range below, so the
@@ -20,21 +23,6 @@ fn batch(n: usize, seed: u64) -> ArrayD<f32> {
         })
         .collect();
     ArrayD::from_shape_vec(vec![n, 4, 4, 2], v).unwrap()
-}
-
-/// Every layer's codes equal the simulation's, in isolation and end to end.
-fn assert_exact(rep: &FidelityReport, what: &str) {
-    for l in &rep.layers {
-        assert!(
-            l.isolated.max_abs_lsb == 0 && l.end_to_end.max_abs_lsb == 0,
-            "{what}: layer {} ({}) isolated max {} LSB, end to end max {} LSB\n{}",
-            l.node,
-            l.op,
-            l.isolated.max_abs_lsb,
-            l.end_to_end.max_abs_lsb,
-            rep.to_table()
-        );
-    }
 }
 
 /// The int8 model's codes of tensor `name` on `x`: all must lie on the `bits`-bit grid.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{batch, rng, uniform};
+use common::{assert_exact, batch, rng, uniform};
 use qat_export::analysis::{BitAssignment, LayerBits};
 use qat_export::ir::{Activation, BatchNorm, Conv2d, Linear};
 use qat_export::{
@@ -110,17 +110,7 @@ fn mixed_per_layer_bits_export_and_run_like_the_simulation() {
     let mut reference = Executor::with_path(&model, KernelPath::Reference).unwrap();
     let rep = FidelityReport::measure(&plan, &mut reference, [test.view()]).unwrap();
     // (on this fixed data every code is equal, in isolation and end to end)
-    for l in &rep.layers {
-        assert!(
-            l.isolated.max_abs_lsb == 0 && l.end_to_end.max_abs_lsb == 0,
-            "{} ({}): isolated max {} LSB, end to end max {} LSB\n{}",
-            l.node,
-            l.op,
-            l.isolated.max_abs_lsb,
-            l.end_to_end.max_abs_lsb,
-            rep.to_table()
-        );
-    }
+    assert_exact(&rep, "mixed bits");
     for o in &rep.outputs {
         assert_eq!(o.argmax_vs_simulation, 1.0, "{}", rep.to_table());
     }

@@ -9,21 +9,23 @@ use qat_export::interp;
 use qat_export::ir::{Activation, BatchNorm, Conv2d, FloatGraph, Linear, Pool2d};
 use qat_export::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
-    tensor_proto::DataType, tensor_shape_proto, type_proto,
+    ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType,
 };
-use qat_export::onnx::{ImportError, ImportOptions, InputLayout, float_to_onnx, import_onnx};
+use qat_export::onnx::{
+    ImportError, ImportOptions, InputLayout, float_to_onnx, import_onnx, tensor_value_info,
+};
 
 /// Deterministic pseudo-random values in [−1, 1).
 fn vals(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    // Knuth's MMIX LCG; the top 24 bits of each state are the value.
+    let step = |s: u64| {
+        s.wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407)
+    };
+    let mut s = step(seed);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = step(s);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -173,28 +175,8 @@ fn init_i64(name: &str, data: &[i64]) -> TensorProto {
     }
 }
 fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(if d < 0 {
-                tensor_shape_proto::dimension::Value::DimParam("N".into())
-            } else {
-                tensor_shape_proto::dimension::Value::DimValue(d)
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::Float as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let dims: Vec<Option<i64>> = dims.iter().map(|&d| (d >= 0).then_some(d)).collect();
+    tensor_value_info(name, DataType::Float, &dims)
 }
 fn model(
     nodes: Vec<NodeProto>,
@@ -424,6 +406,20 @@ fn torchish_forward(t: &Torchish, x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// Runs the float graph on `n` samples of `[2, 8, 8]` given in NCHW order (the graph takes NHWC).
+fn run_nchw(graph: &FloatGraph, n: usize, nchw: &[f32]) -> Vec<ArrayD<f32>> {
+    let mut nhwc = vec![0f32; n * 128];
+    for b in 0..n {
+        for c in 0..2 {
+            for p in 0..64 {
+                nhwc[b * 128 + p * 2 + c] = nchw[b * 128 + c * 64 + p];
+            }
+        }
+    }
+    let input = ArrayD::from_shape_vec(IxDyn(&[n, 8, 8, 2]), nhwc).unwrap();
+    interp::run(graph, input.view(), None).unwrap()
+}
+
 #[test]
 fn pytorch_style_nchw_model_equals_an_independent_forward() {
     let (t, bytes) = torchish();
@@ -449,17 +445,7 @@ fn pytorch_style_nchw_model_equals_an_independent_forward() {
     );
     let n = 3;
     let nchw = vals(n * 128, 77);
-    // The float graph takes NHWC.
-    let mut nhwc = vec![0f32; n * 128];
-    for b in 0..n {
-        for c in 0..2 {
-            for p in 0..64 {
-                nhwc[b * 128 + p * 2 + c] = nchw[b * 128 + c * 64 + p];
-            }
-        }
-    }
-    let input = ArrayD::from_shape_vec(IxDyn(&[n, 8, 8, 2]), nhwc).unwrap();
-    let got = interp::run(&imp.graph, input.view(), None).unwrap();
+    let got = run_nchw(&imp.graph, n, &nchw);
     let got = got.last().unwrap();
     for b in 0..n {
         let want = torchish_forward(&t, &nchw[b * 128..(b + 1) * 128]);
@@ -615,16 +601,7 @@ y.tofile(d + '/y.f32')\n";
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let imp = import_onnx(&bytes, &ImportOptions::default()).unwrap();
-    let mut nhwc = vec![0f32; n * 128];
-    for b in 0..n {
-        for c in 0..2 {
-            for p in 0..64 {
-                nhwc[b * 128 + p * 2 + c] = nchw[b * 128 + c * 64 + p];
-            }
-        }
-    }
-    let input = ArrayD::from_shape_vec(IxDyn(&[n, 8, 8, 2]), nhwc).unwrap();
-    let got = interp::run(&imp.graph, input.view(), None).unwrap();
+    let got = run_nchw(&imp.graph, n, &nchw);
     let got = got.last().unwrap();
     assert_eq!(got.len(), y.len());
     let d = got

@@ -1,105 +1,72 @@
 //! Hostile graphs: overflowing products, limits checked at validation (before the interpreter
 //! allocates), and bounded bincode decoding.
 
-use qat_export::ir::{Conv2d, FloatGraph, Linear, Pool2d};
+use qat_export::ir::{Conv2d, FloatGraph, Linear, NodeId, Pool2d};
 use qat_export::limits::MAX_SPATIAL;
 use qat_export::{GraphError, limits::GraphLimits, validate::infer_shapes_with};
 
-#[test]
-fn conv_weight_shape_product_overflow_is_a_typed_error() {
+/// The graph `x (shape) → node → y`, the node added by `add(g, x)`.
+fn graph(shape: &[usize], add: impl FnOnce(&mut FloatGraph, NodeId) -> NodeId) -> FloatGraph {
     let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[2, 2, 1]);
-    let big = 1usize << (usize::BITS / 2);
-    // o·kh·kw·ig = 2^64: wraps to 0 = weight.len() in a wrapping build.
-    let c = g.conv2d("conv", x, Conv2d::new(vec![], [big, big, 1, 1]));
-    g.output("y", c);
-    match g.validate() {
-        Err(GraphError::Param {
-            node,
-            what: "weight_shape",
-            ..
-        }) => assert_eq!(node, "conv"),
-        other => panic!("expected a weight_shape error, got {other:?}"),
+    let x = g.input("x", shape);
+    let n = add(&mut g, x);
+    g.output("y", n);
+    g
+}
+
+/// The graph `x (shape) → conv "conv" → y`.
+fn conv_graph(shape: &[usize], conv: Conv2d) -> FloatGraph {
+    graph(shape, |g, x| g.conv2d("conv", x, conv))
+}
+
+/// The node and the parameter that a `Param` error names.
+fn param<T: std::fmt::Debug>(r: Result<T, GraphError>) -> (String, &'static str) {
+    match r {
+        Err(GraphError::Param { node, what, .. }) => (node, what),
+        other => panic!("expected a parameter error, got {other:?}"),
     }
 }
 
 #[test]
-fn linear_weight_shape_product_overflow_is_a_typed_error() {
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[4]);
+fn conv_weight_shape_product_overflow_is_a_typed_error() {
     let big = 1usize << (usize::BITS / 2);
-    let l = g.linear("fc", x, Linear::new(vec![], [big, big]));
-    g.output("y", l);
-    assert!(matches!(
-        g.validate(),
-        Err(GraphError::Param {
-            what: "weight_shape",
-            ..
-        })
-    ));
+    // o·kh·kw·ig = 2^64: wraps to 0 = weight.len() in a wrapping build.
+    let g = conv_graph(&[2, 2, 1], Conv2d::new(vec![], [big, big, 1, 1]));
+    assert_eq!(param(g.validate()), ("conv".into(), "weight_shape"));
+}
+
+#[test]
+fn linear_weight_shape_product_overflow_is_a_typed_error() {
+    let big = 1usize << (usize::BITS / 2);
+    let g = graph(&[4], |g, x| {
+        g.linear("fc", x, Linear::new(vec![], [big, big]))
+    });
+    assert_eq!(param(g.validate()), ("fc".into(), "weight_shape"));
 }
 
 #[test]
 fn huge_conv_padding_is_refused_at_validation_naming_the_node() {
     // Padding 2^20 would ask the interpreter for terabytes.
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[1, 1, 1]);
-    let c = g.conv2d(
-        "conv",
-        x,
-        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_padding([1 << 20; 4]),
-    );
-    g.output("y", c);
-    match g.validate() {
-        Err(GraphError::Param {
-            node,
-            what: "padding",
-            ..
-        }) => assert_eq!(node, "conv"),
-        other => panic!("expected a padding error, got {other:?}"),
-    }
+    let one = || Conv2d::new(vec![1.0], [1, 1, 1, 1]);
+    let g = conv_graph(&[1, 1, 1], one().with_padding([1 << 20; 4]));
+    assert_eq!(param(g.validate()), ("conv".into(), "padding"));
     // Within the spatial limit the output size is what is refused: (2^17)² elements.
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[1, 1, 1]);
-    let c = g.conv2d(
-        "conv",
-        x,
-        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_padding([MAX_SPATIAL; 4]),
-    );
-    g.output("y", c);
+    let g = conv_graph(&[1, 1, 1], one().with_padding([MAX_SPATIAL; 4]));
     assert!(matches!(g.validate(), Err(GraphError::Limit { node, .. }) if node == "conv"));
 }
 
 #[test]
 fn stride_beyond_the_runtime_limit_is_a_graph_error_not_an_export_bug() {
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[4, 4, 1]);
-    let c = g.conv2d(
-        "conv",
-        x,
-        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_stride([MAX_SPATIAL + 1, 1]),
-    );
-    g.output("y", c);
-    assert!(matches!(
-        g.validate(),
-        Err(GraphError::Param { what: "stride", node, .. }) if node == "conv"
-    ));
+    let conv = Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_stride([MAX_SPATIAL + 1, 1]);
+    let g = conv_graph(&[4, 4, 1], conv);
+    assert_eq!(param(g.validate()), ("conv".into(), "stride"));
 }
 
 #[test]
 fn pool_work_is_limited_and_raisable() {
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[64, 64, 4]);
-    let p = g.max_pool(
-        "pool",
-        x,
-        Pool2d {
-            kernel: [32, 32],
-            stride: [1, 1],
-            padding: [0; 4],
-        },
-    );
-    g.output("y", p);
+    let g = graph(&[64, 64, 4], |g, x| {
+        g.max_pool("pool", x, Pool2d::square(32, 1))
+    });
     let work = 33u64 * 33 * 4 * 32 * 32;
     let at = |max_pool_work| {
         infer_shapes_with(
@@ -143,35 +110,19 @@ fn negative_batch_norm_variance_and_non_finite_weights_are_refused() {
         var: vec![var],
         eps: 1e-5,
     };
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[2, 2, 1]);
-    let c = g.conv2d(
-        "conv",
-        x,
-        Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_batch_norm(bn(-1.0)),
-    );
-    g.output("y", c);
-    assert!(matches!(
-        g.validate(),
-        Err(GraphError::Param { what: "batch_norm.var", node, .. }) if node == "conv"
-    ));
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[2, 2, 1]);
-    let c = g.conv2d("conv", x, Conv2d::new(vec![f32::INFINITY], [1, 1, 1, 1]));
-    g.output("y", c);
+    let bn_conv = Conv2d::new(vec![1.0], [1, 1, 1, 1]).with_batch_norm(bn(-1.0));
+    let g = conv_graph(&[2, 2, 1], bn_conv);
+    assert_eq!(param(g.validate()), ("conv".into(), "batch_norm.var"));
+    let g = conv_graph(&[2, 2, 1], Conv2d::new(vec![f32::INFINITY], [1, 1, 1, 1]));
     // JSON cannot hold ∞: to_json refuses instead of writing a `null` it cannot read back.
-    assert!(matches!(
-        g.to_json(),
-        Err(GraphError::Param { what: "weight", node, .. }) if node == "conv"
-    ));
+    assert_eq!(param(g.to_json()), ("conv".into(), "weight"));
 }
 
 #[test]
 fn bincode_errors_name_the_node_and_offset() {
-    let mut g = FloatGraph::new("g");
-    let x = g.input("x", &[4]);
-    let l = g.linear("fc", x, Linear::new(vec![1.0; 8], [2, 4]));
-    g.output("y", l);
+    let g = graph(&[4], |g, x| {
+        g.linear("fc", x, Linear::new(vec![1.0; 8], [2, 4]))
+    });
     let bytes = g.to_bincode().unwrap();
     assert_eq!(FloatGraph::from_bincode(&bytes).unwrap(), g);
     // Cut inside the linear node's weights: the error names `nodes[1]` and where it starts.

@@ -1,5 +1,7 @@
 //! SplitMix64: a small seeded generator, so every campaign is reproducible from its seed.
 
+use qat_int8_runtime::testing::models::Rng as SplitMix64;
+
 /// SplitMix64 (Steele, Lea, Flood 2014): `z = (s += φ); z = (z ⊕ z≫30)·c₁; z = (z ⊕ z≫27)·c₂;
 /// z ⊕ z≫31`.
 ///
@@ -10,21 +12,17 @@
 /// assert!(a.below(10) < 10);
 /// ```
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`0` for `n = 0`).

@@ -15,14 +15,16 @@ const ZOO: [&[u8]; 2] = [
     include_bytes!("../../qat-int8-runtime/tests/data/zoo_v2.qat8"),
 ];
 
+/// `n` weights `((i·a mod m) − ⌊(m − 1)/2⌋)/(m − 1)`: a fixed pattern in `[−½, ½]`.
+fn pattern(n: usize, a: usize, m: usize) -> Vec<f32> {
+    let (mid, span) = (((m - 1) / 2) as f32, (m - 1) as f32);
+    (0..n).map(|i| ((i * a % m) as f32 - mid) / span).collect()
+}
+
 fn conv_net() -> FloatGraph {
     let mut g = FloatGraph::new("seed-conv");
     let x = g.input("x", &[6, 6, 3]);
-    let w = |n: usize| {
-        (0..n)
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0)
-            .collect::<Vec<_>>()
-    };
+    let w = |n| pattern(n, 7, 11);
     let c = g.conv2d(
         "conv",
         x,
@@ -40,15 +42,7 @@ fn conv_net() -> FloatGraph {
             .with_groups(4)
             .with_activation(Activation::Relu6),
     );
-    let a = g.avg_pool(
-        "avg",
-        p,
-        Pool2d {
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1; 4],
-        },
-    );
+    let a = g.avg_pool("avg", p, Pool2d::square(3, 1).with_padding([1; 4]));
     let s = g.add("add", d, a, Activation::None);
     let cat = g.concat("cat", &[s, p]);
     let gap = g.global_avg_pool("gap", cat);
@@ -65,11 +59,7 @@ fn mlp() -> FloatGraph {
     let mut g = FloatGraph::new("seed-mlp");
     let x = g.input("x", &[2, 5, 1]);
     let f = g.flatten("flat", x);
-    let w = |n: usize| {
-        (0..n)
-            .map(|i| ((i * 5 % 9) as f32 - 4.0) / 8.0)
-            .collect::<Vec<_>>()
-    };
+    let w = |n| pattern(n, 5, 9);
     let h = g.linear(
         "fc1",
         f,

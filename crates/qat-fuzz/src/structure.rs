@@ -4,23 +4,14 @@
 
 use qat_export::ir::FloatGraph;
 use qat_int8_runtime::Int8Model;
-use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
+use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN};
 use serde_json::Value;
 
 use crate::mutate::BOUNDARY;
 use crate::rng::Rng;
 
 /// Wraps `payload` in a `.qat8` header with its true length and CRC.
-pub fn wrap_qat8(payload: &[u8], version: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
-}
+pub use qat_int8_runtime::format::wrap_payload as wrap_qat8;
 
 /// Rewrites the header's length and CRC to match the (mutated) payload, keeping the version.
 pub fn fix_header(bytes: &mut Vec<u8>) {

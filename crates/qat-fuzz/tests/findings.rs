@@ -3,13 +3,14 @@
 //! The corpus replay (`tests/corpus.rs`) runs them on every `cargo test`; this file checks each
 //! is refused with the typed error it should get.
 
-use qat_core::{QuantParams, QuantRange, fixed_point::QuantizedMultiplier};
+use qat_core::{QuantParams, QuantRange};
 use qat_export::FloatGraph;
 use qat_export::ir::{Conv2d, Pool2d};
 use qat_fuzz::structure::wrap_qat8;
 use qat_fuzz::targets::Target;
 use qat_int8_runtime::format::FORMAT_VERSION;
-use qat_int8_runtime::{Clamp, Conv2d as QConv, DType, Int8Model, Op, TensorInfo, Weights};
+use qat_int8_runtime::testing::models::{max_pool, qdq, quantize_then, tensor, unit_conv};
+use qat_int8_runtime::{Int8Model, Op, TensorInfo};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/fuzz");
 
@@ -18,30 +19,9 @@ fn raw_qat8(m: &Int8Model) -> Vec<u8> {
     wrap_qat8(&payload, FORMAT_VERSION)
 }
 
-fn tensor(name: &str, shape: &[usize], q: Option<QuantParams>) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: if q.is_some() { DType::U8 } else { DType::F32 },
-        quant: q,
-    }
-}
-
+/// `x (f32) → Quantize (q) → xq → op → y`, the op reading tensor 1 and writing tensor 2.
 fn model(x: &[usize], y: TensorInfo, op: Op, q: QuantParams) -> Int8Model {
-    Int8Model {
-        name: "f".into(),
-        tensors: vec![tensor("x", x, None), tensor("xq", x, Some(q)), y],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            op,
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: qat_int8_runtime::Target::Qat,
-    }
+    quantize_then("f", x, q, y, op, qat_int8_runtime::Target::Qat)
 }
 
 fn graph_with_conv(conv: Conv2d) -> FloatGraph {
@@ -55,82 +35,28 @@ fn graph_with_conv(conv: Conv2d) -> FloatGraph {
 /// Every finding's input, with its target and a name.
 fn findings() -> Vec<(&'static str, Target, Vec<u8>)> {
     let q = QuantParams::asymmetric(0.0, 2.55, 8).unwrap();
+    let qat8 = |name, m: &Int8Model| (name, Target::Qat8, raw_qat8(m));
+    let qdq_f = |shape: &[usize], q| Int8Model {
+        name: "f".into(),
+        ..qdq(shape, q, qat_int8_runtime::Target::Qat)
+    };
     let mut out = Vec::new();
     // Quantize with a tiny scale and Z > 0: every positive input overflowed `x + Z`.
     let tiny = QuantParams::new(1e-45, 200, QuantRange::unsigned(8).unwrap()).unwrap();
-    out.push((
-        "quantize-tiny-scale",
-        Target::Qat8,
-        raw_qat8(&model(
-            &[4],
-            tensor("y", &[4], None),
-            Op::Dequantize {
-                input: 1,
-                output: 2,
-            },
-            tiny,
-        )),
-    ));
+    out.push(qat8("quantize-tiny-scale", &qdq_f(&[4], tiny)));
     // wi·groups overflow.
-    let conv = QConv {
-        input: 1,
-        output: 2,
-        weights: Weights::Int8 {
-            data: vec![1; 2],
-            scales: vec![0.01],
-        },
-        weight_shape: [2, 1, 1, (1usize << (usize::BITS - 1)) + 1],
-        bias: vec![0; 2],
-        stride: [1, 1],
-        padding: [0; 4],
-        dilation: [1, 1],
-        groups: 2,
-        multipliers: vec![QuantizedMultiplier::from_f64(0.01).unwrap()],
-        clamp: Clamp { lo: 0, hi: 255 },
-    };
-    out.push((
+    let conv = unit_conv([2, 1, 1, (1usize << (usize::BITS - 1)) + 1], 2, 2, [0; 4]);
+    let y = tensor("y", &[1, 1, 2], Some(q));
+    out.push(qat8(
         "groups-overflow",
-        Target::Qat8,
-        raw_qat8(&model(
-            &[1, 1, 2],
-            tensor("y", &[1, 1, 2], Some(q)),
-            Op::Conv2d(conv),
-            q,
-        )),
+        &model(&[1, 1, 2], y, Op::Conv2d(conv), q),
     ));
     // A max pool whose windows cost ~1.8·10^13 cells.
-    let pool = Op::MaxPool2d {
-        input: 1,
-        output: 2,
-        kernel: [2048, 2048],
-        stride: [1, 1],
-        padding: [0; 4],
-    };
-    out.push((
-        "pool-work",
-        Target::Qat8,
-        raw_qat8(&model(
-            &[4096, 4096, 1],
-            tensor("y", &[2049, 2049, 1], Some(q)),
-            pool,
-            q,
-        )),
-    ));
+    let pool = max_pool([1, 2], [2048, 2048], [1, 1], [0; 4]);
+    let y = tensor("y", &[2049, 2049, 1], Some(q));
+    out.push(qat8("pool-work", &model(&[4096, 4096, 1], y, pool, q)));
     // 2^26-element tensors: 320 MiB of activations from a tiny file.
-    let n = 1 << 26;
-    out.push((
-        "activation-memory",
-        Target::Qat8,
-        raw_qat8(&model(
-            &[n],
-            tensor("y", &[n], None),
-            Op::Dequantize {
-                input: 1,
-                output: 2,
-            },
-            q,
-        )),
-    ));
+    out.push(qat8("activation-memory", &qdq_f(&[1 << 26], q)));
     // A payload whose name claims 1 GiB.
     let mut payload = vec![0xFD];
     payload.extend_from_slice(&(1u64 << 30).to_le_bytes());

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use ndarray::ArrayD;
 use qat_core::QuantParams;
 
-use crate::{DType, Executor, Int8Model, Op, Target, TensorInfo};
+use crate::{Executor, Int8Model, Target};
 
 thread_local! {
     static PANIC_AT_OP: Cell<Option<usize>> = const { Cell::new(None) };
@@ -26,33 +26,7 @@ fn arm(op: usize) {
 
 fn model() -> Int8Model {
     let q = QuantParams::asymmetric(0.0, 2.55, 8).unwrap();
-    let t = |name: &str, dtype, quant| TensorInfo {
-        name: name.into(),
-        shape: vec![3],
-        dtype,
-        quant,
-    };
-    Int8Model {
-        name: "qdq".into(),
-        tensors: vec![
-            t("x", DType::F32, None),
-            t("xq", DType::U8, Some(q)),
-            t("y", DType::F32, None),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::Dequantize {
-                input: 1,
-                output: 2,
-            },
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: Target::Qat,
-    }
+    crate::testing::models::qdq(&[3], q, Target::Qat)
 }
 
 #[test]

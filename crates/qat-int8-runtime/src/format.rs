@@ -194,6 +194,28 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     c ^ 0xFFFF_FFFF
 }
 
+/// Wraps `payload` in a `.qat8` header: [`MAGIC`], `version`, the reserved `0u32`, the payload's
+/// length (`u64`) and its [`crc32`], all little-endian, then the payload itself.
+///
+/// ```
+/// use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32, wrap_payload};
+/// let bytes = wrap_payload(b"abc", FORMAT_VERSION);
+/// assert_eq!(bytes.len(), HEADER_LEN + 3);
+/// assert_eq!(&bytes[..8], &MAGIC);
+/// assert_eq!(&bytes[16..24], &3u64.to_le_bytes());
+/// assert_eq!(&bytes[24..28], &crc32(b"abc").to_le_bytes());
+/// ```
+pub fn wrap_payload(payload: &[u8], version: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
@@ -309,14 +331,7 @@ impl Int8Model {
                 message: e.to_string(),
             }
         })?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(out)
+        Ok(wrap_payload(&payload, FORMAT_VERSION))
     }
 
     /// Decodes and validates a `.qat8` byte string (see the [format table](crate::format)) with

@@ -252,6 +252,42 @@ pub struct Int8Model {
 }
 
 impl Op {
+    /// A 2-D pool's input, output and window (`AvgPool2d` and `MaxPool2d`); `None` for every
+    /// other op.
+    ///
+    /// ```
+    /// use qat_int8_runtime::Op;
+    /// let op = Op::MaxPool2d { input: 0, output: 1, kernel: [2, 2], stride: [2, 2], padding: [0; 4] };
+    /// let (input, output, w) = op.pool().unwrap();
+    /// assert_eq!((input, output, w.kernel, w.padding), (0, 1, [2, 2], [0; 4]));
+    /// assert!(Op::Reshape { input: 0, output: 1 }.pool().is_none());
+    /// ```
+    pub fn pool(&self) -> Option<(TensorId, TensorId, PoolWindow)> {
+        let (i, o, kernel, stride, padding) = match *self {
+            Op::AvgPool2d {
+                input: i,
+                output: o,
+                kernel: k,
+                stride: s,
+                padding: p,
+            }
+            | Op::MaxPool2d {
+                input: i,
+                output: o,
+                kernel: k,
+                stride: s,
+                padding: p,
+            } => (i, o, k, s, p),
+            _ => return None,
+        };
+        let window = PoolWindow {
+            kernel,
+            stride,
+            padding,
+        };
+        Some((i, o, window))
+    }
+
     /// The op's kind as a static name (`"Conv2d"`, `"Add"`, …), used in errors and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -299,4 +335,15 @@ impl Op {
             Op::FullyConnected(f) => f.output,
         }
     }
+}
+
+/// The window of a 2-D pool, as [`Op::pool`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolWindow {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pub padding: [usize; 4],
 }

@@ -9,6 +9,8 @@ pub use crate::kernels::frame::depthwise::{DepthwisePlan, DepthwiseShape};
 pub use crate::kernels::frame::packed::{ASource, GemmOut, PackedB};
 pub use crate::kernels::frame::{KernelError, LayerSpec};
 
+pub mod models;
+
 /// The reference loops (the oracle), for benchmarks.
 pub mod reference {
     pub use crate::kernels::reference::{conv2d, conv2d_acc, fully_connected, fully_connected_acc};

@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{Builder, Rng, act, zoo_model};
+use common::{Builder, Rng, act, codes_input, unary, zoo_model};
 use ndarray::ArrayD;
 use qat_core::{QuantParams, QuantRange, fixed_point::QuantizedMultiplier};
+use qat_int8_runtime::testing::models::{avg_pool, max_pool, model, qdq, tensor};
 use qat_int8_runtime::{
-    Clamp, Conv2d, DType, Executor, Int8Model, KernelPath, Op, RunError, Target, TensorInfo,
-    TensorValue, Weights,
+    Clamp, Conv2d, Executor, Int8Model, KernelPath, Op, RunError, Target, TensorValue, Weights,
 };
 
 fn params(scale: f32, zp: i32) -> QuantParams {
@@ -21,36 +21,24 @@ fn single_conv(input_hw: [usize; 2], padding: [usize; 4]) -> Int8Model {
     let [h, w] = input_hw;
     let ho = h + padding[0] + padding[2] - 1;
     let wo = w + padding[1] + padding[3] - 1;
-    let t = |name: &str, shape: Vec<usize>, q| TensorInfo {
-        name: name.into(),
-        shape,
-        dtype: DType::U8,
-        quant: Some(q),
-    };
-    Int8Model {
-        name: "hand".into(),
-        tensors: vec![t("x", vec![h, w, 1], qi), t("y", vec![ho, wo, 1], qo)],
-        ops: vec![Op::Conv2d(Conv2d {
-            input: 0,
-            output: 1,
-            // 2×2 kernel [[1, 2], [0, −1]]
-            weights: Weights::Int8 {
-                data: vec![1, 2, 0, -1],
-                scales: vec![0.025],
-            },
-            weight_shape: [1, 2, 2, 1],
-            bias: vec![10],
-            stride: [1, 1],
-            padding,
-            dilation: [1, 1],
-            groups: 1,
-            multipliers: vec![QuantizedMultiplier::from_f64(0.5).unwrap()], // 0.1·0.025/0.05
-            clamp: Clamp { lo: 0, hi: 255 },
-        })],
+    let conv = Conv2d {
         input: 0,
-        outputs: vec![1],
-        rounding: Target::Tflite,
-    }
+        output: 1,
+        // 2×2 kernel [[1, 2], [0, −1]]
+        weights: Weights::Int8 {
+            data: vec![1, 2, 0, -1],
+            scales: vec![0.025],
+        },
+        weight_shape: [1, 2, 2, 1],
+        bias: vec![10],
+        stride: [1, 1],
+        padding,
+        dilation: [1, 1],
+        groups: 1,
+        multipliers: vec![QuantizedMultiplier::from_f64(0.5).unwrap()], // 0.1·0.025/0.05
+        clamp: Clamp { lo: 0, hi: 255 },
+    };
+    unary(Op::Conv2d(conv), qi, &[h, w, 1], qo, &[ho, wo, 1])
 }
 
 /// Input codes [[3,4,5],[6,7,8],[9,10,11]] with Z_in = 2 are the centered values 1..9.
@@ -64,16 +52,27 @@ fn hand_input() -> ArrayD<f32> {
     .unwrap()
 }
 
+/// The output codes of `single_conv` (3×3 input, `padding`) on [`hand_input`], per supported
+/// kernel path.
+fn hand_conv_on_every_path(padding: [usize; 4]) -> Vec<(KernelPath, Vec<u8>)> {
+    let model = single_conv([3, 3], padding);
+    let run = |path| {
+        let mut e = Executor::with_path(&model, path).unwrap();
+        e.run_u8(hand_input().view()).unwrap()[0]
+            .iter()
+            .copied()
+            .collect()
+    };
+    KernelPath::supported().map(|p| (p, run(p))).collect()
+}
+
 #[test]
 fn hand_worked_conv_no_padding() {
     // acc(0,0) = 1·1 + 2·2 + 0·4 − 1·5 = 0, + bias 10 = 10, ·0.5 = 5, + Z_out 100 = 105
     // acc(0,1) = 2 + 6 − 6 = 2 → 12 → 6 → 106;  acc(1,0) = 4 + 10 − 8 = 6 → 16 → 8 → 108
     // acc(1,1) = 5 + 12 − 9 = 8 → 18 → 9 → 109
-    let model = single_conv([3, 3], [0; 4]);
-    for path in KernelPath::supported() {
-        let mut e = Executor::with_path(&model, path).unwrap();
-        let y = e.run_u8(hand_input().view()).unwrap();
-        assert_eq!(y[0].as_slice().unwrap(), &[105, 106, 108, 109], "{path}");
+    for (path, y) in hand_conv_on_every_path([0; 4]) {
+        assert_eq!(y, [105, 106, 108, 109], "{path}");
     }
 }
 
@@ -83,11 +82,7 @@ fn hand_worked_conv_zero_point_padding() {
     // out(0,0): only w(1,1) = −1 sees x(0,0) = 1 → −1 + 10 = 9 → 4.5 rounds up (SRDHM) → 5 → 105
     // out(3,3): only w(0,0) = 1 sees x(2,2) = 9 → 19 → 9.5 → 10 → 110
     // out(0,3): only w(1,0) = 0 sees x(0,2) → 10 → 5 → 105
-    let model = single_conv([3, 3], [1; 4]);
-    for path in KernelPath::supported() {
-        let mut e = Executor::with_path(&model, path).unwrap();
-        let y = e.run_u8(hand_input().view()).unwrap();
-        let y = y[0].as_slice().unwrap();
+    for (path, y) in hand_conv_on_every_path([1; 4]) {
         assert_eq!(y.len(), 16);
         assert_eq!((y[0], y[15], y[3]), (105, 110, 105), "{path}");
         // interior matches the unpadded result
@@ -95,172 +90,82 @@ fn hand_worked_conv_zero_point_padding() {
     }
 }
 
-fn unary(
-    op_builder: impl FnOnce(usize, usize) -> Op,
-    qi: QuantParams,
-    in_shape: &[usize],
-    qo: QuantParams,
-    out_shape: &[usize],
-) -> Int8Model {
-    let t = |name: &str, shape: &[usize], q| TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: DType::U8,
-        quant: Some(q),
-    };
-    Int8Model {
-        name: "unary".into(),
-        tensors: vec![t("x", in_shape, qi), t("y", out_shape, qo)],
-        ops: vec![op_builder(0, 1)],
-        input: 0,
-        outputs: vec![1],
-        rounding: Target::Tflite,
-    }
-}
-
-fn codes_input(shape: &[usize], codes: &[u8], q: &QuantParams) -> ArrayD<f32> {
-    let mut s = vec![1];
-    s.extend_from_slice(shape);
-    ArrayD::from_shape_vec(s, codes.iter().map(|&c| q.dequantize(c as i32)).collect()).unwrap()
-}
-
 #[test]
 fn pools_hand_worked() {
     let q = params(0.1, 0);
     let x = [1u8, 2, 3, 4, 5, 6, 7, 8, 10];
+    let run = |m: &Int8Model| {
+        let y = Executor::new(m)
+            .unwrap()
+            .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
+            .unwrap();
+        y[0].as_slice().unwrap().to_vec()
+    };
     // Avg 2×2 stride 1, no padding, same params: (1+2+4+5+2)/4 = 3 (3.0), (2+3+5+6+2)/4 = 4,
     // (4+5+7+8+2)/4 = 6, (5+6+8+10+2)/4 = 7 (7.25 → 7)
-    let m = unary(
-        |i, o| Op::AvgPool2d {
-            input: i,
-            output: o,
-            kernel: [2, 2],
-            stride: [1, 1],
-            padding: [0; 4],
-        },
-        q,
-        &[3, 3, 1],
-        q,
-        &[2, 2, 1],
-    );
-    let y = Executor::new(&m)
-        .unwrap()
-        .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
-        .unwrap();
-    assert_eq!(y[0].as_slice().unwrap(), &[3, 4, 6, 7]);
+    let pool = |op| unary(op, q, &[3, 3, 1], q, &[2, 2, 1]);
+    let m = pool(avg_pool([0, 1], [2, 2], [1, 1], [0; 4]));
+    assert_eq!(run(&m), [3, 4, 6, 7]);
     // Padded avg: corner window sees only x(0,0) → 1 (padding excluded from the count). The
     // `qat` target's uint8 average (ties up).
-    let padded = unary(
-        |i, o| Op::AvgPool2d {
-            input: i,
-            output: o,
-            kernel: [2, 2],
-            stride: [2, 2],
-            padding: [1, 1, 0, 0],
-        },
-        q,
-        &[3, 3, 1],
-        q,
-        &[2, 2, 1],
-    );
+    let padded = pool(avg_pool([0, 1], [2, 2], [2, 2], [1, 1, 0, 0]));
     let m = Int8Model {
         rounding: Target::Qat,
         ..padded.clone()
     };
-    let y = Executor::new(&m)
-        .unwrap()
-        .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
-        .unwrap();
     // windows: {1}, {2,3} → 2.5 → 3, {4,7} → 5.5 → 6, {5,6,8,10} → 7.25 → 7
-    assert_eq!(y[0].as_slice().unwrap(), &[1, 3, 6, 7]);
+    assert_eq!(run(&m), [1, 3, 6, 7]);
     // The `tflite` target is LiteRT's int8 average of `q − 128`, ties away from zero:
     // {2,3} → (−251 − 1)/2 = −126 → 2, {4,7} → (−245 − 1)/2 = −123 → 5.
-    let y = Executor::new(&padded)
-        .unwrap()
-        .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
-        .unwrap();
-    assert_eq!(y[0].as_slice().unwrap(), &[1, 2, 5, 7]);
+    assert_eq!(run(&padded), [1, 2, 5, 7]);
     // Max 2×2 stride 1
-    let m = unary(
-        |i, o| Op::MaxPool2d {
-            input: i,
-            output: o,
-            kernel: [2, 2],
-            stride: [1, 1],
-            padding: [0; 4],
-        },
-        q,
-        &[3, 3, 1],
-        q,
-        &[2, 2, 1],
-    );
-    let y = Executor::new(&m)
-        .unwrap()
-        .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
-        .unwrap();
-    assert_eq!(y[0].as_slice().unwrap(), &[5, 6, 8, 10]);
+    let m = pool(max_pool([0, 1], [2, 2], [1, 1], [0; 4]));
+    assert_eq!(run(&m), [5, 6, 8, 10]);
     // Global average with requantization to S = 0.2, Z = 10, one rounding:
     // M' = 0.1/(0.2·9) = 1/18, Σ(q − 0) = 46 → 46/18 = 2.56 → 3, + 10 = 13
     let qo = params(0.2, 10);
-    let m = unary(
-        |i, o| Op::GlobalAvgPool {
-            input: i,
-            output: o,
-        },
-        q,
-        &[3, 3, 1],
-        qo,
-        &[1],
-    );
-    let y = Executor::new(&m)
+    let gap = Op::GlobalAvgPool {
+        input: 0,
+        output: 1,
+    };
+    assert_eq!(run(&unary(gap, q, &[3, 3, 1], qo, &[1])), [13]);
+}
+
+/// Runs `m` (`a → 1×1 average pool → b`, then `y = combine(a, b)`) on one sample of shape
+/// `shape` whose codes are `codes`: the codes of `a`, `b` and `y`.
+fn rescale_and_combine(m: &Int8Model, shape: &[usize], codes: &[u8]) -> [Vec<u8>; 3] {
+    let q = m.tensors[0].quant.unwrap();
+    let all = Executor::new(m)
         .unwrap()
-        .run_u8(codes_input(&[3, 3, 1], &x, &q).view())
+        .run_all(codes_input(shape, codes, &q).view())
         .unwrap();
-    assert_eq!(y[0].as_slice().unwrap(), &[13]);
+    std::array::from_fn(|i| match &all[i] {
+        TensorValue::U8(t) => t.iter().copied().collect(),
+        other => panic!("tensor {i} is not U8: {other:?}"),
+    })
 }
 
 #[test]
 fn add_matches_float_within_one_lsb() {
     let (qa, qb, qo) = (params(0.02, 30), params(0.05, 200), params(0.04, 128));
-    let t = |name: &str, q| TensorInfo {
-        name: name.into(),
-        shape: vec![16, 16, 1],
-        dtype: DType::U8,
-        quant: Some(q),
-    };
+    let t = |name: &str, q| tensor(name, &[16, 16, 1], Some(q));
     // a = input codes; b = a rescaled to other params by a 1×1 average pool; y = a + b.
-    let m = Int8Model {
-        name: "add".into(),
-        tensors: vec![t("a", qa), t("b", qb), t("y", qo)],
-        ops: vec![
-            Op::AvgPool2d {
-                input: 0,
-                output: 1,
-                kernel: [1, 1],
-                stride: [1, 1],
-                padding: [0; 4],
-            },
-            Op::Add {
-                a: 0,
-                b: 1,
-                output: 2,
-                clamp: Clamp { lo: 0, hi: 255 },
-            },
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: Target::Tflite,
+    let add = Op::Add {
+        a: 0,
+        b: 1,
+        output: 2,
+        clamp: Clamp { lo: 0, hi: 255 },
     };
+    let rescale = avg_pool([0, 1], [1, 1], [1, 1], [0; 4]);
+    let m = model(
+        "add",
+        vec![t("a", qa), t("b", qb), t("y", qo)],
+        vec![rescale, add],
+        2,
+    );
     let codes: Vec<u8> = (0..=255).collect();
-    let mut e = Executor::new(&m).unwrap();
-    let all = e
-        .run_all(codes_input(&[16, 16, 1], &codes, &qa).view())
-        .unwrap();
-    let (TensorValue::U8(a), TensorValue::U8(b), TensorValue::U8(y)) = (&all[0], &all[1], &all[2])
-    else {
-        panic!()
-    };
-    assert_eq!(a.as_slice().unwrap(), codes.as_slice());
+    let [a, b, y] = rescale_and_combine(&m, &[16, 16, 1], &codes);
+    assert_eq!(a, codes);
     for ((&ca, &cb), &cy) in a.iter().zip(b.iter()).zip(y.iter()) {
         let want = qo.quantize(qa.dequantize(ca as i32) + qb.dequantize(cb as i32));
         assert!(
@@ -273,46 +178,19 @@ fn add_matches_float_within_one_lsb() {
 #[test]
 fn concat_rescales_within_one_lsb() {
     let (q1, q2, qo) = (params(0.02, 10), params(0.03, 100), params(0.05, 60));
-    let t = |name: &str, c, q| TensorInfo {
-        name: name.into(),
-        shape: vec![2, 2, c],
-        dtype: DType::U8,
-        quant: Some(q),
+    let t = |name: &str, c, q| tensor(name, &[2, 2, c], Some(q));
+    let cat = Op::Concat {
+        inputs: vec![0, 1],
+        output: 2,
     };
-    let m = Int8Model {
-        name: "cat".into(),
-        tensors: vec![t("a", 3, q1), t("b", 3, q2), t("y", 6, qo)],
-        ops: vec![
-            Op::AvgPool2d {
-                input: 0,
-                output: 1,
-                kernel: [1, 1],
-                stride: [1, 1],
-                padding: [0; 4],
-            },
-            Op::Concat {
-                inputs: vec![0, 1],
-                output: 2,
-            },
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: Target::Tflite,
-    };
-    let codes = Rng(5).u8s(12);
-    let mut e = Executor::new(&m).unwrap();
-    let all = e
-        .run_all(codes_input(&[2, 2, 3], &codes, &q1).view())
-        .unwrap();
-    let (TensorValue::U8(a), TensorValue::U8(b), TensorValue::U8(y)) = (&all[0], &all[1], &all[2])
-    else {
-        panic!()
-    };
-    let (a, b, y) = (
-        a.as_slice().unwrap(),
-        b.as_slice().unwrap(),
-        y.as_slice().unwrap(),
+    let rescale = avg_pool([0, 1], [1, 1], [1, 1], [0; 4]);
+    let m = model(
+        "cat",
+        vec![t("a", 3, q1), t("b", 3, q2), t("y", 6, qo)],
+        vec![rescale, cat],
+        2,
     );
+    let [a, b, y] = rescale_and_combine(&m, &[2, 2, 3], &Rng(5).u8s(12));
     for p in 0..4 {
         for c in 0..3 {
             let wa = qo.quantize(q1.dequantize(a[p * 3 + c] as i32));
@@ -330,33 +208,7 @@ fn concat_rescales_within_one_lsb() {
 #[test]
 fn quantize_dequantize_use_qat_core_rounding() {
     let q = act(-1.0, 1.0);
-    let t = |name: &str, dtype, quant| TensorInfo {
-        name: name.into(),
-        shape: vec![5],
-        dtype,
-        quant,
-    };
-    let m = Int8Model {
-        name: "qdq".into(),
-        tensors: vec![
-            t("x", DType::F32, None),
-            t("q", DType::U8, Some(q)),
-            t("y", DType::F32, None),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            Op::Dequantize {
-                input: 1,
-                output: 2,
-            },
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: Target::Tflite,
-    };
+    let m = qdq(&[5], q, Target::Tflite);
     let xs = [-2.0f32, -0.5, 0.0, 0.3, 7.0];
     let x = ArrayD::from_shape_vec(vec![1, 5], xs.to_vec()).unwrap();
     let mut e = Executor::new(&m).unwrap();

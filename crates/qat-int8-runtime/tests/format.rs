@@ -3,9 +3,10 @@
 mod common;
 
 use common::{Rng, zoo_model};
-use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
+use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32, wrap_payload};
 use qat_int8_runtime::{
-    Executor, Int8Model, KernelPath, LoadError, Op, SaveError, Target, ValidationError, Weights,
+    Conv2d, Executor, Int8Model, KernelPath, LoadError, Op, SaveError, Target, ValidationError,
+    Weights,
 };
 
 /// Written by the version-1 format (before `Int8Model::rounding`), from `zoo_model()`.
@@ -114,14 +115,7 @@ fn crc32_check_value() {
 }
 
 fn rewrap(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    wrap_payload(payload, FORMAT_VERSION)
 }
 
 #[test]
@@ -183,10 +177,7 @@ fn header_errors_are_typed() {
 #[test]
 fn validation_names_op_and_field() {
     let mut m = zoo_model();
-    let Op::Conv2d(c) = &mut m.ops[2] else {
-        panic!("op 2 is the depthwise conv")
-    };
-    c.bias.pop();
+    conv_mut(&mut m, 2).bias.pop();
     let err = m.validate().unwrap_err();
     assert!(
         matches!(
@@ -216,88 +207,59 @@ fn validation_names_op_and_field() {
         "{err}"
     );
 
-    let mut m = zoo_model();
-    m.ops.swap(1, 2);
-    let err = m.validate().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ValidationError::Op {
-                op: 1,
-                field: "input",
-                ..
-            }
+    // Each edit of the zoo model, and what the validation error names (see `named`).
+    type Case = (fn(&mut Int8Model), (&'static str, usize, &'static str));
+    let cases: [Case; 6] = [
+        (|m| m.ops.swap(1, 2), ("Conv2d", 1, "input")),
+        (|m| conv_mut(m, 1).stride = [2, 2], ("Conv2d", 1, "output")),
+        (
+            |m| {
+                let Weights::Uint8 { zero_points, .. } = &mut conv_mut(m, 4).weights else {
+                    panic!("op 4 has uint8 weights")
+                };
+                zero_points[0] = 300;
+            },
+            ("Conv2d", 4, "weights.zero_points"),
         ),
-        "{err}"
-    );
+        (|m| m.outputs.push(999), ("output", 2, "999")),
+        (|m| m.tensors[3].quant = None, ("tensor", 3, "quant")),
+        (
+            |m| {
+                let Op::MaxPool2d { padding, .. } = &mut m.ops[6] else {
+                    panic!("op 6 is the max pool")
+                };
+                *padding = [2, 0, 0, 0];
+            },
+            ("MaxPool2d", 6, "padding"),
+        ),
+    ];
+    for (edit, (what, index, field)) in cases {
+        let mut m = zoo_model();
+        edit(&mut m);
+        let err = m.validate().unwrap_err();
+        assert_eq!(named(&err), (what, index, field.to_string()), "{err}");
+    }
+}
 
-    let mut m = zoo_model();
-    let Op::Conv2d(c) = &mut m.ops[1] else {
-        panic!()
-    };
-    c.stride = [2, 2];
-    assert!(matches!(
-        m.validate().unwrap_err(),
+/// What a validation error names: an op's kind, index and field; `output`, the output's index
+/// and its tensor; or `tensor`, the tensor's index and field.
+fn named(e: &ValidationError) -> (&'static str, usize, String) {
+    match e {
         ValidationError::Op {
-            op: 1,
-            field: "output",
-            ..
-        }
-    ));
+            op, kind, field, ..
+        } => (kind, *op, field.to_string()),
+        ValidationError::Output { index, tensor, .. } => ("output", *index, tensor.to_string()),
+        ValidationError::Tensor { tensor, field, .. } => ("tensor", *tensor, field.to_string()),
+        other => panic!("unexpected error {other}"),
+    }
+}
 
-    let mut m = zoo_model();
-    let Op::Conv2d(c) = &mut m.ops[4] else {
-        panic!()
+/// Op `i` of `m`, a conv.
+fn conv_mut(m: &mut Int8Model, i: usize) -> &mut Conv2d {
+    let Op::Conv2d(c) = &mut m.ops[i] else {
+        panic!("op {i} is a conv")
     };
-    let Weights::Uint8 { zero_points, .. } = &mut c.weights else {
-        panic!()
-    };
-    zero_points[0] = 300;
-    assert!(matches!(
-        m.validate().unwrap_err(),
-        ValidationError::Op {
-            op: 4,
-            field: "weights.zero_points",
-            ..
-        }
-    ));
-
-    let mut m = zoo_model();
-    m.outputs.push(999);
-    assert!(matches!(
-        m.validate().unwrap_err(),
-        ValidationError::Output {
-            index: 2,
-            tensor: 999,
-            ..
-        }
-    ));
-
-    let mut m = zoo_model();
-    m.tensors[3].quant = None;
-    assert!(matches!(
-        m.validate().unwrap_err(),
-        ValidationError::Tensor {
-            tensor: 3,
-            field: "quant",
-            ..
-        }
-    ));
-
-    let mut m = zoo_model();
-    let Op::MaxPool2d { padding, .. } = &mut m.ops[6] else {
-        panic!()
-    };
-    *padding = [2, 0, 0, 0];
-    assert!(matches!(
-        m.validate().unwrap_err(),
-        ValidationError::Op {
-            op: 6,
-            kind: "MaxPool2d",
-            field: "padding",
-            ..
-        }
-    ));
+    c
 }
 
 /// Random corruptions of a valid file: always `Err` or a valid model, never a panic. With the

@@ -93,24 +93,9 @@ fn depthwise_case() -> impl Strategy<Value = ConvCase> {
     )
         .prop_filter_map(
             "window must fit",
-            |((h, w, c), (kh, kw, sh, sw, dh, dw), (padding, batch, values, seed))| {
-                conv_out_extent(h, kh, sh, dh, padding[0], padding[2])?;
-                conv_out_extent(w, kw, sw, dw, padding[1], padding[3])?;
-                Some(ConvCase {
-                    h,
-                    w,
-                    cin: c,
-                    cout: c,
-                    groups: c,
-                    k: [kh, kw],
-                    stride: [sh, sw],
-                    dilation: [dh, dw],
-                    padding,
-                    batch,
-                    values,
-                    seed,
-                    below_one: true,
-                })
+            |((h, w, c), window, (padding, batch, values, seed))| {
+                let run = (batch, values, seed);
+                ConvCase::fitting([h, w], [c, c, c], window, padding, run, true)
             },
         )
 }
@@ -288,28 +273,43 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                     1 => (cin, cin, cin * if seed % 3 == 0 { mult } else { 1 }),
                     _ => (2, 2 * cin, 2 * (1 + seed as usize % 9)),
                 };
-                conv_out_extent(h, kh, sh, dh, padding[0], padding[2])?;
-                conv_out_extent(w, kw, sw, dw, padding[1], padding[3])?;
-                Some(ConvCase {
-                    h,
-                    w,
-                    cin,
-                    cout,
-                    groups,
-                    k: [kh, kw],
-                    stride: [sh, sw],
-                    dilation: [dh, dw],
-                    padding,
-                    batch,
-                    values,
-                    seed,
-                    below_one: false,
-                })
+                let window = (kh, kw, sh, sw, dh, dw);
+                let run = (batch, values, seed);
+                ConvCase::fitting([h, w], [cin, cout, groups], window, padding, run, false)
             },
         )
 }
 
 impl ConvCase {
+    /// The case, if its window `(kh, kw, sh, sw, dh, dw)` fits the padded `[h, w]` input;
+    /// `channels` is `[C_in, C_out, groups]`, `run` is `(batch, values, seed)`.
+    fn fitting(
+        [h, w]: [usize; 2],
+        [cin, cout, groups]: [usize; 3],
+        (kh, kw, sh, sw, dh, dw): (usize, usize, usize, usize, usize, usize),
+        padding: [usize; 4],
+        (batch, values, seed): (usize, Values, u64),
+        below_one: bool,
+    ) -> Option<Self> {
+        conv_out_extent(h, kh, sh, dh, padding[0], padding[2])?;
+        conv_out_extent(w, kw, sw, dw, padding[1], padding[3])?;
+        Some(ConvCase {
+            h,
+            w,
+            cin,
+            cout,
+            groups,
+            k: [kh, kw],
+            stride: [sh, sw],
+            dilation: [dh, dw],
+            padding,
+            batch,
+            values,
+            seed,
+            below_one,
+        })
+    }
+
     fn build(
         &self,
     ) -> (

@@ -7,52 +7,23 @@
 //! multiplier may decide either way), and be within one LSB of the f32 fake-quant simulation
 //! everywhere. Concat keeps its `requantize` (TFLite double rounding): within one LSB.
 
-use ndarray::ArrayD;
+mod common;
+
+use common::{codes_input, unary};
 use proptest::prelude::*;
 use qat_core::{QuantParams, QuantRange};
-use qat_int8_runtime::{
-    DType, Executor, Int8Model, KernelPath, Op, Target, TensorInfo, TensorValue,
-};
+use qat_int8_runtime::testing::models::{self, tensor};
+use qat_int8_runtime::{Executor, Int8Model, KernelPath, Op, PoolWindow, TensorValue};
 
 fn params(scale: f32, zp: i32, bits: u32) -> QuantParams {
     QuantParams::new(scale, zp, QuantRange::unsigned(bits).unwrap()).unwrap()
-}
-
-fn tensor(name: &str, shape: &[usize], q: QuantParams) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: DType::U8,
-        quant: Some(q),
-    }
-}
-
-fn unary(
-    op: Op,
-    qi: QuantParams,
-    in_shape: &[usize],
-    qo: QuantParams,
-    out_shape: &[usize],
-) -> Int8Model {
-    Int8Model {
-        name: "pool".into(),
-        tensors: vec![tensor("x", in_shape, qi), tensor("y", out_shape, qo)],
-        ops: vec![op],
-        input: 0,
-        outputs: vec![1],
-        rounding: Target::Tflite,
-    }
 }
 
 /// Runs `m` on every supported kernel path with input codes `codes`; asserts that the input
 /// codes survive the graph input's quantize step and that all paths agree; returns the output
 /// codes.
 fn run_codes(m: &Int8Model, in_shape: &[usize], codes: &[u8]) -> Vec<u8> {
-    let q = m.tensors[0].quant.unwrap();
-    let mut s = vec![1];
-    s.extend_from_slice(in_shape);
-    let x =
-        ArrayD::from_shape_vec(s, codes.iter().map(|&c| q.dequantize(c as i32)).collect()).unwrap();
+    let x = codes_input(in_shape, codes, &m.tensors[0].quant.unwrap());
     let mut first: Option<Vec<u8>> = None;
     for path in KernelPath::supported() {
         let all = Executor::with_path(m, path)
@@ -76,13 +47,7 @@ fn run_codes(m: &Int8Model, in_shape: &[usize], codes: &[u8]) -> Vec<u8> {
 }
 
 fn avg_pool(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4]) -> Op {
-    Op::AvgPool2d {
-        input: 0,
-        output: 1,
-        kernel,
-        stride,
-        padding,
-    }
+    models::avg_pool([0, 1], kernel, stride, padding)
 }
 
 /// Input codes [[1, 2, 3], [4, 5, 6], [7, 8, 10]], `S_in = 0.1`, `Z_in = 0`.
@@ -112,29 +77,25 @@ fn global_avg_pool_rescales_with_one_rounding() {
     // Σ(q − Z_in) over the 9 cells with Z_in = 2: 46 − 18 = 28. S_in = 0.1, S_out = 0.04, Z_out = 3:
     // M' = 0.1/(0.04·9) = 0.2778, 28·M' = 7.778 → 8 → 11.
     // (Two roundings: mean 28/9 = 3.11 → 3, ·2.5 = 7.5 → 8 → 11; same here.)
-    let m = unary(
-        Op::GlobalAvgPool {
+    // S_in = 0.1, S_out = 0.04; the zero points vary.
+    let gap = |z_in, shape: &[usize], z_out| {
+        let op = Op::GlobalAvgPool {
             input: 0,
             output: 1,
-        },
-        params(0.1, 2, 8),
-        &[3, 3, 1],
-        params(0.04, 3, 8),
-        &[1],
-    );
+        };
+        unary(
+            op,
+            params(0.1, z_in, 8),
+            shape,
+            params(0.04, z_out, 8),
+            &[1],
+        )
+    };
+    let m = gap(2, &[3, 3, 1], 3);
     assert_eq!(run_codes(&m, &[3, 3, 1], &X), vec![11]);
     // 2×2 global pool, codes 1, 1, 2, 2 with Z_in = 0: Σ = 6, M' = 0.1/(0.04·4) = 0.625,
     // 6·0.625 = 3.75 → 4 (+ Z_out 0). Two roundings gave mean 1.5 → 2, ·2.5 = 5.
-    let m = unary(
-        Op::GlobalAvgPool {
-            input: 0,
-            output: 1,
-        },
-        params(0.1, 0, 8),
-        &[2, 2, 1],
-        params(0.04, 0, 8),
-        &[1],
-    );
+    let m = gap(0, &[2, 2, 1], 0);
     assert_eq!(run_codes(&m, &[2, 2, 1], &[1, 1, 2, 2]), vec![4]);
 }
 
@@ -156,30 +117,18 @@ fn pools_and_concat_clamp_to_the_low_bit_output_grid() {
     // Concat of the input (S = 0.1, Z = 0) and its 1×1 max pool (same params) into the 4-bit grid:
     // M = 0.1/0.05 = 2, q = 2·q_in + 3: 1 → 5, 2 → 7, …, 6 → 15, 7 → 17 → 15, 10 → 23 → 15.
     let qi = params(0.1, 0, 8);
-    let m = Int8Model {
-        name: "cat4".into(),
-        tensors: vec![
-            tensor("x", &[3, 3, 1], qi),
-            tensor("p", &[3, 3, 1], qi),
-            tensor("y", &[3, 3, 2], qo),
-        ],
-        ops: vec![
-            Op::MaxPool2d {
-                input: 0,
-                output: 1,
-                kernel: [1, 1],
-                stride: [1, 1],
-                padding: [0; 4],
-            },
-            Op::Concat {
-                inputs: vec![0, 1],
-                output: 2,
-            },
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: Target::Tflite,
+    let t = |name: &str, shape: &[usize], q| tensor(name, shape, Some(q));
+    let tensors = vec![
+        t("x", &[3, 3, 1], qi),
+        t("p", &[3, 3, 1], qi),
+        t("y", &[3, 3, 2], qo),
+    ];
+    let cat = Op::Concat {
+        inputs: vec![0, 1],
+        output: 2,
     };
+    let copy = models::max_pool([0, 1], [1, 1], [1, 1], [0; 4]);
+    let m = models::model("cat4", tensors, vec![copy, cat], 2);
     let want: Vec<u8> = X
         .iter()
         .flat_map(|&q| {
@@ -208,9 +157,7 @@ fn arb_params() -> impl Strategy<Value = QuantParams> {
 #[derive(Debug, Clone)]
 struct PoolCase {
     hwc: [usize; 3],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
+    window: PoolWindow,
     qi: QuantParams,
     qo: QuantParams,
     codes: Vec<u8>,
@@ -233,7 +180,6 @@ fn arb_pool() -> impl Strategy<Value = PoolCase> {
                 if h + padding[0] + padding[2] < kh || w + padding[1] + padding[3] < kw {
                     return None;
                 }
-                let qo = if same { qi } else { qo };
                 let mut s = seed | 1;
                 let codes = (0..h * w * c)
                     .map(|_| {
@@ -243,13 +189,16 @@ fn arb_pool() -> impl Strategy<Value = PoolCase> {
                         (s % (qi.qmax() as u64 + 1)) as u8
                     })
                     .collect();
-                Some(PoolCase {
-                    hwc: [h, w, c],
+                let window = PoolWindow {
                     kernel: [kh, kw],
                     stride: [sh, sw],
                     padding,
+                };
+                Some(PoolCase {
+                    hwc: [h, w, c],
+                    window,
                     qi,
-                    qo,
+                    qo: if same { qi } else { qo },
                     codes,
                 })
             },
@@ -294,7 +243,8 @@ proptest! {
 
     #[test]
     fn avg_pool_is_the_rounded_real_average(case in arb_pool()) {
-        let PoolCase { hwc: [h, w, c], kernel, stride, padding, qi, qo, codes } = case;
+        let PoolCase { hwc: [h, w, c], window, qi, qo, codes } = case;
+        let PoolWindow { kernel, stride, padding } = window;
         let ho = (h + padding[0] + padding[2] - kernel[0]) / stride[0] + 1;
         let wo = (w + padding[1] + padding[3] - kernel[1]) / stride[1] + 1;
         let m = unary(avg_pool(kernel, stride, padding), qi, &[h, w, c], qo, &[ho, wo, c]);
@@ -335,21 +285,13 @@ proptest! {
     ) {
         // Concat of x (params q1) with a 1×1 average pool of x rescaled to q2.
         let (h, w, c) = (2, 3, 2);
-        let m = Int8Model {
-            name: "cat".into(),
-            tensors: vec![tensor("x", &[h, w, c], q1), tensor("p", &[h, w, c], q2), tensor("y", &[h, w, 2 * c], qo)],
-            ops: vec![
-                avg_pool([1, 1], [1, 1], [0; 4]),
-                Op::Concat { inputs: vec![0, 1], output: 2 },
-            ],
-            input: 0,
-            outputs: vec![2],
-            rounding: Target::Tflite,
-        };
+        let t = |name: &str, c: usize, q| tensor(name, &[h, w, c], Some(q));
+        let ops = vec![avg_pool([1, 1], [1, 1], [0; 4]), Op::Concat { inputs: vec![0, 1], output: 2 }];
+        let m = models::model("cat", vec![t("x", c, q1), t("p", c, q2), t("y", 2 * c, qo)], ops, 2);
         prop_assume!(Executor::with_path(&m, KernelPath::Reference).is_ok());
         let mut s = seed | 1;
         let codes: Vec<u8> = (0..h * w * c).map(|_| { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) % (q1.qmax() as u64 + 1)) as u8 }).collect();
-        let x = ArrayD::from_shape_vec(vec![1, h, w, c], codes.iter().map(|&q| q1.dequantize(q as i32)).collect()).unwrap();
+        let x = codes_input(&[h, w, c], &codes, &q1);
         let all = Executor::with_path(&m, KernelPath::Reference).unwrap().run_all(x.view()).unwrap();
         let (TensorValue::U8(p), TensorValue::U8(y)) = (&all[1], &all[2]) else { panic!("U8") };
         let (p, y) = (p.as_slice().unwrap(), y.as_slice().unwrap());

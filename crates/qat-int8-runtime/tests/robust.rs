@@ -1,12 +1,12 @@
 //! Hostile inputs: integer overflow in validation, bounded decoding and reading, resource limits
 //! checked before any work, decode errors that name the section and offset.
 
-use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32};
+use qat_core::QuantParams;
+use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, wrap_payload};
 use qat_int8_runtime::limits::Limits;
+use qat_int8_runtime::testing::models::{max_pool, qdq, quantize_then, tensor, unit_conv};
 use qat_int8_runtime::{
-    Clamp, Conv2d, DType, Int8Model, LoadError, LoadOptions, Op, Target, TensorInfo,
-    ValidationError, Weights,
+    Int8Model, LoadError, LoadOptions, Op, Target, TensorInfo, ValidationError,
 };
 
 fn q() -> QuantParams {
@@ -14,72 +14,23 @@ fn q() -> QuantParams {
 }
 
 fn u8t(name: &str, shape: &[usize]) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: DType::U8,
-        quant: Some(q()),
-    }
+    tensor(name, shape, Some(q()))
 }
 
-fn f32t(name: &str, shape: &[usize]) -> TensorInfo {
-    TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        quant: None,
-    }
-}
-
-/// `x (f32) → Quantize → xq → op → y`, the op built by `op(1, 2)`.
+/// `x (f32) → Quantize → xq → op → y`, the op reading tensor 1 and writing tensor 2.
 fn model_with(x: &[usize], y: TensorInfo, op: Op) -> Int8Model {
-    Int8Model {
-        name: "m".into(),
-        tensors: vec![f32t("x", x), u8t("xq", x), y],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            op,
-        ],
-        input: 0,
-        outputs: vec![2],
-        rounding: Target::Qat,
-    }
+    quantize_then("m", x, q(), y, op, Target::Qat)
 }
 
 fn wrap(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    wrap_payload(payload, FORMAT_VERSION)
 }
 
 #[test]
 fn conv_groups_times_weight_width_overflow_is_a_typed_error() {
     // wi·groups wraps to C_in = 2 in a wrapping build: 2^63·2 + 2 = 2 mod 2^64... with wi = 2^63 + 1.
     let wi = (1usize << (usize::BITS - 1)) + 1;
-    let conv = Conv2d {
-        input: 1,
-        output: 2,
-        weights: Weights::Int8 {
-            data: vec![1; 2],
-            scales: vec![0.01],
-        },
-        weight_shape: [2, 1, 1, wi],
-        bias: vec![0; 2],
-        stride: [1, 1],
-        padding: [0; 4],
-        dilation: [1, 1],
-        groups: 2,
-        multipliers: vec![QuantizedMultiplier::from_f64(0.01).unwrap()],
-        clamp: Clamp { lo: 0, hi: 255 },
-    };
+    let conv = unit_conv([2, 1, 1, wi], 2, 2, [0; 4]);
     let m = model_with(&[1, 1, 2], u8t("y", &[1, 1, 2]), Op::Conv2d(conv));
     match m.validate() {
         Err(ValidationError::Op {
@@ -109,14 +60,7 @@ fn a_string_length_prefix_beyond_the_payload_is_refused_with_its_section_and_off
 
 #[test]
 fn decode_errors_name_the_element_and_its_offset() {
-    let m = model_with(
-        &[4],
-        f32t("y", &[4]),
-        Op::Dequantize {
-            input: 1,
-            output: 2,
-        },
-    );
+    let m = qdq(&[4], q(), Target::Qat);
     let bytes = m.to_bytes().unwrap();
     // Cut the payload's last 4 bytes (rounding, outputs, input): the error names the section
     // the payload ends in, at an offset inside the file.
@@ -182,14 +126,7 @@ fn loading_an_endless_device_reads_only_up_to_the_limit() {
 fn activation_memory_is_limited_before_any_work() {
     // 2^26 f32 elements = 256 MiB plus the 64 MiB U8 copy: over the default 256 MiB.
     let n = 1usize << 26;
-    let m = model_with(
-        &[n],
-        f32t("y", &[n]),
-        Op::Dequantize {
-            input: 1,
-            output: 2,
-        },
-    );
+    let m = qdq(&[n], q(), Target::Qat);
     assert_eq!(m.cost().activation_bytes, 4 * n as u64 * 2 + n as u64);
     let bytes = m.to_bytes().unwrap();
     assert!(bytes.len() < 100, "a {}-byte file", bytes.len());
@@ -211,13 +148,7 @@ fn activation_memory_is_limited_before_any_work() {
 #[test]
 fn pool_window_work_is_limited_and_names_the_op() {
     // 4096×4096 input, a 2048×2048 window at stride 1: 2049²·2048² ≈ 1.8·10^13 cells.
-    let pool = Op::MaxPool2d {
-        input: 1,
-        output: 2,
-        kernel: [2048, 2048],
-        stride: [1, 1],
-        padding: [0; 4],
-    };
+    let pool = max_pool([1, 2], [2048, 2048], [1, 1], [0; 4]);
     let m = model_with(&[4096, 4096, 1], u8t("y", &[2049, 2049, 1]), pool);
     let want = 2049u64 * 2049 * 2048 * 2048;
     assert_eq!(m.cost().pool_work, want);
@@ -237,22 +168,7 @@ fn pool_window_work_is_limited_and_names_the_op() {
 
 #[test]
 fn conv_macs_are_limited() {
-    let conv = Conv2d {
-        input: 1,
-        output: 2,
-        weights: Weights::Int8 {
-            data: vec![1; 8 * 9 * 4],
-            scales: vec![0.01],
-        },
-        weight_shape: [8, 3, 3, 4],
-        bias: vec![0; 8],
-        stride: [1, 1],
-        padding: [1; 4],
-        dilation: [1, 1],
-        groups: 1,
-        multipliers: vec![QuantizedMultiplier::from_f64(0.01).unwrap()],
-        clamp: Clamp { lo: 0, hi: 255 },
-    };
+    let conv = unit_conv([8, 3, 3, 4], 8 * 9 * 4, 1, [1; 4]);
     let m = model_with(&[16, 16, 4], u8t("y", &[16, 16, 8]), Op::Conv2d(conv));
     let macs = 16 * 16 * 8 * 36;
     assert_eq!(m.cost().macs, macs);
@@ -280,14 +196,7 @@ fn conv_macs_are_limited() {
 
 #[test]
 fn a_semantic_decode_failure_names_the_tensor() {
-    let m = model_with(
-        &[4],
-        f32t("y", &[4]),
-        Op::Dequantize {
-            input: 1,
-            output: 2,
-        },
-    );
+    let m = qdq(&[4], q(), Target::Qat);
     let bytes = m.to_bytes().unwrap();
     // The scale of tensor 1 ('xq') is the only f32 0.01 in the payload: make it NaN.
     let scale = q().scale().to_le_bytes();

@@ -17,31 +17,31 @@ impl Exact {
     /// A finite `f32`, decomposed from its bits.
     pub fn of_f32(x: f32) -> Self {
         assert!(x.is_finite(), "{x}");
-        let bits = x.to_bits();
-        let sign = if bits >> 31 == 1 { -1 } else { 1 };
-        let exp = ((bits >> 23) & 0xff) as i32;
-        let frac = (bits & 0x7f_ffff) as i128;
-        let (m, e) = if exp == 0 {
-            (frac, -149)
-        } else {
-            (frac | 0x80_0000, exp - 150)
-        };
-        Exact { m: sign * m, e }
+        let b = x.to_bits();
+        let (exp, frac) = (((b >> 23) & 0xff) as i32, (b & 0x7f_ffff) as i128);
+        Self::of_ieee(b >> 31 == 1, exp, frac, 23, 127)
     }
 
     /// A finite `f64`, decomposed from its bits.
     pub fn of_f64(x: f64) -> Self {
         assert!(x.is_finite(), "{x}");
-        let bits = x.to_bits();
-        let sign = if bits >> 63 == 1 { -1 } else { 1 };
-        let exp = ((bits >> 52) & 0x7ff) as i32;
-        let frac = (bits & 0xf_ffff_ffff_ffff) as i128;
+        let b = x.to_bits();
+        let (exp, frac) = (((b >> 52) & 0x7ff) as i32, (b & 0xf_ffff_ffff_ffff) as i128);
+        Self::of_ieee(b >> 63 == 1, exp, frac, 52, 1023)
+    }
+
+    /// The IEEE value with sign `neg`, biased exponent `exp` (0: subnormal) and fraction `frac`
+    /// of `frac_bits` bits: `±1.frac·2^(exp − bias)`, or `±0.frac·2^(1 − bias)` when `exp = 0`.
+    fn of_ieee(neg: bool, exp: i32, frac: i128, frac_bits: i32, bias: i32) -> Self {
         let (m, e) = if exp == 0 {
-            (frac, -1074)
+            (frac, 1 - bias - frac_bits)
         } else {
-            (frac | 0x10_0000_0000_0000, exp - 1075)
+            (frac | 1 << frac_bits, exp - bias - frac_bits)
         };
-        Exact { m: sign * m, e }
+        Exact {
+            m: if neg { -m } else { m },
+            e,
+        }
     }
 
     /// Back to `f32`; the value must already have at most 24 significant bits.

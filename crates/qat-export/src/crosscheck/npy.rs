@@ -156,23 +156,18 @@ pub fn read(bytes: &[u8]) -> Result<(Vec<usize>, Npy), CrosscheckError> {
     } else if descr.starts_with("'|u1'") {
         Npy::U8(want(1)?.to_vec())
     } else if descr.starts_with("'<i4'") {
-        let b = want(4)?;
-        Npy::I32(
-            b.chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        Npy::I32(words(want(4)?).map(i32::from_le_bytes).collect())
     } else if descr.starts_with("'<f4'") {
-        let b = want(4)?;
-        Npy::F32(
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        Npy::F32(words(want(4)?).map(f32::from_le_bytes).collect())
     } else {
         return Err(bad(format!("element type {descr}")));
     };
     Ok((shape, data))
+}
+
+/// The 4-byte words of `b` (whose length is a multiple of 4).
+fn words(b: &[u8]) -> impl Iterator<Item = [u8; 4]> + '_ {
+    b.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]])
 }
 
 #[cfg(test)]

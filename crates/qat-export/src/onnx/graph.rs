@@ -35,15 +35,30 @@ pub(super) struct Graph {
 
 /// A tensor type `[N, dims…]` (batch symbolic) of `elem`.
 fn value_info(name: &str, elem: DataType, dims: &[usize]) -> ValueInfoProto {
-    let batch = tensor_shape_proto::Dimension {
-        value: Some(tensor_shape_proto::dimension::Value::DimParam("N".into())),
-        ..Default::default()
-    };
-    let dim = std::iter::once(batch)
-        .chain(dims.iter().map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+    let dims: Vec<Option<i64>> = std::iter::once(None)
+        .chain(dims.iter().map(|&d| Some(d as i64)))
+        .collect();
+    tensor_value_info(name, elem, &dims)
+}
+
+/// The ONNX type of tensor `name`: `elem` elements with dimensions `dims`, `None` for the
+/// symbolic batch dimension `N`.
+///
+/// ```
+/// use qat_export::onnx::{proto::tensor_proto::DataType, tensor_value_info};
+/// let v = tensor_value_info("x", DataType::Float, &[None, Some(3)]);
+/// assert_eq!(v.name.as_deref(), Some("x"));
+/// ```
+pub fn tensor_value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|&d| tensor_shape_proto::Dimension {
+            value: Some(match d {
+                None => tensor_shape_proto::dimension::Value::DimParam("N".into()),
+                Some(d) => tensor_shape_proto::dimension::Value::DimValue(d),
+            }),
             ..Default::default()
-        }))
+        })
         .collect();
     ValueInfoProto {
         name: Some(name.into()),

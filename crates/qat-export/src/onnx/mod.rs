@@ -43,7 +43,7 @@ mod qdq;
 #[path = "onnx_generated.rs"]
 pub mod proto;
 
-pub use graph::{IR_VERSION, OPSET};
+pub use graph::{IR_VERSION, OPSET, tensor_value_info};
 pub use import::{
     IMPORT_OPSETS, ImportError, ImportOptions, Imported, InputLayout, Unsupported, import_onnx,
     import_onnx_file,

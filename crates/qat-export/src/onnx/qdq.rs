@@ -6,7 +6,7 @@ use qat_int8_runtime::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, W
 
 use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC, oihw_from_ohwi};
 use super::proto::tensor_proto::DataType;
-use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
+use crate::interchange::{ExportFormatError, Format, Site, Unsupported, pool_of};
 
 pub(super) struct Qdq<'m> {
     pub g: Graph,
@@ -186,16 +186,10 @@ impl<'m> Qdq<'m> {
                     self.q_clamped(&y, *output, lo, hi);
                 }
             }
-            Op::AvgPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let x = self.dq(*input);
-                let attrs = window_attrs(*kernel, *stride, *padding);
-                let mut attrs = attrs;
+            Op::AvgPool2d { .. } => {
+                let (input, output, w) = pool_of(op);
+                let x = self.dq(input);
+                let mut attrs = window_attrs(w.kernel, w.stride, w.padding);
                 attrs.push(("count_include_pad", Attr::Int(0)));
                 let y = self.g.apply(
                     "AveragePool",
@@ -203,8 +197,8 @@ impl<'m> Qdq<'m> {
                     &format!("{}/f", self.site.layer),
                     attrs,
                 );
-                let (lo, hi) = self.grid(*output);
-                self.q_clamped(&y, *output, lo, hi);
+                let (lo, hi) = self.grid(output);
+                self.q_clamped(&y, output, lo, hi);
             }
             Op::GlobalAvgPool { input, output } => {
                 let x = self.dq(*input);
@@ -232,23 +226,13 @@ impl<'m> Qdq<'m> {
                 self.g
                     .node("Flatten", &[&codes], &dst, vec![("axis", Attr::Int(1))]);
             }
-            Op::MaxPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
+            Op::MaxPool2d { .. } => {
                 // On the codes: max commutes with the monotone dequantization; padded cells are
                 // ignored, as in the runtime.
-                let x = self.value(*input);
-                let dst = self.value(*output);
-                self.g.node(
-                    "MaxPool",
-                    &[&x],
-                    &dst,
-                    window_attrs(*kernel, *stride, *padding),
-                );
+                let (input, output, w) = pool_of(op);
+                let (x, dst) = (self.value(input), self.value(output));
+                let attrs = window_attrs(w.kernel, w.stride, w.padding);
+                self.g.node("MaxPool", &[&x], &dst, attrs);
             }
             Op::Reshape { input, output } => self.reshape(*input, *output),
         }

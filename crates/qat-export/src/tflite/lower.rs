@@ -2,7 +2,7 @@
 //! [module docs](super)).
 
 use qat_core::QuantParams;
-use qat_int8_runtime::{DType, Int8Model, Op, TensorId};
+use qat_int8_runtime::{DType, Int8Model, Op, PoolWindow, TensorId};
 
 use super::TfliteOptions;
 use super::builder::{Builder, Quant};
@@ -11,7 +11,7 @@ use super::schema::{
     ActivationFunctionType, AddOptions, BuiltinOperator as B, BuiltinOptions, ConcatenationOptions,
     MaximumMinimumOptions, PadOptions, PadV2Options, Pool2DOptions, ReshapeOptions,
 };
-use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
+use crate::interchange::{ExportFormatError, Format, Site, Unsupported, pool_of};
 
 /// Op versions (TFLite `op_version.cc` for int8 operands).
 pub(super) mod version {
@@ -205,21 +205,15 @@ impl<'m> Lowering<'m> {
         out
     }
 
-    pub(super) fn window(
-        &self,
-        input: TensorId,
-        output: TensorId,
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-    ) -> Pad {
+    /// How TFLite pads the window `w` from `input` to `output`.
+    pub(super) fn window(&self, input: TensorId, output: TensorId, w: PoolWindow) -> Pad {
         let (i, o) = (self.hw(input), self.hw(output));
         let axis = |a: usize| Axis {
             input: i[a],
             output: o[a],
-            kernel: kernel[a],
-            stride: stride[a],
-            pad_before: padding[a],
+            kernel: w.kernel[a],
+            stride: w.stride[a],
+            pad_before: w.padding[a],
         };
         resolve(axis(0), axis(1))
     }
@@ -263,20 +257,16 @@ impl<'m> Lowering<'m> {
                 );
             }
             Op::Concat { inputs, output } => self.concat(inputs, *output),
-            Op::AvgPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
-                self.same_params(*input, *output)?;
-                let pad = self.window(*input, *output, *kernel, *stride, *padding);
+            Op::AvgPool2d { .. } => {
+                let (input, output, w) = pool_of(op);
+                self.same_params(input, output)?;
+                let pad = self.window(input, output, w);
                 if pad == Pad::Explicit {
-                    return Err(self.refuse(Unsupported::PoolPadding { padding: *padding }));
+                    let padding = w.padding;
+                    return Err(self.refuse(Unsupported::PoolPadding { padding }));
                 }
-                let (x, y) = (self.tensor(*input), self.tensor(*output));
-                self.pool(B::AveragePool2d, x, y, pad, *kernel, *stride);
+                let (x, y) = (self.tensor(input), self.tensor(output));
+                self.pool(B::AveragePool2d, x, y, pad, w.kernel, w.stride);
             }
             Op::GlobalAvgPool { input, output } => {
                 self.same_params(*input, *output)?;
@@ -287,22 +277,17 @@ impl<'m> Lowering<'m> {
                 self.pool(B::AveragePool2d, x, pooled, Pad::Valid, [h, w], [1, 1]);
                 self.reshape(pooled, *output);
             }
-            Op::MaxPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let pad = self.window(*input, *output, *kernel, *stride, *padding);
+            Op::MaxPool2d { .. } => {
+                let (input, output, w) = pool_of(op);
+                let pad = self.window(input, output, w);
                 let x = if pad == Pad::Explicit {
                     // Padded cells never win a max: pad with the smallest code.
-                    self.pad(*input, *padding, Some(i8::MIN))
+                    self.pad(input, w.padding, Some(i8::MIN))
                 } else {
-                    self.tensor(*input)
+                    self.tensor(input)
                 };
-                let y = self.tensor(*output);
-                self.pool(B::MaxPool2d, x, y, pad, *kernel, *stride);
+                let y = self.tensor(output);
+                self.pool(B::MaxPool2d, x, y, pad, w.kernel, w.stride);
             }
             Op::Reshape { input, output } => {
                 let x = self.tensor(*input);

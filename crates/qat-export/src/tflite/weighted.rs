@@ -2,7 +2,7 @@
 //! checks that TFLite derives from the written scales exactly what the model holds.
 
 use qat_core::fixed_point::QuantizedMultiplier;
-use qat_int8_runtime::{Clamp, Conv2d, FullyConnected, Weights};
+use qat_int8_runtime::{Clamp, Conv2d, FullyConnected, PoolWindow, Weights};
 
 use super::builder::Quant;
 use super::geometry::Pad;
@@ -102,7 +102,13 @@ impl Lowering<'_> {
         self.check_multipliers(&c.multipliers, scales, qi.scale(), qo.scale(), co, false)?;
         let depthwise = c.groups > 1 && c.groups == cin && cig == 1;
         let kernel = [c.dilation[0] * (kh - 1) + 1, c.dilation[1] * (kw - 1) + 1];
-        let pad = self.window(c.input, c.output, kernel, c.stride, c.padding);
+        let (stride, padding) = (c.stride, c.padding);
+        let window = PoolWindow {
+            kernel,
+            stride,
+            padding,
+        };
+        let pad = self.window(c.input, c.output, window);
         let x = if pad == Pad::Explicit {
             self.pad(c.input, c.padding, None)
         } else {

@@ -5,15 +5,11 @@ use ndarray::ArrayD;
 use qat_export::FloatGraph;
 use qat_export::ir::{Activation, BatchNorm, Conv2d, Linear, NodeId, Pool2d};
 /// SplitMix64: a tiny seeded generator, enough for test data (keeps the crate free of `rand`).
-pub struct StdRng(u64);
+pub struct StdRng(qat_int8_runtime::testing::models::Rng);
 
 impl StdRng {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
@@ -38,7 +34,7 @@ impl StdRng {
 }
 
 pub fn rng(seed: u64) -> StdRng {
-    StdRng(seed)
+    StdRng(qat_int8_runtime::testing::models::Rng(seed))
 }
 
 pub fn uniform(r: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
@@ -239,60 +235,8 @@ pub fn rel_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
 }
 
-/// A tensor of an integer model: U8 with `quant`, F32 without.
-pub fn tensor(
-    name: &str,
-    shape: &[usize],
-    quant: Option<qat_core::QuantParams>,
-) -> qat_int8_runtime::TensorInfo {
-    qat_int8_runtime::TensorInfo {
-        name: name.into(),
-        shape: shape.to_vec(),
-        dtype: if quant.is_some() {
-            qat_int8_runtime::DType::U8
-        } else {
-            qat_int8_runtime::DType::F32
-        },
-        quant,
-    }
-}
-
-/// `x (f32) → Quantize → op → Dequantize → y`, the integer model around one op whose input is
-/// tensor 1 (`in_shape`, `q_in`) and output tensor 2 (`out`, `out_shape`, `q_out`); gemmlowp
-/// rounding.
-pub fn one_op_model(
-    op: qat_int8_runtime::Op,
-    in_shape: &[usize],
-    q_in: qat_core::QuantParams,
-    out: &str,
-    out_shape: &[usize],
-    q_out: qat_core::QuantParams,
-) -> qat_int8_runtime::Int8Model {
-    use qat_int8_runtime::Op;
-    qat_int8_runtime::Int8Model {
-        name: out.into(),
-        tensors: vec![
-            tensor("x", in_shape, None),
-            tensor("xq", in_shape, Some(q_in)),
-            tensor(out, out_shape, Some(q_out)),
-            tensor("y", out_shape, None),
-        ],
-        ops: vec![
-            Op::Quantize {
-                input: 0,
-                output: 1,
-            },
-            op,
-            Op::Dequantize {
-                input: 2,
-                output: 3,
-            },
-        ],
-        input: 0,
-        outputs: vec![3],
-        rounding: qat_int8_runtime::Target::Tflite,
-    }
-}
+#[allow(unused_imports)] // not every test uses both
+pub use qat_int8_runtime::testing::models::{one_op as one_op_model, tensor};
 
 /// The uint8 codes of tensor `t` when the qat runtime runs `model` on `x`.
 pub fn codes_of(model: &qat_int8_runtime::Int8Model, x: &ArrayD<f32>, t: usize) -> Vec<u8> {
@@ -303,5 +247,20 @@ pub fn codes_of(model: &qat_int8_runtime::Int8Model, x: &ArrayD<f32>, t: usize) 
     match &values[t] {
         qat_int8_runtime::TensorValue::U8(a) => a.iter().copied().collect(),
         v => panic!("tensor {t} holds {v:?}, not codes"),
+    }
+}
+
+/// Every layer's codes equal the simulation's, in isolation and end to end.
+pub fn assert_exact(rep: &qat_export::FidelityReport, what: &str) {
+    for l in &rep.layers {
+        assert!(
+            l.isolated.max_abs_lsb == 0 && l.end_to_end.max_abs_lsb == 0,
+            "{what}: layer {} ({}) isolated max {} LSB, end to end max {} LSB\n{}",
+            l.node,
+            l.op,
+            l.isolated.max_abs_lsb,
+            l.end_to_end.max_abs_lsb,
+            rep.to_table()
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! block with a 1×1 projection shortcut), with seeded random weights and batch norm folded in.
 
 use qat_export::FloatGraph;
-use qat_export::ir::{Activation, BatchNorm, Conv2d, Linear, NodeId, Pool2d};
+use qat_export::ir::{Activation, Activation as A, BatchNorm, Conv2d, Linear, NodeId, Pool2d};
 
 use crate::common::{StdRng, rng, uniform};
 
@@ -69,100 +69,101 @@ pub fn lenet(seed: u64) -> FloatGraph {
     g
 }
 
-/// MobileNet-v1: a 3×3 stem, then depthwise-separable blocks (depthwise 3×3 + ReLU6, pointwise
-/// 1×1 + ReLU6), one strided; GAP + FC. 12×12×3 input.
-pub fn mobilenet_v1(seed: u64) -> FloatGraph {
+/// `g.conv2d(name, x, conv(r, cin, cout, k, s, groups, act))`, `l = [cin, cout, k, s, groups]`.
+fn layer(
+    g: &mut FloatGraph,
+    r: &mut StdRng,
+    name: String,
+    x: NodeId,
+    [cin, cout, k, s, groups]: [usize; 5],
+    act: Activation,
+) -> NodeId {
+    g.conv2d(name, x, conv(r, cin, cout, k, s, groups, act))
+}
+
+/// Network `name` on a 12×12×3 input: a 3×3 stem conv to 8 channels (stride and activation
+/// `stem`), then one block per `(C_out, stride)` of `blocks`, built by
+/// `block(r, g, i, x, C_in, C_out, stride)`, then GAP + FC to 10 classes.
+fn stem_blocks_head(
+    seed: u64,
+    (name, stem, blocks): (&str, (usize, Activation), [(usize, usize); 3]),
+    mut block: impl FnMut(&mut StdRng, &mut FloatGraph, usize, NodeId, usize, usize, usize) -> NodeId,
+) -> FloatGraph {
     let r = &mut rng(seed);
-    let mut g = FloatGraph::new("mobilenet-v1");
+    let mut g = FloatGraph::new(name);
     let x = g.input("x", &[12, 12, 3]);
-    let mut cur = g.conv2d("stem", x, conv(r, 3, 8, 3, 2, 1, Activation::Relu6));
+    let mut cur = g.conv2d("stem", x, conv(r, 3, 8, 3, stem.0, 1, stem.1));
     let mut c = 8;
-    for (i, (cout, s)) in [(16, 1), (24, 2), (24, 1)].into_iter().enumerate() {
-        let dw = g.conv2d(
-            format!("b{i}_dw"),
-            cur,
-            conv(r, c, c, 3, s, c, Activation::Relu6),
-        );
-        cur = g.conv2d(
-            format!("b{i}_pw"),
-            dw,
-            conv(r, c, cout, 1, 1, 1, Activation::Relu6),
-        );
+    for (i, (cout, s)) in blocks.into_iter().enumerate() {
+        cur = block(r, &mut g, i, cur, c, cout, s);
         c = cout;
     }
     head(r, &mut g, cur, c, 10);
     g
+}
+
+/// MobileNet-v1: a 3×3 stem, then depthwise-separable blocks (depthwise 3×3 + ReLU6, pointwise
+/// 1×1 + ReLU6), one strided; GAP + FC. 12×12×3 input.
+pub fn mobilenet_v1(seed: u64) -> FloatGraph {
+    let net = ("mobilenet-v1", (2, A::Relu6), [(16, 1), (24, 2), (24, 1)]);
+    stem_blocks_head(seed, net, |r, g, i, x, c, cout, s| {
+        let dw = layer(g, r, format!("b{i}_dw"), x, [c, c, 3, s, c], A::Relu6);
+        layer(g, r, format!("b{i}_pw"), dw, [c, cout, 1, 1, 1], A::Relu6)
+    })
 }
 
 /// MobileNet-v2: a stem, then inverted residuals (expand 1×1 + ReLU6, depthwise 3×3 + ReLU6,
 /// linear project 1×1) with a residual add where shape allows; GAP + FC. 12×12×3 input.
 pub fn mobilenet_v2(seed: u64) -> FloatGraph {
-    let r = &mut rng(seed);
-    let mut g = FloatGraph::new("mobilenet-v2");
-    let x = g.input("x", &[12, 12, 3]);
-    let mut cur = g.conv2d("stem", x, conv(r, 3, 8, 3, 2, 1, Activation::Relu6));
-    let mut c = 8;
-    for (i, (cout, s)) in [(8, 1), (12, 2), (12, 1)].into_iter().enumerate() {
+    let net = ("mobilenet-v2", (2, A::Relu6), [(8, 1), (12, 2), (12, 1)]);
+    stem_blocks_head(seed, net, |r, g, i, x, c, cout, s| {
         let e = 4 * c;
-        let ex = g.conv2d(
-            format!("b{i}_expand"),
-            cur,
-            conv(r, c, e, 1, 1, 1, Activation::Relu6),
-        );
-        let dw = g.conv2d(
-            format!("b{i}_dw"),
-            ex,
-            conv(r, e, e, 3, s, e, Activation::Relu6),
-        );
-        let pj = g.conv2d(
+        let ex = layer(g, r, format!("b{i}_expand"), x, [c, e, 1, 1, 1], A::Relu6);
+        let dw = layer(g, r, format!("b{i}_dw"), ex, [e, e, 3, s, e], A::Relu6);
+        let pj = layer(
+            g,
+            r,
             format!("b{i}_project"),
             dw,
-            conv(r, e, cout, 1, 1, 1, Activation::None),
+            [e, cout, 1, 1, 1],
+            A::None,
         );
-        cur = if s == 1 && cout == c {
-            g.add(format!("b{i}_add"), cur, pj, Activation::None)
+        if s == 1 && cout == c {
+            g.add(format!("b{i}_add"), x, pj, A::None)
         } else {
             pj
-        };
-        c = cout;
-    }
-    head(r, &mut g, cur, c, 10);
-    g
+        }
+    })
 }
 
 /// The CIFAR ResNet: a 3×3 stem, basic blocks (conv-BN-ReLU, conv-BN, add, ReLU), the second
 /// strided with a 1×1 projection shortcut; GAP + FC. 12×12×3 input.
 pub fn resnet(seed: u64) -> FloatGraph {
-    let r = &mut rng(seed);
-    let mut g = FloatGraph::new("resnet");
-    let x = g.input("x", &[12, 12, 3]);
-    let mut cur = g.conv2d("stem", x, conv(r, 3, 8, 3, 1, 1, Activation::Relu));
-    let mut c = 8;
-    for (i, (cout, s)) in [(8, 1), (16, 2), (16, 1)].into_iter().enumerate() {
-        let a = g.conv2d(
-            format!("b{i}_conv1"),
-            cur,
-            conv(r, c, cout, 3, s, 1, Activation::Relu),
-        );
-        let b = g.conv2d(
+    let net = ("resnet", (1, A::Relu), [(8, 1), (16, 2), (16, 1)]);
+    stem_blocks_head(seed, net, |r, g, i, x, c, cout, s| {
+        let a = layer(g, r, format!("b{i}_conv1"), x, [c, cout, 3, s, 1], A::Relu);
+        let b = layer(
+            g,
+            r,
             format!("b{i}_conv2"),
             a,
-            conv(r, cout, cout, 3, 1, 1, Activation::None),
+            [cout, cout, 3, 1, 1],
+            A::None,
         );
         let short = if s == 1 && cout == c {
-            cur
+            x
         } else {
-            g.conv2d(
+            layer(
+                g,
+                r,
                 format!("b{i}_shortcut"),
-                cur,
-                conv(r, c, cout, 1, s, 1, Activation::None),
+                x,
+                [c, cout, 1, s, 1],
+                A::None,
             )
         };
-        cur = g.add(format!("b{i}_add"), short, b, Activation::Relu);
-        c = cout;
-    }
-    head(r, &mut g, cur, c, 10);
-    g
+        g.add(format!("b{i}_add"), short, b, A::Relu)
+    })
 }
 
 /// Every zoo graph for `seed`.

@@ -8,7 +8,9 @@ use super::{
 };
 use crate::kernels::add::{Rescale, add_multipliers};
 use crate::kernels::pool::pool_multiplier;
-use crate::model::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, TensorInfo, Weights};
+use crate::model::{
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, PoolWindow, TensorId, TensorInfo, Weights,
+};
 
 pub(super) struct Ctx<'m> {
     pub(super) model: &'m Int8Model,
@@ -228,15 +230,48 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.weights(&c.weights, cout.saturating_mul(k), cout)?;
-        if c.bias.len() != cout {
+        let n = cout.saturating_mul(k);
+        self.layer_params(&c.weights, n, &c.bias, &c.multipliers, c.clamp, cout)
+    }
+
+    /// The checks a conv and a fully connected layer share: `n` weights for `cout` output
+    /// channels, one bias per channel, the multipliers and the clamp.
+    fn layer_params(
+        &self,
+        weights: &Weights,
+        n: usize,
+        bias: &[i32],
+        multipliers: &[QuantizedMultiplier],
+        clamp: Clamp,
+        cout: usize,
+    ) -> Result<(), ValidationError> {
+        self.weights(weights, n, cout)?;
+        if bias.len() != cout {
             return Err(self.err(
                 "bias",
-                format!("{} biases for {cout} output channels", c.bias.len()),
+                format!("{} biases for {cout} output channels", bias.len()),
             ));
         }
-        self.multipliers("multipliers", &c.multipliers, cout)?;
-        self.clamp(c.clamp.lo, c.clamp.hi)
+        self.multipliers("multipliers", multipliers, cout)?;
+        self.clamp(clamp.lo, clamp.hi)
+    }
+
+    /// `t` (the op's `field`) holds exactly `n` elements, the layer's `what`.
+    fn holds(
+        &self,
+        field: &'static str,
+        t: &TensorInfo,
+        what: &str,
+        n: usize,
+    ) -> Result<(), ValidationError> {
+        if elements(&t.shape) == Some(n) {
+            return Ok(());
+        }
+        let problem = format!(
+            "{field} shape {:?} does not hold {what} = {n} elements",
+            t.shape
+        );
+        Err(self.err(field, problem))
     }
 
     fn fc(&self, f: &FullyConnected) -> Result<(), ValidationError> {
@@ -252,43 +287,22 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        if elements(&tin.shape) != Some(cin) {
-            return Err(self.err(
-                "input",
-                format!(
-                    "input shape {:?} does not hold C_in = {cin} elements",
-                    tin.shape
-                ),
-            ));
-        }
-        if elements(&tout.shape) != Some(cout) {
-            return Err(self.err(
-                "output",
-                format!(
-                    "output shape {:?} does not hold C_out = {cout} elements",
-                    tout.shape
-                ),
-            ));
-        }
-        self.weights(&f.weights, cout.saturating_mul(cin), cout)?;
-        if f.bias.len() != cout {
-            return Err(self.err(
-                "bias",
-                format!("{} biases for {cout} output channels", f.bias.len()),
-            ));
-        }
-        self.multipliers("multipliers", &f.multipliers, cout)?;
-        self.clamp(f.clamp.lo, f.clamp.hi)
+        self.holds("input", tin, "C_in", cin)?;
+        self.holds("output", tout, "C_out", cout)?;
+        let n = cout.saturating_mul(cin);
+        self.layer_params(&f.weights, n, &f.bias, &f.multipliers, f.clamp, cout)
     }
 
-    fn pool(
-        &self,
-        input: TensorId,
-        output: TensorId,
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-    ) -> Result<(QuantParams, QuantParams), ValidationError> {
+    /// Checks a pool's tensors and window; gives the input and output params.
+    fn pool(&self, op: &Op) -> Result<(QuantParams, QuantParams), ValidationError> {
+        let Some((input, output, w)) = op.pool() else {
+            unreachable!("called for AvgPool2d and MaxPool2d only")
+        };
+        let PoolWindow {
+            kernel,
+            stride,
+            padding,
+        } = w;
         let (tin, qin) = self.u8_tensor("input", input)?;
         let (tout, qout) = self.u8_tensor("output", output)?;
         let [h, w, c] = self.hwc("input", tin)?;
@@ -443,24 +457,11 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            Op::AvgPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
-                self.average_multiplier(&qi, &qo)
-            }
-            Op::MaxPool2d {
-                input,
-                output,
-                kernel,
-                stride,
-                padding,
-            } => {
-                let (qi, qo) = self.pool(*input, *output, *kernel, *stride, *padding)?;
+            Op::AvgPool2d { .. } | Op::MaxPool2d { .. } => {
+                let (qi, qo) = self.pool(op)?;
+                if let Op::AvgPool2d { .. } = op {
+                    return self.average_multiplier(&qi, &qo);
+                }
                 if qi != qo {
                     return Err(self.err(
                         "output",

@@ -1,43 +1,41 @@
 //! Shared test helpers: a deterministic generator and a small model that uses every op.
 #![allow(dead_code)]
 
+use ndarray::ArrayD;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
-use qat_int8_runtime::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Target, TensorInfo, Weights,
-};
+use qat_int8_runtime::testing::models::{avg_pool, max_pool, model, tensor};
+use qat_int8_runtime::{Clamp, Conv2d, FullyConnected, Int8Model, Op, Target, TensorInfo, Weights};
 
-/// SplitMix64: deterministic, dependency-free.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-    pub fn i8s(&mut self, n: usize) -> Vec<i8> {
-        (0..n)
-            .map(|_| (self.below(255) as i32 - 127) as i8)
-            .collect()
-    }
-    pub fn u8s(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.below(256) as u8).collect()
-    }
-    pub fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| lo + (hi - lo) * (self.below(1 << 24) as f32 / (1 << 24) as f32))
-            .collect()
-    }
-}
+pub use qat_int8_runtime::testing::models::Rng;
 
 pub fn act(min: f32, max: f32) -> QuantParams {
     QuantParams::asymmetric(min, max, 8).unwrap()
 }
+
+/// `x → op → y`, both `U8`: `op` reads tensor 0 and writes tensor 1.
+pub fn unary(
+    op: Op,
+    qi: QuantParams,
+    in_shape: &[usize],
+    qo: QuantParams,
+    out_shape: &[usize],
+) -> Int8Model {
+    let tensors = vec![
+        tensor("x", in_shape, Some(qi)),
+        tensor("y", out_shape, Some(qo)),
+    ];
+    model("unary", tensors, vec![op], 1)
+}
+
+/// One sample (batch 1) of shape `shape` whose values quantize to `codes` under `q`.
+pub fn codes_input(shape: &[usize], codes: &[u8], q: &QuantParams) -> ArrayD<f32> {
+    let mut s = vec![1];
+    s.extend_from_slice(shape);
+    ArrayD::from_shape_vec(s, codes.iter().map(|&c| q.dequantize(c as i32)).collect()).unwrap()
+}
+
+/// A conv's `(kernel, stride, padding, dilation)`.
+pub type ConvWindow = ([usize; 2], [usize; 2], [usize; 4], [usize; 2]);
 
 pub struct Builder {
     pub tensors: Vec<TensorInfo>,
@@ -54,32 +52,27 @@ impl Builder {
         }
     }
     pub fn tensor(&mut self, name: &str, shape: &[usize], q: Option<QuantParams>) -> usize {
-        self.tensors.push(TensorInfo {
-            name: name.into(),
-            shape: shape.to_vec(),
-            dtype: if q.is_some() { DType::U8 } else { DType::F32 },
-            quant: q,
-        });
+        self.tensors.push(tensor(name, shape, q));
         self.tensors.len() - 1
+    }
+    /// The id of the tensor named `name`.
+    pub fn id(&self, name: &str) -> usize {
+        self.tensors.iter().position(|t| t.name == name).unwrap()
     }
     pub fn q(&self, t: usize) -> QuantParams {
         self.tensors[t].quant.unwrap()
     }
-    /// Per-channel int8 weights with scales ~ 1/127 and multipliers S_in·S_w/S_out.
-    #[allow(clippy::too_many_arguments)]
+    /// A conv of `[C_out, groups]` channels over `(kernel, stride, padding, dilation)`:
+    /// per-channel weights (int8, or uint8 with `uint8_weights`) with scales ~ 1/127 and
+    /// multipliers S_in·S_w/S_out, clamped at `Z_out` with `relu`.
     pub fn conv(
         &mut self,
         name: &str,
         input: usize,
-        cout: usize,
-        k: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 4],
-        dilation: [usize; 2],
-        groups: usize,
+        [cout, groups]: [usize; 2],
+        (k, stride, padding, dilation): ConvWindow,
         qo: QuantParams,
-        relu: bool,
-        uint8_weights: bool,
+        [relu, uint8_weights]: [bool; 2],
     ) -> usize {
         let [h, w, cin] = <[usize; 3]>::try_from(self.tensors[input].shape.as_slice()).unwrap();
         let ho = (h + padding[0] + padding[2] - dilation[0] * (k[0] - 1) - 1) / stride[0] + 1;
@@ -173,58 +166,20 @@ pub fn zoo_model() -> Int8Model {
         input: x,
         output: xq,
     });
-    let c1 = b.conv(
-        "conv1",
-        xq,
-        8,
-        [3, 3],
-        [1, 1],
-        [1, 1, 1, 1],
-        [1, 1],
-        1,
-        act(0.0, 4.0),
-        true,
-        false,
-    );
-    let dw = b.conv(
-        "dw",
-        c1,
-        8,
-        [3, 3],
-        [2, 2],
-        [1, 1, 1, 1],
-        [1, 1],
-        8,
-        act(0.0, 3.0),
-        true,
-        false,
-    );
-    let pw = b.conv(
-        "pw",
-        dw,
-        8,
-        [1, 1],
-        [1, 1],
-        [0, 0, 0, 0],
-        [1, 1],
-        1,
-        act(-2.0, 2.0),
-        false,
-        false,
-    );
-    let gc = b.conv(
-        "grouped",
-        dw,
-        8,
-        [3, 3],
-        [1, 1],
-        [2, 2, 2, 2],
-        [2, 2],
-        2,
-        act(-1.5, 2.5),
-        false,
-        true,
-    );
+    // name, input, [C_out, groups], (kernel, stride, padding, dilation), output range,
+    // [ReLU, uint8 weights]
+    #[rustfmt::skip]
+    let convs = [
+        ("conv1", "xq", [8, 1], ([3, 3], [1, 1], [1; 4], [1, 1]), (0.0, 4.0), [true, false]),
+        ("dw", "conv1", [8, 8], ([3, 3], [2, 2], [1; 4], [1, 1]), (0.0, 3.0), [true, false]),
+        ("pw", "dw", [8, 1], ([1, 1], [1, 1], [0; 4], [1, 1]), (-2.0, 2.0), [false, false]),
+        ("grouped", "dw", [8, 2], ([3, 3], [1, 1], [2; 4], [2, 2]), (-1.5, 2.5), [false, true]),
+    ];
+    for (name, input, channels, window, (lo, hi), flags) in convs {
+        let input = b.id(input);
+        b.conv(name, input, channels, window, act(lo, hi), flags);
+    }
+    let (pw, gc) = (b.id("pw"), b.id("grouped"));
     let qa = act(-3.0, 4.0);
     let add = b.tensor("add", &[4, 4, 8], Some(qa));
     b.ops.push(Op::Add {
@@ -237,21 +192,10 @@ pub fn zoo_model() -> Int8Model {
         },
     });
     let mp = b.tensor("maxpool", &[2, 2, 8], Some(qa));
-    b.ops.push(Op::MaxPool2d {
-        input: add,
-        output: mp,
-        kernel: [2, 2],
-        stride: [2, 2],
-        padding: [0, 0, 0, 0],
-    });
+    b.ops.push(max_pool([add, mp], [2, 2], [2, 2], [0; 4]));
     let ap = b.tensor("avgpool", &[2, 2, 8], Some(act(0.0, 3.0)));
-    b.ops.push(Op::AvgPool2d {
-        input: add,
-        output: ap,
-        kernel: [3, 3],
-        stride: [2, 2],
-        padding: [1, 1, 0, 0],
-    });
+    b.ops
+        .push(avg_pool([add, ap], [3, 3], [2, 2], [1, 1, 0, 0]));
     let cat = b.tensor("concat", &[2, 2, 16], Some(act(-1.0, 4.0)));
     b.ops.push(Op::Concat {
         inputs: vec![mp, ap],

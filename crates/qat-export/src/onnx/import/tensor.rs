@@ -80,36 +80,27 @@ pub(super) fn decode(t: &TensorProto, max_elements: usize) -> Result<Const, Stri
             ))
         }
     };
+    // Each element type: the raw little-endian bytes, or the typed field, converted.
     let data = if dtype == DataType::Float as i32 {
-        let v: Vec<f32> = match raw {
-            Some(r) => le_chunks::<4>(r, n)?.map(f32::from_le_bytes).collect(),
-            None => t.float_data.clone(),
-        };
+        let v = read(raw, n, f32::from_le_bytes, || t.float_data.clone())?;
         check(v.len())?;
         Data::F32(v)
     } else if dtype == DataType::Double as i32 {
-        let v: Vec<f32> = match raw {
-            Some(r) => le_chunks::<8>(r, n)?
-                .map(|b| f64::from_le_bytes(b) as f32)
-                .collect(),
-            None => t.double_data.iter().map(|&x| x as f32).collect(),
-        };
+        let from_raw = |b| f64::from_le_bytes(b) as f32;
+        let v = read(raw, n, from_raw, || {
+            t.double_data.iter().map(|&x| x as f32).collect()
+        })?;
         check(v.len())?;
         Data::F32(v)
     } else if dtype == DataType::Int64 as i32 {
-        let v: Vec<i64> = match raw {
-            Some(r) => le_chunks::<8>(r, n)?.map(i64::from_le_bytes).collect(),
-            None => t.int64_data.clone(),
-        };
+        let v = read(raw, n, i64::from_le_bytes, || t.int64_data.clone())?;
         check(v.len())?;
         Data::I64(v)
     } else if dtype == DataType::Int32 as i32 {
-        let v: Vec<i64> = match raw {
-            Some(r) => le_chunks::<4>(r, n)?
-                .map(|b| i64::from(i32::from_le_bytes(b)))
-                .collect(),
-            None => t.int32_data.iter().map(|&x| i64::from(x)).collect(),
-        };
+        let from_raw = |b| i64::from(i32::from_le_bytes(b));
+        let v = read(raw, n, from_raw, || {
+            t.int32_data.iter().map(|&x| i64::from(x)).collect()
+        })?;
         check(v.len())?;
         Data::I64(v)
     } else if dtype == DataType::Bool as i32 {
@@ -131,6 +122,20 @@ pub(super) fn decode(t: &TensorProto, max_elements: usize) -> Result<Const, Stri
 }
 
 /// `raw` as `n` little-endian chunks of `B` bytes, or an error when the length differs.
+/// The `n` elements of a tensor: from its raw little-endian bytes (`B` each) when it has them,
+/// else from its typed field, `typed()`.
+fn read<const B: usize, T>(
+    raw: Option<&[u8]>,
+    n: usize,
+    from_raw: impl Fn([u8; B]) -> T,
+    typed: impl FnOnce() -> Vec<T>,
+) -> Result<Vec<T>, String> {
+    match raw {
+        Some(r) => Ok(le_chunks::<B>(r, n)?.map(from_raw).collect()),
+        None => Ok(typed()),
+    }
+}
+
 fn le_chunks<const B: usize>(
     raw: &[u8],
     n: usize,
