@@ -106,6 +106,14 @@ fn read_gz(path: &Path) -> Vec<u8> {
     v
 }
 
+/// A second install into `dir` finds the dataset there (and does not touch `source`).
+fn assert_already_installed(dir: &Path, source: &Source) {
+    assert_eq!(
+        install_into(dir, &TINY, source).unwrap(),
+        Outcome::AlreadyInstalled
+    );
+}
+
 #[test]
 fn installs_from_a_fake_deb_with_every_compression() {
     for ext in ["", ".gz", ".xz", ".zst"] {
@@ -138,10 +146,7 @@ fn installs_from_a_fake_deb_with_every_compression() {
         );
         // the second run finds it installed, without touching the source
         let gone = Source::Deb(tmp.path().join("no-such.deb"));
-        assert_eq!(
-            install_into(&dir, &TINY, &gone).unwrap(),
-            Outcome::AlreadyInstalled
-        );
+        assert_already_installed(&dir, &gone);
     }
 }
 
@@ -223,10 +228,7 @@ fn without_apt_the_message_says_where_the_files_go_and_hand_placed_files_install
     std::fs::write(dir.join("tiny-labels-idx1-ubyte"), LABELS).unwrap();
     let out = install_into(&dir, &TINY, &no_apt).unwrap();
     assert!(matches!(out, Outcome::Installed(ref from) if from.contains("already in")));
-    assert_eq!(
-        install_into(&dir, &TINY, &no_apt).unwrap(),
-        Outcome::AlreadyInstalled
-    );
+    assert_already_installed(&dir, &no_apt);
 }
 
 #[test]
