@@ -11,6 +11,14 @@ use qat_train::models::{self, ModelSpec};
 use qat_train::schedule::{Phase, PhaseControl};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is process-global: the tests of this file take turns, so that each draws
+/// the same weights and inputs on every run (a concurrent test's draws would interleave with them).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Builds `spec` for `target` at `bits`, calibrates on `x`, freezes the observers and compares
 /// every node with the simulation of its export for `export_target`; returns the smallest exact
 /// share and the node names.
@@ -49,6 +57,8 @@ fn exact_share(
 
 #[test]
 fn a_model_trained_for_a_target_equals_its_simulation() {
+    let _g = serial();
+    tch::manual_seed(5);
     let specs = [
         ("lenet", ModelSpec::lenet()),
         ("mobilenet_v1", ModelSpec::mobilenet_v1_mnist()),
@@ -74,6 +84,8 @@ fn a_model_trained_for_a_target_equals_its_simulation() {
 
 #[test]
 fn training_for_a_target_keeps_the_ste_gradient() {
+    let _g = serial();
+    tch::manual_seed(6);
     let mut spec = ModelSpec::mobilenet_v1_mnist();
     spec.quant.target = Some(Target::Tflite);
     let mut net = models::build(&spec, Device::Cpu).expect("build");

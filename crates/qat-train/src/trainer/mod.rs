@@ -53,7 +53,7 @@ mod window;
 pub use alloc::tune_allocator;
 pub use config::{DeviceChoice, TrainConfig};
 pub use history::{EpochStats, Event, History, StepRecord};
-use window::{Accounting, PendingStep, StepWindow, check_finite, progress_message};
+use window::{EpochTotals, PendingStep, StepWindow, check_finite, progress_message};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::data::{Augment, DataError, Dataset, Loader, LoaderConfig};
@@ -290,7 +290,7 @@ pub fn train(
         let pb = progress_bar(cfg.progress, steps_per_epoch as u64);
         pb.set_prefix(format!("epoch {epoch}"));
         let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0i64, 0i64);
+        let mut totals = EpochTotals::default();
         let mut lr = opt.current_lr();
         let mut last_phase = schedule.phase();
         let mut window = StepWindow::default();
@@ -336,26 +336,16 @@ pub fn train(
             last_phase = phase;
             pb.inc(1);
             if let Some(v) = values {
-                let mut acc = Accounting {
-                    loss_sum: &mut loss_sum,
-                    correct: &mut correct,
-                    seen: &mut seen,
-                    history: &mut history,
-                };
-                acc.record(window.take(), &v, epoch, cfg.record_steps, on_event);
-                progress_message(&pb, &v, phase, correct, seen, t0);
+                let steps = window.take();
+                totals.record(&mut history, &steps, &v, epoch, cfg.record_steps, on_event);
+                progress_message(&pb, &v, phase, &totals, t0);
             }
         }
         if window.len() > 0 {
             let v = window.read("train loss window")?;
             check_finite(&window, &v, epoch, &last_checkpoint, &pb)?;
-            let mut acc = Accounting {
-                loss_sum: &mut loss_sum,
-                correct: &mut correct,
-                seen: &mut seen,
-                history: &mut history,
-            };
-            acc.record(window.take(), &v, epoch, cfg.record_steps, on_event);
+            let steps = window.take();
+            totals.record(&mut history, &steps, &v, epoch, cfg.record_steps, on_event);
         }
         let seconds = t0.elapsed().as_secs_f64();
         let (test_loss, test_acc) = evaluate_loader(model, &eval)?;
@@ -371,6 +361,11 @@ pub fn train(
         }
         // The phase the epoch's last step ran in (the next step may already be in a new one).
         let phase = last_phase;
+        let EpochTotals {
+            loss_sum,
+            correct,
+            seen,
+        } = totals;
         let seen_f = seen.max(1) as f64;
         let stats = EpochStats {
             epoch,

@@ -112,29 +112,30 @@ pub(super) fn check_finite(
     })
 }
 
-/// The epoch's running totals and the history, which read windows add to.
-pub(super) struct Accounting<'a> {
-    pub loss_sum: &'a mut f64,
-    pub correct: &'a mut i64,
-    pub seen: &'a mut i64,
-    pub history: &'a mut History,
+/// An epoch's running totals, which read windows add to.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct EpochTotals {
+    pub loss_sum: f64,
+    pub correct: i64,
+    pub seen: i64,
 }
 
-impl Accounting<'_> {
-    /// Adds the read `values` of `steps` (in order) to the totals, records each step and sends
-    /// its [`Event::Step`].
+impl EpochTotals {
+    /// Adds the read `values` of `steps` (in order) to the totals, records each step in `history`
+    /// (with `record_steps`) and sends its [`Event::Step`].
     pub fn record(
         &mut self,
-        steps: Vec<PendingStep>,
+        history: &mut History,
+        steps: &[PendingStep],
         values: &[(f64, f64)],
         epoch: usize,
         record_steps: bool,
         on_event: &mut dyn FnMut(&Event),
     ) {
         for (s, &(loss, correct)) in steps.iter().zip(values) {
-            *self.loss_sum += loss * s.batch_size as f64;
-            *self.correct += correct as i64;
-            *self.seen += s.batch_size;
+            self.loss_sum += loss * s.batch_size as f64;
+            self.correct += correct as i64;
+            self.seen += s.batch_size;
             let rec = StepRecord {
                 step: s.step,
                 epoch,
@@ -143,7 +144,7 @@ impl Accounting<'_> {
                 phase: s.phase,
             };
             if record_steps {
-                self.history.steps.push(rec);
+                history.steps.push(rec);
             }
             on_event(&Event::Step(rec));
         }
@@ -155,10 +156,10 @@ pub(super) fn progress_message(
     pb: &ProgressBar,
     values: &[(f64, f64)],
     phase: Phase,
-    correct: i64,
-    seen: i64,
+    totals: &EpochTotals,
     t0: Instant,
 ) {
+    let (correct, seen) = (totals.correct, totals.seen);
     let loss = values.last().map_or(f64::NAN, |v| v.0);
     let flags = phase.flags();
     pb.set_message(format!(
