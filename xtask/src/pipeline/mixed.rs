@@ -10,8 +10,10 @@
 //!   then that assignment and the uniform widths QAT-trained with the low-bit run's schedule and
 //!   exported (the chosen model as `model_mixed.qat8`), measured in the integer runtime.
 
+use std::time::Instant;
+
 use anyhow::{Context, Result};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, Axis};
 use qat_export::{
     CalibrationMethod, PtqConfig,
     analysis::{
@@ -20,6 +22,7 @@ use qat_export::{
     },
     ir::{FloatGraph, FloatOp, WeightScheme},
 };
+use qat_int8_runtime::{Executor, Int8Model};
 use qat_train::{
     convert,
     models::{LayerBitsOverride, Net},
@@ -62,6 +65,28 @@ impl Pipeline {
         Ok(100.0 * eval_int8_on(&model, x, labels)?.0)
     }
 
+    /// Median µs per image of `model` in the integer runtime at batch 1 on one thread (the
+    /// configuration's `latency.images` test images, after 5 warm-up calls).
+    fn int8_latency(&self, model: &Int8Model) -> Result<f64> {
+        let images = self.cfg.latency.images.min(self.test_labels.len()).max(1);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+        let mut exec = Executor::new(model).context("cannot plan the integer model")?;
+        pool.install(|| -> Result<f64> {
+            let mut times = Vec::with_capacity(images);
+            for i in 0..images + 5 {
+                let k = i % images;
+                let x = self.test_nhwc.slice_axis(Axis(0), (k..k + 1).into());
+                let t0 = Instant::now();
+                exec.run(x.into_dyn())?;
+                if i >= 5 {
+                    times.push(t0.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(times[times.len() / 2])
+        })
+    }
+
     /// The sensitivity table on the validation split (the rest of the network at 8 bits).
     pub(super) fn sensitivity(&self, float_net: &Net) -> Result<SensitivityTable> {
         let (x, labels) = self.validation.as_ref().context(
@@ -102,7 +127,7 @@ impl Pipeline {
         float_net: &Net,
         table: &SensitivityTable,
         low_run: Run,
-        trained: &[(u32, u32, QatPoint)],
+        trained: &[(u32, u32, QatPoint, &Int8Model)],
     ) -> Result<MixedPrecisionResult> {
         let (graph, layers) = graph_at_8_bits(float_net)?;
         let cost = CostModel::WeightBytes;
@@ -121,9 +146,12 @@ impl Pipeline {
             .as_ref()
             .map(|p| measure(&p.assignment))
             .transpose()?;
-        let qat_point = |o: &QatOutcome| QatPoint {
-            fake_quant: 100.0 * o.fake_quant_acc,
-            int8: 100.0 * o.int8_acc,
+        let qat_point = |o: &QatOutcome| -> Result<QatPoint> {
+            Ok(QatPoint {
+                fake_quant: 100.0 * o.fake_quant_acc,
+                int8: 100.0 * o.int8_acc,
+                int8_us: Some(self.int8_latency(&o.model)?),
+            })
         };
         let chosen_qat = match &result.chosen {
             Some(p) => {
@@ -145,7 +173,7 @@ impl Pipeline {
                 o.model
                     .save(&file)
                     .with_context(|| format!("cannot save {}", file.display()))?;
-                Some(qat_point(&o))
+                Some(qat_point(&o)?)
             }
             None => None,
         };
@@ -160,14 +188,17 @@ impl Pipeline {
             let asg = BitAssignment::uniform(&layers, w, a);
             let point = evaluate(table, &layers, &cost, &asg)?;
             let qat = match trained.iter().find(|t| (t.0, t.1) == (w, a)) {
-                Some(t) => t.2,
+                Some(t) => QatPoint {
+                    int8_us: Some(self.int8_latency(&t.3)?),
+                    ..t.2
+                },
                 None => {
                     let run = Run {
                         weight_bits: w,
                         act_bits: a,
                         ..low_run
                     };
-                    qat_point(&self.qat(float_net, run)?)
+                    qat_point(&self.qat(float_net, run)?)?
                 }
             };
             uniform.push(UniformPoint {

@@ -103,6 +103,7 @@ fn draw_all(dir: &Path, report: &Report, written: &mut Vec<String>) -> Result<()
     }
     if report.mixed_precision.is_some() {
         render!(dir, written, "pareto", report, pareto);
+        render!(dir, written, "pareto_latency", report, pareto_latency);
     }
     Ok(())
 }
@@ -519,6 +520,55 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
             .draw_series(std::iter::once(Cross::new(p, 8, RED.stroke_width(3))))
             .map_err(err)?
             .label("chosen (QAT int8, test)")
+            .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
+    }
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
+}
+
+/// QAT top-1 of the mixed-precision study's trained models against their measured latency in the
+/// integer runtime (batch 1, one thread).
+fn pareto_latency<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
+    let m = present(&r.mixed_precision, "mixed-precision result")?;
+    let uniform: Vec<(f64, f64, String)> = (m.uniform.iter())
+        .filter_map(|u| {
+            let q = u.qat?;
+            Some((
+                q.int8_us?,
+                q.int8,
+                format!("W{}A{}", u.weight_bits, u.act_bits),
+            ))
+        })
+        .collect();
+    let chosen = m.chosen_qat.and_then(|q| Some((q.int8_us?, q.int8)));
+    if uniform.is_empty() && chosen.is_none() {
+        return Err(anyhow!("no measured latency"));
+    }
+    let pts = uniform.iter().map(|p| (p.0, p.1)).chain(chosen);
+    let xmax = pts.clone().map(|p| p.0).fold(1.0f64, f64::max) * 1.15;
+    let (lo, hi) = acc_range(pts.map(|p| p.1 / 100.0));
+    let mut chart = chart_on(area, "Mixed precision: QAT top-1 vs latency", 22, 56)
+        .build_cartesian_2d(0.0..xmax, lo..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("int8 runtime µs/image (batch 1, 1 thread)")
+        .y_desc("top-1 (%)")
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(uniform.iter().map(|p| {
+            EmptyElement::at((p.0, p.1))
+                + Cross::new((0, 0), 6, BLACK.stroke_width(2))
+                + Text::new(p.2.clone(), (8, -14), ("sans-serif", 14))
+        }))
+        .map_err(err)?
+        .label("uniform (QAT int8, test)")
+        .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
+    if let Some(p) = chosen {
+        chart
+            .draw_series(std::iter::once(Cross::new(p, 8, RED.stroke_width(3))))
+            .map_err(err)?
+            .label("mixed, chosen (QAT int8, test)")
             .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)

@@ -85,8 +85,9 @@ impl Pipeline {
                         let q = xtask::report::QatPoint {
                             fake_quant: 100.0 * o.qat.fake_quant_acc,
                             int8: 100.0 * o.qat.int8_acc,
+                            int8_us: None,
                         };
-                        (v.run.weight_bits, v.run.act_bits, q)
+                        (v.run.weight_bits, v.run.act_bits, q, &o.qat.model)
                     })
                     .collect();
                 let low_run = t.study.variants[1].run;

@@ -266,6 +266,9 @@ pub struct QatPoint {
     pub fake_quant: f64,
     /// Test top-1 (percent) of the exported integer model in qat-int8-runtime.
     pub int8: f64,
+    /// Median µs per image of the integer model in qat-int8-runtime (batch 1, one thread).
+    #[serde(default)]
+    pub int8_us: Option<f64>,
 }
 
 /// A target, and whether this run met it.
