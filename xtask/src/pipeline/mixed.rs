@@ -189,7 +189,7 @@ impl Pipeline {
             let point = evaluate(table, &layers, &cost, &asg)?;
             let qat = match trained.iter().find(|t| (t.0, t.1) == (w, a)) {
                 Some(t) => QatPoint {
-                    int8_us: Some(self.int8_latency(&t.3)?),
+                    int8_us: Some(self.int8_latency(t.3)?),
                     ..t.2
                 },
                 None => {
