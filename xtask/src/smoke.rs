@@ -28,14 +28,86 @@ const MIN_LAYER_WITHIN_1_LSB: f64 = 0.99;
 const MIN_ARGMAX_AGREEMENT: f64 = 0.9;
 
 pub fn run(libtorch: &Path) -> Result<()> {
+    let config = studies_config()?;
+    let config = config.to_string_lossy();
     let out = cargo::run_smoke_bin(
         libtorch,
         &[],
         "qat-pipeline",
         "qat-report",
-        &["--quick", "--no-progress"],
+        &[
+            "--quick",
+            "--no-progress",
+            "--config",
+            &config,
+            "--study",
+            "sensitivity,mixed-precision",
+        ],
     )?;
-    check_report(&out)
+    check_report(&out)?;
+    check_studies(&out)
+}
+
+/// `configs/default.toml` with a validation split (the studies need one), written under
+/// `target/qat-report/`: the smoke run then covers the sensitivity and mixed-precision studies too.
+fn studies_config() -> Result<std::path::PathBuf> {
+    let root = cargo::workspace_root().context("no workspace root")?;
+    let base = root.join("configs/default.toml");
+    let text = std::fs::read_to_string(&base)
+        .with_context(|| format!("cannot read {}", base.display()))?;
+    ensure!(
+        text.contains("\n[data]\n"),
+        "{} has no [data] table",
+        base.display()
+    );
+    let text = text.replacen("\n[data]\n", "\n[data]\nvalidation = 256\n", 1);
+    let dir = root.join("target/qat-report");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("smoke-studies.toml");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The studies' part of the report: a sensitivity table, a mixed-precision search whose choice and
+/// uniform widths were QAT-trained, exported (`model_mixed.qat8`) and timed.
+fn check_studies(dir: &Path) -> Result<()> {
+    let r = Report::read(dir)?;
+    ensure!(r.sensitivity.is_some(), "report has no sensitivity table");
+    let m = r
+        .mixed_precision
+        .as_ref()
+        .context("report has no mixed-precision result")?;
+    let points = (m
+        .uniform
+        .iter()
+        .map(|u| (format!("uniform W{}A{}", u.weight_bits, u.act_bits), u.qat)))
+    .chain(
+        m.search
+            .chosen
+            .as_ref()
+            .map(|_| ("mixed".to_string(), m.chosen_qat)),
+    );
+    let mut n = 0;
+    for (what, q) in points {
+        let q = q.with_context(|| format!("{what}: not QAT-trained"))?;
+        ensure!(
+            (0.0..=100.0).contains(&q.int8) && (0.0..=100.0).contains(&q.fake_quant),
+            "{what}: QAT top-1 {} / {} outside [0, 100]",
+            q.fake_quant,
+            q.int8
+        );
+        ensure!(
+            q.int8_us.is_some_and(|us| us > 0.0),
+            "{what}: no measured int8 latency"
+        );
+        n += 1;
+    }
+    ensure!(
+        m.search.chosen.is_none() || dir.join("model_mixed.qat8").exists(),
+        "the chosen assignment's model_mixed.qat8 is missing"
+    );
+    eprintln!("[smoke] studies OK: sensitivity table, {n} QAT-trained mixed-precision points");
+    Ok(())
 }
 
 /// Validates a report directory written by the pipeline: `report.json` read as the typed
