@@ -194,9 +194,9 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     r: &Report,
 ) -> Result<()> {
-    let (lo, hi) = acc_range(r.latency.iter().map(|l| l.accuracy));
-    let tmax = r
-        .latency
+    let measured: Vec<_> = r.latency.iter().filter(|l| l.skipped.is_none()).collect();
+    let (lo, hi) = acc_range(measured.iter().map(|l| l.accuracy));
+    let tmax = measured
         .iter()
         .map(|l| l.us_per_image)
         .fold(1.0f64, f64::max)
@@ -215,9 +215,11 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
         .y_desc("top-1 (%)")
         .draw()
         .map_err(err)?;
-    for (i, l) in r.latency.iter().enumerate() {
+    for (i, l) in measured.iter().enumerate() {
         let color = if l.path.starts_with("int8") {
             BLUE
+        } else if l.path.starts_with("onnxruntime") {
+            GREEN
         } else {
             RED
         };
