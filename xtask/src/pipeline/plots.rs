@@ -228,9 +228,13 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
             .draw_series(std::iter::once(Circle::new(p, 6, color.filled())))
             .map_err(err)?;
         let label = format!("{} ×{}", l.path, l.threads);
-        // Points of one engine sit at the same accuracy: stagger the labels above and below.
-        let step = 0.06 * (hi - lo) * (i / 2 + 1) as f64;
-        let dy = if i % 2 == 0 { step } else { -step };
+        // Points of one model sit at the same accuracy: stagger their labels above and below.
+        let k = measured[..i]
+            .iter()
+            .filter(|m| m.accuracy == l.accuracy)
+            .count();
+        let step = 0.06 * (hi - lo) * (k / 2 + 1) as f64;
+        let dy = if k % 2 == 0 { step } else { -step };
         chart
             .draw_series(std::iter::once(Text::new(
                 label,
