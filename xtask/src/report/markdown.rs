@@ -116,7 +116,7 @@ impl Report {
                     l.path.clone(),
                     l.threads.to_string(),
                     format!("not measured: {why}"),
-                    pct(l.accuracy),
+                    "—".into(),
                     "—".into(),
                 ],
                 None => vec![
