@@ -2,7 +2,7 @@
 """Time one exported model in the peer runtimes: onnxruntime int8 (QDQ), onnxruntime f32, LiteRT
 int8 (default resolver: the XNNPACK delegate).
 
-    bench_models.py DIR --batches 1 64 --threads 1 2 --min-time 0.5 --out DIR/peers.json
+    bench_models.py DIR --batches 1 64 --threads 1 2 --min-time 0.5 --out DIR/peers.json [--engines ort_int8 ...]
 
 DIR holds `model.onnx` (QDQ), `model.float.onnx` and `model.tflite`, all with the same NHWC
 input. For every (engine, batch, threads) the model is run on a random batch until `--min-time`
@@ -86,6 +86,9 @@ def main() -> int:
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--engines", nargs="+", choices=["ort_int8", "ort_f32", "litert_int8"], help="engines to time (default: all)"
+    )
     a = ap.parse_args()
 
     import ai_edge_litert
@@ -98,6 +101,8 @@ def main() -> int:
     }
     out: dict[str, Any] = {"engines": {}}
     for name, (version, fn, path) in engines.items():
+        if a.engines is not None and name not in a.engines:
+            continue
         cells = []
         for batch in a.batches:
             for threads in a.threads:

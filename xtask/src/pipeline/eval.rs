@@ -120,21 +120,24 @@ impl Pipeline {
         Ok(preds)
     }
 
-    /// Median latency per image at batch 1: the int8 runtime and the f32 libtorch model.
+    /// Median latency per image at batch 1: the int8 runtime and the f32 libtorch model; then
+    /// onnxruntime int8 (QDQ) and f32 on the same model (`ort_top1`: the deployed stage's top-1
+    /// of the QDQ model in onnxruntime).
     pub(super) fn latency(
         &self,
-        model: &Int8Model,
+        out: &QatOutcome,
         float_net: &mut Net,
-        int8_acc: f64,
         float_acc: f64,
+        ort_top1: Option<f64>,
     ) -> Result<Vec<Latency>> {
+        let (model, int8_acc) = (&out.model, out.int8_acc);
         let images = self.cfg.latency.images.min(self.test_labels.len()).max(1);
         let all = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut threads = vec![1];
         if all > 1 {
             threads.push(all);
         }
-        let mut out = Vec::new();
+        let mut rows = Vec::new();
         for &t in &threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
             let mut exec = Executor::new(model)?;
@@ -152,12 +155,14 @@ impl Pipeline {
                 }
                 Ok(median(&mut times))
             })?;
-            out.push(Latency {
+            rows.push(Latency {
                 path: format!("int8 ({})", exec.kernel_path()),
                 threads: t,
                 batch: 1,
                 us_per_image: us,
                 accuracy: int8_acc,
+                qat_us_per_image: None,
+                skipped: None,
             });
         }
         let before = tch::get_num_threads();
@@ -172,16 +177,19 @@ impl Pipeline {
                     times.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
             }
-            out.push(Latency {
+            rows.push(Latency {
                 path: "f32 (libtorch)".into(),
                 threads: t,
                 batch: 1,
                 us_per_image: median(&mut times),
                 accuracy: float_acc,
+                qat_us_per_image: None,
+                skipped: None,
             });
         }
         tch::set_num_threads(before);
-        Ok(out)
+        rows.extend(self.ort_latency(out, float_net, float_acc, ort_top1, &threads)?);
+        Ok(rows)
     }
 }
 

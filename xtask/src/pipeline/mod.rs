@@ -16,6 +16,7 @@
 //! | `mixed.rs` | the sensitivity and mixed-precision studies (`--study`) |
 //! | `causes.rs` | per-layer causes of PTQ loss and the accuracy each fix buys |
 //! | `deployed.rs` | the exported formats run by their own runtimes (LiteRT, onnxruntime) |
+//! | `ort_latency.rs` | the latency table's onnxruntime int8 (QDQ) and f32 rows, with qat / peer ratios |
 //! | `stages.rs` | [`Pipeline::run`]: the stages in order, and the typed report |
 //! | `plots.rs` | PNG/SVG plots of the report |
 
@@ -24,6 +25,7 @@ mod data;
 mod deployed;
 mod eval;
 mod mixed;
+mod ort_latency;
 pub mod plots;
 mod stages;
 mod study;

@@ -195,9 +195,9 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     r: &Report,
 ) -> Result<()> {
-    let (lo, hi) = acc_range(r.latency.iter().map(|l| l.accuracy));
-    let tmax = r
-        .latency
+    let measured: Vec<_> = r.latency.iter().filter(|l| l.skipped.is_none()).collect();
+    let (lo, hi) = acc_range(measured.iter().map(|l| l.accuracy));
+    let tmax = measured
         .iter()
         .map(|l| l.us_per_image)
         .fold(1.0f64, f64::max)
@@ -216,9 +216,11 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
         .y_desc("top-1 (%)")
         .draw()
         .map_err(err)?;
-    for (i, l) in r.latency.iter().enumerate() {
+    for (i, l) in measured.iter().enumerate() {
         let color = if l.path.starts_with("int8") {
             BLUE
+        } else if l.path.starts_with("onnxruntime") {
+            GREEN
         } else {
             RED
         };
@@ -227,9 +229,13 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
             .draw_series(std::iter::once(Circle::new(p, 6, color.filled())))
             .map_err(err)?;
         let label = format!("{} ×{}", l.path, l.threads);
-        // Points of one engine sit at the same accuracy: stagger the labels above and below.
-        let step = 0.06 * (hi - lo) * (i / 2 + 1) as f64;
-        let dy = if i % 2 == 0 { step } else { -step };
+        // Points of one model sit at the same accuracy: stagger their labels above and below.
+        let k = measured[..i]
+            .iter()
+            .filter(|m| m.accuracy == l.accuracy)
+            .count();
+        let step = 0.06 * (hi - lo) * (k / 2 + 1) as f64;
+        let dy = if k % 2 == 0 { step } else { -step };
         chart
             .draw_series(std::iter::once(Text::new(
                 label,

@@ -45,16 +45,20 @@ impl Pipeline {
         for (v, o) in t.study.variants.iter().zip([&t.main, &t.low]) {
             rounding.extend(self.rounding_rows(&o.qat, v.run.weight_bits, v.run.act_bits)?);
         }
-        let latency = self.latency(
-            &t.main.qat.model,
-            &mut t.float_net,
-            t.main.qat.int8_acc,
-            t.float_acc,
-        )?;
         let deployed = self.deployed(&[
             (&t.study.variants[0].run, &t.main.qat),
             (&t.study.variants[1].run, &t.low.qat),
         ])?;
+        let main_run = &t.study.variants[0].run;
+        let ort_top1 = deployed
+            .rows
+            .iter()
+            .find(|r| {
+                r.runtime == "onnxruntime"
+                    && (r.weight_bits, r.act_bits) == (main_run.weight_bits, main_run.act_bits)
+            })
+            .and_then(|r| r.top1);
+        let latency = self.latency(&t.main.qat, &mut t.float_net, t.float_acc, ort_top1)?;
         let size = self.size(&t.float_net)?;
         let causes = self.causes(&t.float_net)?;
         let fixes = causes::fixes(&t.study, [&t.main, &t.low]);

@@ -106,15 +106,32 @@ impl Report {
         );
         table(
             &mut s,
-            "## Latency per image (batch 1)\n\n| path | threads | µs/image | top-1 |\n|---|---|---|---|",
+            "## Latency per image (batch 1)\n\nqat / peer: the qat runtime's µs per image over the peer's, both \
+             timed alternately with the peer's protocol (best of rounds) on the same model and threads; \
+             below 1 the qat runtime is faster.\n\n\
+             | path | threads | µs/image | top-1 | qat / peer |\n|---|---|---|---|---|",
             &self.latency,
-            |l| {
-                vec![
+            |l| match &l.skipped {
+                Some(why) => vec![
+                    l.path.clone(),
+                    l.threads.to_string(),
+                    format!("not measured: {why}"),
+                    "—".into(),
+                    "—".into(),
+                ],
+                None => vec![
                     l.path.clone(),
                     l.threads.to_string(),
                     format!("{:.1}", l.us_per_image),
                     pct(l.accuracy),
-                ]
+                    l.qat_us_per_image.map_or("—".into(), |q| {
+                        format!(
+                            "{:.2}× ({q:.1} / {:.1} µs)",
+                            q / l.us_per_image,
+                            l.us_per_image
+                        )
+                    }),
+                ],
             },
         );
         self.studies_section(&mut s);

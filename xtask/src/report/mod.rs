@@ -132,7 +132,7 @@ pub struct ModelSize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Latency {
-    /// "f32 (libtorch)" or "int8 (qat-int8-runtime)".
+    /// "f32 (libtorch)", "int8 (<kernel path>)", "onnxruntime int8 (QDQ)" or "onnxruntime f32".
     pub path: String,
     /// Threads used.
     pub threads: usize,
@@ -142,6 +142,15 @@ pub struct Latency {
     pub us_per_image: f64,
     /// Accuracy of that model (for the latency-vs-accuracy plot).
     pub accuracy: f64,
+    /// A peer runtime's row only: the qat runtime's µs per image on the same model, batch and
+    /// threads, timed with the peer's protocol (best of rounds, alternated with the peer), so
+    /// that `qat_us_per_image / us_per_image` is the qat / peer ratio.
+    #[serde(default)]
+    pub qat_us_per_image: Option<f64>,
+    /// Why the row was not measured (peer runtimes not installed, export refused, runtime
+    /// failed); `us_per_image` is then 0 and the row is not plotted.
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
 /// One node's agreement: libtorch fake quant vs the export's simulation, in output codes.
