@@ -123,17 +123,11 @@ fn truncated_idx_is_rejected() {
     bytes.truncate(bytes.len() - 1);
     let images = write(dir.path(), "img", &bytes, true);
     let labels = write(dir.path(), "lab", &idx_labels(&[0; 5]), false);
-    match Dataset::load_idx(&images, &labels, 10) {
-        Err(DataError::Truncated {
-            path,
-            expected,
-            got,
-        }) => {
-            assert_eq!(path, images);
-            assert_eq!((expected, got), (76, 75));
-        }
-        other => panic!("expected Truncated, got {other:?}"),
-    }
+    let err = Dataset::load_idx(&images, &labels, 10).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Truncated { path, expected: 76, got: 75 } if *path == images),
+        "expected Truncated at 75 of 76 bytes of {images:?}, got {err:?}"
+    );
     // Header itself cut short.
     let short = write(dir.path(), "short", &[0, 0, 8], false);
     assert!(matches!(
@@ -153,17 +147,11 @@ fn bad_magic_trailing_bytes_and_count_mismatch() {
     let images = write(dir.path(), "img", &idx_images(2, 2, 2, &[0; 8]), false);
     let labels = write(dir.path(), "lab", &idx_labels(&[0, 1]), false);
     // Swapped files: each has the other's magic.
-    match Dataset::load_idx(&labels, &images, 10) {
-        Err(DataError::BadMagic {
-            path,
-            expected,
-            got,
-        }) => {
-            assert_eq!(path, labels);
-            assert_eq!((expected, got), (0x803, 0x801));
-        }
-        other => panic!("expected BadMagic, got {other:?}"),
-    }
+    let err = Dataset::load_idx(&labels, &images, 10).unwrap_err();
+    assert!(
+        matches!(&err, DataError::BadMagic { path, expected: 0x803, got: 0x801 } if *path == labels),
+        "expected BadMagic 0x803/0x801 in {labels:?}, got {err:?}"
+    );
     let mut extra = idx_labels(&[0, 1]);
     extra.push(7);
     let extra = write(dir.path(), "extra", &extra, false);

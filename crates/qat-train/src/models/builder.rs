@@ -10,6 +10,15 @@ use crate::layers::{
 };
 use crate::schedule::{Phase, PhaseControl};
 
+/// The reduction of a windowed pooling node ([`NetBuilder::pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The window's maximum.
+    Max,
+    /// The window's mean.
+    Avg,
+}
+
 /// Builds a [`Net`] node by node, tracking shapes. Every layer method takes the input node and returns the
 /// new node.
 #[derive(Debug)]
@@ -358,44 +367,32 @@ impl NetBuilder {
         k: usize,
         s: usize,
     ) -> Result<NodeRef, ModelError> {
-        self.max_pool_cfg(name, x, Pool2dConfig::new(k as i64, s as i64))
+        self.pool(name, x, Pooling::Max, Pool2dConfig::new(k as i64, s as i64))
     }
 
-    /// Max pooling over an explicit window (padding `p ≤ k/2`, padded cells ignored).
-    pub fn max_pool_cfg(
+    /// Windowed pooling over an explicit window (padding `p ≤ k/2`): max pooling ignores the
+    /// padded cells, average pooling excludes them from the count.
+    pub fn pool(
         &mut self,
         name: &str,
         x: NodeRef,
+        kind: Pooling,
         cfg: Pool2dConfig,
     ) -> Result<NodeRef, ModelError> {
-        let shape = self.pool_geometry(name, x, cfg, "max pool")?;
-        let layer = QatMaxPool2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::MaxPool(layer), vec![x], shape))
-    }
-
-    /// Average pooling `k×k`, stride `s`, no padding.
-    pub fn avg_pool(
-        &mut self,
-        name: &str,
-        x: NodeRef,
-        k: usize,
-        s: usize,
-    ) -> Result<NodeRef, ModelError> {
-        self.avg_pool_cfg(name, x, Pool2dConfig::new(k as i64, s as i64))
-    }
-
-    /// Average pooling over an explicit window (padding `p ≤ k/2`, padded cells excluded from
-    /// the count).
-    pub fn avg_pool_cfg(
-        &mut self,
-        name: &str,
-        x: NodeRef,
-        cfg: Pool2dConfig,
-    ) -> Result<NodeRef, ModelError> {
-        let shape = self.pool_geometry(name, x, cfg, "avg pool")?;
-        let layer = QatAvgPool2d::new(&self.path(name), cfg, self.quant_for(name))
-            .map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::AvgPool(layer), vec![x], shape))
+        let what = match kind {
+            Pooling::Max => "max pool",
+            Pooling::Avg => "avg pool",
+        };
+        let shape = self.pool_geometry(name, x, cfg, what)?;
+        let path = self.path(name);
+        let op = match kind {
+            Pooling::Max => QatMaxPool2d::new(&path, cfg).map(NodeOp::MaxPool),
+            Pooling::Avg => {
+                QatAvgPool2d::new(&path, cfg, self.quant_for(name)).map(NodeOp::AvgPool)
+            }
+        }
+        .map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, op, vec![x], shape))
     }
 
     /// Global average pooling `[C, H, W] → [C]`.
