@@ -241,15 +241,7 @@ impl NetBuilder {
         x: NodeRef,
         cfg: ConvBnConfig,
     ) -> Result<NodeRef, ModelError> {
-        self.unique(name)?;
-        let chw = self.chw(x, name)?;
-        if cfg.conv.in_channels as usize != chw[0] {
-            return Err(self.err(format!(
-                "{name}: conv expects {} channels, input has {}",
-                cfg.conv.in_channels, chw[0]
-            )));
-        }
-        let shape = self.conv_out(&cfg.conv, chw, name)?;
+        let shape = self.explicit_conv_out(name, x, &cfg.conv)?;
         let layer = QatConvBn2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
     }
@@ -261,17 +253,28 @@ impl NetBuilder {
         x: NodeRef,
         cfg: Conv2dConfig,
     ) -> Result<NodeRef, ModelError> {
-        self.unique(name)?;
-        let chw = self.chw(x, name)?;
-        if cfg.in_channels as usize != chw[0] {
-            return Err(self.err(format!(
-                "{name}: conv expects {} channels, input has {}",
-                cfg.in_channels, chw[0]
-            )));
-        }
-        let shape = self.conv_out(&cfg, chw, name)?;
+        let shape = self.explicit_conv_out(name, x, &cfg)?;
         let layer = QatConv2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::Conv(layer), vec![x], shape))
+    }
+
+    /// The output shape of the new node `name` applying the caller's `conv` to node `x`, whose
+    /// channels must be the conv's `in_channels`.
+    fn explicit_conv_out(
+        &self,
+        name: &str,
+        x: NodeRef,
+        conv: &Conv2dConfig,
+    ) -> Result<Vec<usize>, ModelError> {
+        self.unique(name)?;
+        let chw = self.chw(x, name)?;
+        if conv.in_channels as usize != chw[0] {
+            return Err(self.err(format!(
+                "{name}: conv expects {} channels, input has {}",
+                conv.in_channels, chw[0]
+            )));
+        }
+        self.conv_out(conv, chw, name)
     }
 
     /// Fully connected layer on a `[F]` node.
