@@ -214,8 +214,19 @@ fn reads_cifar10_and_rejects_malformed() {
 }
 
 #[test]
+fn synthetic_refuses_zero_sized_images() {
+    for [c, h, w] in [[0, 4, 4], [1, 0, 4], [1, 4, 0]] {
+        let err = Dataset::synthetic(3, 2, c, h, w, 0).unwrap_err();
+        assert!(
+            matches!(&err, DataError::Config(m) if m.contains("zero-sized")),
+            "{c}x{h}x{w}: {err:?}"
+        );
+    }
+}
+
+#[test]
 fn split_and_shuffle_are_deterministic() {
-    let ds = Dataset::synthetic(50, 5, 1, 4, 4, 3);
+    let ds = Dataset::synthetic(50, 5, 1, 4, 4, 3).unwrap();
     let (a1, b1) = ds.split(10, 9).unwrap();
     let (a2, b2) = ds.split(10, 9).unwrap();
     assert_eq!((a1.len(), b1.len()), (40, 10));
@@ -257,7 +268,7 @@ fn collect(loader: &Loader, epoch: u64, start: usize) -> Vec<(Vec<f32>, Vec<i64>
 
 #[test]
 fn loader_prefetch_matches_inline_and_resumes_mid_epoch() {
-    let ds = Dataset::synthetic(37, 3, 3, 6, 5, 1);
+    let ds = Dataset::synthetic(37, 3, 3, 6, 5, 1).unwrap();
     let base = LoaderConfig {
         batch_size: 8,
         shuffle: true,
@@ -356,7 +367,7 @@ fn normalization_and_augmentation_values() {
 
 #[test]
 fn loader_rejects_bad_config() {
-    let ds: std::sync::Arc<Dataset> = Dataset::synthetic(4, 2, 3, 2, 2, 0).into();
+    let ds: std::sync::Arc<Dataset> = Dataset::synthetic(4, 2, 3, 2, 2, 0).unwrap().into();
     assert!(
         Loader::new(
             ds.clone(),
