@@ -76,6 +76,7 @@ fn qat_lenet_exports_to_an_integer_model_that_matches_its_simulation() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     tch::set_num_threads(1);
     let (train, test) = Dataset::synthetic(768, 10, 1, 28, 28, 11)
+        .unwrap()
         .split(256, 2)
         .unwrap();
     trainer::seed_everything(5);

@@ -24,6 +24,7 @@ use crate::setup::{cache_root, pip_install, ready_path, run_checked};
 
 pub use xtask::peers_cache::REQUIREMENTS;
 use xtask::peers_cache::{key, pinned};
+use xtask::process::output_ok;
 
 /// The environment variable that points at a ready Python (and that tests read).
 pub const PYTHON_ENV: &str = "QAT_PEERS_PYTHON";
@@ -50,17 +51,11 @@ fn verify(python: &Path) -> Result<()> {
         .collect::<Vec<_>>()
         .join("; ");
     let script = format!("import importlib.metadata as md, {imports}; {versions}");
-    let out = Command::new(python)
-        .args(["-c", &script])
-        .output()
-        .with_context(|| format!("cannot run {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} cannot import the peer runtimes: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let out = output_ok(
+        Command::new(python).args(["-c", &script]),
+        || format!("cannot run {}", python.display()),
+        |_| format!("{} cannot import the peer runtimes", python.display()),
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     for ((_, pip), got) in CHECKED.iter().zip(text.lines()) {
         let want = pinned(pip).unwrap_or("?");

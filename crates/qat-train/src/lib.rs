@@ -10,6 +10,25 @@
 //! | §3 on a model brought as a float graph | [`models::from_float_graph`], [`finetune`] | an imported float model → QAT net (weights, BN statistics) → fine-tuning with the pipeline's schedule → export |
 //! | §3 "the integer model matches its simulation" | [`fidelity`] | the libtorch fake-quant model vs the export's simulation, node by node |
 
+/// `Display` (`$fmt` with the name field, then the kind) and `Error` for an error struct that
+/// names its subject once and says what went wrong in `kind`. The source is the kind's own source,
+/// so the kind's message, already in `Display`, is not repeated down the error chain.
+macro_rules! named_error {
+    ($ty:ty, $name:ident, $fmt:literal) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, $fmt, self.$name, self.kind)
+            }
+        }
+
+        impl std::error::Error for $ty {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                std::error::Error::source(&self.kind)
+            }
+        }
+    };
+}
+
 pub mod checkpoint;
 pub mod convert;
 pub mod data;

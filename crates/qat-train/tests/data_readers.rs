@@ -123,17 +123,11 @@ fn truncated_idx_is_rejected() {
     bytes.truncate(bytes.len() - 1);
     let images = write(dir.path(), "img", &bytes, true);
     let labels = write(dir.path(), "lab", &idx_labels(&[0; 5]), false);
-    match Dataset::load_idx(&images, &labels, 10) {
-        Err(DataError::Truncated {
-            path,
-            expected,
-            got,
-        }) => {
-            assert_eq!(path, images);
-            assert_eq!((expected, got), (76, 75));
-        }
-        other => panic!("expected Truncated, got {other:?}"),
-    }
+    let err = Dataset::load_idx(&images, &labels, 10).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Truncated { path, expected: 76, got: 75 } if *path == images),
+        "expected Truncated at 75 of 76 bytes of {images:?}, got {err:?}"
+    );
     // Header itself cut short.
     let short = write(dir.path(), "short", &[0, 0, 8], false);
     assert!(matches!(
@@ -153,17 +147,11 @@ fn bad_magic_trailing_bytes_and_count_mismatch() {
     let images = write(dir.path(), "img", &idx_images(2, 2, 2, &[0; 8]), false);
     let labels = write(dir.path(), "lab", &idx_labels(&[0, 1]), false);
     // Swapped files: each has the other's magic.
-    match Dataset::load_idx(&labels, &images, 10) {
-        Err(DataError::BadMagic {
-            path,
-            expected,
-            got,
-        }) => {
-            assert_eq!(path, labels);
-            assert_eq!((expected, got), (0x803, 0x801));
-        }
-        other => panic!("expected BadMagic, got {other:?}"),
-    }
+    let err = Dataset::load_idx(&labels, &images, 10).unwrap_err();
+    assert!(
+        matches!(&err, DataError::BadMagic { path, expected: 0x803, got: 0x801 } if *path == labels),
+        "expected BadMagic 0x803/0x801 in {labels:?}, got {err:?}"
+    );
     let mut extra = idx_labels(&[0, 1]);
     extra.push(7);
     let extra = write(dir.path(), "extra", &extra, false);
@@ -226,8 +214,19 @@ fn reads_cifar10_and_rejects_malformed() {
 }
 
 #[test]
+fn synthetic_refuses_zero_sized_images() {
+    for [c, h, w] in [[0, 4, 4], [1, 0, 4], [1, 4, 0]] {
+        let err = Dataset::synthetic(3, 2, c, h, w, 0).unwrap_err();
+        assert!(
+            matches!(&err, DataError::Config(m) if m.contains("zero-sized")),
+            "{c}x{h}x{w}: {err:?}"
+        );
+    }
+}
+
+#[test]
 fn split_and_shuffle_are_deterministic() {
-    let ds = Dataset::synthetic(50, 5, 1, 4, 4, 3);
+    let ds = Dataset::synthetic(50, 5, 1, 4, 4, 3).unwrap();
     let (a1, b1) = ds.split(10, 9).unwrap();
     let (a2, b2) = ds.split(10, 9).unwrap();
     assert_eq!((a1.len(), b1.len()), (40, 10));
@@ -269,7 +268,7 @@ fn collect(loader: &Loader, epoch: u64, start: usize) -> Vec<(Vec<f32>, Vec<i64>
 
 #[test]
 fn loader_prefetch_matches_inline_and_resumes_mid_epoch() {
-    let ds = Dataset::synthetic(37, 3, 3, 6, 5, 1);
+    let ds = Dataset::synthetic(37, 3, 3, 6, 5, 1).unwrap();
     let base = LoaderConfig {
         batch_size: 8,
         shuffle: true,
@@ -368,7 +367,7 @@ fn normalization_and_augmentation_values() {
 
 #[test]
 fn loader_rejects_bad_config() {
-    let ds: std::sync::Arc<Dataset> = Dataset::synthetic(4, 2, 3, 2, 2, 0).into();
+    let ds: std::sync::Arc<Dataset> = Dataset::synthetic(4, 2, 3, 2, 2, 0).unwrap().into();
     assert!(
         Loader::new(
             ds.clone(),

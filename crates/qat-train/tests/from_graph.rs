@@ -69,6 +69,7 @@ fn same_model(spec: ModelSpec) {
     let _g = lock();
     let [c, h, w] = spec.input;
     let (train, test) = Dataset::synthetic(96, 10, c, h, w, 11)
+        .unwrap()
         .split(32, 2)
         .unwrap();
     let cfg = config(c);

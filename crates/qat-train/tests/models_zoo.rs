@@ -42,7 +42,7 @@ fn specs() -> Vec<ModelSpec> {
 /// A few train-mode forward passes so that BN moving statistics and observer ranges are non-trivial.
 fn warm(net: &mut Net, phase: Phase) -> Tensor {
     let [c, h, w] = net.input_chw();
-    let ds = Dataset::synthetic(16, 4, c, h, w, 5);
+    let ds = Dataset::synthetic(16, 4, c, h, w, 5).unwrap();
     let loader = Loader::new(
         ds.into(),
         LoaderConfig {

@@ -22,7 +22,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn data() -> (Dataset, Dataset) {
-    let all = Dataset::synthetic(768, 10, 1, 28, 28, 42);
+    let all = Dataset::synthetic(768, 10, 1, 28, 28, 42).unwrap();
     all.split(256, 1).unwrap()
 }
 

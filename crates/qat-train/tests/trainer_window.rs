@@ -37,7 +37,7 @@ fn config(sync_every: usize) -> TrainConfig {
 }
 
 fn run(cfg: &TrainConfig) -> (Result<History, TrainError>, u64, u64) {
-    let all = Dataset::synthetic(352, 10, 1, 28, 28, 8);
+    let all = Dataset::synthetic(352, 10, 1, 28, 28, 8).unwrap();
     let (train, test) = all.split(96, 1).unwrap();
     trainer::seed_everything(11);
     let mut net = models::build(&ModelSpec::lenet(), Device::Cpu).unwrap();

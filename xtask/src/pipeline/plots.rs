@@ -39,6 +39,22 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
         .map_err(err)
 }
 
+/// Draws `points` as a line of `color`, `width` px wide, with the legend entry `label`.
+fn labelled_line<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    width: u32,
+    label: &str,
+) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(width)))
+        .map_err(err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    Ok(())
+}
+
 /// A chart on `area` captioned `caption` (sans-serif, `font` px) with the plots' margin and axis
 /// label areas (`y_label` px wide).
 fn chart_on<'a, 'b, DB: DrawingBackend>(
@@ -158,19 +174,11 @@ fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
     };
     let ptq = series(|b| b.ptq);
     let qat = series(|b| Some(b.qat));
-    chart
-        .draw_series(LineSeries::new(ptq.clone(), RED.stroke_width(2)))
-        .map_err(err)?
-        .label("PTQ (per channel)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    labelled_line(&mut chart, ptq.clone(), RED, 2, "PTQ (per channel)")?;
     chart
         .draw_series(ptq.iter().map(|&p| Circle::new(p, 4, RED.filled())))
         .map_err(err)?;
-    chart
-        .draw_series(LineSeries::new(qat.clone(), BLUE.stroke_width(2)))
-        .map_err(err)?
-        .label("QAT")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    labelled_line(&mut chart, qat.clone(), BLUE, 2, "QAT")?;
     chart
         .draw_series(
             qat.iter()
@@ -182,11 +190,7 @@ fn accuracy_vs_bits<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Repor
             (bmin as f64 - 0.3, 100.0 * f),
             (bmax as f64 + 0.3, 100.0 * f),
         ];
-        chart
-            .draw_series(LineSeries::new(line, BLACK.stroke_width(1)))
-            .map_err(err)?
-            .label("float")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+        labelled_line(&mut chart, line, BLACK, 1, "float")?;
     }
     legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
@@ -270,16 +274,8 @@ fn training<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Re
             .map(|&(s, l)| (s as f64, l.min(lmax)))
             .collect::<Vec<_>>()
     };
-    chart
-        .draw_series(LineSeries::new(pts(&c.float_loss), RED))
-        .map_err(err)?
-        .label("float")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-    chart
-        .draw_series(LineSeries::new(pts(&c.qat_loss), BLUE))
-        .map_err(err)?
-        .label("QAT")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    labelled_line(&mut chart, pts(&c.float_loss), RED, 1, "float")?;
+    labelled_line(&mut chart, pts(&c.qat_loss), BLUE, 1, "QAT")?;
     legend(&mut chart, SeriesLabelPosition::MiddleRight)
 }
 
@@ -493,11 +489,7 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
         .y_desc("top-1 (%)")
         .draw()
         .map_err(err)?;
-    chart
-        .draw_series(LineSeries::new(front, BLUE.stroke_width(2)))
-        .map_err(err)?
-        .label("front (predicted, validation)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    labelled_line(&mut chart, front, BLUE, 2, "front (predicted, validation)")?;
     chart
         .draw_series(uniform.iter().map(|&p| Circle::new(p, 5, BLACK.filled())))
         .map_err(err)?

@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn flags_then_metadata_then_the_dataset() {
-        let ds = Dataset::synthetic(16, 4, 3, 8, 8, 1);
+        let ds = Dataset::synthetic(16, 4, 3, 8, 8, 1).unwrap();
         let meta = onnx_with(&[(MEAN_KEY, "0.4,0.5,0.6"), (STD_KEY, "0.2")]);
         let (n, src) = normalization(Some("0.1"), Some("0.3,0.3,0.25"), &meta, &ds).unwrap();
         assert_eq!(src, NormSource::Flags);
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn bad_normalizations_are_errors_that_say_where() {
-        let ds = Dataset::synthetic(8, 2, 3, 4, 4, 2);
+        let ds = Dataset::synthetic(8, 2, 3, 4, 4, 2).unwrap();
         let none = onnx_with(&[]);
         let err = |m: Option<&str>, s: Option<&str>, onnx: &[u8]| {
             normalization(m, s, onnx, &ds).unwrap_err().to_string()
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn batches_are_nhwc_and_normalized() {
-        let ds = Dataset::synthetic(3, 2, 3, 2, 2, 3);
+        let ds = Dataset::synthetic(3, 2, 3, 2, 2, 3).unwrap();
         let norm = Normalize {
             mean: vec![0.0, 0.5, 1.0],
             std: vec![1.0, 0.5, 2.0],

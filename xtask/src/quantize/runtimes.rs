@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use qat_export::crosscheck::npy::{self, Npy};
 use qat_train::data::{Dataset, Normalize};
 use serde::{Deserialize, Serialize};
+use xtask::process::output_ok;
 
 use super::input::{bar, nhwc_batch};
 
@@ -88,23 +89,18 @@ pub fn run_all(
     for (file, runtime) in jobs {
         progress.set_message(runtime.to_string());
         let out = work.join(format!("preds-{runtime}.json"));
-        let res = Command::new(python)
-            .arg(&script)
-            .arg("--model")
-            .arg(file)
-            .args(["--runtime", runtime, "--input"])
-            .arg(&images)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .with_context(|| format!("cannot run {}", python.display()))?;
-        if !res.status.success() {
-            bail!(
-                "{} in {runtime}: {}",
-                file.display(),
-                String::from_utf8_lossy(&res.stderr).trim()
-            );
-        }
+        output_ok(
+            Command::new(python)
+                .arg(&script)
+                .arg("--model")
+                .arg(file)
+                .args(["--runtime", runtime, "--input"])
+                .arg(&images)
+                .arg("--out")
+                .arg(&out),
+            || format!("cannot run {}", python.display()),
+            |_| format!("{} in {runtime}", file.display()),
+        )?;
         let text = std::fs::read_to_string(&out)
             .with_context(|| format!("cannot read {}", out.display()))?;
         let o: Output =

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use qat_train::data::{Dataset, Loader, LoaderConfig, Normalize};
-//! let ds = Dataset::synthetic(64, 4, 1, 8, 8, 7);
+//! let ds = Dataset::synthetic(64, 4, 1, 8, 8, 7)?;
 //! let loader = Loader::new(ds.into(), LoaderConfig { batch_size: 16, normalize: Normalize::unit(1), ..Default::default() })?;
 //! let batches: Vec<_> = loader.epoch(0, 0).collect::<Result<_, _>>()?;
 //! assert_eq!(batches.len(), 4);
@@ -321,6 +321,7 @@ impl Dataset {
 
     /// A learnable synthetic dataset for tests and benchmarks: class `k` is a bright square at a class-specific
     /// position (on a `√classes`-sided grid) plus uniform noise in `[0, 64)`, all drawn from `SplitMix64(seed)`.
+    /// Zero-sized images are a [`DataError::Config`], as in [`Dataset::new`].
     pub fn synthetic(
         n: usize,
         num_classes: usize,
@@ -328,17 +329,16 @@ impl Dataset {
         height: usize,
         width: usize,
         seed: u64,
-    ) -> Self {
+    ) -> Result<Self> {
         let num_classes = num_classes.max(1);
         let mut rng = SplitMix64::new(seed);
         let grid = (num_classes as f64).sqrt().ceil() as usize;
         let (ch, cw) = ((height / grid).max(1), (width / grid).max(1));
-        let mut images = vec![0u8; n * channels * height * width];
+        let per = channels * height * width;
+        let mut images = vec![0u8; n * per];
         let mut labels = Vec::with_capacity(n);
-        for (i, img) in images
-            .chunks_exact_mut(channels * height * width)
-            .enumerate()
-        {
+        // Zero-sized images: no chunks, no labels, and `new` says what is wrong.
+        for (i, img) in images.chunks_exact_mut(per.max(1)).enumerate() {
             let label = (i % num_classes) as u8;
             labels.push(label);
             let (gy, gx) = (usize::from(label) / grid, usize::from(label) % grid);
@@ -353,15 +353,13 @@ impl Dataset {
                 }
             }
         }
-        Self {
-            name: format!("synthetic[{n}x{channels}x{height}x{width}, {num_classes} classes]"),
+        Self::new(
+            format!("synthetic[{n}x{channels}x{height}x{width}, {num_classes} classes]"),
             images,
             labels,
-            channels,
-            height,
-            width,
+            [channels, height, width],
             num_classes,
-        }
+        )
     }
 
     /// Loads an MNIST-style directory (MNIST, Fashion-MNIST, the shipped `data/mnist-10k`): the four standard

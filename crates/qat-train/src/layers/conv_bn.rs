@@ -300,18 +300,7 @@ impl QatConvBn2d {
             // conv(x, γW/σ)·σ/σ_B + β − γμ_B/σ_B = γ·(conv(x, W) − μ_B)/σ_B + β, so libtorch's fused
             // batch_norm computes it (one conv, fused backward) and updates the moving averages
             // exactly as `update_running` does (momentum m, unbiased batch variance).
-            return y_float
-                .f_batch_norm(
-                    Some(&self.gamma),
-                    Some(&self.beta),
-                    Some(&self.running_mean),
-                    Some(&self.running_var),
-                    true,
-                    self.cfg.momentum,
-                    self.cfg.eps,
-                    false,
-                )
-                .map_err(torch("batch_norm"));
+            return self.batch_norm_train(&y_float, &n);
         }
         // σ is read before the moving averages move. The batch statistics: with `stats_grad`
         // differentiable, else constants of the backward pass (one f64 pass of our own on the CPU).
@@ -364,24 +353,30 @@ impl QatConvBn2d {
         // division and no reduction for its gradient w.r.t. s.
         let w = &w / per_out_channel(&scale);
         let y = self.cfg.conv.conv(x, &w, None::<&Tensor>, &n)?;
-        if use_batch && batch_count(&y) < 2 {
+        if batch_count(&y) < 2 {
             return Err(LayerError::shape(
                 &n,
                 "more than one value per channel for batch statistics",
                 y.size(),
             ));
         }
+        self.batch_norm_train(&y, &n)
+    }
+
+    /// libtorch's batch norm of `y` in training mode: normalized with the batch statistics, the
+    /// moving averages updated in place (momentum m, unbiased batch variance).
+    fn batch_norm_train(&self, y: &Tensor, n: &str) -> Result<Tensor, LayerError> {
         y.f_batch_norm(
             Some(&self.gamma),
             Some(&self.beta),
             Some(&self.running_mean),
             Some(&self.running_var),
-            use_batch,
+            true,
             self.cfg.momentum,
             self.cfg.eps,
             false,
         )
-        .map_err(LayerError::torch(&n, "batch_norm"))
+        .map_err(LayerError::torch(n, "batch_norm"))
     }
 }
 

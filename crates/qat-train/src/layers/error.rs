@@ -1,7 +1,5 @@
 //! The layers' error: which layer, and what went wrong.
 
-use std::fmt;
-
 use qat_autograd::FakeQuantError;
 use tch::TchError;
 use thiserror::Error;
@@ -90,14 +88,4 @@ impl LayerError {
     }
 }
 
-impl fmt::Display for LayerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "layer '{}': {}", self.layer, self.kind)
-    }
-}
-
-impl std::error::Error for LayerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.kind.source()
-    }
-}
+named_error!(LayerError, layer, "layer '{}': {}");

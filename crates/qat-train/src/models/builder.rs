@@ -10,6 +10,15 @@ use crate::layers::{
 };
 use crate::schedule::{Phase, PhaseControl};
 
+/// The reduction of a windowed pooling node ([`NetBuilder::pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The window's maximum.
+    Max,
+    /// The window's mean.
+    Avg,
+}
+
 /// Builds a [`Net`] node by node, tracking shapes. Every layer method takes the input node and returns the
 /// new node.
 #[derive(Debug)]
@@ -232,15 +241,7 @@ impl NetBuilder {
         x: NodeRef,
         cfg: ConvBnConfig,
     ) -> Result<NodeRef, ModelError> {
-        self.unique(name)?;
-        let chw = self.chw(x, name)?;
-        if cfg.conv.in_channels as usize != chw[0] {
-            return Err(self.err(format!(
-                "{name}: conv expects {} channels, input has {}",
-                cfg.conv.in_channels, chw[0]
-            )));
-        }
-        let shape = self.conv_out(&cfg.conv, chw, name)?;
+        let shape = self.explicit_conv_out(name, x, &cfg.conv)?;
         let layer = QatConvBn2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
     }
@@ -252,17 +253,28 @@ impl NetBuilder {
         x: NodeRef,
         cfg: Conv2dConfig,
     ) -> Result<NodeRef, ModelError> {
-        self.unique(name)?;
-        let chw = self.chw(x, name)?;
-        if cfg.in_channels as usize != chw[0] {
-            return Err(self.err(format!(
-                "{name}: conv expects {} channels, input has {}",
-                cfg.in_channels, chw[0]
-            )));
-        }
-        let shape = self.conv_out(&cfg, chw, name)?;
+        let shape = self.explicit_conv_out(name, x, &cfg)?;
         let layer = QatConv2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
         Ok(self.push(name, NodeOp::Conv(layer), vec![x], shape))
+    }
+
+    /// The output shape of the new node `name` applying the caller's `conv` to node `x`, whose
+    /// channels must be the conv's `in_channels`.
+    fn explicit_conv_out(
+        &self,
+        name: &str,
+        x: NodeRef,
+        conv: &Conv2dConfig,
+    ) -> Result<Vec<usize>, ModelError> {
+        self.unique(name)?;
+        let chw = self.chw(x, name)?;
+        if conv.in_channels as usize != chw[0] {
+            return Err(self.err(format!(
+                "{name}: conv expects {} channels, input has {}",
+                conv.in_channels, chw[0]
+            )));
+        }
+        self.conv_out(conv, chw, name)
     }
 
     /// Fully connected layer on a `[F]` node.
@@ -358,44 +370,32 @@ impl NetBuilder {
         k: usize,
         s: usize,
     ) -> Result<NodeRef, ModelError> {
-        self.max_pool_cfg(name, x, Pool2dConfig::new(k as i64, s as i64))
+        self.pool(name, x, Pooling::Max, Pool2dConfig::new(k as i64, s as i64))
     }
 
-    /// Max pooling over an explicit window (padding `p ≤ k/2`, padded cells ignored).
-    pub fn max_pool_cfg(
+    /// Windowed pooling over an explicit window (padding `p ≤ k/2`): max pooling ignores the
+    /// padded cells, average pooling excludes them from the count.
+    pub fn pool(
         &mut self,
         name: &str,
         x: NodeRef,
+        kind: Pooling,
         cfg: Pool2dConfig,
     ) -> Result<NodeRef, ModelError> {
-        let shape = self.pool_geometry(name, x, cfg, "max pool")?;
-        let layer = QatMaxPool2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::MaxPool(layer), vec![x], shape))
-    }
-
-    /// Average pooling `k×k`, stride `s`, no padding.
-    pub fn avg_pool(
-        &mut self,
-        name: &str,
-        x: NodeRef,
-        k: usize,
-        s: usize,
-    ) -> Result<NodeRef, ModelError> {
-        self.avg_pool_cfg(name, x, Pool2dConfig::new(k as i64, s as i64))
-    }
-
-    /// Average pooling over an explicit window (padding `p ≤ k/2`, padded cells excluded from
-    /// the count).
-    pub fn avg_pool_cfg(
-        &mut self,
-        name: &str,
-        x: NodeRef,
-        cfg: Pool2dConfig,
-    ) -> Result<NodeRef, ModelError> {
-        let shape = self.pool_geometry(name, x, cfg, "avg pool")?;
-        let layer = QatAvgPool2d::new(&self.path(name), cfg, self.quant_for(name))
-            .map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::AvgPool(layer), vec![x], shape))
+        let what = match kind {
+            Pooling::Max => "max pool",
+            Pooling::Avg => "avg pool",
+        };
+        let shape = self.pool_geometry(name, x, cfg, what)?;
+        let path = self.path(name);
+        let op = match kind {
+            Pooling::Max => QatMaxPool2d::new(&path, cfg).map(NodeOp::MaxPool),
+            Pooling::Avg => {
+                QatAvgPool2d::new(&path, cfg, self.quant_for(name)).map(NodeOp::AvgPool)
+            }
+        }
+        .map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, op, vec![x], shape))
     }
 
     /// Global average pooling `[C, H, W] → [C]`.

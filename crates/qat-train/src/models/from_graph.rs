@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
-use super::{ModelError, Net, NetBuilder, NodeOp, NodeRef};
+use super::{ModelError, Net, NetBuilder, NodeOp, NodeRef, Pooling};
 use crate::layers::{BnFoldMode, Conv2dConfig, ConvBnConfig, Pool2dConfig, QuantConfig};
 
 /// How a graph's layers are made quantization-aware.
@@ -314,11 +314,12 @@ pub fn from_float_graph(
             FloatOp::AvgPool(p) | FloatOp::MaxPool(p) => {
                 let cfg = Pool2dConfig::new(p.kernel[0] as i64, p.stride[0] as i64)
                     .padding(p.padding[0] as i64);
-                if matches!(n.op, FloatOp::MaxPool(_)) {
-                    b.max_pool_cfg(&name(), x(0), cfg)?
+                let kind = if matches!(n.op, FloatOp::MaxPool(_)) {
+                    Pooling::Max
                 } else {
-                    b.avg_pool_cfg(&name(), x(0), cfg)?
-                }
+                    Pooling::Avg
+                };
+                b.pool(&name(), x(0), kind, cfg)?
             }
             FloatOp::GlobalAvgPool => b.global_avg_pool(&name(), x(0))?,
             FloatOp::Flatten => b.flatten(&name(), x(0))?,

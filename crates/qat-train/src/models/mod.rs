@@ -37,13 +37,11 @@ mod net;
 mod spec;
 pub mod zoo;
 
-use std::fmt;
-
 use thiserror::Error;
 
 use crate::layers::LayerError;
 
-pub use builder::NetBuilder;
+pub use builder::{NetBuilder, Pooling};
 pub use from_graph::{FromGraphError, GraphNetOptions, UnsupportedNode, from_float_graph};
 pub use net::{Net, Node, NodeOp, NodeRef, ObserverSnapshot};
 pub use spec::{Architecture, LayerBitsOverride, ModelSpec};
@@ -103,14 +101,4 @@ impl ModelError {
     }
 }
 
-impl fmt::Display for ModelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "model {}: {}", self.model, self.kind)
-    }
-}
-
-impl std::error::Error for ModelError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.kind.source()
-    }
-}
+named_error!(ModelError, model, "model {}: {}");

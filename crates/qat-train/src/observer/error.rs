@@ -1,7 +1,5 @@
 //! The observers' error: which observer, and what went wrong.
 
-use std::fmt;
-
 use qat_core::QuantError;
 use tch::TchError;
 use thiserror::Error;
@@ -82,14 +80,4 @@ impl ObserverError {
     }
 }
 
-impl fmt::Display for ObserverError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "observer '{}': {}", self.name, self.kind)
-    }
-}
-
-impl std::error::Error for ObserverError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.kind.source()
-    }
-}
+named_error!(ObserverError, name, "observer '{}': {}");

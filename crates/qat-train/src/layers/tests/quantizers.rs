@@ -50,30 +50,18 @@ fn fake_quant_output_equals_qat_core_reference_of_the_float_output() {
     let float = x
         .conv2d(&wq, conv.bias(), [1, 1], [0, 0], [1, 1], 1)
         .clamp(0.0, 6.0);
-    check(
-        "conv",
-        &conv.forward_t(&x, false).unwrap(),
-        &float,
-        conv.output_quantizer().unwrap(),
-    );
+    let got = conv.forward_t(&x, false).unwrap();
+    check("conv", &got, &float, conv.output_quantizer().unwrap());
 
     let wq = fq_weights_reference(dw.weight());
     let float = x.conv2d(&wq, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 3);
-    check(
-        "depthwise",
-        &dw.forward_t(&x, false).unwrap(),
-        &float,
-        dw.output_quantizer().unwrap(),
-    );
+    let got = dw.forward_t(&x, false).unwrap();
+    check("depthwise", &got, &float, dw.output_quantizer().unwrap());
 
     let wq = fq_weights_reference(fc.weight());
     let float = xf.linear(&wq, Some(fc.bias())).relu();
-    check(
-        "linear",
-        &fc.forward_t(&xf, false).unwrap(),
-        &float,
-        fc.output_quantizer().unwrap(),
-    );
+    let got = fc.forward_t(&xf, false).unwrap();
+    check("linear", &got, &float, fc.output_quantizer().unwrap());
 
     let sigma = (cb.running_var() + 1e-5).sqrt();
     let scale = cb.gamma() / &sigma;
@@ -89,9 +77,10 @@ fn fake_quant_output_equals_qat_core_reference_of_the_float_output() {
             1,
         )
         .clamp(0.0, 6.0);
+    let got = cb.forward_t(&x, false).unwrap();
     check(
         "conv+bn frozen",
-        &cb.forward_t(&x, false).unwrap(),
+        &got,
         &float,
         cb.output_quantizer().unwrap(),
     );
