@@ -130,24 +130,12 @@ impl QuantPlan {
                     inputs: (0..node.inputs.len()).map(src).collect(),
                     output: out,
                 },
-                (FloatOp::AvgPool(p), _) => Op::AvgPool2d {
-                    input: src(0),
-                    output: out,
-                    kernel: p.kernel,
-                    stride: p.stride,
-                    padding: p.padding,
-                },
+                (FloatOp::AvgPool(p), _) => Op::AvgPool2d(pool2d(src(0), out, p)),
                 (FloatOp::GlobalAvgPool, _) => Op::GlobalAvgPool {
                     input: src(0),
                     output: out,
                 },
-                (FloatOp::MaxPool(p), _) => Op::MaxPool2d {
-                    input: src(0),
-                    output: out,
-                    kernel: p.kernel,
-                    stride: p.stride,
-                    padding: p.padding,
-                },
+                (FloatOp::MaxPool(p), _) => Op::MaxPool2d(pool2d(src(0), out, p)),
                 // Flatten, and (unreachable by construction) a conv/linear without its plan
                 // entry or an Input/Output handled above: a data-preserving reshape.
                 _ => Op::Reshape {
@@ -195,6 +183,17 @@ pub fn activation_label(act: Activation) -> &'static str {
         Activation::None => "none",
         Activation::Relu => "relu",
         Activation::Relu6 => "relu6",
+    }
+}
+
+/// The runtime's pool from `input` to `output` over the IR's window `p`.
+fn pool2d(input: TensorId, output: TensorId, p: &crate::ir::Pool2d) -> rt::Pool2d {
+    rt::Pool2d {
+        input,
+        output,
+        kernel: p.kernel,
+        stride: p.stride,
+        padding: p.padding,
     }
 }
 

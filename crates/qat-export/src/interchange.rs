@@ -10,7 +10,7 @@
 //! cross-check ([`crate::crosscheck`]) measures it.
 
 use qat_core::QuantParams;
-use qat_int8_runtime::{DType, Int8Model, Op, PoolWindow, TensorId, ValidationError};
+use qat_int8_runtime::{DType, Int8Model, Op, TensorId, ValidationError};
 use thiserror::Error;
 
 /// An interchange format.
@@ -287,12 +287,6 @@ impl Names {
         }
         name
     }
-}
-
-/// A 2-D pool's input, output and window, for the writers' `AvgPool2d` and `MaxPool2d` arms.
-pub(crate) fn pool_of(op: &Op) -> (TensorId, TensorId, PoolWindow) {
-    op.pool()
-        .unwrap_or_else(|| unreachable!("{} is not a 2-D pool", op.kind()))
 }
 
 #[cfg(test)]

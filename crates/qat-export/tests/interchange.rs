@@ -12,7 +12,7 @@ use qat_export::onnx::{OnnxOptions, float_to_onnx, to_onnx_qdq};
 use qat_export::tflite::schema::{ActivationFunctionType, BuiltinOperator, BuiltinOptions};
 use qat_export::tflite::{TfliteOptions, read, to_tflite};
 use qat_export::{ExportFormatError, Format, PtqConfig, Unsupported, ptq};
-use qat_int8_runtime::{Clamp, Conv2d, FullyConnected, Int8Model, Op, Weights};
+use qat_int8_runtime::{Clamp, Conv2d, FullyConnected, Int8Model, Op, Pool2d, Weights};
 
 fn params(scale: f32, zp: i32, bits: u32) -> QuantParams {
     QuantParams::new(scale, zp, QuantRange::unsigned(bits).unwrap()).unwrap()
@@ -152,13 +152,13 @@ fn a_multiplier_tflite_would_derive_differently_is_refused() {
 
 /// x[5, 5, 1] → quantize → average pool 2×2 → dequantize.
 fn pool_model(padding: [usize; 4], stride: usize, qo: QuantParams, out_hw: usize) -> Int8Model {
-    let pool = Op::AvgPool2d {
+    let pool = Op::AvgPool2d(Pool2d {
         input: 1,
         output: 2,
         kernel: [2, 2],
         stride: [stride, stride],
         padding,
-    };
+    });
     one_op_model(
         pool,
         &[5, 5, 1],

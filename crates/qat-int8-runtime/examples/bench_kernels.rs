@@ -29,6 +29,12 @@ struct Args {
     roundings: Vec<Rounding>,
 }
 
+/// The whole number after `flag`.
+fn number(v: Option<String>, flag: &str) -> Result<usize, String> {
+    v.and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{flag} needs a number"))
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         threads: std::thread::available_parallelism()
@@ -44,20 +50,10 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--threads" => {
-                a.threads = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--threads needs a number")?
-            }
+            "--threads" => a.threads = number(it.next(), "--threads")?,
             "--json" => a.json = Some(it.next().ok_or("--json needs a path")?),
             "--quick" => a.quick = true,
-            "--repeat" => {
-                a.repeat = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--repeat needs a number")?
-            }
+            "--repeat" => a.repeat = number(it.next(), "--repeat")?,
             "--filter" => a.filter = Some(it.next().ok_or("--filter needs a substring")?),
             "--path" => a.path = Some(it.next().ok_or("--path needs a kernel path or f32")?),
             "--rounding" => {
@@ -330,9 +326,14 @@ fn bench_case(
                 // the CPU has them, so the baseline is not held to the SSE2 default target).
                 let wt = rng.f32s(k * k * cin);
                 let mut out = vec![0f32; h * w * cin];
-                time_best(min, repeat, || {
-                    depthwise_f32(&x, &wt, &mut out, h, w, cin, k, pad)
-                })
+                let d = DepthwiseF32 {
+                    x: &x,
+                    wt: &wt,
+                    hwc: [h, w, cin],
+                    k,
+                    pad,
+                };
+                time_best(min, repeat, || depthwise_f32(&d, &mut out))
             } else {
                 // f32 conv = im2col + ndarray GEMM (matrixmultiply).
                 let kk = k * k * cin;
@@ -369,54 +370,36 @@ fn bench_case(
     }
 }
 
-/// f32 depthwise conv (stride 1), dispatched to an AVX2+FMA build of the same loop when available.
-#[allow(clippy::too_many_arguments)]
-fn depthwise_f32(
-    x: &[f32],
-    wt: &[f32],
-    out: &mut [f32],
-    h: usize,
-    w: usize,
-    c: usize,
+/// An f32 depthwise conv (stride 1, NHWC, `k×k` taps, `pad` zeros each side): input `x`
+/// `[h, w, c]`, weights `wt` `[k, k, c]`.
+struct DepthwiseF32<'a> {
+    x: &'a [f32],
+    wt: &'a [f32],
+    hwc: [usize; 3],
     k: usize,
     pad: usize,
-) {
+}
+
+/// The f32 depthwise conv into `out` `[h, w, c]`, dispatched to an AVX2+FMA build of the same
+/// loop when available.
+fn depthwise_f32(d: &DepthwiseF32<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
-        return unsafe { depthwise_f32_avx2(x, wt, out, h, w, c, k, pad) };
+        return unsafe { depthwise_f32_avx2(d, out) };
     }
-    depthwise_f32_body(x, wt, out, h, w, c, k, pad)
+    depthwise_f32_body(d, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn depthwise_f32_avx2(
-    x: &[f32],
-    wt: &[f32],
-    out: &mut [f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-    pad: usize,
-) {
-    depthwise_f32_body(x, wt, out, h, w, c, k, pad)
+fn depthwise_f32_avx2(d: &DepthwiseF32<'_>, out: &mut [f32]) {
+    depthwise_f32_body(d, out)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn depthwise_f32_body(
-    x: &[f32],
-    wt: &[f32],
-    out: &mut [f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-    pad: usize,
-) {
+fn depthwise_f32_body(d: &DepthwiseF32<'_>, out: &mut [f32]) {
+    let (x, wt, [h, w, c], k, pad) = (d.x, d.wt, d.hwc, d.k, d.pad);
     for oh in 0..h {
         for ow in 0..w {
             let o = &mut out[(oh * w + ow) * c..(oh * w + ow + 1) * c];

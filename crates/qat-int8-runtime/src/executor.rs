@@ -285,31 +285,18 @@ impl<'m> Executor<'m> {
                         .collect::<Result<_, _>>()
                         .map_err(|e| err(e.to_string()))?,
                 ),
-                Op::AvgPool2d {
-                    input,
-                    output,
-                    kernel,
-                    stride,
-                    padding,
-                }
-                | Op::MaxPool2d {
-                    input,
-                    output,
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                Op::AvgPool2d(p) | Op::MaxPool2d(p) => {
                     let g = PoolGeom {
-                        in_hwc: hwc(&model, *input),
-                        out_hwc: hwc(&model, *output),
-                        kernel: *kernel,
-                        stride: *stride,
-                        padding: *padding,
+                        in_hwc: hwc(&model, p.input),
+                        out_hwc: hwc(&model, p.output),
+                        kernel: p.kernel,
+                        stride: p.stride,
+                        padding: p.padding,
                     };
-                    if let Op::MaxPool2d { .. } = op {
+                    if let Op::MaxPool2d(_) = op {
                         OpPlan::MaxPool(g)
                     } else {
-                        let (qi, qo) = (quant(&model, *input), quant(&model, *output));
+                        let (qi, qo) = (quant(&model, p.input), quant(&model, p.output));
                         // onnxruntime runs an unpadded pool whose window covers the input as
                         // its global pool.
                         let global = g.kernel == [g.in_hwc[0], g.in_hwc[1]] && g.padding == [0; 4];

@@ -58,7 +58,7 @@ pub use format::{LoadError, SaveError};
 pub use kernels::{KERNEL_ENV, KernelPath};
 pub use limits::{Cost, Limits, LoadOptions};
 pub use model::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, PoolWindow, Rounding, Target, TensorId,
-    TensorInfo, Weights,
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Pool2d, PoolWindow, Rounding, Target,
+    TensorId, TensorInfo, Weights,
 };
 pub use validate::ValidationError;

@@ -104,9 +104,9 @@ fn op_cost(model: &Int8Model, op: &Op) -> (u64, u64) {
             let [o, i] = f.weight_shape;
             ((o as u64).saturating_mul(i as u64), 0)
         }
-        Op::AvgPool2d { output, kernel, .. } | Op::MaxPool2d { output, kernel, .. } => {
-            let win = (kernel[0] as u64).saturating_mul(kernel[1] as u64);
-            (0, n(*output).saturating_mul(win))
+        Op::AvgPool2d(p) | Op::MaxPool2d(p) => {
+            let win = (p.kernel[0] as u64).saturating_mul(p.kernel[1] as u64);
+            (0, n(p.output).saturating_mul(win))
         }
         Op::GlobalAvgPool { input, .. } => (0, n(*input)),
         _ => (0, 0),

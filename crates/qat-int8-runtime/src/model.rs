@@ -144,6 +144,32 @@ pub struct FullyConnected {
     pub clamp: Clamp,
 }
 
+/// A 2-D pool's tensors and window: the fields of [`Op::AvgPool2d`] and [`Op::MaxPool2d`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool2d {
+    /// Input `[H, W, C]`.
+    pub input: TensorId,
+    /// Output `[Ho, Wo, C]`.
+    pub output: TensorId,
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pub padding: [usize; 4],
+}
+
+impl Pool2d {
+    /// The window alone (kernel, stride, padding).
+    pub fn window(&self) -> PoolWindow {
+        PoolWindow {
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
 /// One op of the graph. Ops are stored in topological order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
@@ -184,19 +210,9 @@ pub enum Op {
         /// Output.
         output: TensorId,
     },
-    /// Average pooling; the output may have different params (requantized).
-    AvgPool2d {
-        /// Input `[H, W, C]`.
-        input: TensorId,
-        /// Output.
-        output: TensorId,
-        /// `[kh, kw]`.
-        kernel: [usize; 2],
-        /// `[sh, sw]`.
-        stride: [usize; 2],
-        /// `[top, left, bottom, right]`; padded cells are excluded from the average (TFLite).
-        padding: [usize; 4],
-    },
+    /// Average pooling; the output may have different params (requantized); padded cells are
+    /// excluded from the average (TFLite).
+    AvgPool2d(Pool2d),
     /// Global average pool `[H, W, C] → [C]`; the output may have different params (requantized).
     GlobalAvgPool {
         /// Input `[H, W, C]`.
@@ -204,19 +220,8 @@ pub enum Op {
         /// Output `[C]`.
         output: TensorId,
     },
-    /// Max pooling; input and output share params.
-    MaxPool2d {
-        /// Input `[H, W, C]`.
-        input: TensorId,
-        /// Output.
-        output: TensorId,
-        /// `[kh, kw]`.
-        kernel: [usize; 2],
-        /// `[sh, sw]`.
-        stride: [usize; 2],
-        /// `[top, left, bottom, right]`; padded cells are ignored.
-        padding: [usize; 4],
-    },
+    /// Max pooling; input and output share params; padded cells are ignored.
+    MaxPool2d(Pool2d),
     /// Reshape/flatten; same element count and params, data unchanged (NHWC order).
     Reshape {
         /// Input.
@@ -252,40 +257,19 @@ pub struct Int8Model {
 }
 
 impl Op {
-    /// A 2-D pool's input, output and window (`AvgPool2d` and `MaxPool2d`); `None` for every
-    /// other op.
+    /// A 2-D pool's tensors and window (`AvgPool2d` and `MaxPool2d`); `None` for every other op.
     ///
     /// ```
-    /// use qat_int8_runtime::Op;
-    /// let op = Op::MaxPool2d { input: 0, output: 1, kernel: [2, 2], stride: [2, 2], padding: [0; 4] };
-    /// let (input, output, w) = op.pool().unwrap();
-    /// assert_eq!((input, output, w.kernel, w.padding), (0, 1, [2, 2], [0; 4]));
+    /// use qat_int8_runtime::{Op, Pool2d};
+    /// let p = Pool2d { input: 0, output: 1, kernel: [2, 2], stride: [2, 2], padding: [0; 4] };
+    /// assert_eq!(Op::MaxPool2d(p).pool(), Some(&p));
     /// assert!(Op::Reshape { input: 0, output: 1 }.pool().is_none());
     /// ```
-    pub fn pool(&self) -> Option<(TensorId, TensorId, PoolWindow)> {
-        let (i, o, kernel, stride, padding) = match *self {
-            Op::AvgPool2d {
-                input: i,
-                output: o,
-                kernel: k,
-                stride: s,
-                padding: p,
-            }
-            | Op::MaxPool2d {
-                input: i,
-                output: o,
-                kernel: k,
-                stride: s,
-                padding: p,
-            } => (i, o, k, s, p),
-            _ => return None,
-        };
-        let window = PoolWindow {
-            kernel,
-            stride,
-            padding,
-        };
-        Some((i, o, window))
+    pub fn pool(&self) -> Option<&Pool2d> {
+        match self {
+            Op::AvgPool2d(p) | Op::MaxPool2d(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// The op's kind as a static name (`"Conv2d"`, `"Add"`, …), used in errors and logs.
@@ -297,9 +281,9 @@ impl Op {
             Op::FullyConnected(_) => "FullyConnected",
             Op::Add { .. } => "Add",
             Op::Concat { .. } => "Concat",
-            Op::AvgPool2d { .. } => "AvgPool2d",
+            Op::AvgPool2d(_) => "AvgPool2d",
             Op::GlobalAvgPool { .. } => "GlobalAvgPool",
-            Op::MaxPool2d { .. } => "MaxPool2d",
+            Op::MaxPool2d(_) => "MaxPool2d",
             Op::Reshape { .. } => "Reshape",
         }
     }
@@ -309,10 +293,9 @@ impl Op {
         match self {
             Op::Quantize { input, .. }
             | Op::Dequantize { input, .. }
-            | Op::AvgPool2d { input, .. }
             | Op::GlobalAvgPool { input, .. }
-            | Op::MaxPool2d { input, .. }
             | Op::Reshape { input, .. } => vec![*input],
+            Op::AvgPool2d(p) | Op::MaxPool2d(p) => vec![p.input],
             Op::Conv2d(c) => vec![c.input],
             Op::FullyConnected(f) => vec![f.input],
             Op::Add { a, b, .. } => vec![*a, *b],
@@ -327,17 +310,16 @@ impl Op {
             | Op::Dequantize { output, .. }
             | Op::Add { output, .. }
             | Op::Concat { output, .. }
-            | Op::AvgPool2d { output, .. }
             | Op::GlobalAvgPool { output, .. }
-            | Op::MaxPool2d { output, .. }
             | Op::Reshape { output, .. } => *output,
+            Op::AvgPool2d(p) | Op::MaxPool2d(p) => p.output,
             Op::Conv2d(c) => c.output,
             Op::FullyConnected(f) => f.output,
         }
     }
 }
 
-/// The window of a 2-D pool, as [`Op::pool`] gives it.
+/// The window of a 2-D pool ([`Pool2d::window`]) or of a convolution's receptive field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolWindow {
     /// `[kh, kw]`.

@@ -47,6 +47,45 @@ pub mod lanes {
         fused_ok(&m0, &left, &right, zp, lo, hi)
     }
 
+    /// Runs an AVX-512 output stage on the lanes `x`; `None` when this CPU lacks AVX-512 VNNI.
+    /// `stage` gets the loaded lanes and `(Z3, lo, hi)` broadcast, and runs only after the check.
+    fn avx512_stage(
+        x: [i32; 16],
+        [zp, lo, hi]: [i32; 3],
+        stage: impl FnOnce(__m512i, [__m512i; 3]) -> __m512i,
+    ) -> Option<[i32; 16]> {
+        if !KernelPath::Avx512Vnni.is_supported_here() {
+            return None;
+        }
+        let mut out = [0i32; 16];
+        // SAFETY: AVX-512 VNNI supported (checked); `x` and `out` have 16 lanes.
+        unsafe {
+            let zlh = [zp, lo, hi].map(|v| _mm512_set1_epi32(v));
+            let q = stage(_mm512_loadu_si512(x.as_ptr().cast()), zlh);
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
+        }
+        Some(out)
+    }
+
+    /// [`avx512_stage`] with AVX2's 8 lanes; `None` when this CPU lacks AVX2.
+    fn avx2_stage(
+        x: [i32; 8],
+        [zp, lo, hi]: [i32; 3],
+        stage: impl FnOnce(__m256i, [__m256i; 3]) -> __m256i,
+    ) -> Option<[i32; 8]> {
+        if !KernelPath::Avx2.is_supported_here() {
+            return None;
+        }
+        let mut out = [0i32; 8];
+        // SAFETY: AVX2 supported (checked); `x` and `out` have 8 lanes.
+        unsafe {
+            let zlh = [zp, lo, hi].map(|v| _mm256_set1_epi32(v));
+            let q = stage(_mm256_loadu_si256(x.as_ptr().cast()), zlh);
+            _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
+        }
+        Some(out)
+    }
+
     /// AVX-512's single-shift stage (`requantize16_fused`, no clamp) in `rounding`; `None` also
     /// when [`avx512_fused_applies`] is false for the full range `[0, 255]`.
     pub fn avx512_fused(
@@ -55,19 +94,18 @@ pub mod lanes {
         zp: i32,
         rounding: Rounding,
     ) -> Option<[i32; 16]> {
-        if !KernelPath::Avx512Vnni.is_supported_here() || !avx512_fused_applies(m, zp, 0, 255) {
+        if !avx512_fused_applies(m, zp, 0, 255) {
             return None;
         }
         let (m0, _, right) = parts(m);
         let (k, s) = fused_constants(&m0, &right, zp, rounding);
-        let mut out = [0i32; 16];
-        // SAFETY: AVX-512 VNNI supported (checked); every array has 16 lanes.
-        unsafe {
-            let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
-            let q = requantize16_fused(_mm512_loadu_si512(x.as_ptr().cast()), &c);
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
-        }
-        Some(out)
+        avx512_stage(x, [zp, 0, 255], |x, _| {
+            // SAFETY: run by `avx512_stage` after its AVX-512 VNNI check; 16 lanes each.
+            unsafe {
+                let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
+                requantize16_fused(x, &c)
+            }
+        })
     }
 
     /// AVX-512's single-rounding stage (`requantize16_single`) with clamp, in its wide
@@ -80,28 +118,18 @@ pub mod lanes {
         hi: i32,
         wide: bool,
     ) -> Option<[i32; 16]> {
-        if !KernelPath::Avx512Vnni.is_supported_here() {
-            return None;
-        }
         let (m0, left, right) = parts(m);
-        let mut out = [0i32; 16];
-        // SAFETY: AVX-512 supported (checked); every array has 16 lanes.
-        unsafe {
-            let c = RqSingle16::load(m0.as_ptr(), left.as_ptr(), right.as_ptr());
-            let (xv, z, l, h) = (
-                _mm512_loadu_si512(x.as_ptr().cast()),
-                _mm512_set1_epi32(zp),
-                _mm512_set1_epi32(lo),
-                _mm512_set1_epi32(hi),
-            );
-            let q = if wide {
-                requantize16_single::<true>(xv, &c, z, l, h)
-            } else {
-                requantize16_single::<false>(xv, &c, z, l, h)
-            };
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
-        }
-        Some(out)
+        avx512_stage(x, [zp, lo, hi], |x, [z, l, h]| {
+            // SAFETY: run by `avx512_stage` after its AVX-512 check; 16 lanes each.
+            unsafe {
+                let c = RqSingle16::load(m0.as_ptr(), left.as_ptr(), right.as_ptr());
+                if wide {
+                    requantize16_single::<true>(x, &c, z, l, h)
+                } else {
+                    requantize16_single::<false>(x, &c, z, l, h)
+                }
+            }
+        })
     }
 
     /// AVX2's single-rounding stage (`requantize8_single`) with clamp.
@@ -112,26 +140,14 @@ pub mod lanes {
         lo: i32,
         hi: i32,
     ) -> Option<[i32; 8]> {
-        if !KernelPath::Avx2.is_supported_here() {
-            return None;
-        }
         let (m0, left, right) = parts(m);
-        let mut out = [0i32; 8];
-        // SAFETY: AVX2 supported (checked); every array has 8 lanes.
-        unsafe {
-            let ld = |v: &[i32; 8]| _mm256_loadu_si256(v.as_ptr().cast());
-            let q = requantize8_single(
-                ld(&x),
-                ld(&m0),
-                ld(&left),
-                ld(&right),
-                _mm256_set1_epi32(zp),
-                _mm256_set1_epi32(lo),
-                _mm256_set1_epi32(hi),
-            );
-            _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
-        }
-        Some(out)
+        avx2_stage(x, [zp, lo, hi], |x, [z, l, h]| {
+            // SAFETY: run by `avx2_stage` after its AVX2 check; 8 lanes each.
+            unsafe {
+                let ld = |v: &[i32; 8]| _mm256_loadu_si256(v.as_ptr().cast());
+                requantize8_single(x, ld(&m0), ld(&left), ld(&right), z, l, h)
+            }
+        })
     }
 
     /// AVX2's `f32` stage (`requantize8_fp32`) with clamp, each lane's `f32` multiplier
@@ -143,22 +159,10 @@ pub mod lanes {
         lo: i32,
         hi: i32,
     ) -> Option<[i32; 8]> {
-        if !KernelPath::Avx2.is_supported_here() {
-            return None;
-        }
         let scale: [f32; 8] = std::array::from_fn(|i| m[i].to_f32());
-        let mut out = [0i32; 8];
-        // SAFETY: AVX2 supported (checked); every array has 8 lanes.
-        unsafe {
-            let q = requantize8_fp32(
-                _mm256_loadu_si256(x.as_ptr().cast()),
-                _mm256_loadu_ps(scale.as_ptr()),
-                _mm256_set1_epi32(zp),
-                _mm256_set1_epi32(lo),
-                _mm256_set1_epi32(hi),
-            );
-            _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
-        }
-        Some(out)
+        avx2_stage(x, [zp, lo, hi], |x, [z, l, h]| {
+            // SAFETY: run by `avx2_stage` after its AVX2 check; 8 lanes.
+            unsafe { requantize8_fp32(x, _mm256_loadu_ps(scale.as_ptr()), z, l, h) }
+        })
     }
 }

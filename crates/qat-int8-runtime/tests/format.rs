@@ -5,8 +5,8 @@ mod common;
 use common::{Rng, zoo_model};
 use qat_int8_runtime::format::{FORMAT_VERSION, HEADER_LEN, MAGIC, crc32, wrap_payload};
 use qat_int8_runtime::{
-    Conv2d, Executor, Int8Model, KernelPath, LoadError, Op, SaveError, Target, ValidationError,
-    Weights,
+    Conv2d, Executor, Int8Model, KernelPath, LoadError, Op, Pool2d, SaveError, Target,
+    ValidationError, Weights,
 };
 
 /// Written by the version-1 format (before `Int8Model::rounding`), from `zoo_model()`.
@@ -225,7 +225,7 @@ fn validation_names_op_and_field() {
         (|m| m.tensors[3].quant = None, ("tensor", 3, "quant")),
         (
             |m| {
-                let Op::MaxPool2d { padding, .. } = &mut m.ops[6] else {
+                let Op::MaxPool2d(Pool2d { padding, .. }) = &mut m.ops[6] else {
                     panic!("op 6 is the max pool")
                 };
                 *padding = [2, 0, 0, 0];

@@ -6,7 +6,7 @@ use qat_int8_runtime::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, W
 
 use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC, oihw_from_ohwi};
 use super::proto::tensor_proto::DataType;
-use crate::interchange::{ExportFormatError, Format, Site, Unsupported, pool_of};
+use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
 
 pub(super) struct Qdq<'m> {
     pub g: Graph,
@@ -186,8 +186,8 @@ impl<'m> Qdq<'m> {
                     self.q_clamped(&y, *output, lo, hi);
                 }
             }
-            Op::AvgPool2d { .. } => {
-                let (input, output, w) = pool_of(op);
+            Op::AvgPool2d(w) => {
+                let (input, output) = (w.input, w.output);
                 let x = self.dq(input);
                 let mut attrs = window_attrs(w.kernel, w.stride, w.padding);
                 attrs.push(("count_include_pad", Attr::Int(0)));
@@ -226,11 +226,10 @@ impl<'m> Qdq<'m> {
                 self.g
                     .node("Flatten", &[&codes], &dst, vec![("axis", Attr::Int(1))]);
             }
-            Op::MaxPool2d { .. } => {
+            Op::MaxPool2d(w) => {
                 // On the codes: max commutes with the monotone dequantization; padded cells are
                 // ignored, as in the runtime.
-                let (input, output, w) = pool_of(op);
-                let (x, dst) = (self.value(input), self.value(output));
+                let (x, dst) = (self.value(w.input), self.value(w.output));
                 let attrs = window_attrs(w.kernel, w.stride, w.padding);
                 self.g.node("MaxPool", &[&x], &dst, attrs);
             }

@@ -11,7 +11,7 @@ use super::schema::{
     ActivationFunctionType, AddOptions, BuiltinOperator as B, BuiltinOptions, ConcatenationOptions,
     MaximumMinimumOptions, PadOptions, PadV2Options, Pool2DOptions, ReshapeOptions,
 };
-use crate::interchange::{ExportFormatError, Format, Site, Unsupported, pool_of};
+use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
 
 /// Op versions (TFLite `op_version.cc` for int8 operands).
 pub(super) mod version {
@@ -257,8 +257,8 @@ impl<'m> Lowering<'m> {
                 );
             }
             Op::Concat { inputs, output } => self.concat(inputs, *output),
-            Op::AvgPool2d { .. } => {
-                let (input, output, w) = pool_of(op);
+            Op::AvgPool2d(p) => {
+                let (input, output, w) = (p.input, p.output, p.window());
                 self.same_params(input, output)?;
                 let pad = self.window(input, output, w);
                 if pad == Pad::Explicit {
@@ -277,8 +277,8 @@ impl<'m> Lowering<'m> {
                 self.pool(B::AveragePool2d, x, pooled, Pad::Valid, [h, w], [1, 1]);
                 self.reshape(pooled, *output);
             }
-            Op::MaxPool2d { .. } => {
-                let (input, output, w) = pool_of(op);
+            Op::MaxPool2d(p) => {
+                let (input, output, w) = (p.input, p.output, p.window());
                 let pad = self.window(input, output, w);
                 let x = if pad == Pad::Explicit {
                     // Padded cells never win a max: pad with the smallest code.

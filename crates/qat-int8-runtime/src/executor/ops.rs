@@ -81,8 +81,9 @@ impl Executor<'_> {
                     }
                 });
             }
-            (Op::AvgPool2d { input, .. }, OpPlan::AvgPool(p), TileOut::U8(o)) => {
-                let (x, si) = (self.u8_buf(*input, &tile), self.sizes[*input]);
+            (Op::AvgPool2d(pool), OpPlan::AvgPool(p), TileOut::U8(o)) => {
+                let input = pool.input;
+                let (x, si) = (self.u8_buf(input, &tile), self.sizes[input]);
                 let (r, g) = &**p;
                 per_sample(o, so, |s, o| {
                     reference::avg_pool2d(&x[s * si..(s + 1) * si], g, r, o)
@@ -101,8 +102,9 @@ impl Executor<'_> {
                     }
                 });
             }
-            (Op::MaxPool2d { input, .. }, OpPlan::MaxPool(g), TileOut::U8(o)) => {
-                let (x, si) = (self.u8_buf(*input, &tile), self.sizes[*input]);
+            (Op::MaxPool2d(pool), OpPlan::MaxPool(g), TileOut::U8(o)) => {
+                let input = pool.input;
+                let (x, si) = (self.u8_buf(input, &tile), self.sizes[input]);
                 per_sample(o, so, |s, o| {
                     reference::max_pool2d(&x[s * si..(s + 1) * si], g, o)
                 });

@@ -1,44 +1,17 @@
 //! The derived requantization parameters of the elementwise ops in the model's target: the add
-//! ([`AddParams`]; TFLite's multipliers [`add_multipliers`]) and the rescale of a concat input
-//! ([`Rescale`]). They are
-//! computed once per model from the tensors' params; validation checks that they exist, the
-//! executor prepares them and [`reference`](super::reference) applies them.
+//! ([`AddParams`], with qat-core's TFLite multipliers
+//! [`add_multipliers`](qat_core::target::add_multipliers)) and the rescale of a concat input
+//! ([`Rescale`]). They are computed once per model from the tensors' params; validation checks
+//! that they exist, the executor prepares them and [`reference`](super::reference) applies them.
 
-use qat_core::fixed_point::QuantizedMultiplier;
 use qat_core::target::{AddStage, RescaleStage, Target};
 use qat_core::{QuantError, QuantParams};
 
 use crate::model::Clamp;
 
-/// The fixed-point multipliers of TFLite's integer add (`left_shift = 20`): with
-/// `twice_max = 2·max(S_a, S_b)`, `M_a = S_a/twice_max`, `M_b = S_b/twice_max`,
-/// `M_out = twice_max/(2^20·S_out)`. Returns `(M_a, M_b, M_out)`.
-pub fn add_multipliers(
-    a: &QuantParams,
-    b: &QuantParams,
-    out: &QuantParams,
-) -> Result<
-    (
-        QuantizedMultiplier,
-        QuantizedMultiplier,
-        QuantizedMultiplier,
-    ),
-    QuantError,
-> {
-    let twice_max = 2.0 * (a.scale() as f64).max(b.scale() as f64);
-    let ma = QuantizedMultiplier::from_f64(a.scale() as f64 / twice_max)?;
-    let mb = QuantizedMultiplier::from_f64(b.scale() as f64 / twice_max)?;
-    let mo = QuantizedMultiplier::from_f64(
-        twice_max / ((1u64 << ADD_LEFT_SHIFT) as f64 * out.scale() as f64),
-    )?;
-    Ok((ma, mb, mo))
-}
-
-/// TFLite's `left_shift` for uint8 add: inputs are scaled by `2^20` before rescaling.
-pub const ADD_LEFT_SHIFT: u32 = 20;
-
 /// The add of the model's target, derived once from the three tensors' params: qat-core's
-/// [`AddStage`] (TFLite's uint8 add with [`add_multipliers`] for `qat` and `tflite`, onnxruntime's
+/// [`AddStage`] (TFLite's uint8 add with
+/// [`add_multipliers`](qat_core::target::add_multipliers) for `qat` and `tflite`, onnxruntime's
 /// `f32` add for `ort`, XNNPACK's 21-bit fixed-point add for `xnnpack`) with the fused clamp.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AddParams {

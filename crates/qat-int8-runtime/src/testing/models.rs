@@ -5,7 +5,7 @@ use qat_core::QuantParams;
 use qat_core::fixed_point::QuantizedMultiplier;
 use qat_core::target::Target;
 
-use crate::{Clamp, Conv2d, DType, Int8Model, Op, TensorId, TensorInfo, Weights};
+use crate::{Clamp, Conv2d, DType, Int8Model, Op, Pool2d, TensorId, TensorInfo, Weights};
 
 /// SplitMix64 (Steele, Lea, Flood 2014): `z = (s += φ); z = (z ⊕ z≫30)·c₁; z = (z ⊕ z≫27)·c₂;
 /// z ⊕ z≫31`, a deterministic, dependency-free generator for test data.
@@ -120,19 +120,17 @@ pub fn qdq(shape: &[usize], q: QuantParams, rounding: Target) -> Int8Model {
 
 /// `Op::AvgPool2d` from `input` to `output`: window `k = [kh, kw]`, stride `s = [sh, sw]`,
 /// padding `p = [top, left, bottom, right]`.
-pub fn avg_pool([input, output]: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Op {
-    Op::AvgPool2d {
-        input,
-        output,
-        kernel: k,
-        stride: s,
-        padding: p,
-    }
+pub fn avg_pool(io: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Op {
+    Op::AvgPool2d(pool2d(io, k, s, p))
 }
 
 /// `Op::MaxPool2d`, arguments as in [`avg_pool`].
-pub fn max_pool([input, output]: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Op {
-    Op::MaxPool2d {
+pub fn max_pool(io: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Op {
+    Op::MaxPool2d(pool2d(io, k, s, p))
+}
+
+fn pool2d([input, output]: [TensorId; 2], k: [usize; 2], s: [usize; 2], p: [usize; 4]) -> Pool2d {
+    Pool2d {
         input,
         output,
         kernel: k,

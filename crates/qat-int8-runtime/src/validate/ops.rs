@@ -1,15 +1,16 @@
 //! Per-op checks of [`Int8Model::validate`]: each op's tensors, geometry, weights and derived
 //! multipliers.
 
+use qat_core::target::add_multipliers;
 use qat_core::{QuantParams, fixed_point::QuantizedMultiplier};
 
 use super::{
     MAX_POOL_WINDOW, MAX_REDUCTION, MAX_SPATIAL, ValidationError, conv_out_extent, elements,
 };
-use crate::kernels::add::{Rescale, add_multipliers};
+use crate::kernels::add::Rescale;
 use crate::kernels::pool::pool_multiplier;
 use crate::model::{
-    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, PoolWindow, TensorId, TensorInfo, Weights,
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Pool2d, TensorId, TensorInfo, Weights,
 };
 
 pub(super) struct Ctx<'m> {
@@ -294,15 +295,14 @@ impl Ctx<'_> {
     }
 
     /// Checks a pool's tensors and window; gives the input and output params.
-    fn pool(&self, op: &Op) -> Result<(QuantParams, QuantParams), ValidationError> {
-        let Some((input, output, w)) = op.pool() else {
-            unreachable!("called for AvgPool2d and MaxPool2d only")
-        };
-        let PoolWindow {
+    fn pool(&self, p: &Pool2d) -> Result<(QuantParams, QuantParams), ValidationError> {
+        let Pool2d {
+            input,
+            output,
             kernel,
             stride,
             padding,
-        } = w;
+        } = *p;
         let (tin, qin) = self.u8_tensor("input", input)?;
         let (tout, qout) = self.u8_tensor("output", output)?;
         let [h, w, c] = self.hwc("input", tin)?;
@@ -457,11 +457,12 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            Op::AvgPool2d { .. } | Op::MaxPool2d { .. } => {
-                let (qi, qo) = self.pool(op)?;
-                if let Op::AvgPool2d { .. } = op {
-                    return self.average_multiplier(&qi, &qo);
-                }
+            Op::AvgPool2d(p) => {
+                let (qi, qo) = self.pool(p)?;
+                self.average_multiplier(&qi, &qo)
+            }
+            Op::MaxPool2d(p) => {
+                let (qi, qo) = self.pool(p)?;
                 if qi != qo {
                     return Err(self.err(
                         "output",

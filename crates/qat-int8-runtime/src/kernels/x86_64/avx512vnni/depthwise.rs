@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
-use super::depthwise_fused::depthwise_row_fused;
+use super::depthwise_fused::{FusedRow, depthwise_row_fused};
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
 };
@@ -26,13 +26,13 @@ impl DepthwiseKernel for Avx512Vnni {
         _: &mut RowScratch,
         out: DwOut<'_>,
     ) {
-        let (o8, o32) = match out {
+        let out = match out {
             DwOut::U8(o) => (Some(o.as_mut_ptr()), None),
             DwOut::I32(o) => (None, Some(o.as_mut_ptr())),
         };
-        let (c, e) = (plan.c, &plan.epi);
+        let run = Run::listed(taps, l, plan.c, &plan.epi, out);
         // SAFETY: as documented by the trait; the output holds c elements.
-        unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) }
+        unsafe { depthwise_run(&run) }
     }
 
     /// Interior pixels (all taps inside the input) run with fixed tap offsets, border pixels
@@ -69,18 +69,18 @@ impl DepthwiseKernel for Avx512Vnni {
             // inside the sample (`interior`), listed taps point into the sample or at the `Z1`
             // row (`cp ≥ c` bytes); outputs are `c`-byte pixels of this row.
             unsafe {
-                depthwise_row_fused(
+                depthwise_row_fused(&FusedRow {
                     base,
-                    sw * c,
-                    ihi - ilo,
-                    &plan.offsets,
+                    step: sw * c,
+                    npix: ihi - ilo,
+                    offs: &plan.offsets,
                     list,
-                    outs,
+                    list_out: outs,
                     l,
                     c,
-                    &plan.epi,
-                    op.wrapping_add(ilo * c),
-                )
+                    e: &plan.epi,
+                    o8: op.wrapping_add(ilo * c),
+                })
             };
             return;
         }
@@ -98,18 +98,18 @@ impl DepthwiseKernel for Avx512Vnni {
                 // SAFETY: VNNI supported (trait contract); every tap of pixels ow_lo..ow_hi is
                 // inside the sample (`interior`), so base + p·sw·c + offs[t] has c readable bytes.
                 unsafe {
-                    depthwise_run(
+                    depthwise_run(&Run {
                         base,
-                        sw * c,
+                        step: sw * c,
                         npix,
-                        &plan.offsets,
-                        None,
+                        offs: &plan.offsets,
+                        taps: None,
                         l,
                         c,
-                        &plan.epi,
+                        e: &plan.epi,
                         o8,
                         o32,
-                    )
+                    })
                 };
                 ow = ow_hi;
                 continue;
@@ -123,9 +123,9 @@ impl DepthwiseKernel for Avx512Vnni {
             let o32 = out_i32
                 .as_deref_mut()
                 .map(|o| o[ow * c..(ow + 1) * c].as_mut_ptr());
-            let e = &plan.epi;
+            let run = Run::listed(taps, l, c, &plan.epi, (o8, o32));
             // SAFETY: VNNI supported (trait contract); every tap row has ≥ c bytes.
-            unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) };
+            unsafe { depthwise_run(&run) };
             ow += 1;
         }
     }
@@ -372,37 +372,61 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
     }
 }
 
-/// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
-/// `taps` is given, a single pixel whose tap rows are listed), all channels, requantized in the
-/// epilogue's rounding.
+/// A run of `npix` output pixels, all channels: pixel `p`'s tap `t` at `base + p·step + offs[t]`,
+/// or, when `taps` is given, a single pixel whose tap rows are listed; `o8`/`o32` hold `npix·c`
+/// outputs.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &'a [usize],
+    taps: Option<&'a [*const u8]>,
+    l: &'a DepthwiseVnniLayout,
+    c: usize,
+    e: &'a Epilogue,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
+}
+
+impl<'a> Run<'a> {
+    /// One pixel whose tap rows are `taps`.
+    fn listed(
+        taps: &'a [*const u8],
+        l: &'a DepthwiseVnniLayout,
+        c: usize,
+        e: &'a Epilogue,
+        (o8, o32): (Option<*mut u8>, Option<*mut i32>),
+    ) -> Self {
+        Self {
+            base: std::ptr::null(),
+            step: 0,
+            npix: 1,
+            offs: &[],
+            taps: Some(taps),
+            l,
+            c,
+            e,
+            o8,
+            o32,
+        }
+    }
+}
+
+/// The run `r`, requantized in the epilogue's rounding.
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
 /// `npix·c` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_run(
-    base: *const u8,
-    step: usize,
-    npix: usize,
-    offs: &[usize],
-    taps: Option<&[*const u8]>,
-    l: &DepthwiseVnniLayout,
-    c: usize,
-    e: &Epilogue,
-    o8: Option<*mut u8>,
-    o32: Option<*mut i32>,
-) {
-    let (b, s, n) = (base, step, npix);
+unsafe fn depthwise_run(r: &Run<'_>) {
     // SAFETY: as documented.
     unsafe {
-        match variant(e, o8.is_some()) {
-            (false, false) => {
-                depthwise_run_in::<false, false>(b, s, n, offs, taps, l, c, e, o8, o32)
-            }
-            (true, false) => depthwise_run_in::<true, false>(b, s, n, offs, taps, l, c, e, o8, o32),
-            (false, true) => depthwise_run_in::<false, true>(b, s, n, offs, taps, l, c, e, o8, o32),
-            (true, true) => depthwise_run_in::<true, true>(b, s, n, offs, taps, l, c, e, o8, o32),
+        match variant(r.e, r.o8.is_some()) {
+            (false, false) => depthwise_run_in::<false, false>(r),
+            (true, false) => depthwise_run_in::<true, false>(r),
+            (false, true) => depthwise_run_in::<false, true>(r),
+            (true, true) => depthwise_run_in::<true, true>(r),
         }
     }
 }
@@ -410,23 +434,22 @@ unsafe fn depthwise_run(
 /// [`depthwise_run`] for one output-stage variant (see [`stage16`]).
 ///
 /// # Safety
-/// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
-/// `npix·c` elements.
+/// As [`depthwise_run`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(
-    base: *const u8,
-    step: usize,
-    npix: usize,
-    offs: &[usize],
-    taps: Option<&[*const u8]>,
-    l: &DepthwiseVnniLayout,
-    c: usize,
-    e: &Epilogue,
-    o8: Option<*mut u8>,
-    o32: Option<*mut i32>,
-) {
+unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(r: &Run<'_>) {
+    let Run {
+        base,
+        step,
+        npix,
+        offs,
+        taps,
+        l,
+        c,
+        e,
+        o8,
+        o32,
+    } = *r;
     // SAFETY: as documented. Blocks of 64 channels outer, pixels inner: the block's
     // multiplier constants stay in registers across the run.
     unsafe {

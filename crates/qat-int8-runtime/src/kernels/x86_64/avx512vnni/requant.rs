@@ -57,6 +57,27 @@ pub struct Rq16 {
     rhalf: __m512i,
 }
 
+/// 16 lanes of each of `M0`, `left`, `right`.
+///
+/// # Safety
+/// CPU supports avx512f; each pointer has 16 readable `i32`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_lanes(
+    m0: *const i32,
+    left: *const i32,
+    right: *const i32,
+) -> (__m512i, __m512i, __m512i) {
+    // SAFETY: caller guarantees 16 readable lanes each.
+    unsafe {
+        (
+            _mm512_loadu_si512(m0.cast()),
+            _mm512_loadu_si512(left.cast()),
+            _mm512_loadu_si512(right.cast()),
+        )
+    }
+}
+
 impl Rq16 {
     /// Loads `M0`, `left`, `right` for 16 lanes and derives the rest.
     ///
@@ -66,13 +87,7 @@ impl Rq16 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn load(m0: *const i32, left: *const i32, right: *const i32) -> Self {
         // SAFETY: caller guarantees 16 readable lanes each.
-        let (m0, left, right) = unsafe {
-            (
-                _mm512_loadu_si512(m0.cast()),
-                _mm512_loadu_si512(left.cast()),
-                _mm512_loadu_si512(right.cast()),
-            )
-        };
+        let (m0, left, right) = unsafe { load_lanes(m0, left, right) };
         let one = _mm512_set1_epi32(1);
         let rmask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
         Self {
@@ -167,13 +182,7 @@ impl RqSingle16 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn load(m0: *const i32, left: *const i32, right: *const i32) -> Self {
         // SAFETY: caller guarantees 16 readable lanes each.
-        let (m0, left, right) = unsafe {
-            (
-                _mm512_loadu_si512(m0.cast()),
-                _mm512_loadu_si512(left.cast()),
-                _mm512_loadu_si512(right.cast()),
-            )
-        };
+        let (m0, left, right) = unsafe { load_lanes(m0, left, right) };
         let t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(31), right), left);
         let flushed = _mm512_cmpeq_epi32_mask(m0, _mm512_setzero_si512());
         let t = _mm512_mask_mov_epi32(t, flushed, _mm512_set1_epi32(32));
