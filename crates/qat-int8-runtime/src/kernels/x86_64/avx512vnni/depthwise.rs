@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
-use super::depthwise_fused::{FusedRow, depthwise_row_fused};
+use super::depthwise_fused::depthwise_row_fused;
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
 };
@@ -69,18 +69,18 @@ impl DepthwiseKernel for Avx512Vnni {
             // inside the sample (`interior`), listed taps point into the sample or at the `Z1`
             // row (`cp ≥ c` bytes); outputs are `c`-byte pixels of this row.
             unsafe {
-                depthwise_row_fused(&FusedRow {
+                depthwise_row_fused(
                     base,
-                    step: sw * c,
-                    npix: ihi - ilo,
-                    offs: &plan.offsets,
+                    sw * c,
+                    ihi - ilo,
+                    &plan.offsets,
                     list,
-                    list_out: outs,
+                    outs,
                     l,
                     c,
-                    e: &plan.epi,
-                    o8: op.wrapping_add(ilo * c),
-                })
+                    &plan.epi,
+                    op.wrapping_add(ilo * c),
+                )
             };
             return;
         }

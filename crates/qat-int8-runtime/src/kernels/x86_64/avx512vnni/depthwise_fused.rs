@@ -10,8 +10,8 @@ use crate::kernels::frame::Epilogue;
 
 /// `avx512vnni_depthwise_u8i8_64c_fused`: a run of `npix` output pixels (pixel `p`'s tap `t`
 /// at `base + p·step + offs[t]`, output at `o8 + p·c`) and the pixels whose tap rows are listed
-/// (`list`: `taps` pointers per pixel, output at `list_out`) of the row `r`, channels
-/// `c0..c0 + valid` of one 64-channel block, u8 output through the single-shift output stage ([`requantize16_fused`]) and saturating packs. `P`
+/// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
+/// through the single-shift output stage ([`requantize16_fused`]) and saturating packs. `P`
 /// pixels per step share the weight loads; `T` taps known at compile time (0: `l.taps`).
 ///
 /// # Safety
@@ -19,19 +19,21 @@ use crate::kernels::frame::Epilogue;
 /// `o8` holds `npix` pixels of `c` channels; each `list_out` pointer one pixel.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn depthwise_block_fused<const T: usize>(r: &FusedRow<'_>, c0: usize, valid: usize) {
-    let FusedRow {
-        base,
-        step,
-        npix,
-        offs,
-        list,
-        list_out,
-        l,
-        c,
-        e,
-        o8,
-    } = *r;
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_block_fused<const T: usize>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
     const P: usize = 3;
     let mask = if valid >= 64 {
         u64::MAX
@@ -135,8 +137,21 @@ unsafe fn depthwise_block_fused<const T: usize>(r: &FusedRow<'_>, c0: usize, val
 /// As [`depthwise_block_fused`], with `valid ≤ 16·V`.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn depthwise_narrow_fused<const V: usize>(r: &FusedRow<'_>, c0: usize, valid: usize) {
-    let (l, e) = (r.l, r.e);
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_narrow_fused<const V: usize>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    c0: usize,
+    valid: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
     // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
     unsafe {
         let masks: [u16; V] = std::array::from_fn(|v| {
@@ -175,57 +190,62 @@ unsafe fn depthwise_narrow_fused<const V: usize>(r: &FusedRow<'_>, c0: usize, va
                 _mm_mask_storeu_epi8(dst.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
             }
         };
-        for (tp, &dst) in r.list.chunks_exact(l.taps).zip(r.list_out) {
+        for (tp, &dst) in list.chunks_exact(l.taps).zip(list_out) {
             pixel(&|t| tp[t], dst.add(c0));
         }
-        for p in 0..r.npix {
-            let px = r.base.add(p * r.step);
-            pixel(
-                &|t| px.add(*r.offs.get_unchecked(t)),
-                r.o8.add(p * r.c + c0),
-            );
+        for p in 0..npix {
+            let px = base.add(p * step);
+            pixel(&|t| px.add(*offs.get_unchecked(t)), o8.add(p * c + c0));
         }
     }
 }
 
-/// One output row for the single-shift output stage (requires `l.fused`): the run of `npix`
-/// interior pixels (tap `t` of pixel `p` at `base + p·step + offs[t]`, output at `o8 + p·c`;
-/// `npix` may be 0) and the listed pixels (`taps` tap-row pointers each, padding taps pointing at
-/// a `Z1` row, outputs at `list_out`), all `c` channels.
-#[derive(Clone, Copy)]
-pub(super) struct FusedRow<'a> {
-    pub(super) base: *const u8,
-    pub(super) step: usize,
-    pub(super) npix: usize,
-    pub(super) offs: &'a [usize],
-    pub(super) list: &'a [*const u8],
-    pub(super) list_out: &'a [*mut u8],
-    pub(super) l: &'a DepthwiseVnniLayout,
-    pub(super) c: usize,
-    pub(super) e: &'a Epilogue,
-    pub(super) o8: *mut u8,
-}
-
-/// The row `r` through the single-shift output stage; the constants of each 64-channel block
-/// are loaded once per row.
+/// One output row through the single-shift output stage (requires `l.fused`): the run of
+/// `npix` interior pixels (tap `t` of pixel `p` at `base + p·step + offs[t]`, output at
+/// `o8 + p·c`; `npix` may be 0) and the listed pixels (`taps` tap-row pointers each, padding
+/// taps pointing at a `Z1` row, outputs at `list_out`), all channels; the constants of each
+/// 64-channel block are loaded once per row.
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c` readable bytes; `o8` holds
 /// `npix·c` bytes, each `list_out` pointer `c` bytes; `list.len() == taps·list_out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn depthwise_row_fused(r: &FusedRow<'_>) {
-    debug_assert!(r.l.fused && r.list.len() == r.l.taps * r.list_out.len());
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn depthwise_row_fused(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    list: &[*const u8],
+    list_out: &[*mut u8],
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    e: &Epilogue,
+    o8: *mut u8,
+) {
+    debug_assert!(l.fused && list.len() == l.taps * list_out.len());
     // SAFETY: as documented.
     unsafe {
+        let (b, s, n, lo) = (base, step, npix, list_out);
         let mut c0 = 0;
-        while c0 < r.c {
-            let valid = (r.c - c0).min(64);
-            match (valid.div_ceil(16), r.l.taps == 9) {
-                (1, _) => depthwise_narrow_fused::<1>(r, c0, valid),
-                (2, _) => depthwise_narrow_fused::<2>(r, c0, valid),
-                (3, _) => depthwise_narrow_fused::<3>(r, c0, valid),
-                (_, true) => depthwise_block_fused::<9>(r, c0, valid),
-                (_, false) => depthwise_block_fused::<0>(r, c0, valid),
+        while c0 < c {
+            let valid = (c - c0).min(64);
+            match (valid.div_ceil(16), l.taps == 9) {
+                (1, _) => {
+                    depthwise_narrow_fused::<1>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (2, _) => {
+                    depthwise_narrow_fused::<2>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (3, _) => {
+                    depthwise_narrow_fused::<3>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (_, true) => {
+                    depthwise_block_fused::<9>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
+                (_, false) => {
+                    depthwise_block_fused::<0>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                }
             }
             c0 += 64;
         }
