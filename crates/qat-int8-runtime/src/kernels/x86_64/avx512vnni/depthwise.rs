@@ -26,13 +26,13 @@ impl DepthwiseKernel for Avx512Vnni {
         _: &mut RowScratch,
         out: DwOut<'_>,
     ) {
-        let out = match out {
+        let (o8, o32) = match out {
             DwOut::U8(o) => (Some(o.as_mut_ptr()), None),
             DwOut::I32(o) => (None, Some(o.as_mut_ptr())),
         };
-        let run = Run::listed(taps, l, plan.c, &plan.epi, out);
+        let (c, e) = (plan.c, &plan.epi);
         // SAFETY: as documented by the trait; the output holds c elements.
-        unsafe { depthwise_run(&run) }
+        unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) }
     }
 
     /// Interior pixels (all taps inside the input) run with fixed tap offsets, border pixels
@@ -98,18 +98,18 @@ impl DepthwiseKernel for Avx512Vnni {
                 // SAFETY: VNNI supported (trait contract); every tap of pixels ow_lo..ow_hi is
                 // inside the sample (`interior`), so base + p·sw·c + offs[t] has c readable bytes.
                 unsafe {
-                    depthwise_run(&Run {
+                    depthwise_run(
                         base,
-                        step: sw * c,
+                        sw * c,
                         npix,
-                        offs: &plan.offsets,
-                        taps: None,
+                        &plan.offsets,
+                        None,
                         l,
                         c,
-                        e: &plan.epi,
+                        &plan.epi,
                         o8,
                         o32,
-                    })
+                    )
                 };
                 ow = ow_hi;
                 continue;
@@ -123,9 +123,9 @@ impl DepthwiseKernel for Avx512Vnni {
             let o32 = out_i32
                 .as_deref_mut()
                 .map(|o| o[ow * c..(ow + 1) * c].as_mut_ptr());
-            let run = Run::listed(taps, l, c, &plan.epi, (o8, o32));
+            let e = &plan.epi;
             // SAFETY: VNNI supported (trait contract); every tap row has ≥ c bytes.
-            unsafe { depthwise_run(&run) };
+            unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) };
             ow += 1;
         }
     }
@@ -372,61 +372,37 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
     }
 }
 
-/// A run of `npix` output pixels, all channels: pixel `p`'s tap `t` at `base + p·step + offs[t]`,
-/// or, when `taps` is given, a single pixel whose tap rows are listed; `o8`/`o32` hold `npix·c`
-/// outputs.
-#[derive(Clone, Copy)]
-struct Run<'a> {
-    base: *const u8,
-    step: usize,
-    npix: usize,
-    offs: &'a [usize],
-    taps: Option<&'a [*const u8]>,
-    l: &'a DepthwiseVnniLayout,
-    c: usize,
-    e: &'a Epilogue,
-    o8: Option<*mut u8>,
-    o32: Option<*mut i32>,
-}
-
-impl<'a> Run<'a> {
-    /// One pixel whose tap rows are `taps`.
-    fn listed(
-        taps: &'a [*const u8],
-        l: &'a DepthwiseVnniLayout,
-        c: usize,
-        e: &'a Epilogue,
-        (o8, o32): (Option<*mut u8>, Option<*mut i32>),
-    ) -> Self {
-        Self {
-            base: std::ptr::null(),
-            step: 0,
-            npix: 1,
-            offs: &[],
-            taps: Some(taps),
-            l,
-            c,
-            e,
-            o8,
-            o32,
-        }
-    }
-}
-
-/// The run `r`, requantized in the epilogue's rounding.
+/// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
+/// `taps` is given, a single pixel whose tap rows are listed), all channels, requantized in the
+/// epilogue's rounding.
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
 /// `npix·c` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn depthwise_run(r: &Run<'_>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_run(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    taps: Option<&[*const u8]>,
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    e: &Epilogue,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
+) {
+    let (b, s, n) = (base, step, npix);
     // SAFETY: as documented.
     unsafe {
-        match variant(r.e, r.o8.is_some()) {
-            (false, false) => depthwise_run_in::<false, false>(r),
-            (true, false) => depthwise_run_in::<true, false>(r),
-            (false, true) => depthwise_run_in::<false, true>(r),
-            (true, true) => depthwise_run_in::<true, true>(r),
+        match variant(e, o8.is_some()) {
+            (false, false) => {
+                depthwise_run_in::<false, false>(b, s, n, offs, taps, l, c, e, o8, o32)
+            }
+            (true, false) => depthwise_run_in::<true, false>(b, s, n, offs, taps, l, c, e, o8, o32),
+            (false, true) => depthwise_run_in::<false, true>(b, s, n, offs, taps, l, c, e, o8, o32),
+            (true, true) => depthwise_run_in::<true, true>(b, s, n, offs, taps, l, c, e, o8, o32),
         }
     }
 }
@@ -434,22 +410,23 @@ unsafe fn depthwise_run(r: &Run<'_>) {
 /// [`depthwise_run`] for one output-stage variant (see [`stage16`]).
 ///
 /// # Safety
-/// As [`depthwise_run`].
+/// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
+/// `npix·c` elements.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(r: &Run<'_>) {
-    let Run {
-        base,
-        step,
-        npix,
-        offs,
-        taps,
-        l,
-        c,
-        e,
-        o8,
-        o32,
-    } = *r;
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &[usize],
+    taps: Option<&[*const u8]>,
+    l: &DepthwiseVnniLayout,
+    c: usize,
+    e: &Epilogue,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
+) {
     // SAFETY: as documented. Blocks of 64 channels outer, pixels inner: the block's
     // multiplier constants stay in registers across the run.
     unsafe {
