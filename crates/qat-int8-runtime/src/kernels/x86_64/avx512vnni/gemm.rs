@@ -10,8 +10,8 @@ use std::arch::x86_64::*;
 use super::Avx512Vnni;
 use super::igemm::block_indirect;
 use super::requant::tile_epilogue;
-use crate::kernels::frame::GemmKernel;
 use crate::kernels::frame::gemm::{Block, IndirectBlock, TileArgs, tile_loop};
+use crate::kernels::frame::{Epilogue, GemmKernel, OutPtr};
 
 /// Columns per panel: four zmm registers of 16 int32.
 pub(super) const NR: usize = 64;
@@ -27,33 +27,52 @@ impl GemmKernel for Avx512Vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>) {
-        // `avx512vnni_gemm_u8i8_6x64`: an `M × 64` tile (`M ≤ 6`) over the whole reduction.
-        let (kp, a, lda, b) = (t.kp, t.a, t.lda, t.panel);
-        let mut acc = [[_mm512_setzero_si512(); 4]; M];
-        // SAFETY: reads stay within the A rows and the panel (caller).
-        unsafe {
-            for g in 0..kp / 4 {
-                let bg = b.add(g * NR * 4);
-                let b0 = _mm512_loadu_si512(bg.cast());
-                let b1 = _mm512_loadu_si512(bg.add(64).cast());
-                let b2 = _mm512_loadu_si512(bg.add(128).cast());
-                let b3 = _mm512_loadu_si512(bg.add(192).cast());
-                for (r, accr) in acc.iter_mut().enumerate() {
-                    let av =
-                        _mm512_set1_epi32(a.add(r * lda + 4 * g).cast::<i32>().read_unaligned());
-                    accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
-                    accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
-                    accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
-                    accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
-                }
-            }
-            tile_epilogue(acc, t.e, t.col0, t.cols, t.out);
-        }
+        // SAFETY: as documented by the trait.
+        unsafe { tile::<M>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn block(blk: &Block<'_, Self>) {
         // SAFETY: as documented by the trait; the features are enabled here, so tiles inline.
         unsafe { tile_loop::<Self>(blk) }
+    }
+}
+
+/// `avx512vnni_gemm_u8i8_6x64`: an `M × 64` tile (`M ≤ 6`) over the whole reduction.
+///
+/// # Safety
+/// `a`: `M` rows of `kp` readable bytes at stride `lda`; `b`: one packed panel; `out` valid for
+/// `M` rows × `cols` columns from `col0`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize>(
+    kp: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    let mut acc = [[_mm512_setzero_si512(); 4]; M];
+    // SAFETY: reads stay within the A rows and the panel (caller).
+    unsafe {
+        for g in 0..kp / 4 {
+            let bg = b.add(g * NR * 4);
+            let b0 = _mm512_loadu_si512(bg.cast());
+            let b1 = _mm512_loadu_si512(bg.add(64).cast());
+            let b2 = _mm512_loadu_si512(bg.add(128).cast());
+            let b3 = _mm512_loadu_si512(bg.add(192).cast());
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32(a.add(r * lda + 4 * g).cast::<i32>().read_unaligned());
+                accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
+                accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
+                accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
+                accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
+            }
+        }
+        tile_epilogue(acc, e, col0, cols, out);
     }
 }

@@ -7,40 +7,15 @@ use super::Avx512Vnni;
 use super::gemm::NR;
 use super::requant::tile_epilogue;
 use crate::kernels::frame::gemm::{IndirectArgs, IndirectBlock, IndirectTile, indirect_tile_loop};
+use crate::kernels::frame::{Epilogue, OutPtr};
 
 impl IndirectTile for Avx512Vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_indirect<const M: usize>(t: &IndirectArgs<'_, Self>) {
-        // `avx512vnni_igemm_u8i8_6x64`: row `r`'s reduction runs over `taps` segments of `seg`
-        // bytes read in place at `ptrs[r·taps + t]` (padding segments point at a row of `Z1`),
-        // so no im2col copy is made.
         let (ptrs, taps, seg, b) = (t.ptrs, t.taps, t.seg, t.panel);
-        let mut acc = [[_mm512_setzero_si512(); 4]; M];
         // SAFETY: as documented by the trait.
-        unsafe {
-            let mut bg = b;
-            for tap in 0..taps {
-                let rows: [*const u8; M] =
-                    std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + tap));
-                for gi in 0..seg / 4 {
-                    let b0 = _mm512_loadu_si512(bg.cast());
-                    let b1 = _mm512_loadu_si512(bg.add(64).cast());
-                    let b2 = _mm512_loadu_si512(bg.add(128).cast());
-                    let b3 = _mm512_loadu_si512(bg.add(192).cast());
-                    for (r, accr) in acc.iter_mut().enumerate() {
-                        let av =
-                            _mm512_set1_epi32(rows[r].add(4 * gi).cast::<i32>().read_unaligned());
-                        accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
-                        accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
-                        accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
-                        accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
-                    }
-                    bg = bg.add(NR * 4);
-                }
-            }
-            tile_epilogue(acc, t.e, t.col0, t.cols, t.out);
-        }
+        unsafe { tile_indirect::<M>(ptrs, taps, seg, b, t.e, t.col0, t.cols, t.out) }
     }
 }
 
@@ -52,4 +27,49 @@ impl IndirectTile for Avx512Vnni {
 pub(super) unsafe fn block_indirect(blk: &IndirectBlock<'_, Avx512Vnni>) {
     // SAFETY: as documented.
     unsafe { indirect_tile_loop::<Avx512Vnni>(blk) }
+}
+
+/// `avx512vnni_igemm_u8i8_6x64`: the indirect (implicit im2col) tile. Row `r`'s reduction runs
+/// over `taps` segments of `seg` bytes read in place at `ptrs[r·taps + t]` (padding segments
+/// point at a row of `Z1`), so no im2col copy is made.
+///
+/// # Safety
+/// Every pointer has `seg` readable bytes, `seg % 4 == 0`, `taps·seg == kp`; `b` one packed panel;
+/// `out` valid for `M` rows × `cols` columns from `col0`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_indirect<const M: usize>(
+    ptrs: &[*const u8],
+    taps: usize,
+    seg: usize,
+    b: *const i8,
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    let mut acc = [[_mm512_setzero_si512(); 4]; M];
+    // SAFETY: as documented.
+    unsafe {
+        let mut bg = b;
+        for t in 0..taps {
+            let rows: [*const u8; M] = std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + t));
+            for gi in 0..seg / 4 {
+                let b0 = _mm512_loadu_si512(bg.cast());
+                let b1 = _mm512_loadu_si512(bg.add(64).cast());
+                let b2 = _mm512_loadu_si512(bg.add(128).cast());
+                let b3 = _mm512_loadu_si512(bg.add(192).cast());
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(rows[r].add(4 * gi).cast::<i32>().read_unaligned());
+                    accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
+                    accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
+                    accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
+                    accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
+                }
+                bg = bg.add(NR * 4);
+            }
+        }
+        tile_epilogue(acc, e, col0, cols, out);
+    }
 }
