@@ -181,13 +181,24 @@ pub fn pact_fake_quant(x: &Tensor, alpha: &Tensor, bits: u32) -> Result<Tensor, 
     check_f32(OP, x)?;
     let p = pact_qparams(alpha, bits)?;
     let fq = tch::no_grad(|| fake_quant_per_tensor(x, &p, crate::Ste::Clipped))?;
+    pact_ste(OP, x, alpha, fq)
+}
+
+/// PACT's straight-through composition: the fake-quantized value `fq` forward, the gradients of
+/// `c = min(max(x, 0), α)` backward (`fq + (c − c⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)`); `fq` itself where nothing needs a gradient.
+fn pact_ste(
+    op: &'static str,
+    x: &Tensor,
+    alpha: &Tensor,
+    fq: Tensor,
+) -> Result<Tensor, FakeQuantError> {
     if !x.requires_grad() && !alpha.requires_grad() {
         return Ok(fq);
     }
     let clipped = x
         .f_clamp_min(0.0)
         .and_then(|c| c.f_minimum(alpha))
-        .map_err(FakeQuantError::torch(OP))?;
+        .map_err(FakeQuantError::torch(op))?;
     Ok(fq + (&clipped - clipped.detach()))
 }
 
@@ -246,12 +257,5 @@ pub fn pact_fake_quant_device(
     .map_err(torch())?;
     let fq = tch::no_grad(|| crate::fake_quant_device(x, &p, crate::Ste::Clipped))?;
     let fq = tch::no_grad(|| fq.f_add(&guard)).map_err(torch())?;
-    if !x.requires_grad() && !alpha.requires_grad() {
-        return Ok(fq);
-    }
-    let clipped = x
-        .f_clamp_min(0.0)
-        .and_then(|c| c.f_minimum(alpha))
-        .map_err(torch())?;
-    Ok(fq + (&clipped - clipped.detach()))
+    pact_ste(OP, x, alpha, fq)
 }
