@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::FakeQuantError;
+use crate::kernels::{fq_kernel, fq_ste_kernel};
 
 /// Which straight-through estimator carries the gradient through rounding and clamping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -320,22 +321,6 @@ pub(crate) fn fq_ste_cpu(
     Some(parts.and_then(|(base, mask)| base.f_addcmul(x, &mask)))
 }
 
-/// The code of one value in the one-pass kernels: `t = v·(1/S)` clamped to `[lo − 1, hi + 1]` (which
-/// changes neither the clamped code nor the mask), rounded half to even by `(t + 1.5·2²³) − 1.5·2²³`
-/// (exact for `|t| < 2²²`; it also turns `−0` into `+0`): returns the rounded `r`, the clamped
-/// `c = clamp(r, lo, hi)` and whether `t` is NaN. Plain selects so that the callers' loops vectorize.
-#[inline(always)]
-fn code_of(v: f32, inv: f32, lo: f32, hi: f32) -> (f32, f32, bool) {
-    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
-    let t = v * inv;
-    let u = if t > hi + 1.0 { hi + 1.0 } else { t };
-    let u = if u < lo - 1.0 { lo - 1.0 } else { u };
-    let r = (u + MAGIC) - MAGIC;
-    let c = if r > hi { hi } else { r };
-    let c = if c < lo { lo } else { c };
-    (r, c, t.is_nan())
-}
-
 /// The constants of the one-pass kernels: `[1/S (rounded to f32 once, as qat-core), S, qmin − Z, qmax − Z]`.
 fn kernel_consts(p: &QuantParams) -> [f32; 4] {
     let z = p.zero_point();
@@ -345,28 +330,6 @@ fn kernel_consts(p: &QuantParams) -> [f32; 4] {
         (p.qmin() - z) as f32,
         (p.qmax() - z) as f32,
     ]
-}
-
-/// The loop of [`fq_ste_cpu`], `k = [1/S, S, qmin − Z, qmax − Z, a, b]`: with `v = clamp(xs[i], a, b)`
-/// (NaN stays NaN) and its code `c` (as [`fq_kernel`]), `ms[i] = [a < x < b ∧ c unclipped]` and
-/// `bs[i] = FQ(v) − ms[i]·x` (computed as a select, so that a non-finite `x` never enters `bs`).
-#[inline(never)]
-pub(crate) fn fq_ste_kernel(xs: &[f32], bs: &mut [f32], ms: &mut [f32], k: [f32; 6]) {
-    let [inv, scale, lo, hi, a, b] = k;
-    let n = xs.len().min(bs.len()).min(ms.len());
-    let (xs, bs, ms) = (&xs[..n], &mut bs[..n], &mut ms[..n]);
-    for i in 0..n {
-        let x = xs[i];
-        let v = if x < a { a } else { x };
-        let v = if v > b { b } else { v };
-        let (r, c, nan) = code_of(v, inv, lo, hi);
-        let fq = if nan { 0.0 } else { c * scale };
-        // Branch-free (non-short-circuit `&`, bit masks) so that the loop vectorizes: the mask is
-        // data-dependent and a branch on it mispredicts.
-        let keep = (((x > a) & (x < b) & (c == r)) as u32).wrapping_neg();
-        ms[i] = f32::from_bits(1.0f32.to_bits() & keep);
-        bs[i] = fq - f32::from_bits(x.to_bits() & keep);
-    }
 }
 
 /// The two pieces [`fake_quant_per_tensor`] is built from, without autograd: the fake-quantized
@@ -483,40 +446,6 @@ pub(crate) fn fq_parts_cpu(
         fq_kernel(xs, os, ms, inv, scale, lo, hi);
         Ok((out, mask))
     }))
-}
-
-/// The loop of [`fq_parts_cpu`]: `os[i] = FQ(xs[i])`, `ms[i]` = clipped-STE mask. Plain `f32`
-/// arguments and branch-free selects (comparisons are false for NaN, which takes the last select) so
-/// that the loop vectorizes.
-#[inline(never)]
-pub(crate) fn fq_kernel(
-    xs: &[f32],
-    os: &mut [f32],
-    ms: Option<&mut [f32]>,
-    inv: f32,
-    scale: f32,
-    lo: f32,
-    hi: f32,
-) {
-    let n = xs.len().min(os.len());
-    let (xs, os) = (&xs[..n], &mut os[..n]);
-    let code = |v: f32| code_of(v, inv, lo, hi);
-    match ms {
-        Some(ms) => {
-            let ms = &mut ms[..n];
-            for i in 0..n {
-                let (r, c, nan) = code(xs[i]);
-                ms[i] = if nan || c == r { 1.0 } else { 0.0 };
-                os[i] = if nan { 0.0 } else { c * scale };
-            }
-        }
-        None => {
-            for i in 0..n {
-                let (_, c, nan) = code(xs[i]);
-                os[i] = if nan { 0.0 } else { c * scale };
-            }
-        }
-    }
 }
 
 /// Per-channel fake quantization along `p.axis()` (any axis: 0 for conv `OIHW` and linear `[out, in]`

@@ -33,6 +33,7 @@ mod device;
 mod error;
 mod fake_quant;
 pub mod host_read;
+mod kernels;
 mod learnable;
 #[doc(hidden)]
 pub mod testing;
@@ -43,6 +44,8 @@ pub use fake_quant::{
     Ste, TensorQParams, clamp_fake_quant_per_tensor, fake_quant, fake_quant_per_channel,
     fake_quant_per_tensor, fake_quant_per_tensor_parts,
 };
+#[doc(hidden)]
+pub use kernels::plane_sums;
 pub use learnable::{
     lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, lsq_init_scale,
     pact_fake_quant, pact_fake_quant_device, pact_qparams,

@@ -427,7 +427,7 @@ fn channel_stats_cpu(y: &Tensor) -> Option<Result<(Tensor, Tensor), tch::TchErro
         // at `data_ptr()`; the slice only lives in this block, while `y` is borrowed.
         let ys = unsafe { std::slice::from_raw_parts(y.data_ptr() as *const f32, n * c * plane) };
         for (i, p) in ys.chunks_exact(plane).enumerate() {
-            let (a, b) = plane_sums(p);
+            let (a, b) = qat_autograd::plane_sums(p);
             s1[i % c] += a;
             s2[i % c] += b;
         }
@@ -442,28 +442,6 @@ fn channel_stats_cpu(y: &Tensor) -> Option<Result<(Tensor, Tensor), tch::TchErro
         })
         .collect();
     Some(Ok((Tensor::from_slice(&mean), Tensor::from_slice(&var))))
-}
-
-/// `(Σp, Σp²)` in f64 with eight independent accumulators each (so that the loop vectorizes).
-fn plane_sums(p: &[f32]) -> (f64, f64) {
-    let mut a = [0f64; 8];
-    let mut b = [0f64; 8];
-    let chunks = p.chunks_exact(8);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for k in 0..8 {
-            let v = f64::from(ch[k]);
-            a[k] += v;
-            b[k] += v * v;
-        }
-    }
-    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for &v in rest {
-        let v = f64::from(v);
-        sa += v;
-        sb += v * v;
-    }
-    (sa, sb)
 }
 
 fn batch_count(y: &Tensor) -> i64 {
