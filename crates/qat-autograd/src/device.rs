@@ -164,20 +164,15 @@ impl DeviceQParams {
     }
 
     /// `[1/S, S, qmin − Z, qmax − Z]` of per-tensor parameters on the CPU, read from the tensors'
-    /// (host) memory for the one-pass kernels; `None` on other devices.
+    /// (host) memory for the one-pass kernels; `None` on other devices and with the host fast paths
+    /// off ([`crate::cpu`]).
     fn cpu_consts(&self) -> Option<[f32; 4]> {
-        if self.scale.device() != Device::Cpu || self.axis.is_some() {
+        if self.axis.is_some() {
             return None;
         }
-        // SAFETY: `scale` and `zero_point_f` are contiguous f32 CPU tensors of one element
-        // (checked by `new`, which made them contiguous f32 and checked the shape `[1]` for per
-        // tensor), alive for the duration of the read.
-        let (s, z) = unsafe {
-            (
-                *(self.scale.data_ptr() as *const f32),
-                *(self.zero_point_f.data_ptr() as *const f32),
-            )
-        };
+        let first = |v: &[f32]| v.first().copied();
+        let s = crate::cpu::with_slice(&self.scale, first)??;
+        let z = crate::cpu::with_slice(&self.zero_point_f, first)??;
         Some([
             1.0f32 / s,
             s,

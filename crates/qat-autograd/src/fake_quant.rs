@@ -295,30 +295,50 @@ pub(crate) fn fq_ste_cpu(
     a: f32,
     b: f32,
 ) -> Option<Result<Tensor, tch::TchError>> {
-    if x.device() != tch::Device::Cpu || !x.is_contiguous() || !x.requires_grad() {
+    if !crate::cpu::in_host_memory::<f32>(x) || !x.requires_grad() {
         return None;
     }
     if tch::get_num_threads() > 1 && x.numel() >= SERIAL_MAX_MULTI_THREAD {
         return None;
     }
     let [inv, scale, lo, hi] = consts()?;
-    let parts = tch::no_grad(|| -> Result<(Tensor, Tensor), tch::TchError> {
+    let k = [inv, scale, lo, hi, a, b];
+    let parts = tch::no_grad(|| -> Result<Option<(Tensor, Tensor)>, tch::TchError> {
         let xd = x.f_detach()?;
-        let n = xd.numel();
-        let base = xd.f_empty_like()?;
-        let mask = xd.f_empty_like()?;
-        if n > 0 {
-            // SAFETY: `xd` is a contiguous f32 CPU tensor (checked above and by the caller's
-            // `check_f32`) of `n` elements starting at `data_ptr()`; `base` and `mask` are fresh
-            // contiguous f32 tensors of `n` elements, aliased by nothing while the slices live.
-            let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
-            let bs = unsafe { std::slice::from_raw_parts_mut(base.data_ptr() as *mut f32, n) };
-            let ms = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, n) };
-            fq_ste_kernel(xs, bs, ms, [inv, scale, lo, hi, a, b]);
-        }
-        Ok((base, mask))
+        let mut base = xd.f_empty_like()?;
+        let mut mask = xd.f_empty_like()?;
+        let done = in_place(&xd, &mut base, Some(&mut mask), |xs, bs, ms| {
+            fq_ste_kernel(xs, bs, ms.unwrap_or_default(), k);
+        });
+        Ok(done.map(|()| (base, mask)))
     });
-    Some(parts.and_then(|(base, mask)| base.f_addcmul(x, &mask)))
+    match parts {
+        Ok(Some((base, mask))) => Some(base.f_addcmul(x, &mask)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// `f(x, out, mask)` on the values of `x` and of the fresh tensors `out` and `mask` in CPU memory
+/// (through [`crate::cpu`]); `None` where one of them is not there.
+fn in_place(
+    x: &Tensor,
+    out: &mut Tensor,
+    mask: Option<&mut Tensor>,
+    f: impl FnOnce(&[f32], &mut [f32], Option<&mut [f32]>),
+) -> Option<()> {
+    use crate::cpu::{with_slice, with_slice_mut};
+    with_slice(x, |xs: &[f32]| {
+        with_slice_mut(out, |os: &mut [f32]| match mask {
+            Some(m) => with_slice_mut(m, |ms: &mut [f32]| f(xs, os, Some(ms))),
+            None => {
+                f(xs, os, None);
+                Some(())
+            }
+        })
+    })
+    .flatten()
+    .flatten()
 }
 
 /// The constants of the one-pass kernels: `[1/S (rounded to f32 once, as qat-core), S, qmin − Z, qmax − Z]`.
@@ -416,36 +436,26 @@ pub(crate) fn fq_parts_cpu(
 ) -> Option<Result<(Tensor, Option<Tensor>), tch::TchError>> {
     // One thread only: with more, libtorch's parallel elementwise ops beat a serial loop, and threads
     // of our own would compete with libtorch's spinning OpenMP workers for the cores (measured).
-    if x.device() != tch::Device::Cpu || !x.is_contiguous() || tch::get_num_threads() != 1 {
+    if !crate::cpu::in_host_memory::<f32>(x) || tch::get_num_threads() != 1 {
         return None;
     }
     let [inv, scale, lo, hi] = consts()?;
-    Some(tch::no_grad(|| {
-        let xd = x.f_detach()?;
-        let n = xd.numel();
-        let out = xd.f_empty_like()?;
-        let mask = if want_mask {
-            Some(xd.f_empty_like()?)
-        } else {
-            None
-        };
-        if n == 0 {
-            return Ok((out, mask));
-        }
-        // SAFETY: `xd` is a contiguous f32 CPU tensor (checked above; `fake_quant_per_tensor*` checked
-        // the kind) of `n` elements starting at `data_ptr()` (which includes the storage offset).
-        // `out` and `mask` are fresh contiguous f32 tensors of the same `n` elements, not aliased by
-        // anything else while these slices live.
-        let xs = unsafe { std::slice::from_raw_parts(xd.data_ptr() as *const f32, n) };
-        let os = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
-        let ms = match &mask {
-            // SAFETY: as above.
-            Some(m) => Some(unsafe { std::slice::from_raw_parts_mut(m.data_ptr() as *mut f32, n) }),
-            None => None,
-        };
-        fq_kernel(xs, os, ms, inv, scale, lo, hi);
-        Ok((out, mask))
-    }))
+    let r = tch::no_grad(
+        || -> Result<Option<(Tensor, Option<Tensor>)>, tch::TchError> {
+            let xd = x.f_detach()?;
+            let mut out = xd.f_empty_like()?;
+            let mut mask = if want_mask {
+                Some(xd.f_empty_like()?)
+            } else {
+                None
+            };
+            let done = in_place(&xd, &mut out, mask.as_mut(), |xs, os, ms| {
+                fq_kernel(xs, os, ms, inv, scale, lo, hi);
+            });
+            Ok(done.map(|()| (out, mask)))
+        },
+    );
+    r.transpose()
 }
 
 /// Per-channel fake quantization along `p.axis()` (any axis: 0 for conv `OIHW` and linear `[out, in]`

@@ -119,6 +119,95 @@ unsafe fn plane_sums_avx512(p: &[f32]) -> (f64, f64) {
     (sa, sb)
 }
 
+/// `(min, max, has NaN)` of `p` (`(+∞, −∞, false)` when empty); see [`min_max_body`]. Where a
+/// value is NaN only the flag is specified (the bounds are then whatever the build found). For the
+/// observers' batch ranges on the CPU.
+///
+/// ```
+/// assert_eq!(qat_autograd::min_max(&[1.0, -2.0, 3.0]), (-2.0, 3.0, false));
+/// assert!(qat_autograd::min_max(&[1.0, f32::NAN]).2);
+/// ```
+#[doc(hidden)]
+#[inline(never)]
+pub fn min_max(p: &[f32]) -> (f32, f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F (checked just above), the only requirement.
+        return unsafe { min_max_avx512(p) };
+    }
+    min_max_body(p)
+}
+
+/// [`min_max_body`] with four independent 16-lane accumulators per bound (`vminps`/`vmaxps`), and
+/// NaN flagged by an unordered compare; a minimum and a maximum are exact in any order.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn min_max_avx512(p: &[f32]) -> (f32, f32, bool) {
+    use std::arch::x86_64::{
+        _CMP_UNORD_Q, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_max_ps, _mm512_min_ps,
+        _mm512_reduce_max_ps, _mm512_reduce_min_ps, _mm512_set1_ps,
+    };
+    let mut lo = [_mm512_set1_ps(f32::INFINITY); 4];
+    let mut hi = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+    let mut nan = 0u16;
+    let chunks = p.chunks_exact(64);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for k in 0..4 {
+            // SAFETY: `ch` holds 64 f32 (chunks_exact); this reads the 16 from `16·k`.
+            let v = unsafe { _mm512_loadu_ps(ch.as_ptr().add(16 * k)) };
+            lo[k] = _mm512_min_ps(lo[k], v);
+            hi[k] = _mm512_max_ps(hi[k], v);
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        }
+    }
+    let l = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    let h = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
+    let (mut l, mut h, mut n) = (_mm512_reduce_min_ps(l), _mm512_reduce_max_ps(h), nan != 0);
+    for &v in rest {
+        l = if v < l { v } else { l };
+        h = if v > h { v } else { h };
+        n |= v.is_nan();
+    }
+    (l, h, n)
+}
+
+/// Minimum and maximum over sixteen lanes (lane `k` takes `k, k + 16, …`), then over the lanes and
+/// the tail; NaN is flagged separately (`v ≠ v`), not propagated. A minimum and a maximum are exact
+/// in any order, but for the sign of a zero result, which no parameter derived from the range
+/// depends on (qat-core's `min(lo, 0)` and `|lo|` treat `−0` as `+0`).
+#[inline(always)]
+fn min_max_body(p: &[f32]) -> (f32, f32, bool) {
+    let mut lo = [f32::INFINITY; 16];
+    let mut hi = [f32::NEG_INFINITY; 16];
+    let mut nan = [0u32; 16];
+    let chunks = p.chunks_exact(16);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for k in 0..16 {
+            let v = ch[k];
+            lo[k] = if v < lo[k] { v } else { lo[k] };
+            hi[k] = if v > hi[k] { v } else { hi[k] };
+            nan[k] |= u32::from(v.is_nan());
+        }
+    }
+    let (mut l, mut h, mut n) = (f32::INFINITY, f32::NEG_INFINITY, false);
+    for k in 0..16 {
+        l = if lo[k] < l { lo[k] } else { l };
+        h = if hi[k] > h { hi[k] } else { h };
+        n |= nan[k] != 0;
+    }
+    for &v in rest {
+        l = if v < l { v } else { l };
+        h = if v > h { v } else { h };
+        n |= v.is_nan();
+    }
+    (l, h, n)
+}
+
 /// `(Σp, Σp²)` in f64 with eight independent accumulators each (lane `k` takes the elements
 /// `k, k + 8, …`; then the lanes in order, then the tail), so that the loop vectorizes and every
 /// build sums in the same order.
@@ -259,6 +348,23 @@ mod tests {
             let (a1, b1) = plane_sums(&p);
             let (a2, b2) = plane_sums_body(&p);
             prop_assert!(same(a1, a2) && same(b1, b2), "{:?} vs {:?}", (a1, b1), (a2, b2));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn min_max_builds_agree_and_match_iterators(p in prop::collection::vec(any_f32(), 0..200)) {
+            let (l, h, n) = min_max(&p);
+            let body = min_max_body(&p);
+            prop_assert_eq!(n, body.2);
+            prop_assert_eq!(n, p.iter().any(|v| v.is_nan()));
+            if n {
+                return Ok(()); // the bounds are unspecified with a NaN
+            }
+            prop_assert_eq!((l, h), (body.0, body.1));
+            let finite = p.iter().filter(|v| !v.is_nan());
+            prop_assert_eq!(l, finite.clone().copied().fold(f32::INFINITY, f32::min));
+            prop_assert_eq!(h, finite.copied().fold(f32::NEG_INFINITY, f32::max));
         }
     }
 

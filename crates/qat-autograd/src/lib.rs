@@ -29,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod cpu;
 mod device;
 mod error;
 mod fake_quant;
@@ -45,7 +46,7 @@ pub use fake_quant::{
     fake_quant_per_tensor, fake_quant_per_tensor_parts,
 };
 #[doc(hidden)]
-pub use kernels::plane_sums;
+pub use kernels::{min_max, plane_sums};
 pub use learnable::{
     lsq_fake_quant_per_channel, lsq_fake_quant_per_tensor, lsq_grad_factor, lsq_init_scale,
     pact_fake_quant, pact_fake_quant_device, pact_qparams,

@@ -7,7 +7,10 @@
 //! * [`no_host_read_in_a_training_step`]: a tiny MobileNet trained through every phase (warm-up of
 //!   the quantizers, activation fake quant, BN frozen, observers frozen), with both BN folds, makes
 //!   zero reads per step after the first step of each phase;
-//! * [`every_host_read_goes_through_the_counter`]: no other read call remains in the sources.
+//!   — in both forms of the step on the CPU: with the host fast paths of `qat_autograd::cpu` (the
+//!   default) and with them off (the device form, the same ops as on a GPU);
+//! * [`every_host_read_goes_through_the_counter`]: no other read call remains in the sources, and
+//!   values are read in place only through `qat_autograd::cpu`.
 
 use qat_autograd::host_read;
 use qat_train::layers::BnFoldMode;
@@ -34,6 +37,16 @@ fn spec(fold: BnFoldMode) -> ModelSpec {
 
 #[test]
 fn no_host_read_in_a_training_step() {
+    // Both forms of the step on the CPU: the host fast paths (the default) and, with them off, the
+    // device form a GPU runs.
+    for fast in [true, false] {
+        let was = qat_autograd::cpu::set_fast_paths(fast);
+        training_steps_read_nothing(fast);
+        qat_autograd::cpu::set_fast_paths(was);
+    }
+}
+
+fn training_steps_read_nothing(fast: bool) {
     tch::manual_seed(7);
     for fold in [BnFoldMode::Whitepaper, BnFoldMode::PyTorch] {
         let mut net = models::build(&spec(fold), Device::Cpu).unwrap();
@@ -87,7 +100,10 @@ fn no_host_read_in_a_training_step() {
             Phase::BnFrozen,
             Phase::ObserversFrozen,
         ] {
-            assert!(seen.contains(&p), "{fold:?}: phase {p:?} never ran");
+            assert!(
+                seen.contains(&p),
+                "{fold:?} (fast paths {fast}): phase {p:?} never ran"
+            );
         }
         let bad: Vec<_> = reads_after_first
             .iter()
@@ -95,7 +111,7 @@ fn no_host_read_in_a_training_step() {
             .collect();
         assert!(
             bad.is_empty(),
-            "{fold:?}: host reads in training steps after the first of a phase: {bad:?}"
+            "{fold:?} (fast paths {fast}): host reads in training steps after the first of a phase: {bad:?}"
         );
         // The counter is wired: freezing the observers reads their ranges (the input scales of the
         // bias simulation), in the first step of that phase.
@@ -142,12 +158,15 @@ fn every_host_read_goes_through_the_counter() {
         "i64::try_from(&",
         "bool::try_from(",
         "copy_data(",
+        // Values read in place from CPU memory: only through `qat_autograd::cpu`, which checks the
+        // device and honours the switch to the device form.
+        "from_raw_parts",
         "ArrayD::<f32>::try_from",
         "to_ndarray",
     ];
     let mut found = Vec::new();
     for f in &files {
-        if f.ends_with("qat-autograd/src/host_read.rs") {
+        if f.ends_with("qat-autograd/src/host_read.rs") || f.ends_with("qat-autograd/src/cpu.rs") {
             continue;
         }
         let text = std::fs::read_to_string(f).unwrap();

@@ -400,38 +400,31 @@ fn batch_stats(y: &Tensor, n: i64) -> Result<(Tensor, Tensor), tch::TchError> {
 }
 
 /// Per-channel `(μ_B, σ_B²)` (biased) of a contiguous f32 `NCHW` CPU tensor in one pass of our own,
-/// without autograd (`None` for other tensors): `Σy` and `Σy²` per
+/// without autograd (`None` for other tensors and with the host fast paths of `qat_autograd::cpu`
+/// off): `Σy` and `Σy²` per
 /// channel accumulated in f64 (an f32 square is exact in f64), `σ_B² = max(Σy²/n − μ_B², 0)` — the
 /// values of [`batch_stats`]. It replaces libtorch's two-pass `batch_norm_update_stats`, which was
 /// the costliest elementwise op of the whitepaper QAT step — also with several libtorch threads
 /// (serial here, it still beats the libtorch fallback there).
 fn channel_stats_cpu(y: &Tensor) -> Option<Result<(Tensor, Tensor), tch::TchError>> {
     let shape = y.size();
-    if y.device() != tch::Device::Cpu
-        || y.kind() != tch::Kind::Float
-        || shape.len() != 4
-        || !y.is_contiguous()
-    {
+    if shape.len() != 4 {
         return None;
     }
-    let (n, c, plane) = (
-        shape[0] as usize,
-        shape[1] as usize,
-        (shape[2] * shape[3]) as usize,
-    );
-    let count = (n * plane) as f64;
-    let mut s1 = vec![0f64; c];
-    let mut s2 = vec![0f64; c];
-    if n * c * plane > 0 {
-        // SAFETY: `y` is a contiguous f32 CPU tensor (checked above) of `n·c·plane` elements starting
-        // at `data_ptr()`; the slice only lives in this block, while `y` is borrowed.
-        let ys = unsafe { std::slice::from_raw_parts(y.data_ptr() as *const f32, n * c * plane) };
-        for (i, p) in ys.chunks_exact(plane).enumerate() {
-            let (a, b) = qat_autograd::plane_sums(p);
-            s1[i % c] += a;
-            s2[i % c] += b;
+    let (c, plane) = (shape[1] as usize, (shape[2] * shape[3]) as usize);
+    let count = (shape[0] as usize * plane) as f64;
+    let (s1, s2) = qat_autograd::cpu::with_slice(y, |ys: &[f32]| {
+        let mut s1 = vec![0f64; c];
+        let mut s2 = vec![0f64; c];
+        if plane > 0 {
+            for (i, p) in ys.chunks_exact(plane).enumerate() {
+                let (a, b) = qat_autograd::plane_sums(p);
+                s1[i % c] += a;
+                s2[i % c] += b;
+            }
         }
-    }
+        (s1, s2)
+    })?;
     let mean: Vec<f32> = s1.iter().map(|&a| (a / count) as f32).collect();
     let var: Vec<f32> = s1
         .iter()

@@ -148,6 +148,45 @@ impl RangeBuffers {
         r.map_err(ObserverError::torch(&self.name))
     }
 
+    /// [`RangeBuffers::update`] on the host, for buffers in CPU memory (`false`, nothing written,
+    /// otherwise: the caller takes the device form): channel `i` becomes `(lo[i], hi[i])` for the
+    /// first batch, else `fold` of the stored and the batch range; the count goes up by one. The
+    /// caller passes a finite batch range (the device form skips a non-finite one).
+    pub(crate) fn update_host(&mut self, lo: &[f32], hi: &[f32], fold: HostFold) -> bool {
+        let n = self.channels();
+        let accessible = |t: &Tensor| qat_autograd::cpu::with_slice(t, |_: &[f32]| ()).is_some();
+        if lo.len() != n || hi.len() != n || !accessible(&self.min) || !accessible(&self.max) {
+            return false;
+        }
+        let Some(count) =
+            qat_autograd::cpu::with_slice(&self.count, |c: &[f64]| c.first().copied()).flatten()
+        else {
+            return false;
+        };
+        let first = count == 0.0;
+        let write = |t: &mut Tensor, batch: &[f32], low: bool| {
+            qat_autograd::cpu::with_slice_mut(t, |m: &mut [f32]| {
+                for (m, &b) in m.iter_mut().zip(batch) {
+                    *m = if first { b } else { fold.apply(*m, b, low) };
+                }
+            })
+        };
+        write(&mut self.min, lo, true);
+        write(&mut self.max, hi, false);
+        qat_autograd::cpu::with_slice_mut(&mut self.count, |c: &mut [f64]| c[0] = count + 1.0);
+        self.calibrated_host.set(&self.count, count + 1.0);
+        true
+    }
+
+    /// `f(min, max)` of the stored range read in place from CPU memory (no transfer, no count);
+    /// `None` for buffers elsewhere or with the host fast paths off.
+    pub(crate) fn with_range_host<R>(&self, f: impl FnOnce(&[f32], &[f32]) -> R) -> Option<R> {
+        qat_autograd::cpu::with_slice(&self.min, |lo: &[f32]| {
+            qat_autograd::cpu::with_slice(&self.max, |hi: &[f32]| f(lo, hi))
+        })
+        .flatten()
+    }
+
     /// The stored `(min, max)` per channel; [`ObserverErrorKind::Uncalibrated`] before any data.
     /// *Host read.*
     pub(crate) fn read(&self) -> Result<(Vec<f32>, Vec<f32>), ObserverError> {
@@ -199,6 +238,30 @@ impl RangeBuffers {
         self.store(&s.min, &s.max, s.count)?;
         self.set_frozen(s.frozen);
         Ok(())
+    }
+}
+
+/// How an observer folds a batch range into its stored range, on the host (the same f32/f64
+/// operations as its device form).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum HostFold {
+    /// The batch range replaces the stored one.
+    Replace,
+    /// The stored range widens to cover the batch range (`min`/`max`).
+    Widen,
+    /// `m ← f32(f64(m)·d + f64(b)·(1 − d))` with decay `d`.
+    Ema(f64),
+}
+
+impl HostFold {
+    /// The new stored bound from the stored `m` and the batch bound `b` (`low`: the lower bound).
+    pub(crate) fn apply(self, m: f32, b: f32, low: bool) -> f32 {
+        match self {
+            Self::Replace => b,
+            Self::Widen if low => m.min(b),
+            Self::Widen => m.max(b),
+            Self::Ema(d) => (f64::from(m) * d + f64::from(b) * (1.0 - d)) as f32,
+        }
     }
 }
 

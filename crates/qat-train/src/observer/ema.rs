@@ -2,7 +2,7 @@
 
 use tch::{Kind, Tensor, nn};
 
-use super::buffers::{RangeBuffers, range_buffer_methods};
+use super::buffers::{HostFold, RangeBuffers, range_buffer_methods};
 use super::range::check_bits;
 use super::recorder::RangeRecorder;
 use super::{
@@ -96,6 +96,14 @@ impl RangeRecorder for EmaMinMaxObserver {
 
     fn buffers(&self) -> &RangeBuffers {
         &self.buf
+    }
+
+    fn buffers_mut(&mut self) -> &mut RangeBuffers {
+        &mut self.buf
+    }
+
+    fn host_fold(&self) -> HostFold {
+        HostFold::Ema(f64::from(self.decay))
     }
 
     /// The EMA update on the device, in f64 and stored in f32 (the first batch sets the range).

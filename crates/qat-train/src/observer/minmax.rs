@@ -4,7 +4,7 @@ use qat_autograd::{DeviceQParams, TensorQParams};
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
-use super::buffers::{RangeBuffers, range_buffer_methods};
+use super::buffers::{HostFold, RangeBuffers, range_buffer_methods};
 use super::range::{batch_min_max, batch_range_device, check_bits};
 use super::recorder::RangeRecorder;
 use super::{Granularity, Observer, ObserverError, QuantScheme};
@@ -130,6 +130,18 @@ impl Observer for MinMaxObserver {
 impl RangeRecorder for MinMaxObserver {
     fn buffers(&self) -> &RangeBuffers {
         &self.buf
+    }
+
+    fn buffers_mut(&mut self) -> &mut RangeBuffers {
+        &mut self.buf
+    }
+
+    fn host_fold(&self) -> HostFold {
+        if self.cfg.accumulate {
+            HostFold::Widen
+        } else {
+            HostFold::Replace
+        }
     }
 
     fn axis(&self) -> Option<usize> {

@@ -6,7 +6,7 @@
 use qat_autograd::{DeviceQParams, TensorQParams};
 use tch::Tensor;
 
-use super::buffers::RangeBuffers;
+use super::buffers::{HostFold, RangeBuffers};
 use super::range::{batch_range_device, check_finite, device_qparams, to_qparams};
 use super::{ObserverError, ObserverErrorKind, QuantScheme};
 
@@ -17,6 +17,12 @@ pub(crate) type Clamp = Option<(f32, f32)>;
 pub(crate) trait RangeRecorder {
     /// The observer's buffers.
     fn buffers(&self) -> &RangeBuffers;
+
+    /// The observer's buffers, to update.
+    fn buffers_mut(&mut self) -> &mut RangeBuffers;
+
+    /// [`RangeRecorder::record`]'s rule as the host computes it on CPU memory.
+    fn host_fold(&self) -> HostFold;
 
     /// The channel axis of a per-channel range, `None` for one range per tensor.
     fn axis(&self) -> Option<usize>;
@@ -52,6 +58,19 @@ pub(crate) trait RangeRecorder {
         if buf.frozen() {
             return Ok(());
         }
+        if !checked
+            && let Some((lo, hi, finite)) = host_batch_range(x, self.axis(), buf.channels(), clamp)
+        {
+            // The host form on the CPU: the same range and rule, no libtorch op.
+            if !finite {
+                return Ok(());
+            }
+            let fold = self.host_fold();
+            if self.buffers_mut().update_host(&lo, &hi, fold) {
+                return Ok(());
+            }
+        }
+        let buf = self.buffers();
         let (lo, hi) = batch_range_device(x, self.axis(), buf.channels(), &buf.name, clamp)?;
         if checked {
             check_finite(&lo, &hi, &buf.name)?;
@@ -65,6 +84,13 @@ pub(crate) trait RangeRecorder {
         let buf = self.buffers();
         if !buf.is_calibrated() {
             return Err(buf.err(ObserverErrorKind::Uncalibrated));
+        }
+        // On the CPU: qat-core's parameters of the range read in place (what the device form
+        // computes bit for bit), uploaded to "device" tensors that are CPU tensors.
+        if let Some(Ok(p)) = buf.with_range_host(|lo, hi| self.host_params(lo, hi))
+            && let Ok(d) = DeviceQParams::from_host(&p, tch::Device::Cpu)
+        {
+            return Ok(d);
         }
         let (lo, hi) = buf.range_tensors();
         self.device_params(lo, hi)
@@ -87,4 +113,42 @@ pub(crate) trait RangeRecorder {
         let (lo, hi) = self.buffers().read()?;
         self.host_params(&lo, &hi)
     }
+}
+
+/// The batch range of `clamp(x)` on the host, read in place from CPU memory: per tensor
+/// (`axis = None`), or per channel along axis 0 (rows of a contiguous tensor), as
+/// `(lo, hi, finite)`; `None` where that does not apply (another device or axis, an empty tensor,
+/// the host fast paths off): the caller takes the device form, which gives the same values.
+/// `finite` is false if a value is NaN or a bound is infinite after the clamp (libtorch's clamp
+/// keeps NaN and bounds ±∞, as here).
+fn host_batch_range(
+    x: &Tensor,
+    axis: Option<usize>,
+    channels: usize,
+    clamp: Clamp,
+) -> Option<(Vec<f32>, Vec<f32>, bool)> {
+    let shape = x.size();
+    let rows = match axis {
+        None => 1,
+        Some(0) if shape.first().is_some_and(|&c| c as usize == channels) => channels,
+        Some(_) => return None,
+    };
+    qat_autograd::cpu::with_slice(x, |xs: &[f32]| {
+        if xs.is_empty() || rows == 0 || !xs.len().is_multiple_of(rows) {
+            return None;
+        }
+        let (mut lo, mut hi, mut finite) =
+            (Vec::with_capacity(rows), Vec::with_capacity(rows), true);
+        for row in xs.chunks_exact(xs.len() / rows) {
+            let (mut l, mut h, nan) = qat_autograd::min_max(row);
+            if let Some((a, b)) = clamp {
+                (l, h) = (l.max(a).min(b), h.max(a).min(b));
+            }
+            finite &= !nan && l.is_finite() && h.is_finite();
+            lo.push(l);
+            hi.push(h);
+        }
+        Some((lo, hi, finite))
+    })
+    .flatten()
 }
