@@ -450,7 +450,7 @@ pub(crate) fn fq_parts_cpu(
                 None
             };
             let done = in_place(&xd, &mut out, mask.as_mut(), |xs, os, ms| {
-                fq_kernel(xs, os, ms, inv, scale, lo, hi);
+                fq_kernel(xs, os, ms, [inv, scale, lo, hi]);
             });
             Ok(done.map(|()| (out, mask)))
         },

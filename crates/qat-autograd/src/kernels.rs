@@ -18,6 +18,19 @@ fn has_avx512() -> bool {
     }
 }
 
+/// `$wide(args)` (an AVX-512 build) where the CPU has AVX-512F, else `$body(args)`; returns from the
+/// enclosing function.
+macro_rules! pick {
+    ($wide:ident, $body:ident ($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            // SAFETY: the CPU has AVX-512F (checked just above), the only requirement of `$wide`.
+            return unsafe { $wide($($arg),*) };
+        }
+        $body($($arg),*)
+    }};
+}
+
 /// Defines `$name` as a dispatcher over two builds of the `#[inline(always)]` body `$body`: the
 /// AVX-512 one where the CPU has it, else the baseline one.
 macro_rules! dispatched {
@@ -25,12 +38,7 @@ macro_rules! dispatched {
         $(#[$doc])*
         #[inline(never)]
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx512() {
-                // SAFETY: the CPU has AVX-512F (checked just above), the only requirement of `$wide`.
-                return unsafe { $wide($($arg),*) };
-            }
-            $body($($arg),*)
+            pick!($wide, $body($($arg),*))
         }
 
         /// The AVX-512 build of the same body.
@@ -47,15 +55,7 @@ macro_rules! dispatched {
 
 dispatched!(
     /// `os[i] = FQ(xs[i])` and the clipped-STE mask `ms[i]`; see [`fq_body`].
-    pub(crate) fq_kernel => fq_body, fq_avx512(
-        xs: &[f32],
-        os: &mut [f32],
-        ms: Option<&mut [f32]>,
-        inv: f32,
-        scale: f32,
-        lo: f32,
-        hi: f32
-    )
+    pub(crate) fq_kernel => fq_body, fq_avx512(xs: &[f32], os: &mut [f32], ms: Option<&mut [f32]>, k: [f32; 4])
 );
 
 dispatched!(
@@ -74,12 +74,7 @@ dispatched!(
 #[doc(hidden)]
 #[inline(never)]
 pub fn plane_sums(p: &[f32]) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512F (checked just above), the only requirement.
-        return unsafe { plane_sums_avx512(p) };
-    }
-    plane_sums_body(p)
+    pick!(plane_sums_avx512, plane_sums_body(p))
 }
 
 /// [`plane_sums_body`] with its eight lanes in one `__m512d` per sum: lane `k` of `a` adds
@@ -110,13 +105,7 @@ unsafe fn plane_sums_avx512(p: &[f32]) -> (f64, f64) {
         _mm512_storeu_pd(la.as_mut_ptr(), a);
         _mm512_storeu_pd(lb.as_mut_ptr(), b);
     }
-    let (mut sa, mut sb) = (la.iter().sum::<f64>(), lb.iter().sum::<f64>());
-    for &v in rest {
-        let v = f64::from(v);
-        sa += v;
-        sb += v * v;
-    }
-    (sa, sb)
+    finish_sums(&la, &lb, rest)
 }
 
 /// `(min, max, has NaN)` of `p` (`(+∞, −∞, false)` when empty); see [`min_max_body`]. Where a
@@ -130,12 +119,7 @@ unsafe fn plane_sums_avx512(p: &[f32]) -> (f64, f64) {
 #[doc(hidden)]
 #[inline(never)]
 pub fn min_max(p: &[f32]) -> (f32, f32, bool) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512F (checked just above), the only requirement.
-        return unsafe { min_max_avx512(p) };
-    }
-    min_max_body(p)
+    pick!(min_max_avx512, min_max_body(p))
 }
 
 /// [`min_max_body`] with four independent 16-lane accumulators per bound (`vminps`/`vmaxps`), and
@@ -166,41 +150,24 @@ unsafe fn min_max_avx512(p: &[f32]) -> (f32, f32, bool) {
     }
     let l = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
     let h = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
-    let (mut l, mut h, mut n) = (_mm512_reduce_min_ps(l), _mm512_reduce_max_ps(h), nan != 0);
-    for &v in rest {
-        l = if v < l { v } else { l };
-        h = if v > h { v } else { h };
-        n |= v.is_nan();
-    }
-    (l, h, n)
+    min_max_fold(
+        (_mm512_reduce_min_ps(l), _mm512_reduce_max_ps(h), nan != 0),
+        rest,
+    )
 }
 
-/// Minimum and maximum over sixteen lanes (lane `k` takes `k, k + 16, …`), then over the lanes and
-/// the tail; NaN is flagged separately (`v ≠ v`), not propagated. A minimum and a maximum are exact
-/// in any order, but for the sign of a zero result, which no parameter derived from the range
-/// depends on (qat-core's `min(lo, 0)` and `|lo|` treat `−0` as `+0`).
+/// The baseline build: one pass of [`min_max_fold`]. A minimum and a maximum are exact in any
+/// order, but for the sign of a zero result, which no parameter derived from the range depends on
+/// (qat-core's `min(lo, 0)` and `|lo|` treat `−0` as `+0`).
 #[inline(always)]
 fn min_max_body(p: &[f32]) -> (f32, f32, bool) {
-    let mut lo = [f32::INFINITY; 16];
-    let mut hi = [f32::NEG_INFINITY; 16];
-    let mut nan = [0u32; 16];
-    let chunks = p.chunks_exact(16);
-    let rest = chunks.remainder();
-    for ch in chunks {
-        for k in 0..16 {
-            let v = ch[k];
-            lo[k] = if v < lo[k] { v } else { lo[k] };
-            hi[k] = if v > hi[k] { v } else { hi[k] };
-            nan[k] |= u32::from(v.is_nan());
-        }
-    }
-    let (mut l, mut h, mut n) = (f32::INFINITY, f32::NEG_INFINITY, false);
-    for k in 0..16 {
-        l = if lo[k] < l { lo[k] } else { l };
-        h = if hi[k] > h { hi[k] } else { h };
-        n |= nan[k] != 0;
-    }
-    for &v in rest {
+    min_max_fold((f32::INFINITY, f32::NEG_INFINITY, false), p)
+}
+
+/// `(min, max, has NaN)` of `acc` and the values of `p`; NaN is flagged (`v ≠ v`), not propagated.
+#[inline(always)]
+fn min_max_fold((mut l, mut h, mut n): (f32, f32, bool), p: &[f32]) -> (f32, f32, bool) {
+    for &v in p {
         l = if v < l { v } else { l };
         h = if v > h { v } else { h };
         n |= v.is_nan();
@@ -224,6 +191,12 @@ fn plane_sums_body(p: &[f32]) -> (f64, f64) {
             b[k] += v * v;
         }
     }
+    finish_sums(&a, &b, rest)
+}
+
+/// The end of both builds of [`plane_sums`]: the eight lanes of each sum in order, then the tail.
+#[inline(always)]
+fn finish_sums(a: &[f64; 8], b: &[f64; 8], rest: &[f32]) -> (f64, f64) {
     let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
     for &v in rest {
         let v = f64::from(v);
@@ -271,19 +244,13 @@ fn fq_ste_body(xs: &[f32], bs: &mut [f32], ms: &mut [f32], k: [f32; 6]) {
     }
 }
 
-/// The loop of [`fq_parts_cpu`](crate::fake_quant::fq_parts_cpu): `os[i] = FQ(xs[i])`, `ms[i]` = clipped-STE mask. Plain `f32`
+/// The loop of [`fq_parts_cpu`](crate::fake_quant::fq_parts_cpu), `k = [1/S, S, qmin − Z, qmax − Z]`:
+/// `os[i] = FQ(xs[i])`, `ms[i]` = clipped-STE mask. Plain `f32`
 /// arguments and branch-free selects (comparisons are false for NaN, which takes the last select) so
 /// that the loop vectorizes.
 #[inline(always)]
-fn fq_body(
-    xs: &[f32],
-    os: &mut [f32],
-    ms: Option<&mut [f32]>,
-    inv: f32,
-    scale: f32,
-    lo: f32,
-    hi: f32,
-) {
+fn fq_body(xs: &[f32], os: &mut [f32], ms: Option<&mut [f32]>, k: [f32; 4]) {
+    let [inv, scale, lo, hi] = k;
     let n = xs.len().min(os.len());
     let (xs, os) = (&xs[..n], &mut os[..n]);
     let code = |v: f32| code_of(v, inv, lo, hi);
@@ -331,8 +298,8 @@ mod tests {
             let (inv, lo, hi) = (1.0 / scale, (-128 - z) as f32, (127 - z) as f32);
             let n = xs.len();
             let (mut o1, mut m1, mut o2, mut m2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-            fq_kernel(&xs, &mut o1, Some(&mut m1), inv, scale, lo, hi);
-            fq_body(&xs, &mut o2, Some(&mut m2), inv, scale, lo, hi);
+            fq_kernel(&xs, &mut o1, Some(&mut m1), [inv, scale, lo, hi]);
+            fq_body(&xs, &mut o2, Some(&mut m2), [inv, scale, lo, hi]);
             prop_assert!(same_bits(&o1, &o2) && same_bits(&m1, &m2));
             let k = [inv, scale, lo, hi, 0.0, 6.0];
             fq_ste_kernel(&xs, &mut o1, &mut m1, k);
