@@ -10,7 +10,7 @@
 //! device form equals bit for bit (tested). Nothing of that goes through [`crate::host_read`]: it is
 //! not a device read.
 //!
-//! [`set_fast_paths`]`(false)` makes this thread take the device form on the CPU too (the same
+//! [`set_fast_paths`]`(false)` (or [`with_fast_paths`]) makes this thread take the device form on the CPU too (the same
 //! ops as on a GPU), so that tests can check that form, its values and its zero host reads, on any
 //! machine.
 //!
@@ -19,9 +19,8 @@
 //! use tch::Tensor;
 //! let t = Tensor::from_slice(&[1.5f32, -2.0]);
 //! assert_eq!(cpu::with_slice(&t, |v: &[f32]| v.iter().sum::<f32>()), Some(-0.5));
-//! let was = cpu::set_fast_paths(false);
-//! assert_eq!(cpu::with_slice(&t, |v: &[f32]| v.len()), None); // the device form
-//! cpu::set_fast_paths(was);
+//! let off = cpu::with_fast_paths(false, || cpu::with_slice(&t, |v: &[f32]| v.len()));
+//! assert_eq!(off, None); // the device form
 //! ```
 
 use std::cell::Cell;
@@ -41,6 +40,25 @@ pub fn fast_paths() -> bool {
 /// Turns this thread's host fast paths on or off; returns the previous setting.
 pub fn set_fast_paths(on: bool) -> bool {
     FAST.with(|f| f.replace(on))
+}
+
+/// `f()` with this thread's host fast paths set to `on`, restored afterwards (also when `f`
+/// panics).
+///
+/// ```
+/// use qat_autograd::cpu;
+/// assert!(!cpu::with_fast_paths(false, cpu::fast_paths));
+/// assert!(cpu::fast_paths());
+/// ```
+pub fn with_fast_paths<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_fast_paths(self.0);
+        }
+    }
+    let _restore = Restore(set_fast_paths(on));
+    f()
 }
 
 /// Whether `t` is a contiguous CPU tensor of `T`'s kind and the fast paths are on: whether

@@ -40,9 +40,7 @@ fn no_host_read_in_a_training_step() {
     // Both forms of the step on the CPU: the host fast paths (the default) and, with them off, the
     // device form a GPU runs.
     for fast in [true, false] {
-        let was = qat_autograd::cpu::set_fast_paths(fast);
-        training_steps_read_nothing(fast);
-        qat_autograd::cpu::set_fast_paths(was);
+        qat_autograd::cpu::with_fast_paths(fast, || training_steps_read_nothing(fast));
     }
 }
 

@@ -310,9 +310,7 @@ fn device_parameters_equal_qat_core_bit_for_bit() {
 #[test]
 fn device_updates_equal_the_host_path_and_read_nothing() {
     for fast in [true, false] {
-        let was = qat_autograd::cpu::set_fast_paths(fast);
-        device_updates_equal_the_host_path(fast);
-        qat_autograd::cpu::set_fast_paths(was);
+        qat_autograd::cpu::with_fast_paths(fast, || device_updates_equal_the_host_path(fast));
     }
 }
 
