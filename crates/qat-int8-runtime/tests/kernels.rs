@@ -707,14 +707,27 @@ fn thread_count_does_not_change_results() {
     let model = common::zoo_model();
     let x =
         ndarray::ArrayD::from_shape_vec(vec![4, 8, 8, 3], Rng(9).f32s(4 * 192, -1.0, 1.0)).unwrap();
-    let run = |threads: usize| {
+    // `None`: the default split (chunks of the batch per thread); `Some(w)`: one chunk, ops
+    // split from `w` units of work (0: every op).
+    let run = |threads: usize, op_split: Option<usize>| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| Executor::new(&model).unwrap().run_all(x.view()).unwrap())
+        pool.install(|| {
+            let exec = Executor::new(&model).unwrap();
+            let mut exec = match op_split {
+                Some(w) => exec.with_op_split(w),
+                None => exec,
+            };
+            exec.run_all(x.view()).unwrap()
+        })
     };
-    assert_eq!(run(1), run(3));
+    let want = run(1, None);
+    assert_eq!(want, run(3, None));
+    assert_eq!(want, run(2, Some(0)));
+    assert_eq!(want, run(3, Some(0)));
+    assert_eq!(want, run(1, Some(0)));
 }
 
 /// The single-shift output stage equals `requantize_with` lane by lane over the whole int32
