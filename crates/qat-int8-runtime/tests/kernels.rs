@@ -280,6 +280,24 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
+/// Dense convs with 1–4 input channels on inputs up to 30×30, kernels up to 5×5, strides up to
+/// 3, any padding up to 2 (and dilation 1 or 2).
+fn small_cin_conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..31, 1usize..31, 1usize..5, 1usize..40),
+        (1usize..6, 1usize..6, 1usize..4, 1usize..4, 1usize..3),
+        [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        (1usize..4, values(), any::<u64>()),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |((h, w, cin, cout), (kh, kw, sh, sw, dh), padding, run)| {
+                let window = (kh, kw, sh, sw, dh, 1);
+                ConvCase::fitting([h, w], [cin, cout, 1], window, padding, run, false)
+            },
+        )
+}
+
 impl ConvCase {
     /// The case, if its window `(kh, kw, sh, sw, dh, dw)` fits the padded `[h, w]` input;
     /// `channels` is `[C_in, C_out, groups]`, `run` is `(batch, values, seed)`.
@@ -498,6 +516,14 @@ macro_rules! kernel_suites {
 
                 #[test]
                 fn conv_matches_reference(case in conv_case(), also_scalar in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    case.check($path, also_scalar)?;
+                }
+
+                /// Dense convs with few input channels (the stems: the im2col copies rows of
+                /// `kh` spans of `kw·C_in` bytes, pixel after pixel along an output line).
+                #[test]
+                fn small_cin_conv_matches_reference(case in small_cin_conv_case(), also_scalar in any::<bool>()) {
                     if !supported() { return Ok(()); }
                     case.check($path, also_scalar)?;
                 }
