@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
 use super::igemm::block_indirect;
-use super::requant::tile_epilogue;
+use super::tile_store::tile_epilogue;
 use crate::kernels::frame::gemm::{Block, IndirectBlock, TileArgs, tile_loop};
 use crate::kernels::frame::{Epilogue, GemmKernel, OutPtr};
 
