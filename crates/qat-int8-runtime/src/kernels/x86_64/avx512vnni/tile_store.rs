@@ -132,6 +132,9 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
     let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
     // SAFETY: as documented; the constant arrays cover every padded column.
     unsafe {
+        if cols > 32 {
+            return tile_store_packed(acc, e, ss, col0, cols, p, ld);
+        }
         for j in 0..4 {
             if 16 * j >= cols {
                 break;
@@ -150,6 +153,59 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
                 let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
                 _mm_mask_storeu_epi8(p.add(r * ld + col).cast(), mask, _mm512_cvtepi32_epi8(q));
             }
+        }
+    }
+}
+
+/// [`tile_epilogue_single_shift`] for a tile of more than 32 columns: each row's four vectors
+/// are narrowed together by saturating packs (exact: the clamp to `[lo, hi] ⊆ [0, 255]` that
+/// follows gives what clamping first gives), put back in column order by one dword permute and
+/// stored with one 64-byte masked store.
+///
+/// # Safety
+/// As [`tile_epilogue_single_shift`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_store_packed<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    ss: &SingleShift,
+    col0: usize,
+    cols: usize,
+    p: *mut u8,
+    ld: usize,
+) {
+    let mask = if cols >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << cols) - 1
+    };
+    // After the packs, 128-bit lane j holds dword k = columns 16k + 4j .. 16k + 4j + 3: dword
+    // 4j + k goes to 4k + j.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
+    // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
+    unsafe {
+        let f: [RqFused16; 4] = std::array::from_fn(|j| {
+            let col = col0 + 16 * j;
+            RqFused16::load(
+                e.m0.as_ptr().add(col),
+                ss.k.as_ptr().add(col),
+                ss.s.as_ptr().add(col),
+                e.rounding,
+            )
+        });
+        let bias: [__m512i; 4] =
+            std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
+        for (r, accr) in acc.iter().enumerate() {
+            let q = |j: usize| requantize16_fused(_mm512_add_epi32(accr[j], bias[j]), &f[j]);
+            let v = _mm512_packus_epi16(
+                _mm512_packs_epi32(q(0), q(1)),
+                _mm512_packs_epi32(q(2), q(3)),
+            );
+            let v = _mm512_permutexvar_epi32(order, v);
+            let v = _mm512_min_epu8(_mm512_max_epu8(v, lo), hi);
+            _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, v);
         }
     }
 }
