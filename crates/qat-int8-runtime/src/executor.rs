@@ -3,14 +3,16 @@
 //! Buffers for every tensor are planned once per batch size and reused; per-op constants (add and
 //! rescale multipliers, packed weights, zero-point-corrected biases) are prepared once in
 //! [`Executor::with_path`], each plan bound to its kernel path's ISA then. With several rayon
-//! threads and several samples, the batch is split into chunks of whole samples (a multiple of the
-//! thread count, of near-equal sizes) that the threads take through the whole model, each op on
-//! one thread: no op waits for another thread. Otherwise the ops run on the calling thread, each
-//! split across threads only when its work is large enough to pay for it. Either way a chunk runs
-//! in tiles of samples sized so that a tile's tensors fit in about half of a core's L2 cache; on
-//! each tile the ops run in the model's (topological) order. Every output element is computed by
-//! the same integer code whatever the split, so results are identical for any thread count. The executor borrows the model ([`Executor::new`]) or shares
-//! it ([`Executor::from_arc`]); it never copies it.
+//! threads and several samples, the batch is split into chunks of whole samples (of near-equal
+//! sizes; a multiple of the thread count when there are at least as many samples as threads)
+//! that the threads take through the whole model, each op on one thread: no op waits for
+//! another thread. Otherwise the ops run on the calling thread, each split across threads only
+//! when its work is large enough to pay for it (also inside the chunks of a batch smaller than
+//! the thread count). Either way a chunk runs in tiles of samples sized so that a tile's tensors
+//! fit in about half of a core's L2 cache; on each tile the ops run in the model's (topological)
+//! order. Every output element is computed by the same integer code whatever the split, so
+//! results are identical for any thread count. The executor borrows the model
+//! ([`Executor::new`]) or shares it ([`Executor::from_arc`]); it never copies it.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -534,14 +536,19 @@ impl<'m> Executor<'m> {
         if let [view] = views.as_mut_slice() {
             par::with_min_split_work(min_work, || this.run_chunk(view, n, tile));
         } else {
+            // As many chunks as threads or more: every thread has whole samples, no op splits.
+            // Fewer (a batch smaller than the thread count): large ops may still split.
+            let inner = if chunks.len() >= threads {
+                usize::MAX
+            } else {
+                min_work
+            };
             views
                 .into_par_iter()
                 .zip(chunks)
                 .with_max_len(1)
                 .for_each(|(mut view, c)| {
-                    par::with_min_split_work(usize::MAX, || {
-                        this.run_chunk(&mut view, c.len(), tile)
-                    })
+                    par::with_min_split_work(inner, || this.run_chunk(&mut view, c.len(), tile))
                 });
         }
         self.bufs = bufs;

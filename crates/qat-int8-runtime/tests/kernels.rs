@@ -769,6 +769,8 @@ fn thread_count_does_not_change_results() {
     };
     let want = run(1, None);
     assert_eq!(want, run(3, None));
+    // More threads than samples: fewer chunks than threads.
+    assert_eq!(want, run(8, None));
     assert_eq!(want, run(2, Some(0)));
     assert_eq!(want, run(3, Some(0)));
     assert_eq!(want, run(1, Some(0)));

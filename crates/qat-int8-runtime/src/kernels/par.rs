@@ -4,7 +4,8 @@
 //! least the calling thread's threshold, by default [`MIN_SPLIT_WORK`]: below it, waking another
 //! thread and joining it costs more than the share of the work it takes. The executor runs a
 //! batch split across threads (each thread takes whole samples through the whole model) with the
-//! threshold at `usize::MAX` ([`with_min_split_work`]), so that no op inside splits again. The
+//! threshold at `usize::MAX` ([`with_min_split_work`]) when every thread has a chunk, so that no
+//! op inside splits again. The
 //! decision is taken on the thread that calls the op, before any task starts; whatever it is,
 //! every output element is computed by the same code, so results never depend on it.
 
