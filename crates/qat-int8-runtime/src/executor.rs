@@ -2,26 +2,31 @@
 //!
 //! Buffers for every tensor are planned once per batch size and reused; per-op constants (add and
 //! rescale multipliers, packed weights, zero-point-corrected biases) are prepared once in
-//! [`Executor::with_path`], each plan bound to its kernel path's ISA then. The batch runs in tiles
-//! of samples sized so that a tile's tensors fit in about half of a core's L2 cache; on each tile
-//! the ops run in the model's (topological) order, each parallelized with rayon over samples,
-//! output rows or GEMM row tiles. Every
-//! output element is computed by the same integer code whatever the split, so results are
-//! identical for any thread count. The executor borrows the model ([`Executor::new`]) or shares
-//! it ([`Executor::from_arc`]); it never copies it.
+//! [`Executor::with_path`], each plan bound to its kernel path's ISA then. With several rayon
+//! threads and several samples, the batch is split into chunks of whole samples (of near-equal
+//! sizes; a multiple of the thread count when there are at least as many samples as threads)
+//! that the threads take through the whole model, each op on one thread: no op waits for
+//! another thread. Otherwise the ops run on the calling thread, each split across threads only
+//! when its work is large enough to pay for it (also inside the chunks of a batch smaller than
+//! the thread count). Either way a chunk runs in tiles of samples sized so that a tile's tensors
+//! fit in about half of a core's L2 cache; on each tile the ops run in the model's (topological)
+//! order. Every output element is computed by the same integer code whatever the split, so
+//! results are identical for any thread count. The executor borrows the model
+//! ([`Executor::new`]) or shares it ([`Executor::from_arc`]); it never copies it.
 
 use std::ops::Deref;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use qat_core::QuantParams;
+use rayon::prelude::*;
 use thiserror::Error;
 
-use crate::kernels::KernelPath;
 use crate::kernels::add::{AddParams, Rescale};
 use crate::kernels::conv::{ConvIo, ConvPlan, FcIo, FcPlan};
 use crate::kernels::pool::{AvgPoolRescale, PoolGeom};
 use crate::kernels::quantize::QuantizePlan;
+use crate::kernels::{KernelPath, par};
 use crate::model::{DType, Int8Model, Op, TensorId};
 use crate::validate::{ValidationError, elements};
 
@@ -156,6 +161,18 @@ pub struct Executor<'m> {
     sizes: Vec<usize>,
     /// Samples per tile of a run.
     tile: Tile,
+    /// How a run uses rayon's threads.
+    split: Split,
+}
+
+/// How a run uses rayon's threads.
+#[derive(Debug, Clone, Copy)]
+enum Split {
+    /// Chunks of the batch per thread when there are several threads and samples, else ops
+    /// split from the default work threshold.
+    Auto,
+    /// One chunk; ops split from this much work ([`Executor::with_op_split`]).
+    PerOp(usize),
 }
 
 /// How many samples a tile of a run holds.
@@ -337,6 +354,7 @@ impl<'m> Executor<'m> {
             batch: None,
             sizes,
             tile,
+            split: Split::Auto,
         })
     }
 
@@ -345,6 +363,15 @@ impl<'m> Executor<'m> {
     #[doc(hidden)]
     pub fn with_tile_samples(mut self, samples: usize) -> Self {
         self.tile = Tile::Fixed(samples.max(1));
+        self
+    }
+
+    /// Never splits the batch across threads; splits each op whose work (multiply-accumulates, or
+    /// elements) is at least `min_work` instead (tests: `0` splits every op, and every split gives
+    /// the same results).
+    #[doc(hidden)]
+    pub fn with_op_split(mut self, min_work: usize) -> Self {
+        self.split = Split::PerOp(min_work);
         self
     }
 
@@ -440,23 +467,29 @@ impl<'m> Executor<'m> {
     }
 
     fn plan_buffers(&mut self, n: usize) -> Result<(), RunError> {
-        if self.batch == Some(n) {
+        if self.batch == Some(n) && self.bufs.len() == self.model.tensors.len() {
             return Ok(());
         }
         // Only a complete plan is marked as such: an error half-way replans next time.
         self.batch = None;
-        for (t, info) in self.model.tensors.iter().enumerate() {
-            let len = self.sizes[t]
-                .checked_mul(n)
-                .ok_or(RunError::BatchTooLarge {
-                    batch: n,
-                    tensor: t,
-                })?;
-            self.bufs[t] = match info.dtype {
-                DType::U8 => Buf::U8(vec![0; len]),
-                DType::F32 => Buf::F32(vec![0.0; len]),
-            };
-        }
+        self.bufs = self
+            .model
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(t, info)| {
+                let len = self.sizes[t]
+                    .checked_mul(n)
+                    .ok_or(RunError::BatchTooLarge {
+                        batch: n,
+                        tensor: t,
+                    })?;
+                Ok(match info.dtype {
+                    DType::U8 => Buf::U8(vec![0; len]),
+                    DType::F32 => Buf::F32(vec![0.0; len]),
+                })
+            })
+            .collect::<Result<_, RunError>>()?;
         self.batch = Some(n);
         Ok(())
     }
@@ -485,28 +518,59 @@ impl<'m> Executor<'m> {
                 None => unreachable!("validated model: the U8 input has params"),
             },
         }
-        // The whole model runs on one tile of samples after the other, so that a tile's
-        // tensors stay in cache from the op that writes them to the ops that read them. A
-        // default tile holds at least one sample per thread (ops that split over samples keep
-        // every thread busy).
-        let tile = match self.tile {
-            Tile::Fixed(t) => t,
-            Tile::Cache(t) => t.max(rayon::current_num_threads()),
+        let threads = rayon::current_num_threads();
+        let (tile, chunks, min_work) = match (self.tile, self.split) {
+            (Tile::Fixed(t) | Tile::Cache(t), Split::Auto) => {
+                (t, chunks(n, threads, t), par::MIN_SPLIT_WORK)
+            }
+            // A tile holds at least one sample per thread, so that ops split over samples keep
+            // every thread busy.
+            (Tile::Cache(t), Split::PerOp(w)) => (t.max(threads), chunks(n, 1, t), w),
+            (Tile::Fixed(t), Split::PerOp(w)) => (t, chunks(n, 1, t), w),
         };
         let tile = tile.clamp(1, n.max(1));
-        for s0 in (0..n).step_by(tile) {
-            let tile = s0..(s0 + tile).min(n);
-            for (i, op) in model.ops.iter().enumerate() {
-                let out_id = op.output();
-                let mut out = std::mem::take(&mut self.bufs[out_id]);
-                #[cfg(test)]
-                tests::fault_point(i);
-                self.run_op(i, op, tile.clone(), &mut out);
-                self.bufs[out_id] = out;
-            }
+        // The buffers leave `self` for the run: each chunk gets its samples of every tensor.
+        let mut bufs = std::mem::take(&mut self.bufs);
+        let mut views = chunk_views(&mut bufs, &self.sizes, &chunks);
+        let this = &*self;
+        if let [view] = views.as_mut_slice() {
+            par::with_min_split_work(min_work, || this.run_chunk(view, n, tile));
+        } else {
+            // As many chunks as threads or more: every thread has whole samples, no op splits.
+            // Fewer (a batch smaller than the thread count): large ops may still split.
+            let inner = if chunks.len() >= threads {
+                usize::MAX
+            } else {
+                min_work
+            };
+            views
+                .into_par_iter()
+                .zip(chunks)
+                .with_max_len(1)
+                .for_each(|(mut view, c)| {
+                    par::with_min_split_work(inner, || this.run_chunk(&mut view, c.len(), tile))
+                });
         }
+        self.bufs = bufs;
         self.batch = Some(n);
         Ok(())
+    }
+
+    /// Runs the whole model on `samples` samples (`views`: their part of every tensor), one tile
+    /// of samples after the other, so that a tile's tensors stay in cache from the op that writes
+    /// them to the ops that read them.
+    fn run_chunk(&self, views: &mut [View<'_>], samples: usize, tile: usize) {
+        for s0 in (0..samples).step_by(tile) {
+            let tile = s0..(s0 + tile).min(samples);
+            for (i, op) in self.model.ops.iter().enumerate() {
+                let out_id = op.output();
+                let mut out = std::mem::take(&mut views[out_id]);
+                #[cfg(test)]
+                tests::fault_point(i);
+                self.run_op(i, op, views, tile.clone(), &mut out);
+                views[out_id] = out;
+            }
+        }
     }
 }
 
@@ -538,7 +602,10 @@ fn array<T>(shape: Vec<usize>, data: Vec<T>) -> ArrayD<T> {
         .unwrap_or_else(|_| unreachable!("buffer sized from the shape"))
 }
 
+mod chunks;
 mod ops;
+
+use chunks::{View, chunk_views, chunks};
 
 #[cfg(test)]
 #[path = "executor_tests.rs"]

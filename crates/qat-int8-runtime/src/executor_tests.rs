@@ -31,6 +31,15 @@ fn model() -> Int8Model {
 
 #[test]
 fn executor_recovers_after_a_caught_panic_in_any_op() {
+    // One thread: the ops run on the thread that armed the fault.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(recovers);
+}
+
+fn recovers() {
     let model = model();
     let x = ArrayD::from_shape_vec(vec![2, 3], vec![0.0f32, 0.5, 1.0, 2.0, 0.01, 9.0]).unwrap();
     let mut exec = Executor::new(&model).unwrap();

@@ -144,6 +144,13 @@ impl GemmCase {
         Self { rounding, ..self }
     }
 
+    /// The same case with every multiplier below 1 (drawn from `seed`): the AVX-512 GEMM then
+    /// requantizes through its single-shift stage.
+    fn below_one(self, seed: u64) -> Self {
+        let ms = gen_multipliers_below_one(&mut Rng(seed), self.ms.len());
+        Self { ms, ..self }
+    }
+
     /// The same case requantizing in `f64` with each column's multiplier as its scale.
     fn with_reals(self) -> Self {
         let reals = (0..self.n)
@@ -276,6 +283,24 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
                 let window = (kh, kw, sh, sw, dh, dw);
                 let run = (batch, values, seed);
                 ConvCase::fitting([h, w], [cin, cout, groups], window, padding, run, false)
+            },
+        )
+}
+
+/// Dense convs with 1–4 input channels on inputs up to 30×30, kernels up to 5×5, strides up to
+/// 3, any padding up to 2 (and dilation 1 or 2).
+fn small_cin_conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..31, 1usize..31, 1usize..5, 1usize..40),
+        (1usize..6, 1usize..6, 1usize..4, 1usize..4, 1usize..3),
+        [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        (1usize..4, values(), any::<u64>()),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |((h, w, cin, cout), (kh, kw, sh, sw, dh), padding, run)| {
+                let window = (kh, kw, sh, sw, dh, 1);
+                ConvCase::fitting([h, w], [cin, cout, 1], window, padding, run, false)
             },
         )
 }
@@ -464,6 +489,17 @@ macro_rules! kernel_suites {
                     }
                 }
 
+                /// Multipliers all below 1 (the single-shift output stage where an ISA has one),
+                /// every target, the zero point anywhere in `0..256`.
+                #[test]
+                fn gemm_below_one_matches_reference(m in 1usize..20, k in 1usize..150, n in 1usize..140, v in values(), seed in any::<u64>(), per_channel in any::<bool>(), direct in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    for rounding in Target::ALL {
+                        let case = GemmCase::new(m, k, n, v, seed, per_channel).with(rounding).below_one(seed ^ 1);
+                        prop_assert_eq!(case.run($path, direct, false), case.reference(), "{}", rounding);
+                    }
+                }
+
                 /// A layer with `f64` scales (LiteRT's reference fully connected) goes through the
                 /// frame's scalar stage, qat-core's `requantize_real`, on every path.
                 #[test]
@@ -498,6 +534,14 @@ macro_rules! kernel_suites {
 
                 #[test]
                 fn conv_matches_reference(case in conv_case(), also_scalar in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    case.check($path, also_scalar)?;
+                }
+
+                /// Dense convs with few input channels (the stems: the im2col copies rows of
+                /// `kh` spans of `kw·C_in` bytes, pixel after pixel along an output line).
+                #[test]
+                fn small_cin_conv_matches_reference(case in small_cin_conv_case(), also_scalar in any::<bool>()) {
                     if !supported() { return Ok(()); }
                     case.check($path, also_scalar)?;
                 }
@@ -707,14 +751,29 @@ fn thread_count_does_not_change_results() {
     let model = common::zoo_model();
     let x =
         ndarray::ArrayD::from_shape_vec(vec![4, 8, 8, 3], Rng(9).f32s(4 * 192, -1.0, 1.0)).unwrap();
-    let run = |threads: usize| {
+    // `None`: the default split (chunks of the batch per thread); `Some(w)`: one chunk, ops
+    // split from `w` units of work (0: every op).
+    let run = |threads: usize, op_split: Option<usize>| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| Executor::new(&model).unwrap().run_all(x.view()).unwrap())
+        pool.install(|| {
+            let exec = Executor::new(&model).unwrap();
+            let mut exec = match op_split {
+                Some(w) => exec.with_op_split(w),
+                None => exec,
+            };
+            exec.run_all(x.view()).unwrap()
+        })
     };
-    assert_eq!(run(1), run(3));
+    let want = run(1, None);
+    assert_eq!(want, run(3, None));
+    // More threads than samples: fewer chunks than threads.
+    assert_eq!(want, run(8, None));
+    assert_eq!(want, run(2, Some(0)));
+    assert_eq!(want, run(3, Some(0)));
+    assert_eq!(want, run(1, Some(0)));
 }
 
 /// The single-shift output stage equals `requantize_with` lane by lane over the whole int32

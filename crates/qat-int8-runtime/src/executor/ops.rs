@@ -2,74 +2,92 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::{Buf, Executor, OpPlan, hwc, quant};
-use crate::kernels::{KernelPath, gap, reference};
+use super::{Executor, OpPlan, View, hwc, quant};
+use crate::kernels::{KernelPath, gap, par, reference};
 use crate::model::{Op, TensorId};
 
+/// The tensors of a chunk of the batch as one op reads them.
+struct Inputs<'v, 'a> {
+    views: &'v [View<'a>],
+    sizes: &'v [usize],
+}
+
+impl<'v> Inputs<'v, '_> {
+    /// Samples `tile` (of the chunk) of U8 tensor `t`.
+    fn u8_buf(&self, t: TensorId, tile: &Range<usize>) -> &'v [u8] {
+        let per = self.sizes[t];
+        match &self.views[t] {
+            View::U8(v) => &v[tile.start * per..tile.end * per],
+            View::F32(_) => unreachable!("validated model: tensor {t} is U8"),
+        }
+    }
+
+    /// Samples `tile` (of the chunk) of F32 tensor `t`.
+    fn f32_buf(&self, t: TensorId, tile: &Range<usize>) -> &'v [f32] {
+        let per = self.sizes[t];
+        match &self.views[t] {
+            View::F32(v) => &v[tile.start * per..tile.end * per],
+            View::U8(_) => unreachable!("validated model: tensor {t} is F32"),
+        }
+    }
+}
+
 impl Executor<'_> {
-    /// Samples `tile` of U8 tensor `t`.
-    fn u8_buf(&self, t: TensorId, tile: &Range<usize>) -> &[u8] {
-        let per = self.sizes[t];
-        match &self.bufs[t] {
-            Buf::U8(v) => &v[tile.start * per..tile.end * per],
-            Buf::F32(_) => unreachable!("validated model: tensor {t} is U8"),
-        }
-    }
-
-    /// Samples `tile` of F32 tensor `t`.
-    fn f32_buf(&self, t: TensorId, tile: &Range<usize>) -> &[f32] {
-        let per = self.sizes[t];
-        match &self.bufs[t] {
-            Buf::F32(v) => &v[tile.start * per..tile.end * per],
-            Buf::U8(_) => unreachable!("validated model: tensor {t} is F32"),
-        }
-    }
-
-    /// Runs op `i` on the samples `tile` (every op computes each sample on its own).
-    pub(super) fn run_op(&self, i: usize, op: &Op, tile: Range<usize>, out: &mut Buf) {
+    /// Runs op `i` on the samples `tile` of a chunk (`views`: the chunk's part of every tensor;
+    /// every op computes each sample on its own).
+    pub(super) fn run_op(
+        &self,
+        i: usize,
+        op: &Op,
+        views: &[View<'_>],
+        tile: Range<usize>,
+        out: &mut View<'_>,
+    ) {
         let model = &*self.model;
         let so = self.sizes[op.output()];
         let n = tile.len();
+        let inputs = Inputs {
+            views,
+            sizes: &self.sizes,
+        };
         let out = match out {
-            Buf::U8(o) => TileOut::U8(&mut o[tile.start * so..tile.end * so]),
-            Buf::F32(o) => TileOut::F32(&mut o[tile.start * so..tile.end * so]),
+            View::U8(o) => TileOut::U8(&mut o[tile.start * so..tile.end * so]),
+            View::F32(o) => TileOut::F32(&mut o[tile.start * so..tile.end * so]),
         };
         match (op, &self.plans[i], out) {
             (Op::Quantize { input, .. }, OpPlan::Quantize(p), TileOut::U8(o)) => {
-                let x = self.f32_buf(*input, &tile);
+                let x = inputs.f32_buf(*input, &tile);
                 per_sample(o, so, |s, o| p.run(&x[s * so..(s + 1) * so], o));
             }
             (Op::Dequantize { input, .. }, _, TileOut::F32(o)) => {
-                let x = self.u8_buf(*input, &tile);
+                let x = inputs.u8_buf(*input, &tile);
                 let q = quant(model, *input);
                 per_sample(o, so, |s, o| {
                     reference::dequantize(&x[s * so..(s + 1) * so], &q, o)
                 });
             }
             (Op::Conv2d(c), OpPlan::Conv(plan), TileOut::U8(o)) => {
-                plan.run(c, self.u8_buf(c.input, &tile), n, o);
+                plan.run(c, inputs.u8_buf(c.input, &tile), n, o);
             }
             (Op::FullyConnected(f), OpPlan::Fc(plan), TileOut::U8(o)) => {
-                plan.run(f, self.u8_buf(f.input, &tile), n, o);
+                plan.run(f, inputs.u8_buf(f.input, &tile), n, o);
             }
             (Op::Add { a, b, .. }, OpPlan::Add(p), TileOut::U8(o)) => {
-                let (xa, xb) = (self.u8_buf(*a, &tile), self.u8_buf(*b, &tile));
+                let (xa, xb) = (inputs.u8_buf(*a, &tile), inputs.u8_buf(*b, &tile));
                 per_sample(o, so, |s, o| {
                     reference::add(&xa[s * so..(s + 1) * so], &xb[s * so..(s + 1) * so], p, o)
                 });
             }
-            (Op::Concat { inputs, .. }, OpPlan::Concat(rescales), TileOut::U8(o)) => {
+            (Op::Concat { inputs: ts, .. }, OpPlan::Concat(rescales), TileOut::U8(o)) => {
                 // Each input's rows of `c` channels, rescaled into the output's rows.
                 let total = *model.tensors[op.output()].shape.last().unwrap_or(&1);
                 per_sample(o, so, |s, o| {
                     let rows = so / total;
                     let mut off = 0;
-                    for (&t, r) in inputs.iter().zip(rescales) {
+                    for (&t, r) in ts.iter().zip(rescales) {
                         let len = self.sizes[t];
                         let c = *model.tensors[t].shape.last().unwrap_or(&1);
-                        let x = &self.u8_buf(t, &tile)[s * len..(s + 1) * len];
+                        let x = &inputs.u8_buf(t, &tile)[s * len..(s + 1) * len];
                         for row in 0..rows {
                             reference::rescale(
                                 &x[row * c..(row + 1) * c],
@@ -83,14 +101,14 @@ impl Executor<'_> {
             }
             (Op::AvgPool2d(pool), OpPlan::AvgPool(p), TileOut::U8(o)) => {
                 let input = pool.input;
-                let (x, si) = (self.u8_buf(input, &tile), self.sizes[input]);
+                let (x, si) = (inputs.u8_buf(input, &tile), self.sizes[input]);
                 let (r, g) = &**p;
                 per_sample(o, so, |s, o| {
                     reference::avg_pool2d(&x[s * si..(s + 1) * si], g, r, o)
                 });
             }
             (Op::GlobalAvgPool { input, .. }, OpPlan::Pool(r), TileOut::U8(o)) => {
-                let (x, si) = (self.u8_buf(*input, &tile), self.sizes[*input]);
+                let (x, si) = (inputs.u8_buf(*input, &tile), self.sizes[*input]);
                 let ih = hwc(model, *input);
                 let fast = self.path != KernelPath::Reference;
                 per_sample(o, so, |s, o| {
@@ -104,16 +122,16 @@ impl Executor<'_> {
             }
             (Op::MaxPool2d(pool), OpPlan::MaxPool(g), TileOut::U8(o)) => {
                 let input = pool.input;
-                let (x, si) = (self.u8_buf(input, &tile), self.sizes[input]);
+                let (x, si) = (inputs.u8_buf(input, &tile), self.sizes[input]);
                 per_sample(o, so, |s, o| {
                     reference::max_pool2d(&x[s * si..(s + 1) * si], g, o)
                 });
             }
             (Op::Reshape { input, .. }, _, TileOut::U8(o)) => {
-                o.copy_from_slice(self.u8_buf(*input, &tile))
+                o.copy_from_slice(inputs.u8_buf(*input, &tile))
             }
             (Op::Reshape { input, .. }, _, TileOut::F32(o)) => {
-                o.copy_from_slice(self.f32_buf(*input, &tile))
+                o.copy_from_slice(inputs.f32_buf(*input, &tile))
             }
             _ => unreachable!(
                 "validated model: op {i} ({}) has consistent dtypes and plan",
@@ -129,12 +147,9 @@ enum TileOut<'a> {
     F32(&'a mut [f32]),
 }
 
-/// Runs `f(sample, out_sample)` over the batch in parallel (rayon).
+/// Runs `f(sample, out_sample)` over the tile's samples, split across threads when the output
+/// is large enough ([`par::for_each_chunk`], one unit of work per output element).
 fn per_sample<T: Send>(out: &mut [T], per: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    if per == 0 {
-        return;
-    }
-    out.par_chunks_mut(per)
-        .enumerate()
-        .for_each(|(s, o)| f(s, o));
+    let work = out.len();
+    par::for_each_chunk(out, per, work, f);
 }

@@ -13,11 +13,11 @@
 
 use qat_core::QuantParams;
 use qat_core::target::Target;
-use rayon::prelude::*;
 
 use super::frame::{
     ASource, DepthwisePlan, DepthwiseShape, KernelError, LayerSpec, OutPtr, PackedB,
 };
+use super::par::for_each_chunk;
 use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
@@ -238,9 +238,11 @@ impl ConvPlan {
             conv.weight_shape == self.geom.weight_shape && conv.groups == self.geom.groups,
             "conv op differs from the one the plan was built for"
         );
+        let [_, kh, kw, cig] = self.geom.weight_shape;
+        let work = (n * so).saturating_mul(kh * kw * cig);
         match &self.imp {
             ConvImpl::Reference => match (out, out_i32) {
-                (Some(out), _) => out.par_chunks_mut(so).enumerate().for_each(|(s, o)| {
+                (Some(out), _) => for_each_chunk(&mut out[..n * so], so, work, |s, o| {
                     reference::conv2d(
                         &input[s * si..(s + 1) * si],
                         self.in_hwc,
@@ -252,7 +254,7 @@ impl ConvPlan {
                         o,
                     )
                 }),
-                (None, Some(out)) => out.par_chunks_mut(so).enumerate().for_each(|(s, o)| {
+                (None, Some(out)) => for_each_chunk(&mut out[..n * so], so, work, |s, o| {
                     reference::conv2d_acc(
                         &input[s * si..(s + 1) * si],
                         self.in_hwc,
@@ -271,7 +273,6 @@ impl ConvPlan {
             },
             ConvImpl::Gemm(groups) => {
                 let m = n * ho * wo;
-                let [_, kh, kw, cig] = self.geom.weight_shape;
                 let cog = cout / self.geom.groups;
                 let ptr = match (out, out_i32) {
                     (Some(o), _) => OutPtr::U8(o.as_mut_ptr(), cout),
@@ -427,7 +428,7 @@ impl FcPlan {
             );
         }
         match &self.packed {
-            None => out.par_chunks_mut(cout).enumerate().for_each(|(s, o)| {
+            None => for_each_chunk(&mut out[..n * cout], cout, n * cout * cin, |s, o| {
                 reference::fully_connected(
                     &input[s * cin..(s + 1) * cin],
                     self.zp_in,

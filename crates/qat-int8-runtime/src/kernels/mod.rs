@@ -38,6 +38,7 @@ pub(crate) mod add;
 pub(crate) mod conv;
 pub(crate) mod frame;
 pub(crate) mod gap;
+pub(crate) mod par;
 mod path;
 pub(crate) mod pool;
 pub(crate) mod portable;

@@ -102,6 +102,11 @@ impl ConvPlan {
 
     /// [`ConvPlan::im2col`] with inside rows copied as spans of `L` bytes (`L = kw·C_in`; `L = 0`:
     /// spans of a run-time length, or no spans when `cig ≠ C_in` or the width is dilated).
+    ///
+    /// Rows go output line by output line: on a line whose kernel rows are all inside the input,
+    /// the pixels whose taps are all inside (a range of `ow` fixed by the geometry) are copied by
+    /// one loop that advances the source by `sw·C_in` bytes per row; the others go
+    /// [`ConvPlan::im2col_row`].
     #[allow(clippy::too_many_arguments)]
     fn im2col_rows<const L: usize>(
         &self,
@@ -117,69 +122,118 @@ impl ConvPlan {
         let [ho, wo, _] = self.out_hwc;
         let [_, kh, kw, _] = self.geom.weight_shape;
         let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);
-        let (pt, pl) = (self.geom.padding[0] as isize, self.geom.padding[1] as isize);
+        let (pt, pl) = (self.geom.padding[0], self.geom.padding[1]);
         let k = kh * kw * cig;
-        let zp = self.zp_in.clamp(0, 255) as u8;
-        let span = cig == cin && dw == 1;
-        let len = kw * cin;
+        let fast = L > 0 && cig == cin && dw == 1 && kh * L == k && k <= kp;
+        // Output columns whose taps are all inside the width: ow·sw ≥ pl and
+        // ow·sw − pl + (kw − 1)·dw < w.
+        let ow_lo = pl.div_ceil(sw).min(wo);
+        let ow_hi = (w + pl)
+            .checked_sub((kw - 1) * dw)
+            .map_or(0, |e| e.div_ceil(sw))
+            .clamp(ow_lo, wo);
         let hstep = dh * w * cin;
         let sample_len = h * w * cin;
         let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
         let (mut oh, mut ow) = (pix / wo, pix % wo);
-        for r in 0..rows {
-            let row = &mut dst[r * kp..(r + 1) * kp];
+        let mut r = 0;
+        while r < rows {
+            // The rows of output line (s, oh) from column ow.
+            let end = wo.min(ow + rows - r);
             let sample = &input[s * sample_len..(s + 1) * sample_len];
-            let ih0 = (oh * sh) as isize - pt;
-            let iw0 = (ow * sw) as isize - pl;
-            let inside_w = iw0 >= 0 && iw0 as usize + (kw - 1) * dw < w;
+            let ih0 = (oh * sh) as isize - pt as isize;
             let inside_h = ih0 >= 0 && ih0 as usize + (kh - 1) * dh < h;
-            if span && inside_w && inside_h && L > 0 {
-                // kh spans of L bytes, hstep apart in the sample, end to end in the row.
-                let base = (ih0 as usize * w + iw0 as usize) * cin;
-                assert!(base + (kh - 1) * hstep + L <= sample.len() && kh * L <= row.len());
-                // SAFETY: the assert keeps every span inside `sample` and `row` (distinct
-                // buffers).
-                unsafe {
-                    let (src, dst) = (sample.as_ptr().add(base), row.as_mut_ptr());
-                    for i in 0..kh {
-                        std::ptr::copy_nonoverlapping(src.add(i * hstep), dst.add(i * L), L);
-                    }
-                }
-            } else if span && inside_w && inside_h {
-                let base = (ih0 as usize * w + iw0 as usize) * cin;
-                for i in 0..kh {
-                    let at = base + i * hstep;
-                    row[i * len..(i + 1) * len].copy_from_slice(&sample[at..at + len]);
-                }
+            let (a, b) = if fast && inside_h {
+                (ow_lo.clamp(ow, end), ow_hi.clamp(ow, end))
             } else {
-                for i in 0..kh {
-                    let ih = ih0 + (i * dh) as isize;
-                    let seg = &mut row[i * kw * cig..(i + 1) * kw * cig];
-                    if ih < 0 || ih as usize >= h {
-                        seg.fill(zp);
-                        continue;
-                    }
-                    let line = &sample[ih as usize * w * cin..(ih as usize + 1) * w * cin];
-                    for j in 0..kw {
-                        let iw = iw0 + (j * dw) as isize;
-                        let tap = &mut seg[j * cig..(j + 1) * cig];
-                        if iw >= 0 && (iw as usize) < w {
-                            let at = iw as usize * cin + ch0;
-                            tap.copy_from_slice(&line[at..at + cig]);
-                        } else {
-                            tap.fill(zp);
+                (end, end)
+            };
+            for c in (ow..a).chain(b..end) {
+                let row = &mut dst[(r + c - ow) * kp..(r + c - ow + 1) * kp];
+                self.im2col_row(sample, [oh, c], ch0, cig, row);
+                fill_small(&mut row[k..], 0);
+            }
+            if a < b {
+                let first = (ih0 as usize * w + a * sw - pl) * cin;
+                let step = sw * cin;
+                let last = first + (b - 1 - a) * step + (kh - 1) * hstep + L;
+                let span = &mut dst[(r + a - ow) * kp..(r + b - ow) * kp];
+                assert!(last <= sample.len() && kh * L <= kp);
+                // SAFETY: row c of the span reads kh spans of L bytes from first + (c − a)·step,
+                // hstep apart, the last one ending at `last` ≤ sample.len() (assert); it writes
+                // its kp bytes inside `span` (a distinct buffer), kh·L ≤ kp (assert).
+                unsafe {
+                    let (mut src, mut out) = (sample.as_ptr().add(first), span.as_mut_ptr());
+                    for _ in a..b {
+                        for i in 0..kh {
+                            std::ptr::copy_nonoverlapping(src.add(i * hstep), out.add(i * L), L);
                         }
+                        for j in k..kp {
+                            *out.add(j) = 0;
+                        }
+                        src = src.add(step);
+                        out = out.add(kp);
                     }
                 }
             }
-            fill_small(&mut row[k..], 0);
-            ow += 1;
+            r += end - ow;
+            ow = end;
             if ow == wo {
                 ow = 0;
                 oh += 1;
                 if oh == ho {
                     oh = 0;
                     s += 1;
+                }
+            }
+        }
+    }
+
+    /// Columns `0..kh·kw·cig` of the A row of output pixel `[oh, ow]` of `sample`: padded taps
+    /// are `Z1`; a row whose taps are all inside, of a dense conv undilated in width, is `kh`
+    /// spans of `kw·C_in` bytes.
+    fn im2col_row(
+        &self,
+        sample: &[u8],
+        [oh, ow]: [usize; 2],
+        ch0: usize,
+        cig: usize,
+        row: &mut [u8],
+    ) {
+        let [h, w, cin] = self.in_hwc;
+        let [_, kh, kw, _] = self.geom.weight_shape;
+        let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);
+        let (pt, pl) = (self.geom.padding[0] as isize, self.geom.padding[1] as isize);
+        let zp = self.zp_in.clamp(0, 255) as u8;
+        let ih0 = (oh * sh) as isize - pt;
+        let iw0 = (ow * sw) as isize - pl;
+        let inside_w = iw0 >= 0 && iw0 as usize + (kw - 1) * dw < w;
+        let inside_h = ih0 >= 0 && ih0 as usize + (kh - 1) * dh < h;
+        if cig == cin && dw == 1 && inside_w && inside_h {
+            let len = kw * cin;
+            let base = (ih0 as usize * w + iw0 as usize) * cin;
+            for i in 0..kh {
+                let at = base + i * dh * w * cin;
+                row[i * len..(i + 1) * len].copy_from_slice(&sample[at..at + len]);
+            }
+            return;
+        }
+        for i in 0..kh {
+            let ih = ih0 + (i * dh) as isize;
+            let seg = &mut row[i * kw * cig..(i + 1) * kw * cig];
+            if ih < 0 || ih as usize >= h {
+                fill_small(seg, zp);
+                continue;
+            }
+            let line = &sample[ih as usize * w * cin..(ih as usize + 1) * w * cin];
+            for j in 0..kw {
+                let iw = iw0 + (j * dw) as isize;
+                let tap = &mut seg[j * cig..(j + 1) * cig];
+                if iw >= 0 && (iw as usize) < w {
+                    let at = iw as usize * cin + ch0;
+                    copy_small(tap, &line[at..at + cig]);
+                } else {
+                    fill_small(tap, zp);
                 }
             }
         }
@@ -198,4 +252,19 @@ fn fill_small(dst: &mut [u8], v: u8) {
         };
     }
     sizes!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+/// `dst.copy_from_slice(src)`, with fixed-size moves for up to 16 bytes (the taps of the
+/// small-`C_in` stems, which would otherwise be `memcpy` calls of a few bytes).
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    macro_rules! sizes {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => dst[..$n].copy_from_slice(&src[..$n]),)*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    sizes!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }

@@ -11,11 +11,10 @@
 //! rows and applies the scalar output stage for roundings the ISA does not fuse; the ISA
 //! computes pixels ([`DepthwiseKernel::pixel`]) or whole rows ([`DepthwiseKernel::row`]).
 
-use rayon::prelude::*;
-
 use super::epilogue::{Epilogue, OutputStage};
 use super::{LayerSpec, round_up};
 use crate::kernels::KernelPath;
+use crate::kernels::par::for_each_chunk;
 
 /// Channel padding of the prepared weights and epilogue arrays.
 pub(crate) const CHANNEL_BLOCK: usize = 64;
@@ -375,15 +374,14 @@ impl DepthwisePlan {
                 unsafe { self.rows.row(&job, &mut s.borrow_mut(), o) }
             });
         };
+        let work = (n * ho * row_len).saturating_mul(self.kernel[0] * self.kernel[1]);
         match out {
-            DwOut::U8(o) => o[..n * ho * row_len]
-                .par_chunks_mut(row_len)
-                .enumerate()
-                .for_each(|(i, o)| row(i, DwOut::U8(o))),
-            DwOut::I32(o) => o[..n * ho * row_len]
-                .par_chunks_mut(row_len)
-                .enumerate()
-                .for_each(|(i, o)| row(i, DwOut::I32(o))),
+            DwOut::U8(o) => for_each_chunk(&mut o[..n * ho * row_len], row_len, work, |i, o| {
+                row(i, DwOut::U8(o))
+            }),
+            DwOut::I32(o) => for_each_chunk(&mut o[..n * ho * row_len], row_len, work, |i, o| {
+                row(i, DwOut::I32(o))
+            }),
         }
     }
 

@@ -16,6 +16,24 @@ use super::LayerSpec;
 pub(crate) trait OutputStage {
     /// Whether the ISA's output stage handles `target` (each ISA's `requant.rs`).
     fn fuses(target: Target) -> bool;
+
+    /// The constants of the ISA's single-shift GEMM output stage for `e` (its first `n` columns
+    /// real), when the ISA has one and every real column admits it; by default none.
+    fn single_shift(e: &Epilogue, n: usize) -> Option<SingleShift> {
+        let _ = (e, n);
+        None
+    }
+}
+
+/// Per-column constants of an ISA's single-shift output stage (one rounding shift of the 64-bit
+/// product `acc·M0` with `Z3` and the rounding folded into an added constant), in the ISA's lane
+/// order; only meaningful for the [`Epilogue`] they were derived from.
+#[derive(Debug, Clone)]
+pub(crate) struct SingleShift {
+    /// The 64-bit added constants.
+    pub(crate) k: Vec<i64>,
+    /// The 64-bit shift counts.
+    pub(crate) s: Vec<i64>,
 }
 
 /// What an ISA's output stage does with a rounding it does not fuse: nothing — the frame never
@@ -97,6 +115,9 @@ pub struct Epilogue {
     /// Whether the ISA's tiles apply this stage ([`OutputStage::fuses`]); when not, the frame
     /// runs them to int32 and calls [`Epilogue::requantize`].
     pub(crate) fused: bool,
+    /// The ISA's single-shift form of this stage, when it has one that applies to every column
+    /// ([`OutputStage::single_shift`]; only used when `fused`).
+    pub(crate) single_shift: Option<Box<SingleShift>>,
     /// The `f64` scales of a layer that requantizes in `f64` ([`LayerSpec::reals`], one per
     /// padded column): the scalar stage is then qat-core's [`requantize_real`], never fused.
     pub(crate) reals: Option<Vec<f64>>,
@@ -128,6 +149,7 @@ impl Epilogue {
             any_left: false,
             any_wide: false,
             fused: fused && layer.reals.is_none(),
+            single_shift: None,
             reals: layer.reals.map(|r| {
                 let mut v = vec![r.first().copied().unwrap_or(0.0); np];
                 v[..n].copy_from_slice(&r[..n]);

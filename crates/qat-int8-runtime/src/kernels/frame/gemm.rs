@@ -357,8 +357,8 @@ pub(crate) unsafe fn gemm<K: GemmKernel>(
     let row_blocks = m.div_ceil(MC);
     let panel_count = b.n.div_ceil(K::NR);
     // Few rows (FC, GEMV): split the columns too so every thread has work.
-    let threads = rayon::current_num_threads();
-    let col_blocks = if row_blocks >= 2 * threads {
+    let threads = crate::kernels::par::threads(m.saturating_mul(b.n).saturating_mul(b.kp));
+    let col_blocks = if threads == 1 || row_blocks >= 2 * threads {
         1
     } else {
         panel_count.min((2 * threads).div_ceil(row_blocks)).max(1)
@@ -391,8 +391,8 @@ pub(crate) unsafe fn gemm<K: GemmKernel>(
             }
         });
     };
-    if tasks == 1 {
-        run(0);
+    if threads == 1 {
+        (0..tasks).for_each(run);
     } else {
         (0..tasks).into_par_iter().for_each(run);
     }

@@ -99,7 +99,10 @@ impl PackedB {
                 .iter()
                 .fold(0i32, |s, &v| s.wrapping_add(v as i32))
         };
-        let epi = Epilogue::new(layer, n, np, col_sum, K::fuses(layer.target));
+        let mut epi = Epilogue::new(layer, n, np, col_sum, K::fuses(layer.target));
+        if epi.fused {
+            epi.single_shift = K::single_shift(&epi, n).map(Box::new);
+        }
         Self {
             path,
             n,
@@ -130,6 +133,7 @@ impl PackedB {
     #[doc(hidden)]
     pub fn with_scalar_output_stage(mut self) -> Self {
         self.epi.fused = false;
+        self.epi.single_shift = None;
         self
     }
 

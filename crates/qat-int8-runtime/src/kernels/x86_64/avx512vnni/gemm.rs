@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
 use super::igemm::block_indirect;
-use super::requant::tile_epilogue;
+use super::tile_store::tile_epilogue;
 use crate::kernels::frame::gemm::{Block, IndirectBlock, TileArgs, tile_loop};
 use crate::kernels::frame::{Epilogue, GemmKernel, OutPtr};
 
@@ -27,8 +27,15 @@ impl GemmKernel for Avx512Vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>) {
-        // SAFETY: as documented by the trait.
-        unsafe { tile::<M>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out) }
+        // SAFETY: as documented by the trait; V·16 ≥ t.cols.
+        unsafe {
+            match t.cols.div_ceil(16) {
+                1 => tile::<M, 1>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
+                2 => tile::<M, 2>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
+                3 => tile::<M, 3>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
+                _ => tile::<M, 4>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -38,15 +45,17 @@ impl GemmKernel for Avx512Vnni {
     }
 }
 
-/// `avx512vnni_gemm_u8i8_6x64`: an `M × 64` tile (`M ≤ 6`) over the whole reduction.
+/// `avx512vnni_gemm_u8i8_6x64`: an `M × 64` tile (`M ≤ 6`) over the whole reduction, of which
+/// only the first `V` vectors of 16 columns are computed (a narrow layer's last panel: the
+/// columns past `16·V` are not stored).
 ///
 /// # Safety
 /// `a`: `M` rows of `kp` readable bytes at stride `lda`; `b`: one packed panel; `out` valid for
-/// `M` rows × `cols` columns from `col0`.
+/// `M` rows × `cols` columns from `col0`; `cols ≤ 16·V`, `1 ≤ V ≤ 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize>(
+unsafe fn tile<const M: usize, const V: usize>(
     kp: usize,
     a: *const u8,
     lda: usize,
@@ -56,21 +65,21 @@ unsafe fn tile<const M: usize>(
     cols: usize,
     out: OutPtr,
 ) {
+    const { assert!(V >= 1 && V <= 4) };
     let mut acc = [[_mm512_setzero_si512(); 4]; M];
     // SAFETY: reads stay within the A rows and the panel (caller).
     unsafe {
         for g in 0..kp / 4 {
             let bg = b.add(g * NR * 4);
-            let b0 = _mm512_loadu_si512(bg.cast());
-            let b1 = _mm512_loadu_si512(bg.add(64).cast());
-            let b2 = _mm512_loadu_si512(bg.add(128).cast());
-            let b3 = _mm512_loadu_si512(bg.add(192).cast());
+            let mut bv = [_mm512_setzero_si512(); 4];
+            for (j, bj) in bv.iter_mut().enumerate().take(V) {
+                *bj = _mm512_loadu_si512(bg.add(64 * j).cast());
+            }
             for (r, accr) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_epi32(a.add(r * lda + 4 * g).cast::<i32>().read_unaligned());
-                accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
-                accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
-                accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
-                accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
+                for j in 0..V {
+                    accr[j] = _mm512_dpbusd_epi32(accr[j], av, bv[j]);
+                }
             }
         }
         tile_epilogue(acc, e, col0, cols, out);

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
 use super::gemm::NR;
-use super::requant::tile_epilogue;
+use super::tile_store::tile_epilogue;
 use crate::kernels::frame::gemm::{IndirectArgs, IndirectBlock, IndirectTile, indirect_tile_loop};
 use crate::kernels::frame::{Epilogue, OutPtr};
 

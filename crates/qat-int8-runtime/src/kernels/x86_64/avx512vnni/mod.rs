@@ -1,5 +1,5 @@
 //! AVX-512 VNNI kernels: one marker type, [`Avx512Vnni`], and one file per concept — the output
-//! stage (`requant`), the GEMM tile (`gemm`), the indirect GEMM tile (`igemm`), the depthwise
+//! stage (`requant`), the GEMM tile (`gemm`) and its store (`tile_store`), the indirect GEMM tile (`igemm`), the depthwise
 //! kernels with the vector stages (`depthwise`) and with the single-shift stage
 //! (`depthwise_fused`).
 
@@ -9,6 +9,7 @@ mod gemm;
 mod igemm;
 pub(crate) mod quantize;
 pub(crate) mod requant;
+mod tile_store;
 
 use crate::kernels::frame::Isa;
 

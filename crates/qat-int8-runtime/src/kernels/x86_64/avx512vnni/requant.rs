@@ -1,8 +1,7 @@
 //! The AVX-512 output stage: fixed-point requantization of 16 int32 lanes, bit-exact with
 //! qat-core — `Gemmlowp` (`requantize16`, with or without the saturating left pre-shift),
 //! `Single` (`requantize16_single`, narrow or wide), and the single-shift stage of the depthwise
-//! kernel (`requantize16_fused`, either rounding) — and the store of a GEMM tile
-//! (`tile_epilogue`) that the direct and the indirect tile share.
+//! kernels and of GEMM layers that admit it (`requantize16_fused`, either rounding).
 //!
 //! A new rounding: add its 16-lane stage here, its arms in `variant`/`stage16` (and, if it has
 //! one, in the fused constants), and a `true` in `fuses`; until then the frame requantizes it
@@ -14,12 +13,27 @@ use qat_core::fixed_point::Rounding;
 use qat_core::target::Target;
 
 use super::Avx512Vnni;
-use crate::kernels::frame::epilogue::not_fused;
-use crate::kernels::frame::{Epilogue, OutPtr, OutputStage};
+use crate::kernels::frame::epilogue::{SingleShift, not_fused};
+use crate::kernels::frame::{Epilogue, OutputStage};
 
 impl OutputStage for Avx512Vnni {
     fn fuses(target: Target) -> bool {
         matches!(target, Target::Tflite | Target::Qat)
+    }
+
+    /// [`requantize16_fused`]'s constants in natural column order, when [`fused_ok`] holds for
+    /// every real column.
+    fn single_shift(e: &Epilogue, n: usize) -> Option<SingleShift> {
+        let rounding_ok = matches!(e.rounding, Rounding::Gemmlowp | Rounding::Single);
+        let n = n.min(e.m0.len());
+        let ok = e.fused
+            && rounding_ok
+            && e.m0.len().is_multiple_of(16)
+            && fused_ok(&e.m0[..n], &e.left[..n], &e.right[..n], e.zp, e.lo, e.hi);
+        ok.then(|| {
+            let (k, s) = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
+            SingleShift { k, s }
+        })
     }
 }
 
@@ -457,106 +471,4 @@ pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
         _mm512_srav_epi64(te, c.s_even),
         _mm512_srav_epi64(to, c.s_odd),
     )
-}
-
-/// Epilogue for 16 accumulators of columns `col..col + 16` (bias already added): writes the
-/// `valid` first lanes as u8 (requantized with `rq`) or int32.
-///
-/// # Safety
-/// The destination row has ≥ `valid` writable elements at `out_col`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
-    v: __m512i,
-    rq: &Stage16,
-    e: &Epilogue,
-    valid: usize,
-    out: OutPtr,
-    row: usize,
-    out_col: usize,
-) {
-    let mask = ((1u32 << valid) - 1) as u16;
-    // SAFETY: writes limited to `valid` elements (caller).
-    unsafe {
-        match out {
-            OutPtr::I32(p, ld) => {
-                _mm512_mask_storeu_epi32(p.add(row * ld + out_col).cast(), mask, v)
-            }
-            OutPtr::U8(p, ld) => {
-                let q = stage16::<SLOW, SINGLE>(
-                    v,
-                    rq,
-                    _mm512_set1_epi32(e.zp),
-                    _mm512_set1_epi32(e.lo),
-                    _mm512_set1_epi32(e.hi),
-                );
-                _mm_mask_storeu_epi8(
-                    p.add(row * ld + out_col).cast(),
-                    mask,
-                    _mm512_cvtepi32_epi8(q),
-                );
-            }
-        }
-    }
-}
-
-/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize in the epilogue's
-/// [`Rounding`], store (masked past `cols`).
-///
-/// # Safety
-/// `out` valid for `M` rows × `cols` columns from `col0`; `e` padded to whole panels.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn tile_epilogue<const M: usize>(
-    acc: [[__m512i; 4]; M],
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
-) {
-    // SAFETY: as documented.
-    unsafe {
-        match variant(e, matches!(out, OutPtr::U8(..))) {
-            (false, false) => tile_epilogue_in::<M, false, false>(acc, e, col0, cols, out),
-            (true, false) => tile_epilogue_in::<M, true, false>(acc, e, col0, cols, out),
-            (false, true) => tile_epilogue_in::<M, false, true>(acc, e, col0, cols, out),
-            (true, true) => tile_epilogue_in::<M, true, true>(acc, e, col0, cols, out),
-        }
-    }
-}
-
-/// [`tile_epilogue`] for one output-stage variant (see [`stage16`]).
-///
-/// # Safety
-/// As [`tile_epilogue`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>(
-    acc: [[__m512i; 4]; M],
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
-) {
-    // SAFETY: as documented.
-    unsafe {
-        for j in 0..4 {
-            if 16 * j >= cols {
-                break;
-            }
-            let col = col0 + 16 * j;
-            let valid = (cols - 16 * j).min(16);
-            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let rq = Stage16::load::<SINGLE>(
-                e.m0.as_ptr().add(col),
-                e.left.as_ptr().add(col),
-                e.right.as_ptr().add(col),
-            );
-            for (r, accr) in acc.iter().enumerate() {
-                let v = _mm512_add_epi32(accr[j], bias);
-                store16::<SLOW, SINGLE>(v, &rq, e, valid, out, r, col);
-            }
-        }
-    }
 }

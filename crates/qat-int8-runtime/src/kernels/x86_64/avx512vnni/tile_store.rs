@@ -1,0 +1,211 @@
+//! The store of an AVX-512 GEMM tile (`tile_epilogue`), which the direct and the indirect tile
+//! share: `+ bias'`, the output stage of [`requant`](super::requant) (the single-shift stage when
+//! the layer admits it), the store (masked past the tile's columns).
+
+use std::arch::x86_64::*;
+
+use super::requant::{RqFused16, Stage16, requantize16_fused, stage16, variant};
+use crate::kernels::frame::epilogue::SingleShift;
+use crate::kernels::frame::{Epilogue, OutPtr};
+
+/// Epilogue for 16 accumulators of columns `col..col + 16` (bias already added): writes the
+/// `valid` first lanes as u8 (requantized with `rq`) or int32.
+///
+/// # Safety
+/// The destination row has ≥ `valid` writable elements at `out_col`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
+    v: __m512i,
+    rq: &Stage16,
+    e: &Epilogue,
+    valid: usize,
+    out: OutPtr,
+    row: usize,
+    out_col: usize,
+) {
+    let mask = ((1u32 << valid) - 1) as u16;
+    // SAFETY: writes limited to `valid` elements (caller).
+    unsafe {
+        match out {
+            OutPtr::I32(p, ld) => {
+                _mm512_mask_storeu_epi32(p.add(row * ld + out_col).cast(), mask, v)
+            }
+            OutPtr::U8(p, ld) => {
+                let q = stage16::<SLOW, SINGLE>(
+                    v,
+                    rq,
+                    _mm512_set1_epi32(e.zp),
+                    _mm512_set1_epi32(e.lo),
+                    _mm512_set1_epi32(e.hi),
+                );
+                _mm_mask_storeu_epi8(
+                    p.add(row * ld + out_col).cast(),
+                    mask,
+                    _mm512_cvtepi32_epi8(q),
+                );
+            }
+        }
+    }
+}
+
+/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize in the epilogue's
+/// [`Rounding`], store (masked past `cols`).
+///
+/// # Safety
+/// `out` valid for `M` rows × `cols` columns from `col0`; `e` padded to whole panels.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn tile_epilogue<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        if let (Some(ss), OutPtr::U8(p, ld)) = (&e.single_shift, out) {
+            return tile_epilogue_single_shift(acc, e, ss, col0, cols, p, ld);
+        }
+        match variant(e, matches!(out, OutPtr::U8(..))) {
+            (false, false) => tile_epilogue_in::<M, false, false>(acc, e, col0, cols, out),
+            (true, false) => tile_epilogue_in::<M, true, false>(acc, e, col0, cols, out),
+            (false, true) => tile_epilogue_in::<M, false, true>(acc, e, col0, cols, out),
+            (true, true) => tile_epilogue_in::<M, true, true>(acc, e, col0, cols, out),
+        }
+    }
+}
+
+/// [`tile_epilogue`] for one output-stage variant (see [`stage16`]).
+///
+/// # Safety
+/// As [`tile_epilogue`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    col0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        for j in 0..4 {
+            if 16 * j >= cols {
+                break;
+            }
+            let col = col0 + 16 * j;
+            let valid = (cols - 16 * j).min(16);
+            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
+            let rq = Stage16::load::<SINGLE>(
+                e.m0.as_ptr().add(col),
+                e.left.as_ptr().add(col),
+                e.right.as_ptr().add(col),
+            );
+            for (r, accr) in acc.iter().enumerate() {
+                let v = _mm512_add_epi32(accr[j], bias);
+                store16::<SLOW, SINGLE>(v, &rq, e, valid, out, r, col);
+            }
+        }
+    }
+}
+
+/// [`tile_epilogue`] through the single-shift stage ([`requantize16_fused`], `Z3` folded in)
+/// and the clamp, for u8 output at `p` (row stride `ld`).
+///
+/// # Safety
+/// As [`tile_epilogue`]; `ss` derived from `e` ([`fused_ok`] holds for every real column).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_epilogue_single_shift<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    ss: &SingleShift,
+    col0: usize,
+    cols: usize,
+    p: *mut u8,
+    ld: usize,
+) {
+    let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
+    // SAFETY: as documented; the constant arrays cover every padded column.
+    unsafe {
+        if cols > 32 {
+            return tile_store_packed(acc, e, ss, col0, cols, p, ld);
+        }
+        for j in 0..4 {
+            if 16 * j >= cols {
+                break;
+            }
+            let col = col0 + 16 * j;
+            let mask = ((1u32 << (cols - 16 * j).min(16)) - 1) as u16;
+            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
+            let f = RqFused16::load(
+                e.m0.as_ptr().add(col),
+                ss.k.as_ptr().add(col),
+                ss.s.as_ptr().add(col),
+                e.rounding,
+            );
+            for (r, accr) in acc.iter().enumerate() {
+                let q = requantize16_fused(_mm512_add_epi32(accr[j], bias), &f);
+                let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                _mm_mask_storeu_epi8(p.add(r * ld + col).cast(), mask, _mm512_cvtepi32_epi8(q));
+            }
+        }
+    }
+}
+
+/// [`tile_epilogue_single_shift`] for a tile of more than 32 columns: each row's four vectors
+/// are narrowed together by saturating packs (exact: the clamp to `[lo, hi] ⊆ [0, 255]` that
+/// follows gives what clamping first gives), put back in column order by one dword permute and
+/// stored with one 64-byte masked store.
+///
+/// # Safety
+/// As [`tile_epilogue_single_shift`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_store_packed<const M: usize>(
+    acc: [[__m512i; 4]; M],
+    e: &Epilogue,
+    ss: &SingleShift,
+    col0: usize,
+    cols: usize,
+    p: *mut u8,
+    ld: usize,
+) {
+    let mask = if cols >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << cols) - 1
+    };
+    // After the packs, 128-bit lane j holds dword k = columns 16k + 4j .. 16k + 4j + 3: dword
+    // 4j + k goes to 4k + j.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
+    // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
+    unsafe {
+        let f: [RqFused16; 4] = std::array::from_fn(|j| {
+            let col = col0 + 16 * j;
+            RqFused16::load(
+                e.m0.as_ptr().add(col),
+                ss.k.as_ptr().add(col),
+                ss.s.as_ptr().add(col),
+                e.rounding,
+            )
+        });
+        let bias: [__m512i; 4] =
+            std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
+        for (r, accr) in acc.iter().enumerate() {
+            let q = |j: usize| requantize16_fused(_mm512_add_epi32(accr[j], bias[j]), &f[j]);
+            let v = _mm512_packus_epi16(
+                _mm512_packs_epi32(q(0), q(1)),
+                _mm512_packs_epi32(q(2), q(3)),
+            );
+            let v = _mm512_permutexvar_epi32(order, v);
+            let v = _mm512_min_epu8(_mm512_max_epu8(v, lo), hi);
+            _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, v);
+        }
+    }
+}
