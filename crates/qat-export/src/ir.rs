@@ -7,7 +7,7 @@
 //!   dynamic.
 //! * **Conv weights** are `OHWI` = `[C_out, kh, kw, C_in / groups]`, the runtime's layout, as a flat
 //!   row-major `Vec<f32>` plus the shape. PyTorch/tch weights are `OIHW`: convert them with
-//!   [`ohwi_from_oihw`]. Depthwise is `groups == C_in` (weights `[C_in·mult, kh, kw, 1]`).
+//!   [`ohwi_from_oihw`] ([`oihw_from_ohwi`] goes back). Depthwise is `groups == C_in` (weights `[C_in·mult, kh, kw, 1]`).
 //! * **Linear weights** are `[out, in]` (PyTorch's layout). [`FloatGraph::flatten`] flattens in NHWC
 //!   order, so a PyTorch model that flattens NCHW needs its first linear layer's columns permuted:
 //!   [`linear_from_nchw_flatten`].
@@ -41,7 +41,7 @@
 
 mod layout;
 mod serial;
-pub use layout::{linear_from_nchw_flatten, ohwi_from_oihw};
+pub use layout::{linear_from_nchw_flatten, ohwi_from_oihw, oihw_from_ohwi};
 
 use serde::{Deserialize, Serialize};
 

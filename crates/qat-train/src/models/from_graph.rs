@@ -340,21 +340,6 @@ fn f64_of_f32(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-/// `OHWI → OIHW`.
-fn oihw_from_ohwi(w: &[f32], [o, kh, kw, i]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for a in 0..o {
-        for y in 0..kh {
-            for x in 0..kw {
-                for c in 0..i {
-                    out[((a * i + c) * kh + y) * kw + x] = w[((a * kh + y) * kw + x) * i + c];
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Linear weights `[out, H·W·C]` for the graph's HWC flatten → the net's CHW flatten.
 fn linear_to_chw(w: &[f32], out: usize, [h, wd, c]: [usize; 3]) -> Vec<f32> {
     let n = h * wd * c;
@@ -399,7 +384,11 @@ fn load(
             dst.shallow_clone().f_copy_(&src).map_err(err)
         };
         let put_conv_weight = |dst: &Tensor, cv: &ir::Conv2d| {
-            put(dst, &oihw_from_ohwi(&cv.weight, cv.weight_shape), "weight")
+            put(
+                dst,
+                &ir::oihw_from_ohwi(&cv.weight, cv.weight_shape),
+                "weight",
+            )
         };
         match (&node.op, &gn.op) {
             (NodeOp::ConvBn(l), FloatOp::Conv2d(cv)) => {
@@ -455,9 +444,6 @@ mod tests {
 
     #[test]
     fn layouts_round_trip() {
-        let w: Vec<f32> = (0..2 * 3 * 2 * 4).map(|v| v as f32).collect();
-        let (ohwi, s) = ir::ohwi_from_oihw(&w, [2, 4, 3, 2]);
-        assert_eq!(oihw_from_ohwi(&ohwi, s), w);
         let lw: Vec<f32> = (0..3 * 12).map(|v| v as f32).collect();
         let hwc = ir::linear_from_nchw_flatten(&lw, 3, [3, 2, 2]);
         assert_eq!(linear_to_chw(&hwc, 3, [2, 2, 3]), lw);
