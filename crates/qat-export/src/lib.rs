@@ -107,7 +107,7 @@ pub mod validate;
 
 pub use calibrate::{CalibrationMethod, PtqConfig, calibrate, ptq, ptq_export};
 pub use emit::export;
-pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal};
+pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal, UnsupportedNode};
 pub use fidelity::{FidelityError, FidelityReport, fidelity_report};
 pub use interchange::{ExportFormatError, Exported, Format, Unsupported};
 pub use ir::{FloatGraph, NodeId};

@@ -49,8 +49,8 @@
 //! ```
 
 use std::collections::HashSet;
-use std::fmt;
 
+pub use qat_export::UnsupportedNode;
 use qat_export::ir::{self, FloatGraph, FloatOp, NodeId};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -84,23 +84,6 @@ impl Default for GraphNetOptions {
     }
 }
 
-/// A graph node that has no QAT layer, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsupportedNode {
-    /// The node's name in the graph.
-    pub node: String,
-    /// Its op kind ([`FloatOp::kind`]).
-    pub op: String,
-    /// What is not supported.
-    pub reason: String,
-}
-
-impl fmt::Display for UnsupportedNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.node, self.op, self.reason)
-    }
-}
-
 /// Why a [`Net`] could not be built from a graph.
 #[derive(Debug, Error)]
 pub enum FromGraphError {
@@ -108,7 +91,7 @@ pub enum FromGraphError {
     #[error("the float graph is invalid: {0}")]
     Graph(#[from] qat_export::GraphError),
     /// Nodes without a QAT layer: all of them, one per line.
-    #[error("{} node(s) of the float graph have no QAT layer:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    #[error("{} node(s) of the float graph have no QAT layer:\n  {}", .0.len(), UnsupportedNode::list(.0))]
     Unsupported(Vec<UnsupportedNode>),
     /// Building the net failed (the error names the layer).
     #[error(transparent)]
