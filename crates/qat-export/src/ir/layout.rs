@@ -65,15 +65,40 @@ fn permute_conv_weights<T: Copy + Default>(
 /// assert_eq!(w, vec![1.0, 3.0, 2.0, 4.0]);
 /// ```
 pub fn linear_from_nchw_flatten(w: &[f32], out: usize, chw: [usize; 3]) -> Vec<f32> {
-    let [c, h, wd] = chw;
+    permute_flatten_columns(w, out, chw, true)
+}
+
+/// The inverse of [`linear_from_nchw_flatten`]: linear weights `[out, H·W·C]` for this IR's NHWC
+/// flatten, with their columns in PyTorch's NCHW flatten order (`chw = [C, H, W]`).
+///
+/// ```
+/// use qat_export::ir::{linear_from_nchw_flatten, linear_to_nchw_flatten};
+/// // C=2, H=1, W=2: NHWC order (w0c0, w0c1, w1c0, w1c1) → NCHW (c0w0, c0w1, c1w0, c1w1)
+/// assert_eq!(linear_to_nchw_flatten(&[1.0, 3.0, 2.0, 4.0], 1, [2, 1, 2]), vec![1.0, 2.0, 3.0, 4.0]);
+/// let nchw: Vec<f32> = (0..3 * 12).map(|v| v as f32).collect();
+/// assert_eq!(linear_to_nchw_flatten(&linear_from_nchw_flatten(&nchw, 3, [3, 2, 2]), 3, [3, 2, 2]), nchw);
+/// ```
+pub fn linear_to_nchw_flatten(w: &[f32], out: usize, chw: [usize; 3]) -> Vec<f32> {
+    permute_flatten_columns(w, out, chw, false)
+}
+
+/// The columns of linear weights `[out, C·H·W]` moved from NCHW to NHWC flatten order
+/// (`to_nhwc`) or back; entries beyond `w`'s end are 0.
+fn permute_flatten_columns(
+    w: &[f32],
+    out: usize,
+    [c, h, wd]: [usize; 3],
+    to_nhwc: bool,
+) -> Vec<f32> {
     let n = c * h * wd;
     let mut res = vec![0.0; out * n];
     for o in 0..out {
         for ci in 0..c {
             for y in 0..h {
                 for x in 0..wd {
-                    let src = o * n + (ci * h + y) * wd + x;
-                    let dst = o * n + (y * wd + x) * c + ci;
+                    let nchw = o * n + (ci * h + y) * wd + x;
+                    let nhwc = o * n + (y * wd + x) * c + ci;
+                    let (src, dst) = if to_nhwc { (nchw, nhwc) } else { (nhwc, nchw) };
                     if let (Some(d), Some(s)) = (res.get_mut(dst), w.get(src)) {
                         *d = *s;
                     }

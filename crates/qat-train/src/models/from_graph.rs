@@ -323,22 +323,6 @@ fn f64_of_f32(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-/// Linear weights `[out, H·W·C]` for the graph's HWC flatten → the net's CHW flatten.
-fn linear_to_chw(w: &[f32], out: usize, [h, wd, c]: [usize; 3]) -> Vec<f32> {
-    let n = h * wd * c;
-    let mut res = vec![0.0; w.len()];
-    for o in 0..out {
-        for y in 0..h {
-            for x in 0..wd {
-                for ch in 0..c {
-                    res[o * n + (ch * h + y) * wd + x] = w[o * n + (y * wd + x) * c + ch];
-                }
-            }
-        }
-    }
-    res
-}
-
 /// Copies `graph`'s parameters into the layers of `net` (`origin[k]`: the graph node of net node
 /// `k`).
 fn load(
@@ -407,7 +391,7 @@ fn load(
                     .and_then(|s| s.inputs.first())
                     .map(|r| shapes[r.0].as_slice());
                 let weight = match pre {
-                    Some(&[h, w, c]) => linear_to_chw(&lin.weight, out, [h, w, c]),
+                    Some(&[h, w, c]) => ir::linear_to_nchw_flatten(&lin.weight, out, [c, h, w]),
                     _ => lin.weight.clone(),
                 };
                 put(l.weight(), &weight, "weight")?;
@@ -426,10 +410,7 @@ mod tests {
     use qat_export::ir::{Conv2d, Linear, Pool2d};
 
     #[test]
-    fn layouts_round_trip() {
-        let lw: Vec<f32> = (0..3 * 12).map(|v| v as f32).collect();
-        let hwc = ir::linear_from_nchw_flatten(&lw, 3, [3, 2, 2]);
-        assert_eq!(linear_to_chw(&hwc, 3, [2, 2, 3]), lw);
+    fn eps_is_the_shortest_decimal() {
         assert_eq!(f64_of_f32(1e-5), 1e-5);
         assert_eq!(f64_of_f32(1e-3), 1e-3);
     }
