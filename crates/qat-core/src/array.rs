@@ -58,66 +58,25 @@ fn check_axis<D: Dimension>(shape: &D, p: &PerChannelParams) -> Result<(), Quant
     Ok(())
 }
 
-fn per_channel_map<D, T, F>(
+/// `f(params of channel c, v)` for every element `v` of `x`, `c` its index along `p.axis()`.
+fn per_channel_map<D, T, O>(
     x: ArrayView<'_, T, D>,
     p: &PerChannelParams,
-    f: F,
-) -> Result<Array<<F as PerChannelFn<T>>::Out, D>, QuantError>
+    f: impl Fn(&QuantParams, T) -> O,
+) -> Result<Array<O, D>, QuantError>
 where
     D: Dimension + RemoveAxis,
     T: Copy,
-    F: PerChannelFn<T>,
+    O: Clone + Default,
 {
     check_axis(&x.raw_dim(), p)?;
     let axis = Axis(p.axis());
-    let mut out = Array::from_elem(x.raw_dim(), F::zero());
+    let mut out = Array::from_elem(x.raw_dim(), O::default());
     for (c, (xs, mut os)) in x.axis_iter(axis).zip(out.axis_iter_mut(axis)).enumerate() {
         let pc = p.channel(c)?;
-        Zip::from(&mut os)
-            .and(&xs)
-            .for_each(|o, &v| *o = f.apply(&pc, v));
+        Zip::from(&mut os).and(&xs).for_each(|o, &v| *o = f(&pc, v));
     }
     Ok(out)
-}
-
-trait PerChannelFn<T> {
-    type Out: Clone;
-    fn zero() -> Self::Out;
-    fn apply(&self, p: &QuantParams, v: T) -> Self::Out;
-}
-
-struct Quantize;
-struct Dequantize;
-struct FakeQuant;
-
-impl PerChannelFn<f32> for Quantize {
-    type Out = i32;
-    fn zero() -> i32 {
-        0
-    }
-    fn apply(&self, p: &QuantParams, v: f32) -> i32 {
-        p.quantize(v)
-    }
-}
-
-impl PerChannelFn<i32> for Dequantize {
-    type Out = f32;
-    fn zero() -> f32 {
-        0.0
-    }
-    fn apply(&self, p: &QuantParams, v: i32) -> f32 {
-        p.dequantize(v)
-    }
-}
-
-impl PerChannelFn<f32> for FakeQuant {
-    type Out = f32;
-    fn zero() -> f32 {
-        0.0
-    }
-    fn apply(&self, p: &QuantParams, v: f32) -> f32 {
-        p.fake_quant(v)
-    }
 }
 
 /// Per-channel quantization along `p.axis()`: slice `c` uses channel `c`'s `(S, Z)`.
@@ -136,7 +95,7 @@ pub fn quantize_per_channel<D: Dimension + RemoveAxis>(
     x: ArrayView<'_, f32, D>,
     p: &PerChannelParams,
 ) -> Result<Array<i32, D>, QuantError> {
-    per_channel_map(x, p, Quantize)
+    per_channel_map(x, p, QuantParams::quantize)
 }
 
 /// Per-channel dequantization along `p.axis()`.
@@ -144,7 +103,7 @@ pub fn dequantize_per_channel<D: Dimension + RemoveAxis>(
     q: ArrayView<'_, i32, D>,
     p: &PerChannelParams,
 ) -> Result<Array<f32, D>, QuantError> {
-    per_channel_map(q, p, Dequantize)
+    per_channel_map(q, p, QuantParams::dequantize)
 }
 
 /// Per-channel fake quantization along `p.axis()`.
@@ -152,7 +111,7 @@ pub fn fake_quant_per_channel<D: Dimension + RemoveAxis>(
     x: ArrayView<'_, f32, D>,
     p: &PerChannelParams,
 ) -> Result<Array<f32, D>, QuantError> {
-    per_channel_map(x, p, FakeQuant)
+    per_channel_map(x, p, QuantParams::fake_quant)
 }
 
 /// `(min, max)` of all finite elements; `None` if there is none. The building block of min/max

@@ -329,8 +329,8 @@ impl QuantizedMultiplier {
 /// # Ok::<(), qat_core::QuantError>(())
 /// ```
 #[inline]
-pub fn requantize(acc: i32, m: QuantizedMultiplier, zero_point: i32, lo: i32, hi: i32) -> i32 {
-    m.apply(acc).saturating_add(zero_point).max(lo).min(hi)
+pub fn requantize(acc: i32, m: QuantizedMultiplier, zp: i32, lo: i32, hi: i32) -> i32 {
+    requantize_with(Rounding::Gemmlowp, acc, m, zp, lo, hi)
 }
 
 /// [`requantize`] with one rounding ([`Rounding::Single`]):
@@ -345,34 +345,34 @@ pub fn requantize(acc: i32, m: QuantizedMultiplier, zero_point: i32, lo: i32, hi
 /// # Ok::<(), qat_core::QuantError>(())
 /// ```
 #[inline]
-pub fn requantize_single(
-    acc: i32,
-    m: QuantizedMultiplier,
-    zero_point: i32,
-    lo: i32,
-    hi: i32,
-) -> i32 {
-    m.apply_rounded_once(acc)
-        .saturating_add(zero_point)
-        .max(lo)
-        .min(hi)
+pub fn requantize_single(acc: i32, m: QuantizedMultiplier, zp: i32, lo: i32, hi: i32) -> i32 {
+    requantize_with(Rounding::Single, acc, m, zp, lo, hi)
 }
 
-/// The output stage in either mode: [`requantize`] (`Gemmlowp`) or [`requantize_single`]
-/// (`Single`).
+/// The output stage in either mode, `q = clamp(x·M + Z_out, lo, hi)` with `x·M` rounded as
+/// `rounding` says ([`QuantizedMultiplier::apply_with`], saturated to i32 before `+ Z_out`):
+/// [`requantize`] (`Gemmlowp`) or [`requantize_single`] (`Single`). Total: `lo > hi` gives `hi`.
+///
+/// ```
+/// use qat_core::fixed_point::{requantize, requantize_with, QuantizedMultiplier, Rounding};
+/// let m = QuantizedMultiplier::from_f64(0.3)?;
+/// assert_eq!(requantize_with(Rounding::Gemmlowp, 8, m, 1, 0, 15), requantize(8, m, 1, 0, 15));
+/// assert_eq!(requantize_with(Rounding::Single, 100, m, 0, 10, 5), 5); // lo > hi: hi
+/// # Ok::<(), qat_core::QuantError>(())
+/// ```
 #[inline]
 pub fn requantize_with(
     rounding: Rounding,
     acc: i32,
     m: QuantizedMultiplier,
-    zero_point: i32,
+    zp: i32,
     lo: i32,
     hi: i32,
 ) -> i32 {
-    match rounding {
-        Rounding::Gemmlowp => requantize(acc, m, zero_point, lo, hi),
-        Rounding::Single => requantize_single(acc, m, zero_point, lo, hi),
-    }
+    m.apply_with(rounding, acc)
+        .saturating_add(zp)
+        .max(lo)
+        .min(hi)
 }
 
 #[cfg(test)]
@@ -530,7 +530,10 @@ mod tests {
             let want = (r + zp as i128).clamp(i32::MIN as i128, i32::MAX as i128).clamp(lo as i128, hi as i128) as i32;
             prop_assert_eq!(requantize_single(x, m, zp, lo, hi), want);
             prop_assert_eq!(requantize_with(Rounding::Single, x, m, zp, lo, hi), want);
-            prop_assert_eq!(requantize_with(Rounding::Gemmlowp, x, m, zp, lo, hi), requantize(x, m, zp, lo, hi));
+            // the gemmlowp stage: the double-rounded product, saturated, + Z, clamp
+            let g = (m.apply(x) as i128 + zp as i128).clamp(i32::MIN as i128, i32::MAX as i128).clamp(lo as i128, hi as i128) as i32;
+            prop_assert_eq!(requantize(x, m, zp, lo, hi), g);
+            prop_assert_eq!(requantize_with(Rounding::Gemmlowp, x, m, zp, lo, hi), g);
             // f64: round_half_away(x·M) where it is exact enough to decide (away from ties)
             let y = x as f64 * m.to_f64();
             if y.abs() < 2f64.powi(40) && ((y - y.trunc()).abs() - 0.5).abs() > 1e-3 {

@@ -200,6 +200,49 @@ fn list(refusals: &[Refusal]) -> String {
         .collect::<String>()
 }
 
+/// A graph node that a reader of graphs cannot express, and why: a node of an ONNX file that
+/// [`crate::onnx::import_onnx`] cannot import, or a [`crate::FloatGraph`] node that a consumer of
+/// float graphs (qat-train's QAT net builder) has no layer for. Readers collect every such node
+/// and refuse once, with the whole list.
+///
+/// ```
+/// use qat_export::UnsupportedNode;
+/// let bad = [
+///     UnsupportedNode { node: "c1".into(), op: "Conv2d".into(), reason: "asymmetric padding".into() },
+///     UnsupportedNode { node: "p".into(), op: "MaxPool".into(), reason: "2×1 window".into() },
+/// ];
+/// assert_eq!(bad[0].to_string(), "c1 (Conv2d): asymmetric padding");
+/// assert_eq!(UnsupportedNode::list(&bad), "c1 (Conv2d): asymmetric padding\n  p (MaxPool): 2×1 window");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedNode {
+    /// The node's name (an ONNX node without one: its first output's name).
+    pub node: String,
+    /// Its op: the ONNX op type (with its domain when not the default one), or the float graph's
+    /// [`crate::ir::FloatOp::kind`].
+    pub op: String,
+    /// What about it is not supported (attribute, input, layout).
+    pub reason: String,
+}
+
+impl std::fmt::Display for UnsupportedNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.node, self.op, self.reason)
+    }
+}
+
+impl UnsupportedNode {
+    /// `nodes` one per line, every line after the first indented by two spaces (the tail of an
+    /// error message that starts with their count).
+    pub fn list(nodes: &[UnsupportedNode]) -> String {
+        nodes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    }
+}
+
 /// Why export (or the simulation twin built on it) failed.
 ///
 /// (`ExportError::InvalidModel` wraps the runtime's own validation of the emitted model: it would

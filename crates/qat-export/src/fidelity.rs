@@ -118,6 +118,68 @@ pub struct OutputAgreement {
     pub argmax_vs_float: f64,
 }
 
+/// Agreement of one node's output with the simulation's, in the node's output codes
+/// `q = round(x/S) + Z` — for a model outside this crate (the libtorch fake-quant model that was
+/// trained) against the simulation of its export. [`NodeMatch::compare`] computes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeMatch {
+    /// Node name (the model's and the export graph's).
+    pub node: String,
+    /// Output scale `S`.
+    pub scale: f32,
+    /// Output zero point `Z`.
+    pub zero_point: i32,
+    /// Values compared.
+    pub values: usize,
+    /// Share of values with equal codes.
+    pub exact: f64,
+    /// Share within one code.
+    pub within_one: f64,
+    /// Largest code difference.
+    pub max_abs: i32,
+}
+
+impl NodeMatch {
+    /// Compares the real values `a` and `b` of node `node` (paired in order; `values` counts the
+    /// pairs) in its output codes `q = p.quantize(x)`: `exact` and `within_one` are the shares of
+    /// pairs with `|q_a − q_b|` 0 and ≤ 1 (0 when there is no pair), `max_abs` the largest.
+    ///
+    /// ```
+    /// use qat_core::{QuantParams, QuantRange};
+    /// use qat_export::fidelity::NodeMatch;
+    /// let p = QuantParams::new(0.5, 0, QuantRange::unsigned(8)?)?; // codes round(x/0.5)
+    /// let m = NodeMatch::compare("fc", &p, &[1.0, 2.0, 3.0, 4.0], &[1.1, 2.6, 4.0, 4.0]);
+    /// assert_eq!((m.values, m.exact, m.within_one, m.max_abs), (4, 0.5, 0.75, 2));
+    /// # Ok::<(), qat_core::QuantError>(())
+    /// ```
+    pub fn compare(
+        node: impl Into<String>,
+        p: &qat_core::QuantParams,
+        a: &[f32],
+        b: &[f32],
+    ) -> Self {
+        let (mut values, mut exact, mut one, mut max_abs) = (0usize, 0usize, 0usize, 0i32);
+        for (x, y) in a.iter().zip(b) {
+            let d = (p.quantize(*x) - p.quantize(*y)).abs();
+            values += 1;
+            exact += usize::from(d == 0);
+            one += usize::from(d <= 1);
+            max_abs = max_abs.max(d);
+        }
+        let n = values.max(1) as f64;
+        Self {
+            node: node.into(),
+            scale: p.scale(),
+            zero_point: p.zero_point(),
+            values,
+            exact: exact as f64 / n,
+            within_one: one as f64 / n,
+            max_abs,
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FidelityReport {

@@ -7,10 +7,11 @@
 //!   dynamic.
 //! * **Conv weights** are `OHWI` = `[C_out, kh, kw, C_in / groups]`, the runtime's layout, as a flat
 //!   row-major `Vec<f32>` plus the shape. PyTorch/tch weights are `OIHW`: convert them with
-//!   [`ohwi_from_oihw`]. Depthwise is `groups == C_in` (weights `[C_in·mult, kh, kw, 1]`).
+//!   [`ohwi_from_oihw`] ([`oihw_from_ohwi`] goes back). Depthwise is `groups == C_in` (weights
+//!   `[C_in·mult, kh, kw, 1]`).
 //! * **Linear weights** are `[out, in]` (PyTorch's layout). [`FloatGraph::flatten`] flattens in NHWC
 //!   order, so a PyTorch model that flattens NCHW needs its first linear layer's columns permuted:
-//!   [`linear_from_nchw_flatten`].
+//!   [`linear_from_nchw_flatten`] ([`linear_to_nchw_flatten`] goes back).
 //! * **Ranges**: every node carries an [`ActQuant`]: the observed `(min, max)` of its output
 //!   (`None` = uncalibrated, which export refuses) and the activation bit width (2..=8, default 8).
 //!   Nodes that do not change the quantization grid — [`FloatOp::MaxPool`], [`FloatOp::AvgPool`],
@@ -41,7 +42,9 @@
 
 mod layout;
 mod serial;
-pub use layout::{linear_from_nchw_flatten, ohwi_from_oihw};
+pub use layout::{
+    linear_from_nchw_flatten, linear_to_nchw_flatten, ohwi_from_oihw, oihw_from_ohwi,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -25,8 +25,9 @@
 //!   `.linear(…)`, `.add(…)`, `.concat(…)`, `.avg_pool(…)`, `.max_pool(…)`, `.global_avg_pool(…)`,
 //!   `.flatten(…)`, `.output(…)`; `.set_range(id, min, max)`, `.set_activation_bits(id, b)`,
 //!   `.set_all_weight_quant(WeightQuant)`; `.validate() -> Result<Vec<shape>, GraphError>`;
-//!   `.to_json()/from_json`, `.to_bincode()/from_bincode`. Helpers [`ir::ohwi_from_oihw`],
-//!   [`ir::linear_from_nchw_flatten`] for PyTorch layouts.
+//!   `.to_json()/from_json`, `.to_bincode()/from_bincode`. Helpers [`ir::ohwi_from_oihw`]
+//!   (and back, [`ir::oihw_from_ohwi`]), [`ir::linear_from_nchw_flatten`] (and back,
+//!   [`ir::linear_to_nchw_flatten`]) for PyTorch layouts.
 //! - Export: [`export`]`(&graph, &ExportOptions) -> Result<Int8Model, ExportError>`, or
 //!   [`QuantPlan::new`] then [`QuantPlan::to_int8_model`]`() -> Result<Int8Model, ExportError>`
 //!   to keep the plan for the simulation. [`ExportOptions::target`] names the deployment target
@@ -107,7 +108,7 @@ pub mod validate;
 
 pub use calibrate::{CalibrationMethod, PtqConfig, calibrate, ptq, ptq_export};
 pub use emit::export;
-pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal};
+pub use error::{CalibrationError, ExportError, GraphError, PtqError, Refusal, UnsupportedNode};
 pub use fidelity::{FidelityError, FidelityReport, fidelity_report};
 pub use interchange::{ExportFormatError, Exported, Format, Unsupported};
 pub use ir::{FloatGraph, NodeId};

@@ -9,7 +9,7 @@
 use ndarray::{ArrayD, IxDyn};
 use qat_autograd::host_read;
 use qat_export::QuantPlan;
-use serde::{Deserialize, Serialize};
+pub use qat_export::fidelity::NodeMatch;
 use tch::{Kind, Tensor};
 
 use crate::models::{ModelError, Net, NodeOp};
@@ -39,25 +39,6 @@ pub enum FidelityError {
         /// Its shape.
         shape: Vec<i64>,
     },
-}
-
-/// Agreement of one node: libtorch fake quant vs the export's simulation, in the node's output codes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeMatch {
-    /// Node name (the net's and the export graph's).
-    pub node: String,
-    /// Output scale `S`.
-    pub scale: f32,
-    /// Output zero point `Z`.
-    pub zero_point: i32,
-    /// Values compared.
-    pub values: usize,
-    /// Share of values with equal codes.
-    pub exact: f64,
-    /// Share within one code.
-    pub within_one: f64,
-    /// Largest code difference.
-    pub max_abs: i32,
 }
 
 /// Runs `net` (eval mode, no gradient) and qat-export's simulation of `plan` (the net's export) on the
@@ -138,23 +119,13 @@ pub fn compare_with_simulation(
         if tv.len() != s.len() {
             continue;
         }
-        let (mut exact, mut one, mut max_abs) = (0usize, 0usize, 0i32);
-        for (a, b) in tv.iter().zip(s.iter()) {
-            let d = (p.quantize(*a) - p.quantize(*b)).abs();
-            exact += usize::from(d == 0);
-            one += usize::from(d <= 1);
-            max_abs = max_abs.max(d);
-        }
-        let n = tv.len().max(1) as f64;
-        out.push(NodeMatch {
-            node: node.name.clone(),
-            scale: p.scale(),
-            zero_point: p.zero_point(),
-            values: tv.len(),
-            exact: exact as f64 / n,
-            within_one: one as f64 / n,
-            max_abs,
-        });
+        let sv = s.as_standard_layout();
+        out.push(NodeMatch::compare(
+            &node.name,
+            p,
+            &tv,
+            sv.as_slice().unwrap_or_default(),
+        ));
     }
     Ok(out)
 }

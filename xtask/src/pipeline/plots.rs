@@ -55,6 +55,23 @@ fn labelled_line<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f6
     Ok(())
 }
 
+/// Draws the chosen mixed-precision assignment's QAT point `p` (if any) as a red cross with the
+/// legend entry `label`.
+fn chosen_cross<'a, DB: DrawingBackend + 'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    p: Option<(f64, f64)>,
+    label: &str,
+) -> Result<()> {
+    if let Some(p) = p {
+        chart
+            .draw_series(std::iter::once(Cross::new(p, 8, RED.stroke_width(3))))
+            .map_err(err)?
+            .label(label)
+            .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
+    }
+    Ok(())
+}
+
 /// A chart on `area` captioned `caption` (sans-serif, `font` px) with the plots' margin and axis
 /// label areas (`y_label` px wide).
 fn chart_on<'a, 'b, DB: DrawingBackend>(
@@ -513,13 +530,7 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
             .label("uniform (QAT int8, test)")
             .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
     }
-    if let Some(p) = chosen_qat {
-        chart
-            .draw_series(std::iter::once(Cross::new(p, 8, RED.stroke_width(3))))
-            .map_err(err)?
-            .label("chosen (QAT int8, test)")
-            .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
-    }
+    chosen_cross(&mut chart, chosen_qat, "chosen (QAT int8, test)")?;
     legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
@@ -562,12 +573,6 @@ fn pareto_latency<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report)
         .map_err(err)?
         .label("uniform (QAT int8, test)")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
-    if let Some(p) = chosen {
-        chart
-            .draw_series(std::iter::once(Cross::new(p, 8, RED.stroke_width(3))))
-            .map_err(err)?
-            .label("mixed, chosen (QAT int8, test)")
-            .legend(|(x, y)| Cross::new((x + 10, y), 6, RED.stroke_width(3)));
-    }
+    chosen_cross(&mut chart, chosen, "mixed, chosen (QAT int8, test)")?;
     legend(&mut chart, SeriesLabelPosition::LowerRight)
 }

@@ -7,8 +7,7 @@ use ndarray::Axis;
 use qat_export::FidelityReport;
 use qat_train::{models::Net, trainer::History};
 use xtask::report::{
-    AgreementSummary, Curves, ModelSize, NodeAgreement, Report, ResultRow, TargetCheck,
-    TorchVsSimulation, pct,
+    AgreementSummary, Curves, ModelSize, Report, ResultRow, TargetCheck, TorchVsSimulation, pct,
 };
 
 use super::{
@@ -123,8 +122,8 @@ impl Pipeline {
             fidelity,
             fidelity_low_bit,
             torch_vs_simulation: TorchVsSimulation {
-                main: node_rows(&t.main),
-                low_bit: node_rows(&t.low),
+                main: t.main.qat.torch_vs_sim.clone(),
+                low_bit: t.low.qat.torch_vs_sim.clone(),
             },
             bit_sweep,
             ablations,
@@ -256,22 +255,6 @@ impl Pipeline {
         }
         rows
     }
-}
-
-fn node_rows(o: &VariantOutcome) -> Vec<NodeAgreement> {
-    o.qat
-        .torch_vs_sim
-        .iter()
-        .map(|n| NodeAgreement {
-            node: n.node.clone(),
-            scale: n.scale,
-            zero_point: n.zero_point,
-            values: n.values,
-            exact: n.exact,
-            within_one: n.within_one,
-            max_abs: n.max_abs,
-        })
-        .collect()
 }
 
 fn row(

@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{NodeAgreement, Report, pct};
+use qat_export::fidelity::NodeMatch;
+
+use super::{Report, pct};
 
 /// `text` on one line (runs of white space, newlines included, become one space): a refusal's
 /// multi-line message inside a Markdown table cell.
@@ -23,7 +25,7 @@ fn table<T>(s: &mut String, head: &str, rows: &[T], cells: impl Fn(&T) -> Vec<St
     }
 }
 
-fn nodes_table(title: &str, nodes: &[NodeAgreement]) -> String {
+fn nodes_table(title: &str, nodes: &[NodeMatch]) -> String {
     let mut s = format!(
         "#### {title}\n\n| node | S | Z | values | exact % | ≤1 % | max|Δ| |\n|---|---|---|---|---|---|---|\n"
     );

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use qat_export::{
     FidelityReport,
     analysis::{MixedPrecision, SensitivityTable, WeightAnalysis},
+    fidelity::NodeMatch,
 };
 use serde::{Deserialize, Serialize};
 
@@ -153,34 +154,14 @@ pub struct Latency {
     pub skipped: Option<String>,
 }
 
-/// One node's agreement: libtorch fake quant vs the export's simulation, in output codes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeAgreement {
-    /// Node name.
-    pub node: String,
-    /// Output scale `S`.
-    pub scale: f32,
-    /// Output zero point `Z`.
-    pub zero_point: i32,
-    /// Values compared.
-    pub values: usize,
-    /// Share of values with equal codes.
-    pub exact: f64,
-    /// Share within one code.
-    pub within_one: f64,
-    /// Largest code difference.
-    pub max_abs: i32,
-}
-
 /// The trained models vs the export's simulation, node by node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TorchVsSimulation {
     /// The 8-bit model.
-    pub main: Vec<NodeAgreement>,
+    pub main: Vec<NodeMatch>,
     /// The low-bit model.
-    pub low_bit: Vec<NodeAgreement>,
+    pub low_bit: Vec<NodeMatch>,
 }
 
 /// One point of the bit-width sweep.

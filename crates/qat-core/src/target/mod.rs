@@ -53,9 +53,7 @@ pub use real::requantize_real;
 pub use rescale::RescaleStage;
 
 use crate::QuantError;
-#[cfg(doc)]
-use crate::fixed_point::requantize_with;
-use crate::fixed_point::{QuantizedMultiplier, Rounding};
+use crate::fixed_point::{QuantizedMultiplier, Rounding, requantize_with};
 
 /// The requantization arithmetic of a deployment runtime (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -226,8 +224,8 @@ impl Target {
     #[inline]
     pub fn requantize(self, acc: i32, m: QuantizedMultiplier, zp: i32, lo: i32, hi: i32) -> i32 {
         match self {
-            Target::Qat => clamp_total(m.apply_rounded_once(acc) as i64 + zp as i64, lo, hi),
-            Target::Tflite => clamp_total(m.apply(acc) as i64 + zp as i64, lo, hi),
+            Target::Qat => requantize_with(Rounding::Single, acc, m, zp, lo, hi),
+            Target::Tflite => requantize_with(Rounding::Gemmlowp, acc, m, zp, lo, hi),
             Target::Ort | Target::Xnnpack => requantize_fp32(acc, m, zp, lo, hi),
         }
     }

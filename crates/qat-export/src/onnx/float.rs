@@ -1,11 +1,11 @@
 //! Lowering of a [`FloatGraph`] to a float ONNX graph (batch norm folded first, or kept as
 //! `BatchNormalization` nodes).
 
-use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC, oihw_from_ohwi};
+use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC};
 use super::proto::tensor_proto::DataType;
 use super::qdq::window_attrs;
 use crate::error::GraphError;
-use crate::ir::{Activation, FloatGraph, FloatOp};
+use crate::ir::{Activation, FloatGraph, FloatOp, oihw_from_ohwi};
 use crate::passes::bn_fold::fold_graph_batch_norms;
 
 fn spatial(shape: &[usize]) -> bool {

@@ -231,31 +231,9 @@ pub const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
 /// NCHW → NHWC.
 pub const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
 
-/// OHWI `[O, kh, kw, I]` → OIHW `[O, I, kh, kw]`.
-pub fn oihw_from_ohwi<T: Copy + Default>(w: &[T], [o, kh, kw, i]: [usize; 4]) -> Vec<T> {
-    let mut out = vec![T::default(); w.len()];
-    for oc in 0..o {
-        for y in 0..kh {
-            for x in 0..kw {
-                for ic in 0..i {
-                    out[((oc * i + ic) * kh + y) * kw + x] = w[((oc * kh + y) * kw + x) * i + ic];
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn oihw_transposes_ohwi() {
-        // O=1, kh=1, kw=2, I=3: OHWI [[[a0 a1 a2] [b0 b1 b2]]] → OIHW [[a0 b0] [a1 b1] [a2 b2]]
-        let w = [1, 2, 3, 4, 5, 6];
-        assert_eq!(oihw_from_ohwi(&w, [1, 1, 2, 3]), vec![1, 4, 2, 5, 3, 6]);
-    }
 
     #[test]
     fn a_model_round_trips_through_prost() {

@@ -45,8 +45,7 @@ pub mod proto;
 
 pub use graph::{IR_VERSION, OPSET, tensor_value_info};
 pub use import::{
-    IMPORT_OPSETS, ImportError, ImportOptions, Imported, InputLayout, Unsupported, import_onnx,
-    import_onnx_file,
+    IMPORT_OPSETS, ImportError, ImportOptions, Imported, InputLayout, import_onnx, import_onnx_file,
 };
 
 use qat_int8_runtime::{DType, Int8Model};

@@ -4,9 +4,10 @@
 use qat_core::QuantParams;
 use qat_int8_runtime::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, Weights};
 
-use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC, oihw_from_ohwi};
+use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC};
 use super::proto::tensor_proto::DataType;
 use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
+use crate::ir::oihw_from_ohwi;
 
 pub(super) struct Qdq<'m> {
     pub g: Graph,

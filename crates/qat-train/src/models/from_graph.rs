@@ -49,8 +49,8 @@
 //! ```
 
 use std::collections::HashSet;
-use std::fmt;
 
+pub use qat_export::UnsupportedNode;
 use qat_export::ir::{self, FloatGraph, FloatOp, NodeId};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -84,23 +84,6 @@ impl Default for GraphNetOptions {
     }
 }
 
-/// A graph node that has no QAT layer, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsupportedNode {
-    /// The node's name in the graph.
-    pub node: String,
-    /// Its op kind ([`FloatOp::kind`]).
-    pub op: String,
-    /// What is not supported.
-    pub reason: String,
-}
-
-impl fmt::Display for UnsupportedNode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.node, self.op, self.reason)
-    }
-}
-
 /// Why a [`Net`] could not be built from a graph.
 #[derive(Debug, Error)]
 pub enum FromGraphError {
@@ -108,7 +91,7 @@ pub enum FromGraphError {
     #[error("the float graph is invalid: {0}")]
     Graph(#[from] qat_export::GraphError),
     /// Nodes without a QAT layer: all of them, one per line.
-    #[error("{} node(s) of the float graph have no QAT layer:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    #[error("{} node(s) of the float graph have no QAT layer:\n  {}", .0.len(), UnsupportedNode::list(.0))]
     Unsupported(Vec<UnsupportedNode>),
     /// Building the net failed (the error names the layer).
     #[error(transparent)]
@@ -340,37 +323,6 @@ fn f64_of_f32(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-/// `OHWI → OIHW`.
-fn oihw_from_ohwi(w: &[f32], [o, kh, kw, i]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for a in 0..o {
-        for y in 0..kh {
-            for x in 0..kw {
-                for c in 0..i {
-                    out[((a * i + c) * kh + y) * kw + x] = w[((a * kh + y) * kw + x) * i + c];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Linear weights `[out, H·W·C]` for the graph's HWC flatten → the net's CHW flatten.
-fn linear_to_chw(w: &[f32], out: usize, [h, wd, c]: [usize; 3]) -> Vec<f32> {
-    let n = h * wd * c;
-    let mut res = vec![0.0; w.len()];
-    for o in 0..out {
-        for y in 0..h {
-            for x in 0..wd {
-                for ch in 0..c {
-                    res[o * n + (ch * h + y) * wd + x] = w[o * n + (y * wd + x) * c + ch];
-                }
-            }
-        }
-    }
-    res
-}
-
 /// Copies `graph`'s parameters into the layers of `net` (`origin[k]`: the graph node of net node
 /// `k`).
 fn load(
@@ -399,7 +351,11 @@ fn load(
             dst.shallow_clone().f_copy_(&src).map_err(err)
         };
         let put_conv_weight = |dst: &Tensor, cv: &ir::Conv2d| {
-            put(dst, &oihw_from_ohwi(&cv.weight, cv.weight_shape), "weight")
+            put(
+                dst,
+                &ir::oihw_from_ohwi(&cv.weight, cv.weight_shape),
+                "weight",
+            )
         };
         match (&node.op, &gn.op) {
             (NodeOp::ConvBn(l), FloatOp::Conv2d(cv)) => {
@@ -435,7 +391,7 @@ fn load(
                     .and_then(|s| s.inputs.first())
                     .map(|r| shapes[r.0].as_slice());
                 let weight = match pre {
-                    Some(&[h, w, c]) => linear_to_chw(&lin.weight, out, [h, w, c]),
+                    Some(&[h, w, c]) => ir::linear_to_nchw_flatten(&lin.weight, out, [c, h, w]),
                     _ => lin.weight.clone(),
                 };
                 put(l.weight(), &weight, "weight")?;
@@ -454,13 +410,7 @@ mod tests {
     use qat_export::ir::{Conv2d, Linear, Pool2d};
 
     #[test]
-    fn layouts_round_trip() {
-        let w: Vec<f32> = (0..2 * 3 * 2 * 4).map(|v| v as f32).collect();
-        let (ohwi, s) = ir::ohwi_from_oihw(&w, [2, 4, 3, 2]);
-        assert_eq!(oihw_from_ohwi(&ohwi, s), w);
-        let lw: Vec<f32> = (0..3 * 12).map(|v| v as f32).collect();
-        let hwc = ir::linear_from_nchw_flatten(&lw, 3, [3, 2, 2]);
-        assert_eq!(linear_to_chw(&hwc, 3, [2, 2, 3]), lw);
+    fn eps_is_the_shortest_decimal() {
         assert_eq!(f64_of_f32(1e-5), 1e-5);
         assert_eq!(f64_of_f32(1e-3), 1e-3);
     }

@@ -19,7 +19,7 @@
 //!
 //! Graph outputs keep their names; a spatial output is NHWC in the float graph. Every node that
 //! cannot be imported is collected, and the import fails with one [`ImportError::Unsupported`] that
-//! lists them all (name, op type, reason), never only the first one.
+//! lists them all ([`UnsupportedNode`]: name, op type, reason), never only the first one.
 //!
 //! ```
 //! use qat_export::ir::{Activation, Conv2d, FloatGraph, Linear};
@@ -43,14 +43,13 @@ mod tensor;
 mod window;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 
 use prost::Message;
 use thiserror::Error;
 
 use super::proto::{ModelProto, NodeProto, ValueInfoProto, type_proto};
-use crate::error::GraphError;
+use crate::error::{GraphError, UnsupportedNode};
 use crate::ir::{FloatGraph, NodeId};
 use tensor::Const;
 
@@ -97,23 +96,6 @@ pub struct Imported {
     pub input_layout: InputLayout,
 }
 
-/// A node the importer cannot express, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsupported {
-    /// The node's name (or its first output's name when it has none).
-    pub node: String,
-    /// The op type (with its domain when not the default one).
-    pub op_type: String,
-    /// What about it is not supported (attribute, input, layout).
-    pub reason: String,
-}
-
-impl fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.node, self.op_type, self.reason)
-    }
-}
-
 /// Why an import failed.
 #[derive(Debug, Error)]
 pub enum ImportError {
@@ -140,8 +122,8 @@ pub enum ImportError {
     #[error("ONNX model: {0}")]
     Structure(String),
     /// Nodes that cannot be imported: all of them, one per line.
-    #[error("{} unsupported node(s):\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
-    Unsupported(Vec<Unsupported>),
+    #[error("{} unsupported node(s):\n  {}", .0.len(), UnsupportedNode::list(.0))]
+    Unsupported(Vec<UnsupportedNode>),
     /// The imported graph failed validation (for example inconsistent shapes in the file).
     #[error("the imported graph is invalid: {0}")]
     Graph(#[from] GraphError),
@@ -190,9 +172,9 @@ pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, Impor
         .and_then(|o| o.version);
     match opset {
         Some(v) if IMPORT_OPSETS.contains(&v) => {}
-        other => bad.push(Unsupported {
+        other => bad.push(UnsupportedNode {
             node: "<model>".into(),
-            op_type: "opset_import".into(),
+            op: "opset_import".into(),
             reason: format!(
                 "ai.onnx opset {} (opsets {}–{} are read)",
                 other.map_or("missing".into(), |v| v.to_string()),
@@ -211,9 +193,9 @@ pub fn import_onnx(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, Impor
             Ok(c) => {
                 imp.vals.insert(name, Val::Const(c));
             }
-            Err(reason) => imp.bad.push(Unsupported {
+            Err(reason) => imp.bad.push(UnsupportedNode {
                 node: name,
-                op_type: "initializer".into(),
+                op: "initializer".into(),
                 reason,
             }),
         }
@@ -297,7 +279,7 @@ struct Importer<'o> {
     pub g: FloatGraph,
     pub vals: HashMap<String, Val>,
     pub uses: HashMap<String, usize>,
-    pub bad: Vec<Unsupported>,
+    pub bad: Vec<UnsupportedNode>,
     pub opts: &'o ImportOptions,
 }
 
@@ -394,9 +376,9 @@ impl<'o> Importer<'o> {
         match self.vals.get(name).cloned() {
             Some(Val::Act { id, form, .. }) => {
                 if let Form::FlatChw(_) = form {
-                    self.bad.push(Unsupported {
+                    self.bad.push(UnsupportedNode {
                         node: name.into(),
-                        op_type: "graph output".into(),
+                        op: "graph output".into(),
                         reason: "a CHW-flattened tensor as a graph output (the float graph flattens in HWC order)"
                             .into(),
                     });
@@ -406,14 +388,14 @@ impl<'o> Importer<'o> {
                 self.g.output(out, id);
             }
             Some(Val::Poisoned) => {}
-            Some(Val::Const(_)) => self.bad.push(Unsupported {
+            Some(Val::Const(_)) => self.bad.push(UnsupportedNode {
                 node: name.into(),
-                op_type: "graph output".into(),
+                op: "graph output".into(),
                 reason: "a constant graph output".into(),
             }),
-            None => self.bad.push(Unsupported {
+            None => self.bad.push(UnsupportedNode {
                 node: name.into(),
-                op_type: "graph output".into(),
+                op: "graph output".into(),
                 reason: "not produced by any node".into(),
             }),
         }
@@ -443,9 +425,9 @@ impl<'o> Importer<'o> {
             Err(format!("custom domain {domain:?}"))
         };
         if let Err(reason) = res {
-            self.bad.push(Unsupported {
+            self.bad.push(UnsupportedNode {
                 node: label,
-                op_type: if domain.is_empty() {
+                op: if domain.is_empty() {
                     op
                 } else {
                     format!("{domain}.{op}")
