@@ -4,11 +4,11 @@
 
 use std::arch::x86_64::*;
 
-use super::Avx512Vnni;
 use super::depthwise_fused::depthwise_row_fused;
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
 };
+use super::{Avx512Vnni, byte_mask};
 use crate::kernels::frame::depthwise::{DwOut, RowJob, RowScratch};
 use crate::kernels::frame::{DepthwiseKernel, DepthwisePlan, Epilogue, OutputStage};
 
@@ -237,11 +237,7 @@ pub unsafe fn depthwise_pixel64<const SLOW: bool, const SINGLE: bool, const P: u
     o8: Option<[*mut u8; P]>,
     o32: Option<[*mut i32; P]>,
 ) {
-    let mask = if valid >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << valid) - 1
-    };
+    let mask = byte_mask(valid);
     let blk = c0 / 64;
     // SAFETY: as documented; the layout arrays cover every block.
     unsafe {

@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
 use super::requant::{RqFused16, requantize16_fused};
 use crate::kernels::frame::Epilogue;
@@ -35,11 +36,7 @@ unsafe fn depthwise_block_fused<const T: usize>(
     o8: *mut u8,
 ) {
     const P: usize = 3;
-    let mask = if valid >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << valid) - 1
-    };
+    let mask = byte_mask(valid);
     let blk = c0 / 64;
     let taps = if T == 0 { l.taps } else { T };
     // SAFETY: as documented; the layout arrays cover every block.

@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use super::byte_mask;
 use super::requant::{RqFused16, Stage16, requantize16_fused, stage16, variant};
 use crate::kernels::frame::epilogue::SingleShift;
 use crate::kernels::frame::{Epilogue, OutPtr};
@@ -175,11 +176,7 @@ unsafe fn tile_store_packed<const M: usize>(
     p: *mut u8,
     ld: usize,
 ) {
-    let mask = if cols >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << cols) - 1
-    };
+    let mask = byte_mask(cols);
     // After the packs, 128-bit lane j holds dword k = columns 16k + 4j .. 16k + 4j + 3: dword
     // 4j + k goes to 4k + j.
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
