@@ -335,12 +335,7 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
         for v in 0..V {
             let col = c0 + 16 * v;
             if let (Some(o), true) = (o8, l.fused) {
-                let f = RqFused16::load(
-                    e.m0.as_ptr().add(col),
-                    l.fk_nat.as_ptr().add(col),
-                    l.fs_nat.as_ptr().add(col),
-                    e.rounding,
-                );
+                let f = RqFused16::load_at(&e.m0, &l.fk_nat, &l.fs_nat, col, e.rounding);
                 let q = _mm512_min_epi32(
                     _mm512_max_epi32(requantize16_fused(acc[v], &f), _mm512_set1_epi32(e.lo)),
                     _mm512_set1_epi32(e.hi),

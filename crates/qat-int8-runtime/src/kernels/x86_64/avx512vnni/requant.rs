@@ -384,6 +384,25 @@ impl RqFused16 {
             }
         }
     }
+
+    /// [`RqFused16::load`] of lanes `at..at + 16`: `m0[at..]`, `k[at..]`, `s[at..]`. Always
+    /// inlined, without target features of its own: it compiles as part of the kernel calling it.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; `m0`, `k` and `s` have at least `at + 16` entries each.
+    #[inline(always)]
+    pub unsafe fn load_at(m0: &[i32], k: &[i64], s: &[i64], at: usize, rounding: Rounding) -> Self {
+        debug_assert!(m0.len() >= at + 16 && k.len() >= at + 16 && s.len() >= at + 16);
+        // SAFETY: caller guarantees the lengths.
+        unsafe {
+            Self::load(
+                m0.as_ptr().add(at),
+                k.as_ptr().add(at),
+                s.as_ptr().add(at),
+                rounding,
+            )
+        }
+    }
 }
 
 /// Whether every real channel admits the single-shift output stage (either rounding): no left shift

@@ -143,12 +143,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
             let col = col0 + 16 * j;
             let mask = ((1u32 << (cols - 16 * j).min(16)) - 1) as u16;
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let f = RqFused16::load(
-                e.m0.as_ptr().add(col),
-                ss.k.as_ptr().add(col),
-                ss.s.as_ptr().add(col),
-                e.rounding,
-            );
+            let f = RqFused16::load_at(&e.m0, &ss.k, &ss.s, col, e.rounding);
             for (r, accr) in acc.iter().enumerate() {
                 let q = requantize16_fused(_mm512_add_epi32(accr[j], bias), &f);
                 let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
@@ -184,13 +179,7 @@ unsafe fn tile_store_packed<const M: usize>(
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
         let f: [RqFused16; 4] = std::array::from_fn(|j| {
-            let col = col0 + 16 * j;
-            RqFused16::load(
-                e.m0.as_ptr().add(col),
-                ss.k.as_ptr().add(col),
-                ss.s.as_ptr().add(col),
-                e.rounding,
-            )
+            RqFused16::load_at(&e.m0, &ss.k, &ss.s, col0 + 16 * j, e.rounding)
         });
         let bias: [__m512i; 4] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
