@@ -342,11 +342,7 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
                 );
                 _mm_mask_storeu_epi8(o.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
             } else if let Some(o) = o8 {
-                let rq = Stage16::load::<SINGLE>(
-                    e.m0.as_ptr().add(col),
-                    e.left.as_ptr().add(col),
-                    e.right.as_ptr().add(col),
-                );
+                let rq = Stage16::load_at::<SINGLE>(&e.m0, &e.left, &e.right, col);
                 let q = stage16::<SLOW, SINGLE>(
                     acc[v],
                     &rq,
@@ -443,12 +439,7 @@ unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(
             }
             let blk = c0 / 64;
             let rq: [Stage16; 4] = std::array::from_fn(|b| {
-                let at = blk * 64 + b * 16;
-                Stage16::load::<SINGLE>(
-                    l.m0.as_ptr().add(at),
-                    l.left.as_ptr().add(at),
-                    l.right.as_ptr().add(at),
-                )
+                Stage16::load_at::<SINGLE>(&l.m0, &l.left, &l.right, blk * 64 + b * 16)
             });
             let mut p = 0;
             if let Some(tp) = taps {

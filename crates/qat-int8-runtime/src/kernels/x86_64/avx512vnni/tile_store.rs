@@ -101,11 +101,7 @@ unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>
             let col = col0 + 16 * j;
             let valid = (cols - 16 * j).min(16);
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let rq = Stage16::load::<SINGLE>(
-                e.m0.as_ptr().add(col),
-                e.left.as_ptr().add(col),
-                e.right.as_ptr().add(col),
-            );
+            let rq = Stage16::load_at::<SINGLE>(&e.m0, &e.left, &e.right, col);
             for (r, accr) in acc.iter().enumerate() {
                 let v = _mm512_add_epi32(accr[j], bias);
                 store16::<SLOW, SINGLE>(v, &rq, e, valid, out, r, col);
