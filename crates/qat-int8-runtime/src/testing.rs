@@ -47,43 +47,38 @@ pub mod lanes {
         fused_ok(&m0, &left, &right, zp, lo, hi)
     }
 
-    /// Runs an AVX-512 output stage on the lanes `x`; `None` when this CPU lacks AVX-512 VNNI.
-    /// `stage` gets the loaded lanes and `(Z3, lo, hi)` broadcast, and runs only after the check.
-    fn avx512_stage(
-        x: [i32; 16],
-        [zp, lo, hi]: [i32; 3],
-        stage: impl FnOnce(__m512i, [__m512i; 3]) -> __m512i,
-    ) -> Option<[i32; 16]> {
-        if !KernelPath::Avx512Vnni.is_supported_here() {
-            return None;
-        }
-        let mut out = [0i32; 16];
-        // SAFETY: AVX-512 VNNI supported (checked); `x` and `out` have 16 lanes.
-        unsafe {
-            let zlh = [zp, lo, hi].map(|v| _mm512_set1_epi32(v));
-            let q = stage(_mm512_loadu_si512(x.as_ptr().cast()), zlh);
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), q);
-        }
-        Some(out)
+    /// Defines `$name`, which runs an output stage on the `$n` lanes `x` as one `$vec`; `None`
+    /// when this CPU lacks `KernelPath::$path`. `stage` gets the loaded lanes and `(Z3, lo, hi)`
+    /// broadcast, and runs only after the check.
+    macro_rules! lane_stage {
+        ($name:ident: $n:literal x $vec:ty, $path:ident, $splat:ident, $load:ident, $store:ident) => {
+            fn $name(
+                x: [i32; $n],
+                [zp, lo, hi]: [i32; 3],
+                stage: impl FnOnce($vec, [$vec; 3]) -> $vec,
+            ) -> Option<[i32; $n]> {
+                if !KernelPath::$path.is_supported_here() {
+                    return None;
+                }
+                let mut out = [0i32; $n];
+                // SAFETY: the instruction set is supported (checked); `x` and `out` have one
+                // vector's lanes.
+                unsafe {
+                    let zlh = [zp, lo, hi].map(|v| $splat(v));
+                    let q = stage($load(x.as_ptr().cast()), zlh);
+                    $store(out.as_mut_ptr().cast(), q);
+                }
+                Some(out)
+            }
+        };
     }
-
-    /// [`avx512_stage`] with AVX2's 8 lanes; `None` when this CPU lacks AVX2.
-    fn avx2_stage(
-        x: [i32; 8],
-        [zp, lo, hi]: [i32; 3],
-        stage: impl FnOnce(__m256i, [__m256i; 3]) -> __m256i,
-    ) -> Option<[i32; 8]> {
-        if !KernelPath::Avx2.is_supported_here() {
-            return None;
-        }
-        let mut out = [0i32; 8];
-        // SAFETY: AVX2 supported (checked); `x` and `out` have 8 lanes.
-        unsafe {
-            let zlh = [zp, lo, hi].map(|v| _mm256_set1_epi32(v));
-            let q = stage(_mm256_loadu_si256(x.as_ptr().cast()), zlh);
-            _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
-        }
-        Some(out)
+    lane_stage! {
+        avx512_stage: 16 x __m512i, Avx512Vnni,
+        _mm512_set1_epi32, _mm512_loadu_si512, _mm512_storeu_si512
+    }
+    lane_stage! {
+        avx2_stage: 8 x __m256i, Avx2,
+        _mm256_set1_epi32, _mm256_loadu_si256, _mm256_storeu_si256
     }
 
     /// AVX-512's single-shift stage (`requantize16_fused`, no clamp) in `rounding`; `None` also

@@ -21,8 +21,7 @@ impl ConvPlan {
         let taps = kh * kw;
         let sample_len = h * w * cin;
         // (sample, oh, ow) of the first row, then advanced incrementally.
-        let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
-        let (mut oh, mut ow) = (pix / wo, pix % wo);
+        let (mut s, mut oh, mut ow) = out_pos(row0, ho, wo);
         for r in 0..rows {
             let sample = &input[s * sample_len..(s + 1) * sample_len];
             let dst = &mut ptrs[r * taps..(r + 1) * taps];
@@ -53,14 +52,7 @@ impl ConvPlan {
                 }
             }
             ow += 1;
-            if ow == wo {
-                ow = 0;
-                oh += 1;
-                if oh == ho {
-                    oh = 0;
-                    s += 1;
-                }
-            }
+            carry_line(&mut s, &mut oh, &mut ow, ho, wo);
         }
     }
 
@@ -134,8 +126,7 @@ impl ConvPlan {
             .clamp(ow_lo, wo);
         let hstep = dh * w * cin;
         let sample_len = h * w * cin;
-        let (mut s, pix) = (row0 / (ho * wo), row0 % (ho * wo));
-        let (mut oh, mut ow) = (pix / wo, pix % wo);
+        let (mut s, mut oh, mut ow) = out_pos(row0, ho, wo);
         let mut r = 0;
         while r < rows {
             // The rows of output line (s, oh) from column ow.
@@ -178,14 +169,7 @@ impl ConvPlan {
             }
             r += end - ow;
             ow = end;
-            if ow == wo {
-                ow = 0;
-                oh += 1;
-                if oh == ho {
-                    oh = 0;
-                    s += 1;
-                }
-            }
+            carry_line(&mut s, &mut oh, &mut ow, ho, wo);
         }
     }
 
@@ -236,6 +220,27 @@ impl ConvPlan {
                     fill_small(tap, zp);
                 }
             }
+        }
+    }
+}
+
+/// `(sample, oh, ow)` of output row `row` (row = (sample, oh, ow), `ho × wo` rows per sample).
+#[inline(always)]
+fn out_pos(row: usize, ho: usize, wo: usize) -> (usize, usize, usize) {
+    let (s, pix) = (row / (ho * wo), row % (ho * wo));
+    (s, pix / wo, pix % wo)
+}
+
+/// After `ow` was advanced: a finished output line (`ow == wo`) carries into the next line, the
+/// last line of a sample into the next sample.
+#[inline(always)]
+fn carry_line(s: &mut usize, oh: &mut usize, ow: &mut usize, ho: usize, wo: usize) {
+    if *ow == wo {
+        *ow = 0;
+        *oh += 1;
+        if *oh == ho {
+            *oh = 0;
+            *s += 1;
         }
     }
 }

@@ -4,11 +4,11 @@
 
 use std::arch::x86_64::*;
 
-use super::Avx512Vnni;
 use super::depthwise_fused::depthwise_row_fused;
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
 };
+use super::{Avx512Vnni, byte_mask};
 use crate::kernels::frame::depthwise::{DwOut, RowJob, RowScratch};
 use crate::kernels::frame::{DepthwiseKernel, DepthwisePlan, Epilogue, OutputStage};
 
@@ -237,11 +237,7 @@ pub unsafe fn depthwise_pixel64<const SLOW: bool, const SINGLE: bool, const P: u
     o8: Option<[*mut u8; P]>,
     o32: Option<[*mut i32; P]>,
 ) {
-    let mask = if valid >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << valid) - 1
-    };
+    let mask = byte_mask(valid);
     let blk = c0 / 64;
     // SAFETY: as documented; the layout arrays cover every block.
     unsafe {
@@ -339,23 +335,14 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
         for v in 0..V {
             let col = c0 + 16 * v;
             if let (Some(o), true) = (o8, l.fused) {
-                let f = RqFused16::load(
-                    e.m0.as_ptr().add(col),
-                    l.fk_nat.as_ptr().add(col),
-                    l.fs_nat.as_ptr().add(col),
-                    e.rounding,
-                );
+                let f = RqFused16::load_at(&e.m0, &l.fk_nat, &l.fs_nat, col, e.rounding);
                 let q = _mm512_min_epi32(
                     _mm512_max_epi32(requantize16_fused(acc[v], &f), _mm512_set1_epi32(e.lo)),
                     _mm512_set1_epi32(e.hi),
                 );
                 _mm_mask_storeu_epi8(o.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
             } else if let Some(o) = o8 {
-                let rq = Stage16::load::<SINGLE>(
-                    e.m0.as_ptr().add(col),
-                    e.left.as_ptr().add(col),
-                    e.right.as_ptr().add(col),
-                );
+                let rq = Stage16::load_at::<SINGLE>(&e.m0, &e.left, &e.right, col);
                 let q = stage16::<SLOW, SINGLE>(
                     acc[v],
                     &rq,
@@ -452,12 +439,7 @@ unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(
             }
             let blk = c0 / 64;
             let rq: [Stage16; 4] = std::array::from_fn(|b| {
-                let at = blk * 64 + b * 16;
-                Stage16::load::<SINGLE>(
-                    l.m0.as_ptr().add(at),
-                    l.left.as_ptr().add(at),
-                    l.right.as_ptr().add(at),
-                )
+                Stage16::load_at::<SINGLE>(&l.m0, &l.left, &l.right, blk * 64 + b * 16)
             });
             let mut p = 0;
             if let Some(tp) = taps {

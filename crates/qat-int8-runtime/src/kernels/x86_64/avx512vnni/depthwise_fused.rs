@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
 use super::requant::{RqFused16, requantize16_fused};
 use crate::kernels::frame::Epilogue;
@@ -35,23 +36,13 @@ unsafe fn depthwise_block_fused<const T: usize>(
     o8: *mut u8,
 ) {
     const P: usize = 3;
-    let mask = if valid >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << valid) - 1
-    };
+    let mask = byte_mask(valid);
     let blk = c0 / 64;
     let taps = if T == 0 { l.taps } else { T };
     // SAFETY: as documented; the layout arrays cover every block.
     unsafe {
         let f: [RqFused16; 4] = std::array::from_fn(|b| {
-            let at = blk * 64 + b * 16;
-            RqFused16::load(
-                l.m0.as_ptr().add(at),
-                l.fk.as_ptr().add(at),
-                l.fs.as_ptr().add(at),
-                e.rounding,
-            )
+            RqFused16::load_at(&l.m0, &l.fk, &l.fs, blk * 64 + b * 16, e.rounding)
         });
         let bias: [__m512i; 4] = std::array::from_fn(|b| {
             _mm512_loadu_si512(l.bias.as_ptr().add(blk * 64 + b * 16).cast())
@@ -159,13 +150,7 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
             ((1u32 << n) - 1) as u16
         });
         let f: [RqFused16; V] = std::array::from_fn(|v| {
-            let col = c0 + 16 * v;
-            RqFused16::load(
-                e.m0.as_ptr().add(col),
-                l.fk_nat.as_ptr().add(col),
-                l.fs_nat.as_ptr().add(col),
-                e.rounding,
-            )
+            RqFused16::load_at(&e.m0, &l.fk_nat, &l.fs_nat, c0 + 16 * v, e.rounding)
         });
         let bias: [__m512i; V] =
             std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));

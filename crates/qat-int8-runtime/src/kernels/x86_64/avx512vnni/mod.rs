@@ -13,6 +13,13 @@ mod tile_store;
 
 use crate::kernels::frame::Isa;
 
+/// The mask of a 64-byte masked load or store that touches the first `n` bytes (all 64 when
+/// `n ≥ 64`).
+#[inline(always)]
+const fn byte_mask(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
 /// The x86-64 AVX-512 VNNI instruction set (avx512f + bw + vl + vnni).
 pub(crate) struct Avx512Vnni;
 

@@ -313,6 +313,29 @@ impl Stage16 {
             }
         }
     }
+
+    /// [`Stage16::load`] of lanes `at..at + 16`: `m0[at..]`, `left[at..]`, `right[at..]`. Always
+    /// inlined, without target features of its own: it compiles as part of the kernel calling it.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; `m0`, `left` and `right` have at least `at + 16` entries each.
+    #[inline(always)]
+    pub unsafe fn load_at<const SINGLE: bool>(
+        m0: &[i32],
+        left: &[i32],
+        right: &[i32],
+        at: usize,
+    ) -> Self {
+        debug_assert!(m0.len() >= at + 16 && left.len() >= at + 16 && right.len() >= at + 16);
+        // SAFETY: caller guarantees the lengths.
+        unsafe {
+            Self::load::<SINGLE>(
+                m0.as_ptr().add(at),
+                left.as_ptr().add(at),
+                right.as_ptr().add(at),
+            )
+        }
+    }
 }
 
 /// The output stage of 16 lanes in the mode chosen at compile time: [`requantize16`] with
@@ -382,6 +405,25 @@ impl RqFused16 {
                     r => not_fused(r),
                 }),
             }
+        }
+    }
+
+    /// [`RqFused16::load`] of lanes `at..at + 16`: `m0[at..]`, `k[at..]`, `s[at..]`. Always
+    /// inlined, without target features of its own: it compiles as part of the kernel calling it.
+    ///
+    /// # Safety
+    /// CPU supports avx512f; `m0`, `k` and `s` have at least `at + 16` entries each.
+    #[inline(always)]
+    pub unsafe fn load_at(m0: &[i32], k: &[i64], s: &[i64], at: usize, rounding: Rounding) -> Self {
+        debug_assert!(m0.len() >= at + 16 && k.len() >= at + 16 && s.len() >= at + 16);
+        // SAFETY: caller guarantees the lengths.
+        unsafe {
+            Self::load(
+                m0.as_ptr().add(at),
+                k.as_ptr().add(at),
+                s.as_ptr().add(at),
+                rounding,
+            )
         }
     }
 }

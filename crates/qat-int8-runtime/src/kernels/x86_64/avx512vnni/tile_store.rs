@@ -4,6 +4,7 @@
 
 use std::arch::x86_64::*;
 
+use super::byte_mask;
 use super::requant::{RqFused16, Stage16, requantize16_fused, stage16, variant};
 use crate::kernels::frame::epilogue::SingleShift;
 use crate::kernels::frame::{Epilogue, OutPtr};
@@ -100,11 +101,7 @@ unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>
             let col = col0 + 16 * j;
             let valid = (cols - 16 * j).min(16);
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let rq = Stage16::load::<SINGLE>(
-                e.m0.as_ptr().add(col),
-                e.left.as_ptr().add(col),
-                e.right.as_ptr().add(col),
-            );
+            let rq = Stage16::load_at::<SINGLE>(&e.m0, &e.left, &e.right, col);
             for (r, accr) in acc.iter().enumerate() {
                 let v = _mm512_add_epi32(accr[j], bias);
                 store16::<SLOW, SINGLE>(v, &rq, e, valid, out, r, col);
@@ -142,12 +139,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
             let col = col0 + 16 * j;
             let mask = ((1u32 << (cols - 16 * j).min(16)) - 1) as u16;
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let f = RqFused16::load(
-                e.m0.as_ptr().add(col),
-                ss.k.as_ptr().add(col),
-                ss.s.as_ptr().add(col),
-                e.rounding,
-            );
+            let f = RqFused16::load_at(&e.m0, &ss.k, &ss.s, col, e.rounding);
             for (r, accr) in acc.iter().enumerate() {
                 let q = requantize16_fused(_mm512_add_epi32(accr[j], bias), &f);
                 let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
@@ -175,11 +167,7 @@ unsafe fn tile_store_packed<const M: usize>(
     p: *mut u8,
     ld: usize,
 ) {
-    let mask = if cols >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << cols) - 1
-    };
+    let mask = byte_mask(cols);
     // After the packs, 128-bit lane j holds dword k = columns 16k + 4j .. 16k + 4j + 3: dword
     // 4j + k goes to 4k + j.
     let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -187,13 +175,7 @@ unsafe fn tile_store_packed<const M: usize>(
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
         let f: [RqFused16; 4] = std::array::from_fn(|j| {
-            let col = col0 + 16 * j;
-            RqFused16::load(
-                e.m0.as_ptr().add(col),
-                ss.k.as_ptr().add(col),
-                ss.s.as_ptr().add(col),
-                e.rounding,
-            )
+            RqFused16::load_at(&e.m0, &ss.k, &ss.s, col0 + 16 * j, e.rounding)
         });
         let bias: [__m512i; 4] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
