@@ -277,18 +277,17 @@ fn strict_clamp(x: &Tensor, lo: f32, hi: f32) -> Result<Tensor, tch::TchError> {
     value.f_addcmul(&x.f_sub(&x.f_detach()?)?, &mask)
 }
 
-/// With several libtorch threads, tensors from this many elements on take the composed (parallel)
-/// libtorch path instead of the one-pass serial kernel. Measured on the 2-core build machine,
-/// MobileNet-v1 QAT steps with 2 threads (`bench_train`, paired runs): all serial, α 0.25: 1.24–1.25×
-/// a float step, α 0.5: 1.17–1.47× (erratic: the 1.6 M-element activations); all composed: 1.36–1.41× and
-/// 1.23–1.34×; this threshold (2²⁰, 4 MiB of f32): 1.23–1.27× and 1.22–1.24×. With one thread the
-/// serial kernel always wins.
-pub(crate) const SERIAL_MAX_MULTI_THREAD: usize = 1 << 20;
-
 /// `FQ(clamp(x, a, b))` with its gradient attached as `y = base + x·m` (see
 /// [`clamp_fake_quant_per_tensor`]); `None` unless `x` is a contiguous CPU tensor that requires
-/// grad, and, with several libtorch threads, has fewer than [`SERIAL_MAX_MULTI_THREAD`] elements,
-/// or `consts` gives no `[1/S, S, qmin − Z, qmax − Z]` (asked only once the rest applies).
+/// grad (and the host fast paths of [`crate::cpu`] are on), or `consts` gives no
+/// `[1/S, S, qmin − Z, qmax − Z]` (asked only once the rest applies).
+///
+/// The one pass runs on the calling thread also when libtorch has more: on the 2-core build
+/// machine (Zen 5, MobileNet-v1 QAT steps with 2 threads, `bench_train`, alternated builds) it beat
+/// the composed libtorch path, whose eight parallel passes over an activation larger than the
+/// caches cost more than one serial pass (α 0.5, batch 256: 1.04–1.13× a float step against
+/// 1.36–1.43× with the composed path from 2²⁰ elements on), and splitting the pass over rayon's
+/// threads measured no gain (libtorch's OpenMP workers still spin on the cores after each op).
 pub(crate) fn fq_ste_cpu(
     x: &Tensor,
     consts: impl FnOnce() -> Option<[f32; 4]>,
@@ -296,9 +295,6 @@ pub(crate) fn fq_ste_cpu(
     b: f32,
 ) -> Option<Result<Tensor, tch::TchError>> {
     if !crate::cpu::in_host_memory::<f32>(x) || !x.requires_grad() {
-        return None;
-    }
-    if tch::get_num_threads() > 1 && x.numel() >= SERIAL_MAX_MULTI_THREAD {
         return None;
     }
     let [inv, scale, lo, hi] = consts()?;
@@ -357,7 +353,7 @@ fn kernel_consts(p: &QuantParams) -> [f32; 4] {
 /// `m = [qmin ≤ round_half_even(x·(1/S)) + Z ≤ qmax]` as `f32` 0/1 (1 for NaN inputs, which
 /// quantize to `Z`).
 ///
-/// Computed (on CUDA, on non-contiguous tensors and with more than one libtorch thread; otherwise by
+/// Computed (on CUDA and on non-contiguous tensors; otherwise by
 /// an equivalent single pass) as `t = round_half_even(x·(1/S)) + Z` (NaN → `Z`), `c = clamp(t, qmin, qmax)`,
 /// `m = (c == t)`, `FQ = (c − Z)·S`, with `1/S` rounded to f32 once as qat-core does; every step is
 /// exact in f32 except `x·(1/S)` and the final product, which are the same single roundings as
@@ -422,8 +418,9 @@ fn fq_parts(
     })
 }
 
-/// The same `(FQ(x), mask)` in one pass over a contiguous f32 CPU tensor when libtorch runs one
-/// intra-op thread (`None` otherwise: the composed libtorch path). Per element, with `lo = qmin − Z`, `hi = qmax − Z`:
+/// The same `(FQ(x), mask)` in one pass over a contiguous f32 CPU tensor (`None` otherwise, or with
+/// the host fast paths of [`crate::cpu`] off: the composed libtorch path; on the calling thread, see
+/// [`fq_ste_cpu`]). Per element, with `lo = qmin − Z`, `hi = qmax − Z`:
 /// `t = x·(1/S)` (f32), NaN → code `Z`; else `t` is clamped to `[lo − 1, hi + 1]` (which changes
 /// neither the clamped code nor the mask) and rounded half to even by `(t + 1.5·2²³) − 1.5·2²³`
 /// (exact for `|t| < 2²²`; it also turns `−0` into `+0`), `c = clamp(r, lo, hi)`, `m = [c = r]`,
@@ -434,9 +431,7 @@ pub(crate) fn fq_parts_cpu(
     consts: impl FnOnce() -> Option<[f32; 4]>,
     want_mask: bool,
 ) -> Option<Result<(Tensor, Option<Tensor>), tch::TchError>> {
-    // One thread only: with more, libtorch's parallel elementwise ops beat a serial loop, and threads
-    // of our own would compete with libtorch's spinning OpenMP workers for the cores (measured).
-    if !crate::cpu::in_host_memory::<f32>(x) || tch::get_num_threads() != 1 {
+    if !crate::cpu::in_host_memory::<f32>(x) {
         return None;
     }
     let [inv, scale, lo, hi] = consts()?;
