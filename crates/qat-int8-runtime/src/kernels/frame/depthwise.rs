@@ -25,6 +25,13 @@ const PAD_TAP: u32 = u32::MAX;
 /// The largest border table a plan keeps (entries); larger layers resolve border taps per call.
 const BORDER_TABLE_MAX: usize = 1 << 20;
 
+/// A layer whose border pixels are at least `1/PAD_SHARE` of its output pixels runs on a
+/// `Z1`-padded copy of each sample ([`DepthwisePlan::padded`]).
+const PAD_SHARE: usize = 8;
+
+/// The largest padded sample (bytes) a plan copies: it stays in the per-thread scratch, in cache.
+const PADDED_SAMPLE_MAX: usize = 1 << 18;
+
 /// Geometry of a depthwise conv.
 #[derive(Debug, Clone, Copy)]
 pub struct DepthwiseShape {
@@ -71,6 +78,10 @@ pub(crate) struct RowScratch {
     pub(crate) acc: Vec<i32>,
     /// The row's int32 results for the scalar output stage.
     row: Vec<i32>,
+    /// A `Z1`-padded sample ([`DepthwisePlan::padded`]).
+    padded: Vec<u8>,
+    /// The geometry and `Z1` whose padding `padded` holds: `[Hp, Wp, C, top, left, H, W, Z1]`.
+    padded_key: [usize; 8],
 }
 
 /// One output row for an ISA: the plan, the sample, the row index and scratch.
@@ -156,6 +167,11 @@ pub struct DepthwisePlan {
     border: Vec<u32>,
     /// Row `oh`'s entries of `border` start at `border_start[oh]` (`Ho + 1` entries).
     border_start: Vec<usize>,
+    /// When border pixels are a large share of the output (small inputs): the same layer on the
+    /// input padded to `[H + top + bottom, W + left + right, C]` with `Z1` and no padding, so
+    /// that every output pixel runs the interior kernel. Exact: a padding tap reads `Z1` either
+    /// way (the border path points it at the `Z1` row).
+    padded: Option<Box<DepthwisePlan>>,
     /// The ISA's layout and the row frame instantiated for it.
     rows: Box<dyn Rows>,
 }
@@ -285,10 +301,66 @@ impl DepthwisePlan {
             epi,
             border: Vec::new(),
             border_start: Vec::new(),
+            padded: None,
             rows: Box::new(RowsOf::<K>(layout)),
         };
         plan.build_border_table();
+        if let Some(shape) = plan.padded_shape() {
+            let inner = Self::prepare::<K>(path, shape, layer);
+            let all_interior =
+                (0..inner.out_hwc[0]).all(|oh| inner.interior(oh) == (0, inner.out_hwc[1]));
+            if all_interior {
+                plan.padded = Some(Box::new(inner));
+            }
+        }
         plan
+    }
+
+    /// The unpadded shape of the layer on its padded input, when worth it: some padding, border
+    /// pixels at least `1/PAD_SHARE` of the output, a padded sample of at most
+    /// [`PADDED_SAMPLE_MAX`] bytes.
+    fn padded_shape(&self) -> Option<DepthwiseShape> {
+        let [h, w, c] = self.in_hwc;
+        let [ho, wo, _] = self.out_hwc;
+        let [pt, pl, pb, pr] = self.padding;
+        let (hp, wp) = (h + pt + pb, w + pl + pr);
+        let border: usize = (0..ho).map(|oh| self.border_columns(oh).count()).sum();
+        let worth = self.padding != [0; 4]
+            && border.saturating_mul(PAD_SHARE) >= ho.saturating_mul(wo)
+            && hp.saturating_mul(wp).saturating_mul(c) <= PADDED_SAMPLE_MAX;
+        worth.then_some(DepthwiseShape {
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            padding: [0; 4],
+            in_hwc: [hp, wp, c],
+            out_hwc: self.out_hwc,
+        })
+    }
+
+    /// Copies `sample` (`H·W·C` bytes) into `buf`, padded with `Z1` to the inner plan's input.
+    /// The padding is rewritten only when `buf` last held another geometry or `Z1` (`key`).
+    fn pad_sample(
+        &self,
+        inner: &DepthwisePlan,
+        sample: &[u8],
+        buf: &mut Vec<u8>,
+        key: &mut [usize; 8],
+    ) {
+        let [h, w, c] = self.in_hwc;
+        let [hp, wp, _] = inner.in_hwc;
+        let (pt, pl) = (self.padding[0], self.padding[1]);
+        let z1 = self.zero_row[0];
+        let k = [hp, wp, c, pt, pl, h, w, z1 as usize];
+        if *key != k || buf.len() != hp * wp * c {
+            buf.clear();
+            buf.resize(hp * wp * c, z1);
+            *key = k;
+        }
+        for (r, src) in sample[..h * w * c].chunks_exact(w * c).enumerate() {
+            let at = ((r + pt) * wp + pl) * c;
+            buf[at..at + w * c].copy_from_slice(src);
+        }
     }
 
     /// Fills the border table (see the field), unless it would be too large.
@@ -323,6 +395,7 @@ impl DepthwisePlan {
     #[doc(hidden)]
     pub fn with_scalar_output_stage(mut self) -> Self {
         self.epi.fused = false;
+        self.padded = self.padded.map(|p| Box::new(p.with_scalar_output_stage()));
         self
     }
 
@@ -362,6 +435,43 @@ impl DepthwisePlan {
             "depthwise output too small for {n} samples"
         );
         let row_len = wo * c;
+        let work = (n * ho * row_len).saturating_mul(self.kernel[0] * self.kernel[1]);
+        if let Some(inner) = self.padded.as_deref() {
+            // One sample per chunk: pad it once into this thread's scratch, then its rows.
+            let sample_len = ho * row_len;
+            let one = |i: usize, mut o: DwOut<'_>| {
+                SCRATCH.with(|s| {
+                    let s = &mut *s.borrow_mut();
+                    let mut buf = std::mem::take(&mut s.padded);
+                    let sample = &input[i * h * w * c..(i + 1) * h * w * c];
+                    self.pad_sample(inner, sample, &mut buf, &mut s.padded_key);
+                    for oh in 0..ho {
+                        let job = RowJob {
+                            plan: inner,
+                            sample: &buf,
+                            oh,
+                        };
+                        // SAFETY: the plan's ISA is supported (checked in `new`); `buf` holds the
+                        // inner plan's Hp·Wp·C bytes and the slice one output row.
+                        unsafe { inner.rows.row(&job, s, o.pixel(oh * row_len, row_len)) }
+                    }
+                    s.padded = buf;
+                });
+            };
+            match out {
+                DwOut::U8(o) => {
+                    for_each_chunk(&mut o[..n * sample_len], sample_len, work, |i, o| {
+                        one(i, DwOut::U8(o))
+                    })
+                }
+                DwOut::I32(o) => {
+                    for_each_chunk(&mut o[..n * sample_len], sample_len, work, |i, o| {
+                        one(i, DwOut::I32(o))
+                    })
+                }
+            }
+            return;
+        }
         let row = |idx: usize, o: DwOut<'_>| {
             let job = RowJob {
                 plan: self,
@@ -374,7 +484,6 @@ impl DepthwisePlan {
                 unsafe { self.rows.row(&job, &mut s.borrow_mut(), o) }
             });
         };
-        let work = (n * ho * row_len).saturating_mul(self.kernel[0] * self.kernel[1]);
         match out {
             DwOut::U8(o) => for_each_chunk(&mut o[..n * ho * row_len], row_len, work, |i, o| {
                 row(i, DwOut::U8(o))
@@ -524,6 +633,67 @@ mod tests {
                     plan.push_taps(&sample, oh, ow, &mut each);
                 }
                 prop_assert_eq!(&table, &each, "row {}", oh);
+            }
+        }
+
+        /// The padded-input path and the border path (tap lists, `Z1` row) give the same
+        /// accumulators and codes, on every optimized path, whatever the padding and stride.
+        #[test]
+        fn padded_input_matches_border_path(
+            h in 1usize..9, w in 1usize..9, c in 1usize..150,
+            kh in 1usize..4, kw in 1usize..4, sh in 1usize..3, sw in 1usize..3,
+            pad in proptest::array::uniform4(0usize..3), n in 1usize..3,
+            z1 in any::<u8>(), seed in any::<u64>(),
+        ) {
+            let extent = |n: usize, k: usize, s: usize, p0: usize, p1: usize| {
+                (n + p0 + p1).checked_sub(k).map(|v| v / s + 1)
+            };
+            let (Some(ho), Some(wo)) = (
+                extent(h, kh, sh, pad[0], pad[2]),
+                extent(w, kw, sw, pad[1], pad[3]),
+            ) else {
+                return Ok(());
+            };
+            let mut x = seed | 1;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let weights: Vec<i8> = (0..c * kh * kw).map(|_| next() as i8).collect();
+            let bias: Vec<i32> = (0..c).map(|_| (next() % 20001) as i32 - 10000).collect();
+            let m: Vec<QuantizedMultiplier> = (0..c)
+                .map(|_| QuantizedMultiplier::from_f64(1e-4 + (next() % 1000) as f64 * 1e-3).unwrap())
+                .collect();
+            let input: Vec<u8> = (0..n * h * w * c).map(|_| next() as u8).collect();
+            let shape = DepthwiseShape {
+                kernel: [kh, kw], stride: [sh, sw], dilation: [1, 1], padding: pad,
+                in_hwc: [h, w, c], out_hwc: [ho, wo, c],
+            };
+            for path in KernelPath::optimized().filter(|p| p.is_supported_here()) {
+                for target in Target::ALL {
+                    let layer = LayerSpec {
+                        weights: &weights, bias: &bias, multipliers: &m, input_zero_point: z1 as i32,
+                        output_zero_point: 7, lo: 0, hi: 255, target, reals: None,
+                    };
+                    let padded = DepthwisePlan::new(path, shape, &layer).unwrap();
+                    if padded.padded.is_none() {
+                        // Not a small-input layer: nothing to compare.
+                        continue;
+                    }
+                    let mut border = DepthwisePlan::new(path, shape, &layer).unwrap();
+                    border.padded = None;
+                    let len = n * ho * wo * c;
+                    let (mut a32, mut b32) = (vec![0i32; len], vec![0i32; len]);
+                    let (mut a8, mut b8) = (vec![0u8; len], vec![0u8; len]);
+                    padded.run_i32(&input, n, &mut a32);
+                    border.run_i32(&input, n, &mut b32);
+                    padded.run(&input, n, &mut a8);
+                    border.run(&input, n, &mut b8);
+                    prop_assert_eq!(a32, b32, "{} {}", path, target);
+                    prop_assert_eq!(a8, b8, "{} {}", path, target);
+                }
             }
         }
     }
