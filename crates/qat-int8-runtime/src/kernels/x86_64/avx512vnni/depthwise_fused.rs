@@ -155,20 +155,13 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
         let bias: [__m512i; V] =
             std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));
         let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
-        let pixel = |rows: &dyn Fn(usize) -> *const u8, dst: *mut u8| {
-            let mut acc = bias;
-            for t in 0..l.taps {
-                let row = rows(t).add(c0);
-                let wt = l.wide.as_ptr().add(t * l.cp + c0);
-                for v in 0..V {
-                    let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
-                        masks[v],
-                        row.add(16 * v).cast(),
-                    ));
-                    acc[v] =
-                        _mm512_dpwssd_epi32(acc[v], x, _mm512_loadu_si512(wt.add(16 * v).cast()));
-                }
-            }
+        let x_at = |row: *const u8, v: usize| {
+            _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(masks[v], row.add(16 * v).cast()))
+        };
+        let w_at = |t: usize, v: usize| {
+            _mm512_loadu_si512(l.wide.as_ptr().add(t * l.cp + c0 + 16 * v).cast())
+        };
+        let finish = |acc: &[__m512i; V], dst: *mut u8| {
             for v in 0..V {
                 let q =
                     _mm512_min_epi32(_mm512_max_epi32(requantize16_fused(acc[v], &f[v]), lo), hi);
@@ -176,11 +169,45 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
             }
         };
         for (tp, &dst) in list.chunks_exact(l.taps).zip(list_out) {
-            pixel(&|t| tp[t], dst.add(c0));
+            let mut acc = bias;
+            for (t, &row) in tp.iter().enumerate() {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpwssd_epi32(*a, x_at(row.add(c0), v), w_at(t, v));
+                }
+            }
+            finish(&acc, dst.add(c0));
         }
-        for p in 0..npix {
-            let px = base.add(p * step);
-            pixel(&|t| px.add(*offs.get_unchecked(t)), o8.add(p * c + c0));
+        // `P` pixels per step: independent accumulation chains, each weight vector loaded once.
+        const P: usize = 4;
+        let mut p = 0;
+        while p + P <= npix {
+            let mut acc = [bias; P];
+            let px = base.add(p * step + c0);
+            for t in 0..l.taps {
+                let row = px.add(*offs.get_unchecked(t));
+                for v in 0..V {
+                    let wv = w_at(t, v);
+                    for (q, accq) in acc.iter_mut().enumerate() {
+                        accq[v] = _mm512_dpwssd_epi32(accq[v], x_at(row.add(q * step), v), wv);
+                    }
+                }
+            }
+            for (q, accq) in acc.iter().enumerate() {
+                finish(accq, o8.add((p + q) * c + c0));
+            }
+            p += P;
+        }
+        while p < npix {
+            let mut acc = bias;
+            let row0 = base.add(p * step + c0);
+            for t in 0..l.taps {
+                let row = row0.add(*offs.get_unchecked(t));
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpwssd_epi32(*a, x_at(row, v), w_at(t, v));
+                }
+            }
+            finish(&acc, o8.add(p * c + c0));
+            p += 1;
         }
     }
 }
