@@ -136,6 +136,21 @@ pub(crate) trait DepthwiseKernel: OutputStage + Sized + Send + Sync + 'static {
             s.taps = taps;
         }
     }
+
+    /// Every output row of a sample of a plan without padding whose pixels are all interior
+    /// (the padded-input plan, [`DepthwisePlan::padded`]); by default row by row.
+    ///
+    /// # Safety
+    /// As [`DepthwiseKernel::row`], with `out` holding `ho·wo·c` elements.
+    unsafe fn sample(job: &RowJob<'_>, l: &Self::Layout, s: &mut RowScratch, mut out: DwOut<'_>) {
+        let plan = job.plan;
+        let row_len = plan.out_hwc[1] * plan.c;
+        for oh in 0..plan.out_hwc[0] {
+            let job = RowJob { oh, ..*job };
+            // SAFETY: as documented; the slice is row `oh` of the sample's output.
+            unsafe { Self::row(&job, l, s, out.pixel(oh * row_len, row_len)) };
+        }
+    }
 }
 
 /// A depthwise conv prepared for one ISA. Built only by [`DepthwisePlan::new`] from a checked
@@ -183,6 +198,13 @@ trait Rows: Send + Sync + std::fmt::Debug {
     /// # Safety
     /// As [`DepthwiseKernel::row`], `out` of any type.
     unsafe fn row(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>);
+
+    /// [`DepthwiseKernel::sample`] for the ISA, through the scalar output stage row by row when
+    /// the ISA does not fuse the rounding.
+    ///
+    /// # Safety
+    /// As [`DepthwiseKernel::sample`], `out` of any type.
+    unsafe fn sample(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>);
 }
 
 struct RowsOf<K: DepthwiseKernel>(K::Layout);
@@ -197,6 +219,20 @@ impl<K: DepthwiseKernel> Rows for RowsOf<K> {
     unsafe fn row(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>) {
         // SAFETY: as documented.
         unsafe { output_row::<K>(job, &self.0, s, out) }
+    }
+
+    unsafe fn sample(&self, job: &RowJob<'_>, s: &mut RowScratch, mut out: DwOut<'_>) {
+        if matches!(out, DwOut::U8(_)) && !job.plan.epi.fused {
+            let row_len = job.plan.out_hwc[1] * job.plan.c;
+            for oh in 0..job.plan.out_hwc[0] {
+                let job = RowJob { oh, ..*job };
+                // SAFETY: as documented; the slice is row `oh` of the sample's output.
+                unsafe { output_row::<K>(&job, &self.0, s, out.pixel(oh * row_len, row_len)) };
+            }
+            return;
+        }
+        // SAFETY: as documented.
+        unsafe { K::sample(job, &self.0, s, out) }
     }
 }
 
@@ -445,16 +481,15 @@ impl DepthwisePlan {
                     let mut buf = std::mem::take(&mut s.padded);
                     let sample = &input[i * h * w * c..(i + 1) * h * w * c];
                     self.pad_sample(inner, sample, &mut buf, &mut s.padded_key);
-                    for oh in 0..ho {
-                        let job = RowJob {
-                            plan: inner,
-                            sample: &buf,
-                            oh,
-                        };
-                        // SAFETY: the plan's ISA is supported (checked in `new`); `buf` holds the
-                        // inner plan's Hp·Wp·C bytes and the slice one output row.
-                        unsafe { inner.rows.row(&job, s, o.pixel(oh * row_len, row_len)) }
-                    }
+                    let job = RowJob {
+                        plan: inner,
+                        sample: &buf,
+                        oh: 0,
+                    };
+                    // SAFETY: the plan's ISA is supported (checked in `new`); `buf` holds the
+                    // inner plan's Hp·Wp·C bytes, every pixel of which is interior, and `o` the
+                    // sample's output.
+                    unsafe { inner.rows.sample(&job, s, o.pixel(0, sample_len)) }
                     s.padded = buf;
                 });
             };
