@@ -52,7 +52,10 @@ impl DepthwiseKernel for Avx512Vnni {
                 // Every pixel is interior (no padding: the caller's contract), so pixel
                 // (oh, ow) reads its taps at oh·sh·W·C + ow·sw·C + offs[t].
                 assert!(o.len() >= ho * wo * c, "depthwise output too small");
-                assert!(job.sample.len() >= plan.in_hwc.iter().product(), "sample too small");
+                assert!(
+                    job.sample.len() >= plan.in_hwc.iter().product(),
+                    "sample too small"
+                );
                 debug_assert!(plan.padding == [0; 4]);
                 debug_assert!((0..ho).all(|oh| plan.interior(oh) == (0, wo)));
                 // SAFETY: VNNI supported and `l.fused`; every tap of every pixel is inside the
