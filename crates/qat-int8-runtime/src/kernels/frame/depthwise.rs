@@ -14,7 +14,7 @@
 use super::epilogue::{Epilogue, OutputStage};
 use super::{LayerSpec, round_up};
 use crate::kernels::KernelPath;
-use crate::kernels::par::for_each_chunk;
+use crate::kernels::par::{for_each_chunk, threads};
 
 /// Channel padding of the prepared weights and epilogue arrays.
 pub(crate) const CHANNEL_BLOCK: usize = 64;
@@ -472,8 +472,9 @@ impl DepthwisePlan {
         );
         let row_len = wo * c;
         let work = (n * ho * row_len).saturating_mul(self.kernel[0] * self.kernel[1]);
-        if let Some(inner) = self.padded.as_deref() {
-            // One sample per chunk: pad it once into this thread's scratch, then its rows.
+        // One sample per chunk: pad it once into this thread's scratch, then its rows. Used only
+        // when every thread the op may use gets a sample (else the rows split, unpadded).
+        if let Some(inner) = self.padded.as_deref().filter(|_| n >= threads(work)) {
             let sample_len = ho * row_len;
             let one = |i: usize, mut o: DwOut<'_>| {
                 SCRATCH.with(|s| {
