@@ -100,6 +100,30 @@ fn depthwise_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
+/// MobileNet-like depthwise cases on small inputs (1–8 pixels a side), where border pixels are
+/// most of the output: 3×3, stride 1 or 2, padding 1 on every side or only bottom/right, the
+/// channel counts of the default models; multipliers below 1 or not.
+fn small_depthwise_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (
+            1usize..9,
+            1usize..9,
+            prop::sample::select(vec![16usize, 32, 48, 64, 128, 144]),
+        ),
+        (1usize..3, any::<bool>(), any::<bool>()),
+        (1usize..4, values(), any::<u64>()),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |((h, w, c), (s, all_sides, below_one), (batch, values, seed))| {
+                let padding = if all_sides { [1; 4] } else { [0, 0, 1, 1] };
+                let window = (3, 3, s, s, 1, 1);
+                let run = (batch, values, seed);
+                ConvCase::fitting([h, w], [c, c, c], window, padding, run, below_one)
+            },
+        )
+}
+
 struct GemmCase {
     m: usize,
     k: usize,
@@ -549,6 +573,17 @@ macro_rules! kernel_suites {
                 /// Depthwise with multipliers below 1 (the VNNI single-shift output stage).
                 #[test]
                 fn depthwise_below_one_matches_reference(case in depthwise_case(), also_scalar in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    case.check($path, also_scalar)?;
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+                /// Depthwise on small inputs (the padded-input path of [`DepthwisePlan`]).
+                #[test]
+                fn small_depthwise_matches_reference(case in small_depthwise_case(), also_scalar in any::<bool>()) {
                     if !supported() { return Ok(()); }
                     case.check($path, also_scalar)?;
                 }

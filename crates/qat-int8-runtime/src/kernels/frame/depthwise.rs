@@ -14,7 +14,7 @@
 use super::epilogue::{Epilogue, OutputStage};
 use super::{LayerSpec, round_up};
 use crate::kernels::KernelPath;
-use crate::kernels::par::for_each_chunk;
+use crate::kernels::par::{for_each_chunk, threads};
 
 /// Channel padding of the prepared weights and epilogue arrays.
 pub(crate) const CHANNEL_BLOCK: usize = 64;
@@ -24,6 +24,13 @@ const PAD_TAP: u32 = u32::MAX;
 
 /// The largest border table a plan keeps (entries); larger layers resolve border taps per call.
 const BORDER_TABLE_MAX: usize = 1 << 20;
+
+/// A layer whose border pixels are at least `1/PAD_SHARE` of its output pixels runs on a
+/// `Z1`-padded copy of each sample ([`DepthwisePlan::padded`]).
+const PAD_SHARE: usize = 8;
+
+/// The largest padded sample (bytes) a plan copies: it stays in the per-thread scratch, in cache.
+const PADDED_SAMPLE_MAX: usize = 1 << 18;
 
 /// Geometry of a depthwise conv.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +78,10 @@ pub(crate) struct RowScratch {
     pub(crate) acc: Vec<i32>,
     /// The row's int32 results for the scalar output stage.
     row: Vec<i32>,
+    /// A `Z1`-padded sample ([`DepthwisePlan::padded`]).
+    padded: Vec<u8>,
+    /// The geometry and `Z1` whose padding `padded` holds: `[Hp, Wp, C, top, left, H, W, Z1]`.
+    padded_key: [usize; 8],
 }
 
 /// One output row for an ISA: the plan, the sample, the row index and scratch.
@@ -125,6 +136,21 @@ pub(crate) trait DepthwiseKernel: OutputStage + Sized + Send + Sync + 'static {
             s.taps = taps;
         }
     }
+
+    /// Every output row of a sample of a plan without padding whose pixels are all interior
+    /// (the padded-input plan, [`DepthwisePlan::padded`]); by default row by row.
+    ///
+    /// # Safety
+    /// As [`DepthwiseKernel::row`], with `out` holding `ho·wo·c` elements.
+    unsafe fn sample(job: &RowJob<'_>, l: &Self::Layout, s: &mut RowScratch, mut out: DwOut<'_>) {
+        let plan = job.plan;
+        let row_len = plan.out_hwc[1] * plan.c;
+        for oh in 0..plan.out_hwc[0] {
+            let job = RowJob { oh, ..*job };
+            // SAFETY: as documented; the slice is row `oh` of the sample's output.
+            unsafe { Self::row(&job, l, s, out.pixel(oh * row_len, row_len)) };
+        }
+    }
 }
 
 /// A depthwise conv prepared for one ISA. Built only by [`DepthwisePlan::new`] from a checked
@@ -156,6 +182,11 @@ pub struct DepthwisePlan {
     border: Vec<u32>,
     /// Row `oh`'s entries of `border` start at `border_start[oh]` (`Ho + 1` entries).
     border_start: Vec<usize>,
+    /// When border pixels are a large share of the output (small inputs): the same layer on the
+    /// input padded to `[H + top + bottom, W + left + right, C]` with `Z1` and no padding, so
+    /// that every output pixel runs the interior kernel. Exact: a padding tap reads `Z1` either
+    /// way (the border path points it at the `Z1` row).
+    padded: Option<Box<DepthwisePlan>>,
     /// The ISA's layout and the row frame instantiated for it.
     rows: Box<dyn Rows>,
 }
@@ -167,6 +198,13 @@ trait Rows: Send + Sync + std::fmt::Debug {
     /// # Safety
     /// As [`DepthwiseKernel::row`], `out` of any type.
     unsafe fn row(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>);
+
+    /// [`DepthwiseKernel::sample`] for the ISA, through the scalar output stage row by row when
+    /// the ISA does not fuse the rounding.
+    ///
+    /// # Safety
+    /// As [`DepthwiseKernel::sample`], `out` of any type.
+    unsafe fn sample(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>);
 }
 
 struct RowsOf<K: DepthwiseKernel>(K::Layout);
@@ -181,6 +219,20 @@ impl<K: DepthwiseKernel> Rows for RowsOf<K> {
     unsafe fn row(&self, job: &RowJob<'_>, s: &mut RowScratch, out: DwOut<'_>) {
         // SAFETY: as documented.
         unsafe { output_row::<K>(job, &self.0, s, out) }
+    }
+
+    unsafe fn sample(&self, job: &RowJob<'_>, s: &mut RowScratch, mut out: DwOut<'_>) {
+        if matches!(out, DwOut::U8(_)) && !job.plan.epi.fused {
+            let row_len = job.plan.out_hwc[1] * job.plan.c;
+            for oh in 0..job.plan.out_hwc[0] {
+                let job = RowJob { oh, ..*job };
+                // SAFETY: as documented; the slice is row `oh` of the sample's output.
+                unsafe { output_row::<K>(&job, &self.0, s, out.pixel(oh * row_len, row_len)) };
+            }
+            return;
+        }
+        // SAFETY: as documented.
+        unsafe { K::sample(job, &self.0, s, out) }
     }
 }
 
@@ -285,10 +337,66 @@ impl DepthwisePlan {
             epi,
             border: Vec::new(),
             border_start: Vec::new(),
+            padded: None,
             rows: Box::new(RowsOf::<K>(layout)),
         };
         plan.build_border_table();
+        if let Some(shape) = plan.padded_shape() {
+            let inner = Self::prepare::<K>(path, shape, layer);
+            let all_interior =
+                (0..inner.out_hwc[0]).all(|oh| inner.interior(oh) == (0, inner.out_hwc[1]));
+            if all_interior {
+                plan.padded = Some(Box::new(inner));
+            }
+        }
         plan
+    }
+
+    /// The unpadded shape of the layer on its padded input, when worth it: some padding, border
+    /// pixels at least `1/PAD_SHARE` of the output, a padded sample of at most
+    /// [`PADDED_SAMPLE_MAX`] bytes.
+    fn padded_shape(&self) -> Option<DepthwiseShape> {
+        let [h, w, c] = self.in_hwc;
+        let [ho, wo, _] = self.out_hwc;
+        let [pt, pl, pb, pr] = self.padding;
+        let (hp, wp) = (h + pt + pb, w + pl + pr);
+        let border: usize = (0..ho).map(|oh| self.border_columns(oh).count()).sum();
+        let worth = self.padding != [0; 4]
+            && border.saturating_mul(PAD_SHARE) >= ho.saturating_mul(wo)
+            && hp.saturating_mul(wp).saturating_mul(c) <= PADDED_SAMPLE_MAX;
+        worth.then_some(DepthwiseShape {
+            kernel: self.kernel,
+            stride: self.stride,
+            dilation: self.dilation,
+            padding: [0; 4],
+            in_hwc: [hp, wp, c],
+            out_hwc: self.out_hwc,
+        })
+    }
+
+    /// Copies `sample` (`H·W·C` bytes) into `buf`, padded with `Z1` to the inner plan's input.
+    /// The padding is rewritten only when `buf` last held another geometry or `Z1` (`key`).
+    fn pad_sample(
+        &self,
+        inner: &DepthwisePlan,
+        sample: &[u8],
+        buf: &mut Vec<u8>,
+        key: &mut [usize; 8],
+    ) {
+        let [h, w, c] = self.in_hwc;
+        let [hp, wp, _] = inner.in_hwc;
+        let (pt, pl) = (self.padding[0], self.padding[1]);
+        let z1 = self.zero_row[0];
+        let k = [hp, wp, c, pt, pl, h, w, z1 as usize];
+        if *key != k || buf.len() != hp * wp * c {
+            buf.clear();
+            buf.resize(hp * wp * c, z1);
+            *key = k;
+        }
+        for (r, src) in sample[..h * w * c].chunks_exact(w * c).enumerate() {
+            let at = ((r + pt) * wp + pl) * c;
+            buf[at..at + w * c].copy_from_slice(src);
+        }
     }
 
     /// Fills the border table (see the field), unless it would be too large.
@@ -323,6 +431,7 @@ impl DepthwisePlan {
     #[doc(hidden)]
     pub fn with_scalar_output_stage(mut self) -> Self {
         self.epi.fused = false;
+        self.padded = self.padded.map(|p| Box::new(p.with_scalar_output_stage()));
         self
     }
 
@@ -362,6 +471,43 @@ impl DepthwisePlan {
             "depthwise output too small for {n} samples"
         );
         let row_len = wo * c;
+        let work = (n * ho * row_len).saturating_mul(self.kernel[0] * self.kernel[1]);
+        // One sample per chunk: pad it once into this thread's scratch, then its rows. Used only
+        // when every thread the op may use gets a sample (else the rows split, unpadded).
+        if let Some(inner) = self.padded.as_deref().filter(|_| n >= threads(work)) {
+            let sample_len = ho * row_len;
+            let one = |i: usize, mut o: DwOut<'_>| {
+                SCRATCH.with(|s| {
+                    let s = &mut *s.borrow_mut();
+                    let mut buf = std::mem::take(&mut s.padded);
+                    let sample = &input[i * h * w * c..(i + 1) * h * w * c];
+                    self.pad_sample(inner, sample, &mut buf, &mut s.padded_key);
+                    let job = RowJob {
+                        plan: inner,
+                        sample: &buf,
+                        oh: 0,
+                    };
+                    // SAFETY: the plan's ISA is supported (checked in `new`); `buf` holds the
+                    // inner plan's Hp·Wp·C bytes, every pixel of which is interior, and `o` the
+                    // sample's output.
+                    unsafe { inner.rows.sample(&job, s, o.pixel(0, sample_len)) }
+                    s.padded = buf;
+                });
+            };
+            match out {
+                DwOut::U8(o) => {
+                    for_each_chunk(&mut o[..n * sample_len], sample_len, work, |i, o| {
+                        one(i, DwOut::U8(o))
+                    })
+                }
+                DwOut::I32(o) => {
+                    for_each_chunk(&mut o[..n * sample_len], sample_len, work, |i, o| {
+                        one(i, DwOut::I32(o))
+                    })
+                }
+            }
+            return;
+        }
         let row = |idx: usize, o: DwOut<'_>| {
             let job = RowJob {
                 plan: self,
@@ -374,7 +520,6 @@ impl DepthwisePlan {
                 unsafe { self.rows.row(&job, &mut s.borrow_mut(), o) }
             });
         };
-        let work = (n * ho * row_len).saturating_mul(self.kernel[0] * self.kernel[1]);
         match out {
             DwOut::U8(o) => for_each_chunk(&mut o[..n * ho * row_len], row_len, work, |i, o| {
                 row(i, DwOut::U8(o))
@@ -470,61 +615,5 @@ impl DepthwisePlan {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-    use qat_core::fixed_point::QuantizedMultiplier;
-    use qat_core::target::Target;
-
-    use super::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-        /// The border table lists, row by row, the tap rows that resolving each border pixel
-        /// gives (the path taken by layers too large for a table), and only border pixels.
-        #[test]
-        fn border_table_matches_resolving_each_pixel(
-            h in 1usize..9, w in 1usize..9, c in 1usize..5,
-            kh in 1usize..4, kw in 1usize..4, sh in 1usize..3, sw in 1usize..3,
-            dh in 1usize..3, dw in 1usize..3, pad in proptest::array::uniform4(0usize..3),
-        ) {
-            let extent = |n: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize| {
-                (n + p0 + p1).checked_sub(d * (k - 1) + 1).map(|v| v / s + 1)
-            };
-            let (Some(ho), Some(wo)) = (
-                extent(h, kh, sh, dh, pad[0], pad[2]),
-                extent(w, kw, sw, dw, pad[1], pad[3]),
-            ) else {
-                return Ok(());
-            };
-            let Some(path) = KernelPath::optimized().next() else { return Ok(()) };
-            let weights = vec![1i8; c * kh * kw];
-            let bias = vec![0i32; c];
-            let m = [QuantizedMultiplier::from_f64(0.25).unwrap()];
-            let layer = LayerSpec {
-                weights: &weights, bias: &bias, multipliers: &m, input_zero_point: 3,
-                output_zero_point: 0, lo: 0, hi: 255, target: Target::Qat, reals: None,
-            };
-            let shape = DepthwiseShape {
-                kernel: [kh, kw], stride: [sh, sw], dilation: [dh, dw], padding: pad,
-                in_hwc: [h, w, c], out_hwc: [ho, wo, c],
-            };
-            let plan = DepthwisePlan::new(path, shape, &layer).unwrap();
-            prop_assert!(!plan.border_start.is_empty());
-            let sample = vec![0u8; h * w * c];
-            for oh in 0..ho {
-                let mut table = Vec::new();
-                plan.push_border_taps(&sample, oh, &mut table);
-                let mut each = Vec::new();
-                let (lo, hi) = plan.interior(oh);
-                for ow in 0..wo {
-                    if lo < hi && (lo..hi).contains(&ow) {
-                        continue;
-                    }
-                    plan.push_taps(&sample, oh, ow, &mut each);
-                }
-                prop_assert_eq!(&table, &each, "row {}", oh);
-            }
-        }
-    }
-}
+#[path = "depthwise_tests.rs"]
+mod tests;

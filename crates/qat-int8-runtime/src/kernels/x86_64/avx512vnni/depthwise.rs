@@ -35,6 +35,57 @@ impl DepthwiseKernel for Avx512Vnni {
         unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) }
     }
 
+    /// With the single-shift stage (`l.fused`, u8 output): the whole sample in one call per
+    /// 64-channel block; else row by row.
+    unsafe fn sample(
+        job: &RowJob<'_>,
+        l: &DepthwiseVnniLayout,
+        s: &mut RowScratch,
+        mut out: DwOut<'_>,
+    ) {
+        let plan = job.plan;
+        let [_, w, c] = plan.in_hwc;
+        let [ho, wo, _] = plan.out_hwc;
+        let [sh, sw] = plan.stride;
+        match out {
+            DwOut::U8(ref mut o) if l.fused => {
+                // Every pixel is interior (no padding: the caller's contract), so pixel
+                // (oh, ow) reads its taps at oh·sh·W·C + ow·sw·C + offs[t].
+                assert!(o.len() >= ho * wo * c, "depthwise output too small");
+                assert!(
+                    job.sample.len() >= plan.in_hwc.iter().product(),
+                    "sample too small"
+                );
+                debug_assert!(plan.padding == [0; 4]);
+                debug_assert!((0..ho).all(|oh| plan.interior(oh) == (0, wo)));
+                // SAFETY: VNNI supported and `l.fused`; every tap of every pixel is inside the
+                // sample (the caller's contract); the output holds ho·wo·c bytes.
+                unsafe {
+                    depthwise_row_fused(
+                        job.sample.as_ptr(),
+                        [sw * c, sh * w * c],
+                        [wo, ho],
+                        &plan.offsets,
+                        &[],
+                        &[],
+                        l,
+                        c,
+                        &plan.epi,
+                        o.as_mut_ptr(),
+                    )
+                }
+            }
+            _ => {
+                let row_len = wo * c;
+                for oh in 0..ho {
+                    let job = RowJob { oh, ..*job };
+                    // SAFETY: as documented; the slice is row `oh` of the sample's output.
+                    unsafe { Self::row(&job, l, s, out.pixel(oh * row_len, row_len)) };
+                }
+            }
+        }
+    }
+
     /// Interior pixels (all taps inside the input) run with fixed tap offsets, border pixels
     /// with their tap lists; with the single-shift stage (`l.fused`, u8 output) the whole row is
     /// one call per 64-channel block.
@@ -71,8 +122,8 @@ impl DepthwiseKernel for Avx512Vnni {
             unsafe {
                 depthwise_row_fused(
                     base,
-                    sw * c,
-                    ihi - ilo,
+                    [sw * c, 0],
+                    [ihi - ilo, 1],
                     &plan.offsets,
                     list,
                     outs,

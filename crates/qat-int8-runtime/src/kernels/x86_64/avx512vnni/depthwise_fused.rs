@@ -9,22 +9,23 @@ use super::depthwise::DepthwiseVnniLayout;
 use super::requant::{RqFused16, requantize16_fused};
 use crate::kernels::frame::Epilogue;
 
-/// `avx512vnni_depthwise_u8i8_64c_fused`: a run of `npix` output pixels (pixel `p`'s tap `t`
-/// at `base + p·step + offs[t]`, output at `o8 + p·c`) and the pixels whose tap rows are listed
+/// `avx512vnni_depthwise_u8i8_64c_fused`: `npix = [n, rows]` runs of `n` output pixels (pixel
+/// `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`, output at
+/// `o8 + (r·n + p)·c`) and the pixels whose tap rows are listed
 /// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
 /// through the single-shift output stage ([`requantize16_fused`]) and saturating packs. `P`
 /// pixels per step share the weight loads; `T` taps known at compile time (0: `l.taps`).
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c0 + valid` readable bytes;
-/// `o8` holds `npix` pixels of `c` channels; each `list_out` pointer one pixel.
+/// `o8` holds `rows·n` pixels of `c` channels; each `list_out` pointer one pixel.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn depthwise_block_fused<const T: usize>(
     base: *const u8,
-    step: usize,
-    npix: usize,
+    step: [usize; 2],
+    npix: [usize; 2],
     offs: &[usize],
     list: &[*const u8],
     list_out: &[*mut u8],
@@ -82,45 +83,49 @@ unsafe fn depthwise_block_fused<const T: usize>(
             }
             finish(&acc, dst.add(c0));
         }
-        let mut p = 0;
-        while p + P <= npix {
-            let mut acc = [bias; P];
-            let px = base.add(p * step + c0);
-            for t in 0..taps {
-                let wt = wb.add(t * 256);
-                let w: [__m512i; 4] =
-                    std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
-                let row = px.add(*offs.get_unchecked(t));
-                for (q, accq) in acc.iter_mut().enumerate() {
-                    let x = load(row.add(q * step));
-                    for (a, &wv) in accq.iter_mut().zip(&w) {
-                        *a = _mm512_dpbusd_epi32(*a, x, wv);
+        let (step, rstep, rows, npix) = (step[0], step[1], npix[1], npix[0]);
+        for r in 0..rows {
+            let (base, o8) = (base.add(r * rstep), o8.add(r * npix * c));
+            let mut p = 0;
+            while p + P <= npix {
+                let mut acc = [bias; P];
+                let px = base.add(p * step + c0);
+                for t in 0..taps {
+                    let wt = wb.add(t * 256);
+                    let w: [__m512i; 4] =
+                        std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
+                    let row = px.add(*offs.get_unchecked(t));
+                    for (q, accq) in acc.iter_mut().enumerate() {
+                        let x = load(row.add(q * step));
+                        for (a, &wv) in accq.iter_mut().zip(&w) {
+                            *a = _mm512_dpbusd_epi32(*a, x, wv);
+                        }
                     }
                 }
-            }
-            for (q, accq) in acc.iter().enumerate() {
-                finish(accq, o8.add((p + q) * c + c0));
-            }
-            p += P;
-        }
-        while p < npix {
-            let mut acc = bias;
-            let px = base.add(p * step + c0);
-            for t in 0..taps {
-                let wt = wb.add(t * 256);
-                let x = load(px.add(*offs.get_unchecked(t)));
-                for (b, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+                for (q, accq) in acc.iter().enumerate() {
+                    finish(accq, o8.add((p + q) * c + c0));
                 }
+                p += P;
             }
-            finish(&acc, o8.add(p * c + c0));
-            p += 1;
+            while p < npix {
+                let mut acc = bias;
+                let px = base.add(p * step + c0);
+                for t in 0..taps {
+                    let wt = wb.add(t * 256);
+                    let x = load(px.add(*offs.get_unchecked(t)));
+                    for (b, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+                    }
+                }
+                finish(&acc, o8.add(p * c + c0));
+                p += 1;
+            }
         }
     }
 }
 
 /// `avx512vnni_depthwise_u8i8_16c_fused`: `depthwise_narrow`'s partial block (`V` vectors of
-/// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over a run of `npix`
+/// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over the runs of
 /// pixels and the listed pixels (as [`depthwise_block_fused`]), u8 output through
 /// [`requantize16_fused`], constants loaded once per run.
 ///
@@ -131,8 +136,8 @@ unsafe fn depthwise_block_fused<const T: usize>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn depthwise_narrow_fused<const V: usize>(
     base: *const u8,
-    step: usize,
-    npix: usize,
+    step: [usize; 2],
+    npix: [usize; 2],
     offs: &[usize],
     list: &[*const u8],
     list_out: &[*mut u8],
@@ -155,20 +160,13 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
         let bias: [__m512i; V] =
             std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));
         let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
-        let pixel = |rows: &dyn Fn(usize) -> *const u8, dst: *mut u8| {
-            let mut acc = bias;
-            for t in 0..l.taps {
-                let row = rows(t).add(c0);
-                let wt = l.wide.as_ptr().add(t * l.cp + c0);
-                for v in 0..V {
-                    let x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(
-                        masks[v],
-                        row.add(16 * v).cast(),
-                    ));
-                    acc[v] =
-                        _mm512_dpwssd_epi32(acc[v], x, _mm512_loadu_si512(wt.add(16 * v).cast()));
-                }
-            }
+        let x_at = |row: *const u8, v: usize| {
+            _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(masks[v], row.add(16 * v).cast()))
+        };
+        let w_at = |t: usize, v: usize| {
+            _mm512_loadu_si512(l.wide.as_ptr().add(t * l.cp + c0 + 16 * v).cast())
+        };
+        let finish = |acc: &[__m512i; V], dst: *mut u8| {
             for v in 0..V {
                 let q =
                     _mm512_min_epi32(_mm512_max_epi32(requantize16_fused(acc[v], &f[v]), lo), hi);
@@ -176,30 +174,68 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
             }
         };
         for (tp, &dst) in list.chunks_exact(l.taps).zip(list_out) {
-            pixel(&|t| tp[t], dst.add(c0));
+            let mut acc = bias;
+            for (t, &row) in tp.iter().enumerate() {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_dpwssd_epi32(*a, x_at(row.add(c0), v), w_at(t, v));
+                }
+            }
+            finish(&acc, dst.add(c0));
         }
-        for p in 0..npix {
-            let px = base.add(p * step);
-            pixel(&|t| px.add(*offs.get_unchecked(t)), o8.add(p * c + c0));
+        // `P` pixels per step: independent accumulation chains, each weight vector loaded once.
+        const P: usize = 4;
+        let (step, rstep, rows, npix) = (step[0], step[1], npix[1], npix[0]);
+        for r in 0..rows {
+            let (base, o8) = (base.add(r * rstep), o8.add(r * npix * c));
+            let mut p = 0;
+            while p + P <= npix {
+                let mut acc = [bias; P];
+                let px = base.add(p * step + c0);
+                for t in 0..l.taps {
+                    let row = px.add(*offs.get_unchecked(t));
+                    for v in 0..V {
+                        let wv = w_at(t, v);
+                        for (q, accq) in acc.iter_mut().enumerate() {
+                            accq[v] = _mm512_dpwssd_epi32(accq[v], x_at(row.add(q * step), v), wv);
+                        }
+                    }
+                }
+                for (q, accq) in acc.iter().enumerate() {
+                    finish(accq, o8.add((p + q) * c + c0));
+                }
+                p += P;
+            }
+            while p < npix {
+                let mut acc = bias;
+                let row0 = base.add(p * step + c0);
+                for t in 0..l.taps {
+                    let row = row0.add(*offs.get_unchecked(t));
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_dpwssd_epi32(*a, x_at(row, v), w_at(t, v));
+                    }
+                }
+                finish(&acc, o8.add(p * c + c0));
+                p += 1;
+            }
         }
     }
 }
 
-/// One output row through the single-shift output stage (requires `l.fused`): the run of
-/// `npix` interior pixels (tap `t` of pixel `p` at `base + p·step + offs[t]`, output at
-/// `o8 + p·c`; `npix` may be 0) and the listed pixels (`taps` tap-row pointers each, padding
-/// taps pointing at a `Z1` row, outputs at `list_out`), all channels; the constants of each
-/// 64-channel block are loaded once per row.
+/// Output rows through the single-shift output stage (requires `l.fused`): `npix = [n, rows]`
+/// runs of `n` interior pixels (tap `t` of pixel `p` of run `r` at
+/// `base + r·step[1] + p·step[0] + offs[t]`, output at `o8 + (r·n + p)·c`; `n` may be 0) and the
+/// listed pixels (`taps` tap-row pointers each, padding taps pointing at a `Z1` row, outputs at
+/// `list_out`), all channels; the constants of each 64-channel block are loaded once per call.
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c` readable bytes; `o8` holds
-/// `npix·c` bytes, each `list_out` pointer `c` bytes; `list.len() == taps·list_out.len()`.
+/// `rows·n·c` bytes, each `list_out` pointer `c` bytes; `list.len() == taps·list_out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn depthwise_row_fused(
     base: *const u8,
-    step: usize,
-    npix: usize,
+    step: [usize; 2],
+    npix: [usize; 2],
     offs: &[usize],
     list: &[*const u8],
     list_out: &[*mut u8],
