@@ -279,7 +279,7 @@ fn ste_cpu(x: &Tensor, p: &DeviceQParams, a: f32, b: f32) -> Option<Result<Tenso
 }
 
 /// `(FQ(x), clipped-STE mask if want_mask)` without gradient: the one-pass kernel on a contiguous
-/// CPU tensor with one libtorch thread, else composed from libtorch ops on the parameter tensors
+/// CPU tensor (host fast paths on), else composed from libtorch ops on the parameter tensors
 /// (`t = round_half_even(x·(1/S))`, NaN → 0, `t + Z` clamped to the grid, `m = [clamped = t + Z]`,
 /// `FQ = (c − Z)·S`, each op exact in f32 but the same two roundings as qat-core's).
 fn parts(

@@ -199,14 +199,14 @@ pub fn fake_quant_per_tensor(
 /// `lo = 0, hi = 6` for ReLU6.
 ///
 /// The value is bit for bit `FQ(clamp(x))` of qat-core (NaN → 0, as `clamp` keeps NaN). On a
-/// contiguous f32 CPU tensor that requires grad, with the clipped STE (and, with several libtorch
-/// threads, fewer than 2²⁰ elements), one pass of our own computes the mask `m` and
+/// contiguous f32 CPU tensor that requires grad, with the clipped STE (and the host fast paths of
+/// [`crate::cpu`] on, the default), one pass of our own computes the mask `m` and
 /// `b = FQ(clamp(x)) − m·x`, and `y = b + x·m` (`addcmul`) attaches the gradient: the activation's
 /// own forward and backward passes and the `x − x` of [`fake_quant_per_tensor`] are gone.
 /// `b + x·m` is exactly `FQ(clamp(x))`: where `m = 0` it adds `±0` to `b`, and where `m = 1` the
 /// value is on the grid and not clipped, so `FQ(x) − x` (at most `S/2` apart, same sign or zero) is
 /// exact and adding `x` back gives `FQ(x)` exactly. Elsewhere (GPU, strided input, no gradient,
-/// plain STE, 2²⁰ elements or more with several threads) it is libtorch's `relu`/`relu6`/`clamp`
+/// plain STE, fast paths off) it is libtorch's `relu`/`relu6`/`clamp`
 /// followed by [`fake_quant_per_tensor`], with the same values and gradients. As there, with
 /// gradients a non-finite input element gives NaN.
 ///
