@@ -109,19 +109,14 @@ impl RangeBuffers {
     }
 
     /// Records a batch range `(lo, hi)` (`f32[channels]`, on the device) without reading anything
-    /// back: the new range is `(lo, hi)` for the first batch (`count = 0`), else
-    /// `combine(min, max, lo, hi)`; the count goes up by one. A batch whose range is not finite
+    /// back: the new range is `(lo, hi)` for the first batch (`count = 0`), else `fold` of the
+    /// stored and the batch range; the count goes up by one. A batch whose range is not finite
     /// leaves the state unchanged (as the host path, which rejects it with an error).
     pub(crate) fn update(
         &mut self,
         lo: &Tensor,
         hi: &Tensor,
-        combine: impl FnOnce(
-            &Tensor,
-            &Tensor,
-            &Tensor,
-            &Tensor,
-        ) -> Result<(Tensor, Tensor), tch::TchError>,
+        fold: RangeFold,
     ) -> Result<(), ObserverError> {
         let calibrated = self.calibrated_host.peek(&self.count);
         let r = tch::no_grad(|| -> Result<(), tch::TchError> {
@@ -130,7 +125,8 @@ impl RangeBuffers {
                 .f_all()?
                 .f_logical_and(&hi.f_isfinite()?.f_all()?)?;
             let first = self.count.f_eq(0.0)?;
-            let (clo, chi) = combine(&self.min, &self.max, lo, hi)?;
+            let clo = fold.apply_tensors(&self.min, lo, true)?;
+            let chi = fold.apply_tensors(&self.max, hi, false)?;
             let nlo = lo.f_where_self(&first, &clo)?;
             let nhi = hi.f_where_self(&first, &chi)?;
             let nlo = nlo.f_where_self(&ok, &self.min)?;
@@ -152,10 +148,14 @@ impl RangeBuffers {
     /// otherwise: the caller takes the device form): channel `i` becomes `(lo[i], hi[i])` for the
     /// first batch, else `fold` of the stored and the batch range; the count goes up by one. The
     /// caller passes a finite batch range (the device form skips a non-finite one).
-    pub(crate) fn update_host(&mut self, lo: &[f32], hi: &[f32], fold: HostFold) -> bool {
+    pub(crate) fn update_host(&mut self, lo: &[f32], hi: &[f32], fold: RangeFold) -> bool {
+        use qat_autograd::cpu::in_host_memory;
         let n = self.channels();
-        let accessible = |t: &Tensor| qat_autograd::cpu::with_slice(t, |_: &[f32]| ()).is_some();
-        if lo.len() != n || hi.len() != n || !accessible(&self.min) || !accessible(&self.max) {
+        if lo.len() != n
+            || hi.len() != n
+            || !in_host_memory::<f32>(&self.min)
+            || !in_host_memory::<f32>(&self.max)
+        {
             return false;
         }
         let Some(count) =
@@ -241,10 +241,11 @@ impl RangeBuffers {
     }
 }
 
-/// How an observer folds a batch range into its stored range, on the host (the same f32/f64
-/// operations as its device form).
+/// How an observer folds a batch range into its stored range: one rule, in its host form
+/// ([`RangeFold::apply`], on CPU memory) and its device form ([`RangeFold::apply_tensors`]), the same
+/// f32/f64 operations.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum HostFold {
+pub(crate) enum RangeFold {
     /// The batch range replaces the stored one.
     Replace,
     /// The stored range widens to cover the batch range (`min`/`max`).
@@ -253,7 +254,7 @@ pub(crate) enum HostFold {
     Ema(f64),
 }
 
-impl HostFold {
+impl RangeFold {
     /// The new stored bound from the stored `m` and the batch bound `b` (`low`: the lower bound).
     pub(crate) fn apply(self, m: f32, b: f32, low: bool) -> f32 {
         match self {
@@ -261,6 +262,25 @@ impl HostFold {
             Self::Widen if low => m.min(b),
             Self::Widen => m.max(b),
             Self::Ema(d) => (f64::from(m) * d + f64::from(b) * (1.0 - d)) as f32,
+        }
+    }
+
+    /// [`RangeFold::apply`] on `f32[channels]` tensors, on their device.
+    pub(crate) fn apply_tensors(
+        self,
+        m: &Tensor,
+        b: &Tensor,
+        low: bool,
+    ) -> Result<Tensor, tch::TchError> {
+        match self {
+            Self::Replace => Ok(b.shallow_clone()),
+            Self::Widen if low => m.f_minimum(b),
+            Self::Widen => m.f_maximum(b),
+            Self::Ema(d) => m
+                .f_to_kind(Kind::Double)?
+                .f_mul_scalar(d)?
+                .f_add(&b.f_to_kind(Kind::Double)?.f_mul_scalar(1.0 - d)?)?
+                .f_to_kind(Kind::Float),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Exponential-moving-average min/max observer: activation ranges during QAT (paper §3).
 
-use tch::{Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
-use super::buffers::{HostFold, RangeBuffers, range_buffer_methods};
+use super::buffers::{RangeBuffers, RangeFold, range_buffer_methods};
 use super::range::check_bits;
 use super::recorder::RangeRecorder;
 use super::{
@@ -102,21 +102,8 @@ impl RangeRecorder for EmaMinMaxObserver {
         &mut self.buf
     }
 
-    fn host_fold(&self) -> HostFold {
-        HostFold::Ema(f64::from(self.decay))
-    }
-
-    /// The EMA update on the device, in f64 and stored in f32 (the first batch sets the range).
-    fn record(&mut self, blo: &Tensor, bhi: &Tensor) -> Result<(), ObserverError> {
-        let d = f64::from(self.decay);
-        self.buf.update(blo, bhi, |lo, hi, blo, bhi| {
-            let ema = |m: &Tensor, b: &Tensor| -> Result<Tensor, tch::TchError> {
-                m.f_to_kind(Kind::Double)?
-                    .f_mul_scalar(d)?
-                    .f_add(&b.f_to_kind(Kind::Double)?.f_mul_scalar(1.0 - d)?)?
-                    .f_to_kind(Kind::Float)
-            };
-            Ok((ema(lo, blo)?, ema(hi, bhi)?))
-        })
+    /// The EMA, in f64 and stored in f32 (the first batch sets the range).
+    fn fold(&self) -> RangeFold {
+        RangeFold::Ema(f64::from(self.decay))
     }
 }

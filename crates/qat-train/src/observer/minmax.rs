@@ -4,9 +4,9 @@ use qat_autograd::{DeviceQParams, TensorQParams};
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
-use super::buffers::{HostFold, RangeBuffers, range_buffer_methods};
+use super::buffers::{RangeBuffers, RangeFold, range_buffer_methods};
 use super::range::{batch_min_max, batch_range_device, check_bits};
-use super::recorder::RangeRecorder;
+use super::recorder::{RangeRecorder, host_batch_range};
 use super::{Granularity, Observer, ObserverError, QuantScheme};
 
 /// Configuration of a [`MinMaxObserver`].
@@ -114,6 +114,14 @@ impl MinMaxObserver {
         &mut self,
         x: &Tensor,
     ) -> Result<DeviceQParams, ObserverError> {
+        // On the CPU, a finite range: its parameters and the record on the host (parameters
+        // first: where qat-core refuses the range, the device form does both, once).
+        if let Some((lo, hi, true)) = host_batch_range(x, self.axis(), self.buf.channels(), None)
+            && let Some(p) = self.cpu_params(&lo, &hi)
+            && (self.buf.frozen() || self.record_host(&lo, &hi))
+        {
+            return Ok(p);
+        }
         let (lo, hi) =
             batch_range_device(x, self.axis(), self.buf.channels(), &self.buf.name, None)?;
         if !self.buf.frozen() {
@@ -136,11 +144,12 @@ impl RangeRecorder for MinMaxObserver {
         &mut self.buf
     }
 
-    fn host_fold(&self) -> HostFold {
+    /// Replaces the range, or (`accumulate`) widens it.
+    fn fold(&self) -> RangeFold {
         if self.cfg.accumulate {
-            HostFold::Widen
+            RangeFold::Widen
         } else {
-            HostFold::Replace
+            RangeFold::Replace
         }
     }
 
@@ -153,17 +162,5 @@ impl RangeRecorder for MinMaxObserver {
 
     fn grid(&self) -> (QuantScheme, u32) {
         (self.cfg.scheme, self.cfg.bits)
-    }
-
-    /// Records a batch range on the device: replaces the range, or (`accumulate`) widens it.
-    fn record(&mut self, lo: &Tensor, hi: &Tensor) -> Result<(), ObserverError> {
-        let acc = self.cfg.accumulate;
-        self.buf.update(lo, hi, |olo, ohi, lo, hi| {
-            if acc {
-                Ok((olo.f_minimum(lo)?, ohi.f_maximum(hi)?))
-            } else {
-                Ok((lo.shallow_clone(), hi.shallow_clone()))
-            }
-        })
     }
 }

@@ -6,7 +6,7 @@
 use qat_autograd::{DeviceQParams, TensorQParams};
 use tch::Tensor;
 
-use super::buffers::{HostFold, RangeBuffers};
+use super::buffers::{RangeBuffers, RangeFold};
 use super::range::{batch_range_device, check_finite, device_qparams, to_qparams};
 use super::{ObserverError, ObserverErrorKind, QuantScheme};
 
@@ -21,8 +21,8 @@ pub(crate) trait RangeRecorder {
     /// The observer's buffers, to update.
     fn buffers_mut(&mut self) -> &mut RangeBuffers;
 
-    /// [`RangeRecorder::record`]'s rule as the host computes it on CPU memory.
-    fn host_fold(&self) -> HostFold;
+    /// How a batch range folds into the stored one (replace, widen, EMA).
+    fn fold(&self) -> RangeFold;
 
     /// The channel axis of a per-channel range, `None` for one range per tensor.
     fn axis(&self) -> Option<usize>;
@@ -30,8 +30,19 @@ pub(crate) trait RangeRecorder {
     /// The grid the range maps to: scheme and bit width.
     fn grid(&self) -> (QuantScheme, u32);
 
-    /// Folds a batch range (`f32[channels]` tensors on the device) into the stored range.
-    fn record(&mut self, lo: &Tensor, hi: &Tensor) -> Result<(), ObserverError>;
+    /// Folds a batch range (`f32[channels]` tensors on the device) into the stored range, on the
+    /// device.
+    fn record(&mut self, lo: &Tensor, hi: &Tensor) -> Result<(), ObserverError> {
+        let fold = self.fold();
+        self.buffers_mut().update(lo, hi, fold)
+    }
+
+    /// [`RangeRecorder::record`] of a finite host range into buffers in CPU memory (`false`,
+    /// nothing written, for buffers elsewhere).
+    fn record_host(&mut self, lo: &[f32], hi: &[f32]) -> bool {
+        let fold = self.fold();
+        self.buffers_mut().update_host(lo, hi, fold)
+    }
 
     /// Observes `clamp(x, lo, hi)` for `clamp = Some((lo, hi))` without materializing it (the
     /// batch range of `x` clamped; see [`super::ActObserver::observe_clamped`]), else `x`. Reads the
@@ -62,11 +73,7 @@ pub(crate) trait RangeRecorder {
             && let Some((lo, hi, finite)) = host_batch_range(x, self.axis(), buf.channels(), clamp)
         {
             // The host form on the CPU: the same range and rule, no libtorch op.
-            if !finite {
-                return Ok(());
-            }
-            let fold = self.host_fold();
-            if self.buffers_mut().update_host(&lo, &hi, fold) {
+            if !finite || self.record_host(&lo, &hi) {
                 return Ok(());
             }
         }
@@ -85,11 +92,7 @@ pub(crate) trait RangeRecorder {
         if !buf.is_calibrated() {
             return Err(buf.err(ObserverErrorKind::Uncalibrated));
         }
-        // On the CPU: qat-core's parameters of the range read in place (what the device form
-        // computes bit for bit), uploaded to "device" tensors that are CPU tensors.
-        if let Some(Ok(p)) = buf.with_range_host(|lo, hi| self.host_params(lo, hi))
-            && let Ok(d) = DeviceQParams::from_host(&p, tch::Device::Cpu)
-        {
+        if let Some(Some(d)) = buf.with_range_host(|lo, hi| self.cpu_params(lo, hi)) {
             return Ok(d);
         }
         let (lo, hi) = buf.range_tensors();
@@ -100,6 +103,14 @@ pub(crate) trait RangeRecorder {
     fn device_params(&self, lo: &Tensor, hi: &Tensor) -> Result<DeviceQParams, ObserverError> {
         let (scheme, bits) = self.grid();
         device_qparams(&self.buffers().name, scheme, bits, self.axis(), lo, hi)
+    }
+
+    /// On the CPU: qat-core's parameters of the host range `[lo, hi]` (what the device form computes
+    /// bit for bit) in "device" tensors that are CPU tensors; `None` where qat-core refuses the range
+    /// (the caller takes the device form, which does not refuse).
+    fn cpu_params(&self, lo: &[f32], hi: &[f32]) -> Option<DeviceQParams> {
+        let p = self.host_params(lo, hi).ok()?;
+        DeviceQParams::from_host(&p, tch::Device::Cpu).ok()
     }
 
     /// The parameters of the range `[lo, hi]` (host values), through qat-core's constructors.
@@ -121,7 +132,7 @@ pub(crate) trait RangeRecorder {
 /// the host fast paths off): the caller takes the device form, which gives the same values.
 /// `finite` is false if a value is NaN or a bound is infinite after the clamp (libtorch's clamp
 /// keeps NaN and bounds ±∞, as here).
-fn host_batch_range(
+pub(crate) fn host_batch_range(
     x: &Tensor,
     axis: Option<usize>,
     channels: usize,

@@ -378,3 +378,45 @@ fn device_updates_equal_the_host_path(fast: bool) {
         }
     }
 }
+
+/// The weight quantizer's step (`observe_params_device`: record the weights' range, return its
+/// parameters) gives the same parameters and state in the host form and the device form, also
+/// frozen, and reads nothing back.
+#[test]
+fn weight_step_forms_agree() {
+    let cfg = MinMaxConfig::new(QuantScheme::SymmetricNarrow, 8).per_channel(0, 3);
+    let weights = [
+        vec![0.5f32, -1.25, 0.0, 2.0, 3.0, -0.75],
+        vec![-4.0, 0.125, 1e-30, -0.0, 0.25, 7.5],
+    ];
+    let run = |fast: bool| {
+        qat_autograd::cpu::with_fast_paths(fast, || {
+            let vs = VarStore::new(Device::Cpu);
+            let mut obs = MinMaxObserver::new(&(vs.root() / "w"), cfg).unwrap();
+            // The one read of the frozen flag (then kept on the host).
+            assert!(!obs.is_frozen());
+            let mut out = Vec::new();
+            for (i, w) in weights.iter().enumerate() {
+                if i == 1 {
+                    obs.freeze();
+                }
+                let reads = qat_autograd::host_read::count();
+                let p = obs.observe_params_device(&t(w).view([3, 2])).unwrap();
+                assert_eq!(qat_autograd::host_read::count(), reads, "fast paths {fast}");
+                out.push((p.to_host().unwrap(), obs.state().unwrap()));
+            }
+            out
+        })
+    };
+    let (host, device) = (run(true), run(false));
+    assert_eq!(host, device);
+    // The parameters are those of each batch's own range, through qat-core.
+    let expect = obs_params(&weights[1], cfg);
+    assert_eq!(host[1].0, expect);
+}
+
+fn obs_params(w: &[f32], cfg: MinMaxConfig) -> TensorQParams {
+    let vs = VarStore::new(Device::Cpu);
+    let obs = MinMaxObserver::new(&(vs.root() / "ref"), cfg).unwrap();
+    obs.qparams_of(&t(w).view([3, 2])).unwrap()
+}
