@@ -27,7 +27,8 @@ pub mod lanes {
     use crate::KernelPath;
     use crate::kernels::x86_64::avx2::requant::{requantize8_fp32, requantize8_single};
     use crate::kernels::x86_64::avx512vnni::requant::{
-        RqFused16, RqSingle16, fused_constants, fused_ok, requantize16_fused, requantize16_single,
+        RqFused16, RqSingle16, fold_bias, fused_constants, fused_ok, requantize16_fused,
+        requantize16_no_tie, requantize16_single,
     };
 
     /// `(M0, left, right)` of each multiplier.
@@ -99,6 +100,32 @@ pub mod lanes {
             unsafe {
                 let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
                 requantize16_fused(x, &c)
+            }
+        })
+    }
+
+    /// AVX-512's tie-free single-shift stage (`requantize16_no_tie`, no clamp) of the bare
+    /// accumulators `x` with `bias` folded into its constants (`Single` rounding): equal to
+    /// qat-core's `apply_rounded_once(x + bias) + Z3` wherever no lane's `x + bias` is a tie of
+    /// its multiplier (`Epilogue::ties_impossible`), which the caller ensures. `None` when this
+    /// CPU lacks AVX-512 VNNI or [`avx512_fused_applies`] is false for `[0, 255]`.
+    pub fn avx512_no_tie(
+        x: [i32; 16],
+        bias: [i32; 16],
+        m: &[QuantizedMultiplier; 16],
+        zp: i32,
+    ) -> Option<[i32; 16]> {
+        if !avx512_fused_applies(m, zp, 0, 255) {
+            return None;
+        }
+        let (m0, _, right) = parts(m);
+        let (mut k, s) = fused_constants(&m0, &right, zp, Rounding::Single);
+        fold_bias(&mut k, &m0, &bias);
+        avx512_stage(x, [zp, 0, 255], |x, _| {
+            // SAFETY: run by `avx512_stage` after its AVX-512 VNNI check; 16 lanes each.
+            unsafe {
+                let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), Rounding::Single);
+                requantize16_no_tie(x, &c)
             }
         })
     }

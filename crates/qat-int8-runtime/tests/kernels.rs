@@ -359,8 +359,11 @@ impl ConvCase {
         })
     }
 
-    fn build(
+    /// The layer, its shapes and quantization, and the input: multipliers drawn from the seed, or
+    /// the given ones (one per output channel).
+    fn build_with(
         &self,
+        multipliers: Option<Vec<QuantizedMultiplier>>,
     ) -> (
         Conv2d,
         [usize; 3],
@@ -407,7 +410,9 @@ impl ConvCase {
             padding: self.padding,
             dilation: self.dilation,
             groups: self.groups,
-            multipliers: if self.below_one {
+            multipliers: if let Some(ms) = multipliers {
+                ms
+            } else if self.below_one {
                 gen_multipliers_below_one(&mut rng, if per_channel { self.cout } else { 1 })
             } else {
                 gen_multipliers(&mut rng, if per_channel { self.cout } else { 1 })
@@ -438,12 +443,22 @@ impl ConvCase {
     /// The path against the reference plan, in both roundings, through the ISA's own output
     /// stage and, when `also_scalar`, through the frame's scalar one too.
     fn check(&self, path: KernelPath, also_scalar: bool) -> Result<(), TestCaseError> {
+        self.check_with(path, also_scalar, None)
+    }
+
+    /// [`ConvCase::check`] with the given multipliers (see [`ConvCase::build_with`]).
+    fn check_with(
+        &self,
+        path: KernelPath,
+        also_scalar: bool,
+        multipliers: Option<Vec<QuantizedMultiplier>>,
+    ) -> Result<(), TestCaseError> {
         assert_ne!(
             path,
             KernelPath::Reference,
             "the oracle is not a path under test"
         );
-        let (conv, ih, oh, qi, qo, input) = self.build();
+        let (conv, ih, oh, qi, qo, input) = self.build_with(multipliers);
         let n_out = self.batch * oh.iter().product::<usize>();
         for rounding in Target::ALL {
             let io = ConvIo {
@@ -811,6 +826,63 @@ fn thread_count_does_not_change_results() {
     assert_eq!(want, run(1, Some(0)));
 }
 
+/// Multipliers whose products can land exactly on a tie of the single rounding: `M0 = 2^30` with
+/// right shifts 1–3 (`M` = 1/4, 1/8, 1/16), so that accumulators ≡ 2, 4 or 8 modulo 4, 8 or 16
+/// round half away from zero. Such layers must keep the single-shift stage's negative-product
+/// correction (their accumulators are not provably tie-free), on every path, in the GEMM, the
+/// depthwise kernels and a stem-like conv, in both bias signs.
+#[test]
+fn tie_prone_multipliers_match_reference() {
+    let tie = |i: usize| QuantizedMultiplier::from_parts(1 << 30, -1 - (i % 3) as i32).unwrap();
+    for path in KernelPath::ALL {
+        if path == KernelPath::Reference || !path.is_supported_here() {
+            continue;
+        }
+        for seed in 0..4u64 {
+            let mut case =
+                GemmCase::new(9, 5, 40, Values::Uniform, 77 + seed, true).with(Target::Qat);
+            case.ms = (0..case.n).map(tie).collect();
+            case.w.iter_mut().for_each(|w| *w = (*w).clamp(-3, 3));
+            case.bias.iter_mut().for_each(|b| *b %= 64);
+            case.lo = 0;
+            case.hi = 255;
+            case.z3 = 128;
+            let want = case.reference();
+            assert!(
+                want.0.iter().any(|&a| a < 0 && a % 4 == -2),
+                "seed {seed}: the case has no negative tie"
+            );
+            for direct in [false, true] {
+                assert_eq!(
+                    case.run(path, direct, false),
+                    want,
+                    "{path:?} GEMM seed {seed}"
+                );
+            }
+            for (cin, groups, k) in [(70, 70, [3, 3]), (24, 24, [3, 3]), (1, 1, [3, 3])] {
+                let cout = if groups == 1 { 16 } else { cin };
+                let conv = ConvCase {
+                    h: 7,
+                    w: 6,
+                    cin,
+                    cout,
+                    groups,
+                    k,
+                    stride: [1, 1],
+                    dilation: [1, 1],
+                    padding: [1, 1, 1, 1],
+                    batch: 2,
+                    values: Values::Uniform,
+                    seed,
+                    below_one: true,
+                };
+                conv.check_with(path, false, Some((0..cout).map(tie).collect()))
+                    .unwrap_or_else(|e| panic!("{path:?} {conv:?}: {e}"));
+            }
+        }
+    }
+}
+
 /// The single-shift output stage equals `requantize_with` lane by lane over the whole int32
 /// range, every right shift 1..=21, flushed multipliers and zero points in `−255..=255`, in both
 /// roundings; and the general single-rounding stages (AVX-512 narrow and wide, AVX2) equal
@@ -833,87 +905,120 @@ mod vector_stages {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-        #[test]
-        fn fused_matches_requantize(
-            x in proptest::array::uniform16(edge()),
-            shifts in proptest::array::uniform16(1i32..=21),
-            mant in proptest::array::uniform16(0u32..(1 << 30)),
-            zp in -255i32..=255,
-            flush in 0usize..16,
-        ) {
-            if !KernelPath::Avx512Vnni.is_supported_here() { return Ok(()); }
-            let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
-                if i == flush && mant[i] % 5 == 0 {
-                    QuantizedMultiplier::from_parts(0, 0).unwrap()
-                } else {
-                    QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, -shifts[i]).unwrap()
+            #[test]
+            fn fused_matches_requantize(
+                x in proptest::array::uniform16(edge()),
+                shifts in proptest::array::uniform16(1i32..=21),
+                mant in proptest::array::uniform16(0u32..(1 << 30)),
+                zp in -255i32..=255,
+                flush in 0usize..16,
+            ) {
+                if !KernelPath::Avx512Vnni.is_supported_here() { return Ok(()); }
+                let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
+                    if i == flush && mant[i] % 5 == 0 {
+                        QuantizedMultiplier::from_parts(0, 0).unwrap()
+                    } else {
+                        QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, -shifts[i]).unwrap()
+                    }
+                });
+                prop_assert!(lanes::avx512_fused_applies(&m, zp, 0, 255));
+                for rounding in Rounding::ALL {
+                    let got = lanes::avx512_fused(x, &m, zp, rounding).unwrap();
+                    for i in 0..16 {
+                        prop_assert_eq!(got[i], requantize_with(rounding, x[i], m[i], zp, i32::MIN, i32::MAX), "{} lane {} x {} m {:?}", rounding, i, x[i], m[i]);
+                    }
                 }
-            });
-            prop_assert!(lanes::avx512_fused_applies(&m, zp, 0, 255));
-            for rounding in Rounding::ALL {
-                let got = lanes::avx512_fused(x, &m, zp, rounding).unwrap();
+            }
+
+    /// The tie-free stage with the bias folded in equals the single rounding of `x + bias`
+            /// wherever `|x + bias|` stays below the tie bound `2^(30 + right − tz(M0))` (and
+            /// `2^31`), including multipliers with many trailing zero bits.
+            #[test]
+            fn no_tie_matches_requantize_below_the_tie_bound(
+                x in proptest::array::uniform16(any::<i32>()),
+                bias in proptest::array::uniform16(any::<i32>()),
+                shifts in proptest::array::uniform16(1i32..=21),
+                mant in proptest::array::uniform16(0u32..(1 << 30)),
+                tz in proptest::array::uniform16(0u32..=30),
+                zp in -255i32..=255,
+            ) {
+                if !KernelPath::Avx512Vnni.is_supported_here() { return Ok(()); }
+                let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
+                    let m0 = ((1u32 << 30) | mant[i]) >> tz[i] << tz[i];
+                    QuantizedMultiplier::from_parts(m0 as i32, -shifts[i]).unwrap()
+                });
+                // Scale each lane's x + bias into the bound of its multiplier.
+                let (mut xs, mut bs) = (x, bias);
                 for i in 0..16 {
-                    prop_assert_eq!(got[i], requantize_with(rounding, x[i], m[i], zp, i32::MIN, i32::MAX), "{} lane {} x {} m {:?}", rounding, i, x[i], m[i]);
+                    let exp = (30 + shifts[i] as u32 - m[i].multiplier().trailing_zeros()).min(31);
+                    let bound = (1i64 << exp) - 1;
+                    let half = bound / 2;
+                    bs[i] = (bias[i] as i64 % (half + 1)) as i32;
+                    xs[i] = (x[i] as i64 % (bound - (bs[i] as i64).abs() + 1)) as i32;
+                }
+                let got = lanes::avx512_no_tie(xs, bs, &m, zp).unwrap();
+                for i in 0..16 {
+                    let v = xs[i] + bs[i];
+                    prop_assert_eq!(got[i], requantize_with(Rounding::Single, v, m[i], zp, i32::MIN, i32::MAX), "lane {} x {} bias {} m {:?}", i, xs[i], bs[i], m[i]);
                 }
             }
-        }
 
-        #[test]
-        fn single_stages_match_requantize_single(
-            x in proptest::array::uniform16(edge()),
-            shifts in proptest::array::uniform16(-31i32..=30),
-            mant in proptest::array::uniform16(0u32..(1 << 30)),
-            zp in -255i32..=255,
-            lo in 0i32..=255,
-            width in 0i32..=255,
-            flush in 0usize..16,
-        ) {
-            let hi = (lo + width).min(255);
-            let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
-                if i == flush && mant[i] % 5 == 0 {
-                    QuantizedMultiplier::from_parts(0, 0).unwrap()
-                } else {
-                    QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, shifts[i]).unwrap()
+                    #[test]
+            fn single_stages_match_requantize_single(
+                x in proptest::array::uniform16(edge()),
+                shifts in proptest::array::uniform16(-31i32..=30),
+                mant in proptest::array::uniform16(0u32..(1 << 30)),
+                zp in -255i32..=255,
+                lo in 0i32..=255,
+                width in 0i32..=255,
+                flush in 0usize..16,
+            ) {
+                let hi = (lo + width).min(255);
+                let m: [QuantizedMultiplier; 16] = std::array::from_fn(|i| {
+                    if i == flush && mant[i] % 5 == 0 {
+                        QuantizedMultiplier::from_parts(0, 0).unwrap()
+                    } else {
+                        QuantizedMultiplier::from_parts((1i32 << 30) + mant[i] as i32, shifts[i]).unwrap()
+                    }
+                });
+                let want: [i32; 16] = std::array::from_fn(|i| requantize_single(x[i], m[i], zp, lo, hi));
+                // Narrow variant: only for lanes whose multiplier is below 0.5 (T ≥ 32) or flushed.
+                let narrow_ok = m.iter().all(|m| m.multiplier() == 0 || m.shift() < 0);
+                if let Some(wide) = lanes::avx512_single(x, &m, zp, lo, hi, true) {
+                    prop_assert_eq!(wide, want, "avx512 wide");
                 }
-            });
-            let want: [i32; 16] = std::array::from_fn(|i| requantize_single(x[i], m[i], zp, lo, hi));
-            // Narrow variant: only for lanes whose multiplier is below 0.5 (T ≥ 32) or flushed.
-            let narrow_ok = m.iter().all(|m| m.multiplier() == 0 || m.shift() < 0);
-            if let Some(wide) = lanes::avx512_single(x, &m, zp, lo, hi, true) {
-                prop_assert_eq!(wide, want, "avx512 wide");
-            }
-            if narrow_ok && let Some(narrow) = lanes::avx512_single(x, &m, zp, lo, hi, false) {
-                prop_assert_eq!(narrow, want, "avx512 narrow");
-            }
-            for h8 in 0..2 {
-                let x8: [i32; 8] = std::array::from_fn(|i| x[8 * h8 + i]);
-                let m8: [QuantizedMultiplier; 8] = std::array::from_fn(|i| m[8 * h8 + i]);
-                if let Some(got) = lanes::avx2_single(x8, &m8, zp, lo, hi) {
-                    prop_assert_eq!(&got[..], &want[8 * h8..8 * h8 + 8], "avx2");
+                if narrow_ok && let Some(narrow) = lanes::avx512_single(x, &m, zp, lo, hi, false) {
+                    prop_assert_eq!(narrow, want, "avx512 narrow");
+                }
+                for h8 in 0..2 {
+                    let x8: [i32; 8] = std::array::from_fn(|i| x[8 * h8 + i]);
+                    let m8: [QuantizedMultiplier; 8] = std::array::from_fn(|i| m[8 * h8 + i]);
+                    if let Some(got) = lanes::avx2_single(x8, &m8, zp, lo, hi) {
+                        prop_assert_eq!(&got[..], &want[8 * h8..8 * h8 + 8], "avx2");
+                    }
                 }
             }
-        }
 
-        /// The AVX2 `f32` stage equals qat-core's `requantize_fp32` on every lane: any int32
-        /// accumulator, any `f32` multiplier the `f32` targets store (`fp32_multiplier` of
-        /// `[2^−32, 2^30)`), any zero point and clamp of a validated layer.
-        #[test]
-        fn avx2_fp32_stage_equals_qat_core(
-            x in proptest::array::uniform8(any::<i32>()),
-            log2 in proptest::array::uniform8(-32f32..30.0),
-            zp in -300i32..300,
-            lo in 0i32..=255,
-            width in 0i32..=255,
-        ) {
-            let hi = (lo + width).min(255);
-            let m: [QuantizedMultiplier; 8] =
-                std::array::from_fn(|i| fp32_multiplier(log2[i].exp2().min(1.0e9)).unwrap());
-            let want: [i32; 8] = std::array::from_fn(|i| requantize_fp32(x[i], m[i], zp, lo, hi));
-            if let Some(got) = lanes::avx2_fp32(x, &m, zp, lo, hi) {
-                prop_assert_eq!(got, want);
+            /// The AVX2 `f32` stage equals qat-core's `requantize_fp32` on every lane: any int32
+            /// accumulator, any `f32` multiplier the `f32` targets store (`fp32_multiplier` of
+            /// `[2^−32, 2^30)`), any zero point and clamp of a validated layer.
+            #[test]
+            fn avx2_fp32_stage_equals_qat_core(
+                x in proptest::array::uniform8(any::<i32>()),
+                log2 in proptest::array::uniform8(-32f32..30.0),
+                zp in -300i32..300,
+                lo in 0i32..=255,
+                width in 0i32..=255,
+            ) {
+                let hi = (lo + width).min(255);
+                let m: [QuantizedMultiplier; 8] =
+                    std::array::from_fn(|i| fp32_multiplier(log2[i].exp2().min(1.0e9)).unwrap());
+                let want: [i32; 8] = std::array::from_fn(|i| requantize_fp32(x[i], m[i], zp, lo, hi));
+                if let Some(got) = lanes::avx2_fp32(x, &m, zp, lo, hi) {
+                    prop_assert_eq!(got, want);
+                }
             }
         }
-    }
 }

@@ -312,8 +312,13 @@ impl DepthwisePlan {
                 w[t * cp + ch] = layer.weights[ch * taps + t] as i32;
             }
         }
-        let col_sum = |ch: usize| (0..taps).fold(0i32, |s, t| s.wrapping_add(w[t * cp + ch]));
-        let epi = Epilogue::new(layer, c, cp, col_sum, K::fuses(layer.target));
+        let col_sums = |ch: usize| {
+            (0..taps).fold((0i32, 0u64), |(s, a), t| {
+                let v = w[t * cp + ch];
+                (s.wrapping_add(v), a + v.unsigned_abs() as u64)
+            })
+        };
+        let epi = Epilogue::new(layer, c, cp, col_sums, K::fuses(layer.target));
         let layout = K::layout(&w, taps, c, cp, &epi);
         let mut plan = Self {
             path,

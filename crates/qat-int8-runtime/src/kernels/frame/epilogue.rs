@@ -34,6 +34,9 @@ pub(crate) struct SingleShift {
     pub(crate) k: Vec<i64>,
     /// The 64-bit shift counts.
     pub(crate) s: Vec<i64>,
+    /// Whether `k` also holds `bias'·M0` and the stage is the tie-free one
+    /// ([`Epilogue::ties_impossible`]): the tiles then requantize the bare accumulators.
+    pub(crate) folded: bool,
 }
 
 /// What an ISA's output stage does with a rounding it does not fuse: nothing — the frame never
@@ -121,16 +124,20 @@ pub struct Epilogue {
     /// The `f64` scales of a layer that requantizes in `f64` ([`LayerSpec::reals`], one per
     /// padded column): the scalar stage is then qat-core's [`requantize_real`], never fused.
     pub(crate) reals: Option<Vec<f64>>,
+    /// `|bias'[n]| + 255·Σ_k |w[k, n]|`: a bound on `|acc + bias'|` for any uint8 input (0 for
+    /// padding columns).
+    pub(crate) acc_bound: Vec<u64>,
 }
 
 impl Epilogue {
     /// Constants for `np ≥ n` (padded) columns of a checked `layer`, the first `n` real; padding
-    /// columns repeat channel 0's multiplier and have a zero bias. `col_sum(c) = Σ_k w[k, c]`.
+    /// columns repeat channel 0's multiplier and have a zero bias. `col_sums(c)` is
+    /// `(Σ_k w[k, c], Σ_k |w[k, c]|)`.
     pub(crate) fn new(
         layer: &LayerSpec<'_>,
         n: usize,
         np: usize,
-        col_sum: impl Fn(usize) -> i32,
+        col_sums: impl Fn(usize) -> (i32, u64),
         fused: bool,
     ) -> Self {
         let m = |c: usize| layer.multiplier(c);
@@ -155,11 +162,14 @@ impl Epilogue {
                 v[..n].copy_from_slice(&r[..n]);
                 v
             }),
+            acc_bound: vec![0; np],
         };
         let z1 = layer.input_zero_point;
         for c in 0..n {
             let mc = m(c);
-            e.bias[c] = layer.bias[c].wrapping_sub(z1.wrapping_mul(col_sum(c)));
+            let (sum, abs_sum) = col_sums(c);
+            e.bias[c] = layer.bias[c].wrapping_sub(z1.wrapping_mul(sum));
+            e.acc_bound[c] = (e.bias[c].unsigned_abs() as u64).saturating_add(255 * abs_sum);
             e.m0[c] = mc.multiplier();
             e.left[c] = mc.shift().max(0);
             e.right[c] = (-mc.shift()).max(0);
@@ -171,6 +181,31 @@ impl Epilogue {
             .iter()
             .any(|mc| mc.multiplier() != 0 && mc.shift() >= 0);
         e
+    }
+
+    /// Whether no accumulator of the first `n` columns can meet a tie of the single rounding, so
+    /// that a vector stage may drop its negative-product correction (`Single` only; see the
+    /// AVX-512 `requantize16_no_tie`).
+    ///
+    /// With `M0 = 2^a·m` (`m` odd) and `T = 31 + right`, the product `x·M0` is a tie
+    /// (`≡ 2^(T−1) mod 2^T`) only when `x` is an odd multiple of `2^(T−1−a)`. Column `n` is safe
+    /// when `M0 = 0` (the output is `Z3` for any `x`), or when `right ≥ 1`, no left shift, and
+    /// [`Epilogue::acc_bound`] is below both `2^(T−1−a)` and `2^31` (so `acc + bias'` never
+    /// wraps either, and `bias'` may be folded into the stage's constant). For example
+    /// `M0 = 2^30` (`a = 30`) with `right = 1` makes `x = ±2` a tie (`x·M0 / 2^32 = ±0.5`).
+    pub(crate) fn ties_impossible(&self, n: usize) -> bool {
+        self.rounding == Rounding::Single
+            && (0..n.min(self.m0.len())).all(|c| {
+                let (m0, right) = (self.m0[c], self.right[c]);
+                if m0 == 0 {
+                    return true;
+                }
+                if self.left[c] != 0 || !(1..=32).contains(&right) || m0 < 0 {
+                    return false;
+                }
+                let exp = (30 + right as u32 - m0.trailing_zeros()).min(31);
+                self.acc_bound[c] < 1u64 << exp
+            })
     }
 
     /// The scalar output stage of `v = acc + bias'[col]`: qat-core's [`Target::requantize`] in the

@@ -94,12 +94,14 @@ impl PackedB {
                     K::W::from_code(w[col * k + kk]);
             }
         }
-        let col_sum = |c: usize| {
+        let col_sums = |c: usize| {
             w[c * k..(c + 1) * k]
                 .iter()
-                .fold(0i32, |s, &v| s.wrapping_add(v as i32))
+                .fold((0i32, 0u64), |(s, a), &v| {
+                    (s.wrapping_add(v as i32), a + v.unsigned_abs() as u64)
+                })
         };
-        let mut epi = Epilogue::new(layer, n, np, col_sum, K::fuses(layer.target));
+        let mut epi = Epilogue::new(layer, n, np, col_sums, K::fuses(layer.target));
         if epi.fused {
             epi.single_shift = K::single_shift(&epi, n).map(Box::new);
         }

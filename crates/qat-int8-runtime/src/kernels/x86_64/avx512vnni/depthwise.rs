@@ -217,6 +217,9 @@ pub struct DepthwiseVnniLayout {
     pub fk_nat: Vec<i64>,
     /// Shift counts matching `fk_nat`.
     pub fs_nat: Vec<i64>,
+    /// Whether the fused stage may drop its tie correction ([`Epilogue::ties_impossible`]: the
+    /// `Single` rounding, and no accumulator `acc + bias'` of these weights reaches a tie).
+    pub no_tie: bool,
 }
 
 impl DepthwiseVnniLayout {
@@ -265,6 +268,7 @@ impl DepthwiseVnniLayout {
             fs,
             fk_nat,
             fs_nat,
+            no_tie: fused && e.ties_impossible(c),
         }
     }
 }

@@ -6,15 +6,16 @@ use std::arch::x86_64::*;
 
 use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
-use super::requant::{RqFused16, requantize16_fused};
+use super::requant::{RqFused16, requantize16_fused, requantize16_no_tie};
 use crate::kernels::frame::Epilogue;
 
 /// `avx512vnni_depthwise_u8i8_64c_fused`: `npix = [n, rows]` runs of `n` output pixels (pixel
 /// `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`, output at
 /// `o8 + (r·n + p)·c`) and the pixels whose tap rows are listed
 /// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
-/// through the single-shift output stage ([`requantize16_fused`]) and saturating packs. `P`
-/// pixels per step share the weight loads; `T` taps known at compile time (0: `l.taps`).
+/// through the single-shift output stage ([`requantize16_fused`]; [`requantize16_no_tie`] when
+/// `NT`, i.e. `l.no_tie`) and saturating packs. `P` pixels per step share the weight loads; `T`
+/// taps known at compile time (0: `l.taps`).
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c0 + valid` readable bytes;
@@ -22,7 +23,7 @@ use crate::kernels::frame::Epilogue;
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_block_fused<const T: usize>(
+unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
     base: *const u8,
     step: [usize; 2],
     npix: [usize; 2],
@@ -64,7 +65,7 @@ unsafe fn depthwise_block_fused<const T: usize>(
             }
         };
         let finish = |accp: &[__m512i; 4], dst: *mut u8| {
-            let q = |b: usize| requantize16_fused(accp[b], &f[b]);
+            let q = |b: usize| stage::<NT>(accp[b], &f[b]);
             let r = _mm512_packus_epi16(
                 _mm512_packs_epi32(q(0), q(1)),
                 _mm512_packs_epi32(q(2), q(3)),
@@ -134,7 +135,7 @@ unsafe fn depthwise_block_fused<const T: usize>(
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_narrow_fused<const V: usize>(
+unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
     base: *const u8,
     step: [usize; 2],
     npix: [usize; 2],
@@ -168,8 +169,7 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
         };
         let finish = |acc: &[__m512i; V], dst: *mut u8| {
             for v in 0..V {
-                let q =
-                    _mm512_min_epi32(_mm512_max_epi32(requantize16_fused(acc[v], &f[v]), lo), hi);
+                let q = _mm512_min_epi32(_mm512_max_epi32(stage::<NT>(acc[v], &f[v]), lo), hi);
                 _mm_mask_storeu_epi8(dst.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
             }
         };
@@ -221,6 +221,20 @@ unsafe fn depthwise_narrow_fused<const V: usize>(
     }
 }
 
+/// The single-shift stage of 16 accumulators (bias included): [`requantize16_no_tie`] when `NT`
+/// (`l.no_tie`: no accumulator can meet a tie), else [`requantize16_fused`].
+#[inline(always)]
+fn stage<const NT: bool>(acc: __m512i, f: &RqFused16) -> __m512i {
+    // SAFETY: only inlined into this file's AVX-512 kernels (their target features hold).
+    unsafe {
+        if NT {
+            requantize16_no_tie(acc, f)
+        } else {
+            requantize16_fused(acc, f)
+        }
+    }
+}
+
 /// Output rows through the single-shift output stage (requires `l.fused`): `npix = [n, rows]`
 /// runs of `n` interior pixels (tap `t` of pixel `p` of run `r` at
 /// `base + r·step[1] + p·step[0] + offs[t]`, output at `o8 + (r·n + p)·c`; `n` may be 0) and the
@@ -251,22 +265,21 @@ pub(super) unsafe fn depthwise_row_fused(
         let mut c0 = 0;
         while c0 < c {
             let valid = (c - c0).min(64);
+            macro_rules! go {
+                ($f:ident::<$g:literal>) => {
+                    if l.no_tie {
+                        $f::<$g, true>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                    } else {
+                        $f::<$g, false>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                    }
+                };
+            }
             match (valid.div_ceil(16), l.taps == 9) {
-                (1, _) => {
-                    depthwise_narrow_fused::<1>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
-                }
-                (2, _) => {
-                    depthwise_narrow_fused::<2>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
-                }
-                (3, _) => {
-                    depthwise_narrow_fused::<3>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
-                }
-                (_, true) => {
-                    depthwise_block_fused::<9>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
-                }
-                (_, false) => {
-                    depthwise_block_fused::<0>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
-                }
+                (1, _) => go!(depthwise_narrow_fused::<1>),
+                (2, _) => go!(depthwise_narrow_fused::<2>),
+                (3, _) => go!(depthwise_narrow_fused::<3>),
+                (_, true) => go!(depthwise_block_fused::<9>),
+                (_, false) => go!(depthwise_block_fused::<0>),
             }
             c0 += 64;
         }

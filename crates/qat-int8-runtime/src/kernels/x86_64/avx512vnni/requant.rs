@@ -1,7 +1,9 @@
 //! The AVX-512 output stage: fixed-point requantization of 16 int32 lanes, bit-exact with
 //! qat-core — `Gemmlowp` (`requantize16`, with or without the saturating left pre-shift),
-//! `Single` (`requantize16_single`, narrow or wide), and the single-shift stage of the depthwise
-//! kernels and of GEMM layers that admit it (`requantize16_fused`, either rounding).
+//! `Single` (`requantize16_single`, narrow or wide), the single-shift stage of the depthwise
+//! kernels and of GEMM layers that admit it (`requantize16_fused`, either rounding), and its
+//! tie-free `Single` form for layers whose accumulators cannot reach a tie
+//! (`requantize16_no_tie`, bias folded into the constant for the GEMM).
 //!
 //! A new rounding: add its 16-lane stage here, its arms in `variant`/`stage16` (and, if it has
 //! one, in the fused constants), and a `true` in `fuses`; until then the frame requantizes it
@@ -31,8 +33,12 @@ impl OutputStage for Avx512Vnni {
             && e.m0.len().is_multiple_of(16)
             && fused_ok(&e.m0[..n], &e.left[..n], &e.right[..n], e.zp, e.lo, e.hi);
         ok.then(|| {
-            let (k, s) = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
-            SingleShift { k, s }
+            let (mut k, s) = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
+            let folded = e.ties_impossible(n);
+            if folded {
+                fold_bias(&mut k, &e.m0, &e.bias);
+            }
+            SingleShift { k, s, folded }
         })
     }
 }
@@ -508,6 +514,45 @@ pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
     let te = _mm512_mask_sub_epi64(te, _mm512_cmplt_epi64_mask(pe, zero), te, c.neg);
     let to = _mm512_add_epi64(po, c.k_odd);
     let to = _mm512_mask_sub_epi64(to, _mm512_cmplt_epi64_mask(po, zero), to, c.neg);
+    _mm512_mask_blend_epi32(
+        0xAAAA,
+        _mm512_srav_epi64(te, c.s_even),
+        _mm512_srav_epi64(to, c.s_odd),
+    )
+}
+
+/// Adds `bias'[ch]·M0[ch]` to each channel's [`fused_constants`] slot (same lane order), so that
+/// [`requantize16_no_tie`] of the bare accumulator `acc` computes the stage of `acc + bias'`:
+/// `(acc + bias')·M0 + K = acc·M0 + (K + bias'·M0)`. Only meaningful where
+/// [`Epilogue::ties_impossible`] holds (no `i32` wrap of `acc + bias'`, no tie).
+pub fn fold_bias(k: &mut [i64], m0: &[i32], bias: &[i32]) {
+    for (ch, (&m, &b)) in m0.iter().zip(bias).enumerate() {
+        let (g, lane) = (ch / 16, ch % 16);
+        let slot = g * 16 + (lane % 2) * 8 + lane / 2;
+        k[slot] = k[slot].wrapping_add(b as i64 * m as i64);
+    }
+}
+
+/// [`requantize16_fused`] in [`Rounding::Single`] without its negative-product correction, for
+/// accumulators that cannot produce a tie: `⌊(P + K) / 2^T⌋` with `P = x·M0`, `T = 31 + e`.
+///
+/// The correction `− [P < 0]` of the single rounding changes the result only at a tie,
+/// `P ≡ 2^(T−1) (mod 2^T)`. With `a` trailing zero bits in `M0 = 2^a·m` (`m` odd), that needs `x`
+/// to be an odd multiple of `2^(T−1−a)`; an accumulator with `|x| < 2^(T−1−a)` never is, and
+/// [`Epilogue::ties_impossible`] proves that bound per layer from its weights and bias. Then
+/// `P + K` is the whole stage: two `vpmuldq`, one shift, two adds, two variable shifts and a
+/// blend (7 ops against 12). With `K` from [`fold_bias`], `x` is the bare accumulator.
+///
+/// # Safety
+/// The CPU must support the enabled target features.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn requantize16_no_tie(x: __m512i, c: &RqFused16) -> __m512i {
+    let te = _mm512_add_epi64(_mm512_mul_epi32(x, c.m0), c.k_even);
+    let to = _mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi),
+        c.k_odd,
+    );
     _mm512_mask_blend_epi32(
         0xAAAA,
         _mm512_srav_epi64(te, c.s_even),

@@ -5,7 +5,9 @@
 use std::arch::x86_64::*;
 
 use super::byte_mask;
-use super::requant::{RqFused16, Stage16, requantize16_fused, stage16, variant};
+use super::requant::{
+    RqFused16, Stage16, requantize16_fused, requantize16_no_tie, stage16, variant,
+};
 use crate::kernels::frame::epilogue::SingleShift;
 use crate::kernels::frame::{Epilogue, OutPtr};
 
@@ -68,7 +70,11 @@ pub(super) unsafe fn tile_epilogue<const M: usize>(
     // SAFETY: as documented.
     unsafe {
         if let (Some(ss), OutPtr::U8(p, ld)) = (&e.single_shift, out) {
-            return tile_epilogue_single_shift(acc, e, ss, col0, cols, p, ld);
+            return if ss.folded {
+                tile_epilogue_single_shift::<M, true>(acc, e, ss, col0, cols, p, ld)
+            } else {
+                tile_epilogue_single_shift::<M, false>(acc, e, ss, col0, cols, p, ld)
+            };
         }
         match variant(e, matches!(out, OutPtr::U8(..))) {
             (false, false) => tile_epilogue_in::<M, false, false>(acc, e, col0, cols, out),
@@ -110,14 +116,31 @@ unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>
     }
 }
 
-/// [`tile_epilogue`] through the single-shift stage ([`requantize16_fused`], `Z3` folded in)
-/// and the clamp, for u8 output at `p` (row stride `ld`).
+/// The single-shift stage of 16 columns: `acc + bias'` through [`requantize16_fused`], or, when
+/// `FOLDED` (`bias'` folded into the constants, no tie possible), the bare accumulators through
+/// [`requantize16_no_tie`].
+#[inline(always)]
+fn single_shift16<const FOLDED: bool>(acc: __m512i, bias: __m512i, f: &RqFused16) -> __m512i {
+    // SAFETY: only inlined into this file's AVX-512 functions (their target features hold).
+    unsafe {
+        if FOLDED {
+            requantize16_no_tie(acc, f)
+        } else {
+            requantize16_fused(_mm512_add_epi32(acc, bias), f)
+        }
+    }
+}
+
+/// [`tile_epilogue`] through the single-shift stage ([`requantize16_fused`], `Z3` folded in;
+/// [`requantize16_no_tie`] with `bias'` folded in too when `FOLDED`) and the clamp, for u8
+/// output at `p` (row stride `ld`).
 ///
 /// # Safety
-/// As [`tile_epilogue`]; `ss` derived from `e` ([`fused_ok`] holds for every real column).
+/// As [`tile_epilogue`]; `ss` derived from `e` ([`fused_ok`] holds for every real column);
+/// `FOLDED == ss.folded`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_epilogue_single_shift<const M: usize>(
+unsafe fn tile_epilogue_single_shift<const M: usize, const FOLDED: bool>(
     acc: [[__m512i; 4]; M],
     e: &Epilogue,
     ss: &SingleShift,
@@ -130,7 +153,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
     // SAFETY: as documented; the constant arrays cover every padded column.
     unsafe {
         if cols > 32 {
-            return tile_store_packed(acc, e, ss, col0, cols, p, ld);
+            return tile_store_packed::<M, FOLDED>(acc, e, ss, col0, cols, p, ld);
         }
         for j in 0..4 {
             if 16 * j >= cols {
@@ -141,7 +164,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
             let f = RqFused16::load_at(&e.m0, &ss.k, &ss.s, col, e.rounding);
             for (r, accr) in acc.iter().enumerate() {
-                let q = requantize16_fused(_mm512_add_epi32(accr[j], bias), &f);
+                let q = single_shift16::<FOLDED>(accr[j], bias, &f);
                 let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
                 _mm_mask_storeu_epi8(p.add(r * ld + col).cast(), mask, _mm512_cvtepi32_epi8(q));
             }
@@ -158,7 +181,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize>(
 /// As [`tile_epilogue_single_shift`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_store_packed<const M: usize>(
+unsafe fn tile_store_packed<const M: usize, const FOLDED: bool>(
     acc: [[__m512i; 4]; M],
     e: &Epilogue,
     ss: &SingleShift,
@@ -180,7 +203,7 @@ unsafe fn tile_store_packed<const M: usize>(
         let bias: [__m512i; 4] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
         for (r, accr) in acc.iter().enumerate() {
-            let q = |j: usize| requantize16_fused(_mm512_add_epi32(accr[j], bias[j]), &f[j]);
+            let q = |j: usize| single_shift16::<FOLDED>(accr[j], bias[j], &f[j]);
             let v = _mm512_packus_epi16(
                 _mm512_packs_epi32(q(0), q(1)),
                 _mm512_packs_epi32(q(2), q(3)),
