@@ -11,29 +11,70 @@ use super::reference;
 const BLOCK: usize = 64;
 
 /// `out[c] = rescale.average(Σ_p input[p·C + c], H·W)` for an `[H, W, C]` sample, bit-exact
-/// with [`reference::global_avg_pool`].
+/// with [`reference::global_avg_pool`]. On a CPU with AVX-512 (F, BW, DQ, VL) the same code is
+/// compiled with those features (the sums in 512-bit adds, the 64-bit products of the output
+/// stage in `vpmullq`), picked at run time.
 pub(crate) fn global_avg_pool(
     input: &[u8],
     in_hwc: [usize; 3],
     rescale: &AvgPoolRescale,
     out: &mut [u8],
 ) {
-    let [h, w, c] = in_hwc;
     if rescale.stage.is_some() {
         return reference::global_avg_pool(input, in_hwc, rescale, out);
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the features it is compiled with were detected.
+        return unsafe { sums_and_average_avx512(input, in_hwc, rescale, out) };
+    }
+    sums_and_average(input, in_hwc, rescale, out)
+}
+
+/// [`sums_and_average`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU supports avx512f/bw/dq/vl.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn sums_and_average_avx512(
+    input: &[u8],
+    in_hwc: [usize; 3],
+    rescale: &AvgPoolRescale,
+    out: &mut [u8],
+) {
+    sums_and_average(input, in_hwc, rescale, out)
+}
+
+/// The per-channel sums over blocks of [`BLOCK`] channels, then the output stage of each block
+/// ([`AvgPoolRescale::average_many`]); `rescale` has no stage of its own.
+#[inline(always)]
+fn sums_and_average(input: &[u8], in_hwc: [usize; 3], rescale: &AvgPoolRescale, out: &mut [u8]) {
+    let [h, w, c] = in_hwc;
     let mut c0 = 0;
     while c0 < c.min(out.len()) {
         let cb = (c - c0).min(BLOCK).min(out.len() - c0);
         let mut sums = [0i32; BLOCK];
-        for px in input.chunks_exact(c).take(h * w) {
-            for (s, &q) in sums[..cb].iter_mut().zip(&px[c0..c0 + cb]) {
-                *s += q as i32;
+        let pixels = input.chunks_exact(c).take(h * w);
+        if cb == BLOCK {
+            // A whole block: fixed-size loops, the sums stay in registers.
+            for px in pixels {
+                let px: &[u8; BLOCK] = px[c0..c0 + BLOCK].try_into().expect("a whole block");
+                for (s, &q) in sums.iter_mut().zip(px) {
+                    *s += q as i32;
+                }
+            }
+        } else {
+            for px in pixels {
+                for (s, &q) in sums[..cb].iter_mut().zip(&px[c0..c0 + cb]) {
+                    *s += q as i32;
+                }
             }
         }
-        for (o, &s) in out[c0..c0 + cb].iter_mut().zip(&sums[..cb]) {
-            *o = rescale.average(s, h * w);
-        }
+        rescale.average_many(&sums[..cb], h * w, &mut out[c0..c0 + cb]);
         c0 += cb;
     }
 }
@@ -76,6 +117,12 @@ mod tests {
                 let mut got = vec![0u8; c];
                 global_avg_pool(&input, [h, w, c], &r, &mut got);
                 prop_assert_eq!(&got, &want, "{}", target);
+                if r.stage.is_none() {
+                    // The baseline build too (the dispatch above may have taken AVX-512).
+                    let mut base = vec![0u8; c];
+                    sums_and_average(&input, [h, w, c], &r, &mut base);
+                    prop_assert_eq!(&base, &want, "{} (baseline)", target);
+                }
             }
         }
     }

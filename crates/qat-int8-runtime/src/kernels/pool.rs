@@ -204,6 +204,35 @@ impl AvgPoolRescale {
         }
     }
 
+    /// [`AvgPoolRescale::average`] of many windows of the same `count` cells (`out[i]` from
+    /// `sums[i]`), the multiplier looked up once (the global pool's channels).
+    #[inline(always)]
+    pub fn average_many(&self, sums: &[i32], count: usize, out: &mut [u8]) {
+        let n = count as i32;
+        let (lo, hi, zo) = (self.lo, self.hi, self.zo);
+        match (count, self.params.is_some(), self.multiplier(count)) {
+            (0, _, _) | (_, true, None) => out.fill(zo.clamp(lo, hi) as u8),
+            (_, false, _) => {
+                // `(s + n/2) / n` through an `f64` division, which vectorizes (no integer
+                // division per channel): for `0 ≤ v < 2^31` and `n ≥ 1` the correctly rounded
+                // `v / n` truncates to `⌊v / n⌋` (an integer quotient is exact; otherwise the
+                // quotient is at least `1/n` from the next integer, far above half an ulp).
+                let (half, nf) = (n / 2, n as f64);
+                for (o, &s) in out.iter_mut().zip(sums) {
+                    let q = ((s + half) as f64 / nf) as i32;
+                    *o = q.clamp(lo, hi) as u8;
+                }
+            }
+            (_, true, Some(m)) => {
+                let zin = n.wrapping_mul(self.zi);
+                for (o, &s) in out.iter_mut().zip(sums) {
+                    let q = m.apply_rounded_once(s.wrapping_sub(zin));
+                    *o = q.saturating_add(zo).clamp(lo, hi) as u8;
+                }
+            }
+        }
+    }
+
     /// One output code from the sum of a window's `count` input codes.
     ///
     /// Identical params: `q = (Σq + count/2)/count` (TFLite; round half up, `Σq ≥ 0`).
