@@ -7,8 +7,10 @@
 //! - depthwise (`groups == C_in == C_out`): the frame's [`DepthwisePlan`].
 //! - everything else: the packed GEMM ([`PackedB`]) per group, with `A` read directly for
 //!   1×1/stride-1/unpadded convs whose `C_in` fills the k-groups, through an implicit im2col
-//!   (tap-segment pointers into the input) for dense k×k convs with `C_in % 4 == 0`, else
-//!   filled by a tiled im2col (one task's rows at a time, so it stays in cache).
+//!   (tap-segment pointers into the input) for dense k×k convs with `C_in % 4 == 0`, through
+//!   kernel-row pointers into a padded copy of the input for dense convs with few input channels
+//!   (`row_taps`: the stems), else filled by a tiled im2col (one task's rows at a time, so it
+//!   stays in cache).
 //!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
 use qat_core::QuantParams;
@@ -22,6 +24,9 @@ use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
 mod im2col;
+mod row_taps;
+
+use row_taps::RowTaps;
 
 /// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
 /// deployment target (the arithmetic of every requantization).
@@ -66,6 +71,8 @@ fn layer_spec<'a>(
 enum ConvImpl {
     Reference,
     Gemm(Vec<PackedB>),
+    /// A dense conv with few input channels as an indirect GEMM over kernel rows.
+    RowTaps(Box<RowTaps>),
     Depthwise(Box<DepthwisePlan>),
 }
 
@@ -130,6 +137,20 @@ impl ConvPlan {
                     };
                     let layer = spec(data, &conv.bias, &conv.multipliers);
                     ConvImpl::Depthwise(Box::new(DepthwisePlan::new(path, shape, &layer)?))
+                } else if let Some(rows) = (conv.groups == 1)
+                    .then(|| {
+                        RowTaps::new(
+                            path,
+                            conv.weight_shape,
+                            [in_hwc[0], in_hwc[1]],
+                            conv.padding,
+                            conv.dilation[1],
+                            &spec(data, &conv.bias, &conv.multipliers),
+                        )
+                    })
+                    .flatten()
+                {
+                    ConvImpl::RowTaps(Box::new(rows?))
                 } else {
                     let k = kh * kw * cig;
                     let cog = cout / conv.groups.max(1);
@@ -182,6 +203,10 @@ impl ConvPlan {
                     .collect(),
             ),
             ConvImpl::Depthwise(d) => ConvImpl::Depthwise(Box::new(d.with_scalar_output_stage())),
+            ConvImpl::RowTaps(mut r) => {
+                r.packed = r.packed.with_scalar_output_stage();
+                ConvImpl::RowTaps(r)
+            }
             r => r,
         };
         self
@@ -266,6 +291,16 @@ impl ConvPlan {
                 }),
                 (None, None) => {}
             },
+            ConvImpl::RowTaps(rows) => {
+                let ptr = match (out, out_i32) {
+                    (Some(o), _) => OutPtr::U8(o.as_mut_ptr(), cout),
+                    (None, Some(o)) => OutPtr::I32(o.as_mut_ptr(), cout),
+                    (None, None) => return,
+                };
+                // SAFETY: `out` holds n·Ho·Wo rows of cout elements (asserted above), `input` n
+                // samples; the form was built for this plan.
+                unsafe { rows.run(self, input, n, ptr) }
+            }
             ConvImpl::Depthwise(dw) => match (out, out_i32) {
                 (Some(out), _) => dw.run(input, n, out),
                 (None, Some(out)) => dw.run_i32(input, n, out),

@@ -36,6 +36,7 @@
 
 pub(crate) mod add;
 pub(crate) mod conv;
+pub(crate) mod copy;
 pub(crate) mod frame;
 pub(crate) mod gap;
 pub(crate) mod par;

@@ -400,7 +400,7 @@ impl DepthwisePlan {
         }
         for (r, src) in sample[..h * w * c].chunks_exact(w * c).enumerate() {
             let at = ((r + pt) * wp + pl) * c;
-            buf[at..at + w * c].copy_from_slice(src);
+            crate::kernels::copy::copy_row(&mut buf[at..at + w * c], src);
         }
     }
 

@@ -66,7 +66,7 @@ unsafe fn tile<const M: usize, const V: usize>(
     out: OutPtr,
 ) {
     const { assert!(V >= 1 && V <= 4) };
-    let mut acc = [[_mm512_setzero_si512(); 4]; M];
+    let mut acc = [[_mm512_setzero_si512(); V]; M];
     // SAFETY: reads stay within the A rows and the panel (caller).
     unsafe {
         for g in 0..kp / 4 {

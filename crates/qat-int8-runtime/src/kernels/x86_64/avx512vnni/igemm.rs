@@ -14,8 +14,16 @@ impl IndirectTile for Avx512Vnni {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_indirect<const M: usize>(t: &IndirectArgs<'_, Self>) {
         let (ptrs, taps, seg, b) = (t.ptrs, t.taps, t.seg, t.panel);
-        // SAFETY: as documented by the trait.
-        unsafe { tile_indirect::<M>(ptrs, taps, seg, b, t.e, t.col0, t.cols, t.out) }
+        let (e, col0, cols, out) = (t.e, t.col0, t.cols, t.out);
+        // SAFETY: as documented by the trait; V·16 ≥ cols.
+        unsafe {
+            match cols.div_ceil(16) {
+                1 => tile_indirect::<M, 1>(ptrs, taps, seg, b, e, col0, cols, out),
+                2 => tile_indirect::<M, 2>(ptrs, taps, seg, b, e, col0, cols, out),
+                3 => tile_indirect::<M, 3>(ptrs, taps, seg, b, e, col0, cols, out),
+                _ => tile_indirect::<M, 4>(ptrs, taps, seg, b, e, col0, cols, out),
+            }
+        }
     }
 }
 
@@ -31,15 +39,16 @@ pub(super) unsafe fn block_indirect(blk: &IndirectBlock<'_, Avx512Vnni>) {
 
 /// `avx512vnni_igemm_u8i8_6x64`: the indirect (implicit im2col) tile. Row `r`'s reduction runs
 /// over `taps` segments of `seg` bytes read in place at `ptrs[r·taps + t]` (padding segments
-/// point at a row of `Z1`), so no im2col copy is made.
+/// point at a row of `Z1`), so no im2col copy is made. Only the first `V` vectors of 16 columns
+/// are computed (a narrow layer's last panel: the columns past `16·V` are not stored).
 ///
 /// # Safety
 /// Every pointer has `seg` readable bytes, `seg % 4 == 0`, `taps·seg == kp`; `b` one packed panel;
-/// `out` valid for `M` rows × `cols` columns from `col0`.
+/// `out` valid for `M` rows × `cols` columns from `col0`; `cols ≤ 16·V`, `1 ≤ V ≤ 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_indirect<const M: usize>(
+unsafe fn tile_indirect<const M: usize, const V: usize>(
     ptrs: &[*const u8],
     taps: usize,
     seg: usize,
@@ -49,23 +58,23 @@ unsafe fn tile_indirect<const M: usize>(
     cols: usize,
     out: OutPtr,
 ) {
-    let mut acc = [[_mm512_setzero_si512(); 4]; M];
+    const { assert!(V >= 1 && V <= 4) };
+    let mut acc = [[_mm512_setzero_si512(); V]; M];
     // SAFETY: as documented.
     unsafe {
         let mut bg = b;
         for t in 0..taps {
             let rows: [*const u8; M] = std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + t));
             for gi in 0..seg / 4 {
-                let b0 = _mm512_loadu_si512(bg.cast());
-                let b1 = _mm512_loadu_si512(bg.add(64).cast());
-                let b2 = _mm512_loadu_si512(bg.add(128).cast());
-                let b3 = _mm512_loadu_si512(bg.add(192).cast());
+                let mut bv = [_mm512_setzero_si512(); 4];
+                for (j, bj) in bv.iter_mut().enumerate().take(V) {
+                    *bj = _mm512_loadu_si512(bg.add(64 * j).cast());
+                }
                 for (r, accr) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_epi32(rows[r].add(4 * gi).cast::<i32>().read_unaligned());
-                    accr[0] = _mm512_dpbusd_epi32(accr[0], av, b0);
-                    accr[1] = _mm512_dpbusd_epi32(accr[1], av, b1);
-                    accr[2] = _mm512_dpbusd_epi32(accr[2], av, b2);
-                    accr[3] = _mm512_dpbusd_epi32(accr[3], av, b3);
+                    for j in 0..V {
+                        accr[j] = _mm512_dpbusd_epi32(accr[j], av, bv[j]);
+                    }
                 }
                 bg = bg.add(NR * 4);
             }

@@ -53,15 +53,17 @@ unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
     }
 }
 
-/// The fused output stage of an `M × 64` tile: `+ bias'`, requantize in the epilogue's
-/// [`Rounding`], store (masked past `cols`).
+/// The fused output stage of an `M × 16V` tile: `+ bias'`, requantize in the epilogue's
+/// [`Rounding`], store (masked past `cols`). The tile passes only the `V` vectors per row it
+/// computed (a call that is not inlined copies them through memory).
 ///
 /// # Safety
-/// `out` valid for `M` rows × `cols` columns from `col0`; `e` padded to whole panels.
+/// `out` valid for `M` rows × `cols` columns from `col0`, `cols ≤ 16·V`; `e` padded to whole
+/// panels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn tile_epilogue<const M: usize>(
-    acc: [[__m512i; 4]; M],
+pub(super) unsafe fn tile_epilogue<const M: usize, const V: usize>(
+    acc: [[__m512i; V]; M],
     e: &Epilogue,
     col0: usize,
     cols: usize,
@@ -71,16 +73,16 @@ pub(super) unsafe fn tile_epilogue<const M: usize>(
     unsafe {
         if let (Some(ss), OutPtr::U8(p, ld)) = (&e.single_shift, out) {
             return if ss.folded {
-                tile_epilogue_single_shift::<M, true>(acc, e, ss, col0, cols, p, ld)
+                tile_epilogue_single_shift::<M, V, true>(acc, e, ss, col0, cols, p, ld)
             } else {
-                tile_epilogue_single_shift::<M, false>(acc, e, ss, col0, cols, p, ld)
+                tile_epilogue_single_shift::<M, V, false>(acc, e, ss, col0, cols, p, ld)
             };
         }
         match variant(e, matches!(out, OutPtr::U8(..))) {
-            (false, false) => tile_epilogue_in::<M, false, false>(acc, e, col0, cols, out),
-            (true, false) => tile_epilogue_in::<M, true, false>(acc, e, col0, cols, out),
-            (false, true) => tile_epilogue_in::<M, false, true>(acc, e, col0, cols, out),
-            (true, true) => tile_epilogue_in::<M, true, true>(acc, e, col0, cols, out),
+            (false, false) => tile_epilogue_in::<M, V, false, false>(acc, e, col0, cols, out),
+            (true, false) => tile_epilogue_in::<M, V, true, false>(acc, e, col0, cols, out),
+            (false, true) => tile_epilogue_in::<M, V, false, true>(acc, e, col0, cols, out),
+            (true, true) => tile_epilogue_in::<M, V, true, true>(acc, e, col0, cols, out),
         }
     }
 }
@@ -91,8 +93,8 @@ pub(super) unsafe fn tile_epilogue<const M: usize>(
 /// As [`tile_epilogue`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>(
-    acc: [[__m512i; 4]; M],
+unsafe fn tile_epilogue_in<const M: usize, const V: usize, const SLOW: bool, const SINGLE: bool>(
+    acc: [[__m512i; V]; M],
     e: &Epilogue,
     col0: usize,
     cols: usize,
@@ -100,7 +102,7 @@ unsafe fn tile_epilogue_in<const M: usize, const SLOW: bool, const SINGLE: bool>
 ) {
     // SAFETY: as documented.
     unsafe {
-        for j in 0..4 {
+        for j in 0..V {
             if 16 * j >= cols {
                 break;
             }
@@ -140,8 +142,8 @@ fn single_shift16<const FOLDED: bool>(acc: __m512i, bias: __m512i, f: &RqFused16
 /// `FOLDED == ss.folded`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_epilogue_single_shift<const M: usize, const FOLDED: bool>(
-    acc: [[__m512i; 4]; M],
+unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDED: bool>(
+    acc: [[__m512i; V]; M],
     e: &Epilogue,
     ss: &SingleShift,
     col0: usize,
@@ -152,10 +154,14 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const FOLDED: bool>(
     let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
     // SAFETY: as documented; the constant arrays cover every padded column.
     unsafe {
-        if cols > 32 {
-            return tile_store_packed::<M, FOLDED>(acc, e, ss, col0, cols, p, ld);
+        if V > 2 && cols > 32 {
+            // Three or four vectors: the fourth (past the columns when V = 3) is not stored.
+            let acc4: [[__m512i; 4]; M] = std::array::from_fn(|r| {
+                std::array::from_fn(|j| if j < V { acc[r][j] } else { acc[r][0] })
+            });
+            return tile_store_packed::<M, FOLDED>(acc4, e, ss, col0, cols, p, ld);
         }
-        for j in 0..4 {
+        for j in 0..V {
             if 16 * j >= cols {
                 break;
             }
