@@ -70,18 +70,36 @@ unsafe fn tile<const M: usize, const V: usize>(
     // SAFETY: reads stay within the A rows and the panel (caller).
     unsafe {
         for g in 0..kp / 4 {
-            let bg = b.add(g * NR * 4);
-            let mut bv = [_mm512_setzero_si512(); 4];
-            for (j, bj) in bv.iter_mut().enumerate().take(V) {
-                *bj = _mm512_loadu_si512(bg.add(64 * j).cast());
-            }
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_epi32(a.add(r * lda + 4 * g).cast::<i32>().read_unaligned());
-                for j in 0..V {
-                    accr[j] = _mm512_dpbusd_epi32(accr[j], av, bv[j]);
-                }
-            }
+            k_group(&mut acc, |r| a.add(r * lda + 4 * g), b.add(g * NR * 4));
         }
         tile_epilogue(acc, e, col0, cols, out);
+    }
+}
+
+/// One group of four `k` for an `M × 16V` tile: `acc[r][j] += A[r][4 bytes] · B[group][j]`, the
+/// four A bytes of row `r` read at `row(r)` and broadcast, the `V` weight vectors of the group at
+/// `bg` (the direct and the indirect tile share it). Always inlined, without target features of
+/// its own: it compiles as part of the AVX-512 VNNI tile calling it.
+///
+/// # Safety
+/// CPU supports avx512f/vnni; `row(r)` has 4 readable bytes for `r < M`; `bg` has `64·V`.
+#[inline(always)]
+pub(super) unsafe fn k_group<const M: usize, const V: usize>(
+    acc: &mut [[__m512i; V]; M],
+    row: impl Fn(usize) -> *const u8,
+    bg: *const i8,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        let mut bv = [_mm512_setzero_si512(); 4];
+        for (j, bj) in bv.iter_mut().enumerate().take(V) {
+            *bj = _mm512_loadu_si512(bg.add(64 * j).cast());
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32(row(r).cast::<i32>().read_unaligned());
+            for j in 0..V {
+                accr[j] = _mm512_dpbusd_epi32(accr[j], av, bv[j]);
+            }
+        }
     }
 }

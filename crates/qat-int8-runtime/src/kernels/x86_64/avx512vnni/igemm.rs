@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
-use super::gemm::NR;
+use super::gemm::{NR, k_group};
 use super::tile_store::tile_epilogue;
 use crate::kernels::frame::gemm::{IndirectArgs, IndirectBlock, IndirectTile, indirect_tile_loop};
 use crate::kernels::frame::{Epilogue, OutPtr};
@@ -66,16 +66,7 @@ unsafe fn tile_indirect<const M: usize, const V: usize>(
         for t in 0..taps {
             let rows: [*const u8; M] = std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + t));
             for gi in 0..seg / 4 {
-                let mut bv = [_mm512_setzero_si512(); 4];
-                for (j, bj) in bv.iter_mut().enumerate().take(V) {
-                    *bj = _mm512_loadu_si512(bg.add(64 * j).cast());
-                }
-                for (r, accr) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_epi32(rows[r].add(4 * gi).cast::<i32>().read_unaligned());
-                    for j in 0..V {
-                        accr[j] = _mm512_dpbusd_epi32(accr[j], av, bv[j]);
-                    }
-                }
+                k_group(&mut acc, |r| rows[r].add(4 * gi), bg);
                 bg = bg.add(NR * 4);
             }
         }
