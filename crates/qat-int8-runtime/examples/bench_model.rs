@@ -3,7 +3,10 @@
 //! and median of the rounds; and a checksum of the outputs' uint8 codes (equal checksums: two
 //! builds computed the same results).
 //!
-//! `cargo run --release -p qat-int8-runtime --example bench_model -- MODEL.qat8 [--threads 1,2] [--batch 1,64] [--rounds 9] [--min-time 0.2] [--calls N]`
+//! `cargo run --release -p qat-int8-runtime --example bench_model -- MODEL.qat8 [--threads 1,2] [--batch 1,64] [--rounds 9] [--min-time 0.2] [--calls N] [--ops]`
+//!
+//! `--ops`: after the timed rounds, one more round per cell with [`Executor::set_op_profiling`]
+//! on, and each op's share of the cell's time (the profile of the whole model, op by op).
 //!
 //! `--calls N`: exactly `N` calls per cell and round instead of `--min-time` (fixed work, for
 //! counting cycles with `perf stat -e cycles:u`, which a loaded machine disturbs less than
@@ -46,7 +49,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: bench_model MODEL.qat8 [options]")?;
     let (mut threads, mut batches, mut rounds, mut min_time) = (vec![1, 2], vec![1, 64], 9, 0.2);
     let mut fixed: Option<usize> = None;
+    let mut ops = false;
     while let Some(k) = args.next() {
+        if k == "--ops" {
+            ops = true;
+            continue;
+        }
         let v = args.next().ok_or(format!("{k} needs a value"))?;
         match k.as_str() {
             "--threads" => threads = list(&v),
@@ -85,6 +93,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
         }
     }
+    let mut profiles = Vec::new();
+    if ops {
+        for (t, n, pool, x, exec, _, _) in cells.iter_mut() {
+            exec.set_op_profiling(true);
+            pool.install(|| {
+                let (start, mut calls) = (Instant::now(), 0usize);
+                while fixed.map_or(start.elapsed().as_secs_f64() < min_time, |f| calls < f) {
+                    exec.run(x.view()).expect("run");
+                    calls += 1;
+                }
+            });
+            let profile = exec.op_profile().expect("profiling is on");
+            exec.set_op_profiling(false);
+            profiles.push((*t, *n, profile));
+        }
+    }
     println!("threads batch best_us median_us checksum");
     for (t, n, _, _, _, sum, mut times) in cells {
         times.sort_by(f64::total_cmp);
@@ -93,6 +117,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             times[0],
             times[times.len() / 2]
         );
+    }
+    for (t, n, profile) in profiles {
+        let total: f64 = profile.iter().map(|p| p.seconds).sum();
+        println!("\nop shares, {t} thread(s), batch {n} (op kind output share)");
+        for p in profile {
+            let share = 100.0 * p.seconds / total.max(f64::MIN_POSITIVE);
+            println!("{:>3} {:<15} {:<24} {share:5.1}%", p.op, p.kind, p.output);
+        }
     }
     Ok(())
 }

@@ -163,6 +163,8 @@ pub struct Executor<'m> {
     tile: Tile,
     /// How a run uses rayon's threads.
     split: Split,
+    /// Per-op time, when profiling ([`Executor::set_op_profiling`]).
+    clock: Option<OpClock>,
 }
 
 /// How a run uses rayon's threads.
@@ -355,6 +357,7 @@ impl<'m> Executor<'m> {
             sizes,
             tile,
             split: Split::Auto,
+            clock: None,
         })
     }
 
@@ -567,30 +570,14 @@ impl<'m> Executor<'m> {
                 let mut out = std::mem::take(&mut views[out_id]);
                 #[cfg(test)]
                 tests::fault_point(i);
-                self.run_op(i, op, views, tile.clone(), &mut out);
+                match &self.clock {
+                    None => self.run_op(i, op, views, tile.clone(), &mut out),
+                    Some(c) => c.time(i, || self.run_op(i, op, views, tile.clone(), &mut out)),
+                }
                 views[out_id] = out;
             }
         }
     }
-}
-
-/// Bytes of the tensors a tile of samples may keep in cache (about half of a core's L2).
-const TILE_BYTES: usize = 512 * 1024;
-
-/// Samples per tile: as many as keep every tensor of the tile within [`TILE_BYTES`] (at least 1).
-fn tile_samples(model: &Int8Model, sizes: &[usize]) -> usize {
-    let per_sample: usize = model
-        .tensors
-        .iter()
-        .zip(sizes)
-        .map(|(t, &n)| {
-            n.saturating_mul(match t.dtype {
-                DType::U8 => 1,
-                DType::F32 => 4,
-            })
-        })
-        .fold(0usize, usize::saturating_add);
-    (TILE_BYTES / per_sample.max(1)).max(1)
 }
 
 fn batch_shape(n: usize, shape: &[usize]) -> Vec<usize> {
@@ -604,8 +591,12 @@ fn array<T>(shape: Vec<usize>, data: Vec<T>) -> ArrayD<T> {
 
 mod chunks;
 mod ops;
+mod profile;
 
-use chunks::{View, chunk_views, chunks};
+use profile::OpClock;
+pub use profile::OpTime;
+
+use chunks::{View, chunk_views, chunks, tile_samples};
 
 #[cfg(test)]
 #[path = "executor_tests.rs"]

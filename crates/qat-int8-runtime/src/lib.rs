@@ -53,7 +53,7 @@ pub mod model;
 pub mod testing;
 pub mod validate;
 
-pub use executor::{Executor, RunError, TensorValue};
+pub use executor::{Executor, OpTime, RunError, TensorValue};
 pub use format::{LoadError, SaveError};
 pub use kernels::{KERNEL_ENV, KernelPath};
 pub use limits::{Cost, Limits, LoadOptions};

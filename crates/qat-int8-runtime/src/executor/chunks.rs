@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::Buf;
+use crate::model::{DType, Int8Model};
 
 /// The batch's chunks for `threads` threads: the whole batch for one thread or one sample, else
 /// a multiple of `threads` consecutive chunks of near-equal sizes, of at most `tile` samples
@@ -66,6 +67,25 @@ pub(super) fn chunk_views<'a>(
         }
     }
     views
+}
+
+/// Bytes of the tensors a tile of samples may keep in cache (about half of a core's L2).
+const TILE_BYTES: usize = 512 * 1024;
+
+/// Samples per tile: as many as keep every tensor of the tile within [`TILE_BYTES`] (at least 1).
+pub(super) fn tile_samples(model: &Int8Model, sizes: &[usize]) -> usize {
+    let per_sample: usize = model
+        .tensors
+        .iter()
+        .zip(sizes)
+        .map(|(t, &n)| {
+            n.saturating_mul(match t.dtype {
+                DType::U8 => 1,
+                DType::F32 => 4,
+            })
+        })
+        .fold(0usize, usize::saturating_add);
+    (TILE_BYTES / per_sample.max(1)).max(1)
 }
 
 #[cfg(test)]
