@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | which layers PTQ hurts, and why | [`causes`] | per layer (BN folded as export folds it): per-channel weight ranges, a weight histogram with outliers marked, range spread `max range/min range`, outlier ratio `max\|W\|/P99.9(\|W\|)`, weight SQNR per tensor vs per channel at 8 and 4 bits |
 //! | how much each layer costs at `b` bits | [`sensitivity`] | [`SensitivityTable`]: layer × {weights, activations} × {8, 6, 4, 3, 2} bits → accuracy drop, and the [`Probe`]s to measure it |
-//! | which bit widths to use | [`search`] | Pareto front of predicted drop vs cost (weight bytes, bit operations, or a measured table), exact (dynamic programming) or greedy; the best point within a budget |
+//! | which bit widths to use | [`search()`] | Pareto front of predicted drop vs cost (weight bytes, bit operations, or a measured table), exact (dynamic programming) or greedy; the best point within a budget |
 //! | writing widths into the graph | [`assign`] | [`quantizable_layers`], [`BitAssignment::apply`] |
 //!
 //! The evaluation of a probe (training or simulating a model) belongs to whoever runs the study; the

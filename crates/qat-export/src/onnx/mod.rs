@@ -29,7 +29,7 @@
 
 mod float;
 mod graph;
-mod import;
+pub mod import;
 mod qdq;
 
 /// The ONNX protobuf messages (prost, generated from `schema/onnx/onnx.proto`).
