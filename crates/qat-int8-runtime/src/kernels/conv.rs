@@ -8,7 +8,8 @@
 //! - everything else: the packed GEMM ([`PackedB`]) per group, with `A` read directly for
 //!   1×1/stride-1/unpadded convs whose `C_in` fills the k-groups, through an implicit im2col
 //!   (tap-segment pointers into the input) for dense k×k convs with `C_in % 4 == 0`, else
-//!   filled by a tiled im2col (one task's rows at a time, so it stays in cache).
+//!   filled by a tiled im2col (one task's rows at a time, so it stays in cache; dense convs
+//!   with short kernel rows, the stems, build their rows from a padded band of the input).
 //!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
 use qat_core::QuantParams;
@@ -22,6 +23,9 @@ use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
 mod im2col;
+mod im2col_small;
+
+use im2col_small::PaddedIm2col;
 
 /// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
 /// deployment target (the arithmetic of every requantization).
@@ -83,6 +87,8 @@ pub struct ConvPlan {
     zero_row: Vec<u8>,
     /// The geometry the plan was built for (the optimized paths never read it from the op).
     geom: ConvGeom,
+    /// The band im2col of a dense conv with short kernel rows, when it applies.
+    padded: Option<PaddedIm2col>,
 }
 
 /// Conv geometry copied at plan time.
@@ -152,6 +158,17 @@ impl ConvPlan {
                 }
             }
         };
+        let geom = ConvGeom {
+            weight_shape: conv.weight_shape,
+            stride: conv.stride,
+            padding: conv.padding,
+            dilation: conv.dilation,
+            groups: conv.groups,
+        };
+        let padded = match &imp {
+            ConvImpl::Gemm(g) if g.len() == 1 => PaddedIm2col::new(in_hwc, &geom, path, g[0].kp),
+            _ => None,
+        };
         Ok(Self {
             in_hwc,
             out_hwc,
@@ -161,13 +178,8 @@ impl ConvPlan {
             rounding,
             imp,
             zero_row: vec![qi.zero_point().clamp(0, 255) as u8; in_hwc[2]],
-            geom: ConvGeom {
-                weight_shape: conv.weight_shape,
-                stride: conv.stride,
-                padding: conv.padding,
-                dilation: conv.dilation,
-                groups: conv.groups,
-            },
+            geom,
+            padded,
         })
     }
 
@@ -190,6 +202,13 @@ impl ConvPlan {
     /// The kernel path this plan runs.
     pub fn path(&self) -> KernelPath {
         self.path
+    }
+
+    /// Whether the band im2col (padded input rows) builds this plan's `A` rows: `None` if not,
+    /// `Some(true)` when by byte permutes (tests check that their shapes reach it).
+    #[doc(hidden)]
+    pub fn band_im2col(&self) -> Option<bool> {
+        self.padded.as_ref().map(PaddedIm2col::gathers)
     }
 
     /// Runs the conv on a batch of `n` samples: `input` is `[n, H, W, C_in]`, `out` is
@@ -309,8 +328,9 @@ impl ConvPlan {
                         unsafe { b.gemm_unchecked(m, &src, gptr) };
                         continue;
                     }
-                    let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
-                        self.im2col(input, g * cig, cig, b.kp, row0, rows, dst);
+                    let fill = |row0: usize, rows: usize, dst: &mut [u8]| match &self.padded {
+                        Some(p) if p.kp == b.kp => self.im2col_padded(p, input, row0, rows, dst),
+                        _ => self.im2col(input, g * cig, cig, b.kp, row0, rows, dst),
                     };
                     // SAFETY: as above.
                     unsafe { b.gemm_unchecked(m, &ASource::Fill(&fill), gptr) };
