@@ -329,13 +329,14 @@ fn small_cin_conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
-/// Dense convs with 1–4 input channels and kernels up to 3×4 on inputs up to 19×19 (odd widths
-/// included), strides 1–2, paddings 0–2 per side, dilation 1–2 in height, batches of up to 5
-/// (rows spanning samples and the GEMM's row blocks): the band im2col and its vector gather.
+/// Dense convs with 1–4 input channels and kernels up to 3×4 on inputs up to 15×39 (odd widths
+/// included; lines long enough to fill the vector gather's stores), strides 1–3, paddings 0–2
+/// per side, dilation 1–2 in height, batches of up to 5 (rows spanning samples and the GEMM's row
+/// blocks): the band im2col and its vector gather.
 fn stem_conv_case() -> impl Strategy<Value = ConvCase> {
     (
-        (1usize..20, 1usize..20, 1usize..5, 1usize..24),
-        (1usize..4, 1usize..5, 1usize..3, 1usize..3, 1usize..3),
+        (1usize..16, 1usize..40, 1usize..5, 1usize..24),
+        (1usize..4, 1usize..5, 1usize..4, 1usize..4, 1usize..3),
         [0usize..3, 0usize..3, 0usize..3, 0usize..3],
         (1usize..6, values(), any::<u64>()),
     )
