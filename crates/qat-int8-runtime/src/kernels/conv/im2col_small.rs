@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use super::im2col::{carry_line, copy_spans, out_pos};
+use super::im2col::copy_spans;
 use super::{ConvGeom, ConvPlan};
 use crate::kernels::KernelPath;
 
@@ -100,23 +100,102 @@ impl PaddedIm2col {
         false
     }
 
-    /// Rows of `out` (`out.len() / kp` of them): row `c` is the `kh` spans of `span` bytes at
-    /// `band[first + c·step + i·hstep]`, then zeros up to `kp`.
-    fn rows(&self, band: &[u8], at: [usize; 3], kh: usize, out: &mut [u8]) {
+    /// The A rows of `seg` into `out` (`seg.count` rows of `kp` bytes): row `c` is the `kh`
+    /// spans of `span` bytes at its window in `band` ([`Segment::window`]), then zeros to `kp`.
+    fn rows(&self, band: &[u8], seg: &Segment, out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
         if let Some(g) = &self.vbmi {
-            g.rows(band, at, out);
+            g.rows(band, seg, out);
             return;
         }
         macro_rules! spans {
             ($($n:literal)*) => {
                 match self.span {
-                    $($n => copy_spans::<$n>(band, at, kh, self.kp, out),)*
+                    $($n => seg.copy_spans::<$n>(band, self.kp, out),)*
                     _ => unreachable!("the span is checked in PaddedIm2col::new"),
                 }
             };
         }
         spans!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    }
+
+    /// Fills `band[..rows·line]` with padded rows: band row `b` is input row `ih0 + b` of
+    /// `sample` (`[H, W·C_in]` bytes) at byte `pl·C_in` with `Z1` around it, or all `Z1` when
+    /// that row is outside the input.
+    fn pad_rows(&self, band: &mut [u8], rows: usize, ih0: isize, sample: &[u8], p: PadGeom) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(g) = &self.vbmi {
+            g.pad_rows(band, rows, ih0, sample, p);
+            return;
+        }
+        for (b, row) in band[..rows * p.line].chunks_exact_mut(p.line).enumerate() {
+            let ih = ih0 + b as isize;
+            if ih < 0 || ih as usize >= p.h {
+                row.fill(p.z1);
+                continue;
+            }
+            let (left, rest) = row.split_at_mut(p.left);
+            let (mid, right) = rest.split_at_mut(p.width);
+            left.fill(p.z1);
+            mid.copy_from_slice(&sample[ih as usize * p.width..(ih as usize + 1) * p.width]);
+            right.fill(p.z1);
+        }
+    }
+}
+
+/// How input rows sit in a band line: `h` input rows of `width = W·C_in` bytes, placed at byte
+/// `left = pl·C_in` of band lines of `line = (pl + W + pr)·C_in` bytes, the rest `z1`.
+#[derive(Debug, Clone, Copy)]
+struct PadGeom {
+    h: usize,
+    width: usize,
+    left: usize,
+    line: usize,
+    z1: u8,
+}
+
+/// `count` consecutive A rows of one sample, in band coordinates: row `c` is output pixel
+/// `ow + c` of a band whose output lines are `wo` pixels, the first line's windows starting at
+/// band byte 0.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    ow: usize,
+    count: usize,
+    wo: usize,
+    /// Band bytes between the windows of consecutive output lines (`sh·line`), pixels
+    /// (`sw·C_in`) and kernel rows (`dh·line`).
+    line_step: usize,
+    step: usize,
+    hstep: usize,
+    kh: usize,
+}
+
+impl Segment {
+    /// Band byte where row `c`'s window starts.
+    fn window(&self, c: usize) -> usize {
+        let (l, p) = ((self.ow + c) / self.wo, (self.ow + c) % self.wo);
+        l * self.line_step + p * self.step
+    }
+
+    /// `(first row, rows)` of each output line of the segment, in order.
+    fn lines(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut c = 0;
+        std::iter::from_fn(move || {
+            (c < self.count).then(|| {
+                let p = (self.ow + c) % self.wo;
+                let n = (self.wo - p).min(self.count - c);
+                c += n;
+                (c - n, n)
+            })
+        })
+    }
+
+    /// [`PaddedIm2col::rows`] by fixed-size moves of `L` bytes.
+    fn copy_spans<const L: usize>(&self, band: &[u8], kp: usize, out: &mut [u8]) {
+        for (c, n) in self.lines() {
+            let at = [self.window(c), self.step, self.hstep];
+            copy_spans::<L>(band, at, self.kh, kp, &mut out[c * kp..(c + n) * kp]);
+        }
     }
 }
 
@@ -126,7 +205,7 @@ impl ConvPlan {
     ///
     /// For each sample the rows touch, the band holds padded input rows
     /// `oh₀·sh ..= oh₁·sh + (kh − 1)·dh` (the first and last output lines of the sample's rows);
-    /// output line `oh`, pixel `ow` then starts at band row `oh·sh − oh₀·sh`, column `ow·sw`.
+    /// output line `oh`, pixel `ow` then starts at band row `(oh − oh₀)·sh`, column `ow·sw`.
     pub(super) fn im2col_padded(
         &self,
         pad: &PaddedIm2col,
@@ -139,57 +218,59 @@ impl ConvPlan {
         let [ho, wo, _] = self.out_hwc;
         let kh = self.geom.weight_shape[1];
         let ([sh, sw], dh) = (self.geom.stride, self.geom.dilation[0]);
-        let kp = pad.kp;
+        let [pt, pl, _, _] = self.geom.padding;
+        let (kp, line) = (pad.kp, pad.wp * cin);
+        let geom = PadGeom {
+            h,
+            width: w * cin,
+            left: pl * cin,
+            line,
+            z1: self.zero_row[0],
+        };
         let (sample_len, per_sample) = (h * w * cin, ho * wo);
-        let line = pad.wp * cin;
-        let (mut s, mut oh, mut ow) = out_pos(row0, ho, wo);
+        let (mut s, pix) = (row0 / per_sample, row0 % per_sample);
         let mut r = 0;
         BAND.with(|b| {
             let band = &mut *b.borrow_mut();
+            let mut pix = pix;
             while r < rows {
-                // The rows of sample s from (oh, ow): up to the call's end or the sample's.
-                let r_end = r + (rows - r).min(per_sample - (oh * wo + ow));
-                let oh_last = (oh * wo + ow + (r_end - r) - 1) / wo;
-                let top = oh * sh;
-                let sample = &input[s * sample_len..(s + 1) * sample_len];
-                self.pad_band(sample, top, oh_last * sh + (kh - 1) * dh + 1, pad.wp, band);
-                while r < r_end {
-                    let end = wo.min(ow + r_end - r);
-                    let first = (oh * sh - top) * line + ow * sw * cin;
-                    let out = &mut dst[r * kp..(r + end - ow) * kp];
-                    pad.rows(band, [first, sw * cin, dh * line], kh, out);
-                    r += end - ow;
-                    ow = end;
-                    carry_line(&mut s, &mut oh, &mut ow, ho, wo);
+                // The rows of sample s from pixel `pix`: up to the call's end or the sample's.
+                let count = (rows - r).min(per_sample - pix);
+                let (oh, oh_last) = (pix / wo, (pix + count - 1) / wo);
+                let band_rows = (oh_last - oh) * sh + (kh - 1) * dh + 1;
+                if band.len() < band_rows * line + SLACK {
+                    band.resize(band_rows * line + SLACK, 0);
                 }
+                let sample = &input[s * sample_len..(s + 1) * sample_len];
+                let ih0 = (oh * sh) as isize - pt as isize;
+                pad.pad_rows(band, band_rows, ih0, sample, geom);
+                let seg = Segment {
+                    ow: pix % wo,
+                    count,
+                    wo,
+                    line_step: sh * line,
+                    step: sw * cin,
+                    hstep: dh * line,
+                    kh,
+                };
+                pad.rows(band, &seg, &mut dst[r * kp..(r + count) * kp]);
+                r += count;
+                (s, pix) = (s + 1, 0);
             }
         });
     }
-
-    /// Fills `band` with padded input rows `top..bottom` of `sample` (`wp` pixels each, padding
-    /// and rows outside the input `Z1`), then [`SLACK`] bytes of `Z1`.
-    fn pad_band(&self, sample: &[u8], top: usize, bottom: usize, wp: usize, band: &mut Vec<u8>) {
-        let [h, w, cin] = self.in_hwc;
-        let (pt, pl) = (self.geom.padding[0], self.geom.padding[1]);
-        let line = wp * cin;
-        band.clear();
-        band.resize((bottom - top) * line + SLACK, self.zero_row[0]);
-        for (b, pr) in (top..bottom).enumerate() {
-            if let Some(ih) = pr.checked_sub(pt).filter(|&ih| ih < h) {
-                let at = b * line + pl * cin;
-                band[at..at + w * cin].copy_from_slice(&sample[ih * w * cin..(ih + 1) * w * cin]);
-            }
-        }
-    }
 }
 
-/// The AVX-512 VBMI gather: A rows of at most 64 bytes built by byte permutes.
+/// The AVX-512 VBMI gather: A rows of at most 64 bytes built by byte permutes, and the band
+/// rows by masked byte loads and stores.
 #[cfg(target_arch = "x86_64")]
 mod vbmi {
     use std::arch::x86_64::*;
 
+    use super::{PadGeom, Segment};
+
     /// Builds `per` A rows per 64-byte store: for each kernel row `i`, one 64-byte load of the
-    /// band at the group's first pixel and one masked byte permute that places its spans.
+    /// band at the group's first window and one masked byte permute that places its spans.
     #[derive(Debug)]
     pub(super) struct Gather {
         /// A rows per store: `min(64 / kp, (64 − span) / step + 1)` (the last row's span must
@@ -238,60 +319,157 @@ mod vbmi {
             })
         }
 
-        /// `PaddedIm2col::rows` (`at = [first, step, hstep]`, `step` the gather's own).
+        /// `PaddedIm2col::rows`.
         ///
-        /// Panics if a load would leave `src` or `at` has another step.
-        pub(super) fn rows(&self, src: &[u8], [first, step, hstep]: [usize; 3], out: &mut [u8]) {
-            let count = out.len() / self.kp;
-            if count == 0 {
+        /// Panics if a load would leave `band`, `out` is short, or `seg` has another step or
+        /// kernel height.
+        pub(super) fn rows(&self, band: &[u8], seg: &Segment, out: &mut [u8]) {
+            if seg.count == 0 {
                 return;
             }
             let kh = self.idx.len();
-            let last_group = (count - 1) / self.per * self.per;
-            let end = first + last_group * step + (kh - 1) * hstep + 64;
-            assert!(step == self.step && end <= src.len());
+            // The last row's window starts last (lines are further apart than a line's
+            // windows); every group's loads start at or before it.
+            let end = seg.window(seg.count - 1) + (kh - 1) * seg.hstep + 64;
+            assert!(seg.step == self.step && seg.kh == kh);
+            assert!(end <= band.len() && seg.count * self.kp <= out.len());
             // SAFETY: the gather exists only where the CPU has its features (`new`); every
-            // load lies in `src` (assert), every store in `out`'s count·kp bytes.
+            // load lies in `band` (assert), every store in `out`'s first count·kp bytes.
             unsafe {
-                gather(
-                    self,
-                    src.as_ptr().add(first),
-                    hstep,
-                    count,
-                    out.as_mut_ptr(),
-                )
+                match kh {
+                    1 => gather::<1>(self, band.as_ptr(), seg, out.as_mut_ptr()),
+                    2 => gather::<2>(self, band.as_ptr(), seg, out.as_mut_ptr()),
+                    3 => gather::<3>(self, band.as_ptr(), seg, out.as_mut_ptr()),
+                    4 => gather::<4>(self, band.as_ptr(), seg, out.as_mut_ptr()),
+                    _ => gather::<0>(self, band.as_ptr(), seg, out.as_mut_ptr()),
+                }
+            }
+        }
+
+        /// `PaddedIm2col::pad_rows`.
+        ///
+        /// Panics if `band` has fewer than `rows` lines and 64 bytes, a line is shorter than
+        /// `left + width` bytes, or `sample` has fewer than `h` input rows.
+        pub(super) fn pad_rows(
+            &self,
+            band: &mut [u8],
+            rows: usize,
+            ih0: isize,
+            sample: &[u8],
+            p: PadGeom,
+        ) {
+            assert!(rows * p.line + 64 <= band.len() && p.left + p.width <= p.line);
+            assert!(p.h * p.width <= sample.len());
+            // SAFETY: the gather exists only where the CPU has AVX-512 F and BW (`new`); the
+            // stores lie in band[..rows·line], the loads in sample[..h·width] (asserts).
+            unsafe { pad_rows(band.as_mut_ptr(), rows, ih0, sample.as_ptr(), p) }
+        }
+    }
+
+    /// [`Gather::rows`] with `KH` kernel rows (`KH = 0`: the gather's own count, read per
+    /// group; `KH ≥ 1`: index vectors kept in registers).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VBMI; `KH` is 0 or the gather's kernel height; for every
+    /// row `c < seg.count`, `band + seg.window(c) + (kh − 1)·hstep` has 64 readable bytes;
+    /// `out` has `seg.count·kp` writable bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    unsafe fn gather<const KH: usize>(g: &Gather, band: *const u8, seg: &Segment, out: *mut u8) {
+        let (per, kp) = (g.per, g.kp);
+        let mut ix = [_mm512_setzero_si512(); 4];
+        let mut mk = [0u64; 4];
+        for i in 0..KH {
+            // SAFETY: idx[i] holds 64 bytes (KH is the gather's kernel height).
+            ix[i] = unsafe { _mm512_loadu_si512(g.idx[i].as_ptr().cast()) };
+            mk[i] = g.mask[i];
+        }
+        for (c0, n_line) in seg.lines() {
+            let src = band.wrapping_add(seg.window(c0));
+            let out = out.wrapping_add(c0 * kp);
+            let mut c = 0;
+            while c < n_line {
+                let n = per.min(n_line - c);
+                let at = src.wrapping_add(c * seg.step);
+                let mut acc = _mm512_setzero_si512();
+                if KH > 0 {
+                    for i in 0..KH {
+                        // SAFETY: the window of row c0 + c; in bounds (the caller's contract).
+                        let v = unsafe { _mm512_loadu_si512(at.add(i * seg.hstep).cast()) };
+                        acc = _mm512_mask_permutexvar_epi8(acc, mk[i], ix[i], v);
+                    }
+                } else {
+                    for (i, (idx, &m)) in g.idx.iter().zip(g.mask.iter()).enumerate() {
+                        // SAFETY: as above; idx holds 64 bytes.
+                        unsafe {
+                            let v = _mm512_loadu_si512(at.add(i * seg.hstep).cast());
+                            let ix = _mm512_loadu_si512(idx.as_ptr().cast());
+                            acc = _mm512_mask_permutexvar_epi8(acc, m, ix, v);
+                        }
+                    }
+                }
+                // SAFETY: rows c0 + c .. c0 + c + n of `out` (the caller's contract); a whole
+                // 64-byte store, where it stays inside the segment's rows, runs into rows that
+                // are written after it.
+                unsafe {
+                    if (c0 + c) * kp + 64 <= seg.count * kp {
+                        _mm512_storeu_si512(out.add(c * kp).cast(), acc);
+                    } else {
+                        _mm512_mask_storeu_epi8(out.add(c * kp).cast(), bytes(n * kp), acc);
+                    }
+                }
+                c += per;
             }
         }
     }
 
-    /// [`Gather::rows`] from `src` (the first pixel's window).
+    /// [`Gather::pad_rows`], with whole 64-byte stores: each may run past its part of the row
+    /// into later bytes, which are written after it (rows and their parts go in order: `Z1`
+    /// over the row, the input row, `Z1` over the right padding); the last row's spill lands in
+    /// the 64 bytes after the rows.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, BW and VBMI; `src + ⌊(count − 1)/per⌋·per·step + (kh − 1)·hstep`
-    /// has 64 readable bytes; `out` has `count·kp` writable bytes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    unsafe fn gather(g: &Gather, src: *const u8, hstep: usize, count: usize, out: *mut u8) {
-        let (per, kp) = (g.per, g.kp);
-        let mut c = 0;
-        while c < count {
-            let n = per.min(count - c);
-            let mut acc = _mm512_setzero_si512();
-            for (i, (idx, &mask)) in g.idx.iter().zip(g.mask.iter()).enumerate() {
-                // SAFETY: the load is in bounds (the caller's contract).
-                unsafe {
-                    let v = _mm512_loadu_si512(src.add(c * g.step + i * hstep).cast());
-                    let ix = _mm512_loadu_si512(idx.as_ptr().cast());
-                    acc = _mm512_mask_permutexvar_epi8(acc, mask, ix, v);
-                }
+    /// The CPU has AVX-512 F and BW; `band` has `rows·p.line + 64` writable bytes, `sample`
+    /// `p.h·p.width` readable ones; `p.left + p.width ≤ p.line`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pad_rows(band: *mut u8, rows: usize, ih0: isize, sample: *const u8, p: PadGeom) {
+        let z = _mm512_set1_epi8(p.z1 as i8);
+        // SAFETY (every store below): it starts inside band row b < rows, at byte j < line, so
+        // it ends before rows·line + 64.
+        let fill = |at: *mut u8, from: usize| {
+            let mut j = from;
+            while j < p.line {
+                unsafe { _mm512_storeu_si512(at.wrapping_add(j).cast(), z) };
+                j += 64;
             }
-            let m = if n * kp == 64 {
-                u64::MAX
-            } else {
-                (1u64 << (n * kp)) - 1
-            };
-            // SAFETY: rows c..c + n of `out` (the caller's contract).
-            unsafe { _mm512_mask_storeu_epi8(out.add(c * kp).cast(), m, acc) };
-            c += per;
+        };
+        for b in 0..rows {
+            let row = band.wrapping_add(b * p.line);
+            let ih = ih0 + b as isize;
+            if ih < 0 || ih as usize >= p.h {
+                fill(row, 0);
+                continue;
+            }
+            if p.left > 0 {
+                fill(row, 0);
+            }
+            let src = sample.wrapping_add(ih as usize * p.width);
+            let mut j = 0;
+            while j < p.width {
+                // SAFETY: the load reads bytes j..min(j + 64, width) of input row ih < h; the
+                // store starts at left + j < line.
+                unsafe {
+                    let v = _mm512_maskz_loadu_epi8(bytes(p.width - j), src.add(j).cast());
+                    _mm512_storeu_si512(row.add(p.left + j).cast(), v);
+                }
+                j += 64;
+            }
+            fill(row, p.left + p.width);
         }
+    }
+
+    /// The mask of the first `min(n, 64)` bytes.
+    #[inline(always)]
+    fn bytes(n: usize) -> u64 {
+        if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
     }
 }
