@@ -18,8 +18,8 @@ use crate::kernels::KernelPath;
 /// most one padded sample, per thread).
 const PADDED_SAMPLE_MAX: usize = 1 << 20;
 
-/// Bytes past a band's end, filled with `Z1`, that the vector gather's 64-byte loads may cover
-/// (the bytes it keeps all lie inside the band).
+/// Bytes past a band's rows that the vector code's 64-byte loads and stores may cover (the
+/// gather keeps no byte it loads from there; the band builder's stores spill into them).
 const SLACK: usize = 64;
 
 thread_local! {
