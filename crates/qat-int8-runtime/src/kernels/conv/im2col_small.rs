@@ -228,11 +228,10 @@ impl ConvPlan {
             z1: self.zero_row[0],
         };
         let (sample_len, per_sample) = (h * w * cin, ho * wo);
-        let (mut s, pix) = (row0 / per_sample, row0 % per_sample);
+        let (mut s, mut pix) = (row0 / per_sample, row0 % per_sample);
         let mut r = 0;
         BAND.with(|b| {
             let band = &mut *b.borrow_mut();
-            let mut pix = pix;
             while r < rows {
                 // The rows of sample s from pixel `pix`: up to the call's end or the sample's.
                 let count = (rows - r).min(per_sample - pix);
