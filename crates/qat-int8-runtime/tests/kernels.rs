@@ -698,7 +698,7 @@ fn has_vbmi() -> bool {
 /// The stems of the benchmark models and their neighbours (C_in 1–3, strides 1–2, paddings 0–2,
 /// odd widths, batches whose rows cross samples and the GEMM's row blocks) take the band im2col on
 /// every optimized path (by byte permutes on AVX-512 VNNI where the CPU has VBMI) and match the
-/// reference.
+/// reference, in every im2col form.
 #[test]
 fn stem_geometries_take_the_band_im2col() {
     let shapes = [
@@ -722,7 +722,7 @@ fn stem_geometries_take_the_band_im2col() {
                 false,
             )
             .unwrap();
-            let (conv, ih, oh, qi, qo, _) = case.build_with(None);
+            let (conv, ih, oh, qi, qo, input) = case.build_with(None);
             let io = ConvIo {
                 in_hwc: ih,
                 input: qi,
@@ -736,6 +736,20 @@ fn stem_geometries_take_the_band_im2col() {
                 assert_eq!(band, Some(vbmi), "{path} shape {i}");
             }
             case.check(path, true).unwrap();
+            // The other im2col forms of the same plan (the plain one, the band without the
+            // gather) give the reference's accumulators too.
+            let n_out = batch * oh.iter().product::<usize>();
+            let reference = ConvPlan::new(&conv, &io, KernelPath::Reference).unwrap();
+            let mut want = vec![0i32; n_out];
+            reference.run_i32(&conv, &input, batch, &mut want);
+            for (b, g) in [(false, false), (true, false)] {
+                let plan = ConvPlan::new(&conv, &io, path)
+                    .unwrap()
+                    .with_im2col_forms(b, g);
+                let mut got = vec![0i32; n_out];
+                plan.run_i32(&conv, &input, batch, &mut got);
+                assert_eq!(got, want, "{path} shape {i} band {b} gather {g}");
+            }
         }
     }
 }

@@ -211,6 +211,17 @@ impl ConvPlan {
         self.padded.as_ref().map(PaddedIm2col::gathers)
     }
 
+    /// Keeps the band im2col only when `band`, and its byte-permute gather only when `gather`
+    /// too (benchmarks compare the im2col forms on one plan; every form gives the same rows).
+    #[doc(hidden)]
+    pub fn with_im2col_forms(mut self, band: bool, gather: bool) -> Self {
+        self.padded = self
+            .padded
+            .filter(|_| band)
+            .map(|p| if gather { p } else { p.without_gather() });
+        self
+    }
+
     /// Runs the conv on a batch of `n` samples: `input` is `[n, H, W, C_in]`, `out` is
     /// `[n, Ho, Wo, C_out]`.
     pub fn run(&self, conv: &Conv2d, input: &[u8], n: usize, out: &mut [u8]) {

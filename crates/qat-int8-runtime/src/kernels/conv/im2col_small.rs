@@ -92,6 +92,15 @@ impl PaddedIm2col {
         })
     }
 
+    /// The same band im2col with its rows copied by fixed-size moves.
+    pub(super) fn without_gather(self) -> Self {
+        Self {
+            #[cfg(target_arch = "x86_64")]
+            vbmi: None,
+            ..self
+        }
+    }
+
     /// Whether the rows are gathered by byte permutes.
     pub(super) fn gathers(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
