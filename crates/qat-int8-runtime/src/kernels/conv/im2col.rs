@@ -247,16 +247,15 @@ pub(super) fn copy_spans<const L: usize>(
     assert!(kh >= 1 && last <= src.len() && k <= kp);
     // SAFETY: row c reads kh spans of L bytes from first + c·step, hstep apart, the last one
     // ending at `last` ≤ src.len() (assert); it writes its kp bytes inside `out` (c < count),
-    // k ≤ kp (assert); `out` and `src` are distinct borrows.
+    // k ≤ kp (assert), the zero tail through a slice of its own; `out` and `src` are distinct
+    // borrows.
     unsafe {
         let (mut from, mut to) = (src.as_ptr().add(first), out.as_mut_ptr());
         for _ in 0..count {
             for i in 0..kh {
                 std::ptr::copy_nonoverlapping(from.add(i * hstep), to.add(i * L), L);
             }
-            for j in k..kp {
-                *to.add(j) = 0;
-            }
+            fill_small(std::slice::from_raw_parts_mut(to.add(k), kp - k), 0);
             from = from.add(step);
             to = to.add(kp);
         }
@@ -265,7 +264,7 @@ pub(super) fn copy_spans<const L: usize>(
 
 /// `dst.fill(v)`, with fixed-size stores for up to 16 bytes (the K padding of a row).
 #[inline(always)]
-fn fill_small(dst: &mut [u8], v: u8) {
+pub(super) fn fill_small(dst: &mut [u8], v: u8) {
     macro_rules! sizes {
         ($($n:literal)*) => {
             match dst.len() {

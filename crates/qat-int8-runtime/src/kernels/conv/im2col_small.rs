@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use super::im2col::copy_spans;
+use super::im2col::{copy_spans, fill_small};
 use super::{ConvGeom, ConvPlan};
 use crate::kernels::KernelPath;
 
@@ -145,9 +145,9 @@ impl PaddedIm2col {
             }
             let (left, rest) = row.split_at_mut(p.left);
             let (mid, right) = rest.split_at_mut(p.width);
-            left.fill(p.z1);
+            fill_small(left, p.z1);
             mid.copy_from_slice(&sample[ih as usize * p.width..(ih as usize + 1) * p.width]);
-            right.fill(p.z1);
+            fill_small(right, p.z1);
         }
     }
 }
