@@ -329,6 +329,26 @@ fn small_cin_conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
+/// Dense convs with 1–4 input channels and kernels up to 3×4 on inputs up to 15×39 (odd widths
+/// included; lines long enough to fill the vector gather's stores), strides 1–3, paddings 0–2
+/// per side, dilation 1–2 in height, batches of up to 5 (rows spanning samples and the GEMM's row
+/// blocks): the band im2col and its vector gather.
+fn stem_conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..16, 1usize..40, 1usize..5, 1usize..24),
+        (1usize..4, 1usize..5, 1usize..4, 1usize..4, 1usize..3),
+        [0usize..3, 0usize..3, 0usize..3, 0usize..3],
+        (1usize..6, values(), any::<u64>()),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |((h, w, cin, cout), (kh, kw, sh, sw, dh), padding, run)| {
+                let window = (kh, kw, sh, sw, dh, 1);
+                ConvCase::fitting([h, w], [cin, cout, 1], window, padding, run, false)
+            },
+        )
+}
+
 impl ConvCase {
     /// The case, if its window `(kh, kw, sh, sw, dh, dw)` fits the padded `[h, w]` input;
     /// `channels` is `[C_in, C_out, groups]`, `run` is `(batch, values, seed)`.
@@ -585,6 +605,14 @@ macro_rules! kernel_suites {
                     case.check($path, also_scalar)?;
                 }
 
+                /// Dense stems (the band im2col: padded input rows, rows of `kh` spans of
+                /// `kw·C_in ≤ 16` bytes, gathered by byte permutes where the path has them).
+                #[test]
+                fn stem_conv_matches_reference(case in stem_conv_case(), also_scalar in any::<bool>()) {
+                    if !supported() { return Ok(()); }
+                    case.check($path, also_scalar)?;
+                }
+
                 /// Depthwise with multipliers below 1 (the VNNI single-shift output stage).
                 #[test]
                 fn depthwise_below_one_matches_reference(case in depthwise_case(), also_scalar in any::<bool>()) {
@@ -659,6 +687,73 @@ kernel_suites! {
 
 /// Every optimized path has a suite above, and no suite runs `Reference` (the oracle) as a path
 /// under test.
+/// Whether the CPU has AVX-512 VBMI (the byte permutes of the band im2col's gather).
+fn has_vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx512vbmi");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The stems of the benchmark models and their neighbours (C_in 1–3, strides 1–2, paddings 0–2,
+/// odd widths, batches whose rows cross samples and the GEMM's row blocks) take the band im2col on
+/// every optimized path (by byte permutes on AVX-512 VNNI where the CPU has VBMI) and match the
+/// reference, in every im2col form.
+#[test]
+fn stem_geometries_take_the_band_im2col() {
+    let shapes = [
+        // (h, w, cin, cout, k, stride, padding, batch)
+        (28, 28, 1, 16, [3, 3], [2, 2], [1, 1, 1, 1], 3),
+        (28, 28, 1, 8, [3, 3], [1, 1], [1, 1, 1, 1], 2),
+        (27, 13, 3, 16, [3, 3], [2, 2], [0, 1, 1, 0], 2),
+        (9, 11, 2, 5, [3, 3], [1, 2], [2, 2, 2, 2], 4),
+        (15, 7, 1, 3, [5, 3], [2, 1], [2, 1, 0, 2], 3),
+        (6, 5, 3, 4, [2, 4], [1, 1], [0, 0, 0, 0], 1),
+    ];
+    for path in KernelPath::optimized() {
+        for (i, &(h, w, cin, cout, [kh, kw], [sh, sw], padding, batch)) in shapes.iter().enumerate()
+        {
+            let case = ConvCase::fitting(
+                [h, w],
+                [cin, cout, 1],
+                (kh, kw, sh, sw, 1, 1),
+                padding,
+                (batch, Values::Uniform, 7 + i as u64),
+                false,
+            )
+            .unwrap();
+            let (conv, ih, oh, qi, qo, input) = case.build_with(None);
+            let io = ConvIo {
+                in_hwc: ih,
+                input: qi,
+                out_hwc: oh,
+                output: qo,
+                rounding: Target::Qat,
+            };
+            let band = ConvPlan::new(&conv, &io, path).unwrap().band_im2col();
+            let vbmi = path == KernelPath::Avx512Vnni && has_vbmi();
+            if padding != [0; 4] || vbmi {
+                assert_eq!(band, Some(vbmi), "{path} shape {i}");
+            }
+            case.check(path, true).unwrap();
+            // The other im2col forms of the same plan (the plain one, the band without the
+            // gather) give the reference's accumulators too.
+            let n_out = batch * oh.iter().product::<usize>();
+            let reference = ConvPlan::new(&conv, &io, KernelPath::Reference).unwrap();
+            let mut want = vec![0i32; n_out];
+            reference.run_i32(&conv, &input, batch, &mut want);
+            for (b, g) in [(false, false), (true, false)] {
+                let plan = ConvPlan::new(&conv, &io, path)
+                    .unwrap()
+                    .with_im2col_forms(b, g);
+                let mut got = vec![0i32; n_out];
+                plan.run_i32(&conv, &input, batch, &mut got);
+                assert_eq!(got, want, "{path} shape {i} band {b} gather {g}");
+            }
+        }
+    }
+}
+
 #[test]
 fn every_optimized_path_has_a_suite() {
     let optimized: Vec<KernelPath> = KernelPath::ALL

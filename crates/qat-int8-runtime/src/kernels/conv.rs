@@ -7,10 +7,9 @@
 //! - depthwise (`groups == C_in == C_out`): the frame's [`DepthwisePlan`].
 //! - everything else: the packed GEMM ([`PackedB`]) per group, with `A` read directly for
 //!   1×1/stride-1/unpadded convs whose `C_in` fills the k-groups, through an implicit im2col
-//!   (tap-segment pointers into the input) for dense k×k convs with `C_in % 4 == 0`, through
-//!   kernel-row pointers into a padded copy of the input for dense convs with few input channels
-//!   (`row_taps`: the stems), else filled by a tiled im2col (one task's rows at a time, so it
-//!   stays in cache).
+//!   (tap-segment pointers into the input) for dense k×k convs with `C_in % 4 == 0`, else
+//!   filled by a tiled im2col (one task's rows at a time, so it stays in cache; dense convs
+//!   with short kernel rows, the stems, build their rows from a padded band of the input).
 //!   Depthwise multipliers > 1 go through the grouped GEMM (`K = kh·kw`).
 
 use qat_core::QuantParams;
@@ -24,9 +23,9 @@ use super::{KernelPath, reference};
 use crate::model::{Conv2d, FullyConnected, Weights};
 
 mod im2col;
-mod row_taps;
+mod im2col_small;
 
-use row_taps::RowTaps;
+use im2col_small::PaddedIm2col;
 
 /// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
 /// deployment target (the arithmetic of every requantization).
@@ -71,8 +70,6 @@ fn layer_spec<'a>(
 enum ConvImpl {
     Reference,
     Gemm(Vec<PackedB>),
-    /// A dense conv with few input channels as an indirect GEMM over kernel rows.
-    RowTaps(Box<RowTaps>),
     Depthwise(Box<DepthwisePlan>),
 }
 
@@ -90,6 +87,8 @@ pub struct ConvPlan {
     zero_row: Vec<u8>,
     /// The geometry the plan was built for (the optimized paths never read it from the op).
     geom: ConvGeom,
+    /// The band im2col of a dense conv with short kernel rows, when it applies.
+    padded: Option<PaddedIm2col>,
 }
 
 /// Conv geometry copied at plan time.
@@ -137,20 +136,6 @@ impl ConvPlan {
                     };
                     let layer = spec(data, &conv.bias, &conv.multipliers);
                     ConvImpl::Depthwise(Box::new(DepthwisePlan::new(path, shape, &layer)?))
-                } else if let Some(rows) = (conv.groups == 1)
-                    .then(|| {
-                        RowTaps::new(
-                            path,
-                            conv.weight_shape,
-                            [in_hwc[0], in_hwc[1]],
-                            conv.padding,
-                            conv.dilation[1],
-                            &spec(data, &conv.bias, &conv.multipliers),
-                        )
-                    })
-                    .flatten()
-                {
-                    ConvImpl::RowTaps(Box::new(rows?))
                 } else {
                     let k = kh * kw * cig;
                     let cog = cout / conv.groups.max(1);
@@ -173,6 +158,17 @@ impl ConvPlan {
                 }
             }
         };
+        let geom = ConvGeom {
+            weight_shape: conv.weight_shape,
+            stride: conv.stride,
+            padding: conv.padding,
+            dilation: conv.dilation,
+            groups: conv.groups,
+        };
+        let padded = match &imp {
+            ConvImpl::Gemm(g) if g.len() == 1 => PaddedIm2col::new(in_hwc, &geom, path, g[0].kp),
+            _ => None,
+        };
         Ok(Self {
             in_hwc,
             out_hwc,
@@ -182,13 +178,8 @@ impl ConvPlan {
             rounding,
             imp,
             zero_row: vec![qi.zero_point().clamp(0, 255) as u8; in_hwc[2]],
-            geom: ConvGeom {
-                weight_shape: conv.weight_shape,
-                stride: conv.stride,
-                padding: conv.padding,
-                dilation: conv.dilation,
-                groups: conv.groups,
-            },
+            geom,
+            padded,
         })
     }
 
@@ -203,10 +194,6 @@ impl ConvPlan {
                     .collect(),
             ),
             ConvImpl::Depthwise(d) => ConvImpl::Depthwise(Box::new(d.with_scalar_output_stage())),
-            ConvImpl::RowTaps(mut r) => {
-                r.packed = r.packed.with_scalar_output_stage();
-                ConvImpl::RowTaps(r)
-            }
             r => r,
         };
         self
@@ -215,6 +202,24 @@ impl ConvPlan {
     /// The kernel path this plan runs.
     pub fn path(&self) -> KernelPath {
         self.path
+    }
+
+    /// Whether the band im2col (padded input rows) builds this plan's `A` rows: `None` if not,
+    /// `Some(true)` when by byte permutes (tests check that their shapes reach it).
+    #[doc(hidden)]
+    pub fn band_im2col(&self) -> Option<bool> {
+        self.padded.as_ref().map(PaddedIm2col::gathers)
+    }
+
+    /// Keeps the band im2col only when `band`, and its byte-permute gather only when `gather`
+    /// too (benchmarks compare the im2col forms on one plan; every form gives the same rows).
+    #[doc(hidden)]
+    pub fn with_im2col_forms(mut self, band: bool, gather: bool) -> Self {
+        self.padded = self
+            .padded
+            .filter(|_| band)
+            .map(|p| if gather { p } else { p.without_gather() });
+        self
     }
 
     /// Runs the conv on a batch of `n` samples: `input` is `[n, H, W, C_in]`, `out` is
@@ -291,16 +296,6 @@ impl ConvPlan {
                 }),
                 (None, None) => {}
             },
-            ConvImpl::RowTaps(rows) => {
-                let ptr = match (out, out_i32) {
-                    (Some(o), _) => OutPtr::U8(o.as_mut_ptr(), cout),
-                    (None, Some(o)) => OutPtr::I32(o.as_mut_ptr(), cout),
-                    (None, None) => return,
-                };
-                // SAFETY: `out` holds n·Ho·Wo rows of cout elements (asserted above), `input` n
-                // samples; the form was built for this plan.
-                unsafe { rows.run(self, input, n, ptr) }
-            }
             ConvImpl::Depthwise(dw) => match (out, out_i32) {
                 (Some(out), _) => dw.run(input, n, out),
                 (None, Some(out)) => dw.run_i32(input, n, out),
@@ -344,8 +339,9 @@ impl ConvPlan {
                         unsafe { b.gemm_unchecked(m, &src, gptr) };
                         continue;
                     }
-                    let fill = |row0: usize, rows: usize, dst: &mut [u8]| {
-                        self.im2col(input, g * cig, cig, b.kp, row0, rows, dst);
+                    let fill = |row0: usize, rows: usize, dst: &mut [u8]| match &self.padded {
+                        Some(p) if p.kp == b.kp => self.im2col_padded(p, input, row0, rows, dst),
+                        _ => self.im2col(input, g * cig, cig, b.kp, row0, rows, dst),
                     };
                     // SAFETY: as above.
                     unsafe { b.gemm_unchecked(m, &ASource::Fill(&fill), gptr) };

@@ -146,26 +146,8 @@ impl ConvPlan {
             }
             if a < b {
                 let first = (ih0 as usize * w + a * sw - pl) * cin;
-                let step = sw * cin;
-                let last = first + (b - 1 - a) * step + (kh - 1) * hstep + L;
                 let span = &mut dst[(r + a - ow) * kp..(r + b - ow) * kp];
-                assert!(last <= sample.len() && kh * L <= kp);
-                // SAFETY: row c of the span reads kh spans of L bytes from first + (c − a)·step,
-                // hstep apart, the last one ending at `last` ≤ sample.len() (assert); it writes
-                // its kp bytes inside `span` (a distinct buffer), kh·L ≤ kp (assert).
-                unsafe {
-                    let (mut src, mut out) = (sample.as_ptr().add(first), span.as_mut_ptr());
-                    for _ in a..b {
-                        for i in 0..kh {
-                            std::ptr::copy_nonoverlapping(src.add(i * hstep), out.add(i * L), L);
-                        }
-                        for j in k..kp {
-                            *out.add(j) = 0;
-                        }
-                        src = src.add(step);
-                        out = out.add(kp);
-                    }
-                }
+                copy_spans::<L>(sample, [first, sw * cin, hstep], kh, kp, span);
             }
             r += end - ow;
             ow = end;
@@ -226,7 +208,7 @@ impl ConvPlan {
 
 /// `(sample, oh, ow)` of output row `row` (row = (sample, oh, ow), `ho × wo` rows per sample).
 #[inline(always)]
-fn out_pos(row: usize, ho: usize, wo: usize) -> (usize, usize, usize) {
+pub(super) fn out_pos(row: usize, ho: usize, wo: usize) -> (usize, usize, usize) {
     let (s, pix) = (row / (ho * wo), row % (ho * wo));
     (s, pix / wo, pix % wo)
 }
@@ -234,7 +216,7 @@ fn out_pos(row: usize, ho: usize, wo: usize) -> (usize, usize, usize) {
 /// After `ow` was advanced: a finished output line (`ow == wo`) carries into the next line, the
 /// last line of a sample into the next sample.
 #[inline(always)]
-fn carry_line(s: &mut usize, oh: &mut usize, ow: &mut usize, ho: usize, wo: usize) {
+pub(super) fn carry_line(s: &mut usize, oh: &mut usize, ow: &mut usize, ho: usize, wo: usize) {
     if *ow == wo {
         *ow = 0;
         *oh += 1;
@@ -245,9 +227,44 @@ fn carry_line(s: &mut usize, oh: &mut usize, ow: &mut usize, ho: usize, wo: usiz
     }
 }
 
+/// A rows from spans: row `c` of `out` (rows of `kp` bytes, `out.len() / kp` of them) is the `kh`
+/// spans of `L` bytes at `src[first + c·step + i·hstep]` (`i < kh`), then zeros up to `kp`.
+///
+/// Panics if a span lies outside `src` or `kh·L > kp`.
+#[inline(always)]
+pub(super) fn copy_spans<const L: usize>(
+    src: &[u8],
+    [first, step, hstep]: [usize; 3],
+    kh: usize,
+    kp: usize,
+    out: &mut [u8],
+) {
+    let (count, k) = (out.len() / kp, kh * L);
+    if count == 0 {
+        return;
+    }
+    let last = first + (count - 1) * step + (kh - 1) * hstep + L;
+    assert!(kh >= 1 && last <= src.len() && k <= kp);
+    // SAFETY: row c reads kh spans of L bytes from first + c·step, hstep apart, the last one
+    // ending at `last` ≤ src.len() (assert); it writes its kp bytes inside `out` (c < count),
+    // k ≤ kp (assert), the zero tail through a slice of its own; `out` and `src` are distinct
+    // borrows.
+    unsafe {
+        let (mut from, mut to) = (src.as_ptr().add(first), out.as_mut_ptr());
+        for _ in 0..count {
+            for i in 0..kh {
+                std::ptr::copy_nonoverlapping(from.add(i * hstep), to.add(i * L), L);
+            }
+            fill_small(std::slice::from_raw_parts_mut(to.add(k), kp - k), 0);
+            from = from.add(step);
+            to = to.add(kp);
+        }
+    }
+}
+
 /// `dst.fill(v)`, with fixed-size stores for up to 16 bytes (the K padding of a row).
 #[inline(always)]
-fn fill_small(dst: &mut [u8], v: u8) {
+pub(super) fn fill_small(dst: &mut [u8], v: u8) {
     macro_rules! sizes {
         ($($n:literal)*) => {
             match dst.len() {
