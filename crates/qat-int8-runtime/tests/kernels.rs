@@ -314,19 +314,7 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
 /// Dense convs with 1–4 input channels on inputs up to 30×30, kernels up to 5×5, strides up to
 /// 3, any padding up to 2 (and dilation 1 or 2).
 fn small_cin_conv_case() -> impl Strategy<Value = ConvCase> {
-    (
-        (1usize..31, 1usize..31, 1usize..5, 1usize..40),
-        (1usize..6, 1usize..6, 1usize..4, 1usize..4, 1usize..3),
-        [0usize..3, 0usize..3, 0usize..3, 0usize..3],
-        (1usize..4, values(), any::<u64>()),
-    )
-        .prop_filter_map(
-            "window must fit",
-            |((h, w, cin, cout), (kh, kw, sh, sw, dh), padding, run)| {
-                let window = (kh, kw, sh, sw, dh, 1);
-                ConvCase::fitting([h, w], [cin, cout, 1], window, padding, run, false)
-            },
-        )
+    dense_small_cin_case([31, 31], 40, [6, 6], 4)
 }
 
 /// Dense convs with 1–4 input channels and kernels up to 3×4 on inputs up to 15×39 (odd widths
@@ -334,11 +322,28 @@ fn small_cin_conv_case() -> impl Strategy<Value = ConvCase> {
 /// per side, dilation 1–2 in height, batches of up to 5 (rows spanning samples and the GEMM's row
 /// blocks): the band im2col and its vector gather.
 fn stem_conv_case() -> impl Strategy<Value = ConvCase> {
+    dense_small_cin_case([16, 40], 24, [4, 5], 6)
+}
+
+/// Dense convs with 1–4 input channels: `h`, `w`, `C_out`, `kh`, `kw` and the batch below the
+/// given bounds, strides 1–3, paddings 0–2 per side, dilation 1–2 in height.
+fn dense_small_cin_case(
+    [h_end, w_end]: [usize; 2],
+    cout_end: usize,
+    [kh_end, kw_end]: [usize; 2],
+    batch_end: usize,
+) -> impl Strategy<Value = ConvCase> {
     (
-        (1usize..16, 1usize..40, 1usize..5, 1usize..24),
-        (1usize..4, 1usize..5, 1usize..4, 1usize..4, 1usize..3),
+        (1usize..h_end, 1usize..w_end, 1usize..5, 1usize..cout_end),
+        (
+            1usize..kh_end,
+            1usize..kw_end,
+            1usize..4,
+            1usize..4,
+            1usize..3,
+        ),
         [0usize..3, 0usize..3, 0usize..3, 0usize..3],
-        (1usize..6, values(), any::<u64>()),
+        (1usize..batch_end, values(), any::<u64>()),
     )
         .prop_filter_map(
             "window must fit",
