@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::depthwise_fused::depthwise_row_fused;
+use super::depthwise_taps::{TAPS, TapsLayout};
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
 };
@@ -220,6 +221,9 @@ pub struct DepthwiseVnniLayout {
     /// Whether the fused stage may drop its tie correction ([`Epilogue::ties_impossible`]: the
     /// `Single` rounding, and no accumulator `acc + bias'` of these weights reaches a tie).
     pub no_tie: bool,
+    /// The tap-interleaved layout of [`super::depthwise_taps`], for 9 taps with the single-shift
+    /// stage.
+    pub taps9: Option<TapsLayout>,
 }
 
 impl DepthwiseVnniLayout {
@@ -269,6 +273,7 @@ impl DepthwiseVnniLayout {
             fk_nat,
             fs_nat,
             no_tie: fused && e.ties_impossible(c),
+            taps9: (fused && taps == TAPS).then(|| TapsLayout::new(w, cp, e)),
         }
     }
 }

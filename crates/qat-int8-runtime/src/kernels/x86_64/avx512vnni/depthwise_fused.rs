@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
+use super::depthwise_taps::{column_shift, depthwise_taps_fused};
 use super::requant::{RqFused16, requantize16_fused, requantize16_no_tie};
 use crate::kernels::frame::Epilogue;
 
@@ -278,6 +279,30 @@ pub(super) unsafe fn depthwise_row_fused(
                 (1, _) => go!(depthwise_narrow_fused::<1>),
                 (2, _) => go!(depthwise_narrow_fused::<2>),
                 (3, _) => go!(depthwise_narrow_fused::<3>),
+                (_, true) if let Some(t) = &l.taps9 => {
+                    let d = column_shift(offs, s[0]);
+                    macro_rules! taps {
+                        ($nt:literal, $full:literal) => {
+                            match d {
+                                1 => depthwise_taps_fused::<$nt, $full, 1>(
+                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
+                                ),
+                                2 => depthwise_taps_fused::<$nt, $full, 2>(
+                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
+                                ),
+                                _ => depthwise_taps_fused::<$nt, $full, 3>(
+                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
+                                ),
+                            }
+                        };
+                    }
+                    match (l.no_tie, valid == 64) {
+                        (true, true) => taps!(true, true),
+                        (true, false) => taps!(true, false),
+                        (false, true) => taps!(false, true),
+                        (false, false) => taps!(false, false),
+                    }
+                }
                 (_, true) => go!(depthwise_block_fused::<9>),
                 (_, false) => go!(depthwise_block_fused::<0>),
             }

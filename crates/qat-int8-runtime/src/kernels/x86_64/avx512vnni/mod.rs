@@ -5,6 +5,7 @@
 
 mod depthwise;
 mod depthwise_fused;
+mod depthwise_taps;
 mod gemm;
 mod igemm;
 pub(crate) mod quantize;
