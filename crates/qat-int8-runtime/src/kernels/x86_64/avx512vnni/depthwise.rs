@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::depthwise_fused::depthwise_row_fused;
+use super::depthwise_packed::pixels_per_vector;
 use super::depthwise_taps::{TAPS, TapsLayout};
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
@@ -224,6 +225,8 @@ pub struct DepthwiseVnniLayout {
     /// The tap-interleaved layout of [`super::depthwise_taps`], for 9 taps with the single-shift
     /// stage.
     pub taps9: Option<TapsLayout>,
+    /// [`TapsLayout::packed`], for 9 taps of 16 or 32 channels with the single-shift stage.
+    pub packed: Option<TapsLayout>,
 }
 
 impl DepthwiseVnniLayout {
@@ -274,6 +277,8 @@ impl DepthwiseVnniLayout {
             fs_nat,
             no_tie: fused && e.ties_impossible(c),
             taps9: (fused && taps == TAPS).then(|| TapsLayout::new(w, cp, e)),
+            packed: (fused && taps == TAPS && pixels_per_vector(c).is_some())
+                .then(|| TapsLayout::packed(w, c, cp, e)),
         }
     }
 }

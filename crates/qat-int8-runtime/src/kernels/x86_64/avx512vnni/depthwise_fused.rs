@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
+use super::depthwise_packed::{depthwise_taps_packed, pixels_per_vector};
 use super::depthwise_taps::{column_shift, depthwise_taps_fused};
 use super::requant::{RqFused16, requantize16_fused, requantize16_no_tie};
 use crate::kernels::frame::Epilogue;
@@ -274,6 +275,24 @@ pub(super) unsafe fn depthwise_row_fused(
                         $f::<$g, false>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
                     }
                 };
+            }
+            if let (Some(t), Some(pv)) = (&l.packed, pixels_per_vector(c)) {
+                // 16 or 32 channels: one call for the whole row.
+                match (l.no_tie, pv) {
+                    (true, 4) => {
+                        depthwise_taps_packed::<true, 4>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                    (false, 4) => {
+                        depthwise_taps_packed::<false, 4>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                    (true, _) => {
+                        depthwise_taps_packed::<true, 2>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                    (false, _) => {
+                        depthwise_taps_packed::<false, 2>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                }
+                return;
             }
             match (valid.div_ceil(16), l.taps == 9) {
                 (1, _) => go!(depthwise_narrow_fused::<1>),

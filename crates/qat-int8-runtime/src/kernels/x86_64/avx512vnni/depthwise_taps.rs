@@ -47,30 +47,33 @@ impl TapsLayout {
     /// From `[tap][cp]` weights of 9 taps (`cp` a multiple of 64) and an epilogue with `cp`
     /// entries.
     pub fn new(w: &[i32], cp: usize, e: &Epilogue) -> Self {
-        let blocks = cp / 64;
+        Self::build(w, cp, cp, |ch| ch, e)
+    }
+
+    /// The layout of `c ∈ {16, 32}` channels repeated over one block of 64 lanes (`64 / c`
+    /// output pixels per vector, see [`super::depthwise_packed`]): block channel `ch` is real
+    /// channel `ch mod c`.
+    pub fn packed(w: &[i32], c: usize, cp: usize, e: &Epilogue) -> Self {
+        Self::build(w, cp, 64, |ch| ch % c, e)
+    }
+
+    /// `n` block channels (a multiple of 64), block channel `ch` taking the weights (channel
+    /// stride `cp`) and the epilogue entries of real channel `src(ch)`.
+    fn build(w: &[i32], cp: usize, n: usize, src: impl Fn(usize) -> usize, e: &Epilogue) -> Self {
         let perm = |v: &[i32]| {
-            let mut out = vec![0i32; cp];
-            for blk in 0..blocks {
-                for k in 0..4 {
-                    for lane in 0..16 {
-                        out[blk * 64 + k * 16 + lane] = v[blk * 64 + channel(k, lane)];
-                    }
-                }
+            let mut out = vec![0i32; n];
+            for (i, o) in out.iter_mut().enumerate() {
+                let (blk, k, lane) = (i / 64, i % 64 / 16, i % 16);
+                *o = v[src(blk * 64 + channel(k, lane))];
             }
             out
         };
-        let mut wl = vec![0i8; blocks * 3 * 4 * 64];
-        for blk in 0..blocks {
-            for s in 0..3 {
-                for k in 0..4 {
-                    for lane in 0..16 {
-                        let ch = blk * 64 + channel(k, lane);
-                        for r in 0..3 {
-                            let at = ((blk * 3 + s) * 4 + k) * 64 + 4 * lane + r;
-                            wl[at] = w[(3 * r + s) * cp + ch] as i8;
-                        }
-                    }
-                }
+        let mut wl = vec![0i8; n * 12];
+        for (i, wv) in wl.iter_mut().enumerate() {
+            // [blk][s][k][lane][r]
+            let (blk, s, k, lane, r) = (i / 768, i % 768 / 256, i % 256 / 64, i % 64 / 4, i % 4);
+            if r < 3 {
+                *wv = w[(3 * r + s) * cp + src(blk * 64 + channel(k, lane))] as i8;
             }
         }
         let (m0, right) = (perm(&e.m0), perm(&e.right));
@@ -83,6 +86,41 @@ impl TapsLayout {
             fs,
         }
     }
+}
+
+/// The interleaved activations of one kernel column from its three tap-row vectors (see
+/// [`TapsLayout`]): `V_k`'s dword `j` of 128-bit lane `l` holds byte `16l + 4k + j` of `x0`,
+/// `x1`, `x2` in bytes 0, 1, 2.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn interleave(x0: __m512i, x1: __m512i, x2: __m512i) -> [__m512i; 4] {
+    let (a, b) = (_mm512_unpacklo_epi8(x0, x1), _mm512_unpackhi_epi8(x0, x1));
+    let (c, d) = (_mm512_unpacklo_epi8(x2, x2), _mm512_unpackhi_epi8(x2, x2));
+    [
+        _mm512_unpacklo_epi16(a, c),
+        _mm512_unpackhi_epi16(a, c),
+        _mm512_unpacklo_epi16(b, d),
+        _mm512_unpackhi_epi16(b, d),
+    ]
+}
+
+/// The u8 outputs of one vector of accumulators sets (`acc[k]` lane `4l + j`: block channel
+/// `16l + 4k + j`, bias included) in memory order: the single-shift stage of each, saturating
+/// packs, the clamp.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn outputs<const NT: bool>(
+    acc: &[__m512i; 4],
+    f: &[RqFused16; 4],
+    lo: __m512i,
+    hi: __m512i,
+) -> __m512i {
+    let q = |k: usize| stage::<NT>(acc[k], &f[k]);
+    let r = _mm512_packus_epi16(
+        _mm512_packs_epi32(q(0), q(1)),
+        _mm512_packs_epi32(q(2), q(3)),
+    );
+    _mm512_min_epu8(_mm512_max_epu8(r, lo), hi)
 }
 
 /// How many kernel columns a run's pixel moves by relative to the previous one: 1 or 2 when
@@ -156,17 +194,8 @@ pub(super) unsafe fn depthwise_taps_fused<const NT: bool, const FULL: bool, cons
             }
         };
         // The interleaved activations of one kernel column (its three tap rows).
-        let column = |x0: *const u8, x1: *const u8, x2: *const u8| {
-            let (x0, x1, x2) = (load(x0), load(x1), load(x2));
-            let (a, b) = (_mm512_unpacklo_epi8(x0, x1), _mm512_unpackhi_epi8(x0, x1));
-            let (cc, d) = (_mm512_unpacklo_epi8(x2, x2), _mm512_unpackhi_epi8(x2, x2));
-            [
-                _mm512_unpacklo_epi16(a, cc),
-                _mm512_unpackhi_epi16(a, cc),
-                _mm512_unpacklo_epi16(b, d),
-                _mm512_unpackhi_epi16(b, d),
-            ]
-        };
+        let column =
+            |x0: *const u8, x1: *const u8, x2: *const u8| interleave(load(x0), load(x1), load(x2));
         let finish = |cols: &[[__m512i; 4]; 3], dst: *mut u8| {
             let mut acc = bias;
             for (col, ws) in cols.iter().zip(&w) {
@@ -174,12 +203,7 @@ pub(super) unsafe fn depthwise_taps_fused<const NT: bool, const FULL: bool, cons
                     acc[k] = _mm512_dpbusd_epi32(acc[k], col[k], ws[k]);
                 }
             }
-            let q = |k: usize| stage::<NT>(acc[k], &f[k]);
-            let r = _mm512_packus_epi16(
-                _mm512_packs_epi32(q(0), q(1)),
-                _mm512_packs_epi32(q(2), q(3)),
-            );
-            let r = _mm512_min_epu8(_mm512_max_epu8(r, lo), hi);
+            let r = outputs::<NT>(&acc, &f, lo, hi);
             if FULL {
                 _mm512_storeu_si512(dst.add(c0).cast(), r);
             } else {
