@@ -1,13 +1,14 @@
 //! `avx512vnni_depthwise_u8i8_64c_fused` and its partial-block form: the depthwise kernels with
 //! the single-shift output stage (`requantize16_fused`), used for a whole output row when every
-//! channel's multiplier is below 1.
+//! channel's multiplier is below 1; 9-tap layers go to the tap-interleaved kernels of
+//! [`super::depthwise_taps`] and [`super::depthwise_packed`].
 
 use std::arch::x86_64::*;
 
 use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
 use super::depthwise_packed::{depthwise_taps_packed, pixels_per_vector};
-use super::depthwise_taps::{column_shift, depthwise_taps_fused};
+use super::depthwise_taps::{TAPS, column_shift, depthwise_taps_fused};
 use super::requant::{RqFused16, requantize16_fused, requantize16_no_tie};
 use crate::kernels::frame::Epilogue;
 
@@ -294,7 +295,7 @@ pub(super) unsafe fn depthwise_row_fused(
                 }
                 return;
             }
-            match (valid.div_ceil(16), l.taps == 9) {
+            match (valid.div_ceil(16), l.taps == TAPS) {
                 (1, _) => go!(depthwise_narrow_fused::<1>),
                 (2, _) => go!(depthwise_narrow_fused::<2>),
                 (3, _) => go!(depthwise_narrow_fused::<3>),
@@ -322,8 +323,9 @@ pub(super) unsafe fn depthwise_row_fused(
                         (false, false) => taps!(false, false),
                     }
                 }
-                (_, true) => go!(depthwise_block_fused::<9>),
-                (_, false) => go!(depthwise_block_fused::<0>),
+                // Other tap counts (9 taps always have `taps9`: the layout builds it whenever
+                // the stage fuses).
+                _ => go!(depthwise_block_fused::<0>),
             }
             c0 += 64;
         }

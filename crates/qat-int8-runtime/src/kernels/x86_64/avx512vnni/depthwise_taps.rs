@@ -10,7 +10,9 @@ use super::byte_mask;
 use super::requant::{RqFused16, fused_constants, requantize16_fused, requantize16_no_tie};
 use crate::kernels::frame::Epilogue;
 
-/// Taps per channel of [`depthwise_taps_fused`]: 3×3, tap `t = 3·row + column`.
+/// Taps per channel of [`depthwise_taps_fused`]. A 3×3 kernel's tap is `t = 3·row + column`;
+/// any other 9-tap kernel works too: a "column" is the taps `s`, `s + 3`, `s + 6`, and
+/// [`column_shift`] checks the offsets before columns are shared.
 pub(super) const TAPS: usize = 9;
 
 /// Weights and output-stage constants of [`depthwise_taps_fused`], per block of 64 channels.
