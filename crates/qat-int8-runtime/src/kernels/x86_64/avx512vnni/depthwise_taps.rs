@@ -106,7 +106,7 @@ pub(super) fn interleave(x0: __m512i, x1: __m512i, x2: __m512i) -> [__m512i; 4] 
     ]
 }
 
-/// The u8 outputs of one vector of accumulators sets (`acc[k]` lane `4l + j`: block channel
+/// The 64 u8 outputs of four accumulator vectors (`acc[k]` lane `4l + j`: block channel
 /// `16l + 4k + j`, bias included) in memory order: the single-shift stage of each, saturating
 /// packs, the clamp.
 #[inline]
