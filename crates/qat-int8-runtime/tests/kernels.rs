@@ -663,7 +663,9 @@ macro_rules! kernel_suites {
             }
 
             /// Bigger conv shapes than the proptest draws: 3×3 with 64 channels (K = 576), a
-            /// strided depthwise with 144 channels, a 1×1 with C_in % 4 ≠ 0.
+            /// strided depthwise with 144 channels, a 1×1 with C_in % 4 ≠ 0, 3×3 depthwise
+            /// with multipliers below 1/2 on a large input, with a partial channel block and with
+            /// 16 and 32 channels.
             #[test]
             fn conv_fixed_shapes() {
                 if !supported() { return; }
@@ -677,6 +679,22 @@ macro_rules! kernel_suites {
                 ];
                 for c in &cases {
                     c.check($path, true).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+                }
+                // 3×3 depthwise whose every multiplier admits the single-shift stage (below 1/2):
+                // a full and a partial (56/57-channel) block, on an input large enough to run row
+                // by row (interior runs and listed border pixels) and strided on a padded copy of
+                // the input; several pixels per vector (16 and 32 channels), row by row.
+                let single_shift = [
+                    ConvCase { h: 34, w: 33, cin: 120, cout: 120, groups: 120, k: [3, 3], stride: [1, 1], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Uniform, seed: 7, below_one: true },
+                    ConvCase { h: 9, w: 10, cin: 121, cout: 121, groups: 121, k: [3, 3], stride: [2, 2], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 2, values: Values::Extremes, seed: 8, below_one: true },
+                    ConvCase { h: 33, w: 34, cin: 16, cout: 16, groups: 16, k: [3, 3], stride: [1, 1], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Uniform, seed: 9, below_one: true },
+                    ConvCase { h: 70, w: 69, cin: 32, cout: 32, groups: 32, k: [3, 3], stride: [2, 2], dilation: [1, 1], padding: [1, 1, 1, 1], batch: 1, values: Values::Extremes, seed: 10, below_one: true },
+                ];
+                for c in &single_shift {
+                    let ms = (0..c.cout)
+                        .map(|i| QuantizedMultiplier::from_f64(0.002 + 0.4 * (i as f64 * 0.618).fract()).unwrap())
+                        .collect();
+                    c.check_with($path, true, Some(ms)).unwrap_or_else(|e| panic!("{c:?}: {e}"));
                 }
             }
         }

@@ -5,6 +5,8 @@
 use std::arch::x86_64::*;
 
 use super::depthwise_fused::depthwise_row_fused;
+use super::depthwise_packed::pixels_per_vector;
+use super::depthwise_taps::{TAPS, TapsLayout};
 use super::requant::{
     RqFused16, Stage16, fused_constants, fused_ok, requantize16_fused, stage16, variant,
 };
@@ -220,6 +222,11 @@ pub struct DepthwiseVnniLayout {
     /// Whether the fused stage may drop its tie correction ([`Epilogue::ties_impossible`]: the
     /// `Single` rounding, and no accumulator `acc + bias'` of these weights reaches a tie).
     pub no_tie: bool,
+    /// The tap-interleaved layout of [`super::depthwise_taps`], for 9 taps with the single-shift
+    /// stage.
+    pub taps9: Option<TapsLayout>,
+    /// [`TapsLayout::packed`], for 9 taps of 16 or 32 channels with the single-shift stage.
+    pub packed: Option<TapsLayout>,
 }
 
 impl DepthwiseVnniLayout {
@@ -269,6 +276,9 @@ impl DepthwiseVnniLayout {
             fk_nat,
             fs_nat,
             no_tie: fused && e.ties_impossible(c),
+            taps9: (fused && taps == TAPS).then(|| TapsLayout::new(w, cp, e)),
+            packed: (fused && taps == TAPS && pixels_per_vector(c).is_some())
+                .then(|| TapsLayout::packed(w, c, cp, e)),
         }
     }
 }

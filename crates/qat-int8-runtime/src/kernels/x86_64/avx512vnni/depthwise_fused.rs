@@ -1,11 +1,14 @@
 //! `avx512vnni_depthwise_u8i8_64c_fused` and its partial-block form: the depthwise kernels with
 //! the single-shift output stage (`requantize16_fused`), used for a whole output row when every
-//! channel's multiplier is below 1.
+//! channel's multiplier is below 1; 9-tap layers go to the tap-interleaved kernels of
+//! [`super::depthwise_taps`] and [`super::depthwise_packed`].
 
 use std::arch::x86_64::*;
 
 use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
+use super::depthwise_packed::{depthwise_taps_packed, pixels_per_vector};
+use super::depthwise_taps::{TAPS, column_shift, depthwise_taps_fused};
 use super::requant::{RqFused16, requantize16_fused, requantize16_no_tie};
 use crate::kernels::frame::Epilogue;
 
@@ -274,12 +277,55 @@ pub(super) unsafe fn depthwise_row_fused(
                     }
                 };
             }
-            match (valid.div_ceil(16), l.taps == 9) {
+            if let (Some(t), Some(pv)) = (&l.packed, pixels_per_vector(c)) {
+                // 16 or 32 channels: one call for the whole row.
+                match (l.no_tie, pv) {
+                    (true, 4) => {
+                        depthwise_taps_packed::<true, 4>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                    (false, 4) => {
+                        depthwise_taps_packed::<false, 4>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                    (true, _) => {
+                        depthwise_taps_packed::<true, 2>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                    (false, _) => {
+                        depthwise_taps_packed::<false, 2>(b, s, n, offs, list, lo, t, e, o8)
+                    }
+                }
+                return;
+            }
+            match (valid.div_ceil(16), l.taps == TAPS) {
                 (1, _) => go!(depthwise_narrow_fused::<1>),
                 (2, _) => go!(depthwise_narrow_fused::<2>),
                 (3, _) => go!(depthwise_narrow_fused::<3>),
-                (_, true) => go!(depthwise_block_fused::<9>),
-                (_, false) => go!(depthwise_block_fused::<0>),
+                (_, true) if let Some(t) = &l.taps9 => {
+                    let d = column_shift(offs, s[0]);
+                    macro_rules! taps {
+                        ($nt:literal, $full:literal) => {
+                            match d {
+                                1 => depthwise_taps_fused::<$nt, $full, 1>(
+                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
+                                ),
+                                2 => depthwise_taps_fused::<$nt, $full, 2>(
+                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
+                                ),
+                                _ => depthwise_taps_fused::<$nt, $full, 3>(
+                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
+                                ),
+                            }
+                        };
+                    }
+                    match (l.no_tie, valid == 64) {
+                        (true, true) => taps!(true, true),
+                        (true, false) => taps!(true, false),
+                        (false, true) => taps!(false, true),
+                        (false, false) => taps!(false, false),
+                    }
+                }
+                // Other tap counts (9 taps always have `taps9`: the layout builds it whenever
+                // the stage fuses).
+                _ => go!(depthwise_block_fused::<0>),
             }
             c0 += 64;
         }

@@ -1,10 +1,13 @@
 //! AVX-512 VNNI kernels: one marker type, [`Avx512Vnni`], and one file per concept — the output
 //! stage (`requant`), the GEMM tile (`gemm`) and its store (`tile_store`), the indirect GEMM tile (`igemm`), the depthwise
 //! kernels with the vector stages (`depthwise`) and with the single-shift stage
-//! (`depthwise_fused`).
+//! (`depthwise_fused`; 3×3 with interleaved taps: `depthwise_taps`, and several pixels per vector:
+//! `depthwise_packed`).
 
 mod depthwise;
 mod depthwise_fused;
+mod depthwise_packed;
+mod depthwise_taps;
 mod gemm;
 mod igemm;
 pub(crate) mod quantize;
