@@ -1,6 +1,6 @@
 //! The graph input's quantization (`Quantize`, and a uint8 model input), prepared once per op:
 //! qat-core's [`Target::quantize`] clamped to `[0, 255]`, as
-//! [`reference::quantize`](super::reference::quantize) computes it one element at a time, and on
+//! [`reference::quantize`] computes it one element at a time, and on
 //! the AVX-512 VNNI path 16 lanes at a time with the same IEEE operations (the same multiply or
 //! divide, the same rounding to an integer, the same clamp), so every code is identical.
 

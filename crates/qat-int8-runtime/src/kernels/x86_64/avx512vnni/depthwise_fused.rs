@@ -9,14 +9,14 @@ use super::byte_mask;
 use super::depthwise::DepthwiseVnniLayout;
 use super::depthwise_packed::{depthwise_taps_packed, pixels_per_vector};
 use super::depthwise_taps::{TAPS, column_shift, depthwise_taps_fused};
-use super::requant::{RqFused16, requantize16_fused, requantize16_no_tie};
+use super::requant::{RqFused16, single_shift_stage};
 use crate::kernels::frame::Epilogue;
 
 /// `avx512vnni_depthwise_u8i8_64c_fused`: `npix = [n, rows]` runs of `n` output pixels (pixel
 /// `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`, output at
 /// `o8 + (r·n + p)·c`) and the pixels whose tap rows are listed
 /// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
-/// through the single-shift output stage ([`requantize16_fused`]; [`requantize16_no_tie`] when
+/// through the single-shift output stage ([`requantize16_fused`](super::requant::requantize16_fused); [`requantize16_no_tie`](super::requant::requantize16_no_tie) when
 /// `NT`, i.e. `l.no_tie`) and saturating packs. `P` pixels per step share the weight loads; `T`
 /// taps known at compile time (0: `l.taps`).
 ///
@@ -68,7 +68,7 @@ unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
             }
         };
         let finish = |accp: &[__m512i; 4], dst: *mut u8| {
-            let q = |b: usize| stage::<NT>(accp[b], &f[b]);
+            let q = |b: usize| single_shift_stage::<NT>(accp[b], &f[b]);
             let r = _mm512_packus_epi16(
                 _mm512_packs_epi32(q(0), q(1)),
                 _mm512_packs_epi32(q(2), q(3)),
@@ -131,7 +131,7 @@ unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
 /// `avx512vnni_depthwise_u8i8_16c_fused`: `depthwise_narrow`'s partial block (`V` vectors of
 /// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over the runs of
 /// pixels and the listed pixels (as [`depthwise_block_fused`]), u8 output through
-/// [`requantize16_fused`], constants loaded once per run.
+/// [`requantize16_fused`](super::requant::requantize16_fused), constants loaded once per run.
 ///
 /// # Safety
 /// As [`depthwise_block_fused`], with `valid ≤ 16·V`.
@@ -172,7 +172,10 @@ unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
         };
         let finish = |acc: &[__m512i; V], dst: *mut u8| {
             for v in 0..V {
-                let q = _mm512_min_epi32(_mm512_max_epi32(stage::<NT>(acc[v], &f[v]), lo), hi);
+                let q = _mm512_min_epi32(
+                    _mm512_max_epi32(single_shift_stage::<NT>(acc[v], &f[v]), lo),
+                    hi,
+                );
                 _mm_mask_storeu_epi8(dst.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
             }
         };
@@ -220,20 +223,6 @@ unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
                 finish(&acc, o8.add(p * c + c0));
                 p += 1;
             }
-        }
-    }
-}
-
-/// The single-shift stage of 16 accumulators (bias included): [`requantize16_no_tie`] when `NT`
-/// (`l.no_tie`: no accumulator can meet a tie), else [`requantize16_fused`].
-#[inline(always)]
-fn stage<const NT: bool>(acc: __m512i, f: &RqFused16) -> __m512i {
-    // SAFETY: only inlined into this file's AVX-512 kernels (their target features hold).
-    unsafe {
-        if NT {
-            requantize16_no_tie(acc, f)
-        } else {
-            requantize16_fused(acc, f)
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::byte_mask;
-use super::requant::{RqFused16, fused_constants, requantize16_fused, requantize16_no_tie};
+use super::requant::{RqFused16, fused_constants, single_shift_stage};
 use crate::kernels::frame::Epilogue;
 
 /// Taps per channel of [`depthwise_taps_fused`]. A 3×3 kernel's tap is `t = 3·row + column`;
@@ -117,7 +117,7 @@ pub(super) fn outputs<const NT: bool>(
     lo: __m512i,
     hi: __m512i,
 ) -> __m512i {
-    let q = |k: usize| stage::<NT>(acc[k], &f[k]);
+    let q = |k: usize| single_shift_stage::<NT>(acc[k], &f[k]);
     let r = _mm512_packus_epi16(
         _mm512_packs_epi32(q(0), q(1)),
         _mm512_packs_epi32(q(2), q(3)),
@@ -149,7 +149,7 @@ pub(super) fn column_shift(offs: &[usize], step: usize) -> usize {
 /// output pixels (pixel `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`,
 /// output at `o8 + (r·n + p)·c`) and the listed pixels (`list`: 9 pointers per pixel, output at
 /// `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output through the
-/// single-shift stage ([`requantize16_no_tie`] when `NT`, else [`requantize16_fused`]). `FULL`:
+/// single-shift stage ([`requantize16_no_tie`](super::requant::requantize16_no_tie) when `NT`, else [`requantize16_fused`](super::requant::requantize16_fused)). `FULL`:
 /// `valid == 64`. `D`: [`column_shift`] of the runs (3: none shared).
 ///
 /// # Safety
@@ -232,20 +232,6 @@ pub(super) unsafe fn depthwise_taps_fused<const NT: bool, const FULL: bool, cons
                 cols = std::array::from_fn(|s| if s + D < 3 { cols[s + D] } else { col(px, s) });
                 finish(&cols, o8.add(p * c));
             }
-        }
-    }
-}
-
-/// The single-shift stage of 16 accumulators (bias included): [`requantize16_no_tie`] when `NT`,
-/// else [`requantize16_fused`].
-#[inline(always)]
-fn stage<const NT: bool>(acc: __m512i, f: &RqFused16) -> __m512i {
-    // SAFETY: only inlined into this file's AVX-512 kernel (its target features hold).
-    unsafe {
-        if NT {
-            requantize16_no_tie(acc, f)
-        } else {
-            requantize16_fused(acc, f)
         }
     }
 }

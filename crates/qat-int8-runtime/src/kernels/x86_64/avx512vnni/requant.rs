@@ -559,3 +559,19 @@ pub fn requantize16_no_tie(x: __m512i, c: &RqFused16) -> __m512i {
         _mm512_srav_epi64(to, c.s_odd),
     )
 }
+
+/// The single-shift stage of 16 accumulators (bias included) as a layer's plan chose it:
+/// [`requantize16_no_tie`] when `NT` (no accumulator can meet a tie), else [`requantize16_fused`].
+/// Always inlined, without target features of its own: it compiles as part of the AVX-512 kernel
+/// calling it.
+#[inline(always)]
+pub(super) fn single_shift_stage<const NT: bool>(acc: __m512i, f: &RqFused16) -> __m512i {
+    // SAFETY: only inlined into this module's AVX-512 kernels (their target features hold).
+    unsafe {
+        if NT {
+            requantize16_no_tie(acc, f)
+        } else {
+            requantize16_fused(acc, f)
+        }
+    }
+}

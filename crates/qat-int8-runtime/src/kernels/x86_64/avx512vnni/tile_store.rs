@@ -54,7 +54,7 @@ unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
 }
 
 /// The fused output stage of an `M × 16V` tile: `+ bias'`, requantize in the epilogue's
-/// [`Rounding`], store (masked past `cols`). The tile passes only the `V` vectors per row it
+/// [`Rounding`](qat_core::fixed_point::Rounding), store (masked past `cols`). The tile passes only the `V` vectors per row it
 /// computed (a call that is not inlined copies them through memory).
 ///
 /// # Safety
@@ -138,7 +138,7 @@ fn single_shift16<const FOLDED: bool>(acc: __m512i, bias: __m512i, f: &RqFused16
 /// output at `p` (row stride `ld`).
 ///
 /// # Safety
-/// As [`tile_epilogue`]; `ss` derived from `e` ([`fused_ok`] holds for every real column);
+/// As [`tile_epilogue`]; `ss` derived from `e` ([`fused_ok`](super::requant::fused_ok) holds for every real column);
 /// `FOLDED == ss.folded`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
