@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::depthwise_fused::depthwise_row_fused;
+use super::depthwise_fused::{Pixels, depthwise_row_fused};
 use super::depthwise_packed::pixels_per_vector;
 use super::depthwise_taps::{TAPS, TapsLayout};
 use super::requant::{
@@ -63,18 +63,16 @@ impl DepthwiseKernel for Avx512Vnni {
                 // SAFETY: VNNI supported and `l.fused`; every tap of every pixel is inside the
                 // sample (the caller's contract); the output holds ho·wo·c bytes.
                 unsafe {
-                    depthwise_row_fused(
-                        job.sample.as_ptr(),
-                        [sw * c, sh * w * c],
-                        [wo, ho],
-                        &plan.offsets,
-                        &[],
-                        &[],
-                        l,
-                        c,
-                        &plan.epi,
-                        o.as_mut_ptr(),
-                    )
+                    let px = Pixels {
+                        base: job.sample.as_ptr(),
+                        step: [sw * c, sh * w * c],
+                        npix: [wo, ho],
+                        offs: &plan.offsets,
+                        list: &[],
+                        list_out: &[],
+                        o8: o.as_mut_ptr(),
+                    };
+                    depthwise_row_fused(&px, l, c, &plan.epi)
                 }
             }
             _ => {
@@ -122,18 +120,16 @@ impl DepthwiseKernel for Avx512Vnni {
             // inside the sample (`interior`), listed taps point into the sample or at the `Z1`
             // row (`cp ≥ c` bytes); outputs are `c`-byte pixels of this row.
             unsafe {
-                depthwise_row_fused(
+                let px = Pixels {
                     base,
-                    [sw * c, 0],
-                    [ihi - ilo, 1],
-                    &plan.offsets,
+                    step: [sw * c, 0],
+                    npix: [ihi - ilo, 1],
+                    offs: &plan.offsets,
                     list,
-                    outs,
-                    l,
-                    c,
-                    &plan.epi,
-                    op.wrapping_add(ilo * c),
-                )
+                    list_out: outs,
+                    o8: op.wrapping_add(ilo * c),
+                };
+                depthwise_row_fused(&px, l, c, &plan.epi)
             };
             return;
         }

@@ -12,6 +12,21 @@ use super::depthwise_taps::{TAPS, column_shift, depthwise_taps_fused};
 use super::requant::{RqFused16, single_shift_stage};
 use crate::kernels::frame::Epilogue;
 
+/// The pixels of one fused depthwise call: `npix = [n, rows]` runs of `n` output pixels (tap `t`
+/// of pixel `p` of run `r` at `base + r·step[1] + p·step[0] + offs[t]`, output at
+/// `o8 + (r·n + p)·C`; `n` may be 0) and the listed pixels (`taps` tap-row pointers each in
+/// `list`, padding taps pointing at a `Z1` row; outputs at `list_out`).
+#[derive(Clone, Copy)]
+pub(super) struct Pixels<'a> {
+    pub(super) base: *const u8,
+    pub(super) step: [usize; 2],
+    pub(super) npix: [usize; 2],
+    pub(super) offs: &'a [usize],
+    pub(super) list: &'a [*const u8],
+    pub(super) list_out: &'a [*mut u8],
+    pub(super) o8: *mut u8,
+}
+
 /// `avx512vnni_depthwise_u8i8_64c_fused`: `npix = [n, rows]` runs of `n` output pixels (pixel
 /// `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`, output at
 /// `o8 + (r·n + p)·c`) and the pixels whose tap rows are listed
@@ -25,21 +40,23 @@ use crate::kernels::frame::Epilogue;
 /// `o8` holds `rows·n` pixels of `c` channels; each `list_out` pointer one pixel.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
-    base: *const u8,
-    step: [usize; 2],
-    npix: [usize; 2],
-    offs: &[usize],
-    list: &[*const u8],
-    list_out: &[*mut u8],
+    px: &Pixels<'_>,
     l: &DepthwiseVnniLayout,
     c: usize,
     c0: usize,
     valid: usize,
     e: &Epilogue,
-    o8: *mut u8,
 ) {
+    let Pixels {
+        base,
+        step,
+        npix,
+        offs,
+        list,
+        list_out,
+        o8,
+    } = *px;
     const P: usize = 3;
     let mask = byte_mask(valid);
     let blk = c0 / 64;
@@ -137,21 +154,23 @@ unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
 /// As [`depthwise_block_fused`], with `valid ≤ 16·V`.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
-    base: *const u8,
-    step: [usize; 2],
-    npix: [usize; 2],
-    offs: &[usize],
-    list: &[*const u8],
-    list_out: &[*mut u8],
+    px: &Pixels<'_>,
     l: &DepthwiseVnniLayout,
     c: usize,
     c0: usize,
     valid: usize,
     e: &Epilogue,
-    o8: *mut u8,
 ) {
+    let Pixels {
+        base,
+        step,
+        npix,
+        offs,
+        list,
+        list_out,
+        o8,
+    } = *px;
     // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
     unsafe {
         let masks: [u16; V] = std::array::from_fn(|v| {
@@ -237,50 +256,34 @@ unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
 /// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c` readable bytes; `o8` holds
 /// `rows·n·c` bytes, each `list_out` pointer `c` bytes; `list.len() == taps·list_out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn depthwise_row_fused(
-    base: *const u8,
-    step: [usize; 2],
-    npix: [usize; 2],
-    offs: &[usize],
-    list: &[*const u8],
-    list_out: &[*mut u8],
+    px: &Pixels<'_>,
     l: &DepthwiseVnniLayout,
     c: usize,
     e: &Epilogue,
-    o8: *mut u8,
 ) {
-    debug_assert!(l.fused && list.len() == l.taps * list_out.len());
+    debug_assert!(l.fused && px.list.len() == l.taps * px.list_out.len());
     // SAFETY: as documented.
     unsafe {
-        let (b, s, n, lo) = (base, step, npix, list_out);
         let mut c0 = 0;
         while c0 < c {
             let valid = (c - c0).min(64);
             macro_rules! go {
                 ($f:ident::<$g:literal>) => {
                     if l.no_tie {
-                        $f::<$g, true>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                        $f::<$g, true>(px, l, c, c0, valid, e)
                     } else {
-                        $f::<$g, false>(b, s, n, offs, list, lo, l, c, c0, valid, e, o8)
+                        $f::<$g, false>(px, l, c, c0, valid, e)
                     }
                 };
             }
             if let (Some(t), Some(pv)) = (&l.packed, pixels_per_vector(c)) {
                 // 16 or 32 channels: one call for the whole row.
                 match (l.no_tie, pv) {
-                    (true, 4) => {
-                        depthwise_taps_packed::<true, 4>(b, s, n, offs, list, lo, t, e, o8)
-                    }
-                    (false, 4) => {
-                        depthwise_taps_packed::<false, 4>(b, s, n, offs, list, lo, t, e, o8)
-                    }
-                    (true, _) => {
-                        depthwise_taps_packed::<true, 2>(b, s, n, offs, list, lo, t, e, o8)
-                    }
-                    (false, _) => {
-                        depthwise_taps_packed::<false, 2>(b, s, n, offs, list, lo, t, e, o8)
-                    }
+                    (true, 4) => depthwise_taps_packed::<true, 4>(px, t, e),
+                    (false, 4) => depthwise_taps_packed::<false, 4>(px, t, e),
+                    (true, _) => depthwise_taps_packed::<true, 2>(px, t, e),
+                    (false, _) => depthwise_taps_packed::<false, 2>(px, t, e),
                 }
                 return;
             }
@@ -289,19 +292,13 @@ pub(super) unsafe fn depthwise_row_fused(
                 (2, _) => go!(depthwise_narrow_fused::<2>),
                 (3, _) => go!(depthwise_narrow_fused::<3>),
                 (_, true) if let Some(t) = &l.taps9 => {
-                    let d = column_shift(offs, s[0]);
+                    let d = column_shift(px.offs, px.step[0]);
                     macro_rules! taps {
                         ($nt:literal, $full:literal) => {
                             match d {
-                                1 => depthwise_taps_fused::<$nt, $full, 1>(
-                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
-                                ),
-                                2 => depthwise_taps_fused::<$nt, $full, 2>(
-                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
-                                ),
-                                _ => depthwise_taps_fused::<$nt, $full, 3>(
-                                    b, s, n, offs, list, lo, t, c, c0, valid, e, o8,
-                                ),
+                                1 => depthwise_taps_fused::<$nt, $full, 1>(px, t, c, c0, valid, e),
+                                2 => depthwise_taps_fused::<$nt, $full, 2>(px, t, c, c0, valid, e),
+                                _ => depthwise_taps_fused::<$nt, $full, 3>(px, t, c, c0, valid, e),
                             }
                         };
                     }

@@ -6,6 +6,7 @@
 use std::arch::x86_64::*;
 
 use super::byte_mask;
+use super::depthwise_fused::Pixels;
 use super::depthwise_taps::{TAPS, TapsLayout, interleave, outputs};
 use super::requant::RqFused16;
 use crate::kernels::frame::Epilogue;
@@ -70,18 +71,20 @@ unsafe fn scatter<const P: usize>(r: __m512i, dst: [*mut u8; P], q: usize) {
 /// holds `rows·n` pixels of `c` channels; each `list_out` pointer one pixel.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn depthwise_taps_packed<const NT: bool, const P: usize>(
-    base: *const u8,
-    step: [usize; 2],
-    npix: [usize; 2],
-    offs: &[usize],
-    list: &[*const u8],
-    list_out: &[*mut u8],
+    px: &Pixels<'_>,
     t: &TapsLayout,
     e: &Epilogue,
-    o8: *mut u8,
 ) {
+    let Pixels {
+        base,
+        step,
+        npix,
+        offs,
+        list,
+        list_out,
+        o8,
+    } = *px;
     let c = 64 / P;
     // SAFETY: as documented; the layout holds one block.
     unsafe {

@@ -7,6 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::byte_mask;
+use super::depthwise_fused::Pixels;
 use super::requant::{RqFused16, fused_constants, single_shift_stage};
 use crate::kernels::frame::Epilogue;
 
@@ -158,21 +159,23 @@ pub(super) fn column_shift(offs: &[usize], step: usize) -> usize {
 /// bytes; `o8` holds `rows·n` pixels of `c` channels; each `list_out` pointer one pixel.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn depthwise_taps_fused<const NT: bool, const FULL: bool, const D: usize>(
-    base: *const u8,
-    step: [usize; 2],
-    npix: [usize; 2],
-    offs: &[usize],
-    list: &[*const u8],
-    list_out: &[*mut u8],
+    px: &Pixels<'_>,
     t: &TapsLayout,
     c: usize,
     c0: usize,
     valid: usize,
     e: &Epilogue,
-    o8: *mut u8,
 ) {
+    let Pixels {
+        base,
+        step,
+        npix,
+        offs,
+        list,
+        list_out,
+        o8,
+    } = *px;
     let mask = byte_mask(valid);
     let blk = c0 / 64;
     // SAFETY: as documented; the layout arrays cover every block.
