@@ -27,6 +27,26 @@ pub(super) struct Pixels<'a> {
     pub(super) o8: *mut u8,
 }
 
+/// [`Pixels`]' fields as `(base, step, npix, offs, list, list_out, o8)`.
+type PixelParts<'a> = (
+    *const u8,
+    [usize; 2],
+    [usize; 2],
+    &'a [usize],
+    &'a [*const u8],
+    &'a [*mut u8],
+    *mut u8,
+);
+
+impl<'a> Pixels<'a> {
+    /// The fields as a tuple, for a kernel's locals.
+    #[inline(always)]
+    pub(super) fn parts(&self) -> PixelParts<'a> {
+        let p = *self;
+        (p.base, p.step, p.npix, p.offs, p.list, p.list_out, p.o8)
+    }
+}
+
 /// `avx512vnni_depthwise_u8i8_64c_fused`: `npix = [n, rows]` runs of `n` output pixels (pixel
 /// `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`, output at
 /// `o8 + (r·n + p)·c`) and the pixels whose tap rows are listed
@@ -48,15 +68,7 @@ unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
     valid: usize,
     e: &Epilogue,
 ) {
-    let Pixels {
-        base,
-        step,
-        npix,
-        offs,
-        list,
-        list_out,
-        o8,
-    } = *px;
+    let (base, step, npix, offs, list, list_out, o8) = px.parts();
     const P: usize = 3;
     let mask = byte_mask(valid);
     let blk = c0 / 64;
@@ -162,15 +174,7 @@ unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
     valid: usize,
     e: &Epilogue,
 ) {
-    let Pixels {
-        base,
-        step,
-        npix,
-        offs,
-        list,
-        list_out,
-        o8,
-    } = *px;
+    let (base, step, npix, offs, list, list_out, o8) = px.parts();
     // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
     unsafe {
         let masks: [u16; V] = std::array::from_fn(|v| {

@@ -76,15 +76,7 @@ pub(super) unsafe fn depthwise_taps_packed<const NT: bool, const P: usize>(
     t: &TapsLayout,
     e: &Epilogue,
 ) {
-    let Pixels {
-        base,
-        step,
-        npix,
-        offs,
-        list,
-        list_out,
-        o8,
-    } = *px;
+    let (base, step, npix, offs, list, list_out, o8) = px.parts();
     let c = 64 / P;
     // SAFETY: as documented; the layout holds one block.
     unsafe {

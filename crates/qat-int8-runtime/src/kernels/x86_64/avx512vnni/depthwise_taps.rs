@@ -167,15 +167,7 @@ pub(super) unsafe fn depthwise_taps_fused<const NT: bool, const FULL: bool, cons
     valid: usize,
     e: &Epilogue,
 ) {
-    let Pixels {
-        base,
-        step,
-        npix,
-        offs,
-        list,
-        list_out,
-        o8,
-    } = *px;
+    let (base, step, npix, offs, list, list_out, o8) = px.parts();
     let mask = byte_mask(valid);
     let blk = c0 / 64;
     // SAFETY: as documented; the layout arrays cover every block.
