@@ -1,8 +1,9 @@
-//! Short row copies for the padded-sample paths, which copy every input row of a small image
-//! (tens of bytes) into a padded buffer: a `memcpy` call per row costs more than the copy.
+//! Short copies and fills (input rows of small images into padded buffers, the taps and the K
+//! padding of im2col rows): a `memcpy`/`memset` call per few bytes costs more than the bytes.
 
-/// `dst.copy_from_slice(src)`, as fixed-size moves when `8 ≤ len ≤ 128`: whole chunks of 32, 16
-/// or 8 bytes and one last chunk overlapping the previous one.
+/// `dst.copy_from_slice(src)`, as fixed-size moves when `len ≤ 128`: one move of the exact size
+/// below 8 bytes, else whole chunks of 32, 16 or 8 bytes and one last chunk overlapping the
+/// previous one.
 #[inline]
 pub(crate) fn copy_row(dst: &mut [u8], src: &[u8]) {
     let n = src.len();
@@ -10,8 +11,30 @@ pub(crate) fn copy_row(dst: &mut [u8], src: &[u8]) {
         32..=128 => chunks::<32>(&mut dst[..n], src),
         16..=31 => chunks::<16>(&mut dst[..n], src),
         8..=15 => chunks::<8>(&mut dst[..n], src),
+        1 => dst[..1].copy_from_slice(src),
+        2 => dst[..2].copy_from_slice(src),
+        3 => dst[..3].copy_from_slice(src),
+        4 => dst[..4].copy_from_slice(src),
+        5 => dst[..5].copy_from_slice(src),
+        6 => dst[..6].copy_from_slice(src),
+        7 => dst[..7].copy_from_slice(src),
         _ => dst[..n].copy_from_slice(src),
     }
+}
+
+/// `dst.fill(v)`, with fixed-size stores for up to 16 bytes (the K padding of an im2col row, the
+/// side padding of a band).
+#[inline(always)]
+pub(crate) fn fill_small(dst: &mut [u8], v: u8) {
+    macro_rules! sizes {
+        ($($n:literal)*) => {
+            match dst.len() {
+                $($n => dst[..$n].fill(v),)*
+                _ => dst.fill(v),
+            }
+        };
+    }
+    sizes!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }
 
 /// [`copy_row`] with chunks of `C` bytes (`C ≤ len`).

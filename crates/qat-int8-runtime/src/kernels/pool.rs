@@ -205,7 +205,8 @@ impl AvgPoolRescale {
     }
 
     /// [`AvgPoolRescale::average`] of many windows of the same `count` cells (`out[i]` from
-    /// `sums[i]`), the multiplier looked up once (the global pool's channels).
+    /// `sums[i]`), the multiplier looked up once (the global pool's channels); `average` is this
+    /// with one window.
     #[inline(always)]
     pub fn average_many(&self, sums: &[i32], count: usize, out: &mut [u8]) {
         let n = count as i32;
@@ -242,20 +243,9 @@ impl AvgPoolRescale {
     /// `Z_out` clamped (real 0).
     #[inline]
     pub fn average(&self, sum_codes: i32, count: usize) -> u8 {
-        if count == 0 {
-            return self.zo.clamp(self.lo, self.hi) as u8;
-        }
-        let n = count as i32;
-        if self.params.is_none() {
-            return ((sum_codes + n / 2) / n).clamp(self.lo, self.hi) as u8;
-        }
-        let Some(m) = self.multiplier(count) else {
-            return self.zo.clamp(self.lo, self.hi) as u8;
-        };
-        let centered = sum_codes.wrapping_sub(n.wrapping_mul(self.zi));
-        m.apply_rounded_once(centered)
-            .saturating_add(self.zo)
-            .clamp(self.lo, self.hi) as u8
+        let mut out = [0u8];
+        self.average_many(&[sum_codes], count, &mut out);
+        out[0]
     }
 }
 

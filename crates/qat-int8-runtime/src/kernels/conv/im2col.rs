@@ -2,6 +2,7 @@
 //! im2col (tap-segment pointers) and the tiled im2col copy.
 
 use super::ConvPlan;
+use crate::kernels::copy::{copy_row, fill_small};
 
 impl ConvPlan {
     /// Indirection table for rows `row0..row0 + rows`: `ptrs[r·taps + (i·kw + j)]` points at the
@@ -197,7 +198,7 @@ impl ConvPlan {
                 let tap = &mut seg[j * cig..(j + 1) * cig];
                 if iw >= 0 && (iw as usize) < w {
                     let at = iw as usize * cin + ch0;
-                    copy_small(tap, &line[at..at + cig]);
+                    copy_row(tap, &line[at..at + cig]);
                 } else {
                     fill_small(tap, zp);
                 }
@@ -260,33 +261,4 @@ pub(super) fn copy_spans<const L: usize>(
             to = to.add(kp);
         }
     }
-}
-
-/// `dst.fill(v)`, with fixed-size stores for up to 16 bytes (the K padding of a row).
-#[inline(always)]
-pub(super) fn fill_small(dst: &mut [u8], v: u8) {
-    macro_rules! sizes {
-        ($($n:literal)*) => {
-            match dst.len() {
-                $($n => dst[..$n].fill(v),)*
-                _ => dst.fill(v),
-            }
-        };
-    }
-    sizes!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
-}
-
-/// `dst.copy_from_slice(src)`, with fixed-size moves for up to 16 bytes (the taps of the
-/// small-`C_in` stems, which would otherwise be `memcpy` calls of a few bytes).
-#[inline(always)]
-fn copy_small(dst: &mut [u8], src: &[u8]) {
-    macro_rules! sizes {
-        ($($n:literal)*) => {
-            match dst.len() {
-                $($n => dst[..$n].copy_from_slice(&src[..$n]),)*
-                _ => dst.copy_from_slice(src),
-            }
-        };
-    }
-    sizes!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }

@@ -10,9 +10,10 @@
 
 use std::cell::RefCell;
 
-use super::im2col::{copy_spans, fill_small};
+use super::im2col::copy_spans;
 use super::{ConvGeom, ConvPlan};
 use crate::kernels::KernelPath;
+use crate::kernels::copy::fill_small;
 
 /// Largest padded sample, in bytes, the band path takes (its scratch holds at most one band, at
 /// most one padded sample, per thread).
