@@ -662,6 +662,29 @@ macro_rules! kernel_suites {
                 }
             }
 
+            /// Layers of 16 to 64 columns, whose tile rows lie back to back in the output (the
+            /// single-shift stage narrows and stores several rows at once there): every tile
+            /// height, both a K whose accumulators cannot reach a tie and larger ones.
+            #[test]
+            fn gemm_whole_row_tiles() {
+                if !supported() { return; }
+                for n in [16, 32, 48, 64] {
+                    for m in [1, 2, 3, 4, 5, 6, 7, 12, 13] {
+                        for (i, k) in [9usize, 16, 32, 130].into_iter().enumerate() {
+                            let v = if i % 2 == 0 { Values::Extremes } else { Values::Uniform };
+                            let seed = (n * 1000 + m * 10 + i) as u64;
+                            for rounding in Target::ALL {
+                                let case = GemmCase::new(m, k, n, v, seed, i < 2).with(rounding).below_one(seed ^ 7);
+                                let want = case.reference();
+                                for direct in [false, true] {
+                                    assert_eq!(case.run($path, direct, false), want, "m {m} k {k} n {n} {rounding} direct {direct}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
             /// Bigger conv shapes than the proptest draws: 3×3 with 64 channels (K = 576), a
             /// strided depthwise with 144 channels, a 1×1 with C_in % 4 ≠ 0, 3×3 depthwise
             /// with multipliers below 1/2 on a large input, with a partial channel block and with

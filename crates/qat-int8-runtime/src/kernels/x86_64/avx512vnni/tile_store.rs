@@ -154,6 +154,9 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDE
     let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
     // SAFETY: as documented; the constant arrays cover every padded column.
     unsafe {
+        if cols == 16 * V && ld == cols {
+            return tile_store_flat::<M, V, FOLDED>(acc, e, ss, col0, p);
+        }
         if V > 2 && cols > 32 {
             // Three or four vectors: the fourth (past the columns when V = 3) is not stored.
             let acc4: [[__m512i; 4]; M] = std::array::from_fn(|r| {
@@ -179,9 +182,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDE
 }
 
 /// [`tile_epilogue_single_shift`] for a tile of more than 32 columns: each row's four vectors
-/// are narrowed together by saturating packs (exact: the clamp to `[lo, hi] ⊆ [0, 255]` that
-/// follows gives what clamping first gives), put back in column order by one dword permute and
-/// stored with one 64-byte masked store.
+/// are narrowed together ([`narrow64`]) and stored with one 64-byte masked store.
 ///
 /// # Safety
 /// As [`tile_epilogue_single_shift`].
@@ -197,10 +198,6 @@ unsafe fn tile_store_packed<const M: usize, const FOLDED: bool>(
     ld: usize,
 ) {
     let mask = byte_mask(cols);
-    // After the packs, 128-bit lane j holds dword k = columns 16k + 4j .. 16k + 4j + 3: dword
-    // 4j + k goes to 4k + j.
-    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
         let f: [RqFused16; 4] = std::array::from_fn(|j| {
@@ -209,14 +206,67 @@ unsafe fn tile_store_packed<const M: usize, const FOLDED: bool>(
         let bias: [__m512i; 4] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
         for (r, accr) in acc.iter().enumerate() {
-            let q = |j: usize| single_shift16::<FOLDED>(accr[j], bias[j], &f[j]);
-            let v = _mm512_packus_epi16(
-                _mm512_packs_epi32(q(0), q(1)),
-                _mm512_packs_epi32(q(2), q(3)),
-            );
-            let v = _mm512_permutexvar_epi32(order, v);
-            let v = _mm512_min_epu8(_mm512_max_epu8(v, lo), hi);
-            _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, v);
+            let q = std::array::from_fn(|j| single_shift16::<FOLDED>(accr[j], bias[j], &f[j]));
+            _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, narrow64(q, e));
         }
+    }
+}
+
+/// [`tile_epilogue_single_shift`] for a tile whose rows lie back to back in memory (`16·V`
+/// columns, all of the layer's, at row stride `16·V`): its `M·V` vectors, in memory order, are
+/// narrowed four at a time ([`narrow64`]) and stored 64 bytes at a time from column `col0` of
+/// the first row, the last store masked to what remains. A 16- or 32-channel layer stores four or two rows per instruction instead
+/// of one vector.
+///
+/// # Safety
+/// As [`tile_epilogue_single_shift`]; `cols == ld == 16·V` (row `r + 1` starts where row `r`'s
+/// columns end).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile_store_flat<const M: usize, const V: usize, const FOLDED: bool>(
+    acc: [[__m512i; V]; M],
+    e: &Epilogue,
+    ss: &SingleShift,
+    col0: usize,
+    p: *mut u8,
+) {
+    // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
+    unsafe {
+        let f: [RqFused16; V] = std::array::from_fn(|j| {
+            RqFused16::load_at(&e.m0, &ss.k, &ss.s, col0 + 16 * j, e.rounding)
+        });
+        let bias: [__m512i; V] =
+            std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
+        let p = p.add(col0);
+        let total = M * V;
+        for g in (0..total).step_by(4) {
+            // Past the last vector (a partial group) any vector will do: its bytes are not stored.
+            let q = std::array::from_fn(|i| {
+                let k = (g + i).min(total - 1);
+                single_shift16::<FOLDED>(acc[k / V][k % V], bias[k % V], &f[k % V])
+            });
+            let mask = byte_mask(16 * (total - g));
+            _mm512_mask_storeu_epi8(p.add(16 * g).cast(), mask, narrow64(q, e));
+        }
+    }
+}
+
+/// Four vectors of 16 int32 stage outputs as 64 bytes in their order, clamped to
+/// `[lo, hi]`: narrowed by saturating packs (exact: the clamp to `[lo, hi] ⊆ [0, 255]` that
+/// follows gives what clamping first gives) and put back in order by one dword permute.
+#[inline(always)]
+fn narrow64(q: [__m512i; 4], e: &Epilogue) -> __m512i {
+    // SAFETY: only inlined into this file's AVX-512 functions (their target features hold).
+    unsafe {
+        // After the packs, 128-bit lane j holds dword k = elements 16k + 4j .. 16k + 4j + 3:
+        // dword 4j + k goes to 4k + j.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
+        let v = _mm512_packus_epi16(
+            _mm512_packs_epi32(q[0], q[1]),
+            _mm512_packs_epi32(q[2], q[3]),
+        );
+        let v = _mm512_permutexvar_epi32(order, v);
+        _mm512_min_epu8(_mm512_max_epu8(v, lo), hi)
     }
 }
