@@ -3,7 +3,7 @@
 //! and median of the rounds; and a checksum of the outputs' uint8 codes (equal checksums: two
 //! builds computed the same results).
 //!
-//! `cargo run --release -p qat-int8-runtime --example bench_model -- MODEL.qat8 [--threads 1,2] [--batch 1,64] [--rounds 9] [--min-time 0.2] [--calls N] [--ops]`
+//! `cargo run --release -p qat-int8-runtime --example bench_model -- MODEL.qat8 [--threads 1,2] [--batch 1,64] [--rounds 9] [--min-time 0.2] [--calls N] [--op-split W] [--ops]`
 //!
 //! `--ops`: after the timed rounds, one more round per cell with [`Executor::set_op_profiling`]
 //! on, and each op's share of the cell's time (the profile of the whole model, op by op).
@@ -11,6 +11,9 @@
 //! `--calls N`: exactly `N` calls per cell and round instead of `--min-time` (fixed work, for
 //! counting cycles with `perf stat -e cycles:u`, which a loaded machine disturbs less than
 //! wall-clock time).
+//!
+//! `--op-split W`: run every cell as one chunk with ops splitting across the threads from `W`
+//! units of work ([`Executor::with_op_split`]) instead of the executor's default choice.
 //!
 //! `cargo xtask bench models` writes such a model (`target/qat-bench/models/model.qat8`).
 
@@ -50,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut threads, mut batches, mut rounds, mut min_time) = (vec![1, 2], vec![1, 64], 9, 0.2);
     let mut fixed: Option<usize> = None;
     let mut ops = false;
+    let mut op_split: Option<usize> = None;
     while let Some(k) = args.next() {
         if k == "--ops" {
             ops = true;
@@ -62,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--rounds" => rounds = v.parse()?,
             "--min-time" => min_time = v.parse()?,
             "--calls" => fixed = Some(v.parse()?),
+            "--op-split" => op_split = Some(v.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -73,6 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for &n in &batches {
             let x = input(&shape, n);
             let mut exec = Executor::new(&model)?;
+            if let Some(w) = op_split {
+                exec = exec.with_op_split(w);
+            }
             let out = pool.install(|| exec.run_u8(x.view()))?;
             let sum = out
                 .iter()

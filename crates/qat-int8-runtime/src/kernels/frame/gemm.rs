@@ -354,10 +354,11 @@ pub(crate) unsafe fn gemm<K: GemmKernel>(
     if m == 0 || b.n == 0 {
         return;
     }
-    let row_blocks = m.div_ceil(MC);
     let panel_count = b.n.div_ceil(K::NR);
-    // Few rows (FC, GEMV): split the columns too so every thread has work.
     let threads = crate::kernels::par::threads(m.saturating_mul(b.n).saturating_mul(b.kp));
+    let mc = block_rows(m, threads, K::MR);
+    let row_blocks = m.div_ceil(mc);
+    // Few rows (FC, GEMV): split the columns too so every thread has work.
     let col_blocks = if threads == 1 || row_blocks >= 2 * threads {
         1
     } else {
@@ -367,8 +368,8 @@ pub(crate) unsafe fn gemm<K: GemmKernel>(
     let tasks = row_blocks * col_blocks;
     let run = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
-        let row0 = rb * MC;
-        let rows = MC.min(m - row0);
+        let row0 = rb * mc;
+        let rows = mc.min(m - row0);
         let p0 = cb * panels_per_block;
         let p1 = (p0 + panels_per_block).min(panel_count);
         if p0 >= p1 {
@@ -396,6 +397,18 @@ pub(crate) unsafe fn gemm<K: GemmKernel>(
     } else {
         (0..tasks).into_par_iter().for_each(run);
     }
+}
+
+/// Rows per task of an `m`-row GEMM on `threads` threads: [`MC`] on one thread; else as even as
+/// whole `mr`-row tiles allow over a multiple of `threads` tasks of at most [`MC`] rows, so that
+/// no thread waits on a short last block (196 rows on 2 threads: 4 × 54 → 54, 54, 54, 34
+/// instead of 96, 96, 4).
+fn block_rows(m: usize, threads: usize, mr: usize) -> usize {
+    if threads <= 1 {
+        return MC;
+    }
+    let blocks = m.div_ceil(MC).next_multiple_of(threads);
+    m.div_ceil(blocks).next_multiple_of(mr).clamp(mr, MC)
 }
 
 /// One task: rows `row0..row0 + rows` against panels `p0..p1`, output at the task's first row.
@@ -497,6 +510,30 @@ unsafe fn task<K: GemmKernel>(
             for col in c0..c1 {
                 // SAFETY: (r, col) lies in the task's block of `out` (caller).
                 unsafe { *o.add(r * ld + col) = e.requantize(acc[r * b.n + col], col) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_blocks_are_even_whole_tiles_of_at_most_mc_rows() {
+        assert_eq!(block_rows(196, 1, 6), MC);
+        assert_eq!(block_rows(196, 2, 6), 54);
+        assert_eq!(block_rows(1, 2, 6), 6);
+        for m in 1..700 {
+            for threads in 2..5 {
+                let mc = block_rows(m, threads, 6);
+                assert!(mc % 6 == 0 && mc <= MC, "{m} {threads}");
+                let blocks = m.div_ceil(mc);
+                // Never more blocks than the even split asked for; the last is not tiny unless m is.
+                assert!(
+                    blocks <= m.div_ceil(MC).next_multiple_of(threads),
+                    "{m} {threads}"
+                );
             }
         }
     }
