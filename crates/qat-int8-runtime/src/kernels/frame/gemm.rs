@@ -527,7 +527,7 @@ mod tests {
         for m in 1..700 {
             for threads in 2..5 {
                 let mc = block_rows(m, threads, 6);
-                assert!(mc % 6 == 0 && mc <= MC, "{m} {threads}");
+                assert!(mc.is_multiple_of(6) && mc <= MC, "{m} {threads}");
                 let blocks = m.div_ceil(mc);
                 // Never more blocks than the even split asked for; the last is not tiny unless m is.
                 assert!(
