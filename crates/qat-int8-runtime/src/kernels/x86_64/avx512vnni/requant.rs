@@ -377,10 +377,9 @@ pub struct RqFused16 {
     k_even: __m512i,
     /// Same for the odd lanes.
     k_odd: __m512i,
-    /// 64-bit shift counts `31 + right` of the even lanes.
-    s_even: __m512i,
-    /// 64-bit shift counts `right − 1` of the odd lanes (their result is read from the high half).
-    s_odd: __m512i,
+    /// 32-bit shift counts `right − 1` of the 16 lanes in lane order: each lane's result is its
+    /// 64-bit sum's high half shifted right by that much ([`high_halves_shifted`]).
+    s32: __m512i,
     /// What a negative product subtracts: `2^31` (`Gemmlowp`) or 1 (`Single`).
     neg: __m512i,
 }
@@ -402,8 +401,11 @@ impl RqFused16 {
                 m0_hi: _mm512_srli_epi64::<32>(m0),
                 k_even: _mm512_loadu_si512(k.cast()),
                 k_odd: _mm512_loadu_si512(k.add(8).cast()),
-                s_even: _mm512_loadu_si512(s.cast()),
-                s_odd: _mm512_loadu_si512(s.add(8).cast()),
+                // `31 + e` (even lanes, low halves) − 32 and `e − 1` (odd lanes) moved up.
+                s32: _mm512_or_si512(
+                    _mm512_sub_epi64(_mm512_loadu_si512(s.cast()), _mm512_set1_epi64(32)),
+                    _mm512_slli_epi64::<32>(_mm512_loadu_si512(s.add(8).cast())),
+                ),
                 neg: _mm512_set1_epi64(match rounding {
                     Rounding::Gemmlowp => 1 << 31,
                     Rounding::Single => 1,
@@ -494,8 +496,9 @@ pub fn fused_constants(
 /// integers `c`, `d > 0`, both collapse to `⌊(P + 2^30 + 2^(30+e) − [h<0]·2^31) / 2^(31+e)⌋`, and
 /// `[h < 0]` may be replaced by `[P < 0]`: for `P ∈ [−2^30, 0)` both forms give 0 when `e ≥ 1`.
 /// `Z3` is folded into the constant as `Z3·2^(31+e)` (no overflow: `|P| < 2^62`, `e ≤ 21`).
-/// Per 16 lanes: one shift, two `vpmuldq`, two compares, two adds, two masked subtracts, two
-/// variable 64-bit shifts and a blend (12 ops against ≈ 17 for [`requantize16`] with its clamp).
+/// Per 16 lanes: one shift, two `vpmuldq`, two compares, two adds, two masked subtracts, a
+/// masked shuffle and a variable 32-bit shift (11 ops against ≈ 17 for [`requantize16`] with its
+/// clamp).
 ///
 /// [`Rounding::Single`] (`requantize_single`, ties away from zero) is the same instruction
 /// sequence with other constants: with `T = 31 + e`, `sign(P)·⌊(|P| + 2^(T−1)) / 2^T⌋` equals
@@ -514,11 +517,21 @@ pub fn requantize16_fused(x: __m512i, c: &RqFused16) -> __m512i {
     let te = _mm512_mask_sub_epi64(te, _mm512_cmplt_epi64_mask(pe, zero), te, c.neg);
     let to = _mm512_add_epi64(po, c.k_odd);
     let to = _mm512_mask_sub_epi64(to, _mm512_cmplt_epi64_mask(po, zero), to, c.neg);
-    _mm512_mask_blend_epi32(
-        0xAAAA,
-        _mm512_srav_epi64(te, c.s_even),
-        _mm512_srav_epi64(to, c.s_odd),
-    )
+    high_halves_shifted(te, to, c)
+}
+
+/// `⌊t / 2^(31+e)⌋` per lane from the 64-bit sums `te` (even lanes) and `to` (odd lanes): with
+/// `T = 31 + e ≥ 32`, `⌊t / 2^T⌋ = ⌊⌊t / 2^32⌋ / 2^(T−32)⌋`, and `⌊t / 2^32⌋` is the high half of
+/// `t` — already in the odd lane's place for `to`, moved down by one masked dword shuffle for
+/// `te` — so one 32-bit variable shift by `e − 1` finishes all 16 lanes (instead of two 64-bit
+/// shifts and a blend). The results fit in 32 bits: `|t| < 2^62`.
+#[inline(always)]
+fn high_halves_shifted(te: __m512i, to: __m512i, c: &RqFused16) -> __m512i {
+    // SAFETY: only inlined into this module's AVX-512 functions (their target features hold).
+    unsafe {
+        let hi = _mm512_mask_shuffle_epi32::<_MM_PERM_DDBB>(to, 0x5555, te);
+        _mm512_srav_epi32(hi, c.s32)
+    }
 }
 
 /// Adds `bias'[ch]·M0[ch]` to each channel's [`fused_constants`] slot (same lane order), so that
@@ -540,8 +553,8 @@ pub fn fold_bias(k: &mut [i64], m0: &[i32], bias: &[i32]) {
 /// `P ≡ 2^(T−1) (mod 2^T)`. With `a` trailing zero bits in `M0 = 2^a·m` (`m` odd), that needs `x`
 /// to be an odd multiple of `2^(T−1−a)`; an accumulator with `|x| < 2^(T−1−a)` never is, and
 /// [`Epilogue::ties_impossible`] proves that bound per layer from its weights and bias. Then
-/// `P + K` is the whole stage: two `vpmuldq`, one shift, two adds, two variable shifts and a
-/// blend (7 ops against 12). With `K` from [`fold_bias`], `x` is the bare accumulator.
+/// `P + K` is the whole stage: two `vpmuldq`, one shift, two adds, a masked shuffle and a
+/// variable shift (7 ops against 11). With `K` from [`fold_bias`], `x` is the bare accumulator.
 ///
 /// # Safety
 /// The CPU must support the enabled target features.
@@ -553,11 +566,7 @@ pub fn requantize16_no_tie(x: __m512i, c: &RqFused16) -> __m512i {
         _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), c.m0_hi),
         c.k_odd,
     );
-    _mm512_mask_blend_epi32(
-        0xAAAA,
-        _mm512_srav_epi64(te, c.s_even),
-        _mm512_srav_epi64(to, c.s_odd),
-    )
+    high_halves_shifted(te, to, c)
 }
 
 /// The single-shift stage of 16 accumulators (bias included) as a layer's plan chose it:
