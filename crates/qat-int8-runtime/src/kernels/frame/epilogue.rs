@@ -32,8 +32,8 @@ pub(crate) trait OutputStage {
 pub(crate) struct SingleShift {
     /// The 64-bit added constants.
     pub(crate) k: Vec<i64>,
-    /// The 64-bit shift counts.
-    pub(crate) s: Vec<i64>,
+    /// The 32-bit shift counts.
+    pub(crate) s: Vec<i32>,
     /// Whether `k` also holds `bias'·M0` and the stage is the tie-free one
     /// ([`Epilogue::ties_impossible`]): the tiles then requantize the bare accumulators.
     pub(crate) folded: bool,

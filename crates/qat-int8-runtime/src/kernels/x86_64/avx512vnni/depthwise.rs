@@ -210,11 +210,11 @@ pub struct DepthwiseVnniLayout {
     /// [`fused_constants`] of the permuted channels (`[blk][b]` groups of 16), rounding constants.
     pub fk: Vec<i64>,
     /// Shift counts matching `fk`.
-    pub fs: Vec<i64>,
+    pub fs: Vec<i32>,
     /// [`fused_constants`] in natural channel order (partial blocks), rounding constants.
     pub fk_nat: Vec<i64>,
     /// Shift counts matching `fk_nat`.
-    pub fs_nat: Vec<i64>,
+    pub fs_nat: Vec<i32>,
     /// Whether the fused stage may drop its tie correction ([`Epilogue::ties_impossible`]: the
     /// `Single` rounding, and no accumulator `acc + bias'` of these weights reaches a tie).
     pub no_tie: bool,

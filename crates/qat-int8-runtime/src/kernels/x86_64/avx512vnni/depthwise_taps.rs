@@ -38,7 +38,7 @@ pub struct TapsLayout {
     /// [`fused_constants`] of the permuted channels, rounding constants.
     pub fk: Vec<i64>,
     /// Shift counts matching `fk`.
-    pub fs: Vec<i64>,
+    pub fs: Vec<i32>,
 }
 
 /// The channel (within its block) of lane `lane` of accumulator `k`.

@@ -389,10 +389,10 @@ impl RqFused16 {
     /// [`fused_constants`] for `rounding`.
     ///
     /// # Safety
-    /// CPU supports avx512f; `m0` has 16 readable `i32`, `k` and `s` 16 readable `i64` each.
+    /// CPU supports avx512f; `m0` and `s` have 16 readable `i32` each, `k` 16 readable `i64`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn load(m0: *const i32, k: *const i64, s: *const i64, rounding: Rounding) -> Self {
+    pub unsafe fn load(m0: *const i32, k: *const i64, s: *const i32, rounding: Rounding) -> Self {
         // SAFETY: caller guarantees the readable lengths.
         unsafe {
             let m0 = _mm512_loadu_si512(m0.cast());
@@ -401,11 +401,7 @@ impl RqFused16 {
                 m0_hi: _mm512_srli_epi64::<32>(m0),
                 k_even: _mm512_loadu_si512(k.cast()),
                 k_odd: _mm512_loadu_si512(k.add(8).cast()),
-                // `31 + e` (even lanes, low halves) − 32 and `e − 1` (odd lanes) moved up.
-                s32: _mm512_or_si512(
-                    _mm512_sub_epi64(_mm512_loadu_si512(s.cast()), _mm512_set1_epi64(32)),
-                    _mm512_slli_epi64::<32>(_mm512_loadu_si512(s.add(8).cast())),
-                ),
+                s32: _mm512_loadu_si512(s.cast()),
                 neg: _mm512_set1_epi64(match rounding {
                     Rounding::Gemmlowp => 1 << 31,
                     Rounding::Single => 1,
@@ -422,7 +418,7 @@ impl RqFused16 {
     /// # Safety
     /// CPU supports avx512f; `m0`, `k` and `s` have at least `at + 16` entries each.
     #[inline(always)]
-    pub unsafe fn load_at(m0: &[i32], k: &[i64], s: &[i64], at: usize, rounding: Rounding) -> Self {
+    pub unsafe fn load_at(m0: &[i32], k: &[i64], s: &[i32], at: usize, rounding: Rounding) -> Self {
         debug_assert!(m0.len() >= at + 16 && k.len() >= at + 16 && s.len() >= at + 16);
         // SAFETY: caller guarantees the lengths.
         unsafe {
@@ -453,15 +449,15 @@ pub fn fused_ok(m0: &[i32], left: &[i32], right: &[i32], zp: i32, lo: i32, hi: i
 /// The constants of [`requantize16_fused`] for channels taken 16 at a time in the given order
 /// (`m0.len()` a multiple of 16): per group of 16 lanes, `k` holds the 8 even lanes' then the 8
 /// odd lanes' `K = 2^30 + 2^(30+e) + Z3·2^(31+e)` (`Gemmlowp`) or `K = 2^(30+e) + Z3·2^(31+e)`
-/// (`Single`: `2^(T−1) + Z3·2^T` with `T = 31 + e`) and `s` their shift counts `31 + e` (even)
-/// and `e − 1` (odd), with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3` for
-/// any `e`). Only meaningful when [`fused_ok`] holds.
+/// (`Single`: `2^(T−1) + Z3·2^T` with `T = 31 + e`), and `s` the 16 lanes' final shift counts
+/// `e − 1` in lane order, with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3`
+/// for any `e`). Only meaningful when [`fused_ok`] holds.
 pub fn fused_constants(
     m0: &[i32],
     right: &[i32],
     zp: i32,
     rounding: Rounding,
-) -> (Vec<i64>, Vec<i64>) {
+) -> (Vec<i64>, Vec<i32>) {
     let srdhm_nudge = match rounding {
         Rounding::Gemmlowp => 1i64 << 30,
         Rounding::Single => 0,
@@ -470,7 +466,7 @@ pub fn fused_constants(
         _ => 0,
     };
     let mut k = vec![0i64; m0.len()];
-    let mut s = vec![0i64; m0.len()];
+    let mut s = vec![0i32; m0.len()];
     for g in 0..m0.len() / 16 {
         for lane in 0..16 {
             let ch = g * 16 + lane;
@@ -481,7 +477,7 @@ pub fn fused_constants(
             } as i64;
             let slot = g * 16 + (lane % 2) * 8 + lane / 2;
             k[slot] = srdhm_nudge + (1i64 << (30 + e)) + (zp as i64) * (1i64 << (31 + e));
-            s[slot] = if lane % 2 == 0 { 31 + e } else { e - 1 };
+            s[ch] = (e - 1) as i32;
         }
     }
     (k, s)
