@@ -90,18 +90,7 @@ pub mod lanes {
         zp: i32,
         rounding: Rounding,
     ) -> Option<[i32; 16]> {
-        if !avx512_fused_applies(m, zp, 0, 255) {
-            return None;
-        }
-        let (m0, _, right) = parts(m);
-        let (k, s) = fused_constants(&m0, &right, zp, rounding);
-        avx512_stage(x, [zp, 0, 255], |x, _| {
-            // SAFETY: run by `avx512_stage` after its AVX-512 VNNI check; 16 lanes each.
-            unsafe {
-                let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
-                requantize16_fused(x, &c)
-            }
-        })
+        single_shift(x, None, m, zp, rounding)
     }
 
     /// AVX-512's tie-free single-shift stage (`requantize16_no_tie`, no clamp) of the bare
@@ -115,17 +104,34 @@ pub mod lanes {
         m: &[QuantizedMultiplier; 16],
         zp: i32,
     ) -> Option<[i32; 16]> {
+        single_shift(x, Some(bias), m, zp, Rounding::Single)
+    }
+
+    /// [`avx512_fused`], or with `bias` folded into the constants [`avx512_no_tie`].
+    fn single_shift(
+        x: [i32; 16],
+        bias: Option<[i32; 16]>,
+        m: &[QuantizedMultiplier; 16],
+        zp: i32,
+        rounding: Rounding,
+    ) -> Option<[i32; 16]> {
         if !avx512_fused_applies(m, zp, 0, 255) {
             return None;
         }
         let (m0, _, right) = parts(m);
-        let (mut k, s) = fused_constants(&m0, &right, zp, Rounding::Single);
-        fold_bias(&mut k, &m0, &bias);
+        let (mut k, s) = fused_constants(&m0, &right, zp, rounding);
+        if let Some(bias) = &bias {
+            fold_bias(&mut k, &m0, bias);
+        }
         avx512_stage(x, [zp, 0, 255], |x, _| {
             // SAFETY: run by `avx512_stage` after its AVX-512 VNNI check; 16 lanes each.
             unsafe {
-                let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), Rounding::Single);
-                requantize16_no_tie(x, &c)
+                let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
+                if bias.is_some() {
+                    requantize16_no_tie(x, &c)
+                } else {
+                    requantize16_fused(x, &c)
+                }
             }
         })
     }
