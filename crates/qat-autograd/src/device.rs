@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::FakeQuantError;
 use crate::fake_quant::{
-    Ste, activation_clamp, check_channels, check_clamp, check_f32, fq_parts_cpu, fq_ste_cpu,
-    plain_ste,
+    Ste, check_channels, check_f32, clamp_then_fake_quant, composed_fake_quant, fq_parts_cpu,
+    fused_with_ste,
 };
 
 /// Quantization parameters in tensors: scales `S` (`f32[C]`), zero points `Z` (`i32[C]`, and the
@@ -206,16 +206,15 @@ pub fn clamp_fake_quant_device(
     ste: Ste,
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "clamp_fake_quant_device";
-    check_f32(OP, x)?;
-    check_clamp(OP, lo, hi)?;
     per_tensor_only(OP, p)?;
-    if ste == Ste::Clipped
-        && let Some(r) = ste_cpu(x, p, lo, hi)
-    {
-        return r.map_err(FakeQuantError::torch(OP));
-    }
-    let clamped = activation_clamp(x, lo, hi).map_err(FakeQuantError::torch(OP))?;
-    fq_per_tensor(&clamped, p, ste, OP)
+    clamp_then_fake_quant(
+        OP,
+        x,
+        [lo, hi],
+        ste,
+        || p.cpu_consts(),
+        |c| fq_per_tensor(c, p, ste, OP),
+    )
 }
 
 fn per_tensor_only(op: &'static str, p: &DeviceQParams) -> Result<(), FakeQuantError> {
@@ -249,33 +248,9 @@ fn fq_per_tensor(
                 i64::from(p.range.qmax),
             )
         };
-        return match ste {
-            Ste::Clipped => run().map_err(torch()),
-            Ste::Plain => Ok(plain_ste(x, &tch::no_grad(run).map_err(torch())?)),
-        };
+        return fused_with_ste(x, ste, run).map_err(torch());
     }
-    if ste == Ste::Clipped
-        && let Some(r) = ste_cpu(x, p, f32::NEG_INFINITY, f32::INFINITY)
-    {
-        return r.map_err(torch());
-    }
-    let want_mask = ste == Ste::Clipped && x.requires_grad();
-    let (fq, mask) = parts(x, p, want_mask).map_err(torch())?;
-    if !x.requires_grad() {
-        return Ok(fq);
-    }
-    let zero_with_grad = x.f_sub(&x.f_detach().map_err(torch())?).map_err(torch())?;
-    match mask {
-        Some(m) => fq.f_addcmul(&zero_with_grad, &m),
-        None => fq.f_add(&zero_with_grad),
-    }
-    .map_err(torch())
-}
-
-/// The one-pass CPU kernel with the gradient attached as `base + x·m` (see
-/// [`crate::clamp_fake_quant_per_tensor`]); `None` where it does not apply.
-fn ste_cpu(x: &Tensor, p: &DeviceQParams, a: f32, b: f32) -> Option<Result<Tensor, tch::TchError>> {
-    fq_ste_cpu(x, || p.cpu_consts(), a, b)
+    composed_fake_quant(x, ste, || p.cpu_consts(), |mask| parts(x, p, mask)).map_err(torch())
 }
 
 /// `(FQ(x), clipped-STE mask if want_mask)` without gradient: the one-pass kernel on a contiguous
@@ -327,11 +302,5 @@ fn fq_per_channel(
             i64::from(p.range.qmax),
         )
     };
-    match ste {
-        Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
-        Ste::Plain => {
-            let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
-            Ok(plain_ste(x, &fq))
-        }
-    }
+    fused_with_ste(x, ste, run).map_err(FakeQuantError::torch(OP))
 }

@@ -106,6 +106,49 @@ pub(crate) fn plain_ste(x: &Tensor, fq: &Tensor) -> Tensor {
     }
 }
 
+/// Runs `run`, one of libtorch's fused fake-quant kernels (which cache the clipped-STE mask for
+/// the backward), with the estimator `ste`: as it is for [`Ste::Clipped`], its value without
+/// gradient turned into [`plain_ste`]'s for [`Ste::Plain`].
+pub(crate) fn fused_with_ste(
+    x: &Tensor,
+    ste: Ste,
+    run: impl FnOnce() -> Result<Tensor, tch::TchError>,
+) -> Result<Tensor, tch::TchError> {
+    match ste {
+        Ste::Clipped => run(),
+        Ste::Plain => Ok(plain_ste(x, &tch::no_grad(run)?)),
+    }
+}
+
+/// Per-tensor fake quantization without libtorch's fused kernel, for parameters in any form: with
+/// the clipped STE the one-pass CPU kernel ([`fq_ste_cpu`] with the parameters' `consts`) where it
+/// applies; else `parts(want_mask)`, which gives `FQ(x)` and the clipped-STE mask (when asked)
+/// without gradient, and the estimator's gradient attached: `fq + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)·m` with the
+/// mask, `fq + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)` without (plain STE), `fq` itself where `x` needs no gradient.
+/// The value is bit for bit `fq` (`x − x = +0` for finite `x`).
+pub(crate) fn composed_fake_quant(
+    x: &Tensor,
+    ste: Ste,
+    consts: impl FnOnce() -> Option<[f32; 4]>,
+    parts: impl FnOnce(bool) -> Result<(Tensor, Option<Tensor>), tch::TchError>,
+) -> Result<Tensor, tch::TchError> {
+    if ste == Ste::Clipped
+        && let Some(r) = fq_ste_cpu(x, consts, f32::NEG_INFINITY, f32::INFINITY)
+    {
+        return r;
+    }
+    let want_mask = ste == Ste::Clipped && x.requires_grad();
+    let (fq, mask) = parts(want_mask)?;
+    if !x.requires_grad() {
+        return Ok(fq);
+    }
+    let zero_with_grad = x.f_sub(&x.f_detach()?)?;
+    match mask {
+        Some(m) => fq.f_addcmul(&zero_with_grad, &m),
+        None => fq.f_add(&zero_with_grad),
+    }
+}
+
 /// Per-tensor fake quantization `y = S·(clamp(round_half_even(x·(1/S)) + Z, qmin, qmax) − Z)`
 /// (paper §3) with the chosen straight-through estimator.
 ///
@@ -154,40 +197,14 @@ pub fn fake_quant_per_tensor(
                 i64::from(p.qmax()),
             )
         };
-        return match ste {
-            Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
-            Ste::Plain => {
-                let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
-                let zero_with_grad = x
-                    .f_sub(&x.f_detach().map_err(FakeQuantError::torch(OP))?)
-                    .map_err(FakeQuantError::torch(OP))?;
-                fq.f_add(&zero_with_grad).map_err(FakeQuantError::torch(OP))
-            }
-        };
+        return fused_with_ste(x, ste, run).map_err(FakeQuantError::torch(OP));
     }
-    if ste == Ste::Clipped
-        && x.requires_grad()
-        && let Some(r) = fq_ste_cpu(
-            x,
-            || Some(kernel_consts(p)),
-            f32::NEG_INFINITY,
-            f32::INFINITY,
-        )
-    {
-        return r.map_err(FakeQuantError::torch(OP));
-    }
-    let want_mask = ste == Ste::Clipped && x.requires_grad();
-    let (fq, mask) = fq_parts(x, p, want_mask).map_err(FakeQuantError::torch(OP))?;
-    if !x.requires_grad() {
-        return Ok(fq);
-    }
-    // Value: fq + 0 (bit for bit fq, `x − x = +0` for finite x); gradient: the mask (clipped) or 1.
-    let zero_with_grad = x.f_sub(&x.f_detach().map_err(FakeQuantError::torch(OP))?);
-    let zero_with_grad = zero_with_grad.map_err(FakeQuantError::torch(OP))?;
-    match mask {
-        Some(m) => fq.f_addcmul(&zero_with_grad, &m),
-        None => fq.f_add(&zero_with_grad),
-    }
+    composed_fake_quant(
+        x,
+        ste,
+        || Some(kernel_consts(p)),
+        |mask| fq_parts(x, p, mask),
+    )
     .map_err(FakeQuantError::torch(OP))
 }
 
@@ -229,16 +246,38 @@ pub fn clamp_fake_quant_per_tensor(
     p: &QuantParams,
     ste: Ste,
 ) -> Result<Tensor, FakeQuantError> {
-    const OP: &str = "clamp_fake_quant_per_tensor";
-    check_f32(OP, x)?;
-    check_clamp(OP, lo, hi)?;
+    let consts = || Some(kernel_consts(p));
+    clamp_then_fake_quant(
+        "clamp_fake_quant_per_tensor",
+        x,
+        [lo, hi],
+        ste,
+        consts,
+        |c| fake_quant_per_tensor(c, p, ste),
+    )
+}
+
+/// `FQ(clamp(x, lo, hi))` per tensor with the parameters in any form (see
+/// [`clamp_fake_quant_per_tensor`]): `x` and the bounds checked, then the one-pass CPU kernel
+/// ([`fq_ste_cpu`] with the parameters' `consts`) where it applies, else [`activation_clamp`]
+/// followed by `fq`.
+pub(crate) fn clamp_then_fake_quant(
+    op: &'static str,
+    x: &Tensor,
+    [lo, hi]: [f32; 2],
+    ste: Ste,
+    consts: impl FnOnce() -> Option<[f32; 4]>,
+    fq: impl FnOnce(&Tensor) -> Result<Tensor, FakeQuantError>,
+) -> Result<Tensor, FakeQuantError> {
+    check_f32(op, x)?;
+    check_clamp(op, lo, hi)?;
     if ste == Ste::Clipped
-        && let Some(r) = fq_ste_cpu(x, || Some(kernel_consts(p)), lo, hi)
+        && let Some(r) = fq_ste_cpu(x, consts, lo, hi)
     {
-        return r.map_err(FakeQuantError::torch(OP));
+        return r.map_err(FakeQuantError::torch(op));
     }
-    let clamped = activation_clamp(x, lo, hi).map_err(FakeQuantError::torch(OP))?;
-    fake_quant_per_tensor(&clamped, p, ste)
+    let clamped = activation_clamp(x, lo, hi).map_err(FakeQuantError::torch(op))?;
+    fq(&clamped)
 }
 
 /// Rejects a clamp range with a NaN bound or `lo > hi` ([`FakeQuantError::InvalidClamp`]).
@@ -495,13 +534,7 @@ pub fn fake_quant_per_channel(
             i64::from(p.range().qmax),
         )
     };
-    match ste {
-        Ste::Clipped => run().map_err(FakeQuantError::torch(OP)),
-        Ste::Plain => {
-            let fq = tch::no_grad(run).map_err(FakeQuantError::torch(OP))?;
-            Ok(plain_ste(x, &fq))
-        }
-    }
+    fused_with_ste(x, ste, run).map_err(FakeQuantError::torch(OP))
 }
 
 /// Fake quantization with per-tensor or per-channel parameters (dispatches to

@@ -61,6 +61,25 @@ fn check_param_shape(
     Ok(())
 }
 
+/// LSQ's parameters for `x`: `scale` and `zero_point` checked to be `f32[channels]`, the scale
+/// clamped below to [`MIN_SCALE`], and the gradient scale [`lsq_grad_factor`] of `x`'s element
+/// count.
+fn lsq_params(
+    op: &'static str,
+    x: &Tensor,
+    (scale, zero_point): (&Tensor, &Tensor),
+    channels: i64,
+    range: QuantRange,
+) -> Result<(Tensor, f64), FakeQuantError> {
+    check_param_shape(op, "scale", scale, channels)?;
+    check_param_shape(op, "zero_point", zero_point, channels)?;
+    let g = lsq_grad_factor(x.numel() as i64, range);
+    let s = scale
+        .f_clamp_min(f64::from(MIN_SCALE))
+        .map_err(FakeQuantError::torch(op))?;
+    Ok((s, g))
+}
+
 /// LSQ fake quantization per tensor with a learnable `scale` (`f32[1]`) and `zero_point` (`f32[1]`;
 /// leave `requires_grad` off to keep it fixed, e.g. `0` for symmetric weights). The zero point is
 /// rounded half to even and clamped to the grid in the forward pass; the scale is clamped below to
@@ -90,12 +109,7 @@ pub fn lsq_fake_quant_per_tensor(
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "lsq_fake_quant_per_tensor";
     check_f32(OP, x)?;
-    check_param_shape(OP, "scale", scale, 1)?;
-    check_param_shape(OP, "zero_point", zero_point, 1)?;
-    let g = lsq_grad_factor(x.numel() as i64, range);
-    let s = scale
-        .f_clamp_min(f64::from(MIN_SCALE))
-        .map_err(FakeQuantError::torch(OP))?;
+    let (s, g) = lsq_params(OP, x, (scale, zero_point), 1, range)?;
     x.f_internal_fake_quantize_learnable_per_tensor_affine(
         &s,
         zero_point,
@@ -125,12 +139,7 @@ pub fn lsq_fake_quant_per_channel(
         rank: shape.len(),
     })?;
     check_channels(OP, x, axis, channels as usize)?;
-    check_param_shape(OP, "scale", scale, channels)?;
-    check_param_shape(OP, "zero_point", zero_point, channels)?;
-    let g = lsq_grad_factor(x.numel() as i64, range);
-    let s = scale
-        .f_clamp_min(f64::from(MIN_SCALE))
-        .map_err(FakeQuantError::torch(OP))?;
+    let (s, g) = lsq_params(OP, x, (scale, zero_point), channels, range)?;
     x.f_internal_fake_quantize_learnable_per_channel_affine(
         &s,
         zero_point,

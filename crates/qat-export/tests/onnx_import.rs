@@ -31,12 +31,13 @@ fn vals(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+/// `max |a − b|` over two sequences of equal length.
+fn max_abs_diff<'a>(
+    a: impl ExactSizeIterator<Item = &'a f32>,
+    b: impl ExactSizeIterator<Item = &'a f32>,
+) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -102,7 +103,9 @@ fn float_graph_round_trips_through_onnx() {
     let input = ArrayD::from_shape_vec(IxDyn(&[4, 8, 8, 3]), vals(4 * 192, 9)).unwrap();
     let want = interp::run(&g, input.view(), None).unwrap();
     let got = interp::run(&imp.graph, input.view(), None).unwrap();
-    let d = max_abs_diff(want.last().unwrap(), got.last().unwrap());
+    let (want, got) = (want.last().unwrap(), got.last().unwrap());
+    assert_eq!(want.shape(), got.shape());
+    let d = max_abs_diff(want.iter(), got.iter());
     assert!(d <= 1e-4, "max |Δ| {d}");
 }
 
@@ -602,13 +605,7 @@ y.tofile(d + '/y.f32')\n";
         .collect();
     let imp = import_onnx(&bytes, &ImportOptions::default()).unwrap();
     let got = run_nchw(&imp.graph, n, &nchw);
-    let got = got.last().unwrap();
-    assert_eq!(got.len(), y.len());
-    let d = got
-        .iter()
-        .zip(&y)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let d = max_abs_diff(got.last().unwrap().iter(), y.iter());
     eprintln!(
         "imported graph vs onnxruntime f32: max |Δ| {d:e} over {} outputs",
         y.len()

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::{
-    coord::{CoordTranslate, Shift},
+    coord::{CoordTranslate, Shift, types::RangedCoordf64},
     prelude::*,
 };
 use qat_export::analysis::LayerWeightAnalysis;
@@ -86,6 +86,41 @@ fn chart_on<'a, 'b, DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(y_label);
     b
+}
+
+/// A chart on `area` captioned `caption` whose x axis (`x_desc`) runs over `[0, xmax]` and whose y
+/// axis is top-1 in percent over `[lo, hi]`, its mesh drawn.
+fn top1_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    x_desc: &str,
+    xmax: f64,
+    (lo, hi): (f64, f64),
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let mut chart = chart_on(area, caption, 22, 56)
+        .build_cartesian_2d(0.0..xmax, lo..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("top-1 (%)")
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+/// [`top1_chart`] fitted to `points` `(x, top-1 %)`: x up to the largest x (at least 1) times
+/// `x_grow`, y over [`acc_range`] of the points.
+fn top1_chart_of<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    x_desc: &str,
+    points: impl Iterator<Item = (f64, f64)> + Clone,
+    x_grow: f64,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let xmax = points.clone().map(|p| p.0).fold(1.0f64, f64::max) * x_grow;
+    let range = acc_range(points.map(|p| p.1 / 100.0));
+    top1_chart(area, caption, x_desc, xmax, range)
 }
 
 /// Draws one plot function on both backends: `<dir>/<stem>.png` and `<dir>/<stem>.svg`.
@@ -223,20 +258,13 @@ fn latency_vs_accuracy<DB: DrawingBackend>(
         .map(|l| l.us_per_image)
         .fold(1.0f64, f64::max)
         * 1.2;
-    let mut chart = chart_on(
+    let mut chart = top1_chart(
         area,
         "Latency vs accuracy, batch 1 (paper Fig. 1.1 style)",
-        22,
-        56,
-    )
-    .build_cartesian_2d(0.0..tmax, lo..hi)
-    .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("µs per image")
-        .y_desc("top-1 (%)")
-        .draw()
-        .map_err(err)?;
+        "µs per image",
+        tmax,
+        (lo, hi),
+    )?;
     for (i, l) in measured.iter().enumerate() {
         let color = if l.path.starts_with("int8") {
             BLUE
@@ -495,17 +523,13 @@ fn pareto<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report) -> Resu
     let all = (front.iter().chain(&uniform).chain(chosen.iter()))
         .chain(&uniform_qat)
         .chain(chosen_qat.iter());
-    let xmax = all.clone().map(|p| p.0).fold(1.0f64, f64::max) * 1.05;
-    let (lo, hi) = acc_range(all.map(|p| p.1 / 100.0));
-    let mut chart = chart_on(area, "Mixed precision: top-1 vs weight bytes", 22, 56)
-        .build_cartesian_2d(0.0..xmax, lo..hi)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("packed weight bytes")
-        .y_desc("top-1 (%)")
-        .draw()
-        .map_err(err)?;
+    let mut chart = top1_chart_of(
+        area,
+        "Mixed precision: top-1 vs weight bytes",
+        "packed weight bytes",
+        all.copied(),
+        1.05,
+    )?;
     labelled_line(&mut chart, front, BLUE, 2, "front (predicted, validation)")?;
     chart
         .draw_series(uniform.iter().map(|&p| Circle::new(p, 5, BLACK.filled())))
@@ -552,18 +576,13 @@ fn pareto_latency<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, r: &Report)
     if uniform.is_empty() && chosen.is_none() {
         return Err(anyhow!("no measured latency"));
     }
-    let pts = uniform.iter().map(|p| (p.0, p.1)).chain(chosen);
-    let xmax = pts.clone().map(|p| p.0).fold(1.0f64, f64::max) * 1.15;
-    let (lo, hi) = acc_range(pts.map(|p| p.1 / 100.0));
-    let mut chart = chart_on(area, "Mixed precision: QAT top-1 vs latency", 22, 56)
-        .build_cartesian_2d(0.0..xmax, lo..hi)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("int8 runtime µs/image (batch 1, 1 thread)")
-        .y_desc("top-1 (%)")
-        .draw()
-        .map_err(err)?;
+    let mut chart = top1_chart_of(
+        area,
+        "Mixed precision: QAT top-1 vs latency",
+        "int8 runtime µs/image (batch 1, 1 thread)",
+        uniform.iter().map(|p| (p.0, p.1)).chain(chosen),
+        1.15,
+    )?;
     chart
         .draw_series(uniform.iter().map(|p| {
             EmptyElement::at((p.0, p.1))

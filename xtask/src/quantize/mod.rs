@@ -331,8 +331,7 @@ pub fn run(args: &Args) -> Result<()> {
         eval_images: n_eval,
         target: target.name().into(),
         normalize: NormReport {
-            mean: norm.mean.clone(),
-            std: norm.std.clone(),
+            normalize: norm,
             source: norm_source,
         },
         rows,

@@ -1,5 +1,6 @@
 //! The quantize command's report: `report.json` (these structs) and `report.md`.
 
+use qat_train::data::Normalize;
 use serde::Serialize;
 
 use super::input::NormSource;
@@ -31,11 +32,12 @@ pub struct DeployedRow {
     pub target_runtime: bool,
 }
 
-/// The normalization applied to the pixels: `(p/255 − mean_c)/std_c`.
+/// The normalization applied to the pixels, `(p/255 − mean_c)/std_c` (its fields `mean` and `std`
+/// inline), and where it came from.
 #[derive(Debug, Serialize)]
 pub struct NormReport {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
+    #[serde(flatten)]
+    pub normalize: Normalize,
     pub source: NormSource,
 }
 
@@ -88,8 +90,8 @@ impl Report {
             self.eval_images,
             self.target,
             self.normalize.source,
-            self.normalize.mean,
-            self.normalize.std,
+            self.normalize.normalize.mean,
+            self.normalize.normalize.std,
         );
         for r in &self.rows {
             md.push_str(&format!(

@@ -26,43 +26,47 @@ fn table<T>(s: &mut String, head: &str, rows: &[T], cells: impl Fn(&T) -> Vec<St
 }
 
 fn nodes_table(title: &str, nodes: &[NodeMatch]) -> String {
-    let mut s = format!(
-        "#### {title}\n\n| node | S | Z | values | exact % | ≤1 % | max|Δ| |\n|---|---|---|---|---|---|---|\n"
+    let mut s = String::new();
+    table(
+        &mut s,
+        &format!(
+            "#### {title}\n\n| node | S | Z | values | exact % | ≤1 % | max|Δ| |\n|---|---|---|---|---|---|---|"
+        ),
+        nodes,
+        |n| {
+            vec![
+                n.node.clone(),
+                format!("{:.5}", n.scale),
+                n.zero_point.to_string(),
+                n.values.to_string(),
+                format!("{:.2}", 100.0 * n.exact),
+                format!("{:.2}", 100.0 * n.within_one),
+                n.max_abs.to_string(),
+            ]
+        },
     );
-    for n in nodes {
-        let _ = writeln!(
-            s,
-            "| {} | {:.5} | {} | {} | {:.2} | {:.2} | {} |",
-            n.node,
-            n.scale,
-            n.zero_point,
-            n.values,
-            100.0 * n.exact,
-            100.0 * n.within_one,
-            n.max_abs
-        );
-    }
     s
 }
 
 impl Report {
     /// The main table as Markdown.
     pub fn results_table(&self) -> String {
-        let mut s = String::from(
-            "| model | weights | activations | engine | top-1 |\n|---|---|---|---|---|\n",
+        let mut s = String::new();
+        let bits = |b: Option<u32>| b.map_or("float".to_string(), |b| format!("{b}-bit"));
+        table(
+            &mut s,
+            "| model | weights | activations | engine | top-1 |\n|---|---|---|---|---|",
+            &self.results,
+            |r| {
+                vec![
+                    r.label.clone(),
+                    bits(r.weight_bits),
+                    bits(r.act_bits),
+                    r.engine.clone(),
+                    pct(r.accuracy),
+                ]
+            },
         );
-        for r in &self.results {
-            let bits = |b: Option<u32>| b.map_or("float".to_string(), |b| format!("{b}-bit"));
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} |",
-                r.label,
-                bits(r.weight_bits),
-                bits(r.act_bits),
-                r.engine,
-                pct(r.accuracy)
-            );
-        }
         s
     }
 
@@ -233,27 +237,29 @@ Trained for target `{}`. Each row: the model \
         if self.rounding.is_empty() {
             return;
         }
-        let _ = writeln!(
+        table(
             s,
             "## Requantization rounding\n\nThe same exports emitted with one rounding of `acc·M` (`single`, what QAT \
              simulates) and with TFLite's reference double rounding (`gemmlowp`: SRDHM then a rounding shift).\n\n\
-             | weights | activations | rounding | int8 top-1 | agreement with fake quant |\n|---|---|---|---|---|"
+             | weights | activations | rounding | int8 top-1 | agreement with fake quant |\n|---|---|---|---|---|",
+            &self.rounding,
+            |r| {
+                let refused = r.refused.as_ref().map_or(String::new(), |why| {
+                    format!(" (refused: {})", one_line(why))
+                });
+                vec![
+                    r.weight_bits.to_string(),
+                    r.act_bits.to_string(),
+                    format!(
+                        "{}{}",
+                        r.rounding,
+                        if r.exported { " (exported)" } else { "" }
+                    ),
+                    format!("{}{refused}", opt_pct(r.int8_acc)),
+                    opt_pct(r.agreement),
+                ]
+            },
         );
-        for r in &self.rounding {
-            let refused = r.refused.as_ref().map_or(String::new(), |why| {
-                format!(" (refused: {})", one_line(why))
-            });
-            let _ = writeln!(
-                s,
-                "| {} | {} | {}{} | {}{refused} | {} |",
-                r.weight_bits,
-                r.act_bits,
-                r.rounding,
-                if r.exported { " (exported)" } else { "" },
-                opt_pct(r.int8_acc),
-                opt_pct(r.agreement)
-            );
-        }
         let _ = writeln!(s);
     }
 

@@ -7,19 +7,19 @@ const _: () = ::planus::check_version_compatibility("planus-1.3.0");
 /// The root namespace
 ///
 /// Generated from these locations:
-/// * File `schema/tflite/schema.reduced.fbs`
+/// * File `schema/third_party/tflite/schema.reduced.fbs`
 #[no_implicit_prelude]
 #[allow(clippy::needless_lifetimes)]
 mod root {
     /// The namespace `tflite`
     ///
     /// Generated from these locations:
-    /// * File `schema/tflite/schema.reduced.fbs`
+    /// * File `schema/third_party/tflite/schema.reduced.fbs`
     pub mod tflite {
         /// The enum `TensorType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `TensorType` in the file `schema/tflite/schema.reduced.fbs:43`
+        /// * Enum `TensorType` in the file `schema/third_party/tflite/schema.reduced.fbs:43`
         #[derive(
             Copy,
             Clone,
@@ -296,7 +296,7 @@ mod root {
         /// The table `CustomQuantization` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `CustomQuantization` in the file `schema/tflite/schema.reduced.fbs:74`
+        /// * Table `CustomQuantization` in the file `schema/third_party/tflite/schema.reduced.fbs:74`
         #[derive(
             Clone,
             Debug,
@@ -579,7 +579,7 @@ mod root {
         /// The union `QuantizationDetails` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Union `QuantizationDetails` in the file `schema/tflite/schema.reduced.fbs:79`
+        /// * Union `QuantizationDetails` in the file `schema/third_party/tflite/schema.reduced.fbs:79`
         #[derive(
             Clone,
             Debug,
@@ -868,7 +868,7 @@ mod root {
         /// The table `BlockwiseQuantization` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `BlockwiseQuantization` in the file `schema/tflite/schema.reduced.fbs:86`
+        /// * Table `BlockwiseQuantization` in the file `schema/third_party/tflite/schema.reduced.fbs:86`
         #[derive(
             Clone,
             Debug,
@@ -1268,7 +1268,7 @@ mod root {
         /// The table `MultiAxisQuantization` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `MultiAxisQuantization` in the file `schema/tflite/schema.reduced.fbs:97`
+        /// * Table `MultiAxisQuantization` in the file `schema/third_party/tflite/schema.reduced.fbs:97`
         #[derive(
             Clone,
             Debug,
@@ -1732,7 +1732,7 @@ mod root {
         /// The table `QuantizationParameters` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `QuantizationParameters` in the file `schema/tflite/schema.reduced.fbs:116`
+        /// * Table `QuantizationParameters` in the file `schema/third_party/tflite/schema.reduced.fbs:116`
         #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
         pub struct QuantizationParameters {
             /// The field `min` in the table `QuantizationParameters`
@@ -2304,7 +2304,7 @@ mod root {
         /// The enum `DimensionType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `DimensionType` in the file `schema/tflite/schema.reduced.fbs:168`
+        /// * Enum `DimensionType` in the file `schema/third_party/tflite/schema.reduced.fbs:168`
         #[derive(
             Copy,
             Clone,
@@ -2473,7 +2473,7 @@ mod root {
         /// The table `Int32Vector` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Int32Vector` in the file `schema/tflite/schema.reduced.fbs:173`
+        /// * Table `Int32Vector` in the file `schema/third_party/tflite/schema.reduced.fbs:173`
         #[derive(
             Clone,
             Debug,
@@ -2745,7 +2745,7 @@ mod root {
         /// The table `Uint16Vector` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Uint16Vector` in the file `schema/tflite/schema.reduced.fbs:177`
+        /// * Table `Uint16Vector` in the file `schema/third_party/tflite/schema.reduced.fbs:177`
         #[derive(
             Clone,
             Debug,
@@ -3018,7 +3018,7 @@ mod root {
         /// The table `Uint8Vector` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Uint8Vector` in the file `schema/tflite/schema.reduced.fbs:181`
+        /// * Table `Uint8Vector` in the file `schema/third_party/tflite/schema.reduced.fbs:181`
         #[derive(
             Clone,
             Debug,
@@ -3284,7 +3284,7 @@ mod root {
         /// The union `SparseIndexVector` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Union `SparseIndexVector` in the file `schema/tflite/schema.reduced.fbs:188`
+        /// * Union `SparseIndexVector` in the file `schema/third_party/tflite/schema.reduced.fbs:188`
         #[derive(
             Clone,
             Debug,
@@ -3567,7 +3567,7 @@ mod root {
         /// The table `DimensionMetadata` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `DimensionMetadata` in the file `schema/tflite/schema.reduced.fbs:194`
+        /// * Table `DimensionMetadata` in the file `schema/third_party/tflite/schema.reduced.fbs:194`
         #[derive(
             Clone,
             Debug,
@@ -4047,7 +4047,7 @@ mod root {
         /// The table `SparsityParameters` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `SparsityParameters` in the file `schema/tflite/schema.reduced.fbs:214`
+        /// * Table `SparsityParameters` in the file `schema/third_party/tflite/schema.reduced.fbs:214`
         #[derive(
             Clone,
             Debug,
@@ -4473,7 +4473,7 @@ mod root {
         /// The table `VariantSubType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `VariantSubType` in the file `schema/tflite/schema.reduced.fbs:242`
+        /// * Table `VariantSubType` in the file `schema/third_party/tflite/schema.reduced.fbs:242`
         #[derive(
             Clone,
             Debug,
@@ -4844,7 +4844,7 @@ mod root {
         /// The table `Tensor` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Tensor` in the file `schema/tflite/schema.reduced.fbs:251`
+        /// * Table `Tensor` in the file `schema/third_party/tflite/schema.reduced.fbs:251`
         #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
         pub struct Tensor {
             /// The field `shape` in the table `Tensor`
@@ -5670,7 +5670,7 @@ mod root {
         /// The enum `BuiltinOperator` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `BuiltinOperator` in the file `schema/tflite/schema.reduced.fbs:304`
+        /// * Enum `BuiltinOperator` in the file `schema/third_party/tflite/schema.reduced.fbs:304`
         #[derive(
             Copy,
             Clone,
@@ -6884,7 +6884,7 @@ mod root {
         /// The union `BuiltinOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Union `BuiltinOptions` in the file `schema/tflite/schema.reduced.fbs:527`
+        /// * Union `BuiltinOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:527`
         #[derive(
             Clone,
             Debug,
@@ -14786,7 +14786,7 @@ mod root {
         /// The union `BuiltinOptions2` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Union `BuiltinOptions2` in the file `schema/tflite/schema.reduced.fbs:659`
+        /// * Union `BuiltinOptions2` in the file `schema/third_party/tflite/schema.reduced.fbs:659`
         #[derive(
             Clone,
             Debug,
@@ -16333,7 +16333,7 @@ mod root {
         /// The enum `StablehloPrecisionConfig` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `StablehloPrecisionConfig` in the file `schema/tflite/schema.reduced.fbs:689`
+        /// * Enum `StablehloPrecisionConfig` in the file `schema/third_party/tflite/schema.reduced.fbs:689`
         #[derive(
             Copy,
             Clone,
@@ -16508,7 +16508,7 @@ mod root {
         /// The enum `StablehloComparisonDirection` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `StablehloComparisonDirection` in the file `schema/tflite/schema.reduced.fbs:707`
+        /// * Enum `StablehloComparisonDirection` in the file `schema/third_party/tflite/schema.reduced.fbs:707`
         #[derive(
             Copy,
             Clone,
@@ -16714,7 +16714,7 @@ mod root {
         /// The enum `StablehloComparisonType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `StablehloComparisonType` in the file `schema/tflite/schema.reduced.fbs:717`
+        /// * Enum `StablehloComparisonType` in the file `schema/third_party/tflite/schema.reduced.fbs:717`
         #[derive(
             Copy,
             Clone,
@@ -16913,7 +16913,7 @@ mod root {
         /// The enum `RngAlgorithm` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `RngAlgorithm` in the file `schema/tflite/schema.reduced.fbs:745`
+        /// * Enum `RngAlgorithm` in the file `schema/third_party/tflite/schema.reduced.fbs:745`
         #[derive(
             Copy,
             Clone,
@@ -17086,7 +17086,7 @@ mod root {
         /// The enum `Padding` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `Padding` in the file `schema/tflite/schema.reduced.fbs:761`
+        /// * Enum `Padding` in the file `schema/third_party/tflite/schema.reduced.fbs:761`
         #[derive(
             Copy,
             Clone,
@@ -17252,7 +17252,7 @@ mod root {
         /// The enum `ActivationFunctionType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `ActivationFunctionType` in the file `schema/tflite/schema.reduced.fbs:765`
+        /// * Enum `ActivationFunctionType` in the file `schema/third_party/tflite/schema.reduced.fbs:765`
         #[derive(
             Copy,
             Clone,
@@ -17446,7 +17446,7 @@ mod root {
         /// The table `Conv2DOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Conv2DOptions` in the file `schema/tflite/schema.reduced.fbs:775`
+        /// * Table `Conv2DOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:775`
         #[derive(
             Clone,
             Debug,
@@ -18056,7 +18056,7 @@ mod root {
         /// The table `Pool2DOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Pool2DOptions` in the file `schema/tflite/schema.reduced.fbs:790`
+        /// * Table `Pool2DOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:790`
         #[derive(
             Clone,
             Debug,
@@ -18595,7 +18595,7 @@ mod root {
         /// The table `DepthwiseConv2DOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `DepthwiseConv2DOptions` in the file `schema/tflite/schema.reduced.fbs:799`
+        /// * Table `DepthwiseConv2DOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:799`
         #[derive(
             Clone,
             Debug,
@@ -19232,7 +19232,7 @@ mod root {
         /// The enum `LSHProjectionType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `LSHProjectionType` in the file `schema/tflite/schema.reduced.fbs:816`
+        /// * Enum `LSHProjectionType` in the file `schema/third_party/tflite/schema.reduced.fbs:816`
         #[derive(
             Copy,
             Clone,
@@ -19405,7 +19405,7 @@ mod root {
         /// The enum `FullyConnectedOptionsWeightsFormat` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `FullyConnectedOptionsWeightsFormat` in the file `schema/tflite/schema.reduced.fbs:836`
+        /// * Enum `FullyConnectedOptionsWeightsFormat` in the file `schema/third_party/tflite/schema.reduced.fbs:836`
         #[derive(
             Copy,
             Clone,
@@ -19590,7 +19590,7 @@ mod root {
         /// The table `FullyConnectedOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `FullyConnectedOptions` in the file `schema/tflite/schema.reduced.fbs:843`
+        /// * Table `FullyConnectedOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:843`
         #[derive(
             Clone,
             Debug,
@@ -20148,7 +20148,7 @@ mod root {
         /// The table `ConcatenationOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `ConcatenationOptions` in the file `schema/tflite/schema.reduced.fbs:868`
+        /// * Table `ConcatenationOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:868`
         #[derive(
             Clone,
             Debug,
@@ -20505,7 +20505,7 @@ mod root {
         /// The table `AddOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `AddOptions` in the file `schema/tflite/schema.reduced.fbs:873`
+        /// * Table `AddOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:873`
         #[derive(
             Clone,
             Debug,
@@ -20848,7 +20848,7 @@ mod root {
         /// The enum `LSTMKernelType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `LSTMKernelType` in the file `schema/tflite/schema.reduced.fbs:886`
+        /// * Enum `LSTMKernelType` in the file `schema/third_party/tflite/schema.reduced.fbs:886`
         #[derive(
             Copy,
             Clone,
@@ -21017,7 +21017,7 @@ mod root {
         /// The table `PadOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `PadOptions` in the file `schema/tflite/schema.reduced.fbs:909`
+        /// * Table `PadOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:909`
         #[derive(
             Clone,
             Debug,
@@ -21228,7 +21228,7 @@ mod root {
         /// The table `PadV2Options` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `PadV2Options` in the file `schema/tflite/schema.reduced.fbs:912`
+        /// * Table `PadV2Options` in the file `schema/third_party/tflite/schema.reduced.fbs:912`
         #[derive(
             Clone,
             Debug,
@@ -21439,7 +21439,7 @@ mod root {
         /// The table `ReshapeOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `ReshapeOptions` in the file `schema/tflite/schema.reduced.fbs:915`
+        /// * Table `ReshapeOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:915`
         #[derive(
             Clone,
             Debug,
@@ -21714,7 +21714,7 @@ mod root {
         /// The enum `CombinerType` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `CombinerType` in the file `schema/tflite/schema.reduced.fbs:935`
+        /// * Enum `CombinerType` in the file `schema/third_party/tflite/schema.reduced.fbs:935`
         #[derive(
             Copy,
             Clone,
@@ -21887,7 +21887,7 @@ mod root {
         /// The table `DequantizeOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `DequantizeOptions` in the file `schema/tflite/schema.reduced.fbs:965`
+        /// * Table `DequantizeOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:965`
         #[derive(
             Clone,
             Debug,
@@ -22115,7 +22115,7 @@ mod root {
         /// The table `MaximumMinimumOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `MaximumMinimumOptions` in the file `schema/tflite/schema.reduced.fbs:968`
+        /// * Table `MaximumMinimumOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:968`
         #[derive(
             Clone,
             Debug,
@@ -22349,7 +22349,7 @@ mod root {
         /// The enum `MirrorPadMode` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `MirrorPadMode` in the file `schema/tflite/schema.reduced.fbs:1043`
+        /// * Enum `MirrorPadMode` in the file `schema/third_party/tflite/schema.reduced.fbs:1043`
         #[derive(
             Copy,
             Clone,
@@ -22518,7 +22518,7 @@ mod root {
         /// The table `QuantizeOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `QuantizeOptions` in the file `schema/tflite/schema.reduced.fbs:1067`
+        /// * Table `QuantizeOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:1067`
         #[derive(
             Clone,
             Debug,
@@ -22744,7 +22744,7 @@ mod root {
         /// The enum `ReduceWindowFunction` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `ReduceWindowFunction` in the file `schema/tflite/schema.reduced.fbs:1140`
+        /// * Enum `ReduceWindowFunction` in the file `schema/third_party/tflite/schema.reduced.fbs:1140`
         #[derive(
             Copy,
             Clone,
@@ -22941,7 +22941,7 @@ mod root {
         /// The table `OperatorCode` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `OperatorCode` in the file `schema/tflite/schema.reduced.fbs:1154`
+        /// * Table `OperatorCode` in the file `schema/third_party/tflite/schema.reduced.fbs:1154`
         #[derive(
             Clone,
             Debug,
@@ -23379,7 +23379,7 @@ mod root {
         /// The enum `CustomOptionsFormat` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Enum `CustomOptionsFormat` in the file `schema/tflite/schema.reduced.fbs:1172`
+        /// * Enum `CustomOptionsFormat` in the file `schema/third_party/tflite/schema.reduced.fbs:1172`
         #[derive(
             Copy,
             Clone,
@@ -23544,7 +23544,7 @@ mod root {
         /// The table `Operator` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Operator` in the file `schema/tflite/schema.reduced.fbs:1184`
+        /// * Table `Operator` in the file `schema/third_party/tflite/schema.reduced.fbs:1184`
         #[derive(
             Clone,
             Debug,
@@ -24492,7 +24492,7 @@ mod root {
         /// The table `SubGraph` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `SubGraph` in the file `schema/tflite/schema.reduced.fbs:1234`
+        /// * Table `SubGraph` in the file `schema/third_party/tflite/schema.reduced.fbs:1234`
         #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
         pub struct SubGraph {
             /// The field `tensors` in the table `SubGraph`
@@ -25029,7 +25029,7 @@ mod root {
         /// The table `Buffer` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Buffer` in the file `schema/tflite/schema.reduced.fbs:1259`
+        /// * Table `Buffer` in the file `schema/third_party/tflite/schema.reduced.fbs:1259`
         #[derive(
             Clone,
             Debug,
@@ -25378,7 +25378,7 @@ mod root {
         /// The table `ExternalBufferGroup` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `ExternalBufferGroup` in the file `schema/tflite/schema.reduced.fbs:1271`
+        /// * Table `ExternalBufferGroup` in the file `schema/third_party/tflite/schema.reduced.fbs:1271`
         #[derive(
             Clone,
             Debug,
@@ -25665,7 +25665,7 @@ mod root {
         /// The table `ExternalBuffer` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `ExternalBuffer` in the file `schema/tflite/schema.reduced.fbs:1276`
+        /// * Table `ExternalBuffer` in the file `schema/third_party/tflite/schema.reduced.fbs:1276`
         #[derive(
             Clone,
             Debug,
@@ -26123,7 +26123,7 @@ mod root {
         /// The table `Metadata` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Metadata` in the file `schema/tflite/schema.reduced.fbs:1286`
+        /// * Table `Metadata` in the file `schema/third_party/tflite/schema.reduced.fbs:1286`
         #[derive(
             Clone,
             Debug,
@@ -26432,7 +26432,7 @@ mod root {
         /// The table `TensorMap` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `TensorMap` in the file `schema/tflite/schema.reduced.fbs:1295`
+        /// * Table `TensorMap` in the file `schema/third_party/tflite/schema.reduced.fbs:1295`
         #[derive(
             Clone,
             Debug,
@@ -26749,7 +26749,7 @@ mod root {
         /// The table `SignatureDef` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `SignatureDef` in the file `schema/tflite/schema.reduced.fbs:1305`
+        /// * Table `SignatureDef` in the file `schema/third_party/tflite/schema.reduced.fbs:1305`
         #[derive(
             Clone,
             Debug,
@@ -27198,7 +27198,7 @@ mod root {
         /// The table `Model` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `Model` in the file `schema/tflite/schema.reduced.fbs:1322`
+        /// * Table `Model` in the file `schema/third_party/tflite/schema.reduced.fbs:1322`
         #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
         pub struct Model {
             /// The field `version` in the table `Model`
@@ -28032,7 +28032,7 @@ mod root {
         /// The table `UnusedOptions` in the namespace `tflite`
         ///
         /// Generated from these locations:
-        /// * Table `UnusedOptions` in the file `schema/tflite/schema.reduced.fbs:1364`
+        /// * Table `UnusedOptions` in the file `schema/third_party/tflite/schema.reduced.fbs:1364`
         #[derive(
             Clone,
             Debug,

@@ -150,6 +150,19 @@ impl NetBuilder {
         NodeRef(self.nodes.len() - 1)
     }
 
+    /// Creates node `name`'s layer with `new` under the node's VarStore path and appends the node
+    /// (a layer error is reported as this model's).
+    fn push_layer(
+        &mut self,
+        name: &str,
+        new: impl FnOnce(&nn::Path<'_>) -> Result<NodeOp, LayerError>,
+        inputs: Vec<NodeRef>,
+        shape: Vec<usize>,
+    ) -> Result<NodeRef, ModelError> {
+        let op = new(&self.path(name)).map_err(|e| self.layer_err(e))?;
+        Ok(self.push(name, op, inputs, shape))
+    }
+
     fn conv_out(
         &self,
         cfg: &Conv2dConfig,
@@ -226,11 +239,9 @@ impl NetBuilder {
             .conv_cfg(chw[0], cout, k, s, act)
             .quant(self.quant_for(name));
         conv.groups = groups as i64;
-        let shape = self.conv_out(&conv, chw, name)?;
         let mut cfg = ConvBnConfig::new(conv).fold(self.fold);
         cfg.stats_grad = self.stats_grad;
-        let layer = QatConvBn2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
+        self.conv_bn_cfg(name, x, cfg)
     }
 
     /// Conv + BN (+ activation) with an explicit [`ConvBnConfig`] (any geometry; its conv's
@@ -242,8 +253,8 @@ impl NetBuilder {
         cfg: ConvBnConfig,
     ) -> Result<NodeRef, ModelError> {
         let shape = self.explicit_conv_out(name, x, &cfg.conv)?;
-        let layer = QatConvBn2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::ConvBn(layer), vec![x], shape))
+        let new = |p: &nn::Path<'_>| QatConvBn2d::new(p, cfg).map(NodeOp::ConvBn);
+        self.push_layer(name, new, vec![x], shape)
     }
 
     /// Conv with bias and an explicit [`Conv2dConfig`] (its `in_channels` must match the input).
@@ -254,8 +265,8 @@ impl NetBuilder {
         cfg: Conv2dConfig,
     ) -> Result<NodeRef, ModelError> {
         let shape = self.explicit_conv_out(name, x, &cfg)?;
-        let layer = QatConv2d::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::Conv(layer), vec![x], shape))
+        let new = |p: &nn::Path<'_>| QatConv2d::new(p, cfg).map(NodeOp::Conv);
+        self.push_layer(name, new, vec![x], shape)
     }
 
     /// The output shape of the new node `name` applying the caller's `conv` to node `x`, whose
@@ -297,8 +308,8 @@ impl NetBuilder {
         let cfg = LinearConfig::new(f as i64, out as i64)
             .activation(act)
             .quant(self.quant_for(name));
-        let layer = QatLinear::new(&self.path(name), cfg).map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::Linear(layer), vec![x], vec![out]))
+        let new = |p: &nn::Path<'_>| QatLinear::new(p, cfg).map(NodeOp::Linear);
+        self.push_layer(name, new, vec![x], vec![out])
     }
 
     /// `act(a + b)` with its own output range (paper §3: quantize after the bypass add).
@@ -314,9 +325,9 @@ impl NetBuilder {
         if sa != sb {
             return Err(self.err(format!("{name}: add of shapes {sa:?} and {sb:?}")));
         }
-        let layer = QatAdd::new(&self.path(name), act, self.quant_for(name))
-            .map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::Add(layer), vec![a, b], sa))
+        let quant = self.quant_for(name);
+        let new = |p: &nn::Path<'_>| QatAdd::new(p, act, quant).map(NodeOp::Add);
+        self.push_layer(name, new, vec![a, b], sa)
     }
 
     /// Channel concatenation of `[C_i, H, W]` nodes.
@@ -333,14 +344,9 @@ impl NetBuilder {
             return Err(self.err(format!("{name}: concat of shapes {shapes:?}")));
         }
         let c = shapes.iter().map(|s| s[0]).sum();
-        let layer = QatConcat::new(&self.path(name), xs.len(), self.quant_for(name))
-            .map_err(|e| self.layer_err(e))?;
-        Ok(self.push(
-            name,
-            NodeOp::Concat(layer),
-            xs.to_vec(),
-            vec![c, first[1], first[2]],
-        ))
+        let (quant, shape) = (self.quant_for(name), vec![c, first[1], first[2]]);
+        let new = |p: &nn::Path<'_>| QatConcat::new(p, xs.len(), quant).map(NodeOp::Concat);
+        self.push_layer(name, new, xs.to_vec(), shape)
     }
 
     /// The output shape of pooling node `x` over `cfg`'s window (padded cells excluded).
@@ -387,24 +393,21 @@ impl NetBuilder {
             Pooling::Avg => "avg pool",
         };
         let shape = self.pool_geometry(name, x, cfg, what)?;
-        let path = self.path(name);
-        let op = match kind {
-            Pooling::Max => QatMaxPool2d::new(&path, cfg).map(NodeOp::MaxPool),
-            Pooling::Avg => {
-                QatAvgPool2d::new(&path, cfg, self.quant_for(name)).map(NodeOp::AvgPool)
-            }
-        }
-        .map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, op, vec![x], shape))
+        let quant = self.quant_for(name);
+        let new = |p: &nn::Path<'_>| match kind {
+            Pooling::Max => QatMaxPool2d::new(p, cfg).map(NodeOp::MaxPool),
+            Pooling::Avg => QatAvgPool2d::new(p, cfg, quant).map(NodeOp::AvgPool),
+        };
+        self.push_layer(name, new, vec![x], shape)
     }
 
     /// Global average pooling `[C, H, W] → [C]`.
     pub fn global_avg_pool(&mut self, name: &str, x: NodeRef) -> Result<NodeRef, ModelError> {
         self.unique(name)?;
         let [c, _, _] = self.chw(x, name)?;
-        let layer = QatGlobalAvgPool::new(&self.path(name), self.quant_for(name))
-            .map_err(|e| self.layer_err(e))?;
-        Ok(self.push(name, NodeOp::GlobalAvgPool(layer), vec![x], vec![c]))
+        let quant = self.quant_for(name);
+        let new = |p: &nn::Path<'_>| QatGlobalAvgPool::new(p, quant).map(NodeOp::GlobalAvgPool);
+        self.push_layer(name, new, vec![x], vec![c])
     }
 
     /// Flatten `[C, H, W] → [C·H·W]` (NCHW order).
