@@ -88,27 +88,51 @@ fn batch(seed: u64, n: usize) -> ArrayD<f32> {
     .expect("shape")
 }
 
-/// Best-of-`rounds` mean call time (µs per image) of the qat runtime on `threads` threads.
-fn time_qat(model: &Int8Model, n: usize, threads: usize, min_time: f64, rounds: usize) -> f64 {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool");
-    let x = batch(3, n);
-    pool.install(|| {
-        let mut exec = Executor::new(model).expect("executor");
-        exec.run(x.view()).expect("warm-up");
-        let mut best = f64::INFINITY;
-        for _ in 0..rounds {
-            let (start, mut calls) = (Instant::now(), 0usize);
-            while start.elapsed().as_secs_f64() < min_time {
-                exec.run(x.view()).expect("run");
-                calls += 1;
+/// Best-of-`rounds` mean call time (µs per image) of the qat runtime in each `(batch, threads)`
+/// cell. The cells are alternated round by round, so that a change of the machine's load during
+/// the measurement reaches every cell alike (batch 1 and batch 64 compare fairly).
+fn time_qat(model: &Int8Model, cells: &[(usize, usize)], min_time: f64, rounds: usize) -> Vec<f64> {
+    struct Cell<'m> {
+        n: usize,
+        pool: rayon::ThreadPool,
+        x: ArrayD<f32>,
+        exec: Executor<'m>,
+        best: f64,
+    }
+    let mut cells: Vec<Cell<'_>> = cells
+        .iter()
+        .map(|&(n, threads)| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            let x = batch(3, n);
+            let mut exec = Executor::new(model).expect("executor");
+            pool.install(|| exec.run(x.view()).expect("warm-up"));
+            Cell {
+                n,
+                pool,
+                x,
+                exec,
+                best: f64::INFINITY,
             }
-            best = best.min(start.elapsed().as_secs_f64() / calls as f64);
+        })
+        .collect();
+    for _ in 0..rounds {
+        for c in cells.iter_mut() {
+            let (pool, x, exec) = (&c.pool, &c.x, &mut c.exec);
+            let t = pool.install(|| {
+                let (start, mut calls) = (Instant::now(), 0usize);
+                while start.elapsed().as_secs_f64() < min_time {
+                    exec.run(x.view()).expect("run");
+                    calls += 1;
+                }
+                start.elapsed().as_secs_f64() / calls as f64
+            });
+            c.best = c.best.min(t);
         }
-        best * 1e6 / n as f64
-    })
+    }
+    cells.iter().map(|c| c.best * 1e6 / c.n as f64).collect()
 }
 
 struct Args {
@@ -176,10 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .flat_map(|b| [1, 2].map(|t| (b, t)))
         .collect();
-    let qat: Vec<f64> = cells
-        .iter()
-        .map(|&(b, t)| time_qat(&model, b, t, a.min_time, a.rounds))
-        .collect();
+    let qat = time_qat(&model, &cells, a.min_time, a.rounds);
     let peers_json = a.out.join("peers.json");
     let status = Command::new(&a.python)
         .arg(&a.script)

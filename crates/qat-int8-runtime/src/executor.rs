@@ -1,6 +1,9 @@
 //! The executor: runs a validated [`Int8Model`] on a batch.
 //!
-//! Buffers for every tensor are planned once per batch size and reused; per-op constants (add and
+//! Buffers for every tensor are planned once per batch size (and split of the batch) and reused:
+//! the input, the outputs and what a run reads back hold the whole batch, every other tensor one
+//! tile of samples per chunk, which the chunk's tiles reuse, so that the intermediate tensors of a
+//! large batch stay in cache (`run_all` keeps every tensor whole). Per-op constants (add and
 //! rescale multipliers, packed weights, zero-point-corrected biases) are prepared once in
 //! [`Executor::with_path`], each plan bound to its kernel path's ISA then. With several rayon
 //! threads and several samples, the batch is split into chunks of whole samples (of near-equal
@@ -156,7 +159,13 @@ pub struct Executor<'m> {
     /// The quantize of a uint8 model input (`None` for an f32 input).
     input_plan: Option<QuantizePlan>,
     bufs: Vec<Buf>,
-    batch: Option<usize>,
+    /// The batch size and layout `bufs` are planned for (`None`: unplanned, or a run did not
+    /// complete).
+    layout: Option<Layout>,
+    /// Whether a tensor is read after a run by [`Executor::run`] or [`Executor::run_u8`] (the
+    /// input, the outputs, the codes a dequantized output is made from): such a tensor holds
+    /// the whole batch, every other one only a tile of samples per chunk.
+    kept: Vec<bool>,
     /// Per-sample element count of every tensor.
     sizes: Vec<usize>,
     /// Samples per tile of a run.
@@ -175,6 +184,16 @@ enum Split {
     Auto,
     /// One chunk; ops split from this much work ([`Executor::with_op_split`]).
     PerOp(usize),
+}
+
+/// The layout of the tensor buffers: batch size, the chunks of a run, samples per tile, and
+/// whether every tensor holds the whole batch ([`Executor::run_all`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Layout {
+    n: usize,
+    chunks: Vec<std::ops::Range<usize>>,
+    tile: usize,
+    all: bool,
 }
 
 /// How many samples a tile of a run holds.
@@ -351,9 +370,10 @@ impl<'m> Executor<'m> {
             plans,
             input_plan,
             bufs: vec![Buf::default(); model.tensors.len()],
+            kept: kept_tensors(&model),
             model,
             path,
-            batch: None,
+            layout: None,
             sizes,
             tile,
             split: Split::Auto,
@@ -394,9 +414,9 @@ impl<'m> Executor<'m> {
     /// `input` has shape `[N, ...]` with the model input's per-sample shape (NHWC). A U8 model
     /// input is quantized with its params first (qat-core's rounding).
     pub fn run(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<ArrayD<f32>>, RunError> {
-        self.execute(input)?;
+        self.execute(input, false)?;
         let model = &*self.model;
-        let n = self.batch.unwrap_or(0);
+        let n = self.batch();
         Ok(model
             .outputs
             .iter()
@@ -434,9 +454,9 @@ impl<'m> Executor<'m> {
                 name: model.tensors[t].name.clone(),
             })?);
         }
-        self.execute(input)?;
+        self.execute(input, false)?;
         let model = &*self.model;
-        let n = self.batch.unwrap_or(0);
+        let n = self.batch();
         Ok(sources
             .into_iter()
             .map(|t| {
@@ -452,8 +472,8 @@ impl<'m> Executor<'m> {
     /// Runs the model and returns the value of every tensor, in [`Int8Model::tensors`] order
     /// (uint8 codes for U8 tensors, f32 for F32), for per-layer fidelity reports.
     pub fn run_all(&mut self, input: ArrayViewD<'_, f32>) -> Result<Vec<TensorValue>, RunError> {
-        self.execute(input)?;
-        let n = self.batch.unwrap_or(0);
+        self.execute(input, true)?;
+        let n = self.batch();
         Ok(self
             .model
             .tensors
@@ -469,20 +489,37 @@ impl<'m> Executor<'m> {
             .collect())
     }
 
-    fn plan_buffers(&mut self, n: usize) -> Result<(), RunError> {
-        if self.batch == Some(n) && self.bufs.len() == self.model.tensors.len() {
+    /// The batch size of the last complete run.
+    fn batch(&self) -> usize {
+        self.layout.as_ref().map_or(0, |l| l.n)
+    }
+
+    /// Whether tensor `t` holds the whole batch in `layout` (else one tile per chunk).
+    fn whole(&self, t: TensorId, all: bool) -> bool {
+        all || self.kept[t]
+    }
+
+    /// Allocates the buffers for `layout` (unless they already are): a kept tensor (or every
+    /// tensor, for `run_all`) holds the batch; the others hold one tile of samples per chunk,
+    /// which each tile of the chunk reuses, so that the intermediate tensors of a large batch
+    /// stay in cache however large the batch.
+    fn plan_buffers(&mut self, layout: Layout) -> Result<(), RunError> {
+        if self.layout.as_ref() == Some(&layout) && self.bufs.len() == self.model.tensors.len() {
             return Ok(());
         }
         // Only a complete plan is marked as such: an error half-way replans next time.
-        self.batch = None;
+        self.layout = None;
+        let n = layout.n;
+        let tiles: usize = layout.chunks.iter().map(|c| c.len().min(layout.tile)).sum();
         self.bufs = self
             .model
             .tensors
             .iter()
             .enumerate()
             .map(|(t, info)| {
+                let samples = if self.whole(t, layout.all) { n } else { tiles };
                 let len = self.sizes[t]
-                    .checked_mul(n)
+                    .checked_mul(samples)
                     .ok_or(RunError::BatchTooLarge {
                         batch: n,
                         tensor: t,
@@ -493,11 +530,12 @@ impl<'m> Executor<'m> {
                 })
             })
             .collect::<Result<_, RunError>>()?;
-        self.batch = Some(n);
+        self.layout = Some(layout);
         Ok(())
     }
 
-    fn execute(&mut self, input: ArrayViewD<'_, f32>) -> Result<(), RunError> {
+    /// Runs the model on `input`; `all`: every tensor keeps the whole batch (for `run_all`).
+    fn execute(&mut self, input: ArrayViewD<'_, f32>, all: bool) -> Result<(), RunError> {
         let tin = &self.model.tensors[self.model.input];
         let shape = input.shape();
         if shape.len() != tin.shape.len() + 1 || shape[1..] != tin.shape[..] {
@@ -507,20 +545,6 @@ impl<'m> Executor<'m> {
             });
         }
         let n = shape[0];
-        self.plan_buffers(n)?;
-        // Until this run completes the buffers count as unplanned: if an op panics (and the
-        // caller catches it) with its output buffer taken, the next run replans every buffer.
-        self.batch = None;
-        let model = &*self.model;
-        let x = input.as_standard_layout();
-        let xs = x.as_slice().unwrap_or_default();
-        match &mut self.bufs[model.input] {
-            Buf::F32(v) => v.copy_from_slice(xs),
-            Buf::U8(v) => match &self.input_plan {
-                Some(p) => p.run(xs, v),
-                None => unreachable!("validated model: the U8 input has params"),
-            },
-        }
         let threads = rayon::current_num_threads();
         let (tile, chunks, min_work) = match (self.tile, self.split) {
             (Tile::Fixed(t) | Tile::Cache(t), Split::Auto) => {
@@ -532,12 +556,33 @@ impl<'m> Executor<'m> {
             (Tile::Fixed(t), Split::PerOp(w)) => (t, chunks(n, 1, t), w),
         };
         let tile = tile.clamp(1, n.max(1));
-        // The buffers leave `self` for the run: each chunk gets its samples of every tensor.
+        self.plan_buffers(Layout {
+            n,
+            chunks: chunks.clone(),
+            tile,
+            all,
+        })?;
+        // Until this run completes the buffers count as unplanned: if an op panics (and the
+        // caller catches it) with its output buffer taken, the next run replans every buffer.
+        let layout = self.layout.take();
+        let model = &*self.model;
+        let x = input.as_standard_layout();
+        let xs = x.as_slice().unwrap_or_default();
+        match &mut self.bufs[model.input] {
+            Buf::F32(v) => v.copy_from_slice(xs),
+            Buf::U8(v) => match &self.input_plan {
+                Some(p) => p.run(xs, v),
+                None => unreachable!("validated model: the U8 input has params"),
+            },
+        }
+        // The buffers leave `self` for the run: each chunk gets its samples of every tensor
+        // (of a tensor that holds one tile per chunk, that tile).
         let mut bufs = std::mem::take(&mut self.bufs);
-        let mut views = chunk_views(&mut bufs, &self.sizes, &chunks);
+        let whole: Vec<bool> = (0..self.sizes.len()).map(|t| self.whole(t, all)).collect();
+        let mut views = chunk_views(&mut bufs, &self.sizes, &whole, tile, &chunks);
         let this = &*self;
         if let [view] = views.as_mut_slice() {
-            par::with_min_split_work(min_work, || this.run_chunk(view, n, tile));
+            par::with_min_split_work(min_work, || this.run_chunk(view, &whole, n, tile));
         } else {
             // As many chunks as threads or more: every thread has whole samples, no op splits.
             // Fewer (a batch smaller than the thread count): large ops may still split.
@@ -551,18 +596,20 @@ impl<'m> Executor<'m> {
                 .zip(chunks)
                 .with_max_len(1)
                 .for_each(|(mut view, c)| {
-                    par::with_min_split_work(inner, || this.run_chunk(&mut view, c.len(), tile))
+                    par::with_min_split_work(inner, || {
+                        this.run_chunk(&mut view, &whole, c.len(), tile)
+                    })
                 });
         }
         self.bufs = bufs;
-        self.batch = Some(n);
+        self.layout = layout;
         Ok(())
     }
 
-    /// Runs the whole model on `samples` samples (`views`: their part of every tensor), one tile
-    /// of samples after the other, so that a tile's tensors stay in cache from the op that writes
-    /// them to the ops that read them.
-    fn run_chunk(&self, views: &mut [View<'_>], samples: usize, tile: usize) {
+    /// Runs the whole model on `samples` samples (`views`: their part of every tensor, all of the
+    /// chunk's samples where `whole`, else one tile's), one tile of samples after the other, so
+    /// that a tile's tensors stay in cache from the op that writes them to the ops that read them.
+    fn run_chunk(&self, views: &mut [View<'_>], whole: &[bool], samples: usize, tile: usize) {
         for s0 in (0..samples).step_by(tile) {
             let tile = s0..(s0 + tile).min(samples);
             for (i, op) in self.model.ops.iter().enumerate() {
@@ -571,13 +618,33 @@ impl<'m> Executor<'m> {
                 #[cfg(test)]
                 tests::fault_point(i);
                 match &self.clock {
-                    None => self.run_op(i, op, views, tile.clone(), &mut out),
-                    Some(c) => c.time(i, || self.run_op(i, op, views, tile.clone(), &mut out)),
+                    None => self.run_op(i, op, views, whole, tile.clone(), &mut out),
+                    Some(c) => c.time(i, || {
+                        self.run_op(i, op, views, whole, tile.clone(), &mut out)
+                    }),
                 }
                 views[out_id] = out;
             }
         }
     }
+}
+
+/// The tensors a run reads back after the ops ([`Executor::kept`]): the model input, the outputs,
+/// and the uint8 tensors that the outputs' `Dequantize` ops read (`run_u8` returns those codes).
+fn kept_tensors(model: &Int8Model) -> Vec<bool> {
+    let mut kept = vec![false; model.tensors.len()];
+    kept[model.input] = true;
+    for &t in &model.outputs {
+        kept[t] = true;
+        for op in &model.ops {
+            if let Op::Dequantize { input, output } = op
+                && *output == t
+            {
+                kept[*input] = true;
+            }
+        }
+    }
+    kept
 }
 
 fn batch_shape(n: usize, shape: &[usize]) -> Vec<usize> {

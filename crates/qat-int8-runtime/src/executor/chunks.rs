@@ -48,20 +48,24 @@ impl Default for View<'_> {
 }
 
 /// `views[c][t]`: chunk `c`'s samples of tensor `t` (`sizes[t]` elements per sample; `chunks`
-/// consecutive, from sample 0).
+/// consecutive, from sample 0) where `whole[t]`, else room for one tile of chunk `c`
+/// (`min(tile, chunk size)` samples; the buffer holds these tiles back to back).
 pub(super) fn chunk_views<'a>(
     bufs: &'a mut [Buf],
     sizes: &[usize],
+    whole: &[bool],
+    tile: usize,
     chunks: &[Range<usize>],
 ) -> Vec<Vec<View<'a>>> {
     let mut views: Vec<Vec<View<'a>>> = chunks.iter().map(|_| Vec::new()).collect();
-    for (buf, &per) in bufs.iter_mut().zip(sizes) {
+    for ((buf, &per), &whole) in bufs.iter_mut().zip(sizes).zip(whole) {
         let mut rest = match buf {
             Buf::U8(v) => View::U8(v),
             Buf::F32(v) => View::F32(v),
         };
         for (c, r) in chunks.iter().enumerate() {
-            let (head, tail) = rest.split_at(r.len() * per);
+            let samples = if whole { r.len() } else { r.len().min(tile) };
+            let (head, tail) = rest.split_at(samples * per);
             views[c].push(head);
             rest = tail;
         }
@@ -127,7 +131,7 @@ mod tests {
     #[test]
     fn views_split_every_buffer_at_the_chunks() {
         let mut bufs = vec![Buf::U8((0..6).collect()), Buf::F32(vec![1.0, 2.0, 3.0])];
-        let views = chunk_views(&mut bufs, &[2, 1], &[0..1, 1..3]);
+        let views = chunk_views(&mut bufs, &[2, 1], &[true, true], 2, &[0..1, 1..3]);
         let got: Vec<Vec<String>> = views
             .iter()
             .map(|c| {

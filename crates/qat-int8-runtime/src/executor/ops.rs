@@ -10,36 +10,43 @@ use crate::model::{Op, TensorId};
 struct Inputs<'v, 'a> {
     views: &'v [View<'a>],
     sizes: &'v [usize],
+    whole: &'v [bool],
+}
+
+/// Where samples `tile` of the chunk lie in a tensor's view: from `tile.start` in a view of the
+/// chunk's samples (`whole`), from 0 in a view of one tile.
+fn span(whole: bool, per: usize, tile: &Range<usize>) -> Range<usize> {
+    let at = if whole { tile.start } else { 0 };
+    at * per..(at + tile.len()) * per
 }
 
 impl<'v> Inputs<'v, '_> {
     /// Samples `tile` (of the chunk) of U8 tensor `t`.
     fn u8_buf(&self, t: TensorId, tile: &Range<usize>) -> &'v [u8] {
-        let per = self.sizes[t];
         match &self.views[t] {
-            View::U8(v) => &v[tile.start * per..tile.end * per],
+            View::U8(v) => &v[span(self.whole[t], self.sizes[t], tile)],
             View::F32(_) => unreachable!("validated model: tensor {t} is U8"),
         }
     }
 
     /// Samples `tile` (of the chunk) of F32 tensor `t`.
     fn f32_buf(&self, t: TensorId, tile: &Range<usize>) -> &'v [f32] {
-        let per = self.sizes[t];
         match &self.views[t] {
-            View::F32(v) => &v[tile.start * per..tile.end * per],
+            View::F32(v) => &v[span(self.whole[t], self.sizes[t], tile)],
             View::U8(_) => unreachable!("validated model: tensor {t} is F32"),
         }
     }
 }
 
 impl Executor<'_> {
-    /// Runs op `i` on the samples `tile` of a chunk (`views`: the chunk's part of every tensor;
-    /// every op computes each sample on its own).
+    /// Runs op `i` on the samples `tile` of a chunk (`views`: the chunk's part of every tensor,
+    /// see `whole`; every op computes each sample on its own).
     pub(super) fn run_op(
         &self,
         i: usize,
         op: &Op,
         views: &[View<'_>],
+        whole: &[bool],
         tile: Range<usize>,
         out: &mut View<'_>,
     ) {
@@ -49,10 +56,12 @@ impl Executor<'_> {
         let inputs = Inputs {
             views,
             sizes: &self.sizes,
+            whole,
         };
+        let at = span(whole[op.output()], so, &tile);
         let out = match out {
-            View::U8(o) => TileOut::U8(&mut o[tile.start * so..tile.end * so]),
-            View::F32(o) => TileOut::F32(&mut o[tile.start * so..tile.end * so]),
+            View::U8(o) => TileOut::U8(&mut o[at]),
+            View::F32(o) => TileOut::F32(&mut o[at]),
         };
         match (op, &self.plans[i], out) {
             (Op::Quantize { input, .. }, OpPlan::Quantize(p), TileOut::U8(o)) => {

@@ -220,8 +220,8 @@ fn layer_name(name: &str, i: usize, used: &mut HashSet<String>) -> String {
 }
 
 /// Builds a [`Net`] from `graph` on `device` with the graph's weights and batch-norm statistics
-/// loaded (see the [module docs](self)). The net is in float mode until a schedule applies a
-/// phase, like a zoo model.
+/// loaded (see the documentation of this module). The net is in float mode until a schedule
+/// applies a phase, like a zoo model.
 pub fn from_float_graph(
     graph: &FloatGraph,
     device: Device,
