@@ -94,18 +94,6 @@ pub enum TensorValue {
     F32(ArrayD<f32>),
 }
 
-#[derive(Debug, Clone)]
-enum Buf {
-    U8(Vec<u8>),
-    F32(Vec<f32>),
-}
-
-impl Default for Buf {
-    fn default() -> Self {
-        Buf::U8(Vec::new())
-    }
-}
-
 /// Per-op constants prepared once.
 enum OpPlan {
     Plain,
@@ -184,16 +172,6 @@ enum Split {
     Auto,
     /// One chunk; ops split from this much work ([`Executor::with_op_split`]).
     PerOp(usize),
-}
-
-/// The layout of the tensor buffers: batch size, the chunks of a run, samples per tile, and
-/// whether every tensor holds the whole batch ([`Executor::run_all`]).
-#[derive(Debug, Clone, PartialEq)]
-struct Layout {
-    n: usize,
-    chunks: Vec<std::ops::Range<usize>>,
-    tile: usize,
-    all: bool,
 }
 
 /// How many samples a tile of a run holds.
@@ -489,51 +467,6 @@ impl<'m> Executor<'m> {
             .collect())
     }
 
-    /// The batch size of the last complete run.
-    fn batch(&self) -> usize {
-        self.layout.as_ref().map_or(0, |l| l.n)
-    }
-
-    /// Whether tensor `t` holds the whole batch in `layout` (else one tile per chunk).
-    fn whole(&self, t: TensorId, all: bool) -> bool {
-        all || self.kept[t]
-    }
-
-    /// Allocates the buffers for `layout` (unless they already are): a kept tensor (or every
-    /// tensor, for `run_all`) holds the batch; the others hold one tile of samples per chunk,
-    /// which each tile of the chunk reuses, so that the intermediate tensors of a large batch
-    /// stay in cache however large the batch.
-    fn plan_buffers(&mut self, layout: Layout) -> Result<(), RunError> {
-        if self.layout.as_ref() == Some(&layout) && self.bufs.len() == self.model.tensors.len() {
-            return Ok(());
-        }
-        // Only a complete plan is marked as such: an error half-way replans next time.
-        self.layout = None;
-        let n = layout.n;
-        let tiles: usize = layout.chunks.iter().map(|c| c.len().min(layout.tile)).sum();
-        self.bufs = self
-            .model
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(t, info)| {
-                let samples = if self.whole(t, layout.all) { n } else { tiles };
-                let len = self.sizes[t]
-                    .checked_mul(samples)
-                    .ok_or(RunError::BatchTooLarge {
-                        batch: n,
-                        tensor: t,
-                    })?;
-                Ok(match info.dtype {
-                    DType::U8 => Buf::U8(vec![0; len]),
-                    DType::F32 => Buf::F32(vec![0.0; len]),
-                })
-            })
-            .collect::<Result<_, RunError>>()?;
-        self.layout = Some(layout);
-        Ok(())
-    }
-
     /// Runs the model on `input`; `all`: every tensor keeps the whole batch (for `run_all`).
     fn execute(&mut self, input: ArrayViewD<'_, f32>, all: bool) -> Result<(), RunError> {
         let tin = &self.model.tensors[self.model.input];
@@ -629,24 +562,6 @@ impl<'m> Executor<'m> {
     }
 }
 
-/// The tensors a run reads back after the ops ([`Executor::kept`]): the model input, the outputs,
-/// and the uint8 tensors that the outputs' `Dequantize` ops read (`run_u8` returns those codes).
-fn kept_tensors(model: &Int8Model) -> Vec<bool> {
-    let mut kept = vec![false; model.tensors.len()];
-    kept[model.input] = true;
-    for &t in &model.outputs {
-        kept[t] = true;
-        for op in &model.ops {
-            if let Op::Dequantize { input, output } = op
-                && *output == t
-            {
-                kept[*input] = true;
-            }
-        }
-    }
-    kept
-}
-
 fn batch_shape(n: usize, shape: &[usize]) -> Vec<usize> {
     std::iter::once(n).chain(shape.iter().copied()).collect()
 }
@@ -656,6 +571,7 @@ fn array<T>(shape: Vec<usize>, data: Vec<T>) -> ArrayD<T> {
         .unwrap_or_else(|_| unreachable!("buffer sized from the shape"))
 }
 
+mod buffers;
 mod chunks;
 mod ops;
 mod profile;
@@ -663,6 +579,7 @@ mod profile;
 use profile::OpClock;
 pub use profile::OpTime;
 
+use buffers::{Buf, Layout, kept_tensors};
 use chunks::{View, chunk_views, chunks, tile_samples};
 
 #[cfg(test)]
