@@ -119,14 +119,14 @@ pub mod lanes {
             return None;
         }
         let (m0, _, right) = parts(m);
-        let (mut k, s) = fused_constants(&m0, &right, zp, rounding);
+        let mut c = fused_constants(&m0, &right, zp, rounding);
         if let Some(bias) = &bias {
-            fold_bias(&mut k, &m0, bias);
+            fold_bias(&mut c.k, &m0, bias);
         }
         avx512_stage(x, [zp, 0, 255], |x, _| {
             // SAFETY: run by `avx512_stage` after its AVX-512 VNNI check; 16 lanes each.
             unsafe {
-                let c = RqFused16::load(m0.as_ptr(), k.as_ptr(), s.as_ptr(), rounding);
+                let c = RqFused16::load(m0.as_ptr(), c.k.as_ptr(), c.s.as_ptr(), rounding);
                 if bias.is_some() {
                     requantize16_no_tie(x, &c)
                 } else {

@@ -30,13 +30,21 @@ pub(crate) trait OutputStage {
 /// order; only meaningful for the [`Epilogue`] they were derived from.
 #[derive(Debug, Clone)]
 pub(crate) struct SingleShift {
+    /// The added constants and shift counts.
+    pub(crate) c: ShiftConstants,
+    /// Whether the added constants also hold `bias'·M0` and the stage is the tie-free one
+    /// ([`Epilogue::ties_impossible`]): the tiles then requantize the bare accumulators.
+    pub(crate) folded: bool,
+}
+
+/// The constants of a single-shift stage for channels in an ISA's lane order, `k` and `s` the
+/// same length (an ISA's layout of them: the AVX-512 `fused_constants`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShiftConstants {
     /// The 64-bit added constants.
     pub(crate) k: Vec<i64>,
     /// The 32-bit shift counts.
     pub(crate) s: Vec<i32>,
-    /// Whether `k` also holds `bias'·M0` and the stage is the tie-free one
-    /// ([`Epilogue::ties_impossible`]): the tiles then requantize the bare accumulators.
-    pub(crate) folded: bool,
 }
 
 /// What an ISA's output stage does with a rounding it does not fuse: nothing — the frame never

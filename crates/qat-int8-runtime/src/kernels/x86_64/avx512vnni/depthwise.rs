@@ -12,6 +12,7 @@ use super::requant::{
 };
 use super::{Avx512Vnni, byte_mask};
 use crate::kernels::frame::depthwise::{DwOut, RowJob, RowScratch};
+use crate::kernels::frame::epilogue::ShiftConstants;
 use crate::kernels::frame::{DepthwiseKernel, DepthwisePlan, Epilogue, OutputStage};
 
 impl DepthwiseKernel for Avx512Vnni {
@@ -207,14 +208,10 @@ pub struct DepthwiseVnniLayout {
     /// Whether the single-shift output stage applies (a fused rounding, and [`fused_ok`] over the
     /// real channels).
     pub fused: bool,
-    /// [`fused_constants`] of the permuted channels (`[blk][b]` groups of 16), rounding constants.
-    pub fk: Vec<i64>,
-    /// Shift counts matching `fk`.
-    pub fs: Vec<i32>,
-    /// [`fused_constants`] in natural channel order (partial blocks), rounding constants.
-    pub fk_nat: Vec<i64>,
-    /// Shift counts matching `fk_nat`.
-    pub fs_nat: Vec<i32>,
+    /// [`fused_constants`] of the permuted channels (`[blk][b]` groups of 16).
+    pub fused_c: ShiftConstants,
+    /// [`fused_constants`] in natural channel order (partial blocks).
+    pub fused_nat: ShiftConstants,
     /// Whether the fused stage may drop its tie correction ([`Epilogue::ties_impossible`]: the
     /// `Single` rounding, and no accumulator `acc + bias'` of these weights reaches a tie).
     pub no_tie: bool,
@@ -255,8 +252,8 @@ impl DepthwiseVnniLayout {
         let fused = Avx512Vnni::fuses(e.target)
             && fused_ok(&e.m0[..c], &e.left[..c], &e.right[..c], e.zp, e.lo, e.hi);
         let (m0, right) = (perm(&e.m0), perm(&e.right));
-        let (fk, fs) = fused_constants(&m0, &right, e.zp, e.rounding);
-        let (fk_nat, fs_nat) = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
+        let fused_c = fused_constants(&m0, &right, e.zp, e.rounding);
+        let fused_nat = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
         Self {
             w: wl,
             bias: perm(&e.bias),
@@ -267,10 +264,8 @@ impl DepthwiseVnniLayout {
             wide: w.to_vec(),
             cp,
             fused,
-            fk,
-            fs,
-            fk_nat,
-            fs_nat,
+            fused_c,
+            fused_nat,
             no_tie: fused && e.ties_impossible(c),
             taps9: (fused && taps == TAPS).then(|| TapsLayout::new(w, cp, e)),
             packed: (fused && taps == TAPS && pixels_per_vector(c).is_some())
@@ -396,7 +391,7 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
         for v in 0..V {
             let col = c0 + 16 * v;
             if let (Some(o), true) = (o8, l.fused) {
-                let f = RqFused16::load_at(&e.m0, &l.fk_nat, &l.fs_nat, col, e.rounding);
+                let f = RqFused16::load_at(&e.m0, &l.fused_nat, col, e.rounding);
                 let q = _mm512_min_epi32(
                     _mm512_max_epi32(requantize16_fused(acc[v], &f), _mm512_set1_epi32(e.lo)),
                     _mm512_set1_epi32(e.hi),

@@ -76,7 +76,7 @@ unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
     // SAFETY: as documented; the layout arrays cover every block.
     unsafe {
         let f: [RqFused16; 4] = std::array::from_fn(|b| {
-            RqFused16::load_at(&l.m0, &l.fk, &l.fs, blk * 64 + b * 16, e.rounding)
+            RqFused16::load_at(&l.m0, &l.fused_c, blk * 64 + b * 16, e.rounding)
         });
         let bias: [__m512i; 4] = std::array::from_fn(|b| {
             _mm512_loadu_si512(l.bias.as_ptr().add(blk * 64 + b * 16).cast())
@@ -182,7 +182,7 @@ unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
             ((1u32 << n) - 1) as u16
         });
         let f: [RqFused16; V] = std::array::from_fn(|v| {
-            RqFused16::load_at(&e.m0, &l.fk_nat, &l.fs_nat, c0 + 16 * v, e.rounding)
+            RqFused16::load_at(&e.m0, &l.fused_nat, c0 + 16 * v, e.rounding)
         });
         let bias: [__m512i; V] =
             std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));

@@ -81,7 +81,7 @@ pub(super) unsafe fn depthwise_taps_packed<const NT: bool, const P: usize>(
     // SAFETY: as documented; the layout holds one block.
     unsafe {
         let f: [RqFused16; 4] =
-            std::array::from_fn(|k| RqFused16::load_at(&t.m0, &t.fk, &t.fs, k * 16, e.rounding));
+            std::array::from_fn(|k| RqFused16::load_at(&t.m0, &t.fused, k * 16, e.rounding));
         let bias: [__m512i; 4] =
             std::array::from_fn(|k| _mm512_loadu_si512(t.bias.as_ptr().add(k * 16).cast()));
         let w: [[__m512i; 4]; 3] = std::array::from_fn(|s| {

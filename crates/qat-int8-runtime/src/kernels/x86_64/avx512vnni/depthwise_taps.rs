@@ -10,6 +10,7 @@ use super::byte_mask;
 use super::depthwise_fused::Pixels;
 use super::requant::{RqFused16, fused_constants, single_shift_stage};
 use crate::kernels::frame::Epilogue;
+use crate::kernels::frame::epilogue::ShiftConstants;
 
 /// Taps per channel of [`depthwise_taps_fused`]. A 3×3 kernel's tap is `t = 3·row + column`;
 /// any other 9-tap kernel works too: a "column" is the taps `s`, `s + 3`, `s + 6`, and
@@ -35,10 +36,8 @@ pub struct TapsLayout {
     pub bias: Vec<i32>,
     /// Permuted `M0`.
     pub m0: Vec<i32>,
-    /// [`fused_constants`] of the permuted channels, rounding constants.
-    pub fk: Vec<i64>,
-    /// Shift counts matching `fk`.
-    pub fs: Vec<i32>,
+    /// [`fused_constants`] of the permuted channels.
+    pub fused: ShiftConstants,
 }
 
 /// The channel (within its block) of lane `lane` of accumulator `k`.
@@ -80,13 +79,12 @@ impl TapsLayout {
             }
         }
         let (m0, right) = (perm(&e.m0), perm(&e.right));
-        let (fk, fs) = fused_constants(&m0, &right, e.zp, e.rounding);
+        let fused = fused_constants(&m0, &right, e.zp, e.rounding);
         Self {
             w: wl,
             bias: perm(&e.bias),
             m0,
-            fk,
-            fs,
+            fused,
         }
     }
 }
@@ -173,7 +171,7 @@ pub(super) unsafe fn depthwise_taps_fused<const NT: bool, const FULL: bool, cons
     // SAFETY: as documented; the layout arrays cover every block.
     unsafe {
         let f: [RqFused16; 4] = std::array::from_fn(|k| {
-            RqFused16::load_at(&t.m0, &t.fk, &t.fs, blk * 64 + k * 16, e.rounding)
+            RqFused16::load_at(&t.m0, &t.fused, blk * 64 + k * 16, e.rounding)
         });
         let bias: [__m512i; 4] = std::array::from_fn(|k| {
             _mm512_loadu_si512(t.bias.as_ptr().add(blk * 64 + k * 16).cast())

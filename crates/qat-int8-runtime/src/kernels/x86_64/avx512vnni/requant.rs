@@ -15,7 +15,7 @@ use qat_core::fixed_point::Rounding;
 use qat_core::target::Target;
 
 use super::Avx512Vnni;
-use crate::kernels::frame::epilogue::{SingleShift, not_fused};
+use crate::kernels::frame::epilogue::{ShiftConstants, SingleShift, not_fused};
 use crate::kernels::frame::{Epilogue, OutputStage};
 
 impl OutputStage for Avx512Vnni {
@@ -33,12 +33,12 @@ impl OutputStage for Avx512Vnni {
             && e.m0.len().is_multiple_of(16)
             && fused_ok(&e.m0[..n], &e.left[..n], &e.right[..n], e.zp, e.lo, e.hi);
         ok.then(|| {
-            let (mut k, s) = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
+            let mut c = fused_constants(&e.m0, &e.right, e.zp, e.rounding);
             let folded = e.ties_impossible(n);
             if folded {
-                fold_bias(&mut k, &e.m0, &e.bias);
+                fold_bias(&mut c.k, &e.m0, &e.bias);
             }
-            SingleShift { k, s, folded }
+            SingleShift { c, folded }
         })
     }
 }
@@ -412,13 +412,19 @@ impl RqFused16 {
         }
     }
 
-    /// [`RqFused16::load`] of lanes `at..at + 16`: `m0[at..]`, `k[at..]`, `s[at..]`. Always
+    /// [`RqFused16::load`] of lanes `at..at + 16`: `m0[at..]`, `c.k[at..]`, `c.s[at..]`. Always
     /// inlined, without target features of its own: it compiles as part of the kernel calling it.
     ///
     /// # Safety
-    /// CPU supports avx512f; `m0`, `k` and `s` have at least `at + 16` entries each.
+    /// CPU supports avx512f; `m0`, `c.k` and `c.s` have at least `at + 16` entries each.
     #[inline(always)]
-    pub unsafe fn load_at(m0: &[i32], k: &[i64], s: &[i32], at: usize, rounding: Rounding) -> Self {
+    pub(crate) unsafe fn load_at(
+        m0: &[i32],
+        c: &ShiftConstants,
+        at: usize,
+        rounding: Rounding,
+    ) -> Self {
+        let (k, s) = (&c.k, &c.s);
         debug_assert!(m0.len() >= at + 16 && k.len() >= at + 16 && s.len() >= at + 16);
         // SAFETY: caller guarantees the lengths.
         unsafe {
@@ -452,12 +458,12 @@ pub fn fused_ok(m0: &[i32], left: &[i32], right: &[i32], zp: i32, lo: i32, hi: i
 /// (`Single`: `2^(T−1) + Z3·2^T` with `T = 31 + e`), and `s` the 16 lanes' final shift counts
 /// `e − 1` in lane order, with `e = right` (`e = 1` for a flushed `M0 = 0`, whose output is `Z3`
 /// for any `e`). Only meaningful when [`fused_ok`] holds.
-pub fn fused_constants(
+pub(crate) fn fused_constants(
     m0: &[i32],
     right: &[i32],
     zp: i32,
     rounding: Rounding,
-) -> (Vec<i64>, Vec<i32>) {
+) -> ShiftConstants {
     let srdhm_nudge = match rounding {
         Rounding::Gemmlowp => 1i64 << 30,
         Rounding::Single => 0,
@@ -480,7 +486,7 @@ pub fn fused_constants(
             s[ch] = (e - 1) as i32;
         }
     }
-    (k, s)
+    ShiftConstants { k, s }
 }
 
 /// [`requantize16`] without the clamp, computed with one rounding shift: bit-exact with

@@ -171,7 +171,7 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDE
             let col = col0 + 16 * j;
             let mask = ((1u32 << (cols - 16 * j).min(16)) - 1) as u16;
             let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let f = RqFused16::load_at(&e.m0, &ss.k, &ss.s, col, e.rounding);
+            let f = RqFused16::load_at(&e.m0, &ss.c, col, e.rounding);
             for (r, accr) in acc.iter().enumerate() {
                 let q = single_shift16::<FOLDED>(accr[j], bias, &f);
                 let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
@@ -200,9 +200,8 @@ unsafe fn tile_store_packed<const M: usize, const FOLDED: bool>(
     let mask = byte_mask(cols);
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
-        let f: [RqFused16; 4] = std::array::from_fn(|j| {
-            RqFused16::load_at(&e.m0, &ss.k, &ss.s, col0 + 16 * j, e.rounding)
-        });
+        let f: [RqFused16; 4] =
+            std::array::from_fn(|j| RqFused16::load_at(&e.m0, &ss.c, col0 + 16 * j, e.rounding));
         let bias: [__m512i; 4] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
         for (r, accr) in acc.iter().enumerate() {
@@ -232,9 +231,8 @@ unsafe fn tile_store_flat<const M: usize, const V: usize, const FOLDED: bool>(
 ) {
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
-        let f: [RqFused16; V] = std::array::from_fn(|j| {
-            RqFused16::load_at(&e.m0, &ss.k, &ss.s, col0 + 16 * j, e.rounding)
-        });
+        let f: [RqFused16; V] =
+            std::array::from_fn(|j| RqFused16::load_at(&e.m0, &ss.c, col0 + 16 * j, e.rounding));
         let bias: [__m512i; V] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
         let p = p.add(col0);
