@@ -154,15 +154,8 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDE
     let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
     // SAFETY: as documented; the constant arrays cover every padded column.
     unsafe {
-        if cols == 16 * V && ld == cols {
-            return tile_store_flat::<M, V, FOLDED>(acc, e, ss, col0, p);
-        }
-        if V > 2 && cols > 32 {
-            // Three or four vectors: the fourth (past the columns when V = 3) is not stored.
-            let acc4: [[__m512i; 4]; M] = std::array::from_fn(|r| {
-                std::array::from_fn(|j| if j < V { acc[r][j] } else { acc[r][0] })
-            });
-            return tile_store_packed::<M, FOLDED>(acc4, e, ss, col0, cols, p, ld);
+        if (cols == 16 * V && ld == cols) || (V > 2 && cols > 32) {
+            return tile_store_narrowed::<M, V, FOLDED>(acc, e, ss, col0, cols, p, ld);
         }
         for j in 0..V {
             if 16 * j >= cols {
@@ -181,15 +174,19 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDE
     }
 }
 
-/// [`tile_epilogue_single_shift`] for a tile of more than 32 columns: each row's four vectors
-/// are narrowed together ([`narrow64`]) and stored with one 64-byte masked store.
+/// [`tile_epilogue_single_shift`] narrowing four vectors into each 64-byte store ([`narrow64`]):
+/// when the tile's rows lie back to back (`16·V` columns, all of the layer's, at row stride
+/// `16·V`) its `M·V` vectors in memory order, four at a time from column `col0` of the first row,
+/// the last store masked to what remains (a 16- or 32-channel layer stores four or two rows at
+/// once); otherwise, for three or four vectors, one row per store (the fourth vector of a
+/// three-vector tile repeats the third and is not stored).
 ///
 /// # Safety
-/// As [`tile_epilogue_single_shift`].
+/// As [`tile_epilogue_single_shift`]; rows back to back, or `V ≥ 3`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_store_packed<const M: usize, const FOLDED: bool>(
-    acc: [[__m512i; 4]; M],
+unsafe fn tile_store_narrowed<const M: usize, const V: usize, const FOLDED: bool>(
+    acc: [[__m512i; V]; M],
     e: &Epilogue,
     ss: &SingleShift,
     col0: usize,
@@ -197,54 +194,32 @@ unsafe fn tile_store_packed<const M: usize, const FOLDED: bool>(
     p: *mut u8,
     ld: usize,
 ) {
-    let mask = byte_mask(cols);
-    // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
-    unsafe {
-        let f: [RqFused16; 4] =
-            std::array::from_fn(|j| RqFused16::load_at(&e.m0, &ss.c, col0 + 16 * j, e.rounding));
-        let bias: [__m512i; 4] =
-            std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
-        for (r, accr) in acc.iter().enumerate() {
-            let q = std::array::from_fn(|j| single_shift16::<FOLDED>(accr[j], bias[j], &f[j]));
-            _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, narrow64(q, e));
-        }
-    }
-}
-
-/// [`tile_epilogue_single_shift`] for a tile whose rows lie back to back in memory (`16·V`
-/// columns, all of the layer's, at row stride `16·V`): its `M·V` vectors, in memory order, are
-/// narrowed four at a time ([`narrow64`]) and stored 64 bytes at a time from column `col0` of
-/// the first row, the last store masked to what remains. A 16- or 32-channel layer stores four or two rows per instruction instead
-/// of one vector.
-///
-/// # Safety
-/// As [`tile_epilogue_single_shift`]; `cols == ld == 16·V` (row `r + 1` starts where row `r`'s
-/// columns end).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_store_flat<const M: usize, const V: usize, const FOLDED: bool>(
-    acc: [[__m512i; V]; M],
-    e: &Epilogue,
-    ss: &SingleShift,
-    col0: usize,
-    p: *mut u8,
-) {
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
         let f: [RqFused16; V] =
             std::array::from_fn(|j| RqFused16::load_at(&e.m0, &ss.c, col0 + 16 * j, e.rounding));
         let bias: [__m512i; V] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
-        let p = p.add(col0);
-        let total = M * V;
-        for g in (0..total).step_by(4) {
-            // Past the last vector (a partial group) any vector will do: its bytes are not stored.
-            let q = std::array::from_fn(|i| {
-                let k = (g + i).min(total - 1);
-                single_shift16::<FOLDED>(acc[k / V][k % V], bias[k % V], &f[k % V])
-            });
-            let mask = byte_mask(16 * (total - g));
-            _mm512_mask_storeu_epi8(p.add(16 * g).cast(), mask, narrow64(q, e));
+        let q = |r: usize, j: usize| single_shift16::<FOLDED>(acc[r][j], bias[j], &f[j]);
+        if cols == 16 * V && ld == cols {
+            let (total, p) = (M * V, p.add(col0));
+            for g in (0..total).step_by(4) {
+                // Past the last vector (a partial group) any vector will do: it is not stored.
+                let v = narrow64(
+                    std::array::from_fn(|i| {
+                        let k = (g + i).min(total - 1);
+                        q(k / V, k % V)
+                    }),
+                    e,
+                );
+                _mm512_mask_storeu_epi8(p.add(16 * g).cast(), byte_mask(16 * (total - g)), v);
+            }
+        } else {
+            let mask = byte_mask(cols);
+            for r in 0..M {
+                let v = narrow64(std::array::from_fn(|j| q(r, j.min(V - 1))), e);
+                _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, v);
+            }
         }
     }
 }
