@@ -10,8 +10,8 @@ use std::arch::x86_64::*;
 use super::Avx512Vnni;
 use super::igemm::block_indirect;
 use super::tile_store::tile_epilogue;
+use crate::kernels::frame::GemmKernel;
 use crate::kernels::frame::gemm::{Block, IndirectBlock, TileArgs, tile_loop};
-use crate::kernels::frame::{Epilogue, GemmKernel, OutPtr};
 
 /// Columns per panel: four zmm registers of 16 int32.
 pub(super) const NR: usize = 64;
@@ -30,10 +30,10 @@ impl GemmKernel for Avx512Vnni {
         // SAFETY: as documented by the trait; V·16 ≥ t.cols.
         unsafe {
             match t.cols.div_ceil(16) {
-                1 => tile::<M, 1>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
-                2 => tile::<M, 2>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
-                3 => tile::<M, 3>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
-                _ => tile::<M, 4>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out),
+                1 => tile::<M, 1>(t),
+                2 => tile::<M, 2>(t),
+                3 => tile::<M, 3>(t),
+                _ => tile::<M, 4>(t),
             }
         }
     }
@@ -50,29 +50,20 @@ impl GemmKernel for Avx512Vnni {
 /// columns past `16·V` are not stored).
 ///
 /// # Safety
-/// `a`: `M` rows of `kp` readable bytes at stride `lda`; `b`: one packed panel; `out` valid for
-/// `M` rows × `cols` columns from `col0`; `cols ≤ 16·V`, `1 ≤ V ≤ 4`.
+/// `t.a`: `M` rows of `t.kp` readable bytes at stride `t.lda`; `t.panel`: one packed panel;
+/// `t.out` valid for `M` rows × `t.cols` columns from `t.col0`; `t.cols ≤ 16·V`, `1 ≤ V ≤ 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize, const V: usize>(
-    kp: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
-) {
+unsafe fn tile<const M: usize, const V: usize>(t: &TileArgs<'_, Avx512Vnni>) {
     const { assert!(V >= 1 && V <= 4) };
+    let (a, lda, b) = (t.a, t.lda, t.panel);
     let mut acc = [[_mm512_setzero_si512(); V]; M];
     // SAFETY: reads stay within the A rows and the panel (caller).
     unsafe {
-        for g in 0..kp / 4 {
+        for g in 0..t.kp / 4 {
             k_group(&mut acc, |r| a.add(r * lda + 4 * g), b.add(g * NR * 4));
         }
-        tile_epilogue(acc, e, col0, cols, out);
+        tile_epilogue(acc, t.e, t.col0, t.cols, t.out);
     }
 }
 

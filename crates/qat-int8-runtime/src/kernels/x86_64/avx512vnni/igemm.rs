@@ -7,21 +7,18 @@ use super::Avx512Vnni;
 use super::gemm::{NR, k_group};
 use super::tile_store::tile_epilogue;
 use crate::kernels::frame::gemm::{IndirectArgs, IndirectBlock, IndirectTile, indirect_tile_loop};
-use crate::kernels::frame::{Epilogue, OutPtr};
 
 impl IndirectTile for Avx512Vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_indirect<const M: usize>(t: &IndirectArgs<'_, Self>) {
-        let (ptrs, taps, seg, b) = (t.ptrs, t.taps, t.seg, t.panel);
-        let (e, col0, cols, out) = (t.e, t.col0, t.cols, t.out);
         // SAFETY: as documented by the trait; V·16 ≥ cols.
         unsafe {
-            match cols.div_ceil(16) {
-                1 => tile_indirect::<M, 1>(ptrs, taps, seg, b, e, col0, cols, out),
-                2 => tile_indirect::<M, 2>(ptrs, taps, seg, b, e, col0, cols, out),
-                3 => tile_indirect::<M, 3>(ptrs, taps, seg, b, e, col0, cols, out),
-                _ => tile_indirect::<M, 4>(ptrs, taps, seg, b, e, col0, cols, out),
+            match t.cols.div_ceil(16) {
+                1 => tile_indirect::<M, 1>(t),
+                2 => tile_indirect::<M, 2>(t),
+                3 => tile_indirect::<M, 3>(t),
+                _ => tile_indirect::<M, 4>(t),
             }
         }
     }
@@ -43,33 +40,25 @@ pub(super) unsafe fn block_indirect(blk: &IndirectBlock<'_, Avx512Vnni>) {
 /// are computed (a narrow layer's last panel: the columns past `16·V` are not stored).
 ///
 /// # Safety
-/// Every pointer has `seg` readable bytes, `seg % 4 == 0`, `taps·seg == kp`; `b` one packed panel;
-/// `out` valid for `M` rows × `cols` columns from `col0`; `cols ≤ 16·V`, `1 ≤ V ≤ 4`.
+/// Every pointer in `t.ptrs` has `t.seg` readable bytes, `t.seg % 4 == 0`, `taps·seg == kp`;
+/// `t.panel` one packed panel; `t.out` valid for `M` rows × `t.cols` columns from `t.col0`;
+/// `t.cols ≤ 16·V`, `1 ≤ V ≤ 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_indirect<const M: usize, const V: usize>(
-    ptrs: &[*const u8],
-    taps: usize,
-    seg: usize,
-    b: *const i8,
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
-) {
+unsafe fn tile_indirect<const M: usize, const V: usize>(t: &IndirectArgs<'_, Avx512Vnni>) {
     const { assert!(V >= 1 && V <= 4) };
+    let (ptrs, taps, seg) = (t.ptrs, t.taps, t.seg);
     let mut acc = [[_mm512_setzero_si512(); V]; M];
     // SAFETY: as documented.
     unsafe {
-        let mut bg = b;
-        for t in 0..taps {
-            let rows: [*const u8; M] = std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + t));
+        let mut bg = t.panel;
+        for tap in 0..taps {
+            let rows: [*const u8; M] = std::array::from_fn(|r| *ptrs.get_unchecked(r * taps + tap));
             for gi in 0..seg / 4 {
                 k_group(&mut acc, |r| rows[r].add(4 * gi), bg);
                 bg = bg.add(NR * 4);
             }
         }
-        tile_epilogue(acc, e, col0, cols, out);
+        tile_epilogue(acc, t.e, t.col0, t.cols, t.out);
     }
 }
