@@ -200,25 +200,29 @@ unsafe fn tile_store_narrowed<const M: usize, const V: usize, const FOLDED: bool
             std::array::from_fn(|j| RqFused16::load_at(&e.m0, &ss.c, col0 + 16 * j, e.rounding));
         let bias: [__m512i; V] =
             std::array::from_fn(|j| _mm512_loadu_si512(e.bias.as_ptr().add(col0 + 16 * j).cast()));
-        let q = |r: usize, j: usize| single_shift16::<FOLDED>(acc[r][j], bias[j], &f[j]);
+        // No closures here: a closure called through `array::from_fn` may stay out of line (a
+        // call per 16 lanes, the accumulators through memory).
+        let mut q = [_mm512_setzero_si512(); 4];
         if cols == 16 * V && ld == cols {
             let (total, p) = (M * V, p.add(col0));
             for g in (0..total).step_by(4) {
-                // Past the last vector (a partial group) any vector will do: it is not stored.
-                let v = narrow64(
-                    std::array::from_fn(|i| {
-                        let k = (g + i).min(total - 1);
-                        q(k / V, k % V)
-                    }),
-                    e,
-                );
-                _mm512_mask_storeu_epi8(p.add(16 * g).cast(), byte_mask(16 * (total - g)), v);
+                for (i, qi) in q.iter_mut().enumerate() {
+                    // Past the last vector (a partial group) any vector will do: not stored.
+                    let k = (g + i).min(total - 1);
+                    let (r, j) = (k / V, k % V);
+                    *qi = single_shift16::<FOLDED>(acc[r][j], bias[j], &f[j]);
+                }
+                let mask = byte_mask(16 * (total - g));
+                _mm512_mask_storeu_epi8(p.add(16 * g).cast(), mask, narrow64(q, e));
             }
         } else {
             let mask = byte_mask(cols);
-            for r in 0..M {
-                let v = narrow64(std::array::from_fn(|j| q(r, j.min(V - 1))), e);
-                _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, v);
+            for (r, accr) in acc.iter().enumerate() {
+                for (j, qj) in q.iter_mut().enumerate() {
+                    let j = j.min(V - 1);
+                    *qj = single_shift16::<FOLDED>(accr[j], bias[j], &f[j]);
+                }
+                _mm512_mask_storeu_epi8(p.add(r * ld + col0).cast(), mask, narrow64(q, e));
             }
         }
     }
