@@ -529,7 +529,7 @@ mod tests {
                 let mc = block_rows(m, threads, 6);
                 assert!(mc.is_multiple_of(6) && mc <= MC, "{m} {threads}");
                 let blocks = m.div_ceil(mc);
-                // Never more blocks than the even split asked for; the last is not tiny unless m is.
+                // Never more blocks than the even split asked for.
                 assert!(
                     blocks <= m.div_ceil(MC).next_multiple_of(threads),
                     "{m} {threads}"
