@@ -25,7 +25,7 @@ pub mod lanes {
     use qat_core::fixed_point::{QuantizedMultiplier, Rounding};
 
     use crate::KernelPath;
-    use crate::kernels::x86_64::avx2::requant::{requantize8_fp32, requantize8_single};
+    use crate::kernels::x86_64::avx2::requant::{Rq8, requantize8_fp32, requantize8_single};
     use crate::kernels::x86_64::avx512vnni::requant::{
         RqFused16, RqSingle16, fold_bias, fused_constants, fused_ok, requantize16_fused,
         requantize16_no_tie, requantize16_single,
@@ -136,18 +136,17 @@ pub mod lanes {
         })
     }
 
-    /// AVX-512's single-rounding stage (`requantize16_single`) with clamp, in its wide
+    /// AVX-512's single-rounding stage (`requantize16_single`) then `+ Z3` and the clamp
+    /// (`zlh = [Z3, lo, hi]`), in its wide
     /// (`wide = true`, any shift) or narrow form (every multiplier below 0.5 or flushed).
     pub fn avx512_single(
         x: [i32; 16],
         m: &[QuantizedMultiplier; 16],
-        zp: i32,
-        lo: i32,
-        hi: i32,
+        zlh: [i32; 3],
         wide: bool,
     ) -> Option<[i32; 16]> {
         let (m0, left, right) = parts(m);
-        avx512_stage(x, [zp, lo, hi], |x, [z, l, h]| {
+        avx512_stage(x, zlh, |x, [z, l, h]| {
             // SAFETY: run by `avx512_stage` after its AVX-512 check; 16 lanes each.
             unsafe {
                 let c = RqSingle16::load(m0.as_ptr(), left.as_ptr(), right.as_ptr());
@@ -160,35 +159,28 @@ pub mod lanes {
         })
     }
 
-    /// AVX2's single-rounding stage (`requantize8_single`) with clamp.
+    /// AVX2's single-rounding stage (`requantize8_single`), `zlh = [Z3, lo, hi]`.
     pub fn avx2_single(
         x: [i32; 8],
         m: &[QuantizedMultiplier; 8],
-        zp: i32,
-        lo: i32,
-        hi: i32,
+        zlh: [i32; 3],
     ) -> Option<[i32; 8]> {
         let (m0, left, right) = parts(m);
-        avx2_stage(x, [zp, lo, hi], |x, [z, l, h]| {
+        avx2_stage(x, zlh, |x, [z, l, h]| {
             // SAFETY: run by `avx2_stage` after its AVX2 check; 8 lanes each.
             unsafe {
                 let ld = |v: &[i32; 8]| _mm256_loadu_si256(v.as_ptr().cast());
-                requantize8_single(x, ld(&m0), ld(&left), ld(&right), z, l, h)
+                let (m0, left, right) = (ld(&m0), ld(&left), ld(&right));
+                requantize8_single(x, Rq8 { m0, left, right }, [z, l, h])
             }
         })
     }
 
-    /// AVX2's `f32` stage (`requantize8_fp32`) with clamp, each lane's `f32` multiplier
+    /// AVX2's `f32` stage (`requantize8_fp32`), `zlh = [Z3, lo, hi]`, each lane's `f32` multiplier
     /// `m[i].to_f32()`.
-    pub fn avx2_fp32(
-        x: [i32; 8],
-        m: &[QuantizedMultiplier; 8],
-        zp: i32,
-        lo: i32,
-        hi: i32,
-    ) -> Option<[i32; 8]> {
+    pub fn avx2_fp32(x: [i32; 8], m: &[QuantizedMultiplier; 8], zlh: [i32; 3]) -> Option<[i32; 8]> {
         let scale: [f32; 8] = std::array::from_fn(|i| m[i].to_f32());
-        avx2_stage(x, [zp, lo, hi], |x, [z, l, h]| {
+        avx2_stage(x, zlh, |x, [z, l, h]| {
             // SAFETY: run by `avx2_stage` after its AVX2 check; 8 lanes.
             unsafe { requantize8_fp32(x, _mm256_loadu_ps(scale.as_ptr()), z, l, h) }
         })

@@ -1127,16 +1127,16 @@ mod vector_stages {
                 let want: [i32; 16] = std::array::from_fn(|i| requantize_single(x[i], m[i], zp, lo, hi));
                 // Narrow variant: only for lanes whose multiplier is below 0.5 (T ≥ 32) or flushed.
                 let narrow_ok = m.iter().all(|m| m.multiplier() == 0 || m.shift() < 0);
-                if let Some(wide) = lanes::avx512_single(x, &m, zp, lo, hi, true) {
+                if let Some(wide) = lanes::avx512_single(x, &m, [zp, lo, hi], true) {
                     prop_assert_eq!(wide, want, "avx512 wide");
                 }
-                if narrow_ok && let Some(narrow) = lanes::avx512_single(x, &m, zp, lo, hi, false) {
+                if narrow_ok && let Some(narrow) = lanes::avx512_single(x, &m, [zp, lo, hi], false) {
                     prop_assert_eq!(narrow, want, "avx512 narrow");
                 }
                 for h8 in 0..2 {
                     let x8: [i32; 8] = std::array::from_fn(|i| x[8 * h8 + i]);
                     let m8: [QuantizedMultiplier; 8] = std::array::from_fn(|i| m[8 * h8 + i]);
-                    if let Some(got) = lanes::avx2_single(x8, &m8, zp, lo, hi) {
+                    if let Some(got) = lanes::avx2_single(x8, &m8, [zp, lo, hi]) {
                         prop_assert_eq!(&got[..], &want[8 * h8..8 * h8 + 8], "avx2");
                     }
                 }
@@ -1157,7 +1157,7 @@ mod vector_stages {
                 let m: [QuantizedMultiplier; 8] =
                     std::array::from_fn(|i| fp32_multiplier(log2[i].exp2().min(1.0e9)).unwrap());
                 let want: [i32; 8] = std::array::from_fn(|i| requantize_fp32(x[i], m[i], zp, lo, hi));
-                if let Some(got) = lanes::avx2_fp32(x, &m, zp, lo, hi) {
+                if let Some(got) = lanes::avx2_fp32(x, &m, [zp, lo, hi]) {
                     prop_assert_eq!(got, want);
                 }
             }

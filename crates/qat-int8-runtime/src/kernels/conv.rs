@@ -25,6 +25,7 @@ use crate::model::{Conv2d, FullyConnected, Weights};
 mod im2col;
 mod im2col_small;
 
+use im2col::GroupCols;
 use im2col_small::PaddedIm2col;
 
 /// The tensors around a conv: shapes `[H, W, C]` and quantization params, and the model's
@@ -341,7 +342,14 @@ impl ConvPlan {
                     }
                     let fill = |row0: usize, rows: usize, dst: &mut [u8]| match &self.padded {
                         Some(p) if p.kp == b.kp => self.im2col_padded(p, input, row0, rows, dst),
-                        _ => self.im2col(input, g * cig, cig, b.kp, row0, rows, dst),
+                        _ => {
+                            let cols = GroupCols {
+                                ch0: g * cig,
+                                cig,
+                                kp: b.kp,
+                            };
+                            self.im2col(input, cols, row0..row0 + rows, dst)
+                        }
                     };
                     // SAFETY: as above.
                     unsafe { b.gemm_unchecked(m, &ASource::Fill(&fill), gptr) };

@@ -9,7 +9,7 @@
 use qat_core::target::Target;
 
 use super::frame::depthwise::{DwOut, RowScratch};
-use super::frame::gemm::{Block, TileArgs, tile_loop};
+use super::frame::gemm::{Block, TileArgs, TileDst, tile_loop};
 use super::frame::{DepthwiseKernel, DepthwisePlan, GemmKernel, Isa, OutPtr, OutputStage};
 
 /// The portable ISA (any CPU).
@@ -41,7 +41,7 @@ impl GemmKernel for Portable {
     #[inline]
     unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>) {
         let (a, lda, panel, kp) = (t.a, t.lda, t.panel, t.kp);
-        let (e, col0, cols, out) = (t.e, t.col0, t.cols, t.out);
+        let TileDst { e, col0, cols, out } = t.dst;
         // SAFETY: the panel holds kp·NR weights (caller).
         let panel = unsafe { std::slice::from_raw_parts(panel, kp * NR) };
         let mut acc = [[0i32; NR]; M];

@@ -1,8 +1,22 @@
 //! How a conv's `A` rows are made from the NHWC input: the indirection table of the implicit
 //! im2col (tap-segment pointers) and the tiled im2col copy.
 
+use std::ops::Range;
+
 use super::ConvPlan;
 use crate::kernels::copy::{copy_row, fill_small};
+
+/// The `A` columns of one conv group: input channels `ch0..ch0 + cig`, rows of `kp` bytes
+/// (columns `kh·kw·cig..kp` zero).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GroupCols {
+    /// First input channel of the group.
+    pub(super) ch0: usize,
+    /// Input channels per group.
+    pub(super) cig: usize,
+    /// Padded row length.
+    pub(super) kp: usize,
+}
 
 impl ConvPlan {
     /// Indirection table for rows `row0..row0 + rows`: `ptrs[r·taps + (i·kw + j)]` points at the
@@ -57,7 +71,7 @@ impl ConvPlan {
         }
     }
 
-    /// Tiled im2col: rows `row0..row0 + rows` of `A` (row = (sample, oh, ow), column
+    /// Tiled im2col: `rows` of `A` (row = (sample, oh, ow)) for group `g` (column
     /// `(i·kw + j)·cig + ci` matching OHWI), padded cells = `Z1`, columns `k..kp` = 0.
     ///
     /// The output position advances row by row (no division per row). A row whose taps are all
@@ -65,19 +79,9 @@ impl ConvPlan {
     /// copied with fixed-size moves when a span has at most 16 bytes (the small-`C_in` stems,
     /// whose rows would otherwise be a few `memcpy` calls of 3 bytes); other rows resolve their
     /// taps one by one.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn im2col(
-        &self,
-        input: &[u8],
-        ch0: usize,
-        cig: usize,
-        kp: usize,
-        row0: usize,
-        rows: usize,
-        dst: &mut [u8],
-    ) {
+    pub(super) fn im2col(&self, input: &[u8], g: GroupCols, rows: Range<usize>, dst: &mut [u8]) {
         let (kw, cin) = (self.geom.weight_shape[2], self.in_hwc[2]);
-        let span = if cig == cin && self.geom.dilation[1] == 1 {
+        let span = if g.cig == cin && self.geom.dilation[1] == 1 {
             kw * cin
         } else {
             0
@@ -85,8 +89,8 @@ impl ConvPlan {
         macro_rules! spans {
             ($($n:literal)*) => {
                 match span {
-                    $($n => self.im2col_rows::<$n>(input, ch0, cig, kp, row0, rows, dst),)*
-                    _ => self.im2col_rows::<0>(input, ch0, cig, kp, row0, rows, dst),
+                    $($n => self.im2col_rows::<$n>(input, g, rows, dst),)*
+                    _ => self.im2col_rows::<0>(input, g, rows, dst),
                 }
             };
         }
@@ -100,17 +104,15 @@ impl ConvPlan {
     /// the pixels whose taps are all inside (a range of `ow` fixed by the geometry) are copied by
     /// one loop that advances the source by `sw·C_in` bytes per row; the others go
     /// [`ConvPlan::im2col_row`].
-    #[allow(clippy::too_many_arguments)]
     fn im2col_rows<const L: usize>(
         &self,
         input: &[u8],
-        ch0: usize,
-        cig: usize,
-        kp: usize,
-        row0: usize,
-        rows: usize,
+        g: GroupCols,
+        rows: Range<usize>,
         dst: &mut [u8],
     ) {
+        let (cig, kp) = (g.cig, g.kp);
+        let (row0, rows) = (rows.start, rows.len());
         let [h, w, cin] = self.in_hwc;
         let [ho, wo, _] = self.out_hwc;
         let [_, kh, kw, _] = self.geom.weight_shape;
@@ -142,7 +144,7 @@ impl ConvPlan {
             };
             for c in (ow..a).chain(b..end) {
                 let row = &mut dst[(r + c - ow) * kp..(r + c - ow + 1) * kp];
-                self.im2col_row(sample, [oh, c], ch0, cig, row);
+                self.im2col_row(sample, [oh, c], g, row);
                 fill_small(&mut row[k..], 0);
             }
             if a < b {
@@ -159,14 +161,8 @@ impl ConvPlan {
     /// Columns `0..kh·kw·cig` of the A row of output pixel `[oh, ow]` of `sample`: padded taps
     /// are `Z1`; a row whose taps are all inside, of a dense conv undilated in width, is `kh`
     /// spans of `kw·C_in` bytes.
-    fn im2col_row(
-        &self,
-        sample: &[u8],
-        [oh, ow]: [usize; 2],
-        ch0: usize,
-        cig: usize,
-        row: &mut [u8],
-    ) {
+    fn im2col_row(&self, sample: &[u8], [oh, ow]: [usize; 2], g: GroupCols, row: &mut [u8]) {
+        let (ch0, cig) = (g.ch0, g.cig);
         let [h, w, cin] = self.in_hwc;
         let [_, kh, kw, _] = self.geom.weight_shape;
         let ([sh, sw], [dh, dw]) = (self.geom.stride, self.geom.dilation);

@@ -79,6 +79,20 @@ unsafe fn prepare_a<A: AElem>(
     (scratch.as_ptr().cast(), kp)
 }
 
+/// Where a micro-tile's results go (shared by [`TileArgs`] and [`IndirectArgs`]): the output
+/// stage, the tile's columns, its first output row.
+#[derive(Clone, Copy)]
+pub(crate) struct TileDst<'a> {
+    /// Output-stage constants (at least `col0 + NR` columns).
+    pub(crate) e: &'a Epilogue,
+    /// First column of the tile.
+    pub(crate) col0: usize,
+    /// Columns to store (`≤ NR`).
+    pub(crate) cols: usize,
+    /// The tile's first output row.
+    pub(crate) out: OutPtr,
+}
+
 /// One micro-tile's operands ([`GemmKernel::tile`]).
 pub(crate) struct TileArgs<'a, K: GemmKernel> {
     /// `M` rows of `kp` elements.
@@ -89,14 +103,8 @@ pub(crate) struct TileArgs<'a, K: GemmKernel> {
     pub(crate) panel: *const K::W,
     /// Padded reduction length.
     pub(crate) kp: usize,
-    /// Output-stage constants (at least `col0 + NR` columns).
-    pub(crate) e: &'a Epilogue,
-    /// First column of the tile.
-    pub(crate) col0: usize,
-    /// Columns to store (`≤ NR`).
-    pub(crate) cols: usize,
-    /// The tile's first output row.
-    pub(crate) out: OutPtr,
+    /// Where the results go.
+    pub(crate) dst: TileDst<'a>,
 }
 
 /// One indirect micro-tile's operands ([`IndirectTile::tile_indirect`]).
@@ -109,14 +117,8 @@ pub(crate) struct IndirectArgs<'a, K: GemmKernel> {
     pub(crate) seg: usize,
     /// One packed panel of `taps·seg·NR` elements.
     pub(crate) panel: *const K::W,
-    /// Output-stage constants (at least `col0 + NR` columns).
-    pub(crate) e: &'a Epilogue,
-    /// First column of the tile.
-    pub(crate) col0: usize,
-    /// Columns to store (`≤ NR`).
-    pub(crate) cols: usize,
-    /// The tile's first output row.
-    pub(crate) out: OutPtr,
+    /// Where the results go.
+    pub(crate) dst: TileDst<'a>,
 }
 
 /// An ISA's GEMM micro-kernel.
@@ -144,8 +146,8 @@ pub(crate) trait GemmKernel: OutputStage + Sized + Send + Sync + 'static {
     ///
     /// # Safety
     /// The CPU supports the ISA; `t.a` has `M` rows of `t.kp` elements at stride `t.lda`;
-    /// `t.panel` is one packed panel; `t.out` is valid for `M` rows × `t.cols` columns from
-    /// `t.col0`; u8 output only when `t.e.fused`.
+    /// `t.panel` is one packed panel; `t.dst.out` is valid for `M` rows × `t.dst.cols` columns
+    /// from `t.dst.col0`; u8 output only when `t.dst.e.fused`.
     unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>);
 
     /// [`tile_loop::<Self>`](tile_loop) compiled with the ISA's target features (so the tiles
@@ -237,6 +239,18 @@ macro_rules! with_rows {
 /// # Safety
 /// The CPU supports the ISA; `blk.a` holds `blk.rows` rows of `blk.kp` elements at stride
 /// `blk.lda`; `blk.out` is valid for `blk.rows` rows × `blk.n` columns; `p1` ≤ the panel count.
+/// The destination of panel `p`'s tile (`nr` columns per panel, `n` in all) at output row `o`.
+#[inline(always)]
+fn tile_dst(e: &Epilogue, p: usize, nr: usize, n: usize, o: OutPtr) -> TileDst<'_> {
+    let (col0, cols) = (p * nr, nr.min(n - p * nr));
+    TileDst {
+        e,
+        col0,
+        cols,
+        out: o,
+    }
+}
+
 #[inline(always)]
 pub(crate) unsafe fn tile_loop<K: GemmKernel>(blk: &Block<'_, K>) {
     const { assert!(valid_mr(K::MR)) };
@@ -254,10 +268,7 @@ pub(crate) unsafe fn tile_loop<K: GemmKernel>(blk: &Block<'_, K>) {
                     lda: blk.lda,
                     panel: blk.panels.as_ptr().add(p * kp * K::NR),
                     kp,
-                    e,
-                    col0: p * K::NR,
-                    cols: K::NR.min(blk.n - p * K::NR),
-                    out: o,
+                    dst: tile_dst(e, p, K::NR, blk.n, o),
                 };
                 with_rows!(mr, K, tile(&t));
             }
@@ -273,7 +284,7 @@ pub(crate) trait IndirectTile: GemmKernel {
     ///
     /// # Safety
     /// The CPU supports the ISA; every pointer has `seg` readable bytes, `seg % 4 == 0`,
-    /// `taps·seg` is the panel's `kp`; `t.out` valid for `M` rows × `t.cols` columns from `t.col0`.
+    /// `taps·seg` is the panel's `kp`; `t.dst` valid for `M` rows (as [`GemmKernel::tile`]).
     unsafe fn tile_indirect<const M: usize>(t: &IndirectArgs<'_, Self>);
 }
 
@@ -299,10 +310,7 @@ pub(crate) unsafe fn indirect_tile_loop<K: IndirectTile>(blk: &IndirectBlock<'_,
                     taps,
                     seg,
                     panel: blk.panels.as_ptr().add(p * blk.kp * K::NR),
-                    e,
-                    col0: p * K::NR,
-                    cols: K::NR.min(blk.n - p * K::NR),
-                    out: o,
+                    dst: tile_dst(e, p, K::NR, blk.n, o),
                 };
                 with_rows!(mr, K, tile_indirect(&t));
             }

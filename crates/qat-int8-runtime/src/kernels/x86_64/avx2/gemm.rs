@@ -8,8 +8,8 @@ use std::arch::x86_64::*;
 
 use super::Avx2;
 use super::requant::store8;
-use crate::kernels::frame::gemm::{Block, TileArgs, tile_loop};
-use crate::kernels::frame::{Epilogue, GemmKernel, OutPtr};
+use crate::kernels::frame::GemmKernel;
+use crate::kernels::frame::gemm::{Block, TileArgs, TileDst, tile_loop};
 
 /// Columns per panel: two ymm registers of 8 int32.
 const NR: usize = 16;
@@ -25,7 +25,7 @@ impl GemmKernel for Avx2 {
     #[target_feature(enable = "avx2")]
     unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>) {
         // SAFETY: as documented by the trait.
-        unsafe { tile::<M>(t.kp, t.a, t.lda, t.panel, t.e, t.col0, t.cols, t.out) }
+        unsafe { tile::<M>(t) }
     }
 
     #[target_feature(enable = "avx2")]
@@ -38,21 +38,13 @@ impl GemmKernel for Avx2 {
 /// `avx2_gemm_u8i8_6x16` on int16 operands: an `M × 16` tile (`M ≤ 6`).
 ///
 /// # Safety
-/// `a`: `M` rows of `kp` int16 at stride `lda`; `b`: one packed i16 panel; `out` valid for `M`
-/// rows × `cols` columns from `col0`.
+/// `t.a`: `M` rows of `t.kp` int16 at stride `t.lda`; `t.panel`: one packed i16 panel; `t.dst`
+/// valid for `M` rows × `cols` columns from `col0`.
 #[inline]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize>(
-    kp: usize,
-    a: *const i16,
-    lda: usize,
-    b: *const i16,
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
-) {
+unsafe fn tile<const M: usize>(t: &TileArgs<'_, Avx2>) {
+    let (kp, a, lda, b) = (t.kp, t.a, t.lda, t.panel);
+    let TileDst { e, col0, cols, out } = t.dst;
     let mut acc = [[_mm256_setzero_si256(); 2]; M];
     // SAFETY: reads stay within the A rows and the panel (caller).
     unsafe {

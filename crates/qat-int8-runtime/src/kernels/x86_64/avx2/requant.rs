@@ -45,6 +45,18 @@ pub(crate) fn requantize8_fp32(
     _mm256_add_epi32(_mm256_cvtps_epi32(y), zp)
 }
 
+/// The per-column multipliers of the fixed-point stages on 8 lanes ([`requantize8`],
+/// [`requantize8_single`]): `M0`, `max(shift, 0)` and `max(−shift, 0)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rq8 {
+    /// `M0` per lane.
+    pub(crate) m0: __m256i,
+    /// Left shift per lane.
+    pub(crate) left: __m256i,
+    /// Right shift per lane.
+    pub(crate) right: __m256i,
+}
+
 /// `avx512vnni::requant::requantize16` on 8 lanes with AVX2 (no 64-bit arithmetic shift needed:
 /// the low 32 bits of `(p + 2^30) >> 31` are the same for logical and arithmetic shifts).
 ///
@@ -52,15 +64,8 @@ pub(crate) fn requantize8_fp32(
 /// The CPU must support the enabled target features.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(crate) fn requantize8(
-    x: __m256i,
-    m0: __m256i,
-    left: __m256i,
-    right: __m256i,
-    zp: __m256i,
-    lo: __m256i,
-    hi: __m256i,
-) -> __m256i {
+pub(crate) fn requantize8(x: __m256i, rq: Rq8, [zp, lo, hi]: [__m256i; 3]) -> __m256i {
+    let Rq8 { m0, left, right } = rq;
     let one = _mm256_set1_epi32(1);
     let shifted = _mm256_sllv_epi32(x, left);
     let fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(shifted, left), x);
@@ -100,16 +105,8 @@ pub(crate) fn requantize8(
 /// The CPU must support the enabled target features.
 #[inline]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn requantize8_single(
-    x: __m256i,
-    m0: __m256i,
-    left: __m256i,
-    right: __m256i,
-    zp: __m256i,
-    lo: __m256i,
-    hi: __m256i,
-) -> __m256i {
+pub(crate) fn requantize8_single(x: __m256i, rq: Rq8, [zp, lo, hi]: [__m256i; 3]) -> __m256i {
+    let Rq8 { m0, left, right } = rq;
     let t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_set1_epi32(31), right), left);
     let flushed = _mm256_cmpeq_epi32(m0, _mm256_setzero_si256());
     let t = _mm256_blendv_epi8(t, _mm256_set1_epi32(32), flushed);
@@ -178,18 +175,17 @@ pub(super) unsafe fn store8(
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), p.add(row * ld + col), valid);
             }
             OutPtr::U8(p, ld) => {
-                let m0 = _mm256_loadu_si256(e.m0.as_ptr().add(col).cast());
-                let left = _mm256_loadu_si256(e.left.as_ptr().add(col).cast());
-                let right = _mm256_loadu_si256(e.right.as_ptr().add(col).cast());
-                let (zp, lo, hi) = (
-                    _mm256_set1_epi32(e.zp),
-                    _mm256_set1_epi32(e.lo),
-                    _mm256_set1_epi32(e.hi),
-                );
+                let at = |v: &[i32]| _mm256_loadu_si256(v.as_ptr().add(col).cast());
+                let rq = Rq8 {
+                    m0: at(&e.m0),
+                    left: at(&e.left),
+                    right: at(&e.right),
+                };
+                let zlh @ [zp, lo, hi] = [e.zp, e.lo, e.hi].map(|v| _mm256_set1_epi32(v));
                 // One arm per target this output stage fuses (keep in step with `fuses`).
                 let q = match e.target {
-                    Target::Tflite => requantize8(v, m0, left, right, zp, lo, hi),
-                    Target::Qat => requantize8_single(v, m0, left, right, zp, lo, hi),
+                    Target::Tflite => requantize8(v, rq, zlh),
+                    Target::Qat => requantize8_single(v, rq, zlh),
                     Target::Ort | Target::Xnnpack => {
                         let scale = _mm256_loadu_ps(e.scale.as_ptr().add(col));
                         requantize8_fp32(v, scale, zp, lo, hi)

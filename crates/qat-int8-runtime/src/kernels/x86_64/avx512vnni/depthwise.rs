@@ -35,7 +35,7 @@ impl DepthwiseKernel for Avx512Vnni {
         };
         let (c, e) = (plan.c, &plan.epi);
         // SAFETY: as documented by the trait; the output holds c elements.
-        unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) }
+        unsafe { depthwise_run(PixelRun::listed(taps, o8, o32), l, c, e) }
     }
 
     /// With the single-shift stage (`l.fused`, u8 output): the whole sample in one call per
@@ -148,18 +148,16 @@ impl DepthwiseKernel for Avx512Vnni {
                 // SAFETY: VNNI supported (trait contract); every tap of pixels ow_lo..ow_hi is
                 // inside the sample (`interior`), so base + p·sw·c + offs[t] has c readable bytes.
                 unsafe {
-                    depthwise_run(
+                    let run = PixelRun {
                         base,
-                        sw * c,
+                        step: sw * c,
                         npix,
-                        &plan.offsets,
-                        None,
-                        l,
-                        c,
-                        &plan.epi,
+                        offs: &plan.offsets,
+                        taps: None,
                         o8,
                         o32,
-                    )
+                    };
+                    depthwise_run(run, l, c, &plan.epi)
                 };
                 ow = ow_hi;
                 continue;
@@ -175,7 +173,7 @@ impl DepthwiseKernel for Avx512Vnni {
                 .map(|o| o[ow * c..(ow + 1) * c].as_mut_ptr());
             let e = &plan.epi;
             // SAFETY: VNNI supported (trait contract); every tap row has ≥ c bytes.
-            unsafe { depthwise_run(std::ptr::null(), 0, 1, &[], Some(taps), l, c, e, o8, o32) };
+            unsafe { depthwise_run(PixelRun::listed(taps, o8, o32), l, c, e) };
             ow += 1;
         }
     }
@@ -415,37 +413,49 @@ unsafe fn depthwise_narrow<const SLOW: bool, const SINGLE: bool, const V: usize>
     }
 }
 
-/// A run of `npix` output pixels (pixel `p`'s tap `t` at `base + p·step + offs[t]`, or, when
-/// `taps` is given, a single pixel whose tap rows are listed), all channels, requantized in the
-/// epilogue's rounding.
+/// The output pixels of one [`depthwise_run`]: a run of `npix` pixels (pixel `p`'s tap `t` at
+/// `base + p·step + offs[t]`) or, when `taps` is given, a single pixel whose tap rows are listed;
+/// u8 output at `o8` and/or int32 at `o32`, `c` elements per pixel.
+#[derive(Clone, Copy)]
+struct PixelRun<'a> {
+    base: *const u8,
+    step: usize,
+    npix: usize,
+    offs: &'a [usize],
+    taps: Option<&'a [*const u8]>,
+    o8: Option<*mut u8>,
+    o32: Option<*mut i32>,
+}
+
+impl<'a> PixelRun<'a> {
+    /// One pixel whose tap rows are listed.
+    fn listed(taps: &'a [*const u8], o8: Option<*mut u8>, o32: Option<*mut i32>) -> Self {
+        PixelRun {
+            base: std::ptr::null(),
+            step: 0,
+            npix: 1,
+            offs: &[],
+            taps: Some(taps),
+            o8,
+            o32,
+        }
+    }
+}
+
+/// The pixels of `run`, all channels, requantized in the epilogue's rounding.
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
 /// `npix·c` elements.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_run(
-    base: *const u8,
-    step: usize,
-    npix: usize,
-    offs: &[usize],
-    taps: Option<&[*const u8]>,
-    l: &DepthwiseVnniLayout,
-    c: usize,
-    e: &Epilogue,
-    o8: Option<*mut u8>,
-    o32: Option<*mut i32>,
-) {
-    let (b, s, n) = (base, step, npix);
+unsafe fn depthwise_run(run: PixelRun<'_>, l: &DepthwiseVnniLayout, c: usize, e: &Epilogue) {
     // SAFETY: as documented.
     unsafe {
-        match variant(e, o8.is_some()) {
-            (false, false) => {
-                depthwise_run_in::<false, false>(b, s, n, offs, taps, l, c, e, o8, o32)
-            }
-            (true, false) => depthwise_run_in::<true, false>(b, s, n, offs, taps, l, c, e, o8, o32),
-            (false, true) => depthwise_run_in::<false, true>(b, s, n, offs, taps, l, c, e, o8, o32),
-            (true, true) => depthwise_run_in::<true, true>(b, s, n, offs, taps, l, c, e, o8, o32),
+        match variant(e, run.o8.is_some()) {
+            (false, false) => depthwise_run_in::<false, false>(run, l, c, e),
+            (true, false) => depthwise_run_in::<true, false>(run, l, c, e),
+            (false, true) => depthwise_run_in::<false, true>(run, l, c, e),
+            (true, true) => depthwise_run_in::<true, true>(run, l, c, e),
         }
     }
 }
@@ -453,23 +463,17 @@ unsafe fn depthwise_run(
 /// [`depthwise_run`] for one output-stage variant (see [`stage16`]).
 ///
 /// # Safety
-/// CPU supports avx512f/bw/vl/vnni; every tap row has `c` readable bytes; `o8`/`o32` hold
-/// `npix·c` elements.
+/// As [`depthwise_run`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn depthwise_run_in<const SLOW: bool, const SINGLE: bool>(
-    base: *const u8,
-    step: usize,
-    npix: usize,
-    offs: &[usize],
-    taps: Option<&[*const u8]>,
+    run: PixelRun<'_>,
     l: &DepthwiseVnniLayout,
     c: usize,
     e: &Epilogue,
-    o8: Option<*mut u8>,
-    o32: Option<*mut i32>,
 ) {
+    let (base, step, npix, offs) = (run.base, run.step, run.npix, run.offs);
+    let (taps, o8, o32) = (run.taps, run.o8, run.o32);
     // SAFETY: as documented. Blocks of 64 channels outer, pixels inner: the block's
     // multiplier constants stay in registers across the run.
     unsafe {

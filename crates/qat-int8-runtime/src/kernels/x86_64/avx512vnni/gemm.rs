@@ -7,9 +7,9 @@
 
 use std::arch::x86_64::*;
 
-use super::Avx512Vnni;
 use super::igemm::block_indirect;
 use super::tile_store::tile_epilogue;
+use super::{Avx512Vnni, by_vectors};
 use crate::kernels::frame::GemmKernel;
 use crate::kernels::frame::gemm::{Block, IndirectBlock, TileArgs, tile_loop};
 
@@ -27,15 +27,8 @@ impl GemmKernel for Avx512Vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile<const M: usize>(t: &TileArgs<'_, Self>) {
-        // SAFETY: as documented by the trait; V·16 ≥ t.cols.
-        unsafe {
-            match t.cols.div_ceil(16) {
-                1 => tile::<M, 1>(t),
-                2 => tile::<M, 2>(t),
-                3 => tile::<M, 3>(t),
-                _ => tile::<M, 4>(t),
-            }
-        }
+        // SAFETY: as documented by the trait; V·16 ≥ t.dst.cols.
+        unsafe { by_vectors!(tile::<M>(t), t.dst.cols) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -51,7 +44,7 @@ impl GemmKernel for Avx512Vnni {
 ///
 /// # Safety
 /// `t.a`: `M` rows of `t.kp` readable bytes at stride `t.lda`; `t.panel`: one packed panel;
-/// `t.out` valid for `M` rows × `t.cols` columns from `t.col0`; `t.cols ≤ 16·V`, `1 ≤ V ≤ 4`.
+/// `t.dst` valid for `M` rows × `cols` columns from `col0`; `cols ≤ 16·V`, `1 ≤ V ≤ 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile<const M: usize, const V: usize>(t: &TileArgs<'_, Avx512Vnni>) {
@@ -63,7 +56,7 @@ unsafe fn tile<const M: usize, const V: usize>(t: &TileArgs<'_, Avx512Vnni>) {
         for g in 0..t.kp / 4 {
             k_group(&mut acc, |r| a.add(r * lda + 4 * g), b.add(g * NR * 4));
         }
-        tile_epilogue(acc, t.e, t.col0, t.cols, t.out);
+        tile_epilogue(acc, &t.dst);
     }
 }
 

@@ -3,24 +3,17 @@
 
 use std::arch::x86_64::*;
 
-use super::Avx512Vnni;
 use super::gemm::{NR, k_group};
 use super::tile_store::tile_epilogue;
+use super::{Avx512Vnni, by_vectors};
 use crate::kernels::frame::gemm::{IndirectArgs, IndirectBlock, IndirectTile, indirect_tile_loop};
 
 impl IndirectTile for Avx512Vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn tile_indirect<const M: usize>(t: &IndirectArgs<'_, Self>) {
-        // SAFETY: as documented by the trait; V·16 ≥ cols.
-        unsafe {
-            match t.cols.div_ceil(16) {
-                1 => tile_indirect::<M, 1>(t),
-                2 => tile_indirect::<M, 2>(t),
-                3 => tile_indirect::<M, 3>(t),
-                _ => tile_indirect::<M, 4>(t),
-            }
-        }
+        // SAFETY: as documented by the trait; V·16 ≥ t.dst.cols.
+        unsafe { by_vectors!(tile_indirect::<M>(t), t.dst.cols) }
     }
 }
 
@@ -41,8 +34,8 @@ pub(super) unsafe fn block_indirect(blk: &IndirectBlock<'_, Avx512Vnni>) {
 ///
 /// # Safety
 /// Every pointer in `t.ptrs` has `t.seg` readable bytes, `t.seg % 4 == 0`, `taps·seg == kp`;
-/// `t.panel` one packed panel; `t.out` valid for `M` rows × `t.cols` columns from `t.col0`;
-/// `t.cols ≤ 16·V`, `1 ≤ V ≤ 4`.
+/// `t.panel` one packed panel; `t.dst` valid for `M` rows × `cols` columns from `col0`;
+/// `cols ≤ 16·V`, `1 ≤ V ≤ 4`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_indirect<const M: usize, const V: usize>(t: &IndirectArgs<'_, Avx512Vnni>) {
@@ -59,6 +52,6 @@ unsafe fn tile_indirect<const M: usize, const V: usize>(t: &IndirectArgs<'_, Avx
                 bg = bg.add(NR * 4);
             }
         }
-        tile_epilogue(acc, t.e, t.col0, t.cols, t.out);
+        tile_epilogue(acc, &t.dst);
     }
 }

@@ -16,6 +16,20 @@ mod tile_store;
 
 use crate::kernels::frame::Isa;
 
+/// `$tile::<$m, V>($args)` with `V` (1 to 4) the vectors of 16 columns that `$cols` columns
+/// need: the GEMM tiles compute only those (a narrow layer's last panel).
+macro_rules! by_vectors {
+    ($tile:ident::<$m:ident>($args:expr), $cols:expr) => {
+        match $cols.div_ceil(16) {
+            1 => $tile::<$m, 1>($args),
+            2 => $tile::<$m, 2>($args),
+            3 => $tile::<$m, 3>($args),
+            _ => $tile::<$m, 4>($args),
+        }
+    };
+}
+use by_vectors;
+
 /// The mask of a 64-byte masked load or store that touches the first `n` bytes (all 64 when
 /// `n ≥ 64`).
 #[inline(always)]

@@ -9,6 +9,7 @@ use super::requant::{
     RqFused16, Stage16, requantize16_fused, requantize16_no_tie, stage16, variant,
 };
 use crate::kernels::frame::epilogue::SingleShift;
+use crate::kernels::frame::gemm::TileDst;
 use crate::kernels::frame::{Epilogue, OutPtr};
 
 /// Epilogue for 16 accumulators of columns `col..col + 16` (bias already added): writes the
@@ -58,17 +59,15 @@ unsafe fn store16<const SLOW: bool, const SINGLE: bool>(
 /// computed (a call that is not inlined copies them through memory).
 ///
 /// # Safety
-/// `out` valid for `M` rows × `cols` columns from `col0`, `cols ≤ 16·V`; `e` padded to whole
-/// panels.
+/// `d.out` valid for `M` rows × `d.cols` columns from `d.col0`, `d.cols ≤ 16·V`; `d.e` padded to
+/// whole panels.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub(super) unsafe fn tile_epilogue<const M: usize, const V: usize>(
     acc: [[__m512i; V]; M],
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
+    d: &TileDst<'_>,
 ) {
+    let TileDst { e, col0, cols, out } = *d;
     // SAFETY: as documented.
     unsafe {
         if let (Some(ss), OutPtr::U8(p, ld)) = (&e.single_shift, out) {
@@ -79,10 +78,10 @@ pub(super) unsafe fn tile_epilogue<const M: usize, const V: usize>(
             };
         }
         match variant(e, matches!(out, OutPtr::U8(..))) {
-            (false, false) => tile_epilogue_in::<M, V, false, false>(acc, e, col0, cols, out),
-            (true, false) => tile_epilogue_in::<M, V, true, false>(acc, e, col0, cols, out),
-            (false, true) => tile_epilogue_in::<M, V, false, true>(acc, e, col0, cols, out),
-            (true, true) => tile_epilogue_in::<M, V, true, true>(acc, e, col0, cols, out),
+            (false, false) => tile_epilogue_in::<M, V, false, false>(acc, d),
+            (true, false) => tile_epilogue_in::<M, V, true, false>(acc, d),
+            (false, true) => tile_epilogue_in::<M, V, false, true>(acc, d),
+            (true, true) => tile_epilogue_in::<M, V, true, true>(acc, d),
         }
     }
 }
@@ -95,11 +94,9 @@ pub(super) unsafe fn tile_epilogue<const M: usize, const V: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile_epilogue_in<const M: usize, const V: usize, const SLOW: bool, const SINGLE: bool>(
     acc: [[__m512i; V]; M],
-    e: &Epilogue,
-    col0: usize,
-    cols: usize,
-    out: OutPtr,
+    d: &TileDst<'_>,
 ) {
+    let TileDst { e, col0, cols, out } = *d;
     // SAFETY: as documented.
     unsafe {
         for j in 0..V {
@@ -137,6 +134,14 @@ fn single_shift16<const FOLDED: bool>(acc: __m512i, bias: __m512i, f: &RqFused16
 /// [`requantize16_no_tie`] with `bias'` folded in too when `FOLDED`) and the clamp, for u8
 /// output at `p` (row stride `ld`).
 ///
+/// Three or four vectors per row, or a tile whose rows lie back to back (`16·V` columns, all of
+/// the layer's, at row stride `16·V`), narrow four vectors into each 64-byte store
+/// ([`narrow64`]): back to back, the tile's `M·V` vectors in memory order, four at a time from
+/// column `col0` of the first row, the last store masked to what remains (a 16- or 32-channel
+/// layer stores four or two rows at once); otherwise one row per store (the fourth vector of a
+/// three-vector tile repeats the third and is not stored). Other tiles store each vector of 16
+/// lanes on its own.
+///
 /// # Safety
 /// As [`tile_epilogue`]; `ss` derived from `e` ([`fused_ok`](super::requant::fused_ok) holds for every real column);
 /// `FOLDED == ss.folded`.
@@ -151,51 +156,28 @@ unsafe fn tile_epilogue_single_shift<const M: usize, const V: usize, const FOLDE
     p: *mut u8,
     ld: usize,
 ) {
-    let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
-    // SAFETY: as documented; the constant arrays cover every padded column.
-    unsafe {
-        if (cols == 16 * V && ld == cols) || (V > 2 && cols > 32) {
-            return tile_store_narrowed::<M, V, FOLDED>(acc, e, ss, col0, cols, p, ld);
-        }
-        for j in 0..V {
-            if 16 * j >= cols {
-                break;
-            }
-            let col = col0 + 16 * j;
-            let mask = ((1u32 << (cols - 16 * j).min(16)) - 1) as u16;
-            let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
-            let f = RqFused16::load_at(&e.m0, &ss.c, col, e.rounding);
-            for (r, accr) in acc.iter().enumerate() {
-                let q = single_shift16::<FOLDED>(accr[j], bias, &f);
-                let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
-                _mm_mask_storeu_epi8(p.add(r * ld + col).cast(), mask, _mm512_cvtepi32_epi8(q));
-            }
-        }
-    }
-}
-
-/// [`tile_epilogue_single_shift`] narrowing four vectors into each 64-byte store ([`narrow64`]):
-/// when the tile's rows lie back to back (`16·V` columns, all of the layer's, at row stride
-/// `16·V`) its `M·V` vectors in memory order, four at a time from column `col0` of the first row,
-/// the last store masked to what remains (a 16- or 32-channel layer stores four or two rows at
-/// once); otherwise, for three or four vectors, one row per store (the fourth vector of a
-/// three-vector tile repeats the third and is not stored).
-///
-/// # Safety
-/// As [`tile_epilogue_single_shift`]; rows back to back, or `V ≥ 3`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_store_narrowed<const M: usize, const V: usize, const FOLDED: bool>(
-    acc: [[__m512i; V]; M],
-    e: &Epilogue,
-    ss: &SingleShift,
-    col0: usize,
-    cols: usize,
-    p: *mut u8,
-    ld: usize,
-) {
     // SAFETY: as documented; the constant arrays cover every padded column (whole panels).
     unsafe {
+        let back_to_back = cols == 16 * V && ld == cols;
+        let narrowed = back_to_back || (V > 2 && cols > 32);
+        if !narrowed {
+            let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
+            for j in 0..V {
+                if 16 * j >= cols {
+                    break;
+                }
+                let col = col0 + 16 * j;
+                let mask = ((1u32 << (cols - 16 * j).min(16)) - 1) as u16;
+                let bias = _mm512_loadu_si512(e.bias.as_ptr().add(col).cast());
+                let f = RqFused16::load_at(&e.m0, &ss.c, col, e.rounding);
+                for (r, accr) in acc.iter().enumerate() {
+                    let q = single_shift16::<FOLDED>(accr[j], bias, &f);
+                    let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                    _mm_mask_storeu_epi8(p.add(r * ld + col).cast(), mask, _mm512_cvtepi32_epi8(q));
+                }
+            }
+            return;
+        }
         let f: [RqFused16; V] =
             std::array::from_fn(|j| RqFused16::load_at(&e.m0, &ss.c, col0 + 16 * j, e.rounding));
         let bias: [__m512i; V] =
@@ -203,7 +185,7 @@ unsafe fn tile_store_narrowed<const M: usize, const V: usize, const FOLDED: bool
         // No closures here: a closure called through `array::from_fn` may stay out of line (a
         // call per 16 lanes, the accumulators through memory).
         let mut q = [_mm512_setzero_si512(); 4];
-        if cols == 16 * V && ld == cols {
+        if back_to_back {
             let (total, p) = (M * V, p.add(col0));
             for g in (0..total).step_by(4) {
                 for (i, qi) in q.iter_mut().enumerate() {
