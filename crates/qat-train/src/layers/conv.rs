@@ -60,34 +60,17 @@ impl Conv2dConfig {
         }
     }
 
-    /// Sets the stride.
-    pub fn stride(mut self, s: i64) -> Self {
-        self.stride = [s, s];
-        self
-    }
-
-    /// Sets the padding.
-    pub fn padding(mut self, p: i64) -> Self {
-        self.padding = [p, p];
-        self
-    }
-
-    /// Sets the fused activation.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
-        self
-    }
-
-    /// Sets whether there is a bias.
-    pub fn bias(mut self, b: bool) -> Self {
-        self.bias = b;
-        self
-    }
-
-    /// Sets the quant config.
-    pub fn quant(mut self, q: QuantConfig) -> Self {
-        self.quant = q;
-        self
+    qat_core::by_value_setters! {
+        /// Sets the stride.
+        pub fn stride(s: i64) => stride = [s, s];
+        /// Sets the padding.
+        pub fn padding(p: i64) => padding = [p, p];
+        /// Sets the fused activation.
+        pub fn activation(a: Activation) => activation;
+        /// Sets whether there is a bias.
+        pub fn bias(b: bool) => bias;
+        /// Sets the quant config.
+        pub fn quant(q: QuantConfig) => quant;
     }
 
     pub(crate) fn validate(&self, layer: &str) -> Result<(), LayerError> {

@@ -33,16 +33,11 @@ impl LinearConfig {
         }
     }
 
-    /// Sets the fused activation.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
-        self
-    }
-
-    /// Sets the quant config.
-    pub fn quant(mut self, q: QuantConfig) -> Self {
-        self.quant = q;
-        self
+    qat_core::by_value_setters! {
+        /// Sets the fused activation.
+        pub fn activation(a: Activation) => activation;
+        /// Sets the quant config.
+        pub fn quant(q: QuantConfig) => quant;
     }
 }
 
