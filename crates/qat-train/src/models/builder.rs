@@ -77,10 +77,10 @@ impl NetBuilder {
     }
 
     qat_core::by_value_setters! {
-        /// Per-layer bit widths for the layers created from now on: a layer named in `layer_bits` gets
-        /// the builder's [`QuantConfig`] with that entry's weight and/or activation bits (mixed
-        /// precision); every other layer, and the input quantizer, keep the builder's. A name no layer
-        /// takes is an error of [`NetBuilder::finish`].
+        /// Per-layer bit widths for the layers created from now on: a layer named in `layer_bits`
+        /// gets the builder's [`QuantConfig`] with that entry's weight and/or activation bits
+        /// (mixed precision); every other layer, and the input quantizer, keep the builder's. A
+        /// name no layer takes is an error of [`NetBuilder::finish`].
         pub fn layer_bits(layer_bits: Vec<LayerBitsOverride>) => layer_bits;
         /// Sets the conv+BN folding variant of the layers created from now on.
         pub fn fold(fold: BnFoldMode) => fold;
