@@ -2,10 +2,9 @@
 
 use tch::{Tensor, nn};
 
-use super::harness::{name_of, uniform_fan_in};
+use super::harness::{fan_in_bias, name_of};
 use super::{
-    Activation, ConvExport, LayerError, LayerExport, QatLayer, QatModule, QuantConfig,
-    QuantHarness, config::NO_DECAY_GROUP,
+    Activation, ConvExport, LayerError, LayerExport, QatLayer, QatModule, QuantConfig, QuantHarness,
 };
 
 /// Geometry and options of a 2-D convolution (NCHW input, `OIHW` weights).
@@ -162,7 +161,7 @@ impl Conv2dConfig {
 /// Conv2d (optionally depthwise) with bias for QAT: `y = FQ_a(act(conv(x, FQ_w(W)) + b))`.
 ///
 /// Weights are initialised Kaiming-uniform (tch's default), the bias `U(−1/√fan_in, 1/√fan_in)`
-/// (PyTorch's default) in group [`NO_DECAY_GROUP`].
+/// (PyTorch's default) in group [`NO_DECAY_GROUP`](super::NO_DECAY_GROUP).
 ///
 /// ```
 /// use qat_train::layers::{Activation, Conv2dConfig, QatConv2d, QatModule};
@@ -192,11 +191,10 @@ impl QatConv2d {
             .f_kaiming_uniform("weight", &ws)
             .map_err(LayerError::torch(&name, "init weight"))?;
         let bias = if cfg.bias {
-            Some(uniform_fan_in(
-                &path.set_group(NO_DECAY_GROUP),
+            Some(fan_in_bias(
+                path,
                 &name,
-                ("bias", "init bias"),
-                &[cfg.out_channels],
+                cfg.out_channels,
                 ws[1] * ws[2] * ws[3],
             )?)
         } else {
