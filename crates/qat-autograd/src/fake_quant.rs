@@ -76,17 +76,28 @@ pub(crate) fn check_f32(op: &'static str, x: &Tensor) -> Result<(), FakeQuantErr
     }
 }
 
+/// The extent of `x` along the channel axis `axis`; an error if `x` has no such axis.
+pub(crate) fn channel_extent(
+    op: &'static str,
+    x: &Tensor,
+    axis: usize,
+) -> Result<i64, FakeQuantError> {
+    let shape = x.size();
+    let rank = shape.len();
+    shape
+        .get(axis)
+        .copied()
+        .ok_or(FakeQuantError::AxisOutOfRange { op, axis, rank })
+}
+
+/// Checks that `x` has `channels` channels along `axis`.
 pub(crate) fn check_channels(
     op: &'static str,
     x: &Tensor,
     axis: usize,
     channels: usize,
 ) -> Result<(), FakeQuantError> {
-    let shape = x.size();
-    let rank = shape.len();
-    let extent = *shape
-        .get(axis)
-        .ok_or(FakeQuantError::AxisOutOfRange { op, axis, rank })?;
+    let extent = channel_extent(op, x, axis)?;
     if extent as usize != channels {
         return Err(FakeQuantError::ChannelMismatch {
             op,
