@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::FakeQuantError;
 use crate::fake_quant::{
     Ste, check_channels, check_f32, clamp_then_fake_quant, composed_fake_quant, fq_parts_cpu,
-    fused_with_ste,
+    fused_per_channel, fused_with_ste,
 };
 
 /// Quantization parameters in tensors: scales `S` (`f32[C]`), zero points `Z` (`i32[C]`, and the
@@ -103,12 +103,8 @@ impl DeviceQParams {
                 Some(q.axis()),
             ),
         };
-        let s = Tensor::f_from_slice(&s)
-            .and_then(|t| t.f_to_device(device))
-            .map_err(torch())?;
-        let z = Tensor::f_from_slice(&z)
-            .and_then(|t| t.f_to_device(device))
-            .map_err(torch())?;
+        let s = upload(&s, device).map_err(torch())?;
+        let z = upload(&z, device).map_err(torch())?;
         Self::new(s, z, range, axis)
     }
 
@@ -180,6 +176,14 @@ impl DeviceQParams {
             self.range.qmax as f32 - z,
         ])
     }
+}
+
+/// The host values `v` as a 1-D tensor on `device`.
+pub(crate) fn upload<T: tch::kind::Element>(
+    v: &[T],
+    device: Device,
+) -> Result<Tensor, tch::TchError> {
+    Tensor::f_from_slice(v).and_then(|t| t.f_to_device(device))
 }
 
 /// Fake quantization with device-resident parameters, per tensor or per channel (dispatch on
@@ -293,14 +297,5 @@ fn fq_per_channel(
     const OP: &str = "fake_quant_device (per channel)";
     check_f32(OP, x)?;
     check_channels(OP, x, axis, p.len())?;
-    let run = || {
-        x.f_fake_quantize_per_channel_affine(
-            &p.scale,
-            &p.zero_point,
-            axis as i64,
-            i64::from(p.range.qmin),
-            i64::from(p.range.qmax),
-        )
-    };
-    fused_with_ste(x, ste, run).map_err(FakeQuantError::torch(OP))
+    fused_per_channel(OP, x, [&p.scale, &p.zero_point], axis, p.range, ste)
 }

@@ -20,11 +20,12 @@
 //!   composed as `y = FQ(x)⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾ + (x − x⁽ᵈᵉᵗᵃᶜʰᵉᵈ⁾)`, whose value is bit-for-bit `FQ(x)`
 //!   (`x − x = 0` exactly for finite `x`) and whose gradient is the identity.
 
-use qat_core::{PerChannelParams, QuantParams};
+use qat_core::{PerChannelParams, QuantParams, QuantRange};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::FakeQuantError;
+use crate::device::upload;
 use crate::kernels::{fq_kernel, fq_ste_kernel};
 
 /// Which straight-through estimator carries the gradient through rounding and clamping.
@@ -75,17 +76,28 @@ pub(crate) fn check_f32(op: &'static str, x: &Tensor) -> Result<(), FakeQuantErr
     }
 }
 
+/// The extent of `x` along the channel axis `axis`; an error if `x` has no such axis.
+pub(crate) fn channel_extent(
+    op: &'static str,
+    x: &Tensor,
+    axis: usize,
+) -> Result<i64, FakeQuantError> {
+    let shape = x.size();
+    let rank = shape.len();
+    shape
+        .get(axis)
+        .copied()
+        .ok_or(FakeQuantError::AxisOutOfRange { op, axis, rank })
+}
+
+/// Checks that `x` has `channels` channels along `axis`.
 pub(crate) fn check_channels(
     op: &'static str,
     x: &Tensor,
     axis: usize,
     channels: usize,
 ) -> Result<(), FakeQuantError> {
-    let shape = x.size();
-    let rank = shape.len();
-    let extent = *shape
-        .get(axis)
-        .ok_or(FakeQuantError::AxisOutOfRange { op, axis, rank })?;
+    let extent = channel_extent(op, x, axis)?;
     if extent as usize != channels {
         return Err(FakeQuantError::ChannelMismatch {
             op,
@@ -118,6 +130,29 @@ pub(crate) fn fused_with_ste(
         Ste::Clipped => run(),
         Ste::Plain => Ok(plain_ste(x, &tch::no_grad(run)?)),
     }
+}
+
+/// Per-channel fake quantization along `axis` by libtorch's fused kernel, with the scales (`f32[C]`)
+/// and zero points (`i32[C]`) already on `x`'s device, with the estimator `ste` (as
+/// [`fused_with_ste`]).
+pub(crate) fn fused_per_channel(
+    op: &'static str,
+    x: &Tensor,
+    [scale, zero_point]: [&Tensor; 2],
+    axis: usize,
+    range: QuantRange,
+    ste: Ste,
+) -> Result<Tensor, FakeQuantError> {
+    let run = || {
+        x.f_fake_quantize_per_channel_affine(
+            scale,
+            zero_point,
+            axis as i64,
+            i64::from(range.qmin),
+            i64::from(range.qmax),
+        )
+    };
+    fused_with_ste(x, ste, run).map_err(FakeQuantError::torch(op))
 }
 
 /// Per-tensor fake quantization without libtorch's fused kernel, for parameters in any form: with
@@ -518,23 +553,10 @@ pub fn fake_quant_per_channel(
     const OP: &str = "fake_quant_per_channel";
     check_f32(OP, x)?;
     check_channels(OP, x, p.axis(), p.len())?;
-    let device = x.device();
-    let scale = Tensor::f_from_slice(p.scales())
-        .and_then(|t| t.f_to_device(device))
-        .map_err(FakeQuantError::torch(OP))?;
-    let zero_point = Tensor::f_from_slice(p.zero_points())
-        .and_then(|t| t.f_to_device(device))
-        .map_err(FakeQuantError::torch(OP))?;
-    let run = || {
-        x.f_fake_quantize_per_channel_affine(
-            &scale,
-            &zero_point,
-            p.axis() as i64,
-            i64::from(p.range().qmin),
-            i64::from(p.range().qmax),
-        )
-    };
-    fused_with_ste(x, ste, run).map_err(FakeQuantError::torch(OP))
+    let torch = || FakeQuantError::torch(OP);
+    let scale = upload(p.scales(), x.device()).map_err(torch())?;
+    let zero_point = upload(p.zero_points(), x.device()).map_err(torch())?;
+    fused_per_channel(OP, x, [&scale, &zero_point], p.axis(), p.range(), ste)
 }
 
 /// Fake quantization with per-tensor or per-channel parameters (dispatches to

@@ -15,7 +15,7 @@ use qat_core::{MIN_SCALE, QuantParams, QuantRange};
 use tch::Tensor;
 
 use crate::FakeQuantError;
-use crate::fake_quant::{check_channels, check_f32, fake_quant_per_tensor};
+use crate::fake_quant::{channel_extent, check_f32, fake_quant_per_tensor};
 
 /// LSQ's gradient scale `g = 1/√(numel·qmax)` (LSQ §2.2), as PyTorch's `_LearnableFakeQuantize`
 /// uses for both per-tensor and per-channel scales.
@@ -132,13 +132,7 @@ pub fn lsq_fake_quant_per_channel(
 ) -> Result<Tensor, FakeQuantError> {
     const OP: &str = "lsq_fake_quant_per_channel";
     check_f32(OP, x)?;
-    let shape = x.size();
-    let channels = *shape.get(axis).ok_or(FakeQuantError::AxisOutOfRange {
-        op: OP,
-        axis,
-        rank: shape.len(),
-    })?;
-    check_channels(OP, x, axis, channels as usize)?;
+    let channels = channel_extent(OP, x, axis)?;
     let (s, g) = lsq_params(OP, x, (scale, zero_point), channels, range)?;
     x.f_internal_fake_quantize_learnable_per_channel_affine(
         &s,

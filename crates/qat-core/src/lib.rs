@@ -11,6 +11,9 @@
 //! | §3 simulated quantization | [`scheme::simulated_quantize`], [`array`](mod@array) | fake quant on scalars and ndarray, per tensor and per channel |
 //! | §2.4 in the runtimes users deploy to | [`target`] | [`target::Target`]: the requantization arithmetic of `qat`, TFLite, onnxruntime and XNNPACK (conv/FC, add, pools, concat, input quantize) |
 //!
+//! The builder-style configs of the other crates write their by-value setters with
+//! [`by_value_setters!`].
+//!
 //! ## Conventions
 //! * Activations: asymmetric per tensor, `[0, 2^b − 1]`, range extended to include 0 and nudged
 //!   (TFLite `NudgeQuantizationRange`).
@@ -30,6 +33,7 @@
 //! ```
 
 pub mod array;
+mod builder;
 mod error;
 pub mod fixed_point;
 pub mod scheme;

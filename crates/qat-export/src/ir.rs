@@ -226,30 +226,17 @@ impl Conv2d {
             bn_training: BnTraining::None,
         }
     }
-    /// Sets the batch norm that follows the conv.
-    pub fn with_batch_norm(mut self, bn: BatchNorm) -> Self {
-        self.batch_norm = Some(bn);
-        self
-    }
-    /// Sets `[stride_h, stride_w]`.
-    pub fn with_stride(mut self, stride: [usize; 2]) -> Self {
-        self.stride = stride;
-        self
-    }
-    /// Sets `[top, left, bottom, right]` padding.
-    pub fn with_padding(mut self, padding: [usize; 4]) -> Self {
-        self.padding = padding;
-        self
-    }
-    /// Sets `[dilation_h, dilation_w]`.
-    pub fn with_dilation(mut self, dilation: [usize; 2]) -> Self {
-        self.dilation = dilation;
-        self
-    }
-    /// Sets the number of groups (`C_in` for depthwise).
-    pub fn with_groups(mut self, groups: usize) -> Self {
-        self.groups = groups;
-        self
+    qat_core::by_value_setters! {
+        /// Sets the batch norm that follows the conv.
+        pub fn with_batch_norm(bn: BatchNorm) => batch_norm = Some(bn);
+        /// Sets `[stride_h, stride_w]`.
+        pub fn with_stride(stride: [usize; 2]) => stride;
+        /// Sets `[top, left, bottom, right]` padding.
+        pub fn with_padding(padding: [usize; 4]) => padding;
+        /// Sets `[dilation_h, dilation_w]`.
+        pub fn with_dilation(dilation: [usize; 2]) => dilation;
+        /// Sets the number of groups (`C_in` for depthwise).
+        pub fn with_groups(groups: usize) => groups;
     }
     /// Number of output channels.
     pub fn out_channels(&self) -> usize {
@@ -292,25 +279,15 @@ impl Linear {
 macro_rules! layer_setters {
     ($layer:ty) => {
         impl $layer {
-            /// Sets the bias.
-            pub fn with_bias(mut self, bias: Vec<f32>) -> Self {
-                self.bias = Some(bias);
-                self
-            }
-            /// Sets the fused activation.
-            pub fn with_activation(mut self, act: Activation) -> Self {
-                self.activation = act;
-                self
-            }
-            /// Sets the weight quantization.
-            pub fn with_weight_quant(mut self, wq: WeightQuant) -> Self {
-                self.weight_quant = wq;
-                self
-            }
-            /// Records how training handled batch norm (informational).
-            pub fn with_bn_training(mut self, t: BnTraining) -> Self {
-                self.bn_training = t;
-                self
+            qat_core::by_value_setters! {
+                /// Sets the bias.
+                pub fn with_bias(bias: Vec<f32>) => bias = Some(bias);
+                /// Sets the fused activation.
+                pub fn with_activation(act: Activation) => activation;
+                /// Sets the weight quantization.
+                pub fn with_weight_quant(wq: WeightQuant) => weight_quant;
+                /// Records how training handled batch norm (informational).
+                pub fn with_bn_training(t: BnTraining) => bn_training;
             }
         }
     };
@@ -339,10 +316,9 @@ impl Pool2d {
             padding: [0; 4],
         }
     }
-    /// Sets `[top, left, bottom, right]` padding.
-    pub fn with_padding(mut self, padding: [usize; 4]) -> Self {
-        self.padding = padding;
-        self
+    qat_core::by_value_setters! {
+        /// Sets `[top, left, bottom, right]` padding.
+        pub fn with_padding(padding: [usize; 4]) => padding;
     }
 }
 

@@ -2,10 +2,9 @@
 
 use tch::{Tensor, nn};
 
-use super::harness::{name_of, uniform_fan_in};
+use super::harness::{fan_in_bias, name_of};
 use super::{
-    Activation, ConvExport, LayerError, LayerExport, QatLayer, QatModule, QuantConfig,
-    QuantHarness, config::NO_DECAY_GROUP,
+    Activation, ConvExport, LayerError, LayerExport, QatLayer, QatModule, QuantConfig, QuantHarness,
 };
 
 /// Geometry and options of a 2-D convolution (NCHW input, `OIHW` weights).
@@ -60,34 +59,17 @@ impl Conv2dConfig {
         }
     }
 
-    /// Sets the stride.
-    pub fn stride(mut self, s: i64) -> Self {
-        self.stride = [s, s];
-        self
-    }
-
-    /// Sets the padding.
-    pub fn padding(mut self, p: i64) -> Self {
-        self.padding = [p, p];
-        self
-    }
-
-    /// Sets the fused activation.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
-        self
-    }
-
-    /// Sets whether there is a bias.
-    pub fn bias(mut self, b: bool) -> Self {
-        self.bias = b;
-        self
-    }
-
-    /// Sets the quant config.
-    pub fn quant(mut self, q: QuantConfig) -> Self {
-        self.quant = q;
-        self
+    qat_core::by_value_setters! {
+        /// Sets the stride.
+        pub fn stride(s: i64) => stride = [s, s];
+        /// Sets the padding.
+        pub fn padding(p: i64) => padding = [p, p];
+        /// Sets the fused activation.
+        pub fn activation(a: Activation) => activation;
+        /// Sets whether there is a bias.
+        pub fn bias(b: bool) => bias;
+        /// Sets the quant config.
+        pub fn quant(q: QuantConfig) => quant;
     }
 
     pub(crate) fn validate(&self, layer: &str) -> Result<(), LayerError> {
@@ -179,7 +161,7 @@ impl Conv2dConfig {
 /// Conv2d (optionally depthwise) with bias for QAT: `y = FQ_a(act(conv(x, FQ_w(W)) + b))`.
 ///
 /// Weights are initialised Kaiming-uniform (tch's default), the bias `U(−1/√fan_in, 1/√fan_in)`
-/// (PyTorch's default) in group [`NO_DECAY_GROUP`].
+/// (PyTorch's default) in group [`NO_DECAY_GROUP`](super::NO_DECAY_GROUP).
 ///
 /// ```
 /// use qat_train::layers::{Activation, Conv2dConfig, QatConv2d, QatModule};
@@ -209,11 +191,10 @@ impl QatConv2d {
             .f_kaiming_uniform("weight", &ws)
             .map_err(LayerError::torch(&name, "init weight"))?;
         let bias = if cfg.bias {
-            Some(uniform_fan_in(
-                &path.set_group(NO_DECAY_GROUP),
+            Some(fan_in_bias(
+                path,
                 &name,
-                ("bias", "init bias"),
-                &[cfg.out_channels],
+                cfg.out_channels,
                 ws[1] * ws[2] * ws[3],
             )?)
         } else {

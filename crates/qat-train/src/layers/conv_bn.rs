@@ -70,10 +70,9 @@ impl ConvBnConfig {
         }
     }
 
-    /// Sets the folding variant.
-    pub fn fold(mut self, f: BnFoldMode) -> Self {
-        self.fold = f;
-        self
+    qat_core::by_value_setters! {
+        /// Sets the folding variant.
+        pub fn fold(f: BnFoldMode) => fold;
     }
 }
 

@@ -8,6 +8,7 @@ use qat_core::{QuantParams, Target};
 use qat_export::ir::Activation;
 use tch::{Tensor, nn};
 
+use super::config::NO_DECAY_GROUP;
 use super::export::{ExportTensor, vec_of};
 use super::target_stage::AccumulatorStage;
 use super::{
@@ -59,6 +60,23 @@ pub(crate) fn uniform_fan_in(
     };
     path.f_var(var, shape, init)
         .map_err(LayerError::torch(layer, op))
+}
+
+/// PyTorch's bias of a layer with `channels` outputs and `fan_in` inputs per output: the variable
+/// `bias` under `path`, `U(−1/√fan_in, 1/√fan_in)` ([`uniform_fan_in`]), in [`NO_DECAY_GROUP`].
+pub(crate) fn fan_in_bias(
+    path: &nn::Path<'_>,
+    layer: &str,
+    channels: i64,
+    fan_in: i64,
+) -> Result<Tensor, LayerError> {
+    uniform_fan_in(
+        &path.set_group(NO_DECAY_GROUP),
+        layer,
+        ("bias", "init bias"),
+        &[channels],
+        fan_in,
+    )
 }
 
 impl QuantHarness {

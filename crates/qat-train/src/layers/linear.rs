@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use tch::{Tensor, nn};
 
-use super::harness::{name_of, uniform_fan_in};
+use super::harness::{fan_in_bias, name_of, uniform_fan_in};
 use super::{
     Activation, LayerError, LayerExport, LinearExport, QatLayer, QatModule, QuantConfig,
-    QuantHarness, config::NO_DECAY_GROUP,
+    QuantHarness,
 };
 
 /// Shape and options of a fully connected layer.
@@ -33,21 +33,17 @@ impl LinearConfig {
         }
     }
 
-    /// Sets the fused activation.
-    pub fn activation(mut self, a: Activation) -> Self {
-        self.activation = a;
-        self
-    }
-
-    /// Sets the quant config.
-    pub fn quant(mut self, q: QuantConfig) -> Self {
-        self.quant = q;
-        self
+    qat_core::by_value_setters! {
+        /// Sets the fused activation.
+        pub fn activation(a: Activation) => activation;
+        /// Sets the quant config.
+        pub fn quant(q: QuantConfig) => quant;
     }
 }
 
 /// Linear layer `y = FQ_a(act(x·FQ_w(W)ᵀ + b))`, `W: [out, in]` (per-channel axis 0), input
-/// `[N, in]`. Initialisation as PyTorch: `W, b ~ U(−1/√in, 1/√in)`; `b` in [`NO_DECAY_GROUP`].
+/// `[N, in]`. Initialisation as PyTorch: `W, b ~ U(−1/√in, 1/√in)`; `b` in
+/// [`NO_DECAY_GROUP`](super::NO_DECAY_GROUP).
 ///
 /// ```
 /// use qat_train::layers::{LinearConfig, QatLinear, QatModule};
@@ -84,13 +80,7 @@ impl QatLinear {
             &[out_features, in_features],
             in_features,
         )?;
-        let bias = uniform_fan_in(
-            &path.set_group(NO_DECAY_GROUP),
-            &name,
-            ("bias", "init bias"),
-            &[out_features],
-            in_features,
-        )?;
+        let bias = fan_in_bias(path, &name, out_features, in_features)?;
         // The quantizers' buffers come after the parameters (the VarStore's order).
         Ok(Self {
             harness: QuantHarness::weighted(path, &cfg.quant, out_features)?,

@@ -33,9 +33,9 @@ impl Pool2dConfig {
         }
     }
 
-    /// Sets the padding.
-    pub fn padding(self, padding: i64) -> Self {
-        Self { padding, ..self }
+    qat_core::by_value_setters! {
+        /// Sets the padding.
+        pub fn padding(padding: i64) => padding;
     }
 
     fn validate(&self, what: &str, layer: &str) -> Result<(), LayerError> {

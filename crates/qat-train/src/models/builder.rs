@@ -62,15 +62,6 @@ impl NetBuilder {
         })
     }
 
-    /// Per-layer bit widths for the layers created from now on: a layer named in `layer_bits` gets
-    /// the builder's [`QuantConfig`] with that entry's weight and/or activation bits (mixed
-    /// precision); every other layer, and the input quantizer, keep the builder's. A name no layer
-    /// takes is an error of [`NetBuilder::finish`].
-    pub fn layer_bits(mut self, layer_bits: Vec<LayerBitsOverride>) -> Self {
-        self.layer_bits = layer_bits;
-        self
-    }
-
     /// The quantization of layer `name`: the builder's, with `name`'s bit-width override if any.
     fn quant_for(&self, name: &str) -> QuantConfig {
         let mut q = self.quant;
@@ -85,16 +76,16 @@ impl NetBuilder {
         q
     }
 
-    /// Sets the conv+BN folding variant of the layers created from now on.
-    pub fn fold(mut self, fold: BnFoldMode) -> Self {
-        self.fold = fold;
-        self
-    }
-
-    /// Sets [`ConvBnConfig::stats_grad`] of the conv+BN layers created from now on.
-    pub fn stats_grad(mut self, on: bool) -> Self {
-        self.stats_grad = on;
-        self
+    qat_core::by_value_setters! {
+        /// Per-layer bit widths for the layers created from now on: a layer named in `layer_bits`
+        /// gets the builder's [`QuantConfig`] with that entry's weight and/or activation bits
+        /// (mixed precision); every other layer, and the input quantizer, keep the builder's. A
+        /// name no layer takes is an error of [`NetBuilder::finish`].
+        pub fn layer_bits(layer_bits: Vec<LayerBitsOverride>) => layer_bits;
+        /// Sets the conv+BN folding variant of the layers created from now on.
+        pub fn fold(fold: BnFoldMode) => fold;
+        /// Sets [`ConvBnConfig::stats_grad`] of the conv+BN layers created from now on.
+        pub fn stats_grad(on: bool) => stats_grad;
     }
 
     /// The input node.
