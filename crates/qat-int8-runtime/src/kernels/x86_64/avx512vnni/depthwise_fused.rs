@@ -47,13 +47,179 @@ impl<'a> Pixels<'a> {
     }
 }
 
-/// `avx512vnni_depthwise_u8i8_64c_fused`: `npix = [n, rows]` runs of `n` output pixels (pixel
-/// `p` of run `r`: tap `t` at `base + r·step[1] + p·step[0] + offs[t]`, output at
-/// `o8 + (r·n + p)·c`) and the pixels whose tap rows are listed
-/// (`list`: `taps` pointers per pixel, output at `list_out`), channels `c0..c0 + valid` of one 64-channel block, u8 output
-/// through the single-shift output stage ([`requantize16_fused`](super::requant::requantize16_fused); [`requantize16_no_tie`](super::requant::requantize16_no_tie) when
-/// `NT`, i.e. `l.no_tie`) and saturating packs. `P` pixels per step share the weight loads; `T`
-/// taps known at compile time (0: `l.taps`).
+/// One fused depthwise kernel's arithmetic for [`walk_pixels`]: a pixel's accumulators start
+/// at [`bias`](Self::bias), [`tap`](Self::tap) adds tap `t` of `G` pixels whose tap rows (at the
+/// block's first channel) are `row(q)`, [`finish`](Self::finish) stores one pixel. Implemented
+/// by always-inlined methods without target features of their own: they compile as part of the
+/// AVX-512 VNNI kernel walking the pixels.
+trait FusedBlock {
+    /// One pixel's accumulators.
+    type Acc: Copy;
+    /// The accumulators of a pixel before its taps.
+    fn bias(&self) -> Self::Acc;
+    /// `acc[q] += x(row(q)) · w[t]` for the `G` pixels.
+    ///
+    /// # Safety
+    /// CPU supports avx512f/bw/vl/vnni; each `row(q)` has the block's readable bytes.
+    unsafe fn tap<const G: usize>(
+        &self,
+        acc: &mut [Self::Acc; G],
+        t: usize,
+        row: impl Fn(usize) -> *const u8,
+    );
+    /// The output stage of one pixel, stored at `dst` (the block's first channel).
+    ///
+    /// # Safety
+    /// CPU supports avx512f/bw/vl/vnni; `dst` has the block's writable bytes.
+    unsafe fn finish(&self, acc: &Self::Acc, dst: *mut u8);
+}
+
+/// Runs a fused depthwise block `k` over the pixels of `px` (channels from `c0`, `c` per pixel,
+/// `taps` taps): the listed pixels one by one, then each run `P` pixels at a time (independent
+/// accumulation chains sharing each weight load), its remainder one by one.
+///
+/// # Safety
+/// As the kernels calling it ([`depthwise_block_fused`], [`depthwise_narrow_fused`]).
+#[inline(always)]
+unsafe fn walk_pixels<const P: usize, K: FusedBlock>(
+    k: &K,
+    px: &Pixels<'_>,
+    taps: usize,
+    c: usize,
+    c0: usize,
+) {
+    let (base, step, npix, offs, list, list_out, o8) = px.parts();
+    // SAFETY: as documented.
+    unsafe {
+        for (tp, &dst) in list.chunks_exact(taps).zip(list_out) {
+            let mut acc = [k.bias()];
+            for (t, &row) in tp.iter().enumerate() {
+                k.tap::<1>(&mut acc, t, |_| row.add(c0));
+            }
+            k.finish(&acc[0], dst.add(c0));
+        }
+        let (step, rstep, rows, npix) = (step[0], step[1], npix[1], npix[0]);
+        for r in 0..rows {
+            let (base, o8) = (base.add(r * rstep), o8.add(r * npix * c));
+            let at = |p: usize| (base.add(p * step + c0), o8.add(p * c + c0));
+            let mut p = 0;
+            while p + P <= npix {
+                let (x, y) = at(p);
+                walk_group::<P, K>(k, (x, y), step, offs, taps, c);
+                p += P;
+            }
+            while p < npix {
+                let (x, y) = at(p);
+                walk_group::<1, K>(k, (x, y), step, offs, taps, c);
+                p += 1;
+            }
+        }
+    }
+}
+
+/// `G` consecutive pixels of a run (the first's input at `px`, pixel `q` at `px + q·step`, tap
+/// `t` at `+ offs[t]`; its output at `dst`, pixel `q` at `dst + q·c`) through `k`.
+///
+/// # Safety
+/// As [`walk_pixels`].
+#[inline(always)]
+unsafe fn walk_group<const G: usize, K: FusedBlock>(
+    k: &K,
+    (px, dst): (*const u8, *mut u8),
+    step: usize,
+    offs: &[usize],
+    taps: usize,
+    c: usize,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        let mut acc = [k.bias(); G];
+        for t in 0..taps {
+            let row = px.add(*offs.get_unchecked(t));
+            k.tap::<G>(&mut acc, t, |q| row.add(q * step));
+        }
+        for (q, accq) in acc.iter().enumerate() {
+            k.finish(accq, dst.add(q * c));
+        }
+    }
+}
+
+/// The 64-channel block of [`depthwise_block_fused`]: weights `[tap][4 vectors]` at `wb`.
+struct Block64<const NT: bool> {
+    f: [RqFused16; 4],
+    bias: [__m512i; 4],
+    order: __m512i,
+    lo: __m512i,
+    hi: __m512i,
+    wb: *const i8,
+    mask: u64,
+    full: bool,
+}
+
+impl<const NT: bool> FusedBlock for Block64<NT> {
+    type Acc = [__m512i; 4];
+
+    #[inline(always)]
+    fn bias(&self) -> Self::Acc {
+        self.bias
+    }
+
+    #[inline(always)]
+    unsafe fn tap<const G: usize>(
+        &self,
+        acc: &mut [Self::Acc; G],
+        t: usize,
+        row: impl Fn(usize) -> *const u8,
+    ) {
+        // SAFETY: as documented by the trait; the weights hold every tap's four vectors.
+        unsafe {
+            let wt = self.wb.add(t * 256);
+            let w: [__m512i; 4] =
+                std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
+            for (q, accq) in acc.iter_mut().enumerate() {
+                let p = row(q);
+                let x = if self.full {
+                    _mm512_loadu_si512(p.cast())
+                } else {
+                    _mm512_maskz_loadu_epi8(self.mask, p.cast())
+                };
+                for (a, &wv) in accq.iter_mut().zip(&w) {
+                    *a = _mm512_dpbusd_epi32(*a, x, wv);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn finish(&self, acc: &Self::Acc, dst: *mut u8) {
+        // SAFETY: as documented by the trait.
+        unsafe {
+            let f = &self.f;
+            let r = _mm512_packus_epi16(
+                _mm512_packs_epi32(
+                    single_shift_stage::<NT>(acc[0], &f[0]),
+                    single_shift_stage::<NT>(acc[1], &f[1]),
+                ),
+                _mm512_packs_epi32(
+                    single_shift_stage::<NT>(acc[2], &f[2]),
+                    single_shift_stage::<NT>(acc[3], &f[3]),
+                ),
+            );
+            let r = _mm512_min_epu8(
+                _mm512_max_epu8(_mm512_shuffle_epi8(r, self.order), self.lo),
+                self.hi,
+            );
+            _mm512_mask_storeu_epi8(dst.cast(), self.mask, r);
+        }
+    }
+}
+
+/// `avx512vnni_depthwise_u8i8_64c_fused`: the pixels of `px` (see [`Pixels`]), channels
+/// `c0..c0 + valid` of one 64-channel block, u8 output through the single-shift output stage
+/// ([`requantize16_fused`](super::requant::requantize16_fused);
+/// [`requantize16_no_tie`](super::requant::requantize16_no_tie) when `NT`, i.e. `l.no_tie`) and
+/// saturating packs. Three pixels per step share the weight loads; `T` taps known at compile
+/// time (0: `l.taps`).
 ///
 /// # Safety
 /// CPU supports avx512f/bw/vl/vnni; `l.fused`; every tap row has `c0 + valid` readable bytes;
@@ -68,99 +234,92 @@ unsafe fn depthwise_block_fused<const T: usize, const NT: bool>(
     valid: usize,
     e: &Epilogue,
 ) {
-    let (base, step, npix, offs, list, list_out, o8) = px.parts();
-    const P: usize = 3;
-    let mask = byte_mask(valid);
     let blk = c0 / 64;
     let taps = if T == 0 { l.taps } else { T };
     // SAFETY: as documented; the layout arrays cover every block.
     unsafe {
-        let f: [RqFused16; 4] = std::array::from_fn(|b| {
-            RqFused16::load_at(&l.m0, &l.fused_c, blk * 64 + b * 16, e.rounding)
-        });
-        let bias: [__m512i; 4] = std::array::from_fn(|b| {
-            _mm512_loadu_si512(l.bias.as_ptr().add(blk * 64 + b * 16).cast())
-        });
-        // Saturating packs: per 128-bit lane j, byte 4k + i holds vector k's lane 4j + i, i.e.
-        // channel 16j + 4i + k; the in-lane byte shuffle puts channel 16j + d at byte d.
-        let order = _mm512_broadcast_i32x4(_mm_setr_epi8(
-            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-        ));
-        let (lo, hi) = (_mm512_set1_epi8(e.lo as i8), _mm512_set1_epi8(e.hi as i8));
-        let wb = l.w.as_ptr().add(blk * l.taps * 256);
-        let full = valid >= 64;
-        let load = |p: *const u8| {
-            if full {
-                _mm512_loadu_si512(p.cast())
-            } else {
-                _mm512_maskz_loadu_epi8(mask, p.cast())
-            }
+        let k = Block64::<NT> {
+            f: std::array::from_fn(|b| {
+                RqFused16::load_at(&l.m0, &l.fused_c, blk * 64 + b * 16, e.rounding)
+            }),
+            bias: std::array::from_fn(|b| {
+                _mm512_loadu_si512(l.bias.as_ptr().add(blk * 64 + b * 16).cast())
+            }),
+            // Saturating packs: per 128-bit lane j, byte 4k + i holds vector k's lane 4j + i,
+            // i.e. channel 16j + 4i + k; the in-lane byte shuffle puts channel 16j + d at byte d.
+            order: _mm512_broadcast_i32x4(_mm_setr_epi8(
+                0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+            )),
+            lo: _mm512_set1_epi8(e.lo as i8),
+            hi: _mm512_set1_epi8(e.hi as i8),
+            wb: l.w.as_ptr().add(blk * l.taps * 256),
+            mask: byte_mask(valid),
+            full: valid >= 64,
         };
-        let finish = |accp: &[__m512i; 4], dst: *mut u8| {
-            let q = |b: usize| single_shift_stage::<NT>(accp[b], &f[b]);
-            let r = _mm512_packus_epi16(
-                _mm512_packs_epi32(q(0), q(1)),
-                _mm512_packs_epi32(q(2), q(3)),
-            );
-            let r = _mm512_min_epu8(_mm512_max_epu8(_mm512_shuffle_epi8(r, order), lo), hi);
-            _mm512_mask_storeu_epi8(dst.cast(), mask, r);
-        };
-        for (tp, &dst) in list.chunks_exact(taps).zip(list_out) {
-            let mut acc = bias;
-            for (t, &row) in tp.iter().enumerate() {
-                let wt = wb.add(t * 256);
-                let x = load(row.add(c0));
-                for (b, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
+        walk_pixels::<3, _>(&k, px, taps, c, c0);
+    }
+}
+
+/// The partial block of [`depthwise_narrow_fused`]: `V` vectors of 16 channels from `c0`.
+struct Narrow<const V: usize, const NT: bool> {
+    f: [RqFused16; V],
+    bias: [__m512i; V],
+    masks: [u16; V],
+    lo: __m512i,
+    hi: __m512i,
+    /// Widened weights, `cp` per tap, from channel `c0`.
+    w: *const i32,
+    cp: usize,
+}
+
+impl<const V: usize, const NT: bool> FusedBlock for Narrow<V, NT> {
+    type Acc = [__m512i; V];
+
+    #[inline(always)]
+    fn bias(&self) -> Self::Acc {
+        self.bias
+    }
+
+    #[inline(always)]
+    unsafe fn tap<const G: usize>(
+        &self,
+        acc: &mut [Self::Acc; G],
+        t: usize,
+        row: impl Fn(usize) -> *const u8,
+    ) {
+        // SAFETY: as documented by the trait; masked loads touch only the valid channels.
+        unsafe {
+            for v in 0..V {
+                let wv = _mm512_loadu_si512(self.w.add(t * self.cp + 16 * v).cast());
+                for (q, accq) in acc.iter_mut().enumerate() {
+                    let x = _mm_maskz_loadu_epi8(self.masks[v], row(q).add(16 * v).cast());
+                    accq[v] = _mm512_dpwssd_epi32(accq[v], _mm512_cvtepu8_epi32(x), wv);
                 }
             }
-            finish(&acc, dst.add(c0));
         }
-        let (step, rstep, rows, npix) = (step[0], step[1], npix[1], npix[0]);
-        for r in 0..rows {
-            let (base, o8) = (base.add(r * rstep), o8.add(r * npix * c));
-            let mut p = 0;
-            while p + P <= npix {
-                let mut acc = [bias; P];
-                let px = base.add(p * step + c0);
-                for t in 0..taps {
-                    let wt = wb.add(t * 256);
-                    let w: [__m512i; 4] =
-                        std::array::from_fn(|b| _mm512_loadu_si512(wt.add(b * 64).cast()));
-                    let row = px.add(*offs.get_unchecked(t));
-                    for (q, accq) in acc.iter_mut().enumerate() {
-                        let x = load(row.add(q * step));
-                        for (a, &wv) in accq.iter_mut().zip(&w) {
-                            *a = _mm512_dpbusd_epi32(*a, x, wv);
-                        }
-                    }
-                }
-                for (q, accq) in acc.iter().enumerate() {
-                    finish(accq, o8.add((p + q) * c + c0));
-                }
-                p += P;
-            }
-            while p < npix {
-                let mut acc = bias;
-                let px = base.add(p * step + c0);
-                for t in 0..taps {
-                    let wt = wb.add(t * 256);
-                    let x = load(px.add(*offs.get_unchecked(t)));
-                    for (b, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_dpbusd_epi32(*a, x, _mm512_loadu_si512(wt.add(b * 64).cast()));
-                    }
-                }
-                finish(&acc, o8.add(p * c + c0));
-                p += 1;
+    }
+
+    #[inline(always)]
+    unsafe fn finish(&self, acc: &Self::Acc, dst: *mut u8) {
+        // SAFETY: as documented by the trait; masked stores touch only the valid channels.
+        unsafe {
+            for (v, &a) in acc.iter().enumerate() {
+                let q = single_shift_stage::<NT>(a, &self.f[v]);
+                let q = _mm512_min_epi32(_mm512_max_epi32(q, self.lo), self.hi);
+                _mm_mask_storeu_epi8(
+                    dst.add(16 * v).cast(),
+                    self.masks[v],
+                    _mm512_cvtepi32_epi8(q),
+                );
             }
         }
     }
 }
 
 /// `avx512vnni_depthwise_u8i8_16c_fused`: `depthwise_narrow`'s partial block (`V` vectors of
-/// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over the runs of
-/// pixels and the listed pixels (as [`depthwise_block_fused`]), u8 output through
-/// [`requantize16_fused`](super::requant::requantize16_fused), constants loaded once per run.
+/// 16 channels in natural order, `vpdpwssd` on zero-extended activations) over the pixels of
+/// `px` (as [`depthwise_block_fused`], four pixels per step), u8 output through
+/// [`requantize16_fused`](super::requant::requantize16_fused), constants loaded once per call.
 ///
 /// # Safety
 /// As [`depthwise_block_fused`], with `valid ≤ 16·V`.
@@ -174,79 +333,25 @@ unsafe fn depthwise_narrow_fused<const V: usize, const NT: bool>(
     valid: usize,
     e: &Epilogue,
 ) {
-    let (base, step, npix, offs, list, list_out, o8) = px.parts();
     // SAFETY: as documented; masked loads/stores touch only the `valid` channels.
     unsafe {
-        let masks: [u16; V] = std::array::from_fn(|v| {
-            let n = valid.saturating_sub(16 * v).min(16);
-            ((1u32 << n) - 1) as u16
-        });
-        let f: [RqFused16; V] = std::array::from_fn(|v| {
-            RqFused16::load_at(&e.m0, &l.fused_nat, c0 + 16 * v, e.rounding)
-        });
-        let bias: [__m512i; V] =
-            std::array::from_fn(|v| _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast()));
-        let (lo, hi) = (_mm512_set1_epi32(e.lo), _mm512_set1_epi32(e.hi));
-        let x_at = |row: *const u8, v: usize| {
-            _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(masks[v], row.add(16 * v).cast()))
+        let k = Narrow::<V, NT> {
+            f: std::array::from_fn(|v| {
+                RqFused16::load_at(&e.m0, &l.fused_nat, c0 + 16 * v, e.rounding)
+            }),
+            bias: std::array::from_fn(|v| {
+                _mm512_loadu_si512(e.bias.as_ptr().add(c0 + 16 * v).cast())
+            }),
+            masks: std::array::from_fn(|v| {
+                let n = valid.saturating_sub(16 * v).min(16);
+                ((1u32 << n) - 1) as u16
+            }),
+            lo: _mm512_set1_epi32(e.lo),
+            hi: _mm512_set1_epi32(e.hi),
+            w: l.wide.as_ptr().add(c0),
+            cp: l.cp,
         };
-        let w_at = |t: usize, v: usize| {
-            _mm512_loadu_si512(l.wide.as_ptr().add(t * l.cp + c0 + 16 * v).cast())
-        };
-        let finish = |acc: &[__m512i; V], dst: *mut u8| {
-            for v in 0..V {
-                let q = _mm512_min_epi32(
-                    _mm512_max_epi32(single_shift_stage::<NT>(acc[v], &f[v]), lo),
-                    hi,
-                );
-                _mm_mask_storeu_epi8(dst.add(16 * v).cast(), masks[v], _mm512_cvtepi32_epi8(q));
-            }
-        };
-        for (tp, &dst) in list.chunks_exact(l.taps).zip(list_out) {
-            let mut acc = bias;
-            for (t, &row) in tp.iter().enumerate() {
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_dpwssd_epi32(*a, x_at(row.add(c0), v), w_at(t, v));
-                }
-            }
-            finish(&acc, dst.add(c0));
-        }
-        // `P` pixels per step: independent accumulation chains, each weight vector loaded once.
-        const P: usize = 4;
-        let (step, rstep, rows, npix) = (step[0], step[1], npix[1], npix[0]);
-        for r in 0..rows {
-            let (base, o8) = (base.add(r * rstep), o8.add(r * npix * c));
-            let mut p = 0;
-            while p + P <= npix {
-                let mut acc = [bias; P];
-                let px = base.add(p * step + c0);
-                for t in 0..l.taps {
-                    let row = px.add(*offs.get_unchecked(t));
-                    for v in 0..V {
-                        let wv = w_at(t, v);
-                        for (q, accq) in acc.iter_mut().enumerate() {
-                            accq[v] = _mm512_dpwssd_epi32(accq[v], x_at(row.add(q * step), v), wv);
-                        }
-                    }
-                }
-                for (q, accq) in acc.iter().enumerate() {
-                    finish(accq, o8.add((p + q) * c + c0));
-                }
-                p += P;
-            }
-            while p < npix {
-                let mut acc = bias;
-                let row0 = base.add(p * step + c0);
-                for t in 0..l.taps {
-                    let row = row0.add(*offs.get_unchecked(t));
-                    for (v, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_dpwssd_epi32(*a, x_at(row, v), w_at(t, v));
-                    }
-                }
-                finish(&acc, o8.add(p * c + c0));
-                p += 1;
-            }
-        }
+        walk_pixels::<4, _>(&k, px, l.taps, c, c0);
     }
 }
 
