@@ -264,12 +264,7 @@ impl<'m> LowerOps<'m> for Qdq<'m> {
             |d| oihw_from_ohwi(d, c.weight_shape),
         )?;
         let b = self.bias(&c.bias, &c.weights, self.params(c.input).scale());
-        let mut attrs = window_attrs([kh, kw], c.stride, c.padding);
-        attrs.push((
-            "dilations",
-            Attr::Ints(c.dilation.iter().map(|&d| d as i64).collect()),
-        ));
-        attrs.push(("group", Attr::Int(c.groups as i64)));
+        let attrs = conv_attrs([kh, kw], c.stride, c.padding, c.dilation, c.groups);
         let y = self.g.apply(
             "Conv",
             &[&x, &w, &b],
@@ -433,4 +428,21 @@ pub(super) fn window_attrs(
         ("strides", ints(&stride)),
         ("pads", ints(&padding)),
     ]
+}
+
+/// [`window_attrs`] of a convolution, and its `dilations` and `group`.
+pub(super) fn conv_attrs(
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Vec<(&'static str, Attr)> {
+    let mut attrs = window_attrs(kernel, stride, padding);
+    attrs.push((
+        "dilations",
+        Attr::Ints(dilation.iter().map(|&d| d as i64).collect()),
+    ));
+    attrs.push(("group", Attr::Int(groups as i64)));
+    attrs
 }
