@@ -10,36 +10,29 @@ mod common;
 
 use std::time::Instant;
 
-use common::{StdRng, rng, uniform};
+use common::{StdRng, random_bn, rng, uniform};
 use ndarray::ArrayD;
-use qat_export::ir::{Activation, BatchNorm, Conv2d, Linear, Pool2d};
+use qat_export::ir::{Activation, Conv2d, Linear, Pool2d};
 use qat_export::{FloatGraph, PtqConfig, fidelity_report, ptq};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let r = &mut rng(0x9e37_79b9_7f4a_7c15);
     let mut g = FloatGraph::new("synthetic-mnist-cnn");
     let x = g.input("x", &[28, 28, 1]);
-    let bn = |r: &mut StdRng, c: usize| BatchNorm {
-        gamma: uniform(r, c, 0.7, 1.3),
-        beta: uniform(r, c, -0.1, 0.1),
-        mean: uniform(r, c, -0.1, 0.1),
-        var: uniform(r, c, 0.7, 1.3),
-        eps: 1e-5,
-    };
     let c1 = Conv2d::new(uniform(r, 16 * 9, -0.5, 0.5), [16, 3, 3, 1])
         .with_padding([1; 4])
-        .with_batch_norm(bn(r, 16))
+        .with_batch_norm(random_bn(r, 16))
         .with_activation(Activation::Relu6);
     let c1 = g.conv2d("conv1", x, c1);
     let p1 = g.max_pool("pool1", c1, Pool2d::square(2, 2));
     let dw = Conv2d::new(uniform(r, 16 * 9, -0.5, 0.5), [16, 3, 3, 1])
         .with_groups(16)
         .with_padding([1; 4])
-        .with_batch_norm(bn(r, 16))
+        .with_batch_norm(random_bn(r, 16))
         .with_activation(Activation::Relu6);
     let dw = g.conv2d("dw2", p1, dw);
     let pw = Conv2d::new(uniform(r, 32 * 16, -0.35, 0.35), [32, 1, 1, 16])
-        .with_batch_norm(bn(r, 32))
+        .with_batch_norm(random_bn(r, 32))
         .with_activation(Activation::Relu6);
     let pw = g.conv2d("pw2", dw, pw);
     let gap = g.global_avg_pool("gap", pw);
