@@ -357,6 +357,43 @@ impl FloatConfig {
 
 #[cfg(feature = "torch")]
 impl QatConfig {
+    /// The layers' fake quant of a QAT run at `weight_bits`/`act_bits`: weights per channel or
+    /// per tensor, activations observed by an EMA with this section's decay, trained for this
+    /// section's target; the rest [`QuantConfig::default`](qat_train::layers::QuantConfig).
+    pub fn quant(
+        &self,
+        weight_bits: u32,
+        act_bits: u32,
+        per_channel: bool,
+    ) -> qat_train::layers::QuantConfig {
+        use qat_train::layers::{QuantConfig, WeightGranularity};
+        QuantConfig {
+            weight_bits,
+            act_bits,
+            weight_granularity: if per_channel {
+                WeightGranularity::PerChannel
+            } else {
+                WeightGranularity::PerTensor
+            },
+            act_observer: qat_train::observer::ActObserverConfig::Ema {
+                decay: self.ema_decay as f32,
+            },
+            target: self.target,
+            ..QuantConfig::default()
+        }
+    }
+
+    /// The batch-norm fold: the whitepaper's σ_B/σ correction with `bn_correction`, else
+    /// PyTorch's.
+    pub fn bn_fold(&self) -> qat_train::layers::BnFoldMode {
+        use qat_train::layers::BnFoldMode;
+        if self.bn_correction {
+            BnFoldMode::Whitepaper
+        } else {
+            BnFoldMode::PyTorch
+        }
+    }
+
     /// This section's QAT phases after `calibration_batches` calibration batches (each run clamps
     /// them into its length: [`qat_train::finetune::QatPhases::delays`]).
     pub fn phases(&self, calibration_batches: usize) -> qat_train::finetune::QatPhases {
@@ -376,6 +413,31 @@ mod tests {
     fn default_text() -> String {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
         fs::read_to_string(path).expect("configs/default.toml is readable")
+    }
+
+    #[cfg(feature = "torch")]
+    #[test]
+    fn the_qat_section_gives_the_layers_fake_quant_and_fold() {
+        use qat_train::layers::{BnFoldMode, WeightGranularity};
+        use qat_train::observer::ActObserverConfig;
+        let mut q = Config::parse(&default_text(), Path::new("default.toml"))
+            .unwrap()
+            .qat;
+        q.ema_decay = 0.99;
+        q.target = Some(Target::Tflite);
+        q.bn_correction = true;
+        let c = q.quant(4, 6, false);
+        assert_eq!((c.weight_bits, c.act_bits), (4, 6));
+        assert_eq!(c.weight_granularity, WeightGranularity::PerTensor);
+        assert_eq!(c.act_observer, ActObserverConfig::Ema { decay: 0.99 });
+        assert_eq!(c.target, Some(Target::Tflite));
+        assert_eq!(
+            q.quant(8, 8, true).weight_granularity,
+            WeightGranularity::PerChannel
+        );
+        assert_eq!(q.bn_fold(), BnFoldMode::Whitepaper);
+        q.bn_correction = false;
+        assert_eq!(q.bn_fold(), BnFoldMode::PyTorch);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! cross-check ([`crate::crosscheck`]) measures it.
 
 use qat_core::QuantParams;
-use qat_int8_runtime::{DType, Int8Model, Op, TensorId, ValidationError};
+use qat_int8_runtime::{
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Op, Pool2d, TensorId, ValidationError,
+};
 use thiserror::Error;
 
 /// An interchange format.
@@ -268,6 +270,62 @@ impl<'m> Site<'m> {
         }
         outputs
     }
+}
+
+/// What lowering one op gives: nothing, or the refusal.
+pub(crate) type Lowered = Result<(), ExportFormatError>;
+
+/// One writer's lowering of each kind of runtime op. [`lower_ops`] walks a model's ops, moves the
+/// writer's [`Site`] to each one (so that a refusal names it) and calls the method of its kind: the
+/// writers differ in what they emit per op, not in how they visit the model.
+pub(crate) trait LowerOps<'m> {
+    /// Where the writer is.
+    fn site(&mut self) -> &mut Site<'m>;
+    /// [`Op::Quantize`].
+    fn quantize(&mut self, input: TensorId, output: TensorId) -> Lowered;
+    /// [`Op::Dequantize`].
+    fn dequantize(&mut self, input: TensorId, output: TensorId) -> Lowered;
+    /// [`Op::Conv2d`].
+    fn conv(&mut self, c: &Conv2d) -> Lowered;
+    /// [`Op::FullyConnected`].
+    fn fully_connected(&mut self, f: &FullyConnected) -> Lowered;
+    /// [`Op::Add`].
+    fn add(&mut self, a: TensorId, b: TensorId, output: TensorId, clamp: Clamp) -> Lowered;
+    /// [`Op::Concat`].
+    fn concat(&mut self, inputs: &[TensorId], output: TensorId) -> Lowered;
+    /// [`Op::AvgPool2d`].
+    fn avg_pool(&mut self, p: &Pool2d) -> Lowered;
+    /// [`Op::GlobalAvgPool`].
+    fn global_avg_pool(&mut self, input: TensorId, output: TensorId) -> Lowered;
+    /// [`Op::MaxPool2d`].
+    fn max_pool(&mut self, p: &Pool2d) -> Lowered;
+    /// [`Op::Reshape`].
+    fn reshape(&mut self, input: TensorId, output: TensorId) -> Lowered;
+}
+
+/// Lowers `ops` in order with `w`, stopping at the first refusal.
+pub(crate) fn lower_ops<'m>(w: &mut impl LowerOps<'m>, ops: &[Op]) -> Lowered {
+    for op in ops {
+        w.site().enter(op);
+        match op {
+            Op::Quantize { input, output } => w.quantize(*input, *output),
+            Op::Dequantize { input, output } => w.dequantize(*input, *output),
+            Op::Conv2d(c) => w.conv(c),
+            Op::FullyConnected(f) => w.fully_connected(f),
+            &Op::Add {
+                a,
+                b,
+                output,
+                clamp,
+            } => w.add(a, b, output, clamp),
+            Op::Concat { inputs, output } => w.concat(inputs, *output),
+            Op::AvgPool2d(p) => w.avg_pool(p),
+            Op::GlobalAvgPool { input, output } => w.global_avg_pool(*input, *output),
+            Op::MaxPool2d(p) => w.max_pool(p),
+            Op::Reshape { input, output } => w.reshape(*input, *output),
+        }?;
+    }
+    Ok(())
 }
 
 /// Unique, non-empty names for the values of a written graph (ONNX requires them; TFLite

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{GenOptions, batch, random_cnn, rng};
+use common::{GenOptions, assert_exact, batch, random_cnn, rng};
 use qat_export::ir::{WeightQuant, WeightScheme};
 use qat_export::{
     CalibrationMethod, ExportOptions, FidelityReport, PtqConfig, fidelity_report, ptq,
@@ -20,14 +20,8 @@ fn check(seed: u64, opts: &GenOptions, cfg: &PtqConfig) -> FidelityReport {
     let rep = fidelity_report(&plan, [test.view()]).expect("report");
     for l in &rep.layers {
         assert_eq!(l.bias_saturated, 0, "seed {seed}: layer {}", l.node);
-        assert!(
-            l.isolated.exact == 1.0 && l.end_to_end.exact == 1.0,
-            "seed {seed}: layer {} ({}) differs from the simulation\n{}",
-            l.node,
-            l.op,
-            rep.to_table()
-        );
     }
+    assert_exact(&rep, &format!("seed {seed}"));
     for o in &rep.outputs {
         assert_eq!(o.argmax_vs_simulation, 1.0, "seed {seed}: {}", o.output);
     }

@@ -4,24 +4,16 @@
 
 mod common;
 
-use common::assert_exact;
+use common::{assert_exact, rng, uniform};
 use ndarray::ArrayD;
 use qat_export::ir::{Conv2d, Pool2d};
 use qat_export::{ExportOptions, FloatGraph, QuantPlan, fidelity_report};
 use qat_int8_runtime::{Executor, TensorValue};
 
-/// `n` samples of shape `[4, 4, 2]`, uniform in `[−1.5, 1.5]` (beyond every range below, so the
-/// clamps are exercised), from a fixed LCG.
+/// `n` samples of shape `[4, 4, 2]`, uniform in `[−1.5, 1.5)` (beyond every range below, so the
+/// clamps are exercised), seeded.
 fn batch(n: usize, seed: u64) -> ArrayD<f32> {
-    let mut s = seed;
-    let v = (0..n * 32)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 3.0 - 1.5
-        })
-        .collect();
+    let v = uniform(&mut rng(seed), n * 32, -1.5, 1.5);
     ArrayD::from_shape_vec(vec![n, 4, 4, 2], v).unwrap()
 }
 

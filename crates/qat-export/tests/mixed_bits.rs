@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{assert_exact, batch, rng, uniform};
+use common::{assert_exact, batch, random_bn, rng, uniform};
 use qat_export::analysis::{BitAssignment, LayerBits};
-use qat_export::ir::{Activation, BatchNorm, Conv2d, Linear};
+use qat_export::ir::{Activation, Conv2d, Linear};
 use qat_export::{
     CalibrationMethod, ExportOptions, FidelityReport, FloatGraph, QuantPlan, calibrate,
 };
@@ -20,27 +20,20 @@ fn graph() -> FloatGraph {
     let r = &mut rng(17);
     let mut g = FloatGraph::new("mixed");
     let x = g.input("x", &[6, 6, 2]);
-    let bn = |r: &mut common::StdRng, c: usize| BatchNorm {
-        gamma: uniform(r, c, 0.5, 1.5),
-        beta: uniform(r, c, -0.2, 0.2),
-        mean: uniform(r, c, -0.1, 0.1),
-        var: uniform(r, c, 0.5, 1.5),
-        eps: 1e-5,
-    };
     let conv = Conv2d::new(uniform(r, 4 * 3 * 3 * 2, -0.5, 0.5), [4, 3, 3, 2])
         .with_padding([1, 1, 1, 1])
-        .with_batch_norm(bn(r, 4))
+        .with_batch_norm(random_bn(r, 4))
         .with_activation(Activation::Relu6);
     let c = g.conv2d("conv", x, conv);
     let dw = Conv2d::new(uniform(r, 4 * 3 * 3, -0.6, 0.6), [4, 3, 3, 1])
         .with_padding([1, 1, 1, 1])
         .with_stride([2, 2])
         .with_groups(4)
-        .with_batch_norm(bn(r, 4))
+        .with_batch_norm(random_bn(r, 4))
         .with_activation(Activation::Relu6);
     let d = g.conv2d("dw", c, dw);
     let pw = Conv2d::new(uniform(r, 6 * 4, -0.7, 0.7), [6, 1, 1, 4])
-        .with_batch_norm(bn(r, 6))
+        .with_batch_norm(random_bn(r, 6))
         .with_activation(Activation::Relu);
     let p = g.conv2d("pw", d, pw);
     // flatten keeps pw's grid exactly (an average pool that inherits its input's grid rounds the

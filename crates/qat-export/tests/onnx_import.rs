@@ -3,6 +3,9 @@
 //! `MatMul` + `Add`, a CHW flatten) equals an independent NCHW float forward; every unsupported
 //! node is listed in one error; malformed bytes give typed errors.
 
+mod common;
+
+use common::{rng, uniform};
 use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 use qat_export::interp;
@@ -17,18 +20,7 @@ use qat_export::onnx::{
 
 /// Deterministic pseudo-random values in [−1, 1).
 fn vals(n: usize, seed: u64) -> Vec<f32> {
-    // Knuth's MMIX LCG; the top 24 bits of each state are the value.
-    let step = |s: u64| {
-        s.wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407)
-    };
-    let mut s = step(seed);
-    (0..n)
-        .map(|_| {
-            s = step(s);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    uniform(&mut rng(seed), n, -1.0, 1.0)
 }
 
 /// `max |a − b|` over two sequences of equal length.

@@ -9,7 +9,7 @@ use qat_export::{
     CalibrationMethod, ExportError, ExportOptions, PtqConfig, QuantPlan,
     ir::{WeightQuant, WeightScheme},
 };
-use qat_int8_runtime::{Executor, Int8Model, Rounding};
+use qat_int8_runtime::{Executor, Int8Model, KernelPath, Rounding};
 use qat_train::{convert, models::Net, trainer};
 use tch::Kind;
 use xtask::report::{Latency, RoundingRow};
@@ -120,6 +120,32 @@ impl Pipeline {
         Ok(preds)
     }
 
+    /// Median µs per image of `model` in the integer runtime at batch 1 on `threads` threads (the
+    /// configuration's `latency.images` test images, after 5 warm-up calls), and the kernel path
+    /// it ran.
+    pub(super) fn int8_latency(
+        &self,
+        model: &Int8Model,
+        threads: usize,
+    ) -> Result<(f64, KernelPath)> {
+        let images = self.cfg.latency.images.min(self.test_labels.len()).max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let mut exec = Executor::new(model).context("cannot plan the integer model")?;
+        let us = pool.install(|| {
+            median_us(
+                images,
+                |k| Ok(self.test_nhwc.slice_axis(Axis(0), (k..k + 1).into())),
+                |x| {
+                    exec.run(x.view().into_dyn())?;
+                    Ok(())
+                },
+            )
+        })?;
+        Ok((us, exec.kernel_path()))
+    }
+
     /// Median latency per image at batch 1: the int8 runtime and the f32 libtorch model; then
     /// onnxruntime int8 (QDQ) and f32 on the same model (`ort_top1`: the deployed stage's top-1
     /// of the QDQ model in onnxruntime).
@@ -139,24 +165,9 @@ impl Pipeline {
         }
         let mut rows = Vec::new();
         for &t in &threads {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-            let mut exec = Executor::new(model)?;
-            let us = pool.install(|| -> Result<f64> {
-                let mut times = Vec::with_capacity(images);
-                for i in 0..images + 5 {
-                    let x = self
-                        .test_nhwc
-                        .slice_axis(Axis(0), (i % images..i % images + 1).into());
-                    let t0 = Instant::now();
-                    exec.run(x.into_dyn())?;
-                    if i >= 5 {
-                        times.push(t0.elapsed().as_secs_f64() * 1e6);
-                    }
-                }
-                Ok(median(&mut times))
-            })?;
+            let (us, kernel_path) = self.int8_latency(model, t)?;
             rows.push(Latency {
-                path: format!("int8 ({})", exec.kernel_path()),
+                path: format!("int8 ({kernel_path})"),
                 threads: t,
                 batch: 1,
                 us_per_image: us,
@@ -168,20 +179,19 @@ impl Pipeline {
         let before = tch::get_num_threads();
         for &t in &threads {
             tch::set_num_threads(t as i32);
-            let mut times = Vec::with_capacity(images);
-            for i in 0..images + 5 {
-                let x = nchw_tensor(&self.test_nhwc, i % images, i % images + 1)?;
-                let t0 = Instant::now();
-                let _ = trainer::predict(float_net, &x)?;
-                if i >= 5 {
-                    times.push(t0.elapsed().as_secs_f64() * 1e6);
-                }
-            }
+            let us = median_us(
+                images,
+                |k| nchw_tensor(&self.test_nhwc, k, k + 1),
+                |x| {
+                    let _ = trainer::predict(float_net, x)?;
+                    Ok(())
+                },
+            )?;
             rows.push(Latency {
                 path: "f32 (libtorch)".into(),
                 threads: t,
                 batch: 1,
-                us_per_image: median(&mut times),
+                us_per_image: us,
                 accuracy: float_acc,
                 qat_us_per_image: None,
                 skipped: None,
@@ -227,12 +237,27 @@ pub(super) fn agreement(a: &[i64], b: &[i64]) -> f64 {
     same as f64 / a.len().max(1) as f64
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
+/// Median µs of `run(input(k))` over `images` timed calls, `k` cycling through `0..images`, after
+/// 5 untimed warm-up calls (`input` and dropping its result are not timed).
+fn median_us<T>(
+    images: usize,
+    mut input: impl FnMut(usize) -> Result<T>,
+    mut run: impl FnMut(&T) -> Result<()>,
+) -> Result<f64> {
+    let mut times = Vec::with_capacity(images);
+    for i in 0..images + 5 {
+        let x = input(i % images)?;
+        let t0 = Instant::now();
+        run(&x)?;
+        if i >= 5 {
+            times.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    if times.is_empty() {
+        return Ok(0.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn argmax(it: impl Iterator<Item = f32>) -> i64 {
@@ -243,4 +268,31 @@ fn argmax(it: impl Iterator<Item = f32>) -> i64 {
         }
     }
     best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_us;
+
+    #[test]
+    fn median_us_times_images_in_turn_after_five_warm_up_calls() {
+        let (mut inputs, mut runs) = (Vec::new(), Vec::new());
+        let us = median_us(
+            3,
+            |k| {
+                inputs.push(k);
+                Ok(10 * k)
+            },
+            |&x| {
+                runs.push(x);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(inputs, [0, 1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(runs, [0, 10, 20, 0, 10, 20, 0, 10]);
+        assert!(us.is_finite() && us >= 0.0);
+        let failing = median_us(2, Ok, |_| Err(anyhow::anyhow!("runtime failed")));
+        assert_eq!(failing.unwrap_err().to_string(), "runtime failed");
+    }
 }

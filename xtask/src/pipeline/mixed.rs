@@ -10,10 +10,8 @@
 //!   then that assignment and the uniform widths QAT-trained with the low-bit run's schedule and
 //!   exported (the chosen model as `model_mixed.qat8`), measured in the integer runtime.
 
-use std::time::Instant;
-
 use anyhow::{Context, Result};
-use ndarray::{ArrayD, Axis};
+use ndarray::ArrayD;
 use qat_export::{
     CalibrationMethod, PtqConfig,
     analysis::{
@@ -22,7 +20,7 @@ use qat_export::{
     },
     ir::{FloatGraph, FloatOp, WeightScheme},
 };
-use qat_int8_runtime::{Executor, Int8Model};
+use qat_int8_runtime::Int8Model;
 use qat_train::{
     convert,
     models::{LayerBitsOverride, Net},
@@ -63,28 +61,6 @@ impl Pipeline {
         let model = qat_export::ptq_export(graph, batches.iter().map(|b| b.view()), &cfg)
             .context("PTQ export failed")?;
         Ok(100.0 * eval_int8_on(&model, x, labels)?.0)
-    }
-
-    /// Median µs per image of `model` in the integer runtime at batch 1 on one thread (the
-    /// configuration's `latency.images` test images, after 5 warm-up calls).
-    fn int8_latency(&self, model: &Int8Model) -> Result<f64> {
-        let images = self.cfg.latency.images.min(self.test_labels.len()).max(1);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-        let mut exec = Executor::new(model).context("cannot plan the integer model")?;
-        pool.install(|| -> Result<f64> {
-            let mut times = Vec::with_capacity(images);
-            for i in 0..images + 5 {
-                let k = i % images;
-                let x = self.test_nhwc.slice_axis(Axis(0), (k..k + 1).into());
-                let t0 = Instant::now();
-                exec.run(x.into_dyn())?;
-                if i >= 5 {
-                    times.push(t0.elapsed().as_secs_f64() * 1e6);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            Ok(times[times.len() / 2])
-        })
     }
 
     /// The sensitivity table on the validation split (the rest of the network at 8 bits).
@@ -150,7 +126,7 @@ impl Pipeline {
             Ok(QatPoint {
                 fake_quant: 100.0 * o.fake_quant_acc,
                 int8: 100.0 * o.int8_acc,
-                int8_us: Some(self.int8_latency(&o.model)?),
+                int8_us: Some(self.int8_latency(&o.model, 1)?.0),
             })
         };
         let chosen_qat = match &result.chosen {
@@ -189,7 +165,7 @@ impl Pipeline {
             let point = evaluate(table, &layers, &cost, &asg)?;
             let qat = match trained.iter().find(|t| (t.0, t.1) == (w, a)) {
                 Some(t) => QatPoint {
-                    int8_us: Some(self.int8_latency(t.3)?),
+                    int8_us: Some(self.int8_latency(t.3, 1)?.0),
                     ..t.2
                 },
                 None => {

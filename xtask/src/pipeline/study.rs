@@ -42,11 +42,7 @@ impl Run {
             weight_bits: q.weight_bits,
             act_bits: q.act_bits,
             per_channel: q.per_channel,
-            fold: if q.bn_correction {
-                BnFoldMode::Whitepaper
-            } else {
-                BnFoldMode::PyTorch
-            },
+            fold: q.bn_fold(),
             stats_grad: q.bn_stats_grad,
             epochs: q.epochs,
             lr: q.lr,

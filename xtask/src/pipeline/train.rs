@@ -8,9 +8,8 @@ use qat_train::{
     convert,
     data::Augment,
     fidelity,
-    layers::{Activation, BnFoldMode, QuantConfig, WeightGranularity},
+    layers::{Activation, BnFoldMode, QuantConfig},
     models::{self, Architecture, LayerBitsOverride, ModelSpec, Net},
-    observer::ActObserverConfig,
     schedule::ScheduleConfig,
     trainer::{self, Event, History, TrainConfig},
 };
@@ -67,24 +66,6 @@ impl Pipeline {
         }
     }
 
-    fn quant(&self, weight_bits: u32, act_bits: u32, per_channel: bool) -> QuantConfig {
-        let mut q = QuantConfig {
-            weight_bits,
-            act_bits,
-            weight_granularity: if per_channel {
-                WeightGranularity::PerChannel
-            } else {
-                WeightGranularity::PerTensor
-            },
-            ..QuantConfig::default()
-        };
-        q.act_observer = ActObserverConfig::Ema {
-            decay: self.cfg.qat.ema_decay as f32,
-        };
-        q.target = self.cfg.qat.target;
-        q
-    }
-
     fn train_config(&self, epochs: usize, lr: f64, schedule: ScheduleConfig) -> TrainConfig {
         let f = &self.cfg.float;
         let steps = (self.train.len().div_ceil(self.cfg.data.batch_size) * epochs).max(1) as u64;
@@ -133,7 +114,12 @@ impl Pipeline {
         epochs: usize,
     ) -> Result<(Net, History, f64)> {
         trainer::seed_everything(self.cfg.seed);
-        let spec = self.spec(act, self.quant(8, 8, true), BnFoldMode::Whitepaper, false);
+        let spec = self.spec(
+            act,
+            self.cfg.qat.quant(8, 8, true),
+            BnFoldMode::Whitepaper,
+            false,
+        );
         let mut net = models::build(&spec, self.device).context("cannot build the model")?;
         let schedule = ScheduleConfig {
             float_steps: u64::MAX,
@@ -176,7 +162,7 @@ impl Pipeline {
             layer_bits,
             ..self.spec(
                 act,
-                self.quant(w_bits, a_bits, per_channel),
+                self.cfg.qat.quant(w_bits, a_bits, per_channel),
                 fold,
                 stats_grad,
             )

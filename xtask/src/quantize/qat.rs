@@ -14,9 +14,7 @@ use qat_int8_runtime::{Executor, Int8Model};
 use qat_train::convert;
 use qat_train::data::{Augment, Loader, LoaderConfig, Normalize, TrainTest};
 use qat_train::finetune::{qat_fine_tune, steps_per_epoch};
-use qat_train::layers::{BnFoldMode, QuantConfig, WeightGranularity};
 use qat_train::models::GraphNetOptions;
-use qat_train::observer::ActObserverConfig;
 use qat_train::schedule::LrSchedule;
 use qat_train::trainer::{Event, TrainConfig};
 use tch::Kind;
@@ -47,24 +45,8 @@ pub(crate) fn fine_tune(
     )?;
     let (q, f, d) = (&pipeline.qat, &pipeline.float, &pipeline.data);
     let opts = GraphNetOptions {
-        quant: QuantConfig {
-            weight_bits: q.weight_bits,
-            act_bits: q.act_bits,
-            weight_granularity: if q.per_channel {
-                WeightGranularity::PerChannel
-            } else {
-                WeightGranularity::PerTensor
-            },
-            act_observer: ActObserverConfig::Ema {
-                decay: q.ema_decay as f32,
-            },
-            ..QuantConfig::default()
-        },
-        fold: if q.bn_correction {
-            BnFoldMode::Whitepaper
-        } else {
-            BnFoldMode::PyTorch
-        },
+        quant: q.quant(q.weight_bits, q.act_bits, q.per_channel),
+        fold: q.bn_fold(),
         stats_grad: q.bn_stats_grad,
         ..GraphNetOptions::default()
     };

@@ -2,6 +2,7 @@
 
 use qat_train::data::Normalize;
 use serde::Serialize;
+use xtask::report::table;
 
 use super::input::NormSource;
 
@@ -82,8 +83,7 @@ impl Report {
             .join(", ");
         let mut md = format!(
             "# qat-quantize: {}\n\nONNX ops: {ops}.\n\nDataset: {}. Calibration: {} training images (min/max). \
-             Evaluated on {} test images. Target: `{}`. Normalization ({:?}): mean {:?}, std {:?}.\n\n\
-             | model (qat runtime) | top-1 % | argmax = float % | deployed |\n|---|---|---|---|\n",
+             Evaluated on {} test images. Target: `{}`. Normalization ({:?}): mean {:?}, std {:?}.\n\n",
             self.model,
             self.dataset,
             self.calibration_images,
@@ -93,34 +93,39 @@ impl Report {
             self.normalize.normalize.mean,
             self.normalize.normalize.std,
         );
-        for r in &self.rows {
-            md.push_str(&format!(
-                "| {} | {} | {} | {} |\n",
-                r.name,
-                pct(r.top1),
-                pct(r.agree_float),
-                if r.deployed { "yes" } else { "" }
-            ));
-        }
+        let yes = |b: bool| if b { "yes" } else { "" }.to_string();
+        table(
+            &mut md,
+            "| model (qat runtime) | top-1 % | argmax = float % | deployed |\n|---|---|---|---|",
+            &self.rows,
+            |r| {
+                vec![
+                    r.name.clone(),
+                    pct(r.top1),
+                    pct(r.agree_float),
+                    yes(r.deployed),
+                ]
+            },
+        );
         md.push_str(&format!("\nFiles: {}\n\n", self.files.join(", ")));
         md.push_str("## The deployed files in their runtimes\n\n");
         if let Some(why) = &self.deployed_skipped {
             md.push_str(&format!("Not run: {why}.\n"));
         } else {
-            md.push_str(
-                "| file | runtime | top-1 % | argmax = qat runtime % | the target's runtime |\n|---|---|---|---|---|\n",
+            table(
+                &mut md,
+                "| file | runtime | top-1 % | argmax = qat runtime % | the target's runtime |\n|---|---|---|---|---|",
+                &self.deployed,
+                |d| {
+                    vec![
+                        d.file.clone(),
+                        format!("{} {}", d.runtime, d.version),
+                        pct(d.top1),
+                        pct(d.agree_qat_runtime),
+                        yes(d.target_runtime),
+                    ]
+                },
             );
-            for d in &self.deployed {
-                md.push_str(&format!(
-                    "| {} | {} {} | {} | {} | {} |\n",
-                    d.file,
-                    d.runtime,
-                    d.version,
-                    pct(d.top1),
-                    pct(d.agree_qat_runtime),
-                    if d.target_runtime { "yes" } else { "" }
-                ));
-            }
         }
         let t = &self.timings;
         md.push_str(&format!(
@@ -136,5 +141,72 @@ impl Report {
             self.fidelity_markdown
         ));
         md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(deployed_skipped: Option<String>) -> Report {
+        Report {
+            model: "m.onnx".into(),
+            onnx_ops: vec![("Conv".into(), 2), ("Gemm".into(), 1)],
+            dataset: "mnist".into(),
+            calibration_images: 64,
+            eval_images: 100,
+            target: "qat".into(),
+            normalize: NormReport {
+                normalize: Normalize {
+                    mean: vec![0.5],
+                    std: vec![0.25],
+                },
+                source: NormSource::Flags,
+            },
+            rows: vec![
+                Row {
+                    name: "float".into(),
+                    top1: 0.9912,
+                    agree_float: 1.0,
+                    deployed: false,
+                },
+                Row {
+                    name: "PTQ W8A8 per-channel".into(),
+                    top1: 0.9898,
+                    agree_float: 0.995,
+                    deployed: true,
+                },
+            ],
+            files: vec!["m.qat8".into(), "m.tflite".into()],
+            deployed: vec![DeployedRow {
+                file: "m.tflite".into(),
+                runtime: "LiteRT".into(),
+                version: "2.3.0".into(),
+                top1: 0.9898,
+                agree_qat_runtime: 1.0,
+                target_runtime: true,
+            }],
+            deployed_skipped,
+            fidelity_markdown: "(fidelity)".into(),
+            timings: Timings::default(),
+        }
+    }
+
+    #[test]
+    fn markdown_has_one_table_row_per_variant_and_per_deployed_file() {
+        let md = report(None).to_markdown();
+        assert!(md.contains(
+            "| model (qat runtime) | top-1 % | argmax = float % | deployed |\n|---|---|---|---|\n\
+             | float | 99.12 | 100.00 |  |\n| PTQ W8A8 per-channel | 98.98 | 99.50 | yes |\n\nFiles:"
+        ), "{md}");
+        assert!(
+            md.contains(
+                "|---|---|---|---|---|\n| m.tflite | LiteRT 2.3.0 | 98.98 | 100.00 | yes |\n\nTime:"
+            ),
+            "{md}"
+        );
+        let md = report(Some("no peers".into())).to_markdown();
+        assert!(md.contains("Not run: no peers.\n\nTime:"), "{md}");
+        assert!(!md.contains("| m.tflite"), "{md}");
     }
 }

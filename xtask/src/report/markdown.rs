@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use qat_export::fidelity::NodeMatch;
 
-use super::{Report, pct};
+use super::{Report, pct, table};
 
 /// `text` on one line (runs of white space, newlines included, become one space): a refusal's
 /// multi-line message inside a Markdown table cell.
@@ -14,15 +14,6 @@ fn one_line(text: &str) -> String {
 
 fn opt_pct(v: Option<f64>) -> String {
     v.map_or("—".into(), pct)
-}
-
-/// Appends the Markdown table `head` (its heading, header and separator lines) and one line per
-/// row: `| cell | … |`.
-fn table<T>(s: &mut String, head: &str, rows: &[T], cells: impl Fn(&T) -> Vec<String>) {
-    let _ = writeln!(s, "{head}");
-    for r in rows {
-        let _ = writeln!(s, "| {} |", cells(r).join(" | "));
-    }
 }
 
 fn nodes_table(title: &str, nodes: &[NodeMatch]) -> String {

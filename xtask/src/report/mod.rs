@@ -3,7 +3,7 @@
 
 mod markdown;
 
-use std::{fs, path::Path};
+use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{Context, Result};
 use qat_export::{
@@ -379,6 +379,24 @@ pub struct DeployedRow {
 /// ```
 pub fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
+}
+
+/// Appends the Markdown table `head` (its heading, header and separator lines) and one line per
+/// row: `| cell | … |`.
+///
+/// ```
+/// let mut s = String::new();
+/// let rows = [("float", 0.99), ("int8", 0.985)];
+/// xtask::report::table(&mut s, "| model | top-1 |\n|---|---|", &rows, |&(m, a)| {
+///     vec![m.to_string(), xtask::report::pct(a)]
+/// });
+/// assert_eq!(s, "| model | top-1 |\n|---|---|\n| float | 99.00% |\n| int8 | 98.50% |\n");
+/// ```
+pub fn table<T>(s: &mut String, head: &str, rows: &[T], cells: impl Fn(&T) -> Vec<String>) {
+    let _ = writeln!(s, "{head}");
+    for r in rows {
+        let _ = writeln!(s, "| {} |", cells(r).join(" | "));
+    }
 }
 
 impl Report {

@@ -3,7 +3,7 @@
 
 use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC};
 use super::proto::tensor_proto::DataType;
-use super::qdq::window_attrs;
+use super::qdq::{conv_attrs, window_attrs};
 use crate::error::GraphError;
 use crate::ir::{Activation, FloatGraph, FloatOp, oihw_from_ohwi};
 use crate::passes::bn_fold::fold_graph_batch_norms;
@@ -66,12 +66,7 @@ pub(super) fn lower(graph: &FloatGraph, fold_bn: bool) -> Result<(Vec<u8>, Strin
                     &[o],
                     &c.bias.clone().unwrap_or_else(|| vec![0.0; o]),
                 );
-                let mut attrs = window_attrs([kh, kw], c.stride, c.padding);
-                attrs.push((
-                    "dilations",
-                    Attr::Ints(c.dilation.iter().map(|&d| d as i64).collect()),
-                ));
-                attrs.push(("group", Attr::Int(c.groups as i64)));
+                let attrs = conv_attrs([kh, kw], c.stride, c.padding, c.dilation, c.groups);
                 let mut y = g.apply("Conv", &[&inp(0), &w, &b], &name, attrs);
                 if let Some(bn) = &c.batch_norm {
                     let p = |g: &mut Graph, what: &str, v: &[f32]| {

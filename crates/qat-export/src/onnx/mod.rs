@@ -52,7 +52,9 @@ pub use import::{
 use qat_int8_runtime::{DType, Int8Model};
 
 use crate::error::GraphError;
-use crate::interchange::{CodeType, ExportFormatError, Exported, Format, Layout, TensorMapping};
+use crate::interchange::{
+    CodeType, ExportFormatError, Exported, Format, Layout, TensorMapping, lower_ops,
+};
 use crate::ir::FloatGraph;
 
 /// Options of [`to_onnx_qdq`].
@@ -97,9 +99,7 @@ pub fn to_onnx_qdq(model: &Int8Model, opts: &OnnxOptions) -> Result<Exported, Ex
         DType::U8 => l.value_type(model.input),
     };
     l.g.input(&input, elem, &dims);
-    for op in &model.ops {
-        l.lower(op)?;
-    }
+    lower_ops(&mut l, &model.ops)?;
     let outputs = l.site.graph_outputs(opts.expose_all_tensors);
     for &t in &outputs {
         let name = l.value(t);

@@ -2,11 +2,13 @@
 //! [module docs](super)).
 
 use qat_core::QuantParams;
-use qat_int8_runtime::{Conv2d, DType, FullyConnected, Int8Model, Op, TensorId, Weights};
+use qat_int8_runtime::{
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Pool2d, TensorId, Weights,
+};
 
 use super::graph::{Attr, Graph, TO_NCHW, TO_NHWC};
 use super::proto::tensor_proto::DataType;
-use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
+use crate::interchange::{ExportFormatError, Format, LowerOps, Lowered, Site, Unsupported};
 use crate::ir::oihw_from_ohwi;
 
 pub(super) struct Qdq<'m> {
@@ -116,156 +118,6 @@ impl<'m> Qdq<'m> {
         (q.qmin().clamp(0, 255) as u8, q.qmax().clamp(0, 255) as u8)
     }
 
-    pub fn lower(&mut self, op: &Op) -> Result<(), ExportFormatError> {
-        self.site.enter(op);
-        match op {
-            Op::Quantize { input, output } => {
-                let x = self.value(*input);
-                let (lo, hi) = self.grid(*output);
-                if spatial(&self.shape(*output)) {
-                    let (s, z) = self.qparams(*output);
-                    let base = format!("{}/nhwc", self.site.layer);
-                    let mut codes = self.g.apply("QuantizeLinear", &[&x, &s, &z], &base, vec![]);
-                    if (lo, hi) != (0, 255) {
-                        let clipped = self.g.name(&format!("{}/nhwc_clipped", self.site.layer));
-                        let name = self.site.layer.clone();
-                        self.clip_into(&codes, &clipped, lo, hi, &name);
-                        codes = clipped;
-                    }
-                    let dst = self.value(*output);
-                    self.g.transpose_into(&codes, &dst, TO_NCHW);
-                } else {
-                    self.q_clamped(&x, *output, lo, hi);
-                }
-            }
-            Op::Dequantize { input, output } => {
-                let mut x = self.value(*input);
-                if spatial(&self.shape(*input)) {
-                    let base = format!("{}/nhwc", self.model.tensors[*input].name);
-                    x = self.g.transpose(&x, &base, TO_NHWC);
-                }
-                let (s, z) = self.qparams(*input);
-                let dst = self.value(*output);
-                self.g.node("DequantizeLinear", &[&x, &s, &z], &dst, vec![]);
-            }
-            Op::Conv2d(c) => self.conv(c)?,
-            Op::FullyConnected(f) => self.fully_connected(f)?,
-            Op::Add {
-                a,
-                b,
-                output,
-                clamp,
-            } => {
-                let (x, y) = (self.dq(*a), self.dq(*b));
-                let sum = self.g.apply(
-                    "Add",
-                    &[&x, &y],
-                    &format!("{}/sum", self.site.layer),
-                    vec![],
-                );
-                self.q_clamped(&sum, *output, clamp.lo, clamp.hi);
-            }
-            Op::Concat { inputs, output } => {
-                let qo = self.params(*output);
-                if inputs.iter().all(|&t| self.params(t) == qo) {
-                    // Same params: codes concatenate as they are.
-                    let xs: Vec<String> = inputs.iter().map(|&t| self.value(t)).collect();
-                    let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
-                    let dst = self.value(*output);
-                    self.g
-                        .node("Concat", &refs, &dst, vec![("axis", Attr::Int(1))]);
-                } else {
-                    let xs: Vec<String> = inputs.iter().map(|&t| self.dq(t)).collect();
-                    let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
-                    let y = self.g.apply(
-                        "Concat",
-                        &refs,
-                        &format!("{}/f", self.site.layer),
-                        vec![("axis", Attr::Int(1))],
-                    );
-                    let (lo, hi) = self.grid(*output);
-                    self.q_clamped(&y, *output, lo, hi);
-                }
-            }
-            Op::AvgPool2d(w) => {
-                let (input, output) = (w.input, w.output);
-                let x = self.dq(input);
-                let mut attrs = window_attrs(w.kernel, w.stride, w.padding);
-                attrs.push(("count_include_pad", Attr::Int(0)));
-                let y = self.g.apply(
-                    "AveragePool",
-                    &[&x],
-                    &format!("{}/f", self.site.layer),
-                    attrs,
-                );
-                let (lo, hi) = self.grid(output);
-                self.q_clamped(&y, output, lo, hi);
-            }
-            Op::GlobalAvgPool { input, output } => {
-                let x = self.dq(*input);
-                let y = self.g.apply(
-                    "GlobalAveragePool",
-                    &[&x],
-                    &format!("{}/f", self.site.layer),
-                    vec![],
-                );
-                let (s, z) = self.qparams(*output);
-                let name = self.site.layer.clone();
-                let mut codes = self.g.apply(
-                    "QuantizeLinear",
-                    &[&y, &s, &z],
-                    &format!("{name}/nc11"),
-                    vec![],
-                );
-                let (lo, hi) = self.grid(*output);
-                if (lo, hi) != (0, 255) {
-                    let clipped = self.g.name(&format!("{name}/nc11_clipped"));
-                    self.clip_into(&codes, &clipped, lo, hi, &name);
-                    codes = clipped;
-                }
-                let dst = self.value(*output);
-                self.g
-                    .node("Flatten", &[&codes], &dst, vec![("axis", Attr::Int(1))]);
-            }
-            Op::MaxPool2d(w) => {
-                // On the codes: max commutes with the monotone dequantization; padded cells are
-                // ignored, as in the runtime.
-                let (x, dst) = (self.value(w.input), self.value(w.output));
-                let attrs = window_attrs(w.kernel, w.stride, w.padding);
-                self.g.node("MaxPool", &[&x], &dst, attrs);
-            }
-            Op::Reshape { input, output } => self.reshape(*input, *output),
-        }
-        Ok(())
-    }
-
-    /// Reshape in NHWC order (the runtime's), whatever the ONNX layouts.
-    fn reshape(&mut self, input: TensorId, output: TensorId) {
-        let (si, so) = (self.shape(input), self.shape(output));
-        let mut x = self.value(input);
-        let name = self.site.layer.clone();
-        if spatial(&si) && si[..2] != [1, 1] {
-            x = self.g.transpose(&x, &format!("{name}/nhwc"), TO_NHWC);
-        }
-        let dst = self.value(output);
-        if spatial(&so) {
-            let dims: Vec<i64> = std::iter::once(-1)
-                .chain(so.iter().map(|&d| d as i64))
-                .collect();
-            let shape = self.g.i64s(&format!("{name}/shape"), &[dims.len()], &dims);
-            let nhwc = self.g.apply(
-                "Reshape",
-                &[&x, &shape],
-                &format!("{name}/nhwc_out"),
-                vec![],
-            );
-            self.g.transpose_into(&nhwc, &dst, TO_NCHW);
-        } else {
-            self.g
-                .node("Flatten", &[&x], &dst, vec![("axis", Attr::Int(1))]);
-        }
-    }
-
     /// Weights as a `DequantizeLinear` of int8 (zero point 0) or uint8 codes, per axis 0 when
     /// there is one scale per output channel.
     fn weights(
@@ -354,7 +206,55 @@ impl<'m> Qdq<'m> {
         )
     }
 
-    fn conv(&mut self, c: &Conv2d) -> Result<(), ExportFormatError> {
+    /// The ONNX element type and dims of runtime tensor `t`.
+    pub fn value_type(&self, t: TensorId) -> (DataType, Vec<usize>) {
+        let info = &self.model.tensors[t];
+        match info.dtype {
+            DType::U8 => (DataType::Uint8, onnx_dims(&info.shape)),
+            DType::F32 => (DataType::Float, info.shape.clone()),
+        }
+    }
+}
+
+impl<'m> LowerOps<'m> for Qdq<'m> {
+    fn site(&mut self) -> &mut Site<'m> {
+        &mut self.site
+    }
+
+    fn quantize(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let x = self.value(input);
+        let (lo, hi) = self.grid(output);
+        if spatial(&self.shape(output)) {
+            let (s, z) = self.qparams(output);
+            let base = format!("{}/nhwc", self.site.layer);
+            let mut codes = self.g.apply("QuantizeLinear", &[&x, &s, &z], &base, vec![]);
+            if (lo, hi) != (0, 255) {
+                let clipped = self.g.name(&format!("{}/nhwc_clipped", self.site.layer));
+                let name = self.site.layer.clone();
+                self.clip_into(&codes, &clipped, lo, hi, &name);
+                codes = clipped;
+            }
+            let dst = self.value(output);
+            self.g.transpose_into(&codes, &dst, TO_NCHW);
+        } else {
+            self.q_clamped(&x, output, lo, hi);
+        }
+        Ok(())
+    }
+
+    fn dequantize(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let mut x = self.value(input);
+        if spatial(&self.shape(input)) {
+            let base = format!("{}/nhwc", self.model.tensors[input].name);
+            x = self.g.transpose(&x, &base, TO_NHWC);
+        }
+        let (s, z) = self.qparams(input);
+        let dst = self.value(output);
+        self.g.node("DequantizeLinear", &[&x, &s, &z], &dst, vec![]);
+        Ok(())
+    }
+
+    fn conv(&mut self, c: &Conv2d) -> Lowered {
         let [o, kh, kw, i] = c.weight_shape;
         let x = self.dq(c.input);
         let w = self.weights(
@@ -364,12 +264,7 @@ impl<'m> Qdq<'m> {
             |d| oihw_from_ohwi(d, c.weight_shape),
         )?;
         let b = self.bias(&c.bias, &c.weights, self.params(c.input).scale());
-        let mut attrs = window_attrs([kh, kw], c.stride, c.padding);
-        attrs.push((
-            "dilations",
-            Attr::Ints(c.dilation.iter().map(|&d| d as i64).collect()),
-        ));
-        attrs.push(("group", Attr::Int(c.groups as i64)));
+        let attrs = conv_attrs([kh, kw], c.stride, c.padding, c.dilation, c.groups);
         let y = self.g.apply(
             "Conv",
             &[&x, &w, &b],
@@ -380,7 +275,7 @@ impl<'m> Qdq<'m> {
         Ok(())
     }
 
-    fn fully_connected(&mut self, f: &FullyConnected) -> Result<(), ExportFormatError> {
+    fn fully_connected(&mut self, f: &FullyConnected) -> Lowered {
         let x = self.dq(f.input);
         let w = self.weights(&f.weights, &f.weight_shape, <[i8]>::to_vec, <[u8]>::to_vec)?;
         let b = self.bias(&f.bias, &f.weights, self.params(f.input).scale());
@@ -394,13 +289,120 @@ impl<'m> Qdq<'m> {
         Ok(())
     }
 
-    /// The ONNX element type and dims of runtime tensor `t`.
-    pub fn value_type(&self, t: TensorId) -> (DataType, Vec<usize>) {
-        let info = &self.model.tensors[t];
-        match info.dtype {
-            DType::U8 => (DataType::Uint8, onnx_dims(&info.shape)),
-            DType::F32 => (DataType::Float, info.shape.clone()),
+    fn add(&mut self, a: TensorId, b: TensorId, output: TensorId, clamp: Clamp) -> Lowered {
+        let (x, y) = (self.dq(a), self.dq(b));
+        let sum = self.g.apply(
+            "Add",
+            &[&x, &y],
+            &format!("{}/sum", self.site.layer),
+            vec![],
+        );
+        self.q_clamped(&sum, output, clamp.lo, clamp.hi);
+        Ok(())
+    }
+
+    fn concat(&mut self, inputs: &[TensorId], output: TensorId) -> Lowered {
+        let qo = self.params(output);
+        if inputs.iter().all(|&t| self.params(t) == qo) {
+            // Same params: codes concatenate as they are.
+            let xs: Vec<String> = inputs.iter().map(|&t| self.value(t)).collect();
+            let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+            let dst = self.value(output);
+            self.g
+                .node("Concat", &refs, &dst, vec![("axis", Attr::Int(1))]);
+        } else {
+            let xs: Vec<String> = inputs.iter().map(|&t| self.dq(t)).collect();
+            let refs: Vec<&str> = xs.iter().map(String::as_str).collect();
+            let y = self.g.apply(
+                "Concat",
+                &refs,
+                &format!("{}/f", self.site.layer),
+                vec![("axis", Attr::Int(1))],
+            );
+            let (lo, hi) = self.grid(output);
+            self.q_clamped(&y, output, lo, hi);
         }
+        Ok(())
+    }
+
+    fn avg_pool(&mut self, w: &Pool2d) -> Lowered {
+        let x = self.dq(w.input);
+        let mut attrs = window_attrs(w.kernel, w.stride, w.padding);
+        attrs.push(("count_include_pad", Attr::Int(0)));
+        let y = self.g.apply(
+            "AveragePool",
+            &[&x],
+            &format!("{}/f", self.site.layer),
+            attrs,
+        );
+        let (lo, hi) = self.grid(w.output);
+        self.q_clamped(&y, w.output, lo, hi);
+        Ok(())
+    }
+
+    fn global_avg_pool(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let x = self.dq(input);
+        let y = self.g.apply(
+            "GlobalAveragePool",
+            &[&x],
+            &format!("{}/f", self.site.layer),
+            vec![],
+        );
+        let (s, z) = self.qparams(output);
+        let name = self.site.layer.clone();
+        let mut codes = self.g.apply(
+            "QuantizeLinear",
+            &[&y, &s, &z],
+            &format!("{name}/nc11"),
+            vec![],
+        );
+        let (lo, hi) = self.grid(output);
+        if (lo, hi) != (0, 255) {
+            let clipped = self.g.name(&format!("{name}/nc11_clipped"));
+            self.clip_into(&codes, &clipped, lo, hi, &name);
+            codes = clipped;
+        }
+        let dst = self.value(output);
+        self.g
+            .node("Flatten", &[&codes], &dst, vec![("axis", Attr::Int(1))]);
+        Ok(())
+    }
+
+    fn max_pool(&mut self, w: &Pool2d) -> Lowered {
+        // On the codes: max commutes with the monotone dequantization; padded cells are
+        // ignored, as in the runtime.
+        let (x, dst) = (self.value(w.input), self.value(w.output));
+        let attrs = window_attrs(w.kernel, w.stride, w.padding);
+        self.g.node("MaxPool", &[&x], &dst, attrs);
+        Ok(())
+    }
+
+    /// Reshape in NHWC order (the runtime's), whatever the ONNX layouts.
+    fn reshape(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let (si, so) = (self.shape(input), self.shape(output));
+        let mut x = self.value(input);
+        let name = self.site.layer.clone();
+        if spatial(&si) && si[..2] != [1, 1] {
+            x = self.g.transpose(&x, &format!("{name}/nhwc"), TO_NHWC);
+        }
+        let dst = self.value(output);
+        if spatial(&so) {
+            let dims: Vec<i64> = std::iter::once(-1)
+                .chain(so.iter().map(|&d| d as i64))
+                .collect();
+            let shape = self.g.i64s(&format!("{name}/shape"), &[dims.len()], &dims);
+            let nhwc = self.g.apply(
+                "Reshape",
+                &[&x, &shape],
+                &format!("{name}/nhwc_out"),
+                vec![],
+            );
+            self.g.transpose_into(&nhwc, &dst, TO_NCHW);
+        } else {
+            self.g
+                .node("Flatten", &[&x], &dst, vec![("axis", Attr::Int(1))]);
+        }
+        Ok(())
     }
 }
 
@@ -426,4 +428,21 @@ pub(super) fn window_attrs(
         ("strides", ints(&stride)),
         ("pads", ints(&padding)),
     ]
+}
+
+/// [`window_attrs`] of a convolution, and its `dilations` and `group`.
+pub(super) fn conv_attrs(
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Vec<(&'static str, Attr)> {
+    let mut attrs = window_attrs(kernel, stride, padding);
+    attrs.push((
+        "dilations",
+        Attr::Ints(dilation.iter().map(|&d| d as i64).collect()),
+    ));
+    attrs.push(("group", Attr::Int(groups as i64)));
+    attrs
 }

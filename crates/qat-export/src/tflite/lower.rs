@@ -2,7 +2,9 @@
 //! [module docs](super)).
 
 use qat_core::QuantParams;
-use qat_int8_runtime::{DType, Int8Model, Op, PoolWindow, TensorId};
+use qat_int8_runtime::{
+    Clamp, Conv2d, DType, FullyConnected, Int8Model, Pool2d, PoolWindow, TensorId,
+};
 
 use super::TfliteOptions;
 use super::builder::{Builder, Quant};
@@ -11,7 +13,7 @@ use super::schema::{
     ActivationFunctionType, AddOptions, BuiltinOperator as B, BuiltinOptions, ConcatenationOptions,
     MaximumMinimumOptions, PadOptions, PadV2Options, Pool2DOptions, ReshapeOptions,
 };
-use crate::interchange::{ExportFormatError, Format, Site, Unsupported};
+use crate::interchange::{ExportFormatError, Format, LowerOps, Lowered, Site, Unsupported};
 
 /// Op versions (TFLite `op_version.cc` for int8 operands).
 pub(super) mod version {
@@ -218,85 +220,6 @@ impl<'m> Lowering<'m> {
         resolve(axis(0), axis(1))
     }
 
-    pub fn lower(&mut self, op: &Op) -> Result<(), ExportFormatError> {
-        self.site.enter(op);
-        match op {
-            Op::Quantize { input, output } => {
-                let x = self.tensor(*input);
-                let q = self.params(*output);
-                self.clamped(*output, q.qmin(), q.qmax(), false, |s, _, dst| {
-                    s.b.op(B::Quantize, version::QUANTIZE, &[x], &[dst], None)
-                });
-            }
-            Op::Dequantize { input, output } => {
-                let (x, y) = (self.tensor(*input), self.tensor(*output));
-                self.b
-                    .op(B::Dequantize, version::INT8_DEFAULT, &[x], &[y], None);
-            }
-            Op::Conv2d(c) => self.conv(c)?,
-            Op::FullyConnected(f) => self.fully_connected(f)?,
-            Op::Add {
-                a,
-                b,
-                output,
-                clamp,
-            } => {
-                let (x, y) = (self.tensor(*a), self.tensor(*b));
-                self.clamped(
-                    *output,
-                    clamp.lo as i32,
-                    clamp.hi as i32,
-                    true,
-                    |s, act, dst| {
-                        let opts = BuiltinOptions::AddOptions(Box::new(AddOptions {
-                            fused_activation_function: act,
-                            pot_scale_int16: false,
-                        }));
-                        s.b.op(B::Add, version::INT8_DEFAULT, &[x, y], &[dst], Some(opts))
-                    },
-                );
-            }
-            Op::Concat { inputs, output } => self.concat(inputs, *output),
-            Op::AvgPool2d(p) => {
-                let (input, output, w) = (p.input, p.output, p.window());
-                self.same_params(input, output)?;
-                let pad = self.window(input, output, w);
-                if pad == Pad::Explicit {
-                    let padding = w.padding;
-                    return Err(self.refuse(Unsupported::PoolPadding { padding }));
-                }
-                let (x, y) = (self.tensor(input), self.tensor(output));
-                self.pool(B::AveragePool2d, x, y, pad, w.kernel, w.stride);
-            }
-            Op::GlobalAvgPool { input, output } => {
-                self.same_params(*input, *output)?;
-                let [h, w] = self.hw(*input);
-                let c = self.model.tensors[*output].shape[0];
-                let x = self.tensor(*input);
-                let pooled = self.scratch(*output, "pooled", &[1, 1, c]);
-                self.pool(B::AveragePool2d, x, pooled, Pad::Valid, [h, w], [1, 1]);
-                self.reshape(pooled, *output);
-            }
-            Op::MaxPool2d(p) => {
-                let (input, output, w) = (p.input, p.output, p.window());
-                let pad = self.window(input, output, w);
-                let x = if pad == Pad::Explicit {
-                    // Padded cells never win a max: pad with the smallest code.
-                    self.pad(input, w.padding, Some(i8::MIN))
-                } else {
-                    self.tensor(input)
-                };
-                let y = self.tensor(output);
-                self.pool(B::MaxPool2d, x, y, pad, w.kernel, w.stride);
-            }
-            Op::Reshape { input, output } => {
-                let x = self.tensor(*input);
-                self.reshape(x, *output);
-            }
-        }
-        Ok(())
-    }
-
     fn same_params(&self, input: TensorId, output: TensorId) -> Result<(), ExportFormatError> {
         let (qi, qo) = (self.params(input), self.params(output));
         if qi == qo {
@@ -323,7 +246,7 @@ impl<'m> Lowering<'m> {
     }
 
     /// `RESHAPE` of TFLite tensor `x` into runtime tensor `output`, shape `[−1, …per-sample]`.
-    fn reshape(&mut self, x: i32, output: TensorId) {
+    fn reshape_into(&mut self, x: i32, output: TensorId) {
         let shape = self.model.tensors[output].shape.clone();
         let mut new_shape = vec![-1i32];
         new_shape.extend(shape.iter().map(|&d| d as i32));
@@ -338,8 +261,56 @@ impl<'m> Lowering<'m> {
         self.b
             .op(B::Reshape, version::RESHAPE, &[x, s], &[y], Some(opts));
     }
+}
 
-    fn concat(&mut self, inputs: &[TensorId], output: TensorId) {
+impl<'m> LowerOps<'m> for Lowering<'m> {
+    fn site(&mut self) -> &mut Site<'m> {
+        &mut self.site
+    }
+
+    fn quantize(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let x = self.tensor(input);
+        let q = self.params(output);
+        self.clamped(output, q.qmin(), q.qmax(), false, |s, _, dst| {
+            s.b.op(B::Quantize, version::QUANTIZE, &[x], &[dst], None)
+        });
+        Ok(())
+    }
+
+    fn dequantize(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let (x, y) = (self.tensor(input), self.tensor(output));
+        self.b
+            .op(B::Dequantize, version::INT8_DEFAULT, &[x], &[y], None);
+        Ok(())
+    }
+
+    fn conv(&mut self, c: &Conv2d) -> Lowered {
+        self.emit_conv(c)
+    }
+
+    fn fully_connected(&mut self, f: &FullyConnected) -> Lowered {
+        self.emit_fully_connected(f)
+    }
+
+    fn add(&mut self, a: TensorId, b: TensorId, output: TensorId, clamp: Clamp) -> Lowered {
+        let (x, y) = (self.tensor(a), self.tensor(b));
+        self.clamped(
+            output,
+            clamp.lo as i32,
+            clamp.hi as i32,
+            true,
+            |s, act, dst| {
+                let opts = BuiltinOptions::AddOptions(Box::new(AddOptions {
+                    fused_activation_function: act,
+                    pot_scale_int16: false,
+                }));
+                s.b.op(B::Add, version::INT8_DEFAULT, &[x, y], &[dst], Some(opts))
+            },
+        );
+        Ok(())
+    }
+
+    fn concat(&mut self, inputs: &[TensorId], output: TensorId) -> Lowered {
         let qo = self.params(output);
         let mut xs = Vec::with_capacity(inputs.len());
         for &t in inputs {
@@ -375,5 +346,50 @@ impl<'m> Lowering<'m> {
             &[y],
             Some(opts),
         );
+        Ok(())
+    }
+
+    fn avg_pool(&mut self, p: &Pool2d) -> Lowered {
+        let (input, output, w) = (p.input, p.output, p.window());
+        self.same_params(input, output)?;
+        let pad = self.window(input, output, w);
+        if pad == Pad::Explicit {
+            let padding = w.padding;
+            return Err(self.refuse(Unsupported::PoolPadding { padding }));
+        }
+        let (x, y) = (self.tensor(input), self.tensor(output));
+        self.pool(B::AveragePool2d, x, y, pad, w.kernel, w.stride);
+        Ok(())
+    }
+
+    fn global_avg_pool(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        self.same_params(input, output)?;
+        let [h, w] = self.hw(input);
+        let c = self.model.tensors[output].shape[0];
+        let x = self.tensor(input);
+        let pooled = self.scratch(output, "pooled", &[1, 1, c]);
+        self.pool(B::AveragePool2d, x, pooled, Pad::Valid, [h, w], [1, 1]);
+        self.reshape_into(pooled, output);
+        Ok(())
+    }
+
+    fn max_pool(&mut self, p: &Pool2d) -> Lowered {
+        let (input, output, w) = (p.input, p.output, p.window());
+        let pad = self.window(input, output, w);
+        let x = if pad == Pad::Explicit {
+            // Padded cells never win a max: pad with the smallest code.
+            self.pad(input, w.padding, Some(i8::MIN))
+        } else {
+            self.tensor(input)
+        };
+        let y = self.tensor(output);
+        self.pool(B::MaxPool2d, x, y, pad, w.kernel, w.stride);
+        Ok(())
+    }
+
+    fn reshape(&mut self, input: TensorId, output: TensorId) -> Lowered {
+        let x = self.tensor(input);
+        self.reshape_into(x, output);
+        Ok(())
     }
 }

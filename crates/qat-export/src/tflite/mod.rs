@@ -83,7 +83,9 @@ pub use schema_generated::tflite as schema;
 
 use qat_int8_runtime::{DType, Int8Model};
 
-use crate::interchange::{CodeType, ExportFormatError, Exported, Format, Layout, TensorMapping};
+use crate::interchange::{
+    CodeType, ExportFormatError, Exported, Format, Layout, TensorMapping, lower_ops,
+};
 
 /// Options of [`to_tflite`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,9 +132,7 @@ pub fn to_tflite(model: &Int8Model, opts: &TfliteOptions) -> Result<Exported, Ex
         .map_err(|e| ExportFormatError::invalid(Format::Tflite, &model.name, &e))?;
     let mut l = lower::Lowering::new(model, opts);
     let input = l.tensor(model.input);
-    for op in &model.ops {
-        l.lower(op)?;
-    }
+    lower_ops(&mut l, &model.ops)?;
     let outputs = l.outputs(opts.expose_all_tensors);
     let out_idx = outputs.iter().map(|&t| l.tensor(t)).collect();
     let names = l.b.names_of(&l.map);

@@ -94,7 +94,8 @@ impl Lowering<'_> {
             .const_i32(&name, &[n], bias, Some(Quant::symmetric(bs, 0)))
     }
 
-    pub(super) fn conv(&mut self, c: &Conv2d) -> Result<(), ExportFormatError> {
+    /// `CONV_2D` or `DEPTHWISE_CONV_2D` of `c`.
+    pub(super) fn emit_conv(&mut self, c: &Conv2d) -> Result<(), ExportFormatError> {
         let [co, kh, kw, cig] = c.weight_shape;
         let cin = self.model.tensors[c.input].shape[2];
         let (codes, scales) = self.int8_weights(&c.weights, co)?;
@@ -183,7 +184,11 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    pub(super) fn fully_connected(&mut self, f: &FullyConnected) -> Result<(), ExportFormatError> {
+    /// `FULLY_CONNECTED` of `f`.
+    pub(super) fn emit_fully_connected(
+        &mut self,
+        f: &FullyConnected,
+    ) -> Result<(), ExportFormatError> {
         let [co, _] = f.weight_shape;
         let (codes, scales) = self.int8_weights(&f.weights, co)?;
         let (qi, qo) = (self.params(f.input), self.params(f.output));

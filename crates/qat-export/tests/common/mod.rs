@@ -48,6 +48,18 @@ pub fn batch(r: &mut StdRng, n: usize, shape: &[usize]) -> ArrayD<f32> {
     ArrayD::from_shape_vec(s, uniform(r, len, -1.0, 1.0)).expect("shape")
 }
 
+/// Batch norm of `c` channels with random statistics: `γ, σ² ~ U(0.5, 1.5)`, `β ~ U(−0.2, 0.2)`,
+/// `μ ~ U(−0.1, 0.1)`, `ε = 10⁻⁵`.
+pub fn random_bn(r: &mut StdRng, c: usize) -> BatchNorm {
+    BatchNorm {
+        gamma: uniform(r, c, 0.5, 1.5),
+        beta: uniform(r, c, -0.2, 0.2),
+        mean: uniform(r, c, -0.1, 0.1),
+        var: uniform(r, c, 0.5, 1.5),
+        eps: 1e-5,
+    }
+}
+
 fn act(r: &mut StdRng) -> Activation {
     match r.int(0, 2) {
         0 => Activation::None,

@@ -3,9 +3,9 @@
 //! block with a 1×1 projection shortcut), with seeded random weights and batch norm folded in.
 
 use qat_export::FloatGraph;
-use qat_export::ir::{Activation, Activation as A, BatchNorm, Conv2d, Linear, NodeId, Pool2d};
+use qat_export::ir::{Activation, Activation as A, Conv2d, Linear, NodeId, Pool2d};
 
-use crate::common::{StdRng, rng, uniform};
+use crate::common::{StdRng, random_bn, rng, uniform};
 
 /// A conv `k×k`, `cin/groups → cout`, stride `s`, same padding, random weights (fan-in scaled),
 /// batch norm with random statistics, and `act`.
@@ -21,13 +21,7 @@ fn conv(
     let cig = cin / groups;
     let a = 1.5 / ((cig * k * k) as f32).sqrt();
     let p = (k - 1) / 2;
-    let bn = BatchNorm {
-        gamma: uniform(r, cout, 0.5, 1.5),
-        beta: uniform(r, cout, -0.2, 0.2),
-        mean: uniform(r, cout, -0.1, 0.1),
-        var: uniform(r, cout, 0.5, 1.5),
-        eps: 1e-5,
-    };
+    let bn = random_bn(r, cout);
     Conv2d::new(uniform(r, cout * k * k * cig, -a, a), [cout, k, k, cig])
         .with_stride([s, s])
         .with_padding([p; 4])

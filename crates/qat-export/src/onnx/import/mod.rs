@@ -471,6 +471,15 @@ impl<'o> Importer<'o> {
         }
     }
 
+    /// The activation `name`, which must be NCHW (a `[H, W, C]` tensor): its node and shape.
+    pub fn nchw_act(&self, name: &str) -> Result<(NodeId, Vec<usize>), String> {
+        let (id, form, shape) = self.act(name)?;
+        if form != Form::Nchw {
+            return Err(format!("input layout {form:?} (NCHW expected)"));
+        }
+        Ok((id, shape))
+    }
+
     /// Whether `name` has exactly one consumer and is not a graph output (so that a following
     /// op may be fused into its producer).
     pub fn single_use(&self, name: &str) -> bool {

@@ -97,10 +97,7 @@ pub(super) fn lower(imp: &mut Importer<'_>, n: &NodeProto, op: &str, label: &str
             Val::Act { id, form, shape }
         }
         "GlobalAveragePool" => {
-            let (id, form, shape) = imp.act(&need(0)?)?;
-            if form != Form::Nchw {
-                return Err(format!("input layout {form:?} (NCHW expected)"));
-            }
+            let (id, shape) = imp.nchw_act(&need(0)?)?;
             let id = imp.g.global_avg_pool(imp.fresh(label), id);
             Val::Act {
                 id,

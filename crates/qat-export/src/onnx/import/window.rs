@@ -58,10 +58,7 @@ pub(super) fn conv(
     attrs: &Attrs<'_>,
     label: &str,
 ) -> R<Val> {
-    let (x, form, shape) = imp.act(n.input.first().ok_or("no input")?)?;
-    if form != Form::Nchw {
-        return Err(format!("input layout {form:?} (NCHW expected)"));
-    }
+    let (x, shape) = imp.nchw_act(n.input.first().ok_or("no input")?)?;
     let w = imp.constant(n.input.get(1).ok_or("no weight")?)?;
     let [o, ci, kh, kw] = <[usize; 4]>::try_from(w.dims.as_slice()).map_err(|_| {
         format!(
@@ -118,10 +115,7 @@ pub(super) fn pool(
     op: &str,
     label: &str,
 ) -> R<Val> {
-    let (x, form, shape) = imp.act(n.input.first().ok_or("no input")?)?;
-    if form != Form::Nchw {
-        return Err(format!("input layout {form:?} (NCHW expected)"));
-    }
+    let (x, shape) = imp.nchw_act(n.input.first().ok_or("no input")?)?;
     let k = tensor::usizes::<2>(attrs, "kernel_shape", [0, 0])?;
     if k.contains(&0) {
         return Err("kernel_shape is missing or zero".into());
@@ -161,7 +155,7 @@ pub(super) fn pool(
     };
     Ok(Val::Act {
         id,
-        form,
+        form: Form::Nchw,
         shape: vec![oh, ow, shape[2]],
     })
 }
