@@ -1,7 +1,8 @@
-//! The parts of xtask that both of its binaries use: the pipeline's configuration (read by
-//! `qat-pipeline`), its report schema (written by `qat-pipeline`, read back as the same typed structs
-//! by the smoke check of `cargo xtask test`), the per-user cache directory, child processes whose failure reports their stderr, and (with `torch`) the
-//! start of the two binaries.
+//! The parts of xtask that its binaries share: the pipeline's configuration (read by
+//! `qat-pipeline`), the report schemas of `qat-pipeline` and `qat-quantize` (written by them, read
+//! back as the same typed structs by the smoke checks of `cargo xtask test`), the per-user cache
+//! directory, child processes whose failure reports their stderr, and (with `torch`) the start of
+//! the two libtorch binaries.
 
 #[cfg(feature = "torch")]
 pub mod binary;
@@ -9,4 +10,5 @@ pub mod cache;
 pub mod config;
 pub mod peers_cache;
 pub mod process;
+pub mod quantize_report;
 pub mod report;

@@ -1,13 +1,14 @@
 //! The quantize smoke run of `cargo xtask test`: `qat-quantize` (dev profile) on the PyTorch-made,
-//! MNIST-trained CNN for the `tflite` target, then checks of its `report.json`: the float and PTQ
+//! MNIST-trained CNN for the `tflite` target, then checks of its `report.json` (read as the typed
+//! [`Report`]): the target, the float and PTQ
 //! rows, the normalization taken from the model's metadata, every written file run in its
 //! runtimes, and LiteRT's reference kernels (the `tflite` target's runtime) agreeing with the qat
 //! runtime on every image.
 
-use std::{ffi::OsStr, fs, path::Path};
+use std::{ffi::OsStr, path::Path};
 
-use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+use anyhow::{Result, bail, ensure};
+use xtask::quantize_report::{NormSource, Report};
 
 use crate::{cargo, peers};
 
@@ -32,112 +33,175 @@ pub fn run(libtorch: &Path, python: &Path) -> Result<()> {
 }
 
 fn check(dir: &Path) -> Result<()> {
-    let path = dir.join("report.json");
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let r: Value = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    ensure!(
-        r["normalize"]["source"] == "metadata",
-        "the normalization did not come from the model's metadata_props: {}",
-        r["normalize"]
+    check_report(&Report::read(dir)?)?;
+    eprintln!(
+        "[quantize smoke] {} checked",
+        dir.join("report.json").display()
     );
-    let rows = r["rows"].as_array().context("no rows")?;
+    Ok(())
+}
+
+fn check_report(r: &Report) -> Result<()> {
+    ensure!(r.target == "tflite", "target {}, expected tflite", r.target);
     ensure!(
-        rows.len() == 3,
+        r.normalize.source == NormSource::Metadata,
+        "the normalization did not come from the model's metadata_props: {:?}",
+        r.normalize
+    );
+    let [float, ptq @ ..] = r.rows.as_slice() else {
+        bail!("no rows");
+    };
+    ensure!(
+        r.rows.len() == 3,
         "{} rows, expected float and two PTQ",
-        rows.len()
+        r.rows.len()
     );
-    let float = f(&rows[0]["top1"]);
     // The CNN's torch float top-1 on this split is 92.75 %; PTQ at 8 bits keeps it.
+    let float = float.top1;
     ensure!(float > 0.85, "float top-1 {float}");
-    for row in &rows[1..] {
+    for row in ptq {
         ensure!(
-            f(&row["top1"]) >= float - 0.02,
+            row.top1 >= float - 0.02,
             "{}: top-1 {} vs float {float}",
-            row["name"],
-            row["top1"]
+            row.name,
+            row.top1
         );
     }
-    let deployed = r["deployed"].as_array().context("no deployed runs")?;
+    let deployed: Vec<&str> = r
+        .rows
+        .iter()
+        .filter(|row| row.deployed)
+        .map(|row| row.name.as_str())
+        .collect();
     ensure!(
-        deployed.len() == 3,
-        "{} runtime runs of the written files (LiteRT ref, LiteRT XNNPACK, onnxruntime expected): {}",
-        deployed.len(),
-        r["deployed_skipped"]
+        r.rows.last().is_some_and(|row| row.deployed) && deployed.len() == 1,
+        "deployed rows {deployed:?}, expected the last one only"
     );
-    for d in deployed {
-        let agree = f(&d["agree_qat_runtime"]);
-        if d["target_runtime"] == true {
+    ensure!(
+        r.deployed.len() == 3,
+        "{} runtime runs of the written files (LiteRT ref, LiteRT XNNPACK, onnxruntime expected): {:?}",
+        r.deployed.len(),
+        r.deployed_skipped
+    );
+    for d in &r.deployed {
+        if d.target_runtime {
             ensure!(
-                agree == 1.0,
-                "{} in {}: argmax agreement {agree} with the qat runtime",
-                d["file"],
-                d["runtime"]
+                d.agree_qat_runtime == 1.0,
+                "{} in {}: argmax agreement {} with the qat runtime",
+                d.file,
+                d.runtime,
+                d.agree_qat_runtime
             );
         }
         ensure!(
-            f(&d["top1"]) >= float - 0.02,
+            d.top1 >= float - 0.02,
             "{} in {}: top-1 {}",
-            d["file"],
-            d["runtime"],
-            d["top1"]
+            d.file,
+            d.runtime,
+            d.top1
         );
     }
     ensure!(
-        deployed.iter().any(|d| d["target_runtime"] == true),
+        r.deployed.iter().any(|d| d.target_runtime),
         "no run in the tflite target's runtime"
     );
-    eprintln!("[quantize smoke] {} checked", path.display());
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use serde_json::json;
+
     use super::*;
 
-    /// A report like the smoke run's, with `edit` applied.
-    fn check_with(edit: impl FnOnce(&mut Value)) -> Result<()> {
-        let run = |rt: &str, own: bool| {
-            serde_json::json!({"file": "model", "runtime": rt, "version": "1", "top1": 0.926,
-                               "agree_qat_runtime": 1.0, "target_runtime": own})
+    /// A report like the smoke run's: JSON with every key `qat-quantize` writes, read as the
+    /// typed report.
+    fn good() -> Report {
+        let run = |runtime: &str, own: bool| {
+            json!({"file": "model.tflite", "runtime": runtime, "version": "1", "top1": 0.926,
+                   "agree_qat_runtime": 1.0, "target_runtime": own})
         };
-        let row = |name: &str, top1: f64| serde_json::json!({"name": name, "top1": top1});
-        let mut r = serde_json::json!({
+        let row = |name: &str, top1: f64, deployed: bool| {
+            json!({"name": name, "top1": top1,
+                   "agree_float": 0.99, "deployed": deployed})
+        };
+        serde_json::from_value(json!({
+            "model": MODEL, "onnx_ops": [["Conv", 3], ["Gemm", 2]], "dataset": DATA,
+            "calibration_images": 512, "eval_images": 1000, "target": "tflite",
             "normalize": {"mean": [0.1307], "std": [0.3081], "source": "metadata"},
-            "rows": [row("float", 0.925), row("ptq t", 0.925), row("ptq c", 0.926)],
-            "deployed": [run("litert_ref", true), run("litert_xnnpack", false), run("onnxruntime", false)],
-            "deployed_skipped": null,
-        });
+            "rows": [row("float", 0.925, false), row("ptq t", 0.925, false),
+                     row("ptq c", 0.926, true)],
+            "files": ["model.tflite", "model.onnx"],
+            "deployed": [run("litert_ref", true), run("litert_xnnpack", false),
+                         run("onnxruntime", false)],
+            "deployed_skipped": null, "fidelity_markdown": "",
+            "timings": {"import_s": 0.1, "float_eval_s": 0.2, "quantize_s": 0.3, "export_s": 0.1,
+                        "runtimes_s": 0.8, "total_s": 1.5},
+        }))
+        .expect("the smoke report's keys")
+    }
+
+    /// [`check`] on `report.json` written from the good report with `edit` applied.
+    fn check_with(edit: impl FnOnce(&mut Report)) -> Result<()> {
+        let mut r = good();
         edit(&mut r);
         let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join("report.json"), r.to_string())?;
+        fs::write(dir.path().join("report.json"), serde_json::to_string(&r)?)?;
         check(dir.path())
     }
 
     /// What an error must mention, and how the report is broken.
-    type Broken = (&'static str, fn(&mut Value));
+    type Broken = (&'static str, fn(&mut Report));
 
     #[test]
     fn the_smoke_check_accepts_a_good_report_and_refuses_bad_ones() {
         check_with(|_| {}).unwrap();
         // Another runtime than the target's may disagree on a few near-ties.
-        check_with(|r| r["deployed"][1]["agree_qat_runtime"] = 0.99.into()).unwrap();
-        let bad: [Broken; 6] = [
-            ("agreement", |r| {
-                r["deployed"][0]["agree_qat_runtime"] = 0.999.into()
-            }),
-            ("metadata", |r| r["normalize"]["source"] = "dataset".into()),
-            ("float top-1", |r| r["rows"][0]["top1"] = 0.5.into()),
-            ("ptq c", |r| r["rows"][2]["top1"] = 0.8.into()),
+        check_with(|r| r.deployed[1].agree_qat_runtime = 0.99).unwrap();
+        let bad: [Broken; 10] = [
+            ("agreement", |r| r.deployed[0].agree_qat_runtime = 0.999),
+            ("metadata", |r| r.normalize.source = NormSource::Dataset),
+            ("float top-1", |r| r.rows[0].top1 = 0.5),
+            ("ptq c", |r| r.rows[2].top1 = 0.8),
             ("runtime runs", |r| {
-                r["deployed"] = serde_json::json!([]);
-                r["deployed_skipped"] = "no peers".into();
+                r.deployed.clear();
+                r.deployed_skipped = Some("no peers".into());
             }),
-            ("top-1", |r| r["deployed"][2]["top1"] = 0.1.into()),
+            ("top-1", |r| r.deployed[2].top1 = 0.1),
+            ("target ort", |r| r.target = "ort".into()),
+            ("2 rows", |r| {
+                r.rows.remove(1);
+            }),
+            ("deployed rows", |r| r.rows[1].deployed = true),
+            ("tflite target's runtime", |r| {
+                r.deployed[0].target_runtime = false
+            }),
         ];
         for (what, edit) in bad {
-            let err = check_with(edit).unwrap_err().to_string();
+            let err = format!("{:#}", check_with(edit).unwrap_err());
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_report_of_another_shape_is_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = serde_json::to_string(&good()).unwrap();
+        for (edited, what) in [
+            (
+                json.replace("\"agree_float\"", "\"agree\""),
+                "unknown field `agree`",
+            ),
+            (
+                json.replace("\"eval_images\":1000,", ""),
+                "missing field `eval_images`",
+            ),
+        ] {
+            assert_ne!(edited, json, "{what}: the edit changed nothing");
+            fs::write(dir.path().join("report.json"), edited).unwrap();
+            let err = format!("{:#}", check(dir.path()).unwrap_err());
             assert!(err.contains(what), "{what}: {err}");
         }
     }

@@ -10,7 +10,7 @@ use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 use qat_export::onnx::proto::ModelProto;
 use qat_train::data::{Dataset, Normalize, TrainTest};
-use serde::Serialize;
+use xtask::quantize_report::NormSource;
 
 /// `metadata_props` keys holding the input normalization: comma-separated floats, one per channel
 /// (or one for all), pixels `(p/255 − mean_c)/std_c`.
@@ -32,18 +32,6 @@ pub fn load_data(dir: &Path) -> Result<TrainTest> {
             dir.display()
         )
     }
-}
-
-/// Where the normalization came from.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum NormSource {
-    /// `--mean` / `--std`.
-    Flags,
-    /// The model's `metadata_props` (`input_mean` / `input_std`).
-    Metadata,
-    /// The training split's per-channel statistics.
-    Dataset,
 }
 
 /// Parses `"0.5"` or `"0.485,0.456,0.406"` into `channels` values (one value is repeated).

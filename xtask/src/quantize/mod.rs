@@ -25,7 +25,6 @@
 
 mod input;
 mod qat;
-mod report;
 mod runtimes;
 
 use std::path::PathBuf;
@@ -42,7 +41,7 @@ use qat_export::{CalibrationMethod, ExportOptions, PtqConfig, QuantPlan, interp,
 use qat_int8_runtime::{Executor, Int8Model};
 
 use input::{load_data, nhwc_batch, normalization, predict};
-use report::{DeployedRow, NormReport, Report, Row, Timings};
+use xtask::quantize_report::{DeployedRow, NormReport, Report, Row, Timings};
 
 /// A deployed format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -331,7 +330,8 @@ pub fn run(args: &Args) -> Result<()> {
         eval_images: n_eval,
         target: target.name().into(),
         normalize: NormReport {
-            normalize: norm,
+            mean: norm.mean,
+            std: norm.std,
             source: norm_source,
         },
         rows,
