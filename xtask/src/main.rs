@@ -6,7 +6,7 @@
 //! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline and quantize smoke runs |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
-//! | `cargo xtask quantize --onnx M.onnx --data DIR [--target T] [--format F] [--mean M --std S] [--out DIR]` | import a float ONNX model, PTQ, every deployed format run in its runtime, a report (docs/import.md) |
+//! | `cargo xtask quantize --onnx M.onnx --data DIR [--target T] [--format F] [--mean M --std S] [--qat-epochs N] [--out DIR]` | import a float ONNX model, PTQ (or QAT fine-tuning), every deployed format run in its runtime, a report (docs/import.md) |
 //! | `cargo xtask torch-models [--out DIR]` | regenerate the PyTorch-made test models `data/torch-models/*.onnx` |
 //! | `cargo xtask bench kernels [--threads N] [--quick]` | int8 kernel GOPS vs f32 (JSON + table) |
 //! | `cargo xtask bench train` | training images/s, float vs QAT |

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo xtask quantize --onnx model.onnx --data DIR [--target qat|tflite|ort|xnnpack]
 //!     [--format qat8,tflite,onnx] [--mean M[,M…] --std S[,S…]] [--calibration 512] [--eval 0]
-//!     [--no-runtimes] [--out DIR]
+//!     [--qat-epochs 0] [--no-runtimes] [--out DIR]
 //! ```
 //!
 //! `DIR` holds a dataset in one of two layouts:
@@ -13,7 +13,8 @@
 //! * CIFAR-10 binary: `data_batch_1.bin` … `data_batch_5.bin` and `test_batch.bin`.
 //!
 //! Steps: import → the float model's top-1 → PTQ W8A8 per tensor and per channel for the target,
-//! each in the qat runtime → the last variant (per channel) written in every `--format` → the
+//! each in the qat runtime → with `--qat-epochs N`, QAT fine-tuning for the target (fake quant
+//! and its int8 model) → the last variant (per channel, or QAT) written in every `--format` → the
 //! `.tflite` in LiteRT (reference kernels and the default XNNPACK delegate) and the `.onnx` in
 //! onnxruntime, each file's top-1 and its agreement with the qat runtime → `report.json` and
 //! `report.md` in the output directory, with the per-layer fidelity of the deployed variant.
@@ -96,7 +97,10 @@ pub struct Args {
     #[arg(long)]
     pub no_runtimes: bool,
     /// QAT fine-tuning epochs after PTQ (0: none), with the pipeline's schedule and optimizer
-    /// (`configs/default.toml`); the QAT model is then the one deployed.
+    /// (`configs/default.toml`), trained for `--target`: once the observers freeze, the forward
+    /// pass requantizes every conv/linear output in the target's arithmetic (as the pipeline's
+    /// `--target`), so the model trained is the one exported. The QAT model is then the one
+    /// deployed.
     #[arg(long, default_value_t = 0)]
     pub qat_epochs: usize,
 }

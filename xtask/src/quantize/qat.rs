@@ -1,7 +1,8 @@
 //! `--qat-epochs N`: QAT fine-tuning of the imported model with the pipeline's recipe (the
 //! `[qat]`, `[float]` optimizer and `[data]` batch settings of `configs/default.toml`, compiled
-//! in), its export for the chosen target, and its top-1 rows: fake quant (libtorch) and int8 (the
-//! qat runtime).
+//! in) for the chosen target (its requantization arithmetic in the forward pass, as the
+//! pipeline's `--target`), its export for that target, and its top-1 rows: fake quant (libtorch)
+//! and int8 (the qat runtime).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use qat_train::models::GraphNetOptions;
 use qat_train::schedule::LrSchedule;
 use qat_train::trainer::{Event, TrainConfig};
 use tch::Kind;
-use xtask::config::Config;
+use xtask::config::{Config, QatConfig};
 
 /// The fine-tuned model's predictions and its export.
 pub(crate) struct QatRun {
@@ -29,8 +30,28 @@ pub(crate) struct QatRun {
     pub plan: QuantPlan,
 }
 
-/// Fine-tunes `graph` for `epochs` epochs on `data.train` (inputs normalized by `norm`), exports
-/// it for `target`, and predicts the first `n_eval` test images with both models.
+/// The layers' options of the fine-tuning and the export options of its result, both for
+/// `target`: the `[qat]` section `q` with its target set to `target` (as the pipeline's `--target`
+/// sets it), so that the fake-quant forward requantizes in `target`'s arithmetic once the
+/// observers freeze and average pools are tied where `target` cannot rescale them; the export
+/// then writes the model trained.
+fn options(q: &QatConfig, target: Target) -> (GraphNetOptions, ExportOptions) {
+    let q = QatConfig {
+        target: Some(target),
+        ..q.clone()
+    };
+    let layers = GraphNetOptions {
+        quant: q.quant(q.weight_bits, q.act_bits, q.per_channel),
+        fold: q.bn_fold(),
+        stats_grad: q.bn_stats_grad,
+        ..GraphNetOptions::default()
+    };
+    (layers, convert::export_options_for(q.target))
+}
+
+/// Fine-tunes `graph` for `epochs` epochs on `data.train` (inputs normalized by `norm`) for
+/// `target` ([`options`]), exports it for `target`, and predicts the first `n_eval` test images
+/// with both models.
 pub(crate) fn fine_tune(
     graph: &FloatGraph,
     data: &TrainTest,
@@ -44,12 +65,7 @@ pub(crate) fn fine_tune(
         Path::new("configs/default.toml"),
     )?;
     let (q, f, d) = (&pipeline.qat, &pipeline.float, &pipeline.data);
-    let opts = GraphNetOptions {
-        quant: q.quant(q.weight_bits, q.act_bits, q.per_channel),
-        fold: q.bn_fold(),
-        stats_grad: q.bn_stats_grad,
-        ..GraphNetOptions::default()
-    };
+    let (opts, export) = options(q, target);
     let mut train = TrainConfig {
         epochs,
         batch_size: d.batch_size,
@@ -102,14 +118,8 @@ pub(crate) fn fine_tune(
     )
     .context("QAT fine-tuning failed")?;
     eprintln!("[quantize] {label}: {:.1} s", t0.elapsed().as_secs_f64());
-    let plan = QuantPlan::new(
-        &tuned.graph,
-        &ExportOptions {
-            target,
-            ..convert::export_options()
-        },
-    )
-    .context("the QAT model's export was refused")?;
+    let plan =
+        QuantPlan::new(&tuned.graph, &export).context("the QAT model's export was refused")?;
     let model = plan.to_int8_model()?;
 
     // Fake quant in libtorch, the test images in file order.
@@ -144,4 +154,38 @@ pub(crate) fn fine_tune(
         model,
         plan,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use qat_train::layers::WeightGranularity;
+
+    use super::*;
+
+    #[test]
+    fn the_fine_tuning_trains_for_the_target_it_exports_to() {
+        let pipeline = Config::parse(
+            include_str!("../../../configs/default.toml"),
+            Path::new("configs/default.toml"),
+        )
+        .unwrap();
+        // The pipeline's default trains without a target: the fine-tuning must not inherit that.
+        assert_eq!(pipeline.qat.target, None);
+        for target in Target::ALL {
+            let (layers, export) = options(&pipeline.qat, target);
+            assert_eq!(layers.quant.target, Some(target), "{target}");
+            assert_eq!(export.target, target, "{target}");
+            assert_eq!(
+                export.avg_pool_own_params,
+                target.average_pool_rescales(),
+                "{target}"
+            );
+            assert_eq!(layers.quant.weight_bits, 8);
+            assert_eq!(layers.quant.act_bits, 8);
+            assert_eq!(
+                layers.quant.weight_granularity,
+                WeightGranularity::PerChannel
+            );
+        }
+    }
 }
