@@ -233,12 +233,6 @@ macro_rules! with_rows {
     };
 }
 
-/// The tile loop of one task: row tiles of `MR` (the last one shorter) × the task's panels.
-/// Inlined into each ISA's [`GemmKernel::block`].
-///
-/// # Safety
-/// The CPU supports the ISA; `blk.a` holds `blk.rows` rows of `blk.kp` elements at stride
-/// `blk.lda`; `blk.out` is valid for `blk.rows` rows × `blk.n` columns; `p1` ≤ the panel count.
 /// The destination of panel `p`'s tile (`nr` columns per panel, `n` in all) at output row `o`.
 #[inline(always)]
 fn tile_dst(e: &Epilogue, p: usize, nr: usize, n: usize, o: OutPtr) -> TileDst<'_> {
@@ -251,6 +245,12 @@ fn tile_dst(e: &Epilogue, p: usize, nr: usize, n: usize, o: OutPtr) -> TileDst<'
     }
 }
 
+/// The tile loop of one task: row tiles of `MR` (the last one shorter) × the task's panels.
+/// Inlined into each ISA's [`GemmKernel::block`].
+///
+/// # Safety
+/// The CPU supports the ISA; `blk.a` holds `blk.rows` rows of `blk.kp` elements at stride
+/// `blk.lda`; `blk.out` is valid for `blk.rows` rows × `blk.n` columns; `p1` ≤ the panel count.
 #[inline(always)]
 pub(crate) unsafe fn tile_loop<K: GemmKernel>(blk: &Block<'_, K>) {
     const { assert!(valid_mr(K::MR)) };

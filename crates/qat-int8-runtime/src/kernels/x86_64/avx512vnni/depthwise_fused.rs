@@ -104,13 +104,11 @@ unsafe fn walk_pixels<const P: usize, K: FusedBlock>(
             let at = |p: usize| (base.add(p * step + c0), o8.add(p * c + c0));
             let mut p = 0;
             while p + P <= npix {
-                let (x, y) = at(p);
-                walk_group::<P, K>(k, (x, y), step, offs, taps, c);
+                walk_group::<P, K>(k, at(p), step, offs, taps, c);
                 p += P;
             }
             while p < npix {
-                let (x, y) = at(p);
-                walk_group::<1, K>(k, (x, y), step, offs, taps, c);
+                walk_group::<1, K>(k, at(p), step, offs, taps, c);
                 p += 1;
             }
         }
