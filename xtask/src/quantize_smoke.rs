@@ -1,9 +1,8 @@
 //! The quantize smoke run of `cargo xtask test`: `qat-quantize` (dev profile) on the PyTorch-made,
 //! MNIST-trained CNN for the `tflite` target, then checks of its `report.json` (read as the typed
-//! [`Report`]): the target, the float and PTQ
-//! rows, the normalization taken from the model's metadata, every written file run in its
-//! runtimes, and LiteRT's reference kernels (the `tflite` target's runtime) agreeing with the qat
-//! runtime on every image.
+//! [`Report`]): the target, the float and PTQ rows, the normalization taken from the model's
+//! metadata, every written file run in its runtimes, and LiteRT's reference kernels (the `tflite`
+//! target's runtime) agreeing with the qat runtime on every image.
 
 use std::{ffi::OsStr, path::Path};
 
