@@ -39,9 +39,32 @@ pub fn run_env(libtorch: Option<&Path>, env: &[(&str, &OsStr)], args: &[&str]) -
         .status()
         .with_context(|| format!("cannot start cargo {}", args.join(" ")))?;
     if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
+        // A linker that runs out of disk fails with a one-line reason buried under its pages-long
+        // command line: say how much room the build had, so a full disk is told from a real error.
+        let room = disk_note().map(|n| format!("; {n}")).unwrap_or_default();
+        bail!("`cargo {}` failed ({status}){room}", args.join(" "));
     }
     Ok(())
+}
+
+/// "`N` MiB free on the file system of `target/`" (from `df -Pk`), or `None` where `df` cannot
+/// tell.
+pub fn disk_note() -> Option<String> {
+    let root = workspace_root()?;
+    let target = root.join("target");
+    let dir = if target.exists() { target } else { root };
+    let out = Command::new("df").arg("-Pk").arg(&dir).output().ok()?;
+    let kib = parse_df_available_kib(&String::from_utf8_lossy(&out.stdout))?;
+    Some(format!(
+        "{} MiB free on the file system of {}",
+        kib / 1024,
+        dir.display()
+    ))
+}
+
+/// The "Available" column (KiB) of the one file system in POSIX `df -Pk` output.
+fn parse_df_available_kib(out: &str) -> Option<u64> {
+    out.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// A smoke run of one of xtask's own binaries: `cargo run -p xtask --features torch --bin BIN --
@@ -81,4 +104,18 @@ pub fn workspace_root() -> Option<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_df_available_kib;
+
+    #[test]
+    fn df_available_column_is_read() {
+        let out = "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                   /dev/vda 264091120 84989400 10418404 90% /\n";
+        assert_eq!(parse_df_available_kib(out), Some(10_418_404));
+        assert_eq!(parse_df_available_kib("Filesystem\n"), None);
+        assert_eq!(parse_df_available_kib("h\n/dev/vda 1 2 many 3% /\n"), None);
+    }
 }

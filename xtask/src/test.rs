@@ -18,6 +18,9 @@ const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration
 
 pub fn run(no_smoke: bool) -> Result<()> {
     let started = std::time::Instant::now();
+    if let Some(note) = cargo::disk_note() {
+        eprintln!("[xtask] {note}");
+    }
     let libtorch = setup::ensure_libtorch(false)?;
     let python = peers::ensure_peers(false)?;
     let env = [(peers::PYTHON_ENV, python.as_os_str())];
@@ -77,6 +80,9 @@ pub fn run(no_smoke: bool) -> Result<()> {
     if !no_smoke {
         smoke::run(&libtorch)?;
         quantize_smoke::run(&libtorch, &python)?;
+    }
+    if let Some(note) = cargo::disk_note() {
+        eprintln!("[xtask] {note}");
     }
     eprintln!("[xtask] all checks passed in {:.0?}", started.elapsed());
     Ok(())
