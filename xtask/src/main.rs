@@ -2,7 +2,7 @@
 //!
 //! | command | what |
 //! |---|---|
-//! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13 and the peer runtimes (onnxruntime, LiteRT) once per machine, and a dataset |
+//! | `cargo xtask setup [--data fashion-mnist]` | install libtorch 2.13, the peer runtimes (onnxruntime, LiteRT) and Gloo's headers (for qat-dist) once per machine, and a dataset |
 //! | `cargo xtask export --format qat8\|tflite\|onnx --input M.qat8 --out F` | write a model in an interchange format |
 //! | `cargo xtask test` | setup, `cargo fmt --check`, clippy `-D warnings`, all tests, the quick pipeline and quantize smoke runs |
 //! | `cargo xtask pipeline [--config F] [--quick] [--ablations]` | float → PTQ → QAT → int8 on MNIST, with a report |
@@ -20,6 +20,7 @@ mod cargo;
 mod data;
 mod export;
 mod fuzz;
+mod gloo;
 mod peers;
 mod quantize_smoke;
 mod setup;
@@ -112,6 +113,7 @@ fn main() -> ExitCode {
         } => data
             .map_or(Ok(()), |d| data::ensure(d, deb).map(drop))
             .and_then(|()| setup::ensure_libtorch(print_libtorch))
+            .and_then(|dir| gloo::ensure_gloo(print_libtorch).map(|_| dir))
             .and_then(|dir| {
                 if print_libtorch {
                     println!("{}", dir.display());

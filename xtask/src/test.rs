@@ -11,10 +11,15 @@
 
 use anyhow::Result;
 
-use crate::{cargo, fuzz, peers, quantize_smoke, setup, smoke};
+use crate::{cargo, fuzz, gloo, peers, quantize_smoke, setup, smoke};
 
 /// Packages whose tests touch libtorch's global state.
-const TORCH_PACKAGES: [&str; 3] = ["qat-autograd", "qat-train", "qat-integration-tests"];
+const TORCH_PACKAGES: [&str; 4] = [
+    "qat-autograd",
+    "qat-train",
+    "qat-dist",
+    "qat-integration-tests",
+];
 
 pub fn run(no_smoke: bool) -> Result<()> {
     let started = std::time::Instant::now();
@@ -22,6 +27,7 @@ pub fn run(no_smoke: bool) -> Result<()> {
         eprintln!("[xtask] {note}");
     }
     let libtorch = setup::ensure_libtorch(false)?;
+    gloo::ensure_gloo(false)?;
     let python = peers::ensure_peers(false)?;
     let env = [(peers::PYTHON_ENV, python.as_os_str())];
     cargo::run(Some(&libtorch), &["fmt", "--all", "--check"])?;

@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 mod alloc;
+pub mod collective;
 mod config;
 mod history;
 mod window;
@@ -103,6 +104,9 @@ pub enum TrainError {
     /// The configuration does not fit the data or the model.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// A data-parallel synchronization failed (a rank went away, a timeout).
+    #[error(transparent)]
+    Sync(#[from] collective::SyncError),
 }
 
 /// What a checkpoint's JSON holds besides the tensors.
@@ -216,7 +220,38 @@ pub fn train(
     cfg: &TrainConfig,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<History, TrainError> {
+    train_with(model, train_set, test_set, cfg, None, on_event)
+}
+
+/// [`train`] as one rank of a data-parallel group (see [`collective`]): rank 0's model is
+/// broadcast to every rank, each rank takes every `W`-th batch of the epoch (`cfg.batch_size` is
+/// the per-rank batch; the global batch is `W` times larger and `cfg.steps_per_epoch` counts
+/// global steps), gradients are averaged before every optimizer step and the batch-norm and
+/// observer buffers after it, so every rank holds the same model at every step. The losses and
+/// accuracies in the history and the events are those of the global batch. Only rank 0 draws
+/// progress and writes checkpoints; every rank resumes from `cfg.checkpoint_dir` when asked to.
+/// Every rank must call this with the same model, data and configuration.
+pub fn train_distributed(
+    model: &mut Net,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    comm: &dyn collective::Collective,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<History, TrainError> {
+    train_with(model, train_set, test_set, cfg, Some(comm), on_event)
+}
+
+fn train_with(
+    model: &mut Net,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    cfg: &TrainConfig,
+    comm: Option<&dyn collective::Collective>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<History, TrainError> {
     let device = model.device();
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world_size()));
     if train_set.image_shape() != model.input_chw() {
         return Err(TrainError::Config(format!(
             "model {} expects images {:?}, dataset {} has {:?}",
@@ -238,12 +273,10 @@ pub fn train(
             prefetch: cfg.prefetch,
         },
     )?;
-    let steps_per_epoch = cfg
-        .steps_per_epoch
-        .map_or(loader.num_batches(), |s| s.min(loader.num_batches()));
+    let steps_per_epoch = collective::shard_steps(loader.num_batches(), world, cfg.steps_per_epoch);
     if steps_per_epoch == 0 {
         return Err(TrainError::Config(format!(
-            "{} has {} samples, fewer than one batch of {}",
+            "{} has {} samples, fewer than one batch of {} for each of {world} rank(s)",
             train_set.name,
             train_set.len(),
             cfg.batch_size
@@ -280,6 +313,14 @@ pub fn train(
         start_epoch = st.epoch;
         tracing::info!(dir = %dir.display(), epoch = start_epoch, step = schedule.state().step, "resumed");
     }
+    if let Some(c) = comm {
+        collective::broadcast_state(c, model.var_store())?;
+        tracing::info!(
+            rank,
+            world,
+            "data-parallel replicas start from rank 0's model"
+        );
+    }
     on_event(&Event::Start {
         epoch: start_epoch,
         step: schedule.state().step,
@@ -287,14 +328,19 @@ pub fn train(
     let mut last_checkpoint = cfg.checkpoint_dir.clone().filter(|d| checkpoint::exists(d));
 
     for epoch in start_epoch..cfg.epochs {
-        let pb = progress_bar(cfg.progress, steps_per_epoch as u64);
+        let pb = progress_bar(cfg.progress && rank == 0, steps_per_epoch as u64);
         pb.set_prefix(format!("epoch {epoch}"));
         let t0 = Instant::now();
         let mut totals = EpochTotals::default();
         let mut lr = opt.current_lr();
         let mut last_phase = schedule.phase();
         let mut window = StepWindow::default();
-        for batch in loader.epoch(epoch as u64, 0).take(steps_per_epoch) {
+        let batches = loader
+            .epoch(epoch as u64, 0)
+            .skip(rank)
+            .step_by(world)
+            .take(steps_per_epoch);
+        for batch in batches {
             let batch = batch?;
             sync(&mut schedule, model, &mut history, on_event)?;
             if schedule.phase() == Phase::Calibrate {
@@ -311,14 +357,20 @@ pub fn train(
                 .f_argmax(-1, false)?
                 .f_eq_tensor(&y)?
                 .f_sum(Kind::Int64)?;
+            // Data-parallel: the global batch's mean loss and correct count (a non-finite loss on
+            // any rank is then seen by every rank at the same step, and all stop together).
+            let (loss_seen, correct_t) = match comm {
+                Some(c) => global_stats(c, &loss, &correct_t)?,
+                None => (loss.shallow_clone(), correct_t),
+            };
             let pending = PendingStep {
                 step: schedule.state().step,
                 batch: batch.index,
                 phase,
-                batch_size: y.size()[0],
+                batch_size: y.size()[0] * world as i64,
                 lr,
             };
-            window.push(pending, &loss, &correct_t)?;
+            window.push(pending, &loss_seen, &correct_t)?;
             // The window's values are read (one transfer) before the update of its last step, so
             // with a window of one step a non-finite loss stops before its own update.
             let values = if window.len() >= sync_every {
@@ -330,7 +382,13 @@ pub fn train(
             };
             opt.zero_grad();
             loss.f_backward()?;
+            if let Some(c) = comm {
+                collective::all_reduce_mean_grads(c, model.var_store())?;
+            }
             lr = opt.step();
+            if let Some(c) = comm {
+                collective::sync_buffers(c, model.var_store())?;
+            }
             schedule.record_step();
             window.set_last_lr(lr);
             last_phase = phase;
@@ -401,7 +459,7 @@ pub fn train(
         );
         history.epochs.push(stats.clone());
         on_event(&Event::Epoch(stats));
-        if let Some(dir) = &cfg.checkpoint_dir {
+        if let Some(dir) = cfg.checkpoint_dir.as_ref().filter(|_| rank == 0) {
             let state = TrainerState {
                 model: model.name().to_string(),
                 schedule: *schedule.state(),
@@ -432,6 +490,29 @@ fn sync(
         on_event(&Event::Transition(t));
     }
     Ok(())
+}
+
+/// The mean over the ranks of `loss` and the sum of `correct` (one all-reduce of two numbers).
+fn global_stats(
+    c: &dyn collective::Collective,
+    loss: &Tensor,
+    correct: &Tensor,
+) -> Result<(Tensor, Tensor), TrainError> {
+    let both = Tensor::f_stack(
+        &[
+            loss.detach().f_to_kind(Kind::Double)?,
+            correct.f_to_kind(Kind::Double)?,
+        ],
+        0,
+    )?;
+    c.all_reduce(&both, collective::ReduceOp::Sum)
+        .map_err(collective::SyncError::from)?;
+    let mean_loss = both
+        .f_get(0)?
+        .f_div_scalar(c.world_size() as f64)?
+        .f_to_kind(loss.kind())?;
+    let correct = both.f_get(1)?.f_round()?.f_to_kind(Kind::Int64)?;
+    Ok((mean_loss, correct))
 }
 
 /// Converts a trained model to qat-export's IR, if the run ended in an export-ready state (observers frozen,
