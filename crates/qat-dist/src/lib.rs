@@ -266,6 +266,9 @@ pub fn free_local_port() -> std::io::Result<u16> {
 }
 
 /// One rank's membership of a c10d process group (Gloo backend). Dropping it leaves the group.
+///
+/// It is `Send` but not `Sync`: collectives must be issued in the same order on every rank, which
+/// calls from several threads at once would not guarantee.
 pub struct ProcessGroup {
     raw: NonNull<c_void>,
     rank: usize,
@@ -275,8 +278,6 @@ pub struct ProcessGroup {
 // SAFETY: c10d process groups and stores are used from any thread in PyTorch (their work runs on
 // the backend's own threads, guarded by its locks); the handle is only freed on drop.
 unsafe impl Send for ProcessGroup {}
-// SAFETY: as above; c10d's collectives may be called concurrently, each call waits for its own work.
-unsafe impl Sync for ProcessGroup {}
 
 /// Takes the C side's error message (if any) and frees it.
 fn take_err(err: *mut c_char) -> String {

@@ -504,3 +504,47 @@ fn mutated_idx_and_cifar_files_never_panic() {
         }
     }
 }
+
+#[test]
+fn shards_partition_the_epoch_with_the_same_batches() {
+    let ds = Dataset::synthetic(83, 3, 3, 6, 5, 4).unwrap();
+    for prefetch in [0, 2] {
+        let loader = Loader::new(
+            ds.clone().into(),
+            LoaderConfig {
+                batch_size: 8,
+                shuffle: true,
+                seed: 5,
+                normalize: Normalize::cifar10(),
+                augment: Augment { pad: 2, flip: true },
+                prefetch,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let whole = collect(&loader, 2, 0);
+        assert_eq!(whole.len(), 11);
+        for world in [1, 2, 3, 4, 11, 12] {
+            for start in [0, 1, 5] {
+                let mut seen = vec![false; whole.len()];
+                for rank in 0..world {
+                    for b in loader.epoch_shard(2, start, rank, world) {
+                        let b = b.unwrap();
+                        assert_eq!(b.index % world, rank, "batch {} on rank {rank}", b.index);
+                        assert!(b.index >= start);
+                        assert!(!std::mem::replace(&mut seen[b.index], true));
+                        let got = (
+                            Vec::<f32>::try_from(b.images.flatten(0, -1)).unwrap(),
+                            Vec::<i64>::try_from(&b.labels).unwrap(),
+                        );
+                        assert_eq!(got, whole[b.index], "batch {} differs in a shard", b.index);
+                    }
+                }
+                let covered: Vec<usize> = (0..whole.len()).filter(|&b| seen[b]).collect();
+                assert_eq!(covered, (start..whole.len()).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(loader.epoch_shard(0, 0, 3, 3).count(), 0, "rank ≥ world");
+        assert_eq!(loader.epoch_shard(0, 0, 0, 0).count(), 11, "world 0 is 1");
+    }
+}

@@ -215,13 +215,44 @@ impl Loader {
     /// The batches of epoch `epoch`, starting at batch `start_batch` (for exact resume in the middle of an
     /// epoch). With `prefetch > 0` they are assembled on a background thread, at most `prefetch` ahead.
     pub fn epoch(&self, epoch: u64, start_batch: usize) -> EpochIter {
+        self.epoch_shard(epoch, start_batch, 0, 1)
+    }
+
+    /// The batches `b` of epoch `epoch` with `b ≥ start_batch` and `b mod world = rank`, in order:
+    /// one rank's shard for data-parallel training. Only these batches are assembled (the others
+    /// cost nothing); their contents and indices are those [`Loader::epoch`] gives them. A `world`
+    /// of 0 is taken as 1 and a `rank ≥ world` yields nothing.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use qat_train::data::{Dataset, Loader, LoaderConfig};
+    /// let data = Arc::new(Dataset::synthetic(40, 4, 1, 4, 4, 1)?);
+    /// let loader = Loader::new(data, LoaderConfig { batch_size: 4, ..LoaderConfig::default() })?;
+    /// let idx: Vec<usize> = loader.epoch_shard(0, 3, 1, 3).map(|b| b.unwrap().index).collect();
+    /// assert_eq!(idx, [4, 7]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn epoch_shard(
+        &self,
+        epoch: u64,
+        start_batch: usize,
+        rank: usize,
+        world: usize,
+    ) -> EpochIter {
+        let world = world.max(1);
+        let total = self.num_batches();
+        // The first batch at or after `start_batch` that belongs to `rank`.
+        let first = if rank < world {
+            start_batch + (rank + world - start_batch % world) % world
+        } else {
+            total
+        };
         let job = Job {
             data: Arc::clone(&self.data),
             cfg: self.cfg.clone(),
             order: self.order(epoch),
             epoch,
         };
-        let total = self.num_batches();
         let shape = [
             self.data.channels as i64,
             self.data.height as i64,
@@ -231,8 +262,9 @@ impl Loader {
             return EpochIter {
                 source: Source::Inline {
                     job,
-                    next: start_batch,
+                    next: first,
                     total,
+                    step: world,
                 },
                 shape,
             };
@@ -240,7 +272,7 @@ impl Loader {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let handle = std::thread::Builder::new()
             .name("qat-prefetch".into())
-            .spawn(move || job.run(start_batch, total, tx))
+            .spawn(move || job.run(first, total, world, tx))
             .map_err(|e| e.to_string());
         match handle {
             Ok(h) => EpochIter {
@@ -266,8 +298,8 @@ struct Job {
 }
 
 impl Job {
-    fn run(self, start: usize, total: usize, tx: SyncSender<HostBatch>) {
-        for b in start..total {
+    fn run(self, first: usize, total: usize, step: usize, tx: SyncSender<HostBatch>) {
+        for b in (first..total).step_by(step) {
             if tx.send(self.batch(b)).is_err() {
                 return; // the consumer went away: stop quietly
             }
@@ -346,6 +378,7 @@ enum Source {
         job: Job,
         next: usize,
         total: usize,
+        step: usize,
     },
     Thread {
         rx: Option<Receiver<HostBatch>>,
@@ -379,12 +412,18 @@ impl Iterator for EpochIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         let hb = match &mut self.source {
-            Source::Inline { job, next, total } => {
+            Source::Inline {
+                job,
+                next,
+                total,
+                step,
+            } => {
                 if *next >= *total {
                     return None;
                 }
-                *next += 1;
-                job.batch(*next - 1)
+                let b = *next;
+                *next = next.saturating_add(*step);
+                job.batch(b)
             }
             Source::Thread { rx, handle } => match rx.as_ref().map(|r| r.recv()) {
                 Some(Ok(hb)) => hb,

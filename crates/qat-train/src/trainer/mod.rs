@@ -336,9 +336,7 @@ fn train_with(
         let mut last_phase = schedule.phase();
         let mut window = StepWindow::default();
         let batches = loader
-            .epoch(epoch as u64, 0)
-            .skip(rank)
-            .step_by(world)
+            .epoch_shard(epoch as u64, 0, rank, world)
             .take(steps_per_epoch);
         for batch in batches {
             let batch = batch?;
