@@ -3,9 +3,10 @@
 //! A [`ProcessGroup`] is a c10d process group from the libtorch that tch links: rank 0 serves a
 //! `TCPStore` for the rendezvous, every rank connects to it, and the collectives run on the Gloo
 //! backend (the one `torch.distributed` uses on CPUs; it also takes CUDA tensors, staging them
-//! through the host, a path not yet run in this project's tests). It implements [`qat_train::trainer::collective::Collective`], so
-//! [`qat_train::trainer::train_distributed`] trains one replica per rank: each rank takes every
-//! `W`-th batch, gradients are averaged before each step,
+//! through the host, a path not yet run in this project's tests). It implements
+//! [`qat_train::trainer::collective::Collective`], so [`qat_train::trainer::train_distributed`]
+//! trains one replica per rank: each rank takes every `W`-th batch, gradients are averaged before
+//! each step,
 //!
 //! ```text
 //! g = (1/W) · Σ_{r=0}^{W-1} g_r        (the gradient of the mean loss over the global batch)

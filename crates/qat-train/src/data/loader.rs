@@ -1,5 +1,7 @@
 //! Batching: normalization, augmentation, deterministic per-epoch order, background prefetch.
 
+use std::iter::StepBy;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -243,10 +245,11 @@ impl Loader {
         let total = self.num_batches();
         // The first batch at or after `start_batch` that belongs to `rank`.
         let first = if rank < world {
-            start_batch + (rank + world - start_batch % world) % world
+            start_batch.saturating_add((rank + world - start_batch % world) % world)
         } else {
             total
         };
+        let batches = (first.min(total)..total).step_by(world);
         let job = Job {
             data: Arc::clone(&self.data),
             cfg: self.cfg.clone(),
@@ -260,19 +263,14 @@ impl Loader {
         ];
         if self.cfg.prefetch == 0 {
             return EpochIter {
-                source: Source::Inline {
-                    job,
-                    next: first,
-                    total,
-                    step: world,
-                },
+                source: Source::Inline { job, batches },
                 shape,
             };
         }
         let (tx, rx) = sync_channel(self.cfg.prefetch);
         let handle = std::thread::Builder::new()
             .name("qat-prefetch".into())
-            .spawn(move || job.run(first, total, world, tx))
+            .spawn(move || job.run(batches, tx))
             .map_err(|e| e.to_string());
         match handle {
             Ok(h) => EpochIter {
@@ -298,8 +296,8 @@ struct Job {
 }
 
 impl Job {
-    fn run(self, first: usize, total: usize, step: usize, tx: SyncSender<HostBatch>) {
-        for b in (first..total).step_by(step) {
+    fn run(self, batches: StepBy<Range<usize>>, tx: SyncSender<HostBatch>) {
+        for b in batches {
             if tx.send(self.batch(b)).is_err() {
                 return; // the consumer went away: stop quietly
             }
@@ -376,9 +374,7 @@ impl Job {
 enum Source {
     Inline {
         job: Job,
-        next: usize,
-        total: usize,
-        step: usize,
+        batches: StepBy<Range<usize>>,
     },
     Thread {
         rx: Option<Receiver<HostBatch>>,
@@ -412,19 +408,7 @@ impl Iterator for EpochIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         let hb = match &mut self.source {
-            Source::Inline {
-                job,
-                next,
-                total,
-                step,
-            } => {
-                if *next >= *total {
-                    return None;
-                }
-                let b = *next;
-                *next = next.saturating_add(*step);
-                job.batch(b)
-            }
+            Source::Inline { job, batches } => job.batch(batches.next()?),
             Source::Thread { rx, handle } => match rx.as_ref().map(|r| r.recv()) {
                 Some(Ok(hb)) => hb,
                 _ => {
